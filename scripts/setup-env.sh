@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Create (or update) the project's virtual environment in .venv and install mixmag into it.
+# Sourced by scripts/demo.sh and scripts/test.sh, so a fresh clone needs nothing else.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PY="${PYTHON:-python3.11}"
+if [ ! -x "$ROOT/.venv/bin/python" ]; then
+  "$PY" -m venv "$ROOT/.venv"
+fi
+# shellcheck disable=SC1091
+. "$ROOT/.venv/bin/activate"
+STAMP="$ROOT/.venv/.mixmag-installed"
+if [ ! -f "$STAMP" ] || [ "$ROOT/pyproject.toml" -nt "$STAMP" ]; then
+  python -m pip install -q --upgrade pip
+  python -m pip install -q -e "$ROOT[dev]"
+  touch "$STAMP"
+fi

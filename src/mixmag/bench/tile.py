@@ -1,0 +1,164 @@
+"""Benchmark of the tile read path: tiles/s per core for reading the same cells three ways.
+
+(a) mixmag: one read of the finest level per cell at exact mpp, coarser levels by 2x area downsampling;
+(b) the common way: OpenSlide read_region once per tile per level at the best level, resized to 224;
+(c) the decode floor: decoding, once, the compressed slide tiles that cover the cells at the level
+    (a) reads. Every method runs single-threaded; the best of several rounds counts.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image
+from rich.console import Console
+from rich.table import Table
+
+from ..geometry import CellGrid, LevelSpec
+from ..slides.pyramids import read_pyramid
+from ..slides.reader import Slide
+from ..synth.patterns import tissue_like
+from ..synth.slide_writer import write_slide
+
+
+@dataclass(frozen=True)
+class BenchSlide:
+    name: str
+    mpp: float
+    downsamples: tuple[int, ...]
+    side: int
+
+
+def bench_slides(size: int) -> list[BenchSlide]:
+    return [
+        BenchSlide("40x-pyramid", 0.25, (1, 4, 16), size),  # levels at 0.25, 1.0, 4.0 um/px (Aperio layout)
+        BenchSlide("20x-single-level", 0.5, (1,), size // 2),  # same field of view, one level
+    ]
+
+
+def ensure_slide(workdir: Path, spec: BenchSlide) -> Path:
+    path = workdir / f"{spec.name}-{spec.side}.svs"
+    if not path.exists():
+        image = tissue_like(spec.side, spec.side, spec.mpp, seed=7, tissue_mask=np.ones((8, 8), bool))
+        write_slide(path, image, spec.mpp, downsamples=spec.downsamples, flavor="aperio", tile=256, quality=90)
+    return path
+
+
+def read_mixmag(slide: Slide, grid: CellGrid, levels: LevelSpec, cells) -> list[list[np.ndarray]]:
+    return [list(read_pyramid(slide, grid, levels, r, c).tiles) for r, c in cells]
+
+
+def read_openslide_per_tile(osr, grid: CellGrid, levels: LevelSpec, cells) -> list[list[np.ndarray]]:
+    out = []
+    for r, c in cells:
+        per_level = []
+        for level in range(levels.n_levels):
+            downsample = levels.mpp(level) / grid.slide_mpp
+            best = osr.get_best_level_for_downsample(downsample)
+            factor = osr.level_downsamples[best]
+            n = 2**level
+            tiles = np.empty((n * n, levels.tile_px, levels.tile_px, 3), np.uint8)
+            for k in range(n * n):
+                box = grid.tile_box(r, c, level, *divmod(k, n))
+                side = round(box.width / factor)
+                region = osr.read_region((round(box.x0), round(box.y0)), best, (side, side)).convert("RGB")
+                tiles[k] = np.asarray(region.resize((levels.tile_px, levels.tile_px), Image.Resampling.BOX))
+            per_level.append(tiles)
+        out.append(per_level)
+    return out
+
+
+def decode_floor(path: Path, slide: Slide, grid: CellGrid, levels: LevelSpec, cells) -> int:
+    """Decode every compressed tile covering each cell at the level mixmag reads; returns tiles decoded."""
+    import imagecodecs
+    import tifffile
+
+    decoded = 0
+    with tifffile.TiffFile(path) as tif:
+        for r, c in cells:
+            plan = slide.plan(grid.cell_box(r, c), levels.finest_mpp, (levels.finest_cell_px,) * 2)
+            page = tif.series[0].levels[plan.level].keyframe
+            tw, th = page.tilewidth, page.tilelength
+            across = -(-page.imagewidth // tw)
+            fh = tif.filehandle
+            for ty in range(plan.y // th, (plan.y + plan.height - 1) // th + 1):
+                for tx in range(plan.x // tw, (plan.x + plan.width - 1) // tw + 1):
+                    i = ty * across + tx
+                    fh.seek(page.dataoffsets[i])
+                    imagecodecs.jpeg8_decode(fh.read(page.databytecounts[i]), tables=page.jpegtables)
+                    decoded += 1
+    return decoded
+
+
+def _cells(grid: CellGrid, n: int) -> list[tuple[int, int]]:
+    all_cells = [(r, c) for r in range(grid.n_rows) for c in range(grid.n_cols)]
+    step = max(1, len(all_cells) // n)
+    return all_cells[::step][:n]
+
+
+def run_tile_benchmark(workdir: Path, *, size: int = 8192, n_cells: int = 16, rounds: int = 3, console: Console | None = None) -> dict:
+    import openslide
+
+    console = console or Console()
+    cv2.setNumThreads(1)
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    levels = LevelSpec()
+    tiles_per_cell = sum(levels.tiles_per_cell(i) for i in range(levels.n_levels))
+    results = {}
+    for spec in bench_slides(size):
+        path = ensure_slide(workdir, spec)
+        slide = Slide(path)
+        osr = openslide.OpenSlide(str(path))
+        grid = CellGrid(slide.mpp, slide.width, slide.height, levels.cell_um)
+        cells = _cells(grid, n_cells)
+        best = {"a": float("inf"), "b": float("inf"), "c": float("inf")}
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            ours = read_mixmag(slide, grid, levels, cells)
+            t1 = time.perf_counter()
+            common = read_openslide_per_tile(osr, grid, levels, cells)
+            t2 = time.perf_counter()
+            n_decoded = decode_floor(path, slide, grid, levels, cells)
+            t3 = time.perf_counter()
+            best = {"a": min(best["a"], t1 - t0), "b": min(best["b"], t2 - t1), "c": min(best["c"], t3 - t2)}
+        diffs = [
+            float(np.mean([np.abs(o[i].astype(np.int16) - c[i]).mean() for o, c in zip(ours, common)]))
+            for i in range(levels.n_levels)
+        ]
+        n_tiles = tiles_per_cell * len(cells)
+        rate = {k: n_tiles / v for k, v in best.items()}
+        results[spec.name] = {
+            "slide": str(path), "mpp": spec.mpp, "levels_um_per_px": list(slide.level_mpps), "cells": len(cells),
+            "tiles_per_s_per_core": rate, "ms_per_cell": {k: 1000 * v / len(cells) for k, v in best.items()},
+            "compressed_tiles_decoded_per_cell": n_decoded / len(cells),
+            "a_over_b": rate["a"] / rate["b"], "c_over_a": rate["c"] / rate["a"],
+            "mean_abs_diff_a_vs_b_per_level": dict(zip(levels.names, diffs)),
+        }
+        slide.close()
+        osr.close()
+    _print(console, results, levels)
+    (workdir / "bench_tile.json").write_text(json.dumps(results, indent=1))
+    return results
+
+
+def _print(console: Console, results: dict, levels: LevelSpec) -> None:
+    table = Table(title="Tile read path, tiles/s per core (21 tiles per cell, best of rounds)")
+    for col in ("slide", "(a) mixmag", "(b) OpenSlide per tile", "(c) decode floor", "a/b (target >= 3)", "c/a (target <= 1.5)", "mean |a-b| per level"):
+        table.add_column(col)
+    for name, r in results.items():
+        rate = r["tiles_per_s_per_core"]
+        diff = ", ".join(f"{k} {v:.2f}" for k, v in r["mean_abs_diff_a_vs_b_per_level"].items())
+        table.add_row(
+            f"{name}\n{' / '.join(f'{m:g}' for m in r['levels_um_per_px'])} um/px",
+            f"{rate['a']:.0f}", f"{rate['b']:.0f}", f"{rate['c']:.0f}",
+            f"{r['a_over_b']:.2f} {'ok' if r['a_over_b'] >= 3 else 'MISSED'}",
+            f"{r['c_over_a']:.2f} {'ok' if r['c_over_a'] <= 1.5 else 'MISSED'}",
+            diff,
+        )
+    console.print(table)

@@ -1,0 +1,195 @@
+"""The `mixmag` command line: thin wrappers over the Python API, one sub-command per stage."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, NoReturn, Optional
+
+import typer
+import yaml
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from .errors import MixmagError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Mixed-magnification region embeddings for computational pathology.")
+bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks that print their figures.")
+synth_app = typer.Typer(no_args_is_help=True, help="Generate synthetic slides.")
+app.add_typer(bench_app, name="bench")
+app.add_typer(synth_app, name="synth")
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _fail(message: str, code: int = 2) -> NoReturn:
+    err_console.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(code)
+
+
+def _tiling_params(config: Path | None, overrides: dict, tissue_overrides: dict):
+    """Settings from an optional YAML file (a `tiling:` section or the whole file), then flags."""
+    from .slides.tiling import TilingParams
+
+    base: dict = {}
+    if config is not None:
+        if not config.is_file():
+            _fail(f"{config}: config file not found.")
+        loaded = yaml.safe_load(config.read_text()) or {}
+        if not isinstance(loaded, dict):
+            _fail(f"{config}: expected a mapping of tiling settings.")
+        base = dict(loaded.get("tiling", loaded))
+    tissue = dict(base.pop("tissue", None) or {}) | {k: v for k, v in tissue_overrides.items() if v is not None}
+    merged = base | {k: v for k, v in overrides.items() if v is not None}
+    try:
+        return TilingParams(**merged, tissue=tissue)
+    except (ValueError, TypeError) as exc:
+        _fail(f"invalid tiling settings{f' in {config}' if config else ''}:\n{exc}")
+
+
+@app.command()
+def tile(
+    slides: Annotated[Optional[list[Path]], typer.Argument(help="Slide files (SVS, TIFF, OME-TIFF, NDPI, MRXS, DICOM...).")] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder: one sub-folder per slide.")] = Path("tiles"),
+    cohort: Annotated[Optional[Path], typer.Option(help="CSV with a 'path' column (optional 'slide' id and 'mpp').")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="YAML with tiling settings (flags override it).")] = None,
+    mpp: Annotated[Optional[float], typer.Option(help="Override the slides' microns per pixel.")] = None,
+    region_size: Annotated[Optional[int], typer.Option(help="t: region side in cells [3].")] = None,
+    region_stride: Annotated[Optional[int], typer.Option(help="Step between regions in cells [t, no overlap]; 1 for all positions.")] = None,
+    context_size: Annotated[Optional[int], typer.Option(help="c: also accept c x c context windows (CMEM).")] = None,
+    n_levels: Annotated[Optional[int], typer.Option("--levels", help="l: magnification levels [3 = 5x/10x/20x].")] = None,
+    base_mpp: Annotated[Optional[float], typer.Option(help="um/px of the coarsest level [2.0 = 5x].")] = None,
+    tile_px: Annotated[Optional[int], typer.Option(help="Tile side in pixels [224].")] = None,
+    tissue_threshold: Annotated[Optional[float], typer.Option(help="Minimum tissue fraction of a region [0.45].")] = None,
+    thumbnail_mpp: Annotated[Optional[float], typer.Option(help="um/px of the tissue thumbnail [8].")] = None,
+    min_saturation: Annotated[Optional[int], typer.Option(help="Floor on the Otsu saturation threshold [15].")] = None,
+    allow_upsample: Annotated[Optional[bool], typer.Option("--allow-upsample", help="Allow levels finer than the scan.")] = None,
+    backend: Annotated[str, typer.Option(help="auto, tiffslide or openslide.")] = "auto",
+    tissue_model: Annotated[Optional[Path], typer.Option(help="ONNX or TorchScript tissue model (probability map).")] = None,
+    force: Annotated[bool, typer.Option(help="Re-tile even when a current plan exists.")] = False,
+) -> None:
+    """Find tissue and cut aligned multi-magnification regions; write a tiling plan and QC pictures per slide."""
+    from .slides.sources import sources_from_paths, sources_from_table
+    from .slides.tissue import load_tissue_model
+    from .stages.tile import tile_slides
+
+    params = _tiling_params(
+        config,
+        dict(
+            region_size=region_size, region_stride=region_stride, context_size=context_size, n_levels=n_levels,
+            base_mpp=base_mpp, tile_px=tile_px, tissue_threshold=tissue_threshold, allow_upsample=allow_upsample,
+        ),
+        dict(thumbnail_mpp=thumbnail_mpp, min_saturation=min_saturation),
+    )
+    if not slides and cohort is None:
+        _fail("give slide files or --cohort TABLE.csv")
+    try:
+        sources = sources_from_paths(list(slides or []), mpp)
+        if cohort is not None:
+            sources += sources_from_table(cohort, mpp)
+        model = load_tissue_model(tissue_model) if tissue_model else None
+    except (MixmagError, OSError, ImportError, ValueError) as exc:
+        _fail(str(exc))
+    levels = params.levels
+    console.print(
+        f"Tiling {len(sources)} slide(s): {params.region_size}x{params.region_size} regions of "
+        f"{levels.cell_um:g} um cells, levels {'/'.join(levels.names)} ({params.tile_px} px tiles), tissue >= {params.tissue_threshold:.0%} -> {out}"
+    )
+    with _progress() as progress:
+        task = progress.add_task("tiling", total=len(sources))
+
+        def report(result) -> None:
+            style = {"failed": "red", "skipped": "dim", "tiled": "green"}[result.outcome]
+            if result.outcome != "failed" and result.plan is not None and result.plan.warnings:
+                style = "yellow"
+            progress.console.print(f"[{style}]{result.summary_line()}[/]", highlight=False)
+            progress.advance(task)
+
+        results = tile_slides(sources, out, params, backend=backend, tissue_model=model, force=force, on_result=report)
+    _print_tile_summary(results, out)
+    if any(r.outcome == "failed" for r in results):
+        raise typer.Exit(1)
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False,
+    )
+
+
+def _print_tile_summary(results, out: Path) -> None:
+    counts = {k: sum(r.outcome == k for r in results) for k in ("tiled", "skipped", "failed")}
+    empty = [r for r in results if r.plan is not None and not r.plan.regions]
+    console.print(
+        f"Done: {counts['tiled']} tiled, {counts['skipped']} skipped, {counts['failed']} failed, "
+        f"{len(empty)} with an empty plan. Plans and QC pictures in {out}/<slide>/"
+    )
+    problems = [r for r in results if r.outcome == "failed"] + empty
+    if problems:
+        table = Table(title="Slides that need attention", show_lines=False)
+        table.add_column("slide")
+        table.add_column("problem")
+        for r in problems:
+            table.add_row(r.source.slide_id, r.error if r.outcome == "failed" else f"{r.plan.status}: {' '.join(r.plan.warnings)}")
+        console.print(table)
+
+
+@synth_app.command("slide")
+def synth_slide(
+    out: Annotated[Path, typer.Argument(help="Output file (.tiff, .svs or .ome.tiff).")],
+    width: Annotated[int, typer.Option(help="Level-0 width in pixels.")] = 6000,
+    height: Annotated[int, typer.Option(help="Level-0 height in pixels.")] = 5000,
+    mpp: Annotated[float, typer.Option(help="Microns per pixel at level 0.")] = 0.5,
+    downsamples: Annotated[str, typer.Option(help="Pyramid downsamples, comma separated.")] = "1,4,16",
+    flavor: Annotated[str, typer.Option(help="generic, aperio, ome or ome-strips.")] = "generic",
+    content: Annotated[str, typer.Option(help="tissue (H&E-like) or position (position code).")] = "tissue",
+    seed: Annotated[int, typer.Option()] = 0,
+    compression: Annotated[str, typer.Option(help="jpeg, deflate or none.")] = "jpeg",
+) -> None:
+    """Write a pyramidal synthetic slide with correct resolution metadata."""
+    from .synth.patterns import position_code, tissue_like
+    from .synth.slide_writer import write_slide
+
+    if content not in ("tissue", "position"):
+        _fail(f"unknown content {content!r}; use tissue or position")
+    image = tissue_like(width, height, mpp, seed=seed) if content == "tissue" else position_code(width, height, mpp)
+    try:
+        path = write_slide(out, image, mpp, downsamples=[int(d) for d in downsamples.split(",")], flavor=flavor, compression=compression)
+    except ValueError as exc:
+        _fail(str(exc))
+    console.print(f"wrote {path} ({width}x{height} px at {mpp:g} um/px, {flavor})")
+
+
+@bench_app.command("tile")
+def bench_tile(
+    workdir: Annotated[Path, typer.Option(help="Where the generated benchmark slides are kept (reused).")] = Path(".mixmag-bench"),
+    size: Annotated[int, typer.Option(help="Side of the generated 40x-style slide in pixels.")] = 8192,
+    cells: Annotated[int, typer.Option(help="Cells read per method and round.")] = 16,
+    rounds: Annotated[int, typer.Option(help="Rounds; the best round of each method counts.")] = 3,
+) -> None:
+    """Read the same cells three ways and print tiles/s per core (21 tiles per cell)."""
+    from .bench.tile import run_tile_benchmark
+
+    run_tile_benchmark(workdir, size=size, n_cells=cells, rounds=rounds, console=console)
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("demo_out"),
+    sample: Annotated[Optional[Path], typer.Option(help="A real slide to include (default: the CMU sample in ../shared/data if present).")] = None,
+    small: Annotated[bool, typer.Option(help="A smaller generated slide (CI smoke test).")] = False,
+) -> None:
+    """Run the pipeline on built-in data (for now: tiling of a generated slide and the real sample slide)."""
+    from .stages.demo import run_demo
+
+    code = run_demo(out, sample=sample, small=small, console=console)
+    raise typer.Exit(code)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

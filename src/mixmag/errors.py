@@ -1,0 +1,46 @@
+"""Errors that name the input at fault and say how to fix it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class MixmagError(Exception):
+    """Base class of every error mixmag raises on purpose (bad input, bad config)."""
+
+
+class SlideError(MixmagError):
+    """A problem with one slide: carries the slide path and a suggested fix."""
+
+    def __init__(self, slide: str | Path, problem: str, fix: str = "") -> None:
+        self.slide = str(slide)
+        self.problem = problem
+        self.fix = fix
+        message = f"{self.slide}: {problem}"
+        if fix:
+            message += f" Fix: {fix}"
+        super().__init__(message)
+
+
+class SlideNotFoundError(SlideError):
+    pass
+
+
+class SlideUnreadableError(SlideError):
+    pass
+
+
+class MppError(SlideError):
+    """Missing or implausible microns per pixel."""
+
+
+class ResolutionError(SlideError):
+    """A magnification the slide cannot provide without upsampling."""
+
+
+class ConfigError(MixmagError):
+    pass
+
+
+class CohortError(MixmagError):
+    pass

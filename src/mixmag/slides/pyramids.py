@@ -1,0 +1,109 @@
+"""Tile pyramids of cells and regions: every level's tiles of one grid window, as uint8 arrays.
+
+Default ("derive"): read the finest level once for the whole window at its exact mpp and make each
+coarser level by exact 2x area downsampling, so tissue is decoded once, not once per level, and the
+levels nest by construction. "pyramid" reads each level separately from the slide's own pyramid,
+for comparison with what a per-level reader would see.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from ..geometry import CellGrid, LevelSpec
+from .reader import Slide, halve
+from .tiling import TilingPlan
+
+ReadMode = Literal["derive", "pyramid"]
+
+
+@dataclass(frozen=True)
+class TilePyramid:
+    """Tiles of a size x size window of cells whose top-left cell is (row, col).
+
+    tiles[i] has shape ((size * 2^i)^2, tile_px, tile_px, 3): level i's tiles of the window,
+    row-major over the window's (size * 2^i) x (size * 2^i) grid.
+    """
+
+    row: int
+    col: int
+    size: int
+    tiles: tuple[np.ndarray, ...]
+
+    @property
+    def n_tiles(self) -> int:
+        return sum(t.shape[0] for t in self.tiles)
+
+    def cell(self, dr: int, dc: int) -> TilePyramid:
+        """The pyramid of one cell of the window (4^i tiles per level, row-major within the cell)."""
+        out = []
+        for level, tiles in enumerate(self.tiles):
+            per = 2**level
+            side = self.size * per
+            grid = tiles.reshape(side, side, *tiles.shape[1:])
+            block = grid[dr * per : (dr + 1) * per, dc * per : (dc + 1) * per]
+            out.append(block.reshape(per * per, *tiles.shape[1:]))
+        return TilePyramid(self.row + dr, self.col + dc, 1, tuple(out))
+
+
+def split_tiles(image: np.ndarray, tile_px: int) -> np.ndarray:
+    """(n*tile, n*tile, 3) -> (n*n, tile, tile, 3), row-major."""
+    n_y, n_x = image.shape[0] // tile_px, image.shape[1] // tile_px
+    blocks = image[: n_y * tile_px, : n_x * tile_px].reshape(n_y, tile_px, n_x, tile_px, image.shape[2])
+    return np.ascontiguousarray(blocks.transpose(0, 2, 1, 3, 4).reshape(n_y * n_x, tile_px, tile_px, image.shape[2]))
+
+
+def read_pyramid(
+    slide: Slide,
+    grid: CellGrid,
+    levels: LevelSpec,
+    row: int,
+    col: int,
+    size: int = 1,
+    *,
+    mode: ReadMode = "derive",
+    tolerance: float = 0.05,
+    allow_upsample: bool = False,
+) -> TilePyramid:
+    """Read the tile pyramid of the size x size window at (row, col)."""
+    box = grid.window_box(row, col, size)
+    opts = dict(tolerance=tolerance, allow_upsample=allow_upsample)
+    if mode == "derive":
+        side = size * levels.finest_cell_px
+        image = slide.read_box(box, levels.finest_mpp, (side, side), **opts)
+        images = [image]
+        for _ in range(levels.n_levels - 1):
+            images.append(halve(images[-1]))
+        images.reverse()
+    elif mode == "pyramid":
+        images = []
+        for level in range(levels.n_levels):
+            side = size * levels.tile_px * 2**level
+            images.append(slide.read_box(box, levels.mpp(level), (side, side), **opts))
+    else:
+        raise ValueError(f"unknown read mode {mode!r}; use 'derive' or 'pyramid'")
+    return TilePyramid(row, col, size, tuple(split_tiles(im, levels.tile_px) for im in images))
+
+
+def iter_cells(slide: Slide, plan: TilingPlan, *, mode: ReadMode = "derive") -> Iterator[TilePyramid]:
+    """Every cell of the plan (plan.cells order), each as its own pyramid."""
+    for row, col in plan.cells:
+        yield _read(slide, plan, row, col, 1, mode)
+
+
+def iter_regions(slide: Slide, plan: TilingPlan, *, mode: ReadMode = "derive") -> Iterator[TilePyramid]:
+    """Every accepted region of the plan, each read in one go."""
+    for row, col in plan.regions:
+        yield _read(slide, plan, row, col, plan.params.region_size, mode)
+
+
+def _read(slide: Slide, plan: TilingPlan, row: int, col: int, size: int, mode: ReadMode) -> TilePyramid:
+    p = plan.params
+    return read_pyramid(
+        slide, plan.grid, plan.levels, row, col, size,
+        mode=mode, tolerance=p.mpp_tolerance, allow_upsample=p.allow_upsample,
+    )

@@ -1,0 +1,92 @@
+"""Which slides to process: paths from the command line or a cohort table, each with an id and mpp."""
+
+from __future__ import annotations
+
+import csv
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import CohortError
+
+_SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+_SLIDE_SUFFIXES = (".ome.tiff", ".ome.tif")
+
+
+@dataclass(frozen=True)
+class SlideSource:
+    path: Path
+    slide_id: str
+    mpp: float | None = None
+
+
+def slide_id_from_path(path: Path) -> str:
+    name = path.name
+    for suffix in _SLIDE_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem if path.suffix else name
+
+
+def sources_from_paths(paths: list[Path], mpp: float | None = None) -> list[SlideSource]:
+    sources = [SlideSource(Path(p), slide_id_from_path(Path(p)), mpp) for p in paths]
+    _check_ids(sources, where="the command line")
+    return sources
+
+
+def sources_from_table(table: Path, mpp: float | None = None) -> list[SlideSource]:
+    """Read a CSV with a 'path' column (relative paths are relative to the table) and optional
+    'slide' (id) and 'mpp' columns; other columns (specimen, label, split...) are ignored here."""
+    table = Path(table)
+    if not table.is_file():
+        raise CohortError(f"{table}: cohort table not found.")
+    with table.open(newline="") as fh:
+        reader = csv.DictReader(fh)
+        columns = [c.strip() for c in (reader.fieldnames or [])]
+        if "path" not in columns:
+            raise CohortError(
+                f"{table}: needs a 'path' column with the slide files (found columns: {', '.join(columns) or 'none'})."
+            )
+        rows = [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in reader]
+    if not rows:
+        raise CohortError(f"{table}: the table has no rows.")
+    sources, problems = [], []
+    for line, row in enumerate(rows, start=2):
+        if not row.get("path"):
+            problems.append(f"row {line}: empty 'path'")
+            continue
+        path = Path(row["path"])
+        if not path.is_absolute():
+            path = table.parent / path
+        row_mpp = mpp
+        if row.get("mpp"):
+            try:
+                row_mpp = float(row["mpp"])
+            except ValueError:
+                problems.append(f"row {line}: mpp {row['mpp']!r} is not a number")
+                continue
+            if not math.isfinite(row_mpp) or row_mpp <= 0:
+                problems.append(f"row {line}: mpp {row['mpp']!r} must be a positive number")
+                continue
+        sources.append(SlideSource(path, row.get("slide") or slide_id_from_path(path), row_mpp))
+    if problems:
+        raise CohortError(f"{table}: " + "; ".join(problems) + ".")
+    _check_ids(sources, where=str(table))
+    return sources
+
+
+def _check_ids(sources: list[SlideSource], where: str) -> None:
+    seen: dict[str, Path] = {}
+    for s in sources:
+        if not _SAFE_ID.match(s.slide_id):
+            raise CohortError(
+                f"{where}: slide id {s.slide_id!r} ({s.path}) is not a safe file name; "
+                "use letters, digits, '.', '_', '+' and '-' (set a 'slide' column in a cohort table)."
+            )
+        if s.slide_id in seen:
+            raise CohortError(
+                f"{where}: slide id {s.slide_id!r} is used twice ({seen[s.slide_id]} and {s.path}); "
+                "give each slide a unique id with a 'slide' column in a cohort table."
+            )
+        seen[s.slide_id] = s.path

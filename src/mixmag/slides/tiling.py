@@ -1,0 +1,260 @@
+"""Tiling plans: the global cell grid, tissue per cell, accepted regions, and their provenance.
+
+A plan is what every later stage consumes: which cells to embed (all cells of all accepted windows,
+background cells included, so every region is complete) and which t x t regions (and, for CMEM,
+c x c contexts) were accepted. It records every parameter, so a rerun can check, not assume, that
+an existing plan is still valid.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from .. import __version__
+from ..geometry import Box, CellGrid, LevelSpec
+from .reader import Slide
+from .tissue import TissueModel, TissueParams, cell_tissue_fractions, segment_tissue, window_fractions
+
+PLAN_FORMAT_VERSION = 1
+PLAN_FILENAME = "plan.json"
+
+
+class TilingParams(BaseModel):
+    """Everything that decides a tiling plan. Defaults follow the paper: t = 3, l = 3 (5x/10x/20x), 45%."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    base_mpp: float = Field(2.0, gt=0, description="mpp of the coarsest level (5x = 2.0 um/px)")
+    n_levels: int = Field(3, ge=1, le=8)
+    tile_px: int = Field(224, ge=8)
+    region_size: int = Field(3, ge=1, description="t: region side in cells")
+    region_stride: int | None = Field(None, ge=1, description="step between regions in cells; default t (no overlap)")
+    context_size: int | None = Field(None, ge=1, description="c: also accept c x c context windows (CMEM)")
+    tissue_threshold: float = Field(0.45, ge=0, le=1)
+    mpp_tolerance: float = Field(0.05, ge=0, lt=0.5, description="a level within this relative margin counts as fine enough")
+    allow_upsample: bool = False
+    tissue: TissueParams = TissueParams()
+
+    @model_validator(mode="after")
+    def _context_holds_region(self) -> TilingParams:
+        if self.context_size is not None and self.context_size < self.region_size:
+            raise ValueError(f"context_size ({self.context_size}) must be >= region_size ({self.region_size})")
+        return self
+
+    @property
+    def levels(self) -> LevelSpec:
+        return LevelSpec(self.base_mpp, self.n_levels, self.tile_px)
+
+    @property
+    def stride(self) -> int:
+        return self.region_stride or self.region_size
+
+
+class SlideRecord(BaseModel):
+    """Which file was tiled, how it was read, and at what resolution."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    slide_id: str
+    path: str
+    size_bytes: int
+    mtime: float
+    backend: str
+    mpp: float
+    mpp_source: str
+    mpp_override: float | None = None
+    width: int
+    height: int
+    level_dimensions: list[tuple[int, int]]
+    level_downsamples: list[float]
+
+
+PlanStatus = Literal["ok", "too_small", "no_tissue"]
+
+
+class TilingPlan(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    format_version: int = PLAN_FORMAT_VERSION
+    mixmag_version: str = __version__
+    created: str = ""
+    slide: SlideRecord
+    params: TilingParams
+    cell_px: float
+    n_rows: int
+    n_cols: int
+    tissue_grid: list[list[float]] = Field(description="tissue fraction of every grid cell, row-major")
+    cells: list[tuple[int, int]] = Field(description="(row, col) of every cell to embed, row-major order")
+    cell_tissue: list[float]
+    regions: list[tuple[int, int]] = Field(description="top-left (row, col) of every accepted t x t region")
+    region_tissue: list[float]
+    contexts: list[tuple[int, int]] = Field(default_factory=list, description="top-left cells of accepted c x c contexts")
+    context_tissue: list[float] = Field(default_factory=list)
+    status: PlanStatus
+    warnings: list[str] = Field(default_factory=list)
+
+    @property
+    def grid(self) -> CellGrid:
+        return CellGrid(self.slide.mpp, self.slide.width, self.slide.height, self.params.levels.cell_um)
+
+    @property
+    def levels(self) -> LevelSpec:
+        return self.params.levels
+
+    def open_slide(self) -> Slide:
+        """Re-open the planned slide with the same backend and mpp the plan was made with."""
+        return Slide(self.slide.path, mpp=self.slide.mpp, backend=self.slide.backend)
+
+
+def accepted_windows(window_tissue: np.ndarray, stride: int, threshold: float) -> tuple[list[tuple[int, int]], list[float]]:
+    """Top-left cells of windows on the global lattice (multiples of stride) with tissue >= threshold."""
+    rows, cols = window_tissue.shape
+    picked, fractions = [], []
+    for r in range(0, rows, stride):
+        for c in range(0, cols, stride):
+            f = float(window_tissue[r, c])
+            if f >= threshold:
+                picked.append((r, c))
+                fractions.append(round(f, 6))
+    return picked, fractions
+
+
+def cells_of_windows(windows: list[tuple[int, int]], size: int) -> list[tuple[int, int]]:
+    cells = {(r + dr, c + dc) for r, c in windows for dr in range(size) for dc in range(size)}
+    return sorted(cells)
+
+
+def make_plan(
+    slide: Slide,
+    params: TilingParams,
+    *,
+    slide_id: str,
+    mpp_override: float | None = None,
+    tissue_model: TissueModel | None = None,
+) -> tuple[TilingPlan, np.ndarray, np.ndarray]:
+    """Segment tissue, lay the grid, score cells, accept windows. Returns (plan, thumbnail, mask)."""
+    levels = params.levels
+    # Fail early, before any work, if the finest level needs upsampling.
+    slide.plan(Box(0, 0, 1, 1), levels.finest_mpp, (1, 1), tolerance=params.mpp_tolerance, allow_upsample=params.allow_upsample)
+    thumb_mpp = params.tissue.thumbnail_mpp
+    thumbnail = slide.thumbnail(thumb_mpp, tolerance=params.mpp_tolerance, allow_upsample=True)
+    mask = segment_tissue(thumbnail, params.tissue, tissue_model)
+    grid = CellGrid(slide.mpp, slide.width, slide.height, levels.cell_um)
+    tissue = cell_tissue_fractions(mask, grid)
+
+    warnings: list[str] = []
+    t = params.region_size
+    regions, region_tissue = accepted_windows(window_fractions(tissue, t), params.stride, params.tissue_threshold)
+    contexts, context_tissue = [], []
+    if params.context_size is not None:
+        c = params.context_size
+        contexts, context_tissue = accepted_windows(window_fractions(tissue, c), 1, params.tissue_threshold)
+    status: PlanStatus = "ok"
+    side_um = t * levels.cell_um
+    if grid.n_rows < t or grid.n_cols < t:
+        status = "too_small"
+        warnings.append(
+            f"slide is {slide.width * slide.mpp:.0f} x {slide.height * slide.mpp:.0f} um, smaller than one "
+            f"{t} x {t} region ({side_um:.0f} um); the plan is empty. Use --region-size 1 or 2 to tile it."
+        )
+    elif not mask.any():
+        status = "no_tissue"
+        warnings.append("no tissue found; the plan is empty. Check the slide, or the tissue settings (--min-saturation).")
+    elif not regions:
+        warnings.append(
+            f"tissue found ({float(mask.mean()):.1%} of the thumbnail) but no {t} x {t} region reaches "
+            f"{params.tissue_threshold:.0%} tissue; the plan is empty. Lower --tissue-threshold to accept sparser regions."
+        )
+    cells = cells_of_windows(regions, t)
+    if contexts:
+        cells = sorted(set(cells) | set(cells_of_windows(contexts, params.context_size)))
+    record = SlideRecord(
+        slide_id=slide_id,
+        **slide.fingerprint(),
+        backend=slide.backend,
+        mpp=slide.mpp,
+        mpp_source=slide.mpp_source,
+        mpp_override=mpp_override,
+        width=slide.width,
+        height=slide.height,
+        level_dimensions=[tuple(d) for d in slide.level_dimensions],
+        level_downsamples=list(slide.level_downsamples),
+    )
+    plan = TilingPlan(
+        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        slide=record,
+        params=params,
+        cell_px=grid.cell_px,
+        n_rows=grid.n_rows,
+        n_cols=grid.n_cols,
+        tissue_grid=np.round(tissue, 6).tolist(),
+        cells=cells,
+        cell_tissue=[round(float(tissue[r, c]), 6) for r, c in cells],
+        regions=regions,
+        region_tissue=region_tissue,
+        contexts=contexts,
+        context_tissue=context_tissue,
+        status=status,
+        warnings=warnings,
+    )
+    return plan, thumbnail, mask
+
+
+def plan_path(out_dir: str | Path, slide_id: str) -> Path:
+    return Path(out_dir) / slide_id / PLAN_FILENAME
+
+
+def save_plan(plan: TilingPlan, path: str | Path) -> Path:
+    """Write atomically: a reader sees either no plan or a complete one."""
+    return write_text_atomic(path, plan.model_dump_json(indent=1))
+
+
+def load_plan(path: str | Path) -> TilingPlan:
+    path = Path(path)
+    if path.is_dir():
+        path = path / PLAN_FILENAME
+    try:
+        return TilingPlan.model_validate_json(path.read_text())
+    except FileNotFoundError:
+        raise
+    except ValueError as exc:
+        raise ValueError(f"{path}: not a valid mixmag tiling plan ({exc.__class__.__name__}); delete it and re-run `mixmag tile`.") from exc
+
+
+def plan_is_current(path: str | Path, slide_path: str | Path, params: TilingParams, mpp_override: float | None, backend: str) -> bool:
+    """True when an existing plan was made from this very file with every same parameter."""
+    try:
+        plan = load_plan(path)
+    except (FileNotFoundError, ValueError):
+        return False
+    try:
+        stat = os.stat(slide_path)
+    except OSError:
+        return False
+    return (
+        plan.format_version == PLAN_FORMAT_VERSION
+        and plan.params == params
+        and plan.slide.mpp_override == mpp_override
+        and plan.slide.path == str(Path(slide_path).resolve())
+        and plan.slide.size_bytes == stat.st_size
+        and plan.slide.mtime == float(stat.st_mtime)
+        and backend in ("auto", plan.slide.backend)
+    )
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path

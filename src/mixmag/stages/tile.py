@@ -1,0 +1,122 @@
+"""The tiling stage over many slides: plan each one, write QC pictures, skip what is current,
+keep going past bad slides and report them at the end."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from ..report.qc import regions_overlay, save_png, tissue_overlay
+from ..slides.reader import Slide
+from ..slides.sources import SlideSource
+from ..slides.tiling import TilingParams, TilingPlan, load_plan, make_plan, plan_is_current, plan_path, save_plan, write_text_atomic
+from ..slides.tissue import TissueModel
+
+Outcome = Literal["tiled", "skipped", "failed"]
+SUMMARY_FILENAME = "tiling_summary.json"
+QC_TISSUE = "qc_tissue.png"
+QC_REGIONS = "qc_regions.png"
+TISSUE_MASK = "tissue_mask.png"
+
+
+@dataclass
+class SlideResult:
+    source: SlideSource
+    outcome: Outcome
+    plan: TilingPlan | None = None
+    error: str | None = None
+    seconds: float = 0.0
+    warnings: list[str] = field(default_factory=list)
+
+    def summary_line(self) -> str:
+        sid = self.source.slide_id
+        if self.outcome == "failed":
+            return f"{sid}: FAILED - {self.error}"
+        p = self.plan
+        assert p is not None
+        head = "skipped (plan is current)" if self.outcome == "skipped" else f"tiled in {self.seconds:.1f}s"
+        line = (
+            f"{sid}: {head}; {p.slide.backend}, {p.slide.mpp:g} um/px ({p.slide.mpp_source}); grid {p.n_rows}x{p.n_cols} cells; "
+            f"{len(p.regions)} regions, {len(p.cells)} cells to embed"
+        )
+        if p.contexts:
+            line += f", {len(p.contexts)} contexts"
+        if p.status != "ok" or p.warnings:
+            line += f"; {p.status}: " + " ".join(p.warnings)
+        return line
+
+
+def tile_slide(
+    source: SlideSource,
+    out_dir: Path,
+    params: TilingParams,
+    *,
+    backend: str = "auto",
+    tissue_model: TissueModel | None = None,
+    force: bool = False,
+) -> SlideResult:
+    """Tile one slide into out_dir/<slide_id>/ (plan.json written last, atomically)."""
+    start = time.perf_counter()
+    target = plan_path(out_dir, source.slide_id)
+    if not force and plan_is_current(target, source.path, params, source.mpp, backend):
+        return SlideResult(source, "skipped", plan=load_plan(target))
+    with Slide(source.path, mpp=source.mpp, backend=backend) as slide:
+        plan, thumbnail, mask = make_plan(slide, params, slide_id=source.slide_id, mpp_override=source.mpp, tissue_model=tissue_model)
+    folder = target.parent
+    save_png(folder / TISSUE_MASK, (mask[..., None].repeat(3, axis=2) * 255).astype("uint8"))
+    save_png(folder / QC_TISSUE, tissue_overlay(thumbnail, mask))
+    save_png(folder / QC_REGIONS, regions_overlay(thumbnail, plan))
+    save_plan(plan, target)
+    return SlideResult(source, "tiled", plan=plan, seconds=time.perf_counter() - start, warnings=list(plan.warnings))
+
+
+def tile_slides(
+    sources: list[SlideSource],
+    out_dir: Path,
+    params: TilingParams,
+    *,
+    backend: str = "auto",
+    tissue_model: TissueModel | None = None,
+    force: bool = False,
+    on_result: Callable[[SlideResult], None] | None = None,
+) -> list[SlideResult]:
+    """Tile every slide; a failing slide is recorded and the run goes on. Writes a run summary."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results = []
+    for source in sources:
+        start = time.perf_counter()
+        try:
+            result = tile_slide(source, out_dir, params, backend=backend, tissue_model=tissue_model, force=force)
+        except Exception as exc:  # noqa: BLE001 - one bad slide must not stop a cohort; it is reported below
+            result = SlideResult(source, "failed", error=_describe(exc), seconds=time.perf_counter() - start)
+        results.append(result)
+        if on_result is not None:
+            on_result(result)
+    write_summary(out_dir, params, results)
+    return results
+
+
+def _describe(exc: Exception) -> str:
+    from ..errors import MixmagError
+
+    if isinstance(exc, MixmagError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
+
+
+def write_summary(out_dir: Path, params: TilingParams, results: list[SlideResult]) -> Path:
+    rows = []
+    for r in results:
+        row = {"slide": r.source.slide_id, "path": str(r.source.path), "outcome": r.outcome}
+        if r.plan is not None:
+            row |= {"status": r.plan.status, "regions": len(r.plan.regions), "cells": len(r.plan.cells), "warnings": r.plan.warnings}
+        if r.error:
+            row["error"] = r.error
+        rows.append(row)
+    payload = {"params": params.model_dump(), "slides": rows}
+    return write_text_atomic(out_dir / SUMMARY_FILENAME, json.dumps(payload, indent=1))
