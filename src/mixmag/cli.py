@@ -23,7 +23,7 @@ err_console = Console(stderr=True)
 
 
 def _fail(message: str, code: int = 2) -> NoReturn:
-    err_console.print(f"[bold red]error:[/] {message}")
+    err_console.print(f"[bold red]error:[/] {message}", soft_wrap=True, highlight=False)
     raise typer.Exit(code)
 
 
@@ -102,7 +102,7 @@ def tile(
             style = {"failed": "red", "skipped": "dim", "tiled": "green"}[result.outcome]
             if result.outcome != "failed" and result.plan is not None and result.plan.warnings:
                 style = "yellow"
-            progress.console.print(f"[{style}]{result.summary_line()}[/]", highlight=False)
+            progress.console.print(f"[{style}]{result.summary_line()}[/]", highlight=False, soft_wrap=True)
             progress.advance(task)
 
         results = tile_slides(sources, out, params, backend=backend, tissue_model=model, force=force, on_result=report)
@@ -123,7 +123,8 @@ def _print_tile_summary(results, out: Path) -> None:
     empty = [r for r in results if r.plan is not None and not r.plan.regions]
     console.print(
         f"Done: {counts['tiled']} tiled, {counts['skipped']} skipped, {counts['failed']} failed, "
-        f"{len(empty)} with an empty plan. Plans and QC pictures in {out}/<slide>/"
+        f"{len(empty)} with an empty plan. Plans and QC pictures in {out}/<slide>/",
+        soft_wrap=True,
     )
     problems = [r for r in results if r.outcome == "failed"] + empty
     if problems:

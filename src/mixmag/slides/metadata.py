@@ -48,7 +48,7 @@ def _check_plausible(slide: str | Path, value: float, source: str) -> float:
         hint = " (72 dpi, a TIFF writer's default, not a scan resolution)" if abs(value - 352.78) < 0.1 else ""
         raise MppError(
             slide,
-            f"implausible resolution {value:g} um/px from {source}{hint}; "
+            f"implausible resolution {value:.4g} um/px from {source}{hint}; "
             f"expected {lo:g}-{hi:g} um/px.",
             _MPP_HELP + ", e.g. --mpp 0.25 for a 40x scan or --mpp 0.5 for 20x.",
         )

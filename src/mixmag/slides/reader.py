@@ -234,7 +234,14 @@ class Slide:
         cx1, cy1 = min(x + width, level_w), min(y + height, level_h)
         if cx1 <= cx0 or cy1 <= cy0:
             return np.full((height, width, 3), GLASS_WHITE, np.uint8)
-        inner = self._backend_read(level, cx0, cy0, cx1 - cx0, cy1 - cy0)
+        try:
+            inner = self._backend_read(level, cx0, cy0, cx1 - cx0, cy1 - cy0)
+        except Exception as exc:  # noqa: BLE001 - decoder errors differ per backend and codec
+            raise SlideUnreadableError(
+                self.path,
+                f"could not decode level {level} at ({cx0}, {cy0}) size {cx1 - cx0}x{cy1 - cy0}: {type(exc).__name__}: {exc}.",
+                "the file is probably corrupt or truncated; re-copy or re-export it.",
+            ) from exc
         if (cx0, cy0, cx1, cy1) == (x, y, x + width, y + height):
             return inner
         out = np.full((height, width, 3), GLASS_WHITE, np.uint8)

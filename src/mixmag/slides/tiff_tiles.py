@@ -13,6 +13,22 @@ import numpy as np
 import tifffile
 
 
+class TruncatedTileError(OSError):
+    """A tile's bytes lie (partly) past the end of the file."""
+
+
+def check_complete(tiff: tifffile.TiffFile, series_index: int) -> None:
+    """Every tile of every level must lie inside the file: a truncated copy fails at open."""
+    size = tiff.filehandle.size
+    for level in tiff.series[series_index].levels:
+        for page in level.pages:
+            if page is None or not len(page.dataoffsets):
+                continue
+            end = max(o + c for o, c in zip(page.dataoffsets, page.databytecounts))
+            if end > size:
+                raise TruncatedTileError(f"the file is truncated: image data runs to byte {end} but the file has {size} bytes")
+
+
 def supports_direct_read(page: tifffile.TiffPage) -> bool:
     """Tiled, chunky (interleaved), 8-bit RGB(A) pages; anything else goes through TiffSlide."""
     return (
@@ -51,6 +67,11 @@ class TiledPageReader:
             segments = list(page.parent.filehandle.read_segments(offsets, counts, indices, sort=True))
         out = np.empty((h, w, 3), np.uint8)
         for data, index in segments:
+            if data is None or len(data) != page.databytecounts[index]:
+                raise TruncatedTileError(
+                    f"tile {index} of a {self.width}x{self.height} level is cut short "
+                    f"({0 if data is None else len(data)} of {page.databytecounts[index]} bytes)"
+                )
             tile, _, _ = self._decode(data, index, jpegtables=page.jpegtables)
             tile = tile.reshape(self.tile_h, self.tile_w, -1)
             ty, tx = divmod(index, self.tiles_across)
@@ -80,6 +101,7 @@ def _fast_decoder(page: tifffile.TiffPage):
 
 def level_readers(tiff: tifffile.TiffFile, series_index: int, lock: threading.Lock) -> list[TiledPageReader | None]:
     """One direct reader per pyramid level of a series (None where the page layout is not supported)."""
+    check_complete(tiff, series_index)
     readers: list[TiledPageReader | None] = []
     for level in tiff.series[series_index].levels:
         page = level.keyframe

@@ -75,7 +75,7 @@ class SlideRecord(BaseModel):
     level_downsamples: list[float]
 
 
-PlanStatus = Literal["ok", "too_small", "no_tissue"]
+PlanStatus = Literal["ok", "too_small", "no_tissue", "no_regions"]
 
 
 class TilingPlan(BaseModel):
@@ -157,16 +157,17 @@ def make_plan(
         contexts, context_tissue = accepted_windows(window_fractions(tissue, c), 1, params.tissue_threshold)
     status: PlanStatus = "ok"
     side_um = t * levels.cell_um
-    if grid.n_rows < t or grid.n_cols < t:
+    if not mask.any():
+        status = "no_tissue"
+        warnings.append("no tissue found; the plan is empty. Check the slide, or the tissue settings (--min-saturation).")
+    elif grid.n_rows < t or grid.n_cols < t:
         status = "too_small"
         warnings.append(
             f"slide is {slide.width * slide.mpp:.0f} x {slide.height * slide.mpp:.0f} um, smaller than one "
             f"{t} x {t} region ({side_um:.0f} um); the plan is empty. Use --region-size 1 or 2 to tile it."
         )
-    elif not mask.any():
-        status = "no_tissue"
-        warnings.append("no tissue found; the plan is empty. Check the slide, or the tissue settings (--min-saturation).")
     elif not regions:
+        status = "no_regions"
         warnings.append(
             f"tissue found ({float(mask.mean()):.1%} of the thumbnail) but no {t} x {t} region reaches "
             f"{params.tissue_threshold:.0%} tissue; the plan is empty. Lower --tissue-threshold to accept sparser regions."

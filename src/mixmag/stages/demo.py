@@ -41,7 +41,7 @@ def run_demo(out: Path, *, sample: Path | None = None, small: bool = False, cons
     side = (4600, 3800) if small else (9000, 7200)
     if not generated.exists():
         console.rule("[bold]1. generate a synthetic slide")
-        image = tissue_like(*side, 0.5, seed=11, n_pieces=5)
+        image = tissue_like(*side, 0.5, seed=11, tissue_mask=_demo_layout())
         write_slide(generated, image, 0.5, downsamples=(1, 4, 16), flavor="generic")
         console.print(f"wrote {generated} ({side[0]}x{side[1]} px at 0.5 um/px, levels 0.5/2/8 um/px)")
     else:
@@ -74,6 +74,14 @@ def run_demo(out: Path, *, sample: Path | None = None, small: bool = False, cons
     console.rule("[bold]done")
     console.print(f"outputs in {out}/ (plans and QC pictures under tiles*/<slide>/)")
     return 1 if failed else 0
+
+
+def _demo_layout() -> np.ndarray:
+    """Two tissue pieces: a large one that holds several 3x3 regions and a small one that holds none."""
+    mask = np.zeros((190, 230), np.uint8)
+    cv2.ellipse(mask, (95, 95), (85, 80), 15, 0, 360, 1, thickness=-1)
+    cv2.ellipse(mask, (200, 150), (22, 30), 0, 0, 360, 1, thickness=-1)
+    return mask.astype(bool)
 
 
 def _montage(levels: tuple[np.ndarray, ...], t: int, tile_px: int, gap: int = 16) -> np.ndarray:

@@ -1,0 +1,155 @@
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from conftest import make_tissue_slide
+from mixmag.cli import app
+from mixmag.slides.tiling import load_plan
+from mixmag.synth.slide_writer import write_slide
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def cohort_files(tmp_path_factory, real_svs):
+    d = tmp_path_factory.mktemp("cohort")
+    good = make_tissue_slide(d, "good.tiff", size=(3000, 2800), seed=4)
+    nompp = write_slide(d / "nompp.tiff", np.full((1000, 1000, 3), 240, np.uint8), None)
+    dpi72 = write_slide(d / "dpi72.tiff", np.full((1000, 1000, 3), 240, np.uint8), None, resolution_dpi=72)
+    corrupt = d / "corrupt.svs"
+    corrupt.write_bytes(b"not a slide at all")
+    blank = write_slide(d / "blank.tiff", np.full((2000, 2000, 3), 243, np.uint8), 0.5)
+    return {"dir": d, "good": good, "nompp": nompp, "dpi72": dpi72, "corrupt": corrupt, "blank": blank, "small": real_svs}
+
+
+def _invoke(*args):
+    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_multi_slide_run_goes_on_and_reports_failures(tmp_path, cohort_files):
+    f = cohort_files
+    out = tmp_path / "tiles"
+    result = _invoke("tile", f["good"], f["dir"] / "missing.svs", f["corrupt"], f["nompp"], f["dpi72"], f["small"], f["blank"], "--out", out)
+    text = result.output
+    assert result.exit_code == 1
+    assert "missing.svs: file not found" in text
+    assert "corrupt.svs" in text and "no backend could read it" in text
+    assert "nompp.tiff" in text and "--mpp" in text
+    assert "dpi72.tiff" in text and "352.8" in text
+    assert "too_small" in text and "no_tissue" in text
+    assert "Done: 3 tiled, 0 skipped, 4 failed, 2 with an empty plan" in text
+    plan = load_plan(out / "good" / "plan.json")
+    assert plan.status == "ok" and len(plan.regions) >= 1
+    for name in ("qc_tissue.png", "qc_regions.png", "tissue_mask.png"):
+        assert (out / "good" / name).stat().st_size > 1000
+    assert load_plan(out / "CMU-1-Small-Region" / "plan.json").status == "too_small"
+    summary = json.loads((out / "tiling_summary.json").read_text())
+    assert {s["slide"]: s["outcome"] for s in summary["slides"]}["corrupt"] == "failed"
+    assert not list(out.rglob("*.partial"))
+
+    again = _invoke("tile", f["good"], "--out", out)
+    assert again.exit_code == 0 and "skipped (plan is current)" in again.output
+    changed = _invoke("tile", f["good"], "--out", out, "--tissue-threshold", "0.5")
+    assert changed.exit_code == 0 and "tiled in" in changed.output
+
+
+def test_mpp_override_rescues_a_slide_without_metadata(tmp_path, cohort_files):
+    result = _invoke("tile", cohort_files["nompp"], "--out", tmp_path, "--mpp", "0.5", "--region-size", "1")
+    assert result.exit_code == 0, result.output
+    plan = load_plan(tmp_path / "nompp")
+    assert plan.slide.mpp == 0.5 and plan.slide.mpp_source == "override" and plan.slide.mpp_override == 0.5
+
+
+def test_cohort_table_with_mpp_column(tmp_path, cohort_files):
+    table = tmp_path / "cohort.csv"
+    table.write_text(
+        "specimen,slide,label,split,path,mpp\n"
+        f"A,s-good,1,train,{cohort_files['good']},\n"
+        f"B,s-nompp,0,train,{cohort_files['nompp']},0.5\n"
+    )
+    result = _invoke("tile", "--cohort", table, "--out", tmp_path / "out", "--region-size", "1")
+    assert result.exit_code == 0, result.output
+    assert load_plan(tmp_path / "out" / "s-nompp").slide.mpp == 0.5
+    assert load_plan(tmp_path / "out" / "s-good").slide.mpp_source != "override"
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("slide,file\na,x.svs\n", "needs a 'path' column"),
+        ("slide,path\na,x.svs\na,y.svs\n", "used twice"),
+        ("slide,path,mpp\na,x.svs,abc\n", "row 2: mpp 'abc' is not a number"),
+        ("slide,path\na,\n", "row 2: empty 'path'"),
+        ("slide,path\n", "no rows"),
+        ("slide,path\nbad/id,x.svs\n", "not a safe file name"),
+    ],
+)
+def test_malformed_cohort_tables_are_clear_errors(tmp_path, content, message):
+    table = tmp_path / "bad.csv"
+    table.write_text(content)
+    result = _invoke("tile", "--cohort", table, "--out", tmp_path / "out")
+    assert result.exit_code == 2
+    assert message in result.output and "bad.csv" in result.output
+
+
+def test_bad_settings_are_clear_errors(tmp_path, cohort_files):
+    result = _invoke("tile", cohort_files["good"], "--out", tmp_path, "--tissue-threshold", "2")
+    assert result.exit_code == 2 and "tissue_threshold" in result.output
+    config = tmp_path / "tiling.yaml"
+    config.write_text("tiling:\n  region_size: 2\n  regoin_stride: 1\n")
+    result = _invoke("tile", cohort_files["good"], "--out", tmp_path, "--config", config)
+    assert result.exit_code == 2 and "regoin_stride" in result.output
+
+
+def test_yaml_config_is_used_and_flags_override_it(tmp_path, cohort_files):
+    config = tmp_path / "tiling.yaml"
+    config.write_text("tiling:\n  region_size: 2\n  tissue:\n    thumbnail_mpp: 16\n")
+    result = _invoke("tile", cohort_files["good"], "--out", tmp_path / "o", "--config", config, "--tissue-threshold", "0.3")
+    assert result.exit_code == 0, result.output
+    plan = load_plan(tmp_path / "o" / "good")
+    assert plan.params.region_size == 2 and plan.params.tissue.thumbnail_mpp == 16 and plan.params.tissue_threshold == 0.3
+
+
+def test_a_crash_midway_leaves_no_plan_that_looks_complete(tmp_path, cohort_files, monkeypatch):
+    import mixmag.stages.tile as stage
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(stage, "regions_overlay", boom)
+    result = _invoke("tile", cohort_files["good"], "--out", tmp_path)
+    assert result.exit_code == 1 and "disk full" in result.output
+    assert not (tmp_path / "good" / "plan.json").exists()
+    monkeypatch.undo()
+    result = _invoke("tile", cohort_files["good"], "--out", tmp_path)
+    assert result.exit_code == 0 and "tiled in" in result.output
+
+
+def test_synth_slide_command(tmp_path):
+    out = tmp_path / "s.ome.tiff"
+    result = _invoke("synth", "slide", out, "--width", "1200", "--height", "900", "--mpp", "0.2631", "--flavor", "ome")
+    assert result.exit_code == 0, result.output
+    from mixmag.slides.reader import Slide
+
+    with Slide(out) as slide:
+        assert slide.mpp == pytest.approx(0.2631) and len(slide.level_dimensions) == 3
+
+
+def test_demo_smoke(tmp_path, real_svs):
+    result = _invoke("demo", "--out", tmp_path / "demo", "--small", "--sample", real_svs)
+    assert result.exit_code == 0, result.output
+    assert "189 tiles" in result.output
+    assert (tmp_path / "demo" / "region_pyramid.png").exists()
+    assert load_plan(tmp_path / "demo" / "tiles_t1" / "CMU-1-Small-Region").regions
+
+
+def test_bench_tile_smoke(tmp_path):
+    result = _invoke("bench", "tile", "--workdir", tmp_path, "--size", "2048", "--cells", "2", "--rounds", "1")
+    assert result.exit_code == 0, result.output
+    figures = json.loads((tmp_path / "bench_tile.json").read_text())
+    for name in ("40x-pyramid", "20x-single-level"):
+        rates = figures[name]["tiles_per_s_per_core"]
+        assert rates["a"] > 0 and rates["b"] > 0 and rates["c"] > 0
+        assert figures[name]["mean_abs_diff_a_vs_b_per_level"]["20x"] < 10

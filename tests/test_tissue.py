@@ -1,0 +1,91 @@
+import numpy as np
+import pytest
+
+from mixmag.geometry import CellGrid
+from mixmag.slides.tissue import TissueParams, cell_tissue_fractions, segment_tissue, window_fractions
+from mixmag.synth.patterns import tissue_like
+
+
+def test_cell_fractions_are_exact_areas_on_a_fractional_grid():
+    # mask 100 x 80 thumbnail px covering a slide of 1000 x 800 level-0 px; tissue = x < 333 level-0 px
+    mask = np.zeros((80, 100), bool)
+    mask[:, :33] = True
+    mask[:, 33] = False
+    grid = CellGrid(slide_mpp=1.0, width=1000, height=800, cell_um=150.0)  # 6 x 5 cells of 150 px
+    fractions = cell_tissue_fractions(mask, grid)
+    assert fractions.shape == (5, 6)
+    # tissue covers level-0 x in [0, 330): cells 0, 1 fully, cell 2 covers [300, 450) -> 30/150
+    np.testing.assert_allclose(fractions[:, 0], 1.0)
+    np.testing.assert_allclose(fractions[:, 1], 1.0)
+    np.testing.assert_allclose(fractions[:, 2], 30 / 150, atol=1e-9)
+    np.testing.assert_allclose(fractions[:, 3:], 0.0)
+
+
+def test_cell_fractions_match_brute_force_on_random_masks():
+    rng = np.random.default_rng(0)
+    mask = rng.random((57, 73)) > 0.5
+    grid = CellGrid(slide_mpp=0.37, width=730, height=570, cell_um=448 * 0.37 / 4.3)  # non-integer cells
+    fractions = cell_tissue_fractions(mask, grid)
+    up = np.repeat(np.repeat(mask, 10, axis=0), 10, axis=1).astype(float)  # level-0 px
+    s = grid.cell_px
+    for r in range(grid.n_rows):
+        for c in range(grid.n_cols):
+            # sample the upscaled mask finely inside the cell
+            ys = (r * s + (np.arange(200) + 0.5) * s / 200).astype(int)
+            xs = (c * s + (np.arange(200) + 0.5) * s / 200).astype(int)
+            assert fractions[r, c] == pytest.approx(up[np.ix_(ys, xs)].mean(), abs=0.02)
+
+
+def test_window_fractions_are_window_means():
+    rng = np.random.default_rng(1)
+    cells = rng.random((7, 9)).astype(np.float32)
+    win = window_fractions(cells, 3)
+    assert win.shape == (5, 7)
+    for r in range(5):
+        for c in range(7):
+            assert win[r, c] == pytest.approx(cells[r : r + 3, c : c + 3].mean(), abs=1e-6)
+    assert window_fractions(cells[:2], 3).shape == (0, 7)
+
+
+def test_blank_glass_has_no_tissue():
+    params = TissueParams()
+    glass = np.full((300, 400, 3), 242, np.uint8) + np.random.default_rng(0).integers(0, 4, (300, 400, 3)).astype(np.uint8)
+    assert not segment_tissue(glass, params).any()
+
+
+def test_tissue_pieces_are_found():
+    params = TissueParams()
+    truth = np.zeros((40, 50), bool)
+    truth[5:25, 8:30] = True
+    truth[28:38, 35:48] = True
+    image = tissue_like(500, 400, params.thumbnail_mpp, seed=0, tissue_mask=truth)
+    mask = segment_tissue(image, params)
+    big_truth = np.repeat(np.repeat(truth, 10, axis=0), 10, axis=1)
+    iou = (mask & big_truth).sum() / (mask | big_truth).sum()
+    assert iou > 0.9
+
+
+def test_small_specks_are_dropped_and_small_holes_filled():
+    params = TissueParams(min_component_mm2=0.05, max_hole_mm2=0.05)
+    mask = np.zeros((200, 200), bool)
+    mask[50:150, 50:150] = True  # 0.64 mm2 piece at 8 um/px
+    mask[95:100, 95:100] = False  # small hole
+    mask[10:13, 10:13] = True  # speck
+    image = np.where(mask[..., None], np.array([220, 130, 180], np.uint8), np.array([242, 241, 243], np.uint8))
+    out = segment_tissue(image.astype(np.uint8), params)
+    assert out[97, 97] and not out[11, 11]
+
+
+def test_a_user_model_replaces_thresholding():
+    params = TissueParams()
+    image = np.full((100, 120, 3), 242, np.uint8)
+
+    def left_half(rgb):
+        prob = np.zeros(rgb.shape[:2], np.float32)
+        prob[:, : rgb.shape[1] // 2] = 0.9
+        return prob
+
+    mask = segment_tissue(image, params, model=left_half)
+    assert mask[:, :60].all() and not mask[:, 60:].any()
+    with pytest.raises(ValueError, match="shape"):
+        segment_tissue(image, params, model=lambda rgb: np.zeros((3, 3)))
