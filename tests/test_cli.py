@@ -15,7 +15,9 @@ runner = CliRunner()
 @pytest.fixture(scope="module")
 def cohort_files(tmp_path_factory, real_svs):
     d = tmp_path_factory.mktemp("cohort")
-    good = make_tissue_slide(d, "good.tiff", size=(3000, 2800), seed=4)
+    mostly_tissue = np.ones((8, 8), bool)
+    mostly_tissue[0, :] = mostly_tissue[:, 0] = False
+    good = make_tissue_slide(d, "good.tiff", size=(3000, 2800), seed=4, tissue_mask=mostly_tissue)
     nompp = write_slide(d / "nompp.tiff", np.full((1000, 1000, 3), 240, np.uint8), None)
     dpi72 = write_slide(d / "dpi72.tiff", np.full((1000, 1000, 3), 240, np.uint8), None, resolution_dpi=72)
     corrupt = d / "corrupt.svs"
