@@ -44,8 +44,11 @@ def test_multi_slide_run_goes_on_and_reports_failures(tmp_path, cohort_files):
     assert "Done: 3 tiled, 0 skipped, 4 failed, 2 with an empty plan" in text
     plan = load_plan(out / "good" / "plan.json")
     assert plan.status == "ok" and len(plan.regions) >= 1
+    import cv2
+
     for name in ("qc_tissue.png", "qc_regions.png", "tissue_mask.png"):
-        assert (out / "good" / name).stat().st_size > 1000
+        picture = cv2.imread(str(out / "good" / name))
+        assert picture is not None and min(picture.shape[:2]) >= 100 and picture.std() > 0
     assert load_plan(out / "CMU-1-Small-Region" / "plan.json").status == "too_small"
     summary = json.loads((out / "tiling_summary.json").read_text())
     assert {s["slide"]: s["outcome"] for s in summary["slides"]}["corrupt"] == "failed"
