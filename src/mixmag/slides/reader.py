@@ -79,11 +79,24 @@ def plan_read(
             )
         level = 0
     ds = level_downsamples[level]
-    x0, y0 = round(box.x0 / ds), round(box.y0 / ds)
-    x1, y1 = round(box.x1 / ds), round(box.y1 / ds)
     if out_size is None:
         out_size = (round(box.width * slide_mpp / target_mpp), round(box.height * slide_mpp / target_mpp))
+    k = integer_reduction(level_mpps[level], target_mpp)
+    if k and abs(box.width / ds - k * out_size[0]) < 1 and abs(box.height / ds - k * out_size[1]) < 1:
+        # Whole k x k blocks of level pixels make each output pixel: snap the origin to the
+        # k-lattice (still within half an output pixel) so the reduction is an exact box mean.
+        x0, y0 = k * round(box.x0 / ds / k), k * round(box.y0 / ds / k)
+        return ReadPlan(level, x0, y0, k * out_size[0], k * out_size[1], out_size[0], out_size[1])
+    x0, y0 = round(box.x0 / ds), round(box.y0 / ds)
+    x1, y1 = round(box.x1 / ds), round(box.y1 / ds)
     return ReadPlan(level, x0, y0, max(1, x1 - x0), max(1, y1 - y0), out_size[0], out_size[1])
+
+
+def integer_reduction(level_mpp: float, target_mpp: float) -> int | None:
+    """k when the target is exactly k times coarser than the level (e.g. 0.25 -> 0.5 um/px: 2)."""
+    factor = target_mpp / level_mpp
+    k = round(factor)
+    return k if k >= 1 and abs(factor - k) < 1e-6 else None
 
 
 def resize_area(image: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -221,6 +234,16 @@ class Slide:
 
     def read(self, plan: ReadPlan) -> np.ndarray:
         """Execute a plan: (out_height, out_width, 3) uint8 RGB."""
+        direct = self._direct[plan.level] if plan.level < len(self._direct) else None
+        k = plan.width // plan.out_width
+        if (
+            direct is not None
+            and k > 1
+            and (plan.width, plan.height) == (k * plan.out_width, k * plan.out_height)
+            and direct.fits(plan.x, plan.y, plan.width, plan.height, k)
+        ):
+            # fused decode + box reduction, tile by tile while each tile is hot in cache
+            return self._guarded(plan.level, plan.x, plan.y, plan.width, plan.height, lambda: direct.read(plan.x, plan.y, plan.width, plan.height, reduce=k))
         raw = self._read_raw(plan.level, plan.x, plan.y, plan.width, plan.height)
         return resize_area(raw, plan.out_width, plan.out_height)
 
@@ -234,19 +257,23 @@ class Slide:
         cx1, cy1 = min(x + width, level_w), min(y + height, level_h)
         if cx1 <= cx0 or cy1 <= cy0:
             return np.full((height, width, 3), GLASS_WHITE, np.uint8)
-        try:
-            inner = self._backend_read(level, cx0, cy0, cx1 - cx0, cy1 - cy0)
-        except Exception as exc:  # noqa: BLE001 - decoder errors differ per backend and codec
-            raise SlideUnreadableError(
-                self.path,
-                f"could not decode level {level} at ({cx0}, {cy0}) size {cx1 - cx0}x{cy1 - cy0}: {type(exc).__name__}: {exc}.",
-                "the file is probably corrupt or truncated; re-copy or re-export it.",
-            ) from exc
+        inner = self._guarded(level, cx0, cy0, cx1 - cx0, cy1 - cy0, lambda: self._backend_read(level, cx0, cy0, cx1 - cx0, cy1 - cy0))
         if (cx0, cy0, cx1, cy1) == (x, y, x + width, y + height):
             return inner
         out = np.full((height, width, 3), GLASS_WHITE, np.uint8)
         out[cy0 - y : cy1 - y, cx0 - x : cx1 - x] = inner
         return out
+
+    def _guarded(self, level: int, x: int, y: int, w: int, h: int, read):
+        """Run a pixel read; a decoder failure becomes an error that names the slide and place."""
+        try:
+            return read()
+        except Exception as exc:  # noqa: BLE001 - decoder errors differ per backend and codec
+            raise SlideUnreadableError(
+                self.path,
+                f"could not decode level {level} at ({x}, {y}) size {w}x{h}: {type(exc).__name__}: {exc}.",
+                "the file is probably corrupt or truncated; re-copy or re-export it.",
+            ) from exc
 
     def _backend_read(self, level: int, x: int, y: int, width: int, height: int) -> np.ndarray:
         ds = float(self._handle.level_downsamples[level])

@@ -9,8 +9,17 @@ from __future__ import annotations
 
 import threading
 
+import cv2
 import numpy as np
 import tifffile
+
+
+def box_reduce(block: np.ndarray, k: int) -> np.ndarray:
+    """Mean of every k x k block (sides are multiples of k)."""
+    h, w = block.shape[:2]
+    if k == 2:  # bilinear sampling at 2x2 block centres is their mean, and OpenCV's fastest path
+        return cv2.resize(block, (w // 2, h // 2), interpolation=cv2.INTER_LINEAR)
+    return cv2.resize(block, (w // k, h // k), interpolation=cv2.INTER_AREA)
 
 
 class TruncatedTileError(OSError):
@@ -54,9 +63,16 @@ class TiledPageReader:
         self._decode = _fast_decoder(page) or page.decode
         self._lock = lock
 
-    def read(self, x: int, y: int, w: int, h: int) -> np.ndarray:
-        if x < 0 or y < 0 or x + w > self.width or y + h > self.height:
-            raise ValueError(f"read ({x}, {y}, {w}, {h}) outside page {self.width}x{self.height}")
+    def fits(self, x: int, y: int, w: int, h: int, reduce: int = 1) -> bool:
+        """Inside the page, and (when reducing) on the reduce-lattice that tiles also sit on."""
+        inside = x >= 0 and y >= 0 and x + w <= self.width and y + h <= self.height
+        return inside and all(v % reduce == 0 for v in (x, y, w, h, self.tile_w, self.tile_h))
+
+    def read(self, x: int, y: int, w: int, h: int, reduce: int = 1) -> np.ndarray:
+        """The box's pixels; with reduce = k, each k x k block averaged (an exact box mean)."""
+        if not self.fits(x, y, w, h, reduce):
+            raise ValueError(f"read ({x}, {y}, {w}, {h}) / {reduce} does not fit page {self.width}x{self.height}")
+        k = reduce
         tx0, ty0 = x // self.tile_w, y // self.tile_h
         tx1, ty1 = (x + w - 1) // self.tile_w, (y + h - 1) // self.tile_h
         indices = [ty * self.tiles_across + tx for ty in range(ty0, ty1 + 1) for tx in range(tx0, tx1 + 1)]
@@ -65,7 +81,7 @@ class TiledPageReader:
         counts = [page.databytecounts[i] for i in indices]
         with self._lock:  # the file handle is shared; decoding happens outside the lock
             segments = list(page.parent.filehandle.read_segments(offsets, counts, indices, sort=True))
-        out = np.empty((h, w, 3), np.uint8)
+        out = np.empty((h // k, w // k, 3), np.uint8)
         for data, index in segments:
             if data is None or len(data) != page.databytecounts[index]:
                 raise TruncatedTileError(
@@ -78,11 +94,10 @@ class TiledPageReader:
             # intersection of this tile with the request, in page pixels
             px0, py0 = max(x, tx * self.tile_w), max(y, ty * self.tile_h)
             px1, py1 = min(x + w, (tx + 1) * self.tile_w), min(y + h, (ty + 1) * self.tile_h)
-            out[py0 - y : py1 - y, px0 - x : px1 - x] = tile[
-                py0 - ty * self.tile_h : py1 - ty * self.tile_h,
-                px0 - tx * self.tile_w : px1 - tx * self.tile_w,
-                :3,
-            ]
+            block = tile[py0 - ty * self.tile_h : py1 - ty * self.tile_h, px0 - tx * self.tile_w : px1 - tx * self.tile_w, :3]
+            if k > 1:
+                block = box_reduce(block, k)
+            out[(py0 - y) // k : (py1 - y) // k, (px0 - x) // k : (px1 - x) // k] = block
         return out
 
 
