@@ -134,3 +134,23 @@ def test_backend_preference_by_format(tmp_path, tissue_slide):
     mrxs = tmp_path / "x.mrxs"
     mrxs.write_bytes(b"")
     assert preferred_backends(mrxs)[0] == "openslide"
+
+
+def test_integer_reductions_snap_to_the_block_lattice():
+    box = Box(1001.0, 2003.0, 1001.0 + 1792.0, 2003.0 + 1792.0)
+    plan = plan_read([1.0, 4.0, 16.0], 0.25, box, 0.5, (896, 896))
+    assert (plan.level, plan.width, plan.out_width) == (0, 1792, 896)
+    assert plan.x % 2 == 0 and plan.y % 2 == 0
+    assert abs(plan.x - box.x0) <= 1 and abs(plan.y - box.y0) <= 1  # within half an output pixel
+
+
+def test_fused_reduction_equals_read_then_resize(slide_dir):
+    image = tissue_like(2600, 2300, 0.25, seed=4, tissue_mask=np.ones((4, 4), bool))
+    path = write_slide(slide_dir / "fused.svs", image, 0.25, downsamples=(1,), flavor="aperio", tile=240)
+    with Slide(path) as slide:
+        for box, target in [(Box(13.2, 57.9, 13.2 + 1792, 57.9 + 1792), 0.5), (Box(500, 300, 500 + 896, 300 + 896), 1.0)]:
+            plan = slide.plan(box, target)
+            assert plan.width // plan.out_width in (2, 4)
+            fused = slide.read(plan)
+            unfused = resize_area(slide._read_raw(plan.level, plan.x, plan.y, plan.width, plan.height), plan.out_width, plan.out_height)
+            assert np.array_equal(fused, unfused)
