@@ -12,6 +12,8 @@ fi
 STAMP="$ROOT/.venv/.mixmag-installed"
 if [ ! -f "$STAMP" ] || [ "$ROOT/pyproject.toml" -nt "$STAMP" ]; then
   python -m pip install -q --upgrade pip
+  # PyTorch first, pinned: this machine keeps these wheels on disk (timm needs torchvision).
+  python -m pip install -q "torch==${MIXMAG_TORCH:-2.14.1}" "torchvision==${MIXMAG_TORCHVISION:-0.29.1}"
   python -m pip install -q -e "$ROOT[dev]"
   touch "$STAMP"
 fi

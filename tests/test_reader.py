@@ -154,3 +154,12 @@ def test_fused_reduction_equals_read_then_resize(slide_dir):
             fused = slide.read(plan)
             unfused = resize_area(slide._read_raw(plan.level, plan.x, plan.y, plan.width, plan.height), plan.out_width, plan.out_height)
             assert np.array_equal(fused, unfused)
+
+
+def test_jpeg2000_tiffs_prefer_openslide(tmp_path):
+    image = tissue_like(512, 512, 0.5, seed=0)
+    import tifffile
+
+    path = tmp_path / "j2k.tiff"
+    tifffile.imwrite(path, image, tile=(256, 256), compression="jpeg2000", photometric="rgb")
+    assert preferred_backends(path)[0] == "openslide"

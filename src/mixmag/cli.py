@@ -136,6 +136,139 @@ def _print_tile_summary(results, out: Path) -> None:
         console.print(table)
 
 
+store_app = typer.Typer(no_args_is_help=True, help="Inspect, validate, export and import per-slide stores.")
+app.add_typer(store_app, name="store")
+
+
+@app.command()
+def embed(
+    plans: Annotated[Path, typer.Option(help="Folder of tiling plans (the --out of `mixmag tile`).")] = Path("tiles"),
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the per-slide stores (<slide>.h5).")] = Path("stores"),
+    cohort: Annotated[Optional[Path], typer.Option(help="Only the slides of this CSV ('slide' column, or ids from 'path').")] = None,
+    encoder: Annotated[str, typer.Option(help="Encoder preset (see `mixmag encoders`).")] = "virchow2",
+    weights: Annotated[Optional[Path], typer.Option(help="Local weights (.safetensors, .pt, .bin), loaded safely and strictly.")] = None,
+    from_hub: Annotated[bool, typer.Option("--from-hub", help="Download the preset's weights from the Hugging Face hub.")] = False,
+    random_init: Annotated[bool, typer.Option("--random-init", help="Random weights (tests and benchmarks only).")] = False,
+    output: Annotated[Optional[str], typer.Option(help="cls or cls+mean [the preset's default].")] = None,
+    batch_cells: Annotated[int, typer.Option(help="Cells per batch (21 tiles each with 3 levels).")] = 8,
+    workers: Annotated[int, typer.Option(help="DataLoader worker processes per rank.")] = 2,
+    device: Annotated[Optional[str], typer.Option(help="cuda, cuda:1, cpu [cuda when available].")] = None,
+    compile: Annotated[bool, typer.Option("--compile", help="torch.compile the encoder.")] = False,
+    read_mode: Annotated[str, typer.Option(help="derive (read finest level once) or pyramid.")] = "derive",
+    force: Annotated[bool, typer.Option(help="Re-embed even when a store is current.")] = False,
+) -> None:
+    """Embed every tile of every level of every planned cell into one store per slide (torchrun for many GPUs)."""
+    import torch
+
+    from .encoders.model import build_encoder
+    from .slides.sources import sources_from_table
+    from .stages.embed import EmbedError, dist_from_env, find_plans, run_embed
+
+    dist = dist_from_env()
+    dev = torch.device(device) if device else torch.device(f"cuda:{dist.local_rank}" if torch.cuda.is_available() else "cpu")
+    if dist.active:
+        torch.distributed.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+        if dev.type == "cuda":
+            torch.cuda.set_device(dev)
+    try:
+        slide_ids = [s.slide_id for s in sources_from_table(cohort)] if cohort else None
+        plan_paths = find_plans(plans, slide_ids)
+        model = build_encoder(encoder, weights=weights, from_hub=from_hub, random_init=random_init, output=output)
+    except (MixmagError, OSError) as exc:
+        _fail(str(exc))
+    model = model.to(dev)
+    if compile:
+        model.backbone = torch.compile(model.backbone)
+    say = console.print if dist.rank == 0 else (lambda *a, **k: None)
+    say(f"Embedding {len(plan_paths)} slide(s) with {encoder} ({model.dim}-d {model.output}, weights {model.weights_digest}) "
+        f"on {dev}{f' x {dist.world_size} ranks' if dist.active else ''} -> {out}", soft_wrap=True, highlight=False)
+    with _progress() as progress:
+        task = progress.add_task(f"rank {dist.rank} cells" if dist.active else "cells", total=None)
+
+        def report(result) -> None:
+            style = {"failed": "red", "skipped": "dim", "embedded": "green"}[result.outcome]
+            progress.console.print(f"[{style}]{result.slide_id}: {result.outcome} ({result.cells} cells){' - ' + result.error if result.error else ''}[/]", soft_wrap=True, highlight=False)
+
+        results = run_embed(
+            plan_paths, out, model, device=dev, cells_per_batch=batch_cells, workers=workers, mode=read_mode,
+            dist=dist, force=force, on_start=lambda n: progress.update(task, total=n),
+            on_batch=lambda n: progress.advance(task, n), on_result=report,
+        )
+    if dist.active:
+        gathered = [None] * dist.world_size
+        torch.distributed.all_gather_object(gathered, results)
+        torch.distributed.destroy_process_group()
+        results = [r for part in gathered for r in part]
+    counts = {k: sum(r.outcome == k for r in results) for k in ("embedded", "skipped", "failed")}
+    say(f"Done: {counts['embedded']} embedded, {counts['skipped']} skipped, {counts['failed']} failed. Stores in {out}/", soft_wrap=True)
+    if counts["failed"]:
+        raise typer.Exit(1)
+
+
+@app.command("encoders")
+def list_encoders() -> None:
+    """List the encoder presets."""
+    from .encoders.registry import get_preset, preset_names
+
+    table = Table(title="Encoder presets")
+    for col in ("name", "dim", "output", "weights", "description", "license"):
+        table.add_column(col)
+    for name in preset_names():
+        p = get_preset(name)
+        table.add_row(name, str(p.output_dim()), p.output, f"hf-hub:{p.hub_id}" if p.hub_id else ("built-in" if not p.needs_weights else "--weights"), p.description, p.license)
+    console.print(table)
+
+
+@store_app.command("validate")
+def store_validate(stores: Annotated[list[Path], typer.Argument(help="Store files (.h5).")]) -> None:
+    """Check shapes, dtypes, finite values and provenance; exit 1 if any store is invalid."""
+    from .store import StoreError, read_store
+
+    bad = 0
+    for path in stores:
+        try:
+            s = read_store(path)
+            console.print(f"[green]{path}: ok[/] {len(s)} cells, levels {', '.join(f'{k} {v.shape[1]}' for k, v in s.embeddings.items())}, D {s.dim}, encoder {s.attrs.get('encoder')}", soft_wrap=True)
+        except StoreError as exc:
+            bad += 1
+            console.print(f"[red]{exc}[/]", soft_wrap=True)
+    if bad:
+        raise typer.Exit(1)
+
+
+@store_app.command("export")
+def store_export(
+    stores: Annotated[list[Path], typer.Argument(help="Store files (.h5).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder: one sub-folder per level, <slide>.h5 in each.")] = Path("trident"),
+) -> None:
+    """Export stores to the TRIDENT/CLAM layout (features + coords per level)."""
+    from .store import StoreError, export_trident, read_store
+
+    for path in stores:
+        try:
+            s = read_store(path)
+        except StoreError as exc:
+            _fail(str(exc))
+        written = export_trident(s, out, s.attrs["slide_id"])
+        console.print(f"{path} -> {', '.join(str(w) for w in written)}", soft_wrap=True)
+
+
+@store_app.command("import")
+def store_import(
+    folder: Annotated[Path, typer.Argument(help="Folder written by `mixmag store export`.")],
+    slide: Annotated[str, typer.Option(help="Slide id (file name without .h5).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the rebuilt store.")] = Path("stores"),
+) -> None:
+    """Rebuild a store from TRIDENT/CLAM-style per-level files."""
+    from .store import StoreError, import_trident, store_path, write_store
+
+    try:
+        path = write_store(store_path(out, slide), import_trident(folder, slide))
+    except StoreError as exc:
+        _fail(str(exc))
+    console.print(f"wrote {path}")
+
+
 @synth_app.command("slide")
 def synth_slide(
     out: Annotated[Path, typer.Argument(help="Output file (.tiff, .svs or .ome.tiff).")],

@@ -1,0 +1,169 @@
+"""The embedding stage: tiling plans -> one store per slide, on one process or many (torchrun).
+
+Slides are sharded across ranks, balanced by cell count; each rank writes its own slides' stores.
+A store is skipped when its provenance matches the plan, the encoder and its weights; otherwise it
+is (re)written atomically, so a run killed midway restarts where it stopped.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..encoders.extract import SlideJob, embed_slides, plan_digest
+from ..encoders.model import TileEncoder
+from ..errors import MixmagError
+from ..slides.pyramids import ReadMode
+from ..slides.tiling import PLAN_FILENAME, load_plan
+from ..store import SlideStore, StoreError, read_attrs, store_path, store_problems, write_store
+
+
+class EmbedError(MixmagError):
+    pass
+
+
+@dataclass
+class EmbedResult:
+    slide_id: str
+    outcome: str  # "embedded" | "skipped" | "failed"
+    cells: int = 0
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def active(self) -> bool:
+        return self.world_size > 1
+
+
+def dist_from_env() -> DistInfo:
+    """Rank and world size as torchrun sets them (1 process when absent)."""
+    return DistInfo(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def find_plans(plans_dir: Path, slide_ids: list[str] | None = None) -> list[Path]:
+    plans_dir = Path(plans_dir)
+    if slide_ids is None:
+        found = sorted(plans_dir.glob(f"*/{PLAN_FILENAME}"))
+        if not found:
+            raise EmbedError(f"{plans_dir}: no tiling plans (*/{PLAN_FILENAME}); run `mixmag tile --out {plans_dir}` first.")
+        return found
+    missing = [s for s in slide_ids if not (plans_dir / s / PLAN_FILENAME).is_file()]
+    if missing:
+        raise EmbedError(f"{plans_dir}: no tiling plan for {len(missing)} slide(s): {', '.join(missing[:10])}; tile them first.")
+    return [plans_dir / s / PLAN_FILENAME for s in slide_ids]
+
+
+def shard(sizes: list[int], world_size: int) -> list[list[int]]:
+    """Greedy longest-first assignment of items to ranks by size; deterministic."""
+    loads = [0] * world_size
+    parts: list[list[int]] = [[] for _ in range(world_size)]
+    for i in sorted(range(len(sizes)), key=lambda i: (-sizes[i], i)):
+        r = min(range(world_size), key=lambda r: (loads[r], r))
+        parts[r].append(i)
+        loads[r] += sizes[i]
+    return [sorted(p) for p in parts]
+
+
+def store_provenance(plan_path: Path, job: SlideJob, encoder: TileEncoder, mode: ReadMode) -> dict:
+    plan = job.plan
+    return {
+        "slide_id": job.slide_id,
+        "slide_path": plan.slide.path,
+        "slide_size_bytes": plan.slide.size_bytes,
+        "slide_mtime": plan.slide.mtime,
+        "reader_backend": plan.slide.backend,
+        "slide_mpp": plan.slide.mpp,
+        "mpp_source": plan.slide.mpp_source,
+        "level_mpps": list(plan.levels.mpps),
+        "tile_px": plan.params.tile_px,
+        "cell_um": plan.levels.cell_um,
+        "cell_px": plan.cell_px,
+        "tiling_params": plan.params.model_dump(),
+        "plan_digest": plan_digest(plan_path),
+        "read_mode": mode,
+        **encoder.provenance(),
+    }
+
+
+_MATCH_KEYS = ("plan_digest", "encoder", "encoder_weights_digest", "encoder_output", "read_mode", "embedding_dim")
+
+
+def store_is_current(path: Path, wanted: dict) -> bool:
+    if not path.is_file():
+        return False
+    try:
+        attrs = read_attrs(path)
+    except OSError:
+        return False
+    return all(attrs.get(k) == wanted[k] for k in _MATCH_KEYS)
+
+
+def run_embed(
+    plan_paths: list[Path],
+    out_dir: Path,
+    encoder: TileEncoder,
+    *,
+    device: torch.device,
+    cells_per_batch: int = 8,
+    workers: int = 2,
+    mode: ReadMode = "derive",
+    dist: DistInfo = DistInfo(),
+    force: bool = False,
+    on_batch: Callable[[int], None] | None = None,
+    on_result: Callable[[EmbedResult], None] | None = None,
+    on_start: Callable[[int], None] | None = None,
+) -> list[EmbedResult]:
+    """Embed this rank's share of the plans into out_dir/<slide>.h5; returns this rank's results."""
+    out_dir = Path(out_dir)
+    plans = [(p, load_plan(p)) for p in plan_paths]
+    mine = shard([len(plan.cells) for _, plan in plans], dist.world_size)[dist.rank]
+    results: list[EmbedResult] = []
+    todo, provenance = [], {}
+    for i in mine:
+        path, plan = plans[i]
+        job = SlideJob(plan.slide.slide_id, plan)
+        wanted = store_provenance(path, job, encoder, mode)
+        target = store_path(out_dir, job.slide_id)
+        if not force and store_is_current(target, wanted):
+            results.append(EmbedResult(job.slide_id, "skipped", job.n_cells))
+            if on_result:
+                on_result(results[-1])
+            continue
+        todo.append(job)
+        provenance[job.slide_id] = wanted
+    if on_start:
+        on_start(sum(j.n_cells for j in todo))
+
+    def finish(job: SlideJob, levels: list[np.ndarray]) -> None:
+        store = SlideStore(
+            rc=np.asarray(job.plan.cells, np.int32).reshape(-1, 2),
+            tissue=np.asarray(job.plan.cell_tissue, np.float32),
+            embeddings=dict(zip(job.plan.levels.names, levels)),
+            attrs=provenance[job.slide_id],
+        )
+        problems = store_problems(store)
+        if problems:
+            result = EmbedResult(job.slide_id, "failed", job.n_cells, f"{job.slide_id}: " + "; ".join(problems) + " - no store written. Check the slide and the encoder weights (try --precision fp32).")
+        else:
+            try:
+                write_store(store_path(out_dir, job.slide_id), store)
+                result = EmbedResult(job.slide_id, "embedded", job.n_cells)
+            except (OSError, StoreError) as exc:
+                result = EmbedResult(job.slide_id, "failed", job.n_cells, f"{job.slide_id}: {exc}")
+        results.append(result)
+        if on_result:
+            on_result(result)
+
+    embed_slides(todo, encoder, device=device, cells_per_batch=cells_per_batch, workers=workers, mode=mode, on_batch=on_batch, on_slide=finish)
+    return results

@@ -1,0 +1,232 @@
+"""The per-slide store: one HDF5 file of tile embeddings at every level, with full provenance.
+
+Layout (DESIGN §3): /cells/rc (N, 2) int32, /cells/tissue (N,) float32, /emb/<level> (N, 4^i, D)
+float16 with sub-tiles row-major, and attributes naming the slide, the tiling and the encoder.
+Written under a temporary name and renamed, so a store that exists is complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from . import __version__
+from .errors import MixmagError
+
+STORE_FORMAT_VERSION = 1
+STORE_SUFFIX = ".h5"
+
+
+class StoreError(MixmagError):
+    pass
+
+
+@dataclass
+class SlideStore:
+    """A store in memory: cells, tissue, one embedding array per level (coarsest first), provenance."""
+
+    rc: np.ndarray
+    tissue: np.ndarray
+    embeddings: dict[str, np.ndarray]
+    attrs: dict
+
+    @property
+    def level_names(self) -> list[str]:
+        return list(self.embeddings)
+
+    @property
+    def dim(self) -> int:
+        return int(next(iter(self.embeddings.values())).shape[-1])
+
+    def __len__(self) -> int:
+        return int(self.rc.shape[0])
+
+
+def store_path(out_dir: str | Path, slide_id: str) -> Path:
+    return Path(out_dir) / f"{slide_id}{STORE_SUFFIX}"
+
+
+def write_store(path: str | Path, store: SlideStore) -> Path:
+    """Validate, then write atomically (temporary name, fsync, rename)."""
+    path = Path(path)
+    problems = store_problems(store)
+    if problems:
+        raise StoreError(f"{path}: refusing to write an invalid store: " + "; ".join(problems))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        with h5py.File(tmp, "w") as f:
+            f.create_dataset("cells/rc", data=store.rc.astype(np.int32))
+            f.create_dataset("cells/tissue", data=store.tissue.astype(np.float32))
+            for name, emb in store.embeddings.items():
+                f.create_dataset(f"emb/{name}", data=emb.astype(np.float16), chunks=_chunks(emb))
+            attrs = {"format_version": STORE_FORMAT_VERSION, "mixmag_version": __version__} | store.attrs
+            attrs["level_names"] = list(store.embeddings)
+            for key, value in attrs.items():
+                f.attrs[key] = _attr(value)
+            f.flush()
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def _chunks(emb: np.ndarray) -> tuple[int, ...] | None:
+    if emb.shape[0] == 0:
+        return None
+    return (min(emb.shape[0], 64),) + emb.shape[1:]
+
+
+def _attr(value):
+    if isinstance(value, (dict, list, tuple)) or value is None:
+        return json.dumps(value)
+    return value
+
+
+def read_attrs(path: str | Path) -> dict:
+    with h5py.File(path, "r") as f:
+        return {k: _decode_attr(v) for k, v in f.attrs.items()}
+
+
+def _decode_attr(value):
+    if isinstance(value, bytes):
+        value = value.decode()
+    if isinstance(value, str) and value[:1] in "[{n":
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            return value
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def read_store(path: str | Path, *, validate: bool = True) -> SlideStore:
+    path = Path(path)
+    if not path.is_file():
+        raise StoreError(f"{path}: store not found; run `mixmag embed` first.")
+    try:
+        with h5py.File(path, "r") as f:
+            attrs = {k: _decode_attr(v) for k, v in f.attrs.items()}
+            names = attrs.get("level_names") or list(f["emb"])
+            store = SlideStore(
+                rc=f["cells/rc"][()],
+                tissue=f["cells/tissue"][()],
+                embeddings={name: f[f"emb/{name}"][()] for name in names},
+                attrs=attrs,
+            )
+    except (OSError, KeyError) as exc:
+        raise StoreError(f"{path}: not a readable mixmag store ({type(exc).__name__}: {exc}); delete it and re-run `mixmag embed`.") from exc
+    if validate:
+        problems = store_problems(store)
+        if problems:
+            raise StoreError(f"{path}: invalid store: " + "; ".join(problems))
+    return store
+
+
+def store_problems(store: SlideStore) -> list[str]:
+    """Everything wrong with a store: shapes, dtypes, non-finite values, missing provenance."""
+    problems = []
+    n = store.rc.shape[0] if store.rc.ndim == 2 else -1
+    if store.rc.ndim != 2 or store.rc.shape[1] != 2:
+        problems.append(f"cells/rc has shape {store.rc.shape}, expected (N, 2)")
+    if store.tissue.shape != (n,):
+        problems.append(f"cells/tissue has shape {store.tissue.shape}, expected ({n},)")
+    if n > 0 and len({tuple(r) for r in store.rc.tolist()}) != n:
+        problems.append("cells/rc holds duplicate cells")
+    dims = set()
+    for i, (name, emb) in enumerate(store.embeddings.items()):
+        expected = 4**i
+        if emb.ndim != 3 or emb.shape[0] != n or emb.shape[1] != expected:
+            problems.append(f"emb/{name} has shape {emb.shape}, expected ({n}, {expected}, D)")
+        if emb.dtype.kind != "f":
+            problems.append(f"emb/{name} has dtype {emb.dtype}, expected float")
+        elif emb.size and not np.isfinite(emb).all():
+            bad = int((~np.isfinite(emb)).any(axis=(1, 2)).sum()) if emb.ndim == 3 else -1
+            problems.append(f"emb/{name} holds NaN or Inf values ({bad} cells)")
+        if emb.ndim == 3:
+            dims.add(emb.shape[2])
+    if len(dims) > 1:
+        problems.append(f"levels disagree on the embedding dimension: {sorted(dims)}")
+    for key in ("slide_id", "encoder", "encoder_weights_digest", "level_mpps", "slide_mpp"):
+        if key not in store.attrs:
+            problems.append(f"provenance attribute {key!r} missing")
+    return problems
+
+
+def export_trident(store: SlideStore, out_dir: str | Path, slide_id: str) -> list[Path]:
+    """One file per level in the TRIDENT/CLAM layout: `features` (M, D) and `coords` (M, 2) int64,
+    the level-0 top-left pixel of each tile; M = N * 4^i, cells in store order, sub-tiles row-major."""
+    out_dir = Path(out_dir)
+    cell_px = float(store.attrs["cell_px"])
+    written = []
+    for i, (name, emb) in enumerate(store.embeddings.items()):
+        per = 2**i
+        step = cell_px / per
+        sub_r, sub_c = np.divmod(np.arange(per * per), per)
+        x = store.rc[:, 1:2] * cell_px + sub_c[None, :] * step
+        y = store.rc[:, 0:1] * cell_px + sub_r[None, :] * step
+        coords = np.stack([np.round(x).ravel(), np.round(y).ravel()], axis=1).astype(np.int64)
+        path = out_dir / name / f"{slide_id}.h5"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.partial")
+        with h5py.File(tmp, "w") as f:
+            f.create_dataset("features", data=emb.reshape(-1, emb.shape[-1]).astype(np.float32))
+            f.create_dataset("coords", data=coords)
+            f.create_dataset("mixmag_cell_tissue", data=store.tissue.astype(np.float32))
+            f.attrs["patch_size_level0"] = step
+            f.attrs["target_mpp"] = float(store.attrs["level_mpps"][i])
+            f.attrs["mixmag_level"] = i
+            f.attrs["mixmag_level_name"] = name
+            f.attrs["mixmag_attrs"] = json.dumps(store.attrs)
+        os.replace(tmp, path)
+        written.append(path)
+    return written
+
+
+def import_trident(folder: str | Path, slide_id: str, level_names: list[str] | None = None) -> SlideStore:
+    """Rebuild a store from per-level TRIDENT/CLAM files written by `export_trident` (or files with
+    the same coordinates): tiles are grouped back into cells by their level-0 coordinates."""
+    folder = Path(folder)
+    names = level_names or sorted((p.name for p in folder.iterdir() if (p / f"{slide_id}.h5").is_file()), key=_level_order)
+    if not names:
+        raise StoreError(f"{folder}: no per-level files named {slide_id}.h5 in its sub-folders")
+    attrs = None
+    embeddings, rc, tissue = {}, None, None
+    for i, name in enumerate(names):
+        with h5py.File(folder / name / f"{slide_id}.h5", "r") as f:
+            features, coords = f["features"][()], f["coords"][()]
+            if attrs is None:
+                if "mixmag_attrs" not in f.attrs:
+                    raise StoreError(f"{folder / name}: no mixmag provenance (cell size, mpp) in the file; only files written by `mixmag export` can be imported")
+                attrs = json.loads(f.attrs["mixmag_attrs"])
+                tissue = f["mixmag_cell_tissue"][()]
+        cell_px = float(attrs["cell_px"])
+        per = 2**i
+        cells = np.floor((coords + 0.5) / cell_px).astype(np.int64)[:, ::-1]  # (row, col)
+        sub = np.floor((coords - cells[:, ::-1] * cell_px + 0.5) / (cell_px / per)).astype(np.int64)
+        if rc is None:
+            rc = cells  # level 0: one tile per cell, in store order
+        index = {cell: k for k, cell in enumerate(map(tuple, rc.tolist()))}
+        try:
+            rows = np.array([index[cell] for cell in map(tuple, cells.tolist())], np.int64)
+        except KeyError as exc:
+            raise StoreError(f"{folder}: level {name} holds a cell {exc.args[0]} that level {names[0]} lacks") from None
+        emb = np.zeros((len(rc), per * per, features.shape[1]), np.float32)
+        emb[rows, sub[:, 1] * per + sub[:, 0]] = features
+        embeddings[name] = emb
+    return SlideStore(rc=rc.astype(np.int32), tissue=tissue, embeddings=embeddings, attrs=attrs)
+
+
+def _level_order(name: str) -> float:
+    try:
+        return float(name.rstrip("x"))
+    except ValueError:
+        return float("inf")
