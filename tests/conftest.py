@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 os.environ.setdefault("COLUMNS", "250")  # rich wraps at 80 columns when not on a terminal
+os.environ["HF_HUB_OFFLINE"] = "1"  # tests never download; hub code paths must fail fast and say so
 
 import numpy as np
 import pytest
