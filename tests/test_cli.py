@@ -158,3 +158,11 @@ def test_bench_tile_smoke(tmp_path):
         rates = figures[name]["tiles_per_s_per_core"]
         assert rates["a"] > 0 and rates["b"] > 0 and rates["c"] > 0
         assert figures[name]["mean_abs_diff_a_vs_b_per_level"]["20x"] < 10
+
+
+def test_bench_embed_smoke(tmp_path):
+    result = _invoke("bench", "embed", "--workdir", tmp_path, "--side", "1400")
+    assert result.exit_code == 0, result.output
+    figures = json.loads((tmp_path / "bench_embed.json").read_text())
+    assert all(v > 0 for v in figures["cpu_data_path_tiles_per_s"].values())
+    assert figures["tiles"] == 21 * figures["cells"] > 0

@@ -89,3 +89,29 @@ def test_a_user_model_replaces_thresholding():
     assert mask[:, :60].all() and not mask[:, 60:].any()
     with pytest.raises(ValueError, match="shape"):
         segment_tissue(image, params, model=lambda rgb: np.zeros((3, 3)))
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")
+def test_tissue_model_files(tmp_path):
+    import torch
+
+    from mixmag.slides.tissue import load_tissue_model
+
+    class TopHalf(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            prob = torch.zeros_like(x[:, :1])
+            prob[:, :, : x.shape[2] // 2] = 1.0
+            return prob
+
+    exported = tmp_path / "tissue.pt2"
+    torch.export.save(torch.export.export(TopHalf(), (torch.zeros(1, 3, 80, 60),)), str(exported))
+    scripted = tmp_path / "tissue.pt"
+    torch.jit.script(TopHalf()).save(str(scripted))  # deprecated by PyTorch, still supported here
+    for path in (exported, scripted):
+        model = load_tissue_model(path)
+        mask = segment_tissue(np.full((80, 60, 3), 240, np.uint8), TissueParams(), model=model)
+        assert mask[:40].all() and not mask[40:].any()
+    with pytest.raises(ValueError, match="unknown tissue model format"):
+        bad = tmp_path / "m.pkl"
+        bad.write_bytes(b"x")
+        load_tissue_model(bad)

@@ -308,6 +308,19 @@ def bench_tile(
     run_tile_benchmark(workdir, size=size, n_cells=cells, rounds=rounds, console=console)
 
 
+@bench_app.command("embed")
+def bench_embed(
+    workdir: Annotated[Path, typer.Option(help="Where the generated benchmark slide is kept (reused).")] = Path(".mixmag-bench"),
+    side: Annotated[int, typer.Option(help="Side of the generated 20x slide in pixels.")] = 6144,
+    workers: Annotated[int, typer.Option(help="DataLoader workers for the GPU run.")] = 8,
+    batch_cells: Annotated[int, typer.Option(help="Cells per batch for the GPU run (21 tiles each).")] = 16,
+) -> None:
+    """Data path tiles/s per worker on CPU; Virchow2 end to end (bf16, eager and compiled) on a GPU if present."""
+    from .bench.embed import run_embed_benchmark
+
+    run_embed_benchmark(workdir, side=side, workers=workers, cells_per_batch=batch_cells, console=console)
+
+
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("demo_out"),

@@ -128,7 +128,7 @@ def window_fractions(cell_fractions: np.ndarray, size: int) -> np.ndarray:
 
 
 def load_tissue_model(path: str | Path) -> TissueModel:
-    """A tissue model from an ONNX or TorchScript file mapping (1, 3, H, W) float RGB in [0, 1] to
+    """A tissue model from an ONNX, torch.export (.pt2) or TorchScript file mapping (1, 3, H, W) float RGB in [0, 1] to
     (1, 1, H, W) or (1, H, W) probabilities (logits are not accepted: apply a sigmoid in the model)."""
     path = Path(path)
     if not path.is_file():
@@ -146,6 +146,16 @@ def load_tissue_model(path: str | Path) -> TissueModel:
             return np.asarray(session.run(None, {name: _to_nchw(rgb)})[0]).reshape(rgb.shape[:2])
 
         return run_onnx
+    if suffix == ".pt2":
+        import torch
+
+        program = torch.export.load(str(path)).module()
+
+        def run_exported(rgb: np.ndarray) -> np.ndarray:
+            with torch.no_grad():
+                return program(torch.from_numpy(_to_nchw(rgb))).numpy().reshape(rgb.shape[:2])
+
+        return run_exported
     if suffix in {".pt", ".ts", ".torchscript"}:
         try:
             import torch
@@ -158,7 +168,7 @@ def load_tissue_model(path: str | Path) -> TissueModel:
                 return module(torch.from_numpy(_to_nchw(rgb))).numpy().reshape(rgb.shape[:2])
 
         return run_torchscript
-    raise ValueError(f"{path}: unknown tissue model format {suffix!r}; use .onnx or a TorchScript .pt/.ts file")
+    raise ValueError(f"{path}: unknown tissue model format {suffix!r}; use .onnx, a torch.export .pt2 or a TorchScript .pt/.ts file")
 
 
 def _to_nchw(rgb: np.ndarray) -> np.ndarray:
