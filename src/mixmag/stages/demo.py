@@ -70,10 +70,32 @@ def run_demo(out: Path, *, sample: Path | None = None, small: bool = False, cons
         path = save_png(out / "region_pyramid.png", montage)
         counts = " + ".join(f"{t.shape[0]} at {n}" for t, n in zip(pyramid.tiles, first.levels.names))
         console.print(f"region ({row}, {col}): {counts} = {pyramid.n_tiles} tiles -> {path}")
-    failed = [r for r in results if r.outcome == "failed"]
+    console.rule("[bold]5. embed every tile of every level with the built-in 'stats' encoder")
+    embedded = _embed(out, console)
+    failed = [r for r in results if r.outcome == "failed"] + [r for r in embedded if r.outcome == "failed"]
     console.rule("[bold]done")
     console.print(f"outputs in {out}/ (plans and QC pictures under tiles*/<slide>/)")
     return 1 if failed else 0
+
+
+def _embed(out: Path, console: Console):
+    import torch
+
+    from ..encoders.model import build_encoder
+    from ..store import read_store, store_path
+    from .embed import find_plans, run_embed
+
+    encoder = build_encoder("stats")
+    plans = [p for folder in ("tiles", "tiles_t1") if (out / folder).is_dir() for p in find_plans(out / folder)]
+    results = run_embed(plans, out / "stores", encoder, device=torch.device("cpu"), workers=0)
+    for r in results:
+        if r.outcome == "failed":
+            console.print(f"[red]{r.slide_id}: {r.error}[/]")
+            continue
+        store = read_store(store_path(out / "stores", r.slide_id))
+        shapes = ", ".join(f"{name} {tuple(emb.shape)}" for name, emb in store.embeddings.items())
+        console.print(f"{r.slide_id}: {r.outcome}; store {store_path(out / 'stores', r.slide_id)}: {shapes}")
+    return results
 
 
 def _demo_layout() -> np.ndarray:
