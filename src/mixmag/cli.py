@@ -205,6 +205,56 @@ def embed(
         raise typer.Exit(1)
 
 
+@app.command()
+def pretrain(
+    config: Annotated[Path, typer.Option(help="YAML run config (see configs/pretrain.yaml).")],
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a config key: --set steps=500 --set context=7.")] = None,
+    device: Annotated[Optional[str], typer.Option(help="cuda, cpu [cuda when available].")] = None,
+) -> None:
+    """Pretrain the region mixer with MEM (or CMEM when `context` is set); resumes from the run folder."""
+    import torch
+
+    from .stages.embed import dist_from_env
+    from .train.pretrain import load_config, run_pretraining
+
+    overrides = {}
+    for item in set_ or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            _fail(f"--set expects key=value, got {item!r}")
+        overrides[key.strip()] = yaml.safe_load(value)
+    try:
+        cfg = load_config(config, overrides)
+    except MixmagError as exc:
+        _fail(str(exc))
+    dist = dist_from_env()
+    dev = torch.device(device) if device else torch.device(f"cuda:{dist.local_rank}" if torch.cuda.is_available() else "cpu")
+    if dist.active:
+        torch.distributed.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+        if dev.type == "cuda":
+            torch.cuda.set_device(dev)
+    if dist.rank == 0:
+        console.print(f"Pretraining ({'CMEM, c = ' + str(cfg.context) if cfg.context else 'MEM'}, r = {cfg.mask_ratio}, preset {cfg.preset}) "
+                      f"for {cfg.steps} steps of {cfg.batch_size} regions on {dev}{f' x {dist.world_size} ranks' if dist.active else ''} -> {cfg.out}", soft_wrap=True)
+
+    def show(row: dict) -> None:
+        cos = " ".join(f"{row[k]:.3f}" for k in sorted(row) if k.startswith("cos_level"))
+        base = " ".join(f"{row[k]:.3f}" for k in sorted(row) if k.startswith("baseline_cos_level"))
+        extra = f" contrastive {row['contrastive']:.4f}" if "contrastive" in row else ""
+        console.print(f"step {row['step']:>6}  loss {row['loss']:.4f} (mem {row['mem']:.4f}{extra}; mean-baseline {row['baseline_loss']:.4f})  "
+                      f"cos/level {cos} (baseline {base})  lr {row['lr']:.2e}  {row['samples_per_s']:.0f} samples/s  MFU {row['mfu']:.1%}", soft_wrap=True, highlight=False)
+
+    try:
+        run_pretraining(cfg, device=dev, rank=dist.rank, world_size=dist.world_size, on_log=show)
+    except MixmagError as exc:
+        _fail(str(exc))
+    finally:
+        if dist.active:
+            torch.distributed.destroy_process_group()
+    if dist.rank == 0:
+        console.print(f"Done. Mixer weights: {cfg.out}/mixer.safetensors; log: {cfg.out}/log.csv")
+
+
 @app.command("encoders")
 def list_encoders() -> None:
     """List the encoder presets."""

@@ -147,3 +147,46 @@ class CellGrid:
         x0 = col * self.cell_px + sub_col * t
         y0 = row * self.cell_px + sub_row * t
         return Box(x0, y0, x0 + t, y0 + t)
+
+
+def level_offsets(t: int, n_levels: int) -> list[int]:
+    """Index of the first token of each level in a t x t region's sequence (plus the total at the end)."""
+    offsets = [0]
+    for level in range(n_levels):
+        offsets.append(offsets[-1] + (t * 2**level) ** 2)
+    return offsets
+
+
+def token_levels(t: int, n_levels: int) -> list[int]:
+    """Level of every token of a t x t region, in sequence order."""
+    return [level for level, _, _ in token_slots(t, n_levels)]
+
+
+def region_permutation(t: int, n_levels: int, rotations: int, flip: bool) -> list[int]:
+    """Token order of a region turned by rotations x 90 degrees (counter-clockwise), then mirrored
+    left-right if flip: new_tokens = tokens[perm]. Every level's grid turns with the same square,
+    so a 20x tile stays inside the 10x and 5x tiles that cover it."""
+    import numpy as np
+
+    perm = []
+    for level, start in zip(range(n_levels), level_offsets(t, n_levels)):
+        side = t * 2**level
+        grid = np.arange(side * side).reshape(side, side)
+        grid = np.rot90(grid, rotations % 4)
+        if flip:
+            grid = grid[:, ::-1]
+        perm.extend((grid.ravel() + start).tolist())
+    return perm
+
+
+def crop_indices(c: int, t: int, n_levels: int, row: int, col: int) -> list[int]:
+    """Tokens of the t x t window at cell (row, col) of a c x c context, in the t x t region's order."""
+    if not (0 <= row <= c - t and 0 <= col <= c - t):
+        raise ValueError(f"a {t}x{t} crop at ({row}, {col}) does not fit in a {c}x{c} context")
+    out = []
+    for level, start in zip(range(n_levels), level_offsets(c, n_levels)):
+        per = 2**level
+        side = c * per
+        for r in range(row * per, (row + t) * per):
+            out.extend(start + r * side + cc for cc in range(col * per, (col + t) * per))
+    return out

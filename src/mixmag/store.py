@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import h5py
@@ -34,6 +34,7 @@ class SlideStore:
     tissue: np.ndarray
     embeddings: dict[str, np.ndarray]
     attrs: dict
+    windows: dict[str, np.ndarray] = field(default_factory=dict)  # "regions" / "contexts": top-left (row, col)
 
     @property
     def level_names(self) -> list[str]:
@@ -65,6 +66,8 @@ def write_store(path: str | Path, store: SlideStore) -> Path:
             f.create_dataset("cells/tissue", data=store.tissue.astype(np.float32))
             for name, emb in store.embeddings.items():
                 f.create_dataset(f"emb/{name}", data=emb.astype(np.float16), chunks=_chunks(emb))
+            for name, rc in store.windows.items():
+                f.create_dataset(f"windows/{name}", data=np.asarray(rc, np.int32).reshape(-1, 2))
             attrs = {"format_version": STORE_FORMAT_VERSION, "mixmag_version": __version__} | store.attrs
             attrs["level_names"] = list(store.embeddings)
             for key, value in attrs.items():
@@ -121,6 +124,7 @@ def read_store(path: str | Path, *, validate: bool = True) -> SlideStore:
                 tissue=f["cells/tissue"][()],
                 embeddings={name: f[f"emb/{name}"][()] for name in names},
                 attrs=attrs,
+                windows={name: f[f"windows/{name}"][()] for name in f.get("windows", {})},
             )
     except (OSError, KeyError) as exc:
         raise StoreError(f"{path}: not a readable mixmag store ({type(exc).__name__}: {exc}); delete it and re-run `mixmag embed`.") from exc

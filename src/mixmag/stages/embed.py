@@ -89,6 +89,8 @@ def store_provenance(plan_path: Path, job: SlideJob, encoder: TileEncoder, mode:
         "tile_px": plan.params.tile_px,
         "cell_um": plan.levels.cell_um,
         "cell_px": plan.cell_px,
+        "region_size": plan.params.region_size,
+        "context_size": plan.params.context_size,
         "tiling_params": plan.params.model_dump(),
         "plan_digest": plan_digest(plan_path),
         "read_mode": mode,
@@ -151,6 +153,8 @@ def run_embed(
             tissue=np.asarray(job.plan.cell_tissue, np.float32),
             embeddings=dict(zip(job.plan.levels.names, levels)),
             attrs=provenance[job.slide_id],
+            windows={"regions": np.asarray(job.plan.regions, np.int32).reshape(-1, 2),
+                     "contexts": np.asarray(job.plan.contexts, np.int32).reshape(-1, 2)},
         )
         problems = store_problems(store)
         if problems:

@@ -1,0 +1,195 @@
+"""Region samples for pretraining, drawn from per-slide stores.
+
+I/O is planned for very large corpora: an epoch visits slides in a seeded order, in chunks of
+`pool` slides; each worker loads a chunk's stores once (one sequential read per store), draws
+`per_slide` windows from each slide, shuffles them across the chunk's slides and cuts batches.
+The whole stream is a function of (seed, epoch, rank, worker), so a run resumed at step N skips
+the first N batches without reading them and continues on the same trajectory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from ..errors import ConfigError
+from ..geometry import crop_indices, region_permutation, sequence_length
+from ..store import SlideStore, StoreError, read_store
+
+
+class RegionTable:
+    """One store's tiles as a single (sum_i N 4^i, D) table, so a region is one gather of s rows."""
+
+    def __init__(self, store: SlideStore) -> None:
+        self.store = store
+        self.flat = np.concatenate([emb.reshape(-1, emb.shape[-1]) for emb in store.embeddings.values()])
+        self.offsets = np.cumsum([0] + [emb.shape[0] * emb.shape[1] for emb in store.embeddings.values()])
+        self.cell_index = {rc: i for i, rc in enumerate(map(tuple, store.rc.tolist()))}
+        self.n_levels = len(store.embeddings)
+
+    def window_rows(self, row: int, col: int, size: int) -> np.ndarray:
+        """Table rows of the size x size window at (row, col), in region token order."""
+        try:
+            cells = np.array([[self.cell_index[(row + dr, col + dc)] for dc in range(size)] for dr in range(size)])
+        except KeyError as exc:
+            raise StoreError(f"{self.store.attrs.get('slide_id')}: window ({row}, {col}) x {size} needs cell {exc.args[0]}, not in the store") from None
+        parts = []
+        for level in range(self.n_levels):
+            per = 2**level
+            sub = np.arange(per * per).reshape(per, per)
+            rows = self.offsets[level] + cells[:, None, :, None] * per * per + sub[None, :, None, :]  # (size, per, size, per)
+            parts.append(rows.reshape(-1))
+        return np.concatenate(parts)
+
+    def take(self, rows: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        return np.take(self.flat, rows, axis=0, out=out)
+
+
+def assemble_region(store: SlideStore, row: int, col: int, size: int) -> np.ndarray:
+    """(s(size, l), D) token sequence of the size x size window at (row, col): level 0's grid, then
+    level 1's, ..., each row-major over the window."""
+    table = RegionTable(store)
+    return table.take(table.window_rows(row, col, size))
+
+
+@dataclass(frozen=True)
+class RegionSamplingConfig:
+    t: int = 3
+    context: int | None = None  # c for CMEM: two t x t crops from a c x c context
+    per_slide: int = 16         # windows drawn from a slide each time it is visited
+    pool: int = 8               # slides loaded together (shuffling spans them)
+    batch_size: int = 64
+    seed: int = 0
+    augment: bool = True        # consistent rotation / flip of all levels
+
+    def __post_init__(self) -> None:
+        if self.context is not None and self.t > self.context:
+            raise ConfigError(f"region size t = {self.t} is larger than the context c = {self.context}")
+
+
+@dataclass(frozen=True)
+class StoreEntry:
+    path: Path
+    n_windows: int
+
+
+def index_stores(paths: Sequence[Path], config: RegionSamplingConfig) -> tuple[list[StoreEntry], int, int]:
+    """Read every store's header and window list (not its embeddings): usable slides, D and levels."""
+    import h5py
+
+    size = config.context or config.t
+    kind = "contexts" if config.context else "regions"
+    entries, dims, levels = [], set(), set()
+    for path in paths:
+        with h5py.File(path, "r") as f:
+            attrs = f.attrs
+            want = attrs.get("context_size") if config.context else attrs.get("region_size")
+            n = f[f"windows/{kind}"].shape[0] if f"windows/{kind}" in f else 0
+            names = list(f["emb"])
+            dims.add(int(f[f"emb/{names[0]}"].shape[-1]))
+            levels.add(len(names))
+        if n and int(want) != size:
+            raise ConfigError(f"{path}: its {kind} are {want} x {want} cells but the run asks for {size} x {size}; "
+                              f"re-tile with --region-size/--context-size {size} or change the config")
+        if n:
+            entries.append(StoreEntry(Path(path), int(n)))
+    if not entries:
+        raise ConfigError(f"no store holds {size} x {size} {kind}" + (" (tile with --context-size c for CMEM)" if config.context else ""))
+    if len(dims) > 1 or len(levels) > 1:
+        raise ConfigError(f"stores disagree: embedding dims {sorted(dims)}, level counts {sorted(levels)}")
+    return entries, dims.pop(), levels.pop()
+
+
+class RegionStream(IterableDataset):
+    """Yields batches: x (B, s, D) float16 (and x_prime for CMEM), forever, epoch after epoch."""
+
+    def __init__(self, entries: list[StoreEntry], n_levels: int, config: RegionSamplingConfig,
+                 rank: int = 0, world_size: int = 1, start_batch: int = 0) -> None:
+        self.entries = entries
+        self.n_levels = n_levels
+        self.config = config
+        self.rank = rank
+        self.world_size = world_size
+        self.start_batch = start_batch
+
+    def chunks(self, epoch: int) -> list[list[int]]:
+        """This rank's chunks of slide indices for an epoch (a seeded permutation, dealt round-robin)."""
+        order = np.random.default_rng([self.config.seed, epoch]).permutation(len(self.entries))
+        pool = self.config.pool
+        all_chunks = [order[i : i + pool].tolist() for i in range(0, len(order), pool)]
+        return all_chunks[self.rank :: self.world_size]
+
+    def batches_in_chunk(self, chunk: list[int]) -> int:
+        return len(chunk) * self.config.per_slide // self.config.batch_size
+
+    def __iter__(self) -> Iterator[dict]:
+        info = get_worker_info()
+        worker, n_workers = (info.id, info.num_workers) if info else (0, 1)
+        # The DataLoader takes batches from its workers in turn; worker w makes batches w, w + W, ...
+        skip = _batches_before(self.start_batch, worker, n_workers)
+        epoch = 0
+        while True:
+            chunks = self.chunks(epoch)
+            if not any(self.batches_in_chunk(c) for c in chunks):
+                raise ConfigError("batch size is larger than a chunk's samples: lower batch_size or raise per_slide/pool")
+            for ci, chunk in enumerate(chunks):
+                if ci % n_workers != worker:
+                    continue
+                n = self.batches_in_chunk(chunk)
+                if skip >= n:
+                    skip -= n
+                    continue
+                yield from self._chunk_batches(epoch, ci, chunk, first=skip)
+                skip = 0
+            epoch += 1
+
+    def _chunk_batches(self, epoch: int, ci: int, chunk: list[int], first: int) -> Iterator[dict]:
+        c = self.config
+        rng = np.random.default_rng([c.seed, epoch, self.rank, ci])
+        stores = [read_store(self.entries[i].path, validate=False) for i in chunk]
+        kind = "contexts" if c.context else "regions"
+        size = c.context or c.t
+        samples = []
+        for k, store in enumerate(stores):
+            n = store.windows[kind].shape[0]
+            samples += [(k, int(w)) for w in rng.integers(0, n, c.per_slide)]
+        rng.shuffle(samples)
+        tables = [RegionTable(store) for store in stores]
+        s_len = sequence_length(c.t, self.n_levels)
+        perms = [[np.asarray(region_permutation(c.t, self.n_levels, r, bool(f))) for f in (0, 1)] for r in range(4)]
+        crops = {}
+        n_batches = self.batches_in_chunk(chunk)
+        for b in range(n_batches):
+            picked = samples[b * c.batch_size : (b + 1) * c.batch_size]
+            rot = rng.integers(0, 4, (len(picked), 2)) if c.augment else np.zeros((len(picked), 2), int)
+            flips = rng.integers(0, 2, (len(picked), 2)) if c.augment else np.zeros((len(picked), 2), int)
+            offsets = rng.integers(0, size - c.t + 1, (len(picked), 4)) if c.context else None
+            if b < first:
+                continue  # resumed: the draws above keep the stream identical, the tensors are not built
+            x = np.empty((len(picked), s_len, stores[0].dim), np.float16)
+            xp = np.empty_like(x) if c.context else None
+            for i, (k, w) in enumerate(picked):
+                row, col = stores[k].windows[kind][w]
+                rows = tables[k].window_rows(int(row), int(col), size)
+                if c.context:
+                    for view, out, o in ((0, x, offsets[i, :2]), (1, xp, offsets[i, 2:])):
+                        key = (int(o[0]), int(o[1]))
+                        if key not in crops:
+                            crops[key] = np.asarray(crop_indices(c.context, c.t, self.n_levels, *key))
+                        tables[k].take(rows[crops[key]][perms[rot[i, view]][flips[i, view]]], out=out[i])
+                else:
+                    tables[k].take(rows[perms[rot[i, 0]][flips[i, 0]]], out=x[i])
+            batch = {"x": torch.from_numpy(x)}
+            if xp is not None:
+                batch["x_prime"] = torch.from_numpy(xp)
+            yield batch
+
+
+def _batches_before(start: int, worker: int, n_workers: int) -> int:
+    """How many of worker w's batches fall among the first `start` batches of the round-robin stream."""
+    return max(0, (start - worker + n_workers - 1) // n_workers)

@@ -1,0 +1,194 @@
+"""Masked embedding modeling (MEM, eq. 2-4) and its contrastive variant (CMEM, eq. 5-6).
+
+Masking is per sample and vectorised (argsort of noise, as in MAE): k = floor(s r) slots are hidden,
+the encoder sees only the visible slots plus the class tokens, the decoder puts a learned mask token
+back at every hidden slot, adds its own positions and predicts the input embedding there.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import ConfigError
+from ..geometry import token_levels
+from .mixer import MixerConfig, RegionMixer, make_blocks
+
+
+@dataclass
+class Masking:
+    keep: torch.Tensor     # (B, s - k) visible slots, in shuffled order
+    restore: torch.Tensor  # (B, s) position of each slot in [visible..., masked...]
+    masked: torch.Tensor   # (B, s) bool, True where hidden
+
+
+def n_masked(seq_len: int, ratio: float) -> int:
+    if not 0 < ratio < 1:
+        raise ConfigError(f"mask ratio r must be in (0, 1), got {ratio}")
+    return math.floor(seq_len * ratio)
+
+
+def random_masking(batch: int, seq_len: int, ratio: float, *, noise: torch.Tensor | None = None, device=None) -> Masking:
+    """Hide floor(s r) random slots of each sample (independently per sample)."""
+    k = n_masked(seq_len, ratio)
+    if noise is None:
+        noise = torch.rand(batch, seq_len, device=device)
+    shuffle = torch.argsort(noise, dim=1)
+    restore = torch.argsort(shuffle, dim=1)
+    masked = torch.ones(batch, seq_len, dtype=torch.bool, device=noise.device)
+    masked[:, : seq_len - k] = False
+    masked = torch.gather(masked, 1, restore)
+    return Masking(shuffle[:, : seq_len - k], restore, masked)
+
+
+def restore_order(visible: torch.Tensor, mask_token: torch.Tensor, restore: torch.Tensor) -> torch.Tensor:
+    """Put the visible tokens back at their slots and the mask token at every hidden slot."""
+    b, s = restore.shape
+    full = torch.cat([visible, mask_token.expand(b, s - visible.shape[1], -1)], dim=1)
+    return torch.gather(full, 1, restore[..., None].expand(-1, -1, full.shape[-1]))
+
+
+def level_weights(t: int, n_levels: int) -> torch.Tensor:
+    """w_j = s / (l n_level(j)): each magnification contributes equally to eq. 2 in expectation."""
+    levels = token_levels(t, n_levels)
+    counts = [levels.count(i) for i in range(n_levels)]
+    return torch.tensor([len(levels) / (n_levels * counts[i]) for i in levels])
+
+
+def reconstruction_loss(pred: torch.Tensor, target: torch.Tensor, masked: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Eq. 2 averaged over the batch: -(1/k) sum over hidden slots of w_j cos(x_hat_j, x_j)."""
+    sim = F.cosine_similarity(pred.float(), target.float(), dim=-1)  # (B, s)
+    k = masked.sum(dim=1).clamp(min=1)
+    return -((sim * weights * masked).sum(dim=1) / k).mean()
+
+
+def contrastive_loss(z: torch.Tensor, z_prime: torch.Tensor, tau: float = 0.2) -> torch.Tensor:
+    """Eq. 5: -1/n sum_i log exp(sim(z_i, z'_i)/tau) / sum_{j != i} exp(sim(z_i, z'_j)/tau)."""
+    logits = F.normalize(z.float(), dim=-1) @ F.normalize(z_prime.float(), dim=-1).T / tau
+    positives = logits.diagonal()
+    eye = torch.eye(logits.shape[0], dtype=torch.bool, device=logits.device)
+    negatives = torch.logsumexp(logits.masked_fill(eye, float("-inf")), dim=1)
+    return (negatives - positives).mean()
+
+
+class MEMDecoder(nn.Module):
+    """D_phi: visible tokens -> predicted embedding at every slot."""
+
+    def __init__(self, config: MixerConfig) -> None:
+        super().__init__()
+        c = config
+        self.n_cls = c.n_cls
+        self.embed = nn.Linear(c.dim, c.decoder_dim)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, c.decoder_dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, c.seq_len, c.decoder_dim))
+        self.blocks = make_blocks(c.decoder_dim, c.decoder_depth, c.decoder_heads, c.mlp_ratio, c.mlp)
+        self.norm = nn.LayerNorm(c.decoder_dim)
+        self.head = nn.Linear(c.decoder_dim, c.in_dim)
+        nn.init.trunc_normal_(self.mask_token, std=0.02)
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+
+    def forward(self, encoded: torch.Tensor, masking: Masking) -> torch.Tensor:
+        h = self.embed(encoded)
+        cls, visible = h[:, : self.n_cls], h[:, self.n_cls :]
+        full = restore_order(visible, self.mask_token, masking.restore)
+        h = torch.cat([cls, full + self.pos_embed], dim=1)
+        for block in self.blocks:
+            h = block(h)
+        return self.head(self.norm(h)[:, self.n_cls :])
+
+
+class Projector(nn.Module):
+    """P_psi: concatenated class tokens -> hidden (4096 in the paper) -> 256; dropped after pretraining."""
+
+    def __init__(self, config: MixerConfig) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(config.n_cls * config.dim, config.projector_hidden),
+            nn.GELU(),
+            nn.Linear(config.projector_hidden, config.projector_out),
+        )
+
+    def forward(self, compressed: torch.Tensor) -> torch.Tensor:
+        return self.net(compressed)
+
+
+class MEMPretrainer(nn.Module):
+    """Mixer + decoder (+ projector for CMEM): returns the loss and its parts for a batch."""
+
+    def __init__(self, config: MixerConfig, mask_ratio: float, contrastive: bool = False, tau: float = 0.2) -> None:
+        super().__init__()
+        n_masked(config.seq_len, mask_ratio)  # validates r
+        self.config = config
+        self.mask_ratio = mask_ratio
+        self.tau = tau
+        self.encoder = RegionMixer(config)
+        self.decoder = MEMDecoder(config)
+        self.projector = Projector(config) if contrastive else None
+        self.register_buffer("weights", level_weights(config.t, config.n_levels), persistent=False)
+        self.register_buffer("levels", torch.tensor(token_levels(config.t, config.n_levels)), persistent=False)
+
+    def mem(self, x: torch.Tensor, noise: torch.Tensor | None = None) -> dict:
+        masking = random_masking(x.shape[0], x.shape[1], self.mask_ratio, noise=noise, device=x.device)
+        encoded = self.encoder.tokens(x, masking.keep)
+        pred = self.decoder(encoded, masking)
+        loss = reconstruction_loss(pred, x, masking.masked, self.weights)
+        return {"loss": loss, "pred": pred, "masking": masking, "encoded": encoded}
+
+    def forward(self, x: torch.Tensor, x_prime: torch.Tensor | None = None, gather=None) -> dict:
+        """x: (B, s, D) regions (for CMEM, the first crop); x_prime: the second crop. `gather` collects
+        z' from every rank so eq. 5 runs over the global batch."""
+        out = self.mem(x)
+        losses = {"mem": out["loss"]}
+        if self.projector is not None:
+            if x_prime is None:
+                raise ConfigError("CMEM needs two crops per sample")
+            second = self.mem(x_prime)
+            n = self.config.n_cls
+            z = self.projector(out["encoded"][:, :n].flatten(1))
+            z_prime = self.projector(second["encoded"][:, :n].flatten(1))
+            losses["mem"] = (out["loss"] + second["loss"]) / 2  # both masked crops are reconstructed
+            losses["contrastive"] = _global_contrastive(z, z_prime, gather, self.tau) if gather else contrastive_loss(z, z_prime, self.tau)
+        losses["loss"] = sum(v for k, v in losses.items() if k != "loss")
+        with torch.no_grad():
+            losses |= reconstruction_metrics(out["pred"], x, out["masking"].masked, self.levels, self.config.n_levels, self.weights)
+        return losses
+
+
+def _global_contrastive(z, z_prime, gather, tau):
+    """Eq. 5 over the global batch: this rank's z against every rank's z' (positives at this rank's offset)."""
+    all_prime, offset = gather(z_prime)
+    logits = F.normalize(z.float(), dim=-1) @ F.normalize(all_prime.float(), dim=-1).T / tau
+    idx = torch.arange(z.shape[0], device=z.device) + offset
+    positives = logits[torch.arange(z.shape[0], device=z.device), idx]
+    mask = torch.zeros_like(logits, dtype=torch.bool)
+    mask[torch.arange(z.shape[0], device=z.device), idx] = True
+    negatives = torch.logsumexp(logits.masked_fill(mask, float("-inf")), dim=1)
+    return (negatives - positives).mean()
+
+
+@torch.no_grad()
+def reconstruction_metrics(pred, x, masked, levels, n_levels: int, weights) -> dict:
+    """Per-level cosine on hidden slots, and the same for a 'predict the mean' baseline: each hidden
+    slot predicted by the mean of the visible embeddings of its level in the same region."""
+    sim = F.cosine_similarity(pred.float(), x.float(), dim=-1)
+    out = {}
+    xf = x.float()
+    visible = (~masked).float()
+    baseline = torch.zeros_like(sim)
+    for level in range(n_levels):
+        at = (levels == level)[None, :]
+        hidden = masked & at
+        count = hidden.sum().clamp(min=1)
+        out[f"cos_level{level}"] = (sim * hidden).sum() / count
+        vis = visible * at
+        mean = (xf * vis[..., None]).sum(1) / vis.sum(1, keepdim=True).clamp(min=1)  # (B, D)
+        base = F.cosine_similarity(mean[:, None, :].expand_as(xf), xf, dim=-1)
+        baseline = torch.where(at, base, baseline)
+        out[f"baseline_cos_level{level}"] = (base * hidden).sum() / count
+    k = masked.sum(dim=1).clamp(min=1)
+    out["baseline_loss"] = -((baseline * weights * masked).sum(dim=1) / k).mean()
+    return out

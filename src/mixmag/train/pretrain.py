@@ -1,0 +1,358 @@
+"""Pretraining of the region mixer with MEM or CMEM: config, engine, checkpoints, logs.
+
+One loop for one CPU or many GPUs: under `torchrun` the model is wrapped in DDP and each rank reads
+its own share of the region stream. Checkpoints hold model, optimiser, scaler, step and RNG state,
+and the stream restarts at the checkpoint's batch, so a resumed run follows the same trajectory.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from torch.utils.data import DataLoader
+
+from .. import __version__
+from ..data.regions import RegionSamplingConfig, RegionStream, index_stores
+from ..errors import ConfigError
+from ..models.mem import MEMPretrainer, n_masked
+from ..models.mixer import MixerConfig, mixer_config
+from ..store import STORE_SUFFIX
+from .optim import param_groups, warmup_cosine
+
+CHECKPOINT = "checkpoints/last.pt"
+LOG_CSV = "log.csv"
+
+
+class PretrainConfig(BaseModel):
+    """Everything that defines a pretraining run (YAML in `configs/`); a typo is an error."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    stores: str = Field(description="folder of per-slide stores (*.h5) from `mixmag embed`")
+    out: str = Field(description="run folder: checkpoints, logs, the final mixer")
+    preset: str = "paper"
+    mixer: dict = Field(default_factory=dict, description="overrides of the mixer preset (dim, depth, mlp, ...)")
+    t: int = Field(3, ge=1)
+    mask_ratio: float = Field(0.5, description="r: fraction of the s tokens hidden")
+    context: int | None = Field(None, ge=1, description="c: CMEM with two t x t crops of a c x c context; None = MEM")
+    tau: float = Field(0.2, gt=0)
+    batch_size: int = Field(1024, ge=2, description="global batch (split evenly across ranks)")
+    steps: int = Field(1000, ge=1)
+    warmup_steps: int = Field(100, ge=0)
+    base_lr: float = Field(1.5e-4, gt=0, description="lr = base_lr * batch_size / 256")
+    min_lr_ratio: float = Field(0.0, ge=0, le=1)
+    weight_decay: float = Field(0.05, ge=0)
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float | None = Field(1.0, gt=0)
+    precision: Literal["bf16", "fp16", "fp32"] = "bf16"
+    seed: int = 0
+    workers: int = Field(4, ge=0)
+    per_slide: int = Field(16, ge=1, description="windows drawn from a slide per visit")
+    pool: int = Field(8, ge=1, description="slides loaded together; shuffling spans them")
+    augment: bool = True
+    log_every: int = Field(10, ge=1)
+    checkpoint_every: int = Field(200, ge=1)
+    compile: bool = False
+    tensorboard: bool = True
+    check_replicas: bool = Field(False, description="compare weights across ranks after every step (tests)")
+    peak_tflops: float | None = Field(None, description="for MFU; measured at start when not given")
+
+    @model_validator(mode="after")
+    def _check(self) -> PretrainConfig:
+        if not 0 < self.mask_ratio < 1:
+            raise ValueError(f"mask_ratio r must be in (0, 1), got {self.mask_ratio}")
+        if self.context is not None and self.t > self.context:
+            raise ValueError(f"t = {self.t} is larger than the context c = {self.context}")
+        return self
+
+    @property
+    def lr(self) -> float:
+        return self.base_lr * self.batch_size / 256
+
+
+def load_config(path: str | Path, overrides: dict | None = None) -> PretrainConfig:
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    data = yaml.safe_load(path.read_text()) or {}
+    try:
+        return PretrainConfig(**(data | (overrides or {})))
+    except ValueError as exc:
+        raise ConfigError(f"{path}: invalid pretraining config:\n{exc}") from exc
+
+
+def build_model(config: PretrainConfig, in_dim: int, n_levels: int) -> tuple[MEMPretrainer, MixerConfig]:
+    if "in_dim" in config.mixer and config.mixer["in_dim"] != in_dim:
+        raise ConfigError(f"mixer in_dim {config.mixer['in_dim']} does not match the stores' embedding dimension {in_dim}")
+    mc = mixer_config(config.preset, **(config.mixer | {"in_dim": in_dim, "t": config.t, "n_levels": n_levels}))
+    n_masked(mc.seq_len, config.mask_ratio)
+    return MEMPretrainer(mc, config.mask_ratio, contrastive=config.context is not None, tau=config.tau), mc
+
+
+def store_paths(folder: str | Path) -> list[Path]:
+    paths = sorted(Path(folder).glob(f"*{STORE_SUFFIX}"))
+    if not paths:
+        raise ConfigError(f"{folder}: no stores (*{STORE_SUFFIX}); run `mixmag embed` first")
+    return paths
+
+
+def run_pretraining(config: PretrainConfig, *, device: torch.device, rank: int = 0, world_size: int = 1, on_log=None) -> dict:
+    """Train until config.steps; resumes from out/checkpoints/last.pt when present. Returns the last log row."""
+    out = Path(config.out)
+    if config.batch_size % world_size:
+        raise ConfigError(f"batch_size {config.batch_size} does not split evenly over {world_size} ranks")
+    local_batch = config.batch_size // world_size
+    sampling = RegionSamplingConfig(t=config.t, context=config.context, per_slide=config.per_slide, pool=config.pool,
+                                    batch_size=local_batch, seed=config.seed, augment=config.augment)
+    entries, in_dim, n_levels = index_stores(store_paths(config.stores), sampling)
+    torch.manual_seed(config.seed)
+    model, mixer_cfg = build_model(config, in_dim, n_levels)
+    model.to(device)
+    distributed = world_size > 1
+    net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None) if distributed else model
+    fused = device.type == "cuda"
+    optimizer = torch.optim.AdamW(param_groups(model, config.weight_decay), lr=config.lr, betas=config.betas, fused=fused)
+    scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
+    step = 0
+    ckpt_path = out / CHECKPOINT
+    if ckpt_path.is_file():
+        step = _resume(ckpt_path, config, model, optimizer, scaler, world_size, device)
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(config.model_dump() | {"mixer_resolved": asdict(mixer_cfg)}, indent=1))
+    stream = RegionStream(entries, n_levels, sampling, rank=rank, world_size=world_size, start_batch=step)
+    loader = DataLoader(stream, batch_size=None, num_workers=config.workers, pin_memory=device.type == "cuda",
+                        prefetch_factor=4 if config.workers else None, persistent_workers=config.workers > 0)
+    forward = torch.compile(net) if config.compile else net
+    autocast = _autocast(config.precision, device)
+    flops_per_sample = count_flops(model, local_batch, mixer_cfg, config, device) if step < config.steps else 0.0
+    peak = (config.peak_tflops or measure_matmul_tflops(device, config.precision)) * 1e12
+    logger = RunLogger(out, enabled=rank == 0, tensorboard=config.tensorboard, resume_step=step)
+    gather = _gatherer(world_size) if distributed and config.context else None
+    last: dict = {}
+    timer = time.perf_counter()
+    samples_since = 0
+    for batch in loader:
+        if step >= config.steps:
+            break
+        for group in optimizer.param_groups:
+            group["lr"] = config.lr * warmup_cosine(step, config.warmup_steps, config.steps, config.min_lr_ratio)
+        torch.manual_seed(_step_seed(config.seed, rank, step))  # masks depend on (seed, rank, step) only: resumable
+        x = batch["x"].to(device, non_blocking=True)
+        x_prime = batch["x_prime"].to(device, non_blocking=True) if "x_prime" in batch else None
+        with autocast:
+            losses = forward(x.float(), None if x_prime is None else x_prime.float(), gather)
+        if not torch.isfinite(losses["loss"]):
+            raise FloatingPointError(f"step {step}: loss is {losses['loss'].item()}; lower the lr or use precision fp32/bf16")
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(losses["loss"]).backward()
+        if config.grad_clip:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        step += 1
+        samples_since += config.batch_size
+        replica_diff = replica_spread(model) if (distributed and config.check_replicas) else 0.0
+        if step % config.log_every == 0 or step == config.steps or config.check_replicas:
+            elapsed = time.perf_counter() - timer
+            rate = samples_since / elapsed if elapsed > 0 else 0.0
+            last = {"step": step, "samples": step * config.batch_size, "lr": optimizer.param_groups[0]["lr"],
+                    **{k: float(v) for k, v in losses.items()}, "samples_per_s": rate,
+                    "mfu": rate * flops_per_sample / peak if peak else 0.0, "replica_max_diff": replica_diff}
+            logger.log(last)
+            if on_log is not None and rank == 0:
+                on_log(last)
+            timer, samples_since = time.perf_counter(), 0
+        if step % config.checkpoint_every == 0 or step == config.steps:
+            if rank == 0:
+                save_checkpoint(ckpt_path, model, optimizer, scaler, step, config, mixer_cfg, world_size, device)
+            if distributed:
+                torch.distributed.barrier()
+    logger.close()
+    if rank == 0:
+        export_mixer(out, model, mixer_cfg, config)
+    return last
+
+
+def _step_seed(seed: int, rank: int, step: int) -> int:
+    return (seed * 1_000_003 + rank * 10_007 + step) % (2**63)
+
+
+def _autocast(precision: str, device: torch.device):
+    from contextlib import nullcontext
+
+    if precision == "fp32":
+        return nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    if device.type == "cpu" and precision == "fp16":
+        raise ConfigError("fp16 needs a GPU; use bf16 or fp32 on CPU")
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def _gatherer(world_size: int):
+    """All-gather z' across ranks with gradients, returning (all z', this rank's offset)."""
+    import torch.distributed as dist
+    import torch.distributed.nn.functional as dist_fn
+
+    def gather(z: torch.Tensor):
+        parts = dist_fn.all_gather(z)
+        return torch.cat(parts), dist.get_rank() * z.shape[0]
+
+    return gather
+
+
+@torch.no_grad()
+def replica_spread(model: torch.nn.Module) -> float:
+    """Largest difference across ranks of a weight checksum (0 when replicas agree)."""
+    import torch.distributed as dist
+
+    total = torch.stack([p.detach().double().sum() for p in model.parameters()]).sum().reshape(1)
+    gathered = [torch.zeros_like(total) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, total)
+    values = torch.cat(gathered)
+    return float(values.max() - values.min())
+
+
+def count_flops(model: MEMPretrainer, batch: int, mixer_cfg: MixerConfig, config: PretrainConfig, device) -> float:
+    """Training FLOPs per sample (forward + backward), counted by torch's FLOP counter on a small batch."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    n = min(batch, 4)
+    x = torch.randn(n, mixer_cfg.seq_len, mixer_cfg.in_dim, device=device)
+    x_prime = torch.randn_like(x) if config.context else None
+    counter = FlopCounterMode(display=False)
+    with counter:
+        losses = model(x, x_prime)
+        losses["loss"].backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops() / n
+
+
+def measure_matmul_tflops(device: torch.device, precision: str) -> float:
+    n = 8192 if device.type == "cuda" else 1024
+    dtype = torch.bfloat16 if (device.type == "cuda" and precision != "fp32") else torch.float32
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    a @ b
+    _sync(device)
+    reps = 10 if device.type == "cuda" else 3
+    start = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    _sync(device)
+    return 2 * n**3 * reps / (time.perf_counter() - start) / 1e12
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def save_checkpoint(path: Path, model, optimizer, scaler, step: int, config: PretrainConfig, mixer_cfg: MixerConfig, world_size: int, device) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {
+        "format": "mixmag-pretrain-checkpoint-1",
+        "mixmag_version": __version__,
+        "step": step,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scaler": scaler.state_dict(),
+        "config": json.dumps(config.model_dump()),
+        "mixer": json.dumps(asdict(mixer_cfg)),
+        "world_size": world_size,
+    }
+    tmp = path.with_name(f".{path.name}.partial")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+_TRAJECTORY_KEYS = ("preset", "mixer", "t", "mask_ratio", "context", "tau", "batch_size", "warmup_steps", "base_lr", "min_lr_ratio",
+                    "weight_decay", "betas", "grad_clip", "precision", "seed", "workers", "per_slide", "pool", "augment", "stores")
+
+
+def _resume(path: Path, config: PretrainConfig, model, optimizer, scaler, world_size: int, device) -> int:
+    state = torch.load(path, map_location=device, weights_only=True)
+    saved = json.loads(state["config"])
+    changed = [k for k in _TRAJECTORY_KEYS if json.dumps(saved.get(k)) != json.dumps(config.model_dump()[k])]
+    if changed or state["world_size"] != world_size:
+        raise ConfigError(
+            f"{path}: the checkpoint was made with other settings ({', '.join(changed) or 'world size ' + str(state['world_size'])}); "
+            "resume with the same config, or start a new run folder"
+        )
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scaler.load_state_dict(state["scaler"])
+    return int(state["step"])
+
+
+def export_mixer(out: Path, model: MEMPretrainer, mixer_cfg: MixerConfig, config: PretrainConfig) -> Path:
+    """The encoder alone (decoder and projector are pretraining artefacts): safetensors + its config."""
+    from safetensors.torch import save_file
+
+    path = out / "mixer.safetensors"
+    tmp = path.with_name(f".{path.name}.partial")
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.encoder.state_dict().items()}, str(tmp))
+    os.replace(tmp, path)
+    (out / "mixer.json").write_text(json.dumps({"mixer": asdict(mixer_cfg), "pretraining": config.model_dump(), "mixmag_version": __version__}, indent=1))
+    return path
+
+
+class RunLogger:
+    """CSV (always) and TensorBoard (when installed and enabled) logs of rank 0."""
+
+    def __init__(self, out: Path, *, enabled: bool, tensorboard: bool, resume_step: int) -> None:
+        self.enabled = enabled
+        self.path = out / LOG_CSV
+        self.fields: list[str] | None = None
+        self.writer = None
+        if not enabled:
+            return
+        out.mkdir(parents=True, exist_ok=True)
+        if self.path.exists():
+            with self.path.open() as fh:
+                rows = [r for r in csv.DictReader(fh) if int(r["step"]) <= resume_step]
+            self.fields = list(rows[0]) if rows else None
+            with self.path.open("w", newline="") as fh:
+                if rows:
+                    w = csv.DictWriter(fh, fieldnames=self.fields)
+                    w.writeheader()
+                    w.writerows(rows)
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.writer = SummaryWriter(str(out / "tensorboard"), purge_step=resume_step + 1)
+            except ImportError:
+                self.writer = None
+
+    def log(self, row: dict) -> None:
+        if not self.enabled:
+            return
+        new = self.fields is None
+        if new:
+            self.fields = list(row)
+        with self.path.open("a", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=self.fields, extrasaction="ignore")
+            if new:
+                w.writeheader()
+            w.writerow(row)
+        if self.writer is not None:
+            for k, v in row.items():
+                if k != "step" and isinstance(v, float) and math.isfinite(v):
+                    self.writer.add_scalar(k, v, row["step"])
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
