@@ -130,7 +130,10 @@ class RegionStream(IterableDataset):
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
         worker, n_workers = (info.id, info.num_workers) if info else (0, 1)
-        # The DataLoader takes batches from its workers in turn; worker w makes batches w, w + W, ...
+        # The DataLoader takes batches from its workers in turn, always starting with worker 0; so that
+        # batch `start_batch` comes first, worker w plays the part of stream v = (w + start) mod W,
+        # which makes the batches v, v + W, v + 2W, ... of the rank's stream.
+        worker = (worker + self.start_batch) % n_workers
         skip = _batches_before(self.start_batch, worker, n_workers)
         epoch = 0
         while True:

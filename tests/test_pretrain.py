@@ -1,0 +1,112 @@
+import csv
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from mixmag.errors import ConfigError
+from mixmag.store import write_store
+from mixmag.synth.stores import synthetic_store
+from mixmag.train.pretrain import PretrainConfig, load_config, run_pretraining
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory):
+    d = tmp_path_factory.mktemp("pstores")
+    for i in range(6):
+        write_store(d / f"s{i}.h5", synthetic_store(f"s{i}", seed=i, n_rows=10, n_cols=10, context=5))
+    return d
+
+
+def tiny(stores, out, **kw) -> PretrainConfig:
+    base = dict(stores=str(stores), out=str(out), preset="tiny", batch_size=32, steps=200, warmup_steps=10, base_lr=8e-3,
+                precision="fp32", workers=0, per_slide=32, pool=4, log_every=10, checkpoint_every=50, tensorboard=False)
+    return PretrainConfig(**(base | kw))
+
+
+def rows(out):
+    with open(out / "log.csv") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_mem_learns_beyond_its_start_and_the_mean_baseline(stores, tmp_path):
+    run_pretraining(tiny(stores, tmp_path), device=CPU)
+    log = rows(tmp_path)
+    first, last = float(log[0]["mem"]), sum(float(r["mem"]) for r in log[-3:]) / 3
+    baseline = sum(float(r["baseline_loss"]) for r in log[-3:]) / 3
+    assert last < first - 0.15
+    assert last < baseline - 0.03
+    assert (tmp_path / "mixer.safetensors").is_file() and (tmp_path / "checkpoints" / "last.pt").is_file()
+    assert {"cos_level0", "cos_level2", "baseline_cos_level1", "lr", "samples_per_s", "mfu"} <= set(log[0])
+
+
+def test_resume_continues_step_for_step(stores, tmp_path, monkeypatch):
+    import mixmag.train.pretrain as engine
+
+    straight = tmp_path / "straight"
+    run_pretraining(tiny(stores, straight, steps=24, checkpoint_every=8, log_every=1), device=CPU)
+    # the same run, killed after its step-16 checkpoint
+    killed = tmp_path / "killed"
+    real_save = engine.save_checkpoint
+
+    def save_then_die(path, model, optimizer, scaler, step, *args):
+        real_save(path, model, optimizer, scaler, step, *args)
+        if step == 16:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        run_pretraining(tiny(stores, killed, steps=24, checkpoint_every=8, log_every=1), device=CPU)
+    monkeypatch.setattr(engine, "save_checkpoint", real_save)
+    run_pretraining(tiny(stores, killed, steps=24, checkpoint_every=8, log_every=1), device=CPU)
+    a, b = rows(straight), rows(killed)
+    assert [r["step"] for r in b] == [str(s) for s in range(1, 25)]
+    for ra, rb in zip(a, b):
+        assert float(ra["loss"]) == pytest.approx(float(rb["loss"]), abs=1e-5), ra["step"]
+    wa = torch.load(straight / "checkpoints" / "last.pt", weights_only=True)["model"]
+    wb = torch.load(killed / "checkpoints" / "last.pt", weights_only=True)["model"]
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=1e-5, atol=1e-6)
+
+
+def test_cmem_trains(stores, tmp_path):
+    last = run_pretraining(tiny(stores, tmp_path, steps=6, context=5, log_every=1), device=CPU)
+    assert "contrastive" in last and last["loss"] == pytest.approx(last["mem"] + last["contrastive"], rel=1e-5)
+
+
+def test_bad_configs_are_clear_errors(stores, tmp_path):
+    with pytest.raises(ValueError, match=r"mask_ratio r must be in \(0, 1\)"):
+        tiny(stores, tmp_path, mask_ratio=1.2)
+    with pytest.raises(ValueError, match="larger than the context"):
+        tiny(stores, tmp_path, t=5, context=3)
+    with pytest.raises(ConfigError, match="unknown mixer preset"):
+        run_pretraining(tiny(stores, tmp_path, preset="gigantic"), device=CPU)
+    with pytest.raises(ConfigError, match="does not match the stores' embedding dimension 32"):
+        run_pretraining(tiny(stores, tmp_path, mixer={"in_dim": 1280}), device=CPU)
+    with pytest.raises(ConfigError, match="no stores"):
+        run_pretraining(tiny(tmp_path / "empty", tmp_path), device=CPU)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("stores: x\nout: y\nmask_ratoi: 0.5\n")
+    with pytest.raises(ConfigError, match="mask_ratoi"):
+        load_config(bad)
+
+
+def test_two_ranks_under_torchrun_keep_identical_weights(stores, tmp_path):
+    config = tmp_path / "ddp.yaml"
+    config.write_text(
+        f"stores: {stores}\nout: {tmp_path / 'run'}\npreset: tiny\nbatch_size: 16\nsteps: 8\nwarmup_steps: 2\nbase_lr: 8.0e-3\n"
+        "precision: fp32\nworkers: 0\nper_slide: 16\npool: 2\nlog_every: 1\ncheckpoint_every: 4\ntensorboard: false\ncheck_replicas: true\n"
+    )
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "mixmag.cli", "pretrain",
+           "--config", str(config), "--device", "cpu"]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "x 2 ranks" in result.stdout
+    log = rows(tmp_path / "run")
+    assert [int(r["step"]) for r in log] == list(range(1, 9))
+    assert all(float(r["replica_max_diff"]) == 0.0 for r in log)
