@@ -53,7 +53,7 @@ def _batches(stream, n, workers=0):
     loader = DataLoader(stream, batch_size=None, num_workers=workers)
     out = []
     for batch in loader:
-        out.append(batch)
+        out.append({k: v.clone() for k, v in batch.items()})  # batches are reused buffers
         if len(out) == n:
             return out
     return out

@@ -371,6 +371,18 @@ def bench_embed(
     run_embed_benchmark(workdir, side=side, workers=workers, cells_per_batch=batch_cells, console=console)
 
 
+@bench_app.command("pretrain")
+def bench_pretrain(
+    workdir: Annotated[Path, typer.Option(help="Where the generated stores are kept (reused).")] = Path(".mixmag-bench"),
+    gpu_batch: Annotated[int, typer.Option(help="Batch for the paper preset on a GPU.")] = 1024,
+    steps: Annotated[Optional[int], typer.Option(help="Timed steps [20 on GPU, 5 on CPU].")] = None,
+) -> None:
+    """Region loader regions/s per worker; training samples/s, FLOPs/sample and MFU."""
+    from .bench.pretrain import run_pretrain_benchmark
+
+    run_pretrain_benchmark(workdir, console=console, gpu_batch=gpu_batch, steps=steps)
+
+
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("demo_out"),

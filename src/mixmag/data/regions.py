@@ -18,8 +18,33 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from ..errors import ConfigError
-from ..geometry import crop_indices, region_permutation, sequence_length
+from ..geometry import crop_indices, region_permutation, sequence_length, token_slots
 from ..store import SlideStore, StoreError, read_store
+
+
+@dataclass(frozen=True)
+class TokenTemplate:
+    """For every token of a size x size window: its cell (row, col) in the window, tiles per cell
+    at its level, sub-tile index and level; a window's table rows are then one vectorised formula."""
+
+    cell_row: np.ndarray
+    cell_col: np.ndarray
+    per_cell: np.ndarray
+    sub: np.ndarray
+    level: np.ndarray
+
+    @staticmethod
+    def build(size: int, n_levels: int) -> TokenTemplate:
+        fields = [[], [], [], [], []]
+        for level, r, c in token_slots(size, n_levels):
+            per = 2**level
+            for f, v in zip(fields, (r // per, c // per, per * per, (r % per) * per + c % per, level)):
+                f.append(v)
+        return TokenTemplate(*(np.asarray(f, np.int64) for f in fields))
+
+    def permuted(self, order: Sequence[int] | np.ndarray) -> TokenTemplate:
+        order = np.asarray(order)
+        return TokenTemplate(self.cell_row[order], self.cell_col[order], self.per_cell[order], self.sub[order], self.level[order])
 
 
 class RegionTable:
@@ -27,27 +52,27 @@ class RegionTable:
 
     def __init__(self, store: SlideStore) -> None:
         self.store = store
-        self.flat = np.concatenate([emb.reshape(-1, emb.shape[-1]) for emb in store.embeddings.values()])
+        self.flat = torch.from_numpy(np.ascontiguousarray(np.concatenate([emb.reshape(-1, emb.shape[-1]) for emb in store.embeddings.values()])))
         self.offsets = np.cumsum([0] + [emb.shape[0] * emb.shape[1] for emb in store.embeddings.values()])
-        self.cell_index = {rc: i for i, rc in enumerate(map(tuple, store.rc.tolist()))}
         self.n_levels = len(store.embeddings)
+        rc = store.rc.astype(np.int64).reshape(-1, 2)
+        self.grid = np.full((rc[:, 0].max(initial=-1) + 1, rc[:, 1].max(initial=-1) + 1), -1, np.int64)
+        self.grid[rc[:, 0], rc[:, 1]] = np.arange(len(rc))
 
-    def window_rows(self, row: int, col: int, size: int) -> np.ndarray:
-        """Table rows of the size x size window at (row, col), in region token order."""
-        try:
-            cells = np.array([[self.cell_index[(row + dr, col + dc)] for dc in range(size)] for dr in range(size)])
-        except KeyError as exc:
-            raise StoreError(f"{self.store.attrs.get('slide_id')}: window ({row}, {col}) x {size} needs cell {exc.args[0]}, not in the store") from None
-        parts = []
-        for level in range(self.n_levels):
-            per = 2**level
-            sub = np.arange(per * per).reshape(per, per)
-            rows = self.offsets[level] + cells[:, None, :, None] * per * per + sub[None, :, None, :]  # (size, per, size, per)
-            parts.append(rows.reshape(-1))
-        return np.concatenate(parts)
+    def window_rows(self, row: int, col: int, size: int, template: TokenTemplate | None = None) -> np.ndarray:
+        """Table rows of the size x size window at (row, col), in region token order (or the template's)."""
+        cells = self.grid[row : row + size, col : col + size]
+        if cells.shape != (size, size) or (cells < 0).any():
+            raise StoreError(f"{self.store.attrs.get('slide_id')}: window ({row}, {col}) x {size} needs cells that are not in the store")
+        t = template or TokenTemplate.build(size, self.n_levels)
+        return self.offsets[t.level] + cells[t.cell_row, t.cell_col] * t.per_cell + t.sub
 
     def take(self, rows: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        return np.take(self.flat, rows, axis=0, out=out)
+        index = torch.from_numpy(np.asarray(rows, np.int64))
+        if out is None:
+            return torch.index_select(self.flat, 0, index).numpy()
+        torch.index_select(self.flat, 0, index, out=torch.from_numpy(out))
+        return out
 
 
 def assemble_region(store: SlideStore, row: int, col: int, size: int) -> np.ndarray:
@@ -106,7 +131,8 @@ def index_stores(paths: Sequence[Path], config: RegionSamplingConfig) -> tuple[l
 
 
 class RegionStream(IterableDataset):
-    """Yields batches: x (B, s, D) float16 (and x_prime for CMEM), forever, epoch after epoch."""
+    """Yields batches: x (B, s, D) float16 (and x_prime for CMEM), forever, epoch after epoch.
+    Batches live in a ring of reused buffers (see BufferRing): copy one to keep it for long."""
 
     def __init__(self, entries: list[StoreEntry], n_levels: int, config: RegionSamplingConfig,
                  rank: int = 0, world_size: int = 1, start_batch: int = 0) -> None:
@@ -116,6 +142,7 @@ class RegionStream(IterableDataset):
         self.rank = rank
         self.world_size = world_size
         self.start_batch = start_batch
+        self._buffers = BufferRing()
 
     def chunks(self, epoch: int) -> list[list[int]]:
         """This rank's chunks of slide indices for an epoch (a seeded permutation, dealt round-robin)."""
@@ -164,8 +191,7 @@ class RegionStream(IterableDataset):
         rng.shuffle(samples)
         tables = [RegionTable(store) for store in stores]
         s_len = sequence_length(c.t, self.n_levels)
-        perms = [[np.asarray(region_permutation(c.t, self.n_levels, r, bool(f))) for f in (0, 1)] for r in range(4)]
-        crops = {}
+        views = _view_templates(c.t, self.n_levels, c.context)
         n_batches = self.batches_in_chunk(chunk)
         for b in range(n_batches):
             picked = samples[b * c.batch_size : (b + 1) * c.batch_size]
@@ -174,23 +200,59 @@ class RegionStream(IterableDataset):
             offsets = rng.integers(0, size - c.t + 1, (len(picked), 4)) if c.context else None
             if b < first:
                 continue  # resumed: the draws above keep the stream identical, the tensors are not built
-            x = np.empty((len(picked), s_len, stores[0].dim), np.float16)
-            xp = np.empty_like(x) if c.context else None
+            x = self._buffers.next((len(picked), s_len, stores[0].dim))
+            xp = self._buffers.next(x.shape) if c.context else None
             for i, (k, w) in enumerate(picked):
-                row, col = stores[k].windows[kind][w]
-                rows = tables[k].window_rows(int(row), int(col), size)
+                row, col = (int(v) for v in stores[k].windows[kind][w])
                 if c.context:
                     for view, out, o in ((0, x, offsets[i, :2]), (1, xp, offsets[i, 2:])):
-                        key = (int(o[0]), int(o[1]))
-                        if key not in crops:
-                            crops[key] = np.asarray(crop_indices(c.context, c.t, self.n_levels, *key))
-                        tables[k].take(rows[crops[key]][perms[rot[i, view]][flips[i, view]]], out=out[i])
+                        template = views[(int(o[0]), int(o[1]), int(rot[i, view]), int(flips[i, view]))]
+                        tables[k].take(tables[k].window_rows(row, col, size, template), out=out[i])
                 else:
-                    tables[k].take(rows[perms[rot[i, 0]][flips[i, 0]]], out=x[i])
+                    template = views[(0, 0, int(rot[i, 0]), int(flips[i, 0]))]
+                    tables[k].take(tables[k].window_rows(row, col, size, template), out=x[i])
             batch = {"x": torch.from_numpy(x)}
             if xp is not None:
                 batch["x_prime"] = torch.from_numpy(xp)
             yield batch
+
+
+def _view_templates(t: int, n_levels: int, context: int | None) -> dict[tuple[int, int, int, int], TokenTemplate]:
+    """Template of every (crop row, crop col, rotation, flip) view: the t x t crop of the window
+    (the window itself for MEM), turned; composing index maps once spares per-sample work."""
+    size = context or t
+    base = TokenTemplate.build(size, n_levels)
+    out = {}
+    for r0 in range(size - t + 1):
+        for c0 in range(size - t + 1):
+            crop = np.asarray(crop_indices(size, t, n_levels, r0, c0))
+            for rot in range(4):
+                for flip in (0, 1):
+                    out[(r0, c0, rot, flip)] = base.permuted(crop[region_permutation(t, n_levels, rot, bool(flip))])
+    return out
+
+
+class BufferRing:
+    """Batch buffers reused round-robin. A fresh 100+ MB buffer per batch costs more in page faults
+    than filling it; in a DataLoader worker the buffers live in shared memory, so a batch reaches the
+    training process as a handle. `depth` must exceed the batches in flight (prefetch + 3)."""
+
+    def __init__(self, depth: int = 12) -> None:
+        self.depth = depth
+        self.buffers: dict[tuple, list[torch.Tensor]] = {}
+        self.turn: dict[tuple, int] = {}
+
+    def next(self, shape: tuple[int, ...]) -> np.ndarray:
+        ring = self.buffers.setdefault(tuple(shape), [])
+        if len(ring) < self.depth:
+            tensor = torch.empty(shape, dtype=torch.float16)
+            if get_worker_info() is not None:
+                tensor.share_memory_()
+            ring.append(tensor)
+            return tensor.numpy()
+        k = self.turn.get(tuple(shape), 0)
+        self.turn[tuple(shape)] = (k + 1) % self.depth
+        return ring[k].numpy()
 
 
 def _batches_before(start: int, worker: int, n_workers: int) -> int:

@@ -169,7 +169,7 @@ def run_pretraining(config: PretrainConfig, *, device: torch.device, rank: int =
             elapsed = time.perf_counter() - timer
             rate = samples_since / elapsed if elapsed > 0 else 0.0
             last = {"step": step, "samples": step * config.batch_size, "lr": optimizer.param_groups[0]["lr"],
-                    **{k: float(v) for k, v in losses.items()}, "samples_per_s": rate,
+                    **{k: float(v.detach()) for k, v in losses.items()}, "samples_per_s": rate,
                     "mfu": rate * flops_per_sample / peak if peak else 0.0, "replica_max_diff": replica_diff}
             logger.log(last)
             if on_log is not None and rank == 0:
