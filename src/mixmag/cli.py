@@ -111,6 +111,21 @@ def tile(
         raise typer.Exit(1)
 
 
+def _start_distributed(device: str | None):
+    """Rank info from torchrun's environment, this rank's device, and the process group (if > 1 rank)."""
+    import torch
+
+    from .stages.embed import dist_from_env
+
+    dist = dist_from_env()
+    dev = torch.device(device) if device else torch.device(f"cuda:{dist.local_rank}" if torch.cuda.is_available() else "cpu")
+    if dist.active:
+        torch.distributed.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+        if dev.type == "cuda":
+            torch.cuda.set_device(dev)
+    return dist, dev
+
+
 def _progress() -> Progress:
     return Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -162,14 +177,9 @@ def embed(
 
     from .encoders.model import build_encoder
     from .slides.sources import sources_from_table
-    from .stages.embed import EmbedError, dist_from_env, find_plans, run_embed
+    from .stages.embed import find_plans, run_embed
 
-    dist = dist_from_env()
-    dev = torch.device(device) if device else torch.device(f"cuda:{dist.local_rank}" if torch.cuda.is_available() else "cpu")
-    if dist.active:
-        torch.distributed.init_process_group("nccl" if dev.type == "cuda" else "gloo")
-        if dev.type == "cuda":
-            torch.cuda.set_device(dev)
+    dist, dev = _start_distributed(device)
     try:
         slide_ids = [s.slide_id for s in sources_from_table(cohort)] if cohort else None
         plan_paths = find_plans(plans, slide_ids)
@@ -214,7 +224,6 @@ def pretrain(
     """Pretrain the region mixer with MEM (or CMEM when `context` is set); resumes from the run folder."""
     import torch
 
-    from .stages.embed import dist_from_env
     from .train.pretrain import load_config, run_pretraining
 
     overrides = {}
@@ -227,12 +236,7 @@ def pretrain(
         cfg = load_config(config, overrides)
     except MixmagError as exc:
         _fail(str(exc))
-    dist = dist_from_env()
-    dev = torch.device(device) if device else torch.device(f"cuda:{dist.local_rank}" if torch.cuda.is_available() else "cpu")
-    if dist.active:
-        torch.distributed.init_process_group("nccl" if dev.type == "cuda" else "gloo")
-        if dev.type == "cuda":
-            torch.cuda.set_device(dev)
+    dist, dev = _start_distributed(device)
     if dist.rank == 0:
         console.print(f"Pretraining ({'CMEM, c = ' + str(cfg.context) if cfg.context else 'MEM'}, r = {cfg.mask_ratio}, preset {cfg.preset}) "
                       f"for {cfg.steps} steps of {cfg.batch_size} regions on {dev}{f' x {dist.world_size} ranks' if dist.active else ''} -> {cfg.out}", soft_wrap=True)
