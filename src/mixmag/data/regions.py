@@ -200,8 +200,10 @@ class RegionStream(IterableDataset):
             offsets = rng.integers(0, size - c.t + 1, (len(picked), 4)) if c.context else None
             if b < first:
                 continue  # resumed: the draws above keep the stream identical, the tensors are not built
-            x = self._buffers.next((len(picked), s_len, stores[0].dim))
-            xp = self._buffers.next(x.shape) if c.context else None
+            x_tensor = self._buffers.next((len(picked), s_len, stores[0].dim))
+            xp_tensor = self._buffers.next(tuple(x_tensor.shape)) if c.context else None
+            x = x_tensor.numpy()
+            xp = xp_tensor.numpy() if xp_tensor is not None else None
             for i, (k, w) in enumerate(picked):
                 row, col = (int(v) for v in stores[k].windows[kind][w])
                 if c.context:
@@ -211,9 +213,9 @@ class RegionStream(IterableDataset):
                 else:
                     template = views[(0, 0, int(rot[i, 0]), int(flips[i, 0]))]
                     tables[k].take(tables[k].window_rows(row, col, size, template), out=x[i])
-            batch = {"x": torch.from_numpy(x)}
-            if xp is not None:
-                batch["x_prime"] = torch.from_numpy(xp)
+            batch = {"x": x_tensor}
+            if xp_tensor is not None:
+                batch["x_prime"] = xp_tensor
             yield batch
 
 
@@ -242,17 +244,19 @@ class BufferRing:
         self.buffers: dict[tuple, list[torch.Tensor]] = {}
         self.turn: dict[tuple, int] = {}
 
-    def next(self, shape: tuple[int, ...]) -> np.ndarray:
+    def next(self, shape: tuple[int, ...]) -> torch.Tensor:
+        """A buffer to fill through `.numpy()` and to yield as the tensor itself (a tensor made anew
+        from the numpy view would not be recognised as shared and would be copied on hand-over)."""
         ring = self.buffers.setdefault(tuple(shape), [])
         if len(ring) < self.depth:
             tensor = torch.empty(shape, dtype=torch.float16)
             if get_worker_info() is not None:
                 tensor.share_memory_()
             ring.append(tensor)
-            return tensor.numpy()
+            return tensor
         k = self.turn.get(tuple(shape), 0)
         self.turn[tuple(shape)] = (k + 1) % self.depth
-        return ring[k].numpy()
+        return ring[k]
 
 
 def _batches_before(start: int, worker: int, n_workers: int) -> int:
