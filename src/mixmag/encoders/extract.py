@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
 from ..slides.pyramids import ReadMode, read_pyramid
 from ..slides.reader import Slide
@@ -89,8 +89,11 @@ class PerSlideBatches(Sampler[list[int]]):
 def collate(items):
     jobs = torch.tensor([i[0] for i in items])
     cells = torch.tensor([i[1] for i in items])
-    tiles = torch.cat([i[2] for i in items])
-    return jobs, cells, tiles
+    parts = [i[2] for i in items]
+    tiles = torch.empty((sum(p.shape[0] for p in parts), *parts[0].shape[1:]), dtype=parts[0].dtype)
+    if get_worker_info() is not None:
+        tiles.share_memory_()  # built in shared memory, the batch reaches the main process without a copy
+    return jobs, cells, torch.cat(parts, out=tiles)
 
 
 class SlideEmbeddings:
