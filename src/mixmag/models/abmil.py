@@ -1,0 +1,30 @@
+"""Gated attention MIL (AB-MIL, eq. 7-8) with one linear classifier and a padding mask."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class GatedABMIL(nn.Module):
+    """(B, N, D) instances + (B, N) mask (True = real) -> (B,) logits and (B, N) attention.
+
+    alpha_i = softmax_i(h^T (tanh(V z_i) * sigmoid(U z_i))) over the real instances; z_agg = sum alpha_i z_i.
+    """
+
+    def __init__(self, in_dim: int, hidden: int = 16) -> None:
+        super().__init__()
+        self.V = nn.Linear(in_dim, hidden)
+        self.U = nn.Linear(in_dim, hidden)
+        self.h = nn.Linear(hidden, 1, bias=False)
+        self.classifier = nn.Linear(in_dim, 1)
+
+    def forward(self, z: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        if mask is None:
+            mask = torch.ones(z.shape[:2], dtype=torch.bool, device=z.device)
+        scores = self.h(torch.tanh(self.V(z)) * torch.sigmoid(self.U(z))).squeeze(-1)
+        scores = scores.masked_fill(~mask, float("-inf"))
+        alpha = torch.softmax(scores, dim=1)
+        alpha = torch.where(mask, alpha, torch.zeros_like(alpha))  # an all-padding row stays all zero
+        pooled = torch.einsum("bn,bnd->bd", alpha, z)
+        return self.classifier(pooled).squeeze(-1), alpha

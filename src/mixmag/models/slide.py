@@ -1,0 +1,43 @@
+"""Slide-level model: an optional region mixer (trained jointly) feeding gated AB-MIL.
+
+Without a mixer the bag's instances go straight to AB-MIL (tile embeddings, or precomputed mixer
+outputs). With a mixer each region (s tokens) is mixed first and AB-MIL runs over the contextualized
+tokens of all regions ("patch") or over the regions' compressed embeddings ("cls").
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import nn
+
+from .abmil import GatedABMIL
+from .mixer import RegionMixer
+
+MixerOutput = Literal["patch", "cls"]
+
+
+class SlideModel(nn.Module):
+    def __init__(self, in_dim: int, hidden: int = 16, mixer: RegionMixer | None = None, output: MixerOutput = "patch") -> None:
+        super().__init__()
+        self.mixer = mixer
+        self.output = output
+        feat = in_dim if mixer is None else (mixer.config.dim if output == "patch" else mixer.compressed_dim())
+        self.abmil = GatedABMIL(feat, hidden)
+
+    def forward(self, bags: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """bags: (B, N, D) instances, or (B, R, s, D) regions with a mixer; mask: (B, N) or (B, R)."""
+        if self.mixer is None:
+            return self.abmil(bags, mask)
+        b, r, s, d = bags.shape
+        real = bags[mask]  # (regions, s, D): padding regions are never mixed
+        contextual, compressed = self.mixer(real)
+        if self.output == "cls":
+            feats = torch.zeros(b, r, compressed.shape[-1], device=bags.device, dtype=compressed.dtype)
+            feats[mask] = compressed
+            return self.abmil(feats, mask)
+        feats = torch.zeros(b, r, s, contextual.shape[-1], device=bags.device, dtype=contextual.dtype)
+        feats[mask] = contextual
+        token_mask = mask[:, :, None].expand(b, r, s).reshape(b, r * s)
+        return self.abmil(feats.reshape(b, r * s, -1), token_mask)

@@ -1,0 +1,231 @@
+"""Slide-level training (AB-MIL, with or without a jointly trained mixer) and its run folder.
+
+Specimen loss is the minimum over its slides (eq. 9) of a label-smoothed binary cross-entropy;
+the model is selected on tune AUROC only; test predictions are made once, by the chosen model.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from .. import __version__
+from ..data.bags import TILE_MODES, BagCache, pad_bags
+from ..data.cohort import Cohort, Specimen, load_cohort
+from ..errors import ConfigError
+from ..eval.metrics import auroc, bootstrap_auroc, specimen_scores
+from ..models.mixer import RegionMixer, mixer_config
+from ..models.slide import SlideModel
+from .optim import layer_decay_groups
+
+BagMode = Literal["5x", "10x", "20x", "all", "patch", "cls", "regions"]
+
+
+class MixerSetting(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    init: Literal["random", "pretrained"] = "pretrained"
+    weights: str | None = Field(None, description="mixer.safetensors of a pretraining run (its mixer.json beside it)")
+    preset: str = "tiny"
+    overrides: dict = Field(default_factory=dict)
+    output: Literal["patch", "cls"] = "patch"
+
+    @model_validator(mode="after")
+    def _weights(self) -> MixerSetting:
+        if self.init == "pretrained" and not self.weights:
+            raise ValueError("mixer.init = pretrained needs mixer.weights (the pretraining run's mixer.safetensors)")
+        return self
+
+
+class TrainConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    cohort: str
+    stores: str
+    out: str
+    bags: BagMode = "20x"
+    encoded: str | None = Field(None, description="folder from `mixmag encode` for bags = patch / cls")
+    mixer: MixerSetting | None = Field(None, description="for bags = regions: the mixer trained jointly")
+    hidden: int = Field(16, ge=1)
+    epochs: int = Field(20, ge=1)
+    batch_size: int = Field(32, ge=1, description="specimens per step")
+    lr: float = Field(1e-5, gt=0)
+    weight_decay: float = Field(0.05, ge=0)
+    label_smoothing: float = Field(0.1, ge=0, lt=0.5)
+    layer_decay: float = Field(0.75, gt=0, le=1)
+    freeze_epochs: int = Field(1, ge=0, description="epochs with the mixer frozen before joint training")
+    seed: int = 0
+    specimen_score: Literal["max", "mean"] = "max"
+    bootstrap: int = Field(2000, ge=100)
+
+    @model_validator(mode="after")
+    def _mode(self) -> TrainConfig:
+        if self.bags == "regions" and self.mixer is None:
+            raise ValueError("bags = regions trains a mixer jointly: give a `mixer:` section")
+        if self.bags != "regions" and self.mixer is not None:
+            raise ValueError(f"bags = {self.bags} has no mixer; drop the `mixer:` section or use bags = regions")
+        if self.bags in ("patch", "cls") and not self.encoded:
+            raise ValueError(f"bags = {self.bags} reads precomputed outputs: set `encoded:` (from `mixmag encode`)")
+        return self
+
+
+def load_train_config(path: str | Path, overrides: dict | None = None) -> TrainConfig:
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        return TrainConfig(**((yaml.safe_load(path.read_text()) or {}) | (overrides or {})))
+    except ValueError as exc:
+        raise ConfigError(f"{path}: invalid training config:\n{exc}") from exc
+
+
+def build_mixer(setting: MixerSetting, in_dim: int, t: int, n_levels: int) -> RegionMixer:
+    if setting.init == "pretrained":
+        from safetensors.torch import load_file
+
+        weights = Path(setting.weights)
+        meta = weights.with_name("mixer.json")
+        if not weights.is_file() or not meta.is_file():
+            raise ConfigError(f"{weights}: pretrained mixer not found (needs mixer.safetensors and mixer.json from `mixmag pretrain`)")
+        cfg = json.loads(meta.read_text())["mixer"]
+        if cfg["in_dim"] != in_dim:
+            raise ConfigError(f"{weights}: the mixer takes {cfg['in_dim']}-d embeddings but the stores hold {in_dim}-d ones")
+        from ..models.mixer import MixerConfig
+
+        mixer = RegionMixer(MixerConfig(**cfg))
+        mixer.load_state_dict(load_file(str(weights)), strict=True)
+        return mixer
+    return RegionMixer(mixer_config(setting.preset, **(setting.overrides | {"in_dim": in_dim, "t": t, "n_levels": n_levels})))
+
+
+class Trainer:
+    """Holds cohort, bags and model; `fit()` trains, selects on tune and writes the run folder."""
+
+    def __init__(self, config: TrainConfig, device: torch.device | None = None) -> None:
+        self.config = config
+        self.device = device or torch.device("cpu")
+        self.cohort: Cohort = load_cohort(config.cohort, config.stores)
+        self.bags = BagCache(config.bags, self.cohort.stores, Path(config.encoded) if config.encoded else None)
+        first = next(iter(self.cohort.specimens.values())).slides[0]
+        sample = self.bags(first)
+        torch.manual_seed(config.seed)
+        mixer = None
+        if config.bags == "regions":
+            from ..store import read_attrs
+
+            attrs = read_attrs(self.cohort.stores[first])
+            mixer = build_mixer(config.mixer, sample.shape[-1], int(attrs["region_size"]), len(attrs["level_mpps"]))
+        self.model = SlideModel(sample.shape[-1], config.hidden, mixer, config.mixer.output if config.mixer else "patch").to(self.device)
+        self.optimizer = torch.optim.AdamW(
+            layer_decay_groups(self.model, config.lr, config.weight_decay, config.layer_decay), lr=config.lr
+        )
+
+    # -- one step ----------------------------------------------------------------------------
+    def slide_logits(self, slides: list[str]) -> torch.Tensor:
+        bags, mask = pad_bags([self.bags(s) for s in slides])
+        logits, _ = self.model(bags.to(self.device), mask.to(self.device))
+        return logits
+
+    def specimen_loss(self, specimens: list[Specimen]) -> torch.Tensor:
+        """Eq. 9: each specimen's loss is the smallest of its slides' (label-smoothed) losses."""
+        slides = [s for sp in specimens for s in sp.slides]
+        owner = torch.tensor([k for k, sp in enumerate(specimens) for _ in sp.slides], device=self.device)
+        labels = torch.tensor([float(sp.label) for sp in specimens], device=self.device)[owner]
+        eps = self.config.label_smoothing
+        target = labels * (1 - eps) + eps / 2
+        per_slide = F.binary_cross_entropy_with_logits(self.slide_logits(slides), target, reduction="none")
+        per_specimen = torch.full((len(specimens),), float("inf"), device=self.device).scatter_reduce(0, owner, per_slide, reduce="amin")
+        return per_specimen.mean()
+
+    def set_mixer_frozen(self, frozen: bool) -> None:
+        if self.model.mixer is not None:
+            self.model.mixer.requires_grad_(not frozen)
+
+    # -- prediction ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def predict(self, specimens: list[Specimen]) -> tuple[dict[str, float], dict[str, float]]:
+        self.model.eval()
+        slide_scores = {}
+        for sp in specimens:
+            for slide in sp.slides:
+                slide_scores[slide] = float(torch.sigmoid(self.slide_logits([slide]))[0])
+        self.model.train()
+        spec = specimen_scores(slide_scores, self.cohort.specimen_of(), self.config.specimen_score)
+        return slide_scores, {sp.specimen_id: spec[sp.specimen_id] for sp in specimens}
+
+    def split_auroc(self, name: str) -> float:
+        specimens = self.cohort.split(name)
+        _, scores = self.predict(specimens)
+        return auroc([sp.label for sp in specimens], [scores[sp.specimen_id] for sp in specimens])
+
+    # -- training ------------------------------------------------------------------------------
+    def fit(self, on_epoch=None) -> dict:
+        c = self.config
+        out = Path(c.out)
+        out.mkdir(parents=True, exist_ok=True)
+        train = self.cohort.split("train")
+        best_auc, best_epoch = -1.0, -1
+        history = []
+        for epoch in range(c.epochs):
+            self.set_mixer_frozen(epoch < c.freeze_epochs)
+            order = np.random.default_rng([c.seed, epoch]).permutation(len(train))
+            losses = []
+            for start in range(0, len(order), c.batch_size):
+                batch = [train[i] for i in order[start : start + c.batch_size]]
+                loss = self.specimen_loss(batch)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.optimizer.step()
+                losses.append(float(loss.detach()))
+            tune_auc = self.split_auroc("tune")  # selection uses the tune split only
+            history.append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "tune_auroc": tune_auc})
+            if tune_auc > best_auc:
+                best_auc, best_epoch = tune_auc, epoch + 1
+                _save_atomic({k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}, out / "best.pt")
+            if on_epoch is not None:
+                on_epoch(history[-1])
+        self.model.load_state_dict(torch.load(out / "best.pt", weights_only=True))
+        return self.write_run(out, history, best_epoch)
+
+    def write_run(self, out: Path, history: list[dict], best_epoch: int) -> dict:
+        c = self.config
+        metrics: dict = {"best_epoch": best_epoch, "history": history, "mixmag_version": __version__}
+        for name in ("tune", "test"):
+            specimens = self.cohort.split(name)
+            slide_scores, scores = self.predict(specimens)
+            labels = [sp.label for sp in specimens]
+            values = [scores[sp.specimen_id] for sp in specimens]
+            ci = bootstrap_auroc(labels, values, n_boot=c.bootstrap, seed=c.seed)
+            metrics[name] = {"auroc": ci.auroc, "ci95": [ci.low, ci.high], "specimens": len(specimens), "positive": int(sum(labels))}
+            with (out / f"predictions_{name}.csv").open("w", newline="") as fh:
+                w = csv.writer(fh)
+                w.writerow(["specimen", "label", "score", "slides", "slide_scores"])
+                for sp in specimens:
+                    w.writerow([sp.specimen_id, sp.label, f"{scores[sp.specimen_id]:.6f}", ";".join(sp.slides),
+                                ";".join(f"{slide_scores[s]:.6f}" for s in sp.slides)])
+        (out / "config.json").write_text(json.dumps(c.model_dump(), indent=1))
+        (out / "splits.json").write_text(json.dumps({name: [sp.specimen_id for sp in self.cohort.split(name)] for name in ("train", "tune", "test")}, indent=1))
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+        return metrics
+
+
+def _save_atomic(state: dict, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.partial")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def run_training(config: TrainConfig, on_epoch=None) -> dict:
+    if config.bags not in TILE_MODES + ("patch", "cls", "regions"):
+        raise ConfigError(f"unknown bags {config.bags!r}")
+    return Trainer(config).fit(on_epoch)

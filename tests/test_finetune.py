@@ -1,0 +1,163 @@
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from mixmag.data.cohort import load_cohort
+from mixmag.errors import CohortError
+from mixmag.synth.embedding_cohort import write_embedding_cohort
+from mixmag.train.finetune import TrainConfig, Trainer, run_training
+
+
+@pytest.fixture(scope="module")
+def cohort_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cohort")
+    write_embedding_cohort(d, n_specimens=80, seed=0, signal=2.5)
+    return d
+
+
+def config(d, out, **kw):
+    base = dict(cohort=str(d / "cohort.csv"), stores=str(d / "stores"), out=str(out), bags="20x", epochs=8, batch_size=8,
+                lr=3e-3, bootstrap=200)
+    return TrainConfig(**(base | kw))
+
+
+def test_label_in_the_embeddings_is_learned(cohort_dir, tmp_path):
+    metrics = run_training(config(cohort_dir, tmp_path))
+    assert metrics["test"]["auroc"] > 0.85
+    lo, hi = metrics["test"]["ci95"]
+    assert lo <= metrics["test"]["auroc"] <= hi
+    for name in ("config.json", "splits.json", "metrics.json", "predictions_tune.csv", "predictions_test.csv", "best.pt"):
+        assert (tmp_path / name).is_file()
+    with open(tmp_path / "predictions_test.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == metrics["test"]["specimens"] and all(0 <= float(r["score"]) <= 1 for r in rows)
+    assert max(float(s) for s in rows[0]["slide_scores"].split(";")) == pytest.approx(float(rows[0]["score"]), abs=1e-6)
+
+
+def test_shuffled_labels_stay_near_chance(tmp_path):
+    d = tmp_path / "shuffled"
+    write_embedding_cohort(d, n_specimens=120, seed=1, shuffle_labels=True)
+    metrics = run_training(config(d, tmp_path / "run"))
+    assert 0.2 < metrics["test"]["auroc"] < 0.8
+
+
+def test_the_test_split_never_influences_selection(cohort_dir, tmp_path):
+    flipped = tmp_path / "flipped.csv"
+    with open(cohort_dir / "cohort.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    for r in rows:
+        if r["split"] == "test":
+            r["label"] = str(1 - int(r["label"]))
+    with flipped.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    a = run_training(config(cohort_dir, tmp_path / "a", epochs=5))
+    b = run_training(config(cohort_dir, tmp_path / "b", epochs=5, cohort=str(flipped)))
+    assert a["best_epoch"] == b["best_epoch"] and a["history"] == b["history"]
+    wa, wb = torch.load(tmp_path / "a" / "best.pt", weights_only=True), torch.load(tmp_path / "b" / "best.pt", weights_only=True)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert a["test"]["auroc"] == pytest.approx(1 - b["test"]["auroc"], abs=1e-9)
+
+
+def test_min_loss_gradient_flows_through_the_signal_slide_only(cohort_dir, tmp_path):
+    trainer = Trainer(config(cohort_dir, tmp_path, label_smoothing=0.0))
+    positive = next(sp for sp in trainer.cohort.split("train") if sp.label == 1 and len(sp.slides) >= 2)
+    # make one slide clearly the most positive: its loss is the minimum
+    with torch.no_grad():
+        logits = trainer.slide_logits(list(positive.slides))
+    best = int(torch.argmax(logits))
+    bags = {s: trainer.bags(s).clone().float().requires_grad_(True) for s in positive.slides}
+    trainer.bags._bags.update(bags)
+    loss = trainer.specimen_loss([positive])
+    loss.backward()
+    for k, s in enumerate(positive.slides):
+        grad = bags[s].grad
+        if k == best:
+            assert grad is not None and grad.abs().sum() > 0
+        else:
+            assert grad is None or grad.abs().sum() == 0
+
+
+def test_layer_decay_and_the_frozen_first_epoch(cohort_dir, tmp_path):
+    d = tmp_path / "regions"
+    # stores with regions: the embedding cohort's stores hold 3x3 region windows
+    cfg = config(cohort_dir, tmp_path / "mix", bags="regions", epochs=2, batch_size=20, lr=1e-3,
+                 mixer={"init": "random", "preset": "tiny"})
+    trainer = Trainer(cfg)
+    depth = len(trainer.model.mixer.blocks)
+    groups = trainer.optimizer.param_groups
+    names = {id(p): n for n, p in trainer.model.named_parameters()}
+    for g in groups:
+        for p in g["params"]:
+            name = names[id(p)]
+            if name.startswith("mixer.blocks."):
+                layer = int(name.split(".")[2]) + 1
+            elif name.startswith(("mixer.embed", "mixer.pos_embed", "mixer.cls_token")):
+                layer = 0
+            else:
+                layer = depth + 1
+            assert g["lr"] == pytest.approx(1e-3 * 0.75 ** (depth + 1 - layer)), name
+            assert g["weight_decay"] == (0.0 if (p.ndim < 2 or name.endswith(".bias") or "pos_embed" in name or "cls_token" in name) else 0.05)
+    before = {k: v.clone() for k, v in trainer.model.mixer.state_dict().items()}
+    abmil_before = {k: v.clone() for k, v in trainer.model.abmil.state_dict().items()}
+    trainer.config = trainer.config.model_copy(update={"epochs": 1})
+    trainer.fit()
+    trainer.model.load_state_dict(torch.load(tmp_path / "mix" / "best.pt", weights_only=True))
+    after = trainer.model.mixer.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # frozen during epoch 1
+    assert not all(torch.equal(abmil_before[k], trainer.model.abmil.state_dict()[k]) for k in abmil_before)
+    trainer.config = trainer.config.model_copy(update={"epochs": 2})
+    trainer.fit()
+    assert not all(torch.equal(before[k], trainer.model.mixer.state_dict()[k]) for k in before)  # then trained jointly
+    del d
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda rows: rows[0].update(label="2"), "is not binary"),
+        (lambda rows: rows[1].update(slide=rows[0]["slide"]), "listed twice"),
+        (lambda rows: rows[0].update(split="validation"), "is not one of train, tune, test"),
+        (lambda rows: [r.update(label="0") for r in rows if r["split"] == "tune"], "tune split has only label 0"),
+        (lambda rows: [r.update(split="train") for r in rows if r["split"] == "test"], "test split is empty"),
+    ],
+)
+def test_malformed_cohorts_name_the_rows(cohort_dir, tmp_path, edit, message):
+    with open(cohort_dir / "cohort.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    edit(rows)
+    bad = tmp_path / "bad.csv"
+    with bad.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    with pytest.raises(CohortError, match=message) as info:
+        load_cohort(bad, cohort_dir / "stores")
+    assert "bad.csv" in str(info.value)
+
+
+def test_specimen_in_two_splits_and_unknown_slides(cohort_dir, tmp_path):
+    with open(cohort_dir / "cohort.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    multi = next(r["specimen"] for r in rows if sum(x["specimen"] == r["specimen"] for x in rows) > 1)
+    first = next(i for i, r in enumerate(rows) if r["specimen"] == multi)
+    rows[first]["split"] = "test" if rows[first]["split"] != "test" else "train"
+    rows.append({"specimen": "ZZZ", "slide": "nowhere", "label": "1", "split": "train"})
+    bad = tmp_path / "leak.csv"
+    with bad.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    with pytest.raises(CohortError, match=f"specimen '{multi}' is in several splits"):
+        load_cohort(bad, cohort_dir / "stores")
+    rows[first]["split"] = rows[first + 1]["split"]
+    with bad.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    with pytest.raises(CohortError, match="no store for 1 slide.*nowhere"):
+        load_cohort(bad, cohort_dir / "stores")
