@@ -161,3 +161,61 @@ def test_specimen_in_two_splits_and_unknown_slides(cohort_dir, tmp_path):
         w.writerows(rows)
     with pytest.raises(CohortError, match="no store for 1 slide.*nowhere"):
         load_cohort(bad, cohort_dir / "stores")
+
+
+def test_cli_pretrain_encode_train_evaluate_compare(cohort_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from mixmag.cli import app
+
+    runner = CliRunner()
+    pre = tmp_path / "pre.yaml"
+    pre.write_text(f"stores: {cohort_dir / 'stores'}\nout: {tmp_path / 'pre'}\npreset: tiny\nbatch_size: 16\nsteps: 6\nwarmup_steps: 1\n"
+                   "precision: fp32\nworkers: 0\nper_slide: 16\npool: 4\nlog_every: 3\ncheckpoint_every: 6\ntensorboard: false\n")
+    result = runner.invoke(app, ["pretrain", "--config", str(pre)])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["encode", "--mixer", str(tmp_path / "pre" / "mixer.safetensors"), "--stores", str(cohort_dir / "stores"),
+                                 "--out", str(tmp_path / "enc")])
+    assert result.exit_code == 0, result.output
+    mil = tmp_path / "mil.yaml"
+    mil.write_text(f"cohort: {cohort_dir / 'cohort.csv'}\nstores: {cohort_dir / 'stores'}\nout: {tmp_path / 'cls'}\nbags: cls\n"
+                   f"encoded: {tmp_path / 'enc'}\nepochs: 2\nbatch_size: 8\nlr: 3.0e-3\nbootstrap: 200\n")
+    result = runner.invoke(app, ["train", "--config", str(mil)])
+    assert result.exit_code == 0, result.output
+    assert "test: AUROC" in result.output
+    result = runner.invoke(app, ["train", "--config", str(mil), "--set", "bags=20x", "--set", "encoded=null", "--set", f"out={tmp_path / 't20'}"])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["evaluate", str(tmp_path / "cls")])
+    assert result.exit_code == 0 and "95% CI" in result.output
+    result = runner.invoke(app, ["compare", str(tmp_path / "cls"), str(tmp_path / "t20")])
+    assert result.exit_code == 0 and "paired DeLong" in result.output, result.output
+    result = runner.invoke(app, ["train", "--config", str(mil), "--set", "bags=regions"])
+    assert result.exit_code == 2 and "mixer" in result.output
+
+
+def test_experiment_grid_writes_tables_and_plot(cohort_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from mixmag.cli import app
+
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(
+        f"out: {tmp_path / 'exp'}\nseeds: [0]\nmethods: [abmil-5x, abmil-20x, abmil-all, random-cls]\n"
+        f"tasks:\n  - {{name: A, cohort: {cohort_dir / 'cohort.csv'}, stores: {cohort_dir / 'stores'}}}\n"
+        f"  - {{name: B, cohort: {cohort_dir / 'cohort.csv'}, stores: {cohort_dir / 'stores'}}}\n"
+        "train: {epochs: 2, batch_size: 16, lr: 3.0e-3, bootstrap: 100, freeze_epochs: 1}\n"
+    )
+    result = CliRunner().invoke(app, ["experiment", str(grid)])
+    assert result.exit_code == 0, result.output
+    md = (tmp_path / "exp" / "results.md").read_text()
+    assert md.count("**") == 2 * 3 and md.count("<u>") == 3  # best and second best in A, B and the average
+    assert "| abmil-20x |" in md and "average" in md
+    rows = list(csv.reader(open(tmp_path / "exp" / "results.csv")))
+    assert rows[0] == ["method", "A", "B", "average"] and len(rows) == 5
+    assert (tmp_path / "exp" / "differences.png").stat().st_size > 1000
+    again = CliRunner().invoke(app, ["experiment", str(grid)])
+    assert again.output.count("(reused)") == 8
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(grid.read_text().replace("abmil-5x", "abmil-40x"))
+    result = CliRunner().invoke(app, ["experiment", str(bad)])
+    assert result.exit_code == 2 and "unknown method 'abmil-40x'" in result.output

@@ -226,14 +226,8 @@ def pretrain(
 
     from .train.pretrain import load_config, run_pretraining
 
-    overrides = {}
-    for item in set_ or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            _fail(f"--set expects key=value, got {item!r}")
-        overrides[key.strip()] = yaml.safe_load(value)
     try:
-        cfg = load_config(config, overrides)
+        cfg = load_config(config, _parse_sets(set_))
     except MixmagError as exc:
         _fail(str(exc))
     dist, dev = _start_distributed(device)
@@ -257,6 +251,102 @@ def pretrain(
             torch.distributed.destroy_process_group()
     if dist.rank == 0:
         console.print(f"Done. Mixer weights: {cfg.out}/mixer.safetensors; log: {cfg.out}/log.csv")
+
+
+@app.command()
+def encode(
+    mixer: Annotated[Path, typer.Option(help="mixer.safetensors of a pretraining run (mixer.json beside it).")],
+    stores: Annotated[Path, typer.Option(help="Folder of per-slide stores.")] = Path("stores"),
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for per-slide patch/cls region embeddings.")] = Path("encoded"),
+    device: Annotated[Optional[str], typer.Option(help="cuda or cpu.")] = None,
+) -> None:
+    """Write contextualized (patch) and compressed (cls) region embeddings of every store with a pretrained mixer."""
+    import torch
+
+    from .stages.encode import encode_stores
+    from .train.pretrain import store_paths
+
+    dev = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        paths = encode_stores(store_paths(stores), mixer, out, device=dev, on_slide=lambda s, what: console.print(f"{s}: {what}"))
+    except MixmagError as exc:
+        _fail(str(exc))
+    console.print(f"Done: {len(paths)} slide(s) in {out}/")
+
+
+@app.command()
+def train(
+    config: Annotated[Path, typer.Option(help="YAML training config (see configs/mil.yaml).")],
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a config key: --set bags=5x.")] = None,
+) -> None:
+    """Train a slide-level AB-MIL model (optionally with a region mixer); select on tune, report test."""
+    from .train.finetune import load_train_config, run_training
+
+    try:
+        cfg = load_train_config(config, _parse_sets(set_))
+        console.print(f"Training AB-MIL on {cfg.bags} bags{' with a ' + cfg.mixer.init + ' mixer (' + cfg.mixer.output + ')' if cfg.mixer else ''} -> {cfg.out}", soft_wrap=True)
+        metrics = run_training(cfg, on_epoch=lambda h: console.print(f"epoch {h['epoch']:>3}  train loss {h['train_loss']:.4f}  tune AUROC {h['tune_auroc']:.3f}"))
+    except MixmagError as exc:
+        _fail(str(exc))
+    _print_metrics(metrics)
+
+
+def _parse_sets(items: list[str] | None) -> dict:
+    overrides = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            _fail(f"--set expects key=value, got {item!r}")
+        overrides[key.strip()] = yaml.safe_load(value)
+    return overrides
+
+
+def _print_metrics(metrics: dict) -> None:
+    for name in ("tune", "test"):
+        m = metrics[name]
+        console.print(f"{name}: AUROC {m['auroc']:.3f} (95% CI {m['ci95'][0]:.3f}-{m['ci95'][1]:.3f}; {m['specimens']} specimens, {m['positive']} positive)")
+    console.print(f"chosen epoch {metrics['best_epoch']} (on tune AUROC)")
+
+
+@app.command()
+def evaluate(run: Annotated[Path, typer.Argument(help="A run folder of `mixmag train`.")]) -> None:
+    """Print a run's specimen-level AUROC with bootstrap 95% CIs (from its saved predictions)."""
+    from .eval.runs import evaluate_run
+
+    try:
+        _print_metrics(evaluate_run(run))
+    except (MixmagError, FileNotFoundError) as exc:
+        _fail(str(exc))
+
+
+@app.command()
+def compare(
+    run_a: Annotated[Path, typer.Argument(help="First run folder.")],
+    run_b: Annotated[Path, typer.Argument(help="Second run folder.")],
+    split: Annotated[str, typer.Option(help="tune or test.")] = "test",
+) -> None:
+    """Paired DeLong test between two runs on the same specimens."""
+    from .eval.runs import compare_runs
+
+    try:
+        r = compare_runs(run_a, run_b, split)
+    except (MixmagError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    console.print(f"{split}: AUROC {r.auc_a:.3f} vs {r.auc_b:.3f}, difference {r.difference:+.3f} (SE {r.std_error:.3f}), z = {r.z:.2f}, p = {r.p_value:.4f} (paired DeLong)")
+
+
+@app.command()
+def experiment(grid: Annotated[Path, typer.Argument(help="Grid YAML: tasks, methods, seeds, pretrained mixers.")]) -> None:
+    """Run methods x tasks x seeds and write Table 1/2-style tables and a Fig. 3-style plot."""
+    from .eval.experiments import load_grid, run_grid
+
+    try:
+        cfg = load_grid(grid)
+        run_grid(cfg, on_run=lambda t, m, s, auc, status: console.print(f"{t} / {m} / seed {s}: test AUROC {auc:.3f} ({status})"))
+    except MixmagError as exc:
+        _fail(str(exc))
+    console.print((Path(cfg.out) / "results.md").read_text(), highlight=False)
+    console.print(f"Tables: {cfg.out}/results.md, results.csv; plot: {cfg.out}/differences.png")
 
 
 @app.command("encoders")

@@ -1,0 +1,176 @@
+"""`mixmag experiment grid.yaml`: methods x tasks x seeds -> Table 1/2-style tables and a Fig. 3-style plot.
+
+Methods: AB-MIL on one level or all levels ("abmil-5x" ... "abmil-all"); a randomly initialised mixer
+trained jointly with AB-MIL ("random-patch", "random-cls"); and every named pretrained mixer, either
+fine-tuned jointly ("<name>-patch", "<name>-cls") or frozen through `mixmag encode`
+("<name>-patch-frozen", "<name>-cls-frozen"). Each run is an ordinary `mixmag train` run folder;
+finished runs are reused, so an interrupted grid resumes.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..errors import ConfigError
+from ..train.finetune import TrainConfig, run_training
+
+ABMIL_METHODS = {"abmil-5x": "5x", "abmil-10x": "10x", "abmil-20x": "20x", "abmil-all": "all"}
+
+
+class Task(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    cohort: str
+    stores: str
+
+
+class GridConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    out: str
+    tasks: list[Task]
+    methods: list[str]
+    seeds: list[int] = [0]
+    pretrained: dict[str, str] = Field(default_factory=dict, description="name -> mixer.safetensors (e.g. 'MEM r=0.5')")
+    random_preset: str = "tiny"
+    train: dict = Field(default_factory=dict, description="overrides for every run (epochs, lr, batch_size, ...)")
+    baseline: str = "abmil-20x"
+
+
+def load_grid(path: str | Path) -> GridConfig:
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: grid file not found")
+    try:
+        grid = GridConfig(**(yaml.safe_load(path.read_text()) or {}))
+    except ValueError as exc:
+        raise ConfigError(f"{path}: invalid grid:\n{exc}") from exc
+    for method in grid.methods:
+        method_config(grid, grid.tasks[0], method, 0)  # fail early on an unknown method
+    return grid
+
+
+def method_config(grid: GridConfig, task: Task, method: str, seed: int) -> TrainConfig:
+    out = Path(grid.out) / task.name / _slug(method) / f"seed{seed}"
+    common = dict(cohort=task.cohort, stores=task.stores, out=str(out), seed=seed) | grid.train
+    if method in ABMIL_METHODS:
+        return TrainConfig(**common, bags=ABMIL_METHODS[method])
+    if method in ("random-patch", "random-cls"):
+        return TrainConfig(**common, bags="regions", mixer={"init": "random", "preset": grid.random_preset, "output": method.split("-")[1]})
+    for name, weights in grid.pretrained.items():
+        for output in ("patch", "cls"):
+            if method == f"{name}-{output}":
+                return TrainConfig(**common, bags="regions", mixer={"init": "pretrained", "weights": weights, "output": output})
+            if method == f"{name}-{output}-frozen":
+                encoded = Path(grid.out) / "encoded" / _slug(name) / task.name
+                return TrainConfig(**common, bags=output, encoded=str(encoded))
+    known = list(ABMIL_METHODS) + ["random-patch", "random-cls"] + [f"{n}-{o}{f}" for n in grid.pretrained for o in ("patch", "cls") for f in ("", "-frozen")]
+    raise ConfigError(f"unknown method {method!r}; known: {', '.join(known)}")
+
+
+def _slug(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
+
+
+def run_grid(grid: GridConfig, on_run=None) -> dict:
+    """Run (or reuse) every method x task x seed; returns {task: {method: [test AUROC per seed]}}."""
+    from ..stages.encode import encode_stores
+    from ..train.pretrain import store_paths
+
+    results: dict[str, dict[str, list[float]]] = {}
+    for task in grid.tasks:
+        for method in grid.methods:
+            for seed in grid.seeds:
+                cfg = method_config(grid, task, method, seed)
+                metrics_path = Path(cfg.out) / "metrics.json"
+                saved = Path(cfg.out) / "config.json"
+                if metrics_path.is_file() and saved.is_file() and json.loads(saved.read_text()) == cfg.model_dump():
+                    metrics = json.loads(metrics_path.read_text())
+                    status = "reused"
+                else:
+                    if cfg.encoded and not Path(cfg.encoded).is_dir():
+                        name = method.rsplit("-", 2)[0]
+                        encode_stores(store_paths(task.stores), Path(grid.pretrained[name]), Path(cfg.encoded))
+                    metrics = run_training(cfg)
+                    status = "trained"
+                results.setdefault(task.name, {}).setdefault(method, []).append(metrics["test"]["auroc"])
+                if on_run:
+                    on_run(task.name, method, seed, metrics["test"]["auroc"], status)
+    write_tables(grid, results)
+    plot_differences(grid, results)
+    return results
+
+
+def write_tables(grid: GridConfig, results: dict) -> tuple[Path, Path]:
+    """Markdown (best in bold, second best underlined, average column) and CSV of mean test AUROC."""
+    out = Path(grid.out)
+    tasks = [t.name for t in grid.tasks]
+    means = {m: [float(np.mean(results[t][m])) for t in tasks] for m in grid.methods}
+    avg = {m: float(np.mean(v)) for m, v in means.items()}
+    columns = tasks + ["average"]
+    table = {m: means[m] + [avg[m]] for m in grid.methods}
+    ranks = {}
+    for j in range(len(columns)):
+        order = sorted(grid.methods, key=lambda m: -table[m][j])
+        ranks[j] = (order[0], order[1] if len(order) > 1 else None)
+    lines = ["| method | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
+    for m in grid.methods:
+        cells = []
+        for j, v in enumerate(table[m]):
+            text = f"{100 * v:.1f}"
+            if m == ranks[j][0]:
+                text = f"**{text}**"
+            elif m == ranks[j][1]:
+                text = f"<u>{text}</u>"
+            cells.append(text)
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    seeds = ", ".join(map(str, grid.seeds))
+    lines.append("")
+    lines.append(f"Test AUROC x 100, mean over seeds {seeds}; best in bold, second best underlined.")
+    md = out / "results.md"
+    md.write_text("\n".join(lines) + "\n")
+    csv_path = out / "results.csv"
+    with csv_path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["method"] + columns)
+        for m in grid.methods:
+            w.writerow([m] + [f"{v:.4f}" for v in table[m]])
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    return md, csv_path
+
+
+def plot_differences(grid: GridConfig, results: dict) -> Path | None:
+    """Fig. 3 style: per method, the AUROC difference to the baseline, one point per task, bar = mean."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if grid.baseline not in grid.methods:
+        return None
+    tasks = [t.name for t in grid.tasks]
+    others = [m for m in grid.methods if m != grid.baseline]
+    if not others:
+        return None
+    diffs = {m: [100 * (np.mean(results[t][m]) - np.mean(results[t][grid.baseline])) for t in tasks] for m in others}
+    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(others), 3.6))
+    x = np.arange(len(others))
+    ax.bar(x, [np.mean(diffs[m]) for m in others], color="#8fb3d9", edgecolor="#2b5d8c")
+    for i, m in enumerate(others):
+        ax.scatter(np.full(len(tasks), i) + np.linspace(-0.15, 0.15, len(tasks)), diffs[m], color="#2b5d8c", s=14, zorder=3)
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set_xticks(x, others, rotation=35, ha="right")
+    ax.set_ylabel(f"test AUROC - {grid.baseline} (x 100)")
+    ax.set_title("Difference to the baseline (points: tasks; bars: mean)")
+    fig.tight_layout()
+    path = Path(grid.out) / "differences.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -1,0 +1,68 @@
+"""`mixmag encode`: run a pretrained mixer over every store's regions once, writing the
+contextualized (patch) and compressed (cls) region embeddings per slide for slide-level models."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+
+from ..data.bags import region_bag
+from ..errors import ConfigError
+from ..models.mixer import MixerConfig, RegionMixer
+
+
+def load_mixer(weights: str | Path) -> tuple[RegionMixer, str]:
+    from safetensors.torch import load_file
+
+    weights = Path(weights)
+    meta = weights.with_name("mixer.json")
+    if not weights.is_file() or not meta.is_file():
+        raise ConfigError(f"{weights}: needs mixer.safetensors and mixer.json from `mixmag pretrain`")
+    mixer = RegionMixer(MixerConfig(**json.loads(meta.read_text())["mixer"]))
+    mixer.load_state_dict(load_file(str(weights)), strict=True)
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:16]
+    return mixer.eval(), digest
+
+
+@torch.no_grad()
+def encode_stores(stores: list[Path], weights: Path, out_dir: Path, *, batch: int = 64, device: torch.device | None = None, on_slide=None) -> list[Path]:
+    device = device or torch.device("cpu")
+    mixer, digest = load_mixer(weights)
+    mixer.to(device)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for store in stores:
+        target = out_dir / store.name
+        if target.is_file():
+            with h5py.File(target, "r") as f:
+                if f.attrs.get("mixer_digest") == digest and f.attrs.get("store_mtime") == os.stat(store).st_mtime:
+                    written.append(target)
+                    if on_slide:
+                        on_slide(store.stem, "skipped")
+                    continue
+        regions = torch.from_numpy(region_bag(store).astype(np.float32))
+        if regions.shape[-1] != mixer.config.in_dim:
+            raise ConfigError(f"{store}: {regions.shape[-1]}-d embeddings, the mixer takes {mixer.config.in_dim}-d")
+        patches, cls = [], []
+        for start in range(0, len(regions), batch):
+            contextual, compressed = mixer(regions[start : start + batch].to(device))
+            patches.append(contextual.cpu().half().numpy())
+            cls.append(compressed.cpu().half().numpy())
+        tmp = target.with_name(f".{target.name}.partial")
+        with h5py.File(tmp, "w") as f:
+            f.create_dataset("patch", data=np.concatenate(patches))
+            f.create_dataset("cls", data=np.concatenate(cls))
+            f.attrs["mixer_digest"] = digest
+            f.attrs["mixer_weights"] = str(weights)
+            f.attrs["store_mtime"] = os.stat(store).st_mtime
+        os.replace(tmp, target)
+        written.append(target)
+        if on_slide:
+            on_slide(store.stem, "encoded")
+    return written
