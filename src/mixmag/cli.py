@@ -479,15 +479,37 @@ def bench_pretrain(
 
 @app.command()
 def demo(
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("demo_out"),
-    sample: Annotated[Optional[Path], typer.Option(help="A real slide to include (default: the CMU sample in ../shared/data if present).")] = None,
-    small: Annotated[bool, typer.Option(help="A smaller generated slide (CI smoke test).")] = False,
+    config: Annotated[Optional[Path], typer.Option(help="Demo config [configs/demo.yaml].")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output folder [the config's `out`].")] = None,
+    small: Annotated[bool, typer.Option(help="The small CI configuration (configs/demo-small.yaml).")] = False,
 ) -> None:
-    """Run the pipeline on built-in data (for now: tiling of a generated slide and the real sample slide)."""
-    from .stages.demo import run_demo
+    """The whole method end to end on a built-in synthetic multi-scale cohort, on CPU: table, plot, timings."""
+    from .stages.demo import default_config_path, load_demo_config, run_demo
 
-    code = run_demo(out, sample=sample, small=small, console=console)
+    path = config or default_config_path()
+    if small and path is not None:
+        path = path.with_name("demo-small.yaml")
+    try:
+        cfg = load_demo_config(path, out)
+        code = run_demo(cfg, console=console)
+    except MixmagError as exc:
+        _fail(str(exc))
     raise typer.Exit(code)
+
+
+@synth_app.command("cohort")
+def synth_cohort(
+    out: Annotated[Path, typer.Argument(help="Output folder (slides/ and cohort_<task>.csv).")],
+    specimens: Annotated[int, typer.Option(help="Number of specimens.")] = 40,
+    max_slides: Annotated[int, typer.Option(help="Slides per specimen: 1 to this.")] = 2,
+    cells: Annotated[int, typer.Option(help="Slide side in 448 um cells.")] = 6,
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """Write a synthetic multi-scale cohort: slides plus one cohort table per task (fine, coarse, cross)."""
+    from .synth.cohort import CohortSpec, write_cohort
+
+    tables = write_cohort(out, CohortSpec(n_specimens=specimens, max_slides=max_slides, cells=cells, seed=seed))
+    console.print("wrote " + ", ".join(str(t) for t in tables.values()))
 
 
 def main() -> None:

@@ -175,7 +175,7 @@ register_preset(EncoderPreset(
 register_preset(EncoderPreset(
     name="stats",
     description="built-in: deterministic colour, texture and nuclear-layout statistics per tile; no weights",
-    dim=29,
+    dim=34,
     transform=InputTransform(224, None, "bilinear", (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),
     builder=_stats,
     needs_weights=False,

@@ -1,127 +1,195 @@
-"""`mixmag demo`: the pipeline on built-in data. For now: generate a slide, tile it and the real
-sample slide, and show one region's aligned 5x/10x/20x tiles. Later stages extend it."""
+"""`mixmag demo`: slide files -> Table 1-style results through every stage the real pipeline uses.
+
+generate cohort -> tile -> embed -> pretrain (MEM) -> slide-level training of the baselines and the
+mixers -> tables, plot, stage timings. Every stage reuses what a previous run finished.
+"""
 
 from __future__ import annotations
 
-import os
+import json
+import time
 from pathlib import Path
 
-import cv2
-import numpy as np
+import torch
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
 from rich.console import Console
 
-from ..report.qc import save_png
-from ..slides.pyramids import read_pyramid
-from ..slides.sources import SlideSource
-from ..slides.tiling import TilingParams
-from ..synth.patterns import tissue_like
-from ..synth.slide_writer import write_slide
-from .tile import tile_slides
+from ..errors import ConfigError
+from ..synth.cohort import TASKS, CohortSpec, write_cohort
 
-SAMPLE_ENV = "MIXMAG_SAMPLE_SLIDE"
+SYNTHETIC_NOTICE = (
+    "These data are SYNTHETIC (generated slides with biomarkers placed at known scales) and the built-in encoder is "
+    "not a foundation model: the numbers below test the pipeline, they are not the paper's results."
+)
 
 
-def find_sample_slide() -> Path | None:
-    """The real CMU sample slide: $MIXMAG_SAMPLE_SLIDE, else ../shared/data beside the source tree."""
-    if os.environ.get(SAMPLE_ENV):
-        return Path(os.environ[SAMPLE_ENV])
+class DemoConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    out: str = "demo_out"
+    cohort: dict = Field(default_factory=dict, description="CohortSpec fields for the synthetic cohort")
+    encoder: str = "stats"
+    weights: str | None = None
+    workers: int = 1
+    pretrain: dict = Field(default_factory=dict)
+    train: dict = Field(default_factory=dict)
+    methods: list[str] = Field(default_factory=lambda: ["abmil-5x", "abmil-10x", "abmil-20x", "abmil-all", "random-patch", "random-cls", "MEM-patch", "MEM-cls"])
+    seeds: list[int] = Field(default_factory=lambda: [0])
+
+
+def load_demo_config(path: Path | None, out: Path | None = None) -> DemoConfig:
+    data = {}
+    if path is not None:
+        if not path.is_file():
+            raise ConfigError(f"{path}: demo config not found")
+        data = yaml.safe_load(path.read_text()) or {}
+    try:
+        config = DemoConfig(**data)
+    except ValueError as exc:
+        raise ConfigError(f"{path}: invalid demo config:\n{exc}") from exc
+    if out is not None:
+        config = config.model_copy(update={"out": str(out)})
+    return config
+
+
+def default_config_path() -> Path | None:
     here = Path(__file__).resolve()
     for parent in here.parents:
-        candidate = parent.parent / "shared" / "data" / "CMU-1-Small-Region.svs"
+        candidate = parent / "configs" / "demo.yaml"
         if candidate.is_file():
             return candidate
     return None
 
 
-def run_demo(out: Path, *, sample: Path | None = None, small: bool = False, console: Console | None = None) -> int:
+class Timer:
+    def __init__(self) -> None:
+        self.stages: dict[str, float] = {}
+
+    def run(self, name: str, console: Console, fn):
+        console.rule(f"[bold]{name}")
+        start = time.perf_counter()
+        result = fn()
+        self.stages[name] = round(time.perf_counter() - start, 2)
+        console.print(f"[dim]{name}: {self.stages[name]:.1f} s[/]")
+        return result
+
+
+def run_demo(config: DemoConfig, console: Console | None = None) -> int:
     console = console or Console()
-    out = Path(out)
-    slides_dir = out / "slides"
-    generated = slides_dir / ("generated-small.tiff" if small else "generated.tiff")
-    side = (4600, 3800) if small else (9000, 7200)
-    if not generated.exists():
-        console.rule("[bold]1. generate a synthetic slide")
-        image = tissue_like(*side, 0.5, seed=11, tissue_mask=_demo_layout())
-        write_slide(generated, image, 0.5, downsamples=(1, 4, 16), flavor="generic")
-        console.print(f"wrote {generated} ({side[0]}x{side[1]} px at 0.5 um/px, levels 0.5/2/8 um/px)")
-    else:
-        console.print(f"reusing {generated}")
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    timer = Timer()
+    console.print(f"[bold yellow]{SYNTHETIC_NOTICE}[/]", soft_wrap=True)
 
-    console.rule("[bold]2. tile: 3x3 regions of 5x/10x/20x tiles (paper settings)")
-    params = TilingParams()
-    results = tile_slides([SlideSource(generated, generated.stem)], out / "tiles", params, on_result=lambda r: console.print(r.summary_line()))
-
-    sample = sample or find_sample_slide()
-    if sample is not None and sample.exists():
-        console.rule("[bold]3. tile the real sample slide (CMU-1-Small-Region, CC0)")
-        console.print("It is 1.1 x 1.5 mm, too small for a 3x3 region of 448 um cells; tiled with t = 1 instead.")
-        results += tile_slides([SlideSource(sample, "CMU-1-Small-Region")], out / "tiles_t1", TilingParams(region_size=1),
-                               on_result=lambda r: console.print(r.summary_line()))
-    else:
-        console.print(f"[yellow]real sample slide not found; set {SAMPLE_ENV} to include it.[/]")
-
-    first = results[0].plan
-    if first is not None and first.regions:
-        console.rule("[bold]4. one region as aligned tile pyramids")
-        with first.open_slide() as slide:
-            row, col = first.regions[0]
-            pyramid = read_pyramid(slide, first.grid, first.levels, row, col, first.params.region_size)
-        montage = _montage(pyramid.tiles, first.params.region_size, first.params.tile_px)
-        path = save_png(out / "region_pyramid.png", montage)
-        counts = " + ".join(f"{t.shape[0]} at {n}" for t, n in zip(pyramid.tiles, first.levels.names))
-        console.print(f"region ({row}, {col}): {counts} = {pyramid.n_tiles} tiles -> {path}")
-    console.rule("[bold]5. embed every tile of every level with the built-in 'stats' encoder")
-    embedded = _embed(out, console)
-    failed = [r for r in results if r.outcome == "failed"] + [r for r in embedded if r.outcome == "failed"]
-    console.rule("[bold]done")
-    console.print(f"outputs in {out}/ (plans and QC pictures under tiles*/<slide>/)")
-    return 1 if failed else 0
+    spec = CohortSpec(**config.cohort)
+    tables = timer.run("1. generate the synthetic cohort", console, lambda: _generate(out, spec, console))
+    plans = timer.run("2. tile (3x3 regions of 5x/10x/20x tiles)", console, lambda: _tile(out, tables, console))
+    timer.run(f"3. embed every tile with the '{config.encoder}' encoder", console, lambda: _embed(out, config, plans, console))
+    mixer = timer.run("4. pretrain a mixer with MEM", console, lambda: _pretrain(out, config, console))
+    results = timer.run("5. train and evaluate slide-level models", console, lambda: _experiment(out, config, tables, mixer, console))
+    (out / "timings.json").write_text(json.dumps(timer.stages, indent=1))
+    console.rule("[bold]results")
+    console.print(f"[bold yellow]{SYNTHETIC_NOTICE}[/]", soft_wrap=True)
+    console.print((out / "results" / "results.md").read_text(), highlight=False, soft_wrap=True)
+    console.print(_scale_check(results), soft_wrap=True, highlight=False)
+    console.print("stage timings: " + ", ".join(f"{k.split('. ')[1].split(' (')[0]} {v:.0f} s" for k, v in timer.stages.items()), soft_wrap=True)
+    console.print(f"outputs: {out}/ (results/results.md, results/differences.png, timings.json; cohort, tiles, stores, pretrain)")
+    return 0
 
 
-def _embed(out: Path, console: Console):
-    import torch
+def _generate(out: Path, spec: CohortSpec, console: Console) -> dict[str, Path]:
+    count = [0]
 
+    def tick(slide: str) -> None:
+        count[0] += 1
+
+    tables = write_cohort(out / "cohort", spec, progress=tick)
+    console.print(f"{count[0]} slides of {spec.cells}x{spec.cells} cells at {spec.mpp} um/px, {spec.n_specimens} specimens; "
+                  f"tasks: {', '.join(TASKS)} -> {out / 'cohort'}")
+    return tables
+
+
+def _tile(out: Path, tables: dict[str, Path], console: Console) -> list[Path]:
+    from ..slides.sources import sources_from_table
+    from ..slides.tiling import TilingParams
+    from .tile import tile_slides
+
+    sources = sources_from_table(next(iter(tables.values())))
+    results = tile_slides(sources, out / "tiles", TilingParams())
+    failed = [r for r in results if r.outcome == "failed"]
+    if failed:
+        raise ConfigError("tiling failed: " + "; ".join(r.error for r in failed))
+    regions = sum(len(r.plan.regions) for r in results)
+    console.print(f"{len(results)} slides: {sum(r.outcome == 'tiled' for r in results)} tiled, {sum(r.outcome == 'skipped' for r in results)} reused; {regions} regions")
+    from .embed import find_plans
+
+    return find_plans(out / "tiles")
+
+
+def _embed(out: Path, config: DemoConfig, plans: list[Path], console: Console) -> None:
     from ..encoders.model import build_encoder
-    from ..store import read_store, store_path
-    from .embed import find_plans, run_embed
+    from .embed import run_embed
 
-    encoder = build_encoder("stats")
-    plans = [p for folder in ("tiles", "tiles_t1") if (out / folder).is_dir() for p in find_plans(out / folder)]
-    results = run_embed(plans, out / "stores", encoder, device=torch.device("cpu"), workers=0)
-    for r in results:
-        if r.outcome == "failed":
-            console.print(f"[red]{r.slide_id}: {r.error}[/]")
-            continue
-        store = read_store(store_path(out / "stores", r.slide_id))
-        shapes = ", ".join(f"{name} {tuple(emb.shape)}" for name, emb in store.embeddings.items())
-        console.print(f"{r.slide_id}: {r.outcome}; store {store_path(out / 'stores', r.slide_id)}: {shapes}")
-    return results
+    encoder = build_encoder(config.encoder, weights=config.weights)
+    done = [0]
+    results = run_embed(plans, out / "stores", encoder, device=torch.device("cpu"), workers=config.workers,
+                        on_result=lambda r: done.__setitem__(0, done[0] + 1))
+    failed = [r for r in results if r.outcome == "failed"]
+    if failed:
+        raise ConfigError("embedding failed: " + "; ".join(r.error or r.slide_id for r in failed))
+    console.print(f"{len(results)} stores ({sum(r.outcome == 'embedded' for r in results)} embedded, "
+                  f"{sum(r.outcome == 'skipped' for r in results)} reused), {encoder.dim}-d {config.encoder} embeddings -> {out / 'stores'}")
 
 
-def _demo_layout() -> np.ndarray:
-    """Two tissue pieces: a large one that holds several 3x3 regions and a small one that holds none."""
-    mask = np.zeros((190, 230), np.uint8)
-    cv2.ellipse(mask, (95, 95), (85, 80), 15, 0, 360, 1, thickness=-1)
-    cv2.ellipse(mask, (200, 150), (22, 30), 0, 0, 360, 1, thickness=-1)
-    return mask.astype(bool)
+def _pretrain(out: Path, config: DemoConfig, console: Console) -> Path:
+    from ..train.pretrain import PretrainConfig, run_pretraining
+
+    settings = dict(stores=str(out / "stores"), out=str(out / "pretrain"), workers=0, tensorboard=False,
+                    log_every=50, checkpoint_every=100) | config.pretrain
+    cfg = PretrainConfig(**settings)
+    mixer = Path(cfg.out) / "mixer.safetensors"
+    log = Path(cfg.out) / "log.csv"
+    if mixer.is_file() and log.is_file() and _last_step(log) >= cfg.steps:
+        console.print(f"reusing {mixer}")
+        return mixer
+    last = run_pretraining(cfg, device=torch.device("cpu"),
+                           on_log=lambda row: console.print(f"step {row['step']:>4}: MEM loss {row['mem']:.3f} "
+                                                            f"(predict-the-mean baseline {row['baseline_loss']:.3f})"))
+    console.print(f"mixer after {last.get('step')} steps -> {mixer}")
+    return mixer
 
 
-def _montage(levels: tuple[np.ndarray, ...], t: int, tile_px: int, gap: int = 16) -> np.ndarray:
-    """The region at each level side by side, each level reassembled from its tiles at common size."""
-    side = t * tile_px
-    panels = []
-    for level, tiles in enumerate(levels):
-        n = t * 2**level
-        grid = tiles.reshape(n, n, tile_px, tile_px, 3).transpose(0, 2, 1, 3, 4).reshape(n * tile_px, n * tile_px, 3)
-        panel = cv2.resize(grid, (side, side), interpolation=cv2.INTER_AREA)
-        step = side / n
-        for k in range(1, n):
-            p = round(k * step)
-            panel[:, p] = (0, 0, 0)
-            panel[p, :] = (0, 0, 0)
-        panels.append(panel)
-    spacer = np.full((side, gap, 3), 255, np.uint8)
-    row = [panels[0]]
-    for p in panels[1:]:
-        row += [spacer, p]
-    return np.concatenate(row, axis=1)
+def _last_step(log: Path) -> int:
+    import csv
+
+    with log.open() as fh:
+        rows = list(csv.DictReader(fh))
+    return int(rows[-1]["step"]) if rows else 0
+
+
+def _experiment(out: Path, config: DemoConfig, tables: dict[str, Path], mixer: Path, console: Console) -> dict:
+    from ..eval.experiments import GridConfig, Task, run_grid
+
+    grid = GridConfig(
+        out=str(out / "results"),
+        tasks=[Task(name=task, cohort=str(table), stores=str(out / "stores")) for task, table in tables.items()],
+        methods=config.methods,
+        seeds=config.seeds,
+        pretrained={"MEM": str(mixer)},
+        train=config.train,
+    )
+    return run_grid(grid, on_run=lambda t, m, s, auc, status: console.print(f"{t:>6} / {m:<12} seed {s}: test AUROC {auc:.3f} ({status})"))
+
+
+def _scale_check(results: dict) -> str:
+    """Is each biomarker seen at the scale it was placed at? (AB-MIL 20x vs 5x)."""
+    import numpy as np
+
+    lines = ["Scale check (test AUROC, AB-MIL):"]
+    for task, better, worse in (("fine", "abmil-20x", "abmil-5x"), ("coarse", "abmil-5x", "abmil-20x")):
+        if task in results and better in results[task] and worse in results[task]:
+            a, b = float(np.mean(results[task][better])), float(np.mean(results[task][worse]))
+            verdict = "as placed" if a > b else "NOT as placed"
+            lines.append(f"  {task}: {better} {a:.3f} vs {worse} {b:.3f} -> {verdict}")
+    return "\n".join(lines)
