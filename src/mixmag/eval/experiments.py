@@ -39,6 +39,7 @@ class GridConfig(BaseModel):
     pretrained: dict[str, str] = Field(default_factory=dict, description="name -> mixer.safetensors (e.g. 'MEM r=0.5')")
     random_preset: str = "tiny"
     train: dict = Field(default_factory=dict, description="overrides for every run (epochs, lr, batch_size, ...)")
+    train_by_method: dict[str, dict] = Field(default_factory=dict, description="extra overrides for methods starting with a prefix, e.g. abmil: {epochs: 40}")
     baseline: str = "abmil-20x"
 
 
@@ -60,6 +61,9 @@ def load_grid(path: str | Path) -> GridConfig:
 def method_config(grid: GridConfig, task: Task, method: str, seed: int) -> TrainConfig:
     out = Path(grid.out) / task.name / _slug(method) / f"seed{seed}"
     common = dict(cohort=task.cohort, stores=task.stores, out=str(out), seed=seed) | grid.train
+    for prefix, overrides in grid.train_by_method.items():
+        if method.startswith(prefix):
+            common |= overrides
     if method in ABMIL_METHODS:
         return TrainConfig(**common, bags=ABMIL_METHODS[method])
     if method in ("random-patch", "random-cls"):

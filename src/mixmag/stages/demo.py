@@ -34,6 +34,7 @@ class DemoConfig(BaseModel):
     workers: int = 1
     pretrain: dict = Field(default_factory=dict)
     train: dict = Field(default_factory=dict)
+    train_by_method: dict[str, dict] = Field(default_factory=dict)
     methods: list[str] = Field(default_factory=lambda: ["abmil-5x", "abmil-10x", "abmil-20x", "abmil-all", "random-patch", "random-cls", "MEM-patch", "MEM-cls"])
     seeds: list[int] = Field(default_factory=lambda: [0])
 
@@ -178,6 +179,7 @@ def _experiment(out: Path, config: DemoConfig, tables: dict[str, Path], mixer: P
         seeds=config.seeds,
         pretrained={"MEM": str(mixer)},
         train=config.train,
+        train_by_method=config.train_by_method,
     )
     return run_grid(grid, on_run=lambda t, m, s, auc, status: console.print(f"{t:>6} / {m:<12} seed {s}: test AUROC {auc:.3f} ({status})"))
 

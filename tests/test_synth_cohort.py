@@ -1,0 +1,46 @@
+import csv
+
+import numpy as np
+import pytest
+
+from mixmag.slides.reader import Slide
+from mixmag.synth.cohort import CohortSpec, region_plan, render_slide, write_cohort
+
+
+def test_cohort_tables_are_consistent_and_stratified(tmp_path):
+    spec = CohortSpec(n_specimens=15, max_slides=3, cells=3, seed=2)
+    tables = write_cohort(tmp_path, spec)
+    rows = {task: list(csv.DictReader(open(path))) for task, path in tables.items()}
+    slides = [r["slide"] for r in rows["fine"]]
+    assert len(slides) == len(set(slides)) and all((tmp_path / r["path"]).is_file() for r in rows["fine"])
+    for task, table in rows.items():
+        for split in ("train", "tune", "test"):
+            labels = {r["label"] for r in table if r["split"] == split}
+            assert labels == {"0", "1"}, (task, split)
+    cross = {r["specimen"]: r["label"] for r in rows["cross"]}
+    fine = {r["specimen"]: r["label"] for r in rows["fine"]}
+    coarse = {r["specimen"]: r["label"] for r in rows["coarse"]}
+    assert all(fine[s] == coarse[s] == "1" for s, v in cross.items() if v == "1")  # cross implies both
+    with Slide(tmp_path / rows["fine"][0]["path"]) as slide:
+        assert slide.mpp == 0.5 and len(slide.level_dimensions) == 3
+
+
+def test_signals_sit_in_whole_regions_of_one_slide():
+    rng = np.random.default_rng(0)
+    plan = region_plan("cross", 4, 0.5, rng)
+    assert sum(p == (True, True) for p in plan) == 2 and plan.count((False, False)) == 2
+    apart = region_plan("both-apart", 4, 0.5, rng)
+    assert (True, True) not in apart and (True, False) in apart and (False, True) in apart
+
+
+def test_grain_is_invisible_after_2x_downsampling():
+    import cv2
+
+    spec = CohortSpec(cells=3)
+    smooth = render_slide(spec, [(False, False)], np.random.default_rng(1))
+    grainy = render_slide(spec, [(True, False)], np.random.default_rng(1))
+    full = np.abs(smooth.astype(int) - grainy)
+    half = lambda im: cv2.resize(im, (im.shape[1] // 2, im.shape[0] // 2), interpolation=cv2.INTER_AREA).astype(int)  # noqa: E731
+    halved = np.abs(half(smooth) - half(grainy))
+    assert full.max() > 50  # visible at 20x
+    assert halved.mean() < full.mean() / 10  # averaged away at 10x (but for 2x2 blocks cut by a nucleus edge)
