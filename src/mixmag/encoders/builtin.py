@@ -41,10 +41,12 @@ class StatsEncoder(nn.Module):
         pink = (r > 0.75) & (g < 0.7) & (~nuclei)
         grad_fine = _gradient_energy(gray)
         grad_coarse = _gradient_energy(F.avg_pool2d(gray, 4))
+        colour_mean = x.mean(dim=(2, 3))
+        colour_spread = ((x * x).mean(dim=(2, 3)) - colour_mean**2).clamp(min=0).sqrt()
         layout = F.adaptive_avg_pool2d(nuclei[:, None].float(), 4).flatten(1)  # (B, 16)
         feats = [
-            x.mean(dim=(2, 3)),                       # 3 colour means
-            x.std(dim=(2, 3)),                        # 3 colour spreads
+            colour_mean,                              # 3 colour means
+            colour_spread,                            # 3 colour spreads
             grad_fine[:, None], grad_coarse[:, None],  # texture at two scales
             nuclei.float().mean(dim=(1, 2))[:, None],  # nuclear area fraction
             pink.float().mean(dim=(1, 2))[:, None],    # stroma fraction
