@@ -178,3 +178,29 @@ def test_bench_embed_smoke(tmp_path):
     figures = json.loads((tmp_path / "bench_embed.json").read_text())
     assert all(v > 0 for v in figures["cpu_data_path_tiles_per_s"].values())
     assert figures["tiles"] == 21 * figures["cells"] > 0
+
+
+def test_shipped_demo_config_equals_the_built_in_defaults():
+    from pathlib import Path
+
+    import yaml
+
+    from mixmag.stages.demo import DemoConfig
+
+    shipped = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "demo.yaml").read_text())
+    assert DemoConfig(**shipped) == DemoConfig()
+
+
+def test_every_shipped_config_loads():
+    from pathlib import Path
+
+    from mixmag.stages.demo import load_demo_config
+    from mixmag.train.finetune import load_train_config
+    from mixmag.train.pretrain import load_config
+
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    load_demo_config(configs / "demo.yaml")
+    load_demo_config(configs / "demo-small.yaml")
+    load_config(configs / "pretrain.yaml")
+    load_config(configs / "pretrain-tiny.yaml")
+    load_train_config(configs / "mil.yaml")

@@ -27,14 +27,17 @@ SYNTHETIC_NOTICE = (
 class DemoConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+    # Defaults equal configs/demo.yaml, so an installed package without the repository runs the same demo.
     out: str = "demo_out"
-    cohort: dict = Field(default_factory=dict, description="CohortSpec fields for the synthetic cohort")
+    cohort: dict = Field(default_factory=lambda: {"n_specimens": 80, "max_slides": 2, "cells": 6, "seed": 0},
+                         description="CohortSpec fields for the synthetic cohort")
     encoder: str = "stats"
     weights: str | None = None
     workers: int = 1
-    pretrain: dict = Field(default_factory=dict)
-    train: dict = Field(default_factory=dict)
-    train_by_method: dict[str, dict] = Field(default_factory=dict)
+    pretrain: dict = Field(default_factory=lambda: {"preset": "tiny", "mask_ratio": 0.5, "batch_size": 32, "steps": 300, "warmup_steps": 20,
+                                                    "base_lr": 8.0e-3, "precision": "fp32", "per_slide": 16, "pool": 8})
+    train: dict = Field(default_factory=lambda: {"epochs": 10, "batch_size": 8, "lr": 3.0e-3, "bootstrap": 500})
+    train_by_method: dict[str, dict] = Field(default_factory=lambda: {"abmil": {"epochs": 40, "lr": 5.0e-3}})
     methods: list[str] = Field(default_factory=lambda: ["abmil-5x", "abmil-10x", "abmil-20x", "abmil-all", "random-patch", "random-cls", "MEM-patch", "MEM-cls"])
     seeds: list[int] = Field(default_factory=lambda: [0])
 
