@@ -219,3 +219,18 @@ def test_experiment_grid_writes_tables_and_plot(cohort_dir, tmp_path):
     bad.write_text(grid.read_text().replace("abmil-5x", "abmil-40x"))
     result = CliRunner().invoke(app, ["experiment", str(bad)])
     assert result.exit_code == 2 and "unknown method 'abmil-40x'" in result.output
+
+
+@pytest.mark.parametrize(("level", "tokens"), [("5x", 9), ("20x", 144)])
+def test_random_mixer_over_one_magnification(cohort_dir, tmp_path, level, tokens):
+    from mixmag.eval.experiments import GridConfig, Task, method_config
+
+    grid = GridConfig(out=str(tmp_path), tasks=[Task(name="A", cohort=str(cohort_dir / "cohort.csv"), stores=str(cohort_dir / "stores"))],
+                      methods=[f"random-{level}-cls"], train={"epochs": 1, "batch_size": 16, "bootstrap": 100})
+    cfg = method_config(grid, grid.tasks[0], f"random-{level}-cls", 0)
+    trainer = Trainer(cfg)
+    slide = trainer.cohort.split("train")[0].slides[0]
+    assert trainer.bags(slide).shape[1] == tokens
+    assert trainer.model.mixer.pos_embed.shape[1] == tokens
+    metrics = trainer.fit()
+    assert 0 <= metrics["test"]["auroc"] <= 1

@@ -16,6 +16,7 @@ import torch
 
 from ..errors import CohortError
 from ..store import read_store
+from ..geometry import level_offsets
 from .regions import RegionTable
 
 TILE_MODES = ("5x", "10x", "20x", "all")
@@ -33,8 +34,9 @@ def tile_bag(store_path: Path, mode: str) -> np.ndarray:
     return _nonempty(store_path, bag)
 
 
-def region_bag(store_path: Path) -> np.ndarray:
-    """(R, s, D): the store's accepted regions (the tiler's non-overlapping t x t windows)."""
+def region_bag(store_path: Path, level: str | None = None) -> np.ndarray:
+    """(R, s, D): the store's accepted regions (the tiler's non-overlapping t x t windows); with
+    `level`, only that level's (t 2^i)^2 tokens of each region (for single-magnification mixers)."""
     store = read_store(store_path)
     windows = store.windows.get("regions")
     t = int(store.attrs.get("region_size") or 0)
@@ -43,7 +45,15 @@ def region_bag(store_path: Path) -> np.ndarray:
     table = RegionTable(store)
     if len(windows) == 0:
         return _nonempty(store_path, np.zeros((0, 0, store.dim), np.float16))
-    return np.stack([table.take(table.window_rows(int(r), int(c), t)) for r, c in windows])
+    regions = np.stack([table.take(table.window_rows(int(r), int(c), t)) for r, c in windows])
+    if level is None:
+        return regions
+    names = list(store.embeddings)
+    if level not in names:
+        raise CohortError(f"{store_path}: no level {level!r} in the store (levels: {', '.join(names)})")
+    offsets = level_offsets(t, len(names))
+    i = names.index(level)
+    return regions[:, offsets[i] : offsets[i + 1]]
 
 
 def encoded_bag(encoded_path: Path, mode: str) -> np.ndarray:
@@ -65,8 +75,9 @@ def _nonempty(path: Path, bag: np.ndarray) -> np.ndarray:
 class BagCache:
     """Loads each slide's bag once (as float16 tensors) and keeps it."""
 
-    def __init__(self, mode: str, stores: dict[str, Path], encoded_dir: Path | None = None) -> None:
+    def __init__(self, mode: str, stores: dict[str, Path], encoded_dir: Path | None = None, region_level: str | None = None) -> None:
         self.mode = mode
+        self.region_level = region_level
         self.stores = stores
         self.encoded_dir = encoded_dir
         self._bags: dict[str, torch.Tensor] = {}
@@ -76,7 +87,7 @@ class BagCache:
             if self.mode in TILE_MODES:
                 bag = tile_bag(self.stores[slide], self.mode)
             elif self.mode == "regions":
-                bag = region_bag(self.stores[slide])
+                bag = region_bag(self.stores[slide], self.region_level)
             elif self.mode in ("patch", "cls"):
                 if self.encoded_dir is None:
                     raise CohortError("precomputed patch/cls bags need the folder written by `mixmag encode`")

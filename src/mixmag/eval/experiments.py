@@ -1,7 +1,8 @@
 """`mixmag experiment grid.yaml`: methods x tasks x seeds -> Table 1/2-style tables and a Fig. 3-style plot.
 
 Methods: AB-MIL on one level or all levels ("abmil-5x" ... "abmil-all"); a randomly initialised mixer
-trained jointly with AB-MIL ("random-patch", "random-cls"); and every named pretrained mixer, either
+trained jointly with AB-MIL over all levels ("random-patch", "random-cls") or over one level's tokens
+("random-5x-patch" ... "random-20x-cls"); and every named pretrained mixer, either
 fine-tuned jointly ("<name>-patch", "<name>-cls") or frozen through `mixmag encode`
 ("<name>-patch-frozen", "<name>-cls-frozen"). Each run is an ordinary `mixmag train` run folder;
 finished runs are reused, so an interrupted grid resumes.
@@ -68,6 +69,11 @@ def method_config(grid: GridConfig, task: Task, method: str, seed: int) -> Train
         return TrainConfig(**common, bags=ABMIL_METHODS[method])
     if method in ("random-patch", "random-cls"):
         return TrainConfig(**common, bags="regions", mixer={"init": "random", "preset": grid.random_preset, "output": method.split("-")[1]})
+    for level in ABMIL_METHODS.values():
+        for output in ("patch", "cls"):
+            if method == f"random-{level}-{output}" and level != "all":  # a mixer over one magnification's tokens
+                return TrainConfig(**common, bags="regions", region_level=level,
+                                   mixer={"init": "random", "preset": grid.random_preset, "output": output})
     for name, weights in grid.pretrained.items():
         for output in ("patch", "cls"):
             if method == f"{name}-{output}":
@@ -75,7 +81,7 @@ def method_config(grid: GridConfig, task: Task, method: str, seed: int) -> Train
             if method == f"{name}-{output}-frozen":
                 encoded = Path(grid.out) / "encoded" / _slug(name) / task.name
                 return TrainConfig(**common, bags=output, encoded=str(encoded))
-    known = list(ABMIL_METHODS) + ["random-patch", "random-cls"] + [f"{n}-{o}{f}" for n in grid.pretrained for o in ("patch", "cls") for f in ("", "-frozen")]
+    known = list(ABMIL_METHODS) + ["random-patch", "random-cls"] + [f"random-{lv}-{o}" for lv in ("5x", "10x", "20x") for o in ("patch", "cls")] + [f"{n}-{o}{f}" for n in grid.pretrained for o in ("patch", "cls") for f in ("", "-frozen")]
     raise ConfigError(f"unknown method {method!r}; known: {', '.join(known)}")
 
 

@@ -54,6 +54,7 @@ class TrainConfig(BaseModel):
     bags: BagMode = "20x"
     encoded: str | None = Field(None, description="folder from `mixmag encode` for bags = patch / cls")
     mixer: MixerSetting | None = Field(None, description="for bags = regions: the mixer trained jointly")
+    region_level: str | None = Field(None, description="for bags = regions: mix only this level's tokens (e.g. 5x); default all")
     hidden: int = Field(16, ge=1)
     epochs: int = Field(20, ge=1)
     batch_size: int = Field(32, ge=1, description="specimens per step")
@@ -70,6 +71,10 @@ class TrainConfig(BaseModel):
     def _mode(self) -> TrainConfig:
         if self.bags == "regions" and self.mixer is None:
             raise ValueError("bags = regions trains a mixer jointly: give a `mixer:` section")
+        if self.region_level is not None and self.bags != "regions":
+            raise ValueError("region_level applies to bags = regions only")
+        if self.region_level is not None and self.mixer is not None and self.mixer.init == "pretrained":
+            raise ValueError("a pretrained mixer takes all levels; region_level is for randomly initialised mixers")
         if self.bags != "regions" and self.mixer is not None:
             raise ValueError(f"bags = {self.bags} has no mixer; drop the `mixer:` section or use bags = regions")
         if self.bags in ("patch", "cls") and not self.encoded:
@@ -115,7 +120,7 @@ class Trainer:
         self.config = config
         self.device = device or torch.device("cpu")
         self.cohort: Cohort = load_cohort(config.cohort, config.stores)
-        self.bags = BagCache(config.bags, self.cohort.stores, Path(config.encoded) if config.encoded else None)
+        self.bags = BagCache(config.bags, self.cohort.stores, Path(config.encoded) if config.encoded else None, config.region_level)
         first = next(iter(self.cohort.specimens.values())).slides[0]
         sample = self.bags(first)
         torch.manual_seed(config.seed)
@@ -124,7 +129,10 @@ class Trainer:
             from ..store import read_attrs
 
             attrs = read_attrs(self.cohort.stores[first])
-            mixer = build_mixer(config.mixer, sample.shape[-1], int(attrs["region_size"]), len(attrs["level_mpps"]))
+            t, n_levels = int(attrs["region_size"]), len(attrs["level_mpps"])
+            if config.region_level is not None:  # one level: a (t 2^i) x (t 2^i) grid of that level's tiles
+                t, n_levels = t * 2 ** attrs["level_names"].index(config.region_level), 1
+            mixer = build_mixer(config.mixer, sample.shape[-1], t, n_levels)
         self.model = SlideModel(sample.shape[-1], config.hidden, mixer, config.mixer.output if config.mixer else "patch").to(self.device)
         self.optimizer = torch.optim.AdamW(
             layer_decay_groups(self.model, config.lr, config.weight_decay, config.layer_decay), lr=config.lr
