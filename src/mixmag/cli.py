@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated, NoReturn, Optional
 
@@ -347,6 +348,21 @@ def experiment(grid: Annotated[Path, typer.Argument(help="Grid YAML: tasks, meth
         _fail(str(exc))
     console.print((Path(cfg.out) / "results.md").read_text(), highlight=False)
     console.print(f"Tables: {cfg.out}/results.md, results.csv; plot: {cfg.out}/differences.png")
+
+
+@app.command()
+def report(
+    run: Annotated[Path, typer.Argument(help="A run folder of `mixmag train`.")],
+    timings: Annotated[Optional[Path], typer.Option(help="A timings.json to include (the demo writes one).")] = None,
+) -> None:
+    """Write RUN/report.html: one self-contained page with metrics, ROC curves, predictions, QC pictures and config."""
+    from .report.html import build_report
+
+    try:
+        path = build_report(run, json.loads(timings.read_text()) if timings else None)
+    except (FileNotFoundError, KeyError) as exc:
+        _fail(f"{run}: not a complete `mixmag train` run folder ({exc})")
+    console.print(f"wrote {path}")
 
 
 @app.command("encoders")

@@ -98,8 +98,24 @@ def run_demo(config: DemoConfig, console: Console | None = None) -> int:
     console.print((out / "results" / "results.md").read_text(), highlight=False, soft_wrap=True)
     console.print(_scale_check(results), soft_wrap=True, highlight=False)
     console.print("stage timings: " + ", ".join(f"{k.split('. ')[1].split(' (')[0]} {v:.0f} s" for k, v in timer.stages.items()), soft_wrap=True)
+    reports = _reports(out, config, timer.stages)
+    for path in reports:
+        console.print(f"report: {path}")
     console.print(f"outputs: {out}/ (results/results.md, results/differences.png, timings.json; cohort, tiles, stores, pretrain)")
     return 0
+
+
+def _reports(out: Path, config: DemoConfig, timings: dict) -> list[Path]:
+    """One HTML report per task, for the first pretrained-mixer method (else the last method)."""
+    from ..report.html import build_report
+
+    method = next((m for m in config.methods if m.startswith("MEM")), config.methods[-1])
+    paths = []
+    for task in TASKS:
+        run = out / "results" / task / method / f"seed{config.seeds[0]}"
+        if (run / "metrics.json").is_file():
+            paths.append(build_report(run, timings))
+    return paths
 
 
 def _generate(out: Path, spec: CohortSpec, console: Console) -> dict[str, Path]:

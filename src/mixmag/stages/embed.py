@@ -93,6 +93,7 @@ def store_provenance(plan_path: Path, job: SlideJob, encoder: TileEncoder, mode:
         "context_size": plan.params.context_size,
         "tiling_params": plan.params.model_dump(),
         "plan_digest": plan_digest(plan_path),
+        "plan_path": str(Path(plan_path).resolve()),
         "read_mode": mode,
         **encoder.provenance(),
     }

@@ -1,0 +1,175 @@
+"""`mixmag report RUN_DIR`: one self-contained HTML page per training run (opens without network).
+
+Config, cohort summary, metrics with bootstrap CIs, ROC curves with a bootstrap band for tune and
+test, the training history, the test predictions, and QC pictures of the test slides when their
+tiling folders are known. Every figure is an embedded PNG; every text from tables is escaped.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .. import __version__
+
+REPORT_FILENAME = "report.html"
+
+
+def _png(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _file_png(path: Path) -> str | None:
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode() if path.is_file() else None
+
+
+def roc_with_band(labels: np.ndarray, scores: np.ndarray, n_boot: int = 500, seed: int = 0):
+    """ROC curve on a fixed FPR grid, and its 2.5-97.5% bootstrap band (specimens resampled within class)."""
+    from sklearn.metrics import roc_curve
+
+    grid = np.linspace(0, 1, 101)
+
+    def tpr_on_grid(y, s):
+        fpr, tpr, _ = roc_curve(y, s)
+        return np.interp(grid, fpr, tpr)
+
+    rng = np.random.default_rng(seed)
+    pos, neg = np.flatnonzero(labels == 1), np.flatnonzero(labels == 0)
+    boots = []
+    for _ in range(n_boot):
+        idx = np.concatenate([rng.choice(pos, pos.size), rng.choice(neg, neg.size)])
+        boots.append(tpr_on_grid(labels[idx], scores[idx]))
+    low, high = np.percentile(np.array(boots), [2.5, 97.5], axis=0)
+    return grid, tpr_on_grid(labels, scores), low, high
+
+
+def _read_predictions(run: Path, split: str) -> list[dict]:
+    path = run / f"predictions_{split}.csv"
+    with path.open() as fh:
+        return list(csv.DictReader(fh))
+
+
+def _roc_figure(run: Path, metrics: dict) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 4.2))
+    for ax, split in zip(axes, ("tune", "test")):
+        rows = _read_predictions(run, split)
+        y = np.array([int(r["label"]) for r in rows])
+        s = np.array([float(r["score"]) for r in rows])
+        grid, tpr, low, high = roc_with_band(y, s)
+        ax.fill_between(grid, low, high, color="#9ec5e8", alpha=0.6, label="bootstrap 95% band")
+        ax.plot(grid, tpr, color="#1f5a96", lw=2, label=f"AUROC {metrics[split]['auroc']:.3f}")
+        ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--")
+        ax.set_title(f"{split} ({len(rows)} specimens)")
+        ax.set_xlabel("false positive rate")
+        ax.set_ylabel("true positive rate")
+        ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _history_figure(history: list[dict], best_epoch: int) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3))
+    epochs = [h["epoch"] for h in history]
+    ax.plot(epochs, [h["tune_auroc"] for h in history], marker="o", color="#1f5a96", label="tune AUROC")
+    ax2 = ax.twinx()
+    ax2.plot(epochs, [h["train_loss"] for h in history], color="#c0504d", label="train loss")
+    ax.axvline(best_epoch, color="grey", ls=":", label="chosen")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("tune AUROC")
+    ax2.set_ylabel("train loss")
+    fig.legend(loc="lower center", ncol=3, fontsize=8)
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    return _png(fig)
+
+
+def _qc_pictures(run: Path, config: dict, rows: list[dict], limit: int = 6) -> list[tuple[str, str]]:
+    """QC pictures (tissue and regions) of test slides, found through each store's plan path."""
+    from ..store import read_attrs
+
+    stores = Path(config["stores"])
+    out = []
+    for row in rows:
+        for slide in row["slides"].split(";"):
+            store = stores / f"{slide}.h5"
+            if not store.is_file():
+                continue
+            plan = read_attrs(store).get("plan_path")
+            if not plan:
+                continue
+            picture = _file_png(Path(plan).parent / "qc_regions.png")
+            if picture:
+                out.append((slide, picture))
+            if len(out) >= limit:
+                return out
+    return out
+
+
+def build_report(run: str | Path, timings: dict | None = None) -> Path:
+    run = Path(run)
+    config = json.loads((run / "config.json").read_text())
+    metrics = json.loads((run / "metrics.json").read_text())
+    splits = json.loads((run / "splits.json").read_text()) if (run / "splits.json").is_file() else {}
+    test_rows = _read_predictions(run, "test")
+    e = html.escape
+    parts = [
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
+        f"<title>mixmag report: {e(run.name)}</title>",
+        "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
+        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}"
+        "th{background:#f0f3f7}pre{background:#f6f6f6;padding:1em;overflow:auto}img{max-width:100%}"
+        ".qc{display:inline-block;margin:6px;width:320px;vertical-align:top}.qc img{width:100%}</style></head><body>",
+        f"<h1>mixmag run {e(run.name)}</h1>",
+        f"<p>bags: <b>{e(str(config.get('bags')))}</b>; chosen epoch {e(str(metrics.get('best_epoch')))} (selected on tune AUROC only); "
+        f"mixmag {e(__version__)}</p>",
+        "<h2>Metrics</h2><table><tr><th>split</th><th>specimens</th><th>positive</th><th>AUROC</th><th>95% CI (bootstrap)</th></tr>",
+    ]
+    for split in ("tune", "test"):
+        m = metrics[split]
+        parts.append(f"<tr><td>{split}</td><td>{m['specimens']}</td><td>{m['positive']}</td><td>{m['auroc']:.3f}</td>"
+                     f"<td>{m['ci95'][0]:.3f} – {m['ci95'][1]:.3f}</td></tr>")
+    parts.append("</table>")
+    if splits:
+        parts.append("<h2>Cohort</h2><table><tr><th>split</th><th>specimens</th></tr>")
+        parts += [f"<tr><td>{e(k)}</td><td>{len(v)}</td></tr>" for k, v in splits.items()]
+        parts.append("</table>")
+    parts.append(f"<h2>ROC curves</h2><img alt='ROC curves' src='{_roc_figure(run, metrics)}'>")
+    if metrics.get("history"):
+        parts.append(f"<h2>Training</h2><img alt='training history' src='{_history_figure(metrics['history'], metrics['best_epoch'])}'>")
+    parts.append("<h2>Test predictions</h2><table><tr><th>specimen</th><th>label</th><th>score</th><th>slides (scores)</th></tr>")
+    for r in sorted(test_rows, key=lambda r: -float(r["score"])):
+        slides = ", ".join(f"{e(s)} ({e(v)})" for s, v in zip(r["slides"].split(";"), r["slide_scores"].split(";")))
+        parts.append(f"<tr><td>{e(r['specimen'])}</td><td>{e(r['label'])}</td><td>{float(r['score']):.3f}</td><td>{slides}</td></tr>")
+    parts.append("</table>")
+    qc = _qc_pictures(run, config, test_rows)
+    if qc:
+        parts.append("<h2>QC: test slides with their regions</h2>")
+        parts += [f"<div class='qc'><img alt='QC {e(name)}' src='{src}'><div>{e(name)}</div></div>" for name, src in qc]
+    if timings:
+        parts.append("<h2>Stage timings</h2><table>" + "".join(f"<tr><td>{e(k)}</td><td>{v:.1f} s</td></tr>" for k, v in timings.items()) + "</table>")
+    parts.append(f"<h2>Configuration</h2><pre>{e(json.dumps(config, indent=1))}</pre></body></html>")
+    path = run / REPORT_FILENAME
+    tmp = path.with_name(f".{path.name}.partial")
+    tmp.write_text("\n".join(parts), encoding="utf-8")
+    tmp.replace(path)
+    return path
