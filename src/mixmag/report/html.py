@@ -30,8 +30,18 @@ def _png(fig) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def _file_png(path: Path) -> str | None:
-    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode() if path.is_file() else None
+def _file_png(path: Path, longest: int = 480) -> str | None:
+    """A picture file as an embedded PNG, shrunk so a report with many slides stays small."""
+    import cv2
+
+    image = cv2.imread(str(path)) if path.is_file() else None
+    if image is None:
+        return None
+    scale = min(1.0, longest / max(image.shape[:2]))
+    if scale < 1:
+        image = cv2.resize(image, (round(image.shape[1] * scale), round(image.shape[0] * scale)), interpolation=cv2.INTER_AREA)
+    ok, buf = cv2.imencode(".png", image)
+    return "data:image/png;base64," + base64.b64encode(buf.tobytes()).decode() if ok else None
 
 
 def roc_with_band(labels: np.ndarray, scores: np.ndarray, n_boot: int = 500, seed: int = 0):
