@@ -1,7 +1,6 @@
 import csv
 
 import numpy as np
-import pytest
 
 from mixmag.slides.reader import Slide
 from mixmag.synth.cohort import CohortSpec, region_plan, render_slide, write_cohort

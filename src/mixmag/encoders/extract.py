@@ -134,7 +134,7 @@ def embed_slides(
     if len(n_levels) > 1:
         raise ValueError(f"plans disagree on the number of levels: {sorted(n_levels)}")
     pending = {}
-    for j, job in enumerate(jobs):
+    for job in jobs:
         if job.n_cells == 0 and on_slide is not None:
             on_slide(job, [np.zeros((0, 4**i, encoder.dim), np.float32) for i in range(job.plan.params.n_levels)])
     work = [j for j in jobs if j.n_cells]
