@@ -29,6 +29,9 @@ class DemoConfig(BaseModel):
 
     # Defaults equal configs/demo.yaml, so an installed package without the repository runs the same demo.
     out: str = "demo_out"
+    cohort_tables: dict[str, str] | None = Field(
+        None, description="your own cohort: task name -> CSV (specimen, slide, label, split, path); replaces the synthetic cohort")
+    tiling: dict = Field(default_factory=dict, description="TilingParams overrides, e.g. {region_size: 3}")
     cohort: dict = Field(default_factory=lambda: {"n_specimens": 80, "max_slides": 2, "cells": 6, "seed": 0},
                          description="CohortSpec fields for the synthetic cohort")
     encoder: str = "stats"
@@ -84,19 +87,29 @@ def run_demo(config: DemoConfig, console: Console | None = None) -> int:
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     timer = Timer()
-    console.print(f"[bold yellow]{SYNTHETIC_NOTICE}[/]", soft_wrap=True)
+    if not config.cohort_tables:
+        console.print(f"[bold yellow]{SYNTHETIC_NOTICE}[/]", soft_wrap=True)
 
-    spec = CohortSpec(**config.cohort)
-    tables = timer.run("1. generate the synthetic cohort", console, lambda: _generate(out, spec, console))
-    plans = timer.run("2. tile (3x3 regions of 5x/10x/20x tiles)", console, lambda: _tile(out, tables, console))
+    if config.cohort_tables:
+        tables = {task: Path(path) for task, path in config.cohort_tables.items()}
+        missing = [str(p) for p in tables.values() if not p.is_file()]
+        if missing:
+            raise ConfigError(f"cohort table(s) not found: {', '.join(missing)}")
+        timer.stages["1. use the cohort tables of the config"] = 0.0
+    else:
+        spec = CohortSpec(**config.cohort)
+        tables = timer.run("1. generate the synthetic cohort", console, lambda: _generate(out, spec, console))
+    plans = timer.run("2. tile (3x3 regions of 5x/10x/20x tiles)", console, lambda: _tile(out, tables, config.tiling, console))
     timer.run(f"3. embed every tile with the '{config.encoder}' encoder", console, lambda: _embed(out, config, plans, console))
     mixer = timer.run("4. pretrain a mixer with MEM", console, lambda: _pretrain(out, config, console))
     results = timer.run("5. train and evaluate slide-level models", console, lambda: _experiment(out, config, tables, mixer, console))
     (out / "timings.json").write_text(json.dumps(timer.stages, indent=1))
     console.rule("[bold]results")
-    console.print(f"[bold yellow]{SYNTHETIC_NOTICE}[/]", soft_wrap=True)
+    if not config.cohort_tables:
+        console.print(f"[bold yellow]{SYNTHETIC_NOTICE}[/]", soft_wrap=True)
     console.print((out / "results" / "results.md").read_text(), highlight=False, soft_wrap=True)
-    console.print(_scale_check(results), soft_wrap=True, highlight=False)
+    if not config.cohort_tables:
+        console.print(_scale_check(results), soft_wrap=True, highlight=False)
     console.print("stage timings: " + ", ".join(f"{k.split('. ')[1].split(' (')[0]} {v:.0f} s" for k, v in timer.stages.items()), soft_wrap=True)
     reports = _reports(out, config, timer.stages)
     for path in reports:
@@ -111,7 +124,7 @@ def _reports(out: Path, config: DemoConfig, timings: dict) -> list[Path]:
 
     method = next((m for m in config.methods if m.startswith("MEM")), config.methods[-1])
     paths = []
-    for task in TASKS:
+    for task in config.cohort_tables or TASKS:
         run = out / "results" / task / method / f"seed{config.seeds[0]}"
         if (run / "metrics.json").is_file():
             paths.append(build_report(run, timings))
@@ -130,13 +143,13 @@ def _generate(out: Path, spec: CohortSpec, console: Console) -> dict[str, Path]:
     return tables
 
 
-def _tile(out: Path, tables: dict[str, Path], console: Console) -> list[Path]:
+def _tile(out: Path, tables: dict[str, Path], tiling: dict, console: Console) -> list[Path]:
     from ..slides.sources import sources_from_table
     from ..slides.tiling import TilingParams
     from .tile import tile_slides
 
-    sources = sources_from_table(next(iter(tables.values())))
-    results = tile_slides(sources, out / "tiles", TilingParams())
+    sources = {s.slide_id: s for table in tables.values() for s in sources_from_table(table)}  # tasks may share slides
+    results = tile_slides(list(sources.values()), out / "tiles", TilingParams(**tiling))
     failed = [r for r in results if r.outcome == "failed"]
     if failed:
         raise ConfigError("tiling failed: " + "; ".join(r.error for r in failed))
