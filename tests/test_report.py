@@ -1,8 +1,10 @@
 import base64
 import csv
+import json
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -63,3 +65,34 @@ def test_report_renders_in_headless_chromium(run_dir, tmp_path):
 
     picture = cv2.imread(str(shot))
     assert picture is not None and picture.std() > 10  # not a blank page
+
+
+def test_predict_on_new_stores_equals_the_evaluation_path(run_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from mixmag.cli import app
+
+    config = json.loads((run_dir / "config.json").read_text())
+    stores = Path(config["stores"])
+    rows = list(csv.DictReader(open(run_dir / "predictions_test.csv")))
+    slides = [s for r in rows for s in r["slides"].split(";")]
+    expected = {s: float(v) for r in rows for s, v in zip(r["slides"].split(";"), r["slide_scores"].split(";"))}
+    out = tmp_path / "pred.csv"
+    result = CliRunner().invoke(app, ["predict", "--run", str(run_dir), "--stores", str(stores), "--out", str(out), *slides])
+    assert result.exit_code == 0, result.output
+    got = {r["slide"]: float(r["slide_score"]) for r in csv.DictReader(open(out))}
+    assert got.keys() == expected.keys()
+    for s in slides:
+        assert got[s] == pytest.approx(expected[s], abs=1e-5)
+
+
+def test_predict_refuses_stores_made_differently(run_dir, tmp_path):
+    from mixmag.eval.predict import RunMismatchError, load_trained, predict_stores
+    from mixmag.store import write_store
+    from mixmag.synth.stores import synthetic_store
+
+    other = synthetic_store("other", dim=16, projection_seed=99)  # another "encoder"
+    path = write_store(tmp_path / "other.h5", other)
+    trainer = load_trained(run_dir)
+    with pytest.raises(RunMismatchError, match="encoder_weights_digest"):
+        predict_stores(trainer, {"other": path})

@@ -351,6 +351,39 @@ def experiment(grid: Annotated[Path, typer.Argument(help="Grid YAML: tasks, meth
 
 
 @app.command()
+def predict(
+    run: Annotated[Path, typer.Option(help="A finished `mixmag train` run folder.")],
+    stores: Annotated[Path, typer.Option(help="Folder with the new slides' stores (from `mixmag embed` with the run's settings).")],
+    slides: Annotated[Optional[list[str]], typer.Argument(help="Slide ids to predict [every store in --stores].")] = None,
+    cohort: Annotated[Optional[Path], typer.Option(help="CSV with 'slide' and optional 'specimen' columns (specimen score = max).")] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Predictions CSV.")] = Path("predictions.csv"),
+) -> None:
+    """Score new slides with a trained run (slide and specimen scores), refusing stores made differently."""
+    import csv as csv_module
+
+    from .eval.predict import load_trained, predict_stores, write_predictions
+
+    specimen_of = None
+    if cohort is not None:
+        with cohort.open(newline="") as fh:
+            rows = list(csv_module.DictReader(fh))
+        slides = [r["slide"] for r in rows]
+        specimen_of = {r["slide"]: r.get("specimen") or r["slide"] for r in rows}
+    ids = slides or sorted(p.stem for p in stores.glob("*.h5"))
+    if not ids:
+        _fail(f"{stores}: no stores to predict")
+    try:
+        trainer = load_trained(run)
+        scores = predict_stores(trainer, {s: stores / f"{s}.h5" for s in ids})
+    except MixmagError as exc:
+        _fail(str(exc))
+    path = write_predictions(out, scores, specimen_of)
+    for slide, score in scores.items():
+        console.print(f"{slide}: {score:.4f}")
+    console.print(f"wrote {path}")
+
+
+@app.command()
 def report(
     run: Annotated[Path, typer.Argument(help="A run folder of `mixmag train`.")],
     timings: Annotated[Optional[Path], typer.Option(help="A timings.json to include (the demo writes one).")] = None,
