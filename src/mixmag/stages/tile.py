@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -30,7 +30,6 @@ class SlideResult:
     plan: TilingPlan | None = None
     error: str | None = None
     seconds: float = 0.0
-    warnings: list[str] = field(default_factory=list)
 
     def summary_line(self) -> str:
         sid = self.source.slide_id
@@ -71,7 +70,7 @@ def tile_slide(
     save_png(folder / QC_TISSUE, tissue_overlay(thumbnail, mask))
     save_png(folder / QC_REGIONS, regions_overlay(thumbnail, plan))
     save_plan(plan, target)
-    return SlideResult(source, "tiled", plan=plan, seconds=time.perf_counter() - start, warnings=list(plan.warnings))
+    return SlideResult(source, "tiled", plan=plan, seconds=time.perf_counter() - start)
 
 
 def tile_slides(
