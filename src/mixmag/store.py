@@ -20,6 +20,8 @@ from .errors import MixmagError
 
 STORE_FORMAT_VERSION = 1
 STORE_SUFFIX = ".h5"
+# provenance that must agree between the stores a model was trained on and the ones it predicts on
+STORE_MUST_MATCH = ("encoder", "encoder_weights_digest", "encoder_output", "embedding_dim", "level_mpps", "tile_px", "region_size")
 
 
 class StoreError(MixmagError):
@@ -91,6 +93,12 @@ def _attr(value):
     if isinstance(value, (dict, list, tuple)) or value is None:
         return json.dumps(value)
     return value
+
+
+def pipeline_settings(attrs: dict) -> dict:
+    """How a store was made, as far as new slides' stores must repeat it: the provenance that must
+    match, plus the tiling parameters and read mode that produce it."""
+    return {k: attrs.get(k) for k in (*STORE_MUST_MATCH, "tiling_params", "read_mode", "context_size")}
 
 
 def read_attrs(path: str | Path) -> dict:

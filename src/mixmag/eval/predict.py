@@ -1,5 +1,8 @@
 """Predict with a trained run on new slides' stores: the chosen checkpoint, the run's bag mode and
-mixer, and a check that the new stores were made the way the training stores were."""
+mixer, and a check that the new stores were made the way the training stores were.
+
+A run folder records how its stores were made (pipeline.json: tiling, encoder, read mode), so new
+slides can be tiled and embedded the same way (`stages.predict`)."""
 
 from __future__ import annotations
 
@@ -9,17 +12,28 @@ from pathlib import Path
 
 import torch
 
+from .. import __version__
 from ..data.bags import BagCache
 from ..errors import MixmagError
-from ..store import read_attrs
-from ..train.finetune import TrainConfig, Trainer
+from ..store import STORE_MUST_MATCH, pipeline_settings, read_attrs
+from ..train.finetune import PIPELINE_FILENAME, RUN_FORMAT_VERSION, TrainConfig, Trainer
 
-# store attributes that must agree between training and prediction
-_MUST_MATCH = ("encoder", "encoder_weights_digest", "encoder_output", "embedding_dim", "level_mpps", "tile_px", "region_size")
 
 
 class RunMismatchError(MixmagError):
     pass
+
+
+def load_pipeline(run: Path) -> dict | None:
+    """pipeline.json of a run (None for runs written before it existed)."""
+    path = run / PIPELINE_FILENAME
+    if not path.is_file():
+        return None
+    pipeline = json.loads(path.read_text())
+    if int(pipeline.get("run_format", 0)) > RUN_FORMAT_VERSION:
+        raise RunMismatchError(f"{run}: written by mixmag {pipeline.get('mixmag_version')} (run format {pipeline['run_format']}), "
+                               f"newer than this mixmag {__version__}; upgrade mixmag to use it")
+    return pipeline
 
 
 def load_trained(run: str | Path) -> Trainer:
@@ -28,33 +42,68 @@ def load_trained(run: str | Path) -> Trainer:
     for name in ("config.json", "best.pt"):
         if not (run / name).is_file():
             raise MixmagError(f"{run}: no {name}; is it a finished `mixmag train` run folder?")
-    config = TrainConfig(**json.loads((run / "config.json").read_text()))
-    trainer = Trainer(config)
-    trainer.model.load_state_dict(torch.load(run / "best.pt", weights_only=True))
+    try:
+        config = TrainConfig(**json.loads((run / "config.json").read_text()))
+    except ValueError as exc:
+        raise RunMismatchError(f"{run}/config.json does not fit this mixmag {__version__} ({exc}); "
+                               "use the mixmag version that trained it, or retrain") from exc
+    pipeline = load_pipeline(run)
+    trainer = Trainer(config, pipeline=pipeline)  # without pipeline.json (older runs): rebuilt from the training stores
+    if pipeline is None:
+        trainer.pipeline = {"run_format": RUN_FORMAT_VERSION} | pipeline_settings(read_attrs(next(iter(trainer.cohort.stores.values()))))
+    try:
+        trainer.model.load_state_dict(torch.load(run / "best.pt", weights_only=True))
+    except RuntimeError as exc:
+        raise RunMismatchError(f"{run}/best.pt does not fit the model its config describes ({exc})") from exc
     trainer.model.eval()
     return trainer
 
 
 def check_stores_fit(trainer: Trainer, stores: dict[str, Path]) -> None:
-    reference_slide = next(iter(trainer.cohort.stores.values()))
-    reference = read_attrs(reference_slide)
+    reference = trainer.pipeline
     for slide, path in stores.items():
         if not path.is_file():
             raise RunMismatchError(f"{path}: no store for slide {slide}; run `mixmag embed` first")
         attrs = read_attrs(path)
-        different = [k for k in _MUST_MATCH if k in reference and attrs.get(k) != reference.get(k)]
+        different = [k for k in STORE_MUST_MATCH if k in reference and attrs.get(k) != reference.get(k)]
         if different:
             detail = "; ".join(f"{k}: run {reference.get(k)!r} vs slide {attrs.get(k)!r}" for k in different)
             raise RunMismatchError(f"{path}: made differently from the run's training stores ({detail}); "
                                    "tile and embed the slide with the run's settings")
 
 
-@torch.no_grad()
-def predict_stores(trainer: Trainer, stores: dict[str, Path]) -> dict[str, float]:
-    """Slide scores (probabilities) from the stores of new slides."""
+def use_stores(trainer: Trainer, stores: dict[str, Path], encoded_dir: Path | None = None) -> None:
+    """Point the trainer's bags at new slides' stores. Runs on precomputed mixer outputs (patch / cls)
+    get them made by the run's own mixer, into encoded_dir."""
     check_stores_fit(trainer, stores)
     config = trainer.config
-    trainer.bags = BagCache(config.bags, stores, Path(config.encoded) if config.encoded else None, config.region_level)
+    encoded = None
+    if config.bags in ("patch", "cls"):
+        from ..stages.encode import encode_stores
+
+        if encoded_dir is None:
+            raise MixmagError("this run reads precomputed mixer outputs: give a folder for the new slides' ones")
+        encode_stores(list(stores.values()), encoded_mixer(trainer), encoded_dir)
+        encoded = encoded_dir
+    trainer.bags = BagCache(config.bags, stores, encoded, config.region_level)
+
+
+def encoded_mixer(trainer: Trainer) -> Path:
+    """The mixer weights a patch / cls run's embeddings were made with."""
+    from ..stages.encode import encoded_mixer_weights
+
+    recorded = (trainer.pipeline or {}).get("encoded_mixer")
+    if recorded:
+        if not Path(recorded).is_file():
+            raise RunMismatchError(f"{recorded}: the mixer this run's embeddings were made with is gone; it is needed for new slides")
+        return Path(recorded)
+    return encoded_mixer_weights(Path(trainer.config.encoded))
+
+
+@torch.no_grad()
+def predict_stores(trainer: Trainer, stores: dict[str, Path], encoded_dir: Path | None = None) -> dict[str, float]:
+    """Slide scores (probabilities) from the stores of new slides."""
+    use_stores(trainer, stores, encoded_dir)
     return {slide: float(torch.sigmoid(trainer.slide_logits([slide]))[0]) for slide in stores}
 
 

@@ -30,6 +30,18 @@ def load_mixer(weights: str | Path) -> tuple[RegionMixer, str]:
     return mixer.eval(), digest
 
 
+def encoded_mixer_weights(encoded_dir: Path) -> Path:
+    """The mixer.safetensors a `mixmag encode` folder was made with (recorded in its files)."""
+    first = next(iter(sorted(Path(encoded_dir).glob("*.h5"))), None)
+    if first is None:
+        raise ConfigError(f"{encoded_dir}: no encoded slides (the `encoded:` folder of the run, from `mixmag encode`)")
+    with h5py.File(first, "r") as f:
+        weights = f.attrs.get("mixer_weights")
+    if not weights or not Path(weights).is_file():
+        raise ConfigError(f"{encoded_dir}: the mixer its embeddings came from ({weights}) is gone; it is needed for new slides")
+    return Path(weights)
+
+
 @torch.no_grad()
 def encode_stores(stores: list[Path], weights: Path, out_dir: Path, *, batch: int = 64, device: torch.device | None = None, on_slide=None) -> list[Path]:
     device = device or torch.device("cpu")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+from dataclasses import asdict
 from pathlib import Path
 from typing import Literal
 
@@ -22,10 +23,13 @@ from ..data.bags import BagCache, pad_bags
 from ..data.cohort import Cohort, Specimen, load_cohort
 from ..errors import ConfigError
 from ..eval.metrics import auroc, bootstrap_auroc, specimen_scores
-from ..models.mixer import RegionMixer, mixer_config
+from ..models.mixer import MixerConfig, RegionMixer, mixer_config
 from ..models.slide import SlideModel
+from ..store import pipeline_settings, read_attrs
 from .optim import layer_decay_groups
 
+PIPELINE_FILENAME = "pipeline.json"  # how the run's stores were made (tiling, encoder), for prediction
+RUN_FORMAT_VERSION = 1
 BagMode = Literal["5x", "10x", "20x", "all", "patch", "cls", "regions"]
 
 
@@ -105,8 +109,6 @@ def build_mixer(setting: MixerSetting, in_dim: int, t: int, n_levels: int) -> Re
         cfg = json.loads(meta.read_text())["mixer"]
         if cfg["in_dim"] != in_dim:
             raise ConfigError(f"{weights}: the mixer takes {cfg['in_dim']}-d embeddings but the stores hold {in_dim}-d ones")
-        from ..models.mixer import MixerConfig
-
         mixer = RegionMixer(MixerConfig(**cfg))
         mixer.load_state_dict(load_file(str(weights)), strict=True)
         return mixer
@@ -116,27 +118,35 @@ def build_mixer(setting: MixerSetting, in_dim: int, t: int, n_levels: int) -> Re
 class Trainer:
     """Holds cohort, bags and model; `fit()` trains, selects on tune and writes the run folder."""
 
-    def __init__(self, config: TrainConfig, device: torch.device | None = None) -> None:
+    def __init__(self, config: TrainConfig, device: torch.device | None = None, *, pipeline: dict | None = None) -> None:
+        """With `pipeline` (a run's pipeline.json) the model is built for prediction only: no cohort,
+        no training stores needed; bags are pointed at new stores later (`eval.predict.use_stores`)."""
         self.config = config
+        self.pipeline = pipeline  # how the stores were made; set when a run folder is loaded
         self.device = device or torch.device("cpu")
-        self.cohort: Cohort = load_cohort(config.cohort, config.stores)
-        self.bags = BagCache(config.bags, self.cohort.stores, Path(config.encoded) if config.encoded else None, config.region_level)
-        first = next(iter(self.cohort.specimens.values())).slides[0]
-        sample = self.bags(first)
         torch.manual_seed(config.seed)
-        mixer = None
-        if config.bags == "regions":
-            from ..store import read_attrs
-
-            attrs = read_attrs(self.cohort.stores[first])
-            t, n_levels = int(attrs["region_size"]), len(attrs["level_mpps"])
-            if config.region_level is not None:  # one level: a (t 2^i) x (t 2^i) grid of that level's tiles
-                t, n_levels = t * 2 ** attrs["level_names"].index(config.region_level), 1
-            mixer = build_mixer(config.mixer, sample.shape[-1], t, n_levels)
-        self.model = SlideModel(sample.shape[-1], config.hidden, mixer, config.mixer.output if config.mixer else "patch").to(self.device)
+        if pipeline is None:
+            self.cohort: Cohort | None = load_cohort(config.cohort, config.stores)
+            self.bags = BagCache(config.bags, self.cohort.stores, Path(config.encoded) if config.encoded else None, config.region_level)
+            first = next(iter(self.cohort.specimens.values())).slides[0]
+            bag_dim = int(self.bags(first).shape[-1])
+            mixer = self._new_mixer(read_attrs(self.cohort.stores[first]), bag_dim) if config.bags == "regions" else None
+        else:
+            self.cohort = None
+            self.bags = BagCache(config.bags, {}, None, config.region_level)
+            bag_dim = int(pipeline["bag_dim"])
+            mixer = RegionMixer(MixerConfig(**pipeline["mixer"])) if pipeline.get("mixer") else None
+        self.model = SlideModel(bag_dim, config.hidden, mixer, config.mixer.output if config.mixer else "patch").to(self.device)
         self.optimizer = torch.optim.AdamW(
             layer_decay_groups(self.model, config.lr, config.weight_decay, config.layer_decay), lr=config.lr
         )
+
+    def _new_mixer(self, store_attrs: dict, in_dim: int) -> RegionMixer:
+        t, n_levels = int(store_attrs["region_size"]), len(store_attrs["level_mpps"])
+        level = self.config.region_level
+        if level is not None:  # one level: a (t 2^i) x (t 2^i) grid of that level's tiles
+            t, n_levels = t * 2 ** store_attrs["level_names"].index(level), 1
+        return build_mixer(self.config.mixer, in_dim, t, n_levels)
 
     # -- one step ----------------------------------------------------------------------------
     def slide_logits(self, slides: list[str]) -> torch.Tensor:
@@ -223,6 +233,15 @@ class Trainer:
                                 ";".join(f"{slide_scores[s]:.6f}" for s in sp.slides)])
         (out / "config.json").write_text(json.dumps(c.model_dump(), indent=1))
         (out / "splits.json").write_text(json.dumps({name: [sp.specimen_id for sp in self.cohort.split(name)] for name in ("train", "tune", "test")}, indent=1))
+        pipeline = {"run_format": RUN_FORMAT_VERSION, "mixmag_version": __version__, "torch_version": torch.__version__,
+                    "bag_dim": self.model.abmil.classifier.in_features if self.model.mixer is None else self.model.mixer.config.in_dim,
+                    "mixer": asdict(self.model.mixer.config) if self.model.mixer is not None else None}
+        pipeline |= pipeline_settings(read_attrs(next(iter(self.cohort.stores.values()))))
+        if c.encoded:
+            from ..stages.encode import encoded_mixer_weights
+
+            pipeline["encoded_mixer"] = str(encoded_mixer_weights(Path(c.encoded)).resolve())
+        (out / PIPELINE_FILENAME).write_text(json.dumps(pipeline, indent=1))
         (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
         return metrics
 
