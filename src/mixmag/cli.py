@@ -353,46 +353,94 @@ def experiment(grid: Annotated[Path, typer.Argument(help="Grid YAML: tasks, meth
 @app.command()
 def predict(
     run: Annotated[Path, typer.Option(help="A finished `mixmag train` run folder.")],
-    stores: Annotated[Path, typer.Option(help="Folder with the new slides' stores (from `mixmag embed` with the run's settings).")],
-    slides: Annotated[Optional[list[str]], typer.Argument(help="Slide ids to predict [every store in --stores].")] = None,
-    cohort: Annotated[Optional[Path], typer.Option(help="CSV with 'slide' and optional 'specimen' columns (specimen score = max).")] = None,
+    slides: Annotated[Optional[list[str]], typer.Argument(help="Slide files; with --stores, slide ids [every store there].")] = None,
+    cohort: Annotated[Optional[Path], typer.Option(help="CSV: 'path' (slide files) or, with --stores, 'slide'; optional 'specimen', 'mpp'.")] = None,
+    stores: Annotated[Optional[Path], typer.Option(help="Score existing stores (made with the run's settings) instead of raw slides.")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Predictions CSV.")] = Path("predictions.csv"),
+    work: Annotated[Optional[Path], typer.Option(help="Tiles, stores, heatmaps of the new slides [next to --out: <name>_work/]; reused on reruns.")] = None,
+    weights: Annotated[Optional[Path], typer.Option(help="The encoder weights the run was trained with (foundation models).")] = None,
+    from_hub: Annotated[bool, typer.Option("--from-hub", help="Get the encoder weights from the Hugging Face hub.")] = False,
+    heatmaps: Annotated[bool, typer.Option("--heatmaps/--no-heatmaps", help="Draw attention maps per magnification and top tiles.")] = True,
+    top_k: Annotated[int, typer.Option(help="Most attended tiles shown per magnification.")] = 4,
+    device: Annotated[Optional[str], typer.Option(help="cuda, cpu [cuda when available] for embedding.")] = None,
+    workers: Annotated[int, typer.Option(help="DataLoader workers for embedding.")] = 2,
 ) -> None:
-    """Score new slides with a trained run (slide and specimen scores), refusing stores made differently."""
+    """Score new slides with a trained run: raw slides are tiled and embedded with the run's own settings
+    (stores are checked against them), then slide and specimen scores, each magnification's share of the
+    attention, and heatmaps over the slide."""
     import csv as csv_module
 
-    from .eval.predict import load_trained, predict_stores, write_predictions
+    from .eval.predict import load_trained
+    from .slides.sources import sources_from_paths, sources_from_table
+    from .stages.predict import describe_run, encoder_for_run, score_slides, stores_from_slides, write_outcomes
 
-    specimen_of = None
-    if cohort is not None:
-        with cohort.open(newline="") as fh:
-            rows = list(csv_module.DictReader(fh))
-        slides = [r["slide"] for r in rows]
-        specimen_of = {r["slide"]: r.get("specimen") or r["slide"] for r in rows}
-    ids = slides or sorted(p.stem for p in stores.glob("*.h5"))
-    if not ids:
-        _fail(f"{stores}: no stores to predict")
+    work = work or out.with_name(f"{out.stem}_work")
+    specimen_of: dict[str, str] = {}
     try:
         trainer = load_trained(run)
-        scores = predict_stores(trainer, {s: stores / f"{s}.h5" for s in ids})
+        console.print(f"Run {run}: {describe_run(trainer)}", soft_wrap=True, highlight=False)
+        if cohort is not None:
+            with cohort.open(newline="") as fh:
+                rows = [{k.strip(): (v or "").strip() for k, v in r.items() if k} for r in csv_module.DictReader(fh)]
+        if stores is not None:
+            if cohort is not None:
+                slides = [r["slide"] for r in rows]
+                specimen_of = {r["slide"]: r.get("specimen") or r["slide"] for r in rows}
+            ids = slides or sorted(p.stem for p in stores.glob("*.h5"))
+            if not ids:
+                _fail(f"{stores}: no stores to predict")
+            store_paths, problems = {s: stores / f"{s}.h5" for s in ids}, {}
+        else:
+            if cohort is not None:
+                sources = sources_from_table(cohort)  # one per row, in order
+                specimen_of = {s.slide_id: r.get("specimen") or s.slide_id for s, r in zip(sources, rows)}
+            elif slides:
+                sources = sources_from_paths([Path(s) for s in slides])
+            else:
+                _fail("give slide files, --cohort CSV (with a 'path' column) or --stores DIR")
+            encoder = encoder_for_run(trainer, weights=weights, from_hub=from_hub)
+            import torch
+
+            dev = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+            with _progress() as progress:
+                task = progress.add_task("tile + embed", total=2 * len(sources))
+                step = lambda r: progress.advance(task)  # noqa: E731
+                store_paths, problems = stores_from_slides(trainer, sources, work, encoder.to(dev), device=dev, workers=workers,
+                                                           on_tiled=step, on_embedded=step)
+        with _progress() as progress:
+            task = progress.add_task("score + explain", total=len(store_paths))
+            outcomes = score_slides(trainer, store_paths, work, heatmaps=heatmaps, top_k=top_k, on_slide=lambda o: progress.advance(task))
     except MixmagError as exc:
         _fail(str(exc))
-    path = write_predictions(out, scores, specimen_of)
-    for slide, score in scores.items():
-        console.print(f"{slide}: {score:.4f}")
-    console.print(f"wrote {path}")
+    from .stages.predict import SlideOutcome
+
+    outcomes += [SlideOutcome(s, problem=p) for s, p in problems.items()]
+    levels = list(next((o.level_share for o in outcomes if o.level_share), {}))
+    path = write_outcomes(out, outcomes, specimen_of, levels, trainer.config.specimen_score)
+    table = Table(title=f"Predictions ({trainer.config.bags} bags)")
+    for col in ("slide", "score", *[f"{n} share" for n in levels], "note"):
+        table.add_column(col)
+    for o in outcomes:
+        table.add_row(o.slide_id, "" if o.score is None else f"{o.score:.4f}",
+                      *[f"{100 * o.level_share[n]:.0f}%" if n in o.level_share else "" for n in levels], o.problem or "")
+    console.print(table)
+    console.print(f"wrote {path}; tiles, stores and heatmaps in {work}/", soft_wrap=True)
+    if any(o.score is None for o in outcomes):
+        raise typer.Exit(1)
 
 
 @app.command()
 def report(
     run: Annotated[Path, typer.Argument(help="A run folder of `mixmag train`.")],
     timings: Annotated[Optional[Path], typer.Option(help="A timings.json to include (the demo writes one).")] = None,
+    heatmaps: Annotated[bool, typer.Option("--heatmaps/--no-heatmaps", help="Attention heatmaps of chosen test slides (reads the slides).")] = True,
 ) -> None:
-    """Write RUN/report.html: one self-contained page with metrics, ROC curves, predictions, QC pictures and config."""
+    """Write RUN/report.html: one self-contained page with metrics, ROC curves, predictions, QC pictures,
+    heatmaps per magnification and config."""
     from .report.html import build_report
 
     try:
-        path = build_report(run, json.loads(timings.read_text()) if timings else None)
+        path = build_report(run, json.loads(timings.read_text()) if timings else None, heatmaps=heatmaps)
     except (FileNotFoundError, KeyError) as exc:
         _fail(f"{run}: not a complete `mixmag train` run folder ({exc})")
     console.print(f"wrote {path}")

@@ -6,7 +6,6 @@ slides can be tiled and embedded the same way (`stages.predict`)."""
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
@@ -105,18 +104,3 @@ def predict_stores(trainer: Trainer, stores: dict[str, Path], encoded_dir: Path 
     """Slide scores (probabilities) from the stores of new slides."""
     use_stores(trainer, stores, encoded_dir)
     return {slide: float(torch.sigmoid(trainer.slide_logits([slide]))[0]) for slide in stores}
-
-
-def write_predictions(path: Path, slide_scores: dict[str, float], specimen_of: dict[str, str] | None = None) -> Path:
-    from .metrics import specimen_scores
-
-    specimen_of = specimen_of or {s: s for s in slide_scores}
-    specimens = specimen_scores(slide_scores, specimen_of)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["specimen", "slide", "slide_score", "specimen_score"])
-        for slide, score in slide_scores.items():
-            spec = specimen_of[slide]
-            w.writerow([spec, slide, f"{score:.6f}", f"{specimens[spec]:.6f}"])
-    return path

@@ -21,17 +21,20 @@ from .. import __version__
 REPORT_FILENAME = "report.html"
 
 
-def _png(fig) -> str:
+def _embedded(fig, fmt: str = "png") -> str:
+    """A matplotlib figure as a data URI: SVG for line plots (sharp at any zoom), PNG for pictures."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    fig.savefig(buf, format=fmt, dpi=110, bbox_inches="tight")
     import matplotlib.pyplot as plt
 
     plt.close(fig)
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    mime = "image/svg+xml" if fmt == "svg" else "image/png"
+    return f"data:{mime};base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def _file_png(path: Path, longest: int = 480) -> str | None:
-    """A picture file as an embedded PNG, shrunk so a report with many slides stays small."""
+def _file_png(path: Path, longest: int = 480, fmt: str = "png") -> str | None:
+    """A picture file as an embedded PNG (or JPEG for photo-like figures), shrunk so a report with
+    many slides stays small."""
     import cv2
 
     image = cv2.imread(str(path)) if path.is_file() else None
@@ -40,8 +43,8 @@ def _file_png(path: Path, longest: int = 480) -> str | None:
     scale = min(1.0, longest / max(image.shape[:2]))
     if scale < 1:
         image = cv2.resize(image, (round(image.shape[1] * scale), round(image.shape[0] * scale)), interpolation=cv2.INTER_AREA)
-    ok, buf = cv2.imencode(".png", image)
-    return "data:image/png;base64," + base64.b64encode(buf.tobytes()).decode() if ok else None
+    ok, buf = cv2.imencode(f".{fmt}", image, [cv2.IMWRITE_JPEG_QUALITY, 88] if fmt == "jpeg" else [])
+    return f"data:image/{fmt};base64," + base64.b64encode(buf.tobytes()).decode() if ok else None
 
 
 def roc_with_band(labels: np.ndarray, scores: np.ndarray, n_boot: int = 500, seed: int = 0):
@@ -90,7 +93,7 @@ def _roc_figure(run: Path, metrics: dict) -> str:
         ax.set_ylabel("true positive rate")
         ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
-    return _png(fig)
+    return _embedded(fig, "svg")
 
 
 def _history_figure(history: list[dict], best_epoch: int) -> str:
@@ -110,7 +113,7 @@ def _history_figure(history: list[dict], best_epoch: int) -> str:
     ax2.set_ylabel("train loss")
     fig.legend(loc="lower center", ncol=3, fontsize=8)
     fig.tight_layout(rect=(0, 0.1, 1, 1))
-    return _png(fig)
+    return _embedded(fig, "svg")
 
 
 def _qc_pictures(run: Path, config: dict, rows: list[dict], limit: int = 6) -> list[tuple[str, str]]:
@@ -127,7 +130,7 @@ def _qc_pictures(run: Path, config: dict, rows: list[dict], limit: int = 6) -> l
             plan = read_attrs(store).get("plan_path")
             if not plan:
                 continue
-            picture = _file_png(Path(plan).parent / "qc_regions.png")
+            picture = _file_png(Path(plan).parent / "qc_regions.png", fmt="jpeg")
             if picture:
                 out.append((slide, picture))
             if len(out) >= limit:
@@ -135,7 +138,63 @@ def _qc_pictures(run: Path, config: dict, rows: list[dict], limit: int = 6) -> l
     return out
 
 
-def build_report(run: str | Path, timings: dict | None = None) -> Path:
+def _explained_slides(rows: list[dict]) -> list[tuple[str, str]]:
+    """(slide, why shown): the highest-scoring positive and negative test slides, and the lowest-scoring positive."""
+    slides = [(s, int(r["label"]), float(v)) for r in rows for s, v in zip(r["slides"].split(";"), r["slide_scores"].split(";"))]
+    positives = sorted((x for x in slides if x[1] == 1), key=lambda x: -x[2])
+    negatives = sorted((x for x in slides if x[1] == 0), key=lambda x: -x[2])
+    picked = []
+    if positives:
+        picked.append((positives[0][0], "highest-scoring positive"))
+    if negatives:
+        picked.append((negatives[0][0], "highest-scoring negative"))
+    if len(positives) > 1:
+        picked.append((positives[-1][0], "lowest-scoring positive"))
+    return picked
+
+
+def _heatmaps(run: Path, config: dict, rows: list[dict]) -> tuple[list[tuple[str, str, dict, list[str]]], str | None]:
+    """Heatmap pictures of chosen test slides: [(slide, why, summary, data URIs)], or why there are none."""
+    from ..errors import MixmagError
+    from ..eval.explain import attribution_summary, explain_slide
+    from ..eval.predict import load_trained, use_stores
+    from ..store import read_attrs
+    from .heatmaps import draw_heatmaps
+
+    chosen = _explained_slides(rows)
+    stores = {slide: Path(config["stores"]) / f"{slide}.h5" for slide, _ in chosen}
+    out = []
+    try:
+        trainer = load_trained(run)
+        use_stores(trainer, stores, Path(config["encoded"]) if config.get("encoded") else None)
+        for slide, why in chosen:
+            attribution = explain_slide(trainer, slide, stores[slide])
+            pictures = draw_heatmaps(attribution, read_attrs(stores[slide]), run / "heatmaps")
+            out.append((slide, why, attribution_summary(attribution), [_file_png(p, longest=1400, fmt="jpeg") for p in pictures]))
+    except (MixmagError, OSError, KeyError) as exc:
+        return out, f"{type(exc).__name__}: {exc}"
+    return out, None
+
+
+def _heatmap_section(run: Path, config: dict, rows: list[dict]) -> list[str]:
+    e = html.escape
+    shown, problem = _heatmaps(run, config, rows)
+    parts = ["<h2>Where the model looked, per magnification</h2>",
+             "<p>Per test slide: the attention each region received, and the attention (or gradient x input attribution, "
+             "for models pooling whole regions) on the 5x, 10x and 20x tiles, each over the slide; then the most attended "
+             "tiles of each magnification. The share of each magnification is also given relative to its share of the "
+             "tokens (1.00x = as much as uniform attention).</p>"]
+    for slide, why, summary, pictures in shown:
+        shares = ", ".join(f"{e(k)} {100 * v:.0f}% ({summary['level_enrichment'].get(k, float('nan')):.2f}x uniform)"
+                           for k, v in summary["level_share"].items())
+        parts.append(f"<h3>{e(slide)}: {e(why)}, score {summary['score']:.3f}</h3><p>{e(summary['method'])}: {shares}</p>")
+        parts += [f"<img alt='heatmaps of {e(slide)}' src='{src}'>" for src in pictures if src]
+    if problem:
+        parts.append(f"<p><i>Heatmaps not drawn{' for every slide' if shown else ''}: {e(problem)}</i></p>")
+    return parts
+
+
+def build_report(run: str | Path, timings: dict | None = None, *, heatmaps: bool = True) -> Path:
     run = Path(run)
     config = json.loads((run / "config.json").read_text())
     metrics = json.loads((run / "metrics.json").read_text())
@@ -175,6 +234,8 @@ def build_report(run: str | Path, timings: dict | None = None) -> Path:
     if qc:
         parts.append("<h2>QC: test slides with their regions</h2>")
         parts += [f"<div class='qc'><img alt='QC {e(name)}' src='{src}'><div>{e(name)}</div></div>" for name, src in qc]
+    if heatmaps:
+        parts += _heatmap_section(run, config, test_rows)
     if timings:
         parts.append("<h2>Stage timings</h2><table>" + "".join(f"<tr><td>{e(k)}</td><td>{v:.1f} s</td></tr>" for k, v in timings.items()) + "</table>")
     parts.append(f"<h2>Configuration</h2><pre>{e(json.dumps(config, indent=1))}</pre></body></html>")

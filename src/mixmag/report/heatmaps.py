@@ -1,0 +1,153 @@
+"""Attribution drawn over the slide: one heatmap per magnification, the attention on each region, and
+the most attended tiles of every magnification as the crops the encoder saw.
+
+Maps are placed with the same lattice the tiler used (cells of `cell_px` level-0 pixels from the slide's
+origin; a level-i map has 2^i values per cell side), so a hot square covers exactly its tile.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import MixmagError
+from ..eval.explain import SlideAttribution
+from ..geometry import Box
+from ..slides.reader import Slide
+
+THUMBNAIL_LONGEST = 900
+
+
+def open_store_slide(attrs: dict) -> Slide:
+    """The slide a store was made from, read the way the tiler read it (same backend and mpp)."""
+    if not attrs.get("slide_path"):
+        raise MixmagError(f"store of {attrs.get('slide_id')!r} names no slide file (imported or synthetic); heatmaps need the slide")
+    return Slide(attrs["slide_path"], mpp=attrs["slide_mpp"], backend=attrs.get("reader_backend") or "auto")
+
+
+def thumbnail(slide: Slide, longest: int = THUMBNAIL_LONGEST) -> tuple[np.ndarray, float]:
+    """The whole slide with its longest side about `longest` px, and thumbnail px per level-0 px."""
+    target_mpp = max(slide.mpp, max(slide.width, slide.height) * slide.mpp / longest)
+    image = slide.thumbnail(target_mpp)
+    return image, image.shape[1] / slide.width
+
+
+def map_on_thumbnail(level_map: np.ndarray, unit_px: float, scale: float, shape: tuple[int, int]) -> np.ndarray:
+    """(H, W) picture of a map whose entries are unit_px x unit_px level-0 squares; NaN where no entry."""
+    h, w = shape
+    rows = np.floor((np.arange(h) + 0.5) / scale / unit_px).astype(np.int64)
+    cols = np.floor((np.arange(w) + 0.5) / scale / unit_px).astype(np.int64)
+    out = np.full((h, w), np.nan, np.float32)
+    in_r, in_c = rows < level_map.shape[0], cols < level_map.shape[1]
+    out[np.ix_(in_r, in_c)] = level_map[np.ix_(rows[in_r], cols[in_c])]
+    return out
+
+
+def region_map(a: SlideAttribution, shape_cells: tuple[int, int]) -> np.ndarray:
+    """Cell-unit map with each accepted region's attention over its t x t cells."""
+    out = np.full(shape_cells, np.nan, np.float32)
+    t = a.region_size
+    for (r, c), w in zip(a.regions, a.region_weight):
+        out[r : r + t, c : c + t] = w
+    return out
+
+
+def top_tiles(a: SlideAttribution, level: int, k: int) -> list[tuple[int, int, float]]:
+    """(row, col, value) of the k highest entries of a level's map, in that level's tile units."""
+    m = a.level_maps[a.level_names[level]]
+    finite = np.flatnonzero(np.isfinite(m.ravel()))
+    if finite.size == 0:
+        return []
+    best = finite[np.argsort(-m.ravel()[finite], kind="stable")[:k]]
+    return [(int(i // m.shape[1]), int(i % m.shape[1]), float(m.ravel()[i])) for i in best]
+
+
+def tile_crop(slide: Slide, attrs: dict, level: int, row: int, col: int) -> np.ndarray:
+    """The level's tile at (row, col) of its grid, read at that level's mpp as the encoder read it."""
+    unit = float(attrs["cell_px"]) / 2**level
+    params = attrs.get("tiling_params") or {}
+    box = Box(col * unit, row * unit, (col + 1) * unit, (row + 1) * unit)
+    px = int(attrs["tile_px"])
+    return slide.read_box(box, float(attrs["level_mpps"][level]), (px, px),
+                          tolerance=params.get("mpp_tolerance", 0.05), allow_upsample=params.get("allow_upsample", False))
+
+
+def draw_heatmaps(a: SlideAttribution, attrs: dict, out_dir: Path, *, top_k: int = 4, formats: tuple[str, ...] = ("png",)) -> list[Path]:
+    """<slide>_maps.<fmt> (thumbnail, region attention, one map per magnification) and
+    <slide>_top.<fmt> (top-k tiles of each magnification)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open_store_slide(attrs) as slide:
+        thumb, scale = thumbnail(slide)
+        crops = [[(tile_crop(slide, attrs, i, r, c), v) for r, c, v in top_tiles(a, i, top_k)] for i in range(len(a.level_names))]
+    cell_px = float(attrs["cell_px"])
+    shape = thumb.shape[:2]
+    rows_cells = max((m.shape[0] for m in a.level_maps.values()), default=0)
+    cols_cells = max((m.shape[1] for m in a.level_maps.values()), default=0)
+    panels = [("slide", None, None), ("regions: AB-MIL attention", region_map(a, (rows_cells, cols_cells)), cell_px)]
+    share, enrich = a.level_share, a.level_enrichment
+    for i, name in enumerate(a.level_names):
+        title = f"{name}: {100 * share[name]:.0f}% of {'attention' if a.method.startswith('AB') else 'attribution'}"
+        if name in enrich and a.token_fraction.get(name, 0) < 1:
+            title += f" ({enrich[name]:.2f}x uniform)"
+        panels.append((title, a.level_maps[name], cell_px / 2**i))
+
+    written = []
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.4 * len(panels), 3.6 * shape[0] / shape[1] + 0.8), squeeze=False)
+    for ax, (title, values, unit) in zip(axes[0], panels):
+        ax.imshow(thumb if values is None else _grey(thumb))
+        if values is not None:
+            picture = map_on_thumbnail(values, unit, scale, shape)
+            if np.isfinite(picture).any():
+                low, high = float(np.nanmin(picture)), float(np.nanmax(picture))  # the slide's own range: contrast
+                im = ax.imshow(np.ma.masked_invalid(picture), cmap="inferno", alpha=0.8, vmin=low, vmax=max(high, low + 1e-12),
+                               interpolation="nearest")
+                fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
+            else:
+                ax.text(0.5, 0.5, "not used by this model", transform=ax.transAxes, ha="center", color="black")
+        ax.set_title(title, fontsize=9)
+        ax.set_axis_off()
+    fig.suptitle(f"{a.slide_id}: score {a.score:.3f} ({a.method}; colours span this slide's range)", fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
+    written += _save(fig, out_dir / f"{a.slide_id}_maps", formats)
+
+    k = max((len(c) for c in crops), default=0)
+    if k:
+        fig, axes = plt.subplots(len(crops), k, figsize=(2.1 * k, 2.3 * len(crops)), squeeze=False)
+        for i, row in enumerate(crops):
+            for j in range(k):
+                ax = axes[i][j]
+                ax.set_axis_off()
+                if j < len(row):
+                    image, value = row[j]
+                    ax.imshow(image)
+                    ax.set_title(f"{a.level_names[i]} #{j + 1}: {value:.3g}", fontsize=8)
+        fig.suptitle(f"{a.slide_id}: most attended tiles per magnification", fontsize=10)
+        fig.tight_layout()
+        written += _save(fig, out_dir / f"{a.slide_id}_top", formats)
+    return written
+
+
+def _grey(rgb: np.ndarray) -> np.ndarray:
+    """A pale greyscale copy so the colour map reads on top of H&E."""
+    g = rgb.mean(axis=2, keepdims=True)
+    return (155 + 0.4 * g).clip(0, 255).astype(np.uint8).repeat(3, axis=2)
+
+
+def _save(fig, stem: Path, formats: tuple[str, ...]) -> list[Path]:
+    import matplotlib.pyplot as plt
+
+    paths = []
+    for fmt in formats:
+        path = stem.with_name(f"{stem.name}.{fmt}")
+        tmp = path.with_name(f".{path.name}.partial")
+        fig.savefig(tmp, format=fmt, dpi=110, bbox_inches="tight")
+        tmp.replace(path)
+        paths.append(path)
+    plt.close(fig)
+    return paths

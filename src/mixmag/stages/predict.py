@@ -1,0 +1,156 @@
+"""`mixmag predict`: new slides -> scores, with the run's own settings.
+
+From raw slides the slides are tiled and embedded exactly as the run's training slides were (its
+pipeline.json: tiling parameters, encoder and its weights digest, read mode) into a work folder that
+is reused on reruns; from existing stores, the stores are checked against the same record. Each slide
+is then scored, its attribution placed on the slide, and heatmaps drawn when asked.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..errors import MixmagError
+from ..eval.predict import RunMismatchError, encoded_mixer, use_stores
+from ..slides.sources import SlideSource
+from ..slides.tiling import TilingParams, plan_path
+from ..store import store_path
+from ..train.finetune import Trainer
+
+
+@dataclass
+class SlideOutcome:
+    slide_id: str
+    score: float | None = None
+    problem: str | None = None
+    level_share: dict[str, float] = field(default_factory=dict)
+    pictures: list[Path] = field(default_factory=list)
+
+
+def encoder_for_run(trainer: Trainer, *, weights: Path | None = None, from_hub: bool = False):
+    """The run's encoder, refused unless its weights are the ones the training stores were made with."""
+    from ..encoders.model import build_encoder
+
+    p = trainer.pipeline
+    encoder = build_encoder(p["encoder"], weights=weights, from_hub=from_hub, output=p["encoder_output"])
+    if encoder.weights_digest != p["encoder_weights_digest"]:
+        raise RunMismatchError(
+            f"encoder {p['encoder']!r}: these weights (digest {encoder.weights_digest}) are not the ones the run was trained "
+            f"with (digest {p['encoder_weights_digest']}); pass the same --weights file")
+    return encoder
+
+
+def stores_from_slides(
+    trainer: Trainer,
+    sources: list[SlideSource],
+    work: Path,
+    encoder,
+    *,
+    device: torch.device,
+    workers: int = 2,
+    on_tiled: Callable | None = None,
+    on_embedded: Callable | None = None,
+) -> tuple[dict[str, Path], dict[str, str]]:
+    """Tile and embed the slides with the run's settings: (stores by slide, problems by slide)."""
+    from .embed import run_embed
+    from .tile import tile_slides
+
+    p = trainer.pipeline
+    params = TilingParams(**p["tiling_params"])
+    problems: dict[str, str] = {}
+    planned = []
+    for result in tile_slides(sources, work / "tiles", params, on_result=on_tiled):
+        sid = result.source.slide_id
+        if result.outcome == "failed":
+            problems[sid] = result.error or "tiling failed"
+        elif not result.plan.cells or (trainer.config.bags not in ("5x", "10x", "20x", "all") and not result.plan.regions):
+            problems[sid] = f"no tissue regions ({result.plan.status}: {' '.join(result.plan.warnings)})"
+        else:
+            planned.append(sid)
+    results = run_embed([plan_path(work / "tiles", s) for s in planned], work / "stores", encoder, device=device,
+                        workers=workers, mode=p.get("read_mode") or "derive", on_result=on_embedded)
+    for r in results:
+        if r.outcome == "failed":
+            problems[r.slide_id] = r.error or "embedding failed"
+    stores = {s: store_path(work / "stores", s) for s in planned if s not in problems}
+    return stores, problems
+
+
+def score_slides(
+    trainer: Trainer,
+    stores: dict[str, Path],
+    work: Path,
+    *,
+    heatmaps: bool = True,
+    top_k: int = 4,
+    on_slide: Callable[[SlideOutcome], None] | None = None,
+) -> list[SlideOutcome]:
+    """Score every store (the evaluation path's forward), place its attribution, draw its heatmaps."""
+    from ..eval.explain import explain_slide, save_attribution
+    from ..store import read_attrs
+
+    if not stores:
+        return []
+    use_stores(trainer, stores, work / "encoded" if trainer.config.bags in ("patch", "cls") else None)
+    outcomes = []
+    for slide, path in stores.items():
+        outcome = SlideOutcome(slide)
+        try:
+            with torch.no_grad():
+                outcome.score = float(torch.sigmoid(trainer.slide_logits([slide]))[0])
+            attribution = explain_slide(trainer, slide, path)
+            outcome.level_share = attribution.level_share
+            save_attribution(attribution, work / "heatmaps" / f"{slide}.npz")
+            if heatmaps:
+                from ..report.heatmaps import draw_heatmaps
+
+                try:
+                    outcome.pictures = draw_heatmaps(attribution, read_attrs(path), work / "heatmaps", top_k=top_k)
+                except (MixmagError, OSError) as exc:
+                    outcome.problem = f"scored, but no heatmap: {exc}"
+        except MixmagError as exc:
+            outcome.problem = str(exc)
+        outcomes.append(outcome)
+        if on_slide:
+            on_slide(outcome)
+    return outcomes
+
+
+def write_outcomes(path: Path, outcomes: list[SlideOutcome], specimen_of: dict[str, str] | None, levels: list[str], how: str = "max") -> Path:
+    """predictions CSV: specimen and slide scores (the run's max or mean over a specimen's scored
+    slides), each level's share of the attribution, and why a slide has no score."""
+    specimen_of = specimen_of or {}
+    by_specimen: dict[str, list[float]] = {}
+    for o in outcomes:
+        if o.score is not None:
+            by_specimen.setdefault(specimen_of.get(o.slide_id, o.slide_id), []).append(o.score)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.partial")
+    with tmp.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["specimen", "slide", "slide_score", "specimen_score", *[f"share_{n}" for n in levels], "problem"])
+        for o in outcomes:
+            spec = specimen_of.get(o.slide_id, o.slide_id)
+            spec_scores = by_specimen.get(spec)
+            w.writerow([spec, o.slide_id, "" if o.score is None else f"{o.score:.6f}", f"{_reduce(spec_scores, how):.6f}" if spec_scores else "",
+                        *[f"{o.level_share[n]:.4f}" if n in o.level_share else "" for n in levels], o.problem or ""])
+    tmp.replace(path)
+    return path
+
+
+def _reduce(values: list[float], how: str) -> float:
+    return max(values) if how == "max" else sum(values) / len(values)
+
+
+def describe_run(trainer: Trainer) -> str:
+    p, c = trainer.pipeline, trainer.config
+    line = (f"bags {c.bags}; encoder {p.get('encoder')} ({p.get('encoder_output')}, weights {p.get('encoder_weights_digest')}); "
+            f"levels {p.get('level_mpps')} um/px; t = {p.get('region_size')}")
+    if c.bags in ("patch", "cls"):
+        line += f"; mixer {encoded_mixer(trainer)}"
+    return line
