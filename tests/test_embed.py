@@ -158,3 +158,22 @@ def test_cli_errors_and_store_tools(tmp_path, plans_dir):
     a, b = read_store(stores[0]), read_store(tmp_path / "back" / f"{slide}.h5")
     for level in a.embeddings:
         np.testing.assert_array_equal(a.embeddings[level], b.embeddings[level])
+
+
+def test_a_slide_that_fails_to_decode_midway_fails_alone(tmp_path, plans_dir):
+    import tifffile
+
+    source = make_tissue_slide(tmp_path, "bad.tiff", size=(2600, 2200), seed=21, tissue_mask=np.ones((4, 4), bool))
+    tile_slides([SlideSource(source, "bad")], plans_dir.parent / "plans-bad", TilingParams(region_size=1))
+    with tifffile.TiffFile(source) as tif:  # damage one tile of the full-resolution level, after tiling
+        page = tif.pages[0]
+        middle = len(page.dataoffsets) // 2
+        offset, count = page.dataoffsets[middle], page.databytecounts[middle]
+    with open(source, "r+b") as fh:
+        fh.seek(offset)
+        fh.write(b"\x00" * count)
+    plans = find_plans(plans_dir.parent / "plans-bad", ["bad"]) + find_plans(plans_dir, ["gen1"])
+    results = {r.slide_id: r for r in run_embed(plans, tmp_path / "stores", build_encoder("stats"), device=CPU, workers=2)}
+    assert results["bad"].outcome == "failed" and "bad.tiff" in results["bad"].error and "could not decode" in results["bad"].error
+    assert not (tmp_path / "stores" / "bad.h5").exists()
+    assert results["gen1"].outcome == "embedded" and read_store(tmp_path / "stores" / "gen1.h5").rc.shape[0] > 0

@@ -46,7 +46,7 @@ def data_path_rate(job: SlideJob, workers: int, normalise: bool, cells_per_batch
     transform = DeviceTransform(get_preset("virchow2").transform)
     tiles = 0
     start = time.perf_counter()
-    for _, _, batch in loader:
+    for _, _, batch, _ in loader:
         if normalise:
             transform(batch)
         tiles += batch.shape[0]

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
+from ..errors import MixmagError
 from ..slides.pyramids import ReadMode, read_pyramid
 from ..slides.reader import Slide
 from ..slides.tiling import TilingPlan
@@ -34,7 +35,9 @@ class SlideJob:
 
 
 class CellTiles(Dataset):
-    """Item i -> (slide index, cell index, uint8 tiles (sum_i 4^i, tile, tile, 3)), levels coarsest first."""
+    """Item i -> (slide index, cell index, uint8 tiles (sum_i 4^i, tile, tile, 3), None), levels coarsest
+    first; (slide index, cell index, None, error) when the slide cannot be read there, so one corrupt
+    slide fails alone. After a failure this worker skips the rest of that slide."""
 
     def __init__(self, jobs: Sequence[SlideJob], mode: ReadMode = "derive", max_open: int = 2) -> None:
         self.jobs = list(jobs)
@@ -42,6 +45,7 @@ class CellTiles(Dataset):
         self.max_open = max_open
         self.starts = np.cumsum([0] + [j.n_cells for j in self.jobs])
         self._open: dict[int, Slide] = {}  # per worker process
+        self._failed: dict[int, str] = {}  # per worker process
 
     def __len__(self) -> int:
         return int(self.starts[-1])
@@ -52,14 +56,20 @@ class CellTiles(Dataset):
 
     def __getitem__(self, index: int):
         j, k = self.locate(index)
+        if j in self._failed:
+            return j, k, None, self._failed[j]
         plan = self.jobs[j].plan
         row, col = plan.cells[k]
         p = plan.params
-        pyramid = read_pyramid(
-            self._slide(j), plan.grid, plan.levels, row, col,
-            mode=self.mode, tolerance=p.mpp_tolerance, allow_upsample=p.allow_upsample,
-        )
-        return j, k, torch.from_numpy(np.concatenate(pyramid.tiles))
+        try:
+            pyramid = read_pyramid(
+                self._slide(j), plan.grid, plan.levels, row, col,
+                mode=self.mode, tolerance=p.mpp_tolerance, allow_upsample=p.allow_upsample,
+            )
+        except Exception as exc:  # noqa: BLE001 - any reader or decoder failure belongs to this slide only
+            self._failed[j] = str(exc) if isinstance(exc, MixmagError) else f"{plan.slide.path}: cell ({row}, {col}): {type(exc).__name__}: {exc}"
+            return j, k, None, self._failed[j]
+        return j, k, torch.from_numpy(np.concatenate(pyramid.tiles)), None
 
     def _slide(self, j: int) -> Slide:
         if j not in self._open:
@@ -87,13 +97,17 @@ class PerSlideBatches(Sampler[list[int]]):
 
 
 def collate(items):
+    """(slide indices, cell indices, tiles, None), or (..., None, error) when a cell could not be read."""
     jobs = torch.tensor([i[0] for i in items])
     cells = torch.tensor([i[1] for i in items])
+    error = next((i[3] for i in items if i[3] is not None), None)
+    if error is not None:
+        return jobs, cells, None, error
     parts = [i[2] for i in items]
     tiles = torch.empty((sum(p.shape[0] for p in parts), *parts[0].shape[1:]), dtype=parts[0].dtype)
     if get_worker_info() is not None:
         tiles.share_memory_()  # built in shared memory, the batch reaches the main process without a copy
-    return jobs, cells, torch.cat(parts, out=tiles)
+    return jobs, cells, torch.cat(parts, out=tiles), None
 
 
 class SlideEmbeddings:
@@ -127,8 +141,10 @@ def embed_slides(
     mode: ReadMode = "derive",
     on_batch: Callable[[int], None] | None = None,
     on_slide: Callable[[SlideJob, list[np.ndarray]], None] | None = None,
+    on_failed: Callable[[SlideJob, str], None] | None = None,
 ) -> None:
-    """Embed every cell of every job; `on_slide(job, levels)` gets each slide's arrays when complete."""
+    """Embed every cell of every job; `on_slide(job, levels)` gets each slide's arrays when complete,
+    `on_failed(job, error)` each slide that could not be read (the others go on)."""
     jobs = list(jobs)
     n_levels = {j.plan.params.n_levels for j in jobs}
     if len(n_levels) > 1:
@@ -153,15 +169,24 @@ def embed_slides(
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
     per_cell = sum(4**i for i in range(next(iter(n_levels))))
     with torch.inference_mode():
-        for job_idx, cell_idx, tiles in loader:
+        failed: set[int] = set()
+        for job_idx, cell_idx, tiles, error in loader:
+            j = int(job_idx[0])
+            if on_batch is not None:
+                on_batch(len(cell_idx))
+            if j in failed:
+                continue
+            if error is not None:
+                failed.add(j)
+                pending.pop(j, None)
+                if on_failed is not None:
+                    on_failed(work[j], error)
+                continue
             with autocast:
                 emb = encoder(tiles.to(device, non_blocking=True))
             emb = emb.float().cpu().numpy().reshape(len(cell_idx), per_cell, -1)
-            j = int(job_idx[0])
             acc = pending.setdefault(j, SlideEmbeddings(work[j].n_cells, len(work[j].plan.levels.mpps), emb.shape[-1]))
             acc.add(cell_idx.numpy(), emb)
-            if on_batch is not None:
-                on_batch(len(cell_idx))
             if acc.complete:
                 del pending[j]
                 if on_slide is not None:

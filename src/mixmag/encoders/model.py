@@ -99,7 +99,7 @@ def build_encoder(
         raise ConfigError(f"unknown output mode {output!r}; use 'cls' or 'cls+mean'")
     if weights is not None:
         backbone = build_backbone(preset, overrides)
-        load_weights(backbone, Path(weights))
+        load_weights(backbone, Path(weights), preset.weights_format)
     elif from_hub:
         backbone = _from_hub(preset, overrides)
     elif preset.needs_weights and not random_init:
@@ -120,7 +120,12 @@ def _from_hub(preset: EncoderPreset, overrides: dict | None) -> nn.Module:
 
     kwargs = {k: v for k, v in timm_kwargs(preset, overrides).items() if k not in ("img_size",)}
     try:
-        return timm.create_model(f"hf-hub:{preset.hub_id}", pretrained=True, **kwargs)
+        if preset.weights_format != "timm":  # another library's layout: fetch the file, convert on load
+            from huggingface_hub import hf_hub_download
+
+            fetched = Path(hf_hub_download(preset.hub_id, preset.hub_file))
+        else:
+            return timm.create_model(f"hf-hub:{preset.hub_id}", pretrained=True, **kwargs)
     except Exception as exc:  # noqa: BLE001 - offline, gated, missing token: all mean "no weights from the hub"
         raise EncoderWeightsError(
             f"could not load {preset.hub_id} from the Hugging Face hub ({type(exc).__name__}: {exc}). "
@@ -128,10 +133,14 @@ def _from_hub(preset: EncoderPreset, overrides: dict | None) -> nn.Module:
             f"(e.g. huggingface-cli download {preset.hub_id} --local-dir weights/{preset.name}) and pass "
             f"--weights weights/{preset.name}/<file>.safetensors (or pytorch_model.bin)."
         ) from exc
+    backbone = build_backbone(preset, overrides)
+    load_weights(backbone, fetched, preset.weights_format)
+    return backbone
 
 
-def load_weights(model: nn.Module, path: Path) -> None:
-    """Load a local checkpoint safely (safetensors, or torch.load with weights_only) and strictly."""
+def load_weights(model: nn.Module, path: Path, weights_format: str = "timm") -> None:
+    """Load a local checkpoint safely (safetensors, or torch.load with weights_only) and strictly;
+    checkpoints in another library's layout are converted first (encoders.convert)."""
     if not path.is_file():
         raise EncoderWeightsError(f"{path}: weights file not found")
     try:
@@ -148,6 +157,13 @@ def load_weights(model: nn.Module, path: Path) -> None:
             state = state[key]
     if not isinstance(state, dict):
         raise EncoderWeightsError(f"{path}: expected a state dict of tensors, found {type(state).__name__}")
+    if weights_format != "timm":
+        from .convert import CONVERTERS, ConversionError
+
+        try:
+            state = CONVERTERS[weights_format](state, model)
+        except ConversionError as exc:
+            raise EncoderWeightsError(f"{path}: {exc}") from exc
     missing, unexpected = _key_mismatch(model, state)
     if missing or unexpected:
         raise EncoderWeightsError(

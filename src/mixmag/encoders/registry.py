@@ -46,6 +46,8 @@ class EncoderPreset:
     builder: Callable[..., nn.Module] | None = field(default=None, repr=False)
     needs_weights: bool = True
     license: str = ""
+    weights_format: str = "timm"  # or a layout in encoders.convert.CONVERTERS (e.g. "hf-dinov2")
+    hub_file: str | None = None   # for non-timm hub repositories: the weights file to fetch
 
     def output_dim(self, output: OutputMode | None = None) -> int:
         return self.dim * (2 if (output or self.output) == "cls+mean" else 1)
@@ -151,6 +153,20 @@ register_preset(EncoderPreset(
     hub_id="prov-gigapath/prov-gigapath",
     license="Apache-2.0 (research use), gated on Hugging Face",
 ))
+register_preset(EncoderPreset(
+    name="phikon-v2",
+    description="Owkin Phikon-v2 ViT-L/16 (DINOv2, no registers); transformers checkpoint, run as timm ViT",
+    dim=1024,
+    transform=InputTransform(224, None, "bicubic"),
+    timm_name="vit_large_patch16_224",
+    timm_kwargs=_plain(img_size=224, init_values=1e-5, dynamic_img_size=True),
+    hub_id="owkin/phikon-v2",
+    weights_format="hf-dinov2",
+    hub_file="model.safetensors",
+    license="Owkin non-commercial license (not gated)",
+))
+
+
 def _tiny_vit() -> nn.Module:
     import timm
 

@@ -170,5 +170,12 @@ def run_embed(
         if on_result:
             on_result(result)
 
-    embed_slides(todo, encoder, device=device, cells_per_batch=cells_per_batch, workers=workers, mode=mode, on_batch=on_batch, on_slide=finish)
+    def failed(job: SlideJob, error: str) -> None:
+        results.append(EmbedResult(job.slide_id, "failed", job.n_cells, f"{error} - no store written; the other slides go on. "
+                                   "Re-copy or re-export the slide, then re-run (finished stores are kept)."))
+        if on_result:
+            on_result(results[-1])
+
+    embed_slides(todo, encoder, device=device, cells_per_batch=cells_per_batch, workers=workers, mode=mode,
+                 on_batch=on_batch, on_slide=finish, on_failed=failed)
     return results
