@@ -11,7 +11,7 @@ from mixmag.errors import ConfigError
 
 # Published sizes (millions of parameters) as a check that each preset builds the real architecture.
 FOUNDATION = {"virchow2": (1280, 631), "uni": (1024, 303), "uni2-h": (1536, 681), "h-optimus-0": (1536, 1134),
-              "h-optimus-1": (1536, 1134), "prov-gigapath": (1536, 1134)}
+              "h-optimus-1": (1536, 1134), "prov-gigapath": (1536, 1134), "phikon-v2": (1024, 303)}
 
 
 @pytest.mark.parametrize("name", sorted(FOUNDATION))
@@ -97,6 +97,8 @@ def test_missing_weights_and_unknown_presets_say_what_to_do(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(EncoderWeightsError, match="huggingface-cli download paige-ai/Virchow2.*--weights"):
         build_encoder("virchow2", from_hub=True, overrides={"depth": 1})
+    with pytest.raises(EncoderWeightsError, match="huggingface-cli download owkin/phikon-v2.*--weights"):
+        build_encoder("phikon-v2", from_hub=True, overrides={"depth": 1})  # a transformers repo: fetched, then converted
 
 
 def test_built_in_encoders_are_deterministic():
@@ -124,3 +126,32 @@ def test_a_user_registers_a_model_in_a_few_lines():
     np.testing.assert_allclose(enc(tiles).numpy(), [[0.2, 0.2, 0.2]], rtol=1e-6)
     with pytest.raises(ConfigError, match="already exists"):
         register_preset(EncoderPreset(name="mean-colour", description="x", dim=3, builder=MeanColour))
+
+
+def test_phikon_v2_transformers_checkpoints_run_as_timm_vit(tmp_path):
+    """A real transformers Dinov2Model (small, random) saved both ways gives the same CLS through the preset."""
+    transformers = pytest.importorskip("transformers")
+    from safetensors.torch import save_file
+
+    config = transformers.Dinov2Config(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, patch_size=16, image_size=224,
+                                       layerscale_value=0.3)
+    torch.manual_seed(0)
+    hf = transformers.Dinov2Model(config).eval()
+    with torch.no_grad():
+        for p in hf.parameters():
+            p.add_(torch.randn_like(p) * 0.05)  # no parameter left at its trivial init
+    hf.save_pretrained(tmp_path / "hub")  # the layout published on the hub (attention.attention.query, ...)
+    save_file({k: v.contiguous() for k, v in hf.state_dict().items()}, tmp_path / "in_memory.safetensors")  # transformers 5 names
+    x = torch.rand(2, 224, 224, 3).mul(255).to(torch.uint8)
+    small = {"embed_dim": 64, "depth": 2, "num_heads": 2}
+    for path in (tmp_path / "hub" / "model.safetensors", tmp_path / "in_memory.safetensors"):
+        encoder = build_encoder("phikon-v2", weights=path, overrides=small)
+        with torch.no_grad():
+            expected = hf(pixel_values=encoder.transform(x)).last_hidden_state[:, 0]
+            got = encoder(x)
+        assert got.shape == (2, 64)
+        assert torch.allclose(got, expected, atol=1e-5), (got - expected).abs().max()
+    broken = {k: v.contiguous() for k, v in hf.state_dict().items() if "q_proj" not in k}
+    save_file(broken, tmp_path / "broken.safetensors")
+    with pytest.raises(EncoderWeightsError, match="lacks some of query"):
+        build_encoder("phikon-v2", weights=tmp_path / "broken.safetensors", overrides=small)

@@ -25,12 +25,14 @@ _DINOV2_RENAMES = (
     (r"^embeddings\.position_embeddings$", "pos_embed"),
     (r"^embeddings\.patch_embeddings\.projection\.(weight|bias)$", r"patch_embed.proj.\1"),
     (r"^encoder\.layer\.(\d+)\.norm([12])\.(weight|bias)$", r"blocks.\1.norm\2.\3"),
-    (r"^encoder\.layer\.(\d+)\.attention\.output\.dense\.(weight|bias)$", r"blocks.\1.attn.proj.\2"),
+    (r"^encoder\.layer\.(\d+)\.attention\.(?:output\.dense|o_proj)\.(weight|bias)$", r"blocks.\1.attn.proj.\2"),
     (r"^encoder\.layer\.(\d+)\.layer_scale([12])\.lambda1$", r"blocks.\1.ls\2.gamma"),
     (r"^encoder\.layer\.(\d+)\.mlp\.fc([12])\.(weight|bias)$", r"blocks.\1.mlp.fc\2.\3"),
     (r"^layernorm\.(weight|bias)$", r"norm.\1"),
 )
-_DINOV2_QKV = re.compile(r"^encoder\.layer\.(\d+)\.attention\.attention\.(query|key|value)\.(weight|bias)$")
+# files written by transformers 4 (attention.attention.query) and transformers 5 (attention.q_proj)
+_DINOV2_QKV = re.compile(r"^encoder\.layer\.(\d+)\.attention\.(?:attention\.(query|key|value)|([qkv])_proj)\.(weight|bias)$")
+_QKV_NAMES = {"q": "query", "k": "key", "v": "value"}
 _DINOV2_DROPPED = ("embeddings.mask_token",)  # used only for masked pretraining
 
 
@@ -47,7 +49,7 @@ def hf_dinov2_to_timm(state: dict[str, torch.Tensor], model: torch.nn.Module) ->
             continue
         m = _DINOV2_QKV.match(key)
         if m:
-            qkv.setdefault((m.group(1), m.group(3)), {})[m.group(2)] = tensor
+            qkv.setdefault((m.group(1), m.group(4)), {})[m.group(2) or _QKV_NAMES[m.group(3)]] = tensor
             continue
         for pattern, target in _DINOV2_RENAMES:
             if re.match(pattern, key):
