@@ -77,7 +77,7 @@ def test_predict_from_raw_slides_equals_the_evaluation_path(demo, tmp_path):
     finally:
         hidden.rename(stores)
     pictures = sorted(p.name for p in (tmp_path / "work" / "heatmaps").glob("*.png"))
-    assert len(pictures) == 2 * len(expected)  # maps + top tiles per slide, from the first run
+    assert len(pictures) == 3 * len(expected)  # maps, top tiles, top regions per slide, from the first run
     assert len(list((tmp_path / "work" / "stores").glob("*.h5"))) == len(expected)  # embedded once, reused
 
 
@@ -90,6 +90,19 @@ def test_predict_refuses_other_encoder_weights_and_reports_bad_slides(demo, tmp_
 
     with pytest.raises(RunMismatchError, match="not the ones the run was trained with"):
         encoder_for_run(trainer)
+    import json
+    import shutil
+
+    future = tmp_path / "future-run"
+    shutil.copytree(run, future)
+    pipeline = json.loads((future / "pipeline.json").read_text())
+    (future / "pipeline.json").write_text(json.dumps(pipeline | {"run_format": 99, "mixmag_version": "9.0"}))
+    with pytest.raises(RunMismatchError, match="newer than this mixmag"):
+        load_trained(future)
+    (future / "pipeline.json").write_text(json.dumps(pipeline))
+    torch.save({"nonsense": torch.zeros(1)}, future / "best.pt")
+    with pytest.raises(RunMismatchError, match="best.pt does not fit"):
+        load_trained(future)
     broken = tmp_path / "broken.tiff"
     broken.write_bytes(b"II*\x00" + b"\x00" * 100)
     good = Path(next(csv.DictReader(open(test_table)))["path"])
@@ -136,7 +149,7 @@ def _quadrant_slide(folder: Path) -> Path:
 
 
 def _attention_on_nuclei(trainer: Trainer) -> None:
-    """AB-MIL whose attention rises with the encoder's nuclear-area feature (index 8 of `stats`)."""
+    """AB-MIL whose attention and score rise with the encoder's nuclear-area feature (index 8 of `stats`)."""
     abmil = trainer.model.abmil
     with torch.no_grad():
         for p in abmil.parameters():
@@ -144,6 +157,19 @@ def _attention_on_nuclei(trainer: Trainer) -> None:
         abmil.V.weight[0, 8] = 1.0
         abmil.U.bias.fill_(20.0)
         abmil.h.weight[0, 0] = 8.0
+        abmil.classifier.weight[0, 8] = 1.0
+
+
+def _assert_hot_in_top_right(a, attrs: dict, scale: float, shape: tuple[int, int]) -> None:
+    """Every level's map, drawn in the thumbnail's own pixels, is hottest in the top-right quadrant."""
+    h, w = shape
+    for i, name in enumerate(a.level_names):
+        if not np.isfinite(a.level_maps[name]).any():
+            continue
+        picture = map_on_thumbnail(a.level_maps[name], attrs["cell_px"] / 2**i, scale, (h, w))
+        y, x = np.unravel_index(np.nanargmax(picture), picture.shape)
+        assert y < h / 2 and x >= w / 2, (a.method, name)
+        assert np.nanmean(picture[: h // 2, w // 2 :]) > 2 * np.nanmean(picture[h // 2 :, : w // 2]), (a.method, name)
 
 
 @pytest.mark.parametrize("bags", ["20x", "all"])
@@ -158,23 +184,20 @@ def test_heatmaps_put_the_signal_in_its_quadrant(tmp_path, bags):
     trainer = Trainer(TrainConfig(cohort="-", stores="-", out="-", bags=bags), pipeline={"bag_dim": 34, **attrs})
     _attention_on_nuclei(trainer)
     use_stores(trainer, {"quadrant": store})
-    a = explain_slide(trainer, "quadrant", store)
-    assert len(a.regions) == 4
-    top = tuple(a.regions[int(np.argmax(a.region_weight))])
-    assert top == (0, 3)  # the top-right region of the 6 x 6 cell grid
     with open_store_slide(attrs) as slide:
         thumb, scale = thumbnail(slide, longest=300)
     h, w = thumb.shape[:2]
-    for i, name in enumerate(a.level_names):
-        if not np.isfinite(a.level_maps[name]).any():
-            continue
-        picture = map_on_thumbnail(a.level_maps[name], attrs["cell_px"] / 2**i, scale, (h, w))
-        y, x = np.unravel_index(np.nanargmax(picture), picture.shape)
-        assert y < h / 2 and x >= w / 2, name
-        # the hot half of the picture is the top-right quadrant, in the drawn thumbnail's own pixels
-        assert np.nanmean(picture[: h // 2, w // 2 :]) > 2 * np.nanmean(picture[h // 2 :, : w // 2])
+    gradient = explain_slide(trainer, "quadrant", store, "gradient")
+    a = explain_slide(trainer, "quadrant", store)
+    assert a.method == "AB-MIL attention" and gradient.method == "gradient x input"
+    assert len(a.regions) == 4
+    top = tuple(a.regions[int(np.argmax(a.region_weight))])
+    assert top == (0, 3)  # the top-right region of the 6 x 6 cell grid
+    _assert_hot_in_top_right(a, attrs, scale, (h, w))
+    _assert_hot_in_top_right(gradient, attrs, scale, (h, w))
     pictures = draw_heatmaps(a, attrs, tmp_path / "heatmaps", top_k=3, formats=("png", "svg"))
     assert {p.suffix for p in pictures} == {".png", ".svg"} and all(p.stat().st_size > 1000 for p in pictures)
+    assert {p.stem for p in pictures} == {"quadrant_maps", "quadrant_top", "quadrant_regions"}
     # the most attended 20x tile is dense with the quadrant's nuclei
     from mixmag.report.heatmaps import tile_crop, top_tiles
 
@@ -189,7 +212,7 @@ def test_the_demo_report_shows_heatmaps(demo):
     d, _ = demo
     text = (_run(d, "MEM-patch") / "report.html").read_text()
     assert "Where the model looked" in text and "Heatmaps not drawn" not in text
-    assert text.count("alt='heatmaps of") == 6  # maps + top tiles of 3 chosen slides
+    assert text.count("alt='heatmaps of") == 9  # maps, top tiles and top regions of 3 chosen slides
     assert "highest-scoring positive" in text and "x uniform" in text
 
 

@@ -362,6 +362,7 @@ def predict(
     from_hub: Annotated[bool, typer.Option("--from-hub", help="Get the encoder weights from the Hugging Face hub.")] = False,
     heatmaps: Annotated[bool, typer.Option("--heatmaps/--no-heatmaps", help="Draw attention maps per magnification and top tiles.")] = True,
     top_k: Annotated[int, typer.Option(help="Most attended tiles shown per magnification.")] = 4,
+    attribution: Annotated[str, typer.Option(help="auto (AB-MIL attention; gradient x input for models weighing whole regions), attention or gradient.")] = "auto",
     device: Annotated[Optional[str], typer.Option(help="cuda, cpu [cuda when available] for embedding.")] = None,
     workers: Annotated[int, typer.Option(help="DataLoader workers for embedding.")] = 2,
 ) -> None:
@@ -374,6 +375,8 @@ def predict(
     from .slides.sources import sources_from_paths, sources_from_table
     from .stages.predict import describe_run, encoder_for_run, score_slides, stores_from_slides, write_outcomes
 
+    if attribution not in ("auto", "attention", "gradient"):
+        _fail(f"--attribution {attribution!r}: use auto, attention or gradient")
     work = work or out.with_name(f"{out.stem}_work")
     specimen_of: dict[str, str] = {}
     try:
@@ -409,7 +412,8 @@ def predict(
                                                            on_tiled=step, on_embedded=step)
         with _progress() as progress:
             task = progress.add_task("score + explain", total=len(store_paths))
-            outcomes = score_slides(trainer, store_paths, work, heatmaps=heatmaps, top_k=top_k, on_slide=lambda o: progress.advance(task))
+            outcomes = score_slides(trainer, store_paths, work, heatmaps=heatmaps, top_k=top_k, method=attribution,
+                                    on_slide=lambda o: progress.advance(task))
     except MixmagError as exc:
         _fail(str(exc))
     from .stages.predict import SlideOutcome

@@ -124,40 +124,45 @@ def _token_fraction(store: SlideStore, layout: _Layout) -> dict[str, float]:
     return {name: float(np.mean(layout.level == i)) for i, name in enumerate(store.level_names)}
 
 
-def explain_slide(trainer, slide: str, store_path: Path) -> SlideAttribution:
+def explain_slide(trainer, slide: str, store_path: Path, method: str = "auto") -> SlideAttribution:
     """Score one slide with a trained run (`eval.predict.load_trained`, its bags pointing at the slide's
-    store) and place its attribution."""
+    store) and place its attribution. method: "attention" (AB-MIL weights on tiles or tokens),
+    "gradient" (|x . dlogit/dx| on the store's embeddings, through the mixer where there is one), or
+    "auto": attention where AB-MIL weighs tiles or tokens, gradient where it weighs whole regions."""
     config = trainer.config
     model = trainer.model.eval()
     store = read_store(store_path)
     bag = trainer.bags(slide).float()
-    if config.bags in TILE_MODES:
-        layout = tile_layout(store, config.bags)
-    else:
-        layout = region_layout(store, config.region_level)
-    region_weight = None
+    layout = tile_layout(store, config.bags) if config.bags in TILE_MODES else region_layout(store, config.region_level)
     pools_regions = config.bags == "cls" or (config.bags == "regions" and config.mixer is not None and config.mixer.output == "cls")
-    if pools_regions:
-        regions = bag if config.bags == "regions" else torch.from_numpy(region_bag(store_path).astype(np.float32))
-        logit, alpha, values = _gradient_x_input(trainer, regions)
-        region_weight = alpha
-        method = GRADIENT
-    else:
+    if method == "auto":
+        method = "gradient" if pools_regions else "attention"
+    if method == "attention" and pools_regions:
+        raise MixmagError(f"{slide}: this model weighs whole regions; per-magnification attention needs method='gradient'")
+    if method == "gradient":
+        inputs = bag if config.bags != "patch" and config.bags != "cls" else torch.from_numpy(region_bag(store_path).astype(np.float32))
+        logit, alpha, values = _gradient_x_input(trainer, inputs)
+        name = GRADIENT
+    elif method == "attention":
         with torch.no_grad():
-            mask = torch.ones(1, bag.shape[0], dtype=torch.bool)
-            logit, alpha = model(bag[None], mask)
-        values = alpha[0].numpy().astype(np.float64)
-        if values.size != layout.level.size:
-            raise MixmagError(f"{store_path}: the bag has {values.size} items but the store lays out {layout.level.size}; "
-                              "re-run `mixmag encode` / `mixmag embed` for this slide")
-        method = ATTENTION
+            logit, alpha = model(bag[None], torch.ones(1, bag.shape[0], dtype=torch.bool))
+        alpha = alpha[0].numpy()
+        values = alpha.astype(np.float64)
+        name = ATTENTION
+    else:
+        raise ValueError(f"unknown attribution method {method!r}; use auto, attention or gradient")
+    if values.size != layout.level.size:
+        raise MixmagError(f"{store_path}: the bag has {values.size} items but the store lays out {layout.level.size}; "
+                          "re-run `mixmag encode` / `mixmag embed` for this slide")
     maps = _maps(store, layout, values)
-    if region_weight is None:
-        region_weight = _region_weights_from_maps(store, maps)
+    if pools_regions:
+        region_weight = alpha  # AB-MIL's own weight on each region
+    else:  # AB-MIL's weights on tiles or tokens, summed over each region
+        region_weight = _region_weights_from_maps(store, _maps(store, layout, np.asarray(alpha, np.float64).ravel()))
     return SlideAttribution(
         slide_id=slide,
         score=float(torch.sigmoid(torch.as_tensor(logit)).reshape(-1)[0]),
-        method=method,
+        method=name,
         level_names=store.level_names,
         level_maps=maps,
         region_size=int(store.attrs.get("region_size") or 0),
@@ -167,17 +172,17 @@ def explain_slide(trainer, slide: str, store_path: Path) -> SlideAttribution:
     )
 
 
-def _gradient_x_input(trainer, regions: torch.Tensor) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
-    """|sum_d x * dlogit/dx| per mixer input token, for models that pool whole regions."""
+def _gradient_x_input(trainer, inputs: torch.Tensor) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+    """|sum_d x * dlogit/dx| per embedding of the store (tile, or mixer input token), and AB-MIL's weights."""
     config = trainer.config
-    x = regions.detach().clone().requires_grad_(True)
-    mask = torch.ones(1, x.shape[0], dtype=torch.bool)
-    if config.bags == "regions":
-        logit, alpha = trainer.model(x[None], mask)
-    else:  # precomputed cls: the encoded folder's mixer, then the trained AB-MIL
-        mixer = _encoded_mixer(trainer)
-        _, compressed = mixer(x)
-        logit, alpha = trainer.model(compressed[None], mask)
+    x = inputs.detach().clone().requires_grad_(True)
+    if config.bags in ("patch", "cls"):  # precomputed mixer outputs: run the mixer that made them
+        contextual, compressed = _encoded_mixer(trainer)(x)
+        feats = compressed if config.bags == "cls" else contextual.reshape(-1, contextual.shape[-1])
+    else:
+        feats = x
+    mask = torch.ones(1, feats.shape[0], dtype=torch.bool)
+    logit, alpha = trainer.model(feats[None], mask)
     logit.sum().backward()
     values = (x.grad * x).sum(-1).abs().detach().numpy().astype(np.float64).ravel()
     return logit.detach(), alpha.detach()[0].numpy(), values

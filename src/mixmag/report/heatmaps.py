@@ -73,9 +73,39 @@ def tile_crop(slide: Slide, attrs: dict, level: int, row: int, col: int) -> np.n
                           tolerance=params.get("mpp_tolerance", 0.05), allow_upsample=params.get("allow_upsample", False))
 
 
+def top_regions(a: SlideAttribution, k: int) -> list[tuple[int, int, float]]:
+    """(row, col, attention) of the k regions the model attended most."""
+    order = np.argsort(-a.region_weight, kind="stable")[:k]
+    return [(int(a.regions[i][0]), int(a.regions[i][1]), float(a.region_weight[i])) for i in order]
+
+
+def region_views(slide: Slide, attrs: dict, a: SlideAttribution, row: int, col: int) -> list[tuple[np.ndarray, str]]:
+    """One region at each magnification: the whole region at the coarsest level (the most attended
+    finer tiles outlined), then the most attended tile of each finer level inside it, as read."""
+    t, cell_px, px = a.region_size, float(attrs["cell_px"]), int(attrs["tile_px"])
+    params = attrs.get("tiling_params") or {}
+    box = Box(col * cell_px, row * cell_px, (col + t) * cell_px, (row + t) * cell_px)
+    whole = slide.read_box(box, float(attrs["level_mpps"][0]), (t * px, t * px),
+                           tolerance=params.get("mpp_tolerance", 0.05), allow_upsample=params.get("allow_upsample", False)).copy()
+    views = [(whole, f"{a.level_names[0]}: region ({row}, {col})")]
+    import cv2
+
+    for i in range(1, len(a.level_names)):
+        s = 2**i
+        window = a.level_maps[a.level_names[i]][row * s : (row + t) * s, col * s : (col + t) * s]
+        if window.size == 0 or not np.isfinite(window).any():
+            continue
+        r, c = np.unravel_index(np.nanargmax(window), window.shape)
+        views.append((tile_crop(slide, attrs, i, row * s + r, col * s + c), f"{a.level_names[i]}: top tile"))
+        side = px / s  # that tile's outline on the coarsest view
+        color = (255, 255, 255) if i == 1 else (0, 255, 255)
+        cv2.rectangle(whole, (round(c * side), round(r * side)), (round((c + 1) * side) - 1, round((r + 1) * side) - 1), color, 2)
+    return views
+
+
 def draw_heatmaps(a: SlideAttribution, attrs: dict, out_dir: Path, *, top_k: int = 4, formats: tuple[str, ...] = ("png",)) -> list[Path]:
-    """<slide>_maps.<fmt> (thumbnail, region attention, one map per magnification) and
-    <slide>_top.<fmt> (top-k tiles of each magnification)."""
+    """<slide>_maps.<fmt> (thumbnail, region attention, one map per magnification), <slide>_top.<fmt>
+    (top-k tiles of each magnification) and <slide>_regions.<fmt> (top regions at every magnification)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -85,6 +115,7 @@ def draw_heatmaps(a: SlideAttribution, attrs: dict, out_dir: Path, *, top_k: int
     with open_store_slide(attrs) as slide:
         thumb, scale = thumbnail(slide)
         crops = [[(tile_crop(slide, attrs, i, r, c), v) for r, c, v in top_tiles(a, i, top_k)] for i in range(len(a.level_names))]
+        regions = [(w, region_views(slide, attrs, a, r, c)) for r, c, w in top_regions(a, min(top_k, 3))] if a.region_size else []
     cell_px = float(attrs["cell_px"])
     shape = thumb.shape[:2]
     rows_cells = max((m.shape[0] for m in a.level_maps.values()), default=0)
@@ -130,6 +161,19 @@ def draw_heatmaps(a: SlideAttribution, attrs: dict, out_dir: Path, *, top_k: int
         fig.suptitle(f"{a.slide_id}: most attended tiles per magnification", fontsize=10)
         fig.tight_layout()
         written += _save(fig, out_dir / f"{a.slide_id}_top", formats)
+    if regions:
+        n = max(len(v) for _, v in regions)
+        fig, axes = plt.subplots(len(regions), n, figsize=(2.6 * n, 2.8 * len(regions)), squeeze=False)
+        for k, (weight, views) in enumerate(regions):
+            for j in range(n):
+                ax = axes[k][j]
+                ax.set_axis_off()
+                if j < len(views):
+                    ax.imshow(views[j][0])
+                    ax.set_title(f"#{k + 1} ({weight:.3f}) {views[j][1]}" if j == 0 else views[j][1], fontsize=8)
+        fig.suptitle(f"{a.slide_id}: most attended regions, at each magnification (outlines: the finer top tiles)", fontsize=10)
+        fig.tight_layout()
+        written += _save(fig, out_dir / f"{a.slide_id}_regions", formats)
     return written
 
 

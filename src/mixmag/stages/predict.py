@@ -88,6 +88,7 @@ def score_slides(
     *,
     heatmaps: bool = True,
     top_k: int = 4,
+    method: str = "auto",
     on_slide: Callable[[SlideOutcome], None] | None = None,
 ) -> list[SlideOutcome]:
     """Score every store (the evaluation path's forward), place its attribution, draw its heatmaps."""
@@ -103,7 +104,7 @@ def score_slides(
         try:
             with torch.no_grad():
                 outcome.score = float(torch.sigmoid(trainer.slide_logits([slide]))[0])
-            attribution = explain_slide(trainer, slide, path)
+            attribution = explain_slide(trainer, slide, path, method)
             outcome.level_share = attribution.level_share
             save_attribution(attribution, work / "heatmaps" / f"{slide}.npz")
             if heatmaps:
