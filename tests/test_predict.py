@@ -220,3 +220,11 @@ def test_the_demo_report_with_heatmaps_renders_in_chromium(demo, chromium):
     d, _ = demo
     _, console_errors, images, broken = chromium(_run(d, "MEM-patch") / "report.html")
     assert not console_errors and images >= 10 and broken == 0
+
+
+def test_predict_names_a_malformed_cohort_table(demo, tmp_path):
+    d, _ = demo
+    table = tmp_path / "t.csv"
+    table.write_text("specimen,file\nA,x.tiff\n")
+    result = _invoke("predict", "--run", _run(d, "abmil-all"), "--cohort", table, "--out", tmp_path / "p.csv")
+    assert result.exit_code == 2 and "needs a 'path' column" in result.output

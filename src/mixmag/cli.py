@@ -383,8 +383,14 @@ def predict(
         trainer = load_trained(run)
         console.print(f"Run {run}: {describe_run(trainer)}", soft_wrap=True, highlight=False)
         if cohort is not None:
+            if not cohort.is_file():
+                _fail(f"{cohort}: cohort table not found")
             with cohort.open(newline="") as fh:
                 rows = [{k.strip(): (v or "").strip() for k, v in r.items() if k} for r in csv_module.DictReader(fh)]
+            needed = "slide" if stores is not None else "path"
+            if not rows or any(not r.get(needed) for r in rows):
+                _fail(f"{cohort}: needs a '{needed}' column filled on every row "
+                      f"({'slide ids of the stores in --stores' if stores is not None else 'the slide files'})")
         if stores is not None:
             if cohort is not None:
                 slides = [r["slide"] for r in rows]

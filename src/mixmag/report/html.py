@@ -219,8 +219,11 @@ def build_report(run: str | Path, timings: dict | None = None, *, heatmaps: bool
                      f"<td>{m['ci95'][0]:.3f} – {m['ci95'][1]:.3f}</td></tr>")
     parts.append("</table>")
     if splits:
-        parts.append("<h2>Cohort</h2><table><tr><th>split</th><th>specimens</th></tr>")
-        parts += [f"<tr><td>{e(k)}</td><td>{len(v)}</td></tr>" for k, v in splits.items()]
+        parts.append("<h2>Cohort</h2><table><tr><th>split</th><th>specimens</th><th>positive</th><th>slides</th></tr>")
+        slides_per_split = {name: sum(len(r["slides"].split(";")) for r in _read_predictions(run, name)) for name in ("tune", "test")}
+        for k, v in splits.items():
+            positive = metrics.get(k, {}).get("positive", "")
+            parts.append(f"<tr><td>{e(k)}</td><td>{len(v)}</td><td>{e(str(positive))}</td><td>{slides_per_split.get(k, '')}</td></tr>")
         parts.append("</table>")
     parts.append(f"<h2>ROC curves</h2><img alt='ROC curves' src='{_roc_figure(run, metrics)}'>")
     if metrics.get("history"):
