@@ -124,6 +124,8 @@ def draw_heatmaps(a: SlideAttribution, attrs: dict, out_dir: Path, *, top_k: int
     share, enrich = a.level_share, a.level_enrichment
     for i, name in enumerate(a.level_names):
         title = f"{name}: {100 * share[name]:.0f}% of {'attention' if a.method.startswith('AB') else 'attribution'}"
+        if not a.token_fraction.get(name):
+            title = f"{name}: not in this model's bags"
         if name in enrich and a.token_fraction.get(name, 0) < 1:
             title += f" ({enrich[name]:.2f}x uniform)"
         panels.append((title, a.level_maps[name], cell_px / 2**i))
