@@ -101,6 +101,18 @@ def test_predict_refuses_other_encoder_weights_and_reports_bad_slides(demo, tmp_
     with pytest.raises(RunMismatchError, match="newer than this mixmag"):
         load_trained(future)
     (future / "pipeline.json").write_text(json.dumps(pipeline))
+    assert pipeline["compute_dtype"] == "float32"  # embedded on CPU here
+    import h5py
+
+    from mixmag.eval.predict import precision_note
+
+    store = next((d / "out" / "stores").glob("*.h5"))
+    gpu_store = tmp_path / store.name
+    shutil.copy(store, gpu_store)
+    with h5py.File(gpu_store, "r+") as f:
+        f.attrs["compute_dtype"] = "bfloat16"
+    assert precision_note(trainer, {"a": store}) is None
+    assert "embedded in float32, these in bfloat16" in precision_note(trainer, {"a": store, "b": gpu_store})
     torch.save({"nonsense": torch.zeros(1)}, future / "best.pt")
     with pytest.raises(RunMismatchError, match="best.pt does not fit"):
         load_trained(future)

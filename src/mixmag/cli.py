@@ -416,6 +416,11 @@ def predict(
                 step = lambda r: progress.advance(task)  # noqa: E731
                 store_paths, problems = stores_from_slides(trainer, sources, work, encoder.to(dev), device=dev, workers=workers,
                                                            on_tiled=step, on_embedded=step)
+        from .eval.predict import precision_note
+
+        note = precision_note(trainer, store_paths)
+        if note:
+            console.print(f"[yellow]note: {note}[/]", soft_wrap=True, highlight=False)
         with _progress() as progress:
             task = progress.add_task("score + explain", total=len(store_paths))
             outcomes = score_slides(trainer, store_paths, work, heatmaps=heatmaps, top_k=top_k, method=attribution,

@@ -71,6 +71,17 @@ def check_stores_fit(trainer: Trainer, stores: dict[str, Path]) -> None:
                                    "tile and embed the slide with the run's settings")
 
 
+def precision_note(trainer: Trainer, stores: dict[str, Path]) -> str | None:
+    """Stores embedded in another precision than the training stores (bf16 on a GPU vs fp32 on a CPU)
+    score slightly differently; said, not refused."""
+    trained = (trainer.pipeline or {}).get("compute_dtype")
+    other = sorted({str(read_attrs(p).get("compute_dtype")) for p in stores.values() if p.is_file()} - {str(trained)})
+    if trained and other and other != ["None"]:
+        return (f"the run's stores were embedded in {trained}, these in {', '.join(other)}: scores differ from the same "
+                "slides' evaluation scores at that precision's rounding (embed on the same kind of device for identical scores)")
+    return None
+
+
 def use_stores(trainer: Trainer, stores: dict[str, Path], encoded_dir: Path | None = None) -> None:
     """Point the trainer's bags at new slides' stores. Runs on precomputed mixer outputs (patch / cls)
     get them made by the run's own mixer, into encoded_dir."""

@@ -75,9 +75,15 @@ def shard(sizes: list[int], world_size: int) -> list[list[int]]:
     return [sorted(p) for p in parts]
 
 
-def store_provenance(plan_path: Path, job: SlideJob, encoder: TileEncoder, mode: ReadMode) -> dict:
+def compute_dtype(device: torch.device) -> str:
+    """What the encoder computes in on this device (bf16 autocast on CUDA, fp32 elsewhere)."""
+    return "bfloat16" if device.type == "cuda" else "float32"
+
+
+def store_provenance(plan_path: Path, job: SlideJob, encoder: TileEncoder, mode: ReadMode, device: torch.device | None = None) -> dict:
     plan = job.plan
     return {
+        "compute_dtype": compute_dtype(device or torch.device("cpu")),
         "slide_id": job.slide_id,
         "slide_path": plan.slide.path,
         "slide_size_bytes": plan.slide.size_bytes,
@@ -136,7 +142,7 @@ def run_embed(
     for i in mine:
         path, plan = plans[i]
         job = SlideJob(plan.slide.slide_id, plan)
-        wanted = store_provenance(path, job, encoder, mode)
+        wanted = store_provenance(path, job, encoder, mode, device)
         target = store_path(out_dir, job.slide_id)
         if not force and store_is_current(target, wanted):
             results.append(EmbedResult(job.slide_id, "skipped", job.n_cells))
