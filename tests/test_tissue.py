@@ -115,3 +115,50 @@ def test_tissue_model_files(tmp_path):
         bad = tmp_path / "m.pkl"
         bad.write_bytes(b"x")
         load_tissue_model(bad)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")
+def test_plans_and_runs_remember_the_tissue_model(tmp_path):
+    import shutil
+    from types import SimpleNamespace
+
+    import torch
+    from typer.testing import CliRunner
+
+    from conftest import make_tissue_slide
+    from mixmag.cli import app
+    from mixmag.eval.predict import RunMismatchError
+    from mixmag.slides.tiling import load_plan
+    from mixmag.stages.predict import tissue_model_for_run
+
+    class Everything(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.ones_like(x[:, :1])
+
+    model = tmp_path / "tissue.pt"
+    torch.jit.script(Everything()).save(str(model))
+    slide = make_tissue_slide(tmp_path, "s.tiff", size=(2000, 1600))
+
+    def tile(*extra):
+        result = CliRunner().invoke(app, ["tile", str(slide), "--out", str(tmp_path / "tiles"), *extra])
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    assert "tiled" in tile()
+    assert "tiled in" in tile("--tissue-model", str(model))  # another tissue model: not the same plan
+    assert "skipped" in tile("--tissue-model", str(model))
+    recorded = load_plan(tmp_path / "tiles" / "s" / "plan.json").tissue_model
+    assert recorded.startswith(str(model.resolve())) and "#" in recorded
+    run = SimpleNamespace(pipeline={"tissue_model": recorded})
+    assert tissue_model_for_run(run) is not None
+    moved = tmp_path / "moved.pt"
+    shutil.move(model, moved)
+    with pytest.raises(RunMismatchError, match="--tissue-model PATH"):
+        tissue_model_for_run(run)
+    assert tissue_model_for_run(run, moved) is not None
+    other = tmp_path / "other.pt"
+    torch.jit.script(torch.nn.Identity()).save(str(other))
+    with pytest.raises(RunMismatchError, match="not the tissue model"):
+        tissue_model_for_run(run, other)
+    with pytest.raises(RunMismatchError, match="built-in tissue detector"):
+        tissue_model_for_run(SimpleNamespace(pipeline={"tissue_model": None}), other)

@@ -360,6 +360,7 @@ def predict(
     work: Annotated[Optional[Path], typer.Option(help="Tiles, stores, heatmaps of the new slides [next to --out: <name>_work/]; reused on reruns.")] = None,
     weights: Annotated[Optional[Path], typer.Option(help="The encoder weights the run was trained with (foundation models).")] = None,
     from_hub: Annotated[bool, typer.Option("--from-hub", help="Get the encoder weights from the Hugging Face hub.")] = False,
+    tissue_model: Annotated[Optional[Path], typer.Option(help="The tissue model the run's slides were tiled with, if it moved.")] = None,
     heatmaps: Annotated[bool, typer.Option("--heatmaps/--no-heatmaps", help="Draw attention maps per magnification and top tiles.")] = True,
     top_k: Annotated[int, typer.Option(help="Most attended tiles shown per magnification.")] = 4,
     attribution: Annotated[str, typer.Option(help="auto (AB-MIL attention; gradient x input for models weighing whole regions), attention or gradient.")] = "auto",
@@ -373,7 +374,7 @@ def predict(
 
     from .eval.predict import load_trained
     from .slides.sources import sources_from_paths, sources_from_table
-    from .stages.predict import describe_run, encoder_for_run, score_slides, stores_from_slides, write_outcomes
+    from .stages.predict import describe_run, encoder_for_run, score_slides, stores_from_slides, tissue_model_for_run, write_outcomes
 
     if attribution not in ("auto", "attention", "gradient"):
         _fail(f"--attribution {attribution!r}: use auto, attention or gradient")
@@ -408,6 +409,7 @@ def predict(
             else:
                 _fail("give slide files, --cohort CSV (with a 'path' column) or --stores DIR")
             encoder = encoder_for_run(trainer, weights=weights, from_hub=from_hub)
+            tissue = tissue_model_for_run(trainer, tissue_model)
             import torch
 
             dev = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -415,7 +417,7 @@ def predict(
                 task = progress.add_task("tile + embed", total=2 * len(sources))
                 step = lambda r: progress.advance(task)  # noqa: E731
                 store_paths, problems = stores_from_slides(trainer, sources, work, encoder.to(dev), device=dev, workers=workers,
-                                                           on_tiled=step, on_embedded=step)
+                                                           tissue_model=tissue, on_tiled=step, on_embedded=step)
         from .eval.predict import precision_note
 
         note = precision_note(trainer, store_paths)

@@ -98,7 +98,7 @@ def _attr(value):
 def pipeline_settings(attrs: dict) -> dict:
     """How a store was made, as far as new slides' stores must repeat it: the provenance that must
     match, plus the tiling parameters and read mode that produce it."""
-    return {k: attrs.get(k) for k in (*STORE_MUST_MATCH, "tiling_params", "read_mode", "context_size", "compute_dtype")}
+    return {k: attrs.get(k) for k in (*STORE_MUST_MATCH, "tiling_params", "read_mode", "context_size", "compute_dtype", "tissue_model")}
 
 
 def read_attrs(path: str | Path) -> dict:

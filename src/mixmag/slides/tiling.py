@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from .. import __version__
 from ..geometry import Box, CellGrid, LevelSpec
 from .reader import Slide
-from .tissue import TissueModel, TissueParams, cell_tissue_fractions, segment_tissue, window_fractions
+from .tissue import TissueModel, TissueParams, cell_tissue_fractions, segment_tissue, tissue_model_id, window_fractions
 
 PLAN_FORMAT_VERSION = 1
 PLAN_FILENAME = "plan.json"
@@ -98,6 +98,7 @@ class TilingPlan(BaseModel):
     context_tissue: list[float] = Field(default_factory=list)
     status: PlanStatus
     warnings: list[str] = Field(default_factory=list)
+    tissue_model: str | None = Field(None, description="the user tissue model used (file#digest), None for the built-in detector")
 
     @property
     def grid(self) -> CellGrid:
@@ -203,6 +204,7 @@ def make_plan(
         context_tissue=context_tissue,
         status=status,
         warnings=warnings,
+        tissue_model=tissue_model_id(tissue_model),
     )
     return plan, thumbnail, mask
 
@@ -228,8 +230,10 @@ def load_plan(path: str | Path) -> TilingPlan:
         raise ValueError(f"{path}: not a valid mixmag tiling plan ({exc.__class__.__name__}); delete it and re-run `mixmag tile`.") from exc
 
 
-def plan_is_current(path: str | Path, slide_path: str | Path, params: TilingParams, mpp_override: float | None, backend: str) -> bool:
-    """True when an existing plan was made from this very file with every same parameter."""
+def plan_is_current(
+    path: str | Path, slide_path: str | Path, params: TilingParams, mpp_override: float | None, backend: str, tissue_model: str | None = None
+) -> bool:
+    """True when an existing plan was made from this very file with every same parameter and tissue model."""
     try:
         plan = load_plan(path)
     except (FileNotFoundError, ValueError):
@@ -241,6 +245,7 @@ def plan_is_current(path: str | Path, slide_path: str | Path, params: TilingPara
     return (
         plan.format_version == PLAN_FORMAT_VERSION
         and plan.params == params
+        and plan.tissue_model == tissue_model
         and plan.slide.mpp_override == mpp_override
         and plan.slide.path == str(Path(slide_path).resolve())
         and plan.slide.size_bytes == stat.st_size

@@ -127,12 +127,32 @@ def window_fractions(cell_fractions: np.ndarray, size: int) -> np.ndarray:
     return (sums / size**2).astype(np.float32)
 
 
+def tissue_model_id(model: TissueModel | None) -> str | None:
+    """What identifies a tissue model in plans and stores: `<file>#<sha256[:16]>` for a loaded file,
+    the function's name for a callable, None for the built-in detector."""
+    if model is None:
+        return None
+    return getattr(model, "mixmag_id", None) or f"callable:{getattr(model, '__qualname__', type(model).__name__)}"
+
+
+def file_digest(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
 def load_tissue_model(path: str | Path) -> TissueModel:
     """A tissue model from an ONNX, torch.export (.pt2) or TorchScript file mapping (1, 3, H, W) float RGB in [0, 1] to
     (1, 1, H, W) or (1, H, W) probabilities (logits are not accepted: apply a sigmoid in the model)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: tissue model not found")
+    model = _load_tissue_model(path)
+    model.mixmag_id = f"{path.resolve()}#{file_digest(path)}"
+    return model
+
+
+def _load_tissue_model(path: Path) -> TissueModel:
     suffix = path.suffix.lower()
     if suffix == ".onnx":
         try:

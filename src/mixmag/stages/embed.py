@@ -98,6 +98,7 @@ def store_provenance(plan_path: Path, job: SlideJob, encoder: TileEncoder, mode:
         "region_size": plan.params.region_size,
         "context_size": plan.params.context_size,
         "tiling_params": plan.params.model_dump(),
+        "tissue_model": plan.tissue_model,
         "plan_digest": plan_digest(plan_path),
         "plan_path": str(Path(plan_path).resolve()),
         "read_mode": mode,

@@ -45,6 +45,32 @@ def encoder_for_run(trainer: Trainer, *, weights: Path | None = None, from_hub: 
     return encoder
 
 
+def tissue_model_for_run(trainer: Trainer, path: Path | None = None):
+    """The tissue model the run's slides were tiled with (None: the built-in detector): the recorded file, or
+    `path`, refused unless its digest is the recorded one."""
+    from ..slides.tissue import load_tissue_model
+
+    recorded = (trainer.pipeline or {}).get("tissue_model")
+    if recorded is None:
+        if path is not None:
+            raise RunMismatchError(f"{path}: the run's slides were tiled with the built-in tissue detector; drop --tissue-model")
+        return None
+    if recorded.startswith("callable:"):
+        raise RunMismatchError(f"the run's slides were tiled with a tissue model given from Python ({recorded}); "
+                               "tile and embed new slides the same way, then predict with --stores")
+    file, _, digest = recorded.rpartition("#")
+    candidate = Path(path or file)
+    if not candidate.is_file():
+        raise RunMismatchError(f"the run's slides were tiled with the tissue model {file}, which is not there; pass --tissue-model PATH")
+    try:
+        model = load_tissue_model(candidate)
+    except (ValueError, ImportError, OSError) as exc:
+        raise RunMismatchError(f"{candidate}: cannot load the run's tissue model ({exc})") from exc
+    if not model.mixmag_id.endswith(f"#{digest}"):
+        raise RunMismatchError(f"{candidate}: not the tissue model the run's slides were tiled with (digest {digest})")
+    return model
+
+
 def stores_from_slides(
     trainer: Trainer,
     sources: list[SlideSource],
@@ -53,6 +79,7 @@ def stores_from_slides(
     *,
     device: torch.device,
     workers: int = 2,
+    tissue_model=None,
     on_tiled: Callable | None = None,
     on_embedded: Callable | None = None,
 ) -> tuple[dict[str, Path], dict[str, str]]:
@@ -64,7 +91,7 @@ def stores_from_slides(
     params = TilingParams(**p["tiling_params"])
     problems: dict[str, str] = {}
     planned = []
-    for result in tile_slides(sources, work / "tiles", params, on_result=on_tiled):
+    for result in tile_slides(sources, work / "tiles", params, tissue_model=tissue_model, on_result=on_tiled):
         sid = result.source.slide_id
         if result.outcome == "failed":
             problems[sid] = result.error or "tiling failed"

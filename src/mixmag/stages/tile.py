@@ -14,7 +14,7 @@ from ..report.qc import regions_overlay, save_png, tissue_overlay
 from ..slides.reader import Slide
 from ..slides.sources import SlideSource
 from ..slides.tiling import TilingParams, TilingPlan, load_plan, make_plan, plan_is_current, plan_path, save_plan, write_text_atomic
-from ..slides.tissue import TissueModel
+from ..slides.tissue import TissueModel, tissue_model_id
 
 Outcome = Literal["tiled", "skipped", "failed"]
 SUMMARY_FILENAME = "tiling_summary.json"
@@ -61,7 +61,7 @@ def tile_slide(
     """Tile one slide into out_dir/<slide_id>/ (plan.json written last, atomically)."""
     start = time.perf_counter()
     target = plan_path(out_dir, source.slide_id)
-    if not force and plan_is_current(target, source.path, params, source.mpp, backend):
+    if not force and plan_is_current(target, source.path, params, source.mpp, backend, tissue_model_id(tissue_model)):
         return SlideResult(source, "skipped", plan=load_plan(target))
     with Slide(source.path, mpp=source.mpp, backend=backend) as slide:
         plan, thumbnail, mask = make_plan(slide, params, slide_id=source.slide_id, mpp_override=source.mpp, tissue_model=tissue_model)
