@@ -370,56 +370,29 @@ def predict(
     """Score new slides with a trained run: raw slides are tiled and embedded with the run's own settings
     (stores are checked against them), then slide and specimen scores, each magnification's share of the
     attention, and heatmaps over the slide."""
-    import csv as csv_module
-
-    from .eval.predict import load_trained
-    from .slides.sources import sources_from_paths, sources_from_table
-    from .stages.predict import describe_run, encoder_for_run, score_slides, stores_from_slides, tissue_model_for_run, write_outcomes
+    from .eval.predict import load_trained, precision_note
+    from .stages.predict import (SlideOutcome, describe_run, encoder_for_run, read_inputs, score_slides, stores_from_slides,
+                                 tissue_model_for_run, write_outcomes)
 
     if attribution not in ("auto", "attention", "gradient"):
         _fail(f"--attribution {attribution!r}: use auto, attention or gradient")
     work = work or out.with_name(f"{out.stem}_work")
-    specimen_of: dict[str, str] = {}
     try:
+        inputs = read_inputs(slides, cohort, stores)
         trainer = load_trained(run)
         console.print(f"Run {run}: {describe_run(trainer)}", soft_wrap=True, highlight=False)
-        if cohort is not None:
-            if not cohort.is_file():
-                _fail(f"{cohort}: cohort table not found")
-            with cohort.open(newline="") as fh:
-                rows = [{k.strip(): (v or "").strip() for k, v in r.items() if k} for r in csv_module.DictReader(fh)]
-            needed = "slide" if stores is not None else "path"
-            if not rows or any(not r.get(needed) for r in rows):
-                _fail(f"{cohort}: needs a '{needed}' column filled on every row "
-                      f"({'slide ids of the stores in --stores' if stores is not None else 'the slide files'})")
-        if stores is not None:
-            if cohort is not None:
-                slides = [r["slide"] for r in rows]
-                specimen_of = {r["slide"]: r.get("specimen") or r["slide"] for r in rows}
-            ids = slides or sorted(p.stem for p in stores.glob("*.h5"))
-            if not ids:
-                _fail(f"{stores}: no stores to predict")
-            store_paths, problems = {s: stores / f"{s}.h5" for s in ids}, {}
-        else:
-            if cohort is not None:
-                sources = sources_from_table(cohort)  # one per row, in order
-                specimen_of = {s.slide_id: r.get("specimen") or s.slide_id for s, r in zip(sources, rows)}
-            elif slides:
-                sources = sources_from_paths([Path(s) for s in slides])
-            else:
-                _fail("give slide files, --cohort CSV (with a 'path' column) or --stores DIR")
-            encoder = encoder_for_run(trainer, weights=weights, from_hub=from_hub)
-            tissue = tissue_model_for_run(trainer, tissue_model)
+        store_paths, problems = inputs.stores, {}
+        if inputs.sources:
             import torch
 
+            encoder = encoder_for_run(trainer, weights=weights, from_hub=from_hub)
+            tissue = tissue_model_for_run(trainer, tissue_model)
             dev = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
             with _progress() as progress:
-                task = progress.add_task("tile + embed", total=2 * len(sources))
+                task = progress.add_task("tile + embed", total=2 * len(inputs.sources))
                 step = lambda r: progress.advance(task)  # noqa: E731
-                store_paths, problems = stores_from_slides(trainer, sources, work, encoder.to(dev), device=dev, workers=workers,
+                store_paths, problems = stores_from_slides(trainer, inputs.sources, work, encoder.to(dev), device=dev, workers=workers,
                                                            tissue_model=tissue, on_tiled=step, on_embedded=step)
-        from .eval.predict import precision_note
-
         note = precision_note(trainer, store_paths)
         if note:
             console.print(f"[yellow]note: {note}[/]", soft_wrap=True, highlight=False)
@@ -429,21 +402,23 @@ def predict(
                                     on_slide=lambda o: progress.advance(task))
     except MixmagError as exc:
         _fail(str(exc))
-    from .stages.predict import SlideOutcome
-
     outcomes += [SlideOutcome(s, problem=p) for s, p in problems.items()]
     levels = list(next((o.level_share for o in outcomes if o.level_share), {}))
-    path = write_outcomes(out, outcomes, specimen_of, levels, trainer.config.specimen_score)
-    table = Table(title=f"Predictions ({trainer.config.bags} bags)")
+    path = write_outcomes(out, outcomes, inputs.specimen_of, levels, trainer.config.specimen_score)
+    _print_predictions(outcomes, levels, trainer.config.bags)
+    console.print(f"wrote {path}; tiles, stores and heatmaps in {work}/", soft_wrap=True)
+    if any(o.score is None for o in outcomes):
+        raise typer.Exit(1)
+
+
+def _print_predictions(outcomes, levels: list[str], bags: str) -> None:
+    table = Table(title=f"Predictions ({bags} bags)")
     for col in ("slide", "score", *[f"{n} share" for n in levels], "note"):
         table.add_column(col)
     for o in outcomes:
         table.add_row(o.slide_id, "" if o.score is None else f"{o.score:.4f}",
                       *[f"{100 * o.level_share[n]:.0f}%" if n in o.level_share else "" for n in levels], o.problem or "")
     console.print(table)
-    console.print(f"wrote {path}; tiles, stores and heatmaps in {work}/", soft_wrap=True)
-    if any(o.score is None for o in outcomes):
-        raise typer.Exit(1)
 
 
 @app.command()

@@ -32,6 +32,45 @@ class SlideOutcome:
     pictures: list[Path] = field(default_factory=list)
 
 
+@dataclass
+class PredictInputs:
+    """What to score: raw slide files (`sources`) or existing stores, and each slide's specimen."""
+
+    sources: list[SlideSource] = field(default_factory=list)
+    stores: dict[str, Path] = field(default_factory=dict)
+    specimen_of: dict[str, str] = field(default_factory=dict)
+
+
+def read_inputs(slides: list[str] | None, cohort: Path | None, stores_dir: Path | None) -> PredictInputs:
+    """Slide files or ids from the command line, or a cohort table ('path' for files, 'slide' with
+    --stores; optional 'specimen' and 'mpp'); malformed tables are errors naming the file."""
+    from ..errors import CohortError
+    from ..slides.sources import sources_from_paths, sources_from_table
+
+    rows: list[dict] = []
+    if cohort is not None:
+        if not cohort.is_file():
+            raise CohortError(f"{cohort}: cohort table not found")
+        with cohort.open(newline="") as fh:
+            rows = [{k.strip(): (v or "").strip() for k, v in r.items() if k} for r in csv.DictReader(fh)]
+        needed = "slide" if stores_dir is not None else "path"
+        if not rows or any(not r.get(needed) for r in rows):
+            what = "slide ids of the stores in --stores" if stores_dir is not None else "the slide files"
+            raise CohortError(f"{cohort}: needs a '{needed}' column filled on every row ({what})")
+    if stores_dir is not None:
+        ids = [r["slide"] for r in rows] or slides or sorted(p.stem for p in Path(stores_dir).glob("*.h5"))
+        if not ids:
+            raise CohortError(f"{stores_dir}: no stores to predict")
+        return PredictInputs(stores={s: Path(stores_dir) / f"{s}.h5" for s in ids},
+                             specimen_of={r["slide"]: r.get("specimen") or r["slide"] for r in rows})
+    if rows:
+        sources = sources_from_table(cohort)  # one per row, in order
+        return PredictInputs(sources, specimen_of={s.slide_id: r.get("specimen") or s.slide_id for s, r in zip(sources, rows)})
+    if slides:
+        return PredictInputs(sources_from_paths([Path(s) for s in slides]))
+    raise CohortError("give slide files, --cohort CSV (with a 'path' column) or --stores DIR")
+
+
 def encoder_for_run(trainer: Trainer, *, weights: Path | None = None, from_hub: bool = False):
     """The run's encoder, refused unless its weights are the ones the training stores were made with."""
     from ..encoders.model import build_encoder
