@@ -119,6 +119,32 @@ def _decode_attr(value):
     return value
 
 
+@dataclass
+class StoreIndex:
+    """Where a store's embeddings lie, without reading them: cells, windows, level names, provenance."""
+
+    rc: np.ndarray
+    windows: dict[str, np.ndarray]
+    level_names: list[str]
+    attrs: dict
+
+
+def read_index(path: str | Path) -> StoreIndex:
+    """The index of a store: cheap next to read_store on a large slide (no embeddings are read)."""
+    path = Path(path)
+    try:
+        with h5py.File(path, "r") as f:
+            attrs = {k: _decode_attr(v) for k, v in f.attrs.items()}
+            return StoreIndex(
+                rc=f["cells/rc"][()],
+                windows={name: f[f"windows/{name}"][()] for name in f.get("windows", {})},
+                level_names=list(attrs.get("level_names") or f["emb"]),
+                attrs=attrs,
+            )
+    except (OSError, KeyError) as exc:
+        raise StoreError(f"{path}: not a readable mixmag store ({type(exc).__name__}: {exc}); delete it and re-run `mixmag embed`.") from exc
+
+
 def read_store(path: str | Path, *, validate: bool = True) -> SlideStore:
     path = Path(path)
     if not path.is_file():

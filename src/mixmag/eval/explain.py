@@ -18,7 +18,7 @@ import torch
 from ..data.bags import TILE_MODES, region_bag
 from ..errors import MixmagError
 from ..geometry import token_slots
-from ..store import SlideStore, read_store
+from ..store import SlideStore, StoreIndex, read_index
 
 ATTENTION = "AB-MIL attention"
 GRADIENT = "gradient x input"
@@ -66,7 +66,7 @@ class _Layout:
     region: np.ndarray
 
 
-def tile_layout(store: SlideStore, mode: str) -> _Layout:
+def tile_layout(store: StoreIndex | SlideStore, mode: str) -> _Layout:
     """Instances of a tile bag ("5x", ..., "all"): cells in store order, sub-tiles row-major."""
     names = store.level_names
     levels = range(len(names)) if mode == "all" else [names.index(mode)]
@@ -81,7 +81,7 @@ def tile_layout(store: SlideStore, mode: str) -> _Layout:
     return _Layout(level, row, col, np.full(level.size, -1))
 
 
-def region_layout(store: SlideStore, region_level: str | None = None) -> _Layout:
+def region_layout(store: StoreIndex | SlideStore, region_level: str | None = None) -> _Layout:
     """Tokens of a region bag ((R, s) flattened): regions in store order, each in token_slots order."""
     t = int(store.attrs["region_size"])
     windows = store.windows["regions"].astype(np.int64).reshape(-1, 2)
@@ -96,7 +96,7 @@ def region_layout(store: SlideStore, region_level: str | None = None) -> _Layout
     return _Layout(level, row, col, region)
 
 
-def _maps(store: SlideStore, layout: _Layout, values: np.ndarray) -> dict[str, np.ndarray]:
+def _maps(store: StoreIndex | SlideStore, layout: _Layout, values: np.ndarray) -> dict[str, np.ndarray]:
     rows, cols = (int(store.rc[:, k].max(initial=-1)) + 1 for k in (0, 1))
     maps = {}
     for i, name in enumerate(store.level_names):
@@ -109,7 +109,7 @@ def _maps(store: SlideStore, layout: _Layout, values: np.ndarray) -> dict[str, n
     return maps
 
 
-def _region_weights_from_maps(store: SlideStore, maps: dict[str, np.ndarray]) -> np.ndarray:
+def _region_weights_from_maps(store: StoreIndex | SlideStore, maps: dict[str, np.ndarray]) -> np.ndarray:
     t = int(store.attrs.get("region_size") or 0)
     windows = store.windows.get("regions", np.zeros((0, 2))).astype(np.int64).reshape(-1, 2)
     out = np.zeros(len(windows))
@@ -120,7 +120,7 @@ def _region_weights_from_maps(store: SlideStore, maps: dict[str, np.ndarray]) ->
     return out
 
 
-def _token_fraction(store: SlideStore, layout: _Layout) -> dict[str, float]:
+def _token_fraction(store: StoreIndex | SlideStore, layout: _Layout) -> dict[str, float]:
     return {name: float(np.mean(layout.level == i)) for i, name in enumerate(store.level_names)}
 
 
@@ -131,7 +131,7 @@ def explain_slide(trainer, slide: str, store_path: Path, method: str = "auto") -
     "auto": attention where AB-MIL weighs tiles or tokens, gradient where it weighs whole regions."""
     config = trainer.config
     model = trainer.model.eval()
-    store = read_store(store_path)
+    store = read_index(store_path)  # the layout only: the bag already holds the embeddings
     bag = trainer.bags(slide).float()
     layout = tile_layout(store, config.bags) if config.bags in TILE_MODES else region_layout(store, config.region_level)
     pools_regions = config.bags == "cls" or (config.bags == "regions" and config.mixer is not None and config.mixer.output == "cls")

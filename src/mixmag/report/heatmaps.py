@@ -63,14 +63,20 @@ def top_tiles(a: SlideAttribution, level: int, k: int) -> list[tuple[int, int, f
     return [(int(i // m.shape[1]), int(i % m.shape[1]), float(m.ravel()[i])) for i in best]
 
 
-def tile_crop(slide: Slide, attrs: dict, level: int, row: int, col: int) -> np.ndarray:
-    """The level's tile at (row, col) of its grid, read at that level's mpp as the encoder read it."""
+def read_level_square(slide: Slide, attrs: dict, level: int, row: int, col: int, side: int = 1) -> np.ndarray:
+    """side x side tiles of a level's grid from (row, col), read at that level's mpp with the tiler's
+    tolerance, as the encoder saw them."""
     unit = float(attrs["cell_px"]) / 2**level
     params = attrs.get("tiling_params") or {}
-    box = Box(col * unit, row * unit, (col + 1) * unit, (row + 1) * unit)
-    px = int(attrs["tile_px"])
+    box = Box(col * unit, row * unit, (col + side) * unit, (row + side) * unit)
+    px = int(attrs["tile_px"]) * side
     return slide.read_box(box, float(attrs["level_mpps"][level]), (px, px),
                           tolerance=params.get("mpp_tolerance", 0.05), allow_upsample=params.get("allow_upsample", False))
+
+
+def tile_crop(slide: Slide, attrs: dict, level: int, row: int, col: int) -> np.ndarray:
+    """The level's tile at (row, col) of its grid."""
+    return read_level_square(slide, attrs, level, row, col)
 
 
 def top_regions(a: SlideAttribution, k: int) -> list[tuple[int, int, float]]:
@@ -82,11 +88,8 @@ def top_regions(a: SlideAttribution, k: int) -> list[tuple[int, int, float]]:
 def region_views(slide: Slide, attrs: dict, a: SlideAttribution, row: int, col: int) -> list[tuple[np.ndarray, str]]:
     """One region at each magnification: the whole region at the coarsest level (the most attended
     finer tiles outlined), then the most attended tile of each finer level inside it, as read."""
-    t, cell_px, px = a.region_size, float(attrs["cell_px"]), int(attrs["tile_px"])
-    params = attrs.get("tiling_params") or {}
-    box = Box(col * cell_px, row * cell_px, (col + t) * cell_px, (row + t) * cell_px)
-    whole = slide.read_box(box, float(attrs["level_mpps"][0]), (t * px, t * px),
-                           tolerance=params.get("mpp_tolerance", 0.05), allow_upsample=params.get("allow_upsample", False)).copy()
+    t, px = a.region_size, int(attrs["tile_px"])
+    whole = read_level_square(slide, attrs, 0, row, col, t).copy()
     views = [(whole, f"{a.level_names[0]}: region ({row}, {col})")]
     import cv2
 
