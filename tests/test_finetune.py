@@ -232,3 +232,25 @@ def test_random_mixer_over_one_magnification(cohort_dir, tmp_path, level, tokens
     assert trainer.model.mixer.pos_embed.shape[1] == tokens
     metrics = trainer.fit()
     assert 0 <= metrics["test"]["auroc"] <= 1
+
+
+def test_a_cohort_mixing_encoders_is_refused_and_mixed_precision_is_said(cohort_dir, tmp_path):
+    import json
+    import shutil
+
+    import h5py
+
+    from mixmag.store import MixedStoresWarning, StoreError
+
+    stores = tmp_path / "stores"
+    shutil.copytree(cohort_dir / "stores", stores)
+    files = sorted(stores.glob("*.h5"))
+    with h5py.File(files[3], "a") as f:
+        f.attrs["compute_dtype"] = "bfloat16"  # embedded on a GPU, the rest on a CPU: said, trained
+    with pytest.warns(MixedStoresWarning, match=f"compute_dtype .*bfloat16.* in 1 store.*{files[3].name}"):
+        run_training(config(cohort_dir, tmp_path / "run", stores=str(stores), epochs=1))
+    assert json.loads((tmp_path / "run" / "pipeline.json").read_text())["compute_dtype"] != "bfloat16"  # the common one
+    with h5py.File(files[5], "a") as f:
+        f.attrs["encoder"] = "another-encoder"  # another embedding space: refused, the file named
+    with pytest.raises(StoreError, match=f"encoder: .*another-encoder.* in 1 store.*{files[5].name}.*re-embed"):
+        Trainer(config(cohort_dir, tmp_path / "run2", stores=str(stores)))

@@ -112,18 +112,19 @@ def tile(
         raise typer.Exit(1)
 
 
-def _start_distributed(device: str | None):
-    """Rank info from torchrun's environment, this rank's device, and the process group (if > 1 rank)."""
+def _start_distributed(device: str | None, process_group: bool = True):
+    """Rank info from torchrun's environment, this rank's device, and the process group (if > 1 rank
+    and the stage's ranks talk to each other)."""
     import torch
 
     from .stages.embed import dist_from_env
 
     dist = dist_from_env()
     dev = torch.device(device) if device else torch.device(f"cuda:{dist.local_rank}" if torch.cuda.is_available() else "cpu")
-    if dist.active:
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    if dist.active and process_group:
         torch.distributed.init_process_group("nccl" if dev.type == "cuda" else "gloo")
-        if dev.type == "cuda":
-            torch.cuda.set_device(dev)
     return dist, dev
 
 
@@ -178,9 +179,9 @@ def embed(
 
     from .encoders.model import build_encoder
     from .slides.sources import sources_from_table
-    from .stages.embed import find_plans, run_embed
+    from .stages.embed import find_plans, gather_results, run_embed
 
-    dist, dev = _start_distributed(device)
+    dist, dev = _start_distributed(device, process_group=False)
     try:
         slide_ids = [s.slide_id for s in sources_from_table(cohort)] if cohort else None
         plan_paths = find_plans(plans, slide_ids)
@@ -205,11 +206,7 @@ def embed(
             dist=dist, force=force, on_start=lambda n: progress.update(task, total=n),
             on_batch=lambda n: progress.advance(task, n), on_result=report,
         )
-    if dist.active:
-        gathered = [None] * dist.world_size
-        torch.distributed.all_gather_object(gathered, results)
-        torch.distributed.destroy_process_group()
-        results = [r for part in gathered for r in part]
+    results = gather_results(results, dist)
     counts = {k: sum(r.outcome == k for r in results) for k in ("embedded", "skipped", "failed")}
     say(f"Done: {counts['embedded']} embedded, {counts['skipped']} skipped, {counts['failed']} failed. Stores in {out}/", soft_wrap=True)
     if counts["failed"]:

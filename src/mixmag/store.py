@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,8 +26,16 @@ STORE_SUFFIX = ".h5"
 STORE_MUST_MATCH = ("encoder", "encoder_weights_digest", "encoder_output", "embedding_dim", "level_mpps", "tile_px", "region_size")
 
 
+# how pixels were read, tissue found and the encoder run: stores that differ here still share one embedding space
+STORE_SHOULD_MATCH = ("tiling_params", "read_mode", "context_size", "compute_dtype", "tissue_model")
+
+
 class StoreError(MixmagError):
     pass
+
+
+class MixedStoresWarning(UserWarning):
+    """Stores of one cohort made with different tiling, read mode, tissue model or precision."""
 
 
 @dataclass
@@ -98,7 +108,34 @@ def _attr(value):
 def pipeline_settings(attrs: dict) -> dict:
     """How a store was made, as far as new slides' stores must repeat it: the provenance that must
     match, plus the tiling parameters and read mode that produce it."""
-    return {k: attrs.get(k) for k in (*STORE_MUST_MATCH, "tiling_params", "read_mode", "context_size", "compute_dtype", "tissue_model")}
+    return {k: attrs.get(k) for k in (*STORE_MUST_MATCH, *STORE_SHOULD_MATCH)}
+
+
+def shared_settings(paths: Sequence[str | Path]) -> dict:
+    """The pipeline settings a set of stores (a cohort, a pretraining folder) has in common.
+
+    Refuses stores made with another encoder, weights, output, levels, tile or region size: their
+    embeddings live in different spaces, and one model over them would be silently wrong. Warns
+    where they differ only in tiling, read mode, tissue model or precision; the most common value is kept."""
+    settings = [pipeline_settings(read_attrs(p)) for p in paths]
+    if not settings:
+        raise StoreError("no stores given")
+    kept = {}
+    for key in (*STORE_MUST_MATCH, *STORE_SHOULD_MATCH):
+        groups: dict[str, list[Path]] = {}
+        for path, s in zip(paths, settings):
+            groups.setdefault(json.dumps(s[key], sort_keys=True), []).append(Path(path))
+        common = max(groups, key=lambda v: len(groups[v]))
+        kept[key] = json.loads(common)
+        if len(groups) == 1:
+            continue
+        detail = "; ".join(f"{v} in {len(g)} store(s), e.g. {g[0]}" for v, g in sorted(groups.items(), key=lambda i: -len(i[1])))
+        if key in STORE_MUST_MATCH:
+            raise StoreError(f"the stores were made differently ({key}: {detail}); embeddings of different encoders or "
+                             "tilings cannot be mixed: re-tile/re-embed the odd ones with the others' settings "
+                             "(`mixmag embed --force`), or keep them in separate folders")
+        warnings.warn(MixedStoresWarning(f"the stores differ in {key} ({detail}); recorded for prediction: {common}"), stacklevel=2)
+    return kept
 
 
 def read_attrs(path: str | Path) -> dict:

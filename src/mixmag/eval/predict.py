@@ -14,7 +14,7 @@ import torch
 from .. import __version__
 from ..data.bags import BagCache
 from ..errors import MixmagError
-from ..store import STORE_MUST_MATCH, pipeline_settings, read_attrs
+from ..store import STORE_MUST_MATCH, read_attrs
 from ..train.finetune import PIPELINE_FILENAME, RUN_FORMAT_VERSION, TrainConfig, Trainer
 
 
@@ -49,7 +49,7 @@ def load_trained(run: str | Path) -> Trainer:
     pipeline = load_pipeline(run)
     trainer = Trainer(config, pipeline=pipeline)  # without pipeline.json (older runs): rebuilt from the training stores
     if pipeline is None:
-        trainer.pipeline = {"run_format": RUN_FORMAT_VERSION} | pipeline_settings(read_attrs(next(iter(trainer.cohort.stores.values()))))
+        trainer.pipeline = {"run_format": RUN_FORMAT_VERSION} | trainer.store_settings
     try:
         trainer.model.load_state_dict(torch.load(run / "best.pt", weights_only=True))
     except RuntimeError as exc:

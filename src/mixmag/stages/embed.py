@@ -7,9 +7,11 @@ is (re)written atomically, so a run killed midway restarts where it stopped.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +51,24 @@ class DistInfo:
 def dist_from_env() -> DistInfo:
     """Rank and world size as torchrun sets them (1 process when absent)."""
     return DistInfo(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def gather_results(results: list[EmbedResult], dist: DistInfo) -> list[EmbedResult]:
+    """Every rank's outcomes, on rank 0 (other ranks get their own back), through torchrun's store.
+
+    Shards never exchange tensors, so embedding starts no process group: a gloo group's worker
+    threads could outlive the interpreter at exit and abort a rank that had finished its work.
+    Ranks may finish hours apart, so rank 0 waits for days rather than a collective's 30 minutes."""
+    if not dist.active:
+        return results
+    store, _, _ = next(torch.distributed.rendezvous("env://", rank=dist.rank, world_size=dist.world_size))
+    store = torch.distributed.PrefixStore("mixmag-embed-results", store)
+    store.set(str(dist.rank), json.dumps([asdict(r) for r in results]))
+    if dist.rank != 0:
+        return results
+    keys = [str(r) for r in range(dist.world_size)]
+    store.wait(keys, timedelta(days=7))
+    return [EmbedResult(**row) for key in keys for row in json.loads(store.get(key))]
 
 
 def find_plans(plans_dir: Path, slide_ids: list[str] | None = None) -> list[Path]:

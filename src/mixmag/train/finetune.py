@@ -25,7 +25,7 @@ from ..errors import ConfigError
 from ..eval.metrics import auroc, bootstrap_auroc, specimen_scores
 from ..models.mixer import MixerConfig, RegionMixer, mixer_config
 from ..models.slide import SlideModel
-from ..store import pipeline_settings, read_attrs
+from ..store import pipeline_settings, read_attrs, shared_settings
 from .optim import layer_decay_groups
 
 PIPELINE_FILENAME = "pipeline.json"  # how the run's stores were made (tiling, encoder), for prediction
@@ -127,12 +127,14 @@ class Trainer:
         torch.manual_seed(config.seed)
         if pipeline is None:
             self.cohort: Cohort | None = load_cohort(config.cohort, config.stores)
+            self.store_settings = shared_settings(list(self.cohort.stores.values()))
             self.bags = BagCache(config.bags, self.cohort.stores, Path(config.encoded) if config.encoded else None, config.region_level)
             first = next(iter(self.cohort.specimens.values())).slides[0]
             bag_dim = int(self.bags(first).shape[-1])
             mixer = self._new_mixer(read_attrs(self.cohort.stores[first]), bag_dim) if config.bags == "regions" else None
         else:
             self.cohort = None
+            self.store_settings = pipeline_settings(pipeline)
             self.bags = BagCache(config.bags, {}, None, config.region_level)
             bag_dim = int(pipeline["bag_dim"])
             mixer = RegionMixer(MixerConfig(**pipeline["mixer"])) if pipeline.get("mixer") else None
@@ -236,7 +238,7 @@ class Trainer:
         pipeline = {"run_format": RUN_FORMAT_VERSION, "mixmag_version": __version__, "torch_version": torch.__version__,
                     "bag_dim": self.model.abmil.classifier.in_features if self.model.mixer is None else self.model.mixer.config.in_dim,
                     "mixer": asdict(self.model.mixer.config) if self.model.mixer is not None else None}
-        pipeline |= pipeline_settings(read_attrs(next(iter(self.cohort.stores.values()))))
+        pipeline |= self.store_settings
         if c.encoded:
             from ..stages.encode import encoded_mixer_weights
 
