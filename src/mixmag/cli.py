@@ -390,6 +390,7 @@ def predict(
                 step = lambda r: progress.advance(task)  # noqa: E731
                 store_paths, problems = stores_from_slides(trainer, inputs.sources, work, encoder.to(dev), device=dev, workers=workers,
                                                            tissue_model=tissue, on_tiled=step, on_embedded=step)
+                progress.update(task, completed=2 * len(inputs.sources))  # slides that failed tiling have no embed step
         note = precision_note(trainer, store_paths)
         if note:
             console.print(f"[yellow]note: {note}[/]", soft_wrap=True, highlight=False)
