@@ -110,3 +110,28 @@ def test_two_ranks_under_torchrun_keep_identical_weights(stores, tmp_path):
     log = rows(tmp_path / "run")
     assert [int(r["step"]) for r in log] == list(range(1, 9))
     assert all(float(r["replica_max_diff"]) == 0.0 for r in log)
+
+
+def test_a_mixer_reads_only_the_embedding_space_it_was_pretrained_in(stores, tmp_path):
+    import json
+
+    from mixmag.stages.encode import encode_stores
+    from mixmag.store import StoreError
+    from mixmag.train.finetune import MixerSetting, build_mixer
+
+    run_pretraining(tiny(stores, tmp_path / "run", steps=2, log_every=1), device=CPU)
+    weights = tmp_path / "run" / "mixer.safetensors"
+    assert json.loads((tmp_path / "run" / "mixer.json").read_text())["stores"]["encoder_weights_digest"] == "projection-1234"
+    same = encode_stores(sorted(stores.glob("*.h5"))[:1], weights, tmp_path / "encoded")
+    assert len(same) == 1
+    other = tmp_path / "other"
+    other.mkdir()
+    write_store(other / "x.h5", synthetic_store("x", seed=1, n_rows=10, n_cols=10, context=5, projection_seed=7))
+    with pytest.raises(ConfigError, match=r"mixer.safetensors: pretrained on stores made differently .*encoder_weights_digest: "
+                                          r"mixer 'projection-1234' vs stores 'projection-7'"):
+        encode_stores([other / "x.h5"], weights, tmp_path / "encoded2")
+    with pytest.raises(ConfigError, match="projection-7"):  # fine-tuning from it: the same refusal
+        build_mixer(MixerSetting(init="pretrained", weights=str(weights)), 32, 3, 3, {"encoder_weights_digest": "projection-7"})
+    write_store(other / "y.h5", synthetic_store("y", seed=2, n_rows=10, n_cols=10, context=5))  # the first space
+    with pytest.raises(StoreError, match="encoder_weights_digest.*y.h5"):  # a folder mixing two spaces: refused before training
+        run_pretraining(tiny(other, tmp_path / "run2", steps=2), device=CPU)

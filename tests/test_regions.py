@@ -6,7 +6,7 @@ from torch.utils.data import DataLoader
 from mixmag.data.regions import RegionSamplingConfig, RegionStream, RegionTable, assemble_region, index_stores
 from mixmag.errors import ConfigError
 from mixmag.geometry import crop_indices, token_slots
-from mixmag.store import SlideStore, StoreError, write_store
+from mixmag.store import SlideStore, write_store
 from mixmag.synth.stores import synthetic_store
 
 
@@ -88,13 +88,3 @@ def test_index_errors(store_files):
         index_stores(store_files, RegionSamplingConfig(t=3, context=7))
     with pytest.raises(ConfigError, match="larger than the context"):
         RegionSamplingConfig(t=5, context=3)
-
-
-def test_stores_of_another_encoder_are_refused_for_pretraining(store_files, tmp_path):
-    import h5py
-
-    odd = write_store(tmp_path / "odd.h5", synthetic_store("odd", seed=9, n_rows=7, n_cols=7, dim=8, context=5))
-    with h5py.File(odd, "a") as f:
-        f.attrs["encoder_weights_digest"] = "another-model"
-    with pytest.raises(StoreError, match=r"encoder_weights_digest: .* in 5 store\(s\).*in 1 store\(s\), e.g. .*odd.h5"):
-        index_stores([*store_files, odd], RegionSamplingConfig(t=3, context=5))

@@ -19,7 +19,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from ..errors import ConfigError
 from ..geometry import crop_indices, region_permutation, sequence_length, token_slots
-from ..store import SlideStore, StoreError, read_store, shared_settings
+from ..store import SlideStore, StoreError, read_store
 
 
 @dataclass(frozen=True)
@@ -104,11 +104,8 @@ class StoreEntry:
 
 
 def index_stores(paths: Sequence[Path], config: RegionSamplingConfig) -> tuple[list[StoreEntry], int, int]:
-    """Read every store's header and window list (not its embeddings): usable slides, D and levels.
-    Stores of different encoders or tilings are refused (store.shared_settings)."""
+    """Read every store's header and window list (not its embeddings): usable slides, D and levels."""
     import h5py
-
-    shared_settings(paths)
 
     size = config.context or config.t
     kind = "contexts" if config.context else "regions"

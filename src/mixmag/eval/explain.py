@@ -189,7 +189,7 @@ def _gradient_x_input(trainer, inputs: torch.Tensor) -> tuple[torch.Tensor, np.n
 
 
 def _encoded_mixer(trainer):
-    from ..stages.encode import load_mixer
+    from ..train.mixer_file import load_mixer
     from .predict import encoded_mixer
 
     mixer, _ = load_mixer(encoded_mixer(trainer))

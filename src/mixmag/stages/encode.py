@@ -3,8 +3,6 @@ contextualized (patch) and compressed (cls) region embeddings per slide for slid
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from pathlib import Path
 
@@ -14,20 +12,8 @@ import torch
 
 from ..data.bags import region_bag
 from ..errors import ConfigError
-from ..models.mixer import MixerConfig, RegionMixer
-
-
-def load_mixer(weights: str | Path) -> tuple[RegionMixer, str]:
-    from safetensors.torch import load_file
-
-    weights = Path(weights)
-    meta = weights.with_name("mixer.json")
-    if not weights.is_file() or not meta.is_file():
-        raise ConfigError(f"{weights}: needs mixer.safetensors and mixer.json from `mixmag pretrain`")
-    mixer = RegionMixer(MixerConfig(**json.loads(meta.read_text())["mixer"]))
-    mixer.load_state_dict(load_file(str(weights)), strict=True)
-    digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:16]
-    return mixer.eval(), digest
+from ..store import shared_settings
+from ..train.mixer_file import load_mixer
 
 
 def encoded_mixer_weights(encoded_dir: Path) -> Path:
@@ -45,7 +31,7 @@ def encoded_mixer_weights(encoded_dir: Path) -> Path:
 @torch.no_grad()
 def encode_stores(stores: list[Path], weights: Path, out_dir: Path, *, batch: int = 64, device: torch.device | None = None, on_slide=None) -> list[Path]:
     device = device or torch.device("cpu")
-    mixer, digest = load_mixer(weights)
+    mixer, digest = load_mixer(weights, shared_settings(stores) if stores else None)
     mixer.to(device)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []

@@ -98,20 +98,16 @@ def load_train_config(path: str | Path, overrides: dict | None = None) -> TrainC
         raise ConfigError(f"{path}: invalid training config:\n{exc}") from exc
 
 
-def build_mixer(setting: MixerSetting, in_dim: int, t: int, n_levels: int) -> RegionMixer:
+def build_mixer(setting: MixerSetting, in_dim: int, t: int, n_levels: int, stores: dict | None = None) -> RegionMixer:
+    """A fresh mixer of a preset, or a pretrained one (refused when `stores`, the cohort's shared
+    settings, were made unlike the stores it was pretrained on)."""
     if setting.init == "pretrained":
-        from safetensors.torch import load_file
+        from .mixer_file import load_mixer
 
-        weights = Path(setting.weights)
-        meta = weights.with_name("mixer.json")
-        if not weights.is_file() or not meta.is_file():
-            raise ConfigError(f"{weights}: pretrained mixer not found (needs mixer.safetensors and mixer.json from `mixmag pretrain`)")
-        cfg = json.loads(meta.read_text())["mixer"]
-        if cfg["in_dim"] != in_dim:
-            raise ConfigError(f"{weights}: the mixer takes {cfg['in_dim']}-d embeddings but the stores hold {in_dim}-d ones")
-        mixer = RegionMixer(MixerConfig(**cfg))
-        mixer.load_state_dict(load_file(str(weights)), strict=True)
-        return mixer
+        mixer, _ = load_mixer(setting.weights, stores)
+        if mixer.config.in_dim != in_dim:
+            raise ConfigError(f"{setting.weights}: the mixer takes {mixer.config.in_dim}-d embeddings but the stores hold {in_dim}-d ones")
+        return mixer.train()
     return RegionMixer(mixer_config(setting.preset, **(setting.overrides | {"in_dim": in_dim, "t": t, "n_levels": n_levels})))
 
 
@@ -148,7 +144,7 @@ class Trainer:
         level = self.config.region_level
         if level is not None:  # one level: a (t 2^i) x (t 2^i) grid of that level's tiles
             t, n_levels = t * 2 ** store_attrs["level_names"].index(level), 1
-        return build_mixer(self.config.mixer, in_dim, t, n_levels)
+        return build_mixer(self.config.mixer, in_dim, t, n_levels, self.store_settings)
 
     # -- one step ----------------------------------------------------------------------------
     def slide_logits(self, slides: list[str]) -> torch.Tensor:

@@ -25,7 +25,8 @@ from ..data.regions import RegionSamplingConfig, RegionStream, index_stores
 from ..errors import ConfigError
 from ..models.mem import MEMPretrainer, n_masked
 from ..models.mixer import MixerConfig, mixer_config
-from ..store import STORE_SUFFIX
+from ..store import STORE_SUFFIX, shared_settings
+from .mixer_file import export_mixer
 from .optim import param_groups, warmup_cosine
 
 CHECKPOINT = "checkpoints/last.pt"
@@ -115,7 +116,9 @@ def run_pretraining(config: PretrainConfig, *, device: torch.device, rank: int =
     local_batch = config.batch_size // world_size
     sampling = RegionSamplingConfig(t=config.t, context=config.context, per_slide=config.per_slide, pool=config.pool,
                                     batch_size=local_batch, seed=config.seed, augment=config.augment)
-    entries, in_dim, n_levels = index_stores(store_paths(config.stores), sampling)
+    paths = store_paths(config.stores)
+    settings = shared_settings(paths)  # refuses a folder mixing encoders or tilings
+    entries, in_dim, n_levels = index_stores(paths, sampling)
     torch.manual_seed(config.seed)
     model, mixer_cfg = build_model(config, in_dim, n_levels)
     model.to(device)
@@ -182,7 +185,7 @@ def run_pretraining(config: PretrainConfig, *, device: torch.device, rank: int =
                 torch.distributed.barrier()
     logger.close()
     if rank == 0:
-        export_mixer(out, model, mixer_cfg, config)
+        export_mixer(out, model.encoder, mixer_cfg, config.model_dump(), settings)
     return last
 
 
@@ -295,18 +298,6 @@ def _resume(path: Path, config: PretrainConfig, model, optimizer, scaler, world_
     optimizer.load_state_dict(state["optimizer"])
     scaler.load_state_dict(state["scaler"])
     return int(state["step"])
-
-
-def export_mixer(out: Path, model: MEMPretrainer, mixer_cfg: MixerConfig, config: PretrainConfig) -> Path:
-    """The encoder alone (decoder and projector are pretraining artefacts): safetensors + its config."""
-    from safetensors.torch import save_file
-
-    path = out / "mixer.safetensors"
-    tmp = path.with_name(f".{path.name}.partial")
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.encoder.state_dict().items()}, str(tmp))
-    os.replace(tmp, path)
-    (out / "mixer.json").write_text(json.dumps({"mixer": asdict(mixer_cfg), "pretraining": config.model_dump(), "mixmag_version": __version__}, indent=1))
-    return path
 
 
 class RunLogger:

@@ -1,0 +1,66 @@
+"""A pretrained region mixer on disk: mixer.safetensors (the encoder's weights) and mixer.json
+(its architecture, the pretraining config, and how the stores it learned from were made).
+
+The stores' provenance travels with the mixer because a mixer only understands the embedding space it
+was pretrained in: applied to another encoder's (or other weights') embeddings of the same width it
+would run without error and produce noise.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from .. import __version__
+from ..errors import ConfigError
+from ..models.mixer import MixerConfig, RegionMixer
+from ..store import STORE_MUST_MATCH
+
+MIXER_WEIGHTS = "mixer.safetensors"
+MIXER_META = "mixer.json"
+
+
+def export_mixer(out: Path, encoder: torch.nn.Module, mixer_cfg: MixerConfig, pretraining: dict, stores: dict) -> Path:
+    """Write the mixer (safetensors, atomically) and its mixer.json; `stores` is store.shared_settings."""
+    from safetensors.torch import save_file
+
+    path = out / MIXER_WEIGHTS
+    tmp = path.with_name(f".{path.name}.partial")
+    save_file({k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}, str(tmp))
+    os.replace(tmp, path)
+    meta = {"mixer": asdict(mixer_cfg), "pretraining": pretraining, "stores": {k: stores.get(k) for k in STORE_MUST_MATCH},
+            "mixmag_version": __version__}
+    (out / MIXER_META).write_text(json.dumps(meta, indent=1))
+    return path
+
+
+def load_mixer(weights: str | Path, stores: dict | None = None) -> tuple[RegionMixer, str]:
+    """The mixer (strictly loaded, eval mode) and a digest of its weights. With `stores` (the settings
+    of the stores it is about to read), refuses stores made unlike its pretraining stores."""
+    from safetensors.torch import load_file
+
+    weights = Path(weights)
+    meta_path = weights.with_name(MIXER_META)
+    if not weights.is_file() or not meta_path.is_file():
+        raise ConfigError(f"{weights}: pretrained mixer not found (needs {MIXER_WEIGHTS} and {MIXER_META} from `mixmag pretrain`)")
+    meta = json.loads(meta_path.read_text())
+    if stores is not None:
+        check_stores_fit_mixer(weights, meta.get("stores") or {}, stores)
+    mixer = RegionMixer(MixerConfig(**meta["mixer"]))
+    mixer.load_state_dict(load_file(str(weights)), strict=True)
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:16]
+    return mixer.eval(), digest
+
+
+def check_stores_fit_mixer(weights: Path, pretrained_on: dict, stores: dict) -> None:
+    """Mixers from before provenance was recorded (no "stores" in mixer.json) are not checked."""
+    different = [k for k in STORE_MUST_MATCH if pretrained_on.get(k) is not None and stores.get(k) != pretrained_on[k]]
+    if different:
+        detail = "; ".join(f"{k}: mixer {pretrained_on[k]!r} vs stores {stores.get(k)!r}" for k in different)
+        raise ConfigError(f"{weights}: pretrained on stores made differently from these ({detail}); a mixer only reads "
+                          "the embeddings it was pretrained on: pretrain on these stores, or embed them like its own")
