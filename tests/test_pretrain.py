@@ -135,3 +135,25 @@ def test_a_mixer_reads_only_the_embedding_space_it_was_pretrained_in(stores, tmp
     write_store(other / "y.h5", synthetic_store("y", seed=2, n_rows=10, n_cols=10, context=5))  # the first space
     with pytest.raises(StoreError, match="encoder_weights_digest.*y.h5"):  # a folder mixing two spaces: refused before training
         run_pretraining(tiny(other, tmp_path / "run2", steps=2), device=CPU)
+
+
+def test_a_process_group_ends_with_its_threads(tmp_path):
+    """destroy_process_group() must stop gloo's threads: one that is still releasing a tensor when the
+    interpreter finalises aborts the process (seen as a rare SIGABRT of a finished rank)."""
+    script = tmp_path / "rank.py"
+    script.write_text(
+        "import os, torch\n"
+        "from mixmag.cli import _start_distributed\n"
+        "_start_distributed('cpu')\n"
+        "import timm  # noqa: F401 - imports torch._dynamo after the group exists, as the stages do\n"
+        "out = [None, None]\n"
+        "torch.distributed.all_gather_object(out, os.environ['RANK'])\n"
+        "torch.distributed.destroy_process_group()\n"
+        "names = {open(f'/proc/self/task/{t}/comm').read().strip() for t in os.listdir('/proc/self/task')}\n"
+        "print('gathered', out, 'gloo threads left', sorted(n for n in names if 'gloo' in n))\n"
+    )
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("gathered ['0', '1'] gloo threads left []") == 2, result.stdout

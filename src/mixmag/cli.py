@@ -124,6 +124,10 @@ def _start_distributed(device: str | None, process_group: bool = True):
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     if dist.active and process_group:
+        # torch._dynamo (imported by timm) keeps references to a group that exists when it is first imported, and a
+        # group that outlives destroy_process_group() keeps gloo threads that can abort the process at exit
+        import torch._dynamo  # noqa: F401
+
         torch.distributed.init_process_group("nccl" if dev.type == "cuda" else "gloo")
     return dist, dev
 
