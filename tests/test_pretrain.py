@@ -150,7 +150,8 @@ def test_a_process_group_ends_with_its_threads(tmp_path):
         "torch.distributed.all_gather_object(out, os.environ['RANK'])\n"
         "torch.distributed.destroy_process_group()\n"
         "names = {open(f'/proc/self/task/{t}/comm').read().strip() for t in os.listdir('/proc/self/task')}\n"
-        "print('gathered', out, 'gloo threads left', sorted(n for n in names if 'gloo' in n))\n"
+        "left = sorted(n for n in names if 'gloo' in n)\n"
+        "os.write(1, f'gathered {out} gloo threads left {left}\\n'.encode())  # one write: ranks share the pipe\n"
     )
     env = os.environ | {"OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)]
