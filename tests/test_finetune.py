@@ -249,6 +249,14 @@ def test_a_cohort_mixing_encoders_is_refused_and_mixed_precision_is_said(cohort_
         f.attrs["compute_dtype"] = "bfloat16"  # embedded on a GPU, the rest on a CPU: said, trained
     with pytest.warns(MixedStoresWarning, match=f"compute_dtype .*bfloat16.* in 1 store.*{files[3].name}"):
         run_training(config(cohort_dir, tmp_path / "run", stores=str(stores), epochs=1))
+    from typer.testing import CliRunner
+
+    from mixmag.cli import app
+
+    cfg = tmp_path / "mil.yaml"
+    cfg.write_text(json.dumps(config(cohort_dir, tmp_path / "cli", stores=str(stores), epochs=1).model_dump()))
+    result = CliRunner().invoke(app, ["train", "--config", str(cfg)])
+    assert result.exit_code == 0 and "warning: the stores differ in compute_dtype" in " ".join(result.output.split())
     assert json.loads((tmp_path / "run" / "pipeline.json").read_text())["compute_dtype"] != "bfloat16"  # the common one
     with h5py.File(files[5], "a") as f:
         f.attrs["encoder"] = "another-encoder"  # another embedding space: refused, the file named

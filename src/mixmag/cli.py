@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Annotated, NoReturn, Optional
 
@@ -12,7 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from .errors import MixmagError
+from .errors import MixmagError, MixmagWarning
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Mixed-magnification region embeddings for computational pathology.")
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks that print their figures.")
@@ -21,6 +22,20 @@ app.add_typer(bench_app, name="bench")
 app.add_typer(synth_app, name="synth")
 console = Console()
 err_console = Console(stderr=True)
+
+
+@app.callback()
+def _main() -> None:
+    """mixmag's own warnings print as one plain line; Python's and libraries' ones as before."""
+    python_show = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        if issubclass(category, MixmagWarning):
+            err_console.print(f"[bold yellow]warning:[/] {message}", soft_wrap=True, highlight=False)
+        else:
+            python_show(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
 
 
 def _fail(message: str, code: int = 2) -> NoReturn:

@@ -9,6 +9,10 @@ class MixmagError(Exception):
     """Base class of every error mixmag raises on purpose (bad input, bad config)."""
 
 
+class MixmagWarning(UserWarning):
+    """Base class of mixmag's warnings: input that works but may not be what the user meant."""
+
+
 class SlideError(MixmagError):
     """A problem with one slide: carries the slide path and a suggested fix."""
 

@@ -18,7 +18,7 @@ import h5py
 import numpy as np
 
 from . import __version__
-from .errors import MixmagError
+from .errors import MixmagError, MixmagWarning
 
 STORE_FORMAT_VERSION = 1
 STORE_SUFFIX = ".h5"
@@ -34,7 +34,7 @@ class StoreError(MixmagError):
     pass
 
 
-class MixedStoresWarning(UserWarning):
+class MixedStoresWarning(MixmagWarning):
     """Stores of one cohort made with different tiling, read mode, tissue model or precision."""
 
 
