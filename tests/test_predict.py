@@ -82,7 +82,7 @@ def test_predict_from_raw_slides_equals_the_evaluation_path(demo, tmp_path):
     assert len(list((tmp_path / "work" / "stores").glob("*.h5"))) == len(expected)  # embedded once, reused
 
 
-def test_predict_refuses_other_encoder_weights_and_reports_bad_slides(demo, tmp_path):
+def test_predict_refuses_other_encoder_weights_and_reports_bad_slides(demo, tmp_path, real_svs):
     d, test_table = demo
     run = _run(d, "abmil-all")
     trainer = load_trained(run)
@@ -120,11 +120,13 @@ def test_predict_refuses_other_encoder_weights_and_reports_bad_slides(demo, tmp_
     broken.write_bytes(b"II*\x00" + b"\x00" * 100)
     good = Path(next(csv.DictReader(open(test_table)))["path"])
     good = good if good.is_absolute() else test_table.parent / good
-    result = _invoke("predict", "--run", run, good, broken, "--out", tmp_path / "p.csv", "--workers", 0, "--no-heatmaps")
-    assert result.exit_code == 1  # one slide could not be scored
+    result = _invoke("predict", "--run", run, good, broken, real_svs, "--out", tmp_path / "p.csv", "--workers", 0, "--no-heatmaps")
+    assert result.exit_code == 1  # two slides could not be scored
     rows = {r["slide"]: r for r in csv.DictReader(open(tmp_path / "p.csv"))}
     assert rows[good.stem]["slide_score"] and not rows[good.stem]["problem"]
     assert rows["broken"]["slide_score"] == "" and "broken.tiff" in rows["broken"]["problem"]
+    small = rows[real_svs.stem]  # 1108 x 1481 um: less than one 3 x 3 region of 448 um cells
+    assert small["slide_score"] == "" and "smaller than one of the run's 3 x 3 regions (1344 um)" in small["problem"]
 
 
 def test_layouts_place_every_bag_item_where_its_tile_is(tmp_path):

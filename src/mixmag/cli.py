@@ -413,10 +413,12 @@ def predict(
         note = precision_note(trainer, store_paths)
         if note:
             console.print(f"[yellow]note: {note}[/]", soft_wrap=True, highlight=False)
-        with _progress() as progress:
-            task = progress.add_task("score + explain", total=len(store_paths))
-            outcomes = score_slides(trainer, store_paths, work, heatmaps=heatmaps, top_k=top_k, method=attribution,
-                                    on_slide=lambda o: progress.advance(task))
+        outcomes = []
+        if store_paths:
+            with _progress() as progress:
+                task = progress.add_task("score + explain", total=len(store_paths))
+                outcomes = score_slides(trainer, store_paths, work, heatmaps=heatmaps, top_k=top_k, method=attribution,
+                                        on_slide=lambda o: progress.advance(task))
     except MixmagError as exc:
         _fail(str(exc))
     outcomes += [SlideOutcome(s, problem=p) for s, p in problems.items()]

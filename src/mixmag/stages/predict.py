@@ -135,7 +135,7 @@ def stores_from_slides(
         if result.outcome == "failed":
             problems[sid] = result.error or "tiling failed"
         elif not result.plan.cells or (trainer.config.bags not in ("5x", "10x", "20x", "all") and not result.plan.regions):
-            problems[sid] = f"no tissue regions ({result.plan.status}: {' '.join(result.plan.warnings)})"
+            problems[sid] = unscorable(result.plan)
         else:
             planned.append(sid)
     results = run_embed([plan_path(work / "tiles", s) for s in planned], work / "stores", encoder, device=device,
@@ -145,6 +145,20 @@ def stores_from_slides(
             problems[r.slide_id] = r.error or "embedding failed"
     stores = {s: store_path(work / "stores", s) for s in planned if s not in problems}
     return stores, problems
+
+
+def unscorable(plan) -> str:
+    """Why an empty plan leaves a slide without a score, said for prediction: the run fixes the
+    region size and tissue settings, so `mixmag tile`'s advice (change them) does not apply."""
+    p = plan.params
+    if plan.status == "too_small":
+        side = p.region_size * plan.cell_px * plan.slide.mpp
+        return (f"slide is {plan.slide.width * plan.slide.mpp:.0f} x {plan.slide.height * plan.slide.mpp:.0f} um, smaller than "
+                f"one of the run's {p.region_size} x {p.region_size} regions ({side:.0f} um): this run cannot score it")
+    if plan.status == "no_regions":
+        return (f"tissue found, but no {p.region_size} x {p.region_size} region reaches the run's tissue threshold "
+                f"({p.tissue_threshold:.0%}): nothing for this run to score")
+    return "no tissue found with the run's tissue settings: check the slide (its QC picture is in the work folder's tiles/)"
 
 
 def score_slides(
