@@ -383,9 +383,10 @@ def predict(
     device: Annotated[Optional[str], typer.Option(help="cuda, cpu [cuda when available] for embedding.")] = None,
     workers: Annotated[int, typer.Option(help="DataLoader workers for embedding.")] = 2,
 ) -> None:
-    """Score new slides with a trained run: raw slides are tiled and embedded with the run's own settings
-    (stores are checked against them), then slide and specimen scores, each magnification's share of the
-    attention, and heatmaps over the slide."""
+    """Score new slides with a trained run, and show where and at which magnification it looked.
+
+    Raw slides are tiled and embedded with the run's own settings (stores are checked against them); then
+    slide and specimen scores, each magnification's share of the attention, and heatmaps over the slide."""
     from .eval.predict import load_trained, precision_note
     from .stages.predict import (SlideOutcome, describe_run, encoder_for_run, read_inputs, score_slides, stores_from_slides,
                                  tissue_model_for_run, write_outcomes)
@@ -446,8 +447,9 @@ def report(
     timings: Annotated[Optional[Path], typer.Option(help="A timings.json to include (the demo writes one).")] = None,
     heatmaps: Annotated[bool, typer.Option("--heatmaps/--no-heatmaps", help="Attention heatmaps of chosen test slides (reads the slides).")] = True,
 ) -> None:
-    """Write RUN/report.html: one self-contained page with metrics, ROC curves, predictions, QC pictures,
-    heatmaps per magnification and config."""
+    """Write RUN/report.html, one self-contained page about a trained run.
+
+    Metrics with bootstrap CIs, ROC curves, predictions, QC pictures, heatmaps per magnification, timings, config."""
     from .report.html import build_report
 
     try:
