@@ -151,6 +151,15 @@ def test_cli_errors_and_store_tools(tmp_path, plans_dir):
     assert result.exit_code == 0, result.output
     stores = sorted((tmp_path / "s").glob("*.h5"))
     assert runner.invoke(app, ["store", "validate", *map(str, stores)]).exit_code == 0
+    result = runner.invoke(app, ["embed", "--plans", str(plans_dir), "--cohort", str(_one_slide_table(tmp_path, stores[0].stem)),
+                                 "--out", str(tmp_path / "t"), "--encoder", "tiny-vit", "--workers", "0"])
+    assert result.exit_code == 0, result.output
+    (tmp_path / "bad.csv").write_text("specimen,label\nA,1\n")
+    result = runner.invoke(app, ["embed", "--plans", str(plans_dir), "--cohort", str(tmp_path / "bad.csv"), "--encoder", "stats"])
+    assert result.exit_code == 2 and "bad.csv: needs a 'slide' column" in result.output
+    other = tmp_path / "t" / stores[0].name  # the same slide, another encoder: every store valid, the set is not
+    result = runner.invoke(app, ["store", "validate", str(other), *map(str, stores[1:])])
+    assert result.exit_code == 1 and "encoder: " in result.output and other.name in result.output
     assert runner.invoke(app, ["store", "export", str(stores[0]), "--out", str(tmp_path / "tri")]).exit_code == 0
     slide = stores[0].stem
     result = runner.invoke(app, ["store", "import", str(tmp_path / "tri"), "--slide", slide, "--out", str(tmp_path / "back")])
@@ -177,3 +186,9 @@ def test_a_slide_that_fails_to_decode_midway_fails_alone(tmp_path, plans_dir):
     assert results["bad"].outcome == "failed" and "bad.tiff" in results["bad"].error and "could not decode" in results["bad"].error
     assert not (tmp_path / "stores" / "bad.h5").exists()
     assert results["gen1"].outcome == "embedded" and read_store(tmp_path / "stores" / "gen1.h5").rc.shape[0] > 0
+
+
+def _one_slide_table(folder, slide_id):
+    table = folder / f"{slide_id}.csv"
+    table.write_text(f"slide\n{slide_id}\n")
+    return table

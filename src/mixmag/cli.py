@@ -197,12 +197,12 @@ def embed(
     import torch
 
     from .encoders.model import build_encoder
-    from .slides.sources import sources_from_table
+    from .slides.sources import slide_ids_from_table
     from .stages.embed import find_plans, gather_results, run_embed
 
     dist, dev = _start_distributed(device, process_group=False)
     try:
-        slide_ids = [s.slide_id for s in sources_from_table(cohort)] if cohort else None
+        slide_ids = slide_ids_from_table(cohort) if cohort else None
         plan_paths = find_plans(plans, slide_ids)
         model = build_encoder(encoder, weights=weights, from_hub=from_hub, random_init=random_init, output=output)
     except (MixmagError, OSError) as exc:
@@ -475,17 +475,25 @@ def list_encoders() -> None:
 
 @store_app.command("validate")
 def store_validate(stores: Annotated[list[Path], typer.Argument(help="Store files (.h5).")]) -> None:
-    """Check shapes, dtypes, finite values and provenance; exit 1 if any store is invalid."""
-    from .store import StoreError, read_store
+    """Check shapes, dtypes, finite values and provenance, and that the stores share one embedding space
+    (encoder, weights, levels, tile and region size); exit 1 if any store is invalid or they do not."""
+    from .store import StoreError, read_store, shared_settings
 
-    bad = 0
+    bad, good = 0, []
     for path in stores:
         try:
             s = read_store(path)
             console.print(f"[green]{path}: ok[/] {len(s)} cells, levels {', '.join(f'{k} {v.shape[1]}' for k, v in s.embeddings.items())}, D {s.dim}, encoder {s.attrs.get('encoder')}", soft_wrap=True)
+            good.append(path)
         except StoreError as exc:
             bad += 1
             console.print(f"[red]{exc}[/]", soft_wrap=True)
+    if len(good) > 1:
+        try:
+            shared_settings(good)
+        except StoreError as exc:
+            bad += 1
+            console.print(f"[red]{exc}[/]", soft_wrap=True, highlight=False)
     if bad:
         raise typer.Exit(1)
 

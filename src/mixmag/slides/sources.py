@@ -35,6 +35,29 @@ def sources_from_paths(paths: list[Path], mpp: float | None = None) -> list[Slid
     return sources
 
 
+def slide_ids_from_table(table: Path) -> list[str]:
+    """The slide ids a CSV names: its 'slide' column (a training cohort table), else the ids of its
+    'path' column's files (a tiling table)."""
+    table = Path(table)
+    if not table.is_file():
+        raise CohortError(f"{table}: cohort table not found.")
+    with table.open(newline="") as fh:
+        reader = csv.DictReader(fh)
+        columns = [c.strip() for c in (reader.fieldnames or [])]
+        if "slide" not in columns:
+            if "path" in columns:
+                return [s.slide_id for s in sources_from_table(table)]
+            raise CohortError(f"{table}: needs a 'slide' column (slide ids) or a 'path' column (slide files); "
+                              f"found columns: {', '.join(columns) or 'none'}.")
+        ids = [(row.get("slide") or "").strip() for row in reader]
+    empty = [str(line) for line, sid in enumerate(ids, start=2) if not sid]
+    if empty:
+        raise CohortError(f"{table}: empty 'slide' in row(s) {', '.join(empty[:10])}.")
+    if not ids:
+        raise CohortError(f"{table}: the table has no rows.")
+    return list(dict.fromkeys(ids))  # a slide listed twice is embedded once
+
+
 def sources_from_table(table: Path, mpp: float | None = None) -> list[SlideSource]:
     """Read a CSV with a 'path' column (relative paths are relative to the table) and optional
     'slide' (id) and 'mpp' columns; other columns (specimen, label, split...) are ignored here."""
