@@ -161,6 +161,8 @@ def test_demo_small_configuration_produces_a_well_formed_table(tmp_path):
     assert len(timings) == 5 and all(v >= 0 for v in timings.values())
     again = _invoke("demo", "--small", "--out", tmp_path / "demo")
     assert again.exit_code == 0 and "(reused)" in again.output and "reusing" in again.output
+    meta = json.loads((tmp_path / "demo" / "pretrain" / "mixer.json").read_text())  # no test slide seen in pretraining
+    assert sorted(Path(p).name for p in meta["pretraining"]["exclude_test_of"]) == ["cohort_coarse.csv", "cohort_cross.csv", "cohort_fine.csv"]
 
 
 def test_bench_tile_smoke(tmp_path):

@@ -262,3 +262,21 @@ def test_a_cohort_mixing_encoders_is_refused_and_mixed_precision_is_said(cohort_
         f.attrs["encoder"] = "another-encoder"  # another embedding space: refused, the file named
     with pytest.raises(StoreError, match=f"encoder: .*another-encoder.* in 1 store.*{files[5].name}.*re-embed"):
         Trainer(config(cohort_dir, tmp_path / "run2", stores=str(stores)))
+
+
+def test_pretraining_can_leave_out_every_test_slide(cohort_dir, tmp_path):
+    from mixmag.errors import ConfigError
+    from mixmag.train.pretrain import PretrainConfig, pretraining_stores
+
+    cohort = load_cohort(cohort_dir / "cohort.csv", cohort_dir / "stores")
+    test = {s for sp in cohort.split("test") for s in sp.slides}
+    everything = pretraining_stores(PretrainConfig(stores=str(cohort_dir / "stores"), out="unused"))
+    kept = pretraining_stores(PretrainConfig(stores=str(cohort_dir / "stores"), out="unused",
+                                             exclude_test_of=[str(cohort_dir / "cohort.csv")]))
+    assert test and {p.stem for p in everything} - {p.stem for p in kept} == test
+    only_test = tmp_path / "only_test"
+    only_test.mkdir()
+    for slide in test:
+        (only_test / f"{slide}.h5").write_bytes((cohort_dir / "stores" / f"{slide}.h5").read_bytes())
+    with pytest.raises(ConfigError, match="every store is a test slide"):
+        pretraining_stores(PretrainConfig(stores=str(only_test), out="unused", exclude_test_of=[str(cohort_dir / "cohort.csv")]))

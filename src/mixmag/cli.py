@@ -250,7 +250,8 @@ def pretrain(
     dist, dev = _start_distributed(device)
     if dist.rank == 0:
         console.print(f"Pretraining ({'CMEM, c = ' + str(cfg.context) if cfg.context else 'MEM'}, r = {cfg.mask_ratio}, preset {cfg.preset}) "
-                      f"for {cfg.steps} steps of {cfg.batch_size} regions on {dev}{f' x {dist.world_size} ranks' if dist.active else ''} -> {cfg.out}", soft_wrap=True)
+                      f"for {cfg.steps} steps of {cfg.batch_size} regions on {dev}{f' x {dist.world_size} ranks' if dist.active else ''} -> {cfg.out}"
+                      f"{'; the test slides of ' + ', '.join(cfg.exclude_test_of) + ' left out' if cfg.exclude_test_of else ''}", soft_wrap=True)
 
     def show(row: dict) -> None:
         cos = " ".join(f"{row[k]:.3f}" for k in sorted(row) if k.startswith("cos_level"))

@@ -101,7 +101,7 @@ def run_demo(config: DemoConfig, console: Console | None = None) -> int:
         tables = timer.run("1. generate the synthetic cohort", console, lambda: _generate(out, spec, console))
     plans = timer.run("2. tile (3x3 regions of 5x/10x/20x tiles)", console, lambda: _tile(out, tables, config.tiling, console))
     timer.run(f"3. embed every tile with the '{config.encoder}' encoder", console, lambda: _embed(out, config, plans, console))
-    mixer = timer.run("4. pretrain a mixer with MEM", console, lambda: _pretrain(out, config, console))
+    mixer = timer.run("4. pretrain a mixer with MEM", console, lambda: _pretrain(out, config, tables, console))
     results = timer.run("5. train and evaluate slide-level models", console, lambda: _experiment(out, config, tables, mixer, console))
     (out / "timings.json").write_text(json.dumps(timer.stages, indent=1))
     console.rule("[bold]results")
@@ -175,21 +175,28 @@ def _embed(out: Path, config: DemoConfig, plans: list[Path], console: Console) -
                   f"{sum(r.outcome == 'skipped' for r in results)} reused), {encoder.dim}-d {config.encoder} embeddings -> {out / 'stores'}")
 
 
-def _pretrain(out: Path, config: DemoConfig, console: Console) -> Path:
+def _pretrain(out: Path, config: DemoConfig, tables: dict[str, Path], console: Console) -> Path:
+    """MEM on the cohort's stores less every task's test slides: no test slide is seen before evaluation."""
+    import shutil
+
     from ..train.pretrain import PretrainConfig, run_pretraining
 
     settings = dict(stores=str(out / "stores"), out=str(out / "pretrain"), workers=0, tensorboard=False,
-                    log_every=50, checkpoint_every=100) | config.pretrain
+                    log_every=50, checkpoint_every=100, exclude_test_of=[str(t) for t in tables.values()]) | config.pretrain
     cfg = PretrainConfig(**settings)
     mixer = Path(cfg.out) / "mixer.safetensors"
     log = Path(cfg.out) / "log.csv"
+    meta = Path(cfg.out) / "mixer.json"
+    if meta.is_file() and json.loads(meta.read_text()).get("pretraining") != json.loads(json.dumps(cfg.model_dump())):
+        console.print(f"the pretraining settings changed since {cfg.out} was written: pretraining again")
+        shutil.rmtree(cfg.out)
     if mixer.is_file() and log.is_file() and _last_step(log) >= cfg.steps:
         console.print(f"reusing {mixer}")
         return mixer
     last = run_pretraining(cfg, device=torch.device("cpu"),
                            on_log=lambda row: console.print(f"step {row['step']:>4}: MEM loss {row['mem']:.3f} "
                                                             f"(predict-the-mean baseline {row['baseline_loss']:.3f})"))
-    console.print(f"mixer after {last.get('step')} steps -> {mixer}")
+    console.print(f"mixer after {last.get('step')} steps -> {mixer} (test slides of every task left out)")
     return mixer
 
 

@@ -39,6 +39,8 @@ class PretrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     stores: str = Field(description="folder of per-slide stores (*.h5) from `mixmag embed`")
+    exclude_test_of: list[str] = Field(default_factory=list, description="cohort CSVs whose test-split slides are left "
+                                       "out, so that no slide a model is evaluated on was seen in pretraining")
     out: str = Field(description="run folder: checkpoints, logs, the final mixer")
     preset: str = "paper"
     mixer: dict = Field(default_factory=dict, description="overrides of the mixer preset (dim, depth, mlp, ...)")
@@ -108,6 +110,20 @@ def store_paths(folder: str | Path) -> list[Path]:
     return paths
 
 
+def pretraining_stores(config: PretrainConfig) -> list[Path]:
+    """The stores folder's stores, less the test slides of the cohorts named in exclude_test_of."""
+    from ..data.cohort import load_cohort
+
+    held_out = set()
+    for table in config.exclude_test_of:
+        cohort = load_cohort(table, config.stores, require_stores=False)
+        held_out |= {cohort.stores[slide].resolve() for specimen in cohort.split("test") for slide in specimen.slides}
+    paths = [p for p in store_paths(config.stores) if p.resolve() not in held_out]
+    if not paths:
+        raise ConfigError(f"{config.stores}: every store is a test slide of {', '.join(config.exclude_test_of)}; nothing left to pretrain on")
+    return paths
+
+
 def run_pretraining(config: PretrainConfig, *, device: torch.device, rank: int = 0, world_size: int = 1, on_log=None) -> dict:
     """Train until config.steps; resumes from out/checkpoints/last.pt when present. Returns the last log row."""
     out = Path(config.out)
@@ -116,7 +132,7 @@ def run_pretraining(config: PretrainConfig, *, device: torch.device, rank: int =
     local_batch = config.batch_size // world_size
     sampling = RegionSamplingConfig(t=config.t, context=config.context, per_slide=config.per_slide, pool=config.pool,
                                     batch_size=local_batch, seed=config.seed, augment=config.augment)
-    paths = store_paths(config.stores)
+    paths = pretraining_stores(config)
     settings = shared_settings(paths)  # refuses a folder mixing encoders or tilings
     entries, in_dim, n_levels = index_stores(paths, sampling)
     torch.manual_seed(config.seed)
@@ -282,7 +298,8 @@ def save_checkpoint(path: Path, model, optimizer, scaler, step: int, config: Pre
 
 
 _TRAJECTORY_KEYS = ("preset", "mixer", "t", "mask_ratio", "context", "tau", "batch_size", "warmup_steps", "base_lr", "min_lr_ratio",
-                    "weight_decay", "betas", "grad_clip", "precision", "seed", "workers", "per_slide", "pool", "augment", "stores")
+                    "weight_decay", "betas", "grad_clip", "precision", "seed", "workers", "per_slide", "pool", "augment", "stores",
+                    "exclude_test_of")
 
 
 def _resume(path: Path, config: PretrainConfig, model, optimizer, scaler, world_size: int, device) -> int:
