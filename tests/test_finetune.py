@@ -280,3 +280,35 @@ def test_pretraining_can_leave_out_every_test_slide(cohort_dir, tmp_path):
         (only_test / f"{slide}.h5").write_bytes((cohort_dir / "stores" / f"{slide}.h5").read_bytes())
     with pytest.raises(ConfigError, match="every store is a test slide"):
         pretraining_stores(PretrainConfig(stores=str(only_test), out="unused", exclude_test_of=[str(cohort_dir / "cohort.csv")]))
+
+
+def test_a_grid_run_is_retrained_when_its_mixer_changed_under_the_same_path(cohort_dir, tmp_path):
+    import h5py
+
+    from mixmag.eval.experiments import GridConfig, Task, run_grid
+    from mixmag.train.pretrain import PretrainConfig, run_pretraining
+
+    def pretrain(seed):
+        run_pretraining(PretrainConfig(stores=str(cohort_dir / "stores"), out=str(tmp_path / f"pre{seed}"), preset="tiny", batch_size=16,
+                                       steps=2, warmup_steps=1, precision="fp32", workers=0, per_slide=16, pool=4, seed=seed,
+                                       tensorboard=False), device=torch.device("cpu"))
+        (tmp_path / f"pre{seed}" / "mixer.safetensors").replace(tmp_path / "mixer.safetensors")
+        (tmp_path / f"pre{seed}" / "mixer.json").replace(tmp_path / "mixer.json")
+
+    grid = GridConfig(out=str(tmp_path / "exp"), methods=["MEM-cls", "MEM-cls-frozen", "abmil-20x"],
+                      tasks=[Task(name="A", cohort=str(cohort_dir / "cohort.csv"), stores=str(cohort_dir / "stores"))],
+                      pretrained={"MEM": str(tmp_path / "mixer.safetensors")}, train={"epochs": 1, "bootstrap": 100})
+
+    def statuses():
+        seen = {}
+        run_grid(grid, on_run=lambda task, method, seed, auroc, status: seen.__setitem__(method, status))
+        return seen
+
+    pretrain(0)
+    assert set(statuses().values()) == {"trained"}
+    assert set(statuses().values()) == {"reused"}
+    encoded = next((tmp_path / "exp" / "encoded" / "MEM" / "A").glob("*.h5"))
+    first = h5py.File(encoded, "r").attrs["mixer_digest"]
+    pretrain(1)  # another mixer at the same path: its runs and its precomputed outputs are stale, AB-MIL is not
+    assert statuses() == {"MEM-cls": "trained", "MEM-cls-frozen": "trained", "abmil-20x": "reused"}
+    assert h5py.File(encoded, "r").attrs["mixer_digest"] != first

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..errors import ConfigError
+from ..errors import ConfigError, MixmagError
 from ..train.finetune import TrainConfig, run_training
 
 ABMIL_METHODS = {"abmil-5x": "5x", "abmil-10x": "10x", "abmil-20x": "20x", "abmil-all": "all"}
@@ -89,6 +89,26 @@ def _slug(name: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
 
 
+def run_is_current(cfg: TrainConfig) -> bool:
+    """A finished run is reused only if its config, its stores' provenance and the pretrained mixer it read
+    are those of now: a mixer retrained or stores re-embedded at the same paths make it stale."""
+    from ..data.cohort import load_cohort
+    from ..store import shared_settings
+    from ..train.finetune import PIPELINE_FILENAME, pretrained_mixer_digest
+
+    out = Path(cfg.out)
+    files = [out / n for n in ("metrics.json", "config.json", PIPELINE_FILENAME)]
+    if not all(f.is_file() for f in files) or json.loads(files[1].read_text()) != json.loads(json.dumps(cfg.model_dump())):
+        return False
+    pipeline = json.loads(files[2].read_text())
+    try:
+        stores = shared_settings(list(load_cohort(cfg.cohort, cfg.stores).stores.values()))
+        digest = pretrained_mixer_digest(cfg)
+    except (MixmagError, OSError):
+        return False  # let training say what is wrong
+    return all(pipeline.get(k) == v for k, v in stores.items()) and pipeline.get("mixer_digest") == digest
+
+
 def run_grid(grid: GridConfig, on_run=None) -> dict:
     """Run (or reuse) every method x task x seed; returns {task: {method: [test AUROC per seed]}}."""
     from ..stages.encode import encode_stores
@@ -99,15 +119,13 @@ def run_grid(grid: GridConfig, on_run=None) -> dict:
         for method in grid.methods:
             for seed in grid.seeds:
                 cfg = method_config(grid, task, method, seed)
-                metrics_path = Path(cfg.out) / "metrics.json"
-                saved = Path(cfg.out) / "config.json"
-                if metrics_path.is_file() and saved.is_file() and json.loads(saved.read_text()) == cfg.model_dump():
-                    metrics = json.loads(metrics_path.read_text())
+                if cfg.encoded:  # (re)writes only what the mixer's digest or a store's date makes stale
+                    name = method.rsplit("-", 2)[0]
+                    encode_stores(store_paths(task.stores), Path(grid.pretrained[name]), Path(cfg.encoded))
+                if run_is_current(cfg):
+                    metrics = json.loads((Path(cfg.out) / "metrics.json").read_text())
                     status = "reused"
                 else:
-                    if cfg.encoded and not Path(cfg.encoded).is_dir():
-                        name = method.rsplit("-", 2)[0]
-                        encode_stores(store_paths(task.stores), Path(grid.pretrained[name]), Path(cfg.encoded))
                     metrics = run_training(cfg)
                     status = "trained"
                 results.setdefault(task.name, {}).setdefault(method, []).append(metrics["test"]["auroc"])

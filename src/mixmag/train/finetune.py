@@ -239,9 +239,23 @@ class Trainer:
             from ..stages.encode import encoded_mixer_weights
 
             pipeline["encoded_mixer"] = str(encoded_mixer_weights(Path(c.encoded)).resolve())
+        pipeline["mixer_digest"] = pretrained_mixer_digest(c)
         (out / PIPELINE_FILENAME).write_text(json.dumps(pipeline, indent=1))
         (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
         return metrics
+
+
+def pretrained_mixer_digest(config: TrainConfig) -> str | None:
+    """The digest of the pretrained mixer a run reads (fine-tuned, or its precomputed outputs); None if none."""
+    from .mixer_file import weights_digest
+
+    if config.encoded:
+        from ..stages.encode import encoded_mixer_weights
+
+        return weights_digest(encoded_mixer_weights(Path(config.encoded)))
+    if config.mixer is not None and config.mixer.init == "pretrained":
+        return weights_digest(config.mixer.weights)
+    return None
 
 
 def _save_atomic(state: dict, path: Path) -> None:

@@ -53,8 +53,12 @@ def load_mixer(weights: str | Path, stores: dict | None = None) -> tuple[RegionM
         check_stores_fit_mixer(weights, meta.get("stores") or {}, stores)
     mixer = RegionMixer(MixerConfig(**meta["mixer"]))
     mixer.load_state_dict(load_file(str(weights)), strict=True)
-    digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:16]
-    return mixer.eval(), digest
+    return mixer.eval(), weights_digest(weights)
+
+
+def weights_digest(weights: str | Path) -> str:
+    """Names a mixer's weights by content: a retrained mixer at the same path is another mixer."""
+    return hashlib.sha256(Path(weights).read_bytes()).hexdigest()[:16]
 
 
 def check_stores_fit_mixer(weights: Path, pretrained_on: dict, stores: dict) -> None:
