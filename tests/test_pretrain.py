@@ -158,3 +158,15 @@ def test_a_process_group_ends_with_its_threads(tmp_path):
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("gathered ['0', '1'] gloo threads left []") == 2, result.stdout
+
+
+def test_resume_refuses_stores_re_embedded_with_another_encoder(tmp_path):
+    folder = tmp_path / "stores"
+    folder.mkdir()
+    for i in range(3):
+        write_store(folder / f"s{i}.h5", synthetic_store(f"s{i}", seed=i, n_rows=10, n_cols=10, context=5))
+    run_pretraining(tiny(folder, tmp_path / "run", steps=2, checkpoint_every=1, log_every=1), device=CPU)
+    for i in range(3):  # the same files, now from another "foundation model" of the same width
+        write_store(folder / f"s{i}.h5", synthetic_store(f"s{i}", seed=i, n_rows=10, n_cols=10, context=5, projection_seed=7))
+    with pytest.raises(ConfigError, match="re-embedded differently .*projection-1234.*projection-7"):
+        run_pretraining(tiny(folder, tmp_path / "run", steps=4, checkpoint_every=1, log_every=1), device=CPU)

@@ -179,7 +179,8 @@ def _pretrain(out: Path, config: DemoConfig, tables: dict[str, Path], console: C
     """MEM on the cohort's stores less every task's test slides: no test slide is seen before evaluation."""
     import shutil
 
-    from ..train.pretrain import PretrainConfig, run_pretraining
+    from ..store import STORE_MUST_MATCH, shared_settings
+    from ..train.pretrain import PretrainConfig, pretraining_stores, run_pretraining
 
     settings = dict(stores=str(out / "stores"), out=str(out / "pretrain"), workers=0, tensorboard=False,
                     log_every=50, checkpoint_every=100, exclude_test_of=[str(t) for t in tables.values()]) | config.pretrain
@@ -187,9 +188,12 @@ def _pretrain(out: Path, config: DemoConfig, tables: dict[str, Path], console: C
     mixer = Path(cfg.out) / "mixer.safetensors"
     log = Path(cfg.out) / "log.csv"
     meta = Path(cfg.out) / "mixer.json"
-    if meta.is_file() and json.loads(meta.read_text()).get("pretraining") != json.loads(json.dumps(cfg.model_dump())):
-        console.print(f"the pretraining settings changed since {cfg.out} was written: pretraining again")
-        shutil.rmtree(cfg.out)
+    if meta.is_file():
+        written = json.loads(meta.read_text())
+        space = {k: v for k, v in shared_settings(pretraining_stores(cfg)).items() if k in STORE_MUST_MATCH}
+        if written.get("pretraining") != json.loads(json.dumps(cfg.model_dump())) or written.get("stores") != space:
+            console.print(f"the pretraining settings or the stores changed since {cfg.out} was written: pretraining again")
+            shutil.rmtree(cfg.out)
     if mixer.is_file() and log.is_file() and _last_step(log) >= cfg.steps:
         console.print(f"reusing {mixer}")
         return mixer

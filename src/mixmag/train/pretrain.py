@@ -25,7 +25,7 @@ from ..data.regions import RegionSamplingConfig, RegionStream, index_stores
 from ..errors import ConfigError
 from ..models.mem import MEMPretrainer, n_masked
 from ..models.mixer import MixerConfig, mixer_config
-from ..store import STORE_SUFFIX, shared_settings
+from ..store import STORE_MUST_MATCH, STORE_SUFFIX, shared_settings
 from .mixer_file import export_mixer
 from .optim import param_groups, warmup_cosine
 
@@ -146,7 +146,7 @@ def run_pretraining(config: PretrainConfig, *, device: torch.device, rank: int =
     step = 0
     ckpt_path = out / CHECKPOINT
     if ckpt_path.is_file():
-        step = _resume(ckpt_path, config, model, optimizer, scaler, world_size, device)
+        step = _resume(ckpt_path, config, model, optimizer, scaler, world_size, device, embedding_space(settings))
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(config.model_dump() | {"mixer_resolved": asdict(mixer_cfg)}, indent=1))
@@ -196,7 +196,8 @@ def run_pretraining(config: PretrainConfig, *, device: torch.device, rank: int =
             timer, samples_since = time.perf_counter(), 0
         if step % config.checkpoint_every == 0 or step == config.steps:
             if rank == 0:
-                save_checkpoint(ckpt_path, model, optimizer, scaler, step, config, mixer_cfg, world_size, device)
+                save_checkpoint(ckpt_path, model, optimizer, scaler, step, config, mixer_cfg, world_size, device,
+                                embedding_space(settings))
             if distributed:
                 torch.distributed.barrier()
     logger.close()
@@ -279,7 +280,13 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def save_checkpoint(path: Path, model, optimizer, scaler, step: int, config: PretrainConfig, mixer_cfg: MixerConfig, world_size: int, device) -> None:
+def embedding_space(settings: dict) -> str:
+    """The store provenance a checkpoint's weights are tied to (encoder, weights, levels, tile and region size)."""
+    return json.dumps({k: settings.get(k) for k in STORE_MUST_MATCH}, sort_keys=True)
+
+
+def save_checkpoint(path: Path, model, optimizer, scaler, step: int, config: PretrainConfig, mixer_cfg: MixerConfig, world_size: int, device,
+                    space: str = "") -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {
         "format": "mixmag-pretrain-checkpoint-1",
@@ -291,6 +298,7 @@ def save_checkpoint(path: Path, model, optimizer, scaler, step: int, config: Pre
         "config": json.dumps(config.model_dump()),
         "mixer": json.dumps(asdict(mixer_cfg)),
         "world_size": world_size,
+        "embedding_space": space,
     }
     tmp = path.with_name(f".{path.name}.partial")
     torch.save(state, tmp)
@@ -302,10 +310,12 @@ _TRAJECTORY_KEYS = ("preset", "mixer", "t", "mask_ratio", "context", "tau", "bat
                     "exclude_test_of")
 
 
-def _resume(path: Path, config: PretrainConfig, model, optimizer, scaler, world_size: int, device) -> int:
+def _resume(path: Path, config: PretrainConfig, model, optimizer, scaler, world_size: int, device, space: str = "") -> int:
     state = torch.load(path, map_location=device, weights_only=True)
     saved = json.loads(state["config"])
     changed = [k for k in _TRAJECTORY_KEYS if json.dumps(saved.get(k)) != json.dumps(config.model_dump()[k])]
+    if state.get("embedding_space") and state["embedding_space"] != space:
+        changed.append(f"the stores were re-embedded differently (then {state['embedding_space']}, now {space})")
     if changed or state["world_size"] != world_size:
         raise ConfigError(
             f"{path}: the checkpoint was made with other settings ({', '.join(changed) or 'world size ' + str(state['world_size'])}); "
