@@ -200,7 +200,8 @@ def _pretrain(out: Path, config: DemoConfig, tables: dict[str, Path], console: C
     last = run_pretraining(cfg, device=torch.device("cpu"),
                            on_log=lambda row: console.print(f"step {row['step']:>4}: MEM loss {row['mem']:.3f} "
                                                             f"(predict-the-mean baseline {row['baseline_loss']:.3f})"))
-    console.print(f"mixer after {last.get('step')} steps -> {mixer} (test slides of every task left out)")
+    held_out = " (test slides of every task left out)" if cfg.exclude_test_of else ""
+    console.print(f"mixer after {last.get('step')} steps -> {mixer}{held_out}")
     return mixer
 
 
