@@ -170,8 +170,11 @@ def test_cli_pretrain_encode_train_evaluate_compare(cohort_dir, tmp_path):
     pre = tmp_path / "pre.yaml"
     pre.write_text(f"stores: {cohort_dir / 'stores'}\nout: {tmp_path / 'pre'}\npreset: tiny\nbatch_size: 16\nsteps: 6\nwarmup_steps: 1\n"
                    "precision: fp32\nworkers: 0\nper_slide: 16\npool: 4\nlog_every: 3\ncheckpoint_every: 6\ntensorboard: false\n")
-    result = runner.invoke(app, ["pretrain", "--config", str(pre)])
+    result = runner.invoke(app, ["pretrain", "--config", str(pre), "--set", f"exclude_test_of=[{cohort_dir / 'cohort.csv'}]"])
     assert result.exit_code == 0, result.output
+    n_test = sum(len(sp.slides) for sp in load_cohort(cohort_dir / "cohort.csv", cohort_dir / "stores").split("test"))
+    n_all = len(list((cohort_dir / "stores").glob("*.h5")))
+    assert f"{n_all - n_test} of {n_all} stores (the test slides of" in " ".join(result.output.split())
     result = runner.invoke(app, ["encode", "--mixer", str(tmp_path / "pre" / "mixer.safetensors"), "--stores", str(cohort_dir / "stores"),
                                  "--out", str(tmp_path / "enc")])
     assert result.exit_code == 0, result.output

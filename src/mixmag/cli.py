@@ -241,17 +241,19 @@ def pretrain(
     """Pretrain the region mixer with MEM (or CMEM when `context` is set); resumes from the run folder."""
     import torch
 
-    from .train.pretrain import load_config, run_pretraining
+    from .train.pretrain import load_config, pretraining_stores, run_pretraining, store_paths
 
     try:
         cfg = load_config(config, _parse_sets(set_))
+        used, found = len(pretraining_stores(cfg)), len(store_paths(cfg.stores))
     except MixmagError as exc:
         _fail(str(exc))
     dist, dev = _start_distributed(device)
     if dist.rank == 0:
+        held_out = f" (the test slides of {', '.join(cfg.exclude_test_of)} left out)" if cfg.exclude_test_of else ""
         console.print(f"Pretraining ({'CMEM, c = ' + str(cfg.context) if cfg.context else 'MEM'}, r = {cfg.mask_ratio}, preset {cfg.preset}) "
-                      f"for {cfg.steps} steps of {cfg.batch_size} regions on {dev}{f' x {dist.world_size} ranks' if dist.active else ''} -> {cfg.out}"
-                      f"{'; the test slides of ' + ', '.join(cfg.exclude_test_of) + ' left out' if cfg.exclude_test_of else ''}", soft_wrap=True)
+                      f"for {cfg.steps} steps of {cfg.batch_size} regions on {dev}{f' x {dist.world_size} ranks' if dist.active else ''} -> {cfg.out}; "
+                      f"{used} of {found} stores{held_out}", soft_wrap=True)
 
     def show(row: dict) -> None:
         cos = " ".join(f"{row[k]:.3f}" for k in sorted(row) if k.startswith("cos_level"))
