@@ -111,6 +111,11 @@ def pipeline_settings(attrs: dict) -> dict:
     return {k: attrs.get(k) for k in (*STORE_MUST_MATCH, *STORE_SHOULD_MATCH)}
 
 
+def embedding_space(settings: dict) -> dict:
+    """The part of a store's provenance (pipeline_settings) that fixes what its embeddings mean."""
+    return {k: settings.get(k) for k in STORE_MUST_MATCH}
+
+
 def shared_settings(paths: Sequence[str | Path]) -> dict:
     """The pipeline settings a set of stores (a cohort, a pretraining folder) has in common.
 

@@ -89,24 +89,33 @@ def _slug(name: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
 
 
-def run_is_current(cfg: TrainConfig) -> bool:
-    """A finished run is reused only if its config, its stores' provenance and the pretrained mixer it read
-    are those of now: a mixer retrained or stores re-embedded at the same paths make it stale."""
-    from ..data.cohort import load_cohort
-    from ..store import shared_settings
+def run_is_current(cfg: TrainConfig, store_settings: dict | None) -> bool:
+    """A finished run is reused only if its config, its stores' provenance (`store_settings`, as
+    store.shared_settings gives them now) and the pretrained mixer it read are those of now: a mixer
+    retrained or stores re-embedded at the same paths make it stale."""
     from ..train.finetune import PIPELINE_FILENAME, pretrained_mixer_digest
 
     out = Path(cfg.out)
     files = [out / n for n in ("metrics.json", "config.json", PIPELINE_FILENAME)]
-    if not all(f.is_file() for f in files) or json.loads(files[1].read_text()) != json.loads(json.dumps(cfg.model_dump())):
+    if store_settings is None or not all(f.is_file() for f in files) or json.loads(files[1].read_text()) != json.loads(json.dumps(cfg.model_dump())):
         return False
     pipeline = json.loads(files[2].read_text())
     try:
-        stores = shared_settings(list(load_cohort(cfg.cohort, cfg.stores).stores.values()))
         digest = pretrained_mixer_digest(cfg)
     except (MixmagError, OSError):
         return False  # let training say what is wrong
-    return all(pipeline.get(k) == v for k, v in stores.items()) and pipeline.get("mixer_digest") == digest
+    return all(pipeline.get(k) == v for k, v in store_settings.items()) and pipeline.get("mixer_digest") == digest
+
+
+def _cohort_store_settings(cohort: str, stores: str) -> dict | None:
+    """The cohort's stores' shared provenance, or None when they cannot be read (training will say why)."""
+    from ..data.cohort import load_cohort
+    from ..store import shared_settings
+
+    try:
+        return shared_settings(list(load_cohort(cohort, stores).stores.values()))
+    except (MixmagError, OSError):
+        return None
 
 
 def run_grid(grid: GridConfig, on_run=None) -> dict:
@@ -116,13 +125,19 @@ def run_grid(grid: GridConfig, on_run=None) -> dict:
 
     results: dict[str, dict[str, list[float]]] = {}
     for task in grid.tasks:
+        settings: dict[tuple[str, str], dict | None] = {}  # read once per cohort and stores folder
+        encoded: set[str] = set()
         for method in grid.methods:
             for seed in grid.seeds:
                 cfg = method_config(grid, task, method, seed)
-                if cfg.encoded:  # (re)writes only what the mixer's digest or a store's date makes stale
+                if cfg.encoded and cfg.encoded not in encoded:  # rewrites only what a new mixer or store made stale
+                    encoded.add(cfg.encoded)
                     name = method.rsplit("-", 2)[0]
                     encode_stores(store_paths(task.stores), Path(grid.pretrained[name]), Path(cfg.encoded))
-                if run_is_current(cfg):
+                where = (cfg.cohort, cfg.stores)
+                if where not in settings:
+                    settings[where] = _cohort_store_settings(*where)
+                if run_is_current(cfg, settings[where]):
                     metrics = json.loads((Path(cfg.out) / "metrics.json").read_text())
                     status = "reused"
                 else:

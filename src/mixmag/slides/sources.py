@@ -35,21 +35,28 @@ def sources_from_paths(paths: list[Path], mpp: float | None = None) -> list[Slid
     return sources
 
 
-def slide_ids_from_table(table: Path) -> list[str]:
-    """The slide ids a CSV names: its 'slide' column (a training cohort table), else the ids of its
-    'path' column's files (a tiling table)."""
-    table = Path(table)
+def _read_table(table: Path) -> tuple[list[str], list[dict[str, str]]]:
+    """A CSV's column names and rows, names and values stripped."""
     if not table.is_file():
         raise CohortError(f"{table}: cohort table not found.")
     with table.open(newline="") as fh:
         reader = csv.DictReader(fh)
         columns = [c.strip() for c in (reader.fieldnames or [])]
-        if "slide" not in columns:
-            if "path" in columns:
-                return [s.slide_id for s in sources_from_table(table)]
-            raise CohortError(f"{table}: needs a 'slide' column (slide ids) or a 'path' column (slide files); "
-                              f"found columns: {', '.join(columns) or 'none'}.")
-        ids = [(row.get("slide") or "").strip() for row in reader]
+        rows = [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in reader]
+    return columns, rows
+
+
+def slide_ids_from_table(table: Path) -> list[str]:
+    """The slide ids a CSV names: its 'slide' column (a training cohort table), else the ids of its
+    'path' column's files (a tiling table)."""
+    table = Path(table)
+    columns, rows = _read_table(table)
+    if "slide" not in columns:
+        if "path" in columns:
+            return [s.slide_id for s in sources_from_table(table)]
+        raise CohortError(f"{table}: needs a 'slide' column (slide ids) or a 'path' column (slide files); "
+                          f"found columns: {', '.join(columns) or 'none'}.")
+    ids = [row.get("slide", "") for row in rows]
     empty = [str(line) for line, sid in enumerate(ids, start=2) if not sid]
     if empty:
         raise CohortError(f"{table}: empty 'slide' in row(s) {', '.join(empty[:10])}.")
@@ -62,16 +69,9 @@ def sources_from_table(table: Path, mpp: float | None = None) -> list[SlideSourc
     """Read a CSV with a 'path' column (relative paths are relative to the table) and optional
     'slide' (id) and 'mpp' columns; other columns (specimen, label, split...) are ignored here."""
     table = Path(table)
-    if not table.is_file():
-        raise CohortError(f"{table}: cohort table not found.")
-    with table.open(newline="") as fh:
-        reader = csv.DictReader(fh)
-        columns = [c.strip() for c in (reader.fieldnames or [])]
-        if "path" not in columns:
-            raise CohortError(
-                f"{table}: needs a 'path' column with the slide files (found columns: {', '.join(columns) or 'none'})."
-            )
-        rows = [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in reader]
+    columns, rows = _read_table(table)
+    if "path" not in columns:
+        raise CohortError(f"{table}: needs a 'path' column with the slide files (found columns: {', '.join(columns) or 'none'}).")
     if not rows:
         raise CohortError(f"{table}: the table has no rows.")
     sources, problems = [], []

@@ -179,7 +179,7 @@ def _pretrain(out: Path, config: DemoConfig, tables: dict[str, Path], console: C
     """MEM on the cohort's stores less every task's test slides: no test slide is seen before evaluation."""
     import shutil
 
-    from ..store import STORE_MUST_MATCH, shared_settings
+    from ..store import embedding_space, shared_settings
     from ..train.pretrain import PretrainConfig, pretraining_stores, run_pretraining
 
     settings = dict(stores=str(out / "stores"), out=str(out / "pretrain"), workers=0, tensorboard=False,
@@ -190,7 +190,7 @@ def _pretrain(out: Path, config: DemoConfig, tables: dict[str, Path], console: C
     meta = Path(cfg.out) / "mixer.json"
     if meta.is_file():
         written = json.loads(meta.read_text())
-        space = {k: v for k, v in shared_settings(pretraining_stores(cfg)).items() if k in STORE_MUST_MATCH}
+        space = embedding_space(shared_settings(pretraining_stores(cfg)))
         if written.get("pretraining") != json.loads(json.dumps(cfg.model_dump())) or written.get("stores") != space:
             console.print(f"the pretraining settings or the stores changed since {cfg.out} was written: pretraining again")
             shutil.rmtree(cfg.out)

@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 from dataclasses import asdict
+from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -19,7 +20,7 @@ import torch
 from .. import __version__
 from ..errors import ConfigError
 from ..models.mixer import MixerConfig, RegionMixer
-from ..store import STORE_MUST_MATCH
+from ..store import STORE_MUST_MATCH, embedding_space
 
 MIXER_WEIGHTS = "mixer.safetensors"
 MIXER_META = "mixer.json"
@@ -33,7 +34,7 @@ def export_mixer(out: Path, encoder: torch.nn.Module, mixer_cfg: MixerConfig, pr
     tmp = path.with_name(f".{path.name}.partial")
     save_file({k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}, str(tmp))
     os.replace(tmp, path)
-    meta = {"mixer": asdict(mixer_cfg), "pretraining": pretraining, "stores": {k: stores.get(k) for k in STORE_MUST_MATCH},
+    meta = {"mixer": asdict(mixer_cfg), "pretraining": pretraining, "stores": embedding_space(stores),
             "mixmag_version": __version__}
     (out / MIXER_META).write_text(json.dumps(meta, indent=1))
     return path
@@ -57,8 +58,19 @@ def load_mixer(weights: str | Path, stores: dict | None = None) -> tuple[RegionM
 
 
 def weights_digest(weights: str | Path) -> str:
-    """Names a mixer's weights by content: a retrained mixer at the same path is another mixer."""
-    return hashlib.sha256(Path(weights).read_bytes()).hexdigest()[:16]
+    """Names a mixer's weights by content: a retrained mixer at the same path is another mixer.
+    Hashed once per file version (a paper-size mixer is about 1 GB)."""
+    stat = os.stat(weights)
+    return _digest(str(Path(weights).resolve()), stat.st_mtime_ns, stat.st_size)
+
+
+@lru_cache(maxsize=64)
+def _digest(path: str, mtime_ns: int, size: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 24), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
 
 
 def check_stores_fit_mixer(weights: Path, pretrained_on: dict, stores: dict) -> None:

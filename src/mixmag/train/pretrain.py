@@ -25,7 +25,7 @@ from ..data.regions import RegionSamplingConfig, RegionStream, index_stores
 from ..errors import ConfigError
 from ..models.mem import MEMPretrainer, n_masked
 from ..models.mixer import MixerConfig, mixer_config
-from ..store import STORE_MUST_MATCH, STORE_SUFFIX, shared_settings
+from ..store import STORE_SUFFIX, embedding_space, shared_settings
 from .mixer_file import export_mixer
 from .optim import param_groups, warmup_cosine
 
@@ -134,6 +134,7 @@ def run_pretraining(config: PretrainConfig, *, device: torch.device, rank: int =
                                     batch_size=local_batch, seed=config.seed, augment=config.augment)
     paths = pretraining_stores(config)
     settings = shared_settings(paths)  # refuses a folder mixing encoders or tilings
+    space = json.dumps(embedding_space(settings), sort_keys=True)  # what a checkpoint's weights are tied to
     entries, in_dim, n_levels = index_stores(paths, sampling)
     torch.manual_seed(config.seed)
     model, mixer_cfg = build_model(config, in_dim, n_levels)
@@ -146,7 +147,7 @@ def run_pretraining(config: PretrainConfig, *, device: torch.device, rank: int =
     step = 0
     ckpt_path = out / CHECKPOINT
     if ckpt_path.is_file():
-        step = _resume(ckpt_path, config, model, optimizer, scaler, world_size, device, embedding_space(settings))
+        step = _resume(ckpt_path, config, model, optimizer, scaler, world_size, device, space)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(config.model_dump() | {"mixer_resolved": asdict(mixer_cfg)}, indent=1))
@@ -196,8 +197,7 @@ def run_pretraining(config: PretrainConfig, *, device: torch.device, rank: int =
             timer, samples_since = time.perf_counter(), 0
         if step % config.checkpoint_every == 0 or step == config.steps:
             if rank == 0:
-                save_checkpoint(ckpt_path, model, optimizer, scaler, step, config, mixer_cfg, world_size, device,
-                                embedding_space(settings))
+                save_checkpoint(ckpt_path, model, optimizer, scaler, step, config, mixer_cfg, world_size, device, space)
             if distributed:
                 torch.distributed.barrier()
     logger.close()
@@ -278,11 +278,6 @@ def measure_matmul_tflops(device: torch.device, precision: str) -> float:
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def embedding_space(settings: dict) -> str:
-    """The store provenance a checkpoint's weights are tied to (encoder, weights, levels, tile and region size)."""
-    return json.dumps({k: settings.get(k) for k in STORE_MUST_MATCH}, sort_keys=True)
 
 
 def save_checkpoint(path: Path, model, optimizer, scaler, step: int, config: PretrainConfig, mixer_cfg: MixerConfig, world_size: int, device,
