@@ -14,24 +14,24 @@ import pytest
 from mixmag.synth.patterns import position_code, tissue_like
 from mixmag.synth.slide_writer import write_slide
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+SAMPLE_DATA = Path(__file__).resolve().parent / "data"  # real CC0 slides shipped with the project (PROVENANCE.md)
 
 
 @pytest.fixture(scope="session")
-def shared_data() -> Path:
-    if not (SHARED_DATA / "CMU-1-Small-Region.svs").is_file():
-        pytest.skip(f"real sample slides not found in {SHARED_DATA}")
-    return SHARED_DATA
+def sample_data() -> Path:
+    """The project's own real sample slides: never skipped; a missing file is a failure."""
+    assert (SAMPLE_DATA / "CMU-1-Small-Region.svs").is_file(), f"real sample slides missing from {SAMPLE_DATA}"
+    return SAMPLE_DATA
 
 
 @pytest.fixture(scope="session")
-def real_svs(shared_data) -> Path:
-    return shared_data / "CMU-1-Small-Region.svs"
+def real_svs(sample_data) -> Path:
+    return sample_data / "CMU-1-Small-Region.svs"
 
 
 @pytest.fixture(scope="session")
-def real_pyramid(shared_data) -> Path:
-    return shared_data / "CMU-1-Small-Region.pyramid.tiff"
+def real_pyramid(sample_data) -> Path:
+    return sample_data / "CMU-1-Small-Region.pyramid.tiff"
 
 
 @pytest.fixture(scope="session")
