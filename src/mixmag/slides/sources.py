@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import csv
 import math
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import CohortError
+from ..ids import is_safe_id
 
-_SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 _SLIDE_SUFFIXES = (".ome.tiff", ".ome.tif")
 
 
@@ -102,7 +101,7 @@ def sources_from_table(table: Path, mpp: float | None = None) -> list[SlideSourc
 def _check_ids(sources: list[SlideSource], where: str) -> None:
     seen: dict[str, Path] = {}
     for s in sources:
-        if not _SAFE_ID.match(s.slide_id):
+        if not is_safe_id(s.slide_id):
             raise CohortError(
                 f"{where}: slide id {s.slide_id!r} ({s.path}) is not a safe file name; "
                 "use letters, digits, '.', '_', '+' and '-' (set a 'slide' column in a cohort table)."
