@@ -66,7 +66,7 @@ def test_coarser_than_any_level_is_downsampled(real_svs):
 def test_direct_tile_reads_equal_tiffslide(real_svs, real_pyramid, tissue_slide):
     for path in (real_svs, real_pyramid, tissue_slide):
         with Slide(path) as slide:
-            handle = slide._handle
+            handle = slide._handle.raw
             for level, reader in enumerate(slide._direct):
                 assert reader is not None
                 w, h = slide.level_dimensions[level]

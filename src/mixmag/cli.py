@@ -80,7 +80,7 @@ def tile(
     thumbnail_mpp: Annotated[Optional[float], typer.Option(help="um/px of the tissue thumbnail [8].")] = None,
     min_saturation: Annotated[Optional[int], typer.Option(help="Floor on the Otsu saturation threshold [15].")] = None,
     allow_upsample: Annotated[Optional[bool], typer.Option("--allow-upsample", help="Allow levels finer than the scan.")] = None,
-    backend: Annotated[str, typer.Option(help="auto, tiffslide or openslide.")] = "auto",
+    backend: Annotated[str, typer.Option(help="auto, tiffslide, openslide, omezarr, czi or slideio (see `mixmag doctor`).")] = "auto",
     tissue_model: Annotated[Optional[Path], typer.Option(help="ONNX or TorchScript tissue model (probability map).")] = None,
     force: Annotated[bool, typer.Option(help="Re-tile even when a current plan exists.")] = False,
 ) -> None:
@@ -460,6 +460,55 @@ def report(
     except (FileNotFoundError, KeyError) as exc:
         _fail(f"{run}: not a complete `mixmag train` run folder ({exc})")
     console.print(f"wrote {path}")
+
+
+@app.command()
+def doctor(
+    slides: Annotated[Optional[list[Path]], typer.Argument(help="Slide files or folders (DICOM, OME-Zarr); none: only the readers.")] = None,
+    mpp: Annotated[Optional[float], typer.Option(help="The mpp override `mixmag tile --mpp` would get.")] = None,
+) -> None:
+    """Which slide readers are installed, and per slide which of them read it, at what mpp, how fast, and what
+    `mixmag tile` will do (exit 1 when a slide cannot be tiled)."""
+    from .slides.doctor import check_paths, installed_backends
+
+    table = Table(title="Slide readers")
+    for col in ("backend", "installed", "version", "install"):
+        table.add_column(col)
+    for name, ok, version, install in installed_backends():
+        table.add_row(name, "yes" if ok else "no", version, "" if ok else (install or ""))
+    console.print(table)
+    checks = check_paths(list(slides or []), mpp)
+    for check in checks:
+        _print_slide_check(check)
+    if any(not c.can_tile for c in checks):
+        raise typer.Exit(1)
+
+
+def _print_slide_check(check) -> None:
+    console.print(f"\n[bold]{check.path}[/] (slide id {check.slide_id})", highlight=False, soft_wrap=True)
+    if not check.backends:
+        console.print("  no reader for this kind of path", highlight=False)
+    for b in check.backends:
+        mark = "[green]chosen[/]" if b.backend == check.chosen else ("opens" if b.opened else "[red]fails[/]")
+        if not b.installed:
+            console.print(f"  {b.backend}: not installed ({b.install}) - {b.reason}", highlight=False, soft_wrap=True)
+            continue
+        console.print(f"  {b.backend}: {mark} - {b.reason}", highlight=False, soft_wrap=True)
+        if b.error:
+            console.print(f"    error: {b.error}", highlight=False, soft_wrap=True)
+        if b.levels:
+            levels = ", ".join(f"{w}x{h}" + (f" @ {m:.4g}" if m else "") for w, h, m in b.levels)
+            console.print(f"    levels (um/px): {levels}", highlight=False, soft_wrap=True)
+        if b.mpp is not None:
+            console.print(f"    mpp {b.mpp:g} from {b.mpp_source}", highlight=False)
+        if b.mpp_error:
+            console.print(f"    mpp: {b.mpp_error}", highlight=False, soft_wrap=True)
+        if b.tiles_per_s is not None:
+            console.print(f"    reads {b.tiles_per_s:.0f} tiles/s (one core, central cells)", highlight=False)
+        if b.diff_to_chosen is not None and b.backend != check.chosen:
+            console.print(f"    pixels vs {check.chosen}: mean |difference| {b.diff_to_chosen:.2f} grey levels", highlight=False)
+    style = "green" if check.can_tile else "red"
+    console.print(f"  [{style}]{check.verdict}[/]", highlight=False, soft_wrap=True)
 
 
 @app.command("encoders")

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import MppError
+from .backends.base import NativeMpp
 
 PLAUSIBLE_MPP = (0.1, 20.0)
 _ANISOTROPY_TOLERANCE = 0.02
@@ -28,16 +29,20 @@ class ResolvedMpp:
 
 
 def resolve_mpp(
-    slide: str | Path, properties: Mapping[str, str], override: float | None = None
+    slide: str | Path, properties: Mapping[str, str], override: float | None = None, native: NativeMpp | None = None
 ) -> ResolvedMpp:
-    """Return the slide's mpp from the override or its metadata; raise MppError if absent or absurd."""
+    """Return the slide's mpp from the override or its metadata; raise MppError if absent or absurd.
+
+    `native` is what a backend read from its format's own metadata (DICOM, OME-NGFF, CZI, slideio), used when
+    OpenSlide/TiffSlide properties have none."""
     if override is not None:
         return ResolvedMpp(_check_plausible(slide, float(override), "the mpp override"), "override")
-    for source, value in _metadata_candidates(slide, properties):
+    for source, value in _metadata_candidates(slide, properties, native):
         return ResolvedMpp(_check_plausible(slide, value, source), source)
     raise MppError(
         slide,
-        "no microns-per-pixel in the slide metadata (no vendor mpp, OME PhysicalSize or TIFF resolution tags).",
+        "no microns-per-pixel in the slide metadata (no vendor mpp, DICOM PixelSpacing, OME PhysicalSize or "
+        "NGFF scale with a unit, CZI Scaling, or TIFF resolution tags).",
         _MPP_HELP + ".",
     )
 
@@ -55,13 +60,17 @@ def _check_plausible(slide: str | Path, value: float, source: str) -> float:
     return value
 
 
-def _metadata_candidates(slide: str | Path, properties: Mapping[str, str]):
-    """Yield (source, mpp) in priority order: vendor property, OME PhysicalSize, TIFF tags."""
+def _metadata_candidates(slide: str | Path, properties: Mapping[str, str], native: NativeMpp | None = None):
+    """Yield (source, mpp) in priority order: vendor property, the format's own metadata, OME PhysicalSize, TIFF tags."""
     for prefix in ("openslide", "tiffslide"):
         x = _as_float(properties.get(f"{prefix}.mpp-x"))
         y = _as_float(properties.get(f"{prefix}.mpp-y"))
         if x is not None and x > 0:
-            yield f"{prefix}.mpp-x", _isotropic(slide, x, y, f"{prefix}.mpp")
+            # OpenSlide's DICOM mpp is the level-0 instance's PixelSpacing (0028,0030)
+            source = "DICOM PixelSpacing (openslide.mpp-x)" if properties.get("openslide.vendor") == "dicom" else f"{prefix}.mpp-x"
+            yield source, _isotropic(slide, x, y, f"{prefix}.mpp")
+    if native is not None and native.x is not None:
+        yield native.source, _isotropic(slide, native.x, native.y, native.source)
     path = Path(slide)
     if path.is_file() and path.suffix.lower() in {".tif", ".tiff", ".svs", ".btf", ".tf8"}:
         yield from _tiff_candidates(slide, path)

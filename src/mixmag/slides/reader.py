@@ -1,14 +1,15 @@
-"""One slide interface over OpenSlide and TiffSlide, and the one function that plans every read.
+"""The one slide interface over every backend (slides.backends), and the one function that plans every read.
 
-Backend choice per file: TiffSlide decodes JPEG-tiled TIFF/SVS/OME-TIFF near the raw decode rate and
-reads TIFFs OpenSlide refuses (strip-based OME-TIFF); OpenSlide covers MRXS, NDPI, DICOM and friends
-and is faster on JPEG 2000 SVS. The chosen backend is named in every output's provenance.
+Backend choice per file (slides.backends.candidates): TiffSlide decodes JPEG-tiled TIFF/SVS/OME-TIFF near the
+raw decode rate; OpenSlide covers MRXS, NDPI, SCN, BIF and DICOM (a file or a folder) and is faster on JPEG 2000
+SVS; zarr reads OME-Zarr pyramids; the optional extras add CZI (libCZI) and a fallback (slideio) for VSI, QPTIFF
+and others. Whatever the backend, mpp is exact or an error, coordinates are level-0 pixels and reads go through
+the same plan. The chosen backend is named in every output's provenance.
 """
 
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,12 +19,10 @@ import numpy as np
 
 from ..errors import ResolutionError, SlideNotFoundError, SlideUnreadableError
 from ..geometry import Box
+from .backends import BACKENDS, Candidate, candidates, installed, open_backend
+from .backends.base import GLASS_WHITE, BackendHandle
+from .backends.dicom import is_dicom_file
 from .metadata import resolve_mpp
-
-BACKENDS = ("tiffslide", "openslide")
-_TIFF_SUFFIXES = {".tif", ".tiff", ".svs", ".btf", ".tf8"}
-_JPEG2000_COMPRESSIONS = {33003, 33004, 33005, 34712}
-GLASS_WHITE = 255  # pixels outside the scanned area read as white glass
 
 
 @dataclass(frozen=True)
@@ -118,34 +117,24 @@ def halve(image: np.ndarray) -> np.ndarray:
 
 
 def preferred_backends(path: Path) -> list[str]:
-    """Backends to try for a file, fastest capable first."""
-    if path.is_file() and path.suffix.lower() in _TIFF_SUFFIXES:
-        if _tiff_compression(path) in _JPEG2000_COMPRESSIONS:
-            return ["openslide", "tiffslide"]
-        return ["tiffslide", "openslide"]
-    return ["openslide", "tiffslide"]
+    """Installed backends that may read a file, fastest capable first (see slides.backends.candidates)."""
+    return [c.backend for c in candidates(Path(path)) if c.installed]
 
 
-def _tiff_compression(path: Path) -> int | None:
-    import tifffile
-
-    try:
-        with tifffile.TiffFile(path) as tif:
-            return int(tif.pages[0].compression)
-    except Exception:  # noqa: BLE001 - any failure here only means "not a readable TIFF"
-        return None
-
-
-def _open_backend(name: str, path: Path):
-    if name == "tiffslide":
-        import tiffslide
-
-        return tiffslide.TiffSlide(path)
-    if name == "openslide":
-        import openslide
-
-        return openslide.OpenSlide(str(path))
-    raise ValueError(f"unknown slide backend {name!r}; choose one of {', '.join(BACKENDS)}")
+def slide_fingerprint(path: str | Path) -> dict:
+    """Path, size and mtime that tell whether a slide changed: a DICOM slide is its folder's files, an OME-Zarr
+    folder all of its files (sizes summed, newest mtime)."""
+    path = Path(path)
+    folder = path if path.is_dir() else (path.parent if is_dicom_file(path) else None)
+    if folder is None:
+        stat = os.stat(path)
+        return {"path": str(path.resolve()), "size_bytes": int(stat.st_size), "mtime": float(stat.st_mtime)}
+    size, mtime = 0, os.stat(folder).st_mtime
+    for root, _, files in os.walk(folder):
+        for name in files:
+            st = os.stat(os.path.join(root, name))
+            size, mtime = size + st.st_size, max(mtime, st.st_mtime)
+    return {"path": str(path.resolve()), "size_bytes": int(size), "mtime": float(mtime)}
 
 
 class Slide:
@@ -163,45 +152,49 @@ class Slide:
             raise SlideNotFoundError(self.path, "file not found.", "check the path (relative paths in a cohort table are relative to the table).")
         if backend != "auto" and backend not in BACKENDS:
             raise ValueError(f"unknown slide backend {backend!r}; choose auto, {', '.join(BACKENDS)}")
-        candidates = preferred_backends(self.path) if backend == "auto" else [backend]
-        failures = []
-        self._handle = None
-        for name in candidates:
-            try:
-                self._handle = _open_backend(name, self.path)
-                self.backend = name
-                self._direct = self._direct_readers()
-                self._check_readable()
-                break
-            except Exception as exc:  # noqa: BLE001 - each backend fails in its own way; all are reported
-                failures.append(f"{name}: {type(exc).__name__}: {exc}")
-                self._close_handle()
-        if self._handle is None:
-            raise SlideUnreadableError(
-                self.path,
-                "no backend could read it (" + "; ".join(failures) + ").",
-                "check the file is a complete whole slide image (re-copy it if truncated); "
-                "supported: SVS, TIFF, OME-TIFF, NDPI, MRXS, DICOM and other OpenSlide formats.",
-            )
+        self._handle: BackendHandle | None = None
+        self.backend = self._open(backend)
         props = dict(self._handle.properties)
         self.properties = props
-        resolved = resolve_mpp(self.path, props, mpp)
+        resolved = resolve_mpp(self.path, props, mpp, self._handle.native_mpp)
         self.mpp = resolved.value
         self.mpp_source = resolved.source
         self.level_dimensions: tuple[tuple[int, int], ...] = tuple(tuple(map(int, d)) for d in self._handle.level_dimensions)
         self.level_downsamples: tuple[float, ...] = tuple(float(d) for d in self._handle.level_downsamples)
 
-    def _direct_readers(self) -> list:
-        """TiffSlide backend: per-level readers that decode covering tiles directly (see tiff_tiles)."""
-        if self.backend != "tiffslide":
-            return []
-        from .tiff_tiles import level_readers
-
-        series = int(self._handle.properties.get("tiffslide.series-index") or 0)
-        return level_readers(self._handle.ts_tifffile, series, threading.Lock())
+    def _open(self, backend: str) -> str:
+        """Open with the first backend that reads the file (fastest capable first); say why none could."""
+        if backend == "auto":
+            options = candidates(self.path)
+        else:
+            options = [Candidate(backend, "asked for", installed(backend))]
+        failures = []
+        for option in options:
+            if not option.installed:
+                failures.append(f"{option.backend}: not installed ({option.install})")
+                continue
+            try:
+                self._handle = open_backend(option.backend, self.path)
+                self._direct = self._handle.direct
+                self._check_readable()
+                return option.backend
+            except SlideUnreadableError as exc:
+                failures.append(f"{option.backend}: {exc.problem}")
+            except Exception as exc:  # noqa: BLE001 - each backend fails in its own way; all are reported
+                failures.append(f"{option.backend}: {type(exc).__name__}: {exc}")
+            self._close_handle()
+        missing = [o.install for o in options if not o.installed and o.install]
+        fix = ("check the file is a complete whole slide image (re-copy it if truncated); supported: SVS, TIFF, OME-TIFF, "
+               "NDPI, MRXS, SCN, BIF, DICOM (file or folder), OME-Zarr, CZI and, with the fallback reader, VSI, QPTIFF, ZVI, AFI.")
+        if missing:
+            fix = f"install the reader for this format: {' or '.join(dict.fromkeys(missing))}; or " + fix
+        what = "; ".join(failures) if failures else "mixmag has no reader for this kind of " + ("folder" if self.path.is_dir() else "file")
+        raise SlideUnreadableError(self.path, f"no backend could read it ({what}).", fix)
 
     def _check_readable(self) -> None:
         """Decode one pixel so a truncated or corrupt file fails at open, not mid-run."""
+        if not self._handle.level_dimensions or min(min(d) for d in self._handle.level_dimensions) < 1:
+            raise SlideUnreadableError(self.path, f"empty image (levels {self._handle.level_dimensions}).")
         pixel = self._read_raw(0, 0, 0, 1, 1)
         if pixel.shape != (1, 1, 3):
             raise SlideUnreadableError(self.path, f"unexpected pixel layout {pixel.shape}; mixmag needs RGB.")
@@ -276,19 +269,7 @@ class Slide:
             ) from exc
 
     def _backend_read(self, level: int, x: int, y: int, width: int, height: int) -> np.ndarray:
-        ds = float(self._handle.level_downsamples[level])
-        direct = self._direct[level] if level < len(self._direct) else None
-        if direct is not None:
-            return direct.read(x, y, width, height)
-        if self.backend == "tiffslide":
-            # tiffslide floors location / downsample; ceil makes that land exactly on x.
-            loc = (int(np.ceil(x * ds)), int(np.ceil(y * ds)))
-            arr = np.asarray(self._handle.read_region(loc, level, (width, height), as_array=True))
-            if arr.ndim == 3 and arr.shape[2] == 4:
-                arr = _composite_on_white(arr)
-            return np.ascontiguousarray(arr[..., :3]) if arr.ndim == 3 else np.repeat(arr[..., None], 3, axis=2)
-        rgba = np.asarray(self._handle.read_region((round(x * ds), round(y * ds)), level, (width, height)))
-        return _composite_on_white(rgba)
+        return self._handle.read(level, x, y, width, height)
 
     def thumbnail(self, target_mpp: float, chunk: int = 1024, **kwargs) -> np.ndarray:
         """The whole slide at `target_mpp`, read in chunks so memory stays bounded on huge slides."""
@@ -303,8 +284,7 @@ class Slide:
         return out
 
     def fingerprint(self) -> dict:
-        stat = os.stat(self.path)
-        return {"path": str(self.path.resolve()), "size_bytes": int(stat.st_size), "mtime": float(stat.st_mtime)}
+        return slide_fingerprint(self.path)
 
     def _close_handle(self) -> None:
         if self._handle is not None:
@@ -325,13 +305,3 @@ class Slide:
     def __repr__(self) -> str:
         return f"Slide({str(self.path)!r}, backend={self.backend!r}, mpp={self.mpp:g}, size={self.width}x{self.height}, levels={len(self.level_dimensions)})"
 
-
-def _composite_on_white(rgba: np.ndarray) -> np.ndarray:
-    """OpenSlide marks unscanned area transparent (premultiplied): show it as white glass."""
-    rgb = rgba[..., :3]
-    alpha = rgba[..., 3]
-    if alpha.min() == 255:
-        return np.ascontiguousarray(rgb)
-    a = alpha[..., None].astype(np.uint16)
-    # premultiplied alpha: value = rgb + (255 - a) * white / 255
-    return np.clip(rgb.astype(np.uint16) + (255 - a), 0, 255).astype(np.uint8)

@@ -9,8 +9,9 @@ from pathlib import Path
 
 from ..errors import CohortError
 from ..ids import is_safe_id
+from .backends.dicom import dicom_entries
 
-_SLIDE_SUFFIXES = (".ome.tiff", ".ome.tif")
+_SLIDE_SUFFIXES = (".ome.tiff", ".ome.tif", ".ome.zarr", ".zarr")
 
 
 @dataclass(frozen=True)
@@ -21,15 +22,25 @@ class SlideSource:
 
 
 def slide_id_from_path(path: Path) -> str:
+    """A file's name without its suffix; a folder's name (less .zarr); a DICOM slide's folder (see slide_entries)."""
+    path = Path(path)
+    dicom = dicom_entries(path)
+    if dicom is not None and len(dicom) == 1:
+        return dicom[0][1]
     name = path.name
     for suffix in _SLIDE_SUFFIXES:
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
-    return path.stem if path.suffix else name
+    return name if path.is_dir() or not path.suffix else path.stem
+
+
+def slide_entries(path: Path) -> list[tuple[Path, str]]:
+    """(path, id) of every slide a path holds: one, or one per series of a DICOM folder with several."""
+    return dicom_entries(Path(path)) or [(Path(path), slide_id_from_path(Path(path)))]
 
 
 def sources_from_paths(paths: list[Path], mpp: float | None = None) -> list[SlideSource]:
-    sources = [SlideSource(Path(p), slide_id_from_path(Path(p)), mpp) for p in paths]
+    sources = [SlideSource(p, sid, mpp) for path in paths for p, sid in slide_entries(Path(path))]
     _check_ids(sources, where="the command line")
     return sources
 
@@ -91,7 +102,10 @@ def sources_from_table(table: Path, mpp: float | None = None) -> list[SlideSourc
             if not math.isfinite(row_mpp) or row_mpp <= 0:
                 problems.append(f"row {line}: mpp {row['mpp']!r} must be a positive number")
                 continue
-        sources.append(SlideSource(path, row.get("slide") or slide_id_from_path(path), row_mpp))
+        if row.get("slide"):
+            sources.append(SlideSource(path, row["slide"], row_mpp))
+        else:
+            sources += [SlideSource(p, sid, row_mpp) for p, sid in slide_entries(path)]
     if problems:
         raise CohortError(f"{table}: " + "; ".join(problems) + ".")
     _check_ids(sources, where=str(table))

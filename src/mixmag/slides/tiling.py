@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .. import __version__
 from ..geometry import Box, CellGrid, LevelSpec
-from .reader import Slide
+from .reader import Slide, slide_fingerprint
 from .tissue import TissueModel, TissueParams, cell_tissue_fractions, segment_tissue, tissue_model_id, window_fractions
 
 PLAN_FORMAT_VERSION = 1
@@ -239,7 +239,7 @@ def plan_is_current(
     except (FileNotFoundError, ValueError):
         return False
     try:
-        stat = os.stat(slide_path)
+        stat = slide_fingerprint(slide_path)  # a DICOM or OME-Zarr slide is a folder of files
     except OSError:
         return False
     return (
@@ -248,8 +248,8 @@ def plan_is_current(
         and plan.tissue_model == tissue_model
         and plan.slide.mpp_override == mpp_override
         and plan.slide.path == str(Path(slide_path).resolve())
-        and plan.slide.size_bytes == stat.st_size
-        and plan.slide.mtime == float(stat.st_mtime)
+        and plan.slide.size_bytes == stat["size_bytes"]
+        and plan.slide.mtime == stat["mtime"]
         and backend in ("auto", plan.slide.backend)
     )
 
