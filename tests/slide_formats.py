@@ -25,20 +25,30 @@ def need(module: str) -> None:
         pytest.skip(f"{module} is not installed: {INSTALL[module]}")
 
 
-def write_dicom(source: Path, folder: Path) -> Path:
-    """A DICOM WSI folder (one .dcm per level, JPEG q95 4:4:4 re-encoded, missing levels added) made from a TIFF slide."""
+def write_dicom(source: Path, folder: Path, description: str | None = None) -> Path:
+    """A DICOM WSI folder (one .dcm per level, JPEG q95 4:4:4 re-encoded, missing levels added) made from a TIFF
+    slide; with `description`, the series is added to the folder under that SeriesDescription."""
     need("wsidicomizer")
     from wsidicom.codec.settings import JpegSettings, Subsampling
     from wsidicomizer import WsiDicomizer
     from wsidicomizer.wsidicomizer import SourceIdentifier
 
-    if not folder.exists():
+    if description is not None or not folder.exists():
         tmp = folder.with_name(folder.name + ".partial")
         shutil.rmtree(tmp, ignore_errors=True)
-        WsiDicomizer.convert(source, tmp, preferred_source=SourceIdentifier.TIFFSLIDE, add_missing_levels=True,
+        extra = None
+        if description:
+            from pydicom import Dataset
+
+            extra = Dataset()
+            extra.SeriesDescription = description
+        WsiDicomizer.convert(source, tmp, metadata_post_processor=extra, preferred_source=SourceIdentifier.TIFFSLIDE, add_missing_levels=True,
                              include_label=False, include_overview=False, include_thumbnail=False, workers=1,
                              encoding=JpegSettings(quality=95, subsampling=Subsampling.R444))
-        tmp.rename(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        for f in tmp.iterdir():
+            f.rename(folder / f.name)
+        tmp.rmdir()
     return folder
 
 

@@ -40,7 +40,8 @@ def slide_entries(path: Path) -> list[tuple[Path, str]]:
 
 
 def sources_from_paths(paths: list[Path], mpp: float | None = None) -> list[SlideSource]:
-    sources = [SlideSource(p, sid, mpp) for path in paths for p, sid in slide_entries(Path(path))]
+    entries = dict.fromkeys(e for path in paths for e in slide_entries(Path(path)))  # each DICOM series once
+    sources = [SlideSource(p, sid, mpp) for p, sid in entries]
     _check_ids(sources, where="the command line")
     return sources
 

@@ -118,8 +118,8 @@ def dicom_entries(path: Path) -> list[tuple[Path, str]] | None:
         return None
     series = find_series(path.parent)
     for s in series:
-        if path in s.files:
-            return [(path, series_slide_id(path.parent, s, series))]
+        if path in s.files:  # any file of a series stands for it (so `folder/*.dcm` is one slide per series)
+            return [(s.base, series_slide_id(path.parent, s, series))]
     return [(path, _safe(path.stem) or "dicom")]  # not a whole-slide instance: let the reader say what is wrong
 
 
