@@ -48,3 +48,19 @@ def test_slide_model_with_a_mixer_ignores_padding_regions(output):
     alone, _ = model(regions[1:, :1], mask[1:, :1])
     torch.testing.assert_close(logits[1], alone[0], rtol=1e-5, atol=1e-5)
     assert attention.shape == ((2, 3 * 189) if output == "patch" else (2, 3))
+
+
+@pytest.mark.parametrize("garbage", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_padding_cannot_reach_the_output(garbage):
+    torch.manual_seed(5)
+    model = GatedABMIL(8)
+    bag = torch.randn(4, 8)
+    padded = torch.full((1, 7, 8), garbage)
+    padded[0, :4] = bag
+    mask = torch.zeros(1, 7, dtype=torch.bool)
+    mask[0, :4] = True
+    logits, attention = model(padded, mask)
+    alone, att = model(bag[None])
+    assert torch.isfinite(logits).all()
+    torch.testing.assert_close(logits, alone)
+    torch.testing.assert_close(attention[0, :4], att[0])

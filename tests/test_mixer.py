@@ -6,7 +6,7 @@ import torch
 
 from mixmag.errors import ConfigError
 from mixmag.geometry import level_offsets, region_permutation, sequence_length, token_slots
-from mixmag.models.mem import (MEMPretrainer, contrastive_loss, level_weights, random_masking, reconstruction_loss,
+from mixmag.models.mem import (MEMPretrainer, contrastive_loss, level_weights, n_masked, random_masking, reconstruction_loss,
                                restore_order)
 from mixmag.models.mixer import RegionMixer, mixer_config
 
@@ -85,6 +85,43 @@ def test_contrastive_loss_is_eq5_with_the_positive_left_out_of_the_denominator()
         den = sum(math.exp(sim(z[i], zp[j]) / tau) for j in range(6) if j != i)
         slow += -math.log(num / den)
     assert contrastive_loss(z, zp, tau).item() == pytest.approx(slow / 6, rel=1e-5)
+
+
+@pytest.mark.parametrize("s, r, k", [(100, 0.29, 29), (100, 0.57, 57), (189, 0.5, 94), (189, 0.75, 141), (10, 0.3, 3)])
+def test_the_number_of_hidden_slots_is_floor_s_r_in_exact_arithmetic(s, r, k):
+    # in floats 100 * 0.29 = 28.999999999999996 and 100 * 0.57 = 56.99999999999999
+    assert n_masked(s, r) == k
+    assert int(random_masking(2, s, r).masked.sum(dim=1)[0]) == k
+
+
+def test_symmetric_contrastive_is_infonce_both_ways_with_the_positive_in_the_denominator():
+    torch.manual_seed(3)
+    z, zp = torch.randn(6, 7), torch.randn(6, 7)
+    tau = 0.2
+    slow = 0.0
+    for a, b in ((z, zp), (zp, z)):
+        for i in range(6):
+            sims = [(a[i] @ b[j] / (a[i].norm() * b[j].norm())).item() / tau for j in range(6)]
+            slow += -math.log(math.exp(sims[i]) / sum(math.exp(v) for v in sims))
+    assert contrastive_loss(z, zp, tau, "symmetric").item() == pytest.approx(slow / 12, rel=1e-5)
+    assert contrastive_loss(z, zp, tau, "symmetric").item() != pytest.approx(contrastive_loss(z, zp, tau).item(), rel=1e-3)
+
+
+@pytest.mark.parametrize("reduction, factor", [("mean", 0.5), ("sum", 1.0)])
+def test_cmem_mem_term_is_the_mean_or_the_sum_of_the_two_crops(reduction, factor):
+    torch.manual_seed(6)
+    model = MEMPretrainer(mixer_config("tiny", in_dim=8), 0.5, contrastive=True, mem_reduction=reduction).eval()
+    x, xp = torch.randn(3, S, 8), torch.randn(3, S, 8)
+    torch.manual_seed(7)
+    with torch.no_grad():
+        losses = model(x, xp)
+        torch.manual_seed(7)
+        first, second = model.mem(x)["loss"], model.mem(xp)["loss"]
+    assert losses["mem"].item() == pytest.approx(factor * (first + second).item(), rel=1e-5)
+    with pytest.raises(ConfigError):
+        MEMPretrainer(mixer_config("tiny", in_dim=8), 0.5, contrastive=True, mem_reduction="max")
+    with pytest.raises(ConfigError):
+        MEMPretrainer(mixer_config("tiny", in_dim=8), 0.5, contrastive=True, contrastive_form="other")
 
 
 def test_padded_or_reordered_batches_do_not_change_a_sample():

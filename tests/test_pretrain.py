@@ -170,3 +170,13 @@ def test_resume_refuses_stores_re_embedded_with_another_encoder(tmp_path):
         write_store(folder / f"s{i}.h5", synthetic_store(f"s{i}", seed=i, n_rows=10, n_cols=10, context=5, projection_seed=7))
     with pytest.raises(ConfigError, match="re-embedded differently .*projection-1234.*projection-7"):
         run_pretraining(tiny(folder, tmp_path / "run", steps=4, checkpoint_every=1, log_every=1), device=CPU)
+
+
+def test_cmem_settings_reach_the_model(stores, tmp_path):
+    from mixmag.train.pretrain import build_model
+
+    cfg = tiny(stores, tmp_path, context=5, mem_reduction="sum", contrastive="symmetric")
+    model, _ = build_model(cfg, 16, 3)
+    assert (model.mem_reduction, model.contrastive_form) == ("sum", "symmetric")
+    with pytest.raises(ValueError):
+        tiny(stores, tmp_path, context=5, contrastive="one-way")

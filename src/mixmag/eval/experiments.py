@@ -18,7 +18,9 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import ConfigError, MixmagError
+from ..models.mixer import MIXER_PRESETS
 from ..train.finetune import TrainConfig, run_training
+from ..train.mixer_file import mixer_architecture
 
 ABMIL_METHODS = {"abmil-5x": "5x", "abmil-10x": "10x", "abmil-20x": "20x", "abmil-all": "all"}
 
@@ -38,7 +40,8 @@ class GridConfig(BaseModel):
     methods: list[str]
     seeds: list[int] = [0]
     pretrained: dict[str, str] = Field(default_factory=dict, description="name -> mixer.safetensors (e.g. 'MEM r=0.5')")
-    random_preset: str = "tiny"
+    random_preset: str | None = Field(None, description="architecture of random-init mixers; default: that of the pretrained "
+                                      "mixers (the paper's Random is the mixing module's architecture), else tiny")
     train: dict = Field(default_factory=dict, description="overrides for every run (epochs, lr, batch_size, ...)")
     train_by_method: dict[str, dict] = Field(default_factory=dict, description="extra overrides for methods starting with a prefix, e.g. abmil: {epochs: 40}")
     baseline: str = "abmil-20x"
@@ -68,21 +71,41 @@ def method_config(grid: GridConfig, task: Task, method: str, seed: int) -> Train
     if method in ABMIL_METHODS:
         return TrainConfig(**common, bags=ABMIL_METHODS[method])
     if method in ("random-patch", "random-cls"):
-        return TrainConfig(**common, bags="regions", mixer={"init": "random", "preset": grid.random_preset, "output": method.split("-")[1]})
+        return TrainConfig(**common, bags="regions", mixer=random_mixer(grid, None) | {"output": method.split("-")[1]})
     for level in ABMIL_METHODS.values():
         for output in ("patch", "cls"):
             if method == f"random-{level}-{output}" and level != "all":  # a mixer over one magnification's tokens
                 return TrainConfig(**common, bags="regions", region_level=level,
-                                   mixer={"init": "random", "preset": grid.random_preset, "output": output})
+                                   mixer=random_mixer(grid, None) | {"output": output})
     for name, weights in grid.pretrained.items():
         for output in ("patch", "cls"):
+            if method == f"random-{name}-{output}":  # fresh weights in the architecture of pretrained mixer `name`
+                return TrainConfig(**common, bags="regions", mixer=random_mixer(grid, name) | {"output": output})
             if method == f"{name}-{output}":
                 return TrainConfig(**common, bags="regions", mixer={"init": "pretrained", "weights": weights, "output": output})
             if method == f"{name}-{output}-frozen":
                 encoded = Path(grid.out) / "encoded" / _slug(name) / task.name
                 return TrainConfig(**common, bags=output, encoded=str(encoded))
-    known = list(ABMIL_METHODS) + ["random-patch", "random-cls"] + [f"random-{lv}-{o}" for lv in ("5x", "10x", "20x") for o in ("patch", "cls")] + [f"{n}-{o}{f}" for n in grid.pretrained for o in ("patch", "cls") for f in ("", "-frozen")]
+    known = list(ABMIL_METHODS) + ["random-patch", "random-cls"] + [f"random-{n}-{o}" for n in grid.pretrained for o in ("patch", "cls")] + [f"random-{lv}-{o}" for lv in ("5x", "10x", "20x") for o in ("patch", "cls")] + [f"{n}-{o}{f}" for n in grid.pretrained for o in ("patch", "cls") for f in ("", "-frozen")]
     raise ConfigError(f"unknown method {method!r}; known: {', '.join(known)}")
+
+
+def random_mixer(grid: GridConfig, name: str | None) -> dict:
+    """The mixer setting of a random baseline: the architecture of pretrained mixer `name`, or (name None) the one
+    architecture all pretrained mixers share. A random_preset that differs from it is refused: comparing MEM with
+    a random mixer must change the initialisation only."""
+    archs = {n: mixer_architecture(w) for n, w in grid.pretrained.items() if name is None or n == name}
+    if not archs:
+        return {"init": "random", "preset": grid.random_preset or "tiny"}
+    if len({json.dumps(a, sort_keys=True) for _, a in archs.values()}) > 1:
+        raise ConfigError(f"the pretrained mixers {', '.join(archs)} differ in architecture, so 'random-patch|cls' is ambiguous; "
+                          f"use one random row per mixer: {', '.join(f'random-{n}-patch' for n in archs)}")
+    preset, arch = next(iter(archs.values()))
+    if grid.random_preset is not None and grid.random_preset != preset:
+        raise ConfigError(f"random_preset {grid.random_preset!r} is not the architecture of the pretrained mixer(s) "
+                          f"{', '.join(archs)} (preset {preset!r}); remove random_preset so that Random and MEM differ "
+                          "in initialisation only")
+    return {"init": "random", "preset": preset if preset in MIXER_PRESETS else "paper", "overrides": arch}
 
 
 def _slug(name: str) -> str:

@@ -10,6 +10,10 @@ class GatedABMIL(nn.Module):
     """(B, N, D) instances + (B, N) mask (True = real) -> (B,) logits and (B, N) attention.
 
     alpha_i = softmax_i(h^T (tanh(V z_i) * sigmoid(U z_i))) over the real instances; z_agg = sum alpha_i z_i.
+    V and U carry biases (eq. 8 writes none; an affine gate is the common reading and costs 2 x hidden numbers);
+    h has none, as a shared offset would cancel in the softmax anyway.
+    Padded positions are zeroed before any product, so whatever they hold (even NaN or inf) cannot reach
+    the output: 0 * NaN would be NaN.
     """
 
     def __init__(self, in_dim: int, hidden: int = 16) -> None:
@@ -22,6 +26,7 @@ class GatedABMIL(nn.Module):
     def forward(self, z: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         if mask is None:
             mask = torch.ones(z.shape[:2], dtype=torch.bool, device=z.device)
+        z = torch.where(mask[..., None], z, torch.zeros((), dtype=z.dtype, device=z.device))
         scores = self.h(torch.tanh(self.V(z)) * torch.sigmoid(self.U(z))).squeeze(-1)
         scores = scores.masked_fill(~mask, float("-inf"))
         alpha = torch.softmax(scores, dim=1)

@@ -7,8 +7,9 @@ back at every hidden slot, adds its own positions and predicts the input embeddi
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
+from fractions import Fraction
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -26,10 +27,17 @@ class Masking:
     masked: torch.Tensor   # (B, s) bool, True where hidden
 
 
+MemReduction = Literal["mean", "sum"]
+ContrastiveForm = Literal["paper", "symmetric"]
+
+
 def n_masked(seq_len: int, ratio: float) -> int:
+    """k = floor(s r) in exact arithmetic on r as written (0.29 is 29/100, not the float just below it):
+    in floats 100 * 0.29 = 28.999999999999996 and the floor would hide 28 slots instead of 29."""
     if not 0 < ratio < 1:
         raise ConfigError(f"mask ratio r must be in (0, 1), got {ratio}")
-    return math.floor(seq_len * ratio)
+    exact = Fraction(repr(float(ratio)))  # repr is the shortest decimal that reads back as this float
+    return (seq_len * exact.numerator) // exact.denominator
 
 
 def random_masking(batch: int, seq_len: int, ratio: float, *, noise: torch.Tensor | None = None, device=None) -> Masking:
@@ -66,9 +74,16 @@ def reconstruction_loss(pred: torch.Tensor, target: torch.Tensor, masked: torch.
     return -((sim * weights * masked).sum(dim=1) / k).mean()
 
 
-def contrastive_loss(z: torch.Tensor, z_prime: torch.Tensor, tau: float = 0.2) -> torch.Tensor:
-    """Eq. 5: -1/n sum_i log exp(sim(z_i, z'_i)/tau) / sum_{j != i} exp(sim(z_i, z'_j)/tau)."""
+def contrastive_loss(z: torch.Tensor, z_prime: torch.Tensor, tau: float = 0.2, form: ContrastiveForm = "paper") -> torch.Tensor:
+    """Eq. 5 as printed ("paper"): -1/n sum_i log exp(sim(z_i, z'_i)/tau) / sum_{j != i} exp(sim(z_i, z'_j)/tau),
+    z against z' only, the positive left out of the denominator. "symmetric": the usual InfoNCE reading, the
+    positive in the denominator (cross-entropy over all j) and both directions (z -> z' and z' -> z) averaged."""
     logits = F.normalize(z.float(), dim=-1) @ F.normalize(z_prime.float(), dim=-1).T / tau
+    if form == "symmetric":
+        target = torch.arange(logits.shape[0], device=logits.device)
+        return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+    if form != "paper":
+        raise ConfigError(f"contrastive must be 'paper' or 'symmetric', got {form!r}")
     positives = logits.diagonal()
     eye = torch.eye(logits.shape[0], dtype=torch.bool, device=logits.device)
     negatives = torch.logsumexp(logits.masked_fill(eye, float("-inf")), dim=1)
@@ -117,14 +132,26 @@ class Projector(nn.Module):
 
 
 class MEMPretrainer(nn.Module):
-    """Mixer + decoder (+ projector for CMEM): returns the loss and its parts for a batch."""
+    """Mixer + decoder (+ projector for CMEM): returns the loss and its parts for a batch.
 
-    def __init__(self, config: MixerConfig, mask_ratio: float, contrastive: bool = False, tau: float = 0.2) -> None:
+    The paper leaves two CMEM details open; both are settings. mem_reduction: the two masked crops' MEM
+    losses are averaged ("mean", the default: the MEM term keeps the scale it has without context) or
+    added ("sum": the literal "MEM + contrastive" with one MEM term per crop). contrastive_form: see
+    `contrastive_loss`."""
+
+    def __init__(self, config: MixerConfig, mask_ratio: float, contrastive: bool = False, tau: float = 0.2,
+                 mem_reduction: MemReduction = "mean", contrastive_form: ContrastiveForm = "paper") -> None:
         super().__init__()
         n_masked(config.seq_len, mask_ratio)  # validates r
+        if mem_reduction not in ("mean", "sum"):
+            raise ConfigError(f"mem_reduction must be 'mean' or 'sum', got {mem_reduction!r}")
+        if contrastive_form not in ("paper", "symmetric"):
+            raise ConfigError(f"contrastive must be 'paper' or 'symmetric', got {contrastive_form!r}")
         self.config = config
         self.mask_ratio = mask_ratio
         self.tau = tau
+        self.mem_reduction = mem_reduction
+        self.contrastive_form = contrastive_form
         self.encoder = RegionMixer(config)
         self.decoder = MEMDecoder(config)
         self.projector = Projector(config) if contrastive else None
@@ -150,19 +177,28 @@ class MEMPretrainer(nn.Module):
             n = self.config.n_cls
             z = self.projector(out["encoded"][:, :n].flatten(1))
             z_prime = self.projector(second["encoded"][:, :n].flatten(1))
-            losses["mem"] = (out["loss"] + second["loss"]) / 2  # both masked crops are reconstructed
-            losses["contrastive"] = _global_contrastive(z, z_prime, gather, self.tau) if gather else contrastive_loss(z, z_prime, self.tau)
+            both = out["loss"] + second["loss"]  # both masked crops are reconstructed
+            losses["mem"] = both / 2 if self.mem_reduction == "mean" else both
+            if gather:
+                losses["contrastive"] = _global_contrastive(z, z_prime, gather, self.tau, self.contrastive_form)
+            else:
+                losses["contrastive"] = contrastive_loss(z, z_prime, self.tau, self.contrastive_form)
         losses["loss"] = sum(v for k, v in losses.items() if k != "loss")
         with torch.no_grad():
             losses |= reconstruction_metrics(out["pred"], x, out["masking"].masked, self.levels, self.config.n_levels, self.weights)
         return losses
 
 
-def _global_contrastive(z, z_prime, gather, tau):
-    """Eq. 5 over the global batch: this rank's z against every rank's z' (positives at this rank's offset)."""
+def _global_contrastive(z, z_prime, gather, tau, form: ContrastiveForm = "paper"):
+    """Eq. 5 over the global batch: this rank's z against every rank's z' (positives at this rank's offset);
+    "symmetric" also runs this rank's z' against every rank's z and includes the positive in the denominator."""
     all_prime, offset = gather(z_prime)
     logits = F.normalize(z.float(), dim=-1) @ F.normalize(all_prime.float(), dim=-1).T / tau
     idx = torch.arange(z.shape[0], device=z.device) + offset
+    if form == "symmetric":
+        all_z, _ = gather(z)
+        back = F.normalize(z_prime.float(), dim=-1) @ F.normalize(all_z.float(), dim=-1).T / tau
+        return (F.cross_entropy(logits, idx) + F.cross_entropy(back, idx)) / 2
     positives = logits[torch.arange(z.shape[0], device=z.device), idx]
     mask = torch.zeros_like(logits, dtype=torch.bool)
     mask[torch.arange(z.shape[0], device=z.device), idx] = True

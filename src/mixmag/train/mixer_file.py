@@ -57,6 +57,23 @@ def load_mixer(weights: str | Path, stores: dict | None = None) -> tuple[RegionM
     return mixer.eval(), weights_digest(weights)
 
 
+ARCHITECTURE_PER_STORE = ("in_dim", "t", "n_levels")  # set by the stores a mixer reads, not part of its architecture
+
+
+def mixer_architecture(weights: str | Path) -> tuple[str, dict]:
+    """(preset name it was pretrained with, its architecture less the store-given fields) from mixer.json, so
+    that a random baseline can be built as the same network with fresh weights."""
+    meta_path = Path(weights).with_name(MIXER_META)
+    try:
+        meta = json.loads(meta_path.read_text())
+        arch = {k: v for k, v in dict(meta["mixer"]).items() if k not in ARCHITECTURE_PER_STORE}
+        MixerConfig(**arch)  # checks the names and values
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"{meta_path}: cannot read the pretrained mixer's architecture ({exc}); "
+                          "point at a mixer.safetensors written by `mixmag pretrain`") from exc
+    return str((meta.get("pretraining") or {}).get("preset", "custom")), arch
+
+
 def weights_digest(weights: str | Path) -> str:
     """Names a mixer's weights by content: a retrained mixer at the same path is another mixer.
     Hashed once per file version (a paper-size mixer is about 1 GB)."""

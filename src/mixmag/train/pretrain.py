@@ -48,6 +48,9 @@ class PretrainConfig(BaseModel):
     mask_ratio: float = Field(0.5, description="r: fraction of the s tokens hidden")
     context: int | None = Field(None, ge=1, description="c: CMEM with two t x t crops of a c x c context; None = MEM")
     tau: float = Field(0.2, gt=0)
+    mem_reduction: Literal["mean", "sum"] = Field("mean", description="CMEM: the two crops' MEM losses averaged or added")
+    contrastive: Literal["paper", "symmetric"] = Field("paper", description="CMEM eq. 5: 'paper' = z against z' only, "
+                                                      "positive left out of the denominator; 'symmetric' = InfoNCE both ways")
     batch_size: int = Field(1024, ge=2, description="global batch (split evenly across ranks)")
     steps: int = Field(1000, ge=1)
     warmup_steps: int = Field(100, ge=0)
@@ -100,7 +103,9 @@ def build_model(config: PretrainConfig, in_dim: int, n_levels: int) -> tuple[MEM
         raise ConfigError(f"mixer in_dim {config.mixer['in_dim']} does not match the stores' embedding dimension {in_dim}")
     mc = mixer_config(config.preset, **(config.mixer | {"in_dim": in_dim, "t": config.t, "n_levels": n_levels}))
     n_masked(mc.seq_len, config.mask_ratio)
-    return MEMPretrainer(mc, config.mask_ratio, contrastive=config.context is not None, tau=config.tau), mc
+    model = MEMPretrainer(mc, config.mask_ratio, contrastive=config.context is not None, tau=config.tau,
+                          mem_reduction=config.mem_reduction, contrastive_form=config.contrastive)
+    return model, mc
 
 
 def store_paths(folder: str | Path) -> list[Path]:
