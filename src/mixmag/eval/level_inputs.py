@@ -12,12 +12,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data.bags import TILE_MODES, region_bag
+from ..data.bags import TILE_MODES, BagCache, region_bag
+from ..data.cohort import load_cohort
+from ..errors import MixmagError
 from ..store import read_index
 from ..train.mixer_file import load_mixer
-from .attribution import LevelInput
+from .attribution import LevelImportance, LevelInput, cohort_reference, level_importance
 from .explain import region_layout, tile_layout
-from .predict import encoded_mixer
+from .predict import check_stores_fit, encoded_mixer, load_trained
 
 
 def slide_input(trainer, slide: str, store_path: Path) -> LevelInput:
@@ -54,3 +56,38 @@ def slide_input(trainer, slide: str, store_path: Path) -> LevelInput:
         return model(feats, torch.ones(feats.shape[:2], dtype=torch.bool))
 
     return LevelInput(x, level, names, forward, attention_level=level.reshape(-1) if config.bags == "patch" else None)
+
+
+def reads_one_level(bags: str, region_level: str | None) -> bool:
+    """A model that sees one magnification only has nothing to attribute between magnifications."""
+    return bags in ("5x", "10x", "20x") or (bags == "regions" and region_level is not None)
+
+
+def run_level_importance(run: Path, test_slides: list[str], *, max_slides: int = 24, max_reference: int = 32,
+                         steps: int = 24) -> tuple[list[LevelImportance], str]:
+    """Every measure on up to `max_slides` of `test_slides` of a finished run (`mixmag train` folder), with
+    the reference embeddings (what 'mean-replaced' puts in) averaged over up to `max_reference` training
+    slides of its cohort. Returns the importances and a sentence saying which reference was used."""
+    trainer = load_trained(run)
+    config = trainer.config
+    stores_dir = Path(config.stores)
+    try:
+        cohort = load_cohort(config.cohort, config.stores)
+        stores = dict(cohort.stores)
+        train = [sp.slides[0] for sp in cohort.split("train")][:max_reference]
+    except (MixmagError, OSError):
+        stores, train = {}, []
+    chosen = test_slides[:max_slides]
+    for slide in chosen + train:
+        stores.setdefault(slide, stores_dir / f"{slide}.h5")
+    used = {s: stores[s] for s in chosen + train}
+    check_stores_fit(trainer, used)
+    if config.bags not in ("patch", "cls"):
+        trainer.bags = BagCache(config.bags, used, None, config.region_level)
+    if train:
+        reference = cohort_reference([slide_input(trainer, s, used[s]) for s in train])
+        note = f"reference: each magnification's mean embedding over {len(train)} training slides"
+    else:
+        reference = None
+        note = "reference: each slide's own mean embedding per magnification (the training cohort could not be read)"
+    return [level_importance(s, slide_input(trainer, s, used[s]), reference=reference, steps=steps) for s in chosen], note

@@ -17,6 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__
+from ..data.cohort import load_cohort
+from ..errors import MixmagError
+from .magnification import magnification_section
 
 REPORT_FILENAME = "report.html"
 
@@ -194,6 +197,29 @@ def _heatmap_section(run: Path, config: dict, rows: list[dict]) -> list[str]:
     return parts
 
 
+def run_title(run: Path, config: dict) -> tuple[str, str, str]:
+    """(task, method, seed) of a run: from an experiment grid's <task>/<method>/seed<k> folders, else from the
+    cohort table's name and the bags the model reads."""
+    seed = str(config.get("seed", ""))
+    if run.name.startswith("seed") and run.parent.parent != run.parent:
+        return run.parent.parent.name, run.parent.name, seed
+    mixer = config.get("mixer") or {}
+    method = f"{config.get('bags')}" + (f" ({mixer.get('init')} mixer, {mixer.get('output')})" if mixer else "")
+    return Path(str(config.get("cohort", run.name))).stem, method, seed
+
+
+def split_counts(config: dict, metrics: dict, splits: dict, rows: dict[str, list[dict]]) -> dict[str, tuple]:
+    """(specimens, positive, slides) per split: from the cohort table when it can be read (the train split
+    has no predictions to count from), else from the run's own files."""
+    try:
+        cohort = load_cohort(config["cohort"], config["stores"], require_stores=False)
+        return {k: (len(g), sum(sp.label for sp in g), sum(len(sp.slides) for sp in g))
+                for k in splits for g in [cohort.split(k)]}
+    except (MixmagError, OSError, KeyError):
+        return {k: (len(v), metrics.get(k, {}).get("positive", ""), sum(len(r["slides"].split(";")) for r in rows.get(k, [])) or "")
+                for k, v in splits.items()}
+
+
 def build_report(run: str | Path, timings: dict | None = None, *, heatmaps: bool = True) -> Path:
     run = Path(run)
     config = json.loads((run / "config.json").read_text())
@@ -201,14 +227,16 @@ def build_report(run: str | Path, timings: dict | None = None, *, heatmaps: bool
     splits = json.loads((run / "splits.json").read_text()) if (run / "splits.json").is_file() else {}
     test_rows = _read_predictions(run, "test")
     e = html.escape
+    task, method, seed = run_title(run, config)
+    title = f"task {task}, method {method}, seed {seed}"
     parts = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
-        f"<title>mixmag report: {e(run.name)}</title>",
+        f"<title>mixmag report: {e(title)}</title>",
         "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
         "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}"
         "th{background:#f0f3f7}pre{background:#f6f6f6;padding:1em;overflow:auto}img{max-width:100%}"
         ".qc{display:inline-block;margin:6px;width:320px;vertical-align:top}.qc img{width:100%}</style></head><body>",
-        f"<h1>mixmag run {e(run.name)}</h1>",
+        f"<h1>mixmag: {e(title)}</h1><p>run folder {e(str(run))}</p>",
         f"<p>bags: <b>{e(str(config.get('bags')))}</b>; chosen epoch {e(str(metrics.get('best_epoch')))} (selected on tune AUROC only); "
         f"mixmag {e(__version__)}</p>",
         "<h2>Metrics</h2><table><tr><th>split</th><th>specimens</th><th>positive</th><th>AUROC</th><th>95% CI (bootstrap)</th></tr>",
@@ -220,10 +248,9 @@ def build_report(run: str | Path, timings: dict | None = None, *, heatmaps: bool
     parts.append("</table>")
     if splits:
         parts.append("<h2>Cohort</h2><table><tr><th>split</th><th>specimens</th><th>positive</th><th>slides</th></tr>")
-        slides_per_split = {name: sum(len(r["slides"].split(";")) for r in _read_predictions(run, name)) for name in ("tune", "test")}
-        for k, v in splits.items():
-            positive = metrics.get(k, {}).get("positive", "")
-            parts.append(f"<tr><td>{e(k)}</td><td>{len(v)}</td><td>{e(str(positive))}</td><td>{slides_per_split.get(k, '')}</td></tr>")
+        counts = split_counts(config, metrics, splits, {name: _read_predictions(run, name) for name in ("tune", "test")})
+        for k, (specimens, positive, slides) in counts.items():
+            parts.append(f"<tr><td>{e(k)}</td><td>{specimens}</td><td>{e(str(positive))}</td><td>{e(str(slides))}</td></tr>")
         parts.append("</table>")
     parts.append(f"<h2>ROC curves</h2><img alt='ROC curves' src='{_roc_figure(run, metrics)}'>")
     if metrics.get("history"):
@@ -238,6 +265,7 @@ def build_report(run: str | Path, timings: dict | None = None, *, heatmaps: bool
         parts.append("<h2>QC: test slides with their regions</h2>")
         parts += [f"<div class='qc'><img alt='QC {e(name)}' src='{src}'><div>{e(name)}</div></div>" for name, src in qc]
     if heatmaps:
+        parts += magnification_section(run, config, test_rows)
         parts += _heatmap_section(run, config, test_rows)
     if timings:
         parts.append("<h2>Stage timings</h2><table>" + "".join(f"<tr><td>{e(k)}</td><td>{v:.1f} s</td></tr>" for k, v in timings.items()) + "</table>")
