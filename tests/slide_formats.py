@@ -1,92 +1,34 @@
-"""Writers of the formats mixmag reads besides TIFF, for tests: each makes a slide from known pixels with a known
-pixel size using the format's own well-kept writer (wsidicomizer for DICOM, ome-zarr-py for OME-Zarr, pylibCZIrw
-for CZI). A writer whose package is absent skips the test with the command that installs it."""
+"""The format writers of mixmag.synth.slide_formats for tests: a writer whose package is absent skips the test
+with the command that installs it (CI installs the dev extra, so they run there)."""
 
 from __future__ import annotations
 
 import importlib.util
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-INSTALL = {
-    "wsidicomizer": "pip install -e '.[dev]' (wsidicomizer)",
-    "ome_zarr": "pip install -e '.[dev]' (ome-zarr)",
-    "pylibCZIrw": "pip install -e '.[czi]'",
-    "slideio": "pip install -e '.[slides]'",
-}
+from mixmag.synth import slide_formats as formats
+from mixmag.synth.slide_formats import slide_pixels  # noqa: F401 - re-exported for the tests
 
 
 def need(module: str) -> None:
     """Skip, naming the install command, when an optional package is absent."""
     if importlib.util.find_spec(module) is None:
-        pytest.skip(f"{module} is not installed: {INSTALL[module]}")
+        pytest.skip(f"{module} is not installed: {formats.INSTALL[module]}")
 
 
 def write_dicom(source: Path, folder: Path, description: str | None = None) -> Path:
-    """A DICOM WSI folder (one .dcm per level, JPEG q95 4:4:4 re-encoded, missing levels added) made from a TIFF
-    slide; with `description`, the series is added to the folder under that SeriesDescription."""
     need("wsidicomizer")
-    from wsidicom.codec.settings import JpegSettings, Subsampling
-    from wsidicomizer import WsiDicomizer
-    from wsidicomizer.wsidicomizer import SourceIdentifier
-
-    if description is not None or not folder.exists():
-        tmp = folder.with_name(folder.name + ".partial")
-        shutil.rmtree(tmp, ignore_errors=True)
-        extra = None
-        if description:
-            from pydicom import Dataset
-
-            extra = Dataset()
-            extra.SeriesDescription = description
-        WsiDicomizer.convert(source, tmp, metadata_post_processor=extra, preferred_source=SourceIdentifier.TIFFSLIDE, add_missing_levels=True,
-                             include_label=False, include_overview=False, include_thumbnail=False, workers=1,
-                             encoding=JpegSettings(quality=95, subsampling=Subsampling.R444))
-        folder.mkdir(parents=True, exist_ok=True)
-        for f in tmp.iterdir():
-            f.rename(folder / f.name)
-        tmp.rmdir()
-    return folder
+    return formats.write_dicom(source, folder, description)
 
 
 def write_ome_zarr(image: np.ndarray, mpp: float, path: Path, n_levels: int = 3) -> Path:
-    """An OME-NGFF pyramid (c, y, x; 2x local-mean levels; scale in micrometer) written by ome-zarr-py."""
     need("ome_zarr")
-    import zarr
-    from ome_zarr.writer import write_image
-
-    if not path.exists():
-        root = zarr.open_group(str(path), mode="w")
-        write_image(np.moveaxis(image, 2, 0), root, scale_factors=tuple(2**k for k in range(1, n_levels)), axes="cyx",
-                    scale={"c": 1.0, "y": mpp, "x": mpp}, axes_units={"y": "micrometer", "x": "micrometer"},
-                    storage_options={"chunks": (3, 256, 256)}, method="local_mean")
-    return path
+    return formats.write_ome_zarr(image, mpp, path, n_levels)
 
 
 def write_czi(image: np.ndarray, mpp: float | None, path: Path, tile: int = 1024) -> Path:
-    """A brightfield CZI (Bgr24 subblocks of `tile` px, zstd) with Scaling X/Y = mpp, written by pylibCZIrw."""
     need("pylibCZIrw")
-    from pylibCZIrw import czi as pyczi
-
-    if not path.exists():
-        bgr = np.ascontiguousarray(image[..., ::-1])
-        with pyczi.create_czi(str(path), exist_ok=True) as doc:
-            for y in range(0, bgr.shape[0], tile):
-                for x in range(0, bgr.shape[1], tile):
-                    doc.write(np.ascontiguousarray(bgr[y : y + tile, x : x + tile]), location=(x, y))
-            if mpp is None:
-                doc.write_metadata()
-            else:  # CZI stores the pixel size in meters (pylibCZIrw writes the value as given)
-                doc.write_metadata(scale_x=mpp * 1e-6, scale_y=mpp * 1e-6)
-    return path
-
-
-def slide_pixels(path: Path) -> np.ndarray:
-    """Level 0 of a TIFF slide as (H, W, 3) uint8."""
-    import tiffslide
-
-    with tiffslide.TiffSlide(path) as ts:
-        return np.asarray(ts.read_region((0, 0), 0, ts.level_dimensions[0], as_array=True))[..., :3]
+    return formats.write_czi(image, mpp, path, tile)

@@ -173,6 +173,9 @@ def test_bench_tile_smoke(tmp_path):
         rates = figures[name]["tiles_per_s_per_core"]
         assert rates["a"] > 0 and rates["b"] > 0 and rates["c"] > 0
         assert figures[name]["mean_abs_diff_a_vs_b_per_level"]["20x"] < 10
+    measured = figures["backends"]["measured"]  # every installed backend reads the same cells
+    assert {"tiffslide", "openslide"} <= set(measured) and all(r["tiles_per_s_per_core"] > 0 for r in measured.values())
+    assert all(r["mean_abs_diff_20x_vs_first"] < 3 for r in measured.values())
 
 
 def test_bench_embed_smoke(tmp_path):

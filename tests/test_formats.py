@@ -139,17 +139,32 @@ def test_fallback_adapter_on_formats_openslide_reads(real_svs, tmp_path):
         assert np.abs(ours.read_box(box, 1.0).astype(int) - ref.read_box(box, 1.0)).mean() < 1.0
 
 
-def test_every_format_tiles_like_the_svs(made, real_svs, tmp_path):
-    """`mixmag tile` on each format: the same grid, tissue regions and cells as the SVS, the backend in plan.json."""
+def test_every_format_tiles_and_embeds_like_the_svs(made, real_svs, tmp_path):
+    """`mixmag tile` and `mixmag embed` on each format: the same grid, tissue regions and cells as the SVS, the
+    backend in plan.json, and the same embeddings (equal for the lossless formats)."""
+    import h5py
+
     runner = CliRunner()
     inputs = {"svs": real_svs} | {k: _get(made, k) for k in ("dicom", "omezarr", "czi")}
-    plans = {}
+    plans, embeddings = {}, {}
     for name, path in inputs.items():
         out = tmp_path / name
         result = runner.invoke(app, ["tile", str(path), "--out", str(out), "--region-size", "1"])
         assert result.exit_code == 0, result.output
         (plan_file,) = out.glob("*/plan.json")
         plans[name] = json.loads(plan_file.read_text())
+        result = runner.invoke(app, ["embed", "--plans", str(out), "--out", str(tmp_path / f"{name}-stores"),
+                                     "--encoder", "stats", "--workers", "0", "--device", "cpu"])
+        assert result.exit_code == 0, result.output
+        (store,) = (tmp_path / f"{name}-stores").glob("*.h5")
+        with h5py.File(store, "r") as h5:
+            assert h5.attrs["reader_backend"] == plans[name]["slide"]["backend"]
+            embeddings[name] = (h5["cells/rc"][:].tolist(), h5["emb/20x"][:].astype(np.float32))
+    for name in ("omezarr", "czi"):
+        assert embeddings[name][0] == embeddings["svs"][0]
+        assert np.array_equal(embeddings[name][1], embeddings["svs"][1]), name
+    assert embeddings["dicom"][0] == embeddings["svs"][0]
+    assert np.abs(embeddings["dicom"][1] - embeddings["svs"][1]).mean() < 0.05 * np.abs(embeddings["svs"][1]).mean()
     assert {n: p["slide"]["backend"] for n, p in plans.items()} == {"svs": "tiffslide", "dicom": "openslide", "omezarr": "omezarr", "czi": "czi"}
     ref = plans["svs"]
     for name, plan in plans.items():
@@ -173,3 +188,30 @@ def test_doctor_reports_every_kind_of_input_without_a_traceback(made, real_svs, 
     assert out.count("cannot tile it") == 3 and "no microns-per-pixel" in out and "352.8" in out and "truncated" in out
     ok = CliRunner().invoke(app, ["doctor", str(real_svs)])
     assert ok.exit_code == 0, ok.output
+
+
+_WITHOUT_EXTRAS = """
+import sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in ('pylibCZIrw', '_pylibCZIrw', 'slideio'):
+            raise ImportError(name + ' blocked')
+sys.meta_path.insert(0, Block())
+import mixmag.cli
+from mixmag.slides.reader import Slide, preferred_backends
+from mixmag.slides.doctor import installed_backends
+with Slide(sys.argv[1]) as slide:
+    print(slide.backend, slide.mpp)
+print(preferred_backends(type(slide.path)('x.czi')), [row[:2] for row in installed_backends()])
+"""
+
+
+def test_mixmag_works_without_the_optional_extras(real_svs):
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-c", _WITHOUT_EXTRAS, str(real_svs)], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()
+    assert lines[0] == "tiffslide 0.499"
+    assert lines[1].startswith("[] ") and "('czi', False)" in lines[1] and "('slideio', False)" in lines[1]

@@ -20,8 +20,10 @@ from rich.console import Console
 from rich.table import Table
 
 from ..geometry import CellGrid, LevelSpec
+from ..slides.backends import installed
 from ..slides.pyramids import read_pyramid
 from ..slides.reader import Slide
+from ..synth import slide_formats
 from ..synth.patterns import tissue_like
 from ..synth.slide_writer import write_slide
 
@@ -95,6 +97,53 @@ def decode_floor(path: Path, slide: Slide, grid: CellGrid, levels: LevelSpec, ce
     return decoded
 
 
+def backend_inputs(workdir: Path, svs: Path, mpp: float) -> tuple[dict[str, tuple[Path, str]], dict[str, str]]:
+    """The benchmark slide for every installed backend, in a format it reads: label -> (path, backend), and
+    label -> why it is not measured. The SVS for the TIFF readers; the same pixels written as OME-Zarr, CZI and
+    DICOM by those formats' own writers (made once, kept in `workdir`)."""
+    inputs = {name: (svs, name) for name in ("tiffslide", "openslide", "slideio") if installed(name)}
+    skipped = {name: "not installed" for name in ("openslide", "slideio") if not installed(name)}
+    pixels = None
+    makers = {
+        "omezarr": ("omezarr", lambda: slide_formats.write_ome_zarr(pixels, mpp, workdir / f"{svs.stem}.ome.zarr")),
+        "czi": ("czi", lambda: slide_formats.write_czi(pixels, mpp, workdir / f"{svs.stem}.czi")),
+        "openslide (DICOM)": ("openslide", lambda: slide_formats.write_dicom(svs, workdir / f"{svs.stem}-dicom")),
+    }
+    for label, (backend, make) in makers.items():
+        if not installed(backend):
+            skipped[label] = "not installed"
+            continue
+        if pixels is None:
+            pixels = slide_formats.slide_pixels(svs)
+        try:
+            inputs[label] = (make(), backend)
+        except ImportError as exc:  # the format's writer is a test dependency
+            skipped[label] = str(exc)
+    return inputs, skipped
+
+
+def run_backend_benchmark(workdir: Path, svs: Path, mpp: float, levels: LevelSpec, n_cells: int, rounds: int) -> dict:
+    """mixmag's read path (a) through every installed backend on the same cells: tiles/s per core, and the mean
+    |difference| of the 20x tiles from TiffSlide's."""
+    inputs, skipped = backend_inputs(workdir, svs, mpp)
+    tiles_per_cell = sum(levels.tiles_per_cell(i) for i in range(levels.n_levels))
+    results, reference = {}, None
+    for label, (path, backend) in inputs.items():
+        with Slide(path, backend=backend) as slide:
+            grid = CellGrid(slide.mpp, slide.width, slide.height, levels.cell_um)
+            cells = _cells(grid, n_cells)
+            best = float("inf")
+            for _ in range(rounds):
+                t0 = time.perf_counter()
+                tiles = read_mixmag(slide, grid, levels, cells)
+                best = min(best, time.perf_counter() - t0)
+        finest = np.stack([t[-1] for t in tiles]).astype(np.int16)
+        reference = finest if reference is None else reference
+        results[label] = {"path": str(path), "backend": backend, "tiles_per_s_per_core": tiles_per_cell * len(cells) / best,
+                          "mean_abs_diff_20x_vs_first": float(np.abs(finest - reference).mean())}
+    return {"measured": results, "not_measured": skipped}
+
+
 def _cells(grid: CellGrid, n: int) -> list[tuple[int, int]]:
     all_cells = [(r, c) for r in range(grid.n_rows) for c in range(grid.n_cols)]
     step = max(1, len(all_cells) // n)
@@ -142,6 +191,8 @@ def run_tile_benchmark(workdir: Path, *, size: int = 8192, n_cells: int = 16, ro
         }
         slide.close()
         osr.close()
+    first = bench_slides(size)[0]
+    results["backends"] = run_backend_benchmark(workdir, ensure_slide(workdir, first), first.mpp, levels, n_cells, rounds)
     _print(console, results, levels)
     (workdir / "bench_tile.json").write_text(json.dumps(results, indent=1))
     return results
@@ -152,6 +203,8 @@ def _print(console: Console, results: dict, levels: LevelSpec) -> None:
     for col in ("slide", "(a) mixmag", "(b) OpenSlide per tile", "(c) decode floor", "a/b (target >= 3)", "c/a (target <= 1.5)", "mean |a-b| per level"):
         table.add_column(col)
     for name, r in results.items():
+        if name == "backends":
+            continue
         rate = r["tiles_per_s_per_core"]
         diff = ", ".join(f"{k} {v:.2f}" for k, v in r["mean_abs_diff_a_vs_b_per_level"].items())
         table.add_row(
@@ -162,3 +215,11 @@ def _print(console: Console, results: dict, levels: LevelSpec) -> None:
             diff,
         )
     console.print(table)
+    backends = Table(title="(a) mixmag's read path through every installed backend, 40x pyramid, tiles/s per core")
+    for col in ("backend", "tiles/s", "mean |20x - first row|"):
+        backends.add_column(col)
+    for label, r in results["backends"]["measured"].items():
+        backends.add_row(label, f"{r['tiles_per_s_per_core']:.0f}", f"{r['mean_abs_diff_20x_vs_first']:.2f}")
+    for label, why in results["backends"]["not_measured"].items():
+        backends.add_row(label, "not measured", why)
+    console.print(backends)

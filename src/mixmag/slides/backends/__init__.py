@@ -49,7 +49,10 @@ class Candidate:
 
 
 def installed(backend: str) -> bool:
-    return importlib.util.find_spec(_SPECS[backend][2]) is not None
+    try:
+        return importlib.util.find_spec(_SPECS[backend][2]) is not None
+    except (ImportError, ValueError):  # a module blocked or half-installed counts as absent
+        return False
 
 
 def install_command(backend: str) -> str | None:
