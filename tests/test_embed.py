@@ -162,7 +162,8 @@ def test_cli_errors_and_store_tools(tmp_path, plans_dir):
     assert result.exit_code == 1 and "encoder: " in result.output and other.name in result.output
     assert runner.invoke(app, ["store", "export", str(stores[0]), "--out", str(tmp_path / "tri")]).exit_code == 0
     slide = stores[0].stem
-    result = runner.invoke(app, ["store", "import", str(tmp_path / "tri"), "--slide", slide, "--out", str(tmp_path / "back")])
+    result = runner.invoke(app, ["store", "import", str(tmp_path / "tri"), "--plans", str(plans_dir), "--slide", slide,
+                                 "--out", str(tmp_path / "back")])
     assert result.exit_code == 0, result.output
     a, b = read_store(stores[0]), read_store(tmp_path / "back" / f"{slide}.h5")
     for level in a.embeddings:

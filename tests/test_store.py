@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from mixmag.store import SlideStore, StoreError, export_trident, import_trident, read_store, store_problems, write_store
+from mixmag.store import SlideStore, StoreError, read_store, store_problems, write_store
 
 
 def make_store(n=5, dim=8, seed=0) -> SlideStore:
@@ -49,25 +49,3 @@ def test_a_file_that_is_not_a_store(tmp_path):
         read_store(tmp_path / "x.h5")
     with pytest.raises(StoreError, match="store not found"):
         read_store(tmp_path / "missing.h5")
-
-
-def test_export_to_trident_layout_and_back(tmp_path):
-    import h5py
-
-    store = make_store(n=7, dim=6)
-    path = write_store(tmp_path / "s1.h5", store)
-    written = export_trident(read_store(path), tmp_path / "trident", "s1")
-    assert [p.parent.name for p in written] == ["5x", "10x", "20x"]
-    with h5py.File(written[2]) as f:
-        assert f["features"].shape == (7 * 16, 6) and f["coords"].shape == (7 * 16, 2)
-        cell_px = 448 / 0.2631
-        # tile 5 of the first cell at 20x: sub-row 1, sub-col 1 of cell (0, 0)
-        np.testing.assert_array_equal(f["coords"][5], np.round([cell_px / 4, cell_px / 4]))
-        # first tile of the second cell (0, 1)
-        np.testing.assert_array_equal(f["coords"][16], np.round([cell_px, 0]))
-    back = import_trident(tmp_path / "trident", "s1")
-    original = read_store(path)
-    np.testing.assert_array_equal(back.rc, original.rc)
-    np.testing.assert_array_equal(back.tissue, original.tissue)
-    for name in original.embeddings:
-        np.testing.assert_array_equal(back.embeddings[name], original.embeddings[name].astype(np.float32))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, NoReturn, Optional
 
@@ -550,37 +551,148 @@ def store_validate(stores: Annotated[list[Path], typer.Argument(help="Store file
         raise typer.Exit(1)
 
 
+class PeerFormat(str, Enum):
+    trident = "trident"
+    clam = "clam"
+
+
+def _each(items: list, label: str, work) -> int:
+    """Run work(item) -> message for every item under a progress bar; a failing item is reported and the rest go
+    on. Returns the number of failures."""
+    from .errors import MixmagError
+
+    failed = 0
+    with _progress() as progress:
+        task = progress.add_task(label, total=len(items))
+        for item in items:
+            try:
+                progress.console.print(work(item), soft_wrap=True, highlight=False)
+            except MixmagError as exc:
+                failed += 1
+                progress.console.print(f"[red]{exc}[/]", soft_wrap=True, highlight=False)
+            progress.advance(task)
+    return failed
+
+
 @store_app.command("export")
 def store_export(
     stores: Annotated[list[Path], typer.Argument(help="Store files (.h5).")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Folder: one sub-folder per level, <slide>.h5 in each.")] = Path("trident"),
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (see --format for its layout).")] = Path("exported"),
+    format: Annotated[PeerFormat, typer.Option("--format", help="trident: <out>/<mag>x_224px_0px_overlap/features_<encoder>/<slide>.h5; "
+                                               "clam: <out>/<mag>x/h5_files/<slide>.h5 + pt_files/<slide>.pt.")] = PeerFormat.trident,
+    plans: Annotated[Optional[Path], typer.Option(help="Plans folder the stores were made from [where each store recorded its plan].")] = None,
 ) -> None:
-    """Export stores to the TRIDENT/CLAM layout (features + coords per level)."""
-    from .store import StoreError, export_trident, read_store
+    """Export stores as TRIDENT or CLAM feature files that those tools' own code reads (one set per magnification)."""
+    from .interop import clam, trident
+    from .interop.plans import plan_for_store
+    from .store import read_store
 
-    for path in stores:
-        try:
-            s = read_store(path)
-        except StoreError as exc:
-            _fail(str(exc))
-        written = export_trident(s, out, s.attrs["slide_id"])
-        console.print(f"{path} -> {', '.join(str(w) for w in written)}", soft_wrap=True)
+    def export(path: Path) -> str:
+        store = read_store(path)
+        if format is PeerFormat.trident:
+            written = trident.export_store(store, plan_for_store(store, plans), out)
+        else:
+            written = clam.export_store(store, out)
+        return f"{path} -> {', '.join(str(w) for w in written)}"
+
+    if _each(stores, f"export ({format.value})", export):
+        raise typer.Exit(1)
+
+
+@store_app.command("coords")
+def store_coords(
+    plans: Annotated[Path, typer.Option(help="Plans folder of `mixmag tile`.")] = Path("tiles"),
+    out: Annotated[Path, typer.Option("--out", "-o", help="TRIDENT job folder (--job_dir) to write the coordinates into.")] = Path("trident_job"),
+    slide: Annotated[Optional[list[str]], typer.Option(help="Only these slide ids [every plan].")] = None,
+    format: Annotated[PeerFormat, typer.Option("--format", help="Only trident: patch coordinate files.")] = PeerFormat.trident,
+) -> None:
+    """Write mixmag's tiles as TRIDENT patch coordinates (<out>/<mag>x_224px_0px_overlap/patches/<slide>_patches.h5),
+    so that TRIDENT extracts features with any of its encoders at exactly these tiles."""
+    from .errors import MixmagError
+    from .interop import trident
+    from .interop.plans import plans_in
+
+    if format is not PeerFormat.trident:
+        _fail("mixmag writes patch coordinates for TRIDENT only (--format trident); CLAM's feature files can be imported.")
+    try:
+        found = plans_in(plans, slide)
+    except MixmagError as exc:
+        _fail(str(exc))
+
+    def write(item) -> str:
+        path, plan = item
+        if not plan.cells:
+            return f"{plan.slide.slide_id}: no cells planned ({plan.status}), nothing to extract"
+        return f"{plan.slide.slide_id} -> {', '.join(str(w) for w in trident.write_coords(plan, out))}"
+
+    failed = _each(found, "coords", write)
+    mags = " ".join(f"{10 / m:g}" for m in found[0][1].levels.mpps) if found else "20"
+    console.print(f"next, for each magnification M in {mags}: python run_batch_of_slides.py --task feat --job_dir {out} "
+                  f"--wsi_dir SLIDES --patch_encoder ENCODER --mag M --patch_size {found[0][1].params.tile_px if found else 224}; "
+                  f"then `mixmag store import {out} --format trident --plans {plans} --out STORES`", soft_wrap=True, highlight=False)
+    if failed:
+        raise typer.Exit(1)
 
 
 @store_app.command("import")
 def store_import(
-    folder: Annotated[Path, typer.Argument(help="Folder written by `mixmag store export`.")],
-    slide: Annotated[str, typer.Option(help="Slide id (file name without .h5).")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the rebuilt store.")] = Path("stores"),
+    folder: Annotated[Path, typer.Argument(help="TRIDENT job folder (--format trident) or CLAM feature folder(s) (--format clam).")],
+    plans: Annotated[Path, typer.Option(help="Plans folder of `mixmag tile`: the tiles every file must hold exactly.")] = Path("tiles"),
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the stores (<slide>.h5).")] = Path("stores"),
+    format: Annotated[PeerFormat, typer.Option("--format", help="trident: <folder>/<mag>x_224px_0px_overlap/features_<encoder>/; "
+                                               "clam: <folder>[/<any>]/h5_files/.")] = PeerFormat.trident,
+    slide: Annotated[Optional[list[str]], typer.Option(help="Only these slide ids [every plan].")] = None,
+    encoder: Annotated[Optional[str], typer.Option(help="Encoder name: picks TRIDENT's features_<encoder>; required for CLAM files.")] = None,
 ) -> None:
-    """Rebuild a store from TRIDENT/CLAM-style per-level files."""
-    from .store import StoreError, import_trident, store_path, write_store
+    """Build stores from TRIDENT or CLAM feature files made at mixmag's tiles (`mixmag store coords`, or `mixmag store
+    export`): every level present, exactly the plan's tiles, one encoder; refused with the slide, level and reason."""
+    from .errors import MixmagError
+    from .interop import clam, trident
+    from .interop.plans import plans_in
+    from .ids import path_for_id
+    from .store import write_store
 
     try:
-        path = write_store(store_path(out, slide), import_trident(folder, slide))
-    except StoreError as exc:
+        found = plans_in(plans, slide)
+    except MixmagError as exc:
         _fail(str(exc))
-    console.print(f"wrote {path}")
+    reader = trident.import_slide if format is PeerFormat.trident else clam.import_slide
+
+    def rebuild(item) -> str:
+        path, plan = item
+        target = path_for_id(out, plan.slide.slide_id, ".h5", where=str(path))
+        store = reader(folder, plan, path, encoder)
+        write_store(target, store)
+        return f"{target}: {len(store)} cells, D {store.dim}, encoder {store.attrs['encoder']}"
+
+    if _each([p for p in found if p[1].cells], f"import ({format.value})", rebuild):
+        raise typer.Exit(1)
+
+
+export_app = typer.Typer(no_args_is_help=True, help="Files for other tools (stores to TRIDENT/CLAM: `mixmag store export`).")
+app.add_typer(export_app, name="export")
+
+
+@export_app.command("qupath")
+def export_qupath(
+    plans: Annotated[Path, typer.Option(help="Plans folder of `mixmag tile`.")] = Path("tiles"),
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for <slide>.geojson.")] = Path("qupath"),
+    attributions: Annotated[Optional[Path], typer.Option(help="heatmaps/ folder of `mixmag predict`'s work folder: adds each "
+                                                        "region's attention and per-magnification attribution.")] = None,
+    slide: Annotated[Optional[list[str]], typer.Option(help="Only these slide ids [every plan].")] = None,
+) -> None:
+    """QuPath GeoJSON per slide (level-0 px): tissue as annotations, accepted regions as tiles with their tissue
+    fraction, and with --attributions where the model looked; import with File > Import objects from file."""
+    from .errors import MixmagError
+    from .interop import qupath
+    from .interop.plans import plans_in
+
+    try:
+        found = plans_in(plans, slide)
+    except MixmagError as exc:
+        _fail(str(exc))
+    if _each(found, "qupath", lambda item: f"{qupath.write_slide(item[0], item[1], out, attributions)}"):
+        raise typer.Exit(1)
 
 
 @synth_app.command("slide")

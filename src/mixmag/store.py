@@ -19,6 +19,7 @@ import numpy as np
 
 from . import __version__
 from .errors import MixmagError, MixmagWarning
+from .slides.tiling import TilingPlan, plan_digest
 
 STORE_FORMAT_VERSION = 1
 STORE_SUFFIX = ".h5"
@@ -241,72 +242,38 @@ def store_problems(store: SlideStore) -> list[str]:
     return problems
 
 
-def export_trident(store: SlideStore, out_dir: str | Path, slide_id: str) -> list[Path]:
-    """One file per level in the TRIDENT/CLAM layout: `features` (M, D) and `coords` (M, 2) int64,
-    the level-0 top-left pixel of each tile; M = N * 4^i, cells in store order, sub-tiles row-major."""
-    out_dir = Path(out_dir)
-    cell_px = float(store.attrs["cell_px"])
-    written = []
-    for i, (name, emb) in enumerate(store.embeddings.items()):
-        per = 2**i
-        step = cell_px / per
-        sub_r, sub_c = np.divmod(np.arange(per * per), per)
-        x = store.rc[:, 1:2] * cell_px + sub_c[None, :] * step
-        y = store.rc[:, 0:1] * cell_px + sub_r[None, :] * step
-        coords = np.stack([np.round(x).ravel(), np.round(y).ravel()], axis=1).astype(np.int64)
-        path = out_dir / name / f"{slide_id}.h5"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.partial")
-        with h5py.File(tmp, "w") as f:
-            f.create_dataset("features", data=emb.reshape(-1, emb.shape[-1]).astype(np.float32))
-            f.create_dataset("coords", data=coords)
-            f.create_dataset("mixmag_cell_tissue", data=store.tissue.astype(np.float32))
-            f.attrs["patch_size_level0"] = step
-            f.attrs["target_mpp"] = float(store.attrs["level_mpps"][i])
-            f.attrs["mixmag_level"] = i
-            f.attrs["mixmag_level_name"] = name
-            f.attrs["mixmag_attrs"] = json.dumps(store.attrs)
-        os.replace(tmp, path)
-        written.append(path)
-    return written
+
+def plan_provenance(plan_path: str | Path, plan: TilingPlan) -> dict:
+    """The store attributes that name the slide and the tiling plan a store's cells come from; the encoder's part
+    (name, weights, output, precision, read mode) is added by whoever made the embeddings."""
+    return {
+        "slide_id": plan.slide.slide_id,
+        "slide_path": plan.slide.path,
+        "slide_size_bytes": plan.slide.size_bytes,
+        "slide_mtime": plan.slide.mtime,
+        "reader_backend": plan.slide.backend,
+        "slide_mpp": plan.slide.mpp,
+        "mpp_source": plan.slide.mpp_source,
+        "level_mpps": list(plan.levels.mpps),
+        "tile_px": plan.params.tile_px,
+        "cell_um": plan.levels.cell_um,
+        "cell_px": plan.cell_px,
+        "region_size": plan.params.region_size,
+        "context_size": plan.params.context_size,
+        "tiling_params": plan.params.model_dump(),
+        "tissue_model": plan.tissue_model,
+        "plan_digest": plan_digest(plan_path),
+        "plan_path": str(Path(plan_path).resolve()),
+    }
 
 
-def import_trident(folder: str | Path, slide_id: str, level_names: list[str] | None = None) -> SlideStore:
-    """Rebuild a store from per-level TRIDENT/CLAM files written by `export_trident` (or files with
-    the same coordinates): tiles are grouped back into cells by their level-0 coordinates."""
-    folder = Path(folder)
-    names = level_names or sorted((p.name for p in folder.iterdir() if (p / f"{slide_id}.h5").is_file()), key=_level_order)
-    if not names:
-        raise StoreError(f"{folder}: no per-level files named {slide_id}.h5 in its sub-folders")
-    attrs = None
-    embeddings, rc, tissue = {}, None, None
-    for i, name in enumerate(names):
-        with h5py.File(folder / name / f"{slide_id}.h5", "r") as f:
-            features, coords = f["features"][()], f["coords"][()]
-            if attrs is None:
-                if "mixmag_attrs" not in f.attrs:
-                    raise StoreError(f"{folder / name}: no mixmag provenance (cell size, mpp) in the file; only files written by `mixmag export` can be imported")
-                attrs = json.loads(f.attrs["mixmag_attrs"])
-                tissue = f["mixmag_cell_tissue"][()]
-        cell_px = float(attrs["cell_px"])
-        per = 2**i
-        cells = np.floor((coords + 0.5) / cell_px).astype(np.int64)[:, ::-1]  # (row, col)
-        sub = np.floor((coords - cells[:, ::-1] * cell_px + 0.5) / (cell_px / per)).astype(np.int64)
-        if rc is None:
-            rc = cells  # level 0: one tile per cell, in store order
-        index = {cell: k for k, cell in enumerate(map(tuple, rc.tolist()))}
-        try:
-            rows = np.array([index[cell] for cell in map(tuple, cells.tolist())], np.int64)
-        except KeyError as exc:
-            raise StoreError(f"{folder}: level {name} holds a cell {exc.args[0]} that level {names[0]} lacks") from None
-        emb = np.zeros((len(rc), per * per, features.shape[1]), np.float32)
-        emb[rows, sub[:, 1] * per + sub[:, 0]] = features
-        embeddings[name] = emb
-    return SlideStore(rc=rc.astype(np.int32), tissue=tissue, embeddings=embeddings, attrs=attrs)
-
-
-def _level_order(name: str) -> float:
-    try:
-        return float(name.rstrip("x"))
-    except ValueError:
-        return float("inf")
+def store_from_plan(plan: TilingPlan, levels: Sequence[np.ndarray], attrs: dict) -> SlideStore:
+    """A store of a plan's cells (in plan order), its tissue and windows, with one embedding array per level."""
+    return SlideStore(
+        rc=np.asarray(plan.cells, np.int32).reshape(-1, 2),
+        tissue=np.asarray(plan.cell_tissue, np.float32),
+        embeddings=dict(zip(plan.levels.names, levels)),
+        attrs=attrs,
+        windows={"regions": np.asarray(plan.regions, np.int32).reshape(-1, 2),
+                 "contexts": np.asarray(plan.contexts, np.int32).reshape(-1, 2)},
+    )

@@ -198,8 +198,3 @@ def _fork_ok() -> bool:
 
     return "fork" in multiprocessing.get_all_start_methods()
 
-
-def plan_digest(plan_path: Path) -> str:
-    import hashlib
-
-    return hashlib.sha256(Path(plan_path).read_bytes()).hexdigest()[:16]

@@ -9,6 +9,7 @@ an existing plan is still valid.
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import os
 from pathlib import Path
 from typing import Literal
@@ -211,6 +212,11 @@ def make_plan(
 
 def plan_path(out_dir: str | Path, slide_id: str) -> Path:
     return Path(out_dir) / slide_id / PLAN_FILENAME
+
+
+def plan_digest(path: str | Path) -> str:
+    """The first 16 hex digits of the plan file's sha256: names the exact plan a store was made from."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
 
 def save_plan(plan: TilingPlan, path: str | Path) -> Path:

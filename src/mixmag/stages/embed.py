@@ -17,12 +17,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..encoders.extract import SlideJob, embed_slides, plan_digest
+from ..encoders.extract import SlideJob, embed_slides
 from ..encoders.model import TileEncoder
 from ..errors import MixmagError
 from ..slides.pyramids import ReadMode
 from ..slides.tiling import PLAN_FILENAME, load_plan
-from ..store import SlideStore, StoreError, read_attrs, store_path, store_problems, write_store
+from ..store import StoreError, plan_provenance, read_attrs, store_from_plan, store_path, store_problems, write_store
 
 
 class EmbedError(MixmagError):
@@ -101,26 +101,9 @@ def compute_dtype(device: torch.device) -> str:
 
 
 def store_provenance(plan_path: Path, job: SlideJob, encoder: TileEncoder, mode: ReadMode, device: torch.device | None = None) -> dict:
-    plan = job.plan
     return {
         "compute_dtype": compute_dtype(device or torch.device("cpu")),
-        "slide_id": job.slide_id,
-        "slide_path": plan.slide.path,
-        "slide_size_bytes": plan.slide.size_bytes,
-        "slide_mtime": plan.slide.mtime,
-        "reader_backend": plan.slide.backend,
-        "slide_mpp": plan.slide.mpp,
-        "mpp_source": plan.slide.mpp_source,
-        "level_mpps": list(plan.levels.mpps),
-        "tile_px": plan.params.tile_px,
-        "cell_um": plan.levels.cell_um,
-        "cell_px": plan.cell_px,
-        "region_size": plan.params.region_size,
-        "context_size": plan.params.context_size,
-        "tiling_params": plan.params.model_dump(),
-        "tissue_model": plan.tissue_model,
-        "plan_digest": plan_digest(plan_path),
-        "plan_path": str(Path(plan_path).resolve()),
+        **plan_provenance(plan_path, job.plan),
         "read_mode": mode,
         **encoder.provenance(),
     }
@@ -176,14 +159,7 @@ def run_embed(
         on_start(sum(j.n_cells for j in todo))
 
     def finish(job: SlideJob, levels: list[np.ndarray]) -> None:
-        store = SlideStore(
-            rc=np.asarray(job.plan.cells, np.int32).reshape(-1, 2),
-            tissue=np.asarray(job.plan.cell_tissue, np.float32),
-            embeddings=dict(zip(job.plan.levels.names, levels)),
-            attrs=provenance[job.slide_id],
-            windows={"regions": np.asarray(job.plan.regions, np.int32).reshape(-1, 2),
-                     "contexts": np.asarray(job.plan.contexts, np.int32).reshape(-1, 2)},
-        )
+        store = store_from_plan(job.plan, levels, provenance[job.slide_id])
         problems = store_problems(store)
         if problems:
             result = EmbedResult(job.slide_id, "failed", job.n_cells, f"{job.slide_id}: " + "; ".join(problems) + " - no store written. Check the slide and the encoder weights (try --precision fp32).")

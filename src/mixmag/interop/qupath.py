@@ -1,0 +1,147 @@
+"""QuPath GeoJSON: a slide's tissue, its accepted regions and, after `mixmag predict`, where the model looked.
+
+The format, as QuPath reads it (qupath-core, qupath/lib/io/PathObjectTypeAdapters.java: FeatureCollection reader and
+PathObjectTypeAdapter.read): a ``FeatureCollection`` whose ``features`` are GeoJSON ``Feature`` objects, each with a
+``geometry`` (Polygon or MultiPolygon, in pixel coordinates of the full-resolution image, origin at its top-left
+corner: QuPath docs, advanced/exporting_annotations "Units and origin") and ``properties``: ``objectType``
+(``"annotation"``, ``"tile"``, ``"detection"``...; anything else becomes an annotation), ``name``, ``color`` ([r, g, b]),
+``classification`` (``{"name", "color"}``), ``isLocked`` and ``measurements``, an object of name -> number since QuPath
+0.4 (the older list of ``{"name", "value"}`` is also read). Measurements are numbers: non-finite ones are left out.
+
+What mixmag writes, one ``<slide>.geojson`` per plan, all in level-0 pixels of the slide:
+  - the tissue the tiler found, as locked annotations of class "mixmag tissue": the mask `mixmag tile` saved
+    (tissue_mask.png, at the thumbnail resolution), traced through its boundary pixels' centres and made valid;
+  - every accepted t x t region as a tile of class "mixmag region", exactly the plan's window box
+    (geometry.CellGrid.window_box), with its tissue fraction and row/col as measurements;
+  - with `--attributions` (the `<slide>.npz` maps `mixmag predict` writes in its work folder's heatmaps/), each
+    region's AB-MIL attention (its weight in the pooling that makes the slide's score) and, per magnification, the
+    attribution falling on its tiles and that magnification's share of it; the slide's score on each tissue annotation.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+from shapely.geometry import MultiPolygon, Polygon, mapping
+from shapely.validation import make_valid
+
+from ..fileio import write_atomic
+from ..ids import path_for_id
+from ..slides.tiling import TilingPlan
+from .assemble import InteropError
+
+TISSUE_MASK = "tissue_mask.png"  # written beside plan.json by `mixmag tile` (stages/tile.py)
+TISSUE_CLASS = {"name": "mixmag tissue", "color": [0, 150, 60]}
+REGION_CLASS = {"name": "mixmag region", "color": [30, 90, 220]}
+
+
+def tissue_polygons(mask: np.ndarray, width: int, height: int) -> list[Polygon]:
+    """Valid polygons (with holes) of a boolean mask spanning a width x height level-0 image."""
+    contours, hierarchy = cv2.findContours(mask.astype(np.uint8), cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
+    if hierarchy is None:
+        return []
+    scale = np.array([width / mask.shape[1], height / mask.shape[0]])
+    ring = [(c.reshape(-1, 2) + 0.5) * scale for c in contours]
+    polygons = []
+    for i, (_, _, child, parent) in enumerate(hierarchy[0]):
+        if parent != -1 or len(ring[i]) < 3:
+            continue
+        holes = []
+        while child != -1:
+            if len(ring[child]) >= 3:
+                holes.append(ring[child])
+            child = hierarchy[0][child][0]
+        polygons += _polygon_parts(make_valid(Polygon(ring[i], holes)))
+    return polygons
+
+
+def _polygon_parts(geometry) -> list[Polygon]:
+    if isinstance(geometry, Polygon):
+        return [geometry] if geometry.area > 0 else []
+    if isinstance(geometry, MultiPolygon) or hasattr(geometry, "geoms"):
+        return [p for g in geometry.geoms for p in _polygon_parts(g)]
+    return []
+
+
+def read_attribution(path: Path, plan: TilingPlan) -> dict:
+    """A slide's attribution file from `mixmag predict` (maps, regions, weights, summary), checked against the plan."""
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            data = {k: npz[k] for k in npz.files}
+        summary = json.loads(str(data.pop("summary")))
+    except (OSError, ValueError, KeyError) as exc:
+        raise InteropError(f"{path}: not a readable attribution file of `mixmag predict` ({exc}); re-run predict") from None
+    regions = np.asarray(data.get("regions", np.zeros((0, 2))), np.int64).reshape(-1, 2)
+    weights = np.asarray(data.get("region_weight", []), np.float64).ravel()
+    maps = {name: np.asarray(data.get(f"map_{name}"), np.float64) for name in plan.levels.names}
+    if not np.array_equal(regions, np.asarray(plan.regions, np.int64).reshape(-1, 2)) or len(weights) != len(regions) \
+            or any(m.ndim != 2 for m in maps.values()):
+        raise InteropError(f"{path}: these predictions were made on other regions than plan {plan.slide.slide_id}'s "
+                           "(a stale work folder?); run `mixmag predict` again on this plan's store")
+    return {"maps": maps, "weights": weights, "score": summary.get("score") if isinstance(summary, dict) else None}
+
+
+def region_measurements(plan: TilingPlan, k: int, attribution: dict | None) -> dict:
+    """The numbers QuPath shows for region k: tissue, place, and where the model looked inside it."""
+    row, col = plan.regions[k]
+    out = {"tissue fraction": plan.region_tissue[k], "region row": row, "region col": col}
+    if attribution is None:
+        return out
+    t = plan.params.region_size
+    out["AB-MIL attention"] = float(attribution["weights"][k])
+    per_level = {}
+    for i, name in enumerate(plan.levels.names):
+        s = 2**i
+        block = attribution["maps"][name][row * s : (row + t) * s, col * s : (col + t) * s]
+        per_level[name] = float(np.nansum(block)) if block.size else float("nan")
+    total = sum(v for v in per_level.values() if np.isfinite(v))
+    for name, value in per_level.items():
+        out[f"attribution {name}"] = value
+        out[f"attribution share {name}"] = value / total if total > 0 else float("nan")
+    return out
+
+
+def slide_collection(plan: TilingPlan, mask: np.ndarray | None, attribution: dict | None = None) -> dict:
+    """The FeatureCollection of one slide."""
+    features = []
+    score = {"slide score": attribution["score"]} if attribution and attribution.get("score") is not None else {}
+    for polygon in tissue_polygons(mask, plan.slide.width, plan.slide.height) if mask is not None else []:
+        features.append(_feature(mapping(polygon), "annotation", "tissue", TISSUE_CLASS, score, locked=True))
+    for k, (row, col) in enumerate(plan.regions):
+        box = plan.grid.window_box(row, col, plan.params.region_size)
+        ring = [[box.x0, box.y0], [box.x1, box.y0], [box.x1, box.y1], [box.x0, box.y1], [box.x0, box.y0]]
+        features.append(_feature({"type": "Polygon", "coordinates": [ring]}, "tile", f"region {row},{col}", REGION_CLASS,
+                                 region_measurements(plan, k, attribution)))
+    return {"type": "FeatureCollection", "features": features}
+
+
+def _feature(geometry: dict, kind: str, name: str, klass: dict, measurements: dict, locked: bool = False) -> dict:
+    properties = {"objectType": kind, "name": name, "classification": klass, "color": klass["color"]}
+    if locked:
+        properties["isLocked"] = True
+    numbers = {k: float(v) for k, v in measurements.items() if v is not None and np.isfinite(float(v))}
+    if numbers:
+        properties["measurements"] = numbers
+    return {"type": "Feature", "geometry": json.loads(json.dumps(geometry)), "properties": properties}
+
+
+def write_slide(plan_path: Path, plan: TilingPlan, out: Path, attributions: Path | None = None) -> Path:
+    """`<out>/<slide>.geojson` for one plan (tissue from the mask beside it; predictions if a folder is given)."""
+    slide = plan.slide.slide_id
+    target = path_for_id(out, slide, ".geojson", where=str(plan_path))
+    mask_path = Path(plan_path).parent / TISSUE_MASK
+    mask = cv2.imread(str(mask_path), cv2.IMREAD_GRAYSCALE)
+    if mask is None:
+        raise InteropError(f"{mask_path}: tissue mask missing or unreadable; re-run `mixmag tile` for slide {slide}")
+    attribution = None
+    if attributions is not None:
+        npz = path_for_id(attributions, slide, ".npz", where=str(attributions))
+        if not npz.is_file():
+            raise InteropError(f"{npz}: no predictions for slide {slide}; pass the heatmaps/ folder of `mixmag predict`'s "
+                               "work folder, or leave out --attributions")
+        attribution = read_attribution(npz, plan)
+    collection = slide_collection(plan, mask > 127, attribution)
+    return write_atomic(target, json.dumps(collection, allow_nan=False))
