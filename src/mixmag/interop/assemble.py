@@ -23,6 +23,7 @@ from ..store import SlideStore, plan_provenance, store_from_plan
 from .files import ENCODER_KEYS, features_digest, plain_attrs, recorded_provenance
 from .grid import OffGridError, slots_on_grid
 
+
 class InteropError(MixmagError):
     """A foreign file mixmag will not turn into a store (or a store it cannot export), with the reason and the fix."""
 
@@ -44,7 +45,9 @@ def refuse(plan: TilingPlan, level: str, path: Path | str, reason: str, fix: str
     return InteropError(f"{plan.slide.slide_id}: level {level}: {reason} ({path}). Fix: {fix}")
 
 
-def read_level_file(path: Path, plan: TilingPlan, hint: str, declared_mpp: Callable[[dict], float] | None = None) -> LevelFile:
+def read_level_file(
+    path: Path, plan: TilingPlan, hint: str, declared_mpp: Callable[[dict], float] | None = None
+) -> LevelFile:
     """One peer feature file (`features` + `coords` datasets), sizes checked against the plan before any data is read.
     `declared_mpp(coords attributes)` checks the file's own attributes and returns the level they declare."""
     max_tiles = len(plan.cells) * 4 ** (plan.levels.n_levels - 1)
@@ -57,21 +60,36 @@ def read_level_file(path: Path, plan: TilingPlan, hint: str, declared_mpp: Calla
             if level_mpp is not None:
                 _declared_level(plan, path, level_mpp)
             if coords.ndim != 2 or features.ndim != 2 or coords.shape[0] > max_tiles or features.shape[0] > max_tiles:
-                raise refuse(plan, "?", path, f"features {features.shape} and coords {coords.shape} do not fit the plan "
-                             f"(at most {max_tiles} tiles)", "extract features at `mixmag store coords`' tiles")
+                raise refuse(
+                    plan,
+                    "?",
+                    path,
+                    f"features {features.shape} and coords {coords.shape} do not fit the plan "
+                    f"(at most {max_tiles} tiles)",
+                    "extract features at `mixmag store coords`' tiles",
+                )
             fattrs = plain_attrs(features.attrs)
             try:
                 recorded, digest = recorded_provenance(fattrs)
             except ValueError as exc:
                 raise refuse(plan, "?", path, str(exc), "re-export the store") from None
             encoder = fattrs.get("encoder")
-            return LevelFile(path=path, coords=coords[()], features=features[()], level_mpp=level_mpp,
-                             encoder=None if encoder in (None, "None", "") else str(encoder), recorded=recorded, recorded_digest=digest)
+            return LevelFile(
+                path=path,
+                coords=coords[()],
+                features=features[()],
+                level_mpp=level_mpp,
+                encoder=None if encoder in (None, "None", "") else str(encoder),
+                recorded=recorded,
+                recorded_digest=digest,
+            )
     except OSError as exc:
         raise refuse(plan, "?", path, f"not a readable HDF5 file ({exc})", "re-extract the features") from None
 
 
-def assemble_store(plan: TilingPlan, plan_path: Path, files: list[LevelFile], *, source: str, encoder: str | None = None) -> SlideStore:
+def assemble_store(
+    plan: TilingPlan, plan_path: Path, files: list[LevelFile], *, source: str, encoder: str | None = None
+) -> SlideStore:
     """The store of `plan` from its per-level files. `source` names the peer ("trident", "clam"); `encoder` is
     the user's name for files that record none (CLAM), and must agree with files that do."""
     by_level = _levels_of(plan, files)
@@ -84,8 +102,13 @@ def assemble_store(plan: TilingPlan, plan_path: Path, files: list[LevelFile], *,
     for name, p, f in zip(plan.levels.names, provenance, (by_level[i] for i in range(len(provenance)))):
         if p != first:
             diff = {k: (first[k], p[k]) for k in first if first[k] != p[k]}
-            raise refuse(plan, name, f.path, f"made differently from level {plan.levels.names[0]} ({diff})",
-                         "import the features of one encoder run at every level (TRIDENT: one features_<encoder> folder)")
+            raise refuse(
+                plan,
+                name,
+                f.path,
+                f"made differently from level {plan.levels.names[0]} ({diff})",
+                "import the features of one encoder run at every level (TRIDENT: one features_<encoder> folder)",
+            )
     return store_from_plan(plan, levels, plan_provenance(plan_path, plan) | first)
 
 
@@ -100,17 +123,32 @@ def _levels_of(plan: TilingPlan, files: list[LevelFile]) -> dict[int, LevelFile]
         elif counts:
             i = counts[0]
         else:
-            raise refuse(plan, "?", f.path, f"the file holds {len(f.coords)} tiles, which is no level's count for the plan's "
-                         f"{n} cells ({', '.join(f'{name} {n * 4**k}' for k, name in enumerate(plan.levels.names))})",
-                         "remove files of other tilings or earlier exports from the folder")
+            raise refuse(
+                plan,
+                "?",
+                f.path,
+                f"the file holds {len(f.coords)} tiles, which is no level's count for the plan's "
+                f"{n} cells ({', '.join(f'{name} {n * 4**k}' for k, name in enumerate(plan.levels.names))})",
+                "remove files of other tilings or earlier exports from the folder",
+            )
         if i in found:
-            raise refuse(plan, plan.levels.names[i], f.path, f"a second file for this level (the first: {found[i].path})",
-                         "keep one file per level: remove the stale one")
+            raise refuse(
+                plan,
+                plan.levels.names[i],
+                f.path,
+                f"a second file for this level (the first: {found[i].path})",
+                "keep one file per level: remove the stale one",
+            )
         found[i] = f
     missing = [name for i, name in enumerate(plan.levels.names) if i not in found]
     if missing:
-        raise refuse(plan, ", ".join(missing), "no file", f"no features for level(s) {', '.join(missing)}",
-                     "extract features at every level of the plan (one run per magnification)")
+        raise refuse(
+            plan,
+            ", ".join(missing),
+            "no file",
+            f"no features for level(s) {', '.join(missing)}",
+            "extract features at every level of the plan (one run per magnification)",
+        )
     return found
 
 
@@ -119,8 +157,14 @@ def _declared_level(plan: TilingPlan, path: Path, level_mpp: float) -> int:
     for i, mpp in enumerate(plan.levels.mpps):
         if abs(mpp - level_mpp) <= 1e-3 * mpp:
             return i
-    raise refuse(plan, "?", path, f"the file is at {magnification_name(level_mpp)} ({level_mpp:g} um/px), which is not one of "
-                 f"the plan's levels {', '.join(plan.levels.names)}", "remove files of other tilings or earlier exports from the folder")
+    raise refuse(
+        plan,
+        "?",
+        path,
+        f"the file is at {magnification_name(level_mpp)} ({level_mpp:g} um/px), which is not one of "
+        f"the plan's levels {', '.join(plan.levels.names)}",
+        "remove files of other tilings or earlier exports from the folder",
+    )
 
 
 def _place(plan: TilingPlan, level: int, f: LevelFile) -> np.ndarray:
@@ -128,21 +172,44 @@ def _place(plan: TilingPlan, level: int, f: LevelFile) -> np.ndarray:
     name = plan.levels.names[level]
     n, per_cell = len(plan.cells), 4**level
     if f.coords.ndim != 2 or f.coords.shape[1] != 2 or f.coords.dtype.kind not in "iuf":
-        raise refuse(plan, name, f.path, f"coords have shape {f.coords.shape} and dtype {f.coords.dtype}, expected (M, 2) numbers", "re-extract the features")
+        raise refuse(
+            plan,
+            name,
+            f.path,
+            f"coords have shape {f.coords.shape} and dtype {f.coords.dtype}, expected (M, 2) numbers",
+            "re-extract the features",
+        )
     if f.features.ndim != 2 or f.features.dtype.kind != "f" or f.features.shape[0] != f.coords.shape[0]:
-        raise refuse(plan, name, f.path, f"features have shape {f.features.shape} and dtype {f.features.dtype} for {len(f.coords)} "
-                     "coords, expected (M, D) floats, one row per coordinate", "re-extract the features")
+        raise refuse(
+            plan,
+            name,
+            f.path,
+            f"features have shape {f.features.shape} and dtype {f.features.dtype} for {len(f.coords)} "
+            "coords, expected (M, D) floats, one row per coordinate",
+            "re-extract the features",
+        )
     if len(f.coords) != n * per_cell:
-        raise refuse(plan, name, f.path, f"{len(f.coords)} tiles, but the plan's {n} cells have {n * per_cell} at {name} "
-                     f"({per_cell} per cell): tiles are missing or extra", "re-extract the features at `mixmag store coords`' tiles")
+        raise refuse(
+            plan,
+            name,
+            f.path,
+            f"{len(f.coords)} tiles, but the plan's {n} cells have {n * per_cell} at {name} "
+            f"({per_cell} per cell): tiles are missing or extra",
+            "re-extract the features at `mixmag store coords`' tiles",
+        )
     if not np.isfinite(f.features).all():
         rows = int((~np.isfinite(f.features)).any(axis=1).sum())
         raise refuse(plan, name, f.path, f"{rows} feature rows hold NaN or Inf", "re-extract the features (try fp32)")
     try:
         slots = slots_on_grid(f.coords, np.asarray(plan.cells).reshape(-1, 2), plan.cell_px, level)
     except OffGridError as exc:
-        raise refuse(plan, name, f.path, str(exc), "extract features at mixmag's tiles: `mixmag store coords`, then your "
-                     "tool with those coordinates") from None
+        raise refuse(
+            plan,
+            name,
+            f.path,
+            str(exc),
+            "extract features at mixmag's tiles: `mixmag store coords`, then your tool with those coordinates",
+        ) from None
     out = np.zeros((n * per_cell, f.features.shape[1]), np.float32)
     out[slots] = f.features
     return out.reshape(n, per_cell, -1)
@@ -153,20 +220,54 @@ def _encoder_provenance(plan: TilingPlan, name: str, f: LevelFile, source: str, 
     else the encoder name the file (or the user) gives, with weights known only by that name."""
     if f.recorded is not None:
         if features_digest(f.features) != f.recorded_digest:
-            raise refuse(plan, name, f.path, "the features differ from the ones mixmag exported, so the recorded encoder "
-                         f"provenance ({f.recorded.get('encoder')}, weights {f.recorded.get('encoder_weights_digest')}) no longer "
-                         "describes them", "write new features to a fresh folder (TRIDENT does: features_<encoder>/)")
+            raise refuse(
+                plan,
+                name,
+                f.path,
+                "the features differ from the ones mixmag exported, so the recorded encoder provenance "
+                f"({f.recorded.get('encoder')}, weights {f.recorded.get('encoder_weights_digest')}) "
+                "no longer describes them",
+                "write new features to a fresh folder (TRIDENT does: features_<encoder>/)",
+            )
         if f.encoder not in (None, f.recorded.get("encoder")) or encoder not in (None, f.recorded.get("encoder")):
-            raise refuse(plan, name, f.path, f"the file names encoder {f.encoder or encoder!r} but mixmag recorded "
-                         f"{f.recorded.get('encoder')!r}", "write new features to a fresh folder")
+            raise refuse(
+                plan,
+                name,
+                f.path,
+                f"the file names encoder {f.encoder or encoder!r} but mixmag recorded {f.recorded.get('encoder')!r}",
+                "write new features to a fresh folder",
+            )
         if f.recorded.get("embedding_dim") != f.features.shape[1]:
-            raise refuse(plan, name, f.path, f"features are {f.features.shape[1]}-dimensional, mixmag recorded "
-                         f"{f.recorded.get('embedding_dim')}", "write new features to a fresh folder")
+            raise refuse(
+                plan,
+                name,
+                f.path,
+                f"features are {f.features.shape[1]}-dimensional, mixmag recorded {f.recorded.get('embedding_dim')}",
+                "write new features to a fresh folder",
+            )
         return {k: f.recorded.get(k) for k in ENCODER_KEYS}
     if f.encoder and encoder and f.encoder != encoder:
-        raise refuse(plan, name, f.path, f"the file was made with encoder {f.encoder!r}, not {encoder!r}", "drop --encoder or name the file's encoder")
+        raise refuse(
+            plan,
+            name,
+            f.path,
+            f"the file was made with encoder {f.encoder!r}, not {encoder!r}",
+            "drop --encoder or name the file's encoder",
+        )
     name_used = f.encoder or encoder
     if not name_used:
-        raise refuse(plan, name, f.path, "the file does not record its encoder", "pass --encoder NAME (the patch encoder that made it)")
-    return {"encoder": name_used, "encoder_weights_digest": f"{source}:{name_used}", "encoder_output": source,
-            "embedding_dim": int(f.features.shape[1]), "compute_dtype": None, "read_mode": source}
+        raise refuse(
+            plan,
+            name,
+            f.path,
+            "the file does not record its encoder",
+            "pass --encoder NAME (the patch encoder that made it)",
+        )
+    return {
+        "encoder": name_used,
+        "encoder_weights_digest": f"{source}:{name_used}",
+        "encoder_output": source,
+        "embedding_dim": int(f.features.shape[1]),
+        "compute_dtype": None,
+        "read_mode": source,
+    }

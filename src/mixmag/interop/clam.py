@@ -61,5 +61,13 @@ def import_slide(folder: Path, plan: TilingPlan, plan_path: Path, encoder: str |
     folder = Path(folder)
     paths = files_for_slide(plan, "h5_files/{name}.h5", folder) + files_for_slide(plan, "*/h5_files/{name}.h5", folder)
     if not paths:
-        raise refuse(plan, "any", folder, "no CLAM h5_files/<slide>.h5 for this slide", "point at CLAM's feature folder(s)")
-    return assemble_store(plan, plan_path, [read_level_file(p, plan, "point at CLAM's h5_files") for p in paths], source=SOURCE, encoder=encoder)
+        raise refuse(
+            plan, "any", folder, "no CLAM h5_files/<slide>.h5 for this slide", "point at CLAM's feature folder(s)"
+        )
+    return assemble_store(
+        plan,
+        plan_path,
+        [read_level_file(p, plan, "point at CLAM's h5_files") for p in paths],
+        source=SOURCE,
+        encoder=encoder,
+    )

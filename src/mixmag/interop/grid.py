@@ -34,7 +34,9 @@ def rounded_origins(cells: np.ndarray, cell_px: float, level: int) -> np.ndarray
     return np.rint(tile_origins(cells, cell_px, level)).astype(np.int64)
 
 
-def slots_on_grid(coords: np.ndarray, cells: np.ndarray, cell_px: float, level: int, tolerance: float = TOLERANCE_PX) -> np.ndarray:
+def slots_on_grid(
+    coords: np.ndarray, cells: np.ndarray, cell_px: float, level: int, tolerance: float = TOLERANCE_PX
+) -> np.ndarray:
     """The store slot (cell index · 4^i + sub-tile) of every coordinate, each slot at most once.
 
     Raises OffGridError when a coordinate is farther than `tolerance` from every level-i tile top-left, lies in a
@@ -49,22 +51,28 @@ def slots_on_grid(coords: np.ndarray, cells: np.ndarray, cell_px: float, level: 
     bad = np.flatnonzero(offset > tolerance)
     if bad.size:
         x, y = coords[bad[0]]
-        raise OffGridError(f"{bad.size} of {len(coords)} coordinates lie off mixmag's grid, e.g. ({x:g}, {y:g}) is "
-                           f"{offset[bad[0]]:.1f} px from the nearest tile top-left (tolerance {tolerance:g} px)")
+        raise OffGridError(
+            f"{bad.size} of {len(coords)} coordinates lie off mixmag's grid, e.g. ({x:g}, {y:g}) is "
+            f"{offset[bad[0]]:.1f} px from the nearest tile top-left (tolerance {tolerance:g} px)"
+        )
     cell_col, sub_c = np.divmod(k[:, 0], per)
     cell_row, sub_r = np.divmod(k[:, 1], per)
     cell_index = _index_of(cells, cell_row, cell_col)
     missing = np.flatnonzero(cell_index < 0)
     if missing.size:
         m = missing[0]
-        raise OffGridError(f"{missing.size} coordinates lie in cells the plan does not embed, e.g. ({coords[m, 0]:g}, "
-                           f"{coords[m, 1]:g}) in cell ({cell_row[m]}, {cell_col[m]})")
+        raise OffGridError(
+            f"{missing.size} coordinates lie in cells the plan does not embed, e.g. ({coords[m, 0]:g}, "
+            f"{coords[m, 1]:g}) in cell ({cell_row[m]}, {cell_col[m]})"
+        )
     slots = cell_index * per * per + sub_r * per + sub_c
     unique, first, counts = np.unique(slots, return_index=True, return_counts=True)
     if unique.size < slots.size:
         twice = first[np.argmax(counts > 1)]
-        raise OffGridError(f"{slots.size - unique.size} coordinates repeat a tile, e.g. ({coords[twice, 0]:g}, "
-                           f"{coords[twice, 1]:g}) appears {counts.max()} times")
+        raise OffGridError(
+            f"{slots.size - unique.size} coordinates repeat a tile, e.g. ({coords[twice, 0]:g}, "
+            f"{coords[twice, 1]:g}) appears {counts.max()} times"
+        )
     return slots
 
 

@@ -24,7 +24,9 @@ def read_plan(path: Path) -> TilingPlan:
     try:
         return load_plan(path)
     except FileNotFoundError:
-        raise InteropError(f"{path}: tiling plan not found; run `mixmag tile` or pass --plans with the plans folder") from None
+        raise InteropError(
+            f"{path}: tiling plan not found; run `mixmag tile` or pass --plans with the plans folder"
+        ) from None
     except ValueError as exc:
         raise InteropError(str(exc)) from None
 
@@ -37,19 +39,27 @@ def plans_in(folder: Path, slides: list[str] | None = None) -> list[tuple[Path, 
     else:
         paths = sorted(folder.glob(f"*/{PLAN_FILENAME}"))
         if not paths:
-            raise InteropError(f"{folder}: no tiling plans (*/{PLAN_FILENAME}); pass the folder `mixmag tile --out` wrote")
+            raise InteropError(
+                f"{folder}: no tiling plans (*/{PLAN_FILENAME}); pass the folder `mixmag tile --out` wrote"
+            )
     return [(p, read_plan(p)) for p in paths]
 
 
 def plan_for_store(store: SlideStore, plans_dir: Path | None) -> TilingPlan:
-    """The plan a store was embedded from (in plans_dir, else where the store recorded it), checked against its cells."""
+    """The plan a store was embedded from (in plans_dir, else where the store recorded it), checked against it."""
     slide = check_id(store.attrs.get("slide_id"), where="the store's slide_id attribute")
     path = Path(plans_dir) / slide / PLAN_FILENAME if plans_dir else Path(str(store.attrs.get("plan_path")))
     plan = read_plan(path)
     same_cells = np.array_equal(np.asarray(plan.cells, np.int64).reshape(-1, 2), store.rc.astype(np.int64))
-    if plan.slide.slide_id != slide or not same_cells or abs(plan.cell_px - float(store.attrs.get("cell_px", -1))) > 1e-6:
-        raise InteropError(f"{path}: this plan is not the one store {slide} was embedded from (other slide, cells or cell "
-                           "size); pass --plans with the plans folder the store was made from")
+    if (
+        plan.slide.slide_id != slide
+        or not same_cells
+        or abs(plan.cell_px - float(store.attrs.get("cell_px", -1))) > 1e-6
+    ):
+        raise InteropError(
+            f"{path}: this plan is not the one store {slide} was embedded from (other slide, cells or cell "
+            "size); pass --plans with the plans folder the store was made from"
+        )
     return plan
 
 
@@ -68,6 +78,8 @@ def files_for_slide(plan: TilingPlan, pattern: str, root: Path) -> list[Path]:
     found = {n: sorted(root.glob(pattern.format(name=n))) for n in names}
     hits = [n for n in names if found[n]]
     if len(hits) > 1:
-        raise InteropError(f"{plan.slide.slide_id}: {root} holds files named both {hits[0]!r} and {hits[1]!r} for this slide; "
-                           "keep one set")
+        raise InteropError(
+            f"{plan.slide.slide_id}: {root} holds files named both {hits[0]!r} and {hits[1]!r} for this slide; "
+            "keep one set"
+        )
     return found[hits[0]] if hits else []

@@ -4,7 +4,7 @@ The format, as QuPath reads it (qupath-core, qupath/lib/io/PathObjectTypeAdapter
 PathObjectTypeAdapter.read): a ``FeatureCollection`` whose ``features`` are GeoJSON ``Feature`` objects, each with a
 ``geometry`` (Polygon or MultiPolygon, in pixel coordinates of the full-resolution image, origin at its top-left
 corner: QuPath docs, advanced/exporting_annotations "Units and origin") and ``properties``: ``objectType``
-(``"annotation"``, ``"tile"``, ``"detection"``...; anything else becomes an annotation), ``name``, ``color`` ([r, g, b]),
+(``"annotation"``, ``"tile"``, ``"detection"``...; anything else becomes an annotation), ``name``, ``color`` [r, g, b],
 ``classification`` (``{"name", "color"}``), ``isLocked`` and ``measurements``, an object of name -> number since QuPath
 0.4 (the older list of ``{"name", "value"}`` is also read). Measurements are numbers: non-finite ones are left out.
 
@@ -73,14 +73,21 @@ def read_attribution(path: Path, plan: TilingPlan) -> dict:
             data = {k: npz[k] for k in npz.files}
         summary = json.loads(str(data.pop("summary")))
     except (OSError, ValueError, KeyError) as exc:
-        raise InteropError(f"{path}: not a readable attribution file of `mixmag predict` ({exc}); re-run predict") from None
+        raise InteropError(
+            f"{path}: not a readable attribution file of `mixmag predict` ({exc}); re-run predict"
+        ) from None
     regions = np.asarray(data.get("regions", np.zeros((0, 2))), np.int64).reshape(-1, 2)
     weights = np.asarray(data.get("region_weight", []), np.float64).ravel()
     maps = {name: np.asarray(data.get(f"map_{name}"), np.float64) for name in plan.levels.names}
-    if not np.array_equal(regions, np.asarray(plan.regions, np.int64).reshape(-1, 2)) or len(weights) != len(regions) \
-            or any(m.ndim != 2 for m in maps.values()):
-        raise InteropError(f"{path}: these predictions were made on other regions than plan {plan.slide.slide_id}'s "
-                           "(a stale work folder?); run `mixmag predict` again on this plan's store")
+    if (
+        not np.array_equal(regions, np.asarray(plan.regions, np.int64).reshape(-1, 2))
+        or len(weights) != len(regions)
+        or any(m.ndim != 2 for m in maps.values())
+    ):
+        raise InteropError(
+            f"{path}: these predictions were made on other regions than plan {plan.slide.slide_id}'s "
+            "(a stale work folder?); run `mixmag predict` again on this plan's store"
+        )
     return {"maps": maps, "weights": weights, "score": summary.get("score") if isinstance(summary, dict) else None}
 
 
@@ -113,8 +120,15 @@ def slide_collection(plan: TilingPlan, mask: np.ndarray | None, attribution: dic
     for k, (row, col) in enumerate(plan.regions):
         box = plan.grid.window_box(row, col, plan.params.region_size)
         ring = [[box.x0, box.y0], [box.x1, box.y0], [box.x1, box.y1], [box.x0, box.y1], [box.x0, box.y0]]
-        features.append(_feature({"type": "Polygon", "coordinates": [ring]}, "tile", f"region {row},{col}", REGION_CLASS,
-                                 region_measurements(plan, k, attribution)))
+        features.append(
+            _feature(
+                {"type": "Polygon", "coordinates": [ring]},
+                "tile",
+                f"region {row},{col}",
+                REGION_CLASS,
+                region_measurements(plan, k, attribution),
+            )
+        )
     return {"type": "FeatureCollection", "features": features}
 
 
@@ -140,8 +154,10 @@ def write_slide(plan_path: Path, plan: TilingPlan, out: Path, attributions: Path
     if attributions is not None:
         npz = path_for_id(attributions, slide, ".npz", where=str(attributions))
         if not npz.is_file():
-            raise InteropError(f"{npz}: no predictions for slide {slide}; pass the heatmaps/ folder of `mixmag predict`'s "
-                               "work folder, or leave out --attributions")
+            raise InteropError(
+                f"{npz}: no predictions for slide {slide}; pass the heatmaps/ folder of `mixmag predict`'s "
+                "work folder, or leave out --attributions"
+            )
         attribution = read_attribution(npz, plan)
     collection = slide_collection(plan, mask > 127, attribution)
     return write_atomic(target, json.dumps(collection, allow_nan=False))

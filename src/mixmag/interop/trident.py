@@ -21,7 +21,7 @@ extension (WSI.py l.153; trident/IO.py l.17-26 counts .ome.tif(f) and .ome.zarr 
 What TRIDENT's code needs from them: feature extraction at given coordinates reads ``patch_size``,
 ``level0_magnification`` and ``target_magnification`` (WSI.py l.930-946); its WSIPatcher then reads
 round(patch_size · (10/target_mag) / (10/level0_mag)) level-0 px at each (x, y) and resizes to patch_size
-(WSIPatcher.py l.135-147). Slide encoders (Titan, Prov-GigaPath, CARE; slide_encoder_models/load.py l.351, 443, 477) read
+(WSIPatcher.py l.135-147). Slide encoders (Titan, Prov-GigaPath, CARE: load.py l.351, 443, 477) read
 ``patch_size_level0`` from ``dict(f['coords'].attrs)`` (WSI.py l.1105, cast to int at l.1140); ``visualize_coords``
 needs the same three as extraction (WSI.py l.775-782).
 
@@ -89,7 +89,9 @@ def write_coords(plan: TilingPlan, job: Path) -> list[Path]:
     for level in range(plan.levels.n_levels):
         folder = Path(job) / job_folder(plan.levels.mpp(level), plan.params.tile_px)
         path = path_for_id(folder / "patches", name, "_patches.h5", what="TRIDENT slide name", where=plan.slide.path)
-        write_h5(path, {"coords": (rounded_origins(cells, plan.cell_px, level), coords_attrs(plan, level, name, folder))})
+        write_h5(
+            path, {"coords": (rounded_origins(cells, plan.cell_px, level), coords_attrs(plan, level, name, folder))}
+        )
         written.append(path)
     return written
 
@@ -105,15 +107,25 @@ def export_store(store: SlideStore, plan: TilingPlan, out: Path) -> list[Path]:
         path = path_for_id(features_dir, slide, ".h5", where="the store's slide_id attribute")
         features = emb.reshape(-1, emb.shape[-1]).astype(np.float32)
         coords = rounded_origins(store.rc, plan.cell_px, level)
-        features_attrs = {"name": slide, "savetodir": str(features_dir), "encoder": encoder} | encoder_extras(store, features)
-        write_h5(path, {"features": (features, features_attrs), "coords": (coords, coords_attrs(plan, level, slide, folder))})
+        features_attrs = {"name": slide, "savetodir": str(features_dir), "encoder": encoder} | encoder_extras(
+            store, features
+        )
+        write_h5(
+            path, {"features": (features, features_attrs), "coords": (coords, coords_attrs(plan, level, slide, folder))}
+        )
         written.append(path)
     return written
 
 
 def encoders_in(job: Path, tile_px: int) -> list[str]:
     """Encoder names with a features_<encoder> folder under any of the job's mixmag-sized magnification folders."""
-    return sorted({p.name.removeprefix("features_") for p in Path(job).glob(f"*x_{tile_px}px_0px_overlap/features_*") if p.is_dir()})
+    return sorted(
+        {
+            p.name.removeprefix("features_")
+            for p in Path(job).glob(f"*x_{tile_px}px_0px_overlap/features_*")
+            if p.is_dir()
+        }
+    )
 
 
 def import_slide(job: Path, plan: TilingPlan, plan_path: Path, encoder: str | None = None) -> SlideStore:
@@ -124,14 +136,27 @@ def import_slide(job: Path, plan: TilingPlan, plan_path: Path, encoder: str | No
         found = encoders_in(job, plan.params.tile_px)
         if len(found) != 1:
             what = f"features of several encoders ({', '.join(found)})" if found else "no features_<encoder> folders"
-            raise InteropError(f"{job}: {what} under *x_{plan.params.tile_px}px_0px_overlap/; "
-                               + ("pass --encoder NAME" if found else "run TRIDENT's feature extraction on `mixmag store coords`' output first"))
+            raise InteropError(
+                f"{job}: {what} under *x_{plan.params.tile_px}px_0px_overlap/; "
+                + (
+                    "pass --encoder NAME"
+                    if found
+                    else "run TRIDENT's feature extraction on `mixmag store coords`' output first"
+                )
+            )
         encoder = found[0]
     paths = files_for_slide(plan, f"*x_{plan.params.tile_px}px_0px_overlap/features_{encoder}/{{name}}.h5", job)
     if not paths:
-        raise InteropError(f"{plan.slide.slide_id}: no TRIDENT feature files for this slide in {job}/*x_{plan.params.tile_px}"
-                           f"px_0px_overlap/features_{encoder}/. Fix: extract features at every magnification")
-    files = [read_level_file(p, plan, "point at TRIDENT's job folder", lambda attrs, p=p: _check_coords_attrs(plan, p, attrs)) for p in paths]
+        raise InteropError(
+            f"{plan.slide.slide_id}: no TRIDENT feature files for this slide in {job}/*x_{plan.params.tile_px}"
+            f"px_0px_overlap/features_{encoder}/. Fix: extract features at every magnification"
+        )
+    files = [
+        read_level_file(
+            p, plan, "point at TRIDENT's job folder", lambda attrs, p=p: _check_coords_attrs(plan, p, attrs)
+        )
+        for p in paths
+    ]
     return assemble_store(plan, plan_path, files, source=SOURCE, encoder=encoder)
 
 
@@ -139,8 +164,13 @@ def _check_coords_attrs(plan: TilingPlan, path: Path, attrs: dict) -> float:
     """The level mpp the file declares, after checking it was extracted at mixmag's tiles of this slide."""
     target = attrs.get("target_magnification")
     if not isinstance(target, (int, float)) or not target > 0:
-        raise refuse(plan, "?", path, "coords have no target_magnification attribute", "use TRIDENT feature files, or "
-                     "--format clam for CLAM files")
+        raise refuse(
+            plan,
+            "?",
+            path,
+            "coords have no target_magnification attribute",
+            "use TRIDENT feature files, or --format clam for CLAM files",
+        )
     level_mpp = 10 / float(target)
     name = magnification_name(level_mpp)
     tile_px = plan.params.tile_px
@@ -152,16 +182,25 @@ def _check_coords_attrs(plan: TilingPlan, path: Path, attrs: dict) -> float:
         read_px = attrs["patch_size"] * level0_mag / float(target)
         exact = tile_px * level_mpp / plan.slide.mpp
         if abs(read_px - exact) > TOLERANCE_PX:
-            problems.append(f"TRIDENT read {read_px:.1f} level-0 px per tile (level0_magnification {level0_mag:g}), "
-                            f"mixmag's {name} tiles are {exact:.1f} px")
+            problems.append(
+                f"TRIDENT read {read_px:.1f} level-0 px per tile (level0_magnification {level0_mag:g}), "
+                f"mixmag's {name} tiles are {exact:.1f} px"
+            )
     else:
         problems.append("no level0_magnification attribute")
     if (attrs.get("level0_width"), attrs.get("level0_height")) != (plan.slide.width, plan.slide.height):
-        problems.append(f"a slide of {attrs.get('level0_width')} x {attrs.get('level0_height')} px, the plan's is "
-                        f"{plan.slide.width} x {plan.slide.height}")
+        problems.append(
+            f"a slide of {attrs.get('level0_width')} x {attrs.get('level0_height')} px, the plan's is "
+            f"{plan.slide.width} x {plan.slide.height}"
+        )
     if attrs.get("overlap", 0) != 0:
         problems.append(f"overlap {attrs.get('overlap')}")
     if problems:
-        raise refuse(plan, name, path, "not extracted at mixmag's tiles of this slide: " + "; ".join(problems),
-                     "write coordinates with `mixmag store coords` and extract features with TRIDENT at them")
+        raise refuse(
+            plan,
+            name,
+            path,
+            "not extracted at mixmag's tiles of this slide: " + "; ".join(problems),
+            "write coordinates with `mixmag store coords` and extract features with TRIDENT at them",
+        )
     return level_mpp
