@@ -518,19 +518,15 @@ def test_qupath_geojson_has_valid_tissue_and_the_plans_regions(tmp_path):
 
 def test_qupath_geojson_carries_the_predictions_attribution(tmp_path):
     plan_path, plan, _ = _mask_plan(tmp_path)
+    from mixmag.eval.explain import SlideAttribution, save_attribution
+
     heat = tmp_path / "work" / "heatmaps"
-    heat.mkdir(parents=True)
-    maps = {
-        f"map_{name}": np.arange((2 * 2**i) ** 2, dtype=np.float32).reshape(2 * 2**i, 2 * 2**i)
-        for i, name in enumerate(plan.levels.names)
-    }
-    np.savez(
-        heat / "s1.npz",
-        **maps,
-        regions=np.array([[0, 0]]),
-        region_weight=np.array([0.8]),
-        summary=np.array(json.dumps({"score": 0.73})),
-    )
+    levels = {name: np.arange((2 * 2**i) ** 2, dtype=np.float32).reshape(2 * 2**i, 2 * 2**i)
+              for i, name in enumerate(plan.levels.names)}
+    maps = {f"map_{name}": m for name, m in levels.items()}
+    save_attribution(SlideAttribution(slide_id="s1", score=0.73, method="AB-MIL attention", level_names=list(levels),
+                                      level_maps=levels, region_size=2, regions=np.array([[0, 0]]),
+                                      region_weight=np.array([0.8])), heat / "s1.npz")  # what `mixmag predict` writes
     path = qupath.write_slide(plan_path, plan, tmp_path / "qp", heat)
     doc = json.loads(path.read_text())
     region = next(f for f in doc["features"] if f["properties"]["objectType"] == "tile")["properties"]["measurements"]
@@ -540,6 +536,10 @@ def test_qupath_geojson_carries_the_predictions_attribution(tmp_path):
     tissue = next(f for f in doc["features"] if f["properties"]["objectType"] == "annotation")
     assert tissue["properties"]["measurements"]["slide score"] == pytest.approx(0.73)
     np.savez(heat / "s1.npz", **maps, regions=np.array([[1, 1]]), region_weight=np.array([0.8]), summary=np.array("{}"))
+    with pytest.raises(InteropError, match="made on other regions than plan s1's"):
+        qupath.write_slide(plan_path, plan, tmp_path / "qp", heat)
+    small = {k: v[:, :1] for k, v in maps.items()}  # maps that do not reach the region's right-hand column
+    np.savez(heat / "s1.npz", **small, regions=np.array([[0, 0]]), region_weight=np.array([0.8]), summary="{}")
     with pytest.raises(InteropError, match="made on other regions than plan s1's"):
         qupath.write_slide(plan_path, plan, tmp_path / "qp", heat)
 

@@ -23,6 +23,8 @@ from ..store import SlideStore, plan_provenance, store_from_plan
 from .files import ENCODER_KEYS, features_digest, plain_attrs, recorded_provenance
 from .grid import OffGridError, slots_on_grid
 
+MAX_DIM = 65536  # features per tile: far above any encoder's, low enough that a corrupt shape is not read into memory
+
 
 class InteropError(MixmagError):
     """A foreign file mixmag will not turn into a store (or a store it cannot export), with the reason and the fix."""
@@ -59,13 +61,14 @@ def read_level_file(
             level_mpp = declared_mpp(plain_attrs(coords.attrs)) if declared_mpp else None
             if level_mpp is not None:
                 _declared_level(plan, path, level_mpp)
-            if coords.ndim != 2 or features.ndim != 2 or coords.shape[0] > max_tiles or features.shape[0] > max_tiles:
+            fits = coords.ndim == 2 and coords.shape[1] == 2 and features.ndim == 2 and features.shape[1] <= MAX_DIM
+            if not fits or coords.shape[0] > max_tiles or features.shape[0] > max_tiles:
                 raise refuse(
                     plan,
                     "?",
                     path,
                     f"features {features.shape} and coords {coords.shape} do not fit the plan "
-                    f"(at most {max_tiles} tiles)",
+                    f"(at most {max_tiles} tiles of (x, y), at most {MAX_DIM} features each)",
                     "extract features at `mixmag store coords`' tiles",
                 )
             fattrs = plain_attrs(features.attrs)

@@ -82,13 +82,21 @@ def read_attribution(path: Path, plan: TilingPlan) -> dict:
     if (
         not np.array_equal(regions, np.asarray(plan.regions, np.int64).reshape(-1, 2))
         or len(weights) != len(regions)
-        or any(m.ndim != 2 for m in maps.values())
+        or not _maps_cover(plan, maps)
     ):
         raise InteropError(
             f"{path}: these predictions were made on other regions than plan {plan.slide.slide_id}'s "
             "(a stale work folder?); run `mixmag predict` again on this plan's store"
         )
     return {"maps": maps, "weights": weights, "score": summary.get("score") if isinstance(summary, dict) else None}
+
+
+def _maps_cover(plan: TilingPlan, maps: dict[str, np.ndarray]) -> bool:
+    """Every level's map is a 2-D grid large enough for every accepted region at that level."""
+    t = plan.params.region_size
+    rows, cols = (max((r[k] for r in plan.regions), default=-t) + t for k in (0, 1))
+    need = [(rows * 2**i, cols * 2**i) for i in range(len(maps))]
+    return all(m.ndim == 2 and m.shape[0] >= h and m.shape[1] >= w for m, (h, w) in zip(maps.values(), need))
 
 
 def region_measurements(plan: TilingPlan, k: int, attribution: dict | None) -> dict:

@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from ..geometry import magnification_name
-from ..ids import path_for_id
+from ..ids import check_id, path_for_id
 from ..slides.tiling import TilingPlan
 from ..store import SlideStore
 from .assemble import InteropError, assemble_store, read_level_file, refuse
@@ -132,6 +132,8 @@ def import_slide(job: Path, plan: TilingPlan, plan_path: Path, encoder: str | No
     """The store of one planned slide from TRIDENT feature files under `job`; each file's level is the one its own
     attributes declare, whatever folder it sits in."""
     job = Path(job)
+    if encoder is not None:
+        check_id(encoder, what="encoder name", where="--encoder")
     if encoder is None:
         found = encoders_in(job, plan.params.tile_px)
         if len(found) != 1:
