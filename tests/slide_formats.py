@@ -24,9 +24,9 @@ def write_dicom(source: Path, folder: Path, description: str | None = None) -> P
     return formats.write_dicom(source, folder, description)
 
 
-def write_ome_zarr(image: np.ndarray, mpp: float, path: Path, n_levels: int = 3) -> Path:
+def write_ome_zarr(image: np.ndarray, mpp: float, path: Path, n_levels: int = 3, **kwargs) -> Path:
     need("ome_zarr")
-    return formats.write_ome_zarr(image, mpp, path, n_levels)
+    return formats.write_ome_zarr(image, mpp, path, n_levels, **kwargs)
 
 
 def write_czi(image: np.ndarray, mpp: float | None, path: Path, tile: int = 1024) -> Path:

@@ -215,3 +215,25 @@ def test_mixmag_works_without_the_optional_extras(real_svs):
     lines = run.stdout.splitlines()
     assert lines[0] == "tiffslide 0.499"
     assert lines[1].startswith("[] ") and "('czi', False)" in lines[1] and "('slideio', False)" in lines[1]
+
+
+@pytest.mark.parametrize("version, unit, mpp", [("0.4", "micrometer", 0.25), ("0.5", "nanometer", 263.1)])
+def test_ome_zarr_versions_and_units(tmp_path, version, unit, mpp):
+    image = tissue_like(640, 512, 0.25, seed=3)
+    path = write_ome_zarr(image, mpp, tmp_path / f"v{version}.ome.zarr", 2, version=version, unit=unit)
+    with Slide(path) as slide:
+        assert slide.mpp == pytest.approx(0.25 if unit == "micrometer" else 0.2631)
+        assert slide.level_dimensions == ((640, 512), (320, 256))
+        assert np.array_equal(_level0(slide), image)
+
+
+def test_unusable_inputs_are_one_sentence(tmp_path, real_svs):
+    no_unit = write_ome_zarr(tissue_like(320, 256, 0.5, seed=3), 0.5, tmp_path / "nounit.ome.zarr", 1, unit=None)
+    with pytest.raises(MppError, match="no microns-per-pixel.*--mpp"):
+        Slide(no_unit)
+    assert Slide(no_unit, mpp=0.5).mpp_source == "override"
+    empty = tmp_path / "empty-folder"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("not a slide")
+    with pytest.raises(SlideUnreadableError, match="no reader for this kind of folder"):
+        Slide(empty)

@@ -58,17 +58,22 @@ def write_dicom(source: Path, folder: Path, description: str | None = None) -> P
     return folder
 
 
-def write_ome_zarr(image: np.ndarray, mpp: float, path: Path, n_levels: int = 3) -> Path:
-    """An OME-NGFF pyramid (c, y, x; 2x local-mean levels; scale in micrometer) written by ome-zarr-py."""
+def write_ome_zarr(image: np.ndarray, mpp: float, path: Path, n_levels: int = 3, *, version: str = "0.5",
+                   unit: str | None = "micrometer") -> Path:
+    """An OME-NGFF pyramid (c, y, x; 2x local-mean levels; scale in `unit`, none when None) written by ome-zarr-py,
+    as NGFF 0.5 (Zarr v3) or 0.4 (Zarr v2)."""
     require("ome_zarr")
     import zarr
+    from ome_zarr.format import FormatV04, FormatV05
     from ome_zarr.writer import write_image
 
     if not path.exists():
-        root = zarr.open_group(str(path), mode="w")
+        fmt = {"0.4": FormatV04, "0.5": FormatV05}[version]()
+        root = zarr.open_group(str(path), mode="w", zarr_format=fmt.zarr_format)
+        units = {"axes_units": {"y": unit, "x": unit}} if unit else {}
         write_image(np.moveaxis(image, 2, 0), root, scale_factors=tuple(2**k for k in range(1, n_levels)), axes="cyx",
-                    scale={"c": 1.0, "y": mpp, "x": mpp}, axes_units={"y": "micrometer", "x": "micrometer"},
-                    storage_options={"chunks": (3, 256, 256)}, method="local_mean")
+                    scale={"c": 1.0, "y": mpp, "x": mpp}, storage_options={"chunks": (3, 256, 256)},
+                    method="local_mean", fmt=fmt, **units)
     return path
 
 
