@@ -80,7 +80,7 @@ def test_dicom_folder_with_two_series_is_two_named_slides(tmp_path, real_svs):
     for source in sources:
         with Slide(source.path) as slide:
             assert slide.mpp == pytest.approx(0.5) and slide.width == 1024
-    with pytest.raises(SlideUnreadableError, match="holds 2 DICOM series.*case-7-HE"):
+    with pytest.raises(SlideUnreadableError, match="holds 2 DICOM series.*case-7-HE.*Fix: give the folder to `mixmag tile`"):
         Slide(folder)
 
 

@@ -168,7 +168,7 @@ class Slide:
             options = candidates(self.path)
         else:
             options = [Candidate(backend, "asked for", installed(backend))]
-        failures = []
+        failures, fixes = [], []
         for option in options:
             if not option.installed:
                 failures.append(f"{option.backend}: not installed ({option.install})")
@@ -178,15 +178,18 @@ class Slide:
                 self._direct = self._handle.direct
                 self._check_readable()
                 return option.backend
-            except SlideUnreadableError as exc:
+            except SlideUnreadableError as exc:  # the backend knows what is wrong (e.g. a folder of two DICOM series)
                 failures.append(f"{option.backend}: {exc.problem}")
+                fixes += [exc.fix] if exc.fix else []
             except Exception as exc:  # noqa: BLE001 - each backend fails in its own way; all are reported
                 failures.append(f"{option.backend}: {type(exc).__name__}: {exc}")
             self._close_handle()
         missing = [o.install for o in options if not o.installed and o.install]
         fix = ("check the file is a complete whole slide image (re-copy it if truncated); supported: SVS, TIFF, OME-TIFF, "
                "NDPI, MRXS, SCN, BIF, DICOM (file or folder), OME-Zarr, CZI and, with the fallback reader, VSI, QPTIFF, ZVI, AFI.")
-        if missing:
+        if fixes:
+            fix = " ".join(dict.fromkeys(fixes))
+        elif missing:
             fix = f"install the reader for this format: {' or '.join(dict.fromkeys(missing))}; or " + fix
         what = "; ".join(failures) if failures else "mixmag has no reader for this kind of " + ("folder" if self.path.is_dir() else "file")
         raise SlideUnreadableError(self.path, f"no backend could read it ({what}).", fix)
