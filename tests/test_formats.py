@@ -237,3 +237,14 @@ def test_unusable_inputs_are_one_sentence(tmp_path, real_svs):
     (empty / "notes.txt").write_text("not a slide")
     with pytest.raises(SlideUnreadableError, match="no reader for this kind of folder"):
         Slide(empty)
+
+
+def test_a_damaged_dicom_file_beside_a_series_is_left_out(made, tmp_path):
+    folder = tmp_path / "damaged"
+    folder.mkdir()
+    for f in _get(made, "dicom").glob("*.dcm"):
+        (folder / f.name).write_bytes(f.read_bytes())
+    (folder / "broken.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"\xff" * 200)
+    assert [s.slide_id for s in sources_from_paths([folder])] == ["damaged"]
+    with Slide(folder) as slide:
+        assert slide.width == 2220

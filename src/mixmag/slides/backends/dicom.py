@@ -56,17 +56,10 @@ def find_series(folder: Path) -> list[DicomSeries]:
     """Every whole-slide series in a folder (label, overview and thumbnail-only instances are not slides)."""
     groups: dict[str, list[tuple[int, Path, pydicom.Dataset]]] = {}
     for path in _files(folder):
-        if not is_dicom_file(path):
-            continue
-        try:
-            ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
-        except (pydicom.errors.InvalidDicomError, OSError, ValueError):
-            continue
-        image_type = [str(v).upper() for v in (ds.get("ImageType") or [])]
-        if str(ds.get("SOPClassUID", "")) != WSI_STORAGE or (image_type and "VOLUME" not in image_type):
-            continue
-        size = int(ds.get("TotalPixelMatrixColumns", 0) or 0) * int(ds.get("TotalPixelMatrixRows", 0) or 0)
-        groups.setdefault(str(ds.get("SeriesInstanceUID", "")), []).append((size, path, ds))
+        header = _volume_header(path) if is_dicom_file(path) else None
+        if header is not None:
+            size, ds = header
+            groups.setdefault(str(ds.get("SeriesInstanceUID", "")), []).append((size, path, ds))
     series = []
     for uid, members in sorted(groups.items()):
         members.sort(key=lambda m: (-m[0], str(m[1])))
@@ -76,6 +69,19 @@ def find_series(folder: Path) -> list[DicomSeries]:
             number=str(ds.get("SeriesNumber", "") or ""), files=tuple(sorted(m[1] for m in members)), base=members[0][1],
         ))
     return series
+
+
+def _volume_header(path: Path) -> tuple[int, pydicom.Dataset] | None:
+    """(pixel count, header) of a whole-slide VOLUME instance; None for labels, overviews, other DICOM files and
+    damaged headers (files are untrusted: the reader reports a slide it cannot open, grouping never fails)."""
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
+        image_type = [str(v).upper() for v in (ds.get("ImageType") or [])]
+        if str(ds.get("SOPClassUID", "")) != WSI_STORAGE or (image_type and "VOLUME" not in image_type):
+            return None
+        return int(ds.get("TotalPixelMatrixColumns", 0) or 0) * int(ds.get("TotalPixelMatrixRows", 0) or 0), ds
+    except Exception:  # noqa: BLE001 - pydicom raises many kinds of errors on damaged headers
+        return None
 
 
 def resolve_dicom_path(path: Path) -> Path:
