@@ -9,12 +9,13 @@ from pathlib import Path
 from typing import Annotated, NoReturn, Optional
 
 import typer
-import yaml
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from .config import model_default
 from .errors import MixmagError, MixmagWarning
+from .slides.params import TilingParams, TissueParams
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Mixed-magnification region embeddings for computational pathology.")
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks that print their figures.")
@@ -44,24 +45,21 @@ def _fail(message: str, code: int = 2) -> NoReturn:
     raise typer.Exit(code)
 
 
-def _tiling_params(config: Path | None, overrides: dict, tissue_overrides: dict):
+def _tiling_params(config: Path | None, options: dict):
     """Settings from an optional YAML file (a `tiling:` section or the whole file), then flags."""
-    from .slides.tiling import TilingParams
+    from .config import load_config
+    from .slides.params import TilingParams
 
-    base: dict = {}
-    if config is not None:
-        if not config.is_file():
-            _fail(f"{config}: config file not found.")
-        loaded = yaml.safe_load(config.read_text()) or {}
-        if not isinstance(loaded, dict):
-            _fail(f"{config}: expected a mapping of tiling settings.")
-        base = dict(loaded.get("tiling", loaded))
-    tissue = dict(base.pop("tissue", None) or {}) | {k: v for k, v in tissue_overrides.items() if v is not None}
-    merged = base | {k: v for k, v in overrides.items() if v is not None}
     try:
-        return TilingParams(**merged, tissue=tissue)
-    except (ValueError, TypeError) as exc:
-        _fail(f"invalid tiling settings{f' in {config}' if config else ''}:\n{exc}")
+        return load_config(TilingParams, config, section="tiling", options=options)
+    except MixmagError as exc:
+        _fail(str(exc))
+
+
+def _tiling_help(text: str, name: str, section: str | None = None) -> str:
+    """Help text with the default read from the tiling model (written once, there)."""
+    model = TissueParams if section == "tissue" else TilingParams
+    return f"{text} [{model_default(model, name)}]."
 
 
 @app.command()
@@ -71,15 +69,15 @@ def tile(
     cohort: Annotated[Optional[Path], typer.Option(help="CSV with a 'path' column (optional 'slide' id and 'mpp').")] = None,
     config: Annotated[Optional[Path], typer.Option(help="YAML with tiling settings (flags override it).")] = None,
     mpp: Annotated[Optional[float], typer.Option(help="Override the slides' microns per pixel.")] = None,
-    region_size: Annotated[Optional[int], typer.Option(help="t: region side in cells [3].")] = None,
+    region_size: Annotated[Optional[int], typer.Option(help=_tiling_help("t: region side in cells", "region_size"))] = None,
     region_stride: Annotated[Optional[int], typer.Option(help="Step between regions in cells [t, no overlap]; 1 for all positions.")] = None,
     context_size: Annotated[Optional[int], typer.Option(help="c: also accept c x c context windows (CMEM).")] = None,
-    n_levels: Annotated[Optional[int], typer.Option("--levels", help="l: magnification levels [3 = 5x/10x/20x].")] = None,
-    base_mpp: Annotated[Optional[float], typer.Option(help="um/px of the coarsest level [2.0 = 5x].")] = None,
-    tile_px: Annotated[Optional[int], typer.Option(help="Tile side in pixels [224].")] = None,
-    tissue_threshold: Annotated[Optional[float], typer.Option(help="Minimum tissue fraction of a region [0.45].")] = None,
-    thumbnail_mpp: Annotated[Optional[float], typer.Option(help="um/px of the tissue thumbnail [8].")] = None,
-    min_saturation: Annotated[Optional[int], typer.Option(help="Floor on the Otsu saturation threshold [15].")] = None,
+    n_levels: Annotated[Optional[int], typer.Option("--levels", help=_tiling_help("l: magnification levels, 2x apart", "n_levels"))] = None,
+    base_mpp: Annotated[Optional[float], typer.Option(help=_tiling_help("um/px of the coarsest level (2.0 = 5x)", "base_mpp"))] = None,
+    tile_px: Annotated[Optional[int], typer.Option(help=_tiling_help("Tile side in pixels", "tile_px"))] = None,
+    tissue_threshold: Annotated[Optional[float], typer.Option(help=_tiling_help("Minimum tissue fraction of a region", "tissue_threshold"))] = None,
+    thumbnail_mpp: Annotated[Optional[float], typer.Option(help=_tiling_help("um/px of the tissue thumbnail", "thumbnail_mpp", "tissue"))] = None,
+    min_saturation: Annotated[Optional[int], typer.Option(help=_tiling_help("Floor on the Otsu saturation threshold", "min_saturation", "tissue"))] = None,
     allow_upsample: Annotated[Optional[bool], typer.Option("--allow-upsample", help="Allow levels finer than the scan.")] = None,
     backend: Annotated[str, typer.Option(help="auto, tiffslide, openslide, omezarr, czi or slideio (see `mixmag doctor`).")] = "auto",
     tissue_model: Annotated[Optional[Path], typer.Option(help="ONNX or TorchScript tissue model (probability map).")] = None,
@@ -88,19 +86,17 @@ def tile(
     """Find tissue and cut aligned multi-magnification regions; write a tiling plan and QC pictures per slide."""
     from .slides.sources import sources_from_paths, sources_from_table
     from .slides.tissue import load_tissue_model
-    from .stages.tile import tile_slides
+    from .stages.tile import check_backend, tile_slides
 
-    params = _tiling_params(
-        config,
-        dict(
-            region_size=region_size, region_stride=region_stride, context_size=context_size, n_levels=n_levels,
-            base_mpp=base_mpp, tile_px=tile_px, tissue_threshold=tissue_threshold, allow_upsample=allow_upsample,
-        ),
-        dict(thumbnail_mpp=thumbnail_mpp, min_saturation=min_saturation),
-    )
+    params = _tiling_params(config, dict(
+        region_size=region_size, region_stride=region_stride, context_size=context_size, n_levels=n_levels, base_mpp=base_mpp,
+        tile_px=tile_px, tissue_threshold=tissue_threshold, allow_upsample=allow_upsample,
+        tissue=dict(thumbnail_mpp=thumbnail_mpp, min_saturation=min_saturation),
+    ))
     if not slides and cohort is None:
         _fail("give slide files or --cohort TABLE.csv")
     try:
+        check_backend(backend)
         sources = sources_from_paths(list(slides or []), mpp)
         if cohort is not None:
             sources += sources_from_table(cohort, mpp)
@@ -236,7 +232,7 @@ def embed(
 @app.command()
 def pretrain(
     config: Annotated[Path, typer.Option(help="YAML run config (see configs/pretrain.yaml).")],
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a config key: --set steps=500 --set context=7.")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a config key: --set steps=500 --set mixer.depth=4.")] = None,
     device: Annotated[Optional[str], typer.Option(help="cuda, cpu [cuda when available].")] = None,
 ) -> None:
     """Pretrain the region mixer with MEM (or CMEM when `context` is set); resumes from the run folder."""
@@ -245,7 +241,7 @@ def pretrain(
     from .train.pretrain import load_config, pretraining_stores, run_pretraining, store_paths
 
     try:
-        cfg = load_config(config, _parse_sets(set_))
+        cfg = load_config(config, set_)
         used, found = len(pretraining_stores(cfg)), len(store_paths(cfg.stores))
     except MixmagError as exc:
         _fail(str(exc))
@@ -304,22 +300,12 @@ def train(
     from .train.finetune import load_train_config, run_training
 
     try:
-        cfg = load_train_config(config, _parse_sets(set_))
+        cfg = load_train_config(config, set_)
         console.print(f"Training AB-MIL on {cfg.bags} bags{' with a ' + cfg.mixer.init + ' mixer (' + cfg.mixer.output + ')' if cfg.mixer else ''} -> {cfg.out}", soft_wrap=True)
         metrics = run_training(cfg, on_epoch=lambda h: console.print(f"epoch {h['epoch']:>3}  train loss {h['train_loss']:.4f}  tune AUROC {h['tune_auroc']:.3f}"))
     except MixmagError as exc:
         _fail(str(exc))
     _print_metrics(metrics)
-
-
-def _parse_sets(items: list[str] | None) -> dict:
-    overrides = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            _fail(f"--set expects key=value, got {item!r}")
-        overrides[key.strip()] = yaml.safe_load(value)
-    return overrides
 
 
 def _print_metrics(metrics: dict) -> None:
@@ -460,6 +446,8 @@ def report(
         path = build_report(run, json.loads(timings.read_text()) if timings else None, heatmaps=heatmaps)
     except (FileNotFoundError, KeyError) as exc:
         _fail(f"{run}: not a complete `mixmag train` run folder ({exc})")
+    except MixmagError as exc:
+        _fail(str(exc))
     console.print(f"wrote {path}")
 
 

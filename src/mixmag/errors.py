@@ -43,7 +43,11 @@ class ResolutionError(SlideError):
 
 
 class ConfigError(MixmagError):
-    pass
+    """A config file or a --set override that does not fit its schema."""
+
+
+class OptionError(MixmagError):
+    """A command-line option (or the matching API argument) with a value mixmag does not know."""
 
 
 class CohortError(MixmagError):

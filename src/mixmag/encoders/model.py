@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError, MixmagError
+from ..weights_io import WeightsFileError, load_state_dict_file
 from .registry import EncoderPreset, InputTransform, OutputMode, get_preset, timm_kwargs
 
 
@@ -144,14 +145,9 @@ def load_weights(model: nn.Module, path: Path, weights_format: str = "timm") -> 
     if not path.is_file():
         raise EncoderWeightsError(f"{path}: weights file not found")
     try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - unreadable file, pickle refused by weights_only, ...
-        raise EncoderWeightsError(f"{path}: could not read weights ({type(exc).__name__}: {exc})") from exc
+        state = load_state_dict_file(path, fix="give the encoder's weights as .safetensors, or a PyTorch file of tensors only")
+    except WeightsFileError as exc:
+        raise EncoderWeightsError(f"could not read weights: {exc}") from None
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
             state = state[key]

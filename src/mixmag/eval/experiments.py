@@ -15,11 +15,12 @@ import json
 from pathlib import Path
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from ..config import load_config
 from ..errors import ConfigError, MixmagError
 from ..models.mixer import MIXER_PRESETS
-from ..train.finetune import TrainConfig, run_training
+from ..train.finetune import TrainConfig, TrainSettings, run_training
 from ..train.mixer_file import mixer_architecture
 
 ABMIL_METHODS = {"abmil-5x": "5x", "abmil-10x": "10x", "abmil-20x": "20x", "abmil-all": "all"}
@@ -36,38 +37,34 @@ class GridConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     out: str
-    tasks: list[Task]
-    methods: list[str]
-    seeds: list[int] = [0]
+    tasks: list[Task] = Field(min_length=1)
+    methods: list[str] = Field(min_length=1)
+    seeds: list[int] = Field([0], min_length=1)
     pretrained: dict[str, str] = Field(default_factory=dict, description="name -> mixer.safetensors (e.g. 'MEM r=0.5')")
     random_preset: str | None = Field(None, description="architecture of random-init mixers; default: that of the pretrained "
                                       "mixers (the paper's Random is the mixing module's architecture), else tiny")
-    train: dict = Field(default_factory=dict, description="overrides for every run (epochs, lr, batch_size, ...)")
-    train_by_method: dict[str, dict] = Field(default_factory=dict, description="extra overrides for methods starting with a prefix, e.g. abmil: {epochs: 40}")
+    train: TrainSettings = Field(default_factory=TrainSettings, description="overrides for every run (epochs, lr, batch_size, ...)")
+    train_by_method: dict[str, TrainSettings] = Field(default_factory=dict, description="extra overrides for methods starting with a prefix, e.g. abmil: {epochs: 40}")
     baseline: str = "abmil-20x"
 
 
 def load_grid(path: str | Path) -> GridConfig:
-    import yaml
-
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: grid file not found")
-    try:
-        grid = GridConfig(**(yaml.safe_load(path.read_text()) or {}))
-    except ValueError as exc:
-        raise ConfigError(f"{path}: invalid grid:\n{exc}") from exc
-    for method in grid.methods:
-        method_config(grid, grid.tasks[0], method, 0)  # fail early on an unknown method
+    grid = load_config(GridConfig, path)
+    for method in grid.methods:  # fail early on an unknown method or settings that do not combine
+        try:
+            method_config(grid, grid.tasks[0], method, 0)
+        except ValidationError as exc:
+            problems = "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())
+            raise ConfigError(f"{path}: method {method}: {problems}") from None
     return grid
 
 
 def method_config(grid: GridConfig, task: Task, method: str, seed: int) -> TrainConfig:
     out = Path(grid.out) / task.name / _slug(method) / f"seed{seed}"
-    common = dict(cohort=task.cohort, stores=task.stores, out=str(out), seed=seed) | grid.train
+    common = dict(cohort=task.cohort, stores=task.stores, out=str(out), seed=seed) | grid.train.given()
     for prefix, overrides in grid.train_by_method.items():
         if method.startswith(prefix):
-            common |= overrides
+            common |= overrides.given()
     if method in ABMIL_METHODS:
         return TrainConfig(**common, bags=ABMIL_METHODS[method])
     if method in ("random-patch", "random-cls"):

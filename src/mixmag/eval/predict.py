@@ -16,6 +16,7 @@ from ..data.bags import BagCache
 from ..errors import MixmagError
 from ..store import STORE_MUST_MATCH, read_attrs
 from ..train.finetune import PIPELINE_FILENAME, RUN_FORMAT_VERSION, TrainConfig, Trainer
+from ..weights_io import load_state_dict_file
 
 
 
@@ -51,7 +52,7 @@ def load_trained(run: str | Path) -> Trainer:
     if pipeline is None:
         trainer.pipeline = {"run_format": RUN_FORMAT_VERSION} | trainer.store_settings
     try:
-        trainer.model.load_state_dict(torch.load(run / "best.pt", weights_only=True))
+        trainer.model.load_state_dict(load_state_dict_file(run / "best.pt", fix="retrain the run with `mixmag train`; never load it otherwise"))
     except RuntimeError as exc:
         raise RunMismatchError(f"{run}/best.pt does not fit the model its config describes ({exc})") from exc
     trainer.model.eval()

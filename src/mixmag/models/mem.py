@@ -106,6 +106,9 @@ class MEMDecoder(nn.Module):
         nn.init.trunc_normal_(self.mask_token, std=0.02)
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
 
+    def no_weight_decay(self) -> set[str]:
+        return {"mask_token", "pos_embed"}
+
     def forward(self, encoded: torch.Tensor, masking: Masking) -> torch.Tensor:
         h = self.embed(encoded)
         cls, visible = h[:, : self.n_cls], h[:, self.n_cls :]

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 from typing import Literal
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from ..errors import ConfigError
@@ -49,6 +50,30 @@ class MixerConfig:
             raise ConfigError(f"dim {self.dim} / decoder_dim {self.decoder_dim} must divide by their head counts")
         if self.mlp not in ("swiglu", "swiglu-packed", "gelu"):
             raise ConfigError(f"unknown mlp {self.mlp!r}; use swiglu, swiglu-packed or gelu")
+
+
+class MixerOverrides(BaseModel):
+    """The `mixer:` section of a config: architecture fields that replace the preset's (None keeps the preset's).
+    `t` and `n_levels` are not here: they come from the config's `t` and the stores."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    in_dim: int | None = Field(None, ge=1, description="must equal the stores' embedding dimension when given")
+    dim: int | None = Field(None, ge=1)
+    depth: int | None = Field(None, ge=0)
+    heads: int | None = Field(None, ge=1)
+    mlp_ratio: float | None = Field(None, gt=0)
+    mlp: MlpKind | None = None
+    n_cls: int | None = Field(None, ge=1)
+    decoder_dim: int | None = Field(None, ge=1)
+    decoder_depth: int | None = Field(None, ge=0)
+    decoder_heads: int | None = Field(None, ge=1)
+    projector_hidden: int | None = Field(None, ge=1)
+    projector_out: int | None = Field(None, ge=1)
+
+    def given(self) -> dict:
+        """Only the fields the config set (what is written to config.json and compared on resume)."""
+        return self.model_dump(exclude_none=True)
 
 
 MIXER_PRESETS: dict[str, dict] = {
@@ -106,6 +131,17 @@ class RegionMixer(nn.Module):
         h = self.tokens(x)
         n = self.config.n_cls
         return h[:, n:], h[:, :n].flatten(1)
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameters never decayed besides norms and biases (timm's convention): positions and class tokens."""
+        return {"pos_embed", "cls_token"}
+
+    def layer_groups(self) -> list[list[nn.Parameter]]:
+        """Parameters by depth for layer-wise lr decay (BEiT/MAE): input layer, positions and class tokens first,
+        then one group per block, then the final norm. Declared here, by module, so renaming an attribute cannot
+        silently move a parameter to another learning rate."""
+        stem = [*self.embed.parameters(), self.pos_embed, self.cls_token]
+        return [stem, *[list(block.parameters()) for block in self.blocks], list(self.norm.parameters())]
 
     def compressed_dim(self) -> int:
         return self.config.n_cls * self.config.dim

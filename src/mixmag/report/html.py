@@ -162,6 +162,7 @@ def _heatmaps(run: Path, config: dict, rows: list[dict]) -> tuple[list[tuple[str
     from ..eval.explain import attribution_summary, explain_slide
     from ..eval.predict import load_trained, use_stores
     from ..store import read_attrs
+    from ..weights_io import UnsafeCheckpointError
     from .heatmaps import draw_heatmaps
 
     chosen = _explained_slides(rows)
@@ -174,6 +175,8 @@ def _heatmaps(run: Path, config: dict, rows: list[dict]) -> tuple[list[tuple[str
             attribution = explain_slide(trainer, slide, stores[slide])
             pictures = draw_heatmaps(attribution, read_attrs(stores[slide]), run / "heatmaps")
             out.append((slide, why, attribution_summary(attribution), [_file_png(p, longest=1400, fmt="jpeg") for p in pictures]))
+    except UnsafeCheckpointError:
+        raise  # a tampered run folder is an error, not a missing picture
     except (MixmagError, OSError, KeyError) as exc:
         return out, f"{type(exc).__name__}: {exc}"
     return out, None

@@ -15,46 +15,16 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from .. import __version__
 from ..geometry import Box, CellGrid, LevelSpec
+from .params import TilingParams
 from .reader import Slide, slide_fingerprint
-from .tissue import TissueModel, TissueParams, cell_tissue_fractions, segment_tissue, tissue_model_id, window_fractions
+from .tissue import TissueModel, cell_tissue_fractions, segment_tissue, tissue_model_id, window_fractions
 
 PLAN_FORMAT_VERSION = 1
 PLAN_FILENAME = "plan.json"
-
-
-class TilingParams(BaseModel):
-    """Everything that decides a tiling plan. Defaults follow the paper: t = 3, l = 3 (5x/10x/20x), 45%."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    base_mpp: float = Field(2.0, gt=0, description="mpp of the coarsest level (5x = 2.0 um/px)")
-    n_levels: int = Field(3, ge=1, le=8)
-    tile_px: int = Field(224, ge=8)
-    region_size: int = Field(3, ge=1, description="t: region side in cells")
-    region_stride: int | None = Field(None, ge=1, description="step between regions in cells; default t (no overlap)")
-    context_size: int | None = Field(None, ge=1, description="c: also accept c x c context windows (CMEM)")
-    tissue_threshold: float = Field(0.45, ge=0, le=1)
-    mpp_tolerance: float = Field(0.05, ge=0, lt=0.5, description="a level within this relative margin counts as fine enough")
-    allow_upsample: bool = False
-    tissue: TissueParams = TissueParams()
-
-    @model_validator(mode="after")
-    def _context_holds_region(self) -> TilingParams:
-        if self.context_size is not None and self.context_size < self.region_size:
-            raise ValueError(f"context_size ({self.context_size}) must be >= region_size ({self.region_size})")
-        return self
-
-    @property
-    def levels(self) -> LevelSpec:
-        return LevelSpec(self.base_mpp, self.n_levels, self.tile_px)
-
-    @property
-    def stride(self) -> int:
-        return self.region_stride or self.region_size
 
 
 class SlideRecord(BaseModel):

@@ -12,26 +12,12 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
 
 from ..geometry import CellGrid
+from .params import TissueParams
 
 TissueModel = Callable[[np.ndarray], np.ndarray]
 """RGB thumbnail (H, W, 3) uint8 -> tissue probability (H, W) float in [0, 1]."""
-
-
-class TissueParams(BaseModel):
-    """Tissue segmentation settings; sizes in microns so they mean the same at any thumbnail mpp."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    thumbnail_mpp: float = Field(8.0, gt=0, description="resolution of the thumbnail the mask is computed on")
-    min_saturation: int = Field(15, ge=0, le=255, description="floor on the Otsu saturation threshold")
-    median_um: float = Field(56.0, ge=0)
-    closing_um: float = Field(64.0, ge=0)
-    min_component_mm2: float = Field(0.02, ge=0, description="tissue pieces smaller than this are dropped")
-    max_hole_mm2: float = Field(0.02, ge=0, description="holes smaller than this are filled")
-    model_threshold: float = Field(0.5, gt=0, lt=1, description="probability cut for a user tissue model")
 
 
 def segment_tissue(thumbnail: np.ndarray, params: TissueParams, model: TissueModel | None = None) -> np.ndarray:

@@ -11,12 +11,15 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 from pydantic import BaseModel, ConfigDict, Field
 from rich.console import Console
 
+from ..config import load_config
 from ..errors import ConfigError
+from ..slides.tiling import TilingParams
 from ..synth.cohort import TASKS, CohortSpec, write_cohort
+from ..train.finetune import TrainSettings
+from ..train.pretrain import PretrainSettings
 
 SYNTHETIC_NOTICE = (
     "These data are SYNTHETIC (generated slides with biomarkers placed at known scales) and the built-in encoder is "
@@ -31,30 +34,24 @@ class DemoConfig(BaseModel):
     out: str = "demo_out"
     cohort_tables: dict[str, str] | None = Field(
         None, description="your own cohort: task name -> CSV (specimen, slide, label, split, path); replaces the synthetic cohort")
-    tiling: dict = Field(default_factory=dict, description="TilingParams overrides, e.g. {region_size: 3}")
-    cohort: dict = Field(default_factory=lambda: {"n_specimens": 80, "max_slides": 2, "cells": 6, "seed": 0},
-                         description="CohortSpec fields for the synthetic cohort")
+    tiling: TilingParams = Field(default_factory=TilingParams, description="tiling settings, e.g. {region_size: 3}")
+    cohort: CohortSpec = Field(default_factory=lambda: CohortSpec(n_specimens=80, max_slides=2, cells=6, seed=0),
+                               description="the synthetic cohort (mixmag.synth.cohort.CohortSpec)")
     encoder: str = "stats"
     weights: str | None = None
-    workers: int = 1
-    pretrain: dict = Field(default_factory=lambda: {"preset": "tiny", "mask_ratio": 0.5, "batch_size": 32, "steps": 300, "warmup_steps": 20,
-                                                    "base_lr": 8.0e-3, "precision": "fp32", "per_slide": 16, "pool": 8})
-    train: dict = Field(default_factory=lambda: {"epochs": 10, "batch_size": 8, "lr": 3.0e-3, "bootstrap": 500})
-    train_by_method: dict[str, dict] = Field(default_factory=lambda: {"abmil": {"epochs": 40, "lr": 5.0e-3}})
+    workers: int = Field(1, ge=0)
+    pretrain: PretrainSettings = Field(default_factory=lambda: PretrainSettings(
+        preset="tiny", mask_ratio=0.5, batch_size=32, steps=300, warmup_steps=20, base_lr=8.0e-3, precision="fp32",
+        per_slide=16, pool=8), description="how the mixer is pretrained (the stores and run folder are the demo's)")
+    train: TrainSettings = Field(default_factory=lambda: TrainSettings(epochs=10, batch_size=8, lr=3.0e-3, bootstrap=500),
+                                 description="every slide-level run")
+    train_by_method: dict[str, TrainSettings] = Field(default_factory=lambda: {"abmil": TrainSettings(epochs=40, lr=5.0e-3)})
     methods: list[str] = Field(default_factory=lambda: ["abmil-5x", "abmil-10x", "abmil-20x", "abmil-all", "random-patch", "random-cls", "MEM-patch", "MEM-cls"])
     seeds: list[int] = Field(default_factory=lambda: [0])
 
 
 def load_demo_config(path: Path | None, out: Path | None = None) -> DemoConfig:
-    data = {}
-    if path is not None:
-        if not path.is_file():
-            raise ConfigError(f"{path}: demo config not found")
-        data = yaml.safe_load(path.read_text()) or {}
-    try:
-        config = DemoConfig(**data)
-    except ValueError as exc:
-        raise ConfigError(f"{path}: invalid demo config:\n{exc}") from exc
+    config = load_config(DemoConfig, path)
     if out is not None:
         config = config.model_copy(update={"out": str(out)})
     return config
@@ -97,7 +94,7 @@ def run_demo(config: DemoConfig, console: Console | None = None) -> int:
             raise ConfigError(f"cohort table(s) not found: {', '.join(missing)}")
         timer.stages["1. use the cohort tables of the config"] = 0.0
     else:
-        spec = CohortSpec(**config.cohort)
+        spec = config.cohort
         tables = timer.run("1. generate the synthetic cohort", console, lambda: _generate(out, spec, console))
     plans = timer.run("2. tile (3x3 regions of 5x/10x/20x tiles)", console, lambda: _tile(out, tables, config.tiling, console))
     timer.run(f"3. embed every tile with the '{config.encoder}' encoder", console, lambda: _embed(out, config, plans, console))
@@ -143,13 +140,12 @@ def _generate(out: Path, spec: CohortSpec, console: Console) -> dict[str, Path]:
     return tables
 
 
-def _tile(out: Path, tables: dict[str, Path], tiling: dict, console: Console) -> list[Path]:
+def _tile(out: Path, tables: dict[str, Path], tiling: TilingParams, console: Console) -> list[Path]:
     from ..slides.sources import sources_from_table
-    from ..slides.tiling import TilingParams
     from .tile import tile_slides
 
     sources = {s.slide_id: s for table in tables.values() for s in sources_from_table(table)}  # tasks may share slides
-    results = tile_slides(list(sources.values()), out / "tiles", TilingParams(**tiling))
+    results = tile_slides(list(sources.values()), out / "tiles", tiling)
     failed = [r for r in results if r.outcome == "failed"]
     if failed:
         raise ConfigError("tiling failed: " + "; ".join(r.error for r in failed))
@@ -183,7 +179,7 @@ def _pretrain(out: Path, config: DemoConfig, tables: dict[str, Path], console: C
     from ..train.pretrain import PretrainConfig, pretraining_stores, run_pretraining
 
     settings = dict(stores=str(out / "stores"), out=str(out / "pretrain"), workers=0, tensorboard=False,
-                    log_every=50, checkpoint_every=100, exclude_test_of=[str(t) for t in tables.values()]) | config.pretrain
+                    log_every=50, checkpoint_every=100, exclude_test_of=[str(t) for t in tables.values()]) | config.pretrain.model_dump(exclude_unset=True)
     cfg = PretrainConfig(**settings)
     mixer = Path(cfg.out) / "mixer.safetensors"
     log = Path(cfg.out) / "log.csv"

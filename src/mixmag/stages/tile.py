@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Literal
 
 from ..report.qc import regions_overlay, save_png, tissue_overlay
-from ..slides.reader import Slide
+from ..errors import OptionError
+from ..slides.reader import BACKENDS, Slide
 from ..slides.sources import SlideSource
 from ..slides.tiling import TilingParams, TilingPlan, load_plan, make_plan, plan_is_current, plan_path, save_plan, write_text_atomic
 from ..slides.tissue import TissueModel, tissue_model_id
@@ -84,6 +85,7 @@ def tile_slides(
     on_result: Callable[[SlideResult], None] | None = None,
 ) -> list[SlideResult]:
     """Tile every slide; a failing slide is recorded and the run goes on. Writes a run summary."""
+    check_backend(backend)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     results = []
@@ -98,6 +100,12 @@ def tile_slides(
             on_result(result)
     write_summary(out_dir, params, results)
     return results
+
+
+def check_backend(backend: str) -> None:
+    """An unknown --backend is refused once, before any slide is opened (not once per slide)."""
+    if backend != "auto" and backend not in BACKENDS:
+        raise OptionError(f"--backend {backend}: unknown slide reader backend; use auto, {', '.join(BACKENDS)}")
 
 
 def _describe(exc: Exception) -> str:

@@ -16,14 +16,15 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_serializer, model_validator
 
 from .. import __version__
+from ..config import load_config
 from ..data.bags import BagCache, pad_bags
 from ..data.cohort import Cohort, Specimen, load_cohort
 from ..errors import ConfigError
 from ..eval.metrics import auroc, bootstrap_auroc, specimen_scores
-from ..models.mixer import MixerConfig, RegionMixer, mixer_config
+from ..models.mixer import MixerConfig, MixerOverrides, RegionMixer, mixer_config
 from ..models.slide import SlideModel
 from ..store import pipeline_settings, read_attrs, shared_settings
 from .optim import layer_decay_groups
@@ -34,13 +35,19 @@ BagMode = Literal["5x", "10x", "20x", "all", "patch", "cls", "regions"]
 
 
 class MixerSetting(BaseModel):
+    """The `mixer:` section of a training config: the mixer trained jointly with AB-MIL (bags = regions)."""
+
     model_config = ConfigDict(extra="forbid")
 
     init: Literal["random", "pretrained"] = "pretrained"
     weights: str | None = Field(None, description="mixer.safetensors of a pretraining run (its mixer.json beside it)")
     preset: str = "tiny"
-    overrides: dict = Field(default_factory=dict)
+    overrides: MixerOverrides = Field(default_factory=MixerOverrides, description="architecture overrides of the preset")
     output: Literal["patch", "cls"] = "patch"
+
+    @field_serializer("overrides")
+    def _given_overrides(self, overrides: MixerOverrides) -> dict:
+        return overrides.given()
 
     @model_validator(mode="after")
     def _weights(self) -> MixerSetting:
@@ -49,16 +56,11 @@ class MixerSetting(BaseModel):
         return self
 
 
-class TrainConfig(BaseModel):
+class TrainSettings(BaseModel):
+    """How to train (the `train:` sections of a grid or demo config set some of these for every run)."""
+
     model_config = ConfigDict(extra="forbid")
 
-    cohort: str
-    stores: str
-    out: str
-    bags: BagMode = "20x"
-    encoded: str | None = Field(None, description="folder from `mixmag encode` for bags = patch / cls")
-    mixer: MixerSetting | None = Field(None, description="for bags = regions: the mixer trained jointly")
-    region_level: str | None = Field(None, description="for bags = regions: mix only this level's tokens (e.g. 5x); default all")
     hidden: int = Field(16, ge=1)
     epochs: int = Field(20, ge=1)
     batch_size: int = Field(32, ge=1, description="specimens per step")
@@ -67,9 +69,25 @@ class TrainConfig(BaseModel):
     label_smoothing: float = Field(0.1, ge=0, lt=0.5)
     layer_decay: float = Field(0.75, gt=0, le=1)
     freeze_epochs: int = Field(1, ge=0, description="epochs with the mixer frozen before joint training")
-    seed: int = 0
     specimen_score: Literal["max", "mean"] = "max"
     bootstrap: int = Field(2000, ge=100)
+
+    def given(self) -> dict:
+        """The fields set explicitly (a section's overrides), not the defaults."""
+        return self.model_dump(exclude_unset=True)
+
+
+class TrainConfig(TrainSettings):
+    """Everything that defines a `mixmag train` run (configs/mil.yaml); a typo is an error."""
+
+    cohort: str
+    stores: str
+    out: str
+    bags: BagMode = "20x"
+    encoded: str | None = Field(None, description="folder from `mixmag encode` for bags = patch / cls")
+    mixer: MixerSetting | None = Field(None, description="for bags = regions: the mixer trained jointly")
+    region_level: str | None = Field(None, description="for bags = regions: mix only this level's tokens (e.g. 5x); default all")
+    seed: int = 0
 
     @model_validator(mode="after")
     def _mode(self) -> TrainConfig:
@@ -86,16 +104,8 @@ class TrainConfig(BaseModel):
         return self
 
 
-def load_train_config(path: str | Path, overrides: dict | None = None) -> TrainConfig:
-    import yaml
-
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
-    try:
-        return TrainConfig(**((yaml.safe_load(path.read_text()) or {}) | (overrides or {})))
-    except ValueError as exc:
-        raise ConfigError(f"{path}: invalid training config:\n{exc}") from exc
+def load_train_config(path: str | Path, sets: list[str] | None = None) -> TrainConfig:
+    return load_config(TrainConfig, path, sets)
 
 
 def build_mixer(setting: MixerSetting, in_dim: int, t: int, n_levels: int, stores: dict | None = None) -> RegionMixer:
@@ -108,7 +118,7 @@ def build_mixer(setting: MixerSetting, in_dim: int, t: int, n_levels: int, store
         if mixer.config.in_dim != in_dim:
             raise ConfigError(f"{setting.weights}: the mixer takes {mixer.config.in_dim}-d embeddings but the stores hold {in_dim}-d ones")
         return mixer.train()
-    return RegionMixer(mixer_config(setting.preset, **(setting.overrides | {"in_dim": in_dim, "t": t, "n_levels": n_levels})))
+    return RegionMixer(mixer_config(setting.preset, **(setting.overrides.given() | {"in_dim": in_dim, "t": t, "n_levels": n_levels})))
 
 
 class Trainer:
@@ -136,7 +146,7 @@ class Trainer:
             mixer = RegionMixer(MixerConfig(**pipeline["mixer"])) if pipeline.get("mixer") else None
         self.model = SlideModel(bag_dim, config.hidden, mixer, config.mixer.output if config.mixer else "patch").to(self.device)
         self.optimizer = torch.optim.AdamW(
-            layer_decay_groups(self.model, config.lr, config.weight_decay, config.layer_decay), lr=config.lr
+            layer_decay_groups(self.model, config.lr, config.weight_decay, config.layer_decay, self.model.mixer), lr=config.lr
         )
 
     def _new_mixer(self, store_attrs: dict, in_dim: int) -> RegionMixer:

@@ -21,6 +21,7 @@ from .. import __version__
 from ..errors import ConfigError
 from ..models.mixer import MixerConfig, RegionMixer
 from ..store import STORE_MUST_MATCH, embedding_space
+from ..weights_io import WeightsFileError, load_safetensors
 
 MIXER_WEIGHTS = "mixer.safetensors"
 MIXER_META = "mixer.json"
@@ -43,17 +44,20 @@ def export_mixer(out: Path, encoder: torch.nn.Module, mixer_cfg: MixerConfig, pr
 def load_mixer(weights: str | Path, stores: dict | None = None) -> tuple[RegionMixer, str]:
     """The mixer (strictly loaded, eval mode) and a digest of its weights. With `stores` (the settings
     of the stores it is about to read), refuses stores made unlike its pretraining stores."""
-    from safetensors.torch import load_file
-
     weights = Path(weights)
     meta_path = weights.with_name(MIXER_META)
     if not weights.is_file() or not meta_path.is_file():
         raise ConfigError(f"{weights}: pretrained mixer not found (needs {MIXER_WEIGHTS} and {MIXER_META} from `mixmag pretrain`)")
-    meta = json.loads(meta_path.read_text())
+    fix = f"give the {MIXER_WEIGHTS} (with its {MIXER_META}) that `mixmag pretrain` wrote"
+    meta = _read_meta(meta_path, fix)
     if stores is not None:
         check_stores_fit_mixer(weights, meta.get("stores") or {}, stores)
     mixer = RegionMixer(MixerConfig(**meta["mixer"]))
-    mixer.load_state_dict(load_file(str(weights)), strict=True)
+    try:
+        mixer.load_state_dict(load_safetensors(weights, fix=fix), strict=True)
+    except RuntimeError as exc:
+        raise WeightsFileError(f"{weights}: its tensors do not fit the architecture in {MIXER_META} "
+                               f"({str(exc).splitlines()[0][:200]}); {fix}") from None
     return mixer.eval(), weights_digest(weights)
 
 
@@ -72,6 +76,18 @@ def mixer_architecture(weights: str | Path) -> tuple[str, dict]:
         raise ConfigError(f"{meta_path}: cannot read the pretrained mixer's architecture ({exc}); "
                           "point at a mixer.safetensors written by `mixmag pretrain`") from exc
     return str((meta.get("pretraining") or {}).get("preset", "custom")), arch
+
+
+def _read_meta(path: Path, fix: str) -> dict:
+    """mixer.json: the architecture must name exactly MixerConfig's fields."""
+    try:
+        meta = json.loads(path.read_text())
+        if not isinstance(meta, dict) or not isinstance(meta.get("mixer"), dict):
+            raise ValueError("no `mixer` architecture")
+        MixerConfig(**meta["mixer"])
+    except (ValueError, TypeError, UnicodeDecodeError) as exc:
+        raise WeightsFileError(f"{path}: not a mixer description ({type(exc).__name__}: {str(exc)[:200]}); {fix}") from None
+    return meta
 
 
 def weights_digest(weights: str | Path) -> str:

@@ -7,19 +7,29 @@ import math
 import torch
 from torch import nn
 
-NO_DECAY_NAMES = ("pos_embed", "cls_token", "mask_token")
+
+def no_weight_decay_names(model: nn.Module) -> set[str]:
+    """Full names of the parameters the model's modules declare undecayed (each module's `no_weight_decay()`,
+    timm's convention), so the optimiser matches no attribute names of its own."""
+    names = set()
+    for prefix, module in model.named_modules():
+        declared = getattr(module, "no_weight_decay", None)
+        if callable(declared):
+            names |= {f"{prefix}.{n}" if prefix else n for n in declared()}
+    return names
 
 
-def no_weight_decay(name: str, param: torch.Tensor) -> bool:
-    """Norms, biases, position tables, class and mask tokens are not decayed (DESIGN §5)."""
-    return param.ndim < 2 or name.endswith(".bias") or any(key in name for key in NO_DECAY_NAMES)
+def is_undecayed(name: str, param: torch.Tensor, declared: set[str]) -> bool:
+    """Norms and biases (vectors) and the declared position tables, class and mask tokens (DESIGN §5)."""
+    return param.ndim < 2 or name in declared
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    declared = no_weight_decay_names(model)
     decay, plain = [], []
     for name, param in model.named_parameters():
         if param.requires_grad:
-            (plain if no_weight_decay(name, param) else decay).append(param)
+            (plain if is_undecayed(name, param, declared) else decay).append(param)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": plain, "weight_decay": 0.0}]
 
 
@@ -31,23 +41,18 @@ def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float = 0.0) ->
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def layer_decay_groups(model: nn.Module, lr: float, weight_decay: float, decay: float, mixer_prefix: str = "mixer.") -> list[dict]:
-    """Parameter groups with layer-wise lr decay for a mixer inside `model` (MAE/BEiT rule):
-    mixer input layer, positions and class tokens are layer 0, block i is layer i + 1, everything
-    else (the mixer's final norm, the aggregator) is layer depth + 1; lr scale = decay^(depth + 1 - layer)."""
-    mixer = getattr(model, mixer_prefix.rstrip("."), None)
-    depth = len(mixer.blocks) if mixer is not None else 0
-    top = depth + 1
+def layer_decay_groups(model: nn.Module, lr: float, weight_decay: float, decay: float, mixer: nn.Module | None = None) -> list[dict]:
+    """Parameter groups with layer-wise lr decay for a `mixer` inside `model` (BEiT/MAE rule): the mixer's
+    `layer_groups()` give layers 0 .. n - 1; everything else in `model` (e.g. the aggregator) is layer n - 1, the
+    top; lr scale = decay^(top - layer)."""
+    layers = mixer.layer_groups() if mixer is not None else [[]]
+    top = len(layers) - 1
+    layer_of = {id(p): i for i, group in enumerate(layers) for p in group}
+    declared = no_weight_decay_names(model)
     groups: dict[tuple[int, bool], dict] = {}
     for name, param in model.named_parameters():
-        layer = top
-        if name.startswith(mixer_prefix):
-            inner = name[len(mixer_prefix):]
-            if inner.startswith(("embed.", "pos_embed", "cls_token")):
-                layer = 0
-            elif inner.startswith("blocks."):
-                layer = int(inner.split(".")[1]) + 1
-        plain = no_weight_decay(name, param)
+        layer = layer_of.get(id(param), top)
+        plain = is_undecayed(name, param, declared)
         group = groups.setdefault((layer, plain), {
             "params": [], "layer_id": layer, "lr_scale": decay ** (top - layer),
             "lr": lr * decay ** (top - layer), "weight_decay": 0.0 if plain else weight_decay,

@@ -14,18 +14,20 @@ import os
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_serializer, model_validator
 from torch.utils.data import DataLoader
 
 from .. import __version__
+from ..config import load_config as load_yaml_config
 from ..data.regions import RegionSamplingConfig, RegionStream, index_stores
 from ..errors import ConfigError
 from ..models.mem import MEMPretrainer, n_masked
-from ..models.mixer import MixerConfig, mixer_config
+from ..models.mixer import MixerConfig, MixerOverrides, mixer_config
 from ..store import STORE_SUFFIX, embedding_space, shared_settings
+from ..weights_io import UnsafeCheckpointError, load_torch_weights
 from .mixer_file import export_mixer
 from .optim import param_groups, warmup_cosine
 
@@ -33,17 +35,18 @@ CHECKPOINT = "checkpoints/last.pt"
 LOG_CSV = "log.csv"
 
 
-class PretrainConfig(BaseModel):
-    """Everything that defines a pretraining run (YAML in `configs/`); a typo is an error."""
+class PretrainSettings(BaseModel):
+    """How to pretrain (the `pretrain:` section of a demo config); defaults are the paper's recipe (batch 4096,
+    200M samples = 48,828 steps, AdamW 0.9/0.95, lr 1.5e-4 x batch / 256) with settings for one machine."""
 
     model_config = ConfigDict(extra="forbid")
 
-    stores: str = Field(description="folder of per-slide stores (*.h5) from `mixmag embed`")
-    exclude_test_of: list[str] = Field(default_factory=list, description="cohort CSVs whose test-split slides are left "
-                                       "out, so that no slide a model is evaluated on was seen in pretraining")
-    out: str = Field(description="run folder: checkpoints, logs, the final mixer")
+    # what may differ between a checkpoint and the config that resumes it; every other field must match
+    MAY_CHANGE_ON_RESUME: ClassVar[frozenset[str]] = frozenset(
+        {"out", "steps", "log_every", "checkpoint_every", "compile", "tensorboard", "check_replicas", "peak_tflops"})
+
     preset: str = "paper"
-    mixer: dict = Field(default_factory=dict, description="overrides of the mixer preset (dim, depth, mlp, ...)")
+    mixer: MixerOverrides = Field(default_factory=MixerOverrides, description="overrides of the mixer preset (dim, depth, mlp, ...)")
     t: int = Field(3, ge=1)
     mask_ratio: float = Field(0.5, description="r: fraction of the s tokens hidden")
     context: int | None = Field(None, ge=1, description="c: CMEM with two t x t crops of a c x c context; None = MEM")
@@ -51,9 +54,9 @@ class PretrainConfig(BaseModel):
     mem_reduction: Literal["mean", "sum"] = Field("mean", description="CMEM: the two crops' MEM losses averaged or added")
     contrastive: Literal["paper", "symmetric"] = Field("paper", description="CMEM eq. 5: 'paper' = z against z' only, "
                                                       "positive left out of the denominator; 'symmetric' = InfoNCE both ways")
-    batch_size: int = Field(1024, ge=2, description="global batch (split evenly across ranks)")
-    steps: int = Field(1000, ge=1)
-    warmup_steps: int = Field(100, ge=0)
+    batch_size: int = Field(4096, ge=2, description="global batch (split evenly across ranks)")
+    steps: int = Field(48828, ge=1)
+    warmup_steps: int = Field(2000, ge=0)
     base_lr: float = Field(1.5e-4, gt=0, description="lr = base_lr * batch_size / 256")
     min_lr_ratio: float = Field(0.0, ge=0, le=1)
     weight_decay: float = Field(0.05, ge=0)
@@ -72,8 +75,12 @@ class PretrainConfig(BaseModel):
     check_replicas: bool = Field(False, description="compare weights across ranks after every step (tests)")
     peak_tflops: float | None = Field(None, description="for MFU; measured at start when not given")
 
+    @field_serializer("mixer")
+    def _given_mixer_fields(self, mixer: MixerOverrides) -> dict:
+        return mixer.given()
+
     @model_validator(mode="after")
-    def _check(self) -> PretrainConfig:
+    def _check(self) -> PretrainSettings:
         if not 0 < self.mask_ratio < 1:
             raise ValueError(f"mask_ratio r must be in (0, 1), got {self.mask_ratio}")
         if self.context is not None and self.t > self.context:
@@ -85,23 +92,39 @@ class PretrainConfig(BaseModel):
         return self.base_lr * self.batch_size / 256
 
 
-def load_config(path: str | Path, overrides: dict | None = None) -> PretrainConfig:
-    import yaml
+class PretrainConfig(PretrainSettings):
+    """Everything that defines a pretraining run (YAML in `configs/`); a typo is an error."""
 
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
-    data = yaml.safe_load(path.read_text()) or {}
-    try:
-        return PretrainConfig(**(data | (overrides or {})))
-    except ValueError as exc:
-        raise ConfigError(f"{path}: invalid pretraining config:\n{exc}") from exc
+    stores: str = Field(description="folder of per-slide stores (*.h5) from `mixmag embed`")
+    exclude_test_of: list[str] = Field(default_factory=list, description="cohort CSVs whose test-split slides are left "
+                                       "out, so that no slide a model is evaluated on was seen in pretraining")
+    out: str = Field(description="run folder: checkpoints, logs, the final mixer")
+
+    def resume_conflicts(self, saved: dict) -> list[str]:
+        """The fields (not listed in MAY_CHANGE_ON_RESUME) whose value differs from a checkpoint's saved config;
+        a field the checkpoint predates counts as its default."""
+        now = self.model_dump(mode="json")
+        fields = type(self).model_fields
+        conflicts = []
+        for name in sorted(set(now) - self.MAY_CHANGE_ON_RESUME):
+            then = saved[name] if name in saved else json.loads(json.dumps(fields[name].get_default(call_default_factory=True), default=_jsonable))
+            if json.dumps(then, sort_keys=True) != json.dumps(now[name], sort_keys=True):
+                conflicts.append(name)
+        return conflicts
+
+
+def _jsonable(value):
+    return value.given() if isinstance(value, MixerOverrides) else str(value)
+
+
+def load_config(path: str | Path, sets: list[str] | None = None) -> PretrainConfig:
+    return load_yaml_config(PretrainConfig, path, sets)
 
 
 def build_model(config: PretrainConfig, in_dim: int, n_levels: int) -> tuple[MEMPretrainer, MixerConfig]:
-    if "in_dim" in config.mixer and config.mixer["in_dim"] != in_dim:
-        raise ConfigError(f"mixer in_dim {config.mixer['in_dim']} does not match the stores' embedding dimension {in_dim}")
-    mc = mixer_config(config.preset, **(config.mixer | {"in_dim": in_dim, "t": config.t, "n_levels": n_levels}))
+    if config.mixer.in_dim is not None and config.mixer.in_dim != in_dim:
+        raise ConfigError(f"mixer in_dim {config.mixer.in_dim} does not match the stores' embedding dimension {in_dim}")
+    mc = mixer_config(config.preset, **(config.mixer.given() | {"in_dim": in_dim, "t": config.t, "n_levels": n_levels}))
     n_masked(mc.seq_len, config.mask_ratio)
     model = MEMPretrainer(mc, config.mask_ratio, contrastive=config.context is not None, tau=config.tau,
                           mem_reduction=config.mem_reduction, contrastive_form=config.contrastive)
@@ -305,21 +328,31 @@ def save_checkpoint(path: Path, model, optimizer, scaler, step: int, config: Pre
     os.replace(tmp, path)
 
 
-_TRAJECTORY_KEYS = ("preset", "mixer", "t", "mask_ratio", "context", "tau", "batch_size", "warmup_steps", "base_lr", "min_lr_ratio",
-                    "weight_decay", "betas", "grad_clip", "precision", "seed", "workers", "per_slide", "pool", "augment", "stores",
-                    "exclude_test_of")
+CHECKPOINT_KEYS = ("step", "model", "optimizer", "scaler", "config", "world_size")
+
+
+def load_checkpoint(path: Path, device) -> dict:
+    """A pretraining checkpoint, read weights-only; anything else is refused in one sentence."""
+    fix = "delete it (and the run folder's log.csv) to start over, or resume from a checkpoint mixmag wrote"
+    state = load_torch_weights(path, fix=fix, map_location=device)
+    if not isinstance(state, dict) or any(k not in state for k in CHECKPOINT_KEYS) or not isinstance(state["config"], str):
+        raise UnsafeCheckpointError(f"{path} is not a mixmag pretraining checkpoint (needs {', '.join(CHECKPOINT_KEYS)}); {fix}")
+    try:
+        json.loads(state["config"])
+    except ValueError:
+        raise UnsafeCheckpointError(f"{path}: its saved config is not JSON; {fix}") from None
+    return state
 
 
 def _resume(path: Path, config: PretrainConfig, model, optimizer, scaler, world_size: int, device, space: str = "") -> int:
-    state = torch.load(path, map_location=device, weights_only=True)
-    saved = json.loads(state["config"])
-    changed = [k for k in _TRAJECTORY_KEYS if json.dumps(saved.get(k)) != json.dumps(config.model_dump()[k])]
+    state = load_checkpoint(path, device)
+    changed = config.resume_conflicts(json.loads(state["config"]))
     if state.get("embedding_space") and state["embedding_space"] != space:
         changed.append(f"the stores were re-embedded differently (then {state['embedding_space']}, now {space})")
     if changed or state["world_size"] != world_size:
         raise ConfigError(
             f"{path}: the checkpoint was made with other settings ({', '.join(changed) or 'world size ' + str(state['world_size'])}); "
-            "resume with the same config, or start a new run folder"
+            "resume with the same config (only " + ", ".join(sorted(config.MAY_CHANGE_ON_RESUME)) + " may change), or start a new run folder"
         )
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
