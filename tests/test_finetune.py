@@ -86,20 +86,15 @@ def test_layer_decay_and_the_frozen_first_epoch(cohort_dir, tmp_path):
     cfg = config(cohort_dir, tmp_path / "mix", bags="regions", epochs=2, batch_size=20, lr=1e-3,
                  mixer={"init": "random", "preset": "tiny"})
     trainer = Trainer(cfg)
-    depth = len(trainer.model.mixer.blocks)
-    groups = trainer.optimizer.param_groups
+    # the tiny preset has two blocks: lr 1e-3 x 0.75^3 for the stem, ^2 and ^1 for the blocks, 1e-3 on top
+    # (the rule itself is pinned by known answers in test_optim.py)
     names = {id(p): n for n, p in trainer.model.named_parameters()}
-    for g in groups:
-        for p in g["params"]:
-            name = names[id(p)]
-            if name.startswith("mixer.blocks."):
-                layer = int(name.split(".")[2]) + 1
-            elif name.startswith(("mixer.embed", "mixer.pos_embed", "mixer.cls_token")):
-                layer = 0
-            else:
-                layer = depth + 1
-            assert g["lr"] == pytest.approx(1e-3 * 0.75 ** (depth + 1 - layer)), name
-            assert g["weight_decay"] == (0.0 if (p.ndim < 2 or name.endswith(".bias") or "pos_embed" in name or "cls_token" in name) else 0.05)
+    lr_of = {names[id(p)]: (g["lr"], g["weight_decay"]) for g in trainer.optimizer.param_groups for p in g["params"]}
+    assert lr_of["mixer.pos_embed"] == (pytest.approx(4.21875e-4), 0.0)
+    assert lr_of["mixer.embed.weight"] == (pytest.approx(4.21875e-4), 0.05)
+    assert lr_of["mixer.blocks.0.attn.qkv.weight"] == (pytest.approx(5.625e-4), 0.05)
+    assert lr_of["mixer.blocks.1.norm2.bias"] == (pytest.approx(7.5e-4), 0.0)
+    assert lr_of["abmil.classifier.weight"] == (pytest.approx(1e-3), 0.05)
     before = {k: v.clone() for k, v in trainer.model.mixer.state_dict().items()}
     abmil_before = {k: v.clone() for k, v in trainer.model.abmil.state_dict().items()}
     trainer.config = trainer.config.model_copy(update={"epochs": 1})

@@ -1,4 +1,5 @@
 import csv
+import math
 import os
 import subprocess
 import sys
@@ -73,9 +74,15 @@ def test_resume_continues_step_for_step(stores, tmp_path, monkeypatch):
         torch.testing.assert_close(wa[k], wb[k], rtol=1e-5, atol=1e-6)
 
 
-def test_cmem_trains(stores, tmp_path):
-    last = run_pretraining(tiny(stores, tmp_path, steps=6, context=5, log_every=1), device=CPU)
-    assert "contrastive" in last and last["loss"] == pytest.approx(last["mem"] + last["contrastive"], rel=1e-5)
+def test_cmem_runs_on_context_crops_and_lowers_its_contrastive_term(stores, tmp_path):
+    """The loss formula itself is pinned by known answers (test_optim.py); here the engine feeds CMEM two crops of one
+    context, and the two crops of a region become easier to tell apart from the other regions' crops."""
+    run_pretraining(tiny(stores, tmp_path, steps=30, context=5, log_every=1, warmup_steps=3), device=CPU)
+    log = rows(tmp_path)
+    contrastive = [float(r["contrastive"]) for r in log]
+    first, last = sum(contrastive[:5]) / 5, sum(contrastive[-5:]) / 5
+    assert first < math.log(32 - 1)  # both crops come from one context: already closer than chance
+    assert last < first - 0.25
 
 
 def test_bad_configs_are_clear_errors(stores, tmp_path):

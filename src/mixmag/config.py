@@ -73,10 +73,11 @@ def read_yaml_mapping(path: str | Path) -> tuple[dict, dict[KeyPath, int]]:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
     except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
+        mark, context = exc.problem_mark or exc.context_mark, exc.context_mark
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        opened = f" {exc.context} from line {context.line + 1}" if exc.context and context and context is not mark else ""
         tab = " (YAML indents with spaces, never tabs)" if "\\t" in str(exc.problem) or "\t" in str(exc.problem) else ""
-        raise ConfigError(f"{path}{where}: not valid YAML: {exc.problem}{tab}; fix the file") from None
+        raise ConfigError(f"{path}{where}: not valid YAML: {exc.problem}{opened}{tab}; fix the file") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({exc}); fix the file") from None
     if node is None or data is None:
