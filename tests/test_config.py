@@ -95,3 +95,19 @@ def test_resume_checks_every_field_not_listed_as_free():
 
     assert WithNewField(stores="s", out="o", new_knob=1).resume_conflicts(saved) == ["new_knob"]
     assert WithNewField(stores="s", out="o").resume_conflicts(saved) == []  # older checkpoints: their default
+
+
+def test_config_py_is_the_only_yaml_reader():
+    """Every YAML file mixmag reads goes through mixmag.config (one place for file-and-line errors and --set)."""
+    import ast
+
+    src = Path(__file__).resolve().parents[1] / "src" / "mixmag"
+    readers = []
+    for path in sorted(src.rglob("*.py")):
+        if path.name == "config.py" and path.parent == src:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "yaml" \
+                    and ("load" in node.attr or node.attr in ("compose", "parse", "scan")):
+                readers.append(f"{path.relative_to(src)}:{node.lineno} yaml.{node.attr}")
+    assert readers == [], "read YAML with mixmag.config.load_config: " + ", ".join(readers)

@@ -72,6 +72,23 @@ def test_every_broken_file_names_itself_and_what_is_wrong(kind, tmp_path):
         assert "tabs" in message
 
 
+def test_alias_bombs_deep_nesting_and_python_tags_are_refused_quickly(tmp_path):
+    path = tmp_path / "bomb.yaml"
+    lines = ["a: &a [x, x, x, x, x, x, x, x, x, x]"] + [
+        f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 10)}]" for i in range(8)]  # 10^9 values
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ConfigError, match="expands to more than 100,000 values through YAML aliases"):
+        load_config(PretrainConfig, path)
+    path.write_text("stores: " + "[" * 2000 + "]" * 2000 + "\n")
+    with pytest.raises(ConfigError, match="nested too deeply"):
+        load_config(PretrainConfig, path)
+    path.write_text("stores: !!python/object/apply:os.system ['echo owned']\nout: o\n")
+    with pytest.raises(ConfigError, match=r"line 1, column 9: not valid YAML: could not determine a constructor"):
+        load_config(PretrainConfig, path)
+    path.write_text("stores: &s here\nout: o\nexclude_test_of: [*s]\n")  # ordinary anchors still work
+    assert load_config(PretrainConfig, path).exclude_test_of == ["here"]
+
+
 def test_a_binary_file_or_a_folder_as_config(tmp_path):
     binary = tmp_path / "weights.yaml"
     binary.write_bytes(b"\x80\x81\xff\x00" * 8)

@@ -29,6 +29,8 @@ from pydantic import BaseModel, ValidationError
 from .errors import ConfigError
 
 M = TypeVar("M", bound=BaseModel)
+MAX_CONFIG_CHARS = 1_000_000
+MAX_CONFIG_VALUES = 100_000  # after expanding aliases: a "billion laughs" file is refused before it is built
 KeyPath = tuple[Any, ...]
 
 
@@ -69,9 +71,16 @@ def read_yaml_mapping(path: str | Path) -> tuple[dict, dict[KeyPath, int]]:
         raise ConfigError(f"{path}: not a UTF-8 text file (byte {exc.start} cannot be decoded); give a YAML config file") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    if len(text) > MAX_CONFIG_CHARS:
+        raise ConfigError(f"{path}: {len(text):,} characters is too large for a config (at most {MAX_CONFIG_CHARS:,})")
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
+        if node is not None and _expanded_size(node, {}) > MAX_CONFIG_VALUES:
+            raise ConfigError(f"{path}: expands to more than {MAX_CONFIG_VALUES:,} values through YAML aliases (*name); "
+                              "write the settings out")
         data = yaml.safe_load(text)
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply to be a config; fix the file") from None
     except yaml.MarkedYAMLError as exc:
         mark, context = exc.problem_mark or exc.context_mark, exc.context_mark
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -86,7 +95,10 @@ def read_yaml_mapping(path: str | Path) -> tuple[dict, dict[KeyPath, int]]:
         raise ConfigError(f"{path} line {node.start_mark.line + 1}: expected a mapping of `key: value` settings, "
                           f"found a {_yaml_kind(data)}")
     lines: dict[KeyPath, int] = {}
-    _key_lines(path, node, (), lines)
+    try:
+        _key_lines(path, node, (), lines)
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply to be a config; fix the file") from None
     return data, lines
 
 
@@ -125,19 +137,34 @@ def _leaves(options: Mapping[str, Any], prefix: KeyPath):
             yield (*prefix, name), value
 
 
-def _key_lines(path: Path, node: yaml.Node, prefix: KeyPath, lines: dict[KeyPath, int]) -> None:
+def _expanded_size(node: yaml.Node, memo: dict[int, int]) -> int:
+    """How many values the node stands for once aliases are expanded (each shared node counted once per use)."""
+    if id(node) not in memo:
+        children = node.value if isinstance(node, yaml.SequenceNode) else (
+            [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else [])
+        memo[id(node)] = 1 + sum(_expanded_size(child, memo) for child in children)
+    return memo[id(node)]
+
+
+def _key_lines(path: Path, node: yaml.Node, prefix: KeyPath, lines: dict[KeyPath, int], seen: set[int] | None = None) -> None:
+    seen = set() if seen is None else seen
+    if id(node) in seen:  # an alias: its keys were located where the anchor is
+        return
+    seen.add(id(node))
     if isinstance(node, yaml.MappingNode):
         for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                continue  # safe_load refuses it with its line
             key = (*prefix, key_node.value)
             if key in lines:
                 raise ConfigError(f"{path} line {key_node.start_mark.line + 1}: `{_dotted(key)}` is given twice "
                                   f"(first on line {lines[key]}); keep one")
             lines[key] = key_node.start_mark.line + 1
-            _key_lines(path, value_node, key, lines)
+            _key_lines(path, value_node, key, lines, seen)
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
             lines[(*prefix, i)] = item.start_mark.line + 1
-            _key_lines(path, item, (*prefix, i), lines)
+            _key_lines(path, item, (*prefix, i), lines, seen)
 
 
 def _describe(error: dict, model: type[BaseModel], path: str | Path | None, lines: dict, overridden: dict) -> str:
