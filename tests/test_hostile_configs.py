@@ -213,3 +213,30 @@ def test_a_mixer_that_is_not_safetensors_is_one_sentence_in_encode_and_train(tmp
     (tmp_path / "mixer" / "mixer.json").write_text("[1, 2]")
     with pytest.raises(WeightsFileError, match="mixer.json: not a mixer description"):
         build_mixer(MixerSetting(init="pretrained", weights=str(weights)), 32, 3, 3)
+
+
+def test_damaged_or_foreign_checkpoints_are_refused_in_one_sentence(tmp_path):
+    from mixmag.train.pretrain import load_checkpoint
+    from mixmag.weights_io import UnsafeCheckpointError, load_state_dict_file, load_torch_weights
+
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"PK\x03\x04 not really a zip" * 10)
+    with pytest.raises(UnsafeCheckpointError, match="garbage.pt is not a safe checkpoint: it cannot be read as PyTorch weights"):
+        load_torch_weights(garbage, fix="retrain")
+    truncated = tmp_path / "truncated.pt"
+    torch.save({"w": torch.zeros(100)}, truncated)
+    truncated.write_bytes(truncated.read_bytes()[:200])
+    with pytest.raises(UnsafeCheckpointError, match="truncated.pt is not a safe checkpoint"):
+        load_torch_weights(truncated, fix="retrain")
+    a_list = tmp_path / "list.pt"
+    torch.save([torch.zeros(1)], a_list)
+    with pytest.raises(WeightsFileError, match="expected a dictionary of named tensors, found list"):
+        load_state_dict_file(a_list, fix="retrain")
+    with pytest.raises(UnsafeCheckpointError, match="is not a mixmag pretraining checkpoint"):
+        load_checkpoint(a_list, torch.device("cpu"))
+
+
+def test_an_unknown_read_mode_fails_once_before_any_slide(tmp_path):
+    result = _invoke(["embed", "--plans", str(tmp_path), "--out", str(tmp_path / "stores"), "--encoder", "stats",
+                      "--read-mode", "mosaic", "--device", "cpu"])
+    _one_sentence(result, "--read-mode mosaic: unknown read mode; use derive or pyramid")

@@ -195,10 +195,11 @@ def embed(
 
     from .encoders.model import build_encoder
     from .slides.sources import slide_ids_from_table
-    from .stages.embed import find_plans, gather_results, run_embed
+    from .stages.embed import check_read_mode, find_plans, gather_results, run_embed
 
     dist, dev = _start_distributed(device, process_group=False)
     try:
+        check_read_mode(read_mode)
         slide_ids = slide_ids_from_table(cohort) if cohort else None
         plan_paths = find_plans(plans, slide_ids)
         model = build_encoder(encoder, weights=weights, from_hub=from_hub, random_init=random_init, output=output)

@@ -13,13 +13,14 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 import torch
 
 from ..encoders.extract import SlideJob, embed_slides
 from ..encoders.model import TileEncoder
-from ..errors import MixmagError
+from ..errors import MixmagError, OptionError
 from ..slides.pyramids import ReadMode
 from ..slides.tiling import PLAN_FILENAME, load_plan
 from ..store import StoreError, plan_provenance, read_attrs, store_from_plan, store_path, store_problems, write_store
@@ -122,6 +123,12 @@ def store_is_current(path: Path, wanted: dict) -> bool:
     return all(attrs.get(k) == wanted[k] for k in _MATCH_KEYS)
 
 
+def check_read_mode(mode: str) -> None:
+    """An unknown --read-mode is refused once, before any slide is read (not once per slide)."""
+    if mode not in get_args(ReadMode):
+        raise OptionError(f"--read-mode {mode}: unknown read mode; use {' or '.join(get_args(ReadMode))}")
+
+
 def run_embed(
     plan_paths: list[Path],
     out_dir: Path,
@@ -138,6 +145,7 @@ def run_embed(
     on_start: Callable[[int], None] | None = None,
 ) -> list[EmbedResult]:
     """Embed this rank's share of the plans into out_dir/<slide>.h5; returns this rank's results."""
+    check_read_mode(mode)
     out_dir = Path(out_dir)
     plans = [(p, load_plan(p)) for p in plan_paths]
     mine = shard([len(plan.cells) for _, plan in plans], dist.world_size)[dist.rank]
