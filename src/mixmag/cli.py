@@ -118,7 +118,10 @@ def tile(
             progress.console.print(f"[{style}]{result.summary_line()}[/]", highlight=False, soft_wrap=True)
             progress.advance(task)
 
-        results = tile_slides(sources, out, params, backend=backend, tissue_model=model, force=force, on_result=report)
+        try:
+            results = tile_slides(sources, out, params, backend=backend, tissue_model=model, force=force, on_result=report)
+        except MixmagError as exc:  # tiling_summary.json on a full disk: the slides' lines above stand
+            _fail(str(exc))
     _print_tile_summary(results, out)
     if any(r.outcome == "failed" for r in results):
         raise typer.Exit(1)
@@ -261,7 +264,9 @@ def pretrain(
                       f"cos/level {cos} (baseline {base})  lr {row['lr']:.2e}  {row['samples_per_s']:.0f} samples/s  MFU {row['mfu']:.1%}", soft_wrap=True, highlight=False)
 
     try:
-        run_pretraining(cfg, device=dev, rank=dist.rank, world_size=dist.world_size, on_log=show)
+        run_pretraining(cfg, device=dev, rank=dist.rank, world_size=dist.world_size, on_log=show,
+                        on_resume=lambda step, ckpt: console.print(f"Resuming from step {step} of {cfg.steps} ({ckpt})",
+                                                                   soft_wrap=True, highlight=False))
     except MixmagError as exc:
         _fail(str(exc))
     finally:

@@ -8,7 +8,6 @@ Written under a temporary name and renamed, so a store that exists is complete.
 from __future__ import annotations
 
 import json
-import os
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ import numpy as np
 
 from . import __version__
 from .errors import MixmagError, MixmagWarning
+from .fileio import hdf5_atomic
 from .slides.tiling import TilingPlan, plan_digest
 
 STORE_FORMAT_VERSION = 1
@@ -66,32 +66,28 @@ def store_path(out_dir: str | Path, slide_id: str) -> Path:
 
 
 def write_store(path: str | Path, store: SlideStore) -> Path:
-    """Validate, then write atomically (temporary name, fsync, rename)."""
+    """Validate, then write atomically (built in memory, one write to a unique temporary name, fsync, rename)."""
     path = Path(path)
     problems = store_problems(store)
     if problems:
         raise StoreError(f"{path}: refusing to write an invalid store: " + "; ".join(problems))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    try:
-        with h5py.File(tmp, "w") as f:
-            f.create_dataset("cells/rc", data=store.rc.astype(np.int32))
-            f.create_dataset("cells/tissue", data=store.tissue.astype(np.float32))
-            for name, emb in store.embeddings.items():
-                f.create_dataset(f"emb/{name}", data=emb.astype(np.float16), chunks=_chunks(emb))
-            for name, rc in store.windows.items():
-                f.create_dataset(f"windows/{name}", data=np.asarray(rc, np.int32).reshape(-1, 2))
-            attrs = {"format_version": STORE_FORMAT_VERSION, "mixmag_version": __version__} | store.attrs
-            attrs["level_names"] = list(store.embeddings)
-            for key, value in attrs.items():
-                f.attrs[key] = _attr(value)
-            f.flush()
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with hdf5_atomic(path) as f:
+        f.create_dataset("cells/rc", data=store.rc.astype(np.int32))
+        f.create_dataset("cells/tissue", data=store.tissue.astype(np.float32))
+        for name, emb in store.embeddings.items():
+            f.create_dataset(f"emb/{name}", data=emb.astype(np.float16), chunks=_chunks(emb))
+        for name, rc in store.windows.items():
+            f.create_dataset(f"windows/{name}", data=np.asarray(rc, np.int32).reshape(-1, 2))
+        attrs = {"format_version": STORE_FORMAT_VERSION, "mixmag_version": __version__} | store.attrs
+        attrs["level_names"] = list(store.embeddings)
+        for key, value in attrs.items():
+            f.attrs[key] = _attr(value)
     return path
+
+
+def store_size_lower_bound(n_cells: int, n_levels: int, dim: int) -> int:
+    """Bytes a store's float16 embeddings take at least (HDF5 adds headers, cells and attributes on top)."""
+    return n_cells * sum(4**i for i in range(n_levels)) * dim * 2
 
 
 def _chunks(emb: np.ndarray) -> tuple[int, ...] | None:
@@ -240,7 +236,6 @@ def store_problems(store: SlideStore) -> list[str]:
         if key not in store.attrs:
             problems.append(f"provenance attribute {key!r} missing")
     return problems
-
 
 
 def plan_provenance(plan_path: str | Path, plan: TilingPlan) -> dict:

@@ -8,7 +8,6 @@ bf16 matmul rate measured on the same GPU.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from torch.utils.data import DataLoader
 from ..encoders.extract import CellTiles, PerSlideBatches, SlideJob, collate, embed_slides
 from ..encoders.model import DeviceTransform, build_encoder
 from ..encoders.registry import get_preset
+from ..fileio import write_json_atomic
 from ..slides.reader import Slide
 from ..slides.tiling import TilingParams, make_plan
 from ..synth.patterns import tissue_like
@@ -106,7 +106,7 @@ def run_embed_benchmark(workdir: Path, *, side: int = 6144, workers: int = 8, ce
             run["fraction_of_matmul_rate"] = run["tiles_per_s"] * VIRCHOW2_GFLOP_PER_TILE / 1e3 / tflops
             results["gpu"]["runs"].append(run)
     _print(console, results)
-    (workdir / "bench_embed.json").write_text(json.dumps(results, indent=1))
+    write_json_atomic(workdir / "bench_embed.json", results, indent=1)
     return results
 
 

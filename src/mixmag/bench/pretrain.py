@@ -4,7 +4,6 @@ a matmul rate measured here). The paper preset at batch 1024 on a GPU; the small
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -14,10 +13,11 @@ from rich.table import Table
 from torch.utils.data import DataLoader
 
 from ..data.regions import RegionSamplingConfig, RegionStream, index_stores
+from ..fileio import write_json_atomic
 from ..store import write_store
 from ..synth.stores import synthetic_store
-from ..train.pretrain import PretrainConfig, build_model, count_flops, measure_matmul_tflops
 from ..train.optim import param_groups
+from ..train.pretrain import PretrainConfig, build_model, count_flops, measure_matmul_tflops
 
 
 def ensure_stores(workdir: Path, n: int = 8, dim: int = 1280) -> list[Path]:
@@ -101,7 +101,7 @@ def run_pretrain_benchmark(workdir: Path, *, console: Console | None = None, gpu
         runs.append(train_rate(paths, torch.device("cpu"), "small", 32, steps or 5, workers=1, compile=False))
     results["training"] = runs
     _print(console, results)
-    (workdir / "bench_pretrain.json").write_text(json.dumps(results, indent=1))
+    write_json_atomic(workdir / "bench_pretrain.json", results, indent=1)
     return results
 
 

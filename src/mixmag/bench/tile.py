@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ from PIL import Image
 from rich.console import Console
 from rich.table import Table
 
+from ..fileio import write_json_atomic
 from ..geometry import CellGrid, LevelSpec
 from ..slides.backends import installed
 from ..slides.pyramids import read_pyramid
@@ -194,7 +194,7 @@ def run_tile_benchmark(workdir: Path, *, size: int = 8192, n_cells: int = 16, ro
     first = bench_slides(size)[0]
     results["backends"] = run_backend_benchmark(workdir, ensure_slide(workdir, first), first.mpp, levels, n_cells, rounds)
     _print(console, results, levels)
-    (workdir / "bench_tile.json").write_text(json.dumps(results, indent=1))
+    write_json_atomic(workdir / "bench_tile.json", results, indent=1)
     return results
 
 

@@ -142,16 +142,18 @@ def embed_slides(
     on_batch: Callable[[int], None] | None = None,
     on_slide: Callable[[SlideJob, list[np.ndarray]], None] | None = None,
     on_failed: Callable[[SlideJob, str], None] | None = None,
+    on_slide_start: Callable[[SlideJob], bool] | None = None,
 ) -> None:
     """Embed every cell of every job; `on_slide(job, levels)` gets each slide's arrays when complete,
-    `on_failed(job, error)` each slide that could not be read (the others go on)."""
+    `on_failed(job, error)` each slide that could not be read (the others go on). `on_slide_start(job)` is asked when
+    a slide's first cells arrive; False drops that slide (another process has it, or its output cannot fit)."""
     jobs = list(jobs)
     n_levels = {j.plan.params.n_levels for j in jobs}
     if len(n_levels) > 1:
         raise ValueError(f"plans disagree on the number of levels: {sorted(n_levels)}")
     pending = {}
     for job in jobs:
-        if job.n_cells == 0 and on_slide is not None:
+        if job.n_cells == 0 and on_slide is not None and (on_slide_start is None or on_slide_start(job)):
             on_slide(job, [np.zeros((0, 4**i, encoder.dim), np.float32) for i in range(job.plan.params.n_levels)])
     work = [j for j in jobs if j.n_cells]
     if not work:
@@ -181,6 +183,9 @@ def embed_slides(
                 pending.pop(j, None)
                 if on_failed is not None:
                     on_failed(work[j], error)
+                continue
+            if j not in pending and on_slide_start is not None and not on_slide_start(work[j]):
+                failed.add(j)
                 continue
             with autocast:
                 emb = encoder(tiles.to(device, non_blocking=True))

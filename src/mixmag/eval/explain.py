@@ -17,6 +17,7 @@ import torch
 
 from ..data.bags import TILE_MODES, region_bag
 from ..errors import MixmagError
+from ..fileio import atomic_path
 from ..geometry import token_slots
 from ..store import SlideStore, StoreIndex, read_index
 
@@ -207,9 +208,7 @@ def attribution_summary(a: SlideAttribution) -> dict:
 
 def save_attribution(a: SlideAttribution, path: Path) -> Path:
     """Maps as .npz (one array per level, plus regions and weights) and the summary as JSON inside."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial.npz")
-    np.savez_compressed(tmp, **{f"map_{k}": v for k, v in a.level_maps.items()}, regions=a.regions,
-                        region_weight=a.region_weight, summary=np.array(json.dumps(attribution_summary(a))))
-    tmp.replace(path)
+    with atomic_path(path, suffix=".npz") as tmp:  # the suffix keeps numpy from appending its own
+        np.savez_compressed(tmp, **{f"map_{k}": v for k, v in a.level_maps.items()}, regions=a.regions,
+                            region_weight=a.region_weight, summary=np.array(json.dumps(attribution_summary(a))))
     return path

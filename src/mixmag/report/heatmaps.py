@@ -13,6 +13,7 @@ import numpy as np
 
 from ..errors import MixmagError
 from ..eval.explain import SlideAttribution
+from ..fileio import atomic_path
 from ..geometry import Box
 from ..slides.reader import Slide
 
@@ -192,11 +193,12 @@ def _save(fig, stem: Path, formats: tuple[str, ...]) -> list[Path]:
     import matplotlib.pyplot as plt
 
     paths = []
-    for fmt in formats:
-        path = stem.with_name(f"{stem.name}.{fmt}")
-        tmp = path.with_name(f".{path.name}.partial")
-        fig.savefig(tmp, format=fmt, dpi=110, bbox_inches="tight")
-        tmp.replace(path)
-        paths.append(path)
-    plt.close(fig)
+    try:
+        for fmt in formats:
+            path = stem.with_name(f"{stem.name}.{fmt}")
+            with atomic_path(path) as tmp:
+                fig.savefig(tmp, format=fmt, dpi=110, bbox_inches="tight")
+            paths.append(path)
+    finally:
+        plt.close(fig)
     return paths

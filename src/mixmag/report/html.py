@@ -19,6 +19,7 @@ import numpy as np
 from .. import __version__
 from ..data.cohort import load_cohort
 from ..errors import MixmagError
+from ..fileio import write_atomic
 from .magnification import magnification_section
 
 REPORT_FILENAME = "report.html"
@@ -273,8 +274,4 @@ def build_report(run: str | Path, timings: dict | None = None, *, heatmaps: bool
     if timings:
         parts.append("<h2>Stage timings</h2><table>" + "".join(f"<tr><td>{e(k)}</td><td>{v:.1f} s</td></tr>" for k, v in timings.items()) + "</table>")
     parts.append(f"<h2>Configuration</h2><pre>{e(json.dumps(config, indent=1))}</pre></body></html>")
-    path = run / REPORT_FILENAME
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text("\n".join(parts), encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return write_atomic(run / REPORT_FILENAME, "\n".join(parts))

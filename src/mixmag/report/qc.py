@@ -7,6 +7,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from ..fileio import write_atomic
 from ..slides.tiling import TilingPlan
 
 TISSUE_COLOR = (0, 170, 0)
@@ -78,12 +79,7 @@ def _legend(img: np.ndarray, plan: TilingPlan) -> None:
 
 def save_png(path: str | Path, rgb: np.ndarray) -> Path:
     """Write an RGB picture atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
     if not ok:
         raise RuntimeError(f"could not encode {path}")
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_bytes(buf.tobytes())
-    tmp.replace(path)
-    return path
+    return write_atomic(path, buf.tobytes())

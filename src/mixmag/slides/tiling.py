@@ -18,6 +18,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from .. import __version__
+from ..fileio import write_atomic
 from ..geometry import Box, CellGrid, LevelSpec
 from .params import TilingParams
 from .reader import Slide, slide_fingerprint
@@ -191,7 +192,7 @@ def plan_digest(path: str | Path) -> str:
 
 def save_plan(plan: TilingPlan, path: str | Path) -> Path:
     """Write atomically: a reader sees either no plan or a complete one."""
-    return write_text_atomic(path, plan.model_dump_json(indent=1))
+    return write_atomic(path, plan.model_dump_json(indent=1))
 
 
 def load_plan(path: str | Path) -> TilingPlan:
@@ -229,14 +230,3 @@ def plan_is_current(
         and backend in ("auto", plan.slide.backend)
     )
 
-
-def write_text_atomic(path: str | Path, text: str) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path

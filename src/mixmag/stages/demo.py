@@ -16,6 +16,7 @@ from rich.console import Console
 
 from ..config import load_config
 from ..errors import ConfigError
+from ..fileio import write_json_atomic
 from ..slides.tiling import TilingParams
 from ..synth.cohort import TASKS, CohortSpec, write_cohort
 from ..train.finetune import TrainSettings
@@ -100,7 +101,7 @@ def run_demo(config: DemoConfig, console: Console | None = None) -> int:
     timer.run(f"3. embed every tile with the '{config.encoder}' encoder", console, lambda: _embed(out, config, plans, console))
     mixer = timer.run("4. pretrain a mixer with MEM", console, lambda: _pretrain(out, config, tables, console))
     results = timer.run("5. train and evaluate slide-level models", console, lambda: _experiment(out, config, tables, mixer, console))
-    (out / "timings.json").write_text(json.dumps(timer.stages, indent=1))
+    write_json_atomic(out / "timings.json", timer.stages, indent=1)
     console.rule("[bold]results")
     if not config.cohort_tables:
         console.print(f"[bold yellow]{SYNTHETIC_NOTICE}[/]", soft_wrap=True)

@@ -21,9 +21,11 @@ import torch
 from ..encoders.extract import SlideJob, embed_slides
 from ..encoders.model import TileEncoder
 from ..errors import MixmagError, OptionError
+from ..fileio import DiskFullError, FolderLock, RunLockedError, ensure_free_space
 from ..slides.pyramids import ReadMode
 from ..slides.tiling import PLAN_FILENAME, load_plan
-from ..store import StoreError, plan_provenance, read_attrs, store_from_plan, store_path, store_problems, write_store
+from ..store import (plan_provenance, read_attrs, store_from_plan, store_path, store_problems, store_size_lower_bound,
+                     write_store)
 
 
 class EmbedError(MixmagError):
@@ -144,27 +146,41 @@ def run_embed(
     on_result: Callable[[EmbedResult], None] | None = None,
     on_start: Callable[[int], None] | None = None,
 ) -> list[EmbedResult]:
-    """Embed this rank's share of the plans into out_dir/<slide>.h5; returns this rank's results."""
+    """Embed this rank's share of the plans into out_dir/<slide>.h5; returns this rank's results.
+
+    Each store is locked while it is made (`.<slide>.h5.lock`), not the folder: ranks of one run, or separate runs
+    a user starts on parts of a cohort, share the folder; a slide another process is embedding is skipped here
+    rather than made twice. A slide whose store cannot fit on the disk is refused before its tiles are embedded."""
     check_read_mode(mode)
     out_dir = Path(out_dir)
     plans = [(p, load_plan(p)) for p in plan_paths]
     mine = shard([len(plan.cells) for _, plan in plans], dist.world_size)[dist.rank]
     results: list[EmbedResult] = []
     todo, provenance = [], {}
+
+    def record(result: EmbedResult) -> None:
+        results.append(result)
+        if on_result:
+            on_result(result)
+
     for i in mine:
         path, plan = plans[i]
         job = SlideJob(plan.slide.slide_id, plan)
         wanted = store_provenance(path, job, encoder, mode, device)
-        target = store_path(out_dir, job.slide_id)
-        if not force and store_is_current(target, wanted):
-            results.append(EmbedResult(job.slide_id, "skipped", job.n_cells))
-            if on_result:
-                on_result(results[-1])
+        if not force and store_is_current(store_path(out_dir, job.slide_id), wanted):
+            record(EmbedResult(job.slide_id, "skipped", job.n_cells))
             continue
         todo.append(job)
         provenance[job.slide_id] = wanted
     if on_start:
         on_start(sum(j.n_cells for j in todo))
+    claims = StoreClaims(out_dir, force)
+
+    def start(job: SlideJob) -> bool:
+        refused = claims.claim(job, provenance[job.slide_id], encoder.dim)
+        if refused is not None:
+            record(refused)
+        return refused is None
 
     def finish(job: SlideJob, levels: list[np.ndarray]) -> None:
         store = store_from_plan(job.plan, levels, provenance[job.slide_id])
@@ -175,18 +191,58 @@ def run_embed(
             try:
                 write_store(store_path(out_dir, job.slide_id), store)
                 result = EmbedResult(job.slide_id, "embedded", job.n_cells)
-            except (OSError, StoreError) as exc:
+            except (OSError, MixmagError) as exc:  # a full disk fails this slide; a smaller store may still fit
                 result = EmbedResult(job.slide_id, "failed", job.n_cells, f"{job.slide_id}: {exc}")
-        results.append(result)
-        if on_result:
-            on_result(result)
+        claims.release(job.slide_id)
+        record(result)
 
     def failed(job: SlideJob, error: str) -> None:
-        results.append(EmbedResult(job.slide_id, "failed", job.n_cells, f"{error} - no store written; the other slides go on. "
-                                   "Re-copy or re-export the slide, then re-run (finished stores are kept)."))
-        if on_result:
-            on_result(results[-1])
+        claims.release(job.slide_id)
+        record(EmbedResult(job.slide_id, "failed", job.n_cells, f"{error} - no store written; the other slides go on. "
+                           "Re-copy or re-export the slide, then re-run (finished stores are kept)."))
 
-    embed_slides(todo, encoder, device=device, cells_per_batch=cells_per_batch, workers=workers, mode=mode,
-                 on_batch=on_batch, on_slide=finish, on_failed=failed)
+    try:
+        embed_slides(todo, encoder, device=device, cells_per_batch=cells_per_batch, workers=workers, mode=mode,
+                     on_batch=on_batch, on_slide=finish, on_failed=failed, on_slide_start=start)
+    finally:
+        claims.release_all()
     return results
+
+
+class StoreClaims:
+    """The stores this process is making, each locked (`.<slide>.h5.lock`) from its first cells until it is written."""
+
+    def __init__(self, out_dir: Path, force: bool) -> None:
+        self.out_dir = out_dir
+        self.force = force
+        self.locks: dict[str, FolderLock] = {}
+
+    def claim(self, job: SlideJob, wanted: dict, dim: int) -> EmbedResult | None:
+        """None when this process may make the store; otherwise why not, as the slide's result."""
+        target = store_path(self.out_dir, job.slide_id)
+        lock = FolderLock(self.out_dir, f"embedding {job.slide_id}", name=f".{target.name}.lock")
+        try:
+            lock.acquire()
+        except RunLockedError as exc:
+            return EmbedResult(job.slide_id, "skipped", job.n_cells, f"{job.slide_id}: {exc}")
+        except DiskFullError as exc:
+            return EmbedResult(job.slide_id, "failed", job.n_cells, f"{job.slide_id}: {exc}")
+        if not self.force and store_is_current(target, wanted):  # made by another process meanwhile
+            lock.release()
+            return EmbedResult(job.slide_id, "skipped", job.n_cells)
+        try:
+            ensure_free_space(target, store_size_lower_bound(job.n_cells, len(job.plan.levels.mpps), dim))
+        except DiskFullError as exc:
+            lock.release()
+            return EmbedResult(job.slide_id, "failed", job.n_cells, f"{job.slide_id}: {exc}")
+        self.locks[job.slide_id] = lock
+        return None
+
+    def release(self, slide_id: str) -> None:
+        lock = self.locks.pop(slide_id, None)
+        if lock is not None:
+            lock.release()
+
+    def release_all(self) -> None:
+        for slide_id in list(self.locks):
+            self.release(slide_id)

@@ -12,6 +12,7 @@ import torch
 
 from ..data.bags import region_bag
 from ..errors import ConfigError
+from ..fileio import hdf5_atomic
 from ..store import shared_settings
 from ..train.mixer_file import load_mixer
 
@@ -52,14 +53,12 @@ def encode_stores(stores: list[Path], weights: Path, out_dir: Path, *, batch: in
             contextual, compressed = mixer(regions[start : start + batch].to(device))
             patches.append(contextual.cpu().half().numpy())
             cls.append(compressed.cpu().half().numpy())
-        tmp = target.with_name(f".{target.name}.partial")
-        with h5py.File(tmp, "w") as f:
+        with hdf5_atomic(target) as f:
             f.create_dataset("patch", data=np.concatenate(patches))
             f.create_dataset("cls", data=np.concatenate(cls))
             f.attrs["mixer_digest"] = digest
             f.attrs["mixer_weights"] = str(weights)
             f.attrs["store_mtime"] = os.stat(store).st_mtime
-        os.replace(tmp, target)
         written.append(target)
         if on_slide:
             on_slide(store.stem, "encoded")

@@ -17,6 +17,7 @@ import torch
 
 from ..errors import MixmagError
 from ..eval.predict import RunMismatchError, encoded_mixer, use_stores
+from ..fileio import write_csv_atomic
 from ..slides.sources import SlideSource
 from ..slides.tiling import TilingParams, plan_path
 from ..store import store_path
@@ -210,18 +211,14 @@ def write_outcomes(path: Path, outcomes: list[SlideOutcome], specimen_of: dict[s
     for o in outcomes:
         if o.score is not None:
             by_specimen.setdefault(specimen_of.get(o.slide_id, o.slide_id), []).append(o.score)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial")
-    with tmp.open("w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["specimen", "slide", "slide_score", "specimen_score", *[f"share_{n}" for n in levels], "problem"])
-        for o in outcomes:
-            spec = specimen_of.get(o.slide_id, o.slide_id)
-            spec_scores = by_specimen.get(spec)
-            w.writerow([spec, o.slide_id, "" if o.score is None else f"{o.score:.6f}", f"{_reduce(spec_scores, how):.6f}" if spec_scores else "",
-                        *[f"{o.level_share[n]:.4f}" if n in o.level_share else "" for n in levels], o.problem or ""])
-    tmp.replace(path)
-    return path
+    header = ["specimen", "slide", "slide_score", "specimen_score", *[f"share_{n}" for n in levels], "problem"]
+    rows = []
+    for o in outcomes:
+        spec = specimen_of.get(o.slide_id, o.slide_id)
+        spec_scores = by_specimen.get(spec)
+        rows.append([spec, o.slide_id, "" if o.score is None else f"{o.score:.6f}", f"{_reduce(spec_scores, how):.6f}" if spec_scores else "",
+                     *[f"{o.level_share[n]:.4f}" if n in o.level_share else "" for n in levels], o.problem or ""])
+    return write_csv_atomic(path, header, rows)
 
 
 def _reduce(values: list[float], how: str) -> float:

@@ -3,18 +3,19 @@ keep going past bad slides and report them at the end."""
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from ..errors import MixmagError
+from ..fileio import write_json_atomic
 from ..report.qc import regions_overlay, save_png, tissue_overlay
 from ..errors import OptionError
 from ..slides.reader import BACKENDS, Slide
 from ..slides.sources import SlideSource
-from ..slides.tiling import TilingParams, TilingPlan, load_plan, make_plan, plan_is_current, plan_path, save_plan, write_text_atomic
+from ..slides.tiling import TilingParams, TilingPlan, load_plan, make_plan, plan_is_current, plan_path, save_plan
 from ..slides.tissue import TissueModel, tissue_model_id
 
 Outcome = Literal["tiled", "skipped", "failed"]
@@ -109,8 +110,6 @@ def check_backend(backend: str) -> None:
 
 
 def _describe(exc: Exception) -> str:
-    from ..errors import MixmagError
-
     if isinstance(exc, MixmagError):
         return str(exc)
     return f"{type(exc).__name__}: {exc}"
@@ -126,4 +125,4 @@ def write_summary(out_dir: Path, params: TilingParams, results: list[SlideResult
             row["error"] = r.error
         rows.append(row)
     payload = {"params": params.model_dump(), "slides": rows}
-    return write_text_atomic(out_dir / SUMMARY_FILENAME, json.dumps(payload, indent=1))
+    return write_json_atomic(out_dir / SUMMARY_FILENAME, payload, indent=1)

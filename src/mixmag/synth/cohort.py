@@ -12,13 +12,13 @@ In a positive specimen one slide carries the signal, and only in some of its reg
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from ..fileio import write_csv_atomic
 from .slide_writer import write_slide
 
 TASKS = ("fine", "coarse", "cross")
@@ -168,10 +168,7 @@ def write_cohort(folder: str | Path, spec: CohortSpec, progress=None) -> dict[st
     tables = {}
     for task in TASKS:
         table = folder / f"cohort_{task}.csv"
-        with table.open("w", newline="") as fh:
-            w = csv.writer(fh)
-            w.writerow(["specimen", "slide", "label", "split", "path"])
-            for r in rows:
-                w.writerow([r["specimen"], r["slide"], r[task], r["split"], r["path"]])
+        write_csv_atomic(table, ["specimen", "slide", "label", "split", "path"],
+                         [[r["specimen"], r["slide"], r[task], r["split"], r["path"]] for r in rows])
         tables[task] = table
     return tables

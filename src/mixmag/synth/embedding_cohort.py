@@ -3,11 +3,11 @@ training without slides. In a positive specimen one slide carries the signal, in
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import numpy as np
 
+from ..fileio import write_csv_atomic
 from ..store import write_store
 from .stores import synthetic_store
 
@@ -50,9 +50,4 @@ def write_embedding_cohort(
         specs = sorted(by_spec)
         shuffled = dict(zip(specs, rng.permutation([by_spec[s] for s in specs])))
         rows = [(spec, slide, shuffled[spec], split) for spec, slide, _, split in rows]
-    path = folder / "cohort.csv"
-    with path.open("w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["specimen", "slide", "label", "split"])
-        w.writerows(rows)
-    return path
+    return write_csv_atomic(folder / "cohort.csv", ["specimen", "slide", "label", "split"], rows)

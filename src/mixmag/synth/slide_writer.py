@@ -6,7 +6,6 @@ output, with the resolution recorded where readers look for it.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
@@ -14,6 +13,8 @@ from typing import Literal
 import cv2
 import numpy as np
 import tifffile
+
+from ..fileio import atomic_path
 
 Compression = Literal["jpeg", "deflate", "none"]
 Flavor = Literal["generic", "aperio", "ome", "ome-strips"]
@@ -55,8 +56,6 @@ def write_slide(
     path = Path(path)
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"image must be (H, W, 3) uint8, got {image.shape} {image.dtype}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial")
     codec = {"jpeg": ("jpeg", {"level": quality}), "deflate": ("zlib", None), "none": (None, None)}[compression]
     common = dict(
         photometric="rgb",
@@ -64,7 +63,7 @@ def write_slide(
         compressionargs=codec[1],
     )
     resolution = _resolution_kwargs(mpp, resolution_dpi)
-    try:
+    with atomic_path(path) as tmp:  # no suffix: tifffile must not read "OME" into a name ending .ome.tif
         if flavor == "ome-strips":
             metadata = {"axes": "YXS"} | ({"PhysicalSizeX": mpp, "PhysicalSizeY": mpp} if mpp else {})
             tifffile.imwrite(tmp, image, ome=True, metadata=metadata, rowsperstrip=64, **common)
@@ -93,9 +92,6 @@ def write_slide(
                     if i == 0 and flavor == "aperio":
                         # SVS layout: a stripped thumbnail follows the baseline image.
                         tif.write(_thumbnail(image), description="Aperio Image Library thumbnail", metadata=None, photometric="rgb")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 

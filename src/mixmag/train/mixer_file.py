@@ -19,6 +19,7 @@ import torch
 
 from .. import __version__
 from ..errors import ConfigError
+from ..fileio import atomic_path, write_json_atomic
 from ..models.mixer import MixerConfig, RegionMixer
 from ..store import STORE_MUST_MATCH, embedding_space
 from ..weights_io import WeightsFileError, load_safetensors
@@ -32,12 +33,11 @@ def export_mixer(out: Path, encoder: torch.nn.Module, mixer_cfg: MixerConfig, pr
     from safetensors.torch import save_file
 
     path = out / MIXER_WEIGHTS
-    tmp = path.with_name(f".{path.name}.partial")
-    save_file({k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}, str(tmp))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}, str(tmp))
     meta = {"mixer": asdict(mixer_cfg), "pretraining": pretraining, "stores": embedding_space(stores),
             "mixmag_version": __version__}
-    (out / MIXER_META).write_text(json.dumps(meta, indent=1))
+    write_json_atomic(out / MIXER_META, meta, indent=1)
     return path
 
 

@@ -8,10 +8,11 @@ and the stream restarts at the checkpoint's batch, so a resumed run follows the 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
-import os
 import time
+from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
 from typing import ClassVar, Literal
@@ -24,6 +25,7 @@ from .. import __version__
 from ..config import load_config as load_yaml_config
 from ..data.regions import RegionSamplingConfig, RegionStream, index_stores
 from ..errors import ConfigError
+from ..fileio import FolderLock, append_atomic, atomic_path, write_csv_atomic, write_json_atomic
 from ..models.mem import MEMPretrainer, n_masked
 from ..models.mixer import MixerConfig, MixerOverrides, mixer_config
 from ..store import STORE_SUFFIX, embedding_space, shared_settings
@@ -152,8 +154,16 @@ def pretraining_stores(config: PretrainConfig) -> list[Path]:
     return paths
 
 
-def run_pretraining(config: PretrainConfig, *, device: torch.device, rank: int = 0, world_size: int = 1, on_log=None) -> dict:
-    """Train until config.steps; resumes from out/checkpoints/last.pt when present. Returns the last log row."""
+def run_pretraining(config: PretrainConfig, *, device: torch.device, rank: int = 0, world_size: int = 1, on_log=None,
+                    on_resume=None) -> dict:
+    """Train until config.steps; resumes from out/checkpoints/last.pt when present (`on_resume(step, checkpoint)` says
+    from where). Returns the last log row. Rank 0 locks the run folder: a second run on it is refused, naming the
+    process that holds it, instead of both writing one log and one checkpoint."""
+    with FolderLock(config.out, "pretraining") if rank == 0 else nullcontext():
+        return _pretrain(config, device=device, rank=rank, world_size=world_size, on_log=on_log, on_resume=on_resume)
+
+
+def _pretrain(config: PretrainConfig, *, device: torch.device, rank: int, world_size: int, on_log, on_resume) -> dict:
     out = Path(config.out)
     if config.batch_size % world_size:
         raise ConfigError(f"batch_size {config.batch_size} does not split evenly over {world_size} ranks")
@@ -176,9 +186,11 @@ def run_pretraining(config: PretrainConfig, *, device: torch.device, rank: int =
     ckpt_path = out / CHECKPOINT
     if ckpt_path.is_file():
         step = _resume(ckpt_path, config, model, optimizer, scaler, world_size, device, space)
+        if on_resume is not None and rank == 0:
+            on_resume(step, ckpt_path)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(config.model_dump() | {"mixer_resolved": asdict(mixer_cfg)}, indent=1))
+        write_json_atomic(out / "config.json", config.model_dump() | {"mixer_resolved": asdict(mixer_cfg)}, indent=1)
     stream = RegionStream(entries, n_levels, sampling, rank=rank, world_size=world_size, start_batch=step)
     loader = DataLoader(stream, batch_size=None, num_workers=config.workers, pin_memory=device.type == "cuda",
                         prefetch_factor=4 if config.workers else None, persistent_workers=config.workers > 0)
@@ -239,8 +251,6 @@ def _step_seed(seed: int, rank: int, step: int) -> int:
 
 
 def _autocast(precision: str, device: torch.device):
-    from contextlib import nullcontext
-
     if precision == "fp32":
         return nullcontext()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
@@ -310,7 +320,6 @@ def _sync(device: torch.device) -> None:
 
 def save_checkpoint(path: Path, model, optimizer, scaler, step: int, config: PretrainConfig, mixer_cfg: MixerConfig, world_size: int, device,
                     space: str = "") -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = {
         "format": "mixmag-pretrain-checkpoint-1",
         "mixmag_version": __version__,
@@ -323,9 +332,9 @@ def save_checkpoint(path: Path, model, optimizer, scaler, step: int, config: Pre
         "world_size": world_size,
         "embedding_space": space,
     }
-    tmp = path.with_name(f".{path.name}.partial")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    # through a file object: on a full disk torch.save(path) says only "unexpected pos", a file object's OSError is kept
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        torch.save(state, handle)
 
 
 CHECKPOINT_KEYS = ("step", "model", "optimizer", "scaler", "config", "world_size")
@@ -375,11 +384,10 @@ class RunLogger:
             with self.path.open() as fh:
                 rows = [r for r in csv.DictReader(fh) if int(r["step"]) <= resume_step]
             self.fields = list(rows[0]) if rows else None
-            with self.path.open("w", newline="") as fh:
-                if rows:
-                    w = csv.DictWriter(fh, fieldnames=self.fields)
-                    w.writeheader()
-                    w.writerows(rows)
+            if rows:  # the rows after the checkpoint are done again: drop them
+                write_csv_atomic(self.path, self.fields, [list(r.values()) for r in rows])
+            else:
+                self.path.unlink()
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -394,11 +402,12 @@ class RunLogger:
         new = self.fields is None
         if new:
             self.fields = list(row)
-        with self.path.open("a", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=self.fields, extrasaction="ignore")
-            if new:
-                w.writeheader()
-            w.writerow(row)
+        text = io.StringIO(newline="")
+        w = csv.DictWriter(text, fieldnames=self.fields, extrasaction="ignore")
+        if new:
+            w.writeheader()
+        w.writerow(row)
+        append_atomic(self.path, text.getvalue())  # a row is all there or not at all, also on a full disk
         if self.writer is not None:
             for k, v in row.items():
                 if k != "step" and isinstance(v, float) and math.isfinite(v):
