@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import cv2
 import numpy as np
 
-from ..fileio import write_atomic
 from ..slides.tiling import TilingPlan
 
 TISSUE_COLOR = (0, 170, 0)
@@ -77,9 +74,9 @@ def _legend(img: np.ndarray, plan: TilingPlan) -> None:
                     (48, y), cv2.FONT_HERSHEY_SIMPLEX, 0.5, color, 1, cv2.LINE_AA)
 
 
-def save_png(path: str | Path, rgb: np.ndarray) -> Path:
-    """Write an RGB picture atomically."""
+def png_bytes(rgb: np.ndarray) -> bytes:
+    """An RGB picture as PNG file contents."""
     ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
     if not ok:
-        raise RuntimeError(f"could not encode {path}")
-    return write_atomic(path, buf.tobytes())
+        raise RuntimeError(f"could not encode a {rgb.shape} picture as PNG")
+    return buf.tobytes()

@@ -9,10 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from ..errors import MixmagError
-from ..fileio import write_json_atomic
-from ..report.qc import regions_overlay, save_png, tissue_overlay
-from ..errors import OptionError
+from ..errors import MixmagError, OptionError
+from ..fileio import ensure_free_space, write_atomic, write_json_atomic
+from ..report.qc import png_bytes, regions_overlay, tissue_overlay
 from ..slides.reader import BACKENDS, Slide
 from ..slides.sources import SlideSource
 from ..slides.tiling import TilingParams, TilingPlan, load_plan, make_plan, plan_is_current, plan_path, save_plan
@@ -67,10 +66,12 @@ def tile_slide(
         return SlideResult(source, "skipped", plan=load_plan(target))
     with Slide(source.path, mpp=source.mpp, backend=backend) as slide:
         plan, thumbnail, mask = make_plan(slide, params, slide_id=source.slide_id, mpp_override=source.mpp, tissue_model=tissue_model)
-    folder = target.parent
-    save_png(folder / TISSUE_MASK, (mask[..., None].repeat(3, axis=2) * 255).astype("uint8"))
-    save_png(folder / QC_TISSUE, tissue_overlay(thumbnail, mask))
-    save_png(folder / QC_REGIONS, regions_overlay(thumbnail, plan))
+    pictures = {TISSUE_MASK: png_bytes((mask[..., None].repeat(3, axis=2) * 255).astype("uint8")),
+                QC_TISSUE: png_bytes(tissue_overlay(thumbnail, mask)), QC_REGIONS: png_bytes(regions_overlay(thumbnail, plan))}
+    # all of the slide's outputs or none: a slide that cannot fit leaves no pictures that would crowd out the next one
+    ensure_free_space(target.parent, sum(map(len, pictures.values())) + len(plan.model_dump_json(indent=1)))
+    for name, data in pictures.items():
+        write_atomic(target.parent / name, data)
     save_plan(plan, target)
     return SlideResult(source, "tiled", plan=plan, seconds=time.perf_counter() - start)
 
