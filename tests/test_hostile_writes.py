@@ -10,10 +10,9 @@ from __future__ import annotations
 import csv
 import os
 import re
-import signal
 import subprocess
 import sys
-import time
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -34,7 +33,7 @@ from mixmag.store import read_store, write_store
 from mixmag.synth.slide_writer import write_slide
 from mixmag.synth.stores import synthetic_store
 from mixmag.train.mixer_file import export_mixer
-from mixmag.train.pretrain import PretrainConfig, build_model, save_checkpoint
+from mixmag.train.pretrain import PretrainConfig, build_model, load_config, run_pretraining, save_checkpoint
 from small_disk import open_small_disk
 
 CPU = torch.device("cpu")
@@ -81,7 +80,8 @@ def reference(slides, tmp_path_factory) -> Path:
 
 
 def _same_tiling(folder: Path, ref: Path) -> None:
-    assert load_plan(folder / "plan.json").model_dump(exclude={"created"}) == load_plan(ref / "plan.json").model_dump(exclude={"created"})
+    plans = [load_plan(f / "plan.json").model_dump(exclude={"created"}) for f in (folder, ref)]
+    assert plans[0] == plans[1]
     for name in ("tissue_mask.png", "qc_tissue.png", "qc_regions.png"):
         assert (folder / name).read_bytes() == (ref / name).read_bytes()
 
@@ -160,8 +160,8 @@ def test_embed_refuses_a_store_that_cannot_fit_before_embedding_its_tiles(refere
     disk.leave(1000)  # less than the float16 embeddings of one cell
     results = run_embed(find_plans(reference / "tiles"), disk.root / "stores", encoder, device=CPU, workers=0)
     assert [r.outcome for r in results] == ["failed", "failed"]
-    assert all(re.search(r"no space left on device writing \S+\.h5 \(needs at least [\d.]+ kB, \d+ bytes free\)", r.error)
-               for r in results)
+    refused = r"no space left on device writing \S+\.h5 \(needs at least [\d.]+ kB, \d+ bytes free\)"
+    assert all(re.search(refused, r.error) for r in results)
     assert not calls  # no encoder time spent on stores that cannot be written
 
 
@@ -186,7 +186,8 @@ except DiskFullError as exc:
 def test_a_store_on_a_full_disk_never_crashes_the_process(disk):
     disk.leave(0)
     injected = disk.kind == "injected"
-    script = _WRITE_A_STORE.format(tests=str(TESTS), folder=str(disk.root / "child" if injected else disk.root), injected=injected)
+    folder = disk.root / "child" if injected else disk.root
+    script = _WRITE_A_STORE.format(tests=str(TESTS), folder=str(folder), injected=injected)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
                           env=os.environ | {"OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-2000:]  # HDF5 meeting the full disk itself: segfault (-11) at exit
@@ -245,8 +246,8 @@ def test_pretrain_on_a_full_disk_keeps_its_last_checkpoint_and_resumes(pretrain_
 def _held(folder: Path, lock_name: str, purpose: str):
     """Another process holding a lock (as a second `mixmag` would); yields its pid."""
     code = ("import sys; from mixmag.fileio import FolderLock; "
-            f"lock = FolderLock({str(folder)!r}, {purpose!r}, name={lock_name!r}).acquire(); print('held', flush=True); "
-            "sys.stdin.read()")
+            f"lock = FolderLock({str(folder)!r}, {purpose!r}, name={lock_name!r}).acquire(); "
+            "print('held', flush=True); sys.stdin.read()")
     holder = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
@@ -257,25 +258,51 @@ def _held(folder: Path, lock_name: str, purpose: str):
 
 
 def test_a_second_pretraining_on_a_run_folder_in_use_is_refused_and_the_first_finishes_clean(pretrain_stores, tmp_path):
+    """The first run is paused at its first log row (holding the folder) while a second `mixmag pretrain` starts;
+    flock locks belong to open files, so a thread stands in for a second process and the test needs no timing."""
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "mixmag.cli", "pretrain", "--config", str(_pretrain_config(pretrain_stores, run, 10)),
-           "--device", "cpu"]
-    first = subprocess.Popen(cmd, env=os.environ | {"OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                             text=True)
+    config = load_config(_pretrain_config(pretrain_stores, run, 10))
+    holding, go_on, errors = threading.Event(), threading.Event(), []
+
+    def pause_once(row: dict) -> None:
+        holding.set()
+        go_on.wait(120)
+
+    def train() -> None:
+        try:
+            run_pretraining(config, device=CPU, on_log=pause_once)
+        except BaseException as exc:  # noqa: BLE001 - reported by the test below
+            errors.append(exc)
+            holding.set()
+
+    first = threading.Thread(target=train)
+    first.start()
     try:
-        while f"pid {first.pid} " not in ((run / ".lock").read_text() if (run / ".lock").is_file() else ""):
-            assert first.poll() is None, first.stdout.read()
-            time.sleep(0.05)
-        os.kill(first.pid, signal.SIGSTOP)  # the first run holds the folder, frozen wherever it is
+        assert holding.wait(120)
         second = _pretrain_cli(pretrain_stores, run, 10)
     finally:
-        os.kill(first.pid, signal.SIGCONT)
-    assert second.exit_code == 2
-    assert re.search(rf"error: \S+run is in use by pid {first.pid} on \S+ \(pretraining\): wait for it", second.output)
-    output = first.communicate(timeout=300)[0]
-    assert first.returncode == 0, output
+        go_on.set()
+        first.join(120)
+    assert not errors and second.exit_code == 2
+    assert re.search(rf"error: \S+run is in use by pid {os.getpid()} on \S+ \(pretraining\): wait for it", second.output)
     headers, steps = _log(run)
     assert len(headers) == 1 and steps == [5, 10]
+    assert torch.load(run / "checkpoints" / "last.pt", weights_only=True)["step"] == 10
+
+
+@contextmanager
+def _held(folder: Path, lock_name: str, purpose: str):
+    """Another process holding a lock (as a second `mixmag` would); yields its pid."""
+    code = ("import sys; from mixmag.fileio import FolderLock; "
+            f"lock = FolderLock({str(folder)!r}, {purpose!r}, name={lock_name!r}).acquire(); "
+            "print('held', flush=True); sys.stdin.read()")
+    holder = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        yield holder.pid
+    finally:
+        holder.stdin.close()
+        holder.wait(60)
 
 
 def test_embed_leaves_a_store_another_process_is_making_to_it(reference, tmp_path):
@@ -292,9 +319,11 @@ def test_embed_leaves_a_store_another_process_is_making_to_it(reference, tmp_pat
 
 def test_two_tile_processes_on_one_folder_both_succeed(slides, reference, tmp_path):
     out = tmp_path / "tiles"
-    cmd = [sys.executable, "-m", "mixmag.cli", "tile", *map(str, slides), "--out", str(out), "--region-size", "1", "--force"]
+    cmd = [sys.executable, "-m", "mixmag.cli", "tile", *map(str, slides), "--out", str(out), "--region-size", "1",
+           "--force"]
     env = os.environ | {"OMP_NUM_THREADS": "1"}
-    both = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    both = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            for _ in range(2)]
     for process in both:
         output = process.communicate(timeout=300)[0]
         assert process.returncode == 0, output

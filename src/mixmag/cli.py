@@ -119,7 +119,8 @@ def tile(
             progress.advance(task)
 
         try:
-            results = tile_slides(sources, out, params, backend=backend, tissue_model=model, force=force, on_result=report)
+            results = tile_slides(sources, out, params, backend=backend, tissue_model=model, force=force,
+                                  on_result=report)
         except MixmagError as exc:  # tiling_summary.json on a full disk: the slides' lines above stand
             _fail(str(exc))
     _print_tile_summary(results, out)

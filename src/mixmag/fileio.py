@@ -33,9 +33,9 @@ class DiskFullError(MixmagError):
 
     def __init__(self, path: str | Path, *, needed: int | None = None, free: int | None = None) -> None:
         self.path = str(path)
-        sizes = f" (needs at least {_size(needed)}, {_size(free)} free)" if needed is not None and free is not None else ""
-        super().__init__(f"no space left on device writing {self.path}{sizes}: free some space and run the same command "
-                         "again; finished outputs are intact and partial ones were removed")
+        sizes = "" if needed is None or free is None else f" (needs at least {_size(needed)}, {_size(free)} free)"
+        super().__init__(f"no space left on device writing {self.path}{sizes}: free some space and run the same "
+                         "command again; finished outputs are intact and partial ones were removed")
 
 
 def _size(nbytes: int | None) -> str:

@@ -50,8 +50,8 @@ def export_store(store: SlideStore, out: Path) -> list[Path]:
         features = emb.reshape(-1, emb.shape[-1]).astype(np.float32)
         coords = rounded_origins(store.rc, cell_px, level).astype(np.int32)
         write_h5(h5_path, {"features": (features, encoder_extras(store, features)), "coords": (coords, {})})
-        with atomic_path(pt_path) as tmp:
-            torch.save(torch.from_numpy(features), tmp)
+        with atomic_path(pt_path) as tmp, open(tmp, "wb") as handle:  # a file object keeps a full disk's OSError
+            torch.save(torch.from_numpy(features), handle)
         written += [h5_path, pt_path]
     return written
 

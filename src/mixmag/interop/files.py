@@ -7,10 +7,9 @@ import hashlib
 import json
 from pathlib import Path
 
-import h5py
 import numpy as np
 
-from ..fileio import atomic_path
+from ..fileio import hdf5_atomic
 from ..store import SlideStore
 
 # extras mixmag adds to the files it exports (peers ignore attributes they do not read)
@@ -20,13 +19,12 @@ ENCODER_KEYS = ("encoder", "encoder_weights_digest", "encoder_output", "embeddin
 
 
 def write_h5(path: Path, datasets: dict[str, tuple[np.ndarray, dict]]) -> Path:
-    """One HDF5 file of datasets with their attributes, written atomically."""
-    with atomic_path(path) as tmp:
-        with h5py.File(tmp, "w") as f:
-            for key, (data, attrs) in datasets.items():
-                dset = f.create_dataset(key, data=data)
-                for k, v in attrs.items():
-                    dset.attrs[k] = v
+    """One HDF5 file of datasets with their attributes, written atomically (built in memory: see `hdf5_atomic`)."""
+    with hdf5_atomic(path) as f:
+        for key, (data, attrs) in datasets.items():
+            dset = f.create_dataset(key, data=data)
+            for k, v in attrs.items():
+                dset.attrs[k] = v
     return Path(path)
 
 

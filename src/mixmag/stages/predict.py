@@ -216,7 +216,8 @@ def write_outcomes(path: Path, outcomes: list[SlideOutcome], specimen_of: dict[s
     for o in outcomes:
         spec = specimen_of.get(o.slide_id, o.slide_id)
         spec_scores = by_specimen.get(spec)
-        rows.append([spec, o.slide_id, "" if o.score is None else f"{o.score:.6f}", f"{_reduce(spec_scores, how):.6f}" if spec_scores else "",
+        rows.append([spec, o.slide_id, "" if o.score is None else f"{o.score:.6f}",
+                     f"{_reduce(spec_scores, how):.6f}" if spec_scores else "",
                      *[f"{o.level_share[n]:.4f}" if n in o.level_share else "" for n in levels], o.problem or ""])
     return write_csv_atomic(path, header, rows)
 

@@ -67,7 +67,8 @@ def tile_slide(
     with Slide(source.path, mpp=source.mpp, backend=backend) as slide:
         plan, thumbnail, mask = make_plan(slide, params, slide_id=source.slide_id, mpp_override=source.mpp, tissue_model=tissue_model)
     pictures = {TISSUE_MASK: png_bytes((mask[..., None].repeat(3, axis=2) * 255).astype("uint8")),
-                QC_TISSUE: png_bytes(tissue_overlay(thumbnail, mask)), QC_REGIONS: png_bytes(regions_overlay(thumbnail, plan))}
+                QC_TISSUE: png_bytes(tissue_overlay(thumbnail, mask)),
+                QC_REGIONS: png_bytes(regions_overlay(thumbnail, plan))}
     # all of the slide's outputs or none: a slide that cannot fit leaves no pictures that would crowd out the next one
     ensure_free_space(target.parent, sum(map(len, pictures.values())) + len(plan.model_dump_json(indent=1)))
     for name, data in pictures.items():
