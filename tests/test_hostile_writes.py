@@ -290,21 +290,6 @@ def test_a_second_pretraining_on_a_run_folder_in_use_is_refused_and_the_first_fi
     assert torch.load(run / "checkpoints" / "last.pt", weights_only=True)["step"] == 10
 
 
-@contextmanager
-def _held(folder: Path, lock_name: str, purpose: str):
-    """Another process holding a lock (as a second `mixmag` would); yields its pid."""
-    code = ("import sys; from mixmag.fileio import FolderLock; "
-            f"lock = FolderLock({str(folder)!r}, {purpose!r}, name={lock_name!r}).acquire(); "
-            "print('held', flush=True); sys.stdin.read()")
-    holder = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "held"
-        yield holder.pid
-    finally:
-        holder.stdin.close()
-        holder.wait(60)
-
-
 def test_embed_leaves_a_store_another_process_is_making_to_it(reference, tmp_path):
     out = tmp_path / "stores"
     with _held(out, ".big.h5.lock", "embedding big") as pid:
