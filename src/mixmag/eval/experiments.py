@@ -10,7 +10,6 @@ finished runs are reused, so an interrupted grid resumes.
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..config import load_config
 from ..errors import ConfigError, MixmagError
+from ..fileio import atomic_path, write_atomic, write_csv_atomic
 from ..models.mixer import MIXER_PRESETS
 from ..train.finetune import TrainConfig, TrainSettings, run_training
 from ..train.mixer_file import mixer_architecture
@@ -197,15 +197,10 @@ def write_tables(grid: GridConfig, results: dict) -> tuple[Path, Path]:
     seeds = ", ".join(map(str, grid.seeds))
     lines.append("")
     lines.append(f"Test AUROC x 100, mean over seeds {seeds}; best in bold, second best underlined.")
-    md = out / "results.md"
-    md.write_text("\n".join(lines) + "\n")
-    csv_path = out / "results.csv"
-    with csv_path.open("w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["method"] + columns)
-        for m in grid.methods:
-            w.writerow([m] + [f"{v:.4f}" for v in table[m]])
-    (out / "results.json").write_text(json.dumps(results, indent=1))
+    md = write_atomic(out / "results.md", "\n".join(lines) + "\n")
+    rows = [[m] + [f"{v:.4f}" for v in table[m]] for m in grid.methods]
+    csv_path = write_csv_atomic(out / "results.csv", ["method"] + columns, rows)
+    write_atomic(out / "results.json", json.dumps(results, indent=1))  # NaN stays possible: a one-class split
     return md, csv_path
 
 
@@ -234,6 +229,9 @@ def plot_differences(grid: GridConfig, results: dict) -> Path | None:
     ax.set_title("Difference to the baseline (points: tasks; bars: mean)")
     fig.tight_layout()
     path = Path(grid.out) / "differences.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=120)
+    finally:
+        plt.close(fig)
     return path
