@@ -228,6 +228,10 @@ def embed(
             on_batch=lambda n: progress.advance(task, n), on_result=report,
         )
     results = gather_results(results, dist)
+    if dist.rank == 0:  # every rank has finished: fold their catalog parts into the folder's one catalog file
+        from .catalog import refresh_catalog
+
+        refresh_catalog(out)
     counts = {k: sum(r.outcome == k for r in results) for k in ("embedded", "skipped", "failed")}
     say(f"Done: {counts['embedded']} embedded, {counts['skipped']} skipped, {counts['failed']} failed. Stores in {out}/", soft_wrap=True)
     if counts["failed"]:
@@ -288,11 +292,13 @@ def encode(
     import torch
 
     from .stages.encode import encode_stores
-    from .train.pretrain import store_paths
+    from .train.pretrain import stores_catalog
 
     dev = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        paths = encode_stores(store_paths(stores), mixer, out, device=dev, on_slide=lambda s, what: console.print(f"{s}: {what}"))
+        catalog = stores_catalog(stores)
+        paths = encode_stores(catalog.paths(), mixer, out, device=dev, on_slide=lambda s, what: console.print(f"{s}: {what}"),
+                              settings=catalog.shared_settings())
     except MixmagError as exc:
         _fail(str(exc))
     console.print(f"Done: {len(paths)} slide(s) in {out}/")
@@ -546,6 +552,32 @@ def store_validate(stores: Annotated[list[Path], typer.Argument(help="Store file
         raise typer.Exit(1)
 
 
+@store_app.command("index")
+def store_index(
+    folder: Annotated[Path, typer.Argument(help="Stores folder (flat, or with stores in nested sub-folders).")],
+    check: Annotated[bool, typer.Option("--check", help="Only report stale, missing, new and unreadable stores; write nothing; exit 1 if any.")] = False,
+    rebuild: Annotated[bool, typer.Option("--rebuild", help="Ignore the existing catalog and read every store's header.")] = False,
+) -> None:
+    """Build or repair the folder's store catalog (mixmag-catalog.sqlite): also for stores made elsewhere."""
+    from .catalog import CATALOG_NAME, refresh_catalog
+
+    with _progress() as progress:
+        task = progress.add_task("stores read", total=None)
+        catalog, report = refresh_catalog(folder, write=not check, rebuild=rebuild,
+                                          on_store=lambda i, n: progress.update(task, completed=i, total=n))
+    for sentence in report.sentences(folder):
+        console.print(f"[yellow]{sentence}[/]", soft_wrap=True, highlight=False)
+    kinds = {e.settings for e in catalog.entries}
+    what = "checked" if check else "catalogued"
+    console.print(f"{len(catalog)} store(s) {what} in {folder / CATALOG_NAME}; {len(kinds)} distinct pipeline setting(s), "
+                  f"{sum(e.regions for e in catalog.entries):,} regions, {sum(e.contexts for e in catalog.entries):,} contexts",
+                  soft_wrap=True, highlight=False)
+    if check and (report.changed or report.unreadable):
+        raise typer.Exit(1)
+    if report.unreadable:
+        raise typer.Exit(1)
+
+
 class PeerFormat(str, Enum):
     trident = "trident"
     clam = "clam"
@@ -740,6 +772,19 @@ def bench_embed(
     from .bench.embed import run_embed_benchmark
 
     run_embed_benchmark(workdir, side=side, workers=workers, cells_per_batch=batch_cells, console=console)
+
+
+@bench_app.command("scale")
+def bench_scale(
+    workdir: Annotated[Path, typer.Option(help="Where the generated stores are kept (reused; ~10 KB per store).")] = Path(".mixmag-bench"),
+    n: Annotated[Optional[list[int]], typer.Option("--n", help="Store counts (repeat: --n 1000 --n 10000) [1k, 10k, 100k].")] = None,
+    cohort: Annotated[int, typer.Option(help="Slides in the cohort loaded out of N.")] = 1000,
+    shard: Annotated[int, typer.Option(help="Sub-folder levels by slide-id prefix (0: one flat folder).")] = 1,
+) -> None:
+    """Start-up at corpus scale: catalog build, first pretraining batch, a cohort out of N, peak RSS; with and without the catalog."""
+    from .bench.scale import run_scale_benchmark
+
+    run_scale_benchmark(workdir, sizes=n or [1000, 10_000, 100_000], cohort=cohort, shard=shard, console=console)
 
 
 @bench_app.command("pretrain")

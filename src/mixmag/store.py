@@ -119,24 +119,30 @@ def shared_settings(paths: Sequence[str | Path]) -> dict:
     Refuses stores made with another encoder, weights, output, levels, tile or region size: their
     embeddings live in different spaces, and one model over them would be silently wrong. Warns
     where they differ only in tiling, read mode, tissue model or precision; the most common value is kept."""
-    settings = [pipeline_settings(read_attrs(p)) for p in paths]
-    if not settings:
+    return settings_in_common([(pipeline_settings(read_attrs(p)), 1, Path(p)) for p in paths])
+
+
+def settings_in_common(groups: Sequence[tuple[dict, int, Path]]) -> dict:
+    """shared_settings over groups of stores: (pipeline settings, how many stores have them, one of them);
+    a catalog checks a million stores as a handful of distinct settings."""
+    if not groups:
         raise StoreError("no stores given")
     kept = {}
     for key in (*STORE_MUST_MATCH, *STORE_SHOULD_MATCH):
-        groups: dict[str, list[Path]] = {}
-        for path, s in zip(paths, settings):
-            groups.setdefault(json.dumps(s[key], sort_keys=True), []).append(Path(path))
-        common = max(groups, key=lambda v: len(groups[v]))
+        counts: dict[str, list] = {}
+        for s, n, example in groups:
+            entry = counts.setdefault(json.dumps(s[key], sort_keys=True), [0, example])
+            entry[0] += n
+        common = max(counts, key=lambda v: counts[v][0])
         kept[key] = json.loads(common)
-        if len(groups) == 1:
+        if len(counts) == 1:
             continue
-        detail = "; ".join(f"{v} in {len(g)} store(s), e.g. {g[0]}" for v, g in sorted(groups.items(), key=lambda i: -len(i[1])))
+        detail = "; ".join(f"{v} in {n} store(s), e.g. {g}" for v, (n, g) in sorted(counts.items(), key=lambda i: -i[1][0]))
         if key in STORE_MUST_MATCH:
             raise StoreError(f"the stores were made differently ({key}: {detail}); embeddings of different encoders or "
                              "tilings cannot be mixed: re-tile/re-embed the odd ones with the others' settings "
                              "(`mixmag embed --force`), or keep them in separate folders")
-        warnings.warn(MixedStoresWarning(f"the stores differ in {key} ({detail}); recorded for prediction: {common}"), stacklevel=2)
+        warnings.warn(MixedStoresWarning(f"the stores differ in {key} ({detail}); recorded for prediction: {common}"), stacklevel=3)
     return kept
 
 

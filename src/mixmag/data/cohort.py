@@ -10,6 +10,7 @@ import csv
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..catalog import lookup_slides
 from ..errors import CohortError
 
 SPLITS = ("train", "tune", "test")
@@ -101,6 +102,9 @@ def load_cohort(path: str | Path, stores_dir: str | Path | None = None, *, requi
             stores[row["slide"]] = p if p.is_absolute() else path.parent / p
         elif stores_dir is not None:
             stores[row["slide"]] = Path(stores_dir) / f"{row['slide']}.h5"
+    unplaced = [s for s, p in stores.items() if stores_dir is not None and p.parent == Path(stores_dir) and not p.is_file()]
+    if unplaced:  # a sharded stores folder (stores in sub-folders): the catalog knows where
+        stores |= lookup_slides(stores_dir, unplaced)
     if require_stores:
         absent = [(seen_slide[s], s) for s, p in stores.items() if not p.is_file()]
         if len(stores) < len(seen_slide):

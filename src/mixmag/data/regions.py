@@ -9,9 +9,12 @@ the first N batches without reading them and continues on the same trajectory.
 
 from __future__ import annotations
 
+import json
+
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -19,7 +22,10 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from ..errors import ConfigError
 from ..geometry import crop_indices, region_permutation, sequence_length, token_slots
+from ..catalog import Catalog
 from ..store import SlideStore, StoreError, read_store
+
+SlideSampling = Literal["uniform", "regions"]
 
 
 @dataclass(frozen=True)
@@ -91,10 +97,15 @@ class RegionSamplingConfig:
     batch_size: int = 64
     seed: int = 0
     augment: bool = True        # consistent rotation / flip of all levels
+    # "uniform": every slide visited once an epoch; "regions": an epoch's visits drawn with replacement in proportion
+    # to each slide's window count, so every window of the corpus is about equally likely, whatever its slide's size
+    slide_sampling: SlideSampling = "uniform"
 
     def __post_init__(self) -> None:
         if self.context is not None and self.t > self.context:
             raise ConfigError(f"region size t = {self.t} is larger than the context c = {self.context}")
+        if self.slide_sampling not in ("uniform", "regions"):
+            raise ConfigError(f"slide_sampling is {self.slide_sampling!r}; use 'uniform' or 'regions'")
 
 
 @dataclass(frozen=True)
@@ -130,6 +141,34 @@ def index_stores(paths: Sequence[Path], config: RegionSamplingConfig) -> tuple[l
     return entries, dims.pop(), levels.pop()
 
 
+def catalog_stores(catalog: Catalog, config: RegionSamplingConfig) -> tuple[list[StoreEntry], int, int]:
+    """index_stores from a catalog: the same checks, no store opened (a million stores start in seconds)."""
+    size = config.context or config.t
+    kind = "contexts" if config.context else "regions"
+    entries, dims, levels, wrong = [], set(), set(), []
+    parsed: dict[str, dict] = {}  # a corpus has a handful of distinct settings strings
+    for e in catalog.entries:
+        n = getattr(e, kind)
+        if not n:
+            continue
+        want = (parsed.get(e.settings) or parsed.setdefault(e.settings, json.loads(e.settings))).get("context_size" if config.context else "region_size")
+        if want != size:
+            wrong.append((e.path, want))
+            continue
+        dims.add(e.dim)
+        levels.add(e.levels)
+        entries.append(StoreEntry(catalog.path(e), int(n)))
+    if wrong:
+        path, want = wrong[0]
+        raise ConfigError(f"{catalog.folder / path} (and {len(wrong) - 1} more): its {kind} are {want} x {want} cells but the run "
+                          f"asks for {size} x {size}; re-tile with --region-size/--context-size {size} or change the config")
+    if not entries:
+        raise ConfigError(f"no store holds {size} x {size} {kind}" + (" (tile with --context-size c for CMEM)" if config.context else ""))
+    if len(dims) > 1 or len(levels) > 1:
+        raise ConfigError(f"stores disagree: embedding dims {sorted(dims)}, level counts {sorted(levels)}")
+    return entries, dims.pop(), levels.pop()
+
+
 class RegionStream(IterableDataset):
     """Yields batches: x (B, s, D) float16 (and x_prime for CMEM), forever, epoch after epoch.
     Batches live in a ring of reused buffers (see BufferRing): copy one to keep it for long."""
@@ -146,7 +185,12 @@ class RegionStream(IterableDataset):
 
     def chunks(self, epoch: int) -> list[list[int]]:
         """This rank's chunks of slide indices for an epoch (a seeded permutation, dealt round-robin)."""
-        order = np.random.default_rng([self.config.seed, epoch]).permutation(len(self.entries))
+        rng = np.random.default_rng([self.config.seed, epoch])
+        if self.config.slide_sampling == "regions":
+            counts = np.fromiter((e.n_windows for e in self.entries), np.float64, len(self.entries))
+            order = rng.choice(len(self.entries), size=len(self.entries), replace=True, p=counts / counts.sum())
+        else:
+            order = rng.permutation(len(self.entries))
         pool = self.config.pool
         all_chunks = [order[i : i + pool].tolist() for i in range(0, len(order), pool)]
         return all_chunks[self.rank :: self.world_size]
@@ -181,7 +225,9 @@ class RegionStream(IterableDataset):
     def _chunk_batches(self, epoch: int, ci: int, chunk: list[int], first: int) -> Iterator[dict]:
         c = self.config
         rng = np.random.default_rng([c.seed, epoch, self.rank, ci])
-        stores = [read_store(self.entries[i].path, validate=False) for i in chunk]
+        # a slide drawn twice into one chunk (slide_sampling "regions") is read once
+        loaded = {i: read_store(self.entries[i].path, validate=False) for i in dict.fromkeys(chunk)}
+        stores = [loaded[i] for i in chunk]
         kind = "contexts" if c.context else "regions"
         size = c.context or c.t
         samples = []
@@ -189,7 +235,8 @@ class RegionStream(IterableDataset):
             n = store.windows[kind].shape[0]
             samples += [(k, int(w)) for w in rng.integers(0, n, c.per_slide)]
         rng.shuffle(samples)
-        tables = [RegionTable(store) for store in stores]
+        made = {i: RegionTable(store) for i, store in loaded.items()}
+        tables = [made[i] for i in chunk]
         s_len = sequence_length(c.t, self.n_levels)
         views = _view_templates(c.t, self.n_levels, c.context)
         n_batches = self.batches_in_chunk(chunk)

@@ -176,8 +176,8 @@ def _pretrain(out: Path, config: DemoConfig, tables: dict[str, Path], console: C
     """MEM on the cohort's stores less every task's test slides: no test slide is seen before evaluation."""
     import shutil
 
-    from ..store import embedding_space, shared_settings
-    from ..train.pretrain import PretrainConfig, pretraining_stores, run_pretraining
+    from ..store import embedding_space
+    from ..train.pretrain import PretrainConfig, pretraining_catalog, run_pretraining
 
     settings = dict(stores=str(out / "stores"), out=str(out / "pretrain"), workers=0, tensorboard=False,
                     log_every=50, checkpoint_every=100, exclude_test_of=[str(t) for t in tables.values()]) | config.pretrain.model_dump(exclude_unset=True)
@@ -187,7 +187,7 @@ def _pretrain(out: Path, config: DemoConfig, tables: dict[str, Path], console: C
     meta = Path(cfg.out) / "mixer.json"
     if meta.is_file():
         written = json.loads(meta.read_text())
-        space = embedding_space(shared_settings(pretraining_stores(cfg)))
+        space = embedding_space(pretraining_catalog(cfg).shared_settings())
         if written.get("pretraining") != json.loads(json.dumps(cfg.model_dump())) or written.get("stores") != space:
             console.print(f"the pretraining settings or the stores changed since {cfg.out} was written: pretraining again")
             shutil.rmtree(cfg.out)

@@ -18,6 +18,7 @@ from typing import get_args
 import numpy as np
 import torch
 
+from ..catalog import CatalogWriter
 from ..encoders.extract import SlideJob, embed_slides
 from ..encoders.model import TileEncoder
 from ..errors import MixmagError, OptionError
@@ -189,8 +190,9 @@ def run_embed(
             result = EmbedResult(job.slide_id, "failed", job.n_cells, f"{job.slide_id}: " + "; ".join(problems) + " - no store written. Check the slide and the encoder weights (try --precision fp32).")
         else:
             try:
-                write_store(store_path(out_dir, job.slide_id), store)
+                written = write_store(store_path(out_dir, job.slide_id), store)
                 result = EmbedResult(job.slide_id, "embedded", job.n_cells)
+                _catalogue(catalog, written)
             except (OSError, MixmagError) as exc:  # a full disk fails this slide; a smaller store may still fit
                 result = EmbedResult(job.slide_id, "failed", job.n_cells, f"{job.slide_id}: {exc}")
         claims.release(job.slide_id)
@@ -202,11 +204,20 @@ def run_embed(
                            "Re-copy or re-export the slide, then re-run (finished stores are kept)."))
 
     try:
-        embed_slides(todo, encoder, device=device, cells_per_batch=cells_per_batch, workers=workers, mode=mode,
-                     on_batch=on_batch, on_slide=finish, on_failed=failed, on_slide_start=start)
+        with CatalogWriter(out_dir) as catalog:  # this rank's own part of the folder's catalog (mixmag.catalog)
+            embed_slides(todo, encoder, device=device, cells_per_batch=cells_per_batch, workers=workers, mode=mode,
+                         on_batch=on_batch, on_slide=finish, on_failed=failed, on_slide_start=start)
     finally:
         claims.release_all()
     return results
+
+
+def _catalogue(catalog: CatalogWriter, path: Path) -> None:
+    """Record a landed store; a store the catalog could not record is found by the next refresh's folder scan."""
+    try:
+        catalog.record(path)
+    except (OSError, MixmagError):
+        pass
 
 
 class StoreClaims:

@@ -30,9 +30,11 @@ def encoded_mixer_weights(encoded_dir: Path) -> Path:
 
 
 @torch.no_grad()
-def encode_stores(stores: list[Path], weights: Path, out_dir: Path, *, batch: int = 64, device: torch.device | None = None, on_slide=None) -> list[Path]:
+def encode_stores(stores: list[Path], weights: Path, out_dir: Path, *, batch: int = 64, device: torch.device | None = None, on_slide=None,
+                  settings: dict | None = None) -> list[Path]:
+    """`settings`: the stores' shared settings when known (from the catalog), else read from every header."""
     device = device or torch.device("cpu")
-    mixer, digest = load_mixer(weights, shared_settings(stores) if stores else None)
+    mixer, digest = load_mixer(weights, settings or (shared_settings(stores) if stores else None))
     mixer.to(device)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, field_serializer, model_validator
 
 from .. import __version__
+from ..catalog import shared_settings_of
 from ..config import load_config
 from ..data.bags import BagCache, pad_bags
 from ..data.cohort import Cohort, Specimen, load_cohort
@@ -26,7 +27,7 @@ from ..errors import ConfigError
 from ..eval.metrics import auroc, bootstrap_auroc, specimen_scores
 from ..models.mixer import MixerConfig, MixerOverrides, RegionMixer, mixer_config
 from ..models.slide import SlideModel
-from ..store import pipeline_settings, read_attrs, shared_settings
+from ..store import pipeline_settings, read_attrs
 from .optim import layer_decay_groups
 
 PIPELINE_FILENAME = "pipeline.json"  # how the run's stores were made (tiling, encoder), for prediction
@@ -133,7 +134,7 @@ class Trainer:
         torch.manual_seed(config.seed)
         if pipeline is None:
             self.cohort: Cohort | None = load_cohort(config.cohort, config.stores)
-            self.store_settings = shared_settings(list(self.cohort.stores.values()))
+            self.store_settings = shared_settings_of(list(self.cohort.stores.values()), config.stores)
             self.bags = BagCache(config.bags, self.cohort.stores, Path(config.encoded) if config.encoded else None, config.region_level)
             first = next(iter(self.cohort.specimens.values())).slides[0]
             bag_dim = int(self.bags(first).shape[-1])

@@ -22,13 +22,14 @@ from pydantic import BaseModel, ConfigDict, Field, field_serializer, model_valid
 from torch.utils.data import DataLoader
 
 from .. import __version__
+from ..catalog import Catalog, load_catalog
 from ..config import load_config as load_yaml_config
-from ..data.regions import RegionSamplingConfig, RegionStream, index_stores
+from ..data.regions import RegionSamplingConfig, RegionStream, SlideSampling, catalog_stores
 from ..errors import ConfigError
 from ..fileio import FolderLock, append_atomic, atomic_path, write_csv_atomic, write_json_atomic
 from ..models.mem import MEMPretrainer, n_masked
 from ..models.mixer import MixerConfig, MixerOverrides, mixer_config
-from ..store import STORE_SUFFIX, embedding_space, shared_settings
+from ..store import STORE_SUFFIX, embedding_space
 from ..weights_io import UnsafeCheckpointError, load_torch_weights
 from .mixer_file import export_mixer
 from .optim import param_groups, warmup_cosine
@@ -69,6 +70,8 @@ class PretrainSettings(BaseModel):
     workers: int = Field(4, ge=0)
     per_slide: int = Field(16, ge=1, description="windows drawn from a slide per visit")
     pool: int = Field(8, ge=1, description="slides loaded together; shuffling spans them")
+    slide_sampling: SlideSampling = Field("uniform", description="'uniform': each slide once an epoch; 'regions': slides "
+                                          "drawn in proportion to their window count (from the store catalog)")
     augment: bool = True
     log_every: int = Field(10, ge=1)
     checkpoint_every: int = Field(200, ge=1)
@@ -133,25 +136,39 @@ def build_model(config: PretrainConfig, in_dim: int, n_levels: int) -> tuple[MEM
     return model, mc
 
 
-def store_paths(folder: str | Path) -> list[Path]:
-    paths = sorted(Path(folder).glob(f"*{STORE_SUFFIX}"))
-    if not paths:
+def stores_catalog(folder: str | Path) -> Catalog:
+    """The folder's stores (flat or in sub-folders) from its catalog, refreshed against the folder (mixmag.catalog)."""
+    catalog = load_catalog(folder)
+    if not len(catalog):
         raise ConfigError(f"{folder}: no stores (*{STORE_SUFFIX}); run `mixmag embed` first")
-    return paths
+    return catalog
+
+
+def store_paths(folder: str | Path) -> list[Path]:
+    return stores_catalog(folder).paths()
+
+
+def pretraining_catalog(config: PretrainConfig) -> Catalog:
+    """The stores folder's catalog, less the test slides of the cohorts named in exclude_test_of (by slide id, or by
+    the path a cohort's `store` column names)."""
+    from ..data.cohort import load_cohort
+
+    held_ids, held_paths = set(), set()
+    for table in config.exclude_test_of:
+        cohort = load_cohort(table, config.stores, require_stores=False)
+        test = [slide for specimen in cohort.split("test") for slide in specimen.slides]
+        held_ids |= set(test)
+        held_paths |= {cohort.stores[slide].resolve() for slide in test if slide in cohort.stores}
+    catalog = stores_catalog(config.stores)
+    if held_ids:
+        catalog = catalog.subset(lambda e: e.slide_id not in held_ids and catalog.path(e).resolve() not in held_paths)
+    if not len(catalog):
+        raise ConfigError(f"{config.stores}: every store is a test slide of {', '.join(config.exclude_test_of)}; nothing left to pretrain on")
+    return catalog
 
 
 def pretraining_stores(config: PretrainConfig) -> list[Path]:
-    """The stores folder's stores, less the test slides of the cohorts named in exclude_test_of."""
-    from ..data.cohort import load_cohort
-
-    held_out = set()
-    for table in config.exclude_test_of:
-        cohort = load_cohort(table, config.stores, require_stores=False)
-        held_out |= {cohort.stores[slide].resolve() for specimen in cohort.split("test") for slide in specimen.slides}
-    paths = [p for p in store_paths(config.stores) if p.resolve() not in held_out]
-    if not paths:
-        raise ConfigError(f"{config.stores}: every store is a test slide of {', '.join(config.exclude_test_of)}; nothing left to pretrain on")
-    return paths
+    return pretraining_catalog(config).paths()
 
 
 def run_pretraining(config: PretrainConfig, *, device: torch.device, rank: int = 0, world_size: int = 1, on_log=None,
@@ -169,11 +186,12 @@ def _pretrain(config: PretrainConfig, *, device: torch.device, rank: int, world_
         raise ConfigError(f"batch_size {config.batch_size} does not split evenly over {world_size} ranks")
     local_batch = config.batch_size // world_size
     sampling = RegionSamplingConfig(t=config.t, context=config.context, per_slide=config.per_slide, pool=config.pool,
-                                    batch_size=local_batch, seed=config.seed, augment=config.augment)
-    paths = pretraining_stores(config)
-    settings = shared_settings(paths)  # refuses a folder mixing encoders or tilings
+                                    batch_size=local_batch, seed=config.seed, augment=config.augment,
+                                    slide_sampling=config.slide_sampling)
+    catalog = pretraining_catalog(config)
+    settings = catalog.shared_settings()  # refuses a folder mixing encoders or tilings: one check over the catalog
     space = json.dumps(embedding_space(settings), sort_keys=True)  # what a checkpoint's weights are tied to
-    entries, in_dim, n_levels = index_stores(paths, sampling)
+    entries, in_dim, n_levels = catalog_stores(catalog, sampling)
     torch.manual_seed(config.seed)
     model, mixer_cfg = build_model(config, in_dim, n_levels)
     model.to(device)

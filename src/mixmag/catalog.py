@@ -1,0 +1,445 @@
+"""The store catalog: one file per stores folder that says, for every store, where it is, its size and mtime, its
+provenance and its cell / region / context counts, so that a million-store corpus starts without a million header opens.
+
+Why SQLite (the standard library's `sqlite3`): one self-describing file with a schema, typed columns and an index on
+slide ids, readable by any SQLite tool, no extra dependency, and written here only as a whole new file renamed into place.
+
+Many writers at once (torchrun ranks on many nodes, each landing stores): SQLite's own locking is not safe over NFS or
+Lustre (its docs: WAL needs shared memory on one host, and POSIX locks are unreliable over network file systems), so
+writers never share a file. Each writer appends one JSON line per store to a part file of its own
+(`mixmag-catalog.parts/<host>-<pid>-<random>.jsonl`); readers read the catalog plus every part (a torn last line is
+ignored); a refresh folds finished parts into a new catalog, renamed atomically, and deletes only the parts it folded.
+A row lost to a race (two refreshes at once) is found again by the next folder scan: the catalog is a cache of the
+stores, never the truth, and every entry is checked against the file's size and mtime before it is trusted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sqlite3
+import uuid
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path, PurePosixPath
+
+import h5py
+
+from .errors import MixmagError, MixmagWarning
+from .fileio import atomic_path
+from .store import (STORE_MUST_MATCH, STORE_SHOULD_MATCH, STORE_SUFFIX, StoreError, _decode_attr, pipeline_settings, read_attrs,
+                    settings_in_common, shared_settings)
+
+CATALOG_NAME = "mixmag-catalog.sqlite"
+PARTS_NAME = "mixmag-catalog.parts"
+CATALOG_FORMAT = "mixmag-store-catalog"
+CATALOG_VERSION = 1
+_MAX_LEVELS = 8
+_COLUMNS = ("path", "slide_id", "size", "mtime_ns", "settings", "cells", "regions", "contexts", "dim", "levels")
+
+
+class CatalogError(MixmagError):
+    """A catalog that cannot be used and must not be overwritten (made by a newer mixmag)."""
+
+
+class CatalogWarning(MixmagWarning):
+    """The catalog disagreed with the folder (stale, missing or new stores; damaged file) and was repaired."""
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogEntry:
+    """One store as the catalog knows it; `path` is relative to the stores folder (POSIX), so folders can move."""
+
+    path: str
+    slide_id: str
+    size: int
+    mtime_ns: int
+    settings: str  # JSON of store.pipeline_settings, sorted keys: identical strings for identical settings
+    cells: int
+    regions: int
+    contexts: int
+    dim: int
+    levels: int
+
+
+@dataclass
+class CatalogReport:
+    """What a refresh found: stores new to the catalog, changed since (size or mtime), gone, unreadable."""
+
+    new: list[str] = field(default_factory=list)
+    stale: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    unreadable: dict[str, str] = field(default_factory=dict)
+    damaged: str | None = None
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.new or self.stale or self.missing or self.damaged)
+
+    def sentences(self, folder: Path) -> list[str]:
+        out = []
+        if self.damaged:
+            out.append(f"{folder / CATALOG_NAME}: {self.damaged}; rebuilt from the stores")
+        for what, items in (("changed since they were catalogued (size or mtime)", self.stale),
+                            ("catalogued but gone", self.missing), ("not yet catalogued", self.new)):
+            if items:
+                out.append(f"{folder}: {len(items)} store(s) {what}: {_few(items)}")
+        for path, why in list(self.unreadable.items())[:5]:
+            out.append(f"{folder / path}: left out, {why}")
+        return out
+
+
+def _few(items: Sequence[str], n: int = 5) -> str:
+    return ", ".join(items[:n]) + (f" and {len(items) - n} more" if len(items) > n else "")
+
+
+class Catalog:
+    """The stores of one folder (flat or sharded into sub-folders), in path order, without opening them."""
+
+    def __init__(self, folder: str | Path, entries: Iterable[CatalogEntry]) -> None:
+        self.folder = Path(folder)
+        self.entries = sorted(entries, key=lambda e: e.path)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def path(self, entry: CatalogEntry) -> Path:
+        return self.folder / entry.path
+
+    def paths(self) -> list[Path]:
+        return [self.folder / e.path for e in self.entries]
+
+    def by_slide(self) -> dict[str, CatalogEntry]:
+        """Slide id -> entry; two stores of one slide id (e.g. in two shards) are refused, naming both."""
+        found: dict[str, CatalogEntry] = {}
+        for e in self.entries:
+            if e.slide_id in found:
+                raise StoreError(f"{self.folder}: slide {e.slide_id!r} has two stores ({found[e.slide_id].path} and {e.path}); "
+                                 "delete one of them")
+            found[e.slide_id] = e
+        return found
+
+    def subset(self, keep: Callable[[CatalogEntry], bool]) -> Catalog:
+        return Catalog(self.folder, [e for e in self.entries if keep(e)])
+
+    def shared_settings(self) -> dict:
+        """store.shared_settings over the catalog: one check over the distinct settings, not one header per store."""
+        groups: dict[str, list[CatalogEntry]] = {}
+        for e in self.entries:
+            groups.setdefault(e.settings, []).append(e)
+        if not groups:
+            raise StoreError(f"{self.folder}: no stores (*{STORE_SUFFIX}); run `mixmag embed` first")
+        return settings_in_common([(json.loads(s), len(g), self.folder / g[0].path) for s, g in groups.items()])
+
+
+def catalog_file(folder: str | Path) -> Path:
+    return Path(folder) / CATALOG_NAME
+
+
+def scan_stores(folder: str | Path) -> dict[str, tuple[int, int]]:
+    """Every store under the folder, at any depth: relative POSIX path -> (size, mtime_ns). Hidden names (temporary
+    files, `.partial` stores) are skipped; symbolic links to files count, links to folders are not followed."""
+    folder = Path(folder)
+    found: dict[str, tuple[int, int]] = {}
+    stack = [(folder, "")]
+    while stack:
+        here, prefix = stack.pop()
+        with os.scandir(here) as it:
+            for item in it:
+                if item.name.startswith("."):
+                    continue
+                if item.is_dir(follow_symlinks=False):
+                    if item.name != PARTS_NAME:
+                        stack.append((Path(item.path), f"{prefix}{item.name}/"))
+                elif item.name.endswith(STORE_SUFFIX) and item.is_file():
+                    st = item.stat()
+                    found[prefix + item.name] = (st.st_size, st.st_mtime_ns)
+    return found
+
+
+def describe_store(folder: str | Path, rel: str) -> CatalogEntry:
+    """A catalog entry from a store's header and dataset shapes (no embeddings are read)."""
+    path = Path(folder) / rel
+    try:
+        st = path.stat()
+        with h5py.File(path, "r") as f:
+            attrs = {k: _decode_attr(v) for k, v in f.attrs.items()}
+            names = list(attrs.get("level_names") or f["emb"])
+            first = f[f"emb/{names[0]}"]
+            windows = f.get("windows", {})
+            entry = CatalogEntry(
+                path=rel, slide_id=str(attrs.get("slide_id", Path(rel).stem)), size=st.st_size, mtime_ns=st.st_mtime_ns,
+                settings=json.dumps(pipeline_settings(attrs), sort_keys=True), cells=int(f["cells/rc"].shape[0]),
+                regions=int(windows["regions"].shape[0]) if "regions" in windows else 0,
+                contexts=int(windows["contexts"].shape[0]) if "contexts" in windows else 0,
+                dim=int(first.shape[-1]), levels=len(names),
+            )
+    except (OSError, KeyError, IndexError, ValueError, TypeError) as exc:
+        raise StoreError(f"not a readable mixmag store ({type(exc).__name__}: {exc})") from exc
+    problem = _entry_problem(entry)
+    if problem:
+        raise StoreError(problem)
+    return entry
+
+
+def _entry_problem(e: CatalogEntry) -> str | None:
+    """What is wrong with an entry read from an untrusted catalog row, part line or store header (None if nothing)."""
+    for name in ("size", "mtime_ns", "cells", "regions", "contexts", "dim", "levels"):
+        value = getattr(e, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            return f"{name} is {value!r}, expected a whole number >= 0"
+    if not 1 <= e.levels <= _MAX_LEVELS or e.dim < 1:
+        return f"{e.levels} levels of {e.dim}-d embeddings"
+    rel = PurePosixPath(e.path) if isinstance(e.path, str) else None
+    if rel is None or rel.is_absolute() or ".." in rel.parts or not e.path.endswith(STORE_SUFFIX) or "\\" in e.path:
+        return f"path {e.path!r} is not a store path inside the folder"
+    if not isinstance(e.slide_id, str) or not e.slide_id:
+        return f"slide id {e.slide_id!r}"
+    try:
+        settings = json.loads(e.settings)
+    except (TypeError, ValueError):
+        return "provenance is not JSON"
+    if not isinstance(settings, dict) or set(settings) != {*STORE_MUST_MATCH, *STORE_SHOULD_MATCH}:
+        return "provenance does not hold the pipeline settings"
+    return None
+
+
+def _entry(values: Sequence) -> CatalogEntry:
+    if len(values) != len(_COLUMNS):
+        raise ValueError(f"{len(values)} fields, expected {len(_COLUMNS)}")
+    entry = CatalogEntry(*values)
+    problem = _entry_problem(entry)
+    if problem:
+        raise ValueError(f"entry {entry.path!r}: {problem}")
+    return entry
+
+
+def read_catalog_file(path: Path) -> list[CatalogEntry]:
+    """The entries of a catalog file. Raises ValueError (damaged or foreign: rebuild) or CatalogError (newer: refuse)."""
+    try:
+        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    except sqlite3.Error as exc:
+        raise ValueError(f"cannot be opened as SQLite ({exc})") from exc
+    try:
+        meta = dict(con.execute("SELECT key, value FROM meta").fetchall())
+        if meta.get("format") != CATALOG_FORMAT:
+            raise ValueError(f"not a mixmag catalog (format {meta.get('format')!r})")
+        version = int(meta.get("version", "0"))
+        if version > CATALOG_VERSION:
+            raise CatalogError(f"{path}: made by a newer mixmag (catalog version {version}, this one reads {CATALOG_VERSION}); "
+                               "upgrade mixmag, or delete the file and run `mixmag store index` to rebuild it")
+        rows = con.execute(f"SELECT {', '.join(_COLUMNS)} FROM stores").fetchall()
+        if int(meta.get("count", "-1")) != len(rows):
+            raise ValueError(f"holds {len(rows)} rows but records {meta.get('count')}")
+        return [_entry(r) for r in rows]
+    except sqlite3.Error as exc:
+        raise ValueError(f"damaged or not a mixmag catalog ({exc})") from exc
+    finally:
+        con.close()
+
+
+def write_catalog_file(path: Path, entries: Iterable[CatalogEntry]) -> None:
+    """A whole new catalog, built under a temporary name and renamed into place (fileio.atomic_path)."""
+    entries = list(entries)
+    with atomic_path(path, suffix=".sqlite") as tmp:
+        con = sqlite3.connect(tmp)
+        try:
+            con.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+            con.execute("CREATE TABLE stores (path TEXT PRIMARY KEY, slide_id TEXT NOT NULL, size INTEGER NOT NULL, "
+                        "mtime_ns INTEGER NOT NULL, settings TEXT NOT NULL, cells INTEGER NOT NULL, regions INTEGER NOT NULL, "
+                        "contexts INTEGER NOT NULL, dim INTEGER NOT NULL, levels INTEGER NOT NULL)")
+            con.execute("CREATE INDEX stores_slide ON stores (slide_id)")
+            con.executemany("INSERT INTO meta VALUES (?, ?)", [("format", CATALOG_FORMAT), ("version", str(CATALOG_VERSION)),
+                                                                ("count", str(len(entries)))])
+            con.executemany(f"INSERT INTO stores VALUES ({', '.join('?' * len(_COLUMNS))})",
+                            [tuple(asdict(e).values()) for e in entries])
+            con.commit()
+        finally:
+            con.close()
+
+
+def read_parts(folder: Path) -> tuple[dict[str, CatalogEntry], list[Path]]:
+    """Entries recorded by writers since the last refresh (later lines win), and the finished part files read."""
+    parts_dir = folder / PARTS_NAME
+    entries: dict[str, CatalogEntry] = {}
+    finished = []
+    if not parts_dir.is_dir():
+        return entries, finished
+    for part in sorted(parts_dir.iterdir()):
+        if part.name.startswith(".") or not part.name.endswith((".jsonl", ".jsonl.open")):
+            continue
+        try:
+            lines = part.read_text().splitlines()
+        except (OSError, UnicodeDecodeError):
+            continue
+        for line in lines:
+            try:
+                values = json.loads(line)
+                entry = _entry([values.get(c) for c in _COLUMNS])
+            except (ValueError, AttributeError, TypeError):
+                continue  # a torn last line of a writer that died, or a damaged line: the folder scan finds the store
+            entries[entry.path] = entry
+        if part.name.endswith(".jsonl"):
+            finished.append(part)
+    return entries, finished
+
+
+class CatalogWriter:
+    """Records stores as they land, for one writer (one rank): appends to a part file no other process touches."""
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+        self._part: Path | None = None
+
+    def record(self, store_file: str | Path) -> None:
+        """Describe a store just written under the folder and append its entry (one line, flushed and fsynced)."""
+        rel = Path(store_file).resolve().relative_to(self.folder.resolve()).as_posix()
+        entry = describe_store(self.folder, rel)
+        if self._part is None:
+            parts = self.folder / PARTS_NAME
+            parts.mkdir(parents=True, exist_ok=True)
+            self._part = parts / f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}.jsonl.open"
+        with open(self._part, "a") as fh:
+            fh.write(json.dumps(asdict(entry)) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def close(self) -> None:
+        """Mark the part finished, so that a refresh may fold it into the catalog and delete it."""
+        if self._part is not None and self._part.is_file():
+            os.replace(self._part, self._part.with_name(self._part.name.removesuffix(".open")))
+        self._part = None
+
+    def __enter__(self) -> CatalogWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def refresh_catalog(folder: str | Path, *, write: bool = True, rebuild: bool = False,
+                    on_store: Callable[[int, int], None] | None = None) -> tuple[Catalog, CatalogReport]:
+    """The folder's catalog, checked against the folder: new and changed stores are (re-)read, gone ones dropped,
+    and the result written back (when anything changed and `write`). `rebuild` ignores the old catalog."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise StoreError(f"{folder}: stores folder not found; run `mixmag embed --out {folder}` first")
+    report = CatalogReport()
+    known: dict[str, CatalogEntry] = {}
+    path = catalog_file(folder)
+    if path.exists() and not rebuild:
+        try:
+            known = {e.path: e for e in read_catalog_file(path)}
+        except ValueError as exc:
+            report.damaged = str(exc)
+    parts, finished = read_parts(folder)
+    known |= parts
+    on_disk = scan_stores(folder)
+    entries = []
+    todo = []
+    for rel, (size, mtime) in on_disk.items():
+        e = known.get(rel)
+        if e is not None and e.size == size and e.mtime_ns == mtime:
+            entries.append(e)
+        else:
+            todo.append(rel)
+            (report.stale if e is not None else report.new).append(rel)
+    report.missing = sorted(set(known) - set(on_disk))
+    for i, rel in enumerate(sorted(todo)):
+        try:
+            entries.append(describe_store(folder, rel))
+        except StoreError as exc:
+            report.unreadable[rel] = str(exc)
+        if on_store:
+            on_store(i + 1, len(todo))
+    if rebuild or report.damaged is not None or not path.exists():
+        report.new = []  # a first build or a rebuild reads every store: nothing to name
+    report.new.sort()
+    report.stale.sort()
+    if write and (report.changed or finished or rebuild or not path.exists()):
+        try:
+            write_catalog_file(path, sorted(entries, key=lambda e: e.path))
+            for part in finished:
+                part.unlink(missing_ok=True)
+        except OSError:
+            pass  # a read-only folder: the catalog in memory is still right
+    return Catalog(folder, entries), report
+
+
+def load_catalog(folder: str | Path, *, write: bool = True) -> Catalog:
+    """The folder's catalog for a run: refreshed, each repair named in one CatalogWarning (never an error)."""
+    catalog, report = refresh_catalog(folder, write=write)
+    for sentence in report.sentences(Path(folder)):
+        warnings.warn(CatalogWarning(sentence), stacklevel=2)
+    return catalog
+
+
+def _query(folder: Path, column: str, values: Sequence[str]) -> dict[str, CatalogEntry]:
+    """Catalog entries (file and parts) whose `column` (slide_id or path) is one of `values`, each checked by a stat
+    against its recorded size and mtime (stale or gone ones left out): an indexed query, no full read."""
+    wanted = set(values)
+    rows: dict[str, CatalogEntry] = {}
+    path = catalog_file(folder)
+    if path.is_file():
+        try:
+            con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+            try:
+                ids = list(wanted)
+                for start in range(0, len(ids), 500):
+                    chunk = ids[start : start + 500]
+                    query = f"SELECT {', '.join(_COLUMNS)} FROM stores WHERE {column} IN ({', '.join('?' * len(chunk))})"
+                    rows |= {e.path: e for e in map(_entry, con.execute(query, chunk))}
+            finally:
+                con.close()
+        except (sqlite3.Error, ValueError):
+            rows = {}  # damaged: the caller's fallback refreshes (and so rebuilds) the catalog
+    parts, _ = read_parts(folder)
+    rows |= {p: e for p, e in parts.items() if getattr(e, column) in wanted}
+    fresh = {}
+    for e in rows.values():
+        try:
+            st = (folder / e.path).stat()
+        except OSError:
+            continue
+        if st.st_size == e.size and st.st_mtime_ns == e.mtime_ns:
+            fresh[e.path] = e
+    return fresh
+
+
+def lookup_slides(folder: str | Path, slide_ids: Sequence[str]) -> dict[str, Path]:
+    """Stores of the given slides from the catalog: a cohort of a thousand slides out of a million stores reads no
+    header and scans no folder. Only when some slide is not found so is the catalog refreshed against the folder;
+    slides still not found are left out (the caller names them)."""
+    folder = Path(folder)
+    wanted = set(slide_ids)
+    found = {e.slide_id: folder / e.path for e in _query(folder, "slide_id", list(wanted)).values()}
+    if len(found) < len(wanted) and folder.is_dir():
+        catalog = load_catalog(folder)
+        found |= {e.slide_id: catalog.path(e) for e in catalog.entries if e.slide_id in wanted and e.slide_id not in found}
+    return found
+
+
+def shared_settings_of(paths: Sequence[Path], folder: str | Path | None) -> dict:
+    """store.shared_settings for stores of one folder, from its catalog (headers only for stores it lacks or holds
+    stale), without scanning the folder."""
+    if folder is None or not Path(folder).is_dir():
+        return shared_settings(paths)
+    folder = Path(folder)
+    root = folder.resolve()
+    rel = {}
+    for p in paths:
+        try:
+            rel[Path(p)] = Path(p).resolve().relative_to(root).as_posix()
+        except ValueError:
+            rel[Path(p)] = None
+    rows = _query(folder, "path", [r for r in rel.values() if r])
+    groups: dict[str, list[Path]] = {}
+    for p, r in rel.items():
+        e = rows.get(r) if r else None
+        key = e.settings if e is not None else json.dumps(pipeline_settings(read_attrs(p)), sort_keys=True)
+        groups.setdefault(key, []).append(p)
+    if not groups:
+        raise StoreError("no stores given")
+    return settings_in_common([(json.loads(s), len(g), g[0]) for s, g in groups.items()])
