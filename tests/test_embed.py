@@ -9,6 +9,7 @@ from torch import nn
 from typer.testing import CliRunner
 
 from conftest import make_tissue_slide
+from mixmag.catalog import CATALOG_NAME, PARTS_NAME, refresh_catalog
 from mixmag.cli import app
 from mixmag.encoders.model import build_encoder
 from mixmag.encoders.registry import EncoderPreset, InputTransform, register_preset
@@ -62,6 +63,8 @@ def test_rerun_skips_current_stores_and_redoes_changed_ones(tmp_path, plans_dir)
     enc = build_encoder("stats")
     first = run_embed(find_plans(plans_dir), tmp_path, enc, device=CPU, workers=0)
     assert {r.outcome for r in first} == {"embedded"}
+    catalog, report = refresh_catalog(tmp_path, write=False)  # each landed store was recorded in the rank's catalog part
+    assert len(catalog) == 3 and report.new == [] and not report.changed
     again = run_embed(find_plans(plans_dir), tmp_path, enc, device=CPU, workers=0)
     assert {r.outcome for r in again} == {"skipped"}
     other = run_embed(find_plans(plans_dir), tmp_path, build_encoder("tiny-vit"), device=CPU, workers=0)
@@ -133,6 +136,8 @@ def test_two_ranks_under_torchrun_match_one_process(tmp_path, plans_dir):
     assert "x 2 ranks" in two.stdout and "Done: 3 embedded" in two.stdout  # rank 0 counts every rank's slides
     names = sorted(p.name for p in (tmp_path / "one").glob("*.h5"))
     assert names == sorted(p.name for p in (tmp_path / "two").glob("*.h5")) and len(names) == 3
+    catalog, report = refresh_catalog(tmp_path / "two", write=False)  # both ranks' parts were folded by rank 0
+    assert len(catalog) == 3 and not report.changed and not list((tmp_path / "two" / PARTS_NAME).iterdir())
     for name in names:
         a, b = read_store(tmp_path / "one" / name), read_store(tmp_path / "two" / name)
         for level in a.embeddings:
@@ -151,6 +156,7 @@ def test_cli_errors_and_store_tools(tmp_path, plans_dir):
     assert result.exit_code == 0, result.output
     stores = sorted((tmp_path / "s").glob("*.h5"))
     assert runner.invoke(app, ["store", "validate", *map(str, stores)]).exit_code == 0
+    assert (tmp_path / "s" / CATALOG_NAME).is_file() and not list((tmp_path / "s" / PARTS_NAME).iterdir())  # parts folded
     result = runner.invoke(app, ["embed", "--plans", str(plans_dir), "--cohort", str(_one_slide_table(tmp_path, stores[0].stem)),
                                  "--out", str(tmp_path / "t"), "--encoder", "tiny-vit", "--workers", "0"])
     assert result.exit_code == 0, result.output

@@ -421,6 +421,15 @@ def lookup_slides(folder: str | Path, slide_ids: Sequence[str]) -> dict[str, Pat
     return found
 
 
+def place_stores(folder: str | Path, slide_ids: Sequence[str]) -> dict[str, Path]:
+    """Each slide's store: <folder>/<slide>.h5 when there (a flat folder: no catalog needed), else where the catalog
+    says (a sharded folder), else the flat path, for the caller to report as missing."""
+    folder = Path(folder)
+    flat = {s: folder / f"{s}{STORE_SUFFIX}" for s in slide_ids}
+    elsewhere = [s for s, p in flat.items() if not p.is_file()]
+    return flat | (lookup_slides(folder, elsewhere) if elsewhere and folder.is_dir() else {})
+
+
 def shared_settings_of(paths: Sequence[Path], folder: str | Path | None) -> dict:
     """store.shared_settings for stores of one folder, from its catalog (headers only for stores it lacks or holds
     stale), without scanning the folder."""

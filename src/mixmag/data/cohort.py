@@ -10,7 +10,7 @@ import csv
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..catalog import lookup_slides
+from ..catalog import place_stores
 from ..errors import CohortError
 
 SPLITS = ("train", "tune", "test")
@@ -95,16 +95,16 @@ def load_cohort(path: str | Path, stores_dir: str | Path | None = None, *, requi
             raise CohortError(f"{path}: the {name} split is empty; every split needs specimens of both classes.")
         if len({s.label for s in group}) < 2:
             raise CohortError(f"{path}: the {name} split has only label {group[0].label}; it needs both classes (AUROC is undefined otherwise).")
-    stores = {}
+    stores, explicit = {}, set()
     for row in rows:
         if row.get("store"):
+            explicit.add(row["slide"])
             p = Path(row["store"])
             stores[row["slide"]] = p if p.is_absolute() else path.parent / p
         elif stores_dir is not None:
             stores[row["slide"]] = Path(stores_dir) / f"{row['slide']}.h5"
-    unplaced = [s for s, p in stores.items() if stores_dir is not None and p.parent == Path(stores_dir) and not p.is_file()]
-    if unplaced:  # a sharded stores folder (stores in sub-folders): the catalog knows where
-        stores |= lookup_slides(stores_dir, unplaced)
+    if stores_dir is not None:  # a sharded stores folder (stores in sub-folders): the catalog knows where
+        stores |= place_stores(stores_dir, [s for s in stores if s not in explicit])
     if require_stores:
         absent = [(seen_slide[s], s) for s, p in stores.items() if not p.is_file()]
         if len(stores) < len(seen_slide):

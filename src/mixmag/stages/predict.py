@@ -45,6 +45,7 @@ class PredictInputs:
 def read_inputs(slides: list[str] | None, cohort: Path | None, stores_dir: Path | None) -> PredictInputs:
     """Slide files or ids from the command line, or a cohort table ('path' for files, 'slide' with
     --stores; optional 'specimen' and 'mpp'); malformed tables are errors naming the file."""
+    from ..catalog import load_catalog, place_stores
     from ..errors import CohortError
     from ..slides.sources import sources_from_paths, sources_from_table
 
@@ -59,10 +60,10 @@ def read_inputs(slides: list[str] | None, cohort: Path | None, stores_dir: Path 
             what = "slide ids of the stores in --stores" if stores_dir is not None else "the slide files"
             raise CohortError(f"{cohort}: needs a '{needed}' column filled on every row ({what})")
     if stores_dir is not None:
-        ids = [r["slide"] for r in rows] or slides or sorted(p.stem for p in Path(stores_dir).glob("*.h5"))
+        ids = [r["slide"] for r in rows] or slides or sorted(e.slide_id for e in load_catalog(stores_dir).entries)
         if not ids:
             raise CohortError(f"{stores_dir}: no stores to predict")
-        return PredictInputs(stores={s: Path(stores_dir) / f"{s}.h5" for s in ids},
+        return PredictInputs(stores=place_stores(stores_dir, ids),  # flat or sharded folders (mixmag.catalog)
                              specimen_of={r["slide"]: r.get("specimen") or r["slide"] for r in rows})
     if rows:
         sources = sources_from_table(cohort)  # one per row, in order
