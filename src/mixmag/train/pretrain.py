@@ -138,8 +138,8 @@ def build_model(config: PretrainConfig, in_dim: int, n_levels: int) -> tuple[MEM
 
 def stores_catalog(folder: str | Path) -> Catalog:
     """The folder's stores (flat or in sub-folders) from its catalog, refreshed against the folder (mixmag.catalog)."""
-    catalog = load_catalog(folder)
-    if not len(catalog):
+    catalog = load_catalog(folder) if Path(folder).is_dir() else None
+    if not catalog:
         raise ConfigError(f"{folder}: no stores (*{STORE_SUFFIX}); run `mixmag embed` first")
     return catalog
 
