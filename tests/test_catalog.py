@@ -13,11 +13,24 @@ import pytest
 from typer.testing import CliRunner
 
 import mixmag.catalog as catalog_module
-from mixmag.catalog import (CATALOG_NAME, PARTS_NAME, CatalogError, CatalogWarning, CatalogWriter, load_catalog, lookup_slides,
-                            refresh_catalog)
+from mixmag.catalog import (
+    CATALOG_NAME,
+    PARTS_NAME,
+    CatalogError,
+    CatalogWarning,
+    CatalogWriter,
+    load_catalog,
+    lookup_slides,
+    refresh_catalog,
+)
 from mixmag.cli import app
 from mixmag.data.cohort import load_cohort
-from mixmag.data.regions import RegionSamplingConfig, RegionStream, catalog_stores, index_stores
+from mixmag.data.regions import (
+    RegionSamplingConfig,
+    RegionStream,
+    catalog_stores,
+    index_stores,
+)
 from mixmag.store import StoreError, read_store, shared_settings, write_store
 from mixmag.synth.stores import synthetic_store
 
@@ -189,8 +202,9 @@ def test_a_folder_mixing_encoders_is_refused_from_the_catalog(tmp_path):
 
 
 def test_bench_scale_corpus_is_sharded_and_read_the_same_with_and_without_the_catalog(tmp_path):
-    from mixmag.bench.scale import _cohort, _first_batch, make_corpus, write_cohort
     from rich.console import Console
+
+    from mixmag.bench.scale import _cohort, _first_batch, make_corpus, write_cohort
 
     folder = tmp_path / "scale-40"
     make_corpus(folder, 40, 1, Console(quiet=True))

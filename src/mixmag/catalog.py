@@ -29,8 +29,17 @@ import h5py
 
 from .errors import MixmagError, MixmagWarning
 from .fileio import atomic_path
-from .store import (STORE_MUST_MATCH, STORE_SHOULD_MATCH, STORE_SUFFIX, StoreError, _decode_attr, pipeline_settings, read_attrs,
-                    settings_in_common, shared_settings)
+from .store import (
+    STORE_MUST_MATCH,
+    STORE_SHOULD_MATCH,
+    STORE_SUFFIX,
+    StoreError,
+    _decode_attr,
+    pipeline_settings,
+    read_attrs,
+    settings_in_common,
+    shared_settings,
+)
 
 CATALOG_NAME = "mixmag-catalog.sqlite"
 PARTS_NAME = "mixmag-catalog.parts"

@@ -21,7 +21,12 @@ from rich.table import Table
 
 from ..catalog import CATALOG_NAME, load_catalog, refresh_catalog, shared_settings_of
 from ..data.cohort import load_cohort
-from ..data.regions import RegionSamplingConfig, RegionStream, catalog_stores, index_stores
+from ..data.regions import (
+    RegionSamplingConfig,
+    RegionStream,
+    catalog_stores,
+    index_stores,
+)
 from ..fileio import write_atomic, write_json_atomic
 from ..store import STORE_SUFFIX, shared_settings, write_store
 from ..synth.stores import synthetic_store
