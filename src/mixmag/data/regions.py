@@ -110,7 +110,7 @@ class RegionSamplingConfig:
 
 @dataclass(frozen=True)
 class StoreEntry:
-    path: Path
+    path: Path | str  # a str from the catalog (cheaper by far for a million entries)
     n_windows: int
 
 
@@ -157,7 +157,7 @@ def catalog_stores(catalog: Catalog, config: RegionSamplingConfig) -> tuple[list
             continue
         dims.add(e.dim)
         levels.add(e.levels)
-        entries.append(StoreEntry(catalog.path(e), int(n)))
+        entries.append(StoreEntry(catalog.path_text(e), int(n)))
     if wrong:
         path, want = wrong[0]
         raise ConfigError(f"{catalog.folder / path} (and {len(wrong) - 1} more): its {kind} are {want} x {want} cells but the run "
