@@ -6,6 +6,7 @@ import errno
 import multiprocessing as mp
 import os
 import shutil
+import sqlite3
 
 import h5py
 import pytest
@@ -111,6 +112,7 @@ def test_disk_full_is_recognised_behind_a_library_error():
     except RuntimeError as exc:
         assert is_disk_full(exc)
     assert not is_disk_full(RuntimeError("unexpected pos 576 vs 534"))
+    assert is_disk_full(sqlite3.OperationalError("database or disk is full"))  # SQLITE_FULL (the store catalog)
 
 
 def test_one_output_in_a_shared_folder_is_locked_alone(tmp_path):

@@ -22,6 +22,7 @@ import torch
 from typer.testing import CliRunner
 
 from conftest import make_tissue_slide
+from mixmag.catalog import refresh_catalog
 from mixmag.cli import app
 from mixmag.encoders.model import build_encoder
 from mixmag.slides.sources import SlideSource
@@ -193,6 +194,15 @@ def test_a_store_on_a_full_disk_never_crashes_the_process(disk):
     assert done.returncode == 0, done.stderr[-2000:]  # HDF5 meeting the full disk itself: segfault (-11) at exit
     assert re.search(r"no space left on device writing \S+s\.h5", done.stdout) and "Traceback" not in done.stderr
     assert not _partials(disk.root)
+
+
+def test_a_full_disk_leaves_the_store_catalog_in_memory(disk):
+    folder = disk.root / "stores"
+    for i in range(2):
+        write_store(folder / f"s{i}.h5", synthetic_store(f"s{i}", seed=i))
+    disk.leave(0)  # SQLite says "database or disk is full" where the OS says ENOSPC
+    catalog, _ = refresh_catalog(folder)
+    assert len(catalog) == 2 and not _partials(disk.root)
 
 
 @pytest.fixture(scope="module")

@@ -28,7 +28,7 @@ from pathlib import Path
 import h5py
 
 from .errors import MixmagError, MixmagWarning
-from .fileio import atomic_path
+from .fileio import DiskFullError, atomic_path
 from .store import (
     STORE_MUST_MATCH,
     STORE_SHOULD_MATCH,
@@ -399,8 +399,8 @@ def refresh_catalog(folder: str | Path, *, write: bool = True, rebuild: bool = F
             write_catalog_file(path, sorted(entries, key=lambda e: e.path))
             for part in finished:
                 part.unlink(missing_ok=True)
-        except OSError:
-            pass  # a read-only folder: the catalog in memory is still right
+        except (OSError, DiskFullError):
+            pass  # a read-only folder or a full disk: the catalog in memory is still right
     return Catalog(folder, entries), report
 
 

@@ -60,8 +60,8 @@ def is_disk_full(exc: BaseException | None) -> bool:
         if isinstance(exc, DiskFullError) or (isinstance(exc, OSError) and exc.errno in _NO_SPACE):
             return True
         text = str(exc).lower()
-        if "no space left on device" in text or "disk quota exceeded" in text:
-            return True
+        if "no space left on device" in text or "disk quota exceeded" in text or "database or disk is full" in text:
+            return True  # the last one is SQLite's SQLITE_FULL
         exc = exc.__cause__ or exc.__context__
     return False
 
