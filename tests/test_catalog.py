@@ -206,13 +206,16 @@ def test_a_folder_mixing_encoders_is_refused_from_the_catalog(tmp_path):
 def test_bench_scale_corpus_is_sharded_and_read_the_same_with_and_without_the_catalog(tmp_path):
     from rich.console import Console
 
-    from mixmag.bench.scale import _cohort, _first_batch, make_corpus, write_cohort
+    from mixmag.bench.scale import _cohort, _first_batch, catalog_from_template, make_corpus, write_cohort
 
     folder = tmp_path / "scale-40"
     make_corpus(folder, 40, 1, Console(quiet=True))
     catalog, _ = refresh_catalog(folder)
     assert len(catalog) == 40 and all(e.path.count("/") == 1 for e in catalog.entries)
     assert len(catalog.by_slide()) == 40  # the slide ids were written into each copy
+    catalog_from_template(folder)  # the shortcut for very large N gives the catalog a build gives
+    again, report = refresh_catalog(folder, write=False)
+    assert again.entries == catalog.entries and not report.changed
     table = write_cohort(folder, 40, 12, 1)
     assert _cohort(str(folder), True, str(table))["slides"] == _cohort(str(folder), False, str(table))["slides"] == 12
     assert _first_batch(str(folder), True)["seconds"] > 0 and _first_batch(str(folder), False)["seconds"] > 0

@@ -780,11 +780,13 @@ def bench_scale(
     n: Annotated[Optional[list[int]], typer.Option("--n", help="Store counts (repeat: --n 1000 --n 10000) [1k, 10k, 100k].")] = None,
     cohort: Annotated[int, typer.Option(help="Slides in the cohort loaded out of N.")] = 1000,
     shard: Annotated[int, typer.Option(help="Sub-folder levels by slide-id prefix (0: one flat folder).")] = 1,
+    headers_up_to: Annotated[Optional[int], typer.Option(help="Above this N, skip what opens every store (catalog build, runs without it).")] = None,
 ) -> None:
     """Start-up at corpus scale: catalog build, first pretraining batch, a cohort out of N, peak RSS; with and without the catalog."""
     from .bench.scale import run_scale_benchmark
 
-    run_scale_benchmark(workdir, sizes=n or [1000, 10_000, 100_000], cohort=cohort, shard=shard, console=console)
+    run_scale_benchmark(workdir, sizes=n or [1000, 10_000, 100_000], cohort=cohort, shard=shard, headers_up_to=headers_up_to,
+                        console=console)
 
 
 @bench_app.command("pretrain")
