@@ -761,6 +761,30 @@ def bench_tile(
     run_tile_benchmark(workdir, size=size, n_cells=cells, rounds=rounds, console=console)
 
 
+@bench_app.command("env")
+def bench_env(
+    out: Annotated[Optional[Path], typer.Option(help="Also write the report here as JSON.")] = None,
+    expect_under: Annotated[Optional[Path], typer.Option(help="Fail unless mixmag is imported from under this folder.")] = None,
+) -> None:
+    """Check this Python environment before a benchmark: requirements, versions, every module importable."""
+    import json
+
+    import torch
+
+    from .bench.environment import check_environment
+    from .fileio import write_json_atomic
+
+    try:
+        report = check_environment(expect_under)
+    except MixmagError as exc:
+        _fail(str(exc))
+    report["torch_cuda"] = torch.version.cuda
+    report["cuda_device"] = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+    console.print_json(json.dumps(report))
+    if out is not None:
+        write_json_atomic(out, report)
+
+
 @bench_app.command("embed")
 def bench_embed(
     workdir: Annotated[Path, typer.Option(help="Where the generated benchmark slide is kept (reused).")] = Path(".mixmag-bench"),
@@ -794,11 +818,16 @@ def bench_pretrain(
     workdir: Annotated[Path, typer.Option(help="Where the generated stores are kept (reused).")] = Path(".mixmag-bench"),
     gpu_batch: Annotated[int, typer.Option(help="Batch for the paper preset on a GPU.")] = 1024,
     steps: Annotated[Optional[int], typer.Option(help="Timed steps [20 on GPU, 5 on CPU].")] = None,
+    cpu_batch: Annotated[int, typer.Option(help="Batch on CPU.")] = 32,
+    cpu_preset: Annotated[str, typer.Option(help="Mixer preset on CPU (paper, small, tiny).")] = "small",
+    loader_batches: Annotated[int, typer.Option(help="Batches timed per loader rate.")] = 100,
+    profile_below: Annotated[float, typer.Option(help="Profile one step when the best MFU is under this (0: never).")] = 0.65,
 ) -> None:
     """Region loader regions/s per worker; training samples/s, FLOPs/sample and MFU."""
     from .bench.pretrain import run_pretrain_benchmark
 
-    run_pretrain_benchmark(workdir, console=console, gpu_batch=gpu_batch, steps=steps)
+    run_pretrain_benchmark(workdir, console=console, gpu_batch=gpu_batch, steps=steps, cpu_batch=cpu_batch, cpu_preset=cpu_preset,
+                           loader_batches=loader_batches, profile_below=profile_below)
 
 
 @app.command()
