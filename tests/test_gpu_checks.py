@@ -33,10 +33,19 @@ DEVICE_PYTHON = python_environment("3.12.3")
 def test_gpu_checks_script_runs_every_step_on_cpu(tmp_path):
     """The device call's script end to end in CPU mode: wheel -> target dir, env check, both benches, figures in OUT."""
     out, site = tmp_path / "out", tmp_path / "site"
-    env = os.environ | {"MIXMAG_CHECKS": "cpu", "PYTHON": sys.executable, "WHEELS": str(tmp_path / "wheels"), "SITE": str(site),
-                        "OUT": str(out), "WORK": str(tmp_path / "work"), "OMP_NUM_THREADS": "1"}
+    env = os.environ | {
+        "MIXMAG_CHECKS": "cpu",
+        "PYTHON": sys.executable,
+        "WHEELS": str(tmp_path / "wheels"),
+        "SITE": str(site),
+        "OUT": str(out),
+        "WORK": str(tmp_path / "work"),
+        "OMP_NUM_THREADS": "1",
+    }
     env.pop("PYTHONPATH", None)  # mixmag must come from the installed wheel, not from a checkout on the path
-    done = subprocess.run(["bash", str(ROOT / "scripts" / "gpu-checks.sh")], env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "gpu-checks.sh")], env=env, capture_output=True, text=True, timeout=600
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "all steps passed (cpu mode)" in (out / "summary.txt").read_text()
     report = json.loads((out / "env.json").read_text())
@@ -62,9 +71,17 @@ def test_gpu_checks_refuses_a_stale_mixmag_wheel(tmp_path):
         z.writestr("mixmag-0.0.1.dist-info/METADATA", "Metadata-Version: 2.1\nName: mixmag\nVersion: 0.0.1\n")
         z.writestr("mixmag-0.0.1.dist-info/WHEEL", "Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
         z.writestr("mixmag-0.0.1.dist-info/RECORD", "")
-    env = os.environ | {"MIXMAG_CHECKS": "cpu", "PYTHON": sys.executable, "WHEELS": str(wheels), "SITE": str(tmp_path / "site"),
-                        "OUT": str(tmp_path / "out"), "WORK": str(tmp_path / "work")}
-    done = subprocess.run(["bash", str(ROOT / "scripts" / "gpu-checks.sh")], env=env, capture_output=True, text=True, timeout=120)
+    env = os.environ | {
+        "MIXMAG_CHECKS": "cpu",
+        "PYTHON": sys.executable,
+        "WHEELS": str(wheels),
+        "SITE": str(tmp_path / "site"),
+        "OUT": str(tmp_path / "out"),
+        "WORK": str(tmp_path / "work"),
+    }
+    done = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "gpu-checks.sh")], env=env, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 1
     assert "not this tree's code" in (tmp_path / "out" / "summary.txt").read_text()
 
@@ -81,7 +98,10 @@ def test_device_versions_satisfy_what_mixmag_declares():
 
 
 def test_version_check_names_what_is_missing_or_too_old():
-    checks = {c.name: c for c in check_versions(["torch>=2.4", "timm>=1.0.9", "numpy>=1.26"], {"torch": "2.3.1", "numpy": "2.1"})}
+    checks = {
+        c.name: c
+        for c in check_versions(["torch>=2.4", "timm>=1.0.9", "numpy>=1.26"], {"torch": "2.3.1", "numpy": "2.1"})
+    }
     assert not checks["torch"].ok and checks["timm"].installed is None and not checks["timm"].ok and checks["numpy"].ok
 
 
@@ -111,4 +131,6 @@ def test_every_module_imports_and_optional_extras_are_told_apart(tmp_path, monke
     (package / "broken.py").write_text("import no_such_core_module_here\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     failed, skipped = import_failures("fakepkg", {"slideio-not-installed-here", "slideio_not_installed_here"})
-    assert [f.split()[0] for f in failed] == ["fakepkg.broken"] and [s.split()[0] for s in skipped] == ["fakepkg.needs_extra"]
+    assert [f.split()[0] for f in failed] == ["fakepkg.broken"] and [s.split()[0] for s in skipped] == [
+        "fakepkg.needs_extra"
+    ]

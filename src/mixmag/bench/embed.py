@@ -105,6 +105,8 @@ def run_embed_benchmark(workdir: Path, *, side: int = 6144, workers: int = 8, ce
             run = gpu_end_to_end(job, device, workers, cells_per_batch, compile)
             run["fraction_of_matmul_rate"] = run["tiles_per_s"] * VIRCHOW2_GFLOP_PER_TILE / 1e3 / tflops
             results["gpu"]["runs"].append(run)
+            console.print(f"Virchow2 {'compiled' if compile else 'eager'}: {run['tiles_per_s']:,.0f} tiles/s")
+            write_json_atomic(workdir / "bench_embed.json", results)  # kept if a later run is cut short
     _print(console, results)
     write_json_atomic(workdir / "bench_embed.json", results, indent=1)
     return results

@@ -33,7 +33,10 @@ class RequirementCheck:
 
     @property
     def ok(self) -> bool:
-        return self.installed is not None and Version(self.installed) in Requirement(f"{self.name}{self.specifier}").specifier
+        return (
+            self.installed is not None
+            and Version(self.installed) in Requirement(f"{self.name}{self.specifier}").specifier
+        )
 
 
 def normalize(name: str) -> str:
@@ -47,9 +50,14 @@ def core_requirements(requires: list[str], environment: dict | None = None) -> l
     return [r for r in map(Requirement, requires) if r.marker is None or r.marker.evaluate(env)]
 
 
-def check_versions(requires: list[str], versions: dict[str, str], environment: dict | None = None) -> list[RequirementCheck]:
+def check_versions(
+    requires: list[str], versions: dict[str, str], environment: dict | None = None
+) -> list[RequirementCheck]:
     """Each core requirement against `versions` (normalized name -> version); missing ones have installed=None."""
-    return [RequirementCheck(r.name, str(r.specifier), versions.get(normalize(r.name))) for r in core_requirements(requires, environment)]
+    return [
+        RequirementCheck(r.name, str(r.specifier), versions.get(normalize(r.name)))
+        for r in core_requirements(requires, environment)
+    ]
 
 
 def installed_versions() -> dict[str, str]:
@@ -58,7 +66,11 @@ def installed_versions() -> dict[str, str]:
 
 def optional_modules(requires: list[str]) -> set[str]:
     """Import names that only an extra brings (a module needing one may fail to import where it is not installed)."""
-    names = {normalize(Requirement(r).name) for r in requires if Requirement(r).marker is not None and "extra" in str(Requirement(r).marker)}
+    names = {
+        normalize(Requirement(r).name)
+        for r in requires
+        if Requirement(r).marker is not None and "extra" in str(Requirement(r).marker)
+    }
     return names | {n.replace("-", "_") for n in names}
 
 
@@ -89,11 +101,19 @@ def check_environment(expect_under: Path | None = None) -> dict:
     problems += [f"import {m} failed" for m in failed]
     if expect_under is not None and not where.is_relative_to(expect_under.resolve()):
         problems.append(f"mixmag was imported from {where}, not from the wheel installed under {expect_under}")
-    report = {"python": platform.python_version(), "mixmag": str(where), "requirements": {c.name: c.installed for c in checks},
-              "skipped_optional_modules": skipped, "problems": problems}
+    report = {
+        "python": platform.python_version(),
+        "mixmag": str(where),
+        "requirements": {c.name: c.installed for c in checks},
+        "skipped_optional_modules": skipped,
+        "problems": problems,
+    }
     if problems:
-        raise EnvironmentMismatchError("this Python environment cannot run mixmag: " + "; ".join(problems)
-                                       + " (install the missing wheels; see scripts/device-wheels.sh)")
+        raise EnvironmentMismatchError(
+            "this Python environment cannot run mixmag: "
+            + "; ".join(problems)
+            + " (install the missing wheels; see scripts/device-wheels.sh)"
+        )
     return report
 
 
@@ -119,8 +139,10 @@ def wheels_needed(roots: list[str], present: set[str], environment: dict | None 
         if name in present or name in needed:
             continue
         if name not in local:
-            raise EnvironmentMismatchError(f"{name} is needed but not installed here, so its version is unknown: "
-                                           "install mixmag into this environment first (scripts/setup-env.sh)")
+            raise EnvironmentMismatchError(
+                f"{name} is needed but not installed here, so its version is unknown: "
+                "install mixmag into this environment first (scripts/setup-env.sh)"
+            )
         needed[name] = local[name]
         todo += core_requirements(metadata.requires(name) or [], environment)
     return needed
@@ -128,5 +150,9 @@ def wheels_needed(roots: list[str], present: set[str], environment: dict | None 
 
 def python_environment(version: str) -> dict:
     """Marker values for another CPython `version` (e.g. the device's 3.12.3) on this platform."""
-    return {"python_version": ".".join(version.split(".")[:2]), "python_full_version": version,
-            "implementation_version": version, "sys_platform": sys.platform}
+    return {
+        "python_version": ".".join(version.split(".")[:2]),
+        "python_full_version": version,
+        "implementation_version": version,
+        "sys_platform": sys.platform,
+    }

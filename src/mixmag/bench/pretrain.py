@@ -46,8 +46,9 @@ def loader_rate(paths: list[Path], workers: int, batch: int = 128, n_batches: in
     return regions / (time.perf_counter() - start)
 
 
-def train_rate(paths: list[Path], device: torch.device, preset: str, batch: int, steps: int, workers: int, compile: bool,
-               warmup: int = 3) -> dict:
+def train_rate(
+    paths: list[Path], device: torch.device, preset: str, batch: int, steps: int, workers: int, compile: bool, warmup: int = 3
+) -> dict:
     setup = training_setup(paths, device, preset, batch, workers, compile)
     for _ in range(warmup):  # warm-up (and compilation)
         training_step(setup)
@@ -71,8 +72,17 @@ def _sync(device: torch.device) -> None:
 MFU_TARGET = 0.65  # issue 15: the paper mixer at batch 1024 with the real loader
 
 
-def run_pretrain_benchmark(workdir: Path, *, console: Console | None = None, gpu_batch: int = 1024, steps: int | None = None,
-                           cpu_batch: int = 32, cpu_preset: str = "small", loader_batches: int = 100, profile_below: float = MFU_TARGET) -> dict:
+def run_pretrain_benchmark(
+    workdir: Path,
+    *,
+    console: Console | None = None,
+    gpu_batch: int = 1024,
+    steps: int | None = None,
+    cpu_batch: int = 32,
+    cpu_preset: str = "small",
+    loader_batches: int = 100,
+    profile_below: float = MFU_TARGET,
+) -> dict:
     """Loader rates, then timed training steps; when the best MFU is under `profile_below`, one profiled step says where
     the time goes (attention kernel, optimizer, loader stalls, host-device copies)."""
     console = console or Console()
@@ -86,6 +96,10 @@ def run_pretrain_benchmark(workdir: Path, *, console: Console | None = None, gpu
         device, preset, batch, workers = torch.device("cuda"), "paper", gpu_batch, 8
         for compile in (False, True):
             runs.append(train_rate(paths, device, preset, batch, steps or 20, workers=workers, compile=compile))
+            console.print(f"training {'compiled' if compile else 'eager'}: {runs[-1]['samples_per_s']:,.0f} samples/s, "
+                          f"MFU {runs[-1]['mfu']:.1%}")
+            # saved now, so a run cut short later keeps these figures
+            write_json_atomic(workdir / "bench_pretrain.json", results | {"training": runs})
     else:
         device, preset, batch, workers = torch.device("cpu"), cpu_preset, cpu_batch, 1
         runs.append(train_rate(paths, device, preset, batch, steps or 5, workers=workers, compile=False, warmup=1))

@@ -38,8 +38,13 @@ def profile_mem_step(setup: TrainingSetup, timed_steps: int = 3) -> dict:
         training_step(setup)
         _sync(setup.device)
     events = prof.key_averages()
-    return {"device": setup.device.type, "phases_ms": totals, "step_ms": sum(totals.values()),
-            "attention": _attention(events), "copies": _copies(events)}
+    return {
+        "device": setup.device.type,
+        "phases_ms": totals,
+        "step_ms": sum(totals.values()),
+        "attention": _attention(events),
+        "copies": _copies(events),
+    }
 
 
 def _timed_phases(setup: TrainingSetup) -> dict[str, float]:
@@ -107,12 +112,16 @@ def _sync(device: torch.device) -> None:
 
 
 def print_profile(console: Console, p: dict) -> None:
-    table = Table(title=f"One eager MEM step on {p['device']}: {p['step_ms']:.1f} ms with the device synchronised per phase")
+    table = Table(
+        title=f"One eager MEM step on {p['device']}: {p['step_ms']:.1f} ms with the device synchronised per phase"
+    )
     table.add_column("what")
     table.add_column("value")
     for phase, ms in p["phases_ms"].items():
         table.add_row(phase, f"{ms:.1f} ms ({ms / max(p['step_ms'], 1e-9):.0%})")
-    attention = ", ".join(f"{name} x{n}" for name, n in p["attention"].items()) or "no scaled_dot_product_attention op seen"
+    attention = (
+        ", ".join(f"{name} x{n}" for name, n in p["attention"].items()) or "no scaled_dot_product_attention op seen"
+    )
     table.add_row("attention kernel", attention)
     for what, value in p["copies"].items():
         table.add_row(what, str(value))
