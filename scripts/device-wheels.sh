@@ -2,7 +2,7 @@
 # Bring (here, where pip works) what the lent GPU machine needs to run this checkout, into .whl/ (ignored by git):
 # mixmag's own wheel, built from this tree, and the Python 3.12 x86-64 wheels of every package mixmag needs, directly
 # or through another, that the machine's image lacks (scripts/device-packages.txt), at the versions of .venv.
-# Then run scripts/gpu-checks.sh there with `.whl` carried (README, Benchmark). About 40 MB.
+# Then run scripts/gpu-checks.sh there with `.whl` carried (README, Benchmark). About 45 MB.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
