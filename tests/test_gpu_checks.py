@@ -18,6 +18,7 @@ from mixmag.bench.environment import (
     check_versions,
     core_requirements,
     import_failures,
+    installed_versions,
     normalize,
     python_environment,
     read_package_list,
@@ -134,3 +135,13 @@ def test_every_module_imports_and_optional_extras_are_told_apart(tmp_path, monke
     assert [f.split()[0] for f in failed] == ["fakepkg.broken"] and [s.split()[0] for s in skipped] == [
         "fakepkg.needs_extra"
     ]
+
+
+def test_the_version_reported_is_the_copy_that_imports(tmp_path, monkeypatch):
+    """A wheel installed into a target folder on PYTHONPATH shadows the environment's copy: its version is the one checked."""
+    for folder, version in (("target", "1.0"), ("site", "2.0")):
+        info = tmp_path / folder / f"shadowed_pkg-{version}.dist-info"
+        info.mkdir(parents=True)
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: shadowed-pkg\nVersion: {version}\n")
+    monkeypatch.setattr(sys, "path", [str(tmp_path / "target"), str(tmp_path / "site")] + sys.path)
+    assert installed_versions()["shadowed-pkg"] == "1.0"

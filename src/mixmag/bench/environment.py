@@ -61,7 +61,13 @@ def check_versions(
 
 
 def installed_versions() -> dict[str, str]:
-    return {normalize(d.metadata["Name"]): d.version for d in metadata.distributions() if d.metadata["Name"]}
+    """Normalized name -> version of the copy that imports: the first on sys.path (a wheel in a target folder on
+    PYTHONPATH shadows the environment's own copy)."""
+    versions: dict[str, str] = {}
+    for dist in metadata.distributions():  # in sys.path order
+        if dist.metadata["Name"]:
+            versions.setdefault(normalize(dist.metadata["Name"]), dist.version)
+    return versions
 
 
 def optional_modules(requires: list[str]) -> set[str]:
