@@ -25,7 +25,8 @@ failed=()
 note() { echo "gpu-checks: $*" | tee -a "$OUT/summary.txt"; }
 case "$MODE" in
   gpu) embed_args=(--workers 12 --batch-cells 16); pretrain_args=() ;;
-  cpu) embed_args=(--side 1024); pretrain_args=(--steps 1 --cpu-batch 2 --cpu-preset tiny --loader-batches 2 --profile-below 2) ;;
+  cpu) embed_args=(--side 1024)
+       pretrain_args=(--steps 1 --cpu-batch 2 --cpu-preset tiny --loader-batches 2 --profile-below 2) ;;
   # --profile-below 2: the profile summary runs on CPU too
   *) echo "MIXMAG_CHECKS must be gpu or cpu, not '$MODE'"; exit 2 ;;
 esac
@@ -33,7 +34,8 @@ esac
 # 1. wheels -> $SITE; mixmag from there, never from a checkout or an editable install
 if ! compgen -G "$WHEELS/mixmag-*.whl" >/dev/null; then
   tree=$(mktemp -d) && cp -r pyproject.toml README.md src "$tree"/  # built from a copy: no build/ or egg-info here
-  "$PY" -m pip wheel -q --no-deps --no-build-isolation --no-index -w "$WHEELS" "$tree" || { note "building mixmag's wheel failed"; exit 1; }
+  "$PY" -m pip wheel -q --no-deps --no-build-isolation --no-index -w "$WHEELS" "$tree" \
+    || { note "building mixmag's wheel failed"; exit 1; }
   rm -rf "$tree"
 fi
 "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" "$WHEELS"/*.whl \
@@ -48,7 +50,8 @@ if [ "$MODE" = gpu ]; then
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
   "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'torch sees no CUDA device')" || exit 1
 fi
-"$PY" -m mixmag.cli bench env --out "$OUT/env.json" --expect-under "$SITE" || { note "environment check failed"; exit 1; }
+"$PY" -m mixmag.cli bench env --out "$OUT/env.json" --expect-under "$SITE" \
+  || { note "environment check failed"; exit 1; }
 
 # 3-4. the benchmarks; figures to $OUT
 bench() {  # name, seconds, args...
@@ -81,12 +84,13 @@ if (out / "bench_embed.json").exists():
 if (out / "bench_pretrain.json").exists():
     p = json.loads((out / "bench_pretrain.json").read_text())
     for run in p["training"]:
-        print(f"pretrain {run['preset']} batch {run['batch']} {run['precision']}{' compiled' if run['compiled'] else ''}: "
+        compiled = " compiled" if run["compiled"] else ""
+        print(f"pretrain {run['preset']} batch {run['batch']} {run['precision']}{compiled}: "
               f"{run['samples_per_s']:,.1f} samples/s, MFU {run['mfu']:.1%}")
     if "profile" in p:
         prof = p["profile"]
-        print("profiled step (ms):", {k: round(v, 1) for k, v in prof["phases_ms"].items()}, "attention:", prof["attention"],
-              "copies:", prof["copies"])
+        print("profiled step (ms):", {k: round(v, 1) for k, v in prof["phases_ms"].items()},
+              "attention:", prof["attention"], "copies:", prof["copies"])
 PY
 if [ ${#failed[@]} -gt 0 ]; then note "failed: ${failed[*]}"; exit 1; fi
 note "all steps passed ($MODE mode)"

@@ -138,7 +138,7 @@ def test_every_module_imports_and_optional_extras_are_told_apart(tmp_path, monke
 
 
 def test_the_version_reported_is_the_copy_that_imports(tmp_path, monkeypatch):
-    """A wheel installed into a target folder on PYTHONPATH shadows the environment's copy: its version is the one checked."""
+    """A wheel in a target folder on PYTHONPATH shadows the environment's copy: its version is the one checked."""
     for folder, version in (("target", "1.0"), ("site", "2.0")):
         info = tmp_path / folder / f"shadowed_pkg-{version}.dist-info"
         info.mkdir(parents=True)
