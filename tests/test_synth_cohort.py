@@ -43,3 +43,14 @@ def test_grain_is_invisible_after_2x_downsampling():
     halved = np.abs(half(smooth) - half(grainy))
     assert full.max() > 50  # visible at 20x
     assert halved.mean() < full.mean() / 10  # averaged away at 10x (but for 2x2 blocks cut by a nucleus edge)
+
+
+def test_label_noise_flips_labels_and_leaves_the_slides_alone(tmp_path):
+    clean = write_cohort(tmp_path / "clean", CohortSpec(n_specimens=15, max_slides=1, cells=3, seed=2))
+    noisy = write_cohort(tmp_path / "noisy", CohortSpec(n_specimens=15, max_slides=1, cells=3, seed=2, label_noise=0.5))
+    a = {r["specimen"]: r for r in csv.DictReader(open(clean["fine"]))}
+    b = {r["specimen"]: r for r in csv.DictReader(open(noisy["fine"]))}
+    assert a.keys() == b.keys() and all(a[s]["slide"] == b[s]["slide"] and a[s]["split"] == b[s]["split"] for s in a)
+    assert 0 < sum(a[s]["label"] != b[s]["label"] for s in a) < 15
+    first = next(iter(a.values()))["path"]
+    assert (tmp_path / "clean" / first).read_bytes() == (tmp_path / "noisy" / first).read_bytes()

@@ -39,6 +39,7 @@ class CohortSpec:
     nuclei_per_nest: int = 60
     seed: int = 0
     splits: tuple[float, float, float] = (0.5, 0.25, 0.25)
+    label_noise: float = 0.0        # share of specimens whose label is flipped, independently per task
 
 
 def specimen_flags(spec: CohortSpec, rng: np.random.Generator) -> list[dict]:
@@ -166,9 +167,12 @@ def write_cohort(folder: str | Path, spec: CohortSpec, progress=None) -> dict[st
             if progress:
                 progress(slide)
     tables = {}
+    noise_rng = np.random.default_rng([spec.seed, 99])  # its own stream: the slides do not depend on it
     for task in TASKS:
+        flipped = {f"SP{k:03d}" for k in range(spec.n_specimens) if noise_rng.random() < spec.label_noise}
         table = folder / f"cohort_{task}.csv"
         write_csv_atomic(table, ["specimen", "slide", "label", "split", "path"],
-                         [[r["specimen"], r["slide"], r[task], r["split"], r["path"]] for r in rows])
+                         [[r["specimen"], r["slide"], 1 - r[task] if r["specimen"] in flipped else r[task], r["split"], r["path"]]
+                          for r in rows])
         tables[task] = table
     return tables

@@ -1,0 +1,110 @@
+"""Statistics of a benchmark grid over seeds: mean ± sd of test AUROC, a bootstrap CI over test specimens, and a
+paired DeLong p against a baseline method; and the power of such a comparison.
+
+Every method of a task is evaluated on the same test specimens, so the bootstrap resamples specimens once for
+all seeds (stratified by class) and takes the mean over seeds of the AUROC on each resample; the DeLong test
+compares the two methods' seed-averaged specimen scores.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy import stats
+
+from ..errors import MixmagError
+from .metrics import auroc, delong_test
+
+
+@dataclass(frozen=True)
+class CellStatistic:
+    task: str
+    method: str
+    seeds: list[float]           # test AUROC per seed
+    mean: float
+    sd: float
+    low: float                   # bootstrap 95% CI of the mean over seeds
+    high: float
+    n_test: int
+    p_vs_baseline: float | None  # paired DeLong on seed-averaged scores; None for the baseline itself
+    difference: float | None     # mean AUROC - baseline's
+
+
+def read_test_predictions(run: Path) -> dict[str, tuple[int, float]]:
+    """specimen -> (label, score) from a run folder's predictions_test.csv."""
+    path = run / "predictions_test.csv"
+    if not path.is_file():
+        raise MixmagError(f"{path}: missing; is {run} a finished `mixmag train` run?")
+    with path.open(newline="") as fh:
+        return {r["specimen"]: (int(r["label"]), float(r["score"])) for r in csv.DictReader(fh)}
+
+
+def _aligned(runs: list[Path]) -> tuple[np.ndarray, np.ndarray]:
+    """(labels (n,), scores (seeds, n)) over the specimens every run predicted."""
+    preds = [read_test_predictions(r) for r in runs]
+    common = sorted(set.intersection(*(set(p) for p in preds)))
+    labels = np.array([preds[0][s][0] for s in common])
+    return labels, np.array([[p[s][1] for s in common] for p in preds])
+
+
+def bootstrap_mean_auroc(labels: np.ndarray, scores: np.ndarray, *, n_boot: int = 1000, seed: int = 0) -> tuple[float, float]:
+    """95% percentile CI of the mean over seeds of AUROC, resampling specimens (stratified by class)."""
+    rng = np.random.default_rng(seed)
+    pos, neg = np.flatnonzero(labels == 1), np.flatnonzero(labels == 0)
+    values = np.empty(n_boot)
+    for b in range(n_boot):
+        idx = np.concatenate([rng.choice(pos, pos.size), rng.choice(neg, neg.size)])
+        values[b] = np.mean([auroc(labels[idx], s[idx]) for s in scores])
+    low, high = np.quantile(values, [0.025, 0.975])
+    return float(low), float(high)
+
+
+def cell_statistics(task: str, runs_by_method: dict[str, list[Path]], baseline: str, *, n_boot: int = 1000) -> list[CellStatistic]:
+    """One CellStatistic per method of a task; `runs_by_method[m]` are its run folders, one per seed."""
+    base = None
+    if baseline in runs_by_method:
+        base_labels, base_scores = _aligned(runs_by_method[baseline])
+        base = (base_labels, base_scores.mean(0), float(np.mean([auroc(base_labels, s) for s in base_scores])))
+        base_ids = sorted(set.intersection(*(set(read_test_predictions(r)) for r in runs_by_method[baseline])))
+    out = []
+    for method, runs in runs_by_method.items():
+        labels, scores = _aligned(runs)
+        per_seed = [auroc(labels, s) for s in scores]
+        low, high = bootstrap_mean_auroc(labels, scores, n_boot=n_boot)
+        p = diff = None
+        if base is not None and method != baseline:
+            ids = sorted(set.intersection(*(set(read_test_predictions(r)) for r in runs)))
+            if ids != base_ids:
+                raise MixmagError(f"{task}: {method} and {baseline} were tested on different specimens; a paired test needs the same")
+            p = delong_test(labels, scores.mean(0), base[1]).p_value
+            diff = float(np.mean(per_seed)) - base[2]
+        out.append(CellStatistic(task, method, [float(a) for a in per_seed], float(np.mean(per_seed)),
+                                 float(np.std(per_seed, ddof=1)) if len(per_seed) > 1 else 0.0, low, high, int(labels.size), p, diff))
+    return out
+
+
+def hanley_mcneil_variance(auc: float, n_pos: int, n_neg: int) -> float:
+    """Variance of an AUROC estimate (Hanley & McNeil 1982, exponential approximation)."""
+    q1, q2 = auc / (2 - auc), 2 * auc * auc / (1 + auc)
+    return (auc * (1 - auc) + (n_pos - 1) * (q1 - auc * auc) + (n_neg - 1) * (q2 - auc * auc)) / (n_pos * n_neg)
+
+
+def paired_power(auc: float, difference: float, n_pos: int, n_neg: int, correlation: float, alpha: float = 0.05) -> float:
+    """Power of a two-sided paired test (DeLong-like, normal approximation) to detect `difference` between two
+    AUROCs near `auc` measured on the same specimens whose estimates correlate by `correlation`."""
+    var = 2 * hanley_mcneil_variance(auc, n_pos, n_neg) * (1 - correlation)
+    z = difference / math.sqrt(var)
+    crit = stats.norm.ppf(1 - alpha / 2)
+    return float(stats.norm.sf(crit - z) + stats.norm.cdf(-crit - z))
+
+
+def specimens_for_power(auc: float, difference: float, correlation: float, power: float = 0.8, alpha: float = 0.05) -> int:
+    """Smallest balanced test set (total specimens) with at least `power`."""
+    n = 10
+    while paired_power(auc, difference, n // 2, n // 2, correlation, alpha) < power:
+        n += 10
+    return n

@@ -1,0 +1,103 @@
+"""Benchmark v2: the generator puts the biomarker where it says, the statistics are the ones named, and a tiny
+`mixmag benchmark` runs end to end."""
+
+import csv
+
+import numpy as np
+import pytest
+
+from mixmag.errors import MixmagError
+from mixmag.eval.benchmark_stats import cell_statistics, paired_power, specimens_for_power
+from mixmag.eval.metrics import auroc, delong_test
+from mixmag.stages.benchmark import BenchmarkConfig, run_benchmark
+from mixmag.synth.benchmark import BenchmarkSpec, _directions, benchmark_slide, write_benchmark_cohort
+
+
+def _projection(store, spec, level):
+    fine, coarse = _directions(spec.dim, spec.seed)
+    emb = store.embeddings[level].astype(np.float64)
+    return emb @ (fine if level == "20x" else coarse)
+
+
+@pytest.mark.parametrize("task", ["fine", "coarse"])
+def test_the_biomarker_is_at_its_scale_in_a_minority_of_regions(task):
+    spec = BenchmarkSpec(task, dim=32, signal=2.0, cells=6, signal_regions=1)
+    rng = np.random.default_rng(0)
+    pos, neg = benchmark_slide(spec, "p", True, rng), benchmark_slide(spec, "n", False, np.random.default_rng(0))
+    level = "20x" if task == "fine" else "5x"
+    other = "5x" if task == "fine" else "20x"
+    shift = _projection(pos, spec, level) - _projection(neg, spec, level)  # same background (same rng stream start)
+    for k in (level, other):
+        assert pos.embeddings[k].shape == neg.embeddings[k].shape
+    moved_cells = np.flatnonzero(np.abs(shift).max(axis=1) > 0.5)
+    assert len(moved_cells) == 9  # one 3x3 region of the four
+    np.testing.assert_allclose(pos.embeddings["10x"], neg.embeddings["10x"], atol=1e-2)  # nothing at 10x
+
+
+def test_context_positives_and_decoys_differ_only_in_arrangement():
+    spec = BenchmarkSpec("context", dim=32, signal=2.0, decoy_rate=1.0)
+    pos = benchmark_slide(spec, "p", True, np.random.default_rng(1))
+    neg = benchmark_slide(spec, "n", False, np.random.default_rng(1))
+    marked = [np.abs(_projection(s, spec, "20x") - _projection(benchmark_slide(BenchmarkSpec("fine", dim=32, signal=0.0), "b", False,
+                                                                            np.random.default_rng(1)), spec, "20x")) > 0.5 for s in (pos, neg)]
+    assert marked[0].sum() == marked[1].sum() > 0  # the same number of marked 20x tiles
+    cells = np.flatnonzero(marked[0].any(1))
+    assert all((np.flatnonzero(marked[0][c]) % 4 < 2).all() for c in cells)  # positives: the left half of each cell
+    assert not all((np.flatnonzero(marked[1][c]) % 4 < 2).all() for c in np.flatnonzero(marked[1].any(1)))
+
+
+def test_label_noise_flips_about_its_share(tmp_path):
+    table = write_benchmark_cohort(tmp_path, BenchmarkSpec("fine", n_specimens=100, label_noise=0.25, dim=8))
+    rows = list(csv.DictReader(open(table)))
+    flipped = sum(int(r["label"]) != int(r["specimen"][-4:]) % 2 for r in rows)
+    assert 10 < flipped < 45
+    assert {r["split"] for r in rows} == {"train", "tune", "test"}
+
+
+def _run(folder, scores, labels):
+    folder.mkdir(parents=True)
+    with (folder / "predictions_test.csv").open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["specimen", "label", "score", "slides", "slide_scores"])
+        for k, (y, s) in enumerate(zip(labels, scores)):
+            w.writerow([f"P{k}", y, s, f"P{k}-S0", s])
+    return folder
+
+
+def test_cell_statistics_are_mean_sd_over_seeds_and_paired_delong(tmp_path):
+    rng = np.random.default_rng(0)
+    labels = np.array([0, 1] * 40)
+    base = [rng.normal(size=80) + labels for _ in range(3)]
+    other = [rng.normal(size=80) + 2 * labels for _ in range(3)]
+    runs = {"abmil-20x": [_run(tmp_path / f"b{k}", s, labels) for k, s in enumerate(base)],
+            "mixer": [_run(tmp_path / f"m{k}", s, labels) for k, s in enumerate(other)]}
+    cells = {c.method: c for c in cell_statistics("fine", runs, "abmil-20x", n_boot=200)}
+    per_seed = [auroc(labels, s) for s in other]
+    assert cells["mixer"].mean == pytest.approx(np.mean(per_seed)) and cells["mixer"].sd == pytest.approx(np.std(per_seed, ddof=1))
+    assert cells["mixer"].low < cells["mixer"].mean < cells["mixer"].high
+    assert cells["mixer"].p_vs_baseline == pytest.approx(delong_test(labels, np.mean(other, 0), np.mean(base, 0)).p_value)
+    assert cells["abmil-20x"].p_vs_baseline is None
+    _run(tmp_path / "short", other[0][:60], labels[:60])
+    with pytest.raises(MixmagError, match="different specimens"):
+        cell_statistics("fine", {"abmil-20x": runs["abmil-20x"][:1], "x": [tmp_path / "short"]}, "abmil-20x", n_boot=100)
+
+
+def test_power_grows_with_specimens_and_is_alpha_without_a_difference():
+    assert paired_power(0.8, 0.0, 100, 100, 0.5) == pytest.approx(0.05, abs=1e-9)
+    assert paired_power(0.8, 0.05, 50, 50, 0.5) < paired_power(0.8, 0.05, 300, 300, 0.5) < 1
+    n = specimens_for_power(0.8, 0.05, 0.5)
+    assert paired_power(0.8, 0.05, n // 2, n // 2, 0.5) >= 0.8 > paired_power(0.8, 0.05, (n - 10) // 2, (n - 10) // 2, 0.5)
+
+
+def test_a_tiny_benchmark_runs_end_to_end(tmp_path):
+    config = BenchmarkConfig(out=str(tmp_path / "b"), tasks=["fine"], methods=["abmil-20x", "abmil-all"], seeds=[0, 1],
+                             cohort={"n_specimens": 40, "dim": 8, "signal": 2.0, "label_noise": 0.0},
+                             pretrain={"preset": "tiny", "batch_size": 8, "steps": 2, "warmup_steps": 1, "precision": "fp32",
+                                       "workers": 0, "per_slide": 2, "pool": 4, "tensorboard": False},
+                             train={"epochs": 3, "batch_size": 16, "bootstrap": 100}, attribution_methods=["abmil-all"],
+                             attribution_slides=4, n_boot=100)
+    result = run_benchmark(config)
+    rows = list(csv.DictReader(open(tmp_path / "b" / "benchmark.csv")))
+    assert [r["method"] for r in rows] == ["abmil-20x", "abmil-all"] and rows[1]["delong_p_vs_abmil-20x"]
+    assert {r["measure"] for r in result["attribution"]} >= {"level occlusion (mean-replace)", "integrated gradients"}
+    assert "± " in (tmp_path / "b" / "benchmark.md").read_text() and set(result["timings"]) and all(v >= 0 for v in result["timings"].values())
