@@ -16,10 +16,10 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
-import yaml
 from pydantic import BaseModel, ConfigDict, Field
 from rich.console import Console
 
+from ..config import load_config
 from ..errors import ConfigError
 from ..eval.attribution import CAUSAL_MEASURES, cohort_summary, importance_ratio, measures_of
 from ..eval.benchmark_stats import CellStatistic, cell_statistics, paired_power, read_test_predictions, specimens_for_power
@@ -62,16 +62,8 @@ class BenchmarkConfig(BaseModel):
     n_boot: int = Field(1000, ge=100)
 
 
-def load_benchmark_config(path: Path | None, out: Path | None = None) -> BenchmarkConfig:
-    data = {}
-    if path is not None:
-        if not path.is_file():
-            raise ConfigError(f"{path}: benchmark config not found")
-        data = yaml.safe_load(path.read_text()) or {}
-    try:
-        config = BenchmarkConfig(**data)
-    except ValueError as exc:
-        raise ConfigError(f"{path}: invalid benchmark config:\n{exc}") from exc
+def load_benchmark_config(path: Path | None, out: Path | None = None, sets: list[str] | None = None) -> BenchmarkConfig:
+    config = load_config(BenchmarkConfig, path, sets)
     unknown = [t for t in config.tasks if t not in TASKS]
     if unknown:
         raise ConfigError(f"{path}: unknown task(s) {', '.join(unknown)}; tasks: {', '.join(TASKS)}")
@@ -187,6 +179,15 @@ def table_markdown(cells: list[CellStatistic], config: BenchmarkConfig) -> str:
     return "\n".join(lines) + "\n"
 
 
+LEARNT = 0.7  # below this test AUROC a model has not learnt the task and its attribution says nothing about the scale
+
+
+def _recovery_word(row: dict) -> str:
+    if row["test_auroc"] < LEARNT:
+        return "n/a (the model did not learn the task)"
+    return "yes" if row["recovers"] else "no"
+
+
 def attribution_markdown(rows: list[dict]) -> str:
     lines = ["| task (placed at) | method (test AUROC) | measure | shares | top | placed/other ratio (95% CI) | recovers |",
              "|---|---|---|---|---|---|---|"]
@@ -194,7 +195,7 @@ def attribution_markdown(rows: list[dict]) -> str:
         shares = ", ".join(f"{k} {100 * v:.0f}%" for k, v in r["shares"].items())
         lines.append(f"| {r['task']} ({r['placed']}) | {r['method']} ({r['test_auroc']:.3f}) | {r['measure']} | {shares} | "
                      f"{r['top']}{'' if r['clear'] else ' (not clear)'} | {r['ratio']:.2f} ({r['ratio_low']:.2f}–{r['ratio_high']:.2f}) | "
-                     f"{'yes' if r['recovers'] else 'no'} |")
+                     f"{_recovery_word(r)} |")
     return "\n".join(lines) + "\n"
 
 
