@@ -15,13 +15,15 @@ from mixmag.errors import ConfigError
 from mixmag.eval.experiments import GridConfig
 from mixmag.models.mixer import MixerConfig, MixerOverrides
 from mixmag.slides.params import TilingParams
+from mixmag.stages.benchmark import BenchmarkConfig
 from mixmag.stages.demo import DemoConfig
 from mixmag.train.finetune import TrainConfig
 from mixmag.train.pretrain import PretrainConfig, PretrainSettings
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 MODEL_OF = {"demo.yaml": DemoConfig, "demo-small.yaml": DemoConfig, "pretrain.yaml": PretrainConfig,
-            "pretrain-tiny.yaml": PretrainConfig, "mil.yaml": TrainConfig, "grid.yaml": GridConfig, "tiling.yaml": TilingParams}
+            "pretrain-tiny.yaml": PretrainConfig, "mil.yaml": TrainConfig, "grid.yaml": GridConfig, "tiling.yaml": TilingParams,
+            "benchmark.yaml": BenchmarkConfig, "benchmark-pixels.yaml": DemoConfig}
 
 
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)

@@ -852,8 +852,8 @@ def demo(
 
 @app.command()
 def benchmark(
-    config: Annotated[Optional[Path], typer.Option(help="Benchmark config [built-in defaults = configs/benchmark.yaml].")] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output folder [the config's `out`].")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="Benchmark config (default: the built-in settings, written out in configs/benchmark.yaml).")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output folder (default: the config's `out`).")] = None,
 ) -> None:
     """Benchmark v2 on CPU: four synthetic multi-scale tasks at the embedding level, methods x seeds, mean ± sd,
     bootstrap CIs, paired DeLong p against AB-MIL 20x, and the magnification attribution check."""

@@ -8,8 +8,6 @@ attribution on the tasks whose scale is known (fine -> 20x, coarse -> 5x).
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import shutil
 from dataclasses import asdict
@@ -26,7 +24,7 @@ from ..eval.benchmark_stats import CellStatistic, cell_statistics, paired_power,
 from ..eval.experiments import GridConfig, Task, _slug, run_grid
 from ..eval.level_inputs import run_level_importance
 from ..eval.metrics import auroc
-from ..fileio import write_atomic, write_json_atomic
+from ..fileio import write_atomic, write_csv_atomic, write_json_atomic
 from ..synth.benchmark import TASK_SCALE, TASKS, BenchmarkSpec, write_benchmark_cohort
 from ..models.mixer import MixerConfig, RegionMixer
 from ..store import shared_settings
@@ -210,15 +208,13 @@ def power_note(cells: list[CellStatistic]) -> str:
 
 
 def _write_outputs(out: Path, cells: list[CellStatistic], attribution: list[dict], config: BenchmarkConfig) -> None:
-    text = io.StringIO()
-    w = csv.writer(text, lineterminator="\n")
-    w.writerow(["task", "method", "auroc_mean", "auroc_sd", "ci_low", "ci_high", "n_test", "seeds", "aurocs",
-                f"delong_p_vs_{config.baseline}", f"difference_vs_{config.baseline}"])
-    for c in cells:
-        w.writerow([c.task, c.method, f"{c.mean:.4f}", f"{c.sd:.4f}", f"{c.low:.4f}", f"{c.high:.4f}", c.n_test,
-                    len(c.seeds), ";".join(f"{a:.4f}" for a in c.seeds),
-                    "" if c.p_vs_baseline is None else f"{c.p_vs_baseline:.4g}", "" if c.difference is None else f"{c.difference:.4f}"])
-    write_atomic(out / "benchmark.csv", text.getvalue())
+    write_csv_atomic(out / "benchmark.csv",
+                     ["task", "method", "auroc_mean", "auroc_sd", "ci_low", "ci_high", "n_test", "seeds", "aurocs",
+                      f"delong_p_vs_{config.baseline}", f"difference_vs_{config.baseline}"],
+                     [[c.task, c.method, f"{c.mean:.4f}", f"{c.sd:.4f}", f"{c.low:.4f}", f"{c.high:.4f}", c.n_test,
+                       len(c.seeds), ";".join(f"{a:.4f}" for a in c.seeds),
+                       "" if c.p_vs_baseline is None else f"{c.p_vs_baseline:.4g}",
+                       "" if c.difference is None else f"{c.difference:.4f}"] for c in cells])
     write_atomic(out / "benchmark.md", f"{NOTICE}\n\n{table_markdown(cells, config)}\n{power_note(cells)}\n\n"
                                       f"Which magnification mattered (seed {config.seeds[0]}, positive test slides):\n\n"
                                       f"{attribution_markdown(attribution)}")

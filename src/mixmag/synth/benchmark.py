@@ -20,15 +20,13 @@ slide-level models make of a known embedding-level signal, not how an encoder se
 
 from __future__ import annotations
 
-import csv
-import io
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import ConfigError
-from ..fileio import write_atomic
+from ..fileio import write_csv_atomic
 from ..store import SlideStore, write_store
 from .stores import synthetic_store
 
@@ -141,11 +139,7 @@ def write_benchmark_cohort(folder: str | Path, spec: BenchmarkSpec, stores: str 
         rows.append((specimen, slide, int(labels[k]), splits[k], str((stores_dir / f"{slide}.h5").resolve())))
     path = folder / f"{spec.task}.csv"
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = io.StringIO()
-    w = csv.writer(text, lineterminator="\n")
-    w.writerow(["specimen", "slide", "label", "split", "store"])
-    w.writerows(rows)
-    return write_atomic(path, text.getvalue())
+    return write_csv_atomic(path, ["specimen", "slide", "label", "split", "store"], rows)
 
 
 def _stratified_splits(labels: np.ndarray, fractions: tuple[float, float, float], rng: np.random.Generator) -> list[str]:
