@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from ..catalog import load_catalog, place_stores
 from ..errors import MixmagError
 from ..eval.predict import RunMismatchError, encoded_mixer, use_stores
 from ..fileio import write_csv_atomic
@@ -45,7 +46,6 @@ class PredictInputs:
 def read_inputs(slides: list[str] | None, cohort: Path | None, stores_dir: Path | None) -> PredictInputs:
     """Slide files or ids from the command line, or a cohort table ('path' for files, 'slide' with
     --stores; optional 'specimen' and 'mpp'); malformed tables are errors naming the file."""
-    from ..catalog import load_catalog, place_stores
     from ..errors import CohortError
     from ..slides.sources import sources_from_paths, sources_from_table
 
