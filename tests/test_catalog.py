@@ -219,3 +219,12 @@ def test_bench_scale_corpus_is_sharded_and_read_the_same_with_and_without_the_ca
     table = write_cohort(folder, 40, 12, 1)
     assert _cohort(str(folder), True, str(table))["slides"] == _cohort(str(folder), False, str(table))["slides"] == 12
     assert _first_batch(str(folder), True)["seconds"] > 0 and _first_batch(str(folder), False)["seconds"] > 0
+
+
+def test_predict_finds_every_store_of_a_sharded_folder(sharded):
+    from mixmag.stages.predict import read_inputs
+
+    inputs = read_inputs(None, None, sharded)
+    assert inputs.stores["c0"] == sharded / "c" / "c0" / "c0.h5" and inputs.stores["a0"] == sharded / "a0.h5"
+    assert len(inputs.stores) == 6 and all(p.is_file() for p in inputs.stores.values())
+    assert read_inputs(["b1"], None, sharded).stores == {"b1": sharded / "b" / "b1" / "b1.h5"}

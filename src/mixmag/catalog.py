@@ -8,20 +8,24 @@ Many writers at once (torchrun ranks on many nodes, each landing stores): SQLite
 Lustre (its docs: WAL needs shared memory on one host, and POSIX locks are unreliable over network file systems), so
 writers never share a file. Each writer appends one JSON line per store to a part file of its own
 (`mixmag-catalog.parts/<host>-<pid>-<random>.jsonl`); readers read the catalog plus every part (a torn last line is
-ignored); a refresh folds finished parts into a new catalog, renamed atomically, and deletes only the parts it folded.
-A row lost to a race (two refreshes at once) is found again by the next folder scan: the catalog is a cache of the
-stores, never the truth, and every entry is checked against the file's size and mtime before it is trusted.
+ignored); a refresh folds finished parts into a new catalog, renamed atomically, and deletes only the parts it folded,
+one fold at a time (a blocking flock on `.mixmag-catalog.lock`; under it the fold re-reads what landed meanwhile). Where
+a file system does not honour flock across nodes, a row lost to two folds at once is found again by the next folder
+scan: the catalog is a cache of the stores, never the truth, and every entry is checked against its file's size and
+mtime before it is trusted.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import socket
 import sqlite3
 import uuid
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -43,6 +47,7 @@ from .store import (
 
 CATALOG_NAME = "mixmag-catalog.sqlite"
 PARTS_NAME = "mixmag-catalog.parts"
+LOCK_NAME = ".mixmag-catalog.lock"
 CATALOG_FORMAT = "mixmag-store-catalog"
 CATALOG_VERSION = 1
 _MAX_LEVELS = 8
@@ -396,12 +401,50 @@ def refresh_catalog(folder: str | Path, *, write: bool = True, rebuild: bool = F
     report.stale.sort()
     if write and (report.changed or finished or rebuild or not path.exists()):
         try:
-            write_catalog_file(path, sorted(entries, key=lambda e: e.path))
-            for part in finished:
-                part.unlink(missing_ok=True)
+            with _fold_lock(folder):
+                entries = _fold(folder, entries)
         except (OSError, DiskFullError):
             pass  # a read-only folder or a full disk: the catalog in memory is still right
     return Catalog(folder, entries), report
+
+
+@contextmanager
+def _fold_lock(folder: Path) -> Iterator[None]:
+    """One fold at a time per folder (a blocking flock, released by the kernel if the holder dies)."""
+    with open(folder / LOCK_NAME, "a") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def _fold(folder: Path, entries: list[CatalogEntry]) -> list[CatalogEntry]:
+    """Under the fold lock: add what landed since this refresh read the catalog (another fold's catalog, new parts;
+    each row kept only if its store's size and mtime still match), write the catalog, delete the parts folded."""
+    path = catalog_file(folder)
+    landed: dict[str, CatalogEntry] = {}
+    try:
+        landed = {e.path: e for e in read_catalog_file(path)} if path.exists() else {}
+    except ValueError:
+        pass  # damaged: this refresh's entries replace it
+    parts, finished = read_parts(folder)
+    landed |= parts
+    ours = {e.path: e for e in entries}
+    for rel, e in landed.items():
+        if rel in ours:
+            continue
+        try:
+            st = (folder / rel).stat()
+        except OSError:
+            continue
+        if st.st_size == e.size and st.st_mtime_ns == e.mtime_ns:
+            ours[rel] = e
+    merged = sorted(ours.values(), key=lambda e: e.path)
+    write_catalog_file(path, merged)
+    for part in finished:
+        part.unlink(missing_ok=True)
+    return merged
 
 
 def load_catalog(folder: str | Path, *, write: bool = True) -> Catalog:
