@@ -10,27 +10,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from rich.console import Console
 from typer.testing import CliRunner
 
 import mixmag.catalog as catalog_module
-from mixmag.catalog import (
-    CATALOG_NAME,
-    PARTS_NAME,
-    CatalogError,
-    CatalogWarning,
-    CatalogWriter,
-    load_catalog,
-    lookup_slides,
-    refresh_catalog,
-)
+from mixmag.bench.scale import _cohort, _first_batch, catalog_from_template, make_corpus, write_cohort
+from mixmag.catalog import (CATALOG_NAME, PARTS_NAME, CatalogError, CatalogWarning, CatalogWriter, load_catalog, lookup_slides,
+                            refresh_catalog)
 from mixmag.cli import app
 from mixmag.data.cohort import load_cohort
-from mixmag.data.regions import (
-    RegionSamplingConfig,
-    RegionStream,
-    catalog_stores,
-    index_stores,
-)
+from mixmag.data.regions import RegionSamplingConfig, RegionStream, StoreEntry, catalog_stores, index_stores
+from mixmag.stages.predict import read_inputs
 from mixmag.store import StoreError, read_store, shared_settings, write_store
 from mixmag.synth.stores import synthetic_store
 
@@ -180,8 +170,6 @@ def test_cohort_stores_are_found_in_a_sharded_folder(sharded, tmp_path):
 
 
 def test_region_weighted_sampling_visits_slides_in_proportion_and_is_deterministic(tmp_path):
-    from mixmag.data.regions import StoreEntry
-
     entries = [StoreEntry(tmp_path / f"{i}.h5", n) for i, n in enumerate([1, 9, 90])]
     cfg = RegionSamplingConfig(t=3, per_slide=4, pool=2, batch_size=4, slide_sampling="regions")
     visits = np.bincount(sum((sum(RegionStream(entries, 3, cfg).chunks(e), []) for e in range(300)), []), minlength=3)
@@ -204,10 +192,6 @@ def test_a_folder_mixing_encoders_is_refused_from_the_catalog(tmp_path):
 
 
 def test_bench_scale_corpus_is_sharded_and_read_the_same_with_and_without_the_catalog(tmp_path):
-    from rich.console import Console
-
-    from mixmag.bench.scale import _cohort, _first_batch, catalog_from_template, make_corpus, write_cohort
-
     folder = tmp_path / "scale-40"
     make_corpus(folder, 40, 1, Console(quiet=True))
     catalog, _ = refresh_catalog(folder)
@@ -222,8 +206,6 @@ def test_bench_scale_corpus_is_sharded_and_read_the_same_with_and_without_the_ca
 
 
 def test_predict_finds_every_store_of_a_sharded_folder(sharded):
-    from mixmag.stages.predict import read_inputs
-
     inputs = read_inputs(None, None, sharded)
     assert inputs.stores["c0"] == sharded / "c" / "c0" / "c0.h5" and inputs.stores["a0"] == sharded / "a0.h5"
     assert len(inputs.stores) == 6 and all(p.is_file() for p in inputs.stores.values())

@@ -10,7 +10,6 @@ the first N batches without reading them and continues on the same trajectory.
 from __future__ import annotations
 
 import json
-
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,9 +19,9 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from ..catalog import Catalog
 from ..errors import ConfigError
 from ..geometry import crop_indices, region_permutation, sequence_length, token_slots
-from ..catalog import Catalog
 from ..store import SlideStore, StoreError, read_store
 
 SlideSampling = Literal["uniform", "regions"]
