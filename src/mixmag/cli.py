@@ -401,7 +401,7 @@ def predict(
         inputs = read_inputs(slides, cohort, stores)
         trainer = load_trained(run)
         console.print(f"Run {run}: {describe_run(trainer)}", soft_wrap=True, highlight=False)
-        store_paths, problems = inputs.stores, {}
+        store_paths, problems = inputs.stores, dict(inputs.problems)
         if inputs.sources:
             import torch
 

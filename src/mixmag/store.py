@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import numpy as np
 from . import __version__
 from .errors import MixmagError, MixmagWarning
 from .fileio import hdf5_atomic
+from .ids import ID_RULE, is_safe_id
 from .slides.tiling import TilingPlan, plan_digest
 
 STORE_FORMAT_VERSION = 1
@@ -29,6 +31,17 @@ STORE_MUST_MATCH = ("encoder", "encoder_weights_digest", "encoder_output", "embe
 
 # how pixels were read, tissue found and the encoder run: stores that differ here still share one embedding space
 STORE_SHOULD_MATCH = ("tiling_params", "read_mode", "context_size", "compute_dtype", "tissue_model")
+
+# A store is untrusted input: its header is checked against these before any array is read, so a forged or damaged
+# file is one sentence, never a multi-terabyte allocation. They are far above any real slide (a 10 x 10 cm slide at
+# 448 um cells is 223 x 223 cells; the widest foundation-model output here is 2560-d).
+EMBEDDING_DTYPES = (np.dtype("float16"), np.dtype("float32"))  # float16 as written; float32 from other tools
+MAX_CELLS = 1 << 22
+MAX_LEVELS = 6
+MAX_DIM = 1 << 14
+MAX_GRID_SIDE = 1 << 13  # cells per grid side, for stores that do not record their grid (older, synthetic)
+MAX_EMBEDDING_BYTES = 256 << 30
+_MAX_COMPRESSION = 1100  # deflate cannot shrink data more than about 1032:1
 
 
 class StoreError(MixmagError):
@@ -172,46 +185,139 @@ class StoreIndex:
     windows: dict[str, np.ndarray]
     level_names: list[str]
     attrs: dict
+    dim: int = 0  # embedding dimension D
 
 
 def read_index(path: str | Path) -> StoreIndex:
-    """The index of a store: cheap next to read_store on a large slide (no embeddings are read)."""
+    """The index of a store: cheap next to read_store on a large slide (no embeddings are read). The header is
+    checked first (shapes, dtypes, sizes) and the cells must lie in the slide's grid."""
     path = Path(path)
-    try:
-        with h5py.File(path, "r") as f:
-            attrs = {k: _decode_attr(v) for k, v in f.attrs.items()}
-            return StoreIndex(
-                rc=f["cells/rc"][()],
-                windows={name: f[f"windows/{name}"][()] for name in f.get("windows", {})},
-                level_names=list(attrs.get("level_names") or f["emb"]),
-                attrs=attrs,
-            )
-    except (OSError, KeyError) as exc:
-        raise StoreError(f"{path}: not a readable mixmag store ({type(exc).__name__}: {exc}); delete it and re-run `mixmag embed`.") from exc
+    with _open_store(path) as (f, attrs, names):
+        index = StoreIndex(rc=f["cells/rc"][()], windows={name: f[f"windows/{name}"][()] for name in f.get("windows", {})},
+                           level_names=names, attrs=attrs, dim=int(f[f"emb/{names[0]}"].shape[-1]))
+    problems = _id_problems(attrs) + _cell_problems(index.rc, index.windows, attrs)
+    if problems:
+        raise StoreError(f"{path}: invalid store: " + "; ".join(problems))
+    return index
 
 
 def read_store(path: str | Path, *, validate: bool = True) -> SlideStore:
     path = Path(path)
-    if not path.is_file():
-        raise StoreError(f"{path}: store not found; run `mixmag embed` first.")
-    try:
-        with h5py.File(path, "r") as f:
-            attrs = {k: _decode_attr(v) for k, v in f.attrs.items()}
-            names = attrs.get("level_names") or list(f["emb"])
-            store = SlideStore(
-                rc=f["cells/rc"][()],
-                tissue=f["cells/tissue"][()],
-                embeddings={name: f[f"emb/{name}"][()] for name in names},
-                attrs=attrs,
-                windows={name: f[f"windows/{name}"][()] for name in f.get("windows", {})},
-            )
-    except (OSError, KeyError) as exc:
-        raise StoreError(f"{path}: not a readable mixmag store ({type(exc).__name__}: {exc}); delete it and re-run `mixmag embed`.") from exc
+    with _open_store(path) as (f, attrs, names):
+        store = SlideStore(
+            rc=f["cells/rc"][()],
+            tissue=f["cells/tissue"][()],
+            embeddings={name: f[f"emb/{name}"][()] for name in names},
+            attrs=attrs,
+            windows={name: f[f"windows/{name}"][()] for name in f.get("windows", {})},
+        )
     if validate:
         problems = store_problems(store)
         if problems:
             raise StoreError(f"{path}: invalid store: " + "; ".join(problems))
     return store
+
+
+_UNREADABLE = "delete it and re-run `mixmag embed`"
+
+
+@contextmanager
+def _open_store(path: Path) -> Iterator[tuple[h5py.File, dict, list[str]]]:
+    """An open store whose header passed `layout_problems`, its attributes and level names; any failure to read
+    it is a StoreError naming the file."""
+    if not path.is_file():
+        raise StoreError(f"{path}: store not found; run `mixmag embed` first.")
+    try:
+        with h5py.File(path, "r") as f:
+            attrs = {k: _decode_attr(v) for k, v in f.attrs.items()}
+            problems = layout_problems(f, attrs)
+            if problems:
+                raise StoreError(f"{path}: invalid store: " + "; ".join(problems) + f"; {_UNREADABLE}.")
+            yield f, attrs, _level_names(f, attrs)
+    except (OSError, KeyError, ValueError, TypeError, RuntimeError) as exc:
+        raise StoreError(f"{path}: not a readable mixmag store ({type(exc).__name__}: {exc}); {_UNREADABLE}.") from exc
+
+
+def _level_names(f: h5py.File, attrs: dict) -> list[str]:
+    names = attrs.get("level_names")
+    return list(names) if isinstance(names, list) else list(f.get("emb", {}))
+
+
+def layout_problems(f: h5py.File, attrs: dict) -> list[str]:
+    """What is wrong with a store's header, from the declared shapes, dtypes and storage alone (nothing is read):
+    the datasets a store must have, consistent with each other and within MAX_* limits."""
+    names = attrs.get("level_names")
+    if names is not None and not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+        return [f"attribute level_names is {names!r}, not a list of level names"]
+    names = _level_names(f, attrs)
+    needed = ["cells/rc", "cells/tissue"] + [f"emb/{n}" for n in names] + [f"windows/{n}" for n in f.get("windows", {})]
+    absent = [n for n in needed if not isinstance(f.get(n), h5py.Dataset)]
+    if absent:
+        return [f"no dataset {', '.join(absent)}"]
+    if not names:
+        return ["no embeddings (emb/<level>)"]
+    if len(names) > MAX_LEVELS:
+        return [f"{len(names)} levels declared (at most {MAX_LEVELS})"]
+    rc, tissue = f["cells/rc"], f["cells/tissue"]
+    problems = []
+    if rc.ndim != 2 or rc.shape[1] != 2 or rc.dtype.kind not in "iu":
+        problems.append(f"cells/rc is {rc.dtype} {rc.shape}, expected integer (N, 2)")
+    n = rc.shape[0] if rc.ndim else -1
+    if n > MAX_CELLS:
+        problems.append(f"cells/rc declares {n} cells (at most {MAX_CELLS})")
+    if tissue.shape != (n,) or tissue.dtype.kind != "f":
+        problems.append(f"cells/tissue is {tissue.dtype} {tissue.shape}, expected float ({n},)")
+    for name in f.get("windows", {}):
+        w = f[f"windows/{name}"]
+        if w.ndim != 2 or w.shape[1] != 2 or w.dtype.kind not in "iu" or w.shape[0] > MAX_CELLS:
+            problems.append(f"windows/{name} is {w.dtype} {w.shape}, expected integer (W, 2) with W <= {MAX_CELLS}")
+    total = 0
+    for i, name in enumerate(names):
+        emb = f[f"emb/{name}"]
+        if emb.ndim != 3 or emb.shape[0] != n or emb.shape[1] != 4**i or not 1 <= emb.shape[2] <= MAX_DIM:
+            problems.append(f"emb/{name} declares shape {emb.shape}, expected ({n}, {4**i}, D) with 1 <= D <= {MAX_DIM}")
+        if emb.dtype not in EMBEDDING_DTYPES:
+            problems.append(f"emb/{name} is {emb.dtype}; embeddings are float16 (or float32)")
+        total += emb.size * emb.dtype.itemsize
+    if total > MAX_EMBEDDING_BYTES:
+        problems.append(f"the embeddings declare {total / 2**30:.0f} GiB (at most {MAX_EMBEDDING_BYTES >> 30} GiB)")
+    if problems:
+        return problems
+    for dset in (rc, tissue, *(f[f"emb/{n}"] for n in names)):
+        stored = dset.id.get_storage_size()
+        filtered = bool(dset.compression) or bool(getattr(dset, "_filters", None))
+        if dset.size and (stored * _MAX_COMPRESSION < dset.nbytes if filtered else stored < dset.nbytes):
+            problems.append(f"{dset.name} declares {dset.nbytes} bytes but the file holds {stored} for it (truncated or forged)")
+    return problems
+
+
+def _id_problems(attrs: dict) -> list[str]:
+    sid = attrs.get("slide_id")
+    if "slide_id" in attrs and not is_safe_id(sid):  # it names exported files and heatmaps
+        return [f"attribute slide_id {sid!r} is not a safe file name ({ID_RULE})"]
+    return []
+
+
+def _cell_problems(rc: np.ndarray, windows: dict[str, np.ndarray], attrs: dict) -> list[str]:
+    """Cells and windows must lie in the slide's grid (its recorded grid_shape, else MAX_GRID_SIDE a side)."""
+    grid = attrs.get("grid_shape")
+    if grid is not None and not (isinstance(grid, list) and len(grid) == 2 and all(isinstance(v, int) and 0 <= v <= MAX_GRID_SIDE for v in grid)):
+        return [f"attribute grid_shape {grid!r} is not [rows, cols] with at most {MAX_GRID_SIDE} a side"]
+    rows, cols = grid or (MAX_GRID_SIDE, MAX_GRID_SIDE)
+    where = f"the slide's {rows} x {cols} grid" if grid else f"a {MAX_GRID_SIDE} x {MAX_GRID_SIDE} grid"
+    problems = []
+    for name, cells, size in [("cells/rc", rc, 1), *((f"windows/{k}", w, _window_size(k, attrs)) for k, w in windows.items())]:
+        if cells.ndim != 2 or cells.shape[1] != 2 or not cells.size:
+            continue
+        low, high = cells.min(axis=0), cells.max(axis=0)
+        if low.min() < 0 or high[0] + size > rows or high[1] + size > cols:
+            problems.append(f"{name} holds cells outside {where} (rows {low[0]}..{high[0] + size - 1}, cols {low[1]}..{high[1] + size - 1})")
+    return problems
+
+
+def _window_size(kind: str, attrs: dict) -> int:
+    size = attrs.get("context_size") if kind == "contexts" else attrs.get("region_size")
+    return size if isinstance(size, int) and size > 0 else 1
 
 
 def store_problems(store: SlideStore) -> list[str]:
@@ -238,9 +344,15 @@ def store_problems(store: SlideStore) -> list[str]:
             dims.add(emb.shape[2])
     if len(dims) > 1:
         problems.append(f"levels disagree on the embedding dimension: {sorted(dims)}")
+    declared = store.attrs.get("embedding_dim")
+    if declared is not None and len(dims) == 1 and declared != next(iter(dims)):
+        problems.append(f"attribute embedding_dim is {declared!r} but the embeddings are {next(iter(dims))}-d")
     for key in ("slide_id", "encoder", "encoder_weights_digest", "level_mpps", "slide_mpp"):
         if key not in store.attrs:
             problems.append(f"provenance attribute {key!r} missing")
+    problems += _id_problems(store.attrs)
+    if store.rc.ndim == 2 and store.rc.dtype.kind in "iu":
+        problems += _cell_problems(store.rc, store.windows, store.attrs)
     return problems
 
 
@@ -259,6 +371,7 @@ def plan_provenance(plan_path: str | Path, plan: TilingPlan) -> dict:
         "tile_px": plan.params.tile_px,
         "cell_um": plan.levels.cell_um,
         "cell_px": plan.cell_px,
+        "grid_shape": [plan.n_rows, plan.n_cols],  # cells/rc must lie inside it (checked whenever a store is read)
         "region_size": plan.params.region_size,
         "context_size": plan.params.context_size,
         "tiling_params": plan.params.model_dump(),

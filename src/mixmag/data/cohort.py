@@ -6,12 +6,13 @@ slide's store; default <stores>/<slide>.h5). Every problem names the rows at fau
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..catalog import place_stores
 from ..errors import CohortError
+from ..ids import ID_RULE, is_safe_id
+from ..tables import read_table
 
 SPLITS = ("train", "tune", "test")
 REQUIRED = ("specimen", "slide", "label", "split")
@@ -47,21 +48,17 @@ class Cohort:
 
 def load_cohort(path: str | Path, stores_dir: str | Path | None = None, *, require_stores: bool = True) -> Cohort:
     path = Path(path)
-    if not path.is_file():
-        raise CohortError(f"{path}: cohort table not found.")
-    with path.open(newline="") as fh:
-        reader = csv.DictReader(fh)
-        columns = [c.strip() for c in reader.fieldnames or []]
-        missing = [c for c in REQUIRED if c not in columns]
-        if missing:
-            raise CohortError(f"{path}: missing column(s) {', '.join(missing)}; need {', '.join(REQUIRED)} (+ optional store). Found: {', '.join(columns) or 'none'}.")
-        rows = [{(k or "").strip(): (v or "").strip() for k, v in r.items()} for r in reader]
+    table = read_table(path)
+    missing = [c for c in REQUIRED if c not in table.columns]
+    if missing:
+        raise CohortError(f"{path}: missing column(s) {', '.join(missing)}; need {', '.join(REQUIRED)} (+ optional store). Found: {', '.join(table.columns) or 'none'}.")
+    rows = table.rows
     if not rows:
         raise CohortError(f"{path}: the table has no rows.")
     problems: list[str] = []
     seen_slide: dict[str, int] = {}
     spec_rows: dict[str, list[tuple[int, dict]]] = {}
-    for line, row in enumerate(rows, start=2):
+    for line, row in zip(table.lines, rows):
         for col in REQUIRED:
             if not row.get(col):
                 problems.append(f"row {line}: empty '{col}'")
@@ -70,7 +67,9 @@ def load_cohort(path: str | Path, stores_dir: str | Path | None = None, *, requi
         if row.get("split") and row["split"] not in SPLITS:
             problems.append(f"row {line}: split {row['split']!r} is not one of {', '.join(SPLITS)}")
         slide = row.get("slide")
-        if slide:
+        if slide and not is_safe_id(slide):  # it names the slide's store and heatmap files
+            problems.append(f"row {line}: slide id {slide!r} is not a safe file name (use {ID_RULE})")
+        elif slide:
             if slide in seen_slide:
                 problems.append(f"rows {seen_slide[slide]} and {line}: slide {slide!r} listed twice")
             seen_slide.setdefault(slide, line)

@@ -22,7 +22,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from ..catalog import Catalog
 from ..errors import ConfigError
 from ..geometry import crop_indices, region_permutation, sequence_length, token_slots
-from ..store import SlideStore, StoreError, read_store
+from ..store import SlideStore, StoreError, read_index, read_store
 
 SlideSampling = Literal["uniform", "regions"]
 
@@ -115,19 +115,15 @@ class StoreEntry:
 
 def index_stores(paths: Sequence[Path], config: RegionSamplingConfig) -> tuple[list[StoreEntry], int, int]:
     """Read every store's header and window list (not its embeddings): usable slides, D and levels."""
-    import h5py
-
     size = config.context or config.t
     kind = "contexts" if config.context else "regions"
     entries, dims, levels = [], set(), set()
     for path in paths:
-        with h5py.File(path, "r") as f:
-            attrs = f.attrs
-            want = attrs.get("context_size") if config.context else attrs.get("region_size")
-            n = f[f"windows/{kind}"].shape[0] if f"windows/{kind}" in f else 0
-            names = list(f["emb"])
-            dims.add(int(f[f"emb/{names[0]}"].shape[-1]))
-            levels.add(len(names))
+        index = read_index(path)  # a forged or damaged header is refused before any array is read
+        want = index.attrs.get("context_size") if config.context else index.attrs.get("region_size")
+        n = index.windows[kind].shape[0] if kind in index.windows else 0
+        dims.add(index.dim)
+        levels.add(len(index.level_names))
         if n and int(want) != size:
             raise ConfigError(f"{path}: its {kind} are {want} x {want} cells but the run asks for {size} x {size}; "
                               f"re-tile with --region-size/--context-size {size} or change the config")

@@ -15,6 +15,7 @@ import torch
 from ..data.bags import TILE_MODES, BagCache, region_bag
 from ..data.cohort import load_cohort
 from ..errors import MixmagError
+from ..ids import check_id
 from ..store import read_index
 from ..train.mixer_file import load_mixer
 from .attribution import LevelImportance, LevelInput, cohort_reference, level_importance
@@ -79,7 +80,7 @@ def run_level_importance(run: Path, test_slides: list[str], *, max_slides: int =
         stores, train = {}, []
     chosen = test_slides[:max_slides]
     for slide in chosen + train:
-        stores.setdefault(slide, stores_dir / f"{slide}.h5")
+        stores.setdefault(slide, stores_dir / f"{check_id(slide, where=f'{run} predictions')}.h5")
     used = {s: stores[s] for s in chosen + train}
     check_stores_fit(trainer, used)
     if config.bags not in ("patch", "cls"):

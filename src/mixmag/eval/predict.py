@@ -14,7 +14,7 @@ import torch
 from .. import __version__
 from ..data.bags import BagCache
 from ..errors import MixmagError
-from ..store import STORE_MUST_MATCH, read_attrs
+from ..store import STORE_MUST_MATCH, StoreError, read_attrs, read_index
 from ..train.finetune import PIPELINE_FILENAME, RUN_FORMAT_VERSION, TrainConfig, Trainer
 from ..weights_io import load_state_dict_file
 
@@ -59,28 +59,46 @@ def load_trained(run: str | Path) -> Trainer:
     return trainer
 
 
-def check_stores_fit(trainer: Trainer, stores: dict[str, Path]) -> None:
+def store_misfit(trainer: Trainer, path: Path, slide: str = "") -> str | None:
+    """Why a new slide's store cannot be scored by this run (absent, unreadable or invalid header, cells outside
+    the slide, made with other settings than the run's training stores), or None. Reads no embeddings."""
+    if not path.is_file():
+        return f"{path}: no store for slide {slide or path.stem}; run `mixmag embed` first"
+    try:
+        attrs = read_index(path).attrs
+    except StoreError as exc:
+        return str(exc)
     reference = trainer.pipeline
+    different = [k for k in STORE_MUST_MATCH if k in reference and attrs.get(k) != reference.get(k)]
+    if different:
+        detail = "; ".join(f"{k}: run {reference.get(k)!r} vs slide {attrs.get(k)!r}" for k in different)
+        return f"{path}: made differently from the run's training stores ({detail}); tile and embed the slide with the run's settings"
+    return None
+
+
+def check_stores_fit(trainer: Trainer, stores: dict[str, Path]) -> None:
     for slide, path in stores.items():
-        if not path.is_file():
-            raise RunMismatchError(f"{path}: no store for slide {slide}; run `mixmag embed` first")
-        attrs = read_attrs(path)
-        different = [k for k in STORE_MUST_MATCH if k in reference and attrs.get(k) != reference.get(k)]
-        if different:
-            detail = "; ".join(f"{k}: run {reference.get(k)!r} vs slide {attrs.get(k)!r}" for k in different)
-            raise RunMismatchError(f"{path}: made differently from the run's training stores ({detail}); "
-                                   "tile and embed the slide with the run's settings")
+        problem = store_misfit(trainer, path, slide)
+        if problem:
+            raise RunMismatchError(problem)
 
 
 def precision_note(trainer: Trainer, stores: dict[str, Path]) -> str | None:
     """Stores embedded in another precision than the training stores (bf16 on a GPU vs fp32 on a CPU)
     score slightly differently; said, not refused."""
     trained = (trainer.pipeline or {}).get("compute_dtype")
-    other = sorted({str(read_attrs(p).get("compute_dtype")) for p in stores.values() if p.is_file()} - {str(trained)})
-    if trained and other and other != ["None"]:
+    other = sorted({str(_attrs_or_empty(p).get("compute_dtype")) for p in stores.values()} - {str(trained), "None"})
+    if trained and other:
         return (f"the run's stores were embedded in {trained}, these in {', '.join(other)}: scores differ from the same "
                 "slides' evaluation scores at that precision's rounding (embed on the same kind of device for identical scores)")
     return None
+
+
+def _attrs_or_empty(path: Path) -> dict:
+    try:
+        return read_attrs(path)
+    except OSError:  # absent or unreadable: its own row says so
+        return {}
 
 
 def use_stores(trainer: Trainer, stores: dict[str, Path], encoded_dir: Path | None = None) -> None:

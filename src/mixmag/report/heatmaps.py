@@ -15,6 +15,7 @@ from ..errors import MixmagError
 from ..eval.explain import SlideAttribution
 from ..fileio import atomic_path
 from ..geometry import Box
+from ..ids import path_for_id
 from ..slides.reader import Slide
 
 THUMBNAIL_LONGEST = 900
@@ -115,6 +116,7 @@ def draw_heatmaps(a: SlideAttribution, attrs: dict, out_dir: Path, *, top_k: int
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    path_for_id(out_dir, a.slide_id, what="slide id", where="heatmaps")  # every picture is named after it
     out_dir.mkdir(parents=True, exist_ok=True)
     with open_store_slide(attrs) as slide:
         thumb, scale = thumbnail(slide)

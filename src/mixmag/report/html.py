@@ -20,6 +20,7 @@ from .. import __version__
 from ..data.cohort import load_cohort
 from ..errors import MixmagError
 from ..fileio import write_atomic
+from ..ids import is_safe_id
 from .magnification import magnification_section
 
 REPORT_FILENAME = "report.html"
@@ -120,25 +121,44 @@ def _history_figure(history: list[dict], best_epoch: int) -> str:
     return _embedded(fig, "svg")
 
 
+def run_store_paths(config: dict, slides: list[str]) -> tuple[dict[str, Path], dict[str, str]]:
+    """Where a run's slides' stores are, as training found them: the cohort table's `store` column, else
+    <stores>/<slide>.h5; and the slides refused, with why (an id from the run's files that is not a safe name)."""
+    known: dict[str, Path] = {}
+    try:
+        known = load_cohort(config["cohort"], config["stores"], require_stores=False).stores
+    except (MixmagError, OSError, KeyError):
+        pass  # the table moved or changed since training: the stores folder alone
+    paths, refused = {}, {}
+    for slide in slides:
+        if slide in known:
+            paths[slide] = known[slide]
+        elif is_safe_id(slide):
+            paths[slide] = Path(config["stores"]) / f"{slide}.h5"
+        else:
+            refused[slide] = f"slide id {slide!r} in the run's predictions is not a safe file name; its heatmaps are not drawn"
+    return paths, refused
+
+
 def _qc_pictures(run: Path, config: dict, rows: list[dict], limit: int = 6) -> list[tuple[str, str]]:
     """QC pictures (tissue and regions) of test slides, found through each store's plan path."""
     from ..store import read_attrs
 
-    stores = Path(config["stores"])
+    slides = [slide for row in rows for slide in row["slides"].split(";")]
+    stores, _ = run_store_paths(config, slides)
     out = []
-    for row in rows:
-        for slide in row["slides"].split(";"):
-            store = stores / f"{slide}.h5"
-            if not store.is_file():
-                continue
-            plan = read_attrs(store).get("plan_path")
-            if not plan:
-                continue
-            picture = _file_png(Path(plan).parent / "qc_regions.png", fmt="jpeg")
-            if picture:
-                out.append((slide, picture))
-            if len(out) >= limit:
-                return out
+    for slide in slides:
+        store = stores.get(slide)
+        if store is None or not store.is_file():
+            continue
+        plan = read_attrs(store).get("plan_path")
+        if not plan:
+            continue
+        picture = _file_png(Path(plan).parent / "qc_regions.png", fmt="jpeg")
+        if picture:
+            out.append((slide, picture))
+        if len(out) >= limit:
+            return out
     return out
 
 
@@ -159,7 +179,6 @@ def _explained_slides(rows: list[dict]) -> list[tuple[str, str]]:
 
 def _heatmaps(run: Path, config: dict, rows: list[dict]) -> tuple[list[tuple[str, str, dict, list[str]]], str | None]:
     """Heatmap pictures of chosen test slides: [(slide, why, summary, data URIs)], or why there are none."""
-    from ..errors import MixmagError
     from ..eval.explain import attribution_summary, explain_slide
     from ..eval.predict import load_trained, use_stores
     from ..store import read_attrs
@@ -167,7 +186,8 @@ def _heatmaps(run: Path, config: dict, rows: list[dict]) -> tuple[list[tuple[str
     from .heatmaps import draw_heatmaps
 
     chosen = _explained_slides(rows)
-    stores = {slide: Path(config["stores"]) / f"{slide}.h5" for slide, _ in chosen}
+    stores, refused = run_store_paths(config, [slide for slide, _ in chosen])
+    chosen = [(slide, why) for slide, why in chosen if slide not in refused]
     out = []
     try:
         trainer = load_trained(run)
@@ -180,7 +200,7 @@ def _heatmaps(run: Path, config: dict, rows: list[dict]) -> tuple[list[tuple[str
         raise  # a tampered run folder is an error, not a missing picture
     except (MixmagError, OSError, KeyError) as exc:
         return out, f"{type(exc).__name__}: {exc}"
-    return out, None
+    return out, "; ".join(refused.values()) or None
 
 
 def _heatmap_section(run: Path, config: dict, rows: list[dict]) -> list[str]:
@@ -192,7 +212,8 @@ def _heatmap_section(run: Path, config: dict, rows: list[dict]) -> list[str]:
              "tiles of each magnification. The share of each magnification is also given relative to its share of the "
              "tokens (1.00x = as much as uniform attention).</p>"]
     for slide, why, summary, pictures in shown:
-        shares = ", ".join(f"{e(k)} {100 * v:.0f}% ({summary['level_enrichment'].get(k, float('nan')):.2f}x uniform)"
+        enrichment = summary["level_enrichment"]
+        shares = ", ".join(f"{e(k)} {100 * v:.0f}% ({f'{enrichment[k]:.2f}x uniform' if k in enrichment else 'not in its bags'})"
                            for k, v in summary["level_share"].items())
         parts.append(f"<h3>{e(slide)}: {e(why)}, score {summary['score']:.3f}</h3><p>{e(summary['method'])}: {shares}</p>")
         parts += [f"<img alt='heatmaps of {e(slide)}' src='{src}'>" for src in pictures if src]

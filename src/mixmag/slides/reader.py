@@ -9,8 +9,10 @@ the same plan. The chosen backend is named in every output's provenance.
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -137,6 +139,27 @@ def slide_fingerprint(path: str | Path) -> dict:
     return {"path": str(path.resolve()), "size_bytes": int(size), "mtime": float(mtime)}
 
 
+@contextmanager
+def _tifffile_log_once() -> Iterator[dict[str, logging.LogRecord]]:
+    """tifffile logs what it finds wrong in a file (e.g. 'invalid offset to first page') each time the file is
+    opened, and opening tries it more than once: hold the messages (the caller may take them into its error, by
+    emptying the dict) and let the others through once at the end."""
+    logger = logging.getLogger("tifffile")
+    records: dict[str, logging.LogRecord] = {}
+
+    def hold(record: logging.LogRecord) -> bool:
+        records.setdefault(record.getMessage(), record)
+        return False
+
+    logger.addFilter(hold)
+    try:
+        yield records
+    finally:
+        logger.removeFilter(hold)
+    for record in records.values():
+        logger.handle(record)
+
+
 class Slide:
     """An open whole slide image with a resolved mpp and exact-mpp reads."""
 
@@ -153,7 +176,15 @@ class Slide:
         if backend != "auto" and backend not in BACKENDS:
             raise ValueError(f"unknown slide backend {backend!r}; choose auto, {', '.join(BACKENDS)}")
         self._handle: BackendHandle | None = None
-        self.backend = self._open(backend)
+        with _tifffile_log_once() as tifffile_said:
+            try:
+                self.backend = self._open(backend)
+            except SlideUnreadableError as exc:  # what tifffile found wrong belongs in the one sentence
+                if not tifffile_said:
+                    raise
+                said = "; ".join(tifffile_said)
+                tifffile_said.clear()
+                raise SlideUnreadableError(exc.slide, exc.problem.replace("(", f"(tifffile: {said}; ", 1), exc.fix) from exc
         props = dict(self._handle.properties)
         self.properties = props
         resolved = resolve_mpp(self.path, props, mpp, self._handle.native_mpp)

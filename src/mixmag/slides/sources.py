@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import csv
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import CohortError
-from ..ids import is_safe_id
+from ..ids import check_id, is_safe_id
+from ..tables import read_table
 from .backends.dicom import dicom_entries
 
 _SLIDE_SUFFIXES = (".ome.tiff", ".ome.tif", ".ome.zarr", ".zarr")
@@ -46,33 +46,25 @@ def sources_from_paths(paths: list[Path], mpp: float | None = None) -> list[Slid
     return sources
 
 
-def _read_table(table: Path) -> tuple[list[str], list[dict[str, str]]]:
-    """A CSV's column names and rows, names and values stripped."""
-    if not table.is_file():
-        raise CohortError(f"{table}: cohort table not found.")
-    with table.open(newline="") as fh:
-        reader = csv.DictReader(fh)
-        columns = [c.strip() for c in (reader.fieldnames or [])]
-        rows = [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in reader]
-    return columns, rows
-
-
 def slide_ids_from_table(table: Path) -> list[str]:
     """The slide ids a CSV names: its 'slide' column (a training cohort table), else the ids of its
     'path' column's files (a tiling table)."""
     table = Path(table)
-    columns, rows = _read_table(table)
+    read = read_table(table)
+    columns, rows = read.columns, read.rows
     if "slide" not in columns:
         if "path" in columns:
             return [s.slide_id for s in sources_from_table(table)]
         raise CohortError(f"{table}: needs a 'slide' column (slide ids) or a 'path' column (slide files); "
                           f"found columns: {', '.join(columns) or 'none'}.")
     ids = [row.get("slide", "") for row in rows]
-    empty = [str(line) for line, sid in enumerate(ids, start=2) if not sid]
+    empty = [str(line) for line, sid in zip(read.lines, ids) if not sid]
     if empty:
         raise CohortError(f"{table}: empty 'slide' in row(s) {', '.join(empty[:10])}.")
     if not ids:
         raise CohortError(f"{table}: the table has no rows.")
+    for line, sid in zip(read.lines, ids):
+        check_id(sid, where=f"{table} row {line}", fix="(it names the slide's tiling folder and store)")
     return list(dict.fromkeys(ids))  # a slide listed twice is embedded once
 
 
@@ -80,13 +72,14 @@ def sources_from_table(table: Path, mpp: float | None = None) -> list[SlideSourc
     """Read a CSV with a 'path' column (relative paths are relative to the table) and optional
     'slide' (id) and 'mpp' columns; other columns (specimen, label, split...) are ignored here."""
     table = Path(table)
-    columns, rows = _read_table(table)
+    read = read_table(table)
+    columns, rows = read.columns, read.rows
     if "path" not in columns:
         raise CohortError(f"{table}: needs a 'path' column with the slide files (found columns: {', '.join(columns) or 'none'}).")
     if not rows:
         raise CohortError(f"{table}: the table has no rows.")
     sources, problems = [], []
-    for line, row in enumerate(rows, start=2):
+    for line, row in zip(read.lines, rows):
         if not row.get("path"):
             problems.append(f"row {line}: empty 'path'")
             continue

@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .. import __version__
 from ..fileio import write_atomic
 from ..geometry import Box, CellGrid, LevelSpec
+from ..ids import ID_RULE, is_safe_id
 from .params import TilingParams
 from .reader import Slide, slide_fingerprint
 from .tissue import TissueModel, cell_tissue_fractions, segment_tissue, tissue_model_id, window_fractions
@@ -45,6 +46,13 @@ class SlideRecord(BaseModel):
     height: int
     level_dimensions: list[tuple[int, int]]
     level_downsamples: list[float]
+
+    @field_validator("slide_id")
+    @classmethod
+    def _safe_id(cls, value: str) -> str:  # a plan is read back by `embed`, which names the store after it
+        if not is_safe_id(value):
+            raise ValueError(f"slide id {value!r} is not a safe file name ({ID_RULE})")
+        return value
 
 
 PlanStatus = Literal["ok", "too_small", "no_tissue", "no_regions"]
@@ -130,15 +138,15 @@ def make_plan(
         contexts, context_tissue = accepted_windows(window_fractions(tissue, c), 1, params.tissue_threshold)
     status: PlanStatus = "ok"
     side_um = t * levels.cell_um
-    if not mask.any():
-        status = "no_tissue"
-        warnings.append("no tissue found; the plan is empty. Check the slide, or the tissue settings (--min-saturation).")
-    elif grid.n_rows < t or grid.n_cols < t:
+    if grid.n_rows < t or grid.n_cols < t:  # before tissue: a slide too small for one region has no tissue to find
         status = "too_small"
         warnings.append(
             f"slide is {slide.width * slide.mpp:.0f} x {slide.height * slide.mpp:.0f} um, smaller than one "
-            f"{t} x {t} region ({side_um:.0f} um); the plan is empty. Use --region-size 1 or 2 to tile it."
+            f"{t} x {t} region ({side_um:.0f} um); the plan is empty. {_smaller_regions_hint(min(grid.n_rows, grid.n_cols), levels.cell_um)}"
         )
+    elif not mask.any():
+        status = "no_tissue"
+        warnings.append("no tissue found; the plan is empty. Check the slide, or the tissue settings (--min-saturation).")
     elif not regions:
         status = "no_regions"
         warnings.append(
@@ -181,6 +189,14 @@ def make_plan(
     return plan, thumbnail, mask
 
 
+def _smaller_regions_hint(fits: int, cell_um: float) -> str:
+    """What would tile a slide too small for its regions: the region sizes that fit, if any."""
+    if fits >= 1:
+        sizes = {1: "1", 2: "1 or 2"}.get(fits, f"{fits} or less")
+        return f"Use --region-size {sizes} to tile it."
+    return f"It is smaller than one {cell_um:g} um cell: these levels and tile size cannot tile it."
+
+
 def plan_path(out_dir: str | Path, slide_id: str) -> Path:
     return Path(out_dir) / slide_id / PLAN_FILENAME
 
@@ -204,7 +220,9 @@ def load_plan(path: str | Path) -> TilingPlan:
     except FileNotFoundError:
         raise
     except ValueError as exc:
-        raise ValueError(f"{path}: not a valid mixmag tiling plan ({exc.__class__.__name__}); delete it and re-run `mixmag tile`.") from exc
+        errors = exc.errors() if hasattr(exc, "errors") else []  # pydantic: say which field, and why
+        why = f"{'.'.join(map(str, errors[0]['loc']))}: {errors[0]['msg']}" if errors else exc.__class__.__name__
+        raise ValueError(f"{path}: not a valid mixmag tiling plan ({why}); delete it and re-run `mixmag tile`.") from exc
 
 
 def plan_is_current(

@@ -196,7 +196,8 @@ def _pretrain(out: Path, config: DemoConfig, tables: dict[str, Path], console: C
         return mixer
     last = run_pretraining(cfg, device=torch.device("cpu"),
                            on_log=lambda row: console.print(f"step {row['step']:>4}: MEM loss {row['mem']:.3f} "
-                                                            f"(predict-the-mean baseline {row['baseline_loss']:.3f})"))
+                                                            f"(predict-the-mean baseline {row['baseline_loss']:.3f})"),
+                           on_resume=lambda step, ckpt: console.print(f"resuming the mixer's pretraining from step {step} ({ckpt})"))
     held_out = " (test slides of every task left out)" if cfg.exclude_test_of else ""
     console.print(f"mixer after {last.get('step')} steps -> {mixer}{held_out}")
     return mixer

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import timedelta
@@ -21,12 +22,16 @@ import torch
 from ..catalog import CatalogWriter
 from ..encoders.extract import SlideJob, embed_slides
 from ..encoders.model import TileEncoder
-from ..errors import MixmagError, OptionError
+from ..errors import MixmagError, MixmagWarning, OptionError
 from ..fileio import DiskFullError, FolderLock, RunLockedError, ensure_free_space
 from ..slides.pyramids import ReadMode
 from ..slides.tiling import PLAN_FILENAME, load_plan
 from ..store import (plan_provenance, read_attrs, store_from_plan, store_path, store_problems, store_size_lower_bound,
                      write_store)
+
+
+class UnfinishedTilingWarning(MixmagWarning):
+    """A tiling folder without its plan: the slide is skipped, and said so."""
 
 
 class EmbedError(MixmagError):
@@ -79,6 +84,11 @@ def find_plans(plans_dir: Path, slide_ids: list[str] | None = None) -> list[Path
     plans_dir = Path(plans_dir)
     if slide_ids is None:
         found = sorted(plans_dir.glob(f"*/{PLAN_FILENAME}"))
+        unfinished = sorted(d.name for d in plans_dir.glob("*/") if d.is_dir() and not (d / PLAN_FILENAME).is_file())
+        if unfinished:  # the plan is written last: its tiling was interrupted or failed
+            warnings.warn(UnfinishedTilingWarning(
+                f"{plans_dir}: no {PLAN_FILENAME} in {len(unfinished)} slide folder(s) ({', '.join(unfinished[:10])}): their tiling "
+                f"did not finish, so they are not embedded; run `mixmag tile` on them again"), stacklevel=2)
         if not found:
             raise EmbedError(f"{plans_dir}: no tiling plans (*/{PLAN_FILENAME}); run `mixmag tile --out {plans_dir}` first.")
         return found
@@ -154,9 +164,16 @@ def run_embed(
     rather than made twice. A slide whose store cannot fit on the disk is refused before its tiles are embedded."""
     check_read_mode(mode)
     out_dir = Path(out_dir)
-    plans = [(p, load_plan(p)) for p in plan_paths]
+    plans, results = [], []
+    for p in plan_paths:  # a plan is untrusted input: a damaged or forged one fails its slide alone (reported once)
+        try:
+            plans.append((p, load_plan(p)))
+        except (OSError, ValueError) as exc:
+            if dist.rank == 0:
+                results.append(EmbedResult(Path(p).parent.name, "failed", 0, str(exc)))
+                if on_result:
+                    on_result(results[-1])
     mine = shard([len(plan.cells) for _, plan in plans], dist.world_size)[dist.rank]
-    results: list[EmbedResult] = []
     todo, provenance = [], {}
 
     def record(result: EmbedResult) -> None:

@@ -8,7 +8,6 @@ is then scored, its attribution placed on the slide, and heatmaps drawn when ask
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,11 +16,13 @@ import torch
 
 from ..catalog import load_catalog, place_stores
 from ..errors import MixmagError
-from ..eval.predict import RunMismatchError, encoded_mixer, use_stores
+from ..eval.predict import RunMismatchError, encoded_mixer, store_misfit, use_stores
 from ..fileio import write_csv_atomic
+from ..ids import ID_RULE, check_id, is_safe_id, path_for_id
 from ..slides.sources import SlideSource
 from ..slides.tiling import TilingParams, plan_path
 from ..store import store_path
+from ..tables import read_table
 from ..train.finetune import Trainer
 
 
@@ -41,30 +42,37 @@ class PredictInputs:
     sources: list[SlideSource] = field(default_factory=list)
     stores: dict[str, Path] = field(default_factory=dict)
     specimen_of: dict[str, str] = field(default_factory=dict)
+    problems: dict[str, str] = field(default_factory=dict)  # slides refused before any work, with the reason
 
 
 def read_inputs(slides: list[str] | None, cohort: Path | None, stores_dir: Path | None) -> PredictInputs:
     """Slide files or ids from the command line, or a cohort table ('path' for files, 'slide' with
-    --stores; optional 'specimen' and 'mpp'); malformed tables are errors naming the file."""
+    --stores; optional 'specimen' and 'mpp'); malformed tables and unsafe slide ids are errors naming the input."""
     from ..errors import CohortError
     from ..slides.sources import sources_from_paths, sources_from_table
 
     rows: list[dict] = []
     if cohort is not None:
-        if not cohort.is_file():
-            raise CohortError(f"{cohort}: cohort table not found")
-        with cohort.open(newline="") as fh:
-            rows = [{k.strip(): (v or "").strip() for k, v in r.items() if k} for r in csv.DictReader(fh)]
+        table = read_table(cohort)
+        rows = table.rows
         needed = "slide" if stores_dir is not None else "path"
         if not rows or any(not r.get(needed) for r in rows):
             what = "slide ids of the stores in --stores" if stores_dir is not None else "the slide files"
             raise CohortError(f"{cohort}: needs a '{needed}' column filled on every row ({what})")
     if stores_dir is not None:
-        ids = [r["slide"] for r in rows] or slides or sorted(e.slide_id for e in load_catalog(stores_dir).entries)
+        if rows:
+            ids = [check_id(r["slide"], where=f"{cohort} row {line}") for line, r in zip(table.lines, rows)]
+        elif slides:
+            ids = [check_id(s, where="the command line", fix="Give the ids of stores in --stores (file names without .h5).")
+                   for s in slides]
+        else:  # every store of the folder, by its own slide_id attribute: untrusted, so an unsafe one gets its row
+            ids = sorted(e.slide_id for e in load_catalog(stores_dir).entries)
         if not ids:
             raise CohortError(f"{stores_dir}: no stores to predict")
-        return PredictInputs(stores=place_stores(stores_dir, ids),  # flat or sharded folders (mixmag.catalog)
-                             specimen_of={r["slide"]: r.get("specimen") or r["slide"] for r in rows})
+        unsafe = {s: f"a store in {stores_dir} names its slide {s!r}, not a safe file name ({ID_RULE}); fix its slide_id "
+                     "attribute or re-embed the slide" for s in ids if not is_safe_id(s)}
+        return PredictInputs(stores=place_stores(stores_dir, [s for s in ids if s not in unsafe]),  # flat or sharded folders
+                             specimen_of={r["slide"]: r.get("specimen") or r["slide"] for r in rows}, problems=unsafe)
     if rows:
         sources = sources_from_table(cohort)  # one per row, in order
         return PredictInputs(sources, specimen_of={s.slide_id: r.get("specimen") or s.slide_id for s, r in zip(sources, rows)})
@@ -173,22 +181,31 @@ def score_slides(
     method: str = "auto",
     on_slide: Callable[[SlideOutcome], None] | None = None,
 ) -> list[SlideOutcome]:
-    """Score every store (the evaluation path's forward), place its attribution, draw its heatmaps."""
+    """Score every store (the evaluation path's forward), place its attribution, draw its heatmaps. A store that
+    cannot be scored (damaged, forged, made with other settings) gets its reason; the others are scored."""
     from ..eval.explain import explain_slide, save_attribution
     from ..store import read_attrs
 
     if not stores:
         return []
-    use_stores(trainer, stores, work / "encoded" if trainer.config.bags in ("patch", "cls") else None)
+    refused = unusable_stores(trainer, stores)
+    usable = {s: p for s, p in stores.items() if s not in refused}
+    if usable:
+        use_stores(trainer, usable, work / "encoded" if trainer.config.bags in ("patch", "cls") else None)
     outcomes = []
     for slide, path in stores.items():
-        outcome = SlideOutcome(slide)
+        outcome = SlideOutcome(slide, problem=refused.get(slide))
+        if outcome.problem:
+            outcomes.append(outcome)
+            if on_slide:
+                on_slide(outcome)
+            continue
         try:
             with torch.no_grad():
                 outcome.score = float(torch.sigmoid(trainer.slide_logits([slide]))[0])
             attribution = explain_slide(trainer, slide, path, method)
             outcome.level_share = attribution.level_share
-            save_attribution(attribution, work / "heatmaps" / f"{slide}.npz")
+            save_attribution(attribution, path_for_id(work / "heatmaps", slide, ".npz"))
             if heatmaps:
                 from ..report.heatmaps import draw_heatmaps
 
@@ -202,6 +219,24 @@ def score_slides(
         if on_slide:
             on_slide(outcome)
     return outcomes
+
+
+def unusable_stores(trainer: Trainer, stores: dict[str, Path]) -> dict[str, str]:
+    """The stores this run cannot score, with the reason: so one bad store never stops the batch. Runs on mixer
+    outputs encode every store at once, so for them each store is read and validated whole beforehand."""
+    from ..store import StoreError, read_store
+
+    refused = {}
+    for slide, path in stores.items():
+        problem = store_misfit(trainer, path, slide)
+        if problem is None and trainer.config.bags in ("patch", "cls"):
+            try:
+                read_store(path)
+            except StoreError as exc:
+                problem = str(exc)
+        if problem:
+            refused[slide] = problem
+    return refused
 
 
 def write_outcomes(path: Path, outcomes: list[SlideOutcome], specimen_of: dict[str, str] | None, levels: list[str], how: str = "max") -> Path:

@@ -47,7 +47,7 @@ def synthetic_store(
         windows["contexts"] = _windows(n_rows, n_cols, context)
     attrs = {
         "slide_id": slide_id, "encoder": "synthetic", "encoder_weights_digest": f"projection-{projection_seed}",
-        "level_mpps": [2.0 / 2**i for i in range(n_levels)], "slide_mpp": 0.5, "cell_px": 896.0,
+        "level_mpps": [2.0 / 2**i for i in range(n_levels)], "slide_mpp": 0.5, "cell_px": 896.0, "grid_shape": [n_rows, n_cols],
         "region_size": t, "context_size": context, "embedding_dim": dim,
     }
     return SlideStore(rc=rc, tissue=np.ones(len(rc), np.float32), embeddings=embeddings, attrs=attrs, windows=windows)

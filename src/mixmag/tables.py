@@ -1,0 +1,65 @@
+"""The one reader of users' CSV tables (cohort tables, slide lists): what a spreadsheet writes is read, and a table that
+could be read two ways is an error naming the problem.
+
+Excel's "CSV UTF-8" starts with a byte-order mark: read (`utf-8-sig`). A column named twice (`csv.DictReader` would
+silently keep the last one: a second `label` column flipped a model's test AUROC from 0 to 1) and a row with more
+values than the header are errors. Names and values are stripped of surrounding blanks.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import CohortError
+
+
+@dataclass(frozen=True)
+class Table:
+    path: Path
+    columns: list[str]
+    rows: list[dict[str, str]]  # every column of the header in every row ('' where the row had no value)
+    lines: list[int]  # each row's line number as a spreadsheet shows it (the header is line 1)
+
+
+def read_table(path: str | Path, *, what: str = "cohort table") -> Table:
+    """Read a CSV table: header and rows, stripped; `CohortError` naming the file for anything ambiguous."""
+    path = Path(path)
+    if not path.is_file():
+        raise CohortError(f"{path}: {what} not found.")
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as fh:
+            records = list(csv.reader(fh))
+    except UnicodeDecodeError as exc:
+        raise CohortError(f"{path}: not UTF-8 text (byte {exc.start}); save the {what} as 'CSV UTF-8'.") from exc
+    except csv.Error as exc:
+        raise CohortError(f"{path}: not a readable CSV ({exc}).") from exc
+    while records and not any(cell.strip() for cell in records[-1]):
+        records.pop()  # trailing blank lines
+    if not records:
+        raise CohortError(f"{path}: the {what} is empty (no header row).")
+    header = [cell.strip() for cell in records[0]]
+    while header and not header[-1]:
+        header.pop()  # a trailing comma after the last column name
+    twice = sorted(name for name, n in Counter(header).items() if n > 1 and name)
+    if twice:
+        raise CohortError(f"{path}: column(s) {', '.join(repr(c) for c in twice)} appear more than once in the header; "
+                          "keep one column of each name (which one is meant cannot be guessed).")
+    if "" in header:
+        raise CohortError(f"{path}: column {header.index('') + 1} of the header has no name; name it or delete it.")
+    rows, lines, problems = [], [], []
+    for line, record in enumerate(records[1:], start=2):
+        values = [cell.strip() for cell in record]
+        if not any(values):
+            continue  # a blank line
+        extra = [v for v in values[len(header):] if v]
+        if extra:
+            problems.append(f"row {line} has {len(header) + len(extra)} values but the header names {len(header)} columns")
+            continue
+        rows.append(dict(zip(header, values + [""] * (len(header) - len(values)))))
+        lines.append(line)
+    if problems:
+        raise CohortError(f"{path}: " + "; ".join(problems[:10]) + ".")
+    return Table(path, header, rows, lines)
