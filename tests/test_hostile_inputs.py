@@ -148,9 +148,17 @@ def test_train_refuses_cohort_ids_that_tile_refuses(tmp_path, world):
     assert _written_outside(tmp_path, before, tmp_path / "run") == []
 
 
-def test_report_finds_stores_through_the_cohort_store_column(world):
+@pytest.fixture(scope="module")
+def world_report(world) -> str:
+    """The world run's report, words only (the pictures' bytes left out)."""
+    import re
+
+    return re.sub(r"src='[^']*'", "", html.unescape(build_report(world["run"]).read_text()))
+
+
+def test_report_finds_stores_through_the_cohort_store_column(world_report):
     """The run's stores folder holds no store: the table's `store` column says where they are."""
-    text = build_report(world["run"]).read_text()
+    text = world_report
     assert "Heatmaps not drawn" not in text, text[text.find("Heatmaps not drawn"):][:400]
     assert text.count("alt='heatmaps of") >= 6
 
@@ -322,10 +330,8 @@ def test_embed_says_which_slide_folders_have_no_plan(tmp_path, world):
         assert find_plans(plans) == [plans / "s" / "plan.json"]
 
 
-def test_the_report_never_prints_nan_for_levels_the_model_does_not_see(world):
-    import re
-
-    text = re.sub(r"src='[^']*'", "", build_report(world["run"]).read_text())  # the words, not the pictures' bytes
+def test_the_report_never_prints_nan_for_levels_the_model_does_not_see(world_report):
+    text = world_report
     assert "alt='heatmaps of" in text
     assert "nanx" not in text and "nan%" not in text
     assert "5x 0% (not in its bags)" in text

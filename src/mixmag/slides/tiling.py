@@ -138,15 +138,16 @@ def make_plan(
         contexts, context_tissue = accepted_windows(window_fractions(tissue, c), 1, params.tissue_threshold)
     status: PlanStatus = "ok"
     side_um = t * levels.cell_um
-    if grid.n_rows < t or grid.n_cols < t:  # before tissue: a slide too small for one region has no tissue to find
+    too_small = grid.n_rows < t or grid.n_cols < t
+    if not mask.any() and min(grid.n_rows, grid.n_cols) > 0:  # without one whole cell a slide is too small, tissue or not
+        status = "no_tissue"
+        warnings.append("no tissue found; the plan is empty. Check the slide, or the tissue settings (--min-saturation).")
+    elif too_small:
         status = "too_small"
         warnings.append(
             f"slide is {slide.width * slide.mpp:.0f} x {slide.height * slide.mpp:.0f} um, smaller than one "
             f"{t} x {t} region ({side_um:.0f} um); the plan is empty. {_smaller_regions_hint(min(grid.n_rows, grid.n_cols), levels.cell_um)}"
         )
-    elif not mask.any():
-        status = "no_tissue"
-        warnings.append("no tissue found; the plan is empty. Check the slide, or the tissue settings (--min-saturation).")
     elif not regions:
         status = "no_regions"
         warnings.append(
