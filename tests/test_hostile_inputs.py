@@ -337,17 +337,6 @@ def test_the_report_never_prints_nan_for_levels_the_model_does_not_see(world_rep
     assert "5x 0% (not in its bags)" in text
 
 
-def test_a_resumed_pretraining_run_says_from_which_step(tmp_path, world):
-    config = tmp_path / "pretrain.yaml"
-    config.write_text(f"stores: {world['stores']}\nout: {tmp_path / 'run'}\npreset: tiny\nbatch_size: 8\nsteps: 2\nwarmup_steps: 1\n"
-                      "precision: fp32\nworkers: 0\nper_slide: 8\npool: 2\nlog_every: 1\ncheckpoint_every: 1\ntensorboard: false\n"
-                      "peak_tflops: 1.0\n")
-    first = _invoke("pretrain", "--config", config, "--device", "cpu")
-    assert first.exit_code == 0 and "resuming" not in first.output, first.output
-    again = _invoke("pretrain", "--config", config, "--device", "cpu", "--set", "steps=3")
-    assert again.exit_code == 0 and "resuming from step 2 of 3" in again.output.lower(), again.output
-
-
 def test_tifffile_complaints_are_said_once_in_the_slide_error(tmp_path, capfd):
     import struct
 
