@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import html
+import re
 import shutil
 from pathlib import Path
 
@@ -151,8 +152,6 @@ def test_train_refuses_cohort_ids_that_tile_refuses(tmp_path, world):
 @pytest.fixture(scope="module")
 def world_report(world) -> str:
     """The world run's report, words only (the pictures' bytes left out)."""
-    import re
-
     return re.sub(r"src='[^']*'", "", html.unescape(build_report(world["run"]).read_text()))
 
 
@@ -260,6 +259,25 @@ def test_a_store_declaring_more_than_it_holds_is_refused(tmp_path, world):
     empty = _forge(shutil.copy(world["stores"] / "S00.h5", tmp_path / "empty.h5"), emb__20x=((n, 16, 34), "f2"))
     with pytest.raises(StoreError, match="emb/20x declares .* bytes but the file holds 0"):
         read_store(empty)  # HDF5 would hand back zeros: a model would score a blank slide
+
+
+@pytest.mark.parametrize("change, said", [
+    ({"windows": np.arange(3)}, "windows is not a group"),
+    ({"attrs": {"level_names": '{"5x": 1}'}}, "level_names is {'5x': 1}, not a list"),
+    ({"attrs": {"level_names": '["5x", "10x", "40x"]'}}, "no dataset emb/40x"),
+    ({"cells__tissue": np.zeros((3, 3), np.float32)}, "cells/tissue is float32 (3, 3)"),
+])
+def test_a_store_of_the_wrong_structure_is_one_sentence(tmp_path, world, change, said):
+    path = shutil.copy(world["stores"] / "S00.h5", tmp_path / "odd.h5")
+    if "windows" in change:
+        with h5py.File(path, "r+") as f:
+            del f["windows"]
+            f["windows"] = change["windows"]
+    else:
+        _forge(path, **change)
+    for read in (read_store, read_index):
+        with pytest.raises(StoreError, match=re.escape(said)):
+            read(path)
 
 
 def test_cells_outside_the_slide_grid_are_refused(tmp_path, world):

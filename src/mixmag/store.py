@@ -250,6 +250,9 @@ def layout_problems(f: h5py.File, attrs: dict) -> list[str]:
     if names is not None and not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
         return [f"attribute level_names is {names!r}, not a list of level names"]
     names = _level_names(f, attrs)
+    for group in ("cells", "emb", "windows"):
+        if group in f and not isinstance(f[group], h5py.Group):
+            return [f"{group} is not a group of datasets"]
     needed = ["cells/rc", "cells/tissue"] + [f"emb/{n}" for n in names] + [f"windows/{n}" for n in f.get("windows", {})]
     absent = [n for n in needed if not isinstance(f.get(n), h5py.Dataset)]
     if absent:
