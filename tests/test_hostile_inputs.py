@@ -149,6 +149,13 @@ def test_train_refuses_cohort_ids_that_tile_refuses(tmp_path, world):
     assert _written_outside(tmp_path, before, tmp_path / "run") == []
 
 
+def test_embed_refuses_cohort_slide_ids_that_leave_the_plans_folder(tmp_path, world):
+    table = _write_table(tmp_path / "some.csv", ["slide"], [["s"], ["../../ESC"]])
+    result = _invoke("embed", "--cohort", table, "--plans", world["dir"] / "tiles", "--out", tmp_path / "out", "--encoder", "stats")
+    assert result.exit_code == 2 and "row 3: slide id '../../ESC' is not a safe file name" in result.output, result.output
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.fixture(scope="module")
 def world_report(world) -> str:
     """The world run's report, words only (the pictures' bytes left out)."""
