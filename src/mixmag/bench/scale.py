@@ -42,7 +42,7 @@ from ..store import STORE_SUFFIX, shared_settings, write_store
 from ..synth.stores import synthetic_store
 
 _ID_LEN = 16
-_PLACEHOLDER = "@" * _ID_LEN
+_PLACEHOLDER = ("placeholder" + "_" * _ID_LEN)[:_ID_LEN]  # a safe slide id (stores refuse others), replaced in place
 TARGETS = {"first_batch_s_at_100k": 10.0, "rss_growth_mb_per_100k": 200.0}
 
 
