@@ -69,10 +69,10 @@ def _trained(tmp_path, task):
                                   epochs=20, batch_size=16, lr=5e-3, bootstrap=100, seed=0))
     metrics = trainer.fit()
     assert metrics["test"]["auroc"] > 0.8, "the model must learn the task for its attribution to mean anything"
-    reference = A.cohort_reference([slide_input(trainer, sp.slides[0], trainer.cohort.stores[sp.slides[0]])
+    reference = A.cohort_reference([slide_input(trainer.classifier, sp.slides[0], trainer.cohort.stores[sp.slides[0]])
                                     for sp in trainer.cohort.split("train")])
     slides = [sp.slides[0] for sp in trainer.cohort.split("test") if sp.label == 1]
-    return [A.level_importance(s, slide_input(trainer, s, trainer.cohort.stores[s]), reference=reference, steps=12) for s in slides]
+    return [A.level_importance(s, slide_input(trainer.classifier, s, trainer.cohort.stores[s]), reference=reference, steps=12) for s in slides]
 
 
 @pytest.mark.parametrize(("task", "placed", "other"), [("fine", "20x", "5x"), ("coarse", "5x", "20x")])

@@ -8,7 +8,7 @@ import pytest
 
 from mixmag.errors import MixmagError
 from mixmag.eval.benchmark_stats import cell_statistics, paired_power, specimens_for_power
-from mixmag.eval.metrics import auroc, delong_test
+from mixmag.metrics import auroc, delong_test
 from mixmag.stages.benchmark import BenchmarkConfig, run_benchmark
 from mixmag.synth.benchmark import BenchmarkSpec, _directions, benchmark_slide, write_benchmark_cohort
 

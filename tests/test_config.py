@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from mixmag.cli import app
 from mixmag.config import load_config
 from mixmag.errors import ConfigError
-from mixmag.eval.experiments import GridConfig
+from mixmag.stages.experiments import GridConfig
 from mixmag.models.mixer import MixerConfig, MixerOverrides
 from mixmag.slides.params import TilingParams
 from mixmag.stages.benchmark import BenchmarkConfig

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from mixmag.eval.metrics import auroc, bootstrap_auroc, delong_test, delong_variance, specimen_scores, structural_components
+from mixmag.metrics import auroc, bootstrap_auroc, delong_test, delong_variance, specimen_scores, structural_components
 
 
 @pytest.mark.parametrize("seed", range(5))

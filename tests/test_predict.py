@@ -14,14 +14,15 @@ from typer.testing import CliRunner
 from mixmag.cli import app
 from mixmag.data.bags import region_bag, tile_bag
 from mixmag.eval.explain import explain_slide, region_layout, tile_layout
-from mixmag.eval.predict import RunMismatchError, load_trained, use_stores
+from mixmag.errors import RunMismatchError
 from mixmag.report.heatmaps import draw_heatmaps, map_on_thumbnail, open_store_slide, thumbnail
 from mixmag.store import read_attrs, read_store, write_store
 from mixmag.synth.cohort import CohortSpec, write_cohort
 from mixmag.synth.patterns import tissue_like
 from mixmag.synth.slide_writer import write_slide
 from mixmag.synth.stores import synthetic_store
-from mixmag.train.finetune import TrainConfig, Trainer
+from mixmag.models.slide import SlideModel
+from mixmag.train.classifier import SlideClassifier
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = ["abmil-all", "MEM-patch", "MEM-cls", "random-cls", "random-patch", "random-10x-patch"]
@@ -85,12 +86,12 @@ def test_predict_from_raw_slides_equals_the_evaluation_path(demo, tmp_path):
 def test_predict_refuses_other_encoder_weights_and_reports_bad_slides(demo, tmp_path, real_svs):
     d, test_table = demo
     run = _run(d, "abmil-all")
-    trainer = load_trained(run)
-    trainer.pipeline["encoder_weights_digest"] = "0123456789abcdef"
+    classifier = SlideClassifier.load(run)
+    classifier.pipeline["encoder_weights_digest"] = "0123456789abcdef"
     from mixmag.stages.predict import encoder_for_run
 
     with pytest.raises(RunMismatchError, match="not the ones the run was trained with"):
-        encoder_for_run(trainer)
+        encoder_for_run(classifier)
     import json
     import shutil
 
@@ -99,23 +100,23 @@ def test_predict_refuses_other_encoder_weights_and_reports_bad_slides(demo, tmp_
     pipeline = json.loads((future / "pipeline.json").read_text())
     (future / "pipeline.json").write_text(json.dumps(pipeline | {"run_format": 99, "mixmag_version": "9.0"}))
     with pytest.raises(RunMismatchError, match="newer than this mixmag"):
-        load_trained(future)
+        SlideClassifier.load(future)
     (future / "pipeline.json").write_text(json.dumps(pipeline))
     assert pipeline["compute_dtype"] == "float32"  # embedded on CPU here
     import h5py
 
-    from mixmag.eval.predict import precision_note
+    from mixmag.stages.predict import precision_note
 
     store = next((d / "out" / "stores").glob("*.h5"))
     gpu_store = tmp_path / store.name
     shutil.copy(store, gpu_store)
     with h5py.File(gpu_store, "r+") as f:
         f.attrs["compute_dtype"] = "bfloat16"
-    assert precision_note(trainer, {"a": store}) is None
-    assert "embedded in float32, these in bfloat16" in precision_note(trainer, {"a": store, "b": gpu_store})
+    assert precision_note(classifier, {"a": store}) is None
+    assert "embedded in float32, these in bfloat16" in precision_note(classifier, {"a": store, "b": gpu_store})
     torch.save({"nonsense": torch.zeros(1)}, future / "best.pt")
     with pytest.raises(RunMismatchError, match="best.pt does not fit"):
-        load_trained(future)
+        SlideClassifier.load(future)
     broken = tmp_path / "broken.tiff"
     broken.write_bytes(b"II*\x00" + b"\x00" * 100)
     good = Path(next(csv.DictReader(open(test_table)))["path"])
@@ -163,9 +164,9 @@ def _quadrant_slide(folder: Path) -> Path:
     return path
 
 
-def _attention_on_nuclei(trainer: Trainer) -> None:
+def _attention_on_nuclei(model: SlideModel) -> None:
     """AB-MIL whose attention and score rise with the encoder's nuclear-area feature (index 8 of `stats`)."""
-    abmil = trainer.model.abmil
+    abmil = model.abmil
     with torch.no_grad():
         for p in abmil.parameters():
             p.zero_()
@@ -196,14 +197,15 @@ def test_heatmaps_put_the_signal_in_its_quadrant(tmp_path, bags):
     assert result.exit_code == 0, result.output
     store = tmp_path / "stores" / "quadrant.h5"
     attrs = read_attrs(store)
-    trainer = Trainer(TrainConfig(cohort="-", stores="-", out="-", bags=bags), pipeline={"bag_dim": 34, **attrs})
-    _attention_on_nuclei(trainer)
-    use_stores(trainer, {"quadrant": store})
+    model = SlideModel(34).eval()  # a classifier of the stores' 34-d `stats` embeddings, no training loop needed
+    _attention_on_nuclei(model)
+    classifier = SlideClassifier(model, bags, pipeline=dict(attrs))
+    classifier.use_stores({"quadrant": store})
     with open_store_slide(attrs) as slide:
         thumb, scale = thumbnail(slide, longest=300)
     h, w = thumb.shape[:2]
-    gradient = explain_slide(trainer, "quadrant", store, "gradient")
-    a = explain_slide(trainer, "quadrant", store)
+    gradient = explain_slide(classifier, "quadrant", store, "gradient")
+    a = explain_slide(classifier, "quadrant", store)
     assert a.method == "AB-MIL attention" and gradient.method == "gradient x input"
     assert len(a.regions) == 4
     top = tuple(a.regions[int(np.argmax(a.region_weight))])

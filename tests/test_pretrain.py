@@ -150,8 +150,8 @@ def test_a_process_group_ends_with_its_threads(tmp_path):
     script = tmp_path / "rank.py"
     script.write_text(
         "import os, torch\n"
-        "from mixmag.cli import _start_distributed\n"
-        "_start_distributed('cpu')\n"
+        "from mixmag.devices import start_distributed\n"
+        "start_distributed('cpu')\n"
         "import timm  # noqa: F401 - imports torch._dynamo after the group exists, as the stages do\n"
         "out = [None, None]\n"
         "torch.distributed.all_gather_object(out, os.environ['RANK'])\n"

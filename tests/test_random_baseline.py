@@ -3,7 +3,7 @@
 import pytest
 
 from mixmag.errors import ConfigError
-from mixmag.eval.experiments import GridConfig, Task, method_config
+from mixmag.stages.experiments import GridConfig, Task, method_config
 from mixmag.models.mixer import RegionMixer, mixer_config
 from mixmag.train.finetune import build_mixer
 from mixmag.train.mixer_file import export_mixer

@@ -82,12 +82,13 @@ def test_predict_on_new_stores_equals_the_evaluation_path(run_dir, tmp_path):
 
 
 def test_predict_refuses_stores_made_differently(run_dir, tmp_path):
-    from mixmag.eval.predict import RunMismatchError, load_trained, predict_stores
+    from mixmag.errors import RunMismatchError
     from mixmag.store import write_store
     from mixmag.synth.stores import synthetic_store
+    from mixmag.train.classifier import SlideClassifier
 
     other = synthetic_store("other", dim=16, projection_seed=99)  # another "encoder"
     path = write_store(tmp_path / "other.h5", other)
-    trainer = load_trained(run_dir)
+    classifier = SlideClassifier.load(run_dir)
     with pytest.raises(RunMismatchError, match="encoder_weights_digest"):
-        predict_stores(trainer, {"other": path})
+        classifier.use_stores({"other": path})

@@ -127,7 +127,7 @@ def test_plans_and_runs_remember_the_tissue_model(tmp_path):
 
     from conftest import make_tissue_slide
     from mixmag.cli import app
-    from mixmag.eval.predict import RunMismatchError
+    from mixmag.errors import RunMismatchError
     from mixmag.slides.tiling import load_plan
     from mixmag.stages.predict import tissue_model_for_run
 

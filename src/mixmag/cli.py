@@ -1,10 +1,16 @@
-"""The `mixmag` command line: thin wrappers over the Python API, one sub-command per stage."""
+"""The `mixmag` command line: thin wrappers over the Python API, one sub-command per stage.
+
+One error boundary: every failure a user can fix is a `MixmagError` (errors name the input and the fix), caught once,
+by the app's command group, and printed as one `error:` line with exit code 2. Nothing else is caught here.
+"""
 
 from __future__ import annotations
 
 import json
 import warnings
 from enum import Enum
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, NoReturn, Optional
 
@@ -12,12 +18,25 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
+from typer.core import TyperGroup
 
 from .config import model_default
-from .errors import MixmagError, MixmagWarning
+from .errors import MixmagError, MixmagWarning, OptionError
 from .slides.params import TilingParams, TissueParams
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Mixed-magnification region embeddings for computational pathology.")
+
+class _ErrorBoundary(TyperGroup):
+    """The one place where mixmag's errors are caught (for `main()`, `python -m`, torchrun and tests alike)."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except MixmagError as exc:
+            _fail(str(exc))
+
+
+app = typer.Typer(cls=_ErrorBoundary, add_completion=False, no_args_is_help=True,
+                  help="Mixed-magnification region embeddings for computational pathology.")
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks that print their figures.")
 synth_app = typer.Typer(no_args_is_help=True, help="Generate synthetic slides.")
 app.add_typer(bench_app, name="bench")
@@ -50,10 +69,7 @@ def _tiling_params(config: Path | None, options: dict):
     from .config import load_config
     from .slides.params import TilingParams
 
-    try:
-        return load_config(TilingParams, config, section="tiling", options=options)
-    except MixmagError as exc:
-        _fail(str(exc))
+    return load_config(TilingParams, config, section="tiling", options=options)
 
 
 def _tiling_help(text: str, name: str, section: str | None = None) -> str:
@@ -94,15 +110,12 @@ def tile(
         tissue=dict(thumbnail_mpp=thumbnail_mpp, min_saturation=min_saturation),
     ))
     if not slides and cohort is None:
-        _fail("give slide files or --cohort TABLE.csv")
-    try:
-        check_backend(backend)
-        sources = sources_from_paths(list(slides or []), mpp)
-        if cohort is not None:
-            sources += sources_from_table(cohort, mpp)
-        model = load_tissue_model(tissue_model) if tissue_model else None
-    except (MixmagError, OSError, ImportError, ValueError) as exc:
-        _fail(str(exc))
+        raise OptionError("give slide files or --cohort TABLE.csv")
+    check_backend(backend)
+    sources = sources_from_paths(list(slides or []), mpp)
+    if cohort is not None:
+        sources += sources_from_table(cohort, mpp)
+    model = load_tissue_model(tissue_model) if tissue_model else None
     levels = params.levels
     console.print(
         f"Tiling {len(sources)} slide(s): {params.region_size}x{params.region_size} regions of "
@@ -118,34 +131,10 @@ def tile(
             progress.console.print(f"[{style}]{result.summary_line()}[/]", highlight=False, soft_wrap=True)
             progress.advance(task)
 
-        try:
-            results = tile_slides(sources, out, params, backend=backend, tissue_model=model, force=force,
-                                  on_result=report)
-        except MixmagError as exc:  # tiling_summary.json on a full disk: the slides' lines above stand
-            _fail(str(exc))
+        results = tile_slides(sources, out, params, backend=backend, tissue_model=model, force=force, on_result=report)
     _print_tile_summary(results, out)
     if any(r.outcome == "failed" for r in results):
         raise typer.Exit(1)
-
-
-def _start_distributed(device: str | None, process_group: bool = True):
-    """Rank info from torchrun's environment, this rank's device, and the process group (if > 1 rank
-    and the stage's ranks talk to each other)."""
-    import torch
-
-    from .stages.embed import dist_from_env
-
-    dist = dist_from_env()
-    dev = torch.device(device) if device else torch.device(f"cuda:{dist.local_rank}" if torch.cuda.is_available() else "cpu")
-    if dev.type == "cuda":
-        torch.cuda.set_device(dev)
-    if dist.active and process_group:
-        # torch._dynamo (imported by timm) keeps references to a group that exists when it is first imported, and a
-        # group that outlives destroy_process_group() keeps gloo threads that can abort the process at exit
-        import torch._dynamo  # noqa: F401
-
-        torch.distributed.init_process_group("nccl" if dev.type == "cuda" else "gloo")
-    return dist, dev
 
 
 def _progress() -> Progress:
@@ -197,18 +186,16 @@ def embed(
     """Embed every tile of every level of every planned cell into one store per slide (torchrun for many GPUs)."""
     import torch
 
+    from .devices import start_distributed
     from .encoders.model import build_encoder
     from .slides.sources import slide_ids_from_table
     from .stages.embed import check_read_mode, find_plans, gather_results, run_embed
 
-    dist, dev = _start_distributed(device, process_group=False)
-    try:
-        check_read_mode(read_mode)
-        slide_ids = slide_ids_from_table(cohort) if cohort else None
-        plan_paths = find_plans(plans, slide_ids)
-        model = build_encoder(encoder, weights=weights, from_hub=from_hub, random_init=random_init, output=output)
-    except (MixmagError, OSError) as exc:
-        _fail(str(exc))
+    dist, dev = start_distributed(device, process_group=False)
+    check_read_mode(read_mode)
+    slide_ids = slide_ids_from_table(cohort) if cohort else None
+    plan_paths = find_plans(plans, slide_ids)
+    model = build_encoder(encoder, weights=weights, from_hub=from_hub, random_init=random_init, output=output)
     model = model.to(dev)
     if compile:
         model.backbone = torch.compile(model.backbone)
@@ -228,7 +215,7 @@ def embed(
             on_batch=lambda n: progress.advance(task, n), on_result=report,
         )
     results = gather_results(results, dist)
-    if dist.rank == 0:  # every rank has finished: fold their catalog parts into the folder's one catalog file
+    if dist.rank == 0 and out.is_dir():  # every rank has finished: fold their catalog parts into the folder's one catalog file
         from .catalog import refresh_catalog
 
         refresh_catalog(out)
@@ -245,16 +232,12 @@ def pretrain(
     device: Annotated[Optional[str], typer.Option(help="cuda, cpu [cuda when available].")] = None,
 ) -> None:
     """Pretrain the region mixer with MEM (or CMEM when `context` is set); resumes from the run folder."""
-    import torch
-
+    from .devices import start_distributed, stop_distributed
     from .train.pretrain import load_config, pretraining_stores, run_pretraining, store_paths
 
-    try:
-        cfg = load_config(config, set_)
-        used, found = len(pretraining_stores(cfg)), len(store_paths(cfg.stores))
-    except MixmagError as exc:
-        _fail(str(exc))
-    dist, dev = _start_distributed(device)
+    cfg = load_config(config, set_)
+    used, found = len(pretraining_stores(cfg)), len(store_paths(cfg.stores))
+    dist, dev = start_distributed(device)
     if dist.rank == 0:
         held_out = f" (the test slides of {', '.join(cfg.exclude_test_of)} left out)" if cfg.exclude_test_of else ""
         console.print(f"Pretraining ({'CMEM, c = ' + str(cfg.context) if cfg.context else 'MEM'}, r = {cfg.mask_ratio}, preset {cfg.preset}) "
@@ -272,11 +255,8 @@ def pretrain(
         run_pretraining(cfg, device=dev, rank=dist.rank, world_size=dist.world_size, on_log=show,
                         on_resume=lambda step, ckpt: console.print(f"Resuming from step {step} of {cfg.steps} ({ckpt})",
                                                                    soft_wrap=True, highlight=False))
-    except MixmagError as exc:
-        _fail(str(exc))
     finally:
-        if dist.active:
-            torch.distributed.destroy_process_group()
+        stop_distributed()
     if dist.rank == 0:
         console.print(f"Done. Mixer weights: {cfg.out}/mixer.safetensors; log: {cfg.out}/log.csv")
 
@@ -289,18 +269,14 @@ def encode(
     device: Annotated[Optional[str], typer.Option(help="cuda or cpu.")] = None,
 ) -> None:
     """Write contextualized (patch) and compressed (cls) region embeddings of every store with a pretrained mixer."""
-    import torch
-
+    from .devices import choose_device
     from .stages.encode import encode_stores
     from .train.pretrain import stores_catalog
 
-    dev = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        catalog = stores_catalog(stores)
-        paths = encode_stores(catalog.paths(), mixer, out, device=dev, on_slide=lambda s, what: console.print(f"{s}: {what}"),
-                              settings=catalog.shared_settings())
-    except MixmagError as exc:
-        _fail(str(exc))
+    dev = choose_device(device)
+    catalog = stores_catalog(stores)
+    paths = encode_stores(catalog.paths(), mixer, out, device=dev, on_slide=lambda s, what: console.print(f"{s}: {what}"),
+                          settings=catalog.shared_settings())
     console.print(f"Done: {len(paths)} slide(s) in {out}/")
 
 
@@ -312,12 +288,9 @@ def train(
     """Train a slide-level AB-MIL model (optionally with a region mixer); select on tune, report test."""
     from .train.finetune import load_train_config, run_training
 
-    try:
-        cfg = load_train_config(config, set_)
-        console.print(f"Training AB-MIL on {cfg.bags} bags{' with a ' + cfg.mixer.init + ' mixer (' + cfg.mixer.output + ')' if cfg.mixer else ''} -> {cfg.out}", soft_wrap=True)
-        metrics = run_training(cfg, on_epoch=lambda h: console.print(f"epoch {h['epoch']:>3}  train loss {h['train_loss']:.4f}  tune AUROC {h['tune_auroc']:.3f}"))
-    except MixmagError as exc:
-        _fail(str(exc))
+    cfg = load_train_config(config, set_)
+    console.print(f"Training AB-MIL on {cfg.bags} bags{' with a ' + cfg.mixer.init + ' mixer (' + cfg.mixer.output + ')' if cfg.mixer else ''} -> {cfg.out}", soft_wrap=True)
+    metrics = run_training(cfg, on_epoch=lambda h: console.print(f"epoch {h['epoch']:>3}  train loss {h['train_loss']:.4f}  tune AUROC {h['tune_auroc']:.3f}"))
     _print_metrics(metrics)
 
 
@@ -333,10 +306,7 @@ def evaluate(run: Annotated[Path, typer.Argument(help="A run folder of `mixmag t
     """Print a run's specimen-level AUROC with bootstrap 95% CIs (from its saved predictions)."""
     from .eval.runs import evaluate_run
 
-    try:
-        _print_metrics(evaluate_run(run))
-    except (MixmagError, FileNotFoundError) as exc:
-        _fail(str(exc))
+    _print_metrics(evaluate_run(run))
 
 
 @app.command()
@@ -348,23 +318,17 @@ def compare(
     """Paired DeLong test between two runs on the same specimens."""
     from .eval.runs import compare_runs
 
-    try:
-        r = compare_runs(run_a, run_b, split)
-    except (MixmagError, FileNotFoundError) as exc:
-        _fail(str(exc))
+    r = compare_runs(run_a, run_b, split)
     console.print(f"{split}: AUROC {r.auc_a:.3f} vs {r.auc_b:.3f}, difference {r.difference:+.3f} (SE {r.std_error:.3f}), z = {r.z:.2f}, p = {r.p_value:.4f} (paired DeLong)")
 
 
 @app.command()
 def experiment(grid: Annotated[Path, typer.Argument(help="Grid YAML: tasks, methods, seeds, pretrained mixers.")]) -> None:
     """Run methods x tasks x seeds and write Table 1/2-style tables and a Fig. 3-style plot."""
-    from .eval.experiments import load_grid, run_grid
+    from .stages.experiments import load_grid, run_grid
 
-    try:
-        cfg = load_grid(grid)
-        run_grid(cfg, on_run=lambda t, m, s, auc, status: console.print(f"{t} / {m} / seed {s}: test AUROC {auc:.3f} ({status})"))
-    except MixmagError as exc:
-        _fail(str(exc))
+    cfg = load_grid(grid)
+    run_grid(cfg, on_run=lambda t, m, s, auc, status: console.print(f"{t} / {m} / seed {s}: test AUROC {auc:.3f} ({status})"))
     console.print((Path(cfg.out) / "results.md").read_text(), highlight=False)
     console.print(f"Tables: {cfg.out}/results.md, results.csv; plot: {cfg.out}/differences.png")
 
@@ -390,48 +354,29 @@ def predict(
 
     Raw slides are tiled and embedded with the run's own settings (stores are checked against them); then
     slide and specimen scores, each magnification's share of the attention, and heatmaps over the slide."""
-    from .eval.predict import load_trained, precision_note
-    from .stages.predict import (SlideOutcome, describe_run, encoder_for_run, read_inputs, score_slides, stores_from_slides,
-                                 tissue_model_for_run, write_outcomes)
+    from .stages import predict as prediction
 
-    if attribution not in ("auto", "attention", "gradient"):
-        _fail(f"--attribution {attribution!r}: use auto, attention or gradient")
+    inputs = prediction.read_inputs(slides, cohort, stores)
     work = work or out.with_name(f"{out.stem}_work")
-    try:
-        inputs = read_inputs(slides, cohort, stores)
-        trainer = load_trained(run)
-        console.print(f"Run {run}: {describe_run(trainer)}", soft_wrap=True, highlight=False)
-        store_paths, problems = inputs.stores, dict(inputs.problems)
-        if inputs.sources:
-            import torch
-
-            encoder = encoder_for_run(trainer, weights=weights, from_hub=from_hub)
-            tissue = tissue_model_for_run(trainer, tissue_model)
-            dev = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-            with _progress() as progress:
-                task = progress.add_task("tile + embed", total=2 * len(inputs.sources))
-                step = lambda r: progress.advance(task)  # noqa: E731
-                store_paths, problems = stores_from_slides(trainer, inputs.sources, work, encoder.to(dev), device=dev, workers=workers,
-                                                           tissue_model=tissue, on_tiled=step, on_embedded=step)
-                progress.update(task, completed=2 * len(inputs.sources))  # slides that failed tiling have no embed step
-        note = precision_note(trainer, store_paths)
-        if note:
-            console.print(f"[yellow]note: {note}[/]", soft_wrap=True, highlight=False)
-        outcomes = []
-        if store_paths:
-            with _progress() as progress:
-                task = progress.add_task("score + explain", total=len(store_paths))
-                outcomes = score_slides(trainer, store_paths, work, heatmaps=heatmaps, top_k=top_k, method=attribution,
-                                        on_slide=lambda o: progress.advance(task))
-    except MixmagError as exc:
-        _fail(str(exc))
-    outcomes += [SlideOutcome(s, problem=p) for s, p in problems.items()]
-    levels = list(next((o.level_share for o in outcomes if o.level_share), {}))
-    path = write_outcomes(out, outcomes, inputs.specimen_of, levels, trainer.config.specimen_score)
-    _print_predictions(outcomes, levels, trainer.config.bags)
-    console.print(f"wrote {path}; tiles, stores and heatmaps in {work}/", soft_wrap=True)
-    if any(o.score is None for o in outcomes):
+    result = prediction.run(
+        run, inputs, out, work, weights=weights, from_hub=from_hub, tissue_model=tissue_model, heatmaps=heatmaps, top_k=top_k,
+        attribution=attribution, device=device, workers=workers, track=_track,
+        on_run=lambda line: console.print(f"Run {run}: {line}", soft_wrap=True, highlight=False),
+        on_note=lambda note: console.print(f"[yellow]note: {note}[/]", soft_wrap=True, highlight=False),
+    )
+    _print_predictions(result.outcomes, result.levels, result.bag_kind)
+    console.print(f"wrote {result.path}; tiles, stores and heatmaps in {work}/", soft_wrap=True)
+    if any(o.score is None for o in result.outcomes):
         raise typer.Exit(1)
+
+
+@contextmanager
+def _track(description: str, total: int) -> Iterator[Callable[[], None]]:
+    """A progress bar that ends full (a slide that failed tiling has no embedding step to count)."""
+    with _progress() as progress:
+        task = progress.add_task(description, total=total)
+        yield lambda: progress.advance(task)
+        progress.update(task, completed=total)
 
 
 def _print_predictions(outcomes, levels: list[str], bags: str) -> None:
@@ -455,12 +400,7 @@ def report(
     Metrics with bootstrap CIs, ROC curves, predictions, QC pictures, heatmaps per magnification, timings, config."""
     from .report.html import build_report
 
-    try:
-        path = build_report(run, json.loads(timings.read_text()) if timings else None, heatmaps=heatmaps)
-    except (FileNotFoundError, KeyError) as exc:
-        _fail(f"{run}: not a complete `mixmag train` run folder ({exc})")
-    except MixmagError as exc:
-        _fail(str(exc))
+    path = build_report(run, json.loads(timings.read_text()) if timings else None, heatmaps=heatmaps)
     console.print(f"wrote {path}")
 
 
@@ -586,8 +526,6 @@ class PeerFormat(str, Enum):
 def _each(items: list, label: str, work) -> int:
     """Run work(item) -> message for every item under a progress bar; a failing item is reported and the rest go
     on. Returns the number of failures."""
-    from .errors import MixmagError
-
     failed = 0
     with _progress() as progress:
         task = progress.add_task(label, total=len(items))
@@ -635,16 +573,12 @@ def store_coords(
 ) -> None:
     """Write mixmag's tiles as TRIDENT patch coordinates (<out>/<mag>x_224px_0px_overlap/patches/<slide>_patches.h5),
     so that TRIDENT extracts features with any of its encoders at exactly these tiles."""
-    from .errors import MixmagError
     from .interop import trident
     from .interop.plans import plans_in
 
     if format is not PeerFormat.trident:
-        _fail("mixmag writes patch coordinates for TRIDENT only (--format trident); CLAM's feature files can be imported.")
-    try:
-        found = plans_in(plans, slide)
-    except MixmagError as exc:
-        _fail(str(exc))
+        raise OptionError("mixmag writes patch coordinates for TRIDENT only (--format trident); CLAM's feature files can be imported.")
+    found = plans_in(plans, slide)
 
     def write(item) -> str:
         path, plan = item
@@ -673,16 +607,12 @@ def store_import(
 ) -> None:
     """Build stores from TRIDENT or CLAM feature files made at mixmag's tiles (`mixmag store coords`, or `mixmag store
     export`): every level present, exactly the plan's tiles, one encoder; refused with the slide, level and reason."""
-    from .errors import MixmagError
     from .interop import clam, trident
     from .interop.plans import plans_in
     from .ids import path_for_id
     from .store import write_store
 
-    try:
-        found = plans_in(plans, slide)
-    except MixmagError as exc:
-        _fail(str(exc))
+    found = plans_in(plans, slide)
     reader = trident.import_slide if format is PeerFormat.trident else clam.import_slide
 
     def rebuild(item) -> str:
@@ -710,14 +640,10 @@ def export_qupath(
 ) -> None:
     """QuPath GeoJSON per slide (level-0 px): tissue as annotations, accepted regions as tiles with their tissue
     fraction, and with --attributions where the model looked; import with File > Import objects from file."""
-    from .errors import MixmagError
     from .interop import qupath
     from .interop.plans import plans_in
 
-    try:
-        found = plans_in(plans, slide)
-    except MixmagError as exc:
-        _fail(str(exc))
+    found = plans_in(plans, slide)
     if _each(found, "qupath", lambda item: f"{qupath.write_slide(item[0], item[1], out, attributions)}"):
         raise typer.Exit(1)
 
@@ -739,12 +665,12 @@ def synth_slide(
     from .synth.slide_writer import write_slide
 
     if content not in ("tissue", "position"):
-        _fail(f"unknown content {content!r}; use tissue or position")
+        raise OptionError(f"unknown content {content!r}; use tissue or position")
     image = tissue_like(width, height, mpp, seed=seed) if content == "tissue" else position_code(width, height, mpp)
     try:
         path = write_slide(out, image, mpp, downsamples=[int(d) for d in downsamples.split(",")], flavor=flavor, compression=compression)
-    except ValueError as exc:
-        _fail(str(exc))
+    except ValueError as exc:  # the writer's own sentence on sizes and flavours
+        raise OptionError(str(exc)) from exc
     console.print(f"wrote {path} ({width}x{height} px at {mpp:g} um/px, {flavor})")
 
 
@@ -842,12 +768,8 @@ def demo(
     path = config or default_config_path()
     if small and path is not None:
         path = path.with_name("demo-small.yaml")
-    try:
-        cfg = load_demo_config(path, out)
-        code = run_demo(cfg, console=console)
-    except MixmagError as exc:
-        _fail(str(exc))
-    raise typer.Exit(code)
+    cfg = load_demo_config(path, out)
+    raise typer.Exit(run_demo(cfg, console=console))
 
 
 @app.command()

@@ -52,3 +52,24 @@ class OptionError(MixmagError):
 
 class CohortError(MixmagError):
     pass
+
+
+class RunError(MixmagError):
+    """A run folder (pretraining or training), or what a run reads (a pretrained mixer, precomputed mixer outputs),
+    is missing, unfinished or unreadable."""
+
+
+class RunMismatchError(RunError):
+    """A run and its inputs do not fit: stores made differently, other encoder weights, a newer run format."""
+
+
+class StageError(MixmagError):
+    """A stage that had to stop because some of its inputs failed (each failure is named)."""
+
+
+class PlanError(MixmagError, ValueError):
+    """A tiling plan (plan.json) that is missing or cannot be read."""
+
+
+class TissueModelError(MixmagError, ValueError):
+    """A tissue model file that is missing, of an unknown format, or cannot be loaded."""

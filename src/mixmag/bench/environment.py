@@ -18,6 +18,8 @@ from packaging.markers import default_environment
 from packaging.requirements import Requirement
 from packaging.version import Version
 
+import mixmag
+
 from ..errors import MixmagError
 
 
@@ -100,8 +102,6 @@ def check_environment(expect_under: Path | None = None) -> dict:
     requires = metadata.requires("mixmag") or []
     checks = check_versions(requires, installed_versions())
     failed, skipped = import_failures("mixmag", optional_modules(requires))
-    import mixmag
-
     where = Path(mixmag.__file__).resolve().parent
     problems = [f"{c.name}{c.specifier} needed, {c.installed or 'not installed'} found" for c in checks if not c.ok]
     problems += [f"import {m} failed" for m in failed]

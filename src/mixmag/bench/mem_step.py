@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
+from .. import devices
 from ..data.regions import RegionSamplingConfig, RegionStream, index_stores
 from ..train.optim import param_groups
 from ..train.pretrain import PretrainConfig, build_model, count_flops
@@ -59,7 +60,7 @@ def training_setup(
             prefetch_factor=4 if workers else None,
         )
     )
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    autocast = devices.autocast(precision, device)
     return TrainingSetup(
         model, torch.compile(model) if compile else model, optimizer, loader, autocast, device, precision, flops
     )

@@ -9,6 +9,7 @@ written by `mixmag encode`.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import h5py
 import numpy as np
@@ -20,6 +21,7 @@ from ..geometry import level_offsets
 from .regions import RegionTable
 
 TILE_MODES = ("5x", "10x", "20x", "all")
+BagMode = Literal["5x", "10x", "20x", "all", "patch", "cls", "regions"]
 
 
 def tile_bag(store_path: Path, mode: str) -> np.ndarray:

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
+from ..devices import embedding_autocast
 from ..errors import MixmagError
 from ..slides.pyramids import ReadMode, read_pyramid
 from ..slides.reader import Slide
@@ -168,7 +167,7 @@ def embed_slides(
         prefetch_factor=4 if workers else None,
         multiprocessing_context="fork" if workers and _fork_ok() else None,
     )
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+    autocast = embedding_autocast(device)
     per_cell = sum(4**i for i in range(next(iter(n_levels))))
     with torch.inference_mode():
         failed: set[int] = set()

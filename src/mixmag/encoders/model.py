@@ -12,6 +12,7 @@ from torch import nn
 
 from ..errors import ConfigError, MixmagError
 from ..weights_io import WeightsFileError, load_state_dict_file
+from .convert import CONVERTERS, ConversionError
 from .registry import EncoderPreset, InputTransform, OutputMode, get_preset, timm_kwargs
 
 
@@ -154,8 +155,6 @@ def load_weights(model: nn.Module, path: Path, weights_format: str = "timm") -> 
     if not isinstance(state, dict):
         raise EncoderWeightsError(f"{path}: expected a state dict of tensors, found {type(state).__name__}")
     if weights_format != "timm":
-        from .convert import CONVERTERS, ConversionError
-
         try:
             state = CONVERTERS[weights_format](state, model)
         except ConversionError as exc:

@@ -11,10 +11,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
-import torch
 from torch import nn
 
 from ..errors import ConfigError
+from .builtin import StatsEncoder
 
 OutputMode = Literal["cls", "cls+mean"]
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -174,8 +174,6 @@ def _tiny_vit() -> nn.Module:
 
 
 def _stats() -> nn.Module:
-    from .builtin import StatsEncoder
-
     return StatsEncoder()
 
 
@@ -203,6 +201,3 @@ def timm_kwargs(preset: EncoderPreset, overrides: dict | None = None) -> dict:
     """The keyword arguments that build the preset's architecture with timm (plus test overrides)."""
     return {"num_classes": 0} | preset.timm_kwargs() | (overrides or {})
 
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")

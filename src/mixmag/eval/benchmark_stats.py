@@ -17,7 +17,7 @@ import numpy as np
 from scipy import stats
 
 from ..errors import MixmagError
-from .metrics import auroc, delong_test
+from ..metrics import auroc, delong_test
 
 
 @dataclass(frozen=True)

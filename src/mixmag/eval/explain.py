@@ -15,14 +15,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data.bags import TILE_MODES, region_bag
+from ..data.bags import TILE_MODES
 from ..errors import MixmagError
 from ..fileio import atomic_path
 from ..geometry import token_slots
 from ..store import SlideStore, StoreIndex, read_index
-
-ATTENTION = "AB-MIL attention"
-GRADIENT = "gradient x input"
+from ..train.classifier import SlideClassifier
 
 
 @dataclass
@@ -125,45 +123,26 @@ def _token_fraction(store: StoreIndex | SlideStore, layout: _Layout) -> dict[str
     return {name: float(np.mean(layout.level == i)) for i, name in enumerate(store.level_names)}
 
 
-def explain_slide(trainer, slide: str, store_path: Path, method: str = "auto") -> SlideAttribution:
-    """Score one slide with a trained run (`eval.predict.load_trained`, its bags pointing at the slide's
-    store) and place its attribution. method: "attention" (AB-MIL weights on tiles or tokens),
-    "gradient" (|x . dlogit/dx| on the store's embeddings, through the mixer where there is one), or
-    "auto": attention where AB-MIL weighs tiles or tokens, gradient where it weighs whole regions."""
-    config = trainer.config
-    model = trainer.model.eval()
+def explain_slide(classifier: SlideClassifier, slide: str, store_path: Path, method: str = "auto") -> SlideAttribution:
+    """Score one slide with a trained model (its bags pointing at the slide's store: `SlideClassifier.use_stores`)
+    and place its attribution (`SlideClassifier.explain`: attention, gradient x input, or auto) on the slide."""
     store = read_index(store_path)  # the layout only: the bag already holds the embeddings
-    bag = trainer.bags(slide).float()
-    layout = tile_layout(store, config.bags) if config.bags in TILE_MODES else region_layout(store, config.region_level)
-    pools_regions = config.bags == "cls" or (config.bags == "regions" and config.mixer is not None and config.mixer.output == "cls")
-    if method == "auto":
-        method = "gradient" if pools_regions else "attention"
-    if method == "attention" and pools_regions:
-        raise MixmagError(f"{slide}: this model weighs whole regions; per-magnification attention needs method='gradient'")
-    if method == "gradient":
-        inputs = bag if config.bags != "patch" and config.bags != "cls" else torch.from_numpy(region_bag(store_path).astype(np.float32))
-        logit, alpha, values = _gradient_x_input(trainer, inputs)
-        name = GRADIENT
-    elif method == "attention":
-        with torch.no_grad():
-            logit, alpha = model(bag[None], torch.ones(1, bag.shape[0], dtype=torch.bool))
-        alpha = alpha[0].numpy()
-        values = alpha.astype(np.float64)
-        name = ATTENTION
-    else:
-        raise ValueError(f"unknown attribution method {method!r}; use auto, attention or gradient")
+    kind = classifier.bag_kind
+    layout = tile_layout(store, kind) if kind in TILE_MODES else region_layout(store, classifier.region_level)
+    attribution = classifier.explain(slide, method)
+    values = attribution.values
     if values.size != layout.level.size:
         raise MixmagError(f"{store_path}: the bag has {values.size} items but the store lays out {layout.level.size}; "
                           "re-run `mixmag encode` / `mixmag embed` for this slide")
     maps = _maps(store, layout, values)
-    if pools_regions:
-        region_weight = alpha  # AB-MIL's own weight on each region
+    if classifier.pools_regions:
+        region_weight = attribution.attention  # AB-MIL's own weight on each region
     else:  # AB-MIL's weights on tiles or tokens, summed over each region
-        region_weight = _region_weights_from_maps(store, _maps(store, layout, np.asarray(alpha, np.float64).ravel()))
+        region_weight = _region_weights_from_maps(store, _maps(store, layout, np.asarray(attribution.attention, np.float64).ravel()))
     return SlideAttribution(
         slide_id=slide,
-        score=float(torch.sigmoid(torch.as_tensor(logit)).reshape(-1)[0]),
-        method=name,
+        score=float(torch.sigmoid(torch.tensor(attribution.logit))),
+        method=attribution.method,
         level_names=store.level_names,
         level_maps=maps,
         region_size=int(store.attrs.get("region_size") or 0),
@@ -171,30 +150,6 @@ def explain_slide(trainer, slide: str, store_path: Path, method: str = "auto") -
         region_weight=np.asarray(region_weight, np.float64),
         token_fraction=_token_fraction(store, layout),
     )
-
-
-def _gradient_x_input(trainer, inputs: torch.Tensor) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
-    """|sum_d x * dlogit/dx| per embedding of the store (tile, or mixer input token), and AB-MIL's weights."""
-    config = trainer.config
-    x = inputs.detach().clone().requires_grad_(True)
-    if config.bags in ("patch", "cls"):  # precomputed mixer outputs: run the mixer that made them
-        contextual, compressed = _encoded_mixer(trainer)(x)
-        feats = compressed if config.bags == "cls" else contextual.reshape(-1, contextual.shape[-1])
-    else:
-        feats = x
-    mask = torch.ones(1, feats.shape[0], dtype=torch.bool)
-    logit, alpha = trainer.model(feats[None], mask)
-    logit.sum().backward()
-    values = (x.grad * x).sum(-1).abs().detach().numpy().astype(np.float64).ravel()
-    return logit.detach(), alpha.detach()[0].numpy(), values
-
-
-def _encoded_mixer(trainer):
-    from ..train.mixer_file import load_mixer
-    from .predict import encoded_mixer
-
-    mixer, _ = load_mixer(encoded_mixer(trainer))
-    return mixer
 
 
 def attribution_summary(a: SlideAttribution) -> dict:

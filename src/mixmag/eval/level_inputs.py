@@ -12,33 +12,34 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data.bags import TILE_MODES, BagCache, region_bag
+from ..data.bags import TILE_MODES, region_bag
 from ..data.cohort import load_cohort
 from ..errors import MixmagError
 from ..ids import check_id
+from ..runs import TrainRun
 from ..store import read_index
+from ..train.classifier import SlideClassifier
 from ..train.mixer_file import load_mixer
 from .attribution import LevelImportance, LevelInput, cohort_reference, level_importance
 from .explain import region_layout, tile_layout
-from .predict import check_stores_fit, encoded_mixer, load_trained
 
 
-def slide_input(trainer, slide: str, store_path: Path) -> LevelInput:
-    """The LevelInput of one slide for a trained run (`eval.predict.load_trained` or a fitted Trainer)."""
-    config, model = trainer.config, trainer.model.eval()
+def slide_input(classifier: SlideClassifier, slide: str, store_path: Path) -> LevelInput:
+    """The LevelInput of one slide for a trained model (`SlideClassifier.load`, or a Trainer's `classifier`)."""
+    kind, model = classifier.bag_kind, classifier.model.eval()
     store = read_index(store_path)
     names = list(store.level_names)
-    if config.bags in TILE_MODES:
-        x = trainer.bags(slide).float()
-        level = torch.from_numpy(tile_layout(store, config.bags).level)
+    if kind in TILE_MODES:
+        x = classifier.bags(slide).float()
+        level = torch.from_numpy(tile_layout(store, kind).level)
 
         def forward(xb, keep):
             return model(xb, torch.ones(xb.shape[:2], dtype=torch.bool) if keep is None else keep)
 
         return LevelInput(x, level, names, forward, removable=True, attention_level=level)
-    if config.bags == "regions":
-        x = trainer.bags(slide).float()
-        level = torch.from_numpy(region_layout(store, config.region_level).level).reshape(x.shape[:2])
+    if kind == "regions":
+        x = classifier.bags(slide).float()
+        level = torch.from_numpy(region_layout(store, classifier.region_level).level).reshape(x.shape[:2])
         patch = model.output == "patch"
 
         def forward(xb, keep):
@@ -46,17 +47,17 @@ def slide_input(trainer, slide: str, store_path: Path) -> LevelInput:
 
         return LevelInput(x, level, names, forward, attention_level=level.reshape(-1) if patch else None)
     # patch / cls: precomputed outputs of a frozen mixer; run that mixer on the store's regions
-    mixer, _ = load_mixer(encoded_mixer(trainer))
+    mixer, _ = load_mixer(classifier.encoded_mixer())
     x = torch.from_numpy(region_bag(store_path).astype(np.float32))
     level = torch.from_numpy(region_layout(store).level).reshape(x.shape[:2])
 
     def forward(xb, keep):
         b, r, s, d = xb.shape
         contextual, compressed = mixer(xb.reshape(b * r, s, d))
-        feats = compressed.reshape(b, r, -1) if config.bags == "cls" else contextual.reshape(b, r * s, -1)
+        feats = compressed.reshape(b, r, -1) if kind == "cls" else contextual.reshape(b, r * s, -1)
         return model(feats, torch.ones(feats.shape[:2], dtype=torch.bool))
 
-    return LevelInput(x, level, names, forward, attention_level=level.reshape(-1) if config.bags == "patch" else None)
+    return LevelInput(x, level, names, forward, attention_level=level.reshape(-1) if kind == "patch" else None)
 
 
 def reads_one_level(bags: str, region_level: str | None) -> bool:
@@ -69,11 +70,11 @@ def run_level_importance(run: Path, test_slides: list[str], *, max_slides: int =
     """Every measure on up to `max_slides` of `test_slides` of a finished run (`mixmag train` folder), with
     the reference embeddings (what 'mean-replaced' puts in) averaged over up to `max_reference` training
     slides of its cohort. Returns the importances and a sentence saying which reference was used."""
-    trainer = load_trained(run)
-    config = trainer.config
-    stores_dir = Path(config.stores)
+    classifier = SlideClassifier.load(run)
+    config = TrainRun(run).read_config()
+    stores_dir = Path(config["stores"])
     try:
-        cohort = load_cohort(config.cohort, config.stores)
+        cohort = load_cohort(config["cohort"], config["stores"])
         stores = dict(cohort.stores)
         train = [sp.slides[0] for sp in cohort.split("train")][:max_reference]
     except (MixmagError, OSError):
@@ -82,13 +83,13 @@ def run_level_importance(run: Path, test_slides: list[str], *, max_slides: int =
     for slide in chosen + train:
         stores.setdefault(slide, stores_dir / f"{check_id(slide, where=f'{run} predictions')}.h5")
     used = {s: stores[s] for s in chosen + train}
-    check_stores_fit(trainer, used)
-    if config.bags not in ("patch", "cls"):
-        trainer.bags = BagCache(config.bags, used, None, config.region_level)
+    classifier.check_stores(used)
+    if not classifier.reads_encoded:
+        classifier.use_stores(used)
     if train:
-        reference = cohort_reference([slide_input(trainer, s, used[s]) for s in train])
+        reference = cohort_reference([slide_input(classifier, s, used[s]) for s in train])
         note = f"reference: each magnification's mean embedding over {len(train)} training slides"
     else:
         reference = None
         note = "reference: each slide's own mean embedding per magnification (the training cohort could not be read)"
-    return [level_importance(s, slide_input(trainer, s, used[s]), reference=reference, steps=steps) for s in chosen], note
+    return [level_importance(s, slide_input(classifier, s, used[s]), reference=reference, steps=steps) for s in chosen], note

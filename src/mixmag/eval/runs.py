@@ -2,26 +2,21 @@
 
 from __future__ import annotations
 
-import csv
-import json
 from pathlib import Path
 
 from ..errors import MixmagError
-from .metrics import DeLongResult, bootstrap_auroc, delong_test
+from ..metrics import DeLongResult, bootstrap_auroc, delong_test
+from ..runs import TrainRun
 
 
 def read_predictions(run: str | Path, split: str) -> dict[str, tuple[int, float]]:
-    path = Path(run) / f"predictions_{split}.csv"
-    if not path.is_file():
-        raise MixmagError(f"{path}: no predictions; is {run} a `mixmag train` run folder?")
-    with path.open() as fh:
-        return {r["specimen"]: (int(r["label"]), float(r["score"])) for r in csv.DictReader(fh)}
+    return {r["specimen"]: (int(r["label"]), float(r["score"])) for r in TrainRun(run).read_predictions(split)}
 
 
 def evaluate_run(run: str | Path, n_boot: int | None = None) -> dict:
-    run = Path(run)
-    config = json.loads((run / "config.json").read_text())
-    metrics = json.loads((run / "metrics.json").read_text())
+    folder = TrainRun(run)
+    config = folder.read_config()
+    metrics = folder.read_metrics()
     out = {"best_epoch": metrics.get("best_epoch")}
     for split in ("tune", "test"):
         preds = read_predictions(run, split)

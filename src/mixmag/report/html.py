@@ -8,7 +8,6 @@ tiling folders are known. Every figure is an embedded PNG; every text from table
 from __future__ import annotations
 
 import base64
-import csv
 import html
 import io
 import json
@@ -18,12 +17,16 @@ import numpy as np
 
 from .. import __version__
 from ..data.cohort import load_cohort
-from ..errors import MixmagError
+from ..errors import MixmagError, RunError
+from ..eval.explain import attribution_summary, explain_slide
 from ..fileio import write_atomic
 from ..ids import is_safe_id
+from ..runs import TrainRun
+from ..store import read_attrs
+from ..train.classifier import SlideClassifier
+from ..weights_io import UnsafeCheckpointError
+from .heatmaps import draw_heatmaps
 from .magnification import magnification_section
-
-REPORT_FILENAME = "report.html"
 
 
 def _embedded(fig, fmt: str = "png") -> str:
@@ -73,9 +76,7 @@ def roc_with_band(labels: np.ndarray, scores: np.ndarray, n_boot: int = 500, see
 
 
 def _read_predictions(run: Path, split: str) -> list[dict]:
-    path = run / f"predictions_{split}.csv"
-    with path.open() as fh:
-        return list(csv.DictReader(fh))
+    return TrainRun(run).read_predictions(split)
 
 
 def _roc_figure(run: Path, metrics: dict) -> str:
@@ -142,8 +143,6 @@ def run_store_paths(config: dict, slides: list[str]) -> tuple[dict[str, Path], d
 
 def _qc_pictures(run: Path, config: dict, rows: list[dict], limit: int = 6) -> list[tuple[str, str]]:
     """QC pictures (tissue and regions) of test slides, found through each store's plan path."""
-    from ..store import read_attrs
-
     slides = [slide for row in rows for slide in row["slides"].split(";")]
     stores, _ = run_store_paths(config, slides)
     out = []
@@ -179,22 +178,16 @@ def _explained_slides(rows: list[dict]) -> list[tuple[str, str]]:
 
 def _heatmaps(run: Path, config: dict, rows: list[dict]) -> tuple[list[tuple[str, str, dict, list[str]]], str | None]:
     """Heatmap pictures of chosen test slides: [(slide, why, summary, data URIs)], or why there are none."""
-    from ..eval.explain import attribution_summary, explain_slide
-    from ..eval.predict import load_trained, use_stores
-    from ..store import read_attrs
-    from ..weights_io import UnsafeCheckpointError
-    from .heatmaps import draw_heatmaps
-
     chosen = _explained_slides(rows)
     stores, refused = run_store_paths(config, [slide for slide, _ in chosen])
     chosen = [(slide, why) for slide, why in chosen if slide not in refused]
     out = []
     try:
-        trainer = load_trained(run)
-        use_stores(trainer, stores, Path(config["encoded"]) if config.get("encoded") else None)
+        classifier = SlideClassifier.load(run)
+        classifier.use_stores(stores, Path(config["encoded"]) if config.get("encoded") else None)
         for slide, why in chosen:
-            attribution = explain_slide(trainer, slide, stores[slide])
-            pictures = draw_heatmaps(attribution, read_attrs(stores[slide]), run / "heatmaps")
+            attribution = explain_slide(classifier, slide, stores[slide])
+            pictures = draw_heatmaps(attribution, read_attrs(stores[slide]), TrainRun(run).heatmaps)
             out.append((slide, why, attribution_summary(attribution), [_file_png(p, longest=1400, fmt="jpeg") for p in pictures]))
     except UnsafeCheckpointError:
         raise  # a tampered run folder is an error, not a missing picture
@@ -247,9 +240,13 @@ def split_counts(config: dict, metrics: dict, splits: dict, rows: dict[str, list
 
 def build_report(run: str | Path, timings: dict | None = None, *, heatmaps: bool = True) -> Path:
     run = Path(run)
-    config = json.loads((run / "config.json").read_text())
-    metrics = json.loads((run / "metrics.json").read_text())
-    splits = json.loads((run / "splits.json").read_text()) if (run / "splits.json").is_file() else {}
+    folder = TrainRun(run)
+    if not folder.config.is_file() or not folder.metrics.is_file():
+        missing = [f.name for f in (folder.config, folder.metrics) if not f.is_file()]
+        raise RunError(f"{run}: not a complete `mixmag train` run folder (no {', '.join(missing)})")
+    config = folder.read_config()
+    metrics = folder.read_metrics()
+    splits = folder.read_splits()
     test_rows = _read_predictions(run, "test")
     e = html.escape
     task, method, seed = run_title(run, config)
@@ -295,4 +292,4 @@ def build_report(run: str | Path, timings: dict | None = None, *, heatmaps: bool
     if timings:
         parts.append("<h2>Stage timings</h2><table>" + "".join(f"<tr><td>{e(k)}</td><td>{v:.1f} s</td></tr>" for k, v in timings.items()) + "</table>")
     parts.append(f"<h2>Configuration</h2><pre>{e(json.dumps(config, indent=1))}</pre></body></html>")
-    return write_atomic(run / REPORT_FILENAME, "\n".join(parts))
+    return write_atomic(folder.report, "\n".join(parts))

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
-import os
 from pathlib import Path
 from typing import Literal
 
@@ -19,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .. import __version__
 from ..fileio import write_atomic
+from ..errors import PlanError
 from ..geometry import Box, CellGrid, LevelSpec
 from ..ids import ID_RULE, is_safe_id
 from .params import TilingParams
@@ -218,12 +218,12 @@ def load_plan(path: str | Path) -> TilingPlan:
         path = path / PLAN_FILENAME
     try:
         return TilingPlan.model_validate_json(path.read_text())
-    except FileNotFoundError:
-        raise
+    except FileNotFoundError as exc:
+        raise PlanError(f"{path}: no tiling plan; run `mixmag tile` first.") from exc
     except ValueError as exc:
         errors = exc.errors() if hasattr(exc, "errors") else []  # pydantic: say which field, and why
         why = f"{'.'.join(map(str, errors[0]['loc']))}: {errors[0]['msg']}" if errors else exc.__class__.__name__
-        raise ValueError(f"{path}: not a valid mixmag tiling plan ({why}); delete it and re-run `mixmag tile`.") from exc
+        raise PlanError(f"{path}: not a valid mixmag tiling plan ({why}); delete it and re-run `mixmag tile`.") from exc
 
 
 def plan_is_current(
@@ -232,7 +232,7 @@ def plan_is_current(
     """True when an existing plan was made from this very file with every same parameter and tissue model."""
     try:
         plan = load_plan(path)
-    except (FileNotFoundError, ValueError):
+    except PlanError:
         return False
     try:
         stat = slide_fingerprint(slide_path)  # a DICOM or OME-Zarr slide is a folder of files

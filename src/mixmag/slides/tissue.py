@@ -13,6 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from ..errors import TissueModelError
 from ..geometry import CellGrid
 from .params import TissueParams
 
@@ -132,8 +133,11 @@ def load_tissue_model(path: str | Path) -> TissueModel:
     (1, 1, H, W) or (1, H, W) probabilities (logits are not accepted: apply a sigmoid in the model)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: tissue model not found")
-    model = _load_tissue_model(path)
+        raise TissueModelError(f"{path}: tissue model not found")
+    try:
+        model = _load_tissue_model(path)
+    except (RuntimeError, OSError) as exc:  # the runtime's own words for a damaged or foreign file
+        raise TissueModelError(f"{path}: cannot load the tissue model ({exc})") from exc
     model.mixmag_id = f"{path.resolve()}#{file_digest(path)}"
     return model
 
@@ -144,7 +148,7 @@ def _load_tissue_model(path: Path) -> TissueModel:
         try:
             import onnxruntime
         except ImportError as exc:
-            raise ImportError(f"{path}: ONNX tissue models need onnxruntime (pip install onnxruntime)") from exc
+            raise TissueModelError(f"{path}: ONNX tissue models need onnxruntime (pip install onnxruntime)") from exc
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         name = session.get_inputs()[0].name
 
@@ -166,7 +170,7 @@ def _load_tissue_model(path: Path) -> TissueModel:
         try:
             import torch
         except ImportError as exc:
-            raise ImportError(f"{path}: TorchScript tissue models need PyTorch") from exc
+            raise TissueModelError(f"{path}: TorchScript tissue models need PyTorch") from exc
         module = torch.jit.load(str(path), map_location="cpu").eval()
 
         def run_torchscript(rgb: np.ndarray) -> np.ndarray:
@@ -174,7 +178,7 @@ def _load_tissue_model(path: Path) -> TissueModel:
                 return module(torch.from_numpy(_to_nchw(rgb))).numpy().reshape(rgb.shape[:2])
 
         return run_torchscript
-    raise ValueError(f"{path}: unknown tissue model format {suffix!r}; use .onnx, a torch.export .pt2 or a TorchScript .pt/.ts file")
+    raise TissueModelError(f"{path}: unknown tissue model format {suffix!r}; use .onnx, a torch.export .pt2 or a TorchScript .pt/.ts file")
 
 
 def _to_nchw(rgb: np.ndarray) -> np.ndarray:

@@ -21,16 +21,17 @@ from ..config import load_config
 from ..errors import ConfigError
 from ..eval.attribution import CAUSAL_MEASURES, cohort_summary, importance_ratio, measures_of
 from ..eval.benchmark_stats import CellStatistic, cell_statistics, paired_power, read_test_predictions, specimens_for_power
-from ..eval.experiments import GridConfig, Task, _slug, run_grid
 from ..eval.level_inputs import run_level_importance
-from ..eval.metrics import auroc
 from ..fileio import write_atomic, write_csv_atomic, write_json_atomic
+from ..metrics import auroc
 from ..synth.benchmark import TASK_SCALE, TASKS, BenchmarkSpec, write_benchmark_cohort
 from ..models.mixer import MixerConfig, RegionMixer
 from ..store import shared_settings
-from ..train.mixer_file import MIXER_META, export_mixer
+from ..runs import MIXER_META
+from ..train.mixer_file import export_mixer
 from ..train.pretrain import PretrainConfig, run_pretraining, store_paths
 from .demo import Timer
+from .experiments import GridConfig, Task, _slug, run_grid
 
 NOTICE = ("These data are SYNTHETIC and built at the embedding level (no pixels, no encoder): the table measures what "
           "the slide-level models make of a known multi-scale signal, not the paper's results.")

@@ -7,20 +7,30 @@ mixers -> tables, plot, stage timings. Every stage reuses what a previous run fi
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from rich.console import Console
 
 from ..config import load_config
-from ..errors import ConfigError
+from ..encoders.model import build_encoder
+from ..errors import CohortError, StageError
 from ..fileio import write_json_atomic
+from ..report.html import build_report
+from ..runs import PretrainRun, TrainRun
+from ..slides.sources import sources_from_table
 from ..slides.tiling import TilingParams
+from ..store import embedding_space
 from ..synth.cohort import TASKS, CohortSpec, write_cohort
 from ..train.finetune import TrainSettings
-from ..train.pretrain import PretrainSettings
+from ..train.pretrain import PretrainConfig, PretrainSettings, pretraining_catalog, run_pretraining
+from .embed import find_plans, run_embed
+from .experiments import GridConfig, Task, run_grid
+from .tile import tile_slides
 
 SYNTHETIC_NOTICE = (
     "These data are SYNTHETIC (generated slides with biomarkers placed at known scales) and the built-in encoder is "
@@ -92,7 +102,7 @@ def run_demo(config: DemoConfig, console: Console | None = None) -> int:
         tables = {task: Path(path) for task, path in config.cohort_tables.items()}
         missing = [str(p) for p in tables.values() if not p.is_file()]
         if missing:
-            raise ConfigError(f"cohort table(s) not found: {', '.join(missing)}")
+            raise CohortError(f"cohort table(s) not found: {', '.join(missing)}")
         timer.stages["1. use the cohort tables of the config"] = 0.0
     else:
         spec = config.cohort
@@ -118,13 +128,11 @@ def run_demo(config: DemoConfig, console: Console | None = None) -> int:
 
 def _reports(out: Path, config: DemoConfig, timings: dict) -> list[Path]:
     """One HTML report per task, for the first pretrained-mixer method (else the last method)."""
-    from ..report.html import build_report
-
     method = next((m for m in config.methods if m.startswith("MEM")), config.methods[-1])
     paths = []
     for task in config.cohort_tables or TASKS:
         run = out / "results" / task / method / f"seed{config.seeds[0]}"
-        if (run / "metrics.json").is_file():
+        if TrainRun(run).is_complete():
             paths.append(build_report(run, timings))
     return paths
 
@@ -142,56 +150,42 @@ def _generate(out: Path, spec: CohortSpec, console: Console) -> dict[str, Path]:
 
 
 def _tile(out: Path, tables: dict[str, Path], tiling: TilingParams, console: Console) -> list[Path]:
-    from ..slides.sources import sources_from_table
-    from .tile import tile_slides
-
     sources = {s.slide_id: s for table in tables.values() for s in sources_from_table(table)}  # tasks may share slides
     results = tile_slides(list(sources.values()), out / "tiles", tiling)
     failed = [r for r in results if r.outcome == "failed"]
     if failed:
-        raise ConfigError("tiling failed: " + "; ".join(r.error for r in failed))
+        raise StageError("tiling failed: " + "; ".join(r.error for r in failed))
     regions = sum(len(r.plan.regions) for r in results)
     console.print(f"{len(results)} slides: {sum(r.outcome == 'tiled' for r in results)} tiled, {sum(r.outcome == 'skipped' for r in results)} reused; {regions} regions")
-    from .embed import find_plans
-
     return find_plans(out / "tiles")
 
 
 def _embed(out: Path, config: DemoConfig, plans: list[Path], console: Console) -> None:
-    from ..encoders.model import build_encoder
-    from .embed import run_embed
-
     encoder = build_encoder(config.encoder, weights=config.weights)
     done = [0]
     results = run_embed(plans, out / "stores", encoder, device=torch.device("cpu"), workers=config.workers,
                         on_result=lambda r: done.__setitem__(0, done[0] + 1))
     failed = [r for r in results if r.outcome == "failed"]
     if failed:
-        raise ConfigError("embedding failed: " + "; ".join(r.error or r.slide_id for r in failed))
+        raise StageError("embedding failed: " + "; ".join(r.error or r.slide_id for r in failed))
     console.print(f"{len(results)} stores ({sum(r.outcome == 'embedded' for r in results)} embedded, "
                   f"{sum(r.outcome == 'skipped' for r in results)} reused), {encoder.dim}-d {config.encoder} embeddings -> {out / 'stores'}")
 
 
 def _pretrain(out: Path, config: DemoConfig, tables: dict[str, Path], console: Console) -> Path:
     """MEM on the cohort's stores less every task's test slides: no test slide is seen before evaluation."""
-    import shutil
-
-    from ..store import embedding_space
-    from ..train.pretrain import PretrainConfig, pretraining_catalog, run_pretraining
-
     settings = dict(stores=str(out / "stores"), out=str(out / "pretrain"), workers=0, tensorboard=False,
                     log_every=50, checkpoint_every=100, exclude_test_of=[str(t) for t in tables.values()]) | config.pretrain.model_dump(exclude_unset=True)
     cfg = PretrainConfig(**settings)
-    mixer = Path(cfg.out) / "mixer.safetensors"
-    log = Path(cfg.out) / "log.csv"
-    meta = Path(cfg.out) / "mixer.json"
-    if meta.is_file():
-        written = json.loads(meta.read_text())
+    run = PretrainRun(cfg.out)
+    mixer = run.mixer_weights
+    written = run.read_mixer_meta()
+    if written is not None:
         space = embedding_space(pretraining_catalog(cfg).shared_settings())
         if written.get("pretraining") != json.loads(json.dumps(cfg.model_dump())) or written.get("stores") != space:
             console.print(f"the pretraining settings or the stores changed since {cfg.out} was written: pretraining again")
             shutil.rmtree(cfg.out)
-    if mixer.is_file() and log.is_file() and _last_step(log) >= cfg.steps:
+    if run.is_complete(cfg.steps):
         console.print(f"reusing {mixer}")
         return mixer
     last = run_pretraining(cfg, device=torch.device("cpu"),
@@ -203,17 +197,7 @@ def _pretrain(out: Path, config: DemoConfig, tables: dict[str, Path], console: C
     return mixer
 
 
-def _last_step(log: Path) -> int:
-    import csv
-
-    with log.open() as fh:
-        rows = list(csv.DictReader(fh))
-    return int(rows[-1]["step"]) if rows else 0
-
-
 def _experiment(out: Path, config: DemoConfig, tables: dict[str, Path], mixer: Path, console: Console) -> dict:
-    from ..eval.experiments import GridConfig, Task, run_grid
-
     grid = GridConfig(
         out=str(out / "results"),
         tasks=[Task(name=task, cohort=str(table), stores=str(out / "stores")) for task, table in tables.items()],
@@ -228,8 +212,6 @@ def _experiment(out: Path, config: DemoConfig, tables: dict[str, Path], mixer: P
 
 def _scale_check(results: dict) -> str:
     """Is each biomarker seen at the scale it was placed at? (AB-MIL 20x vs 5x)."""
-    import numpy as np
-
     lines = ["Scale check (test AUROC, AB-MIL):"]
     for task, better, worse in (("fine", "abmil-20x", "abmil-5x"), ("coarse", "abmil-5x", "abmil-20x")):
         if task in results and better in results[task] and worse in results[task]:

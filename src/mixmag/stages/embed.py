@@ -8,7 +8,6 @@ is (re)written atomically, so a run killed midway restarts where it stopped.
 from __future__ import annotations
 
 import json
-import os
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -20,6 +19,7 @@ import numpy as np
 import torch
 
 from ..catalog import CatalogWriter
+from ..devices import DistInfo, compute_dtype
 from ..encoders.extract import SlideJob, embed_slides
 from ..encoders.model import TileEncoder
 from ..errors import MixmagError, MixmagWarning, OptionError
@@ -44,22 +44,6 @@ class EmbedResult:
     outcome: str  # "embedded" | "skipped" | "failed"
     cells: int = 0
     error: str | None = None
-
-
-@dataclass(frozen=True)
-class DistInfo:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def active(self) -> bool:
-        return self.world_size > 1
-
-
-def dist_from_env() -> DistInfo:
-    """Rank and world size as torchrun sets them (1 process when absent)."""
-    return DistInfo(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0)))
 
 
 def gather_results(results: list[EmbedResult], dist: DistInfo) -> list[EmbedResult]:
@@ -107,11 +91,6 @@ def shard(sizes: list[int], world_size: int) -> list[list[int]]:
         parts[r].append(i)
         loads[r] += sizes[i]
     return [sorted(p) for p in parts]
-
-
-def compute_dtype(device: torch.device) -> str:
-    """What the encoder computes in on this device (bf16 autocast on CUDA, fp32 elsewhere)."""
-    return "bfloat16" if device.type == "cuda" else "float32"
 
 
 def store_provenance(plan_path: Path, job: SlideJob, encoder: TileEncoder, mode: ReadMode, device: torch.device | None = None) -> dict:

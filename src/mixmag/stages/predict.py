@@ -8,22 +8,32 @@ is then scored, its attribution placed on the slide, and heatmaps drawn when ask
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from ..catalog import load_catalog, place_stores
-from ..errors import MixmagError
-from ..eval.predict import RunMismatchError, encoded_mixer, store_misfit, use_stores
+from ..devices import choose_device
+from ..encoders.model import build_encoder
+from ..errors import CohortError, MixmagError, RunMismatchError
+from ..eval.explain import explain_slide, save_attribution
 from ..fileio import write_csv_atomic
 from ..ids import ID_RULE, check_id, is_safe_id, path_for_id
-from ..slides.sources import SlideSource
+from ..report.heatmaps import draw_heatmaps
+from ..slides.sources import SlideSource, sources_from_paths, sources_from_table
 from ..slides.tiling import TilingParams, plan_path
-from ..store import store_path
+from ..slides.tissue import load_tissue_model
+from ..store import StoreError, read_attrs, read_store, store_path
 from ..tables import read_table
-from ..train.finetune import Trainer
+from ..train.classifier import SlideClassifier
+from .embed import run_embed
+from .encode import encode_stores
+from .tile import tile_slides
+
+Tracker = Callable[[str, int], AbstractContextManager[Callable[[], None]]]
 
 
 @dataclass
@@ -48,9 +58,6 @@ class PredictInputs:
 def read_inputs(slides: list[str] | None, cohort: Path | None, stores_dir: Path | None) -> PredictInputs:
     """Slide files or ids from the command line, or a cohort table ('path' for files, 'slide' with
     --stores; optional 'specimen' and 'mpp'); malformed tables and unsafe slide ids are errors naming the input."""
-    from ..errors import CohortError
-    from ..slides.sources import sources_from_paths, sources_from_table
-
     rows: list[dict] = []
     if cohort is not None:
         table = read_table(cohort)
@@ -81,11 +88,9 @@ def read_inputs(slides: list[str] | None, cohort: Path | None, stores_dir: Path 
     raise CohortError("give slide files, --cohort CSV (with a 'path' column) or --stores DIR")
 
 
-def encoder_for_run(trainer: Trainer, *, weights: Path | None = None, from_hub: bool = False):
+def encoder_for_run(classifier: SlideClassifier, *, weights: Path | None = None, from_hub: bool = False):
     """The run's encoder, refused unless its weights are the ones the training stores were made with."""
-    from ..encoders.model import build_encoder
-
-    p = trainer.pipeline
+    p = classifier.pipeline
     encoder = build_encoder(p["encoder"], weights=weights, from_hub=from_hub, output=p["encoder_output"])
     if encoder.weights_digest != p["encoder_weights_digest"]:
         raise RunMismatchError(
@@ -94,12 +99,10 @@ def encoder_for_run(trainer: Trainer, *, weights: Path | None = None, from_hub: 
     return encoder
 
 
-def tissue_model_for_run(trainer: Trainer, path: Path | None = None):
+def tissue_model_for_run(classifier: SlideClassifier, path: Path | None = None):
     """The tissue model the run's slides were tiled with (None: the built-in detector): the recorded file, or
     `path`, refused unless its digest is the recorded one."""
-    from ..slides.tissue import load_tissue_model
-
-    recorded = (trainer.pipeline or {}).get("tissue_model")
+    recorded = classifier.pipeline.get("tissue_model")
     if recorded is None:
         if path is not None:
             raise RunMismatchError(f"{path}: the run's slides were tiled with the built-in tissue detector; drop --tissue-model")
@@ -121,7 +124,7 @@ def tissue_model_for_run(trainer: Trainer, path: Path | None = None):
 
 
 def stores_from_slides(
-    trainer: Trainer,
+    classifier: SlideClassifier,
     sources: list[SlideSource],
     work: Path,
     encoder,
@@ -133,10 +136,7 @@ def stores_from_slides(
     on_embedded: Callable | None = None,
 ) -> tuple[dict[str, Path], dict[str, str]]:
     """Tile and embed the slides with the run's settings: (stores by slide, problems by slide)."""
-    from .embed import run_embed
-    from .tile import tile_slides
-
-    p = trainer.pipeline
+    p = classifier.pipeline
     params = TilingParams(**p["tiling_params"])
     problems: dict[str, str] = {}
     planned = []
@@ -144,7 +144,7 @@ def stores_from_slides(
         sid = result.source.slide_id
         if result.outcome == "failed":
             problems[sid] = result.error or "tiling failed"
-        elif not result.plan.cells or (trainer.config.bags not in ("5x", "10x", "20x", "all") and not result.plan.regions):
+        elif not result.plan.cells or (classifier.bag_kind not in ("5x", "10x", "20x", "all") and not result.plan.regions):
             problems[sid] = unscorable(result.plan)
         else:
             planned.append(sid)
@@ -172,7 +172,7 @@ def unscorable(plan) -> str:
 
 
 def score_slides(
-    trainer: Trainer,
+    classifier: SlideClassifier,
     stores: dict[str, Path],
     work: Path,
     *,
@@ -183,15 +183,16 @@ def score_slides(
 ) -> list[SlideOutcome]:
     """Score every store (the evaluation path's forward), place its attribution, draw its heatmaps. A store that
     cannot be scored (damaged, forged, made with other settings) gets its reason; the others are scored."""
-    from ..eval.explain import explain_slide, save_attribution
-    from ..store import read_attrs
-
     if not stores:
         return []
-    refused = unusable_stores(trainer, stores)
+    refused = unusable_stores(classifier, stores)
     usable = {s: p for s, p in stores.items() if s not in refused}
+    encoded = None
+    if usable and classifier.reads_encoded:  # the run's own mixer makes the new slides' precomputed outputs
+        encoded = work / "encoded"
+        encode_stores(list(usable.values()), classifier.encoded_mixer(), encoded)
     if usable:
-        use_stores(trainer, usable, work / "encoded" if trainer.config.bags in ("patch", "cls") else None)
+        classifier.use_stores(usable, encoded)
     outcomes = []
     for slide, path in stores.items():
         outcome = SlideOutcome(slide, problem=refused.get(slide))
@@ -201,14 +202,11 @@ def score_slides(
                 on_slide(outcome)
             continue
         try:
-            with torch.no_grad():
-                outcome.score = float(torch.sigmoid(trainer.slide_logits([slide]))[0])
-            attribution = explain_slide(trainer, slide, path, method)
+            outcome.score = classifier.score([slide])[slide]
+            attribution = explain_slide(classifier, slide, path, method)
             outcome.level_share = attribution.level_share
             save_attribution(attribution, path_for_id(work / "heatmaps", slide, ".npz"))
             if heatmaps:
-                from ..report.heatmaps import draw_heatmaps
-
                 try:
                     outcome.pictures = draw_heatmaps(attribution, read_attrs(path), work / "heatmaps", top_k=top_k)
                 except (MixmagError, OSError) as exc:
@@ -221,15 +219,13 @@ def score_slides(
     return outcomes
 
 
-def unusable_stores(trainer: Trainer, stores: dict[str, Path]) -> dict[str, str]:
+def unusable_stores(classifier: SlideClassifier, stores: dict[str, Path]) -> dict[str, str]:
     """The stores this run cannot score, with the reason: so one bad store never stops the batch. Runs on mixer
     outputs encode every store at once, so for them each store is read and validated whole beforehand."""
-    from ..store import StoreError, read_store
-
     refused = {}
     for slide, path in stores.items():
-        problem = store_misfit(trainer, path, slide)
-        if problem is None and trainer.config.bags in ("patch", "cls"):
+        problem = classifier.store_misfit(path, slide)
+        if problem is None and classifier.reads_encoded:
             try:
                 read_store(path)
             except StoreError as exc:
@@ -262,10 +258,91 @@ def _reduce(values: list[float], how: str) -> float:
     return max(values) if how == "max" else sum(values) / len(values)
 
 
-def describe_run(trainer: Trainer) -> str:
-    p, c = trainer.pipeline, trainer.config
-    line = (f"bags {c.bags}; encoder {p.get('encoder')} ({p.get('encoder_output')}, weights {p.get('encoder_weights_digest')}); "
+def describe_run(classifier: SlideClassifier) -> str:
+    p = classifier.pipeline
+    line = (f"bags {classifier.bag_kind}; encoder {p.get('encoder')} ({p.get('encoder_output')}, weights {p.get('encoder_weights_digest')}); "
             f"levels {p.get('level_mpps')} um/px; t = {p.get('region_size')}")
-    if c.bags in ("patch", "cls"):
-        line += f"; mixer {encoded_mixer(trainer)}"
+    if classifier.reads_encoded:
+        line += f"; mixer {classifier.encoded_mixer()}"
     return line
+
+
+def precision_note(classifier: SlideClassifier, stores: dict[str, Path]) -> str | None:
+    """Stores embedded in another precision than the training stores (bf16 on a GPU vs fp32 on a CPU)
+    score slightly differently; said, not refused."""
+    trained = classifier.pipeline.get("compute_dtype")
+    other = sorted({str(_attrs_or_empty(p).get("compute_dtype")) for p in stores.values()} - {str(trained), "None"})
+    if trained and other:
+        return (f"the run's stores were embedded in {trained}, these in {', '.join(other)}: scores differ from the same "
+                "slides' evaluation scores at that precision's rounding (embed on the same kind of device for identical scores)")
+    return None
+
+
+def _attrs_or_empty(path: Path) -> dict:
+    try:
+        return read_attrs(path)
+    except OSError:  # absent or unreadable: its own row says so
+        return {}
+
+
+@dataclass
+class Prediction:
+    """What `run` wrote: one outcome per slide (scored, or why not), the levels of the shares, the CSV."""
+
+    outcomes: list[SlideOutcome]
+    levels: list[str]
+    path: Path
+    bag_kind: str
+
+
+@contextmanager
+def _no_progress(description: str, total: int) -> Iterator[Callable[[], None]]:
+    yield lambda: None
+
+
+def run(
+    run_dir: Path,
+    inputs: PredictInputs,
+    out: Path,
+    work: Path,
+    *,
+    weights: Path | None = None,
+    from_hub: bool = False,
+    tissue_model: Path | None = None,
+    heatmaps: bool = True,
+    top_k: int = 4,
+    attribution: str = "auto",
+    device: str | None = None,
+    workers: int = 2,
+    on_run: Callable[[str], None] | None = None,
+    on_note: Callable[[str], None] | None = None,
+    track: Tracker = _no_progress,
+) -> Prediction:
+    """`mixmag predict`: load the run, tile and embed raw slides with its settings (into `work`, reused on reruns),
+    score and explain every slide, and write the predictions CSV `out`. A slide that cannot be scored gets its
+    reason in the CSV; the other slides go on."""
+    if attribution not in ("auto", "attention", "gradient"):
+        raise MixmagError(f"--attribution {attribution!r}: use auto, attention or gradient")
+    classifier = SlideClassifier.load(run_dir)
+    if on_run:
+        on_run(describe_run(classifier))
+    stores, problems = inputs.stores, dict(inputs.problems)
+    if inputs.sources:
+        encoder = encoder_for_run(classifier, weights=weights, from_hub=from_hub)
+        tissue = tissue_model_for_run(classifier, tissue_model)
+        dev = choose_device(device)
+        with track("tile + embed", 2 * len(inputs.sources)) as step:  # slides that failed tiling have no embed step
+            stores, problems = stores_from_slides(classifier, inputs.sources, work, encoder.to(dev), device=dev, workers=workers,
+                                                  tissue_model=tissue, on_tiled=lambda r: step(), on_embedded=lambda r: step())
+    note = precision_note(classifier, stores)
+    if note and on_note:
+        on_note(note)
+    outcomes = []
+    if stores:
+        with track("score + explain", len(stores)) as step:
+            outcomes = score_slides(classifier, stores, work, heatmaps=heatmaps, top_k=top_k, method=attribution,
+                                    on_slide=lambda o: step())
+    outcomes += [SlideOutcome(s, problem=p) for s, p in problems.items()]
+    levels = list(next((o.level_share for o in outcomes if o.level_share), {}))
+    path = write_outcomes(out, outcomes, inputs.specimen_of, levels, classifier.specimen_score)
+    return Prediction(outcomes, levels, path, classifier.bag_kind)

@@ -6,9 +6,6 @@ the model is selected on tune AUROC only; test predictions are made once, by the
 
 from __future__ import annotations
 
-import csv
-import json
-import os
 from dataclasses import asdict
 from pathlib import Path
 from typing import Literal
@@ -21,18 +18,18 @@ from pydantic import BaseModel, ConfigDict, Field, field_serializer, model_valid
 from .. import __version__
 from ..catalog import shared_settings_of
 from ..config import load_config
-from ..data.bags import BagCache, pad_bags
+from ..data.bags import BagCache, BagMode
 from ..data.cohort import Cohort, Specimen, load_cohort
+from ..data.encoded import encoded_mixer_weights
 from ..errors import ConfigError
-from ..eval.metrics import auroc, bootstrap_auroc, specimen_scores
-from ..models.mixer import MixerConfig, MixerOverrides, RegionMixer, mixer_config
+from ..metrics import auroc, bootstrap_auroc, specimen_scores
+from ..models.mixer import MixerOverrides, RegionMixer, mixer_config
 from ..models.slide import SlideModel
-from ..store import pipeline_settings, read_attrs
+from ..runs import TrainRun
+from ..store import read_attrs
+from .classifier import SlideClassifier
+from .mixer_file import load_mixer, weights_digest
 from .optim import layer_decay_groups
-
-PIPELINE_FILENAME = "pipeline.json"  # how the run's stores were made (tiling, encoder), for prediction
-RUN_FORMAT_VERSION = 1
-BagMode = Literal["5x", "10x", "20x", "all", "patch", "cls", "regions"]
 
 
 class MixerSetting(BaseModel):
@@ -113,8 +110,6 @@ def build_mixer(setting: MixerSetting, in_dim: int, t: int, n_levels: int, store
     """A fresh mixer of a preset, or a pretrained one (refused when `stores`, the cohort's shared
     settings, were made unlike the stores it was pretrained on)."""
     if setting.init == "pretrained":
-        from .mixer_file import load_mixer
-
         mixer, _ = load_mixer(setting.weights, stores)
         if mixer.config.in_dim != in_dim:
             raise ConfigError(f"{setting.weights}: the mixer takes {mixer.config.in_dim}-d embeddings but the stores hold {in_dim}-d ones")
@@ -123,32 +118,34 @@ def build_mixer(setting: MixerSetting, in_dim: int, t: int, n_levels: int, store
 
 
 class Trainer:
-    """Holds cohort, bags and model; `fit()` trains, selects on tune and writes the run folder."""
+    """The training loop: cohort, optimiser and a `SlideClassifier` it trains; `fit()` trains, selects on tune and
+    writes the run folder."""
 
-    def __init__(self, config: TrainConfig, device: torch.device | None = None, *, pipeline: dict | None = None) -> None:
-        """With `pipeline` (a run's pipeline.json) the model is built for prediction only: no cohort,
-        no training stores needed; bags are pointed at new stores later (`eval.predict.use_stores`)."""
+    def __init__(self, config: TrainConfig, device: torch.device | None = None) -> None:
         self.config = config
-        self.pipeline = pipeline  # how the stores were made; set when a run folder is loaded
         self.device = device or torch.device("cpu")
         torch.manual_seed(config.seed)
-        if pipeline is None:
-            self.cohort: Cohort | None = load_cohort(config.cohort, config.stores)
-            self.store_settings = shared_settings_of(list(self.cohort.stores.values()), config.stores)
-            self.bags = BagCache(config.bags, self.cohort.stores, Path(config.encoded) if config.encoded else None, config.region_level)
-            first = next(iter(self.cohort.specimens.values())).slides[0]
-            bag_dim = int(self.bags(first).shape[-1])
-            mixer = self._new_mixer(read_attrs(self.cohort.stores[first]), bag_dim) if config.bags == "regions" else None
-        else:
-            self.cohort = None
-            self.store_settings = pipeline_settings(pipeline)
-            self.bags = BagCache(config.bags, {}, None, config.region_level)
-            bag_dim = int(pipeline["bag_dim"])
-            mixer = RegionMixer(MixerConfig(**pipeline["mixer"])) if pipeline.get("mixer") else None
-        self.model = SlideModel(bag_dim, config.hidden, mixer, config.mixer.output if config.mixer else "patch").to(self.device)
+        self.cohort: Cohort = load_cohort(config.cohort, config.stores)
+        self.store_settings = shared_settings_of(list(self.cohort.stores.values()), config.stores)
+        bags = BagCache(config.bags, self.cohort.stores, Path(config.encoded) if config.encoded else None, config.region_level)
+        first = next(iter(self.cohort.specimens.values())).slides[0]
+        bag_dim = int(bags(first).shape[-1])
+        mixer = self._new_mixer(read_attrs(self.cohort.stores[first]), bag_dim) if config.bags == "regions" else None
+        model = SlideModel(bag_dim, config.hidden, mixer, config.mixer.output if config.mixer else "patch").to(self.device)
+        self.classifier = SlideClassifier(model, config.bags, self._pipeline(bag_dim, mixer), region_level=config.region_level,
+                                          specimen_score=config.specimen_score, bags=bags,
+                                          encoded_dir=Path(config.encoded) if config.encoded else None)
         self.optimizer = torch.optim.AdamW(
             layer_decay_groups(self.model, config.lr, config.weight_decay, config.layer_decay, self.model.mixer), lr=config.lr
         )
+
+    @property
+    def model(self) -> SlideModel:
+        return self.classifier.model
+
+    @property
+    def bags(self) -> BagCache:
+        return self.classifier.bags
 
     def _new_mixer(self, store_attrs: dict, in_dim: int) -> RegionMixer:
         t, n_levels = int(store_attrs["region_size"]), len(store_attrs["level_mpps"])
@@ -157,11 +154,19 @@ class Trainer:
             t, n_levels = t * 2 ** store_attrs["level_names"].index(level), 1
         return build_mixer(self.config.mixer, in_dim, t, n_levels, self.store_settings)
 
+    def _pipeline(self, bag_dim: int, mixer: RegionMixer | None) -> dict:
+        """What prediction needs besides the weights: how the stores were made, the model's shape, the mixer read."""
+        pipeline = {"mixmag_version": __version__, "torch_version": torch.__version__, "bag_dim": bag_dim,
+                    "mixer": asdict(mixer.config) if mixer is not None else None}
+        pipeline |= self.store_settings
+        if self.config.encoded:
+            pipeline["encoded_mixer"] = str(encoded_mixer_weights(Path(self.config.encoded)).resolve())
+        pipeline["mixer_digest"] = pretrained_mixer_digest(self.config)
+        return pipeline
+
     # -- one step ----------------------------------------------------------------------------
     def slide_logits(self, slides: list[str]) -> torch.Tensor:
-        bags, mask = pad_bags([self.bags(s) for s in slides])
-        logits, _ = self.model(bags.to(self.device), mask.to(self.device))
-        return logits
+        return self.classifier.logits(slides)
 
     def specimen_loss(self, specimens: list[Specimen]) -> torch.Tensor:
         """Eq. 9: each specimen's loss is the smallest of its slides' (label-smoothed) losses."""
@@ -178,15 +183,9 @@ class Trainer:
         if self.model.mixer is not None:
             self.model.mixer.requires_grad_(not frozen)
 
-    # -- prediction ----------------------------------------------------------------------------
-    @torch.no_grad()
+    # -- evaluation on the cohort's splits ---------------------------------------------------------
     def predict(self, specimens: list[Specimen]) -> tuple[dict[str, float], dict[str, float]]:
-        self.model.eval()
-        slide_scores = {}
-        for sp in specimens:
-            for slide in sp.slides:
-                slide_scores[slide] = float(torch.sigmoid(self.slide_logits([slide]))[0])
-        self.model.train()
+        slide_scores = self.classifier.score([s for sp in specimens for s in sp.slides])
         spec = specimen_scores(slide_scores, self.cohort.specimen_of(), self.config.specimen_score)
         return slide_scores, {sp.specimen_id: spec[sp.specimen_id] for sp in specimens}
 
@@ -197,9 +196,15 @@ class Trainer:
 
     # -- training ------------------------------------------------------------------------------
     def fit(self, on_epoch=None) -> dict:
+        """Train, keep the weights of the best tune AUROC, write the run folder (locked while it is written)."""
+        run = TrainRun(self.config.out)
+        with run.lock():
+            history, best_epoch = self._epochs(run, on_epoch)
+            self.model.load_state_dict(run.read_weights())
+            return self.write_run(run, history, best_epoch)
+
+    def _epochs(self, run: TrainRun, on_epoch) -> tuple[list[dict], int]:
         c = self.config
-        out = Path(c.out)
-        out.mkdir(parents=True, exist_ok=True)
         train = self.cohort.split("train")
         best_auc, best_epoch = -1.0, -1
         history = []
@@ -218,15 +223,15 @@ class Trainer:
             history.append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "tune_auroc": tune_auc})
             if tune_auc > best_auc:
                 best_auc, best_epoch = tune_auc, epoch + 1
-                _save_atomic({k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}, out / "best.pt")
+                run.write_weights({k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()})
             if on_epoch is not None:
                 on_epoch(history[-1])
-        self.model.load_state_dict(torch.load(out / "best.pt", weights_only=True))
-        return self.write_run(out, history, best_epoch)
+        return history, best_epoch
 
-    def write_run(self, out: Path, history: list[dict], best_epoch: int) -> dict:
+    def write_run(self, run: TrainRun, history: list[dict], best_epoch: int) -> dict:
         c = self.config
         metrics: dict = {"best_epoch": best_epoch, "history": history, "mixmag_version": __version__}
+        predictions = {}
         for name in ("tune", "test"):
             specimens = self.cohort.split(name)
             slide_scores, scores = self.predict(specimens)
@@ -234,45 +239,22 @@ class Trainer:
             values = [scores[sp.specimen_id] for sp in specimens]
             ci = bootstrap_auroc(labels, values, n_boot=c.bootstrap, seed=c.seed)
             metrics[name] = {"auroc": ci.auroc, "ci95": [ci.low, ci.high], "specimens": len(specimens), "positive": int(sum(labels))}
-            with (out / f"predictions_{name}.csv").open("w", newline="") as fh:
-                w = csv.writer(fh)
-                w.writerow(["specimen", "label", "score", "slides", "slide_scores"])
-                for sp in specimens:
-                    w.writerow([sp.specimen_id, sp.label, f"{scores[sp.specimen_id]:.6f}", ";".join(sp.slides),
-                                ";".join(f"{slide_scores[s]:.6f}" for s in sp.slides)])
-        (out / "config.json").write_text(json.dumps(c.model_dump(), indent=1))
-        (out / "splits.json").write_text(json.dumps({name: [sp.specimen_id for sp in self.cohort.split(name)] for name in ("train", "tune", "test")}, indent=1))
-        pipeline = {"run_format": RUN_FORMAT_VERSION, "mixmag_version": __version__, "torch_version": torch.__version__,
-                    "bag_dim": self.model.abmil.classifier.in_features if self.model.mixer is None else self.model.mixer.config.in_dim,
-                    "mixer": asdict(self.model.mixer.config) if self.model.mixer is not None else None}
-        pipeline |= self.store_settings
-        if c.encoded:
-            from ..stages.encode import encoded_mixer_weights
-
-            pipeline["encoded_mixer"] = str(encoded_mixer_weights(Path(c.encoded)).resolve())
-        pipeline["mixer_digest"] = pretrained_mixer_digest(c)
-        (out / PIPELINE_FILENAME).write_text(json.dumps(pipeline, indent=1))
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+            predictions[name] = [{"specimen": sp.specimen_id, "label": sp.label, "score": f"{scores[sp.specimen_id]:.6f}",
+                                  "slides": ";".join(sp.slides), "slide_scores": ";".join(f"{slide_scores[s]:.6f}" for s in sp.slides)}
+                                 for sp in specimens]
+        splits = {name: [sp.specimen_id for sp in self.cohort.split(name)] for name in ("train", "tune", "test")}
+        run.write_results(config=c.model_dump(), splits=splits, pipeline=self.classifier.pipeline, predictions=predictions,
+                          metrics=metrics)
         return metrics
 
 
 def pretrained_mixer_digest(config: TrainConfig) -> str | None:
     """The digest of the pretrained mixer a run reads (fine-tuned, or its precomputed outputs); None if none."""
-    from .mixer_file import weights_digest
-
     if config.encoded:
-        from ..stages.encode import encoded_mixer_weights
-
         return weights_digest(encoded_mixer_weights(Path(config.encoded)))
     if config.mixer is not None and config.mixer.init == "pretrained":
         return weights_digest(config.mixer.weights)
     return None
-
-
-def _save_atomic(state: dict, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.partial")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
 
 
 def run_training(config: TrainConfig, on_epoch=None) -> dict:

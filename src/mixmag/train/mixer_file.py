@@ -21,11 +21,9 @@ from .. import __version__
 from ..errors import ConfigError
 from ..fileio import atomic_path, write_json_atomic
 from ..models.mixer import MixerConfig, RegionMixer
+from ..runs import MIXER_META, MIXER_WEIGHTS
 from ..store import STORE_MUST_MATCH, embedding_space
 from ..weights_io import WeightsFileError, load_safetensors
-
-MIXER_WEIGHTS = "mixer.safetensors"
-MIXER_META = "mixer.json"
 
 
 def export_mixer(out: Path, encoder: torch.nn.Module, mixer_cfg: MixerConfig, pretraining: dict, stores: dict) -> Path:

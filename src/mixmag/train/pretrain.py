@@ -21,21 +21,20 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_serializer, model_validator
 from torch.utils.data import DataLoader
 
-from .. import __version__
+from .. import __version__, devices
 from ..catalog import Catalog, load_catalog
 from ..config import load_config as load_yaml_config
+from ..data.cohort import load_cohort
 from ..data.regions import RegionSamplingConfig, RegionStream, SlideSampling, catalog_stores
 from ..errors import ConfigError
 from ..fileio import FolderLock, append_atomic, atomic_path, write_csv_atomic, write_json_atomic
 from ..models.mem import MEMPretrainer, n_masked
 from ..models.mixer import MixerConfig, MixerOverrides, mixer_config
+from ..runs import PretrainRun
 from ..store import STORE_SUFFIX, embedding_space
 from ..weights_io import UnsafeCheckpointError, load_torch_weights
 from .mixer_file import export_mixer
 from .optim import param_groups, warmup_cosine
-
-CHECKPOINT = "checkpoints/last.pt"
-LOG_CSV = "log.csv"
 
 
 class PretrainSettings(BaseModel):
@@ -151,8 +150,6 @@ def store_paths(folder: str | Path) -> list[Path]:
 def pretraining_catalog(config: PretrainConfig) -> Catalog:
     """The stores folder's catalog, less the test slides of the cohorts named in exclude_test_of (by slide id, or by
     the path a cohort's `store` column names)."""
-    from ..data.cohort import load_cohort
-
     held_ids, held_paths = set(), set()
     for table in config.exclude_test_of:
         cohort = load_cohort(table, config.stores, require_stores=False)
@@ -201,19 +198,19 @@ def _pretrain(config: PretrainConfig, *, device: torch.device, rank: int, world_
     optimizer = torch.optim.AdamW(param_groups(model, config.weight_decay), lr=config.lr, betas=config.betas, fused=fused)
     scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
     step = 0
-    ckpt_path = out / CHECKPOINT
+    ckpt_path = PretrainRun(out).checkpoint
     if ckpt_path.is_file():
         step = _resume(ckpt_path, config, model, optimizer, scaler, world_size, device, space)
         if on_resume is not None and rank == 0:
             on_resume(step, ckpt_path)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(out / "config.json", config.model_dump() | {"mixer_resolved": asdict(mixer_cfg)}, indent=1)
+        write_json_atomic(PretrainRun(out).config, config.model_dump() | {"mixer_resolved": asdict(mixer_cfg)}, indent=1)
     stream = RegionStream(entries, n_levels, sampling, rank=rank, world_size=world_size, start_batch=step)
     loader = DataLoader(stream, batch_size=None, num_workers=config.workers, pin_memory=device.type == "cuda",
                         prefetch_factor=4 if config.workers else None, persistent_workers=config.workers > 0)
     forward = torch.compile(net) if config.compile else net
-    autocast = _autocast(config.precision, device)
+    autocast = devices.autocast(config.precision, device)
     flops_per_sample = count_flops(model, local_batch, mixer_cfg, config, device) if step < config.steps else 0.0
     peak = (config.peak_tflops or measure_matmul_tflops(device, config.precision)) * 1e12
     logger = RunLogger(out, enabled=rank == 0, tensorboard=config.tensorboard, resume_step=step)
@@ -266,15 +263,6 @@ def _pretrain(config: PretrainConfig, *, device: torch.device, rank: int, world_
 
 def _step_seed(seed: int, rank: int, step: int) -> int:
     return (seed * 1_000_003 + rank * 10_007 + step) % (2**63)
-
-
-def _autocast(precision: str, device: torch.device):
-    if precision == "fp32":
-        return nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    if device.type == "cpu" and precision == "fp16":
-        raise ConfigError("fp16 needs a GPU; use bf16 or fp32 on CPU")
-    return torch.autocast(device.type, dtype=dtype)
 
 
 def _gatherer(world_size: int):
@@ -392,7 +380,7 @@ class RunLogger:
 
     def __init__(self, out: Path, *, enabled: bool, tensorboard: bool, resume_step: int) -> None:
         self.enabled = enabled
-        self.path = out / LOG_CSV
+        self.path = PretrainRun(out).log
         self.fields: list[str] | None = None
         self.writer = None
         if not enabled:
@@ -410,7 +398,7 @@ class RunLogger:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self.writer = SummaryWriter(str(out / "tensorboard"), purge_step=resume_step + 1)
+                self.writer = SummaryWriter(str(PretrainRun(out).tensorboard), purge_step=resume_step + 1)
             except ImportError:
                 self.writer = None
 

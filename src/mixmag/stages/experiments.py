@@ -17,11 +17,16 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..config import load_config
+from ..data.cohort import load_cohort
 from ..errors import ConfigError, MixmagError
 from ..fileio import atomic_path, write_atomic, write_csv_atomic
 from ..models.mixer import MIXER_PRESETS
-from ..train.finetune import TrainConfig, TrainSettings, run_training
+from ..runs import TrainRun
+from ..store import shared_settings
+from ..train.finetune import TrainConfig, TrainSettings, pretrained_mixer_digest, run_training
 from ..train.mixer_file import mixer_architecture
+from ..train.pretrain import store_paths
+from .encode import encode_stores
 
 ABMIL_METHODS = {"abmil-5x": "5x", "abmil-10x": "10x", "abmil-20x": "20x", "abmil-all": "all"}
 
@@ -113,14 +118,13 @@ def run_is_current(cfg: TrainConfig, store_settings: dict | None) -> bool:
     """A finished run is reused only if its config, its stores' provenance (`store_settings`, as
     store.shared_settings gives them now) and the pretrained mixer it read are those of now: a mixer
     retrained or stores re-embedded at the same paths make it stale."""
-    from ..train.finetune import PIPELINE_FILENAME, pretrained_mixer_digest
-
-    out = Path(cfg.out)
-    files = [out / n for n in ("metrics.json", "config.json", PIPELINE_FILENAME)]
-    if store_settings is None or not all(f.is_file() for f in files) or json.loads(files[1].read_text()) != json.loads(json.dumps(cfg.model_dump())):
+    run = TrainRun(cfg.out)
+    if store_settings is None or not run.is_complete():
         return False
-    pipeline = json.loads(files[2].read_text())
     try:
+        if run.read_config() != json.loads(json.dumps(cfg.model_dump())):
+            return False
+        pipeline = run.read_pipeline() or {}
         digest = pretrained_mixer_digest(cfg)
     except (MixmagError, OSError):
         return False  # let training say what is wrong
@@ -129,9 +133,6 @@ def run_is_current(cfg: TrainConfig, store_settings: dict | None) -> bool:
 
 def _cohort_store_settings(cohort: str, stores: str) -> dict | None:
     """The cohort's stores' shared provenance, or None when they cannot be read (training will say why)."""
-    from ..data.cohort import load_cohort
-    from ..store import shared_settings
-
     try:
         return shared_settings(list(load_cohort(cohort, stores).stores.values()))
     except (MixmagError, OSError):
@@ -140,9 +141,6 @@ def _cohort_store_settings(cohort: str, stores: str) -> dict | None:
 
 def run_grid(grid: GridConfig, on_run=None) -> dict:
     """Run (or reuse) every method x task x seed; returns {task: {method: [test AUROC per seed]}}."""
-    from ..stages.encode import encode_stores
-    from ..train.pretrain import store_paths
-
     results: dict[str, dict[str, list[float]]] = {}
     for task in grid.tasks:
         settings: dict[tuple[str, str], dict | None] = {}  # read once per cohort and stores folder
@@ -158,7 +156,7 @@ def run_grid(grid: GridConfig, on_run=None) -> dict:
                 if where not in settings:
                     settings[where] = _cohort_store_settings(*where)
                 if run_is_current(cfg, settings[where]):
-                    metrics = json.loads((Path(cfg.out) / "metrics.json").read_text())
+                    metrics = TrainRun(cfg.out).read_metrics()
                     status = "reused"
                 else:
                     metrics = run_training(cfg)

@@ -1,0 +1,86 @@
+"""Where mixmag computes: the device, the precision tile embeddings are computed in, and torchrun's ranks.
+
+One module decides these so that every stage (embed, pretrain, encode, predict) makes the same choice, and the
+stores record the precision that was actually used.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+
+import torch
+
+from .errors import ConfigError
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """This process's place among torchrun's ranks (one process when not under torchrun)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def active(self) -> bool:
+        return self.world_size > 1
+
+
+def dist_from_env() -> DistInfo:
+    """Rank and world size as torchrun sets them (1 process when absent)."""
+    return DistInfo(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def choose_device(name: str | None = None, dist: DistInfo = DistInfo()) -> torch.device:
+    """The device named (cuda, cuda:1, cpu), else this rank's GPU when there is one, else the CPU."""
+    if name:
+        return torch.device(name)
+    return torch.device(f"cuda:{dist.local_rank}" if torch.cuda.is_available() else "cpu")
+
+
+def start_distributed(device: str | None = None, *, process_group: bool = True) -> tuple[DistInfo, torch.device]:
+    """Rank info from torchrun's environment, this rank's device, and the process group when there is more than
+    one rank and the stage's ranks talk to each other (pretraining; embedding's ranks only report through
+    torchrun's store)."""
+    dist = dist_from_env()
+    dev = choose_device(device, dist)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    if dist.active and process_group:
+        # torch._dynamo (imported by timm) keeps references to a group that exists when it is first imported, and a
+        # group that outlives destroy_process_group() keeps gloo threads that can abort the process at exit
+        importlib.import_module("torch._dynamo")
+        torch.distributed.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    return dist, dev
+
+
+def stop_distributed() -> None:
+    """End the process group, if one was started (its threads must not outlive the interpreter)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+def embedding_precision(device: torch.device) -> str:
+    """What tile encoders compute in on this device: bf16 autocast on CUDA, fp32 elsewhere (CPUs gain nothing)."""
+    return "bf16" if device.type == "cuda" else "fp32"
+
+
+def compute_dtype(device: torch.device) -> str:
+    """The name a store records for the precision its embeddings were computed in."""
+    return {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}[embedding_precision(device)]
+
+
+def autocast(precision: str, device: torch.device) -> AbstractContextManager:
+    """The autocast context of a precision setting (bf16, fp16 or fp32) on a device."""
+    if precision == "fp32":
+        return nullcontext()
+    if device.type == "cpu" and precision == "fp16":
+        raise ConfigError("fp16 needs a GPU; use bf16 or fp32 on CPU")
+    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
+def embedding_autocast(device: torch.device) -> AbstractContextManager:
+    return autocast(embedding_precision(device), device)
