@@ -94,13 +94,20 @@ def test_every_function_test_and_file_the_docs_name_exists(doc):
     assert broken_references(_text(doc), doc) == []
 
 
-def test_the_readme_links_are_real():
-    assert broken_references(_links_only(ROOT / "README.md"), ROOT / "README.md") == []
+def test_every_function_test_file_and_link_the_readme_names_exists():
+    readme = ROOT / "README.md"
+    assert broken_references(_text(readme), readme) == []
 
 
-def _links_only(path: Path) -> str:
-    """The README's markdown links alone (its prose names commands and paths of the user's machine)."""
-    return "\n".join(f"]({link})" for link in LINK.findall(_text(path)))
+def test_each_guarantee_in_the_readme_names_the_tests_that_back_it():
+    text = _text(ROOT / "README.md")
+    section = text.split("## What mixmag guarantees", 1)[1].split("\n## ", 1)[0]
+    promises = {m.group(1): m.group(2) for m in re.finditer(r"^- \*\*(.+?)\*\*(.*?)(?=^- \*\*|\Z)", section, re.M | re.S)}
+    assert list(promises) == ["Atomic outputs.", "Resume.", "Per-slide isolation.", "Safe ids.", "Untrusted files.", "Locks."]
+    for promise, body in promises.items():
+        files = re.findall(r"`(tests/\w+\.py)`", body)
+        assert files, f"{promise} names no test file"
+        assert all((ROOT / f).is_file() for f in files), (promise, files)
 
 
 def test_the_checker_catches_a_renamed_function_and_a_missing_test():
