@@ -1,6 +1,6 @@
 """Tile read path benchmark (same as `mixmag bench tile`): tiles/s per core for three read methods.
 
-    python benchmarks/bench_tile.py [--size 8192] [--cells 16] [--rounds 5] [--workdir .mixmag-bench]
+python benchmarks/bench_tile.py [--size 8192] [--cells 16] [--rounds 5] [--workdir .mixmag-bench]
 """
 
 from __future__ import annotations

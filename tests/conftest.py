@@ -69,9 +69,11 @@ def tissue_slide(slide_dir) -> Path:
     return make_tissue_slide(slide_dir, "tissue.tiff", downsamples=(1, 4, 16), seed=3)
 
 
-_IMAGE_PROBE = ("<script>window.addEventListener('load', () => { const imgs = [...document.images];"
-                "document.body.dataset.images = imgs.length;"
-                "document.body.dataset.broken = imgs.filter(i => !(i.complete && i.naturalWidth > 0)).length; });</script>")
+_IMAGE_PROBE = (
+    "<script>window.addEventListener('load', () => { const imgs = [...document.images];"
+    "document.body.dataset.images = imgs.length;"
+    "document.body.dataset.broken = imgs.filter(i => !(i.complete && i.naturalWidth > 0)).length; });</script>"
+)
 
 
 @pytest.fixture
@@ -85,20 +87,45 @@ def chromium(tmp_path):
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     if browser is None:
         pytest.skip("chromium is not installed here (Debian package 'chromium'); .ci/run installs it where it can")
-    flags = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr", "--v=0"]
+    flags = [
+        browser,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--enable-logging=stderr",
+        "--v=0",
+    ]
 
     def render(page: Path) -> tuple[Path, list[str], int, int]:
         shot = tmp_path / f"{page.stem}.png"
-        result = subprocess.run([*flags, "--window-size=1200,2400", f"--screenshot={shot}", page.as_uri()],
-                                capture_output=True, text=True, timeout=120)
+        result = subprocess.run(
+            [*flags, "--window-size=1200,2400", f"--screenshot={shot}", page.as_uri()],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert shot.is_file() and shot.stat().st_size > 10_000, result.stderr[-2000:]
-        errors = [line for line in result.stderr.splitlines() if "CONSOLE" in line and ("error" in line.lower() or "Uncaught" in line)]
+        errors = [
+            line
+            for line in result.stderr.splitlines()
+            if "CONSOLE" in line and ("error" in line.lower() or "Uncaught" in line)
+        ]
         probe = tmp_path / f"{page.stem}.probe.html"  # the same page plus a script that counts images that failed
-        probe.write_text(page.read_text(encoding="utf-8").replace("</body>", _IMAGE_PROBE + "</body>"), encoding="utf-8")
-        dom = subprocess.run([*flags, "--virtual-time-budget=10000", "--dump-dom", probe.as_uri()],
-                             capture_output=True, text=True, timeout=120).stdout
+        probe.write_text(
+            page.read_text(encoding="utf-8").replace("</body>", _IMAGE_PROBE + "</body>"), encoding="utf-8"
+        )
+        dom = subprocess.run(
+            [*flags, "--virtual-time-budget=10000", "--dump-dom", probe.as_uri()],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        ).stdout
         found = re.search(r'data-images="(\d+)" data-broken="(\d+)"', dom)
         assert found, dom[-2000:]
         return shot, errors, int(found.group(1)), int(found.group(2))

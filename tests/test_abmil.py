@@ -14,7 +14,7 @@ def test_padded_batch_equals_each_bag_alone_and_attention_is_a_distribution():
     mask = torch.zeros(3, 9, dtype=torch.bool)
     for i, b in enumerate(bags):
         padded[i, : len(b)] = b
-        padded[i, len(b):] = 1e3  # garbage in the padding must not matter
+        padded[i, len(b) :] = 1e3  # garbage in the padding must not matter
         mask[i, : len(b)] = True
     logits, attention = model(padded, mask)
     for i, b in enumerate(bags):

@@ -65,14 +65,34 @@ def test_importance_ratio_and_summary_name_the_level_that_matters():
 def _trained(tmp_path, task):
     spec = BenchmarkSpec(task, n_specimens=80, signal=2.0, label_noise=0.0, seed=0)
     table = write_benchmark_cohort(tmp_path, spec)
-    trainer = Trainer(TrainConfig(cohort=str(table), stores=str(tmp_path / "stores"), out=str(tmp_path / "run"), bags="all",
-                                  epochs=20, batch_size=16, lr=5e-3, bootstrap=100, seed=0))
+    trainer = Trainer(
+        TrainConfig(
+            cohort=str(table),
+            stores=str(tmp_path / "stores"),
+            out=str(tmp_path / "run"),
+            bags="all",
+            epochs=20,
+            batch_size=16,
+            lr=5e-3,
+            bootstrap=100,
+            seed=0,
+        )
+    )
     metrics = trainer.fit()
     assert metrics["test"]["auroc"] > 0.8, "the model must learn the task for its attribution to mean anything"
-    reference = A.cohort_reference([slide_input(trainer.classifier, sp.slides[0], trainer.cohort.stores[sp.slides[0]])
-                                    for sp in trainer.cohort.split("train")])
+    reference = A.cohort_reference(
+        [
+            slide_input(trainer.classifier, sp.slides[0], trainer.cohort.stores[sp.slides[0]])
+            for sp in trainer.cohort.split("train")
+        ]
+    )
     slides = [sp.slides[0] for sp in trainer.cohort.split("test") if sp.label == 1]
-    return [A.level_importance(s, slide_input(trainer.classifier, s, trainer.cohort.stores[s]), reference=reference, steps=12) for s in slides]
+    return [
+        A.level_importance(
+            s, slide_input(trainer.classifier, s, trainer.cohort.stores[s]), reference=reference, steps=12
+        )
+        for s in slides
+    ]
 
 
 @pytest.mark.parametrize(("task", "placed", "other"), [("fine", "20x", "5x"), ("coarse", "5x", "20x")])

@@ -38,8 +38,18 @@ def test_context_positives_and_decoys_differ_only_in_arrangement():
     spec = BenchmarkSpec("context", dim=32, signal=2.0, decoy_rate=1.0)
     pos = benchmark_slide(spec, "p", True, np.random.default_rng(1))
     neg = benchmark_slide(spec, "n", False, np.random.default_rng(1))
-    marked = [np.abs(_projection(s, spec, "20x") - _projection(benchmark_slide(BenchmarkSpec("fine", dim=32, signal=0.0), "b", False,
-                                                                            np.random.default_rng(1)), spec, "20x")) > 0.5 for s in (pos, neg)]
+    marked = [
+        np.abs(
+            _projection(s, spec, "20x")
+            - _projection(
+                benchmark_slide(BenchmarkSpec("fine", dim=32, signal=0.0), "b", False, np.random.default_rng(1)),
+                spec,
+                "20x",
+            )
+        )
+        > 0.5
+        for s in (pos, neg)
+    ]
     assert marked[0].sum() == marked[1].sum() > 0  # the same number of marked 20x tiles
     cells = np.flatnonzero(marked[0].any(1))
     assert all((np.flatnonzero(marked[0][c]) % 4 < 2).all() for c in cells)  # positives: the left half of each cell
@@ -69,35 +79,65 @@ def test_cell_statistics_are_mean_sd_over_seeds_and_paired_delong(tmp_path):
     labels = np.array([0, 1] * 40)
     base = [rng.normal(size=80) + labels for _ in range(3)]
     other = [rng.normal(size=80) + 2 * labels for _ in range(3)]
-    runs = {"abmil-20x": [_run(tmp_path / f"b{k}", s, labels) for k, s in enumerate(base)],
-            "mixer": [_run(tmp_path / f"m{k}", s, labels) for k, s in enumerate(other)]}
+    runs = {
+        "abmil-20x": [_run(tmp_path / f"b{k}", s, labels) for k, s in enumerate(base)],
+        "mixer": [_run(tmp_path / f"m{k}", s, labels) for k, s in enumerate(other)],
+    }
     cells = {c.method: c for c in cell_statistics("fine", runs, "abmil-20x", n_boot=200)}
     per_seed = [auroc(labels, s) for s in other]
-    assert cells["mixer"].mean == pytest.approx(np.mean(per_seed)) and cells["mixer"].sd == pytest.approx(np.std(per_seed, ddof=1))
+    assert cells["mixer"].mean == pytest.approx(np.mean(per_seed)) and cells["mixer"].sd == pytest.approx(
+        np.std(per_seed, ddof=1)
+    )
     assert cells["mixer"].low < cells["mixer"].mean < cells["mixer"].high
-    assert cells["mixer"].p_vs_baseline == pytest.approx(delong_test(labels, np.mean(other, 0), np.mean(base, 0)).p_value)
+    assert cells["mixer"].p_vs_baseline == pytest.approx(
+        delong_test(labels, np.mean(other, 0), np.mean(base, 0)).p_value
+    )
     assert cells["abmil-20x"].p_vs_baseline is None
     _run(tmp_path / "short", other[0][:60], labels[:60])
     with pytest.raises(MixmagError, match="different specimens"):
-        cell_statistics("fine", {"abmil-20x": runs["abmil-20x"][:1], "x": [tmp_path / "short"]}, "abmil-20x", n_boot=100)
+        cell_statistics(
+            "fine", {"abmil-20x": runs["abmil-20x"][:1], "x": [tmp_path / "short"]}, "abmil-20x", n_boot=100
+        )
 
 
 def test_power_grows_with_specimens_and_is_alpha_without_a_difference():
     assert paired_power(0.8, 0.0, 100, 100, 0.5) == pytest.approx(0.05, abs=1e-9)
     assert paired_power(0.8, 0.05, 50, 50, 0.5) < paired_power(0.8, 0.05, 300, 300, 0.5) < 1
     n = specimens_for_power(0.8, 0.05, 0.5)
-    assert paired_power(0.8, 0.05, n // 2, n // 2, 0.5) >= 0.8 > paired_power(0.8, 0.05, (n - 10) // 2, (n - 10) // 2, 0.5)
+    assert (
+        paired_power(0.8, 0.05, n // 2, n // 2, 0.5) >= 0.8 > paired_power(0.8, 0.05, (n - 10) // 2, (n - 10) // 2, 0.5)
+    )
 
 
 def test_a_tiny_benchmark_runs_end_to_end(tmp_path):
-    config = BenchmarkConfig(out=str(tmp_path / "b"), tasks=["fine"], methods=["abmil-20x", "abmil-all"], seeds=[0, 1],
-                             cohort={"n_specimens": 40, "dim": 8, "signal": 2.0, "label_noise": 0.0},
-                             pretrain={"preset": "tiny", "batch_size": 8, "steps": 2, "warmup_steps": 1, "precision": "fp32",
-                                       "workers": 0, "per_slide": 2, "pool": 4, "tensorboard": False},
-                             train={"epochs": 3, "batch_size": 16, "bootstrap": 100}, attribution_methods=["abmil-all"],
-                             attribution_slides=4, n_boot=100)
+    config = BenchmarkConfig(
+        out=str(tmp_path / "b"),
+        tasks=["fine"],
+        methods=["abmil-20x", "abmil-all"],
+        seeds=[0, 1],
+        cohort={"n_specimens": 40, "dim": 8, "signal": 2.0, "label_noise": 0.0},
+        pretrain={
+            "preset": "tiny",
+            "batch_size": 8,
+            "steps": 2,
+            "warmup_steps": 1,
+            "precision": "fp32",
+            "workers": 0,
+            "per_slide": 2,
+            "pool": 4,
+            "tensorboard": False,
+        },
+        train={"epochs": 3, "batch_size": 16, "bootstrap": 100},
+        attribution_methods=["abmil-all"],
+        attribution_slides=4,
+        n_boot=100,
+    )
     result = run_benchmark(config)
     rows = list(csv.DictReader(open(tmp_path / "b" / "benchmark.csv")))
     assert [r["method"] for r in rows] == ["abmil-20x", "abmil-all"] and rows[1]["delong_p_vs_abmil-20x"]
     assert {r["measure"] for r in result["attribution"]} >= {"level occlusion (mean-replace)", "integrated gradients"}
-    assert "± " in (tmp_path / "b" / "benchmark.md").read_text() and set(result["timings"]) and all(v >= 0 for v in result["timings"].values())
+    assert (
+        "± " in (tmp_path / "b" / "benchmark.md").read_text()
+        and set(result["timings"])
+        and all(v >= 0 for v in result["timings"].values())
+    )

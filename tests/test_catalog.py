@@ -15,8 +15,16 @@ from typer.testing import CliRunner
 
 import mixmag.catalog as catalog_module
 from mixmag.bench.scale import _cohort, _first_batch, catalog_from_template, make_corpus, write_cohort
-from mixmag.catalog import (CATALOG_NAME, PARTS_NAME, CatalogError, CatalogWarning, CatalogWriter, load_catalog, lookup_slides,
-                            refresh_catalog)
+from mixmag.catalog import (
+    CATALOG_NAME,
+    PARTS_NAME,
+    CatalogError,
+    CatalogWarning,
+    CatalogWriter,
+    load_catalog,
+    lookup_slides,
+    refresh_catalog,
+)
 from mixmag.cli import app
 from mixmag.data.cohort import load_cohort
 from mixmag.data.regions import RegionSamplingConfig, RegionStream, StoreEntry, catalog_stores, index_stores
@@ -43,7 +51,14 @@ def sharded(tmp_path) -> Path:
 def test_catalog_finds_sharded_stores_with_their_counts_and_settings(sharded):
     catalog, report = refresh_catalog(sharded)
     assert (sharded / CATALOG_NAME).is_file() and report.new == [] and not report.changed
-    assert [e.path for e in catalog.entries] == ["a0.h5", "a1.h5", "b/b0/b0.h5", "b/b1/b1.h5", "c/c0/c0.h5", "c/c1/c1.h5"]
+    assert [e.path for e in catalog.entries] == [
+        "a0.h5",
+        "a1.h5",
+        "b/b0/b0.h5",
+        "b/b1/b1.h5",
+        "c/c0/c0.h5",
+        "c/c1/c1.h5",
+    ]
     c1 = catalog.by_slide()["c1"]
     assert (c1.cells, c1.regions, c1.contexts, c1.dim, c1.levels) == (7 * 5, 5 * 3, 4 * 2, 8, 3)
     assert catalog.shared_settings() == shared_settings(catalog.paths())
@@ -154,7 +169,9 @@ def test_runs_read_the_catalog_not_the_store_headers(sharded, monkeypatch):
     assert (dim, levels) == (dim_h, levels_h)
     catalog.shared_settings()
     opened = []
-    monkeypatch.setattr("mixmag.data.regions.read_store", lambda p, validate: opened.append(p) or read_store(p, validate=False))
+    monkeypatch.setattr(
+        "mixmag.data.regions.read_store", lambda p, validate: opened.append(p) or read_store(p, validate=False)
+    )
     stream = RegionStream(entries, levels, cfg)
     next(iter(stream))
     assert len(opened) == 2  # the first chunk's two stores, not the folder
@@ -162,8 +179,14 @@ def test_runs_read_the_catalog_not_the_store_headers(sharded, monkeypatch):
 
 def test_cohort_stores_are_found_in_a_sharded_folder(sharded, tmp_path):
     table = tmp_path / "cohort.csv"
-    rows = [("s1", "a0", 0, "train"), ("s2", "b0", 1, "train"), ("s3", "b1", 0, "tune"), ("s4", "c0", 1, "tune"),
-            ("s5", "c1", 0, "test"), ("s6", "a1", 1, "test")]
+    rows = [
+        ("s1", "a0", 0, "train"),
+        ("s2", "b0", 1, "train"),
+        ("s3", "b1", 0, "tune"),
+        ("s4", "c0", 1, "tune"),
+        ("s5", "c1", 0, "test"),
+        ("s6", "a1", 1, "test"),
+    ]
     table.write_text("specimen,slide,label,split\n" + "".join(f"{a},{b},{c},{d}\n" for a, b, c, d in rows))
     cohort = load_cohort(table, sharded)  # no catalog yet: built on the way
     assert cohort.stores["b1"] == sharded / "b" / "b1" / "b1.h5" and cohort.stores["a0"] == sharded / "a0.h5"

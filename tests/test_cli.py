@@ -3,9 +3,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import make_tissue_slide
 from typer.testing import CliRunner
 
-from conftest import make_tissue_slide
 from mixmag.cli import app
 from mixmag.slides.tiling import load_plan
 from mixmag.synth.slide_writer import write_slide
@@ -24,7 +24,15 @@ def cohort_files(tmp_path_factory, real_svs):
     corrupt = d / "corrupt.svs"
     corrupt.write_bytes(b"not a slide at all")
     blank = write_slide(d / "blank.tiff", np.full((2000, 2000, 3), 243, np.uint8), 0.5)
-    return {"dir": d, "good": good, "nompp": nompp, "dpi72": dpi72, "corrupt": corrupt, "blank": blank, "small": real_svs}
+    return {
+        "dir": d,
+        "good": good,
+        "nompp": nompp,
+        "dpi72": dpi72,
+        "corrupt": corrupt,
+        "blank": blank,
+        "small": real_svs,
+    }
 
 
 def _invoke(*args):
@@ -34,7 +42,18 @@ def _invoke(*args):
 def test_multi_slide_run_goes_on_and_reports_failures(tmp_path, cohort_files):
     f = cohort_files
     out = tmp_path / "tiles"
-    result = _invoke("tile", f["good"], f["dir"] / "missing.svs", f["corrupt"], f["nompp"], f["dpi72"], f["small"], f["blank"], "--out", out)
+    result = _invoke(
+        "tile",
+        f["good"],
+        f["dir"] / "missing.svs",
+        f["corrupt"],
+        f["nompp"],
+        f["dpi72"],
+        f["small"],
+        f["blank"],
+        "--out",
+        out,
+    )
     text = result.output
     assert result.exit_code == 1
     assert "missing.svs: file not found" in text
@@ -112,10 +131,14 @@ def test_bad_settings_are_clear_errors(tmp_path, cohort_files):
 def test_yaml_config_is_used_and_flags_override_it(tmp_path, cohort_files):
     config = tmp_path / "tiling.yaml"
     config.write_text("tiling:\n  region_size: 2\n  tissue:\n    thumbnail_mpp: 16\n")
-    result = _invoke("tile", cohort_files["good"], "--out", tmp_path / "o", "--config", config, "--tissue-threshold", "0.3")
+    result = _invoke(
+        "tile", cohort_files["good"], "--out", tmp_path / "o", "--config", config, "--tissue-threshold", "0.3"
+    )
     assert result.exit_code == 0, result.output
     plan = load_plan(tmp_path / "o" / "good")
-    assert plan.params.region_size == 2 and plan.params.tissue.thumbnail_mpp == 16 and plan.params.tissue_threshold == 0.3
+    assert (
+        plan.params.region_size == 2 and plan.params.tissue.thumbnail_mpp == 16 and plan.params.tissue_threshold == 0.3
+    )
 
 
 def test_a_crash_midway_leaves_no_plan_that_looks_complete(tmp_path, cohort_files, monkeypatch):
@@ -162,7 +185,11 @@ def test_demo_small_configuration_produces_a_well_formed_table(tmp_path):
     again = _invoke("demo", "--small", "--out", tmp_path / "demo")
     assert again.exit_code == 0 and "(reused)" in again.output and "reusing" in again.output
     meta = json.loads((tmp_path / "demo" / "pretrain" / "mixer.json").read_text())  # no test slide seen in pretraining
-    assert sorted(Path(p).name for p in meta["pretraining"]["exclude_test_of"]) == ["cohort_coarse.csv", "cohort_cross.csv", "cohort_fine.csv"]
+    assert sorted(Path(p).name for p in meta["pretraining"]["exclude_test_of"]) == [
+        "cohort_coarse.csv",
+        "cohort_cross.csv",
+        "cohort_fine.csv",
+    ]
 
 
 def test_bench_tile_smoke(tmp_path):
@@ -204,7 +231,11 @@ def test_demo_on_your_own_cohort_table(tmp_path):
 
     tables = write_cohort(tmp_path / "mine", CohortSpec(n_specimens=15, max_slides=1, cells=3, seed=4))
     config = yaml.safe_load(open(Path(__file__).resolve().parents[1] / "configs" / "demo-small.yaml"))
-    config |= {"cohort_tables": {"mytask": str(tables["coarse"])}, "out": str(tmp_path / "out"), "methods": ["abmil-5x", "MEM-cls"]}
+    config |= {
+        "cohort_tables": {"mytask": str(tables["coarse"])},
+        "out": str(tmp_path / "out"),
+        "methods": ["abmil-5x", "MEM-cls"],
+    }
     path = tmp_path / "mine.yaml"
     path.write_text(yaml.safe_dump(config))
     result = _invoke("demo", "--config", path)

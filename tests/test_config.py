@@ -12,18 +12,26 @@ from typer.testing import CliRunner
 from mixmag.cli import app
 from mixmag.config import load_config
 from mixmag.errors import ConfigError
-from mixmag.stages.experiments import GridConfig
 from mixmag.models.mixer import MixerConfig, MixerOverrides
 from mixmag.slides.params import TilingParams
 from mixmag.stages.benchmark import BenchmarkConfig
 from mixmag.stages.demo import DemoConfig
+from mixmag.stages.experiments import GridConfig
 from mixmag.train.finetune import TrainConfig
 from mixmag.train.pretrain import PretrainConfig, PretrainSettings
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-MODEL_OF = {"demo.yaml": DemoConfig, "demo-small.yaml": DemoConfig, "pretrain.yaml": PretrainConfig,
-            "pretrain-tiny.yaml": PretrainConfig, "mil.yaml": TrainConfig, "grid.yaml": GridConfig, "tiling.yaml": TilingParams,
-            "benchmark.yaml": BenchmarkConfig, "benchmark-pixels.yaml": DemoConfig}
+MODEL_OF = {
+    "demo.yaml": DemoConfig,
+    "demo-small.yaml": DemoConfig,
+    "pretrain.yaml": PretrainConfig,
+    "pretrain-tiny.yaml": PretrainConfig,
+    "mil.yaml": TrainConfig,
+    "grid.yaml": GridConfig,
+    "tiling.yaml": TilingParams,
+    "benchmark.yaml": BenchmarkConfig,
+    "benchmark-pixels.yaml": DemoConfig,
+}
 
 
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
@@ -47,18 +55,23 @@ def test_the_demo_defaults_are_configs_demo_yaml():
 
 
 def test_mixer_sections_list_the_architecture_fields():
-    """The `mixer:` overrides are MixerConfig's fields less t and n_levels (those come from the config and the stores)."""
+    """The `mixer:` overrides are MixerConfig's fields less t and n_levels (those come from the config and the
+    stores)."""
     assert set(MixerOverrides.model_fields) == {f.name for f in fields(MixerConfig)} - {"t", "n_levels"}
 
 
 def test_sections_are_typed_and_their_defaults_kept_apart(tmp_path):
     grid = tmp_path / "grid.yaml"
-    grid.write_text("out: o\ntasks: [{name: a, cohort: c.csv, stores: s}]\nmethods: [abmil-5x]\n"
-                    "train: {epochs: 3}\ntrain_by_method: {abmil: {lr: 0.01}}\n")
+    grid.write_text(
+        "out: o\ntasks: [{name: a, cohort: c.csv, stores: s}]\nmethods: [abmil-5x]\n"
+        "train: {epochs: 3}\ntrain_by_method: {abmil: {lr: 0.01}}\n"
+    )
     cfg = load_config(GridConfig, grid)
     assert cfg.train.given() == {"epochs": 3} and cfg.train_by_method["abmil"].given() == {"lr": 0.01}
     grid.write_text(grid.read_text().replace("{lr: 0.01}", "{lr: 0.01, epocs: 2}"))
-    with pytest.raises(ConfigError, match=r"line 5: unknown setting `train_by_method.abmil.epocs` \(did you mean `epochs`\?\)"):
+    with pytest.raises(
+        ConfigError, match=r"line 5: unknown setting `train_by_method.abmil.epocs` \(did you mean `epochs`\?\)"
+    ):
         load_config(GridConfig, grid)
     demo = tmp_path / "demo.yaml"
     demo.write_text("cohort: {n_specimens: 10, slides: 2}\n")
@@ -72,7 +85,9 @@ def test_sections_are_typed_and_their_defaults_kept_apart(tmp_path):
 def test_tile_flags_override_one_key_of_a_config_section(tmp_path):
     path = tmp_path / "tiling.yaml"
     path.write_text("tiling:\n  region_size: 2\n  tissue: {min_saturation: 30, thumbnail_mpp: 16}\n")
-    params = load_config(TilingParams, path, section="tiling", options={"region_size": None, "tissue": {"thumbnail_mpp": 4.0}})
+    params = load_config(
+        TilingParams, path, section="tiling", options={"region_size": None, "tissue": {"thumbnail_mpp": 4.0}}
+    )
     assert params.region_size == 2 and params.tissue.min_saturation == 30 and params.tissue.thumbnail_mpp == 4.0
     with pytest.raises(ConfigError, match=r"the command line \(region_size = 0\): `region_size` = 0"):
         load_config(TilingParams, path, section="tiling", options={"region_size": 0})
@@ -89,8 +104,16 @@ def test_resume_checks_every_field_not_listed_as_free():
     saved = PretrainConfig(stores="s", out="o").model_dump(mode="json")
     now = PretrainConfig(stores="s", out="elsewhere", steps=10, log_every=1, compile=True, pool=9, mixer={"depth": 2})
     assert now.resume_conflicts(saved) == ["mixer", "pool"]
-    assert PretrainSettings.MAY_CHANGE_ON_RESUME == {"out", "steps", "log_every", "checkpoint_every", "compile", "tensorboard",
-                                                     "check_replicas", "peak_tflops"}
+    assert PretrainSettings.MAY_CHANGE_ON_RESUME == {
+        "out",
+        "steps",
+        "log_every",
+        "checkpoint_every",
+        "compile",
+        "tensorboard",
+        "check_replicas",
+        "peak_tflops",
+    }
 
     class WithNewField(PretrainConfig):  # a field added later is checked without anyone listing it
         new_knob: int = 0
@@ -109,7 +132,11 @@ def test_config_py_is_the_only_yaml_reader():
         if path.name == "config.py" and path.parent == src:
             continue
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "yaml" \
-                    and ("load" in node.attr or node.attr in ("compose", "parse", "scan")):
+            if (
+                isinstance(node, ast.Attribute)
+                and isinstance(node.value, ast.Name)
+                and node.value.id == "yaml"
+                and ("load" in node.attr or node.attr in ("compose", "parse", "scan"))
+            ):
                 readers.append(f"{path.relative_to(src)}:{node.lineno} yaml.{node.attr}")
     assert readers == [], "read YAML with mixmag.config.load_config: " + ", ".join(readers)

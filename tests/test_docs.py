@@ -111,12 +111,18 @@ def test_each_guarantee_in_the_readme_names_the_tests_that_back_it():
 
 
 def test_the_checker_catches_a_renamed_function_and_a_missing_test():
-    text = ("`mixmag.models.mem:reconstruction_loss` `mixmag.models.mem:no_such_loss` `mixmag.models.mixer:RegionMixer.tokens` "
-            "`mixmag.models.mixer:RegionMixer.no_such_method` tests/test_mixer.py::test_reconstruction_loss_is_eq2 "
-            "tests/test_mixer.py::test_no_such_thing `src/mixmag/geometry.py` `src/mixmag/no_such.py` [x](no-such.md)")
+    text = (
+        "`mixmag.models.mem:reconstruction_loss` `mixmag.models.mem:no_such_loss` "
+        "`mixmag.models.mixer:RegionMixer.tokens` "
+        "`mixmag.models.mixer:RegionMixer.no_such_method` tests/test_mixer.py::test_reconstruction_loss_is_eq2 "
+        "tests/test_mixer.py::test_no_such_thing `src/mixmag/geometry.py` `src/mixmag/no_such.py` [x](no-such.md)"
+    )
     problems = broken_references(text, ROOT / "docs" / "x.md")
     assert len(problems) == 5, problems
-    assert all(bad in " ".join(problems) for bad in ("no_such_loss", "no_such_method", "test_no_such_thing", "no_such.py", "no-such.md"))
+    assert all(
+        bad in " ".join(problems)
+        for bad in ("no_such_loss", "no_such_method", "test_no_such_thing", "no_such.py", "no-such.md")
+    )
 
 
 def _project_files() -> list[Path]:

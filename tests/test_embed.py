@@ -5,19 +5,19 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import make_tissue_slide
 from torch import nn
 from typer.testing import CliRunner
 
-from conftest import make_tissue_slide
 from mixmag.catalog import CATALOG_NAME, PARTS_NAME, refresh_catalog
 from mixmag.cli import app
 from mixmag.encoders.model import build_encoder
 from mixmag.encoders.registry import EncoderPreset, InputTransform, register_preset
 from mixmag.slides.pyramids import read_pyramid
+from mixmag.slides.sources import SlideSource
 from mixmag.slides.tiling import TilingParams, load_plan
 from mixmag.stages.embed import find_plans, run_embed, shard
 from mixmag.stages.tile import tile_slides
-from mixmag.slides.sources import SlideSource
 from mixmag.store import read_store
 
 CPU = torch.device("cpu")
@@ -28,7 +28,12 @@ def plans_dir(tmp_path_factory, real_svs):
     d = tmp_path_factory.mktemp("embed")
     slides = [SlideSource(real_svs, "cmu")]
     for i, size in enumerate([(2600, 2200), (2000, 1900)]):
-        slides.append(SlideSource(make_tissue_slide(d, f"gen{i}.tiff", size=size, seed=10 + i, tissue_mask=np.ones((4, 4), bool)), f"gen{i}"))
+        slides.append(
+            SlideSource(
+                make_tissue_slide(d, f"gen{i}.tiff", size=size, seed=10 + i, tissue_mask=np.ones((4, 4), bool)),
+                f"gen{i}",
+            )
+        )
     tile_slides(slides, d / "plans", TilingParams(region_size=1))
     return d / "plans"
 
@@ -63,7 +68,9 @@ def test_rerun_skips_current_stores_and_redoes_changed_ones(tmp_path, plans_dir)
     enc = build_encoder("stats")
     first = run_embed(find_plans(plans_dir), tmp_path, enc, device=CPU, workers=0)
     assert {r.outcome for r in first} == {"embedded"}
-    catalog, report = refresh_catalog(tmp_path, write=False)  # each landed store was recorded in the rank's catalog part
+    catalog, report = refresh_catalog(
+        tmp_path, write=False
+    )  # each landed store was recorded in the rank's catalog part
     assert len(catalog) == 3 and report.new == [] and not report.changed
     again = run_embed(find_plans(plans_dir), tmp_path, enc, device=CPU, workers=0)
     assert {r.outcome for r in again} == {"skipped"}
@@ -108,8 +115,17 @@ def test_nan_embeddings_fail_that_slide_and_name_it(tmp_path, plans_dir):
             out = x.mean(dim=(2, 3))[:, None, :]
             return out / (x.mean() > 2).float()  # 0/0 and x/0: NaN and Inf
 
-    register_preset(EncoderPreset(name="broken", description="test", dim=3, builder=Broken, needs_weights=False,
-                                  transform=InputTransform(mean=(0, 0, 0), std=(1, 1, 1))), replace=True)
+    register_preset(
+        EncoderPreset(
+            name="broken",
+            description="test",
+            dim=3,
+            builder=Broken,
+            needs_weights=False,
+            transform=InputTransform(mean=(0, 0, 0), std=(1, 1, 1)),
+        ),
+        replace=True,
+    )
     results = run_embed(find_plans(plans_dir, ["gen0"]), tmp_path, build_encoder("broken"), device=CPU, workers=0)
     assert results[0].outcome == "failed"
     assert "gen0" in results[0].error and "NaN or Inf" in results[0].error
@@ -128,10 +144,26 @@ def test_workers_give_the_same_store_as_the_main_process(tmp_path, plans_dir):
 def test_two_ranks_under_torchrun_match_one_process(tmp_path, plans_dir):
     env = os.environ | {"OMP_NUM_THREADS": "1"}
     base = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node"]
-    args = ["-m", "mixmag.cli", "embed", "--plans", str(plans_dir), "--encoder", "tiny-vit", "--workers", "0", "--device", "cpu"]
-    one = subprocess.run(base + ["1"] + args + ["--out", str(tmp_path / "one")], env=env, capture_output=True, text=True, timeout=300)
+    args = [
+        "-m",
+        "mixmag.cli",
+        "embed",
+        "--plans",
+        str(plans_dir),
+        "--encoder",
+        "tiny-vit",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+    ]
+    one = subprocess.run(
+        base + ["1"] + args + ["--out", str(tmp_path / "one")], env=env, capture_output=True, text=True, timeout=300
+    )
     assert one.returncode == 0, one.stderr[-2000:]
-    two = subprocess.run(base + ["2"] + args + ["--out", str(tmp_path / "two")], env=env, capture_output=True, text=True, timeout=300)
+    two = subprocess.run(
+        base + ["2"] + args + ["--out", str(tmp_path / "two")], env=env, capture_output=True, text=True, timeout=300
+    )
     assert two.returncode == 0, two.stderr[-2000:]
     assert "x 2 ranks" in two.stdout and "Done: 3 embedded" in two.stdout  # rank 0 counts every rank's slides
     names = sorted(p.name for p in (tmp_path / "one").glob("*.h5"))
@@ -152,24 +184,56 @@ def test_cli_errors_and_store_tools(tmp_path, plans_dir):
     assert result.exit_code == 2 and "--weights PATH" in result.output
     result = runner.invoke(app, ["embed", "--plans", str(tmp_path / "none"), "--out", str(tmp_path)])
     assert result.exit_code == 2 and "no tiling plans" in result.output
-    result = runner.invoke(app, ["embed", "--plans", str(plans_dir), "--out", str(tmp_path / "s"), "--encoder", "stats", "--workers", "0"])
+    result = runner.invoke(
+        app, ["embed", "--plans", str(plans_dir), "--out", str(tmp_path / "s"), "--encoder", "stats", "--workers", "0"]
+    )
     assert result.exit_code == 0, result.output
     stores = sorted((tmp_path / "s").glob("*.h5"))
     assert runner.invoke(app, ["store", "validate", *map(str, stores)]).exit_code == 0
-    assert (tmp_path / "s" / CATALOG_NAME).is_file() and not list((tmp_path / "s" / PARTS_NAME).iterdir())  # parts folded
-    result = runner.invoke(app, ["embed", "--plans", str(plans_dir), "--cohort", str(_one_slide_table(tmp_path, stores[0].stem)),
-                                 "--out", str(tmp_path / "t"), "--encoder", "tiny-vit", "--workers", "0"])
+    assert (tmp_path / "s" / CATALOG_NAME).is_file() and not list(
+        (tmp_path / "s" / PARTS_NAME).iterdir()
+    )  # parts folded
+    result = runner.invoke(
+        app,
+        [
+            "embed",
+            "--plans",
+            str(plans_dir),
+            "--cohort",
+            str(_one_slide_table(tmp_path, stores[0].stem)),
+            "--out",
+            str(tmp_path / "t"),
+            "--encoder",
+            "tiny-vit",
+            "--workers",
+            "0",
+        ],
+    )
     assert result.exit_code == 0, result.output
     (tmp_path / "bad.csv").write_text("specimen,label\nA,1\n")
-    result = runner.invoke(app, ["embed", "--plans", str(plans_dir), "--cohort", str(tmp_path / "bad.csv"), "--encoder", "stats"])
+    result = runner.invoke(
+        app, ["embed", "--plans", str(plans_dir), "--cohort", str(tmp_path / "bad.csv"), "--encoder", "stats"]
+    )
     assert result.exit_code == 2 and "bad.csv: needs a 'slide' column" in result.output
     other = tmp_path / "t" / stores[0].name  # the same slide, another encoder: every store valid, the set is not
     result = runner.invoke(app, ["store", "validate", str(other), *map(str, stores[1:])])
     assert result.exit_code == 1 and "encoder: " in result.output and other.name in result.output
     assert runner.invoke(app, ["store", "export", str(stores[0]), "--out", str(tmp_path / "tri")]).exit_code == 0
     slide = stores[0].stem
-    result = runner.invoke(app, ["store", "import", str(tmp_path / "tri"), "--plans", str(plans_dir), "--slide", slide,
-                                 "--out", str(tmp_path / "back")])
+    result = runner.invoke(
+        app,
+        [
+            "store",
+            "import",
+            str(tmp_path / "tri"),
+            "--plans",
+            str(plans_dir),
+            "--slide",
+            slide,
+            "--out",
+            str(tmp_path / "back"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     a, b = read_store(stores[0]), read_store(tmp_path / "back" / f"{slide}.h5")
     for level in a.embeddings:
@@ -189,8 +253,14 @@ def test_a_slide_that_fails_to_decode_midway_fails_alone(tmp_path, plans_dir):
         fh.seek(offset)
         fh.write(b"\x00" * count)
     plans = find_plans(plans_dir.parent / "plans-bad", ["bad"]) + find_plans(plans_dir, ["gen1"])
-    results = {r.slide_id: r for r in run_embed(plans, tmp_path / "stores", build_encoder("stats"), device=CPU, workers=2)}
-    assert results["bad"].outcome == "failed" and "bad.tiff" in results["bad"].error and "could not decode" in results["bad"].error
+    results = {
+        r.slide_id: r for r in run_embed(plans, tmp_path / "stores", build_encoder("stats"), device=CPU, workers=2)
+    }
+    assert (
+        results["bad"].outcome == "failed"
+        and "bad.tiff" in results["bad"].error
+        and "could not decode" in results["bad"].error
+    )
     assert not (tmp_path / "stores" / "bad.h5").exists()
     assert results["gen1"].outcome == "embedded" and read_store(tmp_path / "stores" / "gen1.h5").rc.shape[0] > 0
 

@@ -10,8 +10,15 @@ from mixmag.encoders.registry import EncoderPreset, InputTransform, get_preset, 
 from mixmag.errors import ConfigError
 
 # Published sizes (millions of parameters) as a check that each preset builds the real architecture.
-FOUNDATION = {"virchow2": (1280, 631), "uni": (1024, 303), "uni2-h": (1536, 681), "h-optimus-0": (1536, 1134),
-              "h-optimus-1": (1536, 1134), "prov-gigapath": (1536, 1134), "phikon-v2": (1024, 303)}
+FOUNDATION = {
+    "virchow2": (1280, 631),
+    "uni": (1024, 303),
+    "uni2-h": (1536, 681),
+    "h-optimus-0": (1536, 1134),
+    "h-optimus-1": (1536, 1134),
+    "prov-gigapath": (1536, 1134),
+    "phikon-v2": (1024, 303),
+}
 
 
 @pytest.mark.parametrize("name", sorted(FOUNDATION))
@@ -84,7 +91,9 @@ def test_checkpoint_that_does_not_fit_is_an_error(tmp_path):
 
 def test_pickled_code_is_refused(tmp_path):
     path = tmp_path / "evil.pt"
-    torch.save({"state_dict": {"w": torch.zeros(1)}, "extra": Path("x")}, path)  # arbitrary classes need unpickling code
+    torch.save(
+        {"state_dict": {"w": torch.zeros(1)}, "extra": Path("x")}, path
+    )  # arbitrary classes need unpickling code
     with pytest.raises(EncoderWeightsError, match="could not read weights"):
         build_encoder("tiny-vit", weights=path)
 
@@ -98,7 +107,9 @@ def test_missing_weights_and_unknown_presets_say_what_to_do(monkeypatch):
     with pytest.raises(EncoderWeightsError, match="huggingface-cli download paige-ai/Virchow2.*--weights"):
         build_encoder("virchow2", from_hub=True, overrides={"depth": 1})
     with pytest.raises(EncoderWeightsError, match="huggingface-cli download owkin/phikon-v2.*--weights"):
-        build_encoder("phikon-v2", from_hub=True, overrides={"depth": 1})  # a transformers repo: fetched, then converted
+        build_encoder(
+            "phikon-v2", from_hub=True, overrides={"depth": 1}
+        )  # a transformers repo: fetched, then converted
 
 
 def test_built_in_encoders_are_deterministic():
@@ -118,8 +129,17 @@ def test_a_user_registers_a_model_in_a_few_lines():
         def forward_features(self, x):
             return x.mean(dim=(2, 3))[:, None, :]
 
-    register_preset(EncoderPreset(name="mean-colour", description="test", dim=3, builder=MeanColour, needs_weights=False,
-                                  transform=InputTransform(mean=(0, 0, 0), std=(1, 1, 1))), replace=True)
+    register_preset(
+        EncoderPreset(
+            name="mean-colour",
+            description="test",
+            dim=3,
+            builder=MeanColour,
+            needs_weights=False,
+            transform=InputTransform(mean=(0, 0, 0), std=(1, 1, 1)),
+        ),
+        replace=True,
+    )
     assert "mean-colour" in preset_names()
     enc = build_encoder("mean-colour")
     tiles = torch.full((1, 224, 224, 3), 51, dtype=torch.uint8)
@@ -133,15 +153,18 @@ def test_phikon_v2_transformers_checkpoints_run_as_timm_vit(tmp_path):
     transformers = pytest.importorskip("transformers")
     from safetensors.torch import save_file
 
-    config = transformers.Dinov2Config(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, patch_size=16, image_size=224,
-                                       layerscale_value=0.3)
+    config = transformers.Dinov2Config(
+        hidden_size=64, num_hidden_layers=2, num_attention_heads=2, patch_size=16, image_size=224, layerscale_value=0.3
+    )
     torch.manual_seed(0)
     hf = transformers.Dinov2Model(config).eval()
     with torch.no_grad():
         for p in hf.parameters():
             p.add_(torch.randn_like(p) * 0.05)  # no parameter left at its trivial init
     hf.save_pretrained(tmp_path / "hub")  # the layout published on the hub (attention.attention.query, ...)
-    save_file({k: v.contiguous() for k, v in hf.state_dict().items()}, tmp_path / "in_memory.safetensors")  # transformers 5 names
+    save_file(
+        {k: v.contiguous() for k, v in hf.state_dict().items()}, tmp_path / "in_memory.safetensors"
+    )  # transformers 5 names
     x = torch.rand(2, 224, 224, 3).mul(255).to(torch.uint8)
     small = {"embed_dim": 64, "depth": 2, "num_heads": 2}
     for path in (tmp_path / "hub" / "model.safetensors", tmp_path / "in_memory.safetensors"):

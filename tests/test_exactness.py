@@ -6,8 +6,8 @@ gives where it really came from, to a small fraction of a pixel.
 
 import numpy as np
 import pytest
-
 from conftest import make_position_slide
+
 from mixmag.geometry import CellGrid, LevelSpec
 from mixmag.slides.pyramids import read_pyramid
 from mixmag.slides.reader import Slide
@@ -23,10 +23,13 @@ def _offset_px(tile: np.ndarray, level: int, expected_um: tuple[float, float]) -
     """Largest distance, in pixels of the tile's level, between where the tile is and where it should be."""
     mpp = LEVELS.mpp(level)
     x, y = decode_position(tile, mpp)
-    return max(
-        circular_error(x, expected_um[0], POSITION_PERIODS_UM[0]),
-        circular_error(y, expected_um[1], POSITION_PERIODS_UM[1]),
-    ) / mpp
+    return (
+        max(
+            circular_error(x, expected_um[0], POSITION_PERIODS_UM[0]),
+            circular_error(y, expected_um[1], POSITION_PERIODS_UM[1]),
+        )
+        / mpp
+    )
 
 
 @pytest.mark.parametrize("mpp", [0.25, 0.5, 0.2631, 0.4987])
@@ -86,7 +89,9 @@ def test_grid_is_global_whatever_the_tissue_layout(slide_dir):
     params = TilingParams(region_size=2)
     plans = []
     for name, mask in (("left", left), ("right", right)):
-        path = make_position_slide(slide_dir, f"layout-{name}.tiff", mpp=mpp, size_um=(2750.0, 2750.0), tissue_mask=mask, downsamples=(1, 4))
+        path = make_position_slide(
+            slide_dir, f"layout-{name}.tiff", mpp=mpp, size_um=(2750.0, 2750.0), tissue_mask=mask, downsamples=(1, 4)
+        )
         with Slide(path) as slide:
             plan, _, _ = make_plan(slide, params, slide_id=name)
             plans.append(plan)
@@ -116,7 +121,9 @@ def test_every_backend_puts_tiles_where_the_grid_says(slide_dir, fmt):
     from slide_formats import slide_pixels, write_czi, write_dicom, write_ome_zarr
 
     mpp = 0.4987
-    tiff = make_position_slide(slide_dir, f"pos-{mpp}.svs", mpp=mpp, size_um=SIZE_UM, downsamples=(1, 2, 4), flavor="aperio")
+    tiff = make_position_slide(
+        slide_dir, f"pos-{mpp}.svs", mpp=mpp, size_um=SIZE_UM, downsamples=(1, 2, 4), flavor="aperio"
+    )
     if fmt == "omezarr":
         path = write_ome_zarr(slide_pixels(tiff), mpp, slide_dir / f"pos-{mpp}.ome.zarr")
     elif fmt == "czi":

@@ -11,8 +11,18 @@ import sqlite3
 import h5py
 import pytest
 
-from mixmag.fileio import (DiskFullError, FolderLock, RunLockedError, append_atomic, atomic_path, ensure_free_space,
-                           hdf5_atomic, is_disk_full, write_atomic, write_json_atomic)
+from mixmag.fileio import (
+    DiskFullError,
+    FolderLock,
+    RunLockedError,
+    append_atomic,
+    atomic_path,
+    ensure_free_space,
+    hdf5_atomic,
+    is_disk_full,
+    write_atomic,
+    write_json_atomic,
+)
 
 
 def test_failed_write_keeps_old_file_and_leaves_no_temporary(tmp_path):
@@ -108,7 +118,8 @@ def test_disk_full_is_recognised_behind_a_library_error():
         try:
             raise OSError(errno.ENOSPC, "No space left on device")
         except OSError:
-            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534")
+            # implicit chaining on purpose: torch raises this way, and is_disk_full must find the OSError in __context__
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534")  # noqa: B904
     except RuntimeError as exc:
         assert is_disk_full(exc)
     assert not is_disk_full(RuntimeError("unexpected pos 576 vs 534"))

@@ -17,8 +17,16 @@ def cohort_dir(tmp_path_factory):
 
 
 def config(d, out, **kw):
-    base = dict(cohort=str(d / "cohort.csv"), stores=str(d / "stores"), out=str(out), bags="20x", epochs=8, batch_size=8,
-                lr=3e-3, bootstrap=200)
+    base = dict(
+        cohort=str(d / "cohort.csv"),
+        stores=str(d / "stores"),
+        out=str(out),
+        bags="20x",
+        epochs=8,
+        batch_size=8,
+        lr=3e-3,
+        bootstrap=200,
+    )
     return TrainConfig(**(base | kw))
 
 
@@ -27,7 +35,14 @@ def test_label_in_the_embeddings_is_learned(cohort_dir, tmp_path):
     assert metrics["test"]["auroc"] > 0.85
     lo, hi = metrics["test"]["ci95"]
     assert lo <= metrics["test"]["auroc"] <= hi
-    for name in ("config.json", "splits.json", "metrics.json", "predictions_tune.csv", "predictions_test.csv", "best.pt"):
+    for name in (
+        "config.json",
+        "splits.json",
+        "metrics.json",
+        "predictions_tune.csv",
+        "predictions_test.csv",
+        "best.pt",
+    ):
         assert (tmp_path / name).is_file()
     with open(tmp_path / "predictions_test.csv") as fh:
         rows = list(csv.DictReader(fh))
@@ -56,7 +71,10 @@ def test_the_test_split_never_influences_selection(cohort_dir, tmp_path):
     a = run_training(config(cohort_dir, tmp_path / "a", epochs=5))
     b = run_training(config(cohort_dir, tmp_path / "b", epochs=5, cohort=str(flipped)))
     assert a["best_epoch"] == b["best_epoch"] and a["history"] == b["history"]
-    wa, wb = torch.load(tmp_path / "a" / "best.pt", weights_only=True), torch.load(tmp_path / "b" / "best.pt", weights_only=True)
+    wa, wb = (
+        torch.load(tmp_path / "a" / "best.pt", weights_only=True),
+        torch.load(tmp_path / "b" / "best.pt", weights_only=True),
+    )
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     assert a["test"]["auroc"] == pytest.approx(1 - b["test"]["auroc"], abs=1e-9)
 
@@ -83,8 +101,15 @@ def test_min_loss_gradient_flows_through_the_signal_slide_only(cohort_dir, tmp_p
 def test_layer_decay_and_the_frozen_first_epoch(cohort_dir, tmp_path):
     d = tmp_path / "regions"
     # stores with regions: the embedding cohort's stores hold 3x3 region windows
-    cfg = config(cohort_dir, tmp_path / "mix", bags="regions", epochs=2, batch_size=20, lr=1e-3,
-                 mixer={"init": "random", "preset": "tiny"})
+    cfg = config(
+        cohort_dir,
+        tmp_path / "mix",
+        bags="regions",
+        epochs=2,
+        batch_size=20,
+        lr=1e-3,
+        mixer={"init": "random", "preset": "tiny"},
+    )
     trainer = Trainer(cfg)
     # the tiny preset has two blocks: lr 1e-3 x 0.75^3 for the stem, ^2 and ^1 for the blocks, 1e-3 on top
     # (the rule itself is pinned by known answers in test_optim.py)
@@ -163,23 +188,53 @@ def test_cli_pretrain_encode_train_evaluate_compare(cohort_dir, tmp_path):
 
     runner = CliRunner()
     pre = tmp_path / "pre.yaml"
-    pre.write_text(f"stores: {cohort_dir / 'stores'}\nout: {tmp_path / 'pre'}\npreset: tiny\nbatch_size: 16\nsteps: 6\nwarmup_steps: 1\n"
-                   "precision: fp32\nworkers: 0\nper_slide: 16\npool: 4\nlog_every: 3\ncheckpoint_every: 6\ntensorboard: false\n")
-    result = runner.invoke(app, ["pretrain", "--config", str(pre), "--set", f"exclude_test_of=[{cohort_dir / 'cohort.csv'}]"])
+    pre.write_text(
+        f"stores: {cohort_dir / 'stores'}\nout: {tmp_path / 'pre'}\npreset: tiny\nbatch_size: 16\nsteps: "
+        "6\nwarmup_steps: 1\n"
+        "precision: fp32\nworkers: 0\nper_slide: 16\npool: 4\nlog_every: 3\ncheckpoint_every: 6\ntensorboard: false\n"
+    )
+    result = runner.invoke(
+        app, ["pretrain", "--config", str(pre), "--set", f"exclude_test_of=[{cohort_dir / 'cohort.csv'}]"]
+    )
     assert result.exit_code == 0, result.output
     n_test = sum(len(sp.slides) for sp in load_cohort(cohort_dir / "cohort.csv", cohort_dir / "stores").split("test"))
     n_all = len(list((cohort_dir / "stores").glob("*.h5")))
     assert f"{n_all - n_test} of {n_all} stores (the test slides of" in " ".join(result.output.split())
-    result = runner.invoke(app, ["encode", "--mixer", str(tmp_path / "pre" / "mixer.safetensors"), "--stores", str(cohort_dir / "stores"),
-                                 "--out", str(tmp_path / "enc")])
+    result = runner.invoke(
+        app,
+        [
+            "encode",
+            "--mixer",
+            str(tmp_path / "pre" / "mixer.safetensors"),
+            "--stores",
+            str(cohort_dir / "stores"),
+            "--out",
+            str(tmp_path / "enc"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     mil = tmp_path / "mil.yaml"
-    mil.write_text(f"cohort: {cohort_dir / 'cohort.csv'}\nstores: {cohort_dir / 'stores'}\nout: {tmp_path / 'cls'}\nbags: cls\n"
-                   f"encoded: {tmp_path / 'enc'}\nepochs: 2\nbatch_size: 8\nlr: 3.0e-3\nbootstrap: 200\n")
+    mil.write_text(
+        f"cohort: {cohort_dir / 'cohort.csv'}\nstores: {cohort_dir / 'stores'}\nout: {tmp_path / 'cls'}\nbags: cls\n"
+        f"encoded: {tmp_path / 'enc'}\nepochs: 2\nbatch_size: 8\nlr: 3.0e-3\nbootstrap: 200\n"
+    )
     result = runner.invoke(app, ["train", "--config", str(mil)])
     assert result.exit_code == 0, result.output
     assert "test: AUROC" in result.output
-    result = runner.invoke(app, ["train", "--config", str(mil), "--set", "bags=20x", "--set", "encoded=null", "--set", f"out={tmp_path / 't20'}"])
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            "--config",
+            str(mil),
+            "--set",
+            "bags=20x",
+            "--set",
+            "encoded=null",
+            "--set",
+            f"out={tmp_path / 't20'}",
+        ],
+    )
     assert result.exit_code == 0, result.output
     result = runner.invoke(app, ["evaluate", str(tmp_path / "cls")])
     assert result.exit_code == 0 and "95% CI" in result.output
@@ -221,8 +276,12 @@ def test_experiment_grid_writes_tables_and_plot(cohort_dir, tmp_path):
 def test_random_mixer_over_one_magnification(cohort_dir, tmp_path, level, tokens):
     from mixmag.stages.experiments import GridConfig, Task, method_config
 
-    grid = GridConfig(out=str(tmp_path), tasks=[Task(name="A", cohort=str(cohort_dir / "cohort.csv"), stores=str(cohort_dir / "stores"))],
-                      methods=[f"random-{level}-cls"], train={"epochs": 1, "batch_size": 16, "bootstrap": 100})
+    grid = GridConfig(
+        out=str(tmp_path),
+        tasks=[Task(name="A", cohort=str(cohort_dir / "cohort.csv"), stores=str(cohort_dir / "stores"))],
+        methods=[f"random-{level}-cls"],
+        train={"epochs": 1, "batch_size": 16, "bootstrap": 100},
+    )
     cfg = method_config(grid, grid.tasks[0], f"random-{level}-cls", 0)
     trainer = Trainer(cfg)
     slide = trainer.cohort.split("train")[0].slides[0]
@@ -269,15 +328,20 @@ def test_pretraining_can_leave_out_every_test_slide(cohort_dir, tmp_path):
     cohort = load_cohort(cohort_dir / "cohort.csv", cohort_dir / "stores")
     test = {s for sp in cohort.split("test") for s in sp.slides}
     everything = pretraining_stores(PretrainConfig(stores=str(cohort_dir / "stores"), out="unused"))
-    kept = pretraining_stores(PretrainConfig(stores=str(cohort_dir / "stores"), out="unused",
-                                             exclude_test_of=[str(cohort_dir / "cohort.csv")]))
+    kept = pretraining_stores(
+        PretrainConfig(
+            stores=str(cohort_dir / "stores"), out="unused", exclude_test_of=[str(cohort_dir / "cohort.csv")]
+        )
+    )
     assert test and {p.stem for p in everything} - {p.stem for p in kept} == test
     only_test = tmp_path / "only_test"
     only_test.mkdir()
     for slide in test:
         (only_test / f"{slide}.h5").write_bytes((cohort_dir / "stores" / f"{slide}.h5").read_bytes())
     with pytest.raises(ConfigError, match="every store is a test slide"):
-        pretraining_stores(PretrainConfig(stores=str(only_test), out="unused", exclude_test_of=[str(cohort_dir / "cohort.csv")]))
+        pretraining_stores(
+            PretrainConfig(stores=str(only_test), out="unused", exclude_test_of=[str(cohort_dir / "cohort.csv")])
+        )
 
 
 def test_a_grid_run_is_retrained_when_its_mixer_changed_under_the_same_path(cohort_dir, tmp_path):
@@ -287,15 +351,33 @@ def test_a_grid_run_is_retrained_when_its_mixer_changed_under_the_same_path(coho
     from mixmag.train.pretrain import PretrainConfig, run_pretraining
 
     def pretrain(seed):
-        run_pretraining(PretrainConfig(stores=str(cohort_dir / "stores"), out=str(tmp_path / f"pre{seed}"), preset="tiny", batch_size=16,
-                                       steps=2, warmup_steps=1, precision="fp32", workers=0, per_slide=16, pool=4, seed=seed,
-                                       tensorboard=False), device=torch.device("cpu"))
+        run_pretraining(
+            PretrainConfig(
+                stores=str(cohort_dir / "stores"),
+                out=str(tmp_path / f"pre{seed}"),
+                preset="tiny",
+                batch_size=16,
+                steps=2,
+                warmup_steps=1,
+                precision="fp32",
+                workers=0,
+                per_slide=16,
+                pool=4,
+                seed=seed,
+                tensorboard=False,
+            ),
+            device=torch.device("cpu"),
+        )
         (tmp_path / f"pre{seed}" / "mixer.safetensors").replace(tmp_path / "mixer.safetensors")
         (tmp_path / f"pre{seed}" / "mixer.json").replace(tmp_path / "mixer.json")
 
-    grid = GridConfig(out=str(tmp_path / "exp"), methods=["MEM-cls", "MEM-cls-frozen", "abmil-20x"],
-                      tasks=[Task(name="A", cohort=str(cohort_dir / "cohort.csv"), stores=str(cohort_dir / "stores"))],
-                      pretrained={"MEM": str(tmp_path / "mixer.safetensors")}, train={"epochs": 1, "bootstrap": 100})
+    grid = GridConfig(
+        out=str(tmp_path / "exp"),
+        methods=["MEM-cls", "MEM-cls-frozen", "abmil-20x"],
+        tasks=[Task(name="A", cohort=str(cohort_dir / "cohort.csv"), stores=str(cohort_dir / "stores"))],
+        pretrained={"MEM": str(tmp_path / "mixer.safetensors")},
+        train={"epochs": 1, "bootstrap": 100},
+    )
 
     def statuses():
         seen = {}

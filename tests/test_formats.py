@@ -8,6 +8,7 @@ import json
 
 import numpy as np
 import pytest
+from slide_formats import need, slide_pixels, write_czi, write_dicom, write_ome_zarr
 from typer.testing import CliRunner
 
 from mixmag.cli import app
@@ -18,7 +19,6 @@ from mixmag.slides.reader import Slide
 from mixmag.slides.sources import sources_from_paths
 from mixmag.synth.patterns import tissue_like
 from mixmag.synth.slide_writer import write_slide
-from slide_formats import need, slide_pixels, write_czi, write_dicom, write_ome_zarr
 
 MPP = 0.499
 BOX = Box(300, 400, 1200, 1300)
@@ -34,9 +34,11 @@ def made(tmp_path_factory, real_svs, svs_pixels):
     """The sample slide as a DICOM folder, an OME-Zarr pyramid and a CZI (each skipped if its writer is absent)."""
     folder = tmp_path_factory.mktemp("formats")
     out = {}
-    for name, make in [("dicom", lambda: write_dicom(real_svs, folder / "CMU-1-dicom")),
-                       ("omezarr", lambda: write_ome_zarr(svs_pixels, MPP, folder / "CMU-1.ome.zarr")),
-                       ("czi", lambda: write_czi(svs_pixels, MPP, folder / "CMU-1.czi"))]:
+    for name, make in [
+        ("dicom", lambda: write_dicom(real_svs, folder / "CMU-1-dicom")),
+        ("omezarr", lambda: write_ome_zarr(svs_pixels, MPP, folder / "CMU-1.ome.zarr")),
+        ("czi", lambda: write_czi(svs_pixels, MPP, folder / "CMU-1.czi")),
+    ]:
         try:
             out[name] = make()
         except pytest.skip.Exception:
@@ -80,7 +82,9 @@ def test_dicom_folder_with_two_series_is_two_named_slides(tmp_path, real_svs):
     for source in sources:
         with Slide(source.path) as slide:
             assert slide.mpp == pytest.approx(0.5) and slide.width == 1024
-    with pytest.raises(SlideUnreadableError, match="holds 2 DICOM series.*case-7-HE.*Fix: give the folder to `mixmag tile`"):
+    with pytest.raises(
+        SlideUnreadableError, match="holds 2 DICOM series.*case-7-HE.*Fix: give the folder to `mixmag tile`"
+    ):
         Slide(folder)
 
 
@@ -153,8 +157,22 @@ def test_every_format_tiles_and_embeds_like_the_svs(made, real_svs, tmp_path):
         assert result.exit_code == 0, result.output
         (plan_file,) = out.glob("*/plan.json")
         plans[name] = json.loads(plan_file.read_text())
-        result = runner.invoke(app, ["embed", "--plans", str(out), "--out", str(tmp_path / f"{name}-stores"),
-                                     "--encoder", "stats", "--workers", "0", "--device", "cpu"])
+        result = runner.invoke(
+            app,
+            [
+                "embed",
+                "--plans",
+                str(out),
+                "--out",
+                str(tmp_path / f"{name}-stores"),
+                "--encoder",
+                "stats",
+                "--workers",
+                "0",
+                "--device",
+                "cpu",
+            ],
+        )
         assert result.exit_code == 0, result.output
         (store,) = (tmp_path / f"{name}-stores").glob("*.h5")
         with h5py.File(store, "r") as h5:
@@ -165,10 +183,17 @@ def test_every_format_tiles_and_embeds_like_the_svs(made, real_svs, tmp_path):
         assert np.array_equal(embeddings[name][1], embeddings["svs"][1]), name
     assert embeddings["dicom"][0] == embeddings["svs"][0]
     assert np.abs(embeddings["dicom"][1] - embeddings["svs"][1]).mean() < 0.05 * np.abs(embeddings["svs"][1]).mean()
-    assert {n: p["slide"]["backend"] for n, p in plans.items()} == {"svs": "tiffslide", "dicom": "openslide", "omezarr": "omezarr", "czi": "czi"}
+    assert {n: p["slide"]["backend"] for n, p in plans.items()} == {
+        "svs": "tiffslide",
+        "dicom": "openslide",
+        "omezarr": "omezarr",
+        "czi": "czi",
+    }
     ref = plans["svs"]
     for name, plan in plans.items():
-        assert (plan["n_rows"], plan["n_cols"]) == (ref["n_rows"], ref["n_cols"]) and plan["slide"]["mpp"] == pytest.approx(MPP)
+        assert (plan["n_rows"], plan["n_cols"]) == (ref["n_rows"], ref["n_cols"]) and plan["slide"][
+            "mpp"
+        ] == pytest.approx(MPP)
         assert plan["regions"] == ref["regions"] and plan["cells"] == ref["cells"], name
         assert np.abs(np.array(plan["tissue_grid"]) - ref["tissue_grid"]).max() < 0.05, name
 
@@ -176,7 +201,9 @@ def test_every_format_tiles_and_embeds_like_the_svs(made, real_svs, tmp_path):
 def test_doctor_reports_every_kind_of_input_without_a_traceback(made, real_svs, tmp_path):
     folder = _get(made, "dicom")
     no_mpp = write_slide(tmp_path / "nompp.tiff", tissue_like(600, 500, 0.5, seed=2), None, downsamples=(1,))
-    dpi72 = write_slide(tmp_path / "dpi72.tiff", tissue_like(600, 500, 0.5, seed=2), None, downsamples=(1,), resolution_dpi=72)
+    dpi72 = write_slide(
+        tmp_path / "dpi72.tiff", tissue_like(600, 500, 0.5, seed=2), None, downsamples=(1,), resolution_dpi=72
+    )
     truncated = tmp_path / "truncated.svs"
     truncated.write_bytes(real_svs.read_bytes()[:300_000])
     result = CliRunner().invoke(app, ["doctor", str(real_svs), str(folder), str(no_mpp), str(dpi72), str(truncated)])
@@ -210,7 +237,9 @@ def test_mixmag_works_without_the_optional_extras(real_svs):
     import subprocess
     import sys
 
-    run = subprocess.run([sys.executable, "-c", _WITHOUT_EXTRAS, str(real_svs)], capture_output=True, text=True, timeout=120)
+    run = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_EXTRAS, str(real_svs)], capture_output=True, text=True, timeout=120
+    )
     assert run.returncode == 0, run.stderr
     lines = run.stdout.splitlines()
     assert lines[0] == "tiffslide 0.499"

@@ -75,7 +75,8 @@ def test_every_broken_file_names_itself_and_what_is_wrong(kind, tmp_path):
 def test_alias_bombs_deep_nesting_and_python_tags_are_refused_quickly(tmp_path):
     path = tmp_path / "bomb.yaml"
     lines = ["a: &a [x, x, x, x, x, x, x, x, x, x]"] + [
-        f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 10)}]" for i in range(8)]  # 10^9 values
+        f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 10)}]" for i in range(8)
+    ]  # 10^9 values
     path.write_text("\n".join(lines) + "\n")
     with pytest.raises(ConfigError, match="expands to more than 100,000 values through YAML aliases"):
         load_config(PretrainConfig, path)
@@ -106,7 +107,9 @@ def test_a_mixer_key_typo_names_the_key_and_its_line(tmp_path):
     message = str(caught.value)
     assert f"{path} line 6: unknown setting `mixer.dpth` (did you mean `depth`?)" in message
     path.write_text("cohort: c.csv\nstores: s\nout: o\nbags: regions\nmixer: {init: random, overrides: {hedas: 2}}\n")
-    with pytest.raises(ConfigError, match=r"line 5: unknown setting `mixer.overrides.hedas` \(did you mean `heads`\?\)"):
+    with pytest.raises(
+        ConfigError, match=r"line 5: unknown setting `mixer.overrides.hedas` \(did you mean `heads`\?\)"
+    ):
         load_config(TrainConfig, path)
 
 
@@ -145,8 +148,18 @@ def _pickle_bomb(path: Path, marker: Path) -> Path:
 def trained_run(tmp_path_factory):
     d = tmp_path_factory.mktemp("hostile_run")
     table = write_embedding_cohort(d, n_specimens=16, seed=3, signal=2.5)
-    run_training(TrainConfig(cohort=str(table), stores=str(d / "stores"), out=str(d / "run"), bags="20x", epochs=1,
-                             batch_size=8, lr=3e-3, bootstrap=100))
+    run_training(
+        TrainConfig(
+            cohort=str(table),
+            stores=str(d / "stores"),
+            out=str(d / "run"),
+            bags="20x",
+            epochs=1,
+            batch_size=8,
+            lr=3e-3,
+            bootstrap=100,
+        )
+    )
     return d
 
 
@@ -174,8 +187,10 @@ def test_a_pickled_last_pt_stops_a_resume_in_one_sentence(tmp_path):
     marker = tmp_path / "EXECUTED"
     _pickle_bomb(out / "checkpoints" / "last.pt", marker)
     config = tmp_path / "p.yaml"
-    config.write_text(f"stores: {stores}\nout: {out}\npreset: tiny\nbatch_size: 4\nsteps: 2\nprecision: fp32\nworkers: 0\n"
-                      "tensorboard: false\npeak_tflops: 1.0\n")
+    config.write_text(
+        f"stores: {stores}\nout: {out}\npreset: tiny\nbatch_size: 4\nsteps: 2\nprecision: fp32\nworkers: 0\n"
+        "tensorboard: false\npeak_tflops: 1.0\n"
+    )
     result = _invoke(["pretrain", "--config", str(config), "--device", "cpu"])
     _one_sentence(result, f"{out / 'checkpoints' / 'last.pt'} is not a safe checkpoint")
     assert "weights_only" not in result.output and not marker.exists()
@@ -206,9 +221,13 @@ def test_a_mixer_that_is_not_safetensors_is_one_sentence_in_encode_and_train(tmp
     stores = tmp_path / "stores"
     stores.mkdir()
     write_store(stores / "s0.h5", synthetic_store("s0", seed=0, n_rows=6, n_cols=6))
-    result = _invoke(["encode", "--mixer", str(weights), "--stores", str(stores), "--out", str(tmp_path / "enc"), "--device", "cpu"])
+    result = _invoke(
+        ["encode", "--mixer", str(weights), "--stores", str(stores), "--out", str(tmp_path / "enc"), "--device", "cpu"]
+    )
     _one_sentence(result, f"{weights} is not a safetensors file")
-    with pytest.raises(WeightsFileError, match="is not a safetensors file"):  # what `mixmag train` builds its mixer with
+    with pytest.raises(
+        WeightsFileError, match="is not a safetensors file"
+    ):  # what `mixmag train` builds its mixer with
         build_mixer(MixerSetting(init="pretrained", weights=str(weights)), 32, 3, 3)
     (tmp_path / "mixer" / "mixer.json").write_text("[1, 2]")
     with pytest.raises(WeightsFileError, match="mixer.json: not a mixer description"):
@@ -221,7 +240,9 @@ def test_damaged_or_foreign_checkpoints_are_refused_in_one_sentence(tmp_path):
 
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"PK\x03\x04 not really a zip" * 10)
-    with pytest.raises(UnsafeCheckpointError, match="garbage.pt is not a safe checkpoint: it cannot be read as PyTorch weights"):
+    with pytest.raises(
+        UnsafeCheckpointError, match="garbage.pt is not a safe checkpoint: it cannot be read as PyTorch weights"
+    ):
         load_torch_weights(garbage, fix="retrain")
     truncated = tmp_path / "truncated.pt"
     torch.save({"w": torch.zeros(100)}, truncated)
@@ -237,6 +258,19 @@ def test_damaged_or_foreign_checkpoints_are_refused_in_one_sentence(tmp_path):
 
 
 def test_an_unknown_read_mode_fails_once_before_any_slide(tmp_path):
-    result = _invoke(["embed", "--plans", str(tmp_path), "--out", str(tmp_path / "stores"), "--encoder", "stats",
-                      "--read-mode", "mosaic", "--device", "cpu"])
+    result = _invoke(
+        [
+            "embed",
+            "--plans",
+            str(tmp_path),
+            "--out",
+            str(tmp_path / "stores"),
+            "--encoder",
+            "stats",
+            "--read-mode",
+            "mosaic",
+            "--device",
+            "cpu",
+        ]
+    )
     _one_sentence(result, "--read-mode mosaic: unknown read mode; use derive or pyramid")

@@ -38,7 +38,9 @@ def _files(root: Path) -> dict[Path, int]:
 
 def _written_outside(root: Path, before: dict[Path, int], *allowed: Path) -> list[Path]:
     """Files under root that are new or changed since `before` and lie in none of the allowed folders."""
-    return sorted(p for p, t in _files(root).items() if before.get(p) != t and not any(p.is_relative_to(a) for a in allowed))
+    return sorted(
+        p for p, t in _files(root).items() if before.get(p) != t and not any(p.is_relative_to(a) for a in allowed)
+    )
 
 
 def _write_table(path: Path, header: list[str], rows: list[list], *, bom: bool = False) -> Path:
@@ -57,7 +59,9 @@ def world(tmp_path_factory) -> dict:
     image = tissue_like(768, 768, 0.5, seed=3, tissue_mask=np.ones((8, 8), bool))
     write_slide(d / "s.tiff", image, 0.5, downsamples=(1, 4))
     assert _invoke("tile", d / "s.tiff", "--out", d / "tiles", "--tile-px", 32).exit_code == 0
-    result = _invoke("embed", "--plans", d / "tiles", "--out", d / "raw", "--encoder", "stats", "--workers", 0, "--device", "cpu")
+    result = _invoke(
+        "embed", "--plans", d / "tiles", "--out", d / "raw", "--encoder", "stats", "--workers", 0, "--device", "cpu"
+    )
     assert result.exit_code == 0, result.output
     rng = np.random.default_rng(0)
     rows = []
@@ -70,8 +74,18 @@ def world(tmp_path_factory) -> dict:
         rows.append([f"P{k:02d}", f"S{k:02d}", k % 2, SPLITS[k], f"elsewhere/S{k:02d}.h5"])
     table = _write_table(d / "cohort.csv", ["specimen", "slide", "label", "split", "store"], rows)
     (d / "no-stores-here").mkdir()  # the run's stores folder: every store is found through the table
-    run_training(TrainConfig(cohort=str(table), stores=str(d / "no-stores-here"), out=str(d / "run"), bags="20x", epochs=1,
-                             batch_size=8, lr=3e-3, bootstrap=100))
+    run_training(
+        TrainConfig(
+            cohort=str(table),
+            stores=str(d / "no-stores-here"),
+            out=str(d / "run"),
+            bags="20x",
+            epochs=1,
+            batch_size=8,
+            lr=3e-3,
+            bootstrap=100,
+        )
+    )
     return {"dir": d, "run": d / "run", "stores": d / "elsewhere", "table": table, "rows": rows}
 
 
@@ -106,7 +120,9 @@ def _forge(path: Path, **changes) -> Path:
 
 
 def test_store_validate_refuses_a_store_whose_slide_id_would_escape(tmp_path, world):
-    store = _forge(shutil.copy(world["stores"] / "S00.h5", tmp_path / "S00.h5"), attrs={"slide_id": "/elsewhere/ESCAPED"})
+    store = _forge(
+        shutil.copy(world["stores"] / "S00.h5", tmp_path / "S00.h5"), attrs={"slide_id": "/elsewhere/ESCAPED"}
+    )
     result = _invoke("store", "validate", store, world["stores"] / "S01.h5")
     assert result.exit_code == 1
     assert "slide_id '/elsewhere/ESCAPED' is not a safe file name" in result.output
@@ -139,10 +155,15 @@ def test_train_refuses_cohort_ids_that_tile_refuses(tmp_path, world):
     rows = [[*r[:4], str(world["stores"] / f"{r[1]}.h5")] for r in world["rows"]]
     rows[0][1], rows[1][1] = "../../../../ESC9", "/abs/ABS10"
     table = _write_table(tmp_path / "escape.csv", ["specimen", "slide", "label", "split", "store"], rows)
-    with pytest.raises(CohortError, match=r"row 2: slide id '\.\./\.\./\.\./\.\./ESC9' is not a safe file name.*row 3: slide id '/abs/ABS10'"):
+    with pytest.raises(
+        CohortError,
+        match=r"row 2: slide id '\.\./\.\./\.\./\.\./ESC9' is not a safe file name.*row 3: slide id '/abs/ABS10'",
+    ):
         load_cohort(table)
     config = tmp_path / "train.yaml"
-    config.write_text(f"cohort: {table}\nstores: {world['stores']}\nout: {tmp_path / 'run'}\nepochs: 1\nbootstrap: 100\n")
+    config.write_text(
+        f"cohort: {table}\nstores: {world['stores']}\nout: {tmp_path / 'run'}\nepochs: 1\nbootstrap: 100\n"
+    )
     before = _files(tmp_path)
     result = _invoke("train", "--config", config)
     assert result.exit_code == 2 and "is not a safe file name" in result.output, result.output
@@ -151,8 +172,12 @@ def test_train_refuses_cohort_ids_that_tile_refuses(tmp_path, world):
 
 def test_embed_refuses_cohort_slide_ids_that_leave_the_plans_folder(tmp_path, world):
     table = _write_table(tmp_path / "some.csv", ["slide"], [["s"], ["../../ESC"]])
-    result = _invoke("embed", "--cohort", table, "--plans", world["dir"] / "tiles", "--out", tmp_path / "out", "--encoder", "stats")
-    assert result.exit_code == 2 and "row 3: slide id '../../ESC' is not a safe file name" in result.output, result.output
+    result = _invoke(
+        "embed", "--cohort", table, "--plans", world["dir"] / "tiles", "--out", tmp_path / "out", "--encoder", "stats"
+    )
+    assert result.exit_code == 2 and "row 3: slide id '../../ESC' is not a safe file name" in result.output, (
+        result.output
+    )
     assert not (tmp_path / "out").exists()
 
 
@@ -165,7 +190,7 @@ def world_report(world) -> str:
 def test_report_finds_stores_through_the_cohort_store_column(world_report):
     """The run's stores folder holds no store: the table's `store` column says where they are."""
     text = world_report
-    assert "Heatmaps not drawn" not in text, text[text.find("Heatmaps not drawn"):][:400]
+    assert "Heatmaps not drawn" not in text, text[text.find("Heatmaps not drawn") :][:400]
     assert text.count("alt='heatmaps of") >= 6
 
 
@@ -205,7 +230,7 @@ def test_embed_refuses_a_plan_whose_slide_id_would_escape(tmp_path, world):
     assert _written_outside(tmp_path, before, out) == []
 
 
-# -- 2. Tables ----------------------------------------------------------------------------------------------------------
+# -- 2. Tables ---------------------------------------------------------------------------------------------------------
 
 
 def test_a_column_named_twice_is_an_error_naming_it(tmp_path, world):
@@ -213,26 +238,46 @@ def test_a_column_named_twice_is_an_error_naming_it(tmp_path, world):
     table = _write_table(tmp_path / "twice.csv", ["specimen", "slide", "label", "split", "store", "label"], rows)
     with pytest.raises(CohortError, match="'label' appear more than once"):
         load_cohort(table, require_stores=False)
-    slides = _write_table(tmp_path / "slides.csv", ["slide", "path", "slide"], [["a", str(world["dir"] / "s.tiff"), "b"]])
+    slides = _write_table(
+        tmp_path / "slides.csv", ["slide", "path", "slide"], [["a", str(world["dir"] / "s.tiff"), "b"]]
+    )
     result = _invoke("tile", "--cohort", slides, "--out", tmp_path / "tiles")
     assert result.exit_code == 2 and "'slide' appear more than once" in result.output
-    result = _invoke("embed", "--cohort", slides, "--plans", world["dir"] / "tiles", "--out", tmp_path / "o", "--encoder", "stats")
+    result = _invoke(
+        "embed", "--cohort", slides, "--plans", world["dir"] / "tiles", "--out", tmp_path / "o", "--encoder", "stats"
+    )
     assert result.exit_code == 2 and "'slide' appear more than once" in result.output
-    result = _invoke("predict", "--run", world["run"], "--stores", world["stores"], "--cohort", slides, "--out", tmp_path / "p.csv")
+    result = _invoke(
+        "predict", "--run", world["run"], "--stores", world["stores"], "--cohort", slides, "--out", tmp_path / "p.csv"
+    )
     assert result.exit_code == 2 and "'slide' appear more than once" in result.output
 
 
 def test_a_utf8_byte_order_mark_is_read(tmp_path, world):
     """Excel's 'CSV UTF-8' starts with a BOM: every table reader takes it."""
-    table = _write_table(tmp_path / "excel.csv", ["specimen", "slide", "label", "split", "store"],
-                         [[*r[:4], str(world["stores"] / f"{r[1]}.h5")] for r in world["rows"]], bom=True)
+    table = _write_table(
+        tmp_path / "excel.csv",
+        ["specimen", "slide", "label", "split", "store"],
+        [[*r[:4], str(world["stores"] / f"{r[1]}.h5")] for r in world["rows"]],
+        bom=True,
+    )
     assert len(load_cohort(table).specimens) == N_SLIDES
     slides = _write_table(tmp_path / "slides.csv", ["path", "slide"], [[str(world["dir"] / "s.tiff"), "s"]], bom=True)
     result = _invoke("tile", "--cohort", slides, "--out", tmp_path / "tiles", "--tile-px", 32)
     assert result.exit_code == 0, result.output
     scored = _write_table(tmp_path / "new.csv", ["slide", "specimen"], [["S12", "X"]], bom=True)
-    result = _invoke("predict", "--run", world["run"], "--stores", world["stores"], "--cohort", scored, "--out", tmp_path / "p.csv",
-                     "--no-heatmaps")
+    result = _invoke(
+        "predict",
+        "--run",
+        world["run"],
+        "--stores",
+        world["stores"],
+        "--cohort",
+        scored,
+        "--out",
+        tmp_path / "p.csv",
+        "--no-heatmaps",
+    )
     assert result.exit_code == 0, result.output
     with (tmp_path / "p.csv").open() as fh:
         assert next(csv.DictReader(fh))["specimen"] == "X"
@@ -246,7 +291,7 @@ def test_a_row_with_more_values_than_columns_is_an_error(tmp_path, world):
         load_cohort(table)
 
 
-# -- 3. Stores are untrusted --------------------------------------------------------------------------------------------
+# -- 3. Stores are untrusted -------------------------------------------------------------------------------------------
 
 
 def test_a_store_declaring_terabytes_is_one_sentence_and_the_batch_goes_on(tmp_path, world):
@@ -268,12 +313,15 @@ def test_a_store_declaring_more_than_it_holds_is_refused(tmp_path, world):
         read_store(empty)  # HDF5 would hand back zeros: a model would score a blank slide
 
 
-@pytest.mark.parametrize("change, said", [
-    ({"windows": np.arange(3)}, "windows is not a group"),
-    ({"attrs": {"level_names": '{"5x": 1}'}}, "level_names is {'5x': 1}, not a list"),
-    ({"attrs": {"level_names": '["5x", "10x", "40x"]'}}, "no dataset emb/40x"),
-    ({"cells__tissue": np.zeros((3, 3), np.float32)}, "cells/tissue is float32 (3, 3)"),
-])
+@pytest.mark.parametrize(
+    "change, said",
+    [
+        ({"windows": np.arange(3)}, "windows is not a group"),
+        ({"attrs": {"level_names": '{"5x": 1}'}}, "level_names is {'5x': 1}, not a list"),
+        ({"attrs": {"level_names": '["5x", "10x", "40x"]'}}, "no dataset emb/40x"),
+        ({"cells__tissue": np.zeros((3, 3), np.float32)}, "cells/tissue is float32 (3, 3)"),
+    ],
+)
 def test_a_store_of_the_wrong_structure_is_one_sentence(tmp_path, world, change, said):
     path = shutil.copy(world["stores"] / "S00.h5", tmp_path / "odd.h5")
     if "windows" in change:
@@ -301,19 +349,28 @@ def test_cells_outside_the_slide_grid_are_refused(tmp_path, world):
 
 def test_embeddings_are_float16_or_float32_never_float64(tmp_path, world):
     store = read_store(world["stores"] / "S00.h5")
-    wide = _forge(shutil.copy(world["stores"] / "S00.h5", tmp_path / "f8.h5"), emb__10x=store.embeddings["10x"].astype(np.float64))
+    wide = _forge(
+        shutil.copy(world["stores"] / "S00.h5", tmp_path / "f8.h5"), emb__10x=store.embeddings["10x"].astype(np.float64)
+    )
     result = _invoke("store", "validate", wide)
     assert result.exit_code == 1 and "emb/10x is float64; embeddings are float16 (or float32)" in result.output
-    single = _forge(shutil.copy(world["stores"] / "S00.h5", tmp_path / "f4.h5"), emb__10x=store.embeddings["10x"].astype(np.float32))
+    single = _forge(
+        shutil.copy(world["stores"] / "S00.h5", tmp_path / "f4.h5"), emb__10x=store.embeddings["10x"].astype(np.float32)
+    )
     assert _invoke("store", "validate", single).exit_code == 0
 
 
-# -- 4. One bad store never stops a predict batch -----------------------------------------------------------------------
+# -- 4. One bad store never stops a predict batch ----------------------------------------------------------------------
 
 
 def test_one_bad_store_never_stops_a_predict_batch(tmp_path, world):
-    bad = {"S14": {"attrs": {"encoder": None}}, "S15": {"attrs": {"embedding_dim": 99}}, "S18": {"attrs": {"slide_id": "../../ESC"}},
-           "S16": {"emb__20x": ((36, 16, 2**33), "f2")}, "S17": {"cells__rc": np.array([(-5, 1_000_000)] + [(0, k) for k in range(1, 36)], np.int32)}}
+    bad = {
+        "S14": {"attrs": {"encoder": None}},
+        "S15": {"attrs": {"embedding_dim": 99}},
+        "S18": {"attrs": {"slide_id": "../../ESC"}},
+        "S16": {"emb__20x": ((36, 16, 2**33), "f2")},
+        "S17": {"cells__rc": np.array([(-5, 1_000_000)] + [(0, k) for k in range(1, 36)], np.int32)},
+    }
     stores = _box(tmp_path, world, ["S12", "S13", *bad])
     for slide, change in bad.items():
         _forge(stores / f"{slide}.h5", **change)
@@ -327,11 +384,14 @@ def test_one_bad_store_never_stops_a_predict_batch(tmp_path, world):
     assert rows["S12"]["slide_score"] and rows["S13"]["slide_score"] and not rows["S12"]["problem"]
     assert all(rows[s]["slide_score"] == "" for s in bad)
     assert "encoder" in rows["S14"]["problem"] and "embedding_dim" in rows["S15"]["problem"]
-    assert "emb/20x declares shape" in rows["S16"]["problem"] and "outside the slide's 6 x 6 grid" in rows["S17"]["problem"]
+    assert (
+        "emb/20x declares shape" in rows["S16"]["problem"]
+        and "outside the slide's 6 x 6 grid" in rows["S17"]["problem"]
+    )
     assert "'../../ESC', not a safe file name" in rows["S18"]["problem"]
 
 
-# -- 8. Small ones ------------------------------------------------------------------------------------------------------
+# -- 8. Small ones -----------------------------------------------------------------------------------------------------
 
 
 def test_a_slide_smaller_than_one_cell_is_too_small_with_no_impossible_advice(tmp_path):

@@ -19,9 +19,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import make_tissue_slide
+from small_disk import open_small_disk
 from typer.testing import CliRunner
 
-from conftest import make_tissue_slide
 from mixmag.catalog import refresh_catalog
 from mixmag.cli import app
 from mixmag.encoders.model import build_encoder
@@ -35,7 +36,6 @@ from mixmag.synth.slide_writer import write_slide
 from mixmag.synth.stores import synthetic_store
 from mixmag.train.mixer_file import export_mixer
 from mixmag.train.pretrain import PretrainConfig, build_model, load_config, run_pretraining, save_checkpoint
-from small_disk import open_small_disk
 
 CPU = torch.device("cpu")
 TESTS = Path(__file__).resolve().parent
@@ -189,8 +189,13 @@ def test_a_store_on_a_full_disk_never_crashes_the_process(disk):
     injected = disk.kind == "injected"
     folder = disk.root / "child" if injected else disk.root
     script = _WRITE_A_STORE.format(tests=str(TESTS), folder=str(folder), injected=injected)
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
-                          env=os.environ | {"OMP_NUM_THREADS": "1"})
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=os.environ | {"OMP_NUM_THREADS": "1"},
+    )
     assert done.returncode == 0, done.stderr[-2000:]  # HDF5 meeting the full disk itself: segfault (-11) at exit
     assert re.search(r"no space left on device writing \S+s\.h5", done.stdout) and "Traceback" not in done.stderr
     assert not _partials(disk.root)
@@ -215,9 +220,11 @@ def pretrain_stores(tmp_path_factory) -> Path:
 
 def _pretrain_config(stores: Path, out: Path, steps: int) -> Path:
     config = out.parent / f"{out.name}.yaml"
-    config.write_text(f"stores: {stores}\nout: {out}\npreset: tiny\nbatch_size: 8\nsteps: {steps}\nwarmup_steps: 2\n"
-                      "precision: fp32\nworkers: 0\nper_slide: 8\npool: 2\nlog_every: 5\ncheckpoint_every: 10\n"
-                      "tensorboard: false\npeak_tflops: 1.0\n")
+    config.write_text(
+        f"stores: {stores}\nout: {out}\npreset: tiny\nbatch_size: 8\nsteps: {steps}\nwarmup_steps: 2\n"
+        "precision: fp32\nworkers: 0\nper_slide: 8\npool: 2\nlog_every: 5\ncheckpoint_every: 10\n"
+        "tensorboard: false\npeak_tflops: 1.0\n"
+    )
     return config
 
 
@@ -255,9 +262,11 @@ def test_pretrain_on_a_full_disk_keeps_its_last_checkpoint_and_resumes(pretrain_
 @contextmanager
 def _held(folder: Path, lock_name: str, purpose: str):
     """Another process holding a lock (as a second `mixmag` would); yields its pid."""
-    code = ("import sys; from mixmag.fileio import FolderLock; "
-            f"lock = FolderLock({str(folder)!r}, {purpose!r}, name={lock_name!r}).acquire(); "
-            "print('held', flush=True); sys.stdin.read()")
+    code = (
+        "import sys; from mixmag.fileio import FolderLock; "
+        f"lock = FolderLock({str(folder)!r}, {purpose!r}, name={lock_name!r}).acquire(); "
+        "print('held', flush=True); sys.stdin.read()"
+    )
     holder = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
@@ -294,7 +303,9 @@ def test_a_second_pretraining_on_a_run_folder_in_use_is_refused_and_the_first_fi
         go_on.set()
         first.join(120)
     assert not errors and second.exit_code == 2
-    assert re.search(rf"error: \S+run is in use by pid {os.getpid()} on \S+ \(pretraining\): wait for it", second.output)
+    assert re.search(
+        rf"error: \S+run is in use by pid {os.getpid()} on \S+ \(pretraining\): wait for it", second.output
+    )
     headers, steps = _log(run)
     assert len(headers) == 1 and steps == [5, 10]
     assert torch.load(run / "checkpoints" / "last.pt", weights_only=True)["step"] == 10
@@ -314,11 +325,22 @@ def test_embed_leaves_a_store_another_process_is_making_to_it(reference, tmp_pat
 
 def test_two_tile_processes_on_one_folder_both_succeed(slides, reference, tmp_path):
     out = tmp_path / "tiles"
-    cmd = [sys.executable, "-m", "mixmag.cli", "tile", *map(str, slides), "--out", str(out), "--region-size", "1",
-           "--force"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mixmag.cli",
+        "tile",
+        *map(str, slides),
+        "--out",
+        str(out),
+        "--region-size",
+        "1",
+        "--force",
+    ]
     env = os.environ | {"OMP_NUM_THREADS": "1"}
-    both = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-            for _ in range(2)]
+    both = [
+        subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)
+    ]
     for process in both:
         output = process.communicate(timeout=300)[0]
         assert process.returncode == 0, output

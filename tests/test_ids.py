@@ -12,8 +12,9 @@ def test_plain_ids_pass(good):
     assert check_id(good) == good
 
 
-@pytest.mark.parametrize("bad", ["", "../x", "/abs/ABS10", "a/b", "..", ".hidden", "a..b", "x\x00", "a b", "é", 5, None,
-                                 "x" * 201, "-rf"])
+@pytest.mark.parametrize(
+    "bad", ["", "../x", "/abs/ABS10", "a/b", "..", ".hidden", "a..b", "x\x00", "a b", "é", 5, None, "x" * 201, "-rf"]
+)
 def test_hostile_ids_are_refused_with_the_source_named(bad):
     with pytest.raises(UnsafeIdError, match="cohort.csv row 3"):
         check_id(bad, where="cohort.csv row 3")

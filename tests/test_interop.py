@@ -521,12 +521,24 @@ def test_qupath_geojson_carries_the_predictions_attribution(tmp_path):
     from mixmag.eval.explain import SlideAttribution, save_attribution
 
     heat = tmp_path / "work" / "heatmaps"
-    levels = {name: np.arange((2 * 2**i) ** 2, dtype=np.float32).reshape(2 * 2**i, 2 * 2**i)
-              for i, name in enumerate(plan.levels.names)}
+    levels = {
+        name: np.arange((2 * 2**i) ** 2, dtype=np.float32).reshape(2 * 2**i, 2 * 2**i)
+        for i, name in enumerate(plan.levels.names)
+    }
     maps = {f"map_{name}": m for name, m in levels.items()}
-    save_attribution(SlideAttribution(slide_id="s1", score=0.73, method="AB-MIL attention", level_names=list(levels),
-                                      level_maps=levels, region_size=2, regions=np.array([[0, 0]]),
-                                      region_weight=np.array([0.8])), heat / "s1.npz")  # what `mixmag predict` writes
+    save_attribution(
+        SlideAttribution(
+            slide_id="s1",
+            score=0.73,
+            method="AB-MIL attention",
+            level_names=list(levels),
+            level_maps=levels,
+            region_size=2,
+            regions=np.array([[0, 0]]),
+            region_weight=np.array([0.8]),
+        ),
+        heat / "s1.npz",
+    )  # what `mixmag predict` writes
     path = qupath.write_slide(plan_path, plan, tmp_path / "qp", heat)
     doc = json.loads(path.read_text())
     region = next(f for f in doc["features"] if f["properties"]["objectType"] == "tile")["properties"]["measurements"]
@@ -549,8 +561,10 @@ def test_import_cli_names_the_refused_slide_and_builds_the_others(tmp_path):
         store_path, plan = make_store(tmp_path, slide)
         trident.export_store(read_store(store_path), plan, tmp_path / "tri")
     trident_file(tmp_path / "tri", "10x", "a1").unlink()
-    result = runner.invoke(app, ["store", "import", str(tmp_path / "tri"), "--plans", str(tmp_path / "plans"),
-                                 "--out", str(tmp_path / "back")])
+    result = runner.invoke(
+        app,
+        ["store", "import", str(tmp_path / "tri"), "--plans", str(tmp_path / "plans"), "--out", str(tmp_path / "back")],
+    )
     assert result.exit_code == 1 and "a1: level 10x: no features for level(s) 10x" in result.output
     assert not (tmp_path / "back" / "a1.h5").exists() and read_store(tmp_path / "back" / "b2.h5").dim == 6
     result = runner.invoke(app, ["store", "import", str(tmp_path / "tri"), "--plans", str(tmp_path / "none")])

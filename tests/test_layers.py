@@ -15,7 +15,18 @@ import pytest
 SRC = Path(__file__).resolve().parents[1] / "src" / "mixmag"
 
 LAYERS: list[set[str]] = [
-    {"mixmag", "geometry", "errors", "ids", "fileio", "config", "tables", "devices", "metrics", "weights_io"},  # __init__: "mixmag"
+    {
+        "mixmag",
+        "geometry",
+        "errors",
+        "ids",
+        "fileio",
+        "config",
+        "tables",
+        "devices",
+        "metrics",
+        "weights_io",
+    },  # __init__: "mixmag"
     {"slides"},
     {"store", "catalog", "encoders", "interop"},
     {"data", "models", "runs"},
@@ -52,7 +63,9 @@ def imports_of(module: str) -> list[tuple[int, str, bool]]:
         for child in ast.iter_child_nodes(node):
             inner = in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
             if isinstance(child, ast.Import):
-                found.extend((child.lineno, a.name, in_function) for a in child.names if a.name.split(".")[0] == "mixmag")
+                found.extend(
+                    (child.lineno, a.name, in_function) for a in child.names if a.name.split(".")[0] == "mixmag"
+                )
             elif isinstance(child, ast.ImportFrom):
                 if child.level:
                     base = package.split(".")[: len(package.split(".")) - child.level + 1]
@@ -72,8 +85,13 @@ def imports_of(module: str) -> list[tuple[int, str, bool]]:
 
 def function_imports_outside_cli() -> list[str]:
     """Imports of our own modules inside functions (outside the CLI, where they only hide cycles)."""
-    return [f"{MODULES[m].relative_to(SRC.parent)}:{line} imports {target}"
-            for m in MODULES if m != "mixmag.cli" for line, target, inside in imports_of(m) if inside]
+    return [
+        f"{MODULES[m].relative_to(SRC.parent)}:{line} imports {target}"
+        for m in MODULES
+        if m != "mixmag.cli"
+        for line, target, inside in imports_of(m)
+        if inside
+    ]
 
 
 def test_every_module_has_a_layer():
@@ -88,8 +106,10 @@ def test_no_module_imports_a_higher_layer():
         for line, target, _ in imports_of(module):
             there = RANK.get(unit_of(target), -1)
             if there > here:
-                upward.append(f"{MODULES[module].relative_to(SRC.parent)}:{line} imports {target} "
-                              f"({unit_of(target)}, layer {there} > {unit_of(module)}, layer {here})")
+                upward.append(
+                    f"{MODULES[module].relative_to(SRC.parent)}:{line} imports {target} "
+                    f"({unit_of(target)}, layer {there} > {unit_of(module)}, layer {here})"
+                )
     assert not upward, "imports against the layers:\n" + "\n".join(upward)
 
 
@@ -120,7 +140,7 @@ def _find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         path.append(node)
         for nxt in sorted(graph[node]):
             if state.get(nxt) == 1:
-                return path[path.index(nxt):] + [nxt]
+                return path[path.index(nxt) :] + [nxt]
             if nxt not in state and (found := visit(nxt)):
                 return found
         path.pop()
@@ -136,7 +156,7 @@ def _find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 @pytest.mark.parametrize("rule", ["upward", "hidden"])
 def test_the_rules_catch_a_breach(tmp_path, monkeypatch, rule):
     """The checks themselves: a made-up module that breaks a rule is reported."""
-    source = ("from ..eval import runs\n" if rule == "upward" else "def f():\n    from .. import store\n")
+    source = "from ..eval import runs\n" if rule == "upward" else "def f():\n    from .. import store\n"
     fake = SRC / "train" / "_breach_probe.py"
     monkeypatch.setitem(MODULES, "mixmag.train._breach_probe", fake)
     monkeypatch.setattr(Path, "read_text", lambda self, *a, **k: source if self == fake else _read(self))

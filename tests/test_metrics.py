@@ -37,8 +37,9 @@ def test_paired_delong_explicit_and_behaviour():
     assert result.auc_a > result.auc_b and result.p_value < 0.05
     # explicit covariance of the paired components
     (a10, a01), (b10, b01) = structural_components(labels, good), structural_components(labels, bad)
-    var = (np.var(a10, ddof=1) + np.var(b10, ddof=1) - 2 * np.cov(a10, b10)[0, 1]) / a10.size + \
-          (np.var(a01, ddof=1) + np.var(b01, ddof=1) - 2 * np.cov(a01, b01)[0, 1]) / a01.size
+    var = (np.var(a10, ddof=1) + np.var(b10, ddof=1) - 2 * np.cov(a10, b10)[0, 1]) / a10.size + (
+        np.var(a01, ddof=1) + np.var(b01, ddof=1) - 2 * np.cov(a01, b01)[0, 1]
+    ) / a01.size
     assert result.std_error == pytest.approx(np.sqrt(var), rel=1e-12)
     same = delong_test(labels, good, good)
     assert same.difference == 0 and same.p_value == 1.0

@@ -6,8 +6,15 @@ import torch
 
 from mixmag.errors import ConfigError
 from mixmag.geometry import level_offsets, region_permutation, sequence_length, token_slots
-from mixmag.models.mem import (MEMPretrainer, contrastive_loss, level_weights, n_masked, random_masking, reconstruction_loss,
-                               restore_order)
+from mixmag.models.mem import (
+    MEMPretrainer,
+    contrastive_loss,
+    level_weights,
+    n_masked,
+    random_masking,
+    reconstruction_loss,
+    restore_order,
+)
 from mixmag.models.mixer import RegionMixer, mixer_config
 
 S = sequence_length(3, 3)
@@ -104,7 +111,9 @@ def test_symmetric_contrastive_is_infonce_both_ways_with_the_positive_in_the_den
             sims = [(a[i] @ b[j] / (a[i].norm() * b[j].norm())).item() / tau for j in range(6)]
             slow += -math.log(math.exp(sims[i]) / sum(math.exp(v) for v in sims))
     assert contrastive_loss(z, zp, tau, "symmetric").item() == pytest.approx(slow / 12, rel=1e-5)
-    assert contrastive_loss(z, zp, tau, "symmetric").item() != pytest.approx(contrastive_loss(z, zp, tau).item(), rel=1e-3)
+    assert contrastive_loss(z, zp, tau, "symmetric").item() != pytest.approx(
+        contrastive_loss(z, zp, tau).item(), rel=1e-3
+    )
 
 
 @pytest.mark.parametrize("reduction, factor", [("mean", 0.5), ("sum", 1.0)])

@@ -79,10 +79,22 @@ def test_pretraining_decays_matrices_but_not_positions_tokens_norms_or_biases():
     names = {id(p): n for n, p in model.named_parameters()}
     undecayed = {names[id(p)] for p in plain["params"]}
     decayed = {names[id(p)] for p in decay["params"]}
-    for name in ("encoder.pos_embed", "encoder.cls_token", "decoder.mask_token", "decoder.pos_embed", "decoder.norm.weight",
-                 "encoder.embed.bias", "projector.net.0.bias"):
+    for name in (
+        "encoder.pos_embed",
+        "encoder.cls_token",
+        "decoder.mask_token",
+        "decoder.pos_embed",
+        "decoder.norm.weight",
+        "encoder.embed.bias",
+        "projector.net.0.bias",
+    ):
         assert name in undecayed, name
-    for name in ("encoder.embed.weight", "decoder.head.weight", "encoder.blocks.0.attn.qkv.weight", "projector.net.2.weight"):
+    for name in (
+        "encoder.embed.weight",
+        "decoder.head.weight",
+        "encoder.blocks.0.attn.qkv.weight",
+        "projector.net.2.weight",
+    ):
         assert name in decayed, name
 
 
@@ -94,7 +106,9 @@ def test_contrastive_loss_known_answer():
     expected = ((math.log(math.e + 1) - 1) + math.log(1 + math.e) + (1 + math.log(2))) / 3
     assert float(contrastive_loss(z, z_prime, tau=1.0)) == pytest.approx(expected, rel=1e-6)
     # lengths do not matter (cosine similarity) and tau divides the similarities: two orthogonal pairs
-    assert float(contrastive_loss(torch.stack([3 * e1, e2]), torch.stack([e1, 2 * e2]), tau=0.5)) == pytest.approx(-2.0, rel=1e-6)
+    assert float(contrastive_loss(torch.stack([3 * e1, e2]), torch.stack([e1, 2 * e2]), tau=0.5)) == pytest.approx(
+        -2.0, rel=1e-6
+    )
 
 
 def test_the_global_batch_contrastive_loss_equals_the_local_one_on_one_rank():

@@ -13,15 +13,15 @@ from typer.testing import CliRunner
 
 from mixmag.cli import app
 from mixmag.data.bags import region_bag, tile_bag
-from mixmag.eval.explain import explain_slide, region_layout, tile_layout
 from mixmag.errors import RunMismatchError
+from mixmag.eval.explain import explain_slide, region_layout, tile_layout
+from mixmag.models.slide import SlideModel
 from mixmag.report.heatmaps import draw_heatmaps, map_on_thumbnail, open_store_slide, thumbnail
 from mixmag.store import read_attrs, read_store, write_store
 from mixmag.synth.cohort import CohortSpec, write_cohort
 from mixmag.synth.patterns import tissue_like
 from mixmag.synth.slide_writer import write_slide
 from mixmag.synth.stores import synthetic_store
-from mixmag.models.slide import SlideModel
 from mixmag.train.classifier import SlideClassifier
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,11 +63,27 @@ def test_predict_from_raw_slides_equals_the_evaluation_path(demo, tmp_path):
     try:
         for k, method in enumerate(METHODS):
             run = _run(d, method)
-            expected = {s: float(v) for r in csv.DictReader(open(run / "predictions_test.csv"))
-                        for s, v in zip(r["slides"].split(";"), r["slide_scores"].split(";"))}
+            expected = {
+                s: float(v)
+                for r in csv.DictReader(open(run / "predictions_test.csv"))
+                for s, v in zip(r["slides"].split(";"), r["slide_scores"].split(";"))
+            }
             out = tmp_path / f"{method}.csv"
             extra = [] if k == 0 else ["--no-heatmaps"]
-            result = _invoke("predict", "--run", run, "--cohort", test_table, "--out", out, "--work", tmp_path / "work", "--workers", 0, *extra)
+            result = _invoke(
+                "predict",
+                "--run",
+                run,
+                "--cohort",
+                test_table,
+                "--out",
+                out,
+                "--work",
+                tmp_path / "work",
+                "--workers",
+                0,
+                *extra,
+            )
             assert result.exit_code == 0, result.output
             got = list(csv.DictReader(open(out)))
             assert {r["slide"] for r in got} == set(expected)
@@ -121,7 +137,9 @@ def test_predict_refuses_other_encoder_weights_and_reports_bad_slides(demo, tmp_
     broken.write_bytes(b"II*\x00" + b"\x00" * 100)
     good = Path(next(csv.DictReader(open(test_table)))["path"])
     good = good if good.is_absolute() else test_table.parent / good
-    result = _invoke("predict", "--run", run, good, broken, real_svs, "--out", tmp_path / "p.csv", "--workers", 0, "--no-heatmaps")
+    result = _invoke(
+        "predict", "--run", run, good, broken, real_svs, "--out", tmp_path / "p.csv", "--workers", 0, "--no-heatmaps"
+    )
     assert result.exit_code == 1  # two slides could not be scored
     rows = {r["slide"]: r for r in csv.DictReader(open(tmp_path / "p.csv"))}
     assert rows[good.stem]["slide_score"] and not rows[good.stem]["problem"]
@@ -148,7 +166,11 @@ def test_layouts_place_every_bag_item_where_its_tile_is(tmp_path):
     cases.append((region_layout(store, "10x"), region_bag(path, "10x").reshape(-1, 8)))
     for layout, bag in cases:
         assert layout.level.size == bag.shape[0]
-        assert np.array_equal(layout.level, bag[:, 0]) and np.array_equal(layout.row, bag[:, 1]) and np.array_equal(layout.col, bag[:, 2])
+        assert (
+            np.array_equal(layout.level, bag[:, 0])
+            and np.array_equal(layout.row, bag[:, 1])
+            and np.array_equal(layout.col, bag[:, 2])
+        )
 
 
 def _quadrant_slide(folder: Path) -> Path:
@@ -193,7 +215,19 @@ def test_heatmaps_put_the_signal_in_its_quadrant(tmp_path, bags):
     source = _quadrant_slide(tmp_path)
     result = _invoke("tile", source, "--out", tmp_path / "tiles", "--tile-px", 64)
     assert result.exit_code == 0, result.output
-    result = _invoke("embed", "--plans", tmp_path / "tiles", "--out", tmp_path / "stores", "--encoder", "stats", "--workers", 0, "--device", "cpu")
+    result = _invoke(
+        "embed",
+        "--plans",
+        tmp_path / "tiles",
+        "--out",
+        tmp_path / "stores",
+        "--encoder",
+        "stats",
+        "--workers",
+        0,
+        "--device",
+        "cpu",
+    )
     assert result.exit_code == 0, result.output
     store = tmp_path / "stores" / "quadrant.h5"
     attrs = read_attrs(store)

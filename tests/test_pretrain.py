@@ -24,8 +24,22 @@ def stores(tmp_path_factory):
 
 
 def tiny(stores, out, **kw) -> PretrainConfig:
-    base = dict(stores=str(stores), out=str(out), preset="tiny", batch_size=32, steps=200, warmup_steps=10, base_lr=8e-3,
-                precision="fp32", workers=0, per_slide=32, pool=4, log_every=10, checkpoint_every=50, tensorboard=False)
+    base = dict(
+        stores=str(stores),
+        out=str(out),
+        preset="tiny",
+        batch_size=32,
+        steps=200,
+        warmup_steps=10,
+        base_lr=8e-3,
+        precision="fp32",
+        workers=0,
+        per_slide=32,
+        pool=4,
+        log_every=10,
+        checkpoint_every=50,
+        tensorboard=False,
+    )
     return PretrainConfig(**(base | kw))
 
 
@@ -105,12 +119,27 @@ def test_bad_configs_are_clear_errors(stores, tmp_path):
 def test_two_ranks_under_torchrun_keep_identical_weights(stores, tmp_path):
     config = tmp_path / "ddp.yaml"
     config.write_text(
-        f"stores: {stores}\nout: {tmp_path / 'run'}\npreset: tiny\nbatch_size: 16\nsteps: 8\nwarmup_steps: 2\nbase_lr: 8.0e-3\n"
-        "precision: fp32\nworkers: 0\nper_slide: 16\npool: 2\nlog_every: 1\ncheckpoint_every: 4\ntensorboard: false\ncheck_replicas: true\n"
+        f"stores: {stores}\nout: {tmp_path / 'run'}\npreset: tiny\nbatch_size: 16\nsteps: 8\nwarmup_steps: 2\nbase_lr: "
+        "8.0e-3\n"
+        "precision: fp32\nworkers: 0\nper_slide: 16\npool: 2\nlog_every: 1\ncheckpoint_every: 4\ntensorboard: "
+        "false\ncheck_replicas: true\n"
     )
     env = os.environ | {"OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "mixmag.cli", "pretrain",
-           "--config", str(config), "--device", "cpu"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "mixmag.cli",
+        "pretrain",
+        "--config",
+        str(config),
+        "--device",
+        "cpu",
+    ]
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "x 2 ranks" in result.stdout
@@ -128,19 +157,29 @@ def test_a_mixer_reads_only_the_embedding_space_it_was_pretrained_in(stores, tmp
 
     run_pretraining(tiny(stores, tmp_path / "run", steps=2, log_every=1), device=CPU)
     weights = tmp_path / "run" / "mixer.safetensors"
-    assert json.loads((tmp_path / "run" / "mixer.json").read_text())["stores"]["encoder_weights_digest"] == "projection-1234"
+    assert (
+        json.loads((tmp_path / "run" / "mixer.json").read_text())["stores"]["encoder_weights_digest"]
+        == "projection-1234"
+    )
     same = encode_stores(sorted(stores.glob("*.h5"))[:1], weights, tmp_path / "encoded")
     assert len(same) == 1
     other = tmp_path / "other"
     other.mkdir()
     write_store(other / "x.h5", synthetic_store("x", seed=1, n_rows=10, n_cols=10, context=5, projection_seed=7))
-    with pytest.raises(ConfigError, match=r"mixer.safetensors: pretrained on stores made differently .*encoder_weights_digest: "
-                                          r"mixer 'projection-1234' vs stores 'projection-7'"):
+    with pytest.raises(
+        ConfigError,
+        match=r"mixer.safetensors: pretrained on stores made differently .*encoder_weights_digest: "
+        r"mixer 'projection-1234' vs stores 'projection-7'",
+    ):
         encode_stores([other / "x.h5"], weights, tmp_path / "encoded2")
     with pytest.raises(ConfigError, match="projection-7"):  # fine-tuning from it: the same refusal
-        build_mixer(MixerSetting(init="pretrained", weights=str(weights)), 32, 3, 3, {"encoder_weights_digest": "projection-7"})
+        build_mixer(
+            MixerSetting(init="pretrained", weights=str(weights)), 32, 3, 3, {"encoder_weights_digest": "projection-7"}
+        )
     write_store(other / "y.h5", synthetic_store("y", seed=2, n_rows=10, n_cols=10, context=5))  # the first space
-    with pytest.raises(StoreError, match="encoder_weights_digest.*y.h5"):  # a folder mixing two spaces: refused before training
+    with pytest.raises(
+        StoreError, match="encoder_weights_digest.*y.h5"
+    ):  # a folder mixing two spaces: refused before training
         run_pretraining(tiny(other, tmp_path / "run2", steps=2), device=CPU)
 
 
@@ -174,7 +213,9 @@ def test_resume_refuses_stores_re_embedded_with_another_encoder(tmp_path):
         write_store(folder / f"s{i}.h5", synthetic_store(f"s{i}", seed=i, n_rows=10, n_cols=10, context=5))
     run_pretraining(tiny(folder, tmp_path / "run", steps=2, checkpoint_every=1, log_every=1), device=CPU)
     for i in range(3):  # the same files, now from another "foundation model" of the same width
-        write_store(folder / f"s{i}.h5", synthetic_store(f"s{i}", seed=i, n_rows=10, n_cols=10, context=5, projection_seed=7))
+        write_store(
+            folder / f"s{i}.h5", synthetic_store(f"s{i}", seed=i, n_rows=10, n_cols=10, context=5, projection_seed=7)
+        )
     with pytest.raises(ConfigError, match="re-embedded differently .*projection-1234.*projection-7"):
         run_pretraining(tiny(folder, tmp_path / "run", steps=4, checkpoint_every=1, log_every=1), device=CPU)
 

@@ -3,8 +3,8 @@
 import pytest
 
 from mixmag.errors import ConfigError
-from mixmag.stages.experiments import GridConfig, Task, method_config
 from mixmag.models.mixer import RegionMixer, mixer_config
+from mixmag.stages.experiments import GridConfig, Task, method_config
 from mixmag.train.finetune import build_mixer
 from mixmag.train.mixer_file import export_mixer
 
@@ -16,8 +16,13 @@ def _mixer(folder, preset, **overrides):
 
 
 def _grid(tmp_path, methods, pretrained, **kw):
-    return GridConfig(out=str(tmp_path / "exp"), tasks=[Task(name="A", cohort="c.csv", stores="s")], methods=methods,
-                      pretrained=pretrained, **kw)
+    return GridConfig(
+        out=str(tmp_path / "exp"),
+        tasks=[Task(name="A", cohort="c.csv", stores="s")],
+        methods=methods,
+        pretrained=pretrained,
+        **kw,
+    )
 
 
 def test_random_rows_take_the_pretrained_mixers_architecture(tmp_path):
@@ -32,12 +37,20 @@ def test_random_rows_take_the_pretrained_mixers_architecture(tmp_path):
 def test_a_mismatched_random_preset_is_refused(tmp_path):
     small = _mixer(tmp_path / "small", "small", depth=1)
     with pytest.raises(ConfigError, match="initialisation only"):
-        method_config(_grid(tmp_path, ["random-cls"], {"MEM": small}, random_preset="tiny"), Task(name="A", cohort="c", stores="s"),
-                      "random-cls", 0)
+        method_config(
+            _grid(tmp_path, ["random-cls"], {"MEM": small}, random_preset="tiny"),
+            Task(name="A", cohort="c", stores="s"),
+            "random-cls",
+            0,
+        )
 
 
 def test_two_architectures_need_one_random_row_each(tmp_path):
-    grid = _grid(tmp_path, ["random-patch"], {"MEM-tiny": _mixer(tmp_path / "t", "tiny"), "MEM-small": _mixer(tmp_path / "s", "small", depth=1)})
+    grid = _grid(
+        tmp_path,
+        ["random-patch"],
+        {"MEM-tiny": _mixer(tmp_path / "t", "tiny"), "MEM-small": _mixer(tmp_path / "s", "small", depth=1)},
+    )
     with pytest.raises(ConfigError, match="random-MEM-small-patch"):
         method_config(grid, grid.tasks[0], "random-patch", 0)
     tiny = build_mixer(method_config(grid, grid.tasks[0], "random-MEM-tiny-cls", 0).mixer, 8, 3, 3)

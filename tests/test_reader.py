@@ -148,11 +148,16 @@ def test_fused_reduction_equals_read_then_resize(slide_dir):
     image = tissue_like(2600, 2300, 0.25, seed=4, tissue_mask=np.ones((4, 4), bool))
     path = write_slide(slide_dir / "fused.svs", image, 0.25, downsamples=(1,), flavor="aperio", tile=240)
     with Slide(path) as slide:
-        for box, target in [(Box(13.2, 57.9, 13.2 + 1792, 57.9 + 1792), 0.5), (Box(500, 300, 500 + 896, 300 + 896), 1.0)]:
+        for box, target in [
+            (Box(13.2, 57.9, 13.2 + 1792, 57.9 + 1792), 0.5),
+            (Box(500, 300, 500 + 896, 300 + 896), 1.0),
+        ]:
             plan = slide.plan(box, target)
             assert plan.width // plan.out_width in (2, 4)
             fused = slide.read(plan)
-            unfused = resize_area(slide._read_raw(plan.level, plan.x, plan.y, plan.width, plan.height), plan.out_width, plan.out_height)
+            unfused = resize_area(
+                slide._read_raw(plan.level, plan.x, plan.y, plan.width, plan.height), plan.out_width, plan.out_height
+            )
             assert np.array_equal(fused, unfused)
 
 
@@ -176,13 +181,18 @@ def test_every_backend_reads_the_same_pixels_at_exact_mpp(slide_dir, fmt):
     tiff = slide_dir / "backends.svs"
     if not tiff.exists():
         write_slide(tiff, image, mpp, downsamples=(1, 2, 4), compression="deflate", flavor="aperio")
-    path = {"omezarr": lambda: write_ome_zarr(slide_pixels(tiff), mpp, slide_dir / "backends.ome.zarr"),
-            "czi": lambda: write_czi(slide_pixels(tiff), mpp, slide_dir / "backends.czi"),
-            "dicom": lambda: write_dicom(tiff, slide_dir / "backends-dicom")}.get(fmt, lambda: tiff)()
+    path = {
+        "omezarr": lambda: write_ome_zarr(slide_pixels(tiff), mpp, slide_dir / "backends.ome.zarr"),
+        "czi": lambda: write_czi(slide_pixels(tiff), mpp, slide_dir / "backends.czi"),
+        "dicom": lambda: write_dicom(tiff, slide_dir / "backends-dicom"),
+    }.get(fmt, lambda: tiff)()
     if fmt == "slideio":
         need("slideio")
     box = Box(101.3, 57.8, 101.3 + 896, 57.8 + 896)
-    with Slide(tiff, backend="tiffslide") as ref, Slide(path, backend=fmt if fmt in ("tiffslide", "openslide", "slideio") else "auto") as slide:
+    with (
+        Slide(tiff, backend="tiffslide") as ref,
+        Slide(path, backend=fmt if fmt in ("tiffslide", "openslide", "slideio") else "auto") as slide,
+    ):
         assert slide.mpp == pytest.approx(mpp) and (slide.width, slide.height) == (1600, 1200)
         assert slide.level_mpps[0] == pytest.approx(mpp)
         for target in (0.25, 0.5, 1.0):

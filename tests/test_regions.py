@@ -46,7 +46,10 @@ def test_a_crop_of_a_context_is_the_region_at_its_offset():
 @pytest.fixture(scope="module")
 def store_files(tmp_path_factory):
     d = tmp_path_factory.mktemp("stores")
-    return [write_store(d / f"s{i}.h5", synthetic_store(f"s{i}", seed=i, n_rows=7, n_cols=7, dim=8, context=5)) for i in range(5)]
+    return [
+        write_store(d / f"s{i}.h5", synthetic_store(f"s{i}", seed=i, n_rows=7, n_cols=7, dim=8, context=5))
+        for i in range(5)
+    ]
 
 
 def _batches(stream, n, workers=0):

@@ -26,8 +26,18 @@ def run_dir(tmp_path_factory):
         w = csv.DictWriter(fh, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    run_training(TrainConfig(cohort=str(table), stores=str(d / "stores"), out=str(d / "run"), bags="20x", epochs=3, batch_size=8,
-                             lr=3e-3, bootstrap=100))
+    run_training(
+        TrainConfig(
+            cohort=str(table),
+            stores=str(d / "stores"),
+            out=str(d / "run"),
+            bags="20x",
+            epochs=3,
+            batch_size=8,
+            lr=3e-3,
+            bootstrap=100,
+        )
+    )
     return d / "run"
 
 
@@ -41,7 +51,13 @@ def test_report_is_self_contained_and_escaped(run_dir):
         head, data = s.split(",", 1)
         raw = base64.b64decode(data)
         assert head in ("data:image/png;base64", "data:image/svg+xml;base64", "data:image/jpeg;base64"), head
-        assert raw[:8] == b"\x89PNG\r\n\x1a\n" if "png" in head else raw[:2] == b"\xff\xd8" if "jpeg" in head else b"<svg" in raw[:2000]
+        assert (
+            raw[:8] == b"\x89PNG\r\n\x1a\n"
+            if "png" in head
+            else raw[:2] == b"\xff\xd8"
+            if "jpeg" in head
+            else b"<svg" in raw[:2000]
+        )
     assert any("svg" in s[:30] for s in sources)  # line plots are vector graphics
     assert "http://" not in text and "https://" not in text
     assert "ROC curves" in text and "95% CI" in text and "Stage timings" in text
@@ -73,7 +89,9 @@ def test_predict_on_new_stores_equals_the_evaluation_path(run_dir, tmp_path):
     slides = [s for r in rows for s in r["slides"].split(";")]
     expected = {s: float(v) for r in rows for s, v in zip(r["slides"].split(";"), r["slide_scores"].split(";"))}
     out = tmp_path / "pred.csv"
-    result = CliRunner().invoke(app, ["predict", "--run", str(run_dir), "--stores", str(stores), "--out", str(out), *slides])
+    result = CliRunner().invoke(
+        app, ["predict", "--run", str(run_dir), "--stores", str(stores), "--out", str(out), *slides]
+    )
     assert result.exit_code == 0, result.output
     got = {r["slide"]: float(r["slide_score"]) for r in csv.DictReader(open(out))}
     assert got.keys() == expected.keys()

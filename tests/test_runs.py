@@ -23,8 +23,21 @@ def cohort(tmp_path_factory):
 
 
 def _config(d, out, **kw) -> TrainConfig:
-    return TrainConfig(**(dict(cohort=str(d / "cohort.csv"), stores=str(d / "stores"), out=str(out), bags="20x", epochs=2,
-                               batch_size=8, lr=3e-3, bootstrap=100) | kw))
+    return TrainConfig(
+        **(
+            dict(
+                cohort=str(d / "cohort.csv"),
+                stores=str(d / "stores"),
+                out=str(out),
+                bags="20x",
+                epochs=2,
+                batch_size=8,
+                lr=3e-3,
+                bootstrap=100,
+            )
+            | kw
+        )
+    )
 
 
 @pytest.fixture(scope="module")
@@ -84,8 +97,22 @@ def test_a_corrupt_plan_is_one_sentence_in_embed(tmp_path):
     (tmp_path / "tiles" / "s1" / "plan.json").write_text('{"format_version": 1, "slide": ')
     with pytest.raises(PlanError, match="plan.json: not a valid mixmag tiling plan"):
         load_plan(tmp_path / "tiles" / "s1" / "plan.json")
-    result = CliRunner().invoke(app, ["embed", "--plans", str(tmp_path / "tiles"), "--out", str(tmp_path / "stores"),
-                                      "--encoder", "stats", "--device", "cpu", "--workers", "0"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "embed",
+            "--plans",
+            str(tmp_path / "tiles"),
+            "--out",
+            str(tmp_path / "stores"),
+            "--encoder",
+            "stats",
+            "--device",
+            "cpu",
+            "--workers",
+            "0",
+        ],
+    )
     assert result.exit_code in (1, 2), result.output
     assert "plan.json: not a valid mixmag tiling plan" in result.output and "re-run `mixmag tile`" in result.output
     assert result.exception is None or isinstance(result.exception, SystemExit)

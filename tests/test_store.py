@@ -10,9 +10,17 @@ def make_store(n=5, dim=8, seed=0) -> SlideStore:
     return SlideStore(
         rc=rc,
         tissue=rng.random(n).astype(np.float32),
-        embeddings={name: rng.normal(size=(n, 4**i, dim)).astype(np.float32) for i, name in enumerate(("5x", "10x", "20x"))},
-        attrs={"slide_id": "s1", "encoder": "stats", "encoder_weights_digest": "abc", "level_mpps": [2.0, 1.0, 0.5],
-               "slide_mpp": 0.2631, "cell_px": 448 / 0.2631},
+        embeddings={
+            name: rng.normal(size=(n, 4**i, dim)).astype(np.float32) for i, name in enumerate(("5x", "10x", "20x"))
+        },
+        attrs={
+            "slide_id": "s1",
+            "encoder": "stats",
+            "encoder_weights_digest": "abc",
+            "level_mpps": [2.0, 1.0, 0.5],
+            "slide_mpp": 0.2631,
+            "cell_px": 448 / 0.2631,
+        },
     )
 
 

@@ -2,9 +2,9 @@ import os
 
 import numpy as np
 import pytest
+from conftest import make_tissue_slide
 from pydantic import ValidationError
 
-from conftest import make_tissue_slide
 from mixmag.errors import ResolutionError
 from mixmag.slides.reader import Slide
 from mixmag.slides.tiling import TilingParams, cells_of_windows, load_plan, make_plan, plan_is_current, save_plan

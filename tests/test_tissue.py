@@ -49,7 +49,9 @@ def test_window_fractions_are_window_means():
 
 def test_blank_glass_has_no_tissue():
     params = TissueParams()
-    glass = np.full((300, 400, 3), 242, np.uint8) + np.random.default_rng(0).integers(0, 4, (300, 400, 3)).astype(np.uint8)
+    glass = np.full((300, 400, 3), 242, np.uint8) + np.random.default_rng(0).integers(0, 4, (300, 400, 3)).astype(
+        np.uint8
+    )
     assert not segment_tissue(glass, params).any()
 
 
@@ -123,9 +125,9 @@ def test_plans_and_runs_remember_the_tissue_model(tmp_path):
     from types import SimpleNamespace
 
     import torch
+    from conftest import make_tissue_slide
     from typer.testing import CliRunner
 
-    from conftest import make_tissue_slide
     from mixmag.cli import app
     from mixmag.errors import RunMismatchError
     from mixmag.slides.tiling import load_plan

@@ -2,7 +2,8 @@
 provenance and its cell / region / context counts, so that a million-store corpus starts without a million header opens.
 
 Why SQLite (the standard library's `sqlite3`): one self-describing file with a schema, typed columns and an index on
-slide ids, readable by any SQLite tool, no extra dependency, and written here only as a whole new file renamed into place.
+slide ids, readable by any SQLite tool, no extra dependency, and written here only as a whole new file renamed into
+place.
 
 Many writers at once (torchrun ranks on many nodes, each landing stores): SQLite's own locking is not safe over NFS or
 Lustre (its docs: WAL needs shared memory on one host, and POSIX locks are unreliable over network file systems), so
@@ -51,12 +52,25 @@ LOCK_NAME = ".mixmag-catalog.lock"
 CATALOG_FORMAT = "mixmag-store-catalog"
 CATALOG_VERSION = 1
 _MAX_LEVELS = 8
-# a row read from an untrusted catalog that _entry_problem would refuse, as one SQL condition (checked for all rows at once)
+# a row read from an untrusted catalog that _entry_problem would refuse, as one SQL condition (checked for all rows
+# at once)
 _COUNTS = ("size", "mtime_ns", "cells", "regions", "contexts", "dim", "levels")
-_BAD_ROW = " OR ".join([f"typeof({c}) != 'integer' OR {c} < 0" for c in _COUNTS] + [
-    "dim < 1", "levels < 1", f"levels > {_MAX_LEVELS}", "typeof(path) != 'text'", "typeof(slide_id) != 'text'", "slide_id = ''",
-    "typeof(settings) != 'text'", "substr(path, 1, 1) = '/'", "instr('/' || path || '/', '/../') > 0", "instr(path, char(92)) > 0",
-    f"substr(path, -{len(STORE_SUFFIX)}) != '{STORE_SUFFIX}'"])
+_BAD_ROW = " OR ".join(
+    [f"typeof({c}) != 'integer' OR {c} < 0" for c in _COUNTS]
+    + [
+        "dim < 1",
+        "levels < 1",
+        f"levels > {_MAX_LEVELS}",
+        "typeof(path) != 'text'",
+        "typeof(slide_id) != 'text'",
+        "slide_id = ''",
+        "typeof(settings) != 'text'",
+        "substr(path, 1, 1) = '/'",
+        "instr('/' || path || '/', '/../') > 0",
+        "instr(path, char(92)) > 0",
+        f"substr(path, -{len(STORE_SUFFIX)}) != '{STORE_SUFFIX}'",
+    ]
+)
 _COLUMNS = ("path", "slide_id", "size", "mtime_ns", "settings", "cells", "regions", "contexts", "dim", "levels")
 
 
@@ -102,8 +116,11 @@ class CatalogReport:
         out = []
         if self.damaged:
             out.append(f"{folder / CATALOG_NAME}: {self.damaged}; rebuilt from the stores")
-        for what, items in (("changed since they were catalogued (size or mtime)", self.stale),
-                            ("catalogued but gone", self.missing), ("not yet catalogued", self.new)):
+        for what, items in (
+            ("changed since they were catalogued (size or mtime)", self.stale),
+            ("catalogued but gone", self.missing),
+            ("not yet catalogued", self.new),
+        ):
             if items:
                 out.append(f"{folder}: {len(items)} store(s) {what}: {_few(items)}")
         for path, why in list(self.unreadable.items())[:5]:
@@ -140,8 +157,10 @@ class Catalog:
         found: dict[str, CatalogEntry] = {}
         for e in self.entries:
             if e.slide_id in found:
-                raise StoreError(f"{self.folder}: slide {e.slide_id!r} has two stores ({found[e.slide_id].path} and {e.path}); "
-                                 "delete one of them")
+                raise StoreError(
+                    f"{self.folder}: slide {e.slide_id!r} has two stores ({found[e.slide_id].path} and {e.path}); "
+                    "delete one of them"
+                )
             found[e.slide_id] = e
         return found
 
@@ -194,11 +213,16 @@ def describe_store(folder: str | Path, rel: str) -> CatalogEntry:
             first = f[f"emb/{names[0]}"]
             windows = f.get("windows", {})
             entry = CatalogEntry(
-                path=rel, slide_id=str(attrs.get("slide_id", Path(rel).stem)), size=st.st_size, mtime_ns=st.st_mtime_ns,
-                settings=json.dumps(pipeline_settings(attrs), sort_keys=True), cells=int(f["cells/rc"].shape[0]),
+                path=rel,
+                slide_id=str(attrs.get("slide_id", Path(rel).stem)),
+                size=st.st_size,
+                mtime_ns=st.st_mtime_ns,
+                settings=json.dumps(pipeline_settings(attrs), sort_keys=True),
+                cells=int(f["cells/rc"].shape[0]),
                 regions=int(windows["regions"].shape[0]) if "regions" in windows else 0,
                 contexts=int(windows["contexts"].shape[0]) if "contexts" in windows else 0,
-                dim=int(first.shape[-1]), levels=len(names),
+                dim=int(first.shape[-1]),
+                levels=len(names),
             )
     except (OSError, KeyError, IndexError, ValueError, TypeError) as exc:
         raise StoreError(f"not a readable mixmag store ({type(exc).__name__}: {exc})") from exc
@@ -216,8 +240,13 @@ def _entry_problem(e: CatalogEntry) -> str | None:
             return f"{name} is {value!r}, expected a whole number >= 0"
     if not 1 <= e.levels <= _MAX_LEVELS or e.dim < 1:
         return f"{e.levels} levels of {e.dim}-d embeddings"
-    if not isinstance(e.path, str) or e.path.startswith("/") or "\\" in e.path or ".." in e.path.split("/") \
-            or not e.path.endswith(STORE_SUFFIX):
+    if (
+        not isinstance(e.path, str)
+        or e.path.startswith("/")
+        or "\\" in e.path
+        or ".." in e.path.split("/")
+        or not e.path.endswith(STORE_SUFFIX)
+    ):
         return f"path {e.path!r} is not a store path inside the folder"
     if not isinstance(e.slide_id, str) or not e.slide_id:
         return f"slide id {e.slide_id!r}"
@@ -252,7 +281,9 @@ def _entry(values: Sequence) -> CatalogEntry:
 
 
 def read_catalog_file(path: Path) -> list[CatalogEntry]:
-    """The entries of a catalog file. Raises ValueError (damaged or foreign: rebuild) or CatalogError (newer: refuse)."""
+    """The entries of a catalog file.
+
+    Raises ValueError (damaged or foreign: rebuild) or CatalogError (newer: refuse)."""
     try:
         con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     except sqlite3.Error as exc:
@@ -263,11 +294,15 @@ def read_catalog_file(path: Path) -> list[CatalogEntry]:
             raise ValueError(f"not a mixmag catalog (format {meta.get('format')!r})")
         version = int(meta.get("version", "0"))
         if version > CATALOG_VERSION:
-            raise CatalogError(f"{path}: made by a newer mixmag (catalog version {version}, this one reads {CATALOG_VERSION}); "
-                               "upgrade mixmag, or delete the file and run `mixmag store index` to rebuild it")
+            raise CatalogError(
+                f"{path}: made by a newer mixmag (catalog version {version}, this one reads {CATALOG_VERSION}); "
+                "upgrade mixmag, or delete the file and run `mixmag store index` to rebuild it"
+            )
         bad = con.execute(f"SELECT path FROM stores WHERE {_BAD_ROW} LIMIT 1").fetchone()
         if bad is not None:
-            raise ValueError(f"entry {bad[0]!r} is malformed (a path outside the folder, a count that is not a whole number)")
+            raise ValueError(
+                f"entry {bad[0]!r} is malformed (a path outside the folder, a count that is not a whole number)"
+            )
         for (text,) in con.execute("SELECT DISTINCT settings FROM stores"):
             if _settings_problem(text):
                 raise ValueError(f"an entry's provenance is malformed ({_settings_problem(text)})")
@@ -288,14 +323,20 @@ def write_catalog_file(path: Path, entries: Iterable[CatalogEntry]) -> None:
         con = sqlite3.connect(tmp)
         try:
             con.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-            con.execute("CREATE TABLE stores (path TEXT PRIMARY KEY, slide_id TEXT NOT NULL, size INTEGER NOT NULL, "
-                        "mtime_ns INTEGER NOT NULL, settings TEXT NOT NULL, cells INTEGER NOT NULL, regions INTEGER NOT NULL, "
-                        "contexts INTEGER NOT NULL, dim INTEGER NOT NULL, levels INTEGER NOT NULL)")
+            con.execute(
+                "CREATE TABLE stores (path TEXT PRIMARY KEY, slide_id TEXT NOT NULL, size INTEGER NOT NULL, "
+                "mtime_ns INTEGER NOT NULL, settings TEXT NOT NULL, cells INTEGER NOT NULL, regions INTEGER NOT NULL, "
+                "contexts INTEGER NOT NULL, dim INTEGER NOT NULL, levels INTEGER NOT NULL)"
+            )
             con.execute("CREATE INDEX stores_slide ON stores (slide_id)")
-            con.executemany("INSERT INTO meta VALUES (?, ?)", [("format", CATALOG_FORMAT), ("version", str(CATALOG_VERSION)),
-                                                                ("count", str(len(entries)))])
-            con.executemany(f"INSERT INTO stores VALUES ({', '.join('?' * len(_COLUMNS))})",
-                            [tuple(asdict(e).values()) for e in entries])
+            con.executemany(
+                "INSERT INTO meta VALUES (?, ?)",
+                [("format", CATALOG_FORMAT), ("version", str(CATALOG_VERSION)), ("count", str(len(entries)))],
+            )
+            con.executemany(
+                f"INSERT INTO stores VALUES ({', '.join('?' * len(_COLUMNS))})",
+                [tuple(asdict(e).values()) for e in entries],
+            )
             con.commit()
         finally:
             con.close()
@@ -360,8 +401,9 @@ class CatalogWriter:
         self.close()
 
 
-def refresh_catalog(folder: str | Path, *, write: bool = True, rebuild: bool = False,
-                    on_store: Callable[[int, int], None] | None = None) -> tuple[Catalog, CatalogReport]:
+def refresh_catalog(
+    folder: str | Path, *, write: bool = True, rebuild: bool = False, on_store: Callable[[int, int], None] | None = None
+) -> tuple[Catalog, CatalogReport]:
     """The folder's catalog, checked against the folder: new and changed stores are (re-)read, gone ones dropped,
     and the result written back (when anything changed and `write`). `rebuild` ignores the old catalog."""
     folder = Path(folder)
@@ -468,7 +510,9 @@ def _query(folder: Path, column: str, values: Sequence[str]) -> dict[str, Catalo
                 ids = list(wanted)
                 for start in range(0, len(ids), 500):
                     chunk = ids[start : start + 500]
-                    query = f"SELECT {', '.join(_COLUMNS)} FROM stores WHERE {column} IN ({', '.join('?' * len(chunk))})"
+                    query = (
+                        f"SELECT {', '.join(_COLUMNS)} FROM stores WHERE {column} IN ({', '.join('?' * len(chunk))})"
+                    )
                     rows |= {e.path: e for e in map(_entry, con.execute(query, chunk))}
             finally:
                 con.close()
@@ -496,7 +540,9 @@ def lookup_slides(folder: str | Path, slide_ids: Sequence[str]) -> dict[str, Pat
     found = {e.slide_id: folder / e.path for e in _query(folder, "slide_id", list(wanted)).values()}
     if len(found) < len(wanted) and folder.is_dir():
         catalog = load_catalog(folder)
-        found |= {e.slide_id: catalog.path(e) for e in catalog.entries if e.slide_id in wanted and e.slide_id not in found}
+        found |= {
+            e.slide_id: catalog.path(e) for e in catalog.entries if e.slide_id in wanted and e.slide_id not in found
+        }
     return found
 
 

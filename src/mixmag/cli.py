@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import json
 import warnings
-from enum import Enum
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, NoReturn, Optional
 
@@ -35,8 +35,12 @@ class _ErrorBoundary(TyperGroup):
             _fail(str(exc))
 
 
-app = typer.Typer(cls=_ErrorBoundary, add_completion=False, no_args_is_help=True,
-                  help="Mixed-magnification region embeddings for computational pathology.")
+app = typer.Typer(
+    cls=_ErrorBoundary,
+    add_completion=False,
+    no_args_is_help=True,
+    help="Mixed-magnification region embeddings for computational pathology.",
+)
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks that print their figures.")
 synth_app = typer.Typer(no_args_is_help=True, help="Generate synthetic slides.")
 app.add_typer(bench_app, name="bench")
@@ -80,23 +84,48 @@ def _tiling_help(text: str, name: str, section: str | None = None) -> str:
 
 @app.command()
 def tile(
-    slides: Annotated[Optional[list[Path]], typer.Argument(help="Slide files (SVS, TIFF, OME-TIFF, NDPI, MRXS, DICOM...).")] = None,
+    slides: Annotated[
+        Optional[list[Path]], typer.Argument(help="Slide files (SVS, TIFF, OME-TIFF, NDPI, MRXS, DICOM...).")
+    ] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder: one sub-folder per slide.")] = Path("tiles"),
-    cohort: Annotated[Optional[Path], typer.Option(help="CSV with a 'path' column (optional 'slide' id and 'mpp').")] = None,
+    cohort: Annotated[
+        Optional[Path], typer.Option(help="CSV with a 'path' column (optional 'slide' id and 'mpp').")
+    ] = None,
     config: Annotated[Optional[Path], typer.Option(help="YAML with tiling settings (flags override it).")] = None,
     mpp: Annotated[Optional[float], typer.Option(help="Override the slides' microns per pixel.")] = None,
-    region_size: Annotated[Optional[int], typer.Option(help=_tiling_help("t: region side in cells", "region_size"))] = None,
-    region_stride: Annotated[Optional[int], typer.Option(help="Step between regions in cells [t, no overlap]; 1 for all positions.")] = None,
+    region_size: Annotated[
+        Optional[int], typer.Option(help=_tiling_help("t: region side in cells", "region_size"))
+    ] = None,
+    region_stride: Annotated[
+        Optional[int], typer.Option(help="Step between regions in cells [t, no overlap]; 1 for all positions.")
+    ] = None,
     context_size: Annotated[Optional[int], typer.Option(help="c: also accept c x c context windows (CMEM).")] = None,
-    n_levels: Annotated[Optional[int], typer.Option("--levels", help=_tiling_help("l: magnification levels, 2x apart", "n_levels"))] = None,
-    base_mpp: Annotated[Optional[float], typer.Option(help=_tiling_help("um/px of the coarsest level (2.0 = 5x)", "base_mpp"))] = None,
+    n_levels: Annotated[
+        Optional[int], typer.Option("--levels", help=_tiling_help("l: magnification levels, 2x apart", "n_levels"))
+    ] = None,
+    base_mpp: Annotated[
+        Optional[float], typer.Option(help=_tiling_help("um/px of the coarsest level (2.0 = 5x)", "base_mpp"))
+    ] = None,
     tile_px: Annotated[Optional[int], typer.Option(help=_tiling_help("Tile side in pixels", "tile_px"))] = None,
-    tissue_threshold: Annotated[Optional[float], typer.Option(help=_tiling_help("Minimum tissue fraction of a region", "tissue_threshold"))] = None,
-    thumbnail_mpp: Annotated[Optional[float], typer.Option(help=_tiling_help("um/px of the tissue thumbnail", "thumbnail_mpp", "tissue"))] = None,
-    min_saturation: Annotated[Optional[int], typer.Option(help=_tiling_help("Floor on the Otsu saturation threshold", "min_saturation", "tissue"))] = None,
-    allow_upsample: Annotated[Optional[bool], typer.Option("--allow-upsample", help="Allow levels finer than the scan.")] = None,
-    backend: Annotated[str, typer.Option(help="auto, tiffslide, openslide, omezarr, czi or slideio (see `mixmag doctor`).")] = "auto",
-    tissue_model: Annotated[Optional[Path], typer.Option(help="ONNX or TorchScript tissue model (probability map).")] = None,
+    tissue_threshold: Annotated[
+        Optional[float], typer.Option(help=_tiling_help("Minimum tissue fraction of a region", "tissue_threshold"))
+    ] = None,
+    thumbnail_mpp: Annotated[
+        Optional[float], typer.Option(help=_tiling_help("um/px of the tissue thumbnail", "thumbnail_mpp", "tissue"))
+    ] = None,
+    min_saturation: Annotated[
+        Optional[int],
+        typer.Option(help=_tiling_help("Floor on the Otsu saturation threshold", "min_saturation", "tissue")),
+    ] = None,
+    allow_upsample: Annotated[
+        Optional[bool], typer.Option("--allow-upsample", help="Allow levels finer than the scan.")
+    ] = None,
+    backend: Annotated[
+        str, typer.Option(help="auto, tiffslide, openslide, omezarr, czi or slideio (see `mixmag doctor`).")
+    ] = "auto",
+    tissue_model: Annotated[
+        Optional[Path], typer.Option(help="ONNX or TorchScript tissue model (probability map).")
+    ] = None,
     force: Annotated[bool, typer.Option(help="Re-tile even when a current plan exists.")] = False,
 ) -> None:
     """Find tissue and cut aligned multi-magnification regions; write a tiling plan and QC pictures per slide."""
@@ -104,11 +133,20 @@ def tile(
     from .slides.tissue import load_tissue_model
     from .stages.tile import check_backend, tile_slides
 
-    params = _tiling_params(config, dict(
-        region_size=region_size, region_stride=region_stride, context_size=context_size, n_levels=n_levels, base_mpp=base_mpp,
-        tile_px=tile_px, tissue_threshold=tissue_threshold, allow_upsample=allow_upsample,
-        tissue=dict(thumbnail_mpp=thumbnail_mpp, min_saturation=min_saturation),
-    ))
+    params = _tiling_params(
+        config,
+        dict(
+            region_size=region_size,
+            region_stride=region_stride,
+            context_size=context_size,
+            n_levels=n_levels,
+            base_mpp=base_mpp,
+            tile_px=tile_px,
+            tissue_threshold=tissue_threshold,
+            allow_upsample=allow_upsample,
+            tissue=dict(thumbnail_mpp=thumbnail_mpp, min_saturation=min_saturation),
+        ),
+    )
     if not slides and cohort is None:
         raise OptionError("give slide files or --cohort TABLE.csv")
     check_backend(backend)
@@ -119,7 +157,8 @@ def tile(
     levels = params.levels
     console.print(
         f"Tiling {len(sources)} slide(s): {params.region_size}x{params.region_size} regions of "
-        f"{levels.cell_um:g} um cells, levels {'/'.join(levels.names)} ({params.tile_px} px tiles), tissue >= {params.tissue_threshold:.0%} -> {out}"
+        f"{levels.cell_um:g} um cells, levels {'/'.join(levels.names)} ({params.tile_px} px tiles), tissue >= "
+        f"{params.tissue_threshold:.0%} -> {out}"
     )
     with _progress() as progress:
         task = progress.add_task("tiling", total=len(sources))
@@ -139,8 +178,13 @@ def tile(
 
 def _progress() -> Progress:
     return Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False,
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
     )
 
 
@@ -158,7 +202,9 @@ def _print_tile_summary(results, out: Path) -> None:
         table.add_column("slide")
         table.add_column("problem")
         for r in problems:
-            table.add_row(r.source.slide_id, r.error if r.outcome == "failed" else f"{r.plan.status}: {' '.join(r.plan.warnings)}")
+            table.add_row(
+                r.source.slide_id, r.error if r.outcome == "failed" else f"{r.plan.status}: {' '.join(r.plan.warnings)}"
+            )
         console.print(table)
 
 
@@ -169,12 +215,22 @@ app.add_typer(store_app, name="store")
 @app.command()
 def embed(
     plans: Annotated[Path, typer.Option(help="Folder of tiling plans (the --out of `mixmag tile`).")] = Path("tiles"),
-    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the per-slide stores (<slide>.h5).")] = Path("stores"),
-    cohort: Annotated[Optional[Path], typer.Option(help="Only the slides of this CSV ('slide' column, or ids from 'path').")] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the per-slide stores (<slide>.h5).")] = Path(
+        "stores"
+    ),
+    cohort: Annotated[
+        Optional[Path], typer.Option(help="Only the slides of this CSV ('slide' column, or ids from 'path').")
+    ] = None,
     encoder: Annotated[str, typer.Option(help="Encoder preset (see `mixmag encoders`).")] = "virchow2",
-    weights: Annotated[Optional[Path], typer.Option(help="Local weights (.safetensors, .pt, .bin), loaded safely and strictly.")] = None,
-    from_hub: Annotated[bool, typer.Option("--from-hub", help="Download the preset's weights from the Hugging Face hub.")] = False,
-    random_init: Annotated[bool, typer.Option("--random-init", help="Random weights (tests and benchmarks only).")] = False,
+    weights: Annotated[
+        Optional[Path], typer.Option(help="Local weights (.safetensors, .pt, .bin), loaded safely and strictly.")
+    ] = None,
+    from_hub: Annotated[
+        bool, typer.Option("--from-hub", help="Download the preset's weights from the Hugging Face hub.")
+    ] = False,
+    random_init: Annotated[
+        bool, typer.Option("--random-init", help="Random weights (tests and benchmarks only).")
+    ] = False,
     output: Annotated[Optional[str], typer.Option(help="cls or cls+mean [the preset's default].")] = None,
     batch_cells: Annotated[int, typer.Option(help="Cells per batch (21 tiles each with 3 levels).")] = 8,
     workers: Annotated[int, typer.Option(help="DataLoader worker processes per rank.")] = 2,
@@ -200,27 +256,52 @@ def embed(
     if compile:
         model.backbone = torch.compile(model.backbone)
     say = console.print if dist.rank == 0 else (lambda *a, **k: None)
-    say(f"Embedding {len(plan_paths)} slide(s) with {encoder} ({model.dim}-d {model.output}, weights {model.weights_digest}) "
-        f"on {dev}{f' x {dist.world_size} ranks' if dist.active else ''} -> {out}", soft_wrap=True, highlight=False)
+    say(
+        f"Embedding {len(plan_paths)} slide(s) with {encoder} ({model.dim}-d {model.output}, weights "
+        f"{model.weights_digest}) "
+        f"on {dev}{f' x {dist.world_size} ranks' if dist.active else ''} -> {out}",
+        soft_wrap=True,
+        highlight=False,
+    )
     with _progress() as progress:
         task = progress.add_task(f"rank {dist.rank} cells" if dist.active else "cells", total=None)
 
         def report(result) -> None:
             style = {"failed": "red", "skipped": "dim", "embedded": "green"}[result.outcome]
-            progress.console.print(f"[{style}]{result.slide_id}: {result.outcome} ({result.cells} cells){' - ' + result.error if result.error else ''}[/]", soft_wrap=True, highlight=False)
+            progress.console.print(
+                f"[{style}]{result.slide_id}: {result.outcome} ({result.cells} "
+                f"cells){' - ' + result.error if result.error else ''}[/]",
+                soft_wrap=True,
+                highlight=False,
+            )
 
         results = run_embed(
-            plan_paths, out, model, device=dev, cells_per_batch=batch_cells, workers=workers, mode=read_mode,
-            dist=dist, force=force, on_start=lambda n: progress.update(task, total=n),
-            on_batch=lambda n: progress.advance(task, n), on_result=report,
+            plan_paths,
+            out,
+            model,
+            device=dev,
+            cells_per_batch=batch_cells,
+            workers=workers,
+            mode=read_mode,
+            dist=dist,
+            force=force,
+            on_start=lambda n: progress.update(task, total=n),
+            on_batch=lambda n: progress.advance(task, n),
+            on_result=report,
         )
     results = gather_results(results, dist)
-    if dist.rank == 0 and out.is_dir():  # every rank has finished: fold their catalog parts into the folder's one catalog file
+    if (
+        dist.rank == 0 and out.is_dir()
+    ):  # every rank has finished: fold their catalog parts into the folder's one catalog file
         from .catalog import refresh_catalog
 
         refresh_catalog(out)
     counts = {k: sum(r.outcome == k for r in results) for k in ("embedded", "skipped", "failed")}
-    say(f"Done: {counts['embedded']} embedded, {counts['skipped']} skipped, {counts['failed']} failed. Stores in {out}/", soft_wrap=True)
+    say(
+        f"Done: {counts['embedded']} embedded, {counts['skipped']} skipped, {counts['failed']} failed. Stores in "
+        f"{out}/",
+        soft_wrap=True,
+    )
     if counts["failed"]:
         raise typer.Exit(1)
 
@@ -228,7 +309,9 @@ def embed(
 @app.command()
 def pretrain(
     config: Annotated[Path, typer.Option(help="YAML run config (see configs/pretrain.yaml).")],
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a config key: --set steps=500 --set mixer.depth=4.")] = None,
+    set_: Annotated[
+        Optional[list[str]], typer.Option("--set", help="Override a config key: --set steps=500 --set mixer.depth=4.")
+    ] = None,
     device: Annotated[Optional[str], typer.Option(help="cuda, cpu [cuda when available].")] = None,
 ) -> None:
     """Pretrain the region mixer with MEM (or CMEM when `context` is set); resumes from the run folder."""
@@ -240,21 +323,39 @@ def pretrain(
     dist, dev = start_distributed(device)
     if dist.rank == 0:
         held_out = f" (the test slides of {', '.join(cfg.exclude_test_of)} left out)" if cfg.exclude_test_of else ""
-        console.print(f"Pretraining ({'CMEM, c = ' + str(cfg.context) if cfg.context else 'MEM'}, r = {cfg.mask_ratio}, preset {cfg.preset}) "
-                      f"for {cfg.steps} steps of {cfg.batch_size} regions on {dev}{f' x {dist.world_size} ranks' if dist.active else ''} -> {cfg.out}; "
-                      f"{used} of {found} stores{held_out}", soft_wrap=True)
+        console.print(
+            f"Pretraining ({'CMEM, c = ' + str(cfg.context) if cfg.context else 'MEM'}, r = {cfg.mask_ratio}, preset "
+            f"{cfg.preset}) "
+            f"for {cfg.steps} steps of {cfg.batch_size} regions on "
+            f"{dev}{f' x {dist.world_size} ranks' if dist.active else ''} -> {cfg.out}; "
+            f"{used} of {found} stores{held_out}",
+            soft_wrap=True,
+        )
 
     def show(row: dict) -> None:
         cos = " ".join(f"{row[k]:.3f}" for k in sorted(row) if k.startswith("cos_level"))
         base = " ".join(f"{row[k]:.3f}" for k in sorted(row) if k.startswith("baseline_cos_level"))
         extra = f" contrastive {row['contrastive']:.4f}" if "contrastive" in row else ""
-        console.print(f"step {row['step']:>6}  loss {row['loss']:.4f} (mem {row['mem']:.4f}{extra}; mean-baseline {row['baseline_loss']:.4f})  "
-                      f"cos/level {cos} (baseline {base})  lr {row['lr']:.2e}  {row['samples_per_s']:.0f} samples/s  MFU {row['mfu']:.1%}", soft_wrap=True, highlight=False)
+        console.print(
+            f"step {row['step']:>6}  loss {row['loss']:.4f} (mem {row['mem']:.4f}{extra}; mean-baseline "
+            f"{row['baseline_loss']:.4f})  "
+            f"cos/level {cos} (baseline {base})  lr {row['lr']:.2e}  {row['samples_per_s']:.0f} samples/s  MFU "
+            f"{row['mfu']:.1%}",
+            soft_wrap=True,
+            highlight=False,
+        )
 
     try:
-        run_pretraining(cfg, device=dev, rank=dist.rank, world_size=dist.world_size, on_log=show,
-                        on_resume=lambda step, ckpt: console.print(f"Resuming from step {step} of {cfg.steps} ({ckpt})",
-                                                                   soft_wrap=True, highlight=False))
+        run_pretraining(
+            cfg,
+            device=dev,
+            rank=dist.rank,
+            world_size=dist.world_size,
+            on_log=show,
+            on_resume=lambda step, ckpt: console.print(
+                f"Resuming from step {step} of {cfg.steps} ({ckpt})", soft_wrap=True, highlight=False
+            ),
+        )
     finally:
         stop_distributed()
     if dist.rank == 0:
@@ -265,7 +366,9 @@ def pretrain(
 def encode(
     mixer: Annotated[Path, typer.Option(help="mixer.safetensors of a pretraining run (mixer.json beside it).")],
     stores: Annotated[Path, typer.Option(help="Folder of per-slide stores.")] = Path("stores"),
-    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for per-slide patch/cls region embeddings.")] = Path("encoded"),
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for per-slide patch/cls region embeddings.")] = Path(
+        "encoded"
+    ),
     device: Annotated[Optional[str], typer.Option(help="cuda or cpu.")] = None,
 ) -> None:
     """Write contextualized (patch) and compressed (cls) region embeddings of every store with a pretrained mixer."""
@@ -275,8 +378,14 @@ def encode(
 
     dev = choose_device(device)
     catalog = stores_catalog(stores)
-    paths = encode_stores(catalog.paths(), mixer, out, device=dev, on_slide=lambda s, what: console.print(f"{s}: {what}"),
-                          settings=catalog.shared_settings())
+    paths = encode_stores(
+        catalog.paths(),
+        mixer,
+        out,
+        device=dev,
+        on_slide=lambda s, what: console.print(f"{s}: {what}"),
+        settings=catalog.shared_settings(),
+    )
     console.print(f"Done: {len(paths)} slide(s) in {out}/")
 
 
@@ -289,15 +398,27 @@ def train(
     from .train.finetune import load_train_config, run_training
 
     cfg = load_train_config(config, set_)
-    console.print(f"Training AB-MIL on {cfg.bags} bags{' with a ' + cfg.mixer.init + ' mixer (' + cfg.mixer.output + ')' if cfg.mixer else ''} -> {cfg.out}", soft_wrap=True)
-    metrics = run_training(cfg, on_epoch=lambda h: console.print(f"epoch {h['epoch']:>3}  train loss {h['train_loss']:.4f}  tune AUROC {h['tune_auroc']:.3f}"))
+    console.print(
+        f"Training AB-MIL on {cfg.bags} "
+        f"bags{' with a ' + cfg.mixer.init + ' mixer (' + cfg.mixer.output + ')' if cfg.mixer else ''} -> {cfg.out}",
+        soft_wrap=True,
+    )
+    metrics = run_training(
+        cfg,
+        on_epoch=lambda h: console.print(
+            f"epoch {h['epoch']:>3}  train loss {h['train_loss']:.4f}  tune AUROC {h['tune_auroc']:.3f}"
+        ),
+    )
     _print_metrics(metrics)
 
 
 def _print_metrics(metrics: dict) -> None:
     for name in ("tune", "test"):
         m = metrics[name]
-        console.print(f"{name}: AUROC {m['auroc']:.3f} (95% CI {m['ci95'][0]:.3f}-{m['ci95'][1]:.3f}; {m['specimens']} specimens, {m['positive']} positive)")
+        console.print(
+            f"{name}: AUROC {m['auroc']:.3f} (95% CI {m['ci95'][0]:.3f}-{m['ci95'][1]:.3f}; {m['specimens']} "
+            f"specimens, {m['positive']} positive)"
+        )
     console.print(f"chosen epoch {metrics['best_epoch']} (on tune AUROC)")
 
 
@@ -319,16 +440,23 @@ def compare(
     from .eval.runs import compare_runs
 
     r = compare_runs(run_a, run_b, split)
-    console.print(f"{split}: AUROC {r.auc_a:.3f} vs {r.auc_b:.3f}, difference {r.difference:+.3f} (SE {r.std_error:.3f}), z = {r.z:.2f}, p = {r.p_value:.4f} (paired DeLong)")
+    console.print(
+        f"{split}: AUROC {r.auc_a:.3f} vs {r.auc_b:.3f}, difference {r.difference:+.3f} (SE {r.std_error:.3f}), z = "
+        f"{r.z:.2f}, p = {r.p_value:.4f} (paired DeLong)"
+    )
 
 
 @app.command()
-def experiment(grid: Annotated[Path, typer.Argument(help="Grid YAML: tasks, methods, seeds, pretrained mixers.")]) -> None:
+def experiment(
+    grid: Annotated[Path, typer.Argument(help="Grid YAML: tasks, methods, seeds, pretrained mixers.")],
+) -> None:
     """Run methods x tasks x seeds and write Table 1/2-style tables and a Fig. 3-style plot."""
     from .stages.experiments import load_grid, run_grid
 
     cfg = load_grid(grid)
-    run_grid(cfg, on_run=lambda t, m, s, auc, status: console.print(f"{t} / {m} / seed {s}: test AUROC {auc:.3f} ({status})"))
+    run_grid(
+        cfg, on_run=lambda t, m, s, auc, status: console.print(f"{t} / {m} / seed {s}: test AUROC {auc:.3f} ({status})")
+    )
     console.print((Path(cfg.out) / "results.md").read_text(), highlight=False)
     console.print(f"Tables: {cfg.out}/results.md, results.csv; plot: {cfg.out}/differences.png")
 
@@ -336,17 +464,40 @@ def experiment(grid: Annotated[Path, typer.Argument(help="Grid YAML: tasks, meth
 @app.command()
 def predict(
     run: Annotated[Path, typer.Option(help="A finished `mixmag train` run folder.")],
-    slides: Annotated[Optional[list[str]], typer.Argument(help="Slide files; with --stores, slide ids [every store there].")] = None,
-    cohort: Annotated[Optional[Path], typer.Option(help="CSV: 'path' (slide files) or, with --stores, 'slide'; optional 'specimen', 'mpp'.")] = None,
-    stores: Annotated[Optional[Path], typer.Option(help="Score existing stores (made with the run's settings) instead of raw slides.")] = None,
+    slides: Annotated[
+        Optional[list[str]], typer.Argument(help="Slide files; with --stores, slide ids [every store there].")
+    ] = None,
+    cohort: Annotated[
+        Optional[Path],
+        typer.Option(help="CSV: 'path' (slide files) or, with --stores, 'slide'; optional 'specimen', 'mpp'."),
+    ] = None,
+    stores: Annotated[
+        Optional[Path], typer.Option(help="Score existing stores (made with the run's settings) instead of raw slides.")
+    ] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Predictions CSV.")] = Path("predictions.csv"),
-    work: Annotated[Optional[Path], typer.Option(help="Tiles, stores, heatmaps of the new slides [next to --out: <name>_work/]; reused on reruns.")] = None,
-    weights: Annotated[Optional[Path], typer.Option(help="The encoder weights the run was trained with (foundation models).")] = None,
-    from_hub: Annotated[bool, typer.Option("--from-hub", help="Get the encoder weights from the Hugging Face hub.")] = False,
-    tissue_model: Annotated[Optional[Path], typer.Option(help="The tissue model the run's slides were tiled with, if it moved.")] = None,
-    heatmaps: Annotated[bool, typer.Option("--heatmaps/--no-heatmaps", help="Draw attention maps per magnification and top tiles.")] = True,
+    work: Annotated[
+        Optional[Path],
+        typer.Option(help="Tiles, stores, heatmaps of the new slides [next to --out: <name>_work/]; reused on reruns."),
+    ] = None,
+    weights: Annotated[
+        Optional[Path], typer.Option(help="The encoder weights the run was trained with (foundation models).")
+    ] = None,
+    from_hub: Annotated[
+        bool, typer.Option("--from-hub", help="Get the encoder weights from the Hugging Face hub.")
+    ] = False,
+    tissue_model: Annotated[
+        Optional[Path], typer.Option(help="The tissue model the run's slides were tiled with, if it moved.")
+    ] = None,
+    heatmaps: Annotated[
+        bool, typer.Option("--heatmaps/--no-heatmaps", help="Draw attention maps per magnification and top tiles.")
+    ] = True,
     top_k: Annotated[int, typer.Option(help="Most attended tiles shown per magnification.")] = 4,
-    attribution: Annotated[str, typer.Option(help="auto (AB-MIL attention; gradient x input for models weighing whole regions), attention or gradient.")] = "auto",
+    attribution: Annotated[
+        str,
+        typer.Option(
+            help="auto (AB-MIL attention; gradient x input for models weighing whole regions), attention or gradient."
+        ),
+    ] = "auto",
     device: Annotated[Optional[str], typer.Option(help="cuda, cpu [cuda when available] for embedding.")] = None,
     workers: Annotated[int, typer.Option(help="DataLoader workers for embedding.")] = 2,
 ) -> None:
@@ -359,8 +510,19 @@ def predict(
     inputs = prediction.read_inputs(slides, cohort, stores)
     work = work or out.with_name(f"{out.stem}_work")
     result = prediction.run(
-        run, inputs, out, work, weights=weights, from_hub=from_hub, tissue_model=tissue_model, heatmaps=heatmaps, top_k=top_k,
-        attribution=attribution, device=device, workers=workers, track=_track,
+        run,
+        inputs,
+        out,
+        work,
+        weights=weights,
+        from_hub=from_hub,
+        tissue_model=tissue_model,
+        heatmaps=heatmaps,
+        top_k=top_k,
+        attribution=attribution,
+        device=device,
+        workers=workers,
+        track=_track,
         on_run=lambda line: console.print(f"Run {run}: {line}", soft_wrap=True, highlight=False),
         on_note=lambda note: console.print(f"[yellow]note: {note}[/]", soft_wrap=True, highlight=False),
     )
@@ -384,8 +546,12 @@ def _print_predictions(outcomes, levels: list[str], bags: str) -> None:
     for col in ("slide", "score", *[f"{n} share" for n in levels], "note"):
         table.add_column(col)
     for o in outcomes:
-        table.add_row(o.slide_id, "" if o.score is None else f"{o.score:.4f}",
-                      *[f"{100 * o.level_share[n]:.0f}%" if n in o.level_share else "" for n in levels], o.problem or "")
+        table.add_row(
+            o.slide_id,
+            "" if o.score is None else f"{o.score:.4f}",
+            *[f"{100 * o.level_share[n]:.0f}%" if n in o.level_share else "" for n in levels],
+            o.problem or "",
+        )
     console.print(table)
 
 
@@ -393,7 +559,10 @@ def _print_predictions(outcomes, levels: list[str], bags: str) -> None:
 def report(
     run: Annotated[Path, typer.Argument(help="A run folder of `mixmag train`.")],
     timings: Annotated[Optional[Path], typer.Option(help="A timings.json to include (the demo writes one).")] = None,
-    heatmaps: Annotated[bool, typer.Option("--heatmaps/--no-heatmaps", help="Attention heatmaps of chosen test slides (reads the slides).")] = True,
+    heatmaps: Annotated[
+        bool,
+        typer.Option("--heatmaps/--no-heatmaps", help="Attention heatmaps of chosen test slides (reads the slides)."),
+    ] = True,
 ) -> None:
     """Write RUN/report.html, one self-contained page about a trained run.
 
@@ -406,7 +575,9 @@ def report(
 
 @app.command()
 def doctor(
-    slides: Annotated[Optional[list[Path]], typer.Argument(help="Slide files or folders (DICOM, OME-Zarr); none: only the readers.")] = None,
+    slides: Annotated[
+        Optional[list[Path]], typer.Argument(help="Slide files or folders (DICOM, OME-Zarr); none: only the readers.")
+    ] = None,
     mpp: Annotated[Optional[float], typer.Option(help="The mpp override `mixmag tile --mpp` would get.")] = None,
 ) -> None:
     """Which slide readers are installed, and per slide which of them read it, at what mpp, how fast, and what
@@ -448,7 +619,9 @@ def _print_slide_check(check) -> None:
         if b.tiles_per_s is not None:
             console.print(f"    reads {b.tiles_per_s:.0f} tiles/s (one core, central cells)", highlight=False)
         if b.diff_to_chosen is not None and b.backend != check.chosen:
-            console.print(f"    pixels vs {check.chosen}: mean |difference| {b.diff_to_chosen:.2f} grey levels", highlight=False)
+            console.print(
+                f"    pixels vs {check.chosen}: mean |difference| {b.diff_to_chosen:.2f} grey levels", highlight=False
+            )
     style = "green" if check.can_tile else "red"
     console.print(f"  [{style}]{check.verdict}[/]", highlight=False, soft_wrap=True)
 
@@ -463,7 +636,14 @@ def list_encoders() -> None:
         table.add_column(col)
     for name in preset_names():
         p = get_preset(name)
-        table.add_row(name, str(p.output_dim()), p.output, f"hf-hub:{p.hub_id}" if p.hub_id else ("built-in" if not p.needs_weights else "--weights"), p.description, p.license)
+        table.add_row(
+            name,
+            str(p.output_dim()),
+            p.output,
+            f"hf-hub:{p.hub_id}" if p.hub_id else ("built-in" if not p.needs_weights else "--weights"),
+            p.description,
+            p.license,
+        )
     console.print(table)
 
 
@@ -477,7 +657,12 @@ def store_validate(stores: Annotated[list[Path], typer.Argument(help="Store file
     for path in stores:
         try:
             s = read_store(path)
-            console.print(f"[green]{path}: ok[/] {len(s)} cells, levels {', '.join(f'{k} {v.shape[1]}' for k, v in s.embeddings.items())}, D {s.dim}, encoder {s.attrs.get('encoder')}", soft_wrap=True)
+            console.print(
+                f"[green]{path}: ok[/] {len(s)} cells, levels "
+                f"{', '.join(f'{k} {v.shape[1]}' for k, v in s.embeddings.items())}, D {s.dim}, encoder "
+                f"{s.attrs.get('encoder')}",
+                soft_wrap=True,
+            )
             good.append(path)
         except StoreError as exc:
             bad += 1
@@ -495,23 +680,34 @@ def store_validate(stores: Annotated[list[Path], typer.Argument(help="Store file
 @store_app.command("index")
 def store_index(
     folder: Annotated[Path, typer.Argument(help="Stores folder (flat, or with stores in nested sub-folders).")],
-    check: Annotated[bool, typer.Option("--check", help="Only report stale, missing, new and unreadable stores; write nothing; exit 1 if any.")] = False,
-    rebuild: Annotated[bool, typer.Option("--rebuild", help="Ignore the existing catalog and read every store's header.")] = False,
+    check: Annotated[
+        bool,
+        typer.Option(
+            "--check", help="Only report stale, missing, new and unreadable stores; write nothing; exit 1 if any."
+        ),
+    ] = False,
+    rebuild: Annotated[
+        bool, typer.Option("--rebuild", help="Ignore the existing catalog and read every store's header.")
+    ] = False,
 ) -> None:
     """Build or repair the folder's store catalog (mixmag-catalog.sqlite): also for stores made elsewhere."""
     from .catalog import CATALOG_NAME, refresh_catalog
 
     with _progress() as progress:
         task = progress.add_task("stores read", total=None)
-        catalog, report = refresh_catalog(folder, write=not check, rebuild=rebuild,
-                                          on_store=lambda i, n: progress.update(task, completed=i, total=n))
+        catalog, report = refresh_catalog(
+            folder, write=not check, rebuild=rebuild, on_store=lambda i, n: progress.update(task, completed=i, total=n)
+        )
     for sentence in report.sentences(folder):
         console.print(f"[yellow]{sentence}[/]", soft_wrap=True, highlight=False)
     kinds = {e.settings for e in catalog.entries}
     what = "checked" if check else "catalogued"
-    console.print(f"{len(catalog)} store(s) {what} in {folder / CATALOG_NAME}; {len(kinds)} distinct pipeline setting(s), "
-                  f"{sum(e.regions for e in catalog.entries):,} regions, {sum(e.contexts for e in catalog.entries):,} contexts",
-                  soft_wrap=True, highlight=False)
+    console.print(
+        f"{len(catalog)} store(s) {what} in {folder / CATALOG_NAME}; {len(kinds)} distinct pipeline setting(s), "
+        f"{sum(e.regions for e in catalog.entries):,} regions, {sum(e.contexts for e in catalog.entries):,} contexts",
+        soft_wrap=True,
+        highlight=False,
+    )
     if check and (report.changed or report.unreadable):
         raise typer.Exit(1)
     if report.unreadable:
@@ -542,10 +738,21 @@ def _each(items: list, label: str, work) -> int:
 @store_app.command("export")
 def store_export(
     stores: Annotated[list[Path], typer.Argument(help="Store files (.h5).")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (see --format for its layout).")] = Path("exported"),
-    format: Annotated[PeerFormat, typer.Option("--format", help="trident: <out>/<mag>x_224px_0px_overlap/features_<encoder>/<slide>.h5; "
-                                               "clam: <out>/<mag>x/h5_files/<slide>.h5 + pt_files/<slide>.pt.")] = PeerFormat.trident,
-    plans: Annotated[Optional[Path], typer.Option(help="Plans folder the stores were made from [where each store recorded its plan].")] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (see --format for its layout).")] = Path(
+        "exported"
+    ),
+    format: Annotated[
+        PeerFormat,
+        typer.Option(
+            "--format",
+            help="trident: <out>/<mag>x_224px_0px_overlap/features_<encoder>/<slide>.h5; "
+            "clam: <out>/<mag>x/h5_files/<slide>.h5 + pt_files/<slide>.pt.",
+        ),
+    ] = PeerFormat.trident,
+    plans: Annotated[
+        Optional[Path],
+        typer.Option(help="Plans folder the stores were made from [where each store recorded its plan]."),
+    ] = None,
 ) -> None:
     """Export stores as TRIDENT or CLAM feature files that those tools' own code reads (one set per magnification)."""
     from .interop import clam, trident
@@ -567,9 +774,13 @@ def store_export(
 @store_app.command("coords")
 def store_coords(
     plans: Annotated[Path, typer.Option(help="Plans folder of `mixmag tile`.")] = Path("tiles"),
-    out: Annotated[Path, typer.Option("--out", "-o", help="TRIDENT job folder (--job_dir) to write the coordinates into.")] = Path("trident_job"),
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="TRIDENT job folder (--job_dir) to write the coordinates into.")
+    ] = Path("trident_job"),
     slide: Annotated[Optional[list[str]], typer.Option(help="Only these slide ids [every plan].")] = None,
-    format: Annotated[PeerFormat, typer.Option("--format", help="Only trident: patch coordinate files.")] = PeerFormat.trident,
+    format: Annotated[
+        PeerFormat, typer.Option("--format", help="Only trident: patch coordinate files.")
+    ] = PeerFormat.trident,
 ) -> None:
     """Write mixmag's tiles as TRIDENT patch coordinates (<out>/<mag>x_224px_0px_overlap/patches/<slide>_patches.h5),
     so that TRIDENT extracts features with any of its encoders at exactly these tiles."""
@@ -577,7 +788,9 @@ def store_coords(
     from .interop.plans import plans_in
 
     if format is not PeerFormat.trident:
-        raise OptionError("mixmag writes patch coordinates for TRIDENT only (--format trident); CLAM's feature files can be imported.")
+        raise OptionError(
+            "mixmag writes patch coordinates for TRIDENT only (--format trident); CLAM's feature files can be imported."
+        )
     found = plans_in(plans, slide)
 
     def write(item) -> str:
@@ -588,28 +801,44 @@ def store_coords(
 
     failed = _each(found, "coords", write)
     mags = " ".join(f"{10 / m:g}" for m in found[0][1].levels.mpps) if found else "20"
-    console.print(f"next, for each magnification M in {mags}: python run_batch_of_slides.py --task feat --job_dir {out} "
-                  f"--wsi_dir SLIDES --patch_encoder ENCODER --mag M --patch_size {found[0][1].params.tile_px if found else 224}; "
-                  f"then `mixmag store import {out} --format trident --plans {plans} --out STORES`", soft_wrap=True, highlight=False)
+    console.print(
+        f"next, for each magnification M in {mags}: python run_batch_of_slides.py --task feat --job_dir {out} "
+        "--wsi_dir SLIDES --patch_encoder ENCODER --mag M --patch_size "
+        f"{found[0][1].params.tile_px if found else 224}; "
+        f"then `mixmag store import {out} --format trident --plans {plans} --out STORES`",
+        soft_wrap=True,
+        highlight=False,
+    )
     if failed:
         raise typer.Exit(1)
 
 
 @store_app.command("import")
 def store_import(
-    folder: Annotated[Path, typer.Argument(help="TRIDENT job folder (--format trident) or CLAM feature folder(s) (--format clam).")],
-    plans: Annotated[Path, typer.Option(help="Plans folder of `mixmag tile`: the tiles every file must hold exactly.")] = Path("tiles"),
+    folder: Annotated[
+        Path, typer.Argument(help="TRIDENT job folder (--format trident) or CLAM feature folder(s) (--format clam).")
+    ],
+    plans: Annotated[
+        Path, typer.Option(help="Plans folder of `mixmag tile`: the tiles every file must hold exactly.")
+    ] = Path("tiles"),
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the stores (<slide>.h5).")] = Path("stores"),
-    format: Annotated[PeerFormat, typer.Option("--format", help="trident: <folder>/<mag>x_224px_0px_overlap/features_<encoder>/; "
-                                               "clam: <folder>[/<any>]/h5_files/.")] = PeerFormat.trident,
+    format: Annotated[
+        PeerFormat,
+        typer.Option(
+            "--format",
+            help="trident: <folder>/<mag>x_224px_0px_overlap/features_<encoder>/; clam: <folder>[/<any>]/h5_files/.",
+        ),
+    ] = PeerFormat.trident,
     slide: Annotated[Optional[list[str]], typer.Option(help="Only these slide ids [every plan].")] = None,
-    encoder: Annotated[Optional[str], typer.Option(help="Encoder name: picks TRIDENT's features_<encoder>; required for CLAM files.")] = None,
+    encoder: Annotated[
+        Optional[str], typer.Option(help="Encoder name: picks TRIDENT's features_<encoder>; required for CLAM files.")
+    ] = None,
 ) -> None:
     """Build stores from TRIDENT or CLAM feature files made at mixmag's tiles (`mixmag store coords`, or `mixmag store
     export`): every level present, exactly the plan's tiles, one encoder; refused with the slide, level and reason."""
+    from .ids import path_for_id
     from .interop import clam, trident
     from .interop.plans import plans_in
-    from .ids import path_for_id
     from .store import write_store
 
     found = plans_in(plans, slide)
@@ -626,7 +855,9 @@ def store_import(
         raise typer.Exit(1)
 
 
-export_app = typer.Typer(no_args_is_help=True, help="Files for other tools (stores to TRIDENT/CLAM: `mixmag store export`).")
+export_app = typer.Typer(
+    no_args_is_help=True, help="Files for other tools (stores to TRIDENT/CLAM: `mixmag store export`)."
+)
 app.add_typer(export_app, name="export")
 
 
@@ -634,8 +865,13 @@ app.add_typer(export_app, name="export")
 def export_qupath(
     plans: Annotated[Path, typer.Option(help="Plans folder of `mixmag tile`.")] = Path("tiles"),
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for <slide>.geojson.")] = Path("qupath"),
-    attributions: Annotated[Optional[Path], typer.Option(help="heatmaps/ folder of `mixmag predict`'s work folder: adds each "
-                                                        "region's attention and per-magnification attribution.")] = None,
+    attributions: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="heatmaps/ folder of `mixmag predict`'s work folder: adds each "
+            "region's attention and per-magnification attribution."
+        ),
+    ] = None,
     slide: Annotated[Optional[list[str]], typer.Option(help="Only these slide ids [every plan].")] = None,
 ) -> None:
     """QuPath GeoJSON per slide (level-0 px): tissue as annotations, accepted regions as tiles with their tissue
@@ -668,7 +904,14 @@ def synth_slide(
         raise OptionError(f"unknown content {content!r}; use tissue or position")
     image = tissue_like(width, height, mpp, seed=seed) if content == "tissue" else position_code(width, height, mpp)
     try:
-        path = write_slide(out, image, mpp, downsamples=[int(d) for d in downsamples.split(",")], flavor=flavor, compression=compression)
+        path = write_slide(
+            out,
+            image,
+            mpp,
+            downsamples=[int(d) for d in downsamples.split(",")],
+            flavor=flavor,
+            compression=compression,
+        )
     except ValueError as exc:  # the writer's own sentence on sizes and flavours
         raise OptionError(str(exc)) from exc
     console.print(f"wrote {path} ({width}x{height} px at {mpp:g} um/px, {flavor})")
@@ -676,7 +919,9 @@ def synth_slide(
 
 @bench_app.command("tile")
 def bench_tile(
-    workdir: Annotated[Path, typer.Option(help="Where the generated benchmark slides are kept (reused).")] = Path(".mixmag-bench"),
+    workdir: Annotated[Path, typer.Option(help="Where the generated benchmark slides are kept (reused).")] = Path(
+        ".mixmag-bench"
+    ),
     size: Annotated[int, typer.Option(help="Side of the generated 40x-style slide in pixels.")] = 8192,
     cells: Annotated[int, typer.Option(help="Cells read per method and round.")] = 16,
     rounds: Annotated[int, typer.Option(help="Rounds; the best round of each method counts.")] = 3,
@@ -690,7 +935,9 @@ def bench_tile(
 @bench_app.command("env")
 def bench_env(
     out: Annotated[Optional[Path], typer.Option(help="Also write the report here as JSON.")] = None,
-    expect_under: Annotated[Optional[Path], typer.Option(help="Fail unless mixmag is imported from under this folder.")] = None,
+    expect_under: Annotated[
+        Optional[Path], typer.Option(help="Fail unless mixmag is imported from under this folder.")
+    ] = None,
 ) -> None:
     """Check this Python environment before a benchmark: requirements, versions, every module importable."""
     import json
@@ -713,7 +960,9 @@ def bench_env(
 
 @bench_app.command("embed")
 def bench_embed(
-    workdir: Annotated[Path, typer.Option(help="Where the generated benchmark slide is kept (reused).")] = Path(".mixmag-bench"),
+    workdir: Annotated[Path, typer.Option(help="Where the generated benchmark slide is kept (reused).")] = Path(
+        ".mixmag-bench"
+    ),
     side: Annotated[int, typer.Option(help="Side of the generated 20x slide in pixels.")] = 6144,
     workers: Annotated[int, typer.Option(help="DataLoader workers for the GPU run.")] = 8,
     batch_cells: Annotated[int, typer.Option(help="Cells per batch for the GPU run (21 tiles each).")] = 16,
@@ -726,34 +975,58 @@ def bench_embed(
 
 @bench_app.command("scale")
 def bench_scale(
-    workdir: Annotated[Path, typer.Option(help="Where the generated stores are kept (reused; ~10 KB per store).")] = Path(".mixmag-bench"),
-    n: Annotated[Optional[list[int]], typer.Option("--n", help="Store counts (repeat: --n 1000 --n 10000) [1k, 10k, 100k].")] = None,
+    workdir: Annotated[
+        Path, typer.Option(help="Where the generated stores are kept (reused; ~10 KB per store).")
+    ] = Path(".mixmag-bench"),
+    n: Annotated[
+        Optional[list[int]], typer.Option("--n", help="Store counts (repeat: --n 1000 --n 10000) [1k, 10k, 100k].")
+    ] = None,
     cohort: Annotated[int, typer.Option(help="Slides in the cohort loaded out of N.")] = 1000,
     shard: Annotated[int, typer.Option(help="Sub-folder levels by slide-id prefix (0: one flat folder).")] = 1,
-    headers_up_to: Annotated[Optional[int], typer.Option(help="Above this N, skip what opens every store (catalog build, runs without it).")] = None,
+    headers_up_to: Annotated[
+        Optional[int], typer.Option(help="Above this N, skip what opens every store (catalog build, runs without it).")
+    ] = None,
 ) -> None:
-    """Start-up at corpus scale: catalog build, first pretraining batch, a cohort out of N, peak RSS; with and without the catalog."""
+    """Start-up at corpus scale: catalog build, first pretraining batch, a cohort out of N, peak RSS; with and without the catalog."""  # noqa: E501
     from .bench.scale import run_scale_benchmark
 
-    run_scale_benchmark(workdir, sizes=n or [1000, 10_000, 100_000], cohort=cohort, shard=shard, headers_up_to=headers_up_to,
-                        console=console)
+    run_scale_benchmark(
+        workdir,
+        sizes=n or [1000, 10_000, 100_000],
+        cohort=cohort,
+        shard=shard,
+        headers_up_to=headers_up_to,
+        console=console,
+    )
 
 
 @bench_app.command("pretrain")
 def bench_pretrain(
-    workdir: Annotated[Path, typer.Option(help="Where the generated stores are kept (reused).")] = Path(".mixmag-bench"),
+    workdir: Annotated[Path, typer.Option(help="Where the generated stores are kept (reused).")] = Path(
+        ".mixmag-bench"
+    ),
     gpu_batch: Annotated[int, typer.Option(help="Batch for the paper preset on a GPU.")] = 1024,
     steps: Annotated[Optional[int], typer.Option(help="Timed steps [20 on GPU, 5 on CPU].")] = None,
     cpu_batch: Annotated[int, typer.Option(help="Batch on CPU.")] = 32,
     cpu_preset: Annotated[str, typer.Option(help="Mixer preset on CPU (paper, small, tiny).")] = "small",
     loader_batches: Annotated[int, typer.Option(help="Batches timed per loader rate.")] = 100,
-    profile_below: Annotated[float, typer.Option(help="Profile one step when the best MFU is under this (0: never).")] = 0.65,
+    profile_below: Annotated[
+        float, typer.Option(help="Profile one step when the best MFU is under this (0: never).")
+    ] = 0.65,
 ) -> None:
     """Region loader regions/s per worker; training samples/s, FLOPs/sample and MFU."""
     from .bench.pretrain import run_pretrain_benchmark
 
-    run_pretrain_benchmark(workdir, console=console, gpu_batch=gpu_batch, steps=steps, cpu_batch=cpu_batch, cpu_preset=cpu_preset,
-                           loader_batches=loader_batches, profile_below=profile_below)
+    run_pretrain_benchmark(
+        workdir,
+        console=console,
+        gpu_batch=gpu_batch,
+        steps=steps,
+        cpu_batch=cpu_batch,
+        cpu_preset=cpu_preset,
+        loader_batches=loader_batches,
+        profile_below=profile_below,
+    )
 
 
 @app.command()
@@ -774,8 +1047,13 @@ def demo(
 
 @app.command()
 def benchmark(
-    config: Annotated[Optional[Path], typer.Option(help="Benchmark config (default: the built-in settings, written out in configs/benchmark.yaml).")] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output folder (default: the config's `out`).")] = None,
+    config: Annotated[
+        Optional[Path],
+        typer.Option(help="Benchmark config (default: the built-in settings, written out in configs/benchmark.yaml)."),
+    ] = None,
+    out: Annotated[
+        Optional[Path], typer.Option("--out", "-o", help="Output folder (default: the config's `out`).")
+    ] = None,
 ) -> None:
     """Benchmark v2 on CPU: four synthetic multi-scale tasks at the embedding level, methods x seeds, mean ± sd,
     bootstrap CIs, paired DeLong p against AB-MIL 20x, and the magnification attribution check."""

@@ -35,8 +35,14 @@ MAX_CONFIG_VALUES = 100_000  # after expanding aliases: a "billion laughs" file 
 KeyPath = tuple[Any, ...]
 
 
-def load_config(model: type[M], path: str | Path | None, sets: Sequence[str] | None = None, *,
-                section: str | None = None, options: Mapping[str, Any] | None = None) -> M:
+def load_config(
+    model: type[M],
+    path: str | Path | None,
+    sets: Sequence[str] | None = None,
+    *,
+    section: str | None = None,
+    options: Mapping[str, Any] | None = None,
+) -> M:
     """Validate `path` (a YAML mapping; with `section`, that key's mapping when the file has one), then the
     `--set key=value` strings (dotted keys reach into sections: mixer.depth=4), then `options` (command-line flags
     already parsed; None values are left out) as one `model`."""
@@ -69,7 +75,9 @@ def read_yaml_mapping(path: str | Path) -> tuple[dict, dict[KeyPath, int]]:
     try:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: not a UTF-8 text file (byte {exc.start} cannot be decoded); give a YAML config file") from None
+        raise ConfigError(
+            f"{path}: not a UTF-8 text file (byte {exc.start} cannot be decoded); give a YAML config file"
+        ) from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot be read ({exc.strerror or exc})") from None
     if len(text) > MAX_CONFIG_CHARS:
@@ -77,15 +85,19 @@ def read_yaml_mapping(path: str | Path) -> tuple[dict, dict[KeyPath, int]]:
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         if node is not None and _expanded_size(node, {}) > MAX_CONFIG_VALUES:
-            raise ConfigError(f"{path}: expands to more than {MAX_CONFIG_VALUES:,} values through YAML aliases (*name); "
-                              "write the settings out")
+            raise ConfigError(
+                f"{path}: expands to more than {MAX_CONFIG_VALUES:,} values through YAML aliases (*name); "
+                "write the settings out"
+            )
         data = yaml.safe_load(text)
     except RecursionError:
         raise ConfigError(f"{path}: nested too deeply to be a config; fix the file") from None
     except yaml.MarkedYAMLError as exc:
         mark, context = exc.problem_mark or exc.context_mark, exc.context_mark
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        opened = f" {exc.context} from line {context.line + 1}" if exc.context and context and context is not mark else ""
+        opened = (
+            f" {exc.context} from line {context.line + 1}" if exc.context and context and context is not mark else ""
+        )
         tab = " (YAML indents with spaces, never tabs)" if "\\t" in str(exc.problem) or "\t" in str(exc.problem) else ""
         raise ConfigError(f"{path}{where}: not valid YAML: {exc.problem}{opened}{tab}; fix the file") from None
     except yaml.YAMLError as exc:
@@ -93,8 +105,10 @@ def read_yaml_mapping(path: str | Path) -> tuple[dict, dict[KeyPath, int]]:
     if node is None or data is None:
         raise ConfigError(f"{path}: the file is empty; it should hold `key: value` settings")
     if not isinstance(data, dict):
-        raise ConfigError(f"{path} line {node.start_mark.line + 1}: expected a mapping of `key: value` settings, "
-                          f"found a {_yaml_kind(data)}")
+        raise ConfigError(
+            f"{path} line {node.start_mark.line + 1}: expected a mapping of `key: value` settings, "
+            f"found a {_yaml_kind(data)}"
+        )
     lines: dict[KeyPath, int] = {}
     try:
         _key_lines(path, node, (), lines)
@@ -141,13 +155,18 @@ def _leaves(options: Mapping[str, Any], prefix: KeyPath):
 def _expanded_size(node: yaml.Node, memo: dict[int, int]) -> int:
     """How many values the node stands for once aliases are expanded (each shared node counted once per use)."""
     if id(node) not in memo:
-        children = node.value if isinstance(node, yaml.SequenceNode) else (
-            [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else [])
+        children = (
+            node.value
+            if isinstance(node, yaml.SequenceNode)
+            else ([n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else [])
+        )
         memo[id(node)] = 1 + sum(_expanded_size(child, memo) for child in children)
     return memo[id(node)]
 
 
-def _key_lines(path: Path, node: yaml.Node, prefix: KeyPath, lines: dict[KeyPath, int], seen: set[int] | None = None) -> None:
+def _key_lines(
+    path: Path, node: yaml.Node, prefix: KeyPath, lines: dict[KeyPath, int], seen: set[int] | None = None
+) -> None:
     seen = set() if seen is None else seen
     if id(node) in seen:  # an alias: its keys were located where the anchor is
         return
@@ -158,8 +177,10 @@ def _key_lines(path: Path, node: yaml.Node, prefix: KeyPath, lines: dict[KeyPath
                 continue  # safe_load refuses it with its line
             key = (*prefix, key_node.value)
             if key in lines:
-                raise ConfigError(f"{path} line {key_node.start_mark.line + 1}: `{_dotted(key)}` is given twice "
-                                  f"(first on line {lines[key]}); keep one")
+                raise ConfigError(
+                    f"{path} line {key_node.start_mark.line + 1}: `{_dotted(key)}` is given twice "
+                    f"(first on line {lines[key]}); keep one"
+                )
             lines[key] = key_node.start_mark.line + 1
             _key_lines(path, value_node, key, lines, seen)
     elif isinstance(node, yaml.SequenceNode):
@@ -170,7 +191,9 @@ def _key_lines(path: Path, node: yaml.Node, prefix: KeyPath, lines: dict[KeyPath
 
 def _describe(error: dict, model: type[BaseModel], path: str | Path | None, lines: dict, overridden: dict) -> str:
     loc = tuple(error["loc"])
-    origin = next((label for key, label in overridden.items() if loc and (loc[: len(key)] == key or key[: len(loc)] == loc)), None)
+    origin = next(
+        (label for key, label in overridden.items() if loc and (loc[: len(key)] == key or key[: len(loc)] == loc)), None
+    )
     if origin is None:
         if path is None:
             origin = "the settings"
@@ -182,8 +205,11 @@ def _describe(error: dict, model: type[BaseModel], path: str | Path | None, line
     if error["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
         known = _known_keys(model, loc[:-1])
         hint = difflib.get_close_matches(str(loc[-1]), known, n=1)
-        return (f"{origin}: unknown setting `{_dotted(loc)}`" + (f" (did you mean `{hint[0]}`?)" if hint else "")
-                + (f"; known: {', '.join(known)}" if known else ""))
+        return (
+            f"{origin}: unknown setting `{_dotted(loc)}`"
+            + (f" (did you mean `{hint[0]}`?)" if hint else "")
+            + (f"; known: {', '.join(known)}" if known else "")
+        )
     message = error["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
     if error["type"] == "missing":
         return f"{origin}: `{_dotted(loc)}` is required"
@@ -228,4 +254,6 @@ def _dotted(loc: KeyPath) -> str:
 
 
 def _yaml_kind(value: Any) -> str:
-    return {list: "list", str: "single string", int: "number", float: "number", bool: "boolean"}.get(type(value), type(value).__name__)
+    return {list: "list", str: "single string", int: "number", float: "number", bool: "boolean"}.get(
+        type(value), type(value).__name__
+    )

@@ -31,7 +31,9 @@ class DistInfo:
 
 def dist_from_env() -> DistInfo:
     """Rank and world size as torchrun sets them (1 process when absent)."""
-    return DistInfo(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0)))
+    return DistInfo(
+        int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
+    )
 
 
 def choose_device(name: str | None = None, dist: DistInfo = DistInfo()) -> torch.device:

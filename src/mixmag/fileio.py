@@ -34,8 +34,10 @@ class DiskFullError(MixmagError):
     def __init__(self, path: str | Path, *, needed: int | None = None, free: int | None = None) -> None:
         self.path = str(path)
         sizes = "" if needed is None or free is None else f" (needs at least {_size(needed)}, {_size(free)} free)"
-        super().__init__(f"no space left on device writing {self.path}{sizes}: free some space and run the same "
-                         "command again; finished outputs are intact and partial ones were removed")
+        super().__init__(
+            f"no space left on device writing {self.path}{sizes}: free some space and run the same "
+            "command again; finished outputs are intact and partial ones were removed"
+        )
 
 
 def _size(nbytes: int | None) -> str:
@@ -197,8 +199,9 @@ class FolderLock:
             handle.seek(0)
             holder = handle.read().decode("utf-8", "replace").strip() or "another process"
             handle.close()
-            raise RunLockedError(f"{self.what} is in use by {holder}: wait for it to finish, or use another "
-                                 "output folder") from None
+            raise RunLockedError(
+                f"{self.what} is in use by {holder}: wait for it to finish, or use another output folder"
+            ) from None
         handle.truncate(0)
         try:
             handle.write(f"pid {os.getpid()} on {socket.gethostname()} ({self.purpose})\n".encode())

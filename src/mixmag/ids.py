@@ -32,7 +32,9 @@ def check_id(value: object, *, what: str = "slide id", where: str = "", fix: str
     raise UnsafeIdError(f"{prefix}{what} {value!r} is not a safe file name; use {ID_RULE}.{hint}")
 
 
-def path_for_id(folder: str | Path, value: object, suffix: str = "", *, what: str = "slide id", where: str = "") -> Path:
+def path_for_id(
+    folder: str | Path, value: object, suffix: str = "", *, what: str = "slide id", where: str = ""
+) -> Path:
     """`folder/<id><suffix>` for a checked id, refused if it would resolve outside `folder`."""
     folder = Path(folder)
     path = folder / f"{check_id(value, what=what, where=where)}{suffix}"

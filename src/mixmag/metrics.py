@@ -106,7 +106,9 @@ def bootstrap_auroc(labels, scores, *, n_boot: int = 2000, level: float = 0.95, 
     return AurocCI(auroc(labels, scores), float(low), float(high), n_boot, int(pos.size), int(neg.size))
 
 
-def specimen_scores(slide_scores: dict[str, float], specimen_of: dict[str, str], reduce: str = "max") -> dict[str, float]:
+def specimen_scores(
+    slide_scores: dict[str, float], specimen_of: dict[str, str], reduce: str = "max"
+) -> dict[str, float]:
     """Specimen score from its slides' scores (max by default: one positive slide makes a positive specimen)."""
     grouped: dict[str, list[float]] = {}
     for slide, score in slide_scores.items():

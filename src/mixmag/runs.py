@@ -78,8 +78,15 @@ class TrainRun:
 
     def missing(self) -> list[str]:
         """The names of the files a finished run has and this folder lacks."""
-        files = [self.weights, self.config, self.splits, self.pipeline, self.predictions("tune"), self.predictions("test"),
-                 self.metrics]
+        files = [
+            self.weights,
+            self.config,
+            self.splits,
+            self.pipeline,
+            self.predictions("tune"),
+            self.predictions("test"),
+            self.metrics,
+        ]
         return [f.name for f in files if not f.is_file()]
 
     def is_complete(self) -> bool:
@@ -96,8 +103,9 @@ class TrainRun:
             torch.save(state, tmp)
         return self.weights
 
-    def write_results(self, *, config: dict, splits: dict, pipeline: dict, predictions: dict[str, list[dict]],
-                      metrics: dict) -> None:
+    def write_results(
+        self, *, config: dict, splits: dict, pipeline: dict, predictions: dict[str, list[dict]], metrics: dict
+    ) -> None:
         """Everything but the weights; metrics.json last, so that a complete-looking folder is complete."""
         write_json_atomic(self.config, config, indent=1)
         write_json_atomic(self.splits, splits, indent=1)
@@ -138,8 +146,10 @@ class TrainRun:
             return None
         pipeline = self._json(self.pipeline)
         if int(pipeline.get("run_format", 0)) > RUN_FORMAT_VERSION:
-            raise RunMismatchError(f"{self.folder}: written by mixmag {pipeline.get('mixmag_version')} (run format "
-                                   f"{pipeline['run_format']}), newer than this mixmag {__version__}; upgrade mixmag to use it")
+            raise RunMismatchError(
+                f"{self.folder}: written by mixmag {pipeline.get('mixmag_version')} (run format "
+                f"{pipeline['run_format']}), newer than this mixmag {__version__}; upgrade mixmag to use it"
+            )
         return pipeline
 
     def read_predictions(self, split: str) -> list[dict]:
@@ -151,4 +161,6 @@ class TrainRun:
 
     def read_weights(self) -> dict[str, torch.Tensor]:
         """best.pt, tensors only (a file holding anything else is refused in one sentence)."""
-        return load_state_dict_file(self._need(self.weights), fix="retrain the run with `mixmag train`; never load it otherwise")
+        return load_state_dict_file(
+            self._need(self.weights), fix="retrain the run with `mixmag train`; never load it otherwise"
+        )

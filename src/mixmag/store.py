@@ -26,7 +26,15 @@ from .slides.tiling import TilingPlan, plan_digest
 STORE_FORMAT_VERSION = 1
 STORE_SUFFIX = ".h5"
 # provenance that must agree between the stores a model was trained on and the ones it predicts on
-STORE_MUST_MATCH = ("encoder", "encoder_weights_digest", "encoder_output", "embedding_dim", "level_mpps", "tile_px", "region_size")
+STORE_MUST_MATCH = (
+    "encoder",
+    "encoder_weights_digest",
+    "encoder_output",
+    "embedding_dim",
+    "level_mpps",
+    "tile_px",
+    "region_size",
+)
 
 
 # how pixels were read, tissue found and the encoder run: stores that differ here still share one embedding space
@@ -150,12 +158,19 @@ def settings_in_common(groups: Sequence[tuple[dict, int, Path]]) -> dict:
         kept[key] = json.loads(common)
         if len(counts) == 1:
             continue
-        detail = "; ".join(f"{v} in {n} store(s), e.g. {g}" for v, (n, g) in sorted(counts.items(), key=lambda i: -i[1][0]))
+        detail = "; ".join(
+            f"{v} in {n} store(s), e.g. {g}" for v, (n, g) in sorted(counts.items(), key=lambda i: -i[1][0])
+        )
         if key in STORE_MUST_MATCH:
-            raise StoreError(f"the stores were made differently ({key}: {detail}); embeddings of different encoders or "
-                             "tilings cannot be mixed: re-tile/re-embed the odd ones with the others' settings "
-                             "(`mixmag embed --force`), or keep them in separate folders")
-        warnings.warn(MixedStoresWarning(f"the stores differ in {key} ({detail}); recorded for prediction: {common}"), stacklevel=3)
+            raise StoreError(
+                f"the stores were made differently ({key}: {detail}); embeddings of different encoders or "
+                "tilings cannot be mixed: re-tile/re-embed the odd ones with the others' settings "
+                "(`mixmag embed --force`), or keep them in separate folders"
+            )
+        warnings.warn(
+            MixedStoresWarning(f"the stores differ in {key} ({detail}); recorded for prediction: {common}"),
+            stacklevel=3,
+        )
     return kept
 
 
@@ -193,8 +208,13 @@ def read_index(path: str | Path) -> StoreIndex:
     checked first (shapes, dtypes, sizes) and the cells must lie in the slide's grid."""
     path = Path(path)
     with _open_store(path) as (f, attrs, names):
-        index = StoreIndex(rc=f["cells/rc"][()], windows={name: f[f"windows/{name}"][()] for name in f.get("windows", {})},
-                           level_names=names, attrs=attrs, dim=int(f[f"emb/{names[0]}"].shape[-1]))
+        index = StoreIndex(
+            rc=f["cells/rc"][()],
+            windows={name: f[f"windows/{name}"][()] for name in f.get("windows", {})},
+            level_names=names,
+            attrs=attrs,
+            dim=int(f[f"emb/{names[0]}"].shape[-1]),
+        )
     problems = _id_problems(attrs) + _cell_problems(index.rc, index.windows, attrs)
     if problems:
         raise StoreError(f"{path}: invalid store: " + "; ".join(problems))
@@ -278,7 +298,9 @@ def layout_problems(f: h5py.File, attrs: dict) -> list[str]:
     for i, name in enumerate(names):
         emb = f[f"emb/{name}"]
         if emb.ndim != 3 or emb.shape[0] != n or emb.shape[1] != 4**i or not 1 <= emb.shape[2] <= MAX_DIM:
-            problems.append(f"emb/{name} declares shape {emb.shape}, expected ({n}, {4**i}, D) with 1 <= D <= {MAX_DIM}")
+            problems.append(
+                f"emb/{name} declares shape {emb.shape}, expected ({n}, {4**i}, D) with 1 <= D <= {MAX_DIM}"
+            )
         if emb.dtype not in EMBEDDING_DTYPES:
             problems.append(f"emb/{name} is {emb.dtype}; embeddings are float16 (or float32)")
         total += emb.size * emb.dtype.itemsize
@@ -290,7 +312,9 @@ def layout_problems(f: h5py.File, attrs: dict) -> list[str]:
         stored = dset.id.get_storage_size()
         filtered = bool(dset.compression) or bool(getattr(dset, "_filters", None))
         if dset.size and (stored * _MAX_COMPRESSION < dset.nbytes if filtered else stored < dset.nbytes):
-            problems.append(f"{dset.name} declares {dset.nbytes} bytes but the file holds {stored} for it (truncated or forged)")
+            problems.append(
+                f"{dset.name} declares {dset.nbytes} bytes but the file holds {stored} for it (truncated or forged)"
+            )
     return problems
 
 
@@ -304,17 +328,25 @@ def _id_problems(attrs: dict) -> list[str]:
 def _cell_problems(rc: np.ndarray, windows: dict[str, np.ndarray], attrs: dict) -> list[str]:
     """Cells and windows must lie in the slide's grid (its recorded grid_shape, else MAX_GRID_SIDE a side)."""
     grid = attrs.get("grid_shape")
-    if grid is not None and not (isinstance(grid, list) and len(grid) == 2 and all(isinstance(v, int) and 0 <= v <= MAX_GRID_SIDE for v in grid)):
+    if grid is not None and not (
+        isinstance(grid, list) and len(grid) == 2 and all(isinstance(v, int) and 0 <= v <= MAX_GRID_SIDE for v in grid)
+    ):
         return [f"attribute grid_shape {grid!r} is not [rows, cols] with at most {MAX_GRID_SIDE} a side"]
     rows, cols = grid or (MAX_GRID_SIDE, MAX_GRID_SIDE)
     where = f"the slide's {rows} x {cols} grid" if grid else f"a {MAX_GRID_SIDE} x {MAX_GRID_SIDE} grid"
     problems = []
-    for name, cells, size in [("cells/rc", rc, 1), *((f"windows/{k}", w, _window_size(k, attrs)) for k, w in windows.items())]:
+    for name, cells, size in [
+        ("cells/rc", rc, 1),
+        *((f"windows/{k}", w, _window_size(k, attrs)) for k, w in windows.items()),
+    ]:
         if cells.ndim != 2 or cells.shape[1] != 2 or not cells.size:
             continue
         low, high = cells.min(axis=0), cells.max(axis=0)
         if low.min() < 0 or high[0] + size > rows or high[1] + size > cols:
-            problems.append(f"{name} holds cells outside {where} (rows {low[0]}..{high[0] + size - 1}, cols {low[1]}..{high[1] + size - 1})")
+            problems.append(
+                f"{name} holds cells outside {where} (rows {low[0]}..{high[0] + size - 1}, cols "
+                f"{low[1]}..{high[1] + size - 1})"
+            )
     return problems
 
 
@@ -391,6 +423,8 @@ def store_from_plan(plan: TilingPlan, levels: Sequence[np.ndarray], attrs: dict)
         tissue=np.asarray(plan.cell_tissue, np.float32),
         embeddings=dict(zip(plan.levels.names, levels)),
         attrs=attrs,
-        windows={"regions": np.asarray(plan.regions, np.int32).reshape(-1, 2),
-                 "contexts": np.asarray(plan.contexts, np.int32).reshape(-1, 2)},
+        windows={
+            "regions": np.asarray(plan.regions, np.int32).reshape(-1, 2),
+            "contexts": np.asarray(plan.contexts, np.int32).reshape(-1, 2),
+        },
     )

@@ -45,8 +45,10 @@ def read_table(path: str | Path, *, what: str = "cohort table") -> Table:
         header.pop()  # a trailing comma after the last column name
     twice = sorted(name for name, n in Counter(header).items() if n > 1 and name)
     if twice:
-        raise CohortError(f"{path}: column(s) {', '.join(repr(c) for c in twice)} appear more than once in the header; "
-                          "keep one column of each name (which one is meant cannot be guessed).")
+        raise CohortError(
+            f"{path}: column(s) {', '.join(repr(c) for c in twice)} appear more than once in the header; "
+            "keep one column of each name (which one is meant cannot be guessed)."
+        )
     if "" in header:
         raise CohortError(f"{path}: column {header.index('') + 1} of the header has no name; name it or delete it.")
     rows, lines, problems = [], [], []
@@ -54,9 +56,11 @@ def read_table(path: str | Path, *, what: str = "cohort table") -> Table:
         values = [cell.strip() for cell in record]
         if not any(values):
             continue  # a blank line
-        extra = [v for v in values[len(header):] if v]
+        extra = [v for v in values[len(header) :] if v]
         if extra:
-            problems.append(f"row {line} has {len(header) + len(extra)} values but the header names {len(header)} columns")
+            problems.append(
+                f"row {line} has {len(header) + len(extra)} values but the header names {len(header)} columns"
+            )
             continue
         rows.append(dict(zip(header, values + [""] * (len(header) - len(values)))))
         lines.append(line)

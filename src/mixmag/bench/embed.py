@@ -42,7 +42,9 @@ def bench_plan(workdir: Path, side: int) -> SlideJob:
 def data_path_rate(job: SlideJob, workers: int, normalise: bool, cells_per_batch: int = 8) -> float:
     """Tiles/s through DataLoader + collate (uint8, what feeds the GPU), optionally + resize/normalise on CPU."""
     dataset = CellTiles([job])
-    loader = DataLoader(dataset, batch_sampler=PerSlideBatches(dataset, cells_per_batch), num_workers=workers, collate_fn=collate)
+    loader = DataLoader(
+        dataset, batch_sampler=PerSlideBatches(dataset, cells_per_batch), num_workers=workers, collate_fn=collate
+    )
     transform = DeviceTransform(get_preset("virchow2").transform)
     tiles = 0
     start = time.perf_counter()
@@ -83,10 +85,17 @@ def gpu_end_to_end(job: SlideJob, device: torch.device, workers: int, cells_per_
     start = time.perf_counter()
     embed_slides([job], encoder, device=device, cells_per_batch=cells_per_batch, workers=workers, on_batch=count)
     torch.cuda.synchronize(device)
-    return {"tiles_per_s": tiles / (time.perf_counter() - start), "compiled": compile, "workers": workers, "cells_per_batch": cells_per_batch}
+    return {
+        "tiles_per_s": tiles / (time.perf_counter() - start),
+        "compiled": compile,
+        "workers": workers,
+        "cells_per_batch": cells_per_batch,
+    }
 
 
-def run_embed_benchmark(workdir: Path, *, side: int = 6144, workers: int = 8, cells_per_batch: int = 16, console: Console | None = None) -> dict:
+def run_embed_benchmark(
+    workdir: Path, *, side: int = 6144, workers: int = 8, cells_per_batch: int = 16, console: Console | None = None
+) -> dict:
     console = console or Console()
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -125,7 +134,8 @@ def _print(console: Console, r: dict) -> None:
             table.add_row(
                 f"{g['name']} Virchow2 bf16 {'compiled' if run['compiled'] else 'eager'}",
                 f"{run['tiles_per_s']:.0f}",
-                f"{run['fraction_of_matmul_rate']:.0%} of {g['bf16_matmul_tflops']:.0f} TFLOP/s matmul; {run['workers']} workers, {run['cells_per_batch']} cells/batch",
+                f"{run['fraction_of_matmul_rate']:.0%} of {g['bf16_matmul_tflops']:.0f} TFLOP/s matmul; "
+                f"{run['workers']} workers, {run['cells_per_batch']} cells/batch",
             )
     else:
         table.add_row("GPU end to end", "-", "no CUDA device here")

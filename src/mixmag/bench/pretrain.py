@@ -47,7 +47,14 @@ def loader_rate(paths: list[Path], workers: int, batch: int = 128, n_batches: in
 
 
 def train_rate(
-    paths: list[Path], device: torch.device, preset: str, batch: int, steps: int, workers: int, compile: bool, warmup: int = 3
+    paths: list[Path],
+    device: torch.device,
+    preset: str,
+    batch: int,
+    steps: int,
+    workers: int,
+    compile: bool,
+    warmup: int = 3,
 ) -> dict:
     setup = training_setup(paths, device, preset, batch, workers, compile)
     for _ in range(warmup):  # warm-up (and compilation)
@@ -59,9 +66,17 @@ def train_rate(
     _sync(device)
     rate = batch * steps / (time.perf_counter() - start)
     peak = measure_matmul_tflops(device, setup.precision)
-    return {"preset": preset, "batch": batch, "precision": setup.precision, "compiled": compile, "samples_per_s": rate,
-            "workers": workers, "gflop_per_sample": setup.flops_per_sample / 1e9, "matmul_tflops": peak,
-            "mfu": rate * setup.flops_per_sample / (peak * 1e12)}
+    return {
+        "preset": preset,
+        "batch": batch,
+        "precision": setup.precision,
+        "compiled": compile,
+        "samples_per_s": rate,
+        "workers": workers,
+        "gflop_per_sample": setup.flops_per_sample / 1e9,
+        "matmul_tflops": peak,
+        "mfu": rate * setup.flops_per_sample / (peak * 1e12),
+    }
 
 
 def _sync(device: torch.device) -> None:
@@ -89,15 +104,21 @@ def run_pretrain_benchmark(
     workdir = Path(workdir)
     paths = ensure_stores(workdir)
     torch.set_num_threads(1)  # per-core figures on CPU
-    results: dict = {"loader_regions_per_s": {"main process": loader_rate(paths, 0, n_batches=loader_batches),
-                                              "1 worker": loader_rate(paths, 1, n_batches=loader_batches)}}
+    results: dict = {
+        "loader_regions_per_s": {
+            "main process": loader_rate(paths, 0, n_batches=loader_batches),
+            "1 worker": loader_rate(paths, 1, n_batches=loader_batches),
+        }
+    }
     runs = []
     if torch.cuda.is_available():
         device, preset, batch, workers = torch.device("cuda"), "paper", gpu_batch, 8
         for compile in (False, True):
             runs.append(train_rate(paths, device, preset, batch, steps or 20, workers=workers, compile=compile))
-            console.print(f"training {'compiled' if compile else 'eager'}: {runs[-1]['samples_per_s']:,.0f} samples/s, "
-                          f"MFU {runs[-1]['mfu']:.1%}")
+            console.print(
+                f"training {'compiled' if compile else 'eager'}: {runs[-1]['samples_per_s']:,.0f} samples/s, "
+                f"MFU {runs[-1]['mfu']:.1%}"
+            )
             # saved now, so a run cut short later keeps these figures
             write_json_atomic(workdir / "bench_pretrain.json", results | {"training": runs})
     else:
@@ -120,11 +141,15 @@ def _print(console: Console, r: dict) -> None:
     table.add_column("rate")
     table.add_column("note")
     for k, v in r["loader_regions_per_s"].items():
-        table.add_row(f"region loader, {k}", f"{v:,.0f} regions/s", "from on-disk stores, 1 thread (target >= 3,000 per worker)")
+        table.add_row(
+            f"region loader, {k}", f"{v:,.0f} regions/s", "from on-disk stores, 1 thread (target >= 3,000 per worker)"
+        )
     for run in r["training"]:
         table.add_row(
-            f"training, {run['preset']} preset, batch {run['batch']}, {run['precision']}{', compiled' if run['compiled'] else ''}",
+            f"training, {run['preset']} preset, batch {run['batch']}, "
+            f"{run['precision']}{', compiled' if run['compiled'] else ''}",
             f"{run['samples_per_s']:,.1f} samples/s",
-            f"{run['gflop_per_sample']:.1f} GFLOP/sample (counted), MFU {run['mfu']:.1%} of {run['matmul_tflops']:.3g} TFLOP/s measured matmul",
+            f"{run['gflop_per_sample']:.1f} GFLOP/sample (counted), MFU {run['mfu']:.1%} of {run['matmul_tflops']:.3g} "
+            "TFLOP/s measured matmul",
         )
     console.print(table)

@@ -61,7 +61,9 @@ def make_corpus(folder: Path, n: int, shard: int, console: Console) -> None:
     done = folder / "corpus.json"
     if done.is_file() and json.loads(done.read_text()) == {"n": n, "shard": shard}:
         return
-    template = write_store(folder.parent / f".template-{n}{STORE_SUFFIX}", synthetic_store(_PLACEHOLDER, n_rows=4, n_cols=4, dim=8))
+    template = write_store(
+        folder.parent / f".template-{n}{STORE_SUFFIX}", synthetic_store(_PLACEHOLDER, n_rows=4, n_cols=4, dim=8)
+    )
     data = template.read_bytes()
     if data.count(_PLACEHOLDER.encode()) != 1:
         raise RuntimeError("the template store does not hold its slide id exactly once")  # an h5py layout change
@@ -146,13 +148,26 @@ def catalog_from_template(folder: Path) -> None:
     every store on a shared machine; the catalog build time is then not measured)."""
     found = scan_stores(folder)
     first = describe_store(folder, next(iter(found)))
-    write_catalog_file(catalog_file(folder), [
-        replace(first, path=rel, slide_id=Path(rel).stem, size=size, mtime_ns=mtime) for rel, (size, mtime) in sorted(found.items())])
+    write_catalog_file(
+        catalog_file(folder),
+        [
+            replace(first, path=rel, slide_id=Path(rel).stem, size=size, mtime_ns=mtime)
+            for rel, (size, mtime) in sorted(found.items())
+        ],
+    )
 
 
-def run_scale_benchmark(workdir: Path, *, sizes: list[int], cohort: int = 1000, shard: int = 1, headers_up_to: int | None = None,
-                        console: Console | None = None) -> dict:
-    """`headers_up_to`: above this N, nothing that opens every store runs (the catalog build, the first batch without it)."""
+def run_scale_benchmark(
+    workdir: Path,
+    *,
+    sizes: list[int],
+    cohort: int = 1000,
+    shard: int = 1,
+    headers_up_to: int | None = None,
+    console: Console | None = None,
+) -> dict:
+    """`headers_up_to`: above this N, nothing that opens every store runs (the catalog build, the first batch
+    without it)."""
     console = console or Console()
     results: dict = {}
     for n in sizes:
@@ -167,7 +182,9 @@ def run_scale_benchmark(workdir: Path, *, sizes: list[int], cohort: int = 1000, 
             row = {"build": None}
         for mode, use in (("catalog", True), ("headers", False)):
             row[f"first_batch_{mode}"] = measure(_first_batch, str(folder), use) if use or every_header else None
-            row[f"cohort_{mode}"] = measure(_cohort, str(folder), use, str(table))  # a cohort opens at most its own stores
+            row[f"cohort_{mode}"] = measure(
+                _cohort, str(folder), use, str(table)
+            )  # a cohort opens at most its own stores
         row["catalog_mb"] = (folder / CATALOG_NAME).stat().st_size / 2**20
         results[n] = row
         console.print(f"N = {n:,}: done", highlight=False)
@@ -177,10 +194,19 @@ def run_scale_benchmark(workdir: Path, *, sizes: list[int], cohort: int = 1000, 
 
 
 def _print(console: Console, results: dict, cohort: int, shard: int) -> None:
-    table = Table(title=f"Start-up at scale (tiny synthetic stores, {256 ** shard:,} sub-folders by slide-id prefix; "
-                        "each figure a fresh process: seconds, peak RSS MB / growth over start-up)")
-    for col in ("N", "catalog build", "catalog file", "first batch, catalog", "first batch, headers",
-                f"cohort of {cohort:,}, catalog", f"cohort of {cohort:,}, headers"):
+    table = Table(
+        title=f"Start-up at scale (tiny synthetic stores, {256**shard:,} sub-folders by slide-id prefix; "
+        "each figure a fresh process: seconds, peak RSS MB / growth over start-up)"
+    )
+    for col in (
+        "N",
+        "catalog build",
+        "catalog file",
+        "first batch, catalog",
+        "first batch, headers",
+        f"cohort of {cohort:,}, catalog",
+        f"cohort of {cohort:,}, headers",
+    ):
         table.add_column(col, justify="right")
 
     def cell(r: dict | None) -> str:
@@ -189,8 +215,15 @@ def _print(console: Console, results: dict, cohort: int, shard: int) -> None:
         return f"{r['seconds']:.2f} s, {r['rss_mb']:.0f}/{r['rss_growth_mb']:+.0f} MB"
 
     for n, r in results.items():
-        table.add_row(f"{n:,}", cell(r["build"]), f"{r['catalog_mb']:.1f} MB", cell(r["first_batch_catalog"]),
-                      cell(r["first_batch_headers"]), cell(r["cohort_catalog"]), cell(r["cohort_headers"]))
+        table.add_row(
+            f"{n:,}",
+            cell(r["build"]),
+            f"{r['catalog_mb']:.1f} MB",
+            cell(r["first_batch_catalog"]),
+            cell(r["first_batch_headers"]),
+            cell(r["cohort_catalog"]),
+            cell(r["cohort_headers"]),
+        )
     console.print(table)
     biggest, small = max(results), min(results)
     first = {n: r["first_batch_catalog"] for n, r in results.items()}
@@ -199,11 +232,18 @@ def _print(console: Console, results: dict, cohort: int, shard: int) -> None:
         per_100k = (growth - first[small]["rss_growth_mb"]) / (biggest - small) * 100_000
     else:
         per_100k = growth / biggest * 100_000
-    console.print(f"Targets (issue 16, at 100k stores): first batch with the catalog <= {TARGETS['first_batch_s_at_100k']:.0f} s "
-                  f"(at {biggest:,}: {first[biggest]['seconds']:.1f} s); RSS growth <= {TARGETS['rss_growth_mb_per_100k']:.0f} MB "
-                  f"per 100k stores (measured: {per_100k:.0f} MB per 100k{'' if biggest > small else ', an upper bound from one N'})",
-                  highlight=False)
+    console.print(
+        f"Targets (issue 16, at 100k stores): first batch with the catalog <= {TARGETS['first_batch_s_at_100k']:.0f} s "
+        f"(at {biggest:,}: {first[biggest]['seconds']:.1f} s); RSS growth <= {TARGETS['rss_growth_mb_per_100k']:.0f} "
+        "MB "
+        f"per 100k stores (measured: {per_100k:.0f} MB per "
+        f"100k{'' if biggest > small else ', an upper bound from one N'})",
+        highlight=False,
+    )
     if biggest > small:
         ratio = first[biggest]["seconds"] / first[small]["seconds"]
-        console.print(f"First batch with the catalog grows {ratio:.1f}x for {biggest / small:.0f}x the stores "
-                      f"({'at most' if ratio <= biggest / small else 'MORE than'} linear)", highlight=False)
+        console.print(
+            f"First batch with the catalog grows {ratio:.1f}x for {biggest / small:.0f}x the stores "
+            f"({'at most' if ratio <= biggest / small else 'MORE than'} linear)",
+            highlight=False,
+        )

@@ -139,8 +139,12 @@ def run_backend_benchmark(workdir: Path, svs: Path, mpp: float, levels: LevelSpe
                 best = min(best, time.perf_counter() - t0)
         finest = np.stack([t[-1] for t in tiles]).astype(np.int16)
         reference = finest if reference is None else reference
-        results[label] = {"path": str(path), "backend": backend, "tiles_per_s_per_core": tiles_per_cell * len(cells) / best,
-                          "mean_abs_diff_20x_vs_first": float(np.abs(finest - reference).mean())}
+        results[label] = {
+            "path": str(path),
+            "backend": backend,
+            "tiles_per_s_per_core": tiles_per_cell * len(cells) / best,
+            "mean_abs_diff_20x_vs_first": float(np.abs(finest - reference).mean()),
+        }
     return {"measured": results, "not_measured": skipped}
 
 
@@ -150,7 +154,9 @@ def _cells(grid: CellGrid, n: int) -> list[tuple[int, int]]:
     return all_cells[::step][:n]
 
 
-def run_tile_benchmark(workdir: Path, *, size: int = 8192, n_cells: int = 16, rounds: int = 3, console: Console | None = None) -> dict:
+def run_tile_benchmark(
+    workdir: Path, *, size: int = 8192, n_cells: int = 16, rounds: int = 3, console: Console | None = None
+) -> dict:
     import openslide
 
     console = console or Console()
@@ -183,16 +189,23 @@ def run_tile_benchmark(workdir: Path, *, size: int = 8192, n_cells: int = 16, ro
         n_tiles = tiles_per_cell * len(cells)
         rate = {k: n_tiles / v for k, v in best.items()}
         results[spec.name] = {
-            "slide": str(path), "mpp": spec.mpp, "levels_um_per_px": list(slide.level_mpps), "cells": len(cells),
-            "tiles_per_s_per_core": rate, "ms_per_cell": {k: 1000 * v / len(cells) for k, v in best.items()},
+            "slide": str(path),
+            "mpp": spec.mpp,
+            "levels_um_per_px": list(slide.level_mpps),
+            "cells": len(cells),
+            "tiles_per_s_per_core": rate,
+            "ms_per_cell": {k: 1000 * v / len(cells) for k, v in best.items()},
             "compressed_tiles_decoded_per_cell": n_decoded / len(cells),
-            "a_over_b": rate["a"] / rate["b"], "c_over_a": rate["c"] / rate["a"],
+            "a_over_b": rate["a"] / rate["b"],
+            "c_over_a": rate["c"] / rate["a"],
             "mean_abs_diff_a_vs_b_per_level": dict(zip(levels.names, diffs)),
         }
         slide.close()
         osr.close()
     first = bench_slides(size)[0]
-    results["backends"] = run_backend_benchmark(workdir, ensure_slide(workdir, first), first.mpp, levels, n_cells, rounds)
+    results["backends"] = run_backend_benchmark(
+        workdir, ensure_slide(workdir, first), first.mpp, levels, n_cells, rounds
+    )
     _print(console, results, levels)
     write_json_atomic(workdir / "bench_tile.json", results, indent=1)
     return results
@@ -200,7 +213,15 @@ def run_tile_benchmark(workdir: Path, *, size: int = 8192, n_cells: int = 16, ro
 
 def _print(console: Console, results: dict, levels: LevelSpec) -> None:
     table = Table(title="Tile read path, tiles/s per core (21 tiles per cell, best of rounds)")
-    for col in ("slide", "(a) mixmag", "(b) OpenSlide per tile", "(c) decode floor", "a/b (target >= 3)", "c/a (target <= 1.5)", "mean |a-b| per level"):
+    for col in (
+        "slide",
+        "(a) mixmag",
+        "(b) OpenSlide per tile",
+        "(c) decode floor",
+        "a/b (target >= 3)",
+        "c/a (target <= 1.5)",
+        "mean |a-b| per level",
+    ):
         table.add_column(col)
     for name, r in results.items():
         if name == "backends":
@@ -209,7 +230,9 @@ def _print(console: Console, results: dict, levels: LevelSpec) -> None:
         diff = ", ".join(f"{k} {v:.2f}" for k, v in r["mean_abs_diff_a_vs_b_per_level"].items())
         table.add_row(
             f"{name}\n{' / '.join(f'{m:g}' for m in r['levels_um_per_px'])} um/px",
-            f"{rate['a']:.0f}", f"{rate['b']:.0f}", f"{rate['c']:.0f}",
+            f"{rate['a']:.0f}",
+            f"{rate['b']:.0f}",
+            f"{rate['c']:.0f}",
             f"{r['a_over_b']:.2f} {'ok' if r['a_over_b'] >= 3 else 'MISSED'}",
             f"{r['c_over_a']:.2f} {'ok' if r['c_over_a'] <= 1.5 else 'MISSED'}",
             diff,

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 
 from ..errors import CohortError
-from ..store import read_store
 from ..geometry import level_offsets
+from ..store import read_store
 from .regions import RegionTable
 
 TILE_MODES = ("5x", "10x", "20x", "all")
@@ -77,7 +77,9 @@ def _nonempty(path: Path, bag: np.ndarray) -> np.ndarray:
 class BagCache:
     """Loads each slide's bag once (as float16 tensors) and keeps it."""
 
-    def __init__(self, mode: str, stores: dict[str, Path], encoded_dir: Path | None = None, region_level: str | None = None) -> None:
+    def __init__(
+        self, mode: str, stores: dict[str, Path], encoded_dir: Path | None = None, region_level: str | None = None
+    ) -> None:
         self.mode = mode
         self.region_level = region_level
         self.stores = stores

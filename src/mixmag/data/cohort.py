@@ -40,8 +40,11 @@ class Cohort:
 
     def summary(self) -> dict:
         return {
-            name: {"specimens": len(self.split(name)), "positive": sum(s.label for s in self.split(name)),
-                   "slides": sum(len(s.slides) for s in self.split(name))}
+            name: {
+                "specimens": len(self.split(name)),
+                "positive": sum(s.label for s in self.split(name)),
+                "slides": sum(len(s.slides) for s in self.split(name)),
+            }
             for name in SPLITS
         }
 
@@ -51,7 +54,10 @@ def load_cohort(path: str | Path, stores_dir: str | Path | None = None, *, requi
     table = read_table(path)
     missing = [c for c in REQUIRED if c not in table.columns]
     if missing:
-        raise CohortError(f"{path}: missing column(s) {', '.join(missing)}; need {', '.join(REQUIRED)} (+ optional store). Found: {', '.join(table.columns) or 'none'}.")
+        raise CohortError(
+            f"{path}: missing column(s) {', '.join(missing)}; need {', '.join(REQUIRED)} (+ optional store). Found: "
+            f"{', '.join(table.columns) or 'none'}."
+        )
     rows = table.rows
     if not rows:
         raise CohortError(f"{path}: the table has no rows.")
@@ -78,7 +84,10 @@ def load_cohort(path: str | Path, stores_dir: str | Path | None = None, *, requi
     for spec, items in spec_rows.items():
         splits = {r["split"] for _, r in items}
         if len(splits) > 1:
-            problems.append(f"rows {', '.join(str(n) for n, _ in items)}: specimen {spec!r} is in several splits ({', '.join(sorted(splits))}); a specimen's slides must share one split")
+            problems.append(
+                f"rows {', '.join(str(n) for n, _ in items)}: specimen {spec!r} is in several splits "
+                f"({', '.join(sorted(splits))}); a specimen's slides must share one split"
+            )
         labels = {r["label"] for _, r in items}
         if len(labels) > 1:
             problems.append(f"rows {', '.join(str(n) for n, _ in items)}: specimen {spec!r} has conflicting labels")
@@ -93,7 +102,10 @@ def load_cohort(path: str | Path, stores_dir: str | Path | None = None, *, requi
         if not group:
             raise CohortError(f"{path}: the {name} split is empty; every split needs specimens of both classes.")
         if len({s.label for s in group}) < 2:
-            raise CohortError(f"{path}: the {name} split has only label {group[0].label}; it needs both classes (AUROC is undefined otherwise).")
+            raise CohortError(
+                f"{path}: the {name} split has only label {group[0].label}; it needs both classes (AUROC is undefined "
+                "otherwise)."
+            )
     stores, explicit = {}, set()
     for row in rows:
         if row.get("store"):
@@ -110,5 +122,8 @@ def load_cohort(path: str | Path, stores_dir: str | Path | None = None, *, requi
             absent += [(seen_slide[s], s) for s in seen_slide if s not in stores]
         if absent:
             listed = ", ".join(f"row {n}: {s}" for n, s in sorted(absent)[:10])
-            raise CohortError(f"{path}: no store for {len(absent)} slide(s) ({listed}); run `mixmag embed` for them or fix the 'slide'/'store' column.")
+            raise CohortError(
+                f"{path}: no store for {len(absent)} slide(s) ({listed}); run `mixmag embed` for them or fix the "
+                "'slide'/'store' column."
+            )
     return Cohort(path, specimens, stores)

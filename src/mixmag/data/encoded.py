@@ -28,7 +28,9 @@ def encoded_mixer_weights(encoded_dir: Path) -> Path:
     with h5py.File(first, "r") as f:
         weights = f.attrs.get("mixer_weights")
     if not weights or not Path(weights).is_file():
-        raise RunError(f"{encoded_dir}: the mixer its embeddings came from ({weights}) is gone; it is needed for new slides")
+        raise RunError(
+            f"{encoded_dir}: the mixer its embeddings came from ({weights}) is gone; it is needed for new slides"
+        )
     return Path(weights)
 
 
@@ -40,7 +42,9 @@ def encoded_is_current(target: Path, store: Path, mixer_digest: str) -> bool:
         return f.attrs.get("mixer_digest") == mixer_digest and f.attrs.get("store_mtime") == os.stat(store).st_mtime
 
 
-def write_encoded(target: Path, patch: np.ndarray, cls: np.ndarray, *, store: Path, weights: Path, mixer_digest: str) -> Path:
+def write_encoded(
+    target: Path, patch: np.ndarray, cls: np.ndarray, *, store: Path, weights: Path, mixer_digest: str
+) -> Path:
     with hdf5_atomic(target) as f:
         f.create_dataset("patch", data=patch)
         f.create_dataset("cls", data=cls)

@@ -49,7 +49,9 @@ class TokenTemplate:
 
     def permuted(self, order: Sequence[int] | np.ndarray) -> TokenTemplate:
         order = np.asarray(order)
-        return TokenTemplate(self.cell_row[order], self.cell_col[order], self.per_cell[order], self.sub[order], self.level[order])
+        return TokenTemplate(
+            self.cell_row[order], self.cell_col[order], self.per_cell[order], self.sub[order], self.level[order]
+        )
 
 
 class RegionTable:
@@ -57,7 +59,9 @@ class RegionTable:
 
     def __init__(self, store: SlideStore) -> None:
         self.store = store
-        self.flat = torch.from_numpy(np.ascontiguousarray(np.concatenate([emb.reshape(-1, emb.shape[-1]) for emb in store.embeddings.values()])))
+        self.flat = torch.from_numpy(
+            np.ascontiguousarray(np.concatenate([emb.reshape(-1, emb.shape[-1]) for emb in store.embeddings.values()]))
+        )
         self.offsets = np.cumsum([0] + [emb.shape[0] * emb.shape[1] for emb in store.embeddings.values()])
         self.n_levels = len(store.embeddings)
         rc = store.rc.astype(np.int64).reshape(-1, 2)
@@ -68,7 +72,10 @@ class RegionTable:
         """Table rows of the size x size window at (row, col), in region token order (or the template's)."""
         cells = self.grid[row : row + size, col : col + size]
         if cells.shape != (size, size) or (cells < 0).any():
-            raise StoreError(f"{self.store.attrs.get('slide_id')}: window ({row}, {col}) x {size} needs cells that are not in the store")
+            raise StoreError(
+                f"{self.store.attrs.get('slide_id')}: window ({row}, {col}) x {size} needs cells that are not in the "
+                "store"
+            )
         t = template or TokenTemplate.build(size, self.n_levels)
         return self.offsets[t.level] + cells[t.cell_row, t.cell_col] * t.per_cell + t.sub
 
@@ -91,11 +98,11 @@ def assemble_region(store: SlideStore, row: int, col: int, size: int) -> np.ndar
 class RegionSamplingConfig:
     t: int = 3
     context: int | None = None  # c for CMEM: two t x t crops from a c x c context
-    per_slide: int = 16         # windows drawn from a slide each time it is visited
-    pool: int = 8               # slides loaded together (shuffling spans them)
+    per_slide: int = 16  # windows drawn from a slide each time it is visited
+    pool: int = 8  # slides loaded together (shuffling spans them)
     batch_size: int = 64
     seed: int = 0
-    augment: bool = True        # consistent rotation / flip of all levels
+    augment: bool = True  # consistent rotation / flip of all levels
     # "uniform": every slide visited once an epoch; "regions": an epoch's visits drawn with replacement in proportion
     # to each slide's window count, so every window of the corpus is about equally likely, whatever its slide's size
     slide_sampling: SlideSampling = "uniform"
@@ -125,12 +132,17 @@ def index_stores(paths: Sequence[Path], config: RegionSamplingConfig) -> tuple[l
         dims.add(index.dim)
         levels.add(len(index.level_names))
         if n and int(want) != size:
-            raise ConfigError(f"{path}: its {kind} are {want} x {want} cells but the run asks for {size} x {size}; "
-                              f"re-tile with --region-size/--context-size {size} or change the config")
+            raise ConfigError(
+                f"{path}: its {kind} are {want} x {want} cells but the run asks for {size} x {size}; "
+                f"re-tile with --region-size/--context-size {size} or change the config"
+            )
         if n:
             entries.append(StoreEntry(Path(path), int(n)))
     if not entries:
-        raise ConfigError(f"no store holds {size} x {size} {kind}" + (" (tile with --context-size c for CMEM)" if config.context else ""))
+        raise ConfigError(
+            f"no store holds {size} x {size} {kind}"
+            + (" (tile with --context-size c for CMEM)" if config.context else "")
+        )
     if len(dims) > 1 or len(levels) > 1:
         raise ConfigError(f"stores disagree: embedding dims {sorted(dims)}, level counts {sorted(levels)}")
     return entries, dims.pop(), levels.pop()
@@ -146,7 +158,9 @@ def catalog_stores(catalog: Catalog, config: RegionSamplingConfig) -> tuple[list
         n = getattr(e, kind)
         if not n:
             continue
-        want = (parsed.get(e.settings) or parsed.setdefault(e.settings, json.loads(e.settings))).get("context_size" if config.context else "region_size")
+        want = (parsed.get(e.settings) or parsed.setdefault(e.settings, json.loads(e.settings))).get(
+            "context_size" if config.context else "region_size"
+        )
         if want != size:
             wrong.append((e.path, want))
             continue
@@ -155,10 +169,15 @@ def catalog_stores(catalog: Catalog, config: RegionSamplingConfig) -> tuple[list
         entries.append(StoreEntry(catalog.path_text(e), int(n)))
     if wrong:
         path, want = wrong[0]
-        raise ConfigError(f"{catalog.folder / path} (and {len(wrong) - 1} more): its {kind} are {want} x {want} cells but the run "
-                          f"asks for {size} x {size}; re-tile with --region-size/--context-size {size} or change the config")
+        raise ConfigError(
+            f"{catalog.folder / path} (and {len(wrong) - 1} more): its {kind} are {want} x {want} cells but the run "
+            f"asks for {size} x {size}; re-tile with --region-size/--context-size {size} or change the config"
+        )
     if not entries:
-        raise ConfigError(f"no store holds {size} x {size} {kind}" + (" (tile with --context-size c for CMEM)" if config.context else ""))
+        raise ConfigError(
+            f"no store holds {size} x {size} {kind}"
+            + (" (tile with --context-size c for CMEM)" if config.context else "")
+        )
     if len(dims) > 1 or len(levels) > 1:
         raise ConfigError(f"stores disagree: embedding dims {sorted(dims)}, level counts {sorted(levels)}")
     return entries, dims.pop(), levels.pop()
@@ -168,8 +187,15 @@ class RegionStream(IterableDataset):
     """Yields batches: x (B, s, D) float16 (and x_prime for CMEM), forever, epoch after epoch.
     Batches live in a ring of reused buffers (see BufferRing): copy one to keep it for long."""
 
-    def __init__(self, entries: list[StoreEntry], n_levels: int, config: RegionSamplingConfig,
-                 rank: int = 0, world_size: int = 1, start_batch: int = 0) -> None:
+    def __init__(
+        self,
+        entries: list[StoreEntry],
+        n_levels: int,
+        config: RegionSamplingConfig,
+        rank: int = 0,
+        world_size: int = 1,
+        start_batch: int = 0,
+    ) -> None:
         self.entries = entries
         self.n_levels = n_levels
         self.config = config
@@ -205,7 +231,9 @@ class RegionStream(IterableDataset):
         while True:
             chunks = self.chunks(epoch)
             if not any(self.batches_in_chunk(c) for c in chunks):
-                raise ConfigError("batch size is larger than a chunk's samples: lower batch_size or raise per_slide/pool")
+                raise ConfigError(
+                    "batch size is larger than a chunk's samples: lower batch_size or raise per_slide/pool"
+                )
             for ci, chunk in enumerate(chunks):
                 if ci % n_workers != worker:
                     continue

@@ -10,14 +10,51 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
 # Fixed standardisation (centre, scale) of the raw features, measured once on synthetic and real H&E
 # tiles at 5x/10x/20x: it keeps cosine similarity between embeddings meaningful (raw colour means would
 # make every pair of tiles look alike). Constants, not learned: the encoder stays deterministic.
-_CENTER = (0.8676, 0.5852, 0.7474, 0.0844, 0.0813, 0.0527, 0.0181, 0.033, 0.0398, 0.8876, 0.0111, 0.052,
-           *([0.04] * 16), 0.9609, 0.056, 0.2941, 0.12, 0.0248, -0.0271)
-_SCALE = (0.0521, 0.0786, 0.0496, 0.0646, 0.0517, 0.0395, 0.0251, 0.0366, 0.0568, 0.241, 0.0238, 0.0518,
-          *([0.09] * 16), 0.1948, 0.085, 0.2546, 0.155, 0.1048, 0.1364)
+_CENTER = (
+    0.8676,
+    0.5852,
+    0.7474,
+    0.0844,
+    0.0813,
+    0.0527,
+    0.0181,
+    0.033,
+    0.0398,
+    0.8876,
+    0.0111,
+    0.052,
+    *([0.04] * 16),
+    0.9609,
+    0.056,
+    0.2941,
+    0.12,
+    0.0248,
+    -0.0271,
+)
+_SCALE = (
+    0.0521,
+    0.0786,
+    0.0496,
+    0.0646,
+    0.0517,
+    0.0395,
+    0.0251,
+    0.0366,
+    0.0568,
+    0.241,
+    0.0238,
+    0.0518,
+    *([0.09] * 16),
+    0.1948,
+    0.085,
+    0.2546,
+    0.155,
+    0.1048,
+    0.1364,
+)
 
 
 class StatsEncoder(nn.Module):
@@ -45,16 +82,19 @@ class StatsEncoder(nn.Module):
         colour_spread = ((x * x).mean(dim=(2, 3)) - colour_mean**2).clamp(min=0).sqrt()
         layout = F.adaptive_avg_pool2d(nuclei[:, None].float(), 4).flatten(1)  # (B, 16)
         feats = [
-            colour_mean,                              # 3 colour means
-            colour_spread,                            # 3 colour spreads
-            grad_fine[:, None], grad_coarse[:, None],  # texture at two scales
+            colour_mean,  # 3 colour means
+            colour_spread,  # 3 colour spreads
+            grad_fine[:, None],
+            grad_coarse[:, None],  # texture at two scales
             nuclei.float().mean(dim=(1, 2))[:, None],  # nuclear area fraction
-            pink.float().mean(dim=(1, 2))[:, None],    # stroma fraction
-            (nuclei[:, :, 1:] != nuclei[:, :, :-1]).float().mean(dim=(1, 2))[:, None],  # nuclear edges: count more than size
-            layout.std(dim=1, keepdim=True),           # heterogeneity of the layout
-            layout,                                    # 16: where the nuclei are
+            pink.float().mean(dim=(1, 2))[:, None],  # stroma fraction
+            (nuclei[:, :, 1:] != nuclei[:, :, :-1])
+            .float()
+            .mean(dim=(1, 2))[:, None],  # nuclear edges: count more than size
+            layout.std(dim=1, keepdim=True),  # heterogeneity of the layout
+            layout,  # 16: where the nuclei are
             (gray.mean(dim=(1, 2, 3)) < 0.85).float()[:, None],  # tissue vs glass
-            _grain(gray, nuclei)[:, None],             # chromatin grain: pixel-scale contrast inside nuclei
+            _grain(gray, nuclei)[:, None],  # chromatin grain: pixel-scale contrast inside nuclei
             _layout_autocorrelation(nuclei, grid=8, lags=4),  # 4: how regularly nuclei are arranged
         ]
         return (torch.cat(feats, dim=1) - self.center) / self.scale

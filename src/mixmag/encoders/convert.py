@@ -31,7 +31,9 @@ _DINOV2_RENAMES = (
     (r"^layernorm\.(weight|bias)$", r"norm.\1"),
 )
 # files written by transformers 4 (attention.attention.query) and transformers 5 (attention.q_proj)
-_DINOV2_QKV = re.compile(r"^encoder\.layer\.(\d+)\.attention\.(?:attention\.(query|key|value)|([qkv])_proj)\.(weight|bias)$")
+_DINOV2_QKV = re.compile(
+    r"^encoder\.layer\.(\d+)\.attention\.(?:attention\.(query|key|value)|([qkv])_proj)\.(weight|bias)$"
+)
 _QKV_NAMES = {"q": "query", "k": "key", "v": "value"}
 _DINOV2_DROPPED = ("embeddings.mask_token",)  # used only for masked pretraining
 
@@ -58,7 +60,9 @@ def hf_dinov2_to_timm(state: dict[str, torch.Tensor], model: torch.nn.Module) ->
         else:
             unknown.append(key)
     if unknown:
-        raise ConversionError(f"unexpected keys for a DINOv2 checkpoint: {unknown[:5]}{' ...' if len(unknown) > 5 else ''}")
+        raise ConversionError(
+            f"unexpected keys for a DINOv2 checkpoint: {unknown[:5]}{' ...' if len(unknown) > 5 else ''}"
+        )
     for (layer, kind), parts in qkv.items():
         if set(parts) != {"query", "key", "value"}:
             raise ConversionError(f"layer {layer}: the checkpoint lacks some of query / key / value {kind}")

@@ -62,11 +62,21 @@ class CellTiles(Dataset):
         p = plan.params
         try:
             pyramid = read_pyramid(
-                self._slide(j), plan.grid, plan.levels, row, col,
-                mode=self.mode, tolerance=p.mpp_tolerance, allow_upsample=p.allow_upsample,
+                self._slide(j),
+                plan.grid,
+                plan.levels,
+                row,
+                col,
+                mode=self.mode,
+                tolerance=p.mpp_tolerance,
+                allow_upsample=p.allow_upsample,
             )
         except Exception as exc:  # noqa: BLE001 - any reader or decoder failure belongs to this slide only
-            self._failed[j] = str(exc) if isinstance(exc, MixmagError) else f"{plan.slide.path}: cell ({row}, {col}): {type(exc).__name__}: {exc}"
+            self._failed[j] = (
+                str(exc)
+                if isinstance(exc, MixmagError)
+                else f"{plan.slide.path}: cell ({row}, {col}): {type(exc).__name__}: {exc}"
+            )
             return j, k, None, self._failed[j]
         return j, k, torch.from_numpy(np.concatenate(pyramid.tiles)), None
 
@@ -201,4 +211,3 @@ def _fork_ok() -> bool:
     import multiprocessing
 
     return "fork" in multiprocessing.get_all_start_methods()
-

@@ -33,13 +33,17 @@ class DeviceTransform(nn.Module):
         x = tiles.permute(0, 3, 1, 2).float().div_(255.0)
         spec = self.spec
         if spec.resize is not None and spec.resize != x.shape[-1]:
-            x = F.interpolate(x, size=(spec.resize, spec.resize), mode=spec.interpolation, antialias=True, align_corners=False)
+            x = F.interpolate(
+                x, size=(spec.resize, spec.resize), mode=spec.interpolation, antialias=True, align_corners=False
+            )
         if x.shape[-1] != spec.size:
             if x.shape[-1] > spec.size:
                 off = (x.shape[-1] - spec.size) // 2
                 x = x[..., off : off + spec.size, off : off + spec.size]
             else:
-                x = F.interpolate(x, size=(spec.size, spec.size), mode=spec.interpolation, antialias=True, align_corners=False)
+                x = F.interpolate(
+                    x, size=(spec.size, spec.size), mode=spec.interpolation, antialias=True, align_corners=False
+                )
         if self.spec.mean == (0.0, 0.0, 0.0) and self.spec.std == (1.0, 1.0, 1.0):
             return x
         return (x - self.mean) / self.std
@@ -146,7 +150,9 @@ def load_weights(model: nn.Module, path: Path, weights_format: str = "timm") -> 
     if not path.is_file():
         raise EncoderWeightsError(f"{path}: weights file not found")
     try:
-        state = load_state_dict_file(path, fix="give the encoder's weights as .safetensors, or a PyTorch file of tensors only")
+        state = load_state_dict_file(
+            path, fix="give the encoder's weights as .safetensors, or a PyTorch file of tensors only"
+        )
     except WeightsFileError as exc:
         raise EncoderWeightsError(f"could not read weights: {exc}") from None
     for key in ("state_dict", "model"):

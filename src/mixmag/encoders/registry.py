@@ -47,7 +47,7 @@ class EncoderPreset:
     needs_weights: bool = True
     license: str = ""
     weights_format: str = "timm"  # or a layout in encoders.convert.CONVERTERS (e.g. "hf-dinov2")
-    hub_file: str | None = None   # for non-timm hub repositories: the weights file to fetch
+    hub_file: str | None = None  # for non-timm hub repositories: the weights file to fetch
 
     def output_dim(self, output: OutputMode | None = None) -> int:
         return self.dim * (2 if (output or self.output) == "cls+mean" else 1)
@@ -90,114 +90,156 @@ def _plain(**extra) -> Callable[[], dict]:
     return lambda: dict(extra)
 
 
-register_preset(EncoderPreset(
-    name="virchow2",
-    description="Paige Virchow2 ViT-H/14, 4 registers, SwiGLU; trained on 5x-40x tiles (the paper's encoder)",
-    dim=1280,
-    transform=InputTransform(224, None, "bicubic"),
-    output="cls",
-    timm_name="vit_huge_patch14_224",
-    timm_kwargs=_swiglu_vit(img_size=224, init_values=1e-5, mlp_ratio=5.3375, reg_tokens=4, no_embed_class=True, dynamic_img_size=True),
-    hub_id="paige-ai/Virchow2",
-    license="CC-BY-NC-ND-4.0, gated on Hugging Face (institutional e-mail)",
-))
-register_preset(EncoderPreset(
-    name="uni",
-    description="MahmoodLab UNI ViT-L/16",
-    dim=1024,
-    transform=InputTransform(224, None, "bilinear"),
-    timm_name="vit_large_patch16_224",
-    timm_kwargs=_plain(img_size=224, init_values=1e-5, dynamic_img_size=True),
-    hub_id="MahmoodLab/UNI",
-    license="CC-BY-NC-ND-4.0, gated on Hugging Face",
-))
-register_preset(EncoderPreset(
-    name="uni2-h",
-    description="MahmoodLab UNI2-h ViT-H/14, 8 registers, SwiGLU",
-    dim=1536,
-    transform=InputTransform(224, None, "bilinear"),
-    timm_name="vit_giant_patch14_224",
-    timm_kwargs=_swiglu_vit(img_size=224, patch_size=14, depth=24, num_heads=24, init_values=1e-5, embed_dim=1536,
-                            mlp_ratio=2.66667 * 2, no_embed_class=True, reg_tokens=8, dynamic_img_size=True),
-    hub_id="MahmoodLab/UNI2-h",
-    license="CC-BY-NC-ND-4.0, gated on Hugging Face",
-))
-_HOPTIMUS_TRANSFORM = InputTransform(224, None, "bicubic", (0.707223, 0.578729, 0.703617), (0.211883, 0.230117, 0.177517))
-register_preset(EncoderPreset(
-    name="h-optimus-0",
-    description="Bioptimus H-optimus-0 ViT-g/14, 4 registers",
-    dim=1536,
-    transform=_HOPTIMUS_TRANSFORM,
-    timm_name="vit_giant_patch14_reg4_dinov2",
-    timm_kwargs=_plain(img_size=224, init_values=1e-5, dynamic_img_size=False),
-    hub_id="bioptimus/H-optimus-0",
-    license="Apache-2.0",
-))
-register_preset(EncoderPreset(
-    name="h-optimus-1",
-    description="Bioptimus H-optimus-1 ViT-g/14, 4 registers",
-    dim=1536,
-    transform=_HOPTIMUS_TRANSFORM,
-    timm_name="vit_giant_patch14_reg4_dinov2",
-    timm_kwargs=_plain(img_size=224, init_values=1e-5, dynamic_img_size=False),
-    hub_id="bioptimus/H-optimus-1",
-    license="non-commercial, gated on Hugging Face",
-))
-register_preset(EncoderPreset(
-    name="prov-gigapath",
-    description="Prov-GigaPath tile encoder ViT-g/16",
-    dim=1536,
-    transform=InputTransform(224, 256, "bicubic"),
-    timm_name="vit_giant_patch14_dinov2",
-    timm_kwargs=_plain(img_size=224, in_chans=3, patch_size=16, embed_dim=1536, depth=40, num_heads=24, init_values=1e-5, mlp_ratio=5.33334),
-    hub_id="prov-gigapath/prov-gigapath",
-    license="Apache-2.0 (research use), gated on Hugging Face",
-))
-register_preset(EncoderPreset(
-    name="phikon-v2",
-    description="Owkin Phikon-v2 ViT-L/16 (DINOv2, no registers); transformers checkpoint, run as timm ViT",
-    dim=1024,
-    transform=InputTransform(224, None, "bicubic"),
-    timm_name="vit_large_patch16_224",
-    timm_kwargs=_plain(img_size=224, init_values=1e-5, dynamic_img_size=True),
-    hub_id="owkin/phikon-v2",
-    weights_format="hf-dinov2",
-    hub_file="model.safetensors",
-    license="Owkin non-commercial license (not gated)",
-))
+register_preset(
+    EncoderPreset(
+        name="virchow2",
+        description="Paige Virchow2 ViT-H/14, 4 registers, SwiGLU; trained on 5x-40x tiles (the paper's encoder)",
+        dim=1280,
+        transform=InputTransform(224, None, "bicubic"),
+        output="cls",
+        timm_name="vit_huge_patch14_224",
+        timm_kwargs=_swiglu_vit(
+            img_size=224, init_values=1e-5, mlp_ratio=5.3375, reg_tokens=4, no_embed_class=True, dynamic_img_size=True
+        ),
+        hub_id="paige-ai/Virchow2",
+        license="CC-BY-NC-ND-4.0, gated on Hugging Face (institutional e-mail)",
+    )
+)
+register_preset(
+    EncoderPreset(
+        name="uni",
+        description="MahmoodLab UNI ViT-L/16",
+        dim=1024,
+        transform=InputTransform(224, None, "bilinear"),
+        timm_name="vit_large_patch16_224",
+        timm_kwargs=_plain(img_size=224, init_values=1e-5, dynamic_img_size=True),
+        hub_id="MahmoodLab/UNI",
+        license="CC-BY-NC-ND-4.0, gated on Hugging Face",
+    )
+)
+register_preset(
+    EncoderPreset(
+        name="uni2-h",
+        description="MahmoodLab UNI2-h ViT-H/14, 8 registers, SwiGLU",
+        dim=1536,
+        transform=InputTransform(224, None, "bilinear"),
+        timm_name="vit_giant_patch14_224",
+        timm_kwargs=_swiglu_vit(
+            img_size=224,
+            patch_size=14,
+            depth=24,
+            num_heads=24,
+            init_values=1e-5,
+            embed_dim=1536,
+            mlp_ratio=2.66667 * 2,
+            no_embed_class=True,
+            reg_tokens=8,
+            dynamic_img_size=True,
+        ),
+        hub_id="MahmoodLab/UNI2-h",
+        license="CC-BY-NC-ND-4.0, gated on Hugging Face",
+    )
+)
+_HOPTIMUS_TRANSFORM = InputTransform(
+    224, None, "bicubic", (0.707223, 0.578729, 0.703617), (0.211883, 0.230117, 0.177517)
+)
+register_preset(
+    EncoderPreset(
+        name="h-optimus-0",
+        description="Bioptimus H-optimus-0 ViT-g/14, 4 registers",
+        dim=1536,
+        transform=_HOPTIMUS_TRANSFORM,
+        timm_name="vit_giant_patch14_reg4_dinov2",
+        timm_kwargs=_plain(img_size=224, init_values=1e-5, dynamic_img_size=False),
+        hub_id="bioptimus/H-optimus-0",
+        license="Apache-2.0",
+    )
+)
+register_preset(
+    EncoderPreset(
+        name="h-optimus-1",
+        description="Bioptimus H-optimus-1 ViT-g/14, 4 registers",
+        dim=1536,
+        transform=_HOPTIMUS_TRANSFORM,
+        timm_name="vit_giant_patch14_reg4_dinov2",
+        timm_kwargs=_plain(img_size=224, init_values=1e-5, dynamic_img_size=False),
+        hub_id="bioptimus/H-optimus-1",
+        license="non-commercial, gated on Hugging Face",
+    )
+)
+register_preset(
+    EncoderPreset(
+        name="prov-gigapath",
+        description="Prov-GigaPath tile encoder ViT-g/16",
+        dim=1536,
+        transform=InputTransform(224, 256, "bicubic"),
+        timm_name="vit_giant_patch14_dinov2",
+        timm_kwargs=_plain(
+            img_size=224,
+            in_chans=3,
+            patch_size=16,
+            embed_dim=1536,
+            depth=40,
+            num_heads=24,
+            init_values=1e-5,
+            mlp_ratio=5.33334,
+        ),
+        hub_id="prov-gigapath/prov-gigapath",
+        license="Apache-2.0 (research use), gated on Hugging Face",
+    )
+)
+register_preset(
+    EncoderPreset(
+        name="phikon-v2",
+        description="Owkin Phikon-v2 ViT-L/16 (DINOv2, no registers); transformers checkpoint, run as timm ViT",
+        dim=1024,
+        transform=InputTransform(224, None, "bicubic"),
+        timm_name="vit_large_patch16_224",
+        timm_kwargs=_plain(img_size=224, init_values=1e-5, dynamic_img_size=True),
+        hub_id="owkin/phikon-v2",
+        weights_format="hf-dinov2",
+        hub_file="model.safetensors",
+        license="Owkin non-commercial license (not gated)",
+    )
+)
 
 
 def _tiny_vit() -> nn.Module:
     import timm
 
-    return timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0, depth=2, embed_dim=64, num_heads=2, img_size=224)
+    return timm.create_model(
+        "vit_tiny_patch16_224", pretrained=False, num_classes=0, depth=2, embed_dim=64, num_heads=2, img_size=224
+    )
 
 
 def _stats() -> nn.Module:
     return StatsEncoder()
 
 
-register_preset(EncoderPreset(
-    name="tiny-vit",
-    description="built-in: 2-block ViT (dim 64), random init with a fixed seed; for tests and CPU runs",
-    dim=64,
-    transform=InputTransform(224, None, "bilinear"),
-    builder=_tiny_vit,
-    needs_weights=False,
-    license="built-in",
-))
-register_preset(EncoderPreset(
-    name="stats",
-    description="built-in: deterministic colour, texture and nuclear-layout statistics per tile; no weights",
-    dim=34,
-    transform=InputTransform(224, None, "bilinear", (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),
-    builder=_stats,
-    needs_weights=False,
-    license="built-in",
-))
+register_preset(
+    EncoderPreset(
+        name="tiny-vit",
+        description="built-in: 2-block ViT (dim 64), random init with a fixed seed; for tests and CPU runs",
+        dim=64,
+        transform=InputTransform(224, None, "bilinear"),
+        builder=_tiny_vit,
+        needs_weights=False,
+        license="built-in",
+    )
+)
+register_preset(
+    EncoderPreset(
+        name="stats",
+        description="built-in: deterministic colour, texture and nuclear-layout statistics per tile; no weights",
+        dim=34,
+        transform=InputTransform(224, None, "bilinear", (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),
+        builder=_stats,
+        needs_weights=False,
+        license="built-in",
+    )
+)
 
 
 def timm_kwargs(preset: EncoderPreset, overrides: dict | None = None) -> dict:
     """The keyword arguments that build the preset's architecture with timm (plus test overrides)."""
     return {"num_classes": 0} | preset.timm_kwargs() | (overrides or {})
-

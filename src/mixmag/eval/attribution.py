@@ -124,7 +124,9 @@ def removal(inp: LevelInput) -> np.ndarray:
     return out
 
 
-def integrated_gradients(inp: LevelInput, reference: torch.Tensor | None = None, steps: int = 24, chunk: int = 8) -> tuple[np.ndarray, float]:
+def integrated_gradients(
+    inp: LevelInput, reference: torch.Tensor | None = None, steps: int = 24, chunk: int = 8
+) -> tuple[np.ndarray, float]:
     """Per-level sums of integrated gradients from the all-levels-mean-replaced baseline (midpoint rule),
     and the completeness gap |sum - (f(x) - f(baseline))|, which shrinks as `steps` grows."""
     reference = level_means(inp) if reference is None else reference
@@ -161,7 +163,9 @@ def attention_by_level(inp: LevelInput) -> np.ndarray | None:
     return np.array([float(alpha[inp.attention_level == i].sum()) for i in range(len(inp.level_names))])
 
 
-def level_importance(slide_id: str, inp: LevelInput, *, reference: torch.Tensor | None = None, steps: int = 24) -> LevelImportance:
+def level_importance(
+    slide_id: str, inp: LevelInput, *, reference: torch.Tensor | None = None, steps: int = 24
+) -> LevelImportance:
     """Every measure for one slide."""
     with torch.no_grad():
         logit = float(inp.forward(inp.x[None], None)[0][0])
@@ -196,9 +200,11 @@ class RatioStatistic:
     top_fraction: float  # slides on which `numerator` has the largest share
 
     def text(self) -> str:
-        return (f"{self.measure}: {self.numerator}/{self.denominator} importance ratio {self.ratio:.2f} "
-                f"(95% CI {self.low:.2f}-{self.high:.2f}, {self.slides} slides; {self.numerator} largest on "
-                f"{100 * self.top_fraction:.0f}%)")
+        return (
+            f"{self.measure}: {self.numerator}/{self.denominator} importance ratio {self.ratio:.2f} "
+            f"(95% CI {self.low:.2f}-{self.high:.2f}, {self.slides} slides; {self.numerator} largest on "
+            f"{100 * self.top_fraction:.0f}%)"
+        )
 
 
 def _bootstrap_mean(values: np.ndarray, n_boot: int, seed: int) -> tuple[float, float]:
@@ -208,8 +214,16 @@ def _bootstrap_mean(values: np.ndarray, n_boot: int, seed: int) -> tuple[float, 
     return float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
 
 
-def importance_ratio(slides: list[LevelImportance], measure: str, numerator: str, denominator: str,
-                     *, n_boot: int = 2000, seed: int = 0, floor: float = 1e-3) -> RatioStatistic:
+def importance_ratio(
+    slides: list[LevelImportance],
+    measure: str,
+    numerator: str,
+    denominator: str,
+    *,
+    n_boot: int = 2000,
+    seed: int = 0,
+    floor: float = 1e-3,
+) -> RatioStatistic:
     """share(numerator) / share(denominator) per slide (shares floored at `floor` so one zero cannot make
     it infinite), summarised as exp(mean log ratio) with a percentile bootstrap CI over slides."""
     usable = [s for s in slides if measure in s.values]
@@ -221,8 +235,16 @@ def importance_ratio(slides: list[LevelImportance], measure: str, numerator: str
     logs = np.log(np.clip(shares[:, a], floor, None)) - np.log(np.clip(shares[:, b], floor, None))
     low, high = _bootstrap_mean(logs, n_boot, seed)
     top = float(np.mean(np.argmax(shares, axis=1) == a))
-    return RatioStatistic(measure, numerator, denominator, float(np.exp(logs.mean())), float(np.exp(low)), float(np.exp(high)),
-                          len(usable), top)
+    return RatioStatistic(
+        measure,
+        numerator,
+        denominator,
+        float(np.exp(logs.mean())),
+        float(np.exp(low)),
+        float(np.exp(high)),
+        len(usable),
+        top,
+    )
 
 
 @dataclass

@@ -24,14 +24,14 @@ from ..metrics import auroc, delong_test
 class CellStatistic:
     task: str
     method: str
-    seeds: list[float]           # test AUROC per seed
+    seeds: list[float]  # test AUROC per seed
     mean: float
     sd: float
-    low: float                   # bootstrap 95% CI of the mean over seeds
+    low: float  # bootstrap 95% CI of the mean over seeds
     high: float
     n_test: int
     p_vs_baseline: float | None  # paired DeLong on seed-averaged scores; None for the baseline itself
-    difference: float | None     # mean AUROC - baseline's
+    difference: float | None  # mean AUROC - baseline's
 
 
 def read_test_predictions(run: Path) -> dict[str, tuple[int, float]]:
@@ -51,7 +51,9 @@ def _aligned(runs: list[Path]) -> tuple[np.ndarray, np.ndarray]:
     return labels, np.array([[p[s][1] for s in common] for p in preds])
 
 
-def bootstrap_mean_auroc(labels: np.ndarray, scores: np.ndarray, *, n_boot: int = 1000, seed: int = 0) -> tuple[float, float]:
+def bootstrap_mean_auroc(
+    labels: np.ndarray, scores: np.ndarray, *, n_boot: int = 1000, seed: int = 0
+) -> tuple[float, float]:
     """95% percentile CI of the mean over seeds of AUROC, resampling specimens (stratified by class)."""
     rng = np.random.default_rng(seed)
     pos, neg = np.flatnonzero(labels == 1), np.flatnonzero(labels == 0)
@@ -63,7 +65,9 @@ def bootstrap_mean_auroc(labels: np.ndarray, scores: np.ndarray, *, n_boot: int 
     return float(low), float(high)
 
 
-def cell_statistics(task: str, runs_by_method: dict[str, list[Path]], baseline: str, *, n_boot: int = 1000) -> list[CellStatistic]:
+def cell_statistics(
+    task: str, runs_by_method: dict[str, list[Path]], baseline: str, *, n_boot: int = 1000
+) -> list[CellStatistic]:
     """One CellStatistic per method of a task; `runs_by_method[m]` are its run folders, one per seed."""
     base = None
     if baseline in runs_by_method:
@@ -79,11 +83,25 @@ def cell_statistics(task: str, runs_by_method: dict[str, list[Path]], baseline: 
         if base is not None and method != baseline:
             ids = sorted(set.intersection(*(set(read_test_predictions(r)) for r in runs)))
             if ids != base_ids:
-                raise MixmagError(f"{task}: {method} and {baseline} were tested on different specimens; a paired test needs the same")
+                raise MixmagError(
+                    f"{task}: {method} and {baseline} were tested on different specimens; a paired test needs the same"
+                )
             p = delong_test(labels, scores.mean(0), base[1]).p_value
             diff = float(np.mean(per_seed)) - base[2]
-        out.append(CellStatistic(task, method, [float(a) for a in per_seed], float(np.mean(per_seed)),
-                                 float(np.std(per_seed, ddof=1)) if len(per_seed) > 1 else 0.0, low, high, int(labels.size), p, diff))
+        out.append(
+            CellStatistic(
+                task,
+                method,
+                [float(a) for a in per_seed],
+                float(np.mean(per_seed)),
+                float(np.std(per_seed, ddof=1)) if len(per_seed) > 1 else 0.0,
+                low,
+                high,
+                int(labels.size),
+                p,
+                diff,
+            )
+        )
     return out
 
 
@@ -93,7 +111,9 @@ def hanley_mcneil_variance(auc: float, n_pos: int, n_neg: int) -> float:
     return (auc * (1 - auc) + (n_pos - 1) * (q1 - auc * auc) + (n_neg - 1) * (q2 - auc * auc)) / (n_pos * n_neg)
 
 
-def paired_power(auc: float, difference: float, n_pos: int, n_neg: int, correlation: float, alpha: float = 0.05) -> float:
+def paired_power(
+    auc: float, difference: float, n_pos: int, n_neg: int, correlation: float, alpha: float = 0.05
+) -> float:
     """Power of a two-sided paired test (DeLong-like, normal approximation) to detect `difference` between two
     AUROCs near `auc` measured on the same specimens whose estimates correlate by `correlation`."""
     var = 2 * hanley_mcneil_variance(auc, n_pos, n_neg) * (1 - correlation)
@@ -102,7 +122,9 @@ def paired_power(auc: float, difference: float, n_pos: int, n_neg: int, correlat
     return float(stats.norm.sf(crit - z) + stats.norm.cdf(-crit - z))
 
 
-def specimens_for_power(auc: float, difference: float, correlation: float, power: float = 0.8, alpha: float = 0.05) -> int:
+def specimens_for_power(
+    auc: float, difference: float, correlation: float, power: float = 0.8, alpha: float = 0.05
+) -> int:
     """Smallest balanced test set (total specimens) with at least `power`."""
     n = 10
     while paired_power(auc, difference, n // 2, n // 2, correlation, alpha) < power:

@@ -37,8 +37,8 @@ class SlideAttribution:
     level_names: list[str]
     level_maps: dict[str, np.ndarray]
     region_size: int
-    regions: np.ndarray                       # (R, 2) top-left cells of the accepted regions
-    region_weight: np.ndarray                 # (R,) AB-MIL attention on each region (sums to <= 1)
+    regions: np.ndarray  # (R, 2) top-left cells of the accepted regions
+    region_weight: np.ndarray  # (R,) AB-MIL attention on each region (sums to <= 1)
     token_fraction: dict[str, float] = field(default_factory=dict)  # each level's share of the bag's items
 
     @property
@@ -132,13 +132,17 @@ def explain_slide(classifier: SlideClassifier, slide: str, store_path: Path, met
     attribution = classifier.explain(slide, method)
     values = attribution.values
     if values.size != layout.level.size:
-        raise MixmagError(f"{store_path}: the bag has {values.size} items but the store lays out {layout.level.size}; "
-                          "re-run `mixmag encode` / `mixmag embed` for this slide")
+        raise MixmagError(
+            f"{store_path}: the bag has {values.size} items but the store lays out {layout.level.size}; "
+            "re-run `mixmag encode` / `mixmag embed` for this slide"
+        )
     maps = _maps(store, layout, values)
     if classifier.pools_regions:
         region_weight = attribution.attention  # AB-MIL's own weight on each region
     else:  # AB-MIL's weights on tiles or tokens, summed over each region
-        region_weight = _region_weights_from_maps(store, _maps(store, layout, np.asarray(attribution.attention, np.float64).ravel()))
+        region_weight = _region_weights_from_maps(
+            store, _maps(store, layout, np.asarray(attribution.attention, np.float64).ravel())
+        )
     return SlideAttribution(
         slide_id=slide,
         score=float(torch.sigmoid(torch.tensor(attribution.logit))),
@@ -155,8 +159,11 @@ def explain_slide(classifier: SlideClassifier, slide: str, store_path: Path, met
 def attribution_summary(a: SlideAttribution) -> dict:
     """What a predictions table or a report prints for one slide."""
     return {
-        "slide": a.slide_id, "score": a.score, "method": a.method,
-        "level_share": a.level_share, "level_enrichment": a.level_enrichment,
+        "slide": a.slide_id,
+        "score": a.score,
+        "method": a.method,
+        "level_share": a.level_share,
+        "level_enrichment": a.level_enrichment,
         "top_region": a.regions[int(np.argmax(a.region_weight))].tolist() if len(a.region_weight) else None,
     }
 
@@ -164,6 +171,11 @@ def attribution_summary(a: SlideAttribution) -> dict:
 def save_attribution(a: SlideAttribution, path: Path) -> Path:
     """Maps as .npz (one array per level, plus regions and weights) and the summary as JSON inside."""
     with atomic_path(path, suffix=".npz") as tmp:  # the suffix keeps numpy from appending its own
-        np.savez_compressed(tmp, **{f"map_{k}": v for k, v in a.level_maps.items()}, regions=a.regions,
-                            region_weight=a.region_weight, summary=np.array(json.dumps(attribution_summary(a))))
+        np.savez_compressed(
+            tmp,
+            **{f"map_{k}": v for k, v in a.level_maps.items()},
+            regions=a.regions,
+            region_weight=a.region_weight,
+            summary=np.array(json.dumps(attribution_summary(a))),
+        )
     return path

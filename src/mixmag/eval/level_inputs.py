@@ -65,8 +65,9 @@ def reads_one_level(bags: str, region_level: str | None) -> bool:
     return bags in ("5x", "10x", "20x") or (bags == "regions" and region_level is not None)
 
 
-def run_level_importance(run: Path, test_slides: list[str], *, max_slides: int = 24, max_reference: int = 32,
-                         steps: int = 24) -> tuple[list[LevelImportance], str]:
+def run_level_importance(
+    run: Path, test_slides: list[str], *, max_slides: int = 24, max_reference: int = 32, steps: int = 24
+) -> tuple[list[LevelImportance], str]:
     """Every measure on up to `max_slides` of `test_slides` of a finished run (`mixmag train` folder), with
     the reference embeddings (what 'mean-replaced' puts in) averaged over up to `max_reference` training
     slides of its cohort. Returns the importances and a sentence saying which reference was used."""
@@ -92,4 +93,6 @@ def run_level_importance(run: Path, test_slides: list[str], *, max_slides: int =
     else:
         reference = None
         note = "reference: each slide's own mean embedding per magnification (the training cohort could not be read)"
-    return [level_importance(s, slide_input(classifier, s, used[s]), reference=reference, steps=steps) for s in chosen], note
+    return [
+        level_importance(s, slide_input(classifier, s, used[s]), reference=reference, steps=steps) for s in chosen
+    ], note

@@ -21,7 +21,12 @@ def evaluate_run(run: str | Path, n_boot: int | None = None) -> dict:
     for split in ("tune", "test"):
         preds = read_predictions(run, split)
         labels = [v[0] for v in preds.values()]
-        ci = bootstrap_auroc(labels, [v[1] for v in preds.values()], n_boot=n_boot or config.get("bootstrap", 2000), seed=config.get("seed", 0))
+        ci = bootstrap_auroc(
+            labels,
+            [v[1] for v in preds.values()],
+            n_boot=n_boot or config.get("bootstrap", 2000),
+            seed=config.get("seed", 0),
+        )
         out[split] = {"auroc": ci.auroc, "ci95": [ci.low, ci.high], "specimens": len(labels), "positive": sum(labels)}
     return out
 
@@ -29,7 +34,9 @@ def evaluate_run(run: str | Path, n_boot: int | None = None) -> dict:
 def compare_runs(run_a: str | Path, run_b: str | Path, split: str = "test") -> DeLongResult:
     a, b = read_predictions(run_a, split), read_predictions(run_b, split)
     if set(a) != set(b):
-        raise MixmagError(f"{run_a} and {run_b} were evaluated on different {split} specimens; a paired test needs the same ones")
+        raise MixmagError(
+            f"{run_a} and {run_b} were evaluated on different {split} specimens; a paired test needs the same ones"
+        )
     specimens = sorted(a)
     if any(a[s][0] != b[s][0] for s in specimens):
         raise MixmagError(f"{run_a} and {run_b} disagree on labels; were they trained on the same cohort table?")

@@ -22,9 +22,9 @@ from .mixer import MixerConfig, RegionMixer, make_blocks
 
 @dataclass
 class Masking:
-    keep: torch.Tensor     # (B, s - k) visible slots, in shuffled order
+    keep: torch.Tensor  # (B, s - k) visible slots, in shuffled order
     restore: torch.Tensor  # (B, s) position of each slot in [visible..., masked...]
-    masked: torch.Tensor   # (B, s) bool, True where hidden
+    masked: torch.Tensor  # (B, s) bool, True where hidden
 
 
 MemReduction = Literal["mean", "sum"]
@@ -40,7 +40,9 @@ def n_masked(seq_len: int, ratio: float) -> int:
     return (seq_len * exact.numerator) // exact.denominator
 
 
-def random_masking(batch: int, seq_len: int, ratio: float, *, noise: torch.Tensor | None = None, device=None) -> Masking:
+def random_masking(
+    batch: int, seq_len: int, ratio: float, *, noise: torch.Tensor | None = None, device=None
+) -> Masking:
     """Hide floor(s r) random slots of each sample (independently per sample)."""
     k = n_masked(seq_len, ratio)
     if noise is None:
@@ -67,14 +69,18 @@ def level_weights(t: int, n_levels: int) -> torch.Tensor:
     return torch.tensor([len(levels) / (n_levels * counts[i]) for i in levels])
 
 
-def reconstruction_loss(pred: torch.Tensor, target: torch.Tensor, masked: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+def reconstruction_loss(
+    pred: torch.Tensor, target: torch.Tensor, masked: torch.Tensor, weights: torch.Tensor
+) -> torch.Tensor:
     """Eq. 2 averaged over the batch: -(1/k) sum over hidden slots of w_j cos(x_hat_j, x_j)."""
     sim = F.cosine_similarity(pred.float(), target.float(), dim=-1)  # (B, s)
     k = masked.sum(dim=1).clamp(min=1)
     return -((sim * weights * masked).sum(dim=1) / k).mean()
 
 
-def contrastive_loss(z: torch.Tensor, z_prime: torch.Tensor, tau: float = 0.2, form: ContrastiveForm = "paper") -> torch.Tensor:
+def contrastive_loss(
+    z: torch.Tensor, z_prime: torch.Tensor, tau: float = 0.2, form: ContrastiveForm = "paper"
+) -> torch.Tensor:
     """Eq. 5 as printed ("paper"): -1/n sum_i log exp(sim(z_i, z'_i)/tau) / sum_{j != i} exp(sim(z_i, z'_j)/tau),
     z against z' only, the positive left out of the denominator. "symmetric": the usual InfoNCE reading, the
     positive in the denominator (cross-entropy over all j) and both directions (z -> z' and z' -> z) averaged."""
@@ -142,8 +148,15 @@ class MEMPretrainer(nn.Module):
     added ("sum": the literal "MEM + contrastive" with one MEM term per crop). contrastive_form: see
     `contrastive_loss`."""
 
-    def __init__(self, config: MixerConfig, mask_ratio: float, contrastive: bool = False, tau: float = 0.2,
-                 mem_reduction: MemReduction = "mean", contrastive_form: ContrastiveForm = "paper") -> None:
+    def __init__(
+        self,
+        config: MixerConfig,
+        mask_ratio: float,
+        contrastive: bool = False,
+        tau: float = 0.2,
+        mem_reduction: MemReduction = "mean",
+        contrastive_form: ContrastiveForm = "paper",
+    ) -> None:
         super().__init__()
         n_masked(config.seq_len, mask_ratio)  # validates r
         if mem_reduction not in ("mean", "sum"):
@@ -188,7 +201,9 @@ class MEMPretrainer(nn.Module):
                 losses["contrastive"] = contrastive_loss(z, z_prime, self.tau, self.contrastive_form)
         losses["loss"] = sum(v for k, v in losses.items() if k != "loss")
         with torch.no_grad():
-            losses |= reconstruction_metrics(out["pred"], x, out["masking"].masked, self.levels, self.config.n_levels, self.weights)
+            losses |= reconstruction_metrics(
+                out["pred"], x, out["masking"].masked, self.levels, self.config.n_levels, self.weights
+            )
         return losses
 
 

@@ -78,8 +78,26 @@ class MixerOverrides(BaseModel):
 
 MIXER_PRESETS: dict[str, dict] = {
     "paper": {},
-    "small": dict(dim=384, depth=6, heads=6, decoder_dim=384, decoder_depth=2, decoder_heads=6, projector_hidden=1024, projector_out=128),
-    "tiny": dict(dim=64, depth=2, heads=4, decoder_dim=64, decoder_depth=1, decoder_heads=4, projector_hidden=128, projector_out=32),
+    "small": dict(
+        dim=384,
+        depth=6,
+        heads=6,
+        decoder_dim=384,
+        decoder_depth=2,
+        decoder_heads=6,
+        projector_hidden=1024,
+        projector_out=128,
+    ),
+    "tiny": dict(
+        dim=64,
+        depth=2,
+        heads=4,
+        decoder_dim=64,
+        decoder_depth=1,
+        decoder_heads=4,
+        projector_hidden=128,
+        projector_out=32,
+    ),
 }
 
 

@@ -19,7 +19,9 @@ MixerOutput = Literal["patch", "cls"]
 
 
 class SlideModel(nn.Module):
-    def __init__(self, in_dim: int, hidden: int = 16, mixer: RegionMixer | None = None, output: MixerOutput = "patch") -> None:
+    def __init__(
+        self, in_dim: int, hidden: int = 16, mixer: RegionMixer | None = None, output: MixerOutput = "patch"
+    ) -> None:
         super().__init__()
         self.mixer = mixer
         self.output = output

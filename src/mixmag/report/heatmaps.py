@@ -24,7 +24,9 @@ THUMBNAIL_LONGEST = 900
 def open_store_slide(attrs: dict) -> Slide:
     """The slide a store was made from, read the way the tiler read it (same backend and mpp)."""
     if not attrs.get("slide_path"):
-        raise MixmagError(f"store of {attrs.get('slide_id')!r} names no slide file (imported or synthetic); heatmaps need the slide")
+        raise MixmagError(
+            f"store of {attrs.get('slide_id')!r} names no slide file (imported or synthetic); heatmaps need the slide"
+        )
     return Slide(attrs["slide_path"], mpp=attrs["slide_mpp"], backend=attrs.get("reader_backend") or "auto")
 
 
@@ -72,8 +74,13 @@ def read_level_square(slide: Slide, attrs: dict, level: int, row: int, col: int,
     params = attrs.get("tiling_params") or {}
     box = Box(col * unit, row * unit, (col + side) * unit, (row + side) * unit)
     px = int(attrs["tile_px"]) * side
-    return slide.read_box(box, float(attrs["level_mpps"][level]), (px, px),
-                          tolerance=params.get("mpp_tolerance", 0.05), allow_upsample=params.get("allow_upsample", False))
+    return slide.read_box(
+        box,
+        float(attrs["level_mpps"][level]),
+        (px, px),
+        tolerance=params.get("mpp_tolerance", 0.05),
+        allow_upsample=params.get("allow_upsample", False),
+    )
 
 
 def tile_crop(slide: Slide, attrs: dict, level: int, row: int, col: int) -> np.ndarray:
@@ -104,11 +111,15 @@ def region_views(slide: Slide, attrs: dict, a: SlideAttribution, row: int, col: 
         views.append((tile_crop(slide, attrs, i, row * s + r, col * s + c), f"{a.level_names[i]}: top tile"))
         side = px / s  # that tile's outline on the coarsest view
         color = (255, 255, 255) if i == 1 else (0, 255, 255)
-        cv2.rectangle(whole, (round(c * side), round(r * side)), (round((c + 1) * side) - 1, round((r + 1) * side) - 1), color, 2)
+        cv2.rectangle(
+            whole, (round(c * side), round(r * side)), (round((c + 1) * side) - 1, round((r + 1) * side) - 1), color, 2
+        )
     return views
 
 
-def draw_heatmaps(a: SlideAttribution, attrs: dict, out_dir: Path, *, top_k: int = 4, formats: tuple[str, ...] = ("png",)) -> list[Path]:
+def draw_heatmaps(
+    a: SlideAttribution, attrs: dict, out_dir: Path, *, top_k: int = 4, formats: tuple[str, ...] = ("png",)
+) -> list[Path]:
     """<slide>_maps.<fmt> (thumbnail, region attention, one map per magnification), <slide>_top.<fmt>
     (top-k tiles of each magnification) and <slide>_regions.<fmt> (top regions at every magnification)."""
     import matplotlib
@@ -120,8 +131,15 @@ def draw_heatmaps(a: SlideAttribution, attrs: dict, out_dir: Path, *, top_k: int
     out_dir.mkdir(parents=True, exist_ok=True)
     with open_store_slide(attrs) as slide:
         thumb, scale = thumbnail(slide)
-        crops = [[(tile_crop(slide, attrs, i, r, c), v) for r, c, v in top_tiles(a, i, top_k)] for i in range(len(a.level_names))]
-        regions = [(w, region_views(slide, attrs, a, r, c)) for r, c, w in top_regions(a, min(top_k, 3))] if a.region_size else []
+        crops = [
+            [(tile_crop(slide, attrs, i, r, c), v) for r, c, v in top_tiles(a, i, top_k)]
+            for i in range(len(a.level_names))
+        ]
+        regions = (
+            [(w, region_views(slide, attrs, a, r, c)) for r, c, w in top_regions(a, min(top_k, 3))]
+            if a.region_size
+            else []
+        )
     cell_px = float(attrs["cell_px"])
     shape = thumb.shape[:2]
     rows_cells = max((m.shape[0] for m in a.level_maps.values()), default=0)
@@ -137,15 +155,23 @@ def draw_heatmaps(a: SlideAttribution, attrs: dict, out_dir: Path, *, top_k: int
         panels.append((title, a.level_maps[name], cell_px / 2**i))
 
     written = []
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.4 * len(panels), 3.6 * shape[0] / shape[1] + 0.8), squeeze=False)
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(3.4 * len(panels), 3.6 * shape[0] / shape[1] + 0.8), squeeze=False
+    )
     for ax, (title, values, unit) in zip(axes[0], panels):
         ax.imshow(thumb if values is None else _grey(thumb))
         if values is not None:
             picture = map_on_thumbnail(values, unit, scale, shape)
             if np.isfinite(picture).any():
                 low, high = float(np.nanmin(picture)), float(np.nanmax(picture))  # the slide's own range: contrast
-                im = ax.imshow(np.ma.masked_invalid(picture), cmap="inferno", alpha=0.8, vmin=low, vmax=max(high, low + 1e-12),
-                               interpolation="nearest")
+                im = ax.imshow(
+                    np.ma.masked_invalid(picture),
+                    cmap="inferno",
+                    alpha=0.8,
+                    vmin=low,
+                    vmax=max(high, low + 1e-12),
+                    interpolation="nearest",
+                )
                 fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
             else:
                 ax.text(0.5, 0.5, "not used by this model", transform=ax.transAxes, ha="center", color="black")
@@ -179,7 +205,9 @@ def draw_heatmaps(a: SlideAttribution, attrs: dict, out_dir: Path, *, top_k: int
                 if j < len(views):
                     ax.imshow(views[j][0])
                     ax.set_title(f"#{k + 1} ({weight:.3f}) {views[j][1]}" if j == 0 else views[j][1], fontsize=8)
-        fig.suptitle(f"{a.slide_id}: most attended regions, at each magnification (outlines: the finer top tiles)", fontsize=10)
+        fig.suptitle(
+            f"{a.slide_id}: most attended regions, at each magnification (outlines: the finer top tiles)", fontsize=10
+        )
         fig.tight_layout()
         written += _save(fig, out_dir / f"{a.slide_id}_regions", formats)
     return written

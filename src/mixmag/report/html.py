@@ -50,7 +50,9 @@ def _file_png(path: Path, longest: int = 480, fmt: str = "png") -> str | None:
         return None
     scale = min(1.0, longest / max(image.shape[:2]))
     if scale < 1:
-        image = cv2.resize(image, (round(image.shape[1] * scale), round(image.shape[0] * scale)), interpolation=cv2.INTER_AREA)
+        image = cv2.resize(
+            image, (round(image.shape[1] * scale), round(image.shape[0] * scale)), interpolation=cv2.INTER_AREA
+        )
     ok, buf = cv2.imencode(f".{fmt}", image, [cv2.IMWRITE_JPEG_QUALITY, 88] if fmt == "jpeg" else [])
     return f"data:image/{fmt};base64," + base64.b64encode(buf.tobytes()).decode() if ok else None
 
@@ -137,7 +139,9 @@ def run_store_paths(config: dict, slides: list[str]) -> tuple[dict[str, Path], d
         elif is_safe_id(slide):
             paths[slide] = Path(config["stores"]) / f"{slide}.h5"
         else:
-            refused[slide] = f"slide id {slide!r} in the run's predictions is not a safe file name; its heatmaps are not drawn"
+            refused[slide] = (
+                f"slide id {slide!r} in the run's predictions is not a safe file name; its heatmaps are not drawn"
+            )
     return paths, refused
 
 
@@ -163,7 +167,11 @@ def _qc_pictures(run: Path, config: dict, rows: list[dict], limit: int = 6) -> l
 
 def _explained_slides(rows: list[dict]) -> list[tuple[str, str]]:
     """(slide, why shown): the highest-scoring positive and negative test slides, and the lowest-scoring positive."""
-    slides = [(s, int(r["label"]), float(v)) for r in rows for s, v in zip(r["slides"].split(";"), r["slide_scores"].split(";"))]
+    slides = [
+        (s, int(r["label"]), float(v))
+        for r in rows
+        for s, v in zip(r["slides"].split(";"), r["slide_scores"].split(";"))
+    ]
     positives = sorted((x for x in slides if x[1] == 1), key=lambda x: -x[2])
     negatives = sorted((x for x in slides if x[1] == 0), key=lambda x: -x[2])
     picked = []
@@ -188,7 +196,14 @@ def _heatmaps(run: Path, config: dict, rows: list[dict]) -> tuple[list[tuple[str
         for slide, why in chosen:
             attribution = explain_slide(classifier, slide, stores[slide])
             pictures = draw_heatmaps(attribution, read_attrs(stores[slide]), TrainRun(run).heatmaps)
-            out.append((slide, why, attribution_summary(attribution), [_file_png(p, longest=1400, fmt="jpeg") for p in pictures]))
+            out.append(
+                (
+                    slide,
+                    why,
+                    attribution_summary(attribution),
+                    [_file_png(p, longest=1400, fmt="jpeg") for p in pictures],
+                )
+            )
     except UnsafeCheckpointError:
         raise  # a tampered run folder is an error, not a missing picture
     except (MixmagError, OSError, KeyError) as exc:
@@ -199,16 +214,22 @@ def _heatmaps(run: Path, config: dict, rows: list[dict]) -> tuple[list[tuple[str
 def _heatmap_section(run: Path, config: dict, rows: list[dict]) -> list[str]:
     e = html.escape
     shown, problem = _heatmaps(run, config, rows)
-    parts = ["<h2>Where the model looked, per magnification</h2>",
-             "<p>Per test slide: the attention each region received, and the attention (or gradient x input attribution, "
-             "for models pooling whole regions) on the 5x, 10x and 20x tiles, each over the slide; then the most attended "
-             "tiles of each magnification. The share of each magnification is also given relative to its share of the "
-             "tokens (1.00x = as much as uniform attention).</p>"]
+    parts = [
+        "<h2>Where the model looked, per magnification</h2>",
+        "<p>Per test slide: the attention each region received, and the attention (or gradient x input attribution, "
+        "for models pooling whole regions) on the 5x, 10x and 20x tiles, each over the slide; then the most attended "
+        "tiles of each magnification. The share of each magnification is also given relative to its share of the "
+        "tokens (1.00x = as much as uniform attention).</p>",
+    ]
     for slide, why, summary, pictures in shown:
         enrichment = summary["level_enrichment"]
-        shares = ", ".join(f"{e(k)} {100 * v:.0f}% ({f'{enrichment[k]:.2f}x uniform' if k in enrichment else 'not in its bags'})"
-                           for k, v in summary["level_share"].items())
-        parts.append(f"<h3>{e(slide)}: {e(why)}, score {summary['score']:.3f}</h3><p>{e(summary['method'])}: {shares}</p>")
+        shares = ", ".join(
+            f"{e(k)} {100 * v:.0f}% ({f'{enrichment[k]:.2f}x uniform' if k in enrichment else 'not in its bags'})"
+            for k, v in summary["level_share"].items()
+        )
+        parts.append(
+            f"<h3>{e(slide)}: {e(why)}, score {summary['score']:.3f}</h3><p>{e(summary['method'])}: {shares}</p>"
+        )
         parts += [f"<img alt='heatmaps of {e(slide)}' src='{src}'>" for src in pictures if src]
     if problem:
         parts.append(f"<p><i>Heatmaps not drawn{' for every slide' if shown else ''}: {e(problem)}</i></p>")
@@ -231,11 +252,20 @@ def split_counts(config: dict, metrics: dict, splits: dict, rows: dict[str, list
     has no predictions to count from), else from the run's own files."""
     try:
         cohort = load_cohort(config["cohort"], config["stores"], require_stores=False)
-        return {k: (len(g), sum(sp.label for sp in g), sum(len(sp.slides) for sp in g))
-                for k in splits for g in [cohort.split(k)]}
+        return {
+            k: (len(g), sum(sp.label for sp in g), sum(len(sp.slides) for sp in g))
+            for k in splits
+            for g in [cohort.split(k)]
+        }
     except (MixmagError, OSError, KeyError):
-        return {k: (len(v), metrics.get(k, {}).get("positive", ""), sum(len(r["slides"].split(";")) for r in rows.get(k, [])) or "")
-                for k, v in splits.items()}
+        return {
+            k: (
+                len(v),
+                metrics.get(k, {}).get("positive", ""),
+                sum(len(r["slides"].split(";")) for r in rows.get(k, [])) or "",
+            )
+            for k, v in splits.items()
+        }
 
 
 def build_report(run: str | Path, timings: dict | None = None, *, heatmaps: bool = True) -> Path:
@@ -259,28 +289,43 @@ def build_report(run: str | Path, timings: dict | None = None, *, heatmaps: bool
         "th{background:#f0f3f7}pre{background:#f6f6f6;padding:1em;overflow:auto}img{max-width:100%}"
         ".qc{display:inline-block;margin:6px;width:320px;vertical-align:top}.qc img{width:100%}</style></head><body>",
         f"<h1>mixmag: {e(title)}</h1><p>run folder {e(str(run))}</p>",
-        f"<p>bags: <b>{e(str(config.get('bags')))}</b>; chosen epoch {e(str(metrics.get('best_epoch')))} (selected on tune AUROC only); "
+        f"<p>bags: <b>{e(str(config.get('bags')))}</b>; chosen epoch {e(str(metrics.get('best_epoch')))} (selected on "
+        "tune AUROC only); "
         f"mixmag {e(__version__)}</p>",
-        "<h2>Metrics</h2><table><tr><th>split</th><th>specimens</th><th>positive</th><th>AUROC</th><th>95% CI (bootstrap)</th></tr>",
+        "<h2>Metrics</h2><table><tr><th>split</th><th>specimens</th><th>positive</th><th>AUROC</th><th>95% CI "
+        "(bootstrap)</th></tr>",
     ]
     for split in ("tune", "test"):
         m = metrics[split]
-        parts.append(f"<tr><td>{split}</td><td>{m['specimens']}</td><td>{m['positive']}</td><td>{m['auroc']:.3f}</td>"
-                     f"<td>{m['ci95'][0]:.3f} – {m['ci95'][1]:.3f}</td></tr>")
+        parts.append(
+            f"<tr><td>{split}</td><td>{m['specimens']}</td><td>{m['positive']}</td><td>{m['auroc']:.3f}</td>"
+            f"<td>{m['ci95'][0]:.3f} – {m['ci95'][1]:.3f}</td></tr>"
+        )
     parts.append("</table>")
     if splits:
         parts.append("<h2>Cohort</h2><table><tr><th>split</th><th>specimens</th><th>positive</th><th>slides</th></tr>")
-        counts = split_counts(config, metrics, splits, {name: _read_predictions(run, name) for name in ("tune", "test")})
+        counts = split_counts(
+            config, metrics, splits, {name: _read_predictions(run, name) for name in ("tune", "test")}
+        )
         for k, (specimens, positive, slides) in counts.items():
-            parts.append(f"<tr><td>{e(k)}</td><td>{specimens}</td><td>{e(str(positive))}</td><td>{e(str(slides))}</td></tr>")
+            parts.append(
+                f"<tr><td>{e(k)}</td><td>{specimens}</td><td>{e(str(positive))}</td><td>{e(str(slides))}</td></tr>"
+            )
         parts.append("</table>")
     parts.append(f"<h2>ROC curves</h2><img alt='ROC curves' src='{_roc_figure(run, metrics)}'>")
     if metrics.get("history"):
-        parts.append(f"<h2>Training</h2><img alt='training history' src='{_history_figure(metrics['history'], metrics['best_epoch'])}'>")
-    parts.append("<h2>Test predictions</h2><table><tr><th>specimen</th><th>label</th><th>score</th><th>slides (scores)</th></tr>")
+        parts.append(
+            "<h2>Training</h2><img alt='training history' "
+            f"src='{_history_figure(metrics['history'], metrics['best_epoch'])}'>"
+        )
+    parts.append(
+        "<h2>Test predictions</h2><table><tr><th>specimen</th><th>label</th><th>score</th><th>slides (scores)</th></tr>"
+    )
     for r in sorted(test_rows, key=lambda r: -float(r["score"])):
         slides = ", ".join(f"{e(s)} ({e(v)})" for s, v in zip(r["slides"].split(";"), r["slide_scores"].split(";")))
-        parts.append(f"<tr><td>{e(r['specimen'])}</td><td>{e(r['label'])}</td><td>{float(r['score']):.3f}</td><td>{slides}</td></tr>")
+        parts.append(
+            f"<tr><td>{e(r['specimen'])}</td><td>{e(r['label'])}</td><td>{float(r['score']):.3f}</td><td>{slides}</td></tr>"
+        )
     parts.append("</table>")
     qc = _qc_pictures(run, config, test_rows)
     if qc:
@@ -290,6 +335,10 @@ def build_report(run: str | Path, timings: dict | None = None, *, heatmaps: bool
         parts += magnification_section(run, config, test_rows)
         parts += _heatmap_section(run, config, test_rows)
     if timings:
-        parts.append("<h2>Stage timings</h2><table>" + "".join(f"<tr><td>{e(k)}</td><td>{v:.1f} s</td></tr>" for k, v in timings.items()) + "</table>")
+        parts.append(
+            "<h2>Stage timings</h2><table>"
+            + "".join(f"<tr><td>{e(k)}</td><td>{v:.1f} s</td></tr>" for k, v in timings.items())
+            + "</table>"
+        )
     parts.append(f"<h2>Configuration</h2><pre>{e(json.dumps(config, indent=1))}</pre></body></html>")
     return write_atomic(folder.report, "\n".join(parts))

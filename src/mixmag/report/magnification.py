@@ -13,13 +13,25 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import MixmagError
-from ..eval.attribution import ATTENTION, CAUSAL_MEASURES, LevelImportance, cohort_summary, importance_ratio, measures_of
+from ..eval.attribution import (
+    ATTENTION,
+    CAUSAL_MEASURES,
+    LevelImportance,
+    cohort_summary,
+    importance_ratio,
+    measures_of,
+)
 from ..eval.level_inputs import reads_one_level, run_level_importance
 
 
 def positive_test_slides(rows: list[dict]) -> list[str]:
     """Slides of positive test specimens, highest score first (where a biomarker, if learnt, is)."""
-    slides = [(s, float(v)) for r in rows if int(r["label"]) == 1 for s, v in zip(r["slides"].split(";"), r["slide_scores"].split(";"))]
+    slides = [
+        (s, float(v))
+        for r in rows
+        if int(r["label"]) == 1
+        for s, v in zip(r["slides"].split(";"), r["slide_scores"].split(";"))
+    ]
     return [s for s, _ in sorted(slides, key=lambda x: -x[1])]
 
 
@@ -29,7 +41,11 @@ def summary_rows(slides: list[LevelImportance], n_boot: int = 1000) -> list[dict
     for measure in measures_of(slides):
         summary = cohort_summary(slides, measure, n_boot=n_boot)
         low_level = summary.level_names[int(np.argmin(summary.mean))]
-        ratio = importance_ratio(slides, measure, summary.top, low_level, n_boot=n_boot) if low_level != summary.top else None
+        ratio = (
+            importance_ratio(slides, measure, summary.top, low_level, n_boot=n_boot)
+            if low_level != summary.top
+            else None
+        )
         rows.append({"measure": measure, "summary": summary, "ratio": ratio})
     return rows
 
@@ -41,13 +57,21 @@ def verdict(rows: list[dict], token_fraction: np.ndarray | None) -> str:
         return "No measure of a change of the score is available for this model."
     lead = causal[0]["summary"]
     words = f"Removing or mean-replacing one magnification changes the score most for <b>{html.escape(lead.top)}</b>"
-    words += " (its CI lies above the others')." if lead.clear else ", but the CIs overlap: no magnification stands out clearly."
+    words += (
+        " (its CI lies above the others')."
+        if lead.clear
+        else ", but the CIs overlap: no magnification stands out clearly."
+    )
     attention = next((r["summary"] for r in rows if r["measure"] == ATTENTION), None)
     if attention is not None and attention.top != lead.top:
-        words += (f" AB-MIL attention puts most weight on {html.escape(attention.top)}, which is not the magnification the "
-                  "score depends on: attention shares follow how many tokens each level has, not what the model uses.")
+        words += (
+            f" AB-MIL attention puts most weight on {html.escape(attention.top)}, which is not the magnification the "
+            "score depends on: attention shares follow how many tokens each level has, not what the model uses."
+        )
         if token_fraction is not None:
-            shares = ", ".join(f"{html.escape(n)} {100 * f:.0f}%" for n, f in zip(attention.level_names, token_fraction))
+            shares = ", ".join(
+                f"{html.escape(n)} {100 * f:.0f}%" for n, f in zip(attention.level_names, token_fraction)
+            )
             words += f" (Token shares: {shares}.)"
     return words
 
@@ -56,7 +80,9 @@ def magnification_section(run: Path, config: dict, rows: list[dict]) -> list[str
     e = html.escape
     parts = ["<h2>Which magnification mattered</h2>"]
     if reads_one_level(str(config.get("bags")), config.get("region_level")):
-        return parts + ["<p>This model reads one magnification only; there is nothing to attribute between magnifications.</p>"]
+        return parts + [
+            "<p>This model reads one magnification only; there is nothing to attribute between magnifications.</p>"
+        ]
     slides = positive_test_slides(rows)
     if not slides:
         return parts + ["<p>No positive test slides.</p>"]
@@ -66,17 +92,26 @@ def magnification_section(run: Path, config: dict, rows: list[dict]) -> list[str
         return parts + [f"<p><i>Not computed: {e(type(exc).__name__)}: {e(str(exc))}</i></p>"]
     table = summary_rows(importances)
     names = importances[0].level_names
-    parts.append(f"<p>Over {len(importances)} positive test slides. Each level's share of the importance (mean over slides, "
-                 "95% bootstrap CI over slides). Level occlusion: the drop of the slide logit when that level's embeddings "
-                 "are mean-replaced (or, for tile bags, removed); integrated gradients from the all-levels-mean-replaced "
-                 f"input. Ratio: geometric mean over slides of the top level's share over the least important one's. {e(note)}.</p>")
+    parts.append(
+        f"<p>Over {len(importances)} positive test slides. Each level's share of the importance (mean over slides, "
+        "95% bootstrap CI over slides). Level occlusion: the drop of the slide logit when that level's embeddings "
+        "are mean-replaced (or, for tile bags, removed); integrated gradients from the all-levels-mean-replaced "
+        "input. Ratio: geometric mean over slides of the top level's share over the least important one's. "
+        f"{e(note)}.</p>"
+    )
     parts.append(f"<p>{verdict(table, importances[0].token_fraction)}</p>")
     head = "".join(f"<th>{e(n)}</th>" for n in names)
     parts.append(f"<table><tr><th>measure</th>{head}<th>top</th><th>importance ratio (95% CI)</th></tr>")
     for r in table:
         s, ratio = r["summary"], r["ratio"]
-        cells = "".join(f"<td>{100 * m:.0f}% ({100 * lo:.0f}–{100 * hi:.0f})</td>" for m, lo, hi in zip(s.mean, s.low, s.high))
-        ratio_text = f"{ratio.numerator}/{ratio.denominator} {ratio.ratio:.2f} ({ratio.low:.2f}–{ratio.high:.2f})" if ratio else ""
+        cells = "".join(
+            f"<td>{100 * m:.0f}% ({100 * lo:.0f}–{100 * hi:.0f})</td>" for m, lo, hi in zip(s.mean, s.low, s.high)
+        )
+        ratio_text = (
+            f"{ratio.numerator}/{ratio.denominator} {ratio.ratio:.2f} ({ratio.low:.2f}–{ratio.high:.2f})"
+            if ratio
+            else ""
+        )
         top = f"<b>{e(s.top)}</b>" if s.clear else f"{e(s.top)} (not clear)"
         parts.append(f"<tr><td>{e(r['measure'])}</td>{cells}<td>{top}</td><td>{e(ratio_text)}</td></tr>")
     parts.append("</table>")

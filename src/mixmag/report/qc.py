@@ -64,14 +64,25 @@ def _pt(x: float, y: float) -> tuple[int, int]:
 def _legend(img: np.ndarray, plan: TilingPlan) -> None:
     names = plan.levels.names
     y = 24
-    label = f"{plan.slide.slide_id}: {len(plan.regions)} regions ({plan.params.region_size}x{plan.params.region_size} cells)"
+    label = (
+        f"{plan.slide.slide_id}: {len(plan.regions)} regions ({plan.params.region_size}x{plan.params.region_size} "
+        "cells)"
+    )
     cv2.putText(img, label, (10, y), cv2.FONT_HERSHEY_SIMPLEX, 0.6, REGION_COLOR, 2, cv2.LINE_AA)
     for level, name in enumerate(names):
         y += 22
         color = LEVEL_COLORS[level % len(LEVEL_COLORS)]
         cv2.line(img, (10, y - 5), (40, y - 5), color, 3)
-        cv2.putText(img, f"{name} tiles ({plan.params.tile_px} px at {plan.levels.mpp(level):g} um/px)",
-                    (48, y), cv2.FONT_HERSHEY_SIMPLEX, 0.5, color, 1, cv2.LINE_AA)
+        cv2.putText(
+            img,
+            f"{name} tiles ({plan.params.tile_px} px at {plan.levels.mpp(level):g} um/px)",
+            (48, y),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            0.5,
+            color,
+            1,
+            cv2.LINE_AA,
+        )
 
 
 def png_bytes(rgb: np.ndarray) -> bytes:

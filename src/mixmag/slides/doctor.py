@@ -21,8 +21,13 @@ from .pyramids import read_pyramid
 from .reader import Slide
 from .sources import slide_entries
 
-_DISTRIBUTIONS = {"tiffslide": "tiffslide", "openslide": "openslide-bin", "omezarr": "zarr", "czi": "pylibCZIrw",
-                  "slideio": "slideio"}
+_DISTRIBUTIONS = {
+    "tiffslide": "tiffslide",
+    "openslide": "openslide-bin",
+    "omezarr": "zarr",
+    "czi": "pylibCZIrw",
+    "slideio": "slideio",
+}
 
 
 @dataclass
@@ -66,7 +71,9 @@ def installed_backends() -> list[tuple[str, bool, str, str | None]]:
     return rows
 
 
-def check_paths(paths: list[Path], mpp: float | None = None, levels: LevelSpec | None = None, cells: int = 2) -> list[SlideCheck]:
+def check_paths(
+    paths: list[Path], mpp: float | None = None, levels: LevelSpec | None = None, cells: int = 2
+) -> list[SlideCheck]:
     """Diagnose every slide the paths hold (a DICOM folder with several series is several slides)."""
     out = []
     for path in paths:
@@ -77,7 +84,9 @@ def check_paths(paths: list[Path], mpp: float | None = None, levels: LevelSpec |
 
 
 def check_slide(path: Path, slide_id: str, mpp: float | None, levels: LevelSpec, cells: int) -> SlideCheck:
-    checks = [BackendCheck(c.backend, c.reason, c.installed, c.install) for c in candidates(path)] if path.exists() else []
+    checks = (
+        [BackendCheck(c.backend, c.reason, c.installed, c.install) for c in candidates(path)] if path.exists() else []
+    )
     reads: dict[str, np.ndarray] = {}
     for check in checks:
         if check.installed:
@@ -88,20 +97,26 @@ def check_slide(path: Path, slide_id: str, mpp: float | None, levels: LevelSpec,
             result.chosen = slide.backend
             grid = CellGrid(slide.mpp, slide.width, slide.height, levels.cell_um)
             plan = slide.plan(grid.cell_box(0, 0), levels.finest_mpp)
-            result.verdict = (f"`mixmag tile` reads it with {slide.backend} at {slide.mpp:g} um/px ({slide.mpp_source}); "
-                              f"{levels.names[-1]} from level {plan.level} ({slide.level_mpps[plan.level]:g} um/px); "
-                              f"grid {grid.n_rows} x {grid.n_cols} cells of {levels.cell_um:g} um")
+            result.verdict = (
+                f"`mixmag tile` reads it with {slide.backend} at {slide.mpp:g} um/px ({slide.mpp_source}); "
+                f"{levels.names[-1]} from level {plan.level} ({slide.level_mpps[plan.level]:g} um/px); "
+                f"grid {grid.n_rows} x {grid.n_cols} cells of {levels.cell_um:g} um"
+            )
             result.can_tile = True
     except MixmagError as exc:
         result.verdict = f"`mixmag tile` cannot tile it: {exc}"
     if result.chosen in reads:
         for check in checks:
             if check.backend in reads and reads[check.backend].shape == reads[result.chosen].shape:
-                check.diff_to_chosen = float(np.abs(reads[check.backend].astype(np.int16) - reads[result.chosen]).mean())
+                check.diff_to_chosen = float(
+                    np.abs(reads[check.backend].astype(np.int16) - reads[result.chosen]).mean()
+                )
     return result
 
 
-def _check_backend(path: Path, check: BackendCheck, mpp: float | None, levels: LevelSpec, cells: int, reads: dict) -> None:
+def _check_backend(
+    path: Path, check: BackendCheck, mpp: float | None, levels: LevelSpec, cells: int, reads: dict
+) -> None:
     try:
         handle = open_backend(check.backend, path)
     except Exception as exc:  # noqa: BLE001 - reported, not raised: this is a diagnosis
@@ -132,8 +147,12 @@ def _read_speed(slide: Slide, levels: LevelSpec, cells: int) -> tuple[float | No
     """Tiles/s of reading `cells` central cells at the finest level (21 tiles each for 3 levels), and one read
     of the central cell at the coarsest level to compare backends on."""
     grid = CellGrid(slide.mpp, slide.width, slide.height, levels.cell_um)
-    centre = Box(slide.width / 2 - grid.cell_px / 2, slide.height / 2 - grid.cell_px / 2,
-                 slide.width / 2 + grid.cell_px / 2, slide.height / 2 + grid.cell_px / 2)
+    centre = Box(
+        slide.width / 2 - grid.cell_px / 2,
+        slide.height / 2 - grid.cell_px / 2,
+        slide.width / 2 + grid.cell_px / 2,
+        slide.height / 2 + grid.cell_px / 2,
+    )
     sample = slide.read_box(centre, levels.mpp(0), (levels.tile_px, levels.tile_px), allow_upsample=True)
     if grid.n_rows == 0 or grid.n_cols == 0:
         return None, sample

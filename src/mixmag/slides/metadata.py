@@ -53,21 +53,25 @@ def _check_plausible(slide: str | Path, value: float, source: str) -> float:
         hint = " (72 dpi, a TIFF writer's default, not a scan resolution)" if abs(value - 352.78) < 0.1 else ""
         raise MppError(
             slide,
-            f"implausible resolution {value:.4g} um/px from {source}{hint}; "
-            f"expected {lo:g}-{hi:g} um/px.",
+            f"implausible resolution {value:.4g} um/px from {source}{hint}; expected {lo:g}-{hi:g} um/px.",
             _MPP_HELP + ", e.g. --mpp 0.25 for a 40x scan or --mpp 0.5 for 20x.",
         )
     return value
 
 
 def _metadata_candidates(slide: str | Path, properties: Mapping[str, str], native: NativeMpp | None = None):
-    """Yield (source, mpp) in priority order: vendor property, the format's own metadata, OME PhysicalSize, TIFF tags."""
+    """Yield (source, mpp) in priority order: vendor property, the format's own metadata, OME PhysicalSize, TIFF
+    tags."""
     for prefix in ("openslide", "tiffslide"):
         x = _as_float(properties.get(f"{prefix}.mpp-x"))
         y = _as_float(properties.get(f"{prefix}.mpp-y"))
         if x is not None and x > 0:
             # OpenSlide's DICOM mpp is the level-0 instance's PixelSpacing (0028,0030)
-            source = "DICOM PixelSpacing (openslide.mpp-x)" if properties.get("openslide.vendor") == "dicom" else f"{prefix}.mpp-x"
+            source = (
+                "DICOM PixelSpacing (openslide.mpp-x)"
+                if properties.get("openslide.vendor") == "dicom"
+                else f"{prefix}.mpp-x"
+            )
             yield source, _isotropic(slide, x, y, f"{prefix}.mpp")
     if native is not None and native.x is not None:
         yield native.source, _isotropic(slide, native.x, native.y, native.source)
@@ -83,7 +87,11 @@ def _tiff_candidates(slide: str | Path, path: Path):
         with tifffile.TiffFile(path) as tif:
             ome = tif.ome_metadata
             page = tif.pages[0]
-            tags = {name: page.tags[name].value for name in ("XResolution", "YResolution", "ResolutionUnit") if name in page.tags}
+            tags = {
+                name: page.tags[name].value
+                for name in ("XResolution", "YResolution", "ResolutionUnit")
+                if name in page.tags
+            }
     except (tifffile.TiffFileError, OSError, ValueError):
         return
     if ome:

@@ -36,7 +36,9 @@ class TilingParams(BaseModel):
     region_stride: int | None = Field(None, ge=1, description="step between regions in cells; default t (no overlap)")
     context_size: int | None = Field(None, ge=1, description="c: also accept c x c context windows (CMEM)")
     tissue_threshold: float = Field(0.45, ge=0, le=1)
-    mpp_tolerance: float = Field(0.05, ge=0, lt=0.5, description="a level within this relative margin counts as fine enough")
+    mpp_tolerance: float = Field(
+        0.05, ge=0, lt=0.5, description="a level within this relative margin counts as fine enough"
+    )
     allow_upsample: bool = False
     tissue: TissueParams = TissueParams()
 

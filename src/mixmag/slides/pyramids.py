@@ -104,6 +104,13 @@ def iter_regions(slide: Slide, plan: TilingPlan, *, mode: ReadMode = "derive") -
 def _read(slide: Slide, plan: TilingPlan, row: int, col: int, size: int, mode: ReadMode) -> TilePyramid:
     p = plan.params
     return read_pyramid(
-        slide, plan.grid, plan.levels, row, col, size,
-        mode=mode, tolerance=p.mpp_tolerance, allow_upsample=p.allow_upsample,
+        slide,
+        plan.grid,
+        plan.levels,
+        row,
+        col,
+        size,
+        mode=mode,
+        tolerance=p.mpp_tolerance,
+        allow_upsample=p.allow_upsample,
     )

@@ -41,9 +41,7 @@ class ReadPlan:
     out_height: int
 
 
-def choose_level(
-    level_mpps: Sequence[float], target_mpp: float, tolerance: float = 0.05
-) -> int | None:
+def choose_level(level_mpps: Sequence[float], target_mpp: float, tolerance: float = 0.05) -> int | None:
     """Coarsest pyramid level whose mpp is <= target (within a relative tolerance), or None."""
     best = None
     for k, mpp in enumerate(level_mpps):
@@ -172,7 +170,11 @@ class Slide:
     ) -> None:
         self.path = Path(path)
         if not self.path.exists():
-            raise SlideNotFoundError(self.path, "file not found.", "check the path (relative paths in a cohort table are relative to the table).")
+            raise SlideNotFoundError(
+                self.path,
+                "file not found.",
+                "check the path (relative paths in a cohort table are relative to the table).",
+            )
         if backend != "auto" and backend not in BACKENDS:
             raise ValueError(f"unknown slide backend {backend!r}; choose auto, {', '.join(BACKENDS)}")
         self._handle: BackendHandle | None = None
@@ -184,13 +186,17 @@ class Slide:
                     raise
                 said = "; ".join(tifffile_said)
                 tifffile_said.clear()
-                raise SlideUnreadableError(exc.slide, exc.problem.replace("(", f"(tifffile: {said}; ", 1), exc.fix) from exc
+                raise SlideUnreadableError(
+                    exc.slide, exc.problem.replace("(", f"(tifffile: {said}; ", 1), exc.fix
+                ) from exc
         props = dict(self._handle.properties)
         self.properties = props
         resolved = resolve_mpp(self.path, props, mpp, self._handle.native_mpp)
         self.mpp = resolved.value
         self.mpp_source = resolved.source
-        self.level_dimensions: tuple[tuple[int, int], ...] = tuple(tuple(map(int, d)) for d in self._handle.level_dimensions)
+        self.level_dimensions: tuple[tuple[int, int], ...] = tuple(
+            tuple(map(int, d)) for d in self._handle.level_dimensions
+        )
         self.level_downsamples: tuple[float, ...] = tuple(float(d) for d in self._handle.level_downsamples)
 
     def _open(self, backend: str) -> str:
@@ -216,13 +222,20 @@ class Slide:
                 failures.append(f"{option.backend}: {type(exc).__name__}: {exc}")
             self._close_handle()
         missing = [o.install for o in options if not o.installed and o.install]
-        fix = ("check the file is a complete whole slide image (re-copy it if truncated); supported: SVS, TIFF, OME-TIFF, "
-               "NDPI, MRXS, SCN, BIF, DICOM (file or folder), OME-Zarr, CZI and, with the fallback reader, VSI, QPTIFF, ZVI, AFI.")
+        fix = (
+            "check the file is a complete whole slide image (re-copy it if truncated); supported: SVS, TIFF, OME-TIFF, "
+            "NDPI, MRXS, SCN, BIF, DICOM (file or folder), OME-Zarr, CZI and, with the fallback reader, VSI, QPTIFF, "
+            "ZVI, AFI."
+        )
         if fixes:
             fix = " ".join(dict.fromkeys(fixes))
         elif missing:
             fix = f"install the reader for this format: {' or '.join(dict.fromkeys(missing))}; or " + fix
-        what = "; ".join(failures) if failures else "mixmag has no reader for this kind of " + ("folder" if self.path.is_dir() else "file")
+        what = (
+            "; ".join(failures)
+            if failures
+            else "mixmag has no reader for this kind of " + ("folder" if self.path.is_dir() else "file")
+        )
         raise SlideUnreadableError(self.path, f"no backend could read it ({what}).", fix)
 
     def _check_readable(self) -> None:
@@ -255,8 +268,14 @@ class Slide:
         allow_upsample: bool = False,
     ) -> ReadPlan:
         return plan_read(
-            self.level_downsamples, self.mpp, box, target_mpp, out_size,
-            tolerance=tolerance, allow_upsample=allow_upsample, slide_name=str(self.path),
+            self.level_downsamples,
+            self.mpp,
+            box,
+            target_mpp,
+            out_size,
+            tolerance=tolerance,
+            allow_upsample=allow_upsample,
+            slide_name=str(self.path),
         )
 
     def read(self, plan: ReadPlan) -> np.ndarray:
@@ -270,7 +289,14 @@ class Slide:
             and direct.fits(plan.x, plan.y, plan.width, plan.height, k)
         ):
             # fused decode + box reduction, tile by tile while each tile is hot in cache
-            return self._guarded(plan.level, plan.x, plan.y, plan.width, plan.height, lambda: direct.read(plan.x, plan.y, plan.width, plan.height, reduce=k))
+            return self._guarded(
+                plan.level,
+                plan.x,
+                plan.y,
+                plan.width,
+                plan.height,
+                lambda: direct.read(plan.x, plan.y, plan.width, plan.height, reduce=k),
+            )
         raw = self._read_raw(plan.level, plan.x, plan.y, plan.width, plan.height)
         return resize_area(raw, plan.out_width, plan.out_height)
 
@@ -284,7 +310,9 @@ class Slide:
         cx1, cy1 = min(x + width, level_w), min(y + height, level_h)
         if cx1 <= cx0 or cy1 <= cy0:
             return np.full((height, width, 3), GLASS_WHITE, np.uint8)
-        inner = self._guarded(level, cx0, cy0, cx1 - cx0, cy1 - cy0, lambda: self._backend_read(level, cx0, cy0, cx1 - cx0, cy1 - cy0))
+        inner = self._guarded(
+            level, cx0, cy0, cx1 - cx0, cy1 - cy0, lambda: self._backend_read(level, cx0, cy0, cx1 - cx0, cy1 - cy0)
+        )
         if (cx0, cy0, cx1, cy1) == (x, y, x + width, y + height):
             return inner
         out = np.full((height, width, 3), GLASS_WHITE, np.uint8)
@@ -337,5 +365,7 @@ class Slide:
         self.close()
 
     def __repr__(self) -> str:
-        return f"Slide({str(self.path)!r}, backend={self.backend!r}, mpp={self.mpp:g}, size={self.width}x{self.height}, levels={len(self.level_dimensions)})"
-
+        return (
+            f"Slide({str(self.path)!r}, backend={self.backend!r}, mpp={self.mpp:g}, size={self.width}x{self.height}, "
+            f"levels={len(self.level_dimensions)})"
+        )

@@ -55,8 +55,10 @@ def slide_ids_from_table(table: Path) -> list[str]:
     if "slide" not in columns:
         if "path" in columns:
             return [s.slide_id for s in sources_from_table(table)]
-        raise CohortError(f"{table}: needs a 'slide' column (slide ids) or a 'path' column (slide files); "
-                          f"found columns: {', '.join(columns) or 'none'}.")
+        raise CohortError(
+            f"{table}: needs a 'slide' column (slide ids) or a 'path' column (slide files); "
+            f"found columns: {', '.join(columns) or 'none'}."
+        )
     ids = [row.get("slide", "") for row in rows]
     empty = [str(line) for line, sid in zip(read.lines, ids) if not sid]
     if empty:
@@ -75,7 +77,9 @@ def sources_from_table(table: Path, mpp: float | None = None) -> list[SlideSourc
     read = read_table(table)
     columns, rows = read.columns, read.rows
     if "path" not in columns:
-        raise CohortError(f"{table}: needs a 'path' column with the slide files (found columns: {', '.join(columns) or 'none'}).")
+        raise CohortError(
+            f"{table}: needs a 'path' column with the slide files (found columns: {', '.join(columns) or 'none'})."
+        )
     if not rows:
         raise CohortError(f"{table}: the table has no rows.")
     sources, problems = [], []

@@ -35,7 +35,9 @@ def check_complete(tiff: tifffile.TiffFile, series_index: int) -> None:
                 continue
             end = max(o + c for o, c in zip(page.dataoffsets, page.databytecounts))
             if end > size:
-                raise TruncatedTileError(f"the file is truncated: image data runs to byte {end} but the file has {size} bytes")
+                raise TruncatedTileError(
+                    f"the file is truncated: image data runs to byte {end} but the file has {size} bytes"
+                )
 
 
 def supports_direct_read(page: tifffile.TiffPage) -> bool:
@@ -94,7 +96,9 @@ class TiledPageReader:
             # intersection of this tile with the request, in page pixels
             px0, py0 = max(x, tx * self.tile_w), max(y, ty * self.tile_h)
             px1, py1 = min(x + w, (tx + 1) * self.tile_w), min(y + h, (ty + 1) * self.tile_h)
-            block = tile[py0 - ty * self.tile_h : py1 - ty * self.tile_h, px0 - tx * self.tile_w : px1 - tx * self.tile_w, :3]
+            block = tile[
+                py0 - ty * self.tile_h : py1 - ty * self.tile_h, px0 - tx * self.tile_w : px1 - tx * self.tile_w, :3
+            ]
             if k > 1:
                 block = box_reduce(block, k)
             out[(py0 - y) // k : (py1 - y) // k, (px0 - x) // k : (px1 - x) // k] = block

@@ -17,8 +17,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .. import __version__
-from ..fileio import write_atomic
 from ..errors import PlanError
+from ..fileio import write_atomic
 from ..geometry import Box, CellGrid, LevelSpec
 from ..ids import ID_RULE, is_safe_id
 from .params import TilingParams
@@ -74,11 +74,15 @@ class TilingPlan(BaseModel):
     cell_tissue: list[float]
     regions: list[tuple[int, int]] = Field(description="top-left (row, col) of every accepted t x t region")
     region_tissue: list[float]
-    contexts: list[tuple[int, int]] = Field(default_factory=list, description="top-left cells of accepted c x c contexts")
+    contexts: list[tuple[int, int]] = Field(
+        default_factory=list, description="top-left cells of accepted c x c contexts"
+    )
     context_tissue: list[float] = Field(default_factory=list)
     status: PlanStatus
     warnings: list[str] = Field(default_factory=list)
-    tissue_model: str | None = Field(None, description="the user tissue model used (file#digest), None for the built-in detector")
+    tissue_model: str | None = Field(
+        None, description="the user tissue model used (file#digest), None for the built-in detector"
+    )
 
     @property
     def grid(self) -> CellGrid:
@@ -93,7 +97,9 @@ class TilingPlan(BaseModel):
         return Slide(self.slide.path, mpp=self.slide.mpp, backend=self.slide.backend)
 
 
-def accepted_windows(window_tissue: np.ndarray, stride: int, threshold: float) -> tuple[list[tuple[int, int]], list[float]]:
+def accepted_windows(
+    window_tissue: np.ndarray, stride: int, threshold: float
+) -> tuple[list[tuple[int, int]], list[float]]:
     """Top-left cells of windows on the global lattice (multiples of stride) with tissue >= threshold."""
     rows, cols = window_tissue.shape
     picked, fractions = [], []
@@ -122,7 +128,9 @@ def make_plan(
     """Segment tissue, lay the grid, score cells, accept windows. Returns (plan, thumbnail, mask)."""
     levels = params.levels
     # Fail early, before any work, if the finest level needs upsampling.
-    slide.plan(Box(0, 0, 1, 1), levels.finest_mpp, (1, 1), tolerance=params.mpp_tolerance, allow_upsample=params.allow_upsample)
+    slide.plan(
+        Box(0, 0, 1, 1), levels.finest_mpp, (1, 1), tolerance=params.mpp_tolerance, allow_upsample=params.allow_upsample
+    )
     thumb_mpp = params.tissue.thumbnail_mpp
     thumbnail = slide.thumbnail(thumb_mpp, tolerance=params.mpp_tolerance, allow_upsample=True)
     mask = segment_tissue(thumbnail, params.tissue, tissue_model)
@@ -139,20 +147,26 @@ def make_plan(
     status: PlanStatus = "ok"
     side_um = t * levels.cell_um
     too_small = grid.n_rows < t or grid.n_cols < t
-    if not mask.any() and min(grid.n_rows, grid.n_cols) > 0:  # without one whole cell a slide is too small, tissue or not
+    if (
+        not mask.any() and min(grid.n_rows, grid.n_cols) > 0
+    ):  # without one whole cell a slide is too small, tissue or not
         status = "no_tissue"
-        warnings.append("no tissue found; the plan is empty. Check the slide, or the tissue settings (--min-saturation).")
+        warnings.append(
+            "no tissue found; the plan is empty. Check the slide, or the tissue settings (--min-saturation)."
+        )
     elif too_small:
         status = "too_small"
         warnings.append(
             f"slide is {slide.width * slide.mpp:.0f} x {slide.height * slide.mpp:.0f} um, smaller than one "
-            f"{t} x {t} region ({side_um:.0f} um); the plan is empty. {_smaller_regions_hint(min(grid.n_rows, grid.n_cols), levels.cell_um)}"
+            f"{t} x {t} region ({side_um:.0f} um); the plan is empty. "
+            f"{_smaller_regions_hint(min(grid.n_rows, grid.n_cols), levels.cell_um)}"
         )
     elif not regions:
         status = "no_regions"
         warnings.append(
             f"tissue found ({float(mask.mean()):.1%} of the thumbnail) but no {t} x {t} region reaches "
-            f"{params.tissue_threshold:.0%} tissue; the plan is empty. Lower --tissue-threshold to accept sparser regions."
+            f"{params.tissue_threshold:.0%} tissue; the plan is empty. Lower --tissue-threshold to accept sparser "
+            "regions."
         )
     cells = cells_of_windows(regions, t)
     if contexts:
@@ -227,7 +241,12 @@ def load_plan(path: str | Path) -> TilingPlan:
 
 
 def plan_is_current(
-    path: str | Path, slide_path: str | Path, params: TilingParams, mpp_override: float | None, backend: str, tissue_model: str | None = None
+    path: str | Path,
+    slide_path: str | Path,
+    params: TilingParams,
+    mpp_override: float | None,
+    backend: str,
+    tissue_model: str | None = None,
 ) -> bool:
     """True when an existing plan was made from this very file with every same parameter and tissue model."""
     try:
@@ -248,4 +267,3 @@ def plan_is_current(
         and plan.slide.mtime == stat["mtime"]
         and backend in ("auto", plan.slide.backend)
     )
-

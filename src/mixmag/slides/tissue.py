@@ -178,7 +178,9 @@ def _load_tissue_model(path: Path) -> TissueModel:
                 return module(torch.from_numpy(_to_nchw(rgb))).numpy().reshape(rgb.shape[:2])
 
         return run_torchscript
-    raise TissueModelError(f"{path}: unknown tissue model format {suffix!r}; use .onnx, a torch.export .pt2 or a TorchScript .pt/.ts file")
+    raise TissueModelError(
+        f"{path}: unknown tissue model format {suffix!r}; use .onnx, a torch.export .pt2 or a TorchScript .pt/.ts file"
+    )
 
 
 def _to_nchw(rgb: np.ndarray) -> np.ndarray:

@@ -20,21 +20,29 @@ from rich.console import Console
 from ..config import load_config
 from ..errors import ConfigError
 from ..eval.attribution import CAUSAL_MEASURES, cohort_summary, importance_ratio, measures_of
-from ..eval.benchmark_stats import CellStatistic, cell_statistics, paired_power, read_test_predictions, specimens_for_power
+from ..eval.benchmark_stats import (
+    CellStatistic,
+    cell_statistics,
+    paired_power,
+    read_test_predictions,
+    specimens_for_power,
+)
 from ..eval.level_inputs import run_level_importance
 from ..fileio import write_atomic, write_csv_atomic, write_json_atomic
 from ..metrics import auroc
-from ..synth.benchmark import TASK_SCALE, TASKS, BenchmarkSpec, write_benchmark_cohort
 from ..models.mixer import MixerConfig, RegionMixer
-from ..store import shared_settings
 from ..runs import MIXER_META
+from ..store import shared_settings
+from ..synth.benchmark import TASK_SCALE, TASKS, BenchmarkSpec, write_benchmark_cohort
 from ..train.mixer_file import export_mixer
 from ..train.pretrain import PretrainConfig, run_pretraining, store_paths
 from .demo import Timer
 from .experiments import GridConfig, Task, _slug, run_grid
 
-NOTICE = ("These data are SYNTHETIC and built at the embedding level (no pixels, no encoder): the table measures what "
-          "the slide-level models make of a known multi-scale signal, not the paper's results.")
+NOTICE = (
+    "These data are SYNTHETIC and built at the embedding level (no pixels, no encoder): the table measures what "
+    "the slide-level models make of a known multi-scale signal, not the paper's results."
+)
 
 
 class BenchmarkConfig(BaseModel):
@@ -44,15 +52,36 @@ class BenchmarkConfig(BaseModel):
 
     out: str = "benchmark_out"
     tasks: list[str] = Field(default_factory=lambda: list(TASKS))
-    cohort: dict = Field(default_factory=lambda: {"n_specimens": 800, "dim": 32, "signal": 0.6, "label_noise": 0.1,
-                                                  "split": [0.4, 0.1, 0.5]},
-                         description="BenchmarkSpec fields shared by every task")
+    cohort: dict = Field(
+        default_factory=lambda: {
+            "n_specimens": 800,
+            "dim": 32,
+            "signal": 0.6,
+            "label_noise": 0.1,
+            "split": [0.4, 0.1, 0.5],
+        },
+        description="BenchmarkSpec fields shared by every task",
+    )
     cohort_by_task: dict[str, dict] = Field(default_factory=dict, description="BenchmarkSpec overrides per task")
-    methods: list[str] = Field(default_factory=lambda: ["abmil-5x", "abmil-20x", "abmil-all", "Random-patch-frozen", "MEM-patch-frozen"])
+    methods: list[str] = Field(
+        default_factory=lambda: ["abmil-5x", "abmil-20x", "abmil-all", "Random-patch-frozen", "MEM-patch-frozen"]
+    )
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
-    pretrain: dict = Field(default_factory=lambda: {"preset": "tiny", "mask_ratio": 0.5, "batch_size": 32, "steps": 200,
-                                                    "warmup_steps": 20, "base_lr": 8.0e-3, "precision": "fp32", "workers": 0,
-                                                    "per_slide": 4, "pool": 16, "tensorboard": False})
+    pretrain: dict = Field(
+        default_factory=lambda: {
+            "preset": "tiny",
+            "mask_ratio": 0.5,
+            "batch_size": 32,
+            "steps": 200,
+            "warmup_steps": 20,
+            "base_lr": 8.0e-3,
+            "precision": "fp32",
+            "workers": 0,
+            "per_slide": 4,
+            "pool": 16,
+            "tensorboard": False,
+        }
+    )
     train: dict = Field(default_factory=lambda: {"epochs": 12, "batch_size": 16, "lr": 5.0e-3, "bootstrap": 200})
     train_by_method: dict[str, dict] = Field(default_factory=dict)
     baseline: str = "abmil-20x"
@@ -71,16 +100,22 @@ def load_benchmark_config(path: Path | None, out: Path | None = None, sets: list
 
 def _generate(out: Path, config: BenchmarkConfig, console: Console) -> dict[str, Path]:
     """The cohorts, reused when generated with the same specs; new specs make every later stage stale."""
-    specs = {task: BenchmarkSpec(task=task, **(config.cohort | config.cohort_by_task.get(task, {}))) for task in config.tasks}
+    specs = {
+        task: BenchmarkSpec(task=task, **(config.cohort | config.cohort_by_task.get(task, {}))) for task in config.tasks
+    }
     record = out / "data" / "specs.json"
     wanted = {task: asdict(spec) for task, spec in specs.items()}
     tables = {task: out / "data" / f"{task}.csv" for task in specs}
-    if record.is_file() and json.loads(record.read_text()) == json.loads(json.dumps(wanted)) and all(t.is_file() for t in tables.values()):
+    if (
+        record.is_file()
+        and json.loads(record.read_text()) == json.loads(json.dumps(wanted))
+        and all(t.is_file() for t in tables.values())
+    ):
         console.print(f"reusing the cohorts in {out / 'data'}")
         return tables
     for stale in ("data", "pretrain", "results"):
         shutil.rmtree(out / stale, ignore_errors=True)
-    for task, spec in specs.items():
+    for spec in specs.values():
         write_benchmark_cohort(out / "data", spec)
     write_json_atomic(record, wanted)
     return tables
@@ -88,15 +123,31 @@ def _generate(out: Path, config: BenchmarkConfig, console: Console) -> dict[str,
 
 def _pretrain(out: Path, config: BenchmarkConfig, tables: dict[str, Path], console: Console) -> Path:
     """MEM on every slide that is no task's test slide; reused when pretrained with the same settings."""
-    pc = PretrainConfig(**({"stores": str(out / "data" / "stores"), "out": str(out / "pretrain"), "log_every": 50,
-                            "checkpoint_every": 100, "exclude_test_of": [str(t) for t in tables.values()]} | config.pretrain))
+    pc = PretrainConfig(
+        **(
+            {
+                "stores": str(out / "data" / "stores"),
+                "out": str(out / "pretrain"),
+                "log_every": 50,
+                "checkpoint_every": 100,
+                "exclude_test_of": [str(t) for t in tables.values()],
+            }
+            | config.pretrain
+        )
+    )
     mixer, meta = Path(pc.out) / "mixer.safetensors", Path(pc.out) / "mixer.json"
-    if meta.is_file() and mixer.is_file() and json.loads(meta.read_text()).get("pretraining") == json.loads(json.dumps(pc.model_dump())):
+    if (
+        meta.is_file()
+        and mixer.is_file()
+        and json.loads(meta.read_text()).get("pretraining") == json.loads(json.dumps(pc.model_dump()))
+    ):
         console.print(f"reusing {mixer}")
         return mixer
     shutil.rmtree(pc.out, ignore_errors=True)
     last = run_pretraining(pc, device=torch.device("cpu"))
-    console.print(f"MEM loss {last['mem']:.3f} after {pc.steps} steps (predict-the-mean baseline {last['baseline_loss']:.3f})")
+    console.print(
+        f"MEM loss {last['mem']:.3f} after {pc.steps} steps (predict-the-mean baseline {last['baseline_loss']:.3f})"
+    )
     return mixer
 
 
@@ -109,17 +160,31 @@ def _random_mixer(out: Path, mem_mixer: Path, seed: int = 0) -> Path:
     stores = store_paths(out / "data" / "stores")
     folder = out / "random-mixer"
     folder.mkdir(parents=True, exist_ok=True)
-    return export_mixer(folder, RegionMixer(cfg), cfg, {"init": "random", "seed": seed, "like": str(mem_mixer)}, shared_settings(stores))
+    return export_mixer(
+        folder, RegionMixer(cfg), cfg, {"init": "random", "seed": seed, "like": str(mem_mixer)}, shared_settings(stores)
+    )
 
 
 def _grid(out: Path, config: BenchmarkConfig, tables: dict[str, Path], mixer: Path, console: Console) -> GridConfig:
     pretrained = {"MEM": str(mixer)}
     if any(m.startswith("Random-") for m in config.methods):
         pretrained["Random"] = str(_random_mixer(out, mixer))
-    grid = GridConfig(out=str(out / "results"), methods=config.methods, seeds=config.seeds, pretrained=pretrained,
-                      tasks=[Task(name=t, cohort=str(p), stores=str(out / "data" / "stores")) for t, p in tables.items()],
-                      train=config.train, train_by_method=config.train_by_method, baseline=config.baseline)
-    run_grid(grid, on_run=lambda t, m, s, auc, status: console.print(f"{t:>8} / {m:<12} seed {s}: test AUROC {auc:.3f} ({status})"))
+    grid = GridConfig(
+        out=str(out / "results"),
+        methods=config.methods,
+        seeds=config.seeds,
+        pretrained=pretrained,
+        tasks=[Task(name=t, cohort=str(p), stores=str(out / "data" / "stores")) for t, p in tables.items()],
+        train=config.train,
+        train_by_method=config.train_by_method,
+        baseline=config.baseline,
+    )
+    run_grid(
+        grid,
+        on_run=lambda t, m, s, auc, status: console.print(
+            f"{t:>8} / {m:<12} seed {s}: test AUROC {auc:.3f} ({status})"
+        ),
+    )
     return grid
 
 
@@ -145,18 +210,34 @@ def _attribution(grid: GridConfig, config: BenchmarkConfig) -> list[dict]:
         for method in [m for m in config.attribution_methods if m in config.methods]:
             run = _run_folder(grid, task, method, config.seeds[0])
             preds = read_test_predictions(run)
-            slides = [f"{spec}-S0" for spec, (label, _) in sorted(preds.items(), key=lambda kv: -kv[1][1]) if label == 1]
+            slides = [
+                f"{spec}-S0" for spec, (label, _) in sorted(preds.items(), key=lambda kv: -kv[1][1]) if label == 1
+            ]
             importances, _ = run_level_importance(run, slides, max_slides=config.attribution_slides)
             test_auroc = auroc([v[0] for v in preds.values()], [v[1] for v in preds.values()])
             for measure in measures_of(importances):
                 s = cohort_summary(importances, measure, n_boot=config.n_boot)
                 r = importance_ratio(importances, measure, placed, other, n_boot=config.n_boot)
-                rows.append({"task": task, "placed": placed, "method": method, "seed": config.seeds[0], "test_auroc": round(test_auroc, 3),
-                             "measure": measure, "causal": measure in CAUSAL_MEASURES, "top": s.top, "clear": s.clear,
-                             "shares": {n: round(float(v), 3) for n, v in zip(s.level_names, s.mean)},
-                             "ratio": round(r.ratio, 3), "ratio_low": round(r.low, 3), "ratio_high": round(r.high, 3),
-                             "placed_top_fraction": round(r.top_fraction, 3), "slides": r.slides,
-                             "recovers": s.top == placed and r.low > 1})
+                rows.append(
+                    {
+                        "task": task,
+                        "placed": placed,
+                        "method": method,
+                        "seed": config.seeds[0],
+                        "test_auroc": round(test_auroc, 3),
+                        "measure": measure,
+                        "causal": measure in CAUSAL_MEASURES,
+                        "top": s.top,
+                        "clear": s.clear,
+                        "shares": {n: round(float(v), 3) for n, v in zip(s.level_names, s.mean)},
+                        "ratio": round(r.ratio, 3),
+                        "ratio_low": round(r.low, 3),
+                        "ratio_high": round(r.high, 3),
+                        "placed_top_fraction": round(r.top_fraction, 3),
+                        "slides": r.slides,
+                        "recovers": s.top == placed and r.low > 1,
+                    }
+                )
     return rows
 
 
@@ -172,9 +253,12 @@ def table_markdown(cells: list[CellStatistic], config: BenchmarkConfig) -> str:
             row.append(f"{100 * c.mean:.1f} ± {100 * c.sd:.1f} [{100 * c.low:.1f}, {100 * c.high:.1f}{p}]")
         lines.append(f"| {m} | " + " | ".join(row) + " |")
     n = sorted({c.n_test for c in cells})
-    lines += ["", f"Test AUROC x 100: mean ± sd over seeds {', '.join(map(str, config.seeds))} [bootstrap 95% CI of the mean "
-              f"over {config.n_boot} resamples of the {', '.join(map(str, n))} test specimens; p: paired DeLong against "
-              f"{config.baseline} on seed-averaged scores]."]
+    lines += [
+        "",
+        f"Test AUROC x 100: mean ± sd over seeds {', '.join(map(str, config.seeds))} [bootstrap 95% CI of the mean "
+        f"over {config.n_boot} resamples of the {', '.join(map(str, n))} test specimens; p: paired DeLong against "
+        f"{config.baseline} on seed-averaged scores].",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -188,37 +272,75 @@ def _recovery_word(row: dict) -> str:
 
 
 def attribution_markdown(rows: list[dict]) -> str:
-    lines = ["| task (placed at) | method (test AUROC) | measure | shares | top | placed/other ratio (95% CI) | recovers |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| task (placed at) | method (test AUROC) | measure | shares | top | placed/other ratio (95% CI) | recovers |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         shares = ", ".join(f"{k} {100 * v:.0f}%" for k, v in r["shares"].items())
-        lines.append(f"| {r['task']} ({r['placed']}) | {r['method']} ({r['test_auroc']:.3f}) | {r['measure']} | {shares} | "
-                     f"{r['top']}{'' if r['clear'] else ' (not clear)'} | {r['ratio']:.2f} ({r['ratio_low']:.2f}–{r['ratio_high']:.2f}) | "
-                     f"{_recovery_word(r)} |")
+        lines.append(
+            f"| {r['task']} ({r['placed']}) | {r['method']} ({r['test_auroc']:.3f}) | {r['measure']} | {shares} | "
+            f"{r['top']}{'' if r['clear'] else ' (not clear)'} | {r['ratio']:.2f} "
+            f"({r['ratio_low']:.2f}–{r['ratio_high']:.2f}) | "
+            f"{_recovery_word(r)} |"
+        )
     return "\n".join(lines) + "\n"
 
 
 def power_note(cells: list[CellStatistic]) -> str:
     n = min(c.n_test for c in cells)
-    lines = [f"Power (Hanley-McNeil variance, paired normal test, alpha 0.05) to detect a 0.05 AUROC difference near 0.8 with "
-             f"{n} test specimens per task:"]
+    lines = [
+        "Power (Hanley-McNeil variance, paired normal test, alpha 0.05) to detect a 0.05 AUROC difference near 0.8 "
+        "with "
+        f"{n} test specimens per task:"
+    ]
     for rho in (0.3, 0.5, 0.7):
-        lines.append(f"  correlation {rho}: power {paired_power(0.8, 0.05, n // 2, n - n // 2, rho):.2f}; "
-                     f"80% power needs {specimens_for_power(0.8, 0.05, rho)} test specimens")
+        lines.append(
+            f"  correlation {rho}: power {paired_power(0.8, 0.05, n // 2, n - n // 2, rho):.2f}; "
+            f"80% power needs {specimens_for_power(0.8, 0.05, rho)} test specimens"
+        )
     return "\n".join(lines)
 
 
 def _write_outputs(out: Path, cells: list[CellStatistic], attribution: list[dict], config: BenchmarkConfig) -> None:
-    write_csv_atomic(out / "benchmark.csv",
-                     ["task", "method", "auroc_mean", "auroc_sd", "ci_low", "ci_high", "n_test", "seeds", "aurocs",
-                      f"delong_p_vs_{config.baseline}", f"difference_vs_{config.baseline}"],
-                     [[c.task, c.method, f"{c.mean:.4f}", f"{c.sd:.4f}", f"{c.low:.4f}", f"{c.high:.4f}", c.n_test,
-                       len(c.seeds), ";".join(f"{a:.4f}" for a in c.seeds),
-                       "" if c.p_vs_baseline is None else f"{c.p_vs_baseline:.4g}",
-                       "" if c.difference is None else f"{c.difference:.4f}"] for c in cells])
-    write_atomic(out / "benchmark.md", f"{NOTICE}\n\n{table_markdown(cells, config)}\n{power_note(cells)}\n\n"
-                                      f"Which magnification mattered (seed {config.seeds[0]}, positive test slides):\n\n"
-                                      f"{attribution_markdown(attribution)}")
+    write_csv_atomic(
+        out / "benchmark.csv",
+        [
+            "task",
+            "method",
+            "auroc_mean",
+            "auroc_sd",
+            "ci_low",
+            "ci_high",
+            "n_test",
+            "seeds",
+            "aurocs",
+            f"delong_p_vs_{config.baseline}",
+            f"difference_vs_{config.baseline}",
+        ],
+        [
+            [
+                c.task,
+                c.method,
+                f"{c.mean:.4f}",
+                f"{c.sd:.4f}",
+                f"{c.low:.4f}",
+                f"{c.high:.4f}",
+                c.n_test,
+                len(c.seeds),
+                ";".join(f"{a:.4f}" for a in c.seeds),
+                "" if c.p_vs_baseline is None else f"{c.p_vs_baseline:.4g}",
+                "" if c.difference is None else f"{c.difference:.4f}",
+            ]
+            for c in cells
+        ],
+    )
+    write_atomic(
+        out / "benchmark.md",
+        f"{NOTICE}\n\n{table_markdown(cells, config)}\n{power_note(cells)}\n\n"
+        f"Which magnification mattered (seed {config.seeds[0]}, positive test slides):\n\n"
+        f"{attribution_markdown(attribution)}",
+    )
     write_json_atomic(out / "attribution.json", attribution)
 
 
@@ -228,15 +350,24 @@ def run_benchmark(config: BenchmarkConfig, console: Console | None = None) -> di
     out.mkdir(parents=True, exist_ok=True)
     timer = Timer()
     console.print(f"[bold yellow]{NOTICE}[/]", soft_wrap=True)
-    tables = timer.run("1. generate the benchmark cohorts (embedding level)", console, lambda: _generate(out, config, console))
+    tables = timer.run(
+        "1. generate the benchmark cohorts (embedding level)", console, lambda: _generate(out, config, console)
+    )
     mixer = timer.run("2. pretrain a mixer with MEM", console, lambda: _pretrain(out, config, tables, console))
-    grid = timer.run("3. train and evaluate every method x task x seed", console, lambda: _grid(out, config, tables, mixer, console))
+    grid = timer.run(
+        "3. train and evaluate every method x task x seed", console, lambda: _grid(out, config, tables, mixer, console)
+    )
     cells = timer.run("4. statistics (bootstrap, DeLong)", console, lambda: _statistics(grid, config))
-    attribution = timer.run("5. magnification attribution on fine and coarse", console, lambda: _attribution(grid, config))
+    attribution = timer.run(
+        "5. magnification attribution on fine and coarse", console, lambda: _attribution(grid, config)
+    )
     _write_outputs(out, cells, attribution, config)
     write_json_atomic(out / "timings.json", timer.stages)
     console.rule("[bold]benchmark")
     console.print((out / "benchmark.md").read_text(), highlight=False, soft_wrap=True, markup=False)
-    console.print("stage timings: " + ", ".join(f"{k.split('. ', 1)[-1]} {v:.0f} s" for k, v in timer.stages.items()),
-                  soft_wrap=True, markup=False)
+    console.print(
+        "stage timings: " + ", ".join(f"{k.split('. ', 1)[-1]} {v:.0f} s" for k, v in timer.stages.items()),
+        soft_wrap=True,
+        markup=False,
+    )
     return {"cells": cells, "attribution": attribution, "timings": timer.stages}

@@ -44,20 +44,52 @@ class DemoConfig(BaseModel):
     # Defaults equal configs/demo.yaml, so an installed package without the repository runs the same demo.
     out: str = "demo_out"
     cohort_tables: dict[str, str] | None = Field(
-        None, description="your own cohort: task name -> CSV (specimen, slide, label, split, path); replaces the synthetic cohort")
+        None,
+        description=(
+            "your own cohort: task name -> CSV (specimen, slide, label, split, path); replaces the synthetic cohort"
+        ),
+    )
     tiling: TilingParams = Field(default_factory=TilingParams, description="tiling settings, e.g. {region_size: 3}")
-    cohort: CohortSpec = Field(default_factory=lambda: CohortSpec(n_specimens=80, max_slides=2, cells=6, seed=0),
-                               description="the synthetic cohort (mixmag.synth.cohort.CohortSpec)")
+    cohort: CohortSpec = Field(
+        default_factory=lambda: CohortSpec(n_specimens=80, max_slides=2, cells=6, seed=0),
+        description="the synthetic cohort (mixmag.synth.cohort.CohortSpec)",
+    )
     encoder: str = "stats"
     weights: str | None = None
     workers: int = Field(1, ge=0)
-    pretrain: PretrainSettings = Field(default_factory=lambda: PretrainSettings(
-        preset="tiny", mask_ratio=0.5, batch_size=32, steps=300, warmup_steps=20, base_lr=8.0e-3, precision="fp32",
-        per_slide=16, pool=8), description="how the mixer is pretrained (the stores and run folder are the demo's)")
-    train: TrainSettings = Field(default_factory=lambda: TrainSettings(epochs=10, batch_size=8, lr=3.0e-3, bootstrap=500),
-                                 description="every slide-level run")
-    train_by_method: dict[str, TrainSettings] = Field(default_factory=lambda: {"abmil": TrainSettings(epochs=40, lr=5.0e-3)})
-    methods: list[str] = Field(default_factory=lambda: ["abmil-5x", "abmil-10x", "abmil-20x", "abmil-all", "random-patch", "random-cls", "MEM-patch", "MEM-cls"])
+    pretrain: PretrainSettings = Field(
+        default_factory=lambda: PretrainSettings(
+            preset="tiny",
+            mask_ratio=0.5,
+            batch_size=32,
+            steps=300,
+            warmup_steps=20,
+            base_lr=8.0e-3,
+            precision="fp32",
+            per_slide=16,
+            pool=8,
+        ),
+        description="how the mixer is pretrained (the stores and run folder are the demo's)",
+    )
+    train: TrainSettings = Field(
+        default_factory=lambda: TrainSettings(epochs=10, batch_size=8, lr=3.0e-3, bootstrap=500),
+        description="every slide-level run",
+    )
+    train_by_method: dict[str, TrainSettings] = Field(
+        default_factory=lambda: {"abmil": TrainSettings(epochs=40, lr=5.0e-3)}
+    )
+    methods: list[str] = Field(
+        default_factory=lambda: [
+            "abmil-5x",
+            "abmil-10x",
+            "abmil-20x",
+            "abmil-all",
+            "random-patch",
+            "random-cls",
+            "MEM-patch",
+            "MEM-cls",
+        ]
+    )
     seeds: list[int] = Field(default_factory=lambda: [0])
 
 
@@ -107,10 +139,16 @@ def run_demo(config: DemoConfig, console: Console | None = None) -> int:
     else:
         spec = config.cohort
         tables = timer.run("1. generate the synthetic cohort", console, lambda: _generate(out, spec, console))
-    plans = timer.run("2. tile (3x3 regions of 5x/10x/20x tiles)", console, lambda: _tile(out, tables, config.tiling, console))
-    timer.run(f"3. embed every tile with the '{config.encoder}' encoder", console, lambda: _embed(out, config, plans, console))
+    plans = timer.run(
+        "2. tile (3x3 regions of 5x/10x/20x tiles)", console, lambda: _tile(out, tables, config.tiling, console)
+    )
+    timer.run(
+        f"3. embed every tile with the '{config.encoder}' encoder", console, lambda: _embed(out, config, plans, console)
+    )
     mixer = timer.run("4. pretrain a mixer with MEM", console, lambda: _pretrain(out, config, tables, console))
-    results = timer.run("5. train and evaluate slide-level models", console, lambda: _experiment(out, config, tables, mixer, console))
+    results = timer.run(
+        "5. train and evaluate slide-level models", console, lambda: _experiment(out, config, tables, mixer, console)
+    )
     write_json_atomic(out / "timings.json", timer.stages, indent=1)
     console.rule("[bold]results")
     if not config.cohort_tables:
@@ -118,11 +156,16 @@ def run_demo(config: DemoConfig, console: Console | None = None) -> int:
     console.print((out / "results" / "results.md").read_text(), highlight=False, soft_wrap=True)
     if not config.cohort_tables:
         console.print(_scale_check(results), soft_wrap=True, highlight=False)
-    console.print("stage timings: " + ", ".join(f"{k.split('. ')[1].split(' (')[0]} {v:.0f} s" for k, v in timer.stages.items()), soft_wrap=True)
+    console.print(
+        "stage timings: " + ", ".join(f"{k.split('. ')[1].split(' (')[0]} {v:.0f} s" for k, v in timer.stages.items()),
+        soft_wrap=True,
+    )
     reports = _reports(out, config, timer.stages)
     for path in reports:
         console.print(f"report: {path}")
-    console.print(f"outputs: {out}/ (results/results.md, results/differences.png, timings.json; cohort, tiles, stores, pretrain)")
+    console.print(
+        f"outputs: {out}/ (results/results.md, results/differences.png, timings.json; cohort, tiles, stores, pretrain)"
+    )
     return 0
 
 
@@ -144,8 +187,10 @@ def _generate(out: Path, spec: CohortSpec, console: Console) -> dict[str, Path]:
         count[0] += 1
 
     tables = write_cohort(out / "cohort", spec, progress=tick)
-    console.print(f"{count[0]} slides of {spec.cells}x{spec.cells} cells at {spec.mpp} um/px, {spec.n_specimens} specimens; "
-                  f"tasks: {', '.join(TASKS)} -> {out / 'cohort'}")
+    console.print(
+        f"{count[0]} slides of {spec.cells}x{spec.cells} cells at {spec.mpp} um/px, {spec.n_specimens} specimens; "
+        f"tasks: {', '.join(TASKS)} -> {out / 'cohort'}"
+    )
     return tables
 
 
@@ -156,26 +201,45 @@ def _tile(out: Path, tables: dict[str, Path], tiling: TilingParams, console: Con
     if failed:
         raise StageError("tiling failed: " + "; ".join(r.error for r in failed))
     regions = sum(len(r.plan.regions) for r in results)
-    console.print(f"{len(results)} slides: {sum(r.outcome == 'tiled' for r in results)} tiled, {sum(r.outcome == 'skipped' for r in results)} reused; {regions} regions")
+    console.print(
+        f"{len(results)} slides: {sum(r.outcome == 'tiled' for r in results)} tiled, "
+        f"{sum(r.outcome == 'skipped' for r in results)} reused; {regions} regions"
+    )
     return find_plans(out / "tiles")
 
 
 def _embed(out: Path, config: DemoConfig, plans: list[Path], console: Console) -> None:
     encoder = build_encoder(config.encoder, weights=config.weights)
     done = [0]
-    results = run_embed(plans, out / "stores", encoder, device=torch.device("cpu"), workers=config.workers,
-                        on_result=lambda r: done.__setitem__(0, done[0] + 1))
+    results = run_embed(
+        plans,
+        out / "stores",
+        encoder,
+        device=torch.device("cpu"),
+        workers=config.workers,
+        on_result=lambda r: done.__setitem__(0, done[0] + 1),
+    )
     failed = [r for r in results if r.outcome == "failed"]
     if failed:
         raise StageError("embedding failed: " + "; ".join(r.error or r.slide_id for r in failed))
-    console.print(f"{len(results)} stores ({sum(r.outcome == 'embedded' for r in results)} embedded, "
-                  f"{sum(r.outcome == 'skipped' for r in results)} reused), {encoder.dim}-d {config.encoder} embeddings -> {out / 'stores'}")
+    console.print(
+        f"{len(results)} stores ({sum(r.outcome == 'embedded' for r in results)} embedded, "
+        f"{sum(r.outcome == 'skipped' for r in results)} reused), {encoder.dim}-d {config.encoder} embeddings -> "
+        f"{out / 'stores'}"
+    )
 
 
 def _pretrain(out: Path, config: DemoConfig, tables: dict[str, Path], console: Console) -> Path:
     """MEM on the cohort's stores less every task's test slides: no test slide is seen before evaluation."""
-    settings = dict(stores=str(out / "stores"), out=str(out / "pretrain"), workers=0, tensorboard=False,
-                    log_every=50, checkpoint_every=100, exclude_test_of=[str(t) for t in tables.values()]) | config.pretrain.model_dump(exclude_unset=True)
+    settings = dict(
+        stores=str(out / "stores"),
+        out=str(out / "pretrain"),
+        workers=0,
+        tensorboard=False,
+        log_every=50,
+        checkpoint_every=100,
+        exclude_test_of=[str(t) for t in tables.values()],
+    ) | config.pretrain.model_dump(exclude_unset=True)
     cfg = PretrainConfig(**settings)
     run = PretrainRun(cfg.out)
     mixer = run.mixer_weights
@@ -183,15 +247,21 @@ def _pretrain(out: Path, config: DemoConfig, tables: dict[str, Path], console: C
     if written is not None:
         space = embedding_space(pretraining_catalog(cfg).shared_settings())
         if written.get("pretraining") != json.loads(json.dumps(cfg.model_dump())) or written.get("stores") != space:
-            console.print(f"the pretraining settings or the stores changed since {cfg.out} was written: pretraining again")
+            console.print(
+                f"the pretraining settings or the stores changed since {cfg.out} was written: pretraining again"
+            )
             shutil.rmtree(cfg.out)
     if run.is_complete(cfg.steps):
         console.print(f"reusing {mixer}")
         return mixer
-    last = run_pretraining(cfg, device=torch.device("cpu"),
-                           on_log=lambda row: console.print(f"step {row['step']:>4}: MEM loss {row['mem']:.3f} "
-                                                            f"(predict-the-mean baseline {row['baseline_loss']:.3f})"),
-                           on_resume=lambda step, ckpt: console.print(f"resuming the mixer's pretraining from step {step} ({ckpt})"))
+    last = run_pretraining(
+        cfg,
+        device=torch.device("cpu"),
+        on_log=lambda row: console.print(
+            f"step {row['step']:>4}: MEM loss {row['mem']:.3f} (predict-the-mean baseline {row['baseline_loss']:.3f})"
+        ),
+        on_resume=lambda step, ckpt: console.print(f"resuming the mixer's pretraining from step {step} ({ckpt})"),
+    )
     held_out = " (test slides of every task left out)" if cfg.exclude_test_of else ""
     console.print(f"mixer after {last.get('step')} steps -> {mixer}{held_out}")
     return mixer
@@ -207,7 +277,12 @@ def _experiment(out: Path, config: DemoConfig, tables: dict[str, Path], mixer: P
         train=config.train,
         train_by_method=config.train_by_method,
     )
-    return run_grid(grid, on_run=lambda t, m, s, auc, status: console.print(f"{t:>6} / {m:<12} seed {s}: test AUROC {auc:.3f} ({status})"))
+    return run_grid(
+        grid,
+        on_run=lambda t, m, s, auc, status: console.print(
+            f"{t:>6} / {m:<12} seed {s}: test AUROC {auc:.3f} ({status})"
+        ),
+    )
 
 
 def _scale_check(results: dict) -> str:

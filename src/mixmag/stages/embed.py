@@ -26,8 +26,15 @@ from ..errors import MixmagError, MixmagWarning, OptionError
 from ..fileio import DiskFullError, FolderLock, RunLockedError, ensure_free_space
 from ..slides.pyramids import ReadMode
 from ..slides.tiling import PLAN_FILENAME, load_plan
-from ..store import (plan_provenance, read_attrs, store_from_plan, store_path, store_problems, store_size_lower_bound,
-                     write_store)
+from ..store import (
+    plan_provenance,
+    read_attrs,
+    store_from_plan,
+    store_path,
+    store_problems,
+    store_size_lower_bound,
+    write_store,
+)
 
 
 class UnfinishedTilingWarning(MixmagWarning):
@@ -70,15 +77,24 @@ def find_plans(plans_dir: Path, slide_ids: list[str] | None = None) -> list[Path
         found = sorted(plans_dir.glob(f"*/{PLAN_FILENAME}"))
         unfinished = sorted(d.name for d in plans_dir.glob("*/") if d.is_dir() and not (d / PLAN_FILENAME).is_file())
         if unfinished:  # the plan is written last: its tiling was interrupted or failed
-            warnings.warn(UnfinishedTilingWarning(
-                f"{plans_dir}: no {PLAN_FILENAME} in {len(unfinished)} slide folder(s) ({', '.join(unfinished[:10])}): their tiling "
-                f"did not finish, so they are not embedded; run `mixmag tile` on them again"), stacklevel=2)
+            warnings.warn(
+                UnfinishedTilingWarning(
+                    f"{plans_dir}: no {PLAN_FILENAME} in {len(unfinished)} slide folder(s) "
+                    f"({', '.join(unfinished[:10])}): their tiling "
+                    f"did not finish, so they are not embedded; run `mixmag tile` on them again"
+                ),
+                stacklevel=2,
+            )
         if not found:
-            raise EmbedError(f"{plans_dir}: no tiling plans (*/{PLAN_FILENAME}); run `mixmag tile --out {plans_dir}` first.")
+            raise EmbedError(
+                f"{plans_dir}: no tiling plans (*/{PLAN_FILENAME}); run `mixmag tile --out {plans_dir}` first."
+            )
         return found
     missing = [s for s in slide_ids if not (plans_dir / s / PLAN_FILENAME).is_file()]
     if missing:
-        raise EmbedError(f"{plans_dir}: no tiling plan for {len(missing)} slide(s): {', '.join(missing[:10])}; tile them first.")
+        raise EmbedError(
+            f"{plans_dir}: no tiling plan for {len(missing)} slide(s): {', '.join(missing[:10])}; tile them first."
+        )
     return [plans_dir / s / PLAN_FILENAME for s in slide_ids]
 
 
@@ -93,7 +109,9 @@ def shard(sizes: list[int], world_size: int) -> list[list[int]]:
     return [sorted(p) for p in parts]
 
 
-def store_provenance(plan_path: Path, job: SlideJob, encoder: TileEncoder, mode: ReadMode, device: torch.device | None = None) -> dict:
+def store_provenance(
+    plan_path: Path, job: SlideJob, encoder: TileEncoder, mode: ReadMode, device: torch.device | None = None
+) -> dict:
     return {
         "compute_dtype": compute_dtype(device or torch.device("cpu")),
         **plan_provenance(plan_path, job.plan),
@@ -183,7 +201,14 @@ def run_embed(
         store = store_from_plan(job.plan, levels, provenance[job.slide_id])
         problems = store_problems(store)
         if problems:
-            result = EmbedResult(job.slide_id, "failed", job.n_cells, f"{job.slide_id}: " + "; ".join(problems) + " - no store written. Check the slide and the encoder weights (try --precision fp32).")
+            result = EmbedResult(
+                job.slide_id,
+                "failed",
+                job.n_cells,
+                f"{job.slide_id}: "
+                + "; ".join(problems)
+                + " - no store written. Check the slide and the encoder weights (try --precision fp32).",
+            )
         else:
             try:
                 written = write_store(store_path(out_dir, job.slide_id), store)
@@ -196,13 +221,30 @@ def run_embed(
 
     def failed(job: SlideJob, error: str) -> None:
         claims.release(job.slide_id)
-        record(EmbedResult(job.slide_id, "failed", job.n_cells, f"{error} - no store written; the other slides go on. "
-                           "Re-copy or re-export the slide, then re-run (finished stores are kept)."))
+        record(
+            EmbedResult(
+                job.slide_id,
+                "failed",
+                job.n_cells,
+                f"{error} - no store written; the other slides go on. "
+                "Re-copy or re-export the slide, then re-run (finished stores are kept).",
+            )
+        )
 
     try:
         with CatalogWriter(out_dir) as catalog:  # this rank's own part of the folder's catalog (mixmag.catalog)
-            embed_slides(todo, encoder, device=device, cells_per_batch=cells_per_batch, workers=workers, mode=mode,
-                         on_batch=on_batch, on_slide=finish, on_failed=failed, on_slide_start=start)
+            embed_slides(
+                todo,
+                encoder,
+                device=device,
+                cells_per_batch=cells_per_batch,
+                workers=workers,
+                mode=mode,
+                on_batch=on_batch,
+                on_slide=finish,
+                on_failed=failed,
+                on_slide_start=start,
+            )
     finally:
         claims.release_all()
     return results

@@ -15,8 +15,16 @@ from ..train.mixer_file import load_mixer
 
 
 @torch.no_grad()
-def encode_stores(stores: list[Path], weights: Path, out_dir: Path, *, batch: int = 64, device: torch.device | None = None, on_slide=None,
-                  settings: dict | None = None) -> list[Path]:
+def encode_stores(
+    stores: list[Path],
+    weights: Path,
+    out_dir: Path,
+    *,
+    batch: int = 64,
+    device: torch.device | None = None,
+    on_slide=None,
+    settings: dict | None = None,
+) -> list[Path]:
     """`settings`: the stores' shared settings when known (from the catalog), else read from every header."""
     device = device or torch.device("cpu")
     mixer, digest = load_mixer(weights, settings or (shared_settings(stores) if stores else None))
@@ -38,8 +46,11 @@ def encode_stores(stores: list[Path], weights: Path, out_dir: Path, *, batch: in
             contextual, compressed = mixer(regions[start : start + batch].to(device))
             patches.append(contextual.cpu().half().numpy())
             cls.append(compressed.cpu().half().numpy())
-        written.append(write_encoded(target, np.concatenate(patches), np.concatenate(cls), store=store, weights=weights,
-                                     mixer_digest=digest))
+        written.append(
+            write_encoded(
+                target, np.concatenate(patches), np.concatenate(cls), store=store, weights=weights, mixer_digest=digest
+            )
+        )
         if on_slide:
             on_slide(store.stem, "encoded")
     return written

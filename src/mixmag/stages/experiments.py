@@ -46,10 +46,17 @@ class GridConfig(BaseModel):
     methods: list[str] = Field(min_length=1)
     seeds: list[int] = Field([0], min_length=1)
     pretrained: dict[str, str] = Field(default_factory=dict, description="name -> mixer.safetensors (e.g. 'MEM r=0.5')")
-    random_preset: str | None = Field(None, description="architecture of random-init mixers; default: that of the pretrained "
-                                      "mixers (the paper's Random is the mixing module's architecture), else tiny")
-    train: TrainSettings = Field(default_factory=TrainSettings, description="overrides for every run (epochs, lr, batch_size, ...)")
-    train_by_method: dict[str, TrainSettings] = Field(default_factory=dict, description="extra overrides for methods starting with a prefix, e.g. abmil: {epochs: 40}")
+    random_preset: str | None = Field(
+        None,
+        description="architecture of random-init mixers; default: that of the pretrained "
+        "mixers (the paper's Random is the mixing module's architecture), else tiny",
+    )
+    train: TrainSettings = Field(
+        default_factory=TrainSettings, description="overrides for every run (epochs, lr, batch_size, ...)"
+    )
+    train_by_method: dict[str, TrainSettings] = Field(
+        default_factory=dict, description="extra overrides for methods starting with a prefix, e.g. abmil: {epochs: 40}"
+    )
     baseline: str = "abmil-20x"
 
 
@@ -77,18 +84,27 @@ def method_config(grid: GridConfig, task: Task, method: str, seed: int) -> Train
     for level in ABMIL_METHODS.values():
         for output in ("patch", "cls"):
             if method == f"random-{level}-{output}" and level != "all":  # a mixer over one magnification's tokens
-                return TrainConfig(**common, bags="regions", region_level=level,
-                                   mixer=random_mixer(grid, None) | {"output": output})
+                return TrainConfig(
+                    **common, bags="regions", region_level=level, mixer=random_mixer(grid, None) | {"output": output}
+                )
     for name, weights in grid.pretrained.items():
         for output in ("patch", "cls"):
             if method == f"random-{name}-{output}":  # fresh weights in the architecture of pretrained mixer `name`
                 return TrainConfig(**common, bags="regions", mixer=random_mixer(grid, name) | {"output": output})
             if method == f"{name}-{output}":
-                return TrainConfig(**common, bags="regions", mixer={"init": "pretrained", "weights": weights, "output": output})
+                return TrainConfig(
+                    **common, bags="regions", mixer={"init": "pretrained", "weights": weights, "output": output}
+                )
             if method == f"{name}-{output}-frozen":
                 encoded = Path(grid.out) / "encoded" / _slug(name) / task.name
                 return TrainConfig(**common, bags=output, encoded=str(encoded))
-    known = list(ABMIL_METHODS) + ["random-patch", "random-cls"] + [f"random-{n}-{o}" for n in grid.pretrained for o in ("patch", "cls")] + [f"random-{lv}-{o}" for lv in ("5x", "10x", "20x") for o in ("patch", "cls")] + [f"{n}-{o}{f}" for n in grid.pretrained for o in ("patch", "cls") for f in ("", "-frozen")]
+    known = (
+        list(ABMIL_METHODS)
+        + ["random-patch", "random-cls"]
+        + [f"random-{n}-{o}" for n in grid.pretrained for o in ("patch", "cls")]
+        + [f"random-{lv}-{o}" for lv in ("5x", "10x", "20x") for o in ("patch", "cls")]
+        + [f"{n}-{o}{f}" for n in grid.pretrained for o in ("patch", "cls") for f in ("", "-frozen")]
+    )
     raise ConfigError(f"unknown method {method!r}; known: {', '.join(known)}")
 
 
@@ -100,13 +116,17 @@ def random_mixer(grid: GridConfig, name: str | None) -> dict:
     if not archs:
         return {"init": "random", "preset": grid.random_preset or "tiny"}
     if len({json.dumps(a, sort_keys=True) for _, a in archs.values()}) > 1:
-        raise ConfigError(f"the pretrained mixers {', '.join(archs)} differ in architecture, so 'random-patch|cls' is ambiguous; "
-                          f"use one random row per mixer: {', '.join(f'random-{n}-patch' for n in archs)}")
+        raise ConfigError(
+            f"the pretrained mixers {', '.join(archs)} differ in architecture, so 'random-patch|cls' is ambiguous; "
+            f"use one random row per mixer: {', '.join(f'random-{n}-patch' for n in archs)}"
+        )
     preset, arch = next(iter(archs.values()))
     if grid.random_preset is not None and grid.random_preset != preset:
-        raise ConfigError(f"random_preset {grid.random_preset!r} is not the architecture of the pretrained mixer(s) "
-                          f"{', '.join(archs)} (preset {preset!r}); remove random_preset so that Random and MEM differ "
-                          "in initialisation only")
+        raise ConfigError(
+            f"random_preset {grid.random_preset!r} is not the architecture of the pretrained mixer(s) "
+            f"{', '.join(archs)} (preset {preset!r}); remove random_preset so that Random and MEM differ "
+            "in initialisation only"
+        )
     return {"init": "random", "preset": preset if preset in MIXER_PRESETS else "paper", "overrides": arch}
 
 
@@ -220,7 +240,9 @@ def plot_differences(grid: GridConfig, results: dict) -> Path | None:
     x = np.arange(len(others))
     ax.bar(x, [np.mean(diffs[m]) for m in others], color="#8fb3d9", edgecolor="#2b5d8c")
     for i, m in enumerate(others):
-        ax.scatter(np.full(len(tasks), i) + np.linspace(-0.15, 0.15, len(tasks)), diffs[m], color="#2b5d8c", s=14, zorder=3)
+        ax.scatter(
+            np.full(len(tasks), i) + np.linspace(-0.15, 0.15, len(tasks)), diffs[m], color="#2b5d8c", s=14, zorder=3
+        )
     ax.axhline(0, color="black", lw=0.8)
     ax.set_xticks(x, others, rotation=35, ha="right")
     ax.set_ylabel(f"test AUROC - {grid.baseline} (x 100)")

@@ -70,19 +70,32 @@ def read_inputs(slides: list[str] | None, cohort: Path | None, stores_dir: Path 
         if rows:
             ids = [check_id(r["slide"], where=f"{cohort} row {line}") for line, r in zip(table.lines, rows)]
         elif slides:
-            ids = [check_id(s, where="the command line", fix="Give the ids of stores in --stores (file names without .h5).")
-                   for s in slides]
+            ids = [
+                check_id(
+                    s, where="the command line", fix="Give the ids of stores in --stores (file names without .h5)."
+                )
+                for s in slides
+            ]
         else:  # every store of the folder, by its own slide_id attribute: untrusted, so an unsafe one gets its row
             ids = sorted(e.slide_id for e in load_catalog(stores_dir).entries)
         if not ids:
             raise CohortError(f"{stores_dir}: no stores to predict")
-        unsafe = {s: f"a store in {stores_dir} names its slide {s!r}, not a safe file name ({ID_RULE}); fix its slide_id "
-                     "attribute or re-embed the slide" for s in ids if not is_safe_id(s)}
-        return PredictInputs(stores=place_stores(stores_dir, [s for s in ids if s not in unsafe]),  # flat or sharded folders
-                             specimen_of={r["slide"]: r.get("specimen") or r["slide"] for r in rows}, problems=unsafe)
+        unsafe = {
+            s: f"a store in {stores_dir} names its slide {s!r}, not a safe file name ({ID_RULE}); fix its slide_id "
+            "attribute or re-embed the slide"
+            for s in ids
+            if not is_safe_id(s)
+        }
+        return PredictInputs(
+            stores=place_stores(stores_dir, [s for s in ids if s not in unsafe]),  # flat or sharded folders
+            specimen_of={r["slide"]: r.get("specimen") or r["slide"] for r in rows},
+            problems=unsafe,
+        )
     if rows:
         sources = sources_from_table(cohort)  # one per row, in order
-        return PredictInputs(sources, specimen_of={s.slide_id: r.get("specimen") or s.slide_id for s, r in zip(sources, rows)})
+        return PredictInputs(
+            sources, specimen_of={s.slide_id: r.get("specimen") or s.slide_id for s, r in zip(sources, rows)}
+        )
     if slides:
         return PredictInputs(sources_from_paths([Path(s) for s in slides]))
     raise CohortError("give slide files, --cohort CSV (with a 'path' column) or --stores DIR")
@@ -94,8 +107,10 @@ def encoder_for_run(classifier: SlideClassifier, *, weights: Path | None = None,
     encoder = build_encoder(p["encoder"], weights=weights, from_hub=from_hub, output=p["encoder_output"])
     if encoder.weights_digest != p["encoder_weights_digest"]:
         raise RunMismatchError(
-            f"encoder {p['encoder']!r}: these weights (digest {encoder.weights_digest}) are not the ones the run was trained "
-            f"with (digest {p['encoder_weights_digest']}); pass the same --weights file")
+            f"encoder {p['encoder']!r}: these weights (digest {encoder.weights_digest}) are not the ones the run was "
+            "trained "
+            f"with (digest {p['encoder_weights_digest']}); pass the same --weights file"
+        )
     return encoder
 
 
@@ -105,15 +120,21 @@ def tissue_model_for_run(classifier: SlideClassifier, path: Path | None = None):
     recorded = classifier.pipeline.get("tissue_model")
     if recorded is None:
         if path is not None:
-            raise RunMismatchError(f"{path}: the run's slides were tiled with the built-in tissue detector; drop --tissue-model")
+            raise RunMismatchError(
+                f"{path}: the run's slides were tiled with the built-in tissue detector; drop --tissue-model"
+            )
         return None
     if recorded.startswith("callable:"):
-        raise RunMismatchError(f"the run's slides were tiled with a tissue model given from Python ({recorded}); "
-                               "tile and embed new slides the same way, then predict with --stores")
+        raise RunMismatchError(
+            f"the run's slides were tiled with a tissue model given from Python ({recorded}); "
+            "tile and embed new slides the same way, then predict with --stores"
+        )
     file, _, digest = recorded.rpartition("#")
     candidate = Path(path or file)
     if not candidate.is_file():
-        raise RunMismatchError(f"the run's slides were tiled with the tissue model {file}, which is not there; pass --tissue-model PATH")
+        raise RunMismatchError(
+            f"the run's slides were tiled with the tissue model {file}, which is not there; pass --tissue-model PATH"
+        )
     try:
         model = load_tissue_model(candidate)
     except (ValueError, ImportError, OSError) as exc:
@@ -144,12 +165,21 @@ def stores_from_slides(
         sid = result.source.slide_id
         if result.outcome == "failed":
             problems[sid] = result.error or "tiling failed"
-        elif not result.plan.cells or (classifier.bag_kind not in ("5x", "10x", "20x", "all") and not result.plan.regions):
+        elif not result.plan.cells or (
+            classifier.bag_kind not in ("5x", "10x", "20x", "all") and not result.plan.regions
+        ):
             problems[sid] = unscorable(result.plan)
         else:
             planned.append(sid)
-    results = run_embed([plan_path(work / "tiles", s) for s in planned], work / "stores", encoder, device=device,
-                        workers=workers, mode=p.get("read_mode") or "derive", on_result=on_embedded)
+    results = run_embed(
+        [plan_path(work / "tiles", s) for s in planned],
+        work / "stores",
+        encoder,
+        device=device,
+        workers=workers,
+        mode=p.get("read_mode") or "derive",
+        on_result=on_embedded,
+    )
     for r in results:
         if r.outcome == "failed":
             problems[r.slide_id] = r.error or "embedding failed"
@@ -163,12 +193,20 @@ def unscorable(plan) -> str:
     p = plan.params
     if plan.status == "too_small":
         side = p.region_size * plan.cell_px * plan.slide.mpp
-        return (f"slide is {plan.slide.width * plan.slide.mpp:.0f} x {plan.slide.height * plan.slide.mpp:.0f} um, smaller than "
-                f"one of the run's {p.region_size} x {p.region_size} regions ({side:.0f} um): this run cannot score it")
+        return (
+            f"slide is {plan.slide.width * plan.slide.mpp:.0f} x {plan.slide.height * plan.slide.mpp:.0f} um, smaller "
+            "than "
+            f"one of the run's {p.region_size} x {p.region_size} regions ({side:.0f} um): this run cannot score it"
+        )
     if plan.status == "no_regions":
-        return (f"tissue found, but no {p.region_size} x {p.region_size} region reaches the run's tissue threshold "
-                f"({p.tissue_threshold:.0%}): nothing for this run to score")
-    return "no tissue found with the run's tissue settings: check the slide (its QC picture is in the work folder's tiles/)"
+        return (
+            f"tissue found, but no {p.region_size} x {p.region_size} region reaches the run's tissue threshold "
+            f"({p.tissue_threshold:.0%}): nothing for this run to score"
+        )
+    return (
+        "no tissue found with the run's tissue settings: check the slide (its QC picture is in the work folder's "
+        "tiles/)"
+    )
 
 
 def score_slides(
@@ -235,7 +273,9 @@ def unusable_stores(classifier: SlideClassifier, stores: dict[str, Path]) -> dic
     return refused
 
 
-def write_outcomes(path: Path, outcomes: list[SlideOutcome], specimen_of: dict[str, str] | None, levels: list[str], how: str = "max") -> Path:
+def write_outcomes(
+    path: Path, outcomes: list[SlideOutcome], specimen_of: dict[str, str] | None, levels: list[str], how: str = "max"
+) -> Path:
     """predictions CSV: specimen and slide scores (the run's max or mean over a specimen's scored
     slides), each level's share of the attribution, and why a slide has no score."""
     specimen_of = specimen_of or {}
@@ -248,9 +288,16 @@ def write_outcomes(path: Path, outcomes: list[SlideOutcome], specimen_of: dict[s
     for o in outcomes:
         spec = specimen_of.get(o.slide_id, o.slide_id)
         spec_scores = by_specimen.get(spec)
-        rows.append([spec, o.slide_id, "" if o.score is None else f"{o.score:.6f}",
-                     f"{_reduce(spec_scores, how):.6f}" if spec_scores else "",
-                     *[f"{o.level_share[n]:.4f}" if n in o.level_share else "" for n in levels], o.problem or ""])
+        rows.append(
+            [
+                spec,
+                o.slide_id,
+                "" if o.score is None else f"{o.score:.6f}",
+                f"{_reduce(spec_scores, how):.6f}" if spec_scores else "",
+                *[f"{o.level_share[n]:.4f}" if n in o.level_share else "" for n in levels],
+                o.problem or "",
+            ]
+        )
     return write_csv_atomic(path, header, rows)
 
 
@@ -260,8 +307,11 @@ def _reduce(values: list[float], how: str) -> float:
 
 def describe_run(classifier: SlideClassifier) -> str:
     p = classifier.pipeline
-    line = (f"bags {classifier.bag_kind}; encoder {p.get('encoder')} ({p.get('encoder_output')}, weights {p.get('encoder_weights_digest')}); "
-            f"levels {p.get('level_mpps')} um/px; t = {p.get('region_size')}")
+    line = (
+        f"bags {classifier.bag_kind}; encoder {p.get('encoder')} ({p.get('encoder_output')}, weights "
+        f"{p.get('encoder_weights_digest')}); "
+        f"levels {p.get('level_mpps')} um/px; t = {p.get('region_size')}"
+    )
     if classifier.reads_encoded:
         line += f"; mixer {classifier.encoded_mixer()}"
     return line
@@ -273,8 +323,11 @@ def precision_note(classifier: SlideClassifier, stores: dict[str, Path]) -> str 
     trained = classifier.pipeline.get("compute_dtype")
     other = sorted({str(_attrs_or_empty(p).get("compute_dtype")) for p in stores.values()} - {str(trained), "None"})
     if trained and other:
-        return (f"the run's stores were embedded in {trained}, these in {', '.join(other)}: scores differ from the same "
-                "slides' evaluation scores at that precision's rounding (embed on the same kind of device for identical scores)")
+        return (
+            f"the run's stores were embedded in {trained}, these in {', '.join(other)}: scores differ from the same "
+            "slides' evaluation scores at that precision's rounding (embed on the same kind of device for identical "
+            "scores)"
+        )
     return None
 
 
@@ -332,16 +385,26 @@ def run(
         tissue = tissue_model_for_run(classifier, tissue_model)
         dev = choose_device(device)
         with track("tile + embed", 2 * len(inputs.sources)) as step:  # slides that failed tiling have no embed step
-            stores, problems = stores_from_slides(classifier, inputs.sources, work, encoder.to(dev), device=dev, workers=workers,
-                                                  tissue_model=tissue, on_tiled=lambda r: step(), on_embedded=lambda r: step())
+            stores, problems = stores_from_slides(
+                classifier,
+                inputs.sources,
+                work,
+                encoder.to(dev),
+                device=dev,
+                workers=workers,
+                tissue_model=tissue,
+                on_tiled=lambda r: step(),
+                on_embedded=lambda r: step(),
+            )
     note = precision_note(classifier, stores)
     if note and on_note:
         on_note(note)
     outcomes = []
     if stores:
         with track("score + explain", len(stores)) as step:
-            outcomes = score_slides(classifier, stores, work, heatmaps=heatmaps, top_k=top_k, method=attribution,
-                                    on_slide=lambda o: step())
+            outcomes = score_slides(
+                classifier, stores, work, heatmaps=heatmaps, top_k=top_k, method=attribution, on_slide=lambda o: step()
+            )
     outcomes += [SlideOutcome(s, problem=p) for s, p in problems.items()]
     levels = list(next((o.level_share for o in outcomes if o.level_share), {}))
     path = write_outcomes(out, outcomes, inputs.specimen_of, levels, classifier.specimen_score)

@@ -40,7 +40,8 @@ class SlideResult:
         assert p is not None
         head = "skipped (plan is current)" if self.outcome == "skipped" else f"tiled in {self.seconds:.1f}s"
         line = (
-            f"{sid}: {head}; {p.slide.backend}, {p.slide.mpp:g} um/px ({p.slide.mpp_source}); grid {p.n_rows}x{p.n_cols} cells; "
+            f"{sid}: {head}; {p.slide.backend}, {p.slide.mpp:g} um/px ({p.slide.mpp_source}); grid "
+            f"{p.n_rows}x{p.n_cols} cells; "
             f"{len(p.regions)} regions, {len(p.cells)} cells to embed"
         )
         if p.contexts:
@@ -65,10 +66,14 @@ def tile_slide(
     if not force and plan_is_current(target, source.path, params, source.mpp, backend, tissue_model_id(tissue_model)):
         return SlideResult(source, "skipped", plan=load_plan(target))
     with Slide(source.path, mpp=source.mpp, backend=backend) as slide:
-        plan, thumbnail, mask = make_plan(slide, params, slide_id=source.slide_id, mpp_override=source.mpp, tissue_model=tissue_model)
-    pictures = {TISSUE_MASK: png_bytes((mask[..., None].repeat(3, axis=2) * 255).astype("uint8")),
-                QC_TISSUE: png_bytes(tissue_overlay(thumbnail, mask)),
-                QC_REGIONS: png_bytes(regions_overlay(thumbnail, plan))}
+        plan, thumbnail, mask = make_plan(
+            slide, params, slide_id=source.slide_id, mpp_override=source.mpp, tissue_model=tissue_model
+        )
+    pictures = {
+        TISSUE_MASK: png_bytes((mask[..., None].repeat(3, axis=2) * 255).astype("uint8")),
+        QC_TISSUE: png_bytes(tissue_overlay(thumbnail, mask)),
+        QC_REGIONS: png_bytes(regions_overlay(thumbnail, plan)),
+    }
     # all of the slide's outputs or none: a slide that cannot fit leaves no pictures that would crowd out the next one
     ensure_free_space(target.parent, sum(map(len, pictures.values())) + len(plan.model_dump_json(indent=1)))
     for name, data in pictures.items():
@@ -122,7 +127,12 @@ def write_summary(out_dir: Path, params: TilingParams, results: list[SlideResult
     for r in results:
         row = {"slide": r.source.slide_id, "path": str(r.source.path), "outcome": r.outcome}
         if r.plan is not None:
-            row |= {"status": r.plan.status, "regions": len(r.plan.regions), "cells": len(r.plan.cells), "warnings": r.plan.warnings}
+            row |= {
+                "status": r.plan.status,
+                "regions": len(r.plan.regions),
+                "cells": len(r.plan.cells),
+                "warnings": r.plan.warnings,
+            }
         if r.error:
             row["error"] = r.error
         rows.append(row)

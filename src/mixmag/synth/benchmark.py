@@ -41,12 +41,12 @@ class BenchmarkSpec:
     task: str
     n_specimens: int = 400
     dim: int = 32
-    cells: int = 6                  # slides are cells x cells; with t = 3 that is (cells / 3)^2 regions
-    signal_regions: int = 1         # regions carrying the biomarker in a positive slide
+    cells: int = 6  # slides are cells x cells; with t = 3 that is (cells / 3)^2 regions
+    signal_regions: int = 1  # regions carrying the biomarker in a positive slide
     signal: float = 0.6
-    tile_fraction: float = 0.5      # share of a signal region's 20x tiles marked (fine, cross, context)
-    label_noise: float = 0.1        # share of specimens whose label is flipped
-    decoy_rate: float = 0.7         # cross / context: share of negative slides with decoys
+    tile_fraction: float = 0.5  # share of a signal region's 20x tiles marked (fine, cross, context)
+    label_noise: float = 0.1  # share of specimens whose label is flipped
+    decoy_rate: float = 0.7  # cross / context: share of negative slides with decoys
     split: tuple[float, float, float] = (0.5, 0.15, 0.35)
     seed: int = 0
 
@@ -56,7 +56,10 @@ class BenchmarkSpec:
         if self.cells % 3 or self.cells < 3:
             raise ConfigError(f"cells must be a positive multiple of the region size 3, got {self.cells}")
         if not 0 < self.signal_regions <= (self.cells // 3) ** 2:
-            raise ConfigError(f"signal_regions {self.signal_regions} must be between 1 and the {(self.cells // 3) ** 2} regions of a slide")
+            raise ConfigError(
+                f"signal_regions {self.signal_regions} must be between 1 and the {(self.cells // 3) ** 2} regions of a "
+                "slide"
+            )
 
 
 def _directions(dim: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -70,8 +73,15 @@ def _cells_of(region: tuple[int, int], cells: int) -> np.ndarray:
     return np.array([(r + i) * cells + (c + j) for i in range(3) for j in range(3)])
 
 
-def _mark_fine(store: SlideStore, cell_ids: np.ndarray, direction: np.ndarray, amount: float, fraction: float,
-               rng: np.random.Generator, pattern: bool | None = None) -> None:
+def _mark_fine(
+    store: SlideStore,
+    cell_ids: np.ndarray,
+    direction: np.ndarray,
+    amount: float,
+    fraction: float,
+    rng: np.random.Generator,
+    pattern: bool | None = None,
+) -> None:
     """Add `direction` to a share of the 20x tiles of these cells. pattern True: the tiles in the left
     half of each cell (the same count per cell); False: the same count at random places; None: random."""
     emb = store.embeddings["20x"]  # (N, 16, D), sub-tiles row-major
@@ -92,7 +102,9 @@ def _mark_coarse(store: SlideStore, cell_ids: np.ndarray, direction: np.ndarray,
 
 def benchmark_slide(spec: BenchmarkSpec, slide_id: str, positive: bool, rng: np.random.Generator) -> SlideStore:
     """One slide of the task: the background store plus the biomarker (or decoys) in chosen regions."""
-    store = synthetic_store(slide_id, n_rows=spec.cells, n_cols=spec.cells, dim=spec.dim, seed=int(rng.integers(1 << 31)))
+    store = synthetic_store(
+        slide_id, n_rows=spec.cells, n_cols=spec.cells, dim=spec.dim, seed=int(rng.integers(1 << 31))
+    )
     regions = [(r, c) for r in range(0, spec.cells, 3) for c in range(0, spec.cells, 3)]
     store.windows = {"regions": np.array(regions, np.int32)}
     scale = float(np.median(np.linalg.norm(store.embeddings["20x"], axis=-1)))
@@ -142,7 +154,9 @@ def write_benchmark_cohort(folder: str | Path, spec: BenchmarkSpec, stores: str 
     return write_csv_atomic(path, ["specimen", "slide", "label", "split", "store"], rows)
 
 
-def _stratified_splits(labels: np.ndarray, fractions: tuple[float, float, float], rng: np.random.Generator) -> list[str]:
+def _stratified_splits(
+    labels: np.ndarray, fractions: tuple[float, float, float], rng: np.random.Generator
+) -> list[str]:
     out = [""] * len(labels)
     for value in (0, 1):
         idx = rng.permutation(np.flatnonzero(labels == value))

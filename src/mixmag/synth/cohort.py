@@ -29,17 +29,17 @@ CELL_UM = 448.0
 class CohortSpec:
     n_specimens: int = 48
     max_slides: int = 3
-    cells: int = 6                  # slide side in 448 um cells
-    region: int = 3                 # t: signals fill whole t x t regions
+    cells: int = 6  # slide side in 448 um cells
+    region: int = 3  # t: signals fill whole t x t regions
     mpp: float = 0.5
-    signal_fraction: float = 0.5    # share of the carrier slide's regions that carry the signal
+    signal_fraction: float = 0.5  # share of the carrier slide's regions that carry the signal
     nest_radius_um: float = 50.0
     lattice_um: float = 224.0
     nucleus_radius_um: float = 3.5
     nuclei_per_nest: int = 60
     seed: int = 0
     splits: tuple[float, float, float] = (0.5, 0.25, 0.25)
-    label_noise: float = 0.0        # share of specimens whose label is flipped, independently per task
+    label_noise: float = 0.0  # share of specimens whose label is flipped, independently per task
 
 
 def specimen_flags(spec: CohortSpec, rng: np.random.Generator) -> list[dict]:
@@ -48,12 +48,14 @@ def specimen_flags(spec: CohortSpec, rng: np.random.Generator) -> list[dict]:
     kinds = ["none", "fine", "coarse", "both-apart", "cross"]
     for k in range(spec.n_specimens):
         kind = kinds[k % len(kinds)]
-        flags.append({
-            "kind": kind,
-            "fine": kind in ("fine", "both-apart", "cross"),
-            "coarse": kind in ("coarse", "both-apart", "cross"),
-            "cross": kind == "cross",
-        })
+        flags.append(
+            {
+                "kind": kind,
+                "fine": kind in ("fine", "both-apart", "cross"),
+                "coarse": kind in ("coarse", "both-apart", "cross"),
+                "cross": kind == "cross",
+            }
+        )
     order = rng.permutation(len(flags))
     return [flags[i] for i in order]
 
@@ -86,7 +88,11 @@ def render_slide(spec: CohortSpec, regions: list[tuple[bool, bool]], rng: np.ran
     per_side = spec.cells // spec.region
     # stroma: pink with a smooth texture, made small and enlarged (it has no fine detail)
     small = side_px // 8
-    texture = cv2.resize(rng.normal(size=(small // 5 + 2, small // 5 + 2)).astype(np.float32), (small, small), interpolation=cv2.INTER_CUBIC)
+    texture = cv2.resize(
+        rng.normal(size=(small // 5 + 2, small // 5 + 2)).astype(np.float32),
+        (small, small),
+        interpolation=cv2.INTER_CUBIC,
+    )
     stroma = np.stack([228 + 6 * texture, 150 + 14 * texture, 192 + 9 * texture], axis=-1)
     image = cv2.resize(np.clip(stroma, 0, 255).astype(np.uint8), (side_px, side_px), interpolation=cv2.INTER_LINEAR)
     speckle_mask = np.zeros((side_px, side_px), np.uint8)
@@ -105,7 +111,9 @@ def render_slide(spec: CohortSpec, regions: list[tuple[bool, bool]], rng: np.ran
             centres = np.array([(x0 + phase[0] + gx, y0 + phase[1] + gy) for gy in grid for gx in grid])
             centres += rng.normal(0, 6 / mpp, centres.shape)
         else:
-            centres = np.column_stack([x0 + rng.uniform(0, region_px, n_nests), y0 + rng.uniform(0, region_px, n_nests)])
+            centres = np.column_stack(
+                [x0 + rng.uniform(0, region_px, n_nests), y0 + rng.uniform(0, region_px, n_nests)]
+            )
         for cx, cy in centres:
             radius = np.sqrt(rng.uniform(0, 1, spec.nuclei_per_nest)) * nest_r
             angle = rng.uniform(0, 2 * np.pi, spec.nuclei_per_nest)
@@ -158,12 +166,23 @@ def write_cohort(folder: str | Path, spec: CohortSpec, progress=None) -> dict[st
         for j in range(n_slides):
             slide = f"{specimen}-{j + 1}"
             path = folder / "slides" / f"{slide}.tiff"
-            plan = region_plan(flag["kind"], n_regions, spec.signal_fraction, srng) if j == carrier else [(False, False)] * n_regions
+            plan = (
+                region_plan(flag["kind"], n_regions, spec.signal_fraction, srng)
+                if j == carrier
+                else [(False, False)] * n_regions
+            )
             if not path.exists():
                 image = render_slide(spec, plan, np.random.default_rng([spec.seed, k, j]))
                 write_slide(path, image, spec.mpp, downsamples=(1, 4, 16), quality=95)
-            rows.append({"specimen": specimen, "slide": slide, "split": split_of[k], "path": f"slides/{slide}.tiff",
-                         **{t: int(flag[t]) for t in TASKS}})
+            rows.append(
+                {
+                    "specimen": specimen,
+                    "slide": slide,
+                    "split": split_of[k],
+                    "path": f"slides/{slide}.tiff",
+                    **{t: int(flag[t]) for t in TASKS},
+                }
+            )
             if progress:
                 progress(slide)
     tables = {}
@@ -171,8 +190,13 @@ def write_cohort(folder: str | Path, spec: CohortSpec, progress=None) -> dict[st
     for task in TASKS:
         flipped = {f"SP{k:03d}" for k in range(spec.n_specimens) if noise_rng.random() < spec.label_noise}
         table = folder / f"cohort_{task}.csv"
-        write_csv_atomic(table, ["specimen", "slide", "label", "split", "path"],
-                         [[r["specimen"], r["slide"], 1 - r[task] if r["specimen"] in flipped else r[task], r["split"], r["path"]]
-                          for r in rows])
+        write_csv_atomic(
+            table,
+            ["specimen", "slide", "label", "split", "path"],
+            [
+                [r["specimen"], r["slide"], 1 - r[task] if r["specimen"] in flipped else r[task], r["split"], r["path"]]
+                for r in rows
+            ],
+        )
         tables[task] = table
     return tables

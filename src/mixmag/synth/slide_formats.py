@@ -48,9 +48,18 @@ def write_dicom(source: Path, folder: Path, description: str | None = None) -> P
     if description:
         extra = Dataset()
         extra.SeriesDescription = description
-    WsiDicomizer.convert(source, tmp, metadata_post_processor=extra, preferred_source=SourceIdentifier.TIFFSLIDE,
-                         add_missing_levels=True, include_label=False, include_overview=False, include_thumbnail=False,
-                         workers=1, encoding=JpegSettings(quality=95, subsampling=Subsampling.R444))
+    WsiDicomizer.convert(
+        source,
+        tmp,
+        metadata_post_processor=extra,
+        preferred_source=SourceIdentifier.TIFFSLIDE,
+        add_missing_levels=True,
+        include_label=False,
+        include_overview=False,
+        include_thumbnail=False,
+        workers=1,
+        encoding=JpegSettings(quality=95, subsampling=Subsampling.R444),
+    )
     folder.mkdir(parents=True, exist_ok=True)
     for f in tmp.iterdir():
         f.rename(folder / f.name)
@@ -58,8 +67,15 @@ def write_dicom(source: Path, folder: Path, description: str | None = None) -> P
     return folder
 
 
-def write_ome_zarr(image: np.ndarray, mpp: float, path: Path, n_levels: int = 3, *, version: str = "0.5",
-                   unit: str | None = "micrometer") -> Path:
+def write_ome_zarr(
+    image: np.ndarray,
+    mpp: float,
+    path: Path,
+    n_levels: int = 3,
+    *,
+    version: str = "0.5",
+    unit: str | None = "micrometer",
+) -> Path:
     """An OME-NGFF pyramid (c, y, x; 2x local-mean levels; scale in `unit`, none when None) written by ome-zarr-py,
     as NGFF 0.5 (Zarr v3) or 0.4 (Zarr v2)."""
     require("ome_zarr")
@@ -71,9 +87,17 @@ def write_ome_zarr(image: np.ndarray, mpp: float, path: Path, n_levels: int = 3,
         fmt = {"0.4": FormatV04, "0.5": FormatV05}[version]()
         root = zarr.open_group(str(path), mode="w", zarr_format=fmt.zarr_format)
         units = {"axes_units": {"y": unit, "x": unit}} if unit else {}
-        write_image(np.moveaxis(image, 2, 0), root, scale_factors=tuple(2**k for k in range(1, n_levels)), axes="cyx",
-                    scale={"c": 1.0, "y": mpp, "x": mpp}, storage_options={"chunks": (3, 256, 256)},
-                    method="local_mean", fmt=fmt, **units)
+        write_image(
+            np.moveaxis(image, 2, 0),
+            root,
+            scale_factors=tuple(2**k for k in range(1, n_levels)),
+            axes="cyx",
+            scale={"c": 1.0, "y": mpp, "x": mpp},
+            storage_options={"chunks": (3, 256, 256)},
+            method="local_mean",
+            fmt=fmt,
+            **units,
+        )
     return path
 
 

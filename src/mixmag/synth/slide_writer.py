@@ -91,7 +91,12 @@ def write_slide(
                     )
                     if i == 0 and flavor == "aperio":
                         # SVS layout: a stripped thumbnail follows the baseline image.
-                        tif.write(_thumbnail(image), description="Aperio Image Library thumbnail", metadata=None, photometric="rgb")
+                        tif.write(
+                            _thumbnail(image),
+                            description="Aperio Image Library thumbnail",
+                            metadata=None,
+                            photometric="rgb",
+                        )
     return path
 
 
@@ -106,7 +111,10 @@ def _resolution_kwargs(mpp: float | None, dpi: float | None) -> dict:
 
 def _aperio_description(image: np.ndarray, mpp: float | None, tile: int) -> str:
     h, w = image.shape[:2]
-    parts = [f"Aperio Image Library v12.0.0 \r\n{w}x{h} [0,0 {w}x{h}] ({tile}x{tile}) JPEG/RGB Q=90", "AppMag = 40" if mpp and mpp < 0.375 else "AppMag = 20"]
+    parts = [
+        f"Aperio Image Library v12.0.0 \r\n{w}x{h} [0,0 {w}x{h}] ({tile}x{tile}) JPEG/RGB Q=90",
+        "AppMag = 40" if mpp and mpp < 0.375 else "AppMag = 20",
+    ]
     if mpp:
         parts.append(f"MPP = {mpp:.6f}")
     return "|".join(parts)

@@ -38,7 +38,9 @@ def synthetic_store(
     embeddings = {}
     for level in range(n_levels):
         if level:
-            parents = np.repeat(np.repeat(latents.reshape(-1, 2 ** (level - 1), 2 ** (level - 1), latent), 2, axis=1), 2, axis=2)
+            parents = np.repeat(
+                np.repeat(latents.reshape(-1, 2 ** (level - 1), 2 ** (level - 1), latent), 2, axis=1), 2, axis=2
+            )
             latents = (parents + detail * rng.normal(size=parents.shape)).reshape(len(rc), 4**level, latent)
         emb = np.tanh(latents @ projections[level]) + noise * rng.normal(size=(len(rc), 4**level, dim))
         embeddings[f"{10 * 2**level / 2:g}x"] = emb.astype(np.float32)
@@ -46,12 +48,21 @@ def synthetic_store(
     if context:
         windows["contexts"] = _windows(n_rows, n_cols, context)
     attrs = {
-        "slide_id": slide_id, "encoder": "synthetic", "encoder_weights_digest": f"projection-{projection_seed}",
-        "level_mpps": [2.0 / 2**i for i in range(n_levels)], "slide_mpp": 0.5, "cell_px": 896.0, "grid_shape": [n_rows, n_cols],
-        "region_size": t, "context_size": context, "embedding_dim": dim,
+        "slide_id": slide_id,
+        "encoder": "synthetic",
+        "encoder_weights_digest": f"projection-{projection_seed}",
+        "level_mpps": [2.0 / 2**i for i in range(n_levels)],
+        "slide_mpp": 0.5,
+        "cell_px": 896.0,
+        "grid_shape": [n_rows, n_cols],
+        "region_size": t,
+        "context_size": context,
+        "embedding_dim": dim,
     }
     return SlideStore(rc=rc, tissue=np.ones(len(rc), np.float32), embeddings=embeddings, attrs=attrs, windows=windows)
 
 
 def _windows(n_rows: int, n_cols: int, size: int) -> np.ndarray:
-    return np.array([(r, c) for r in range(n_rows - size + 1) for c in range(n_cols - size + 1)], np.int32).reshape(-1, 2)
+    return np.array([(r, c) for r in range(n_rows - size + 1) for c in range(n_cols - size + 1)], np.int32).reshape(
+        -1, 2
+    )

@@ -59,8 +59,17 @@ class BagAttribution:
 class SlideClassifier:
     """model + bag kind + pipeline record; `use_stores()` points it at slides' stores, then `score()`/`explain()`."""
 
-    def __init__(self, model: SlideModel, bag_kind: str, pipeline: dict, *, region_level: str | None = None,
-                 specimen_score: str = "max", encoded_dir: Path | None = None, bags: BagCache | None = None) -> None:
+    def __init__(
+        self,
+        model: SlideModel,
+        bag_kind: str,
+        pipeline: dict,
+        *,
+        region_level: str | None = None,
+        specimen_score: str = "max",
+        encoded_dir: Path | None = None,
+        bags: BagCache | None = None,
+    ) -> None:
         self.model = model
         self.bag_kind = bag_kind
         self.pipeline = pipeline  # how the stores were made (store provenance), bag_dim, mixer architecture
@@ -77,21 +86,33 @@ class SlideClassifier:
         try:
             config = RunModelSettings(**folder.read_config())
         except (ValidationError, TypeError) as exc:
-            raise RunMismatchError(f"{folder.config} does not fit this mixmag {__version__} ({exc}); "
-                                   "use the mixmag version that trained it, or retrain") from exc
+            raise RunMismatchError(
+                f"{folder.config} does not fit this mixmag {__version__} ({exc}); "
+                "use the mixmag version that trained it, or retrain"
+            ) from exc
         pipeline = folder.read_pipeline()
         if pipeline is None:
-            raise RunMismatchError(f"{folder.folder}: written before run folders recorded how their stores were made "
-                                   "(no pipeline.json); train it again with this mixmag")
-        with torch.random.fork_rng(devices=[]):  # the initial weights are replaced: leave the caller's random state alone
+            raise RunMismatchError(
+                f"{folder.folder}: written before run folders recorded how their stores were made "
+                "(no pipeline.json); train it again with this mixmag"
+            )
+        with torch.random.fork_rng(
+            devices=[]
+        ):  # the initial weights are replaced: leave the caller's random state alone
             mixer = RegionMixer(MixerConfig(**pipeline["mixer"])) if pipeline.get("mixer") else None
             model = SlideModel(int(pipeline["bag_dim"]), config.hidden, mixer, config.mixer_output)
         try:
             model.load_state_dict(folder.read_weights())
         except RuntimeError as exc:
             raise RunMismatchError(f"{folder.weights} does not fit the model its config describes ({exc})") from exc
-        return cls(model.to(device or torch.device("cpu")).eval(), config.bags, pipeline, region_level=config.region_level,
-                   specimen_score=config.specimen_score, encoded_dir=Path(config.encoded) if config.encoded else None)
+        return cls(
+            model.to(device or torch.device("cpu")).eval(),
+            config.bags,
+            pipeline,
+            region_level=config.region_level,
+            specimen_score=config.specimen_score,
+            encoded_dir=Path(config.encoded) if config.encoded else None,
+        )
 
     # -- which slides ---------------------------------------------------------------------------------------
     @property
@@ -102,7 +123,9 @@ class SlideClassifier:
     @property
     def pools_regions(self) -> bool:
         """AB-MIL weighs whole regions (compressed region embeddings), not tiles or tokens."""
-        return self.bag_kind == "cls" or (self.bag_kind == "regions" and self.model.mixer is not None and self.model.output == "cls")
+        return self.bag_kind == "cls" or (
+            self.bag_kind == "regions" and self.model.mixer is not None and self.model.output == "cls"
+        )
 
     def store_misfit(self, path: Path, slide: str = "") -> str | None:
         """Why a new slide's store cannot be scored by this model (absent, unreadable or invalid header, made with
@@ -118,7 +141,10 @@ class SlideClassifier:
         different = [k for k in STORE_MUST_MATCH if k in reference and attrs.get(k) != reference.get(k)]
         if different:
             detail = "; ".join(f"{k}: run {reference.get(k)!r} vs slide {attrs.get(k)!r}" for k in different)
-            return f"{path}: made differently from the run's training stores ({detail}); tile and embed the slide with the run's settings"
+            return (
+                f"{path}: made differently from the run's training stores ({detail}); tile and embed the slide with "
+                "the run's settings"
+            )
         return None
 
     def check_stores(self, stores: dict[str, Path]) -> None:
@@ -141,7 +167,9 @@ class SlideClassifier:
         recorded = self.pipeline.get("encoded_mixer")
         if recorded:
             if not Path(recorded).is_file():
-                raise RunMismatchError(f"{recorded}: the mixer this run's embeddings were made with is gone; it is needed for new slides")
+                raise RunMismatchError(
+                    f"{recorded}: the mixer this run's embeddings were made with is gone; it is needed for new slides"
+                )
             return Path(recorded)
         if self.encoded_dir is None:
             raise RunError("this run reads no precomputed mixer outputs")
@@ -170,7 +198,9 @@ class SlideClassifier:
         if method == "auto":
             method = "gradient" if self.pools_regions else "attention"
         if method == "attention" and self.pools_regions:
-            raise RunError(f"{slide}: this model weighs whole regions; per-magnification attention needs method='gradient'")
+            raise RunError(
+                f"{slide}: this model weighs whole regions; per-magnification attention needs method='gradient'"
+            )
         model = self.model.eval()
         bag = self.bags(slide).float()
         if method == "attention":
@@ -179,7 +209,9 @@ class SlideClassifier:
             alpha = alpha[0].numpy()
             return BagAttribution(float(logit.reshape(-1)[0]), ATTENTION, alpha.astype(np.float64), alpha)
         if method == "gradient":
-            inputs = torch.from_numpy(region_bag(self.bags.stores[slide]).astype(np.float32)) if self.reads_encoded else bag
+            inputs = (
+                torch.from_numpy(region_bag(self.bags.stores[slide]).astype(np.float32)) if self.reads_encoded else bag
+            )
             return self._gradient_x_input(inputs)
         raise RunError(f"unknown attribution method {method!r}; use auto, attention or gradient")
 

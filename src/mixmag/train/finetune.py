@@ -40,7 +40,9 @@ class MixerSetting(BaseModel):
     init: Literal["random", "pretrained"] = "pretrained"
     weights: str | None = Field(None, description="mixer.safetensors of a pretraining run (its mixer.json beside it)")
     preset: str = "tiny"
-    overrides: MixerOverrides = Field(default_factory=MixerOverrides, description="architecture overrides of the preset")
+    overrides: MixerOverrides = Field(
+        default_factory=MixerOverrides, description="architecture overrides of the preset"
+    )
     output: Literal["patch", "cls"] = "patch"
 
     @field_serializer("overrides")
@@ -84,7 +86,9 @@ class TrainConfig(TrainSettings):
     bags: BagMode = "20x"
     encoded: str | None = Field(None, description="folder from `mixmag encode` for bags = patch / cls")
     mixer: MixerSetting | None = Field(None, description="for bags = regions: the mixer trained jointly")
-    region_level: str | None = Field(None, description="for bags = regions: mix only this level's tokens (e.g. 5x); default all")
+    region_level: str | None = Field(
+        None, description="for bags = regions: mix only this level's tokens (e.g. 5x); default all"
+    )
     seed: int = 0
 
     @model_validator(mode="after")
@@ -112,9 +116,14 @@ def build_mixer(setting: MixerSetting, in_dim: int, t: int, n_levels: int, store
     if setting.init == "pretrained":
         mixer, _ = load_mixer(setting.weights, stores)
         if mixer.config.in_dim != in_dim:
-            raise ConfigError(f"{setting.weights}: the mixer takes {mixer.config.in_dim}-d embeddings but the stores hold {in_dim}-d ones")
+            raise ConfigError(
+                f"{setting.weights}: the mixer takes {mixer.config.in_dim}-d embeddings but the stores hold {in_dim}-d "
+                "ones"
+            )
         return mixer.train()
-    return RegionMixer(mixer_config(setting.preset, **(setting.overrides.given() | {"in_dim": in_dim, "t": t, "n_levels": n_levels})))
+    return RegionMixer(
+        mixer_config(setting.preset, **(setting.overrides.given() | {"in_dim": in_dim, "t": t, "n_levels": n_levels}))
+    )
 
 
 class Trainer:
@@ -127,16 +136,27 @@ class Trainer:
         torch.manual_seed(config.seed)
         self.cohort: Cohort = load_cohort(config.cohort, config.stores)
         self.store_settings = shared_settings_of(list(self.cohort.stores.values()), config.stores)
-        bags = BagCache(config.bags, self.cohort.stores, Path(config.encoded) if config.encoded else None, config.region_level)
+        bags = BagCache(
+            config.bags, self.cohort.stores, Path(config.encoded) if config.encoded else None, config.region_level
+        )
         first = next(iter(self.cohort.specimens.values())).slides[0]
         bag_dim = int(bags(first).shape[-1])
         mixer = self._new_mixer(read_attrs(self.cohort.stores[first]), bag_dim) if config.bags == "regions" else None
-        model = SlideModel(bag_dim, config.hidden, mixer, config.mixer.output if config.mixer else "patch").to(self.device)
-        self.classifier = SlideClassifier(model, config.bags, self._pipeline(bag_dim, mixer), region_level=config.region_level,
-                                          specimen_score=config.specimen_score, bags=bags,
-                                          encoded_dir=Path(config.encoded) if config.encoded else None)
+        model = SlideModel(bag_dim, config.hidden, mixer, config.mixer.output if config.mixer else "patch").to(
+            self.device
+        )
+        self.classifier = SlideClassifier(
+            model,
+            config.bags,
+            self._pipeline(bag_dim, mixer),
+            region_level=config.region_level,
+            specimen_score=config.specimen_score,
+            bags=bags,
+            encoded_dir=Path(config.encoded) if config.encoded else None,
+        )
         self.optimizer = torch.optim.AdamW(
-            layer_decay_groups(self.model, config.lr, config.weight_decay, config.layer_decay, self.model.mixer), lr=config.lr
+            layer_decay_groups(self.model, config.lr, config.weight_decay, config.layer_decay, self.model.mixer),
+            lr=config.lr,
         )
 
     @property
@@ -156,8 +176,12 @@ class Trainer:
 
     def _pipeline(self, bag_dim: int, mixer: RegionMixer | None) -> dict:
         """What prediction needs besides the weights: how the stores were made, the model's shape, the mixer read."""
-        pipeline = {"mixmag_version": __version__, "torch_version": torch.__version__, "bag_dim": bag_dim,
-                    "mixer": asdict(mixer.config) if mixer is not None else None}
+        pipeline = {
+            "mixmag_version": __version__,
+            "torch_version": torch.__version__,
+            "bag_dim": bag_dim,
+            "mixer": asdict(mixer.config) if mixer is not None else None,
+        }
         pipeline |= self.store_settings
         if self.config.encoded:
             pipeline["encoded_mixer"] = str(encoded_mixer_weights(Path(self.config.encoded)).resolve())
@@ -176,7 +200,9 @@ class Trainer:
         eps = self.config.label_smoothing
         target = labels * (1 - eps) + eps / 2
         per_slide = F.binary_cross_entropy_with_logits(self.slide_logits(slides), target, reduction="none")
-        per_specimen = torch.full((len(specimens),), float("inf"), device=self.device).scatter_reduce(0, owner, per_slide, reduce="amin")
+        per_specimen = torch.full((len(specimens),), float("inf"), device=self.device).scatter_reduce(
+            0, owner, per_slide, reduce="amin"
+        )
         return per_specimen.mean()
 
     def set_mixer_frozen(self, frozen: bool) -> None:
@@ -238,13 +264,30 @@ class Trainer:
             labels = [sp.label for sp in specimens]
             values = [scores[sp.specimen_id] for sp in specimens]
             ci = bootstrap_auroc(labels, values, n_boot=c.bootstrap, seed=c.seed)
-            metrics[name] = {"auroc": ci.auroc, "ci95": [ci.low, ci.high], "specimens": len(specimens), "positive": int(sum(labels))}
-            predictions[name] = [{"specimen": sp.specimen_id, "label": sp.label, "score": f"{scores[sp.specimen_id]:.6f}",
-                                  "slides": ";".join(sp.slides), "slide_scores": ";".join(f"{slide_scores[s]:.6f}" for s in sp.slides)}
-                                 for sp in specimens]
+            metrics[name] = {
+                "auroc": ci.auroc,
+                "ci95": [ci.low, ci.high],
+                "specimens": len(specimens),
+                "positive": int(sum(labels)),
+            }
+            predictions[name] = [
+                {
+                    "specimen": sp.specimen_id,
+                    "label": sp.label,
+                    "score": f"{scores[sp.specimen_id]:.6f}",
+                    "slides": ";".join(sp.slides),
+                    "slide_scores": ";".join(f"{slide_scores[s]:.6f}" for s in sp.slides),
+                }
+                for sp in specimens
+            ]
         splits = {name: [sp.specimen_id for sp in self.cohort.split(name)] for name in ("train", "tune", "test")}
-        run.write_results(config=c.model_dump(), splits=splits, pipeline=self.classifier.pipeline, predictions=predictions,
-                          metrics=metrics)
+        run.write_results(
+            config=c.model_dump(),
+            splits=splits,
+            pipeline=self.classifier.pipeline,
+            predictions=predictions,
+            metrics=metrics,
+        )
         return metrics
 
 

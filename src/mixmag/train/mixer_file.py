@@ -33,8 +33,12 @@ def export_mixer(out: Path, encoder: torch.nn.Module, mixer_cfg: MixerConfig, pr
     path = out / MIXER_WEIGHTS
     with atomic_path(path) as tmp:
         save_file({k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}, str(tmp))
-    meta = {"mixer": asdict(mixer_cfg), "pretraining": pretraining, "stores": embedding_space(stores),
-            "mixmag_version": __version__}
+    meta = {
+        "mixer": asdict(mixer_cfg),
+        "pretraining": pretraining,
+        "stores": embedding_space(stores),
+        "mixmag_version": __version__,
+    }
     write_json_atomic(out / MIXER_META, meta, indent=1)
     return path
 
@@ -45,7 +49,9 @@ def load_mixer(weights: str | Path, stores: dict | None = None) -> tuple[RegionM
     weights = Path(weights)
     meta_path = weights.with_name(MIXER_META)
     if not weights.is_file() or not meta_path.is_file():
-        raise ConfigError(f"{weights}: pretrained mixer not found (needs {MIXER_WEIGHTS} and {MIXER_META} from `mixmag pretrain`)")
+        raise ConfigError(
+            f"{weights}: pretrained mixer not found (needs {MIXER_WEIGHTS} and {MIXER_META} from `mixmag pretrain`)"
+        )
     fix = f"give the {MIXER_WEIGHTS} (with its {MIXER_META}) that `mixmag pretrain` wrote"
     meta = _read_meta(meta_path, fix)
     if stores is not None:
@@ -54,8 +60,10 @@ def load_mixer(weights: str | Path, stores: dict | None = None) -> tuple[RegionM
     try:
         mixer.load_state_dict(load_safetensors(weights, fix=fix), strict=True)
     except RuntimeError as exc:
-        raise WeightsFileError(f"{weights}: its tensors do not fit the architecture in {MIXER_META} "
-                               f"({str(exc).splitlines()[0][:200]}); {fix}") from None
+        raise WeightsFileError(
+            f"{weights}: its tensors do not fit the architecture in {MIXER_META} "
+            f"({str(exc).splitlines()[0][:200]}); {fix}"
+        ) from None
     return mixer.eval(), weights_digest(weights)
 
 
@@ -71,8 +79,10 @@ def mixer_architecture(weights: str | Path) -> tuple[str, dict]:
         arch = {k: v for k, v in dict(meta["mixer"]).items() if k not in ARCHITECTURE_PER_STORE}
         MixerConfig(**arch)  # checks the names and values
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ConfigError(f"{meta_path}: cannot read the pretrained mixer's architecture ({exc}); "
-                          "point at a mixer.safetensors written by `mixmag pretrain`") from exc
+        raise ConfigError(
+            f"{meta_path}: cannot read the pretrained mixer's architecture ({exc}); "
+            "point at a mixer.safetensors written by `mixmag pretrain`"
+        ) from exc
     return str((meta.get("pretraining") or {}).get("preset", "custom")), arch
 
 
@@ -84,7 +94,9 @@ def _read_meta(path: Path, fix: str) -> dict:
             raise ValueError("no `mixer` architecture")
         MixerConfig(**meta["mixer"])
     except (ValueError, TypeError, UnicodeDecodeError) as exc:
-        raise WeightsFileError(f"{path}: not a mixer description ({type(exc).__name__}: {str(exc)[:200]}); {fix}") from None
+        raise WeightsFileError(
+            f"{path}: not a mixer description ({type(exc).__name__}: {str(exc)[:200]}); {fix}"
+        ) from None
     return meta
 
 
@@ -109,5 +121,7 @@ def check_stores_fit_mixer(weights: Path, pretrained_on: dict, stores: dict) -> 
     different = [k for k in STORE_MUST_MATCH if pretrained_on.get(k) is not None and stores.get(k) != pretrained_on[k]]
     if different:
         detail = "; ".join(f"{k}: mixer {pretrained_on[k]!r} vs stores {stores.get(k)!r}" for k in different)
-        raise ConfigError(f"{weights}: pretrained on stores made differently from these ({detail}); a mixer only reads "
-                          "the embeddings it was pretrained on: pretrain on these stores, or embed them like its own")
+        raise ConfigError(
+            f"{weights}: pretrained on stores made differently from these ({detail}); a mixer only reads "
+            "the embeddings it was pretrained on: pretrain on these stores, or embed them like its own"
+        )

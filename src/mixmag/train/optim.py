@@ -41,7 +41,9 @@ def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float = 0.0) ->
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def layer_decay_groups(model: nn.Module, lr: float, weight_decay: float, decay: float, mixer: nn.Module | None = None) -> list[dict]:
+def layer_decay_groups(
+    model: nn.Module, lr: float, weight_decay: float, decay: float, mixer: nn.Module | None = None
+) -> list[dict]:
     """Parameter groups with layer-wise lr decay for a `mixer` inside `model` (BEiT/MAE rule): the mixer's
     `layer_groups()` give layers 0 .. n - 1; everything else in `model` (e.g. the aggregator) is layer n - 1, the
     top; lr scale = decay^(top - layer)."""
@@ -53,9 +55,15 @@ def layer_decay_groups(model: nn.Module, lr: float, weight_decay: float, decay: 
     for name, param in model.named_parameters():
         layer = layer_of.get(id(param), top)
         plain = is_undecayed(name, param, declared)
-        group = groups.setdefault((layer, plain), {
-            "params": [], "layer_id": layer, "lr_scale": decay ** (top - layer),
-            "lr": lr * decay ** (top - layer), "weight_decay": 0.0 if plain else weight_decay,
-        })
+        group = groups.setdefault(
+            (layer, plain),
+            {
+                "params": [],
+                "layer_id": layer,
+                "lr_scale": decay ** (top - layer),
+                "lr": lr * decay ** (top - layer),
+                "weight_decay": 0.0 if plain else weight_decay,
+            },
+        )
         group["params"].append(param)
     return [groups[k] for k in sorted(groups)]

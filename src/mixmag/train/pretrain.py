@@ -45,17 +45,25 @@ class PretrainSettings(BaseModel):
 
     # what may differ between a checkpoint and the config that resumes it; every other field must match
     MAY_CHANGE_ON_RESUME: ClassVar[frozenset[str]] = frozenset(
-        {"out", "steps", "log_every", "checkpoint_every", "compile", "tensorboard", "check_replicas", "peak_tflops"})
+        {"out", "steps", "log_every", "checkpoint_every", "compile", "tensorboard", "check_replicas", "peak_tflops"}
+    )
 
     preset: str = "paper"
-    mixer: MixerOverrides = Field(default_factory=MixerOverrides, description="overrides of the mixer preset (dim, depth, mlp, ...)")
+    mixer: MixerOverrides = Field(
+        default_factory=MixerOverrides, description="overrides of the mixer preset (dim, depth, mlp, ...)"
+    )
     t: int = Field(3, ge=1)
     mask_ratio: float = Field(0.5, description="r: fraction of the s tokens hidden")
     context: int | None = Field(None, ge=1, description="c: CMEM with two t x t crops of a c x c context; None = MEM")
     tau: float = Field(0.2, gt=0)
-    mem_reduction: Literal["mean", "sum"] = Field("mean", description="CMEM: the two crops' MEM losses averaged or added")
-    contrastive: Literal["paper", "symmetric"] = Field("paper", description="CMEM eq. 5: 'paper' = z against z' only, "
-                                                      "positive left out of the denominator; 'symmetric' = InfoNCE both ways")
+    mem_reduction: Literal["mean", "sum"] = Field(
+        "mean", description="CMEM: the two crops' MEM losses averaged or added"
+    )
+    contrastive: Literal["paper", "symmetric"] = Field(
+        "paper",
+        description="CMEM eq. 5: 'paper' = z against z' only, "
+        "positive left out of the denominator; 'symmetric' = InfoNCE both ways",
+    )
     batch_size: int = Field(4096, ge=2, description="global batch (split evenly across ranks)")
     steps: int = Field(48828, ge=1)
     warmup_steps: int = Field(2000, ge=0)
@@ -69,8 +77,11 @@ class PretrainSettings(BaseModel):
     workers: int = Field(4, ge=0)
     per_slide: int = Field(16, ge=1, description="windows drawn from a slide per visit")
     pool: int = Field(8, ge=1, description="slides loaded together; shuffling spans them")
-    slide_sampling: SlideSampling = Field("uniform", description="'uniform': each slide once an epoch; 'regions': slides "
-                                          "drawn in proportion to their window count (from the store catalog)")
+    slide_sampling: SlideSampling = Field(
+        "uniform",
+        description="'uniform': each slide once an epoch; 'regions': slides "
+        "drawn in proportion to their window count (from the store catalog)",
+    )
     augment: bool = True
     log_every: int = Field(10, ge=1)
     checkpoint_every: int = Field(200, ge=1)
@@ -100,8 +111,11 @@ class PretrainConfig(PretrainSettings):
     """Everything that defines a pretraining run (YAML in `configs/`); a typo is an error."""
 
     stores: str = Field(description="folder of per-slide stores (*.h5) from `mixmag embed`")
-    exclude_test_of: list[str] = Field(default_factory=list, description="cohort CSVs whose test-split slides are left "
-                                       "out, so that no slide a model is evaluated on was seen in pretraining")
+    exclude_test_of: list[str] = Field(
+        default_factory=list,
+        description="cohort CSVs whose test-split slides are left "
+        "out, so that no slide a model is evaluated on was seen in pretraining",
+    )
     out: str = Field(description="run folder: checkpoints, logs, the final mixer")
 
     def resume_conflicts(self, saved: dict) -> list[str]:
@@ -111,7 +125,11 @@ class PretrainConfig(PretrainSettings):
         fields = type(self).model_fields
         conflicts = []
         for name in sorted(set(now) - self.MAY_CHANGE_ON_RESUME):
-            then = saved[name] if name in saved else json.loads(json.dumps(fields[name].get_default(call_default_factory=True), default=_jsonable))
+            then = (
+                saved[name]
+                if name in saved
+                else json.loads(json.dumps(fields[name].get_default(call_default_factory=True), default=_jsonable))
+            )
             if json.dumps(then, sort_keys=True) != json.dumps(now[name], sort_keys=True):
                 conflicts.append(name)
         return conflicts
@@ -130,8 +148,14 @@ def build_model(config: PretrainConfig, in_dim: int, n_levels: int) -> tuple[MEM
         raise ConfigError(f"mixer in_dim {config.mixer.in_dim} does not match the stores' embedding dimension {in_dim}")
     mc = mixer_config(config.preset, **(config.mixer.given() | {"in_dim": in_dim, "t": config.t, "n_levels": n_levels}))
     n_masked(mc.seq_len, config.mask_ratio)
-    model = MEMPretrainer(mc, config.mask_ratio, contrastive=config.context is not None, tau=config.tau,
-                          mem_reduction=config.mem_reduction, contrastive_form=config.contrastive)
+    model = MEMPretrainer(
+        mc,
+        config.mask_ratio,
+        contrastive=config.context is not None,
+        tau=config.tau,
+        mem_reduction=config.mem_reduction,
+        contrastive_form=config.contrastive,
+    )
     return model, mc
 
 
@@ -160,7 +184,10 @@ def pretraining_catalog(config: PretrainConfig) -> Catalog:
     if held_ids:
         catalog = catalog.subset(lambda e: e.slide_id not in held_ids and catalog.path(e).resolve() not in held_paths)
     if not len(catalog):
-        raise ConfigError(f"{config.stores}: every store is a test slide of {', '.join(config.exclude_test_of)}; nothing left to pretrain on")
+        raise ConfigError(
+            f"{config.stores}: every store is a test slide of {', '.join(config.exclude_test_of)}; nothing left to "
+            "pretrain on"
+        )
     return catalog
 
 
@@ -168,8 +195,9 @@ def pretraining_stores(config: PretrainConfig) -> list[Path]:
     return pretraining_catalog(config).paths()
 
 
-def run_pretraining(config: PretrainConfig, *, device: torch.device, rank: int = 0, world_size: int = 1, on_log=None,
-                    on_resume=None) -> dict:
+def run_pretraining(
+    config: PretrainConfig, *, device: torch.device, rank: int = 0, world_size: int = 1, on_log=None, on_resume=None
+) -> dict:
     """Train until config.steps; resumes from out/checkpoints/last.pt when present (`on_resume(step, checkpoint)` says
     from where). Returns the last log row. Rank 0 locks the run folder: a second run on it is refused, naming the
     process that holds it, instead of both writing one log and one checkpoint."""
@@ -182,9 +210,16 @@ def _pretrain(config: PretrainConfig, *, device: torch.device, rank: int, world_
     if config.batch_size % world_size:
         raise ConfigError(f"batch_size {config.batch_size} does not split evenly over {world_size} ranks")
     local_batch = config.batch_size // world_size
-    sampling = RegionSamplingConfig(t=config.t, context=config.context, per_slide=config.per_slide, pool=config.pool,
-                                    batch_size=local_batch, seed=config.seed, augment=config.augment,
-                                    slide_sampling=config.slide_sampling)
+    sampling = RegionSamplingConfig(
+        t=config.t,
+        context=config.context,
+        per_slide=config.per_slide,
+        pool=config.pool,
+        batch_size=local_batch,
+        seed=config.seed,
+        augment=config.augment,
+        slide_sampling=config.slide_sampling,
+    )
     catalog = pretraining_catalog(config)
     settings = catalog.shared_settings()  # refuses a folder mixing encoders or tilings: one check over the catalog
     space = json.dumps(embedding_space(settings), sort_keys=True)  # what a checkpoint's weights are tied to
@@ -193,9 +228,15 @@ def _pretrain(config: PretrainConfig, *, device: torch.device, rank: int, world_
     model, mixer_cfg = build_model(config, in_dim, n_levels)
     model.to(device)
     distributed = world_size > 1
-    net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None) if distributed else model
+    net = (
+        torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+        if distributed
+        else model
+    )
     fused = device.type == "cuda"
-    optimizer = torch.optim.AdamW(param_groups(model, config.weight_decay), lr=config.lr, betas=config.betas, fused=fused)
+    optimizer = torch.optim.AdamW(
+        param_groups(model, config.weight_decay), lr=config.lr, betas=config.betas, fused=fused
+    )
     scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
     step = 0
     ckpt_path = PretrainRun(out).checkpoint
@@ -205,10 +246,18 @@ def _pretrain(config: PretrainConfig, *, device: torch.device, rank: int, world_
             on_resume(step, ckpt_path)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(PretrainRun(out).config, config.model_dump() | {"mixer_resolved": asdict(mixer_cfg)}, indent=1)
+        write_json_atomic(
+            PretrainRun(out).config, config.model_dump() | {"mixer_resolved": asdict(mixer_cfg)}, indent=1
+        )
     stream = RegionStream(entries, n_levels, sampling, rank=rank, world_size=world_size, start_batch=step)
-    loader = DataLoader(stream, batch_size=None, num_workers=config.workers, pin_memory=device.type == "cuda",
-                        prefetch_factor=4 if config.workers else None, persistent_workers=config.workers > 0)
+    loader = DataLoader(
+        stream,
+        batch_size=None,
+        num_workers=config.workers,
+        pin_memory=device.type == "cuda",
+        prefetch_factor=4 if config.workers else None,
+        persistent_workers=config.workers > 0,
+    )
     forward = torch.compile(net) if config.compile else net
     autocast = devices.autocast(config.precision, device)
     flops_per_sample = count_flops(model, local_batch, mixer_cfg, config, device) if step < config.steps else 0.0
@@ -229,7 +278,9 @@ def _pretrain(config: PretrainConfig, *, device: torch.device, rank: int, world_
         with autocast:
             losses = forward(x.float(), None if x_prime is None else x_prime.float(), gather)
         if not torch.isfinite(losses["loss"]):
-            raise FloatingPointError(f"step {step}: loss is {losses['loss'].item()}; lower the lr or use precision fp32/bf16")
+            raise FloatingPointError(
+                f"step {step}: loss is {losses['loss'].item()}; lower the lr or use precision fp32/bf16"
+            )
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(losses["loss"]).backward()
         if config.grad_clip:
@@ -243,9 +294,15 @@ def _pretrain(config: PretrainConfig, *, device: torch.device, rank: int, world_
         if step % config.log_every == 0 or step == config.steps or config.check_replicas:
             elapsed = time.perf_counter() - timer
             rate = samples_since / elapsed if elapsed > 0 else 0.0
-            last = {"step": step, "samples": step * config.batch_size, "lr": optimizer.param_groups[0]["lr"],
-                    **{k: float(v.detach()) for k, v in losses.items()}, "samples_per_s": rate,
-                    "mfu": rate * flops_per_sample / peak if peak else 0.0, "replica_max_diff": replica_diff}
+            last = {
+                "step": step,
+                "samples": step * config.batch_size,
+                "lr": optimizer.param_groups[0]["lr"],
+                **{k: float(v.detach()) for k, v in losses.items()},
+                "samples_per_s": rate,
+                "mfu": rate * flops_per_sample / peak if peak else 0.0,
+                "replica_max_diff": replica_diff,
+            }
             logger.log(last)
             if on_log is not None and rank == 0:
                 on_log(last)
@@ -324,8 +381,18 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def save_checkpoint(path: Path, model, optimizer, scaler, step: int, config: PretrainConfig, mixer_cfg: MixerConfig, world_size: int, device,
-                    space: str = "") -> None:
+def save_checkpoint(
+    path: Path,
+    model,
+    optimizer,
+    scaler,
+    step: int,
+    config: PretrainConfig,
+    mixer_cfg: MixerConfig,
+    world_size: int,
+    device,
+    space: str = "",
+) -> None:
     state = {
         "format": "mixmag-pretrain-checkpoint-1",
         "mixmag_version": __version__,
@@ -350,8 +417,14 @@ def load_checkpoint(path: Path, device) -> dict:
     """A pretraining checkpoint, read weights-only; anything else is refused in one sentence."""
     fix = "delete it (and the run folder's log.csv) to start over, or resume from a checkpoint mixmag wrote"
     state = load_torch_weights(path, fix=fix, map_location=device)
-    if not isinstance(state, dict) or any(k not in state for k in CHECKPOINT_KEYS) or not isinstance(state["config"], str):
-        raise UnsafeCheckpointError(f"{path} is not a mixmag pretraining checkpoint (needs {', '.join(CHECKPOINT_KEYS)}); {fix}")
+    if (
+        not isinstance(state, dict)
+        or any(k not in state for k in CHECKPOINT_KEYS)
+        or not isinstance(state["config"], str)
+    ):
+        raise UnsafeCheckpointError(
+            f"{path} is not a mixmag pretraining checkpoint (needs {', '.join(CHECKPOINT_KEYS)}); {fix}"
+        )
     try:
         json.loads(state["config"])
     except ValueError:
@@ -359,15 +432,20 @@ def load_checkpoint(path: Path, device) -> dict:
     return state
 
 
-def _resume(path: Path, config: PretrainConfig, model, optimizer, scaler, world_size: int, device, space: str = "") -> int:
+def _resume(
+    path: Path, config: PretrainConfig, model, optimizer, scaler, world_size: int, device, space: str = ""
+) -> int:
     state = load_checkpoint(path, device)
     changed = config.resume_conflicts(json.loads(state["config"]))
     if state.get("embedding_space") and state["embedding_space"] != space:
         changed.append(f"the stores were re-embedded differently (then {state['embedding_space']}, now {space})")
     if changed or state["world_size"] != world_size:
         raise ConfigError(
-            f"{path}: the checkpoint was made with other settings ({', '.join(changed) or 'world size ' + str(state['world_size'])}); "
-            "resume with the same config (only " + ", ".join(sorted(config.MAY_CHANGE_ON_RESUME)) + " may change), or start a new run folder"
+            f"{path}: the checkpoint was made with other settings "
+            f"({', '.join(changed) or 'world size ' + str(state['world_size'])}); "
+            "resume with the same config (only "
+            + ", ".join(sorted(config.MAY_CHANGE_ON_RESUME))
+            + " may change), or start a new run folder"
         )
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])

@@ -87,12 +87,27 @@ def _ordered(path: Path) -> list[tuple[str, str]]:
         return [("czi", "a CZI file: Zeiss's own libCZI")]
     if suffix in TIFF_SUFFIXES:
         if _tiff_compression(path) in _JPEG2000_COMPRESSIONS:
-            return [("openslide", "a JPEG 2000 TIFF: OpenSlide decodes it faster"), ("tiffslide", "reads any TIFF pyramid"), fallback]
-        return [("tiffslide", "a tiled TIFF: TiffSlide decodes its tiles directly, fastest"),
-                ("openslide", "reads the TIFF flavours TiffSlide may not"), fallback]
+            return [
+                ("openslide", "a JPEG 2000 TIFF: OpenSlide decodes it faster"),
+                ("tiffslide", "reads any TIFF pyramid"),
+                fallback,
+            ]
+        return [
+            ("tiffslide", "a tiled TIFF: TiffSlide decodes its tiles directly, fastest"),
+            ("openslide", "reads the TIFF flavours TiffSlide may not"),
+            fallback,
+        ]
     if suffix in FALLBACK_FIRST_SUFFIXES:
-        return [("slideio", f"a {suffix} file: OpenSlide and TiffSlide do not read it"), ("openslide", "in case"), ("tiffslide", "in case")]
-    return [("openslide", "vendor formats (MRXS, NDPI, SCN, BIF, ...)"), ("tiffslide", "TIFF-based files without a TIFF suffix"), fallback]
+        return [
+            ("slideio", f"a {suffix} file: OpenSlide and TiffSlide do not read it"),
+            ("openslide", "in case"),
+            ("tiffslide", "in case"),
+        ]
+    return [
+        ("openslide", "vendor formats (MRXS, NDPI, SCN, BIF, ...)"),
+        ("tiffslide", "TIFF-based files without a TIFF suffix"),
+        fallback,
+    ]
 
 
 def _tiff_compression(path: Path) -> int | None:

@@ -35,14 +35,19 @@ class CziHandle(BackendHandle):
         box = self._doc.total_bounding_box
         channels = box.get("C", (0, 1))
         if channels[1] - channels[0] > 1:
-            raise ValueError(f"the CZI has {channels[1] - channels[0]} channels (fluorescence?); mixmag reads one RGB or grey brightfield channel")
+            raise ValueError(
+                f"the CZI has {channels[1] - channels[0]} channels (fluorescence?); mixmag reads one RGB or grey "
+                "brightfield channel"
+            )
         for dim in ("T", "Z"):
             lo, hi = box.get(dim, (0, 1))
             if hi - lo > 1:
                 raise ValueError(f"the CZI has {hi - lo} planes along {dim}; mixmag reads one 2-D image")
         self._pixel_type = self._doc.get_channel_pixel_type(channels[0])
         if self._pixel_type not in ("Bgr24", "Gray8"):
-            raise ValueError(f"the CZI's pixels are {self._pixel_type}; mixmag reads 8-bit brightfield (Bgr24 or Gray8)")
+            raise ValueError(
+                f"the CZI's pixels are {self._pixel_type}; mixmag reads 8-bit brightfield (Bgr24 or Gray8)"
+            )
         rect = self._doc.total_bounding_rectangle
         self._origin = (int(rect.x), int(rect.y))
         self.level_dimensions = ((int(rect.w), int(rect.h)),)

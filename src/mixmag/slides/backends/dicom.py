@@ -19,8 +19,16 @@ import pydicom
 from ...errors import SlideUnreadableError
 
 WSI_STORAGE = "1.2.840.10008.5.1.4.1.1.77.1.6"  # VL Whole Slide Microscopy Image Storage (SOP Class UID)
-_HEADER_TAGS = ["SOPClassUID", "SeriesInstanceUID", "SeriesDescription", "SeriesNumber", "ImageType",
-                "TotalPixelMatrixColumns", "TotalPixelMatrixRows", "ContainerIdentifier"]
+_HEADER_TAGS = [
+    "SOPClassUID",
+    "SeriesInstanceUID",
+    "SeriesDescription",
+    "SeriesNumber",
+    "ImageType",
+    "TotalPixelMatrixColumns",
+    "TotalPixelMatrixRows",
+    "ContainerIdentifier",
+]
 
 
 @dataclass(frozen=True)
@@ -64,10 +72,15 @@ def find_series(folder: Path) -> list[DicomSeries]:
     for uid, members in sorted(groups.items()):
         members.sort(key=lambda m: (-m[0], str(m[1])))
         ds = members[0][2]
-        series.append(DicomSeries(
-            uid=uid, description=str(ds.get("SeriesDescription", "") or ds.get("ContainerIdentifier", "") or ""),
-            number=str(ds.get("SeriesNumber", "") or ""), files=tuple(sorted(m[1] for m in members)), base=members[0][1],
-        ))
+        series.append(
+            DicomSeries(
+                uid=uid,
+                description=str(ds.get("SeriesDescription", "") or ds.get("ContainerIdentifier", "") or ""),
+                number=str(ds.get("SeriesNumber", "") or ""),
+                files=tuple(sorted(m[1] for m in members)),
+                base=members[0][1],
+            )
+        )
     return series
 
 
@@ -90,12 +103,18 @@ def resolve_dicom_path(path: Path) -> Path:
         return path
     series = find_series(path)
     if not series:
-        raise SlideUnreadableError(path, "is a folder with no DICOM whole slide image (VL Whole Slide Microscopy) in it.",
-                                   "give a slide file, or the folder of one DICOM slide.")
+        raise SlideUnreadableError(
+            path,
+            "is a folder with no DICOM whole slide image (VL Whole Slide Microscopy) in it.",
+            "give a slide file, or the folder of one DICOM slide.",
+        )
     if len(series) > 1:
         names = ", ".join(f"{series_slide_id(path, s, series)} ({s.base.name})" for s in series)
-        raise SlideUnreadableError(path, f"holds {len(series)} DICOM series (slides): {names}.",
-                                   "give the folder to `mixmag tile` (one slide per series), or one file of the series you want.")
+        raise SlideUnreadableError(
+            path,
+            f"holds {len(series)} DICOM series (slides): {names}.",
+            "give the folder to `mixmag tile` (one slide per series), or one file of the series you want.",
+        )
     return series[0].base
 
 

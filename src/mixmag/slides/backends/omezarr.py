@@ -17,8 +17,16 @@ import zarr
 
 from .base import BackendHandle, NativeMpp, as_rgb
 
-_UNIT_MICRONS = {"micrometer": 1.0, "micron": 1.0, "µm": 1.0, "um": 1.0, "nanometer": 1e-3, "millimeter": 1e3,
-                 "centimeter": 1e4, "meter": 1e6}
+_UNIT_MICRONS = {
+    "micrometer": 1.0,
+    "micron": 1.0,
+    "µm": 1.0,
+    "um": 1.0,
+    "nanometer": 1e-3,
+    "millimeter": 1e3,
+    "centimeter": 1e4,
+    "meter": 1e6,
+}
 
 
 def is_zarr_folder(path: Path) -> bool:
@@ -63,8 +71,10 @@ class OmeZarrHandle(BackendHandle):
         else:  # no scales: the sizes tell the downsamples (as OpenSlide does)
             w0, h0 = self.level_dimensions[0]
             self.level_downsamples = tuple((w0 / w + h0 / h) / 2 for w, h in self.level_dimensions)
-        self.properties = {"omezarr.version": str(dict(group.attrs).get("ome", {}).get("version", ms.get("version", ""))),
-                           "omezarr.axes": ",".join(names)}
+        self.properties = {
+            "omezarr.version": str(dict(group.attrs).get("ome", {}).get("version", ms.get("version", ""))),
+            "omezarr.axes": ",".join(names),
+        }
         self.native_mpp = self._mpp(axes, scales[0])
         self.direct = []
 
@@ -75,9 +85,13 @@ class OmeZarrHandle(BackendHandle):
             raise ValueError(f"OME-Zarr pixels are {arr.dtype}; mixmag reads 8-bit brightfield (RGB or grey) images")
         for i, n in enumerate(names):
             if i not in (self._ix, self._iy, self._ic) and arr.shape[i] != 1:
-                raise ValueError(f"OME-Zarr axis {n!r} has {arr.shape[i]} planes; mixmag reads one 2-D image (t = z = 1)")
+                raise ValueError(
+                    f"OME-Zarr axis {n!r} has {arr.shape[i]} planes; mixmag reads one 2-D image (t = z = 1)"
+                )
         if self._ic is not None and arr.shape[self._ic] not in (1, 3, 4):
-            raise ValueError(f"OME-Zarr has {arr.shape[self._ic]} channels; mixmag reads RGB or grey brightfield images")
+            raise ValueError(
+                f"OME-Zarr has {arr.shape[self._ic]} channels; mixmag reads RGB or grey brightfield images"
+            )
 
     def _mpp(self, axes: list[dict], scale: list[float] | None) -> NativeMpp | None:
         if scale is None:

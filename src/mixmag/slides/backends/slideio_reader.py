@@ -29,9 +29,13 @@ class SlideioHandle(BackendHandle):
             raise ValueError("the file holds no image scene")
         index = max(range(len(scenes)), key=lambda i: scenes[i].rect[2] * scenes[i].rect[3])
         self._scene = scene = scenes[index]
-        if scene.num_channels not in (1, 3, 4) or any(scene.get_channel_data_type(c) != np.uint8 for c in range(scene.num_channels)):
-            raise ValueError(f"scene {index} has {scene.num_channels} channel(s) of {scene.get_channel_data_type(0)}; "
-                             "mixmag reads 8-bit brightfield (RGB or grey)")
+        if scene.num_channels not in (1, 3, 4) or any(
+            scene.get_channel_data_type(c) != np.uint8 for c in range(scene.num_channels)
+        ):
+            raise ValueError(
+                f"scene {index} has {scene.num_channels} channel(s) of {scene.get_channel_data_type(0)}; "
+                "mixmag reads 8-bit brightfield (RGB or grey)"
+            )
         width, height = int(scene.rect[2]), int(scene.rect[3])
         zooms = [scene.get_zoom_level_info(i) for i in range(scene.num_zoom_levels)] or []
         dims = [(int(z.size.width), int(z.size.height)) for z in zooms] or [(width, height)]
@@ -39,8 +43,11 @@ class SlideioHandle(BackendHandle):
             dims = [(width, height)]
         self.level_dimensions = tuple(dims)
         self.level_downsamples = tuple((width / w + height / h) / 2 for w, h in dims)
-        self.properties = {"slideio.scene": str(index),
-                           "slideio.scenes": str(len(scenes)), "slideio.scene-name": str(scene.name)}
+        self.properties = {
+            "slideio.scene": str(index),
+            "slideio.scenes": str(len(scenes)),
+            "slideio.scene-name": str(scene.name),
+        }
         rx, ry = scene.resolution  # meters per pixel, 0 when unknown
         self.native_mpp = NativeMpp("slideio scene resolution", rx * 1e6, ry * 1e6 or None) if rx > 0 else None
         self.direct = []
