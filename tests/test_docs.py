@@ -102,8 +102,17 @@ def test_every_function_test_file_and_link_the_readme_names_exists():
 def test_each_guarantee_in_the_readme_names_the_tests_that_back_it():
     text = _text(ROOT / "README.md")
     section = text.split("## What mixmag guarantees", 1)[1].split("\n## ", 1)[0]
-    promises = {m.group(1): m.group(2) for m in re.finditer(r"^- \*\*(.+?)\*\*(.*?)(?=^- \*\*|\Z)", section, re.M | re.S)}
-    assert list(promises) == ["Atomic outputs.", "Resume.", "Per-slide isolation.", "Safe ids.", "Untrusted files.", "Locks."]
+    promises = {
+        m.group(1): m.group(2) for m in re.finditer(r"^- \*\*(.+?)\*\*(.*?)(?=^- \*\*|\Z)", section, re.M | re.S)
+    }
+    assert list(promises) == [
+        "Atomic outputs.",
+        "Resume.",
+        "Per-slide isolation.",
+        "Safe ids.",
+        "Untrusted files.",
+        "Locks.",
+    ]
     for promise, body in promises.items():
         files = re.findall(r"`(tests/\w+\.py)`", body)
         assert files, f"{promise} names no test file"
