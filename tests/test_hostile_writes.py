@@ -359,7 +359,7 @@ def _checkpoint(path: Path) -> None:
 def _mixer(path: Path) -> None:
     config = PretrainConfig(stores="-", out="-", preset="tiny", precision="fp32")
     model, mixer_cfg = build_model(config, 8, 3)
-    export_mixer(path.parent, model.encoder, mixer_cfg, {}, {})
+    export_mixer(path.parent, model.mixer, mixer_cfg, {}, {})
 
 
 WRITERS = {

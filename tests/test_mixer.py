@@ -40,7 +40,7 @@ def test_restore_order_puts_tokens_back_in_their_slots():
     assert torch.equal(full, expected)
 
 
-def test_the_encoder_never_sees_a_masked_embedding():
+def test_the_mixer_never_sees_a_masked_embedding():
     torch.manual_seed(0)
     model = MEMPretrainer(mixer_config("tiny", in_dim=8), 0.5).eval()
     x = torch.randn(3, S, 8)
@@ -143,8 +143,8 @@ def test_padded_or_reordered_batches_do_not_change_a_sample():
         order = torch.tensor([3, 0, 4, 1, 2])
         shuffled = model.mem(x[order], noise[order])["pred"]
         padded = model.mem(torch.cat([x[:2], torch.zeros(3, S, 8)]), torch.cat([noise[:2], torch.rand(3, S)]))["pred"]
-        contextual, compressed = model.encoder(x)
-        contextual2, compressed2 = model.encoder(x[order])
+        contextual, compressed = model.mixer(x)
+        contextual2, compressed2 = model.mixer(x[order])
     torch.testing.assert_close(shuffled, full[order], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(padded[:2], full[:2], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(contextual2, contextual[order], rtol=1e-5, atol=1e-5)
@@ -196,8 +196,22 @@ def test_paper_preset_shapes():
     with torch.device("meta"):
         model = MEMPretrainer(mixer_config("paper"), 0.5, contrastive=True)
         x = torch.empty(2, S, 1280)
-        contextual, compressed = model.encoder(x)
+        contextual, compressed = model.mixer(x)
     assert contextual.shape == (2, 189, 1536) and compressed.shape == (2, 4 * 1536)
-    assert model.encoder.pos_embed.shape == (1, 189, 1536)
+    assert model.mixer.pos_embed.shape == (1, 189, 1536)
     assert model.projector.net[0].in_features == 4 * 1536 and model.projector.net[-1].out_features == 256
     assert len(model.decoder.blocks) == 2 and model.decoder.head.out_features == 1280
+
+
+def test_old_checkpoint_with_encoder_keys_loads_into_mixer():
+    """Checkpoints from before the rename stored the mixer under `encoder.`; they still load, strictly."""
+    torch.manual_seed(0)
+    source = MEMPretrainer(mixer_config("tiny", in_dim=8), 0.5)
+    old = {("encoder." + k[len("mixer.") :] if k.startswith("mixer.") else k): v for k, v in source.state_dict().items()}
+    assert any(k.startswith("encoder.") for k in old) and not any(k.startswith("mixer.") for k in old)
+    target = MEMPretrainer(mixer_config("tiny", in_dim=8), 0.5)
+    target.load_state_dict(old, strict=True)
+    assert torch.equal(target.mixer.pos_embed, source.mixer.pos_embed)
+    wrapped = torch.nn.Sequential(MEMPretrainer(mixer_config("tiny", in_dim=8), 0.5))  # prefixed, as under DDP
+    wrapped.load_state_dict({"0." + k: v for k, v in old.items()}, strict=True)
+    assert torch.equal(wrapped[0].mixer.pos_embed, source.mixer.pos_embed)

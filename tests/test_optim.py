@@ -124,5 +124,5 @@ def test_the_contrastive_term_trains_the_mixer_through_its_class_tokens():
     x = torch.randn(4, model.config.seq_len, 8)
     losses = model(x, x + 0.1 * torch.randn_like(x))
     losses["contrastive"].backward()
-    assert model.encoder.cls_token.grad.abs().sum() > 0 and model.projector.net[0].weight.grad.abs().sum() > 0
+    assert model.mixer.cls_token.grad.abs().sum() > 0 and model.projector.net[0].weight.grad.abs().sum() > 0
     assert model.decoder.head.weight.grad is None  # the decoder serves the reconstruction term only

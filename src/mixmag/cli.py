@@ -371,7 +371,9 @@ def encode(
     ),
     device: Annotated[Optional[str], typer.Option(help="cuda or cpu.")] = None,
 ) -> None:
-    """Write contextualized (patch) and compressed (cls) region embeddings of every store with a pretrained mixer."""
+    """Run the pretrained region mixer over every store: contextualized (patch) and compressed (cls) region embeddings.
+
+    The mixer step, after `mixmag pretrain`; the tile encoder ran earlier, in `mixmag embed`."""
     from .devices import choose_device
     from .stages.encode import encode_stores
     from .train.pretrain import stores_catalog

@@ -1,7 +1,7 @@
 """Masked embedding modeling (MEM, eq. 2-4) and its contrastive variant (CMEM, eq. 5-6).
 
 Masking is per sample and vectorised (argsort of noise, as in MAE): k = floor(s r) slots are hidden,
-the encoder sees only the visible slots plus the class tokens, the decoder puts a learned mask token
+the mixer sees only the visible slots plus the class tokens, the decoder puts a learned mask token
 back at every hidden slot, adds its own positions and predicts the input embedding there.
 """
 
@@ -140,6 +140,22 @@ class Projector(nn.Module):
         return self.net(compressed)
 
 
+OLD_MIXER_PREFIX = "encoder."  # what MEMPretrainer called its mixer in older checkpoints
+
+
+def rename_old_mixer_keys(state: dict, prefix: str = "") -> dict:
+    """Rename `<prefix>encoder.*` keys (checkpoints from before the mixer was called `mixer`) to `<prefix>mixer.*`,
+    in place, so old last.pt files still resume; "encoder" now means only the tile encoder."""
+    old = prefix + OLD_MIXER_PREFIX
+    for key in [k for k in state if k.startswith(old)]:
+        state[prefix + "mixer." + key[len(old) :]] = state.pop(key)
+    return state
+
+
+def _accept_old_mixer_keys(module, state_dict, prefix, *args) -> None:
+    rename_old_mixer_keys(state_dict, prefix)
+
+
 class MEMPretrainer(nn.Module):
     """Mixer + decoder (+ projector for CMEM): returns the loss and its parts for a batch.
 
@@ -168,7 +184,8 @@ class MEMPretrainer(nn.Module):
         self.tau = tau
         self.mem_reduction = mem_reduction
         self.contrastive_form = contrastive_form
-        self.encoder = RegionMixer(config)
+        self.mixer = RegionMixer(config)
+        self.register_load_state_dict_pre_hook(_accept_old_mixer_keys)
         self.decoder = MEMDecoder(config)
         self.projector = Projector(config) if contrastive else None
         self.register_buffer("weights", level_weights(config.t, config.n_levels), persistent=False)
@@ -176,7 +193,7 @@ class MEMPretrainer(nn.Module):
 
     def mem(self, x: torch.Tensor, noise: torch.Tensor | None = None) -> dict:
         masking = random_masking(x.shape[0], x.shape[1], self.mask_ratio, noise=noise, device=x.device)
-        encoded = self.encoder.tokens(x, masking.keep)
+        encoded = self.mixer.tokens(x, masking.keep)
         pred = self.decoder(encoded, masking)
         loss = reconstruction_loss(pred, x, masking.masked, self.weights)
         return {"loss": loss, "pred": pred, "masking": masking, "encoded": encoded}

@@ -1,5 +1,6 @@
-"""`mixmag encode`: run a pretrained mixer over every store's regions once, writing the
-contextualized (patch) and compressed (cls) region embeddings per slide for slide-level models."""
+"""`mixmag encode`: run the pretrained region mixer (not the tile encoder, which `mixmag embed` ran) over every
+store's regions once, writing the contextualized (patch) and compressed (cls) region embeddings per slide for
+slide-level models. The command keeps its name for compatibility; "encode" here is the mixer step."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""A pretrained region mixer on disk: mixer.safetensors (the encoder's weights) and mixer.json
+"""A pretrained region mixer on disk: mixer.safetensors (the mixer's weights) and mixer.json
 (its architecture, the pretraining config, and how the stores it learned from were made).
 
 The stores' provenance travels with the mixer because a mixer only understands the embedding space it
@@ -26,13 +26,13 @@ from ..store import STORE_MUST_MATCH, embedding_space
 from ..weights_io import WeightsFileError, load_safetensors
 
 
-def export_mixer(out: Path, encoder: torch.nn.Module, mixer_cfg: MixerConfig, pretraining: dict, stores: dict) -> Path:
+def export_mixer(out: Path, mixer: torch.nn.Module, mixer_cfg: MixerConfig, pretraining: dict, stores: dict) -> Path:
     """Write the mixer (safetensors, atomically) and its mixer.json; `stores` is store.shared_settings."""
     from safetensors.torch import save_file
 
     path = out / MIXER_WEIGHTS
     with atomic_path(path) as tmp:
-        save_file({k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}, str(tmp))
+        save_file({k: v.detach().cpu().contiguous() for k, v in mixer.state_dict().items()}, str(tmp))
     meta = {
         "mixer": asdict(mixer_cfg),
         "pretraining": pretraining,

@@ -314,7 +314,7 @@ def _pretrain(config: PretrainConfig, *, device: torch.device, rank: int, world_
                 torch.distributed.barrier()
     logger.close()
     if rank == 0:
-        export_mixer(out, model.encoder, mixer_cfg, config.model_dump(), settings)
+        export_mixer(out, model.mixer, mixer_cfg, config.model_dump(), settings)
     return last
 
 
