@@ -207,7 +207,8 @@ def test_old_checkpoint_with_encoder_keys_loads_into_mixer():
     """Checkpoints from before the rename stored the mixer under `encoder.`; they still load, strictly."""
     torch.manual_seed(0)
     source = MEMPretrainer(mixer_config("tiny", in_dim=8), 0.5)
-    old = {("encoder." + k[len("mixer.") :] if k.startswith("mixer.") else k): v for k, v in source.state_dict().items()}
+    state = source.state_dict()
+    old = {("encoder." + k[len("mixer.") :] if k.startswith("mixer.") else k): v for k, v in state.items()}
     assert any(k.startswith("encoder.") for k in old) and not any(k.startswith("mixer.") for k in old)
     target = MEMPretrainer(mixer_config("tiny", in_dim=8), 0.5)
     target.load_state_dict(old, strict=True)
