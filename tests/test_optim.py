@@ -80,19 +80,19 @@ def test_pretraining_decays_matrices_but_not_positions_tokens_norms_or_biases():
     undecayed = {names[id(p)] for p in plain["params"]}
     decayed = {names[id(p)] for p in decay["params"]}
     for name in (
-        "encoder.pos_embed",
-        "encoder.cls_token",
+        "mixer.pos_embed",
+        "mixer.cls_token",
         "decoder.mask_token",
         "decoder.pos_embed",
         "decoder.norm.weight",
-        "encoder.embed.bias",
+        "mixer.embed.bias",
         "projector.net.0.bias",
     ):
         assert name in undecayed, name
     for name in (
-        "encoder.embed.weight",
+        "mixer.embed.weight",
         "decoder.head.weight",
-        "encoder.blocks.0.attn.qkv.weight",
+        "mixer.blocks.0.attn.qkv.weight",
         "projector.net.2.weight",
     ):
         assert name in decayed, name

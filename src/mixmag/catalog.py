@@ -42,8 +42,8 @@ from .store import (
     _decode_attr,
     pipeline_settings,
     read_attrs,
-    settings_in_common,
     shared_settings,
+    shared_settings_of_groups,
 )
 
 CATALOG_NAME = "mixmag-catalog.sqlite"
@@ -174,7 +174,7 @@ class Catalog:
             groups.setdefault(e.settings, []).append(e)
         if not groups:
             raise StoreError(f"{self.folder}: no stores (*{STORE_SUFFIX}); run `mixmag embed` first")
-        return settings_in_common([(json.loads(s), len(g), self.folder / g[0].path) for s, g in groups.items()])
+        return shared_settings_of_groups([(json.loads(s), len(g), self.folder / g[0].path) for s, g in groups.items()])
 
 
 def catalog_file(folder: str | Path) -> Path:
@@ -574,4 +574,4 @@ def shared_settings_of(paths: Sequence[Path], folder: str | Path | None) -> dict
         groups.setdefault(key, []).append(p)
     if not groups:
         raise StoreError("no stores given")
-    return settings_in_common([(json.loads(s), len(g), g[0]) for s, g in groups.items()])
+    return shared_settings_of_groups([(json.loads(s), len(g), g[0]) for s, g in groups.items()])

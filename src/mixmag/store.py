@@ -124,27 +124,27 @@ def _attr(value):
 
 
 def pipeline_settings(attrs: dict) -> dict:
-    """How a store was made, as far as new slides' stores must repeat it: the provenance that must
-    match, plus the tiling parameters and read mode that produce it."""
+    """A store's pipeline settings: the part of its provenance (all its attrs) that new slides' stores must repeat,
+    the embedding space plus the tiling parameters, read mode, tissue model and precision that produce it."""
     return {k: attrs.get(k) for k in (*STORE_MUST_MATCH, *STORE_SHOULD_MATCH)}
 
 
 def embedding_space(settings: dict) -> dict:
-    """The part of a store's provenance (pipeline_settings) that fixes what its embeddings mean."""
+    """The embedding space: the part of the pipeline settings that fixes what the embeddings mean (STORE_MUST_MATCH)."""
     return {k: settings.get(k) for k in STORE_MUST_MATCH}
 
 
 def shared_settings(paths: Sequence[str | Path]) -> dict:
-    """The pipeline settings a set of stores (a cohort, a pretraining folder) has in common.
+    """The shared settings: the pipeline settings a set of stores (a cohort, a pretraining folder) has in common.
 
     Refuses stores made with another encoder, weights, output, levels, tile or region size: their
     embeddings live in different spaces, and one model over them would be silently wrong. Warns
     where they differ only in tiling, read mode, tissue model or precision; the most common value is kept."""
-    return settings_in_common([(pipeline_settings(read_attrs(p)), 1, Path(p)) for p in paths])
+    return shared_settings_of_groups([(pipeline_settings(read_attrs(p)), 1, Path(p)) for p in paths])
 
 
-def settings_in_common(groups: Sequence[tuple[dict, int, Path]]) -> dict:
-    """shared_settings over groups of stores: (pipeline settings, how many stores have them, one of them);
+def shared_settings_of_groups(groups: Sequence[tuple[dict, int, Path]]) -> dict:
+    """The shared settings of groups of stores: (pipeline settings, how many stores have them, one of them);
     a catalog checks a million stores as a handful of distinct settings."""
     if not groups:
         raise StoreError("no stores given")

@@ -27,7 +27,7 @@ from ..weights_io import WeightsFileError, load_safetensors
 
 
 def export_mixer(out: Path, mixer: torch.nn.Module, mixer_cfg: MixerConfig, pretraining: dict, stores: dict) -> Path:
-    """Write the mixer (safetensors, atomically) and its mixer.json; `stores` is store.shared_settings."""
+    """Write the mixer (safetensors, atomically) and its mixer.json; `stores` is their shared settings."""
     from safetensors.torch import save_file
 
     path = out / MIXER_WEIGHTS
