@@ -64,3 +64,20 @@ def test_non_finite_padding_cannot_reach_the_output(garbage):
     assert torch.isfinite(logits).all()
     torch.testing.assert_close(logits, alone)
     torch.testing.assert_close(attention[0, :4], att[0])
+
+
+@pytest.mark.parametrize("mixer", [None, "patch", "cls"])
+def test_instance_contributions_sum_to_the_logit_minus_the_bias(mixer):
+    """a_i (w . h_i) over AB-MIL's instances adds up to the slide logit less the classifier's bias, padding giving 0."""
+    torch.manual_seed(3)
+    if mixer is None:
+        model, bags = SlideModel(8), torch.randn(2, 7, 8)
+        mask = torch.tensor([[True] * 7, [True] * 4 + [False] * 3])
+    else:
+        model = SlideModel(8, mixer=RegionMixer(mixer_config("tiny", in_dim=8)), output=mixer)
+        bags, mask = torch.randn(2, 3, 189, 8), torch.tensor([[True] * 3, [True, True, False]])
+    logits, attention, contribution = model.eval().contributions(bags, mask)
+    torch.testing.assert_close(model(bags, mask)[0], logits)
+    assert contribution.shape == attention.shape and (contribution[attention == 0] == 0).all()
+    bias = model.abmil.classifier.bias
+    torch.testing.assert_close(contribution.sum(dim=1), logits - bias, atol=1e-5, rtol=0)

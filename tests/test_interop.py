@@ -536,13 +536,14 @@ def test_qupath_geojson_carries_the_predictions_attribution(tmp_path):
             region_size=2,
             regions=np.array([[0, 0]]),
             region_weight=np.array([0.8]),
+            region_contribution=np.array([-1.25]),
         ),
         heat / "s1.npz",
     )  # what `mixmag predict` writes
     path = qupath.write_slide(plan_path, plan, tmp_path / "qp", heat)
     doc = json.loads(path.read_text())
     region = next(f for f in doc["features"] if f["properties"]["objectType"] == "tile")["properties"]["measurements"]
-    assert region["AB-MIL attention"] == pytest.approx(0.8)
+    assert region["AB-MIL attention"] == pytest.approx(0.8) and region["score contribution"] == pytest.approx(-1.25)
     assert region["attribution 20x"] == pytest.approx(maps["map_20x"].sum())  # the 2x2-cell region covers the whole map
     assert sum(region[f"attribution share {n}"] for n in plan.levels.names) == pytest.approx(1.0)
     tissue = next(f for f in doc["features"] if f["properties"]["objectType"] == "annotation")
@@ -550,6 +551,10 @@ def test_qupath_geojson_carries_the_predictions_attribution(tmp_path):
     np.savez(heat / "s1.npz", **maps, regions=np.array([[1, 1]]), region_weight=np.array([0.8]), summary=np.array("{}"))
     with pytest.raises(InteropError, match="made on other regions than plan s1's"):
         qupath.write_slide(plan_path, plan, tmp_path / "qp", heat)
+    np.savez(heat / "s1.npz", **maps, regions=np.array([[0, 0]]), region_weight=np.array([0.8]), summary="{}")
+    old = json.loads(qupath.write_slide(plan_path, plan, tmp_path / "qp", heat).read_text())  # older predict output
+    tile = next(f for f in old["features"] if f["properties"]["objectType"] == "tile")["properties"]["measurements"]
+    assert "score contribution" not in tile and tile["AB-MIL attention"] == pytest.approx(0.8)
     small = {k: v[:, :1] for k, v in maps.items()}  # maps that do not reach the region's right-hand column
     np.savez(heat / "s1.npz", **small, regions=np.array([[0, 0]]), region_weight=np.array([0.8]), summary="{}")
     with pytest.raises(InteropError, match="made on other regions than plan s1's"):

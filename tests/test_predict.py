@@ -244,6 +244,10 @@ def test_heatmaps_put_the_signal_in_its_quadrant(tmp_path, bags):
     assert len(a.regions) == 4
     top = tuple(a.regions[int(np.argmax(a.region_weight))])
     assert top == (0, 3)  # the top-right region of the 6 x 6 cell grid
+    # the 4 regions tile the 6 x 6 grid: their tiles' score contributions add up to the logit less the bias
+    logit, bias = classifier.explain("quadrant").logit, model.abmil.classifier.bias.detach().item()
+    assert a.region_contribution.shape == (4,) and a.region_contribution.sum() == pytest.approx(logit - bias, abs=1e-5)
+    assert gradient.region_contribution == pytest.approx(a.region_contribution)
     _assert_hot_in_top_right(a, attrs, scale, (h, w))
     _assert_hot_in_top_right(gradient, attrs, scale, (h, w))
     pictures = draw_heatmaps(a, attrs, tmp_path / "heatmaps", top_k=3, formats=("png", "svg"))

@@ -39,6 +39,8 @@ class SlideAttribution:
     region_size: int
     regions: np.ndarray  # (R, 2) top-left cells of the accepted regions
     region_weight: np.ndarray  # (R,) AB-MIL attention on each region (sums to <= 1)
+    # (R,) each region's share of the slide logit, a_i (w . h_i) summed over its instances (None: not computed)
+    region_contribution: np.ndarray | None = None
     token_fraction: dict[str, float] = field(default_factory=dict)  # each level's share of the bag's items
 
     @property
@@ -137,11 +139,12 @@ def explain_slide(classifier: SlideClassifier, slide: str, store_path: Path, met
             "re-run `mixmag encode` / `mixmag embed` for this slide"
         )
     maps = _maps(store, layout, values)
-    if classifier.pools_regions:
-        region_weight = attribution.attention  # AB-MIL's own weight on each region
-    else:  # AB-MIL's weights on tiles or tokens, summed over each region
-        region_weight = _region_weights_from_maps(
-            store, _maps(store, layout, np.asarray(attribution.attention, np.float64).ravel())
+    if classifier.pools_regions:  # AB-MIL's own weight and logit share of each region
+        region_weight, region_contribution = attribution.attention, attribution.contribution
+    else:  # AB-MIL's weights and logit shares of tiles or tokens, summed over each region
+        region_weight, region_contribution = (
+            _region_weights_from_maps(store, _maps(store, layout, np.asarray(v, np.float64).ravel()))
+            for v in (attribution.attention, attribution.contribution)
         )
     return SlideAttribution(
         slide_id=slide,
@@ -152,6 +155,7 @@ def explain_slide(classifier: SlideClassifier, slide: str, store_path: Path, met
         region_size=int(store.attrs.get("region_size") or 0),
         regions=store.windows.get("regions", np.zeros((0, 2), np.int32)).reshape(-1, 2),
         region_weight=np.asarray(region_weight, np.float64),
+        region_contribution=np.asarray(region_contribution, np.float64),
         token_fraction=_token_fraction(store, layout),
     )
 
@@ -169,13 +173,14 @@ def attribution_summary(a: SlideAttribution) -> dict:
 
 
 def save_attribution(a: SlideAttribution, path: Path) -> Path:
-    """Maps as .npz (one array per level, plus regions and weights) and the summary as JSON inside."""
+    """Maps as .npz (one array per level, plus regions, weights and score contributions) and the summary as JSON inside."""
     with atomic_path(path, suffix=".npz") as tmp:  # the suffix keeps numpy from appending its own
         np.savez_compressed(
             tmp,
             **{f"map_{k}": v for k, v in a.level_maps.items()},
             regions=a.regions,
             region_weight=a.region_weight,
+            **({} if a.region_contribution is None else {"region_contribution": a.region_contribution}),
             summary=np.array(json.dumps(attribution_summary(a))),
         )
     return path

@@ -14,7 +14,9 @@ What mixmag writes, one ``<slide>.geojson`` per plan, all in level-0 pixels of t
   - every accepted t x t region as a tile of class "mixmag region", exactly the plan's window box
     (geometry.CellGrid.window_box), with its tissue fraction and row/col as measurements;
   - with `--attributions` (the `<slide>.npz` maps `mixmag predict` writes in its work folder's heatmaps/), each
-    region's AB-MIL attention (its weight in the pooling that makes the slide's score) and, per magnification, the
+    region's AB-MIL attention (its weight in the pooling that makes the slide's score), its score contribution
+    (a_i (w . h_i) summed over its instances: the regions' contributions add up to the slide logit minus the
+    classifier's bias where the regions hold the whole bag) and, per magnification, the
     attribution falling on its tiles and that magnification's share of it; the slide's score on each tissue annotation.
 """
 
@@ -78,17 +80,25 @@ def read_attribution(path: Path, plan: TilingPlan) -> dict:
         ) from None
     regions = np.asarray(data.get("regions", np.zeros((0, 2))), np.int64).reshape(-1, 2)
     weights = np.asarray(data.get("region_weight", []), np.float64).ravel()
+    # older predict outputs carry no contributions: the measurement is then left out
+    contribution = np.asarray(data.get("region_contribution", np.full(len(weights), np.nan)), np.float64).ravel()
     maps = {name: np.asarray(data.get(f"map_{name}"), np.float64) for name in plan.levels.names}
     if (
         not np.array_equal(regions, np.asarray(plan.regions, np.int64).reshape(-1, 2))
         or len(weights) != len(regions)
+        or len(contribution) != len(regions)
         or not _maps_cover(plan, maps)
     ):
         raise InteropError(
             f"{path}: these predictions were made on other regions than plan {plan.slide.slide_id}'s "
             "(a stale work folder?); run `mixmag predict` again on this plan's store"
         )
-    return {"maps": maps, "weights": weights, "score": summary.get("score") if isinstance(summary, dict) else None}
+    return {
+        "maps": maps,
+        "weights": weights,
+        "contribution": contribution,
+        "score": summary.get("score") if isinstance(summary, dict) else None,
+    }
 
 
 def _maps_cover(plan: TilingPlan, maps: dict[str, np.ndarray]) -> bool:
@@ -107,6 +117,7 @@ def region_measurements(plan: TilingPlan, k: int, attribution: dict | None) -> d
         return out
     t = plan.params.region_size
     out["AB-MIL attention"] = float(attribution["weights"][k])
+    out["score contribution"] = float(attribution["contribution"][k])  # NaN (left out) for older predict outputs
     per_level = {}
     for i, name in enumerate(plan.levels.names):
         s = 2**i

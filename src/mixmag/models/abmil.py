@@ -24,6 +24,14 @@ class GatedABMIL(nn.Module):
         self.classifier = nn.Linear(in_dim, 1)
 
     def forward(self, z: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        logit, alpha, _ = self.contributions(z, mask)
+        return logit, alpha
+
+    def contributions(
+        self, z: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Logits, attention and each instance's share of the logit: the classifier is linear over
+        sum alpha_i z_i, so alpha_i (w . z_i) summed over the instances is exactly logit - bias."""
         if mask is None:
             mask = torch.ones(z.shape[:2], dtype=torch.bool, device=z.device)
         z = torch.where(mask[..., None], z, torch.zeros((), dtype=z.dtype, device=z.device))
@@ -32,4 +40,5 @@ class GatedABMIL(nn.Module):
         alpha = torch.softmax(scores, dim=1)
         alpha = torch.where(mask, alpha, torch.zeros_like(alpha))  # an all-padding row stays all zero
         pooled = torch.einsum("bn,bnd->bd", alpha, z)
-        return self.classifier(pooled).squeeze(-1), alpha
+        contribution = alpha * (z @ self.classifier.weight[0])
+        return self.classifier(pooled).squeeze(-1), alpha, contribution

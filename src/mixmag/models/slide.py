@@ -30,16 +30,24 @@ class SlideModel(nn.Module):
 
     def forward(self, bags: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """bags: (B, N, D) instances, or (B, R, s, D) regions with a mixer; mask: (B, N) or (B, R)."""
+        return self.abmil(*self.instances(bags, mask))
+
+    def contributions(self, bags: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Logits, AB-MIL attention and each AB-MIL instance's contribution to the logit (GatedABMIL.contributions)."""
+        return self.abmil.contributions(*self.instances(bags, mask))
+
+    def instances(self, bags: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """What AB-MIL pools: the bag itself, or the mixer's tokens / compressed regions, with their mask."""
         if self.mixer is None:
-            return self.abmil(bags, mask)
+            return bags, mask
         b, r, s, d = bags.shape
         real = bags[mask]  # (regions, s, D): padding regions are never mixed
         contextual, compressed = self.mixer(real)
         if self.output == "cls":
             feats = torch.zeros(b, r, compressed.shape[-1], device=bags.device, dtype=compressed.dtype)
             feats[mask] = compressed
-            return self.abmil(feats, mask)
+            return feats, mask
         feats = torch.zeros(b, r, s, contextual.shape[-1], device=bags.device, dtype=contextual.dtype)
         feats[mask] = contextual
         token_mask = mask[:, :, None].expand(b, r, s).reshape(b, r * s)
-        return self.abmil(feats.reshape(b, r * s, -1), token_mask)
+        return feats.reshape(b, r * s, -1), token_mask

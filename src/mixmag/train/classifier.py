@@ -54,6 +54,7 @@ class BagAttribution:
     method: str  # ATTENTION or GRADIENT
     values: np.ndarray  # (items,) what is placed on the slide
     attention: np.ndarray  # (AB-MIL items,) AB-MIL's own weights
+    contribution: np.ndarray  # (AB-MIL items,) each item's share of the logit: a_i (w . h_i), sums to logit - bias
 
 
 class SlideClassifier:
@@ -205,9 +206,10 @@ class SlideClassifier:
         bag = self.bags(slide).float()
         if method == "attention":
             with torch.no_grad():
-                logit, alpha = model(bag[None], torch.ones(1, bag.shape[0], dtype=torch.bool))
+                logit, alpha, share = model.contributions(bag[None], torch.ones(1, bag.shape[0], dtype=torch.bool))
             alpha = alpha[0].numpy()
-            return BagAttribution(float(logit.reshape(-1)[0]), ATTENTION, alpha.astype(np.float64), alpha)
+            share = share[0].numpy().astype(np.float64)
+            return BagAttribution(float(logit.reshape(-1)[0]), ATTENTION, alpha.astype(np.float64), alpha, share)
         if method == "gradient":
             inputs = (
                 torch.from_numpy(region_bag(self.bags.stores[slide]).astype(np.float32)) if self.reads_encoded else bag
@@ -223,7 +225,8 @@ class SlideClassifier:
             feats = compressed if self.bag_kind == "cls" else contextual.reshape(-1, contextual.shape[-1])
         else:
             feats = x
-        logit, alpha = self.model(feats[None], torch.ones(1, feats.shape[0], dtype=torch.bool))
+        logit, alpha, share = self.model.contributions(feats[None], torch.ones(1, feats.shape[0], dtype=torch.bool))
         logit.sum().backward()
         values = (x.grad * x).sum(-1).abs().detach().numpy().astype(np.float64).ravel()
-        return BagAttribution(float(logit.detach().reshape(-1)[0]), GRADIENT, values, alpha.detach()[0].numpy())
+        share = share.detach()[0].numpy().astype(np.float64)
+        return BagAttribution(float(logit.detach().reshape(-1)[0]), GRADIENT, values, alpha.detach()[0].numpy(), share)
