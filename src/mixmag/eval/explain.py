@@ -173,7 +173,7 @@ def attribution_summary(a: SlideAttribution) -> dict:
 
 
 def save_attribution(a: SlideAttribution, path: Path) -> Path:
-    """Maps as .npz (one array per level, plus regions, weights and score contributions) and the summary as JSON inside."""
+    """Maps as .npz (one array per level, regions, weights, score contributions), the summary as JSON inside."""
     with atomic_path(path, suffix=".npz") as tmp:  # the suffix keeps numpy from appending its own
         np.savez_compressed(
             tmp,
