@@ -138,14 +138,7 @@ def index_stores(paths: Sequence[Path], config: RegionSamplingConfig) -> tuple[l
             )
         if n:
             entries.append(StoreEntry(Path(path), int(n)))
-    if not entries:
-        raise ConfigError(
-            f"no store holds {size} x {size} {kind}"
-            + (" (tile with --context-size c for CMEM)" if config.context else "")
-        )
-    if len(dims) > 1 or len(levels) > 1:
-        raise ConfigError(f"stores disagree: embedding dims {sorted(dims)}, level counts {sorted(levels)}")
-    return entries, dims.pop(), levels.pop()
+    return _usable(entries, dims, levels, config)
 
 
 def catalog_stores(catalog: Catalog, config: RegionSamplingConfig) -> tuple[list[StoreEntry], int, int]:
@@ -173,14 +166,7 @@ def catalog_stores(catalog: Catalog, config: RegionSamplingConfig) -> tuple[list
             f"{catalog.folder / path} (and {len(wrong) - 1} more): its {kind} are {want} x {want} cells but the run "
             f"asks for {size} x {size}; re-tile with --region-size/--context-size {size} or change the config"
         )
-    if not entries:
-        raise ConfigError(
-            f"no store holds {size} x {size} {kind}"
-            + (" (tile with --context-size c for CMEM)" if config.context else "")
-        )
-    if len(dims) > 1 or len(levels) > 1:
-        raise ConfigError(f"stores disagree: embedding dims {sorted(dims)}, level counts {sorted(levels)}")
-    return entries, dims.pop(), levels.pop()
+    return _usable(entries, dims, levels, config)
 
 
 class RegionStream(IterableDataset):
@@ -287,6 +273,22 @@ class RegionStream(IterableDataset):
             if xp_tensor is not None:
                 batch["x_prime"] = xp_tensor
             yield batch
+
+
+def _usable(
+    entries: list[StoreEntry], dims: set[int], levels: set[int], config: RegionSamplingConfig
+) -> tuple[list[StoreEntry], int, int]:
+    """The checks index_stores and catalog_stores share: some store usable, one D and one level count."""
+    size = config.context or config.t
+    if not entries:
+        kind = "contexts" if config.context else "regions"
+        raise ConfigError(
+            f"no store holds {size} x {size} {kind}"
+            + (" (tile with --context-size c for CMEM)" if config.context else "")
+        )
+    if len(dims) > 1 or len(levels) > 1:
+        raise ConfigError(f"stores disagree: embedding dims {sorted(dims)}, level counts {sorted(levels)}")
+    return entries, dims.pop(), levels.pop()
 
 
 def _view_templates(t: int, n_levels: int, context: int | None) -> dict[tuple[int, int, int, int], TokenTemplate]:
