@@ -574,3 +574,34 @@ def test_import_cli_names_the_refused_slide_and_builds_the_others(tmp_path):
     assert not (tmp_path / "back" / "a1.h5").exists() and read_store(tmp_path / "back" / "b2.h5").dim == 6
     result = runner.invoke(app, ["store", "import", str(tmp_path / "tri"), "--plans", str(tmp_path / "none")])
     assert result.exit_code == 2 and "no tiling plans" in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    "hostile",
+    [
+        {"region_weight": np.array(["heavy"])},  # text where numbers belong
+        {"region_contribution": np.array([["a", "b"]])},
+        {"regions": np.array([["x", "y"]])},
+    ],
+)
+def test_qupath_export_refuses_a_hostile_attribution_file_with_one_sentence(tmp_path, hostile):
+    plan_path, plan, _ = _mask_plan(tmp_path)
+    heat = tmp_path / "heatmaps"
+    heat.mkdir()
+    maps = {f"map_{n}": np.ones((2 * 2**i, 2 * 2**i)) for i, n in enumerate(plan.levels.names)}
+    fields = {"regions": np.array([[0, 0]]), "region_weight": np.array([0.8]), "summary": np.array("{}"), **hostile}
+    np.savez(heat / "s1.npz", **maps, **fields)
+    with pytest.raises(InteropError, match="not a readable attribution file"):
+        qupath.write_slide(plan_path, plan, tmp_path / "qp", heat)
+
+
+def test_qupath_export_leaves_out_a_score_that_is_not_a_number(tmp_path):
+    plan_path, plan, _ = _mask_plan(tmp_path)
+    heat = tmp_path / "heatmaps"
+    heat.mkdir()
+    maps = {f"map_{n}": np.ones((2 * 2**i, 2 * 2**i)) for i, n in enumerate(plan.levels.names)}
+    summary = json.dumps({"score": "0.9; drop table"})
+    np.savez(heat / "s1.npz", **maps, regions=np.array([[0, 0]]), region_weight=np.array([0.8]), summary=summary)
+    doc = json.loads(qupath.write_slide(plan_path, plan, tmp_path / "qp", heat).read_text())
+    tissue = next(f for f in doc["features"] if f["properties"]["objectType"] == "annotation")
+    assert "slide score" not in tissue["properties"].get("measurements", {})

@@ -74,15 +74,15 @@ def read_attribution(path: Path, plan: TilingPlan) -> dict:
         with np.load(path, allow_pickle=False) as npz:
             data = {k: npz[k] for k in npz.files}
         summary = json.loads(str(data.pop("summary")))
-    except (OSError, ValueError, KeyError) as exc:
+        regions = np.asarray(data.get("regions", np.zeros((0, 2))), np.int64).reshape(-1, 2)
+        weights = np.asarray(data.get("region_weight", []), np.float64).ravel()
+        # older predict outputs carry no contributions: the measurement is then left out
+        contribution = np.asarray(data.get("region_contribution", np.full(len(weights), np.nan)), np.float64).ravel()
+        maps = {name: np.asarray(data.get(f"map_{name}"), np.float64) for name in plan.levels.names}
+    except (OSError, ValueError, TypeError, KeyError) as exc:
         raise InteropError(
             f"{path}: not a readable attribution file of `mixmag predict` ({exc}); re-run predict"
         ) from None
-    regions = np.asarray(data.get("regions", np.zeros((0, 2))), np.int64).reshape(-1, 2)
-    weights = np.asarray(data.get("region_weight", []), np.float64).ravel()
-    # older predict outputs carry no contributions: the measurement is then left out
-    contribution = np.asarray(data.get("region_contribution", np.full(len(weights), np.nan)), np.float64).ravel()
-    maps = {name: np.asarray(data.get(f"map_{name}"), np.float64) for name in plan.levels.names}
     if (
         not np.array_equal(regions, np.asarray(plan.regions, np.int64).reshape(-1, 2))
         or len(weights) != len(regions)
@@ -97,8 +97,15 @@ def read_attribution(path: Path, plan: TilingPlan) -> dict:
         "maps": maps,
         "weights": weights,
         "contribution": contribution,
-        "score": summary.get("score") if isinstance(summary, dict) else None,
+        "score": _finite_number(summary.get("score")) if isinstance(summary, dict) else None,
     }
+
+
+def _finite_number(value: object) -> float | None:
+    """A score QuPath can show as a measurement, or None (a string, a list or NaN in a hostile file)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
+        return None
+    return float(value)
 
 
 def _maps_cover(plan: TilingPlan, maps: dict[str, np.ndarray]) -> bool:
