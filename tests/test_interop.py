@@ -605,3 +605,14 @@ def test_qupath_export_leaves_out_a_score_that_is_not_a_number(tmp_path):
     doc = json.loads(qupath.write_slide(plan_path, plan, tmp_path / "qp", heat).read_text())
     tissue = next(f for f in doc["features"] if f["properties"]["objectType"] == "annotation")
     assert "slide score" not in tissue["properties"].get("measurements", {})
+
+
+def test_import_names_the_plans_with_no_tissue_it_builds_no_store_for(tmp_path):
+    store_path, plan = make_store(tmp_path, "a1")
+    trident.export_store(read_store(store_path), plan, tmp_path / "tri")
+    make_plan(tmp_path / "plans", "blank", cells=[])
+    args = ["store", "import", str(tmp_path / "tri"), "--plans", str(tmp_path / "plans"), "--out", str(tmp_path / "b")]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "1 plan(s) with no tissue cells, no store built: blank" in result.output
+    assert (tmp_path / "b" / "a1.h5").exists() and not (tmp_path / "b" / "blank.h5").exists()

@@ -853,6 +853,14 @@ def store_import(
         write_store(target, store)
         return f"{target}: {len(store)} cells, D {store.dim}, encoder {store.attrs['encoder']}"
 
+    empty = sorted(plan.slide.slide_id for _, plan in found if not plan.cells)
+    if empty:
+        err_console.print(
+            f"[yellow]{len(empty)} plan(s) with no tissue cells, no store built: {', '.join(empty)} "
+            "(if they hold tissue, re-tile them with a lower `mixmag tile --tissue-threshold`)[/]",
+            soft_wrap=True,
+            highlight=False,
+        )
     if _each([p for p in found if p[1].cells], f"import ({format.value})", rebuild):
         raise typer.Exit(1)
 
