@@ -233,3 +233,17 @@ def test_predict_finds_every_store_of_a_sharded_folder(sharded):
     assert inputs.stores["c0"] == sharded / "c" / "c0" / "c0.h5" and inputs.stores["a0"] == sharded / "a0.h5"
     assert len(inputs.stores) == 6 and all(p.is_file() for p in inputs.stores.values())
     assert read_inputs(["b1"], None, sharded).stores == {"b1": sharded / "b" / "b1" / "b1.h5"}
+
+
+def test_a_store_whose_header_read_store_refuses_never_enters_the_catalog(sharded):
+    import h5py
+
+    forged = sharded / "f" / "f0.h5"
+    _store(forged.parent, "f0")
+    with h5py.File(forged, "a") as f:  # a level declaring a shape the file does not hold data for
+        del f["emb/20x"]
+        f.create_dataset("emb/20x", shape=(25, 16, 8), dtype="float16")
+    with pytest.raises(StoreError):
+        read_store(forged)
+    catalog, report = refresh_catalog(sharded)
+    assert "f0" not in catalog.by_slide() and "invalid store" in report.unreadable["f/f0.h5"]

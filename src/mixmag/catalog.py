@@ -40,6 +40,7 @@ from .store import (
     STORE_SUFFIX,
     StoreError,
     _decode_attr,
+    layout_problems,
     pipeline_settings,
     read_attrs,
     shared_settings,
@@ -203,12 +204,16 @@ def scan_stores(folder: str | Path) -> dict[str, tuple[int, int]]:
 
 
 def describe_store(folder: str | Path, rel: str) -> CatalogEntry:
-    """A catalog entry from a store's header and dataset shapes (no embeddings are read)."""
+    """A catalog entry from a store's header and dataset shapes, checked as read_store checks them (no embeddings
+    are read)."""
     path = Path(folder) / rel
     try:
         st = path.stat()
         with h5py.File(path, "r") as f:
             attrs = {k: _decode_attr(v) for k, v in f.attrs.items()}
+            layout = layout_problems(f, attrs)  # the header read_store checks: a forged store never enters
+            if layout:
+                raise StoreError("invalid store: " + "; ".join(layout))
             names = list(attrs.get("level_names") or f["emb"])
             first = f[f"emb/{names[0]}"]
             windows = f.get("windows", {})
