@@ -277,3 +277,34 @@ def test_a_damaged_dicom_file_beside_a_series_is_left_out(made, tmp_path):
     assert [s.slide_id for s in sources_from_paths([folder])] == ["damaged"]
     with Slide(folder) as slide:
         assert slide.width == 2220
+
+
+def test_a_folder_of_slides_is_expanded_to_every_slide_under_it(tmp_path, made, real_svs):
+    import shutil
+
+    from mixmag.errors import CohortError
+
+    root = tmp_path / "cohort"
+    (root / "site-a").mkdir(parents=True)
+    shutil.copy(real_svs, root / "site-a" / "x.svs")
+    write_slide(root / "site-b" / "y.tiff", tissue_like(512, 384, 0.5, seed=2), 0.5, downsamples=(1,))
+    (root / "site-b" / "case.mrxs").write_bytes(b"")  # an MRXS slide and its data folder, never searched
+    write_slide(root / "site-b" / "case" / "inner.tiff", tissue_like(256, 256, 0.5, seed=3), 0.5, downsamples=(1,))
+    (root / ".trash").mkdir()
+    shutil.copy(real_svs, root / ".trash" / "old.svs")
+    (root / "notes.txt").write_text("not a slide")
+    expected = ["case", "x", "y"]
+    for name in ("dicom", "omezarr"):  # a DICOM folder and an OME-Zarr folder are one slide each, not searched
+        if name in made:
+            shutil.copytree(made[name], root / "site-c" / made[name].name)
+            expected.append({"dicom": "CMU-1-dicom", "omezarr": "CMU-1"}[name])
+    sources = sources_from_paths([root])
+    assert sorted(s.slide_id for s in sources) == sorted(expected)
+    assert all(".trash" not in str(s.path) and "inner" not in str(s.path) for s in sources)
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    with pytest.raises(CohortError, match="empty: a folder with no slide in it"):
+        sources_from_paths([tmp_path / "empty"])
+    result = CliRunner().invoke(app, ["tile", str(tmp_path / "empty"), "--out", str(tmp_path / "t")])
+    assert (
+        result.exit_code != 0 and "a folder with no slide in it" in result.output and "Traceback" not in result.output
+    )

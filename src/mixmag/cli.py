@@ -85,7 +85,8 @@ def _tiling_help(text: str, name: str, section: str | None = None) -> str:
 @app.command()
 def tile(
     slides: Annotated[
-        Optional[list[Path]], typer.Argument(help="Slide files (SVS, TIFF, OME-TIFF, NDPI, MRXS, DICOM...).")
+        Optional[list[Path]],
+        typer.Argument(help="Slide files (SVS, TIFF, OME-TIFF, NDPI, MRXS, DICOM...) or folders of them."),
     ] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder: one sub-folder per slide.")] = Path("tiles"),
     cohort: Annotated[

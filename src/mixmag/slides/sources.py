@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import CohortError
 from ..ids import check_id, is_safe_id
 from ..tables import read_table
-from .backends.dicom import dicom_entries
+from .backends import FALLBACK_FIRST_SUFFIXES, TIFF_SUFFIXES
+from .backends.dicom import dicom_entries, is_dicom_folder
+from .backends.omezarr import is_zarr_folder
 
 _SLIDE_SUFFIXES = (".ome.tiff", ".ome.tif", ".ome.zarr", ".zarr")
+# files a folder of slides is searched for (a folder given on the command line is expanded to them)
+SLIDE_FILE_SUFFIXES = frozenset(
+    TIFF_SUFFIXES
+    | FALLBACK_FIRST_SUFFIXES
+    | {".ndpi", ".mrxs", ".scn", ".bif", ".czi", ".svslide", ".vms", ".vmu", ".ndpis", ".dcm"}
+)
 
 
 @dataclass(frozen=True)
@@ -35,8 +44,43 @@ def slide_id_from_path(path: Path) -> str:
 
 
 def slide_entries(path: Path) -> list[tuple[Path, str]]:
-    """(path, id) of every slide a path holds: one, or one per series of a DICOM folder with several."""
-    return dicom_entries(Path(path)) or [(Path(path), slide_id_from_path(Path(path)))]
+    """(path, id) of every slide a path holds: one, one per series of a DICOM folder with several, or every slide
+    under a plain folder of slides (see slides_in_folder)."""
+    path = Path(path)
+    if path.is_dir() and not is_zarr_folder(path) and not is_dicom_folder(path):
+        found = slides_in_folder(path)
+        if not found:
+            raise CohortError(
+                f"{path}: a folder with no slide in it (searched its sub-folders for "
+                f"{', '.join(sorted(SLIDE_FILE_SUFFIXES))} files, OME-Zarr and DICOM folders); give the slide files"
+            )
+        return found
+    return dicom_entries(path) or [(path, slide_id_from_path(path))]
+
+
+def slides_in_folder(folder: Path) -> list[tuple[Path, str]]:
+    """(path, id) of every slide under a folder that is not itself a slide, in sorted order: files with a whole-slide
+    suffix, and OME-Zarr and DICOM folders (not searched further); hidden entries, links to folders and MRXS data
+    folders (the folder beside X.mrxs named X) are skipped."""
+    found: list[tuple[Path, str]] = []
+    for root, dirs, files in os.walk(folder):
+        here = Path(root)
+        mrxs_data = {Path(f).stem for f in files if f.lower().endswith(".mrxs")}
+        keep = []
+        for name in sorted(dirs):
+            sub = here / name
+            if name.startswith(".") or name in mrxs_data or sub.is_symlink():
+                continue
+            if is_zarr_folder(sub) or is_dicom_folder(sub):
+                found += dicom_entries(sub) or [(sub, slide_id_from_path(sub))]
+            else:
+                keep.append(name)
+        dirs[:] = keep
+        for name in sorted(files):
+            path = here / name
+            if not name.startswith(".") and path.suffix.lower() in SLIDE_FILE_SUFFIXES:
+                found.append((path, slide_id_from_path(path)))
+    return sorted(found)
 
 
 def sources_from_paths(paths: list[Path], mpp: float | None = None) -> list[SlideSource]:
