@@ -496,10 +496,15 @@ def _fold(folder: Path, entries: list[CatalogEntry]) -> list[CatalogEntry]:
 
 def load_catalog(folder: str | Path, *, write: bool = True) -> Catalog:
     """The folder's catalog for a run: refreshed, each repair named in one CatalogWarning (never an error)."""
+    return load_catalog_with_report(folder, write=write)[0]
+
+
+def load_catalog_with_report(folder: str | Path, *, write: bool = True) -> tuple[Catalog, CatalogReport]:
+    """load_catalog, and what the refresh found (callers that owe every store a result name the unreadable ones)."""
     catalog, report = refresh_catalog(folder, write=write)
     for sentence in report.sentences(Path(folder)):
-        warnings.warn(CatalogWarning(sentence), stacklevel=2)
-    return catalog
+        warnings.warn(CatalogWarning(sentence), stacklevel=3)
+    return catalog, report
 
 
 def _query(folder: Path, column: str, values: Sequence[str]) -> dict[str, CatalogEntry]:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from ..catalog import load_catalog, place_stores
+from ..catalog import load_catalog_with_report, place_stores
 from ..devices import choose_device
 from ..encoders.model import build_encoder
 from ..errors import CohortError, MixmagError, RunMismatchError
@@ -67,6 +67,7 @@ def read_inputs(slides: list[str] | None, cohort: Path | None, stores_dir: Path 
             what = "slide ids of the stores in --stores" if stores_dir is not None else "the slide files"
             raise CohortError(f"{cohort}: needs a '{needed}' column filled on every row ({what})")
     if stores_dir is not None:
+        unreadable: dict[str, str] = {}
         if rows:
             ids = [check_id(r["slide"], where=f"{cohort} row {line}") for line, r in zip(table.lines, rows)]
         elif slides:
@@ -77,8 +78,10 @@ def read_inputs(slides: list[str] | None, cohort: Path | None, stores_dir: Path 
                 for s in slides
             ]
         else:  # every store of the folder, by its own slide_id attribute: untrusted, so an unsafe one gets its row
-            ids = sorted(e.slide_id for e in load_catalog(stores_dir).entries)
-        if not ids:
+            catalog, report = load_catalog_with_report(stores_dir)
+            ids = sorted(e.slide_id for e in catalog.entries)
+            unreadable = {Path(rel).stem: f"{stores_dir / rel}: {why}" for rel, why in report.unreadable.items()}
+        if not ids and not unreadable:
             raise CohortError(f"{stores_dir}: no stores to predict")
         unsafe = {
             s: f"a store in {stores_dir} names its slide {s!r}, not a safe file name ({ID_RULE}); fix its slide_id "
@@ -89,7 +92,7 @@ def read_inputs(slides: list[str] | None, cohort: Path | None, stores_dir: Path 
         return PredictInputs(
             stores=place_stores(stores_dir, [s for s in ids if s not in unsafe]),  # flat or sharded folders
             specimen_of={r["slide"]: r.get("specimen") or r["slide"] for r in rows},
-            problems=unsafe,
+            problems=unreadable | unsafe,  # a store the catalog could not read still gets its row
         )
     if rows:
         sources = sources_from_table(cohort)  # one per row, in order
