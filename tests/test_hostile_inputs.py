@@ -434,3 +434,17 @@ def test_tifffile_complaints_are_said_once_in_the_slide_error(tmp_path, capfd):
         Slide(broken)
     assert str(error.value).count("invalid offset") == 1
     assert "invalid offset" not in capfd.readouterr().err
+
+
+@pytest.mark.parametrize("delimiter", [";", "\t"])
+def test_a_semicolon_or_tab_separated_table_is_read_like_a_comma_separated_one(tmp_path, world, delimiter):
+    """Spreadsheets in languages with decimal commas save ';'-separated CSV; some tools write TSV."""
+    rows = [[*r[:4], str(world["stores"] / f"{r[1]}.h5")] for r in world["rows"]]
+    table = tmp_path / "semi.csv"
+    with table.open("w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh, delimiter=delimiter)
+        w.writerow(["specimen", "slide", "label", "split", "store"])
+        w.writerows(rows)
+    cohort = load_cohort(table)
+    commas = load_cohort(_write_table(tmp_path / "comma.csv", ["specimen", "slide", "label", "split", "store"], rows))
+    assert cohort.specimens == commas.specimens and len(cohort.specimens) == N_SLIDES

@@ -3,12 +3,15 @@ could be read two ways is an error naming the problem.
 
 Excel's "CSV UTF-8" starts with a byte-order mark: read (`utf-8-sig`). A column named twice (`csv.DictReader` would
 silently keep the last one: a second `label` column flipped a model's test AUROC from 0 to 1) and a row with more
-values than the header are errors. Names and values are stripped of surrounding blanks.
+values than the header are errors. Names and values are stripped of surrounding blanks. A spreadsheet set to a
+language that writes decimal commas saves ';'-separated "CSV", and some tools write tab-separated tables: the header
+line says which (a comma in it means commas).
 """
 
 from __future__ import annotations
 
 import csv
+import io
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +27,14 @@ class Table:
     lines: list[int]  # each row's line number as a spreadsheet shows it (the header is line 1)
 
 
+def _delimiter(text: str) -> str:
+    """',' unless the header line holds none and holds ';' or a tab instead."""
+    header = text.split("\n", 1)[0]
+    if "," in header:
+        return ","
+    return next((d for d in (";", "\t") if d in header), ",")
+
+
 def read_table(path: str | Path, *, what: str = "cohort table") -> Table:
     """Read a CSV table: header and rows, stripped; `CohortError` naming the file for anything ambiguous."""
     path = Path(path)
@@ -31,7 +42,8 @@ def read_table(path: str | Path, *, what: str = "cohort table") -> Table:
         raise CohortError(f"{path}: {what} not found.")
     try:
         with path.open(newline="", encoding="utf-8-sig") as fh:
-            records = list(csv.reader(fh))
+            text = fh.read()
+        records = list(csv.reader(io.StringIO(text, newline=""), delimiter=_delimiter(text)))
     except UnicodeDecodeError as exc:
         raise CohortError(f"{path}: not UTF-8 text (byte {exc.start}); save the {what} as 'CSV UTF-8'.") from exc
     except csv.Error as exc:
