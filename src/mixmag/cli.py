@@ -907,24 +907,31 @@ def synth_slide(
     seed: Annotated[int, typer.Option()] = 0,
     compression: Annotated[str, typer.Option(help="jpeg, deflate or none.")] = "jpeg",
 ) -> None:
-    """Write a pyramidal synthetic slide with correct resolution metadata."""
-    from .synth.patterns import position_code, tissue_like
-    from .synth.slide_writer import write_slide
+    """Write a pyramidal synthetic slide with correct resolution metadata, strip by strip (any size, bounded memory)."""
+    from .synth.patterns import PositionPattern
+    from .synth.slide_writer import PatternSource, write_slide
+    from .synth.tissue_field import TissueField
 
     if content not in ("tissue", "position"):
         raise OptionError(f"unknown content {content!r}; use tissue or position")
-    image = tissue_like(width, height, mpp, seed=seed) if content == "tissue" else position_code(width, height, mpp)
-    try:
-        path = write_slide(
-            out,
-            image,
-            mpp,
-            downsamples=[int(d) for d in downsamples.split(",")],
-            flavor=flavor,
-            compression=compression,
-        )
-    except ValueError as exc:  # the writer's own sentence on sizes and flavours
-        raise OptionError(str(exc)) from exc
+    if width < 1 or height < 1 or mpp <= 0:
+        raise OptionError(f"--width and --height must be at least 1 px and --mpp above 0, got {width}x{height} px at {mpp}")
+    extent = (width * mpp, height * mpp)
+    pattern = TissueField(*extent, seed=seed) if content == "tissue" else PositionPattern(*extent)
+    with _progress() as bar:
+        task = bar.add_task(f"writing {out.name}", total=None)
+        try:
+            path = write_slide(
+                out,
+                PatternSource(pattern, (width, height), mpp),
+                mpp,
+                downsamples=[int(d) for d in downsamples.split(",")],
+                flavor=flavor,
+                compression=compression,
+                progress=lambda done, total: bar.update(task, completed=done, total=total),
+            )
+        except ValueError as exc:  # the writer's own sentence on sizes and flavours
+            raise OptionError(str(exc)) from exc
     console.print(f"wrote {path} ({width}x{height} px at {mpp:g} um/px, {flavor})")
 
 

@@ -1,9 +1,13 @@
 """Pixel content for generated slides: a position code for exactness checks, and tissue-like H&E.
 
-Sizes are given in microns so the same content can be written at any mpp.
+Sizes are given in microns so the same content can be written at any mpp. A `Pattern` draws any window of a
+slide at any pixel size, so `slide_writer` can write slides of any size strip by strip.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
 
 import cv2
 import numpy as np
@@ -11,6 +15,35 @@ import numpy as np
 # Periods (um) of the position code: not divisors of any tile or cell size (112, 224, 448 um...).
 POSITION_PERIODS_UM = (97.0, 89.0)
 _AMPLITUDE = 100.0
+GLASS_RGB = (242, 240, 244)
+STROMA_RGB = (226, 150, 190)
+NUCLEUS_RGB = (95, 60, 150)
+
+
+class Pattern(Protocol):
+    """Slide content defined everywhere: any window, at any pixel size, comes out the same on its own."""
+
+    def render(self, x0: int, y0: int, width: int, height: int, mpp_x: float, mpp_y: float) -> np.ndarray:
+        """Pixels [y0, y0 + height) x [x0, x0 + width) of the slide drawn at mpp_x x mpp_y um/px, (h, w, 3) uint8."""
+        ...
+
+
+@dataclass(frozen=True)
+class PositionPattern:
+    """The position code over a slide of `width_um` x `height_um` (see `position_code`)."""
+
+    width_um: float
+    height_um: float
+
+    def render(self, x0: int, y0: int, width: int, height: int, mpp_x: float, mpp_y: float) -> np.ndarray:
+        px, py = POSITION_PERIODS_UM
+        x_um = (np.arange(x0, x0 + width, dtype=np.float64) + 0.5) * mpp_x
+        y_um = (np.arange(y0, y0 + height, dtype=np.float64) + 0.5) * mpp_y
+        out = np.empty((height, width, 3), np.uint8)
+        out[..., 0] = np.round(128 + _AMPLITUDE * np.sin(2 * np.pi * x_um / px))[None, :]
+        out[..., 1] = np.round(128 + _AMPLITUDE * np.sin(2 * np.pi * y_um / py))[:, None]
+        out[..., 2] = np.round(60 + 120 * (x_um[None, :] + y_um[:, None]) / (self.width_um + self.height_um))
+        return out
 
 
 def position_code(width: int, height: int, mpp: float) -> np.ndarray:
@@ -20,14 +53,7 @@ def position_code(width: int, height: int, mpp: float) -> np.ndarray:
     resampled crop can be recovered by `decode_position` to a small fraction of a pixel.
     B is a gentle ramp that makes the content non-periodic for the eye and for the tissue detector.
     """
-    px, py = POSITION_PERIODS_UM
-    x_um = (np.arange(width, dtype=np.float64) + 0.5) * mpp
-    y_um = (np.arange(height, dtype=np.float64) + 0.5) * mpp
-    out = np.empty((height, width, 3), np.uint8)
-    out[..., 0] = np.round(128 + _AMPLITUDE * np.sin(2 * np.pi * x_um / px))[None, :]
-    out[..., 1] = np.round(128 + _AMPLITUDE * np.sin(2 * np.pi * y_um / py))[:, None]
-    out[..., 2] = np.round(60 + 120 * (x_um[None, :] + y_um[:, None]) / (width * mpp + height * mpp))
-    return out
+    return PositionPattern(width * mpp, height * mpp).render(0, 0, width, height, mpp, mpp)
 
 
 def decode_position(tile: np.ndarray, tile_mpp: float) -> tuple[float, float]:
@@ -70,8 +96,8 @@ def tissue_like(
     """
     rng = np.random.default_rng(seed)
     mask = _tissue_mask(width, height, rng, tissue_mask, n_pieces)
-    glass = np.array([242, 240, 244], np.float32)
-    stroma = np.array([226, 150, 190], np.float32)
+    glass = np.array(GLASS_RGB, np.float32)
+    stroma = np.array(STROMA_RGB, np.float32)
     image = np.empty((height, width, 3), np.float32)
     image[:] = glass
     texture = _smooth_noise(width, height, mpp, rng, scale_um=20.0)
@@ -112,5 +138,5 @@ def _draw_nuclei(image: np.ndarray, mask: np.ndarray, mpp: float, rng, per_mm2: 
     radii = np.maximum(1, np.round(rng.uniform(2.5, 4.5, xs.size) / mpp)).astype(int)
     shades = rng.uniform(0.8, 1.1, xs.size)
     for x, y, r, s in zip(xs, ys, radii, shades):
-        color = tuple(int(min(255, c * s)) for c in (95, 60, 150))
+        color = tuple(int(min(255, c * s)) for c in NUCLEUS_RGB)
         cv2.circle(image, (int(x), int(y)), int(r), color, thickness=-1, lineType=cv2.LINE_AA)
