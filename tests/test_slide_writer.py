@@ -94,7 +94,9 @@ def _peak_bytes(tmp_path, size, flavor) -> int:
         tracemalloc.stop()
 
 
-@pytest.mark.parametrize(("flavor", "large"), [("aperio", (4096, 3072)), ("ome", (4096, 3072)), ("ome-strips", (2048, 6144))])
+@pytest.mark.parametrize(
+    ("flavor", "large"), [("aperio", (4096, 3072)), ("ome", (4096, 3072)), ("ome-strips", (2048, 6144))]
+)
 def test_memory_does_not_grow_with_the_slide(tmp_path, monkeypatch, flavor, large):
     """A slide with 4x the pixels peaks at about the same traced memory, far below one copy of its image.
     (A plain strip TIFF holds one full-width strip of 64 rows, so there the larger slide is taller.)"""

@@ -915,7 +915,9 @@ def synth_slide(
     if content not in ("tissue", "position"):
         raise OptionError(f"unknown content {content!r}; use tissue or position")
     if width < 1 or height < 1 or mpp <= 0:
-        raise OptionError(f"--width and --height must be at least 1 px and --mpp above 0, got {width}x{height} px at {mpp}")
+        raise OptionError(
+            f"--width and --height must be at least 1 px and --mpp above 0, got {width}x{height} px at {mpp}"
+        )
     extent = (width * mpp, height * mpp)
     pattern = TissueField(*extent, seed=seed) if content == "tissue" else PositionPattern(*extent)
     with _progress() as bar:

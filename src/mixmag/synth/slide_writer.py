@@ -107,6 +107,7 @@ def write_slide(
     - ome-strips: a plain, single-level, strip-organised OME-TIFF (OpenSlide refuses it; TiffSlide reads it).
     `mpp=None` writes no resolution at all; `resolution_dpi` writes a raw dpi instead (e.g. 72, to test
     that an absurd resolution is rejected). The file is written to a temporary name and renamed.
+    `progress(done, total)` is called as each row of tiles (or strip) of any level is started.
     """
     path = Path(path)
     if flavor not in FLAVORS:
