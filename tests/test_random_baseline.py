@@ -1,12 +1,14 @@
 """The random baseline is the pretrained mixer's architecture with fresh weights (issue 13)."""
 
+from pathlib import Path
+
 import pytest
 
 from mixmag.errors import ConfigError
 from mixmag.models.mixer import RegionMixer, mixer_config
 from mixmag.stages.experiments import GridConfig, Task, method_config
 from mixmag.train.finetune import build_mixer
-from mixmag.train.mixer_file import export_mixer
+from mixmag.train.mixer_file import export_mixer, export_random_twin
 
 
 def _mixer(folder, preset, **overrides):
@@ -62,3 +64,51 @@ def test_without_a_pretrained_mixer_the_random_preset_applies(tmp_path):
     grid = _grid(tmp_path, ["random-patch"], {}, random_preset="small")
     assert method_config(grid, grid.tasks[0], "random-patch", 0).mixer.preset == "small"
     assert method_config(_grid(tmp_path, ["random-patch"], {}), grid.tasks[0], "random-patch", 0).mixer.preset == "tiny"
+
+
+def test_the_random_twin_is_the_pretrained_architecture_with_fresh_seeded_weights(tmp_path):
+    import json
+
+    import torch
+
+    from mixmag.weights_io import load_safetensors
+
+    mem = _mixer(tmp_path / "mem", "small", depth=1)
+    state = torch.random.get_rng_state()
+    first = export_random_twin(Path(mem), tmp_path / "r1")
+    assert torch.equal(torch.random.get_rng_state(), state)  # the caller's random state is left alone
+    second = export_random_twin(Path(mem), tmp_path / "r2")
+    meta = [json.loads(p.with_name("mixer.json").read_text()) for p in (Path(mem), first)]
+    assert meta[0]["mixer"] == meta[1]["mixer"] and meta[0]["stores"] == meta[1]["stores"]
+    assert meta[1]["pretraining"]["init"] == "random" and meta[1]["pretraining"]["preset"] == "small"
+    pretrained, fresh, again = (load_safetensors(p, fix="") for p in (Path(mem), first, second))
+    assert all(torch.equal(fresh[k], again[k]) for k in fresh)  # seeded: the same baseline every run
+    assert any(not torch.equal(fresh[k], pretrained[k]) for k in fresh if fresh[k].dtype.is_floating_point)
+
+
+def test_the_demo_builds_a_frozen_random_row_only_when_asked(tmp_path):
+    from mixmag.stages.demo import DemoConfig, pretrained_mixers
+
+    mem = Path(_mixer(tmp_path / "mem", "tiny"))
+    plain = pretrained_mixers(tmp_path, DemoConfig(), mem)
+    assert plain == {"MEM": str(mem)} and not (tmp_path / "random-mixer").exists()  # the plain demo is unchanged
+    methods = ["abmil-20x", "Random-patch-frozen", "MEM-patch-frozen"]
+    mixers = pretrained_mixers(tmp_path, DemoConfig(methods=methods), mem)
+    grid = _grid(tmp_path, methods, mixers)
+    cfg = method_config(grid, grid.tasks[0], "Random-patch-frozen", 0)
+    assert Path(mixers["Random"]).parent == tmp_path / "random-mixer" and cfg.encoded.endswith("Random/A")
+
+
+def test_the_demo_statistics_table_shows_sd_ci_and_p_against_the_baseline(tmp_path):
+    from mixmag.eval.benchmark_stats import CellStatistic
+    from mixmag.stages.demo import statistics_markdown
+
+    grid = _grid(tmp_path, ["abmil-20x", "MEM-patch-frozen"], {}, seeds=[0, 1])
+    cells = [
+        CellStatistic("A", "abmil-20x", [0.7, 0.8], 0.75, 0.0707, 0.6, 0.9, 40, None, None),
+        CellStatistic("A", "MEM-patch-frozen", [0.9, 0.9], 0.9, 0.0, 0.8, 0.97, 40, 0.012, 0.15),
+    ]
+    lines = statistics_markdown(cells, grid, 500).splitlines()
+    assert lines[2] == "| abmil-20x | 75.0 ± 7.1 [60.0, 90.0] |"
+    assert lines[3] == "| MEM-patch-frozen | 90.0 ± 0.0 [80.0, 97.0, p=0.012] |"
+    assert "seeds 0, 1" in lines[-1] and "500 resamples of the 40 test specimens" in lines[-1]

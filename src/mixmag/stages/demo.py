@@ -19,7 +19,8 @@ from rich.console import Console
 from ..config import load_config
 from ..encoders.model import build_encoder
 from ..errors import CohortError, StageError
-from ..fileio import write_json_atomic
+from ..eval.benchmark_stats import CellStatistic, cell_statistics
+from ..fileio import write_atomic, write_json_atomic
 from ..report.html import build_report
 from ..runs import PretrainRun, TrainRun
 from ..slides.sources import sources_from_table
@@ -27,9 +28,10 @@ from ..slides.tiling import TilingParams
 from ..store import embedding_space
 from ..synth.cohort import TASKS, CohortSpec, write_cohort
 from ..train.finetune import TrainSettings
+from ..train.mixer_file import export_random_twin
 from ..train.pretrain import PretrainConfig, PretrainSettings, pretraining_catalog, run_pretraining
 from .embed import find_plans, run_embed
-from .experiments import GridConfig, Task, run_grid
+from .experiments import GridConfig, Task, method_config, run_grid
 from .tile import tile_slides
 
 SYNTHETIC_NOTICE = (
@@ -91,6 +93,12 @@ class DemoConfig(BaseModel):
         ]
     )
     seeds: list[int] = Field(default_factory=lambda: [0])
+    n_boot: int = Field(
+        0,
+        ge=0,
+        description="> 0: also a table of mean ± sd over seeds, bootstrap 95% CI (n_boot resamples) and paired "
+        "DeLong p against abmil-20x (results/statistics.md)",
+    )
 
 
 def load_demo_config(path: Path | None, out: Path | None = None) -> DemoConfig:
@@ -146,14 +154,17 @@ def run_demo(config: DemoConfig, console: Console | None = None) -> int:
         f"3. embed every tile with the '{config.encoder}' encoder", console, lambda: _embed(out, config, plans, console)
     )
     mixer = timer.run("4. pretrain a mixer with MEM", console, lambda: _pretrain(out, config, tables, console))
-    results = timer.run(
-        "5. train and evaluate slide-level models", console, lambda: _experiment(out, config, tables, mixer, console)
-    )
+    grid = _grid(out, config, tables, mixer)
+    results = timer.run("5. train and evaluate slide-level models", console, lambda: _experiment(grid, console))
+    if config.n_boot:
+        timer.run("6. statistics (bootstrap, DeLong)", console, lambda: _statistics(grid, config))
     write_json_atomic(out / "timings.json", timer.stages, indent=1)
     console.rule("[bold]results")
     if not config.cohort_tables:
         console.print(f"[bold yellow]{SYNTHETIC_NOTICE}[/]", soft_wrap=True)
     console.print((out / "results" / "results.md").read_text(), highlight=False, soft_wrap=True)
+    if config.n_boot:
+        console.print((out / "results" / "statistics.md").read_text(), highlight=False, soft_wrap=True, markup=False)
     if not config.cohort_tables:
         console.print(_scale_check(results), soft_wrap=True, highlight=False)
     console.print(
@@ -267,22 +278,61 @@ def _pretrain(out: Path, config: DemoConfig, tables: dict[str, Path], console: C
     return mixer
 
 
-def _experiment(out: Path, config: DemoConfig, tables: dict[str, Path], mixer: Path, console: Console) -> dict:
-    grid = GridConfig(
+def pretrained_mixers(out: Path, config: DemoConfig, mixer: Path) -> dict[str, str]:
+    """The MEM mixer, and for 'Random-...' methods its architecture with fresh weights (frozen Random baseline)."""
+    mixers = {"MEM": str(mixer)}
+    if any(m.startswith("Random-") for m in config.methods):
+        mixers["Random"] = str(export_random_twin(mixer, out / "random-mixer"))
+    return mixers
+
+
+def _grid(out: Path, config: DemoConfig, tables: dict[str, Path], mixer: Path) -> GridConfig:
+    return GridConfig(
         out=str(out / "results"),
         tasks=[Task(name=task, cohort=str(table), stores=str(out / "stores")) for task, table in tables.items()],
         methods=config.methods,
         seeds=config.seeds,
-        pretrained={"MEM": str(mixer)},
+        pretrained=pretrained_mixers(out, config, mixer),
         train=config.train,
         train_by_method=config.train_by_method,
     )
+
+
+def _experiment(grid: GridConfig, console: Console) -> dict:
     return run_grid(
         grid,
         on_run=lambda t, m, s, auc, status: console.print(
             f"{t:>6} / {m:<12} seed {s}: test AUROC {auc:.3f} ({status})"
         ),
     )
+
+
+def _statistics(grid: GridConfig, config: DemoConfig) -> None:
+    """Mean ± sd over seeds, bootstrap CI and paired DeLong p per cell, as `mixmag benchmark` reports them."""
+    cells = []
+    for task in grid.tasks:
+        runs = {m: [Path(method_config(grid, task, m, s).out) for s in grid.seeds] for m in grid.methods}
+        cells += cell_statistics(task.name, runs, grid.baseline, n_boot=config.n_boot)
+    write_atomic(Path(grid.out) / "statistics.md", statistics_markdown(cells, grid, config.n_boot))
+
+
+def statistics_markdown(cells: list[CellStatistic], grid: GridConfig, n_boot: int) -> str:
+    """One row per method, one column per task: mean ± sd [CI low, high, p]."""
+    by = {(c.task, c.method): c for c in cells}
+    tasks = [t.name for t in grid.tasks]
+
+    def cell(c: CellStatistic) -> str:
+        p = "" if c.p_vs_baseline is None else f", p={c.p_vs_baseline:.2g}"
+        return f"{100 * c.mean:.1f} ± {100 * c.sd:.1f} [{100 * c.low:.1f}, {100 * c.high:.1f}{p}]"
+
+    rows = [f"| {m} | " + " | ".join(cell(by[(t, m)]) for t in tasks) + " |" for m in grid.methods]
+    n_test = ", ".join(str(n) for n in sorted({c.n_test for c in cells}))
+    note = (
+        f"Test AUROC x 100: mean ± sd over seeds {', '.join(map(str, grid.seeds))} [bootstrap 95% CI of the mean over "
+        f"{n_boot} resamples of the {n_test} test specimens; p: paired DeLong against {grid.baseline} on "
+        "seed-averaged scores]."
+    )
+    return "\n".join(["| method | " + " | ".join(tasks) + " |", "|---|" + "---:|" * len(tasks), *rows, "", note]) + "\n"
 
 
 def _scale_check(results: dict) -> str:

@@ -43,6 +43,21 @@ def export_mixer(out: Path, mixer: torch.nn.Module, mixer_cfg: MixerConfig, pret
     return path
 
 
+def export_random_twin(like: Path, out: Path, seed: int = 0) -> Path:
+    """`like`'s architecture with fresh (seeded) weights, saved like a pretrained mixer with like's stores
+    provenance: a frozen Random baseline that differs from the pretrained mixer in initialisation only."""
+    meta = _read_meta(Path(like).with_name(MIXER_META), f"give the {MIXER_WEIGHTS} that `mixmag pretrain` wrote")
+    cfg = MixerConfig(**meta["mixer"])
+    with torch.random.fork_rng():  # the same fresh weights every time, and the caller's random state untouched
+        torch.manual_seed(seed)
+        mixer = RegionMixer(cfg)
+    preset = (meta.get("pretraining") or {}).get("preset", "custom")
+    out.mkdir(parents=True, exist_ok=True)
+    return export_mixer(
+        out, mixer, cfg, {"init": "random", "seed": seed, "preset": preset, "like": str(like)}, meta.get("stores") or {}
+    )
+
+
 def load_mixer(weights: str | Path, stores: dict | None = None) -> tuple[RegionMixer, str]:
     """The mixer (strictly loaded, eval mode) and a digest of its weights. With `stores` (the settings
     of the stores it is about to read), refuses stores made unlike its pretraining stores."""
