@@ -2,14 +2,21 @@
 `mixmag benchmark` runs end to end."""
 
 import csv
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from mixmag.errors import MixmagError
-from mixmag.eval.benchmark_stats import cell_statistics, paired_power, specimens_for_power
+from mixmag.eval.benchmark_stats import (
+    cell_statistics,
+    compare_methods,
+    paired_power,
+    pretraining_losses,
+    specimens_for_power,
+)
 from mixmag.metrics import auroc, delong_test
-from mixmag.stages.benchmark import BenchmarkConfig, run_benchmark
+from mixmag.stages.benchmark import BenchmarkConfig, load_benchmark_config, run_benchmark
 from mixmag.synth.benchmark import BenchmarkSpec, _directions, benchmark_slide, write_benchmark_cohort
 
 
@@ -32,6 +39,24 @@ def test_the_biomarker_is_at_its_scale_in_a_minority_of_regions(task):
     moved_cells = np.flatnonzero(np.abs(shift).max(axis=1) > 0.5)
     assert len(moved_cells) == 9  # one 3x3 region of the four
     np.testing.assert_allclose(pos.embeddings["10x"], neg.embeddings["10x"], atol=1e-2)  # nothing at 10x
+
+
+def test_signal_spread_varies_each_marked_slides_strength_between_zero_and_twice_the_signal():
+    spec = BenchmarkSpec("coarse", dim=32, signal=1.0, signal_spread=1.0)
+    strengths = []
+    for seed in range(12):
+        pos = benchmark_slide(spec, "p", True, np.random.default_rng(seed))
+        neg = benchmark_slide(spec, "n", False, np.random.default_rng(seed))  # the same background and draws
+        shift = (_projection(pos, spec, "5x") - _projection(neg, spec, "5x")).max()
+        strengths.append(shift / np.median(np.linalg.norm(neg.embeddings["20x"].astype(np.float64), axis=-1)))
+    assert 0 <= min(strengths) and max(strengths) <= 2.01 and np.std(strengths) > 0.3
+    fixed = BenchmarkSpec("coarse", dim=32, signal=1.0, signal_spread=0.0)
+    pos = benchmark_slide(fixed, "p", True, np.random.default_rng(0))
+    neg = benchmark_slide(fixed, "n", False, np.random.default_rng(0))
+    scale = np.median(np.linalg.norm(neg.embeddings["20x"].astype(np.float64), axis=-1))
+    assert (_projection(pos, fixed, "5x") - _projection(neg, fixed, "5x")).max() / scale == pytest.approx(1, abs=0.01)
+    with pytest.raises(MixmagError, match="signal_spread"):
+        BenchmarkSpec("fine", signal_spread=1.5)
 
 
 def test_context_positives_and_decoys_differ_only_in_arrangement():
@@ -100,6 +125,34 @@ def test_cell_statistics_are_mean_sd_over_seeds_and_paired_delong(tmp_path):
         )
 
 
+def test_any_two_methods_get_a_paired_delong_p(tmp_path):
+    rng = np.random.default_rng(1)
+    labels = np.array([0, 1] * 40)
+    a = [_run(tmp_path / f"a{k}", rng.normal(size=80) + 2 * labels, labels) for k in range(2)]
+    b = [_run(tmp_path / f"b{k}", rng.normal(size=80) + 0.5 * labels, labels) for k in range(2)]
+    pair = compare_methods("fine", a, b, "MEM-patch-frozen", "Random-patch-frozen")
+    assert pair.difference > 0 and pair.p < 0.01
+    assert compare_methods("fine", a, a, "x", "x").p == pytest.approx(1.0)
+
+
+def test_pretraining_losses_average_the_last_steps_of_the_log(tmp_path):
+    log = tmp_path / "log.csv"
+    rows = [(10 * k, -0.1 - 0.01 * k, -0.25 + (0.02 if k % 2 else -0.02)) for k in range(1, 31)]
+    log.write_text("step,mem,baseline_loss\n" + "".join(f"{s},{m},{b}\n" for s, m, b in rows))
+    losses = pretraining_losses(log, 100)
+    assert losses["steps"] == 300 and losses["logged_batches"] == 10
+    assert losses["mem"] == pytest.approx(np.mean([m for _, m, _ in rows[-10:]]))
+    assert losses["baseline"] == pytest.approx(-0.25) and losses["first_mem"] == pytest.approx(-0.11)
+    log.write_text("step,mem\n10,-0.2\n")
+    with pytest.raises(MixmagError, match="not a readable pretraining log"):
+        pretraining_losses(log, 100)
+
+
+def test_configs_benchmark_yaml_is_the_built_in_default():
+    shipped = load_benchmark_config(Path(__file__).parents[1] / "configs" / "benchmark.yaml")
+    assert shipped.model_dump() == BenchmarkConfig().model_dump()
+
+
 def test_power_grows_with_specimens_and_is_alpha_without_a_difference():
     assert paired_power(0.8, 0.0, 100, 100, 0.5) == pytest.approx(0.05, abs=1e-9)
     assert paired_power(0.8, 0.05, 50, 50, 0.5) < paired_power(0.8, 0.05, 300, 300, 0.5) < 1
@@ -128,6 +181,7 @@ def test_a_tiny_benchmark_runs_end_to_end(tmp_path):
             "tensorboard": False,
         },
         train={"epochs": 3, "batch_size": 16, "bootstrap": 100},
+        pairs=[("abmil-all", "abmil-20x")],
         attribution_methods=["abmil-all"],
         attribution_slides=4,
         n_boot=100,
@@ -135,6 +189,12 @@ def test_a_tiny_benchmark_runs_end_to_end(tmp_path):
     result = run_benchmark(config)
     rows = list(csv.DictReader(open(tmp_path / "b" / "benchmark.csv")))
     assert [r["method"] for r in rows] == ["abmil-20x", "abmil-all"] and rows[1]["delong_p_vs_abmil-20x"]
+    pairs = list(csv.DictReader(open(tmp_path / "b" / "pairs.csv")))
+    assert [(p["method"], p["against"]) for p in pairs] == [("abmil-all", "abmil-20x")] and float(pairs[0]["delong_p"])
+    assert (
+        set(result["pretraining"]) >= {"mem", "baseline"}
+        and "predict-the-mean baseline" in (tmp_path / "b" / "benchmark.md").read_text()
+    )
     assert {r["measure"] for r in result["attribution"]} >= {"level occlusion (mean-replace)", "integrated gradients"}
     assert (
         "± " in (tmp_path / "b" / "benchmark.md").read_text()

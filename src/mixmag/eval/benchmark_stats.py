@@ -105,6 +105,58 @@ def cell_statistics(
     return out
 
 
+@dataclass(frozen=True)
+class PairedComparison:
+    """Method a against method b on one task: difference of mean AUROC over seeds and a paired DeLong p on
+    seed-averaged scores (the same test as against the baseline, for any two methods)."""
+
+    task: str
+    method: str
+    against: str
+    difference: float
+    p: float
+
+
+def compare_methods(task: str, runs_a: list[Path], runs_b: list[Path], method: str, against: str) -> PairedComparison:
+    labels, scores_a = _aligned(runs_a)
+    labels_b, scores_b = _aligned(runs_b)
+    if labels.size != labels_b.size or not np.array_equal(labels, labels_b):
+        raise MixmagError(
+            f"{task}: {method} and {against} were tested on different specimens; a paired test needs the same"
+        )
+    diff = float(np.mean([auroc(labels, s) for s in scores_a]) - np.mean([auroc(labels, s) for s in scores_b]))
+    return PairedComparison(
+        task, method, against, diff, delong_test(labels, scores_a.mean(0), scores_b.mean(0)).p_value
+    )
+
+
+def pretraining_losses(log: Path, last_steps: int) -> dict:
+    """Mean MEM loss and mean predict-the-mean baseline loss over the logged steps of the last `last_steps` steps of a
+    pretraining log (one batch's baseline is noisy, so both are averaged over the same batches)."""
+    try:
+        with log.open(newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        steps = np.array([int(r["step"]) for r in rows])
+        mem = np.array([float(r["mem"]) for r in rows])
+        baseline = np.array([float(r["baseline_loss"]) for r in rows])
+    except (OSError, KeyError, TypeError, ValueError) as exc:
+        raise MixmagError(
+            f"{log}: not a readable pretraining log ({exc}); delete its folder to pretrain again"
+        ) from exc
+    if not len(rows) or not (np.isfinite(mem).all() and np.isfinite(baseline).all()):
+        raise MixmagError(f"{log}: no finite losses logged; delete its folder to pretrain again")
+    tail = steps > steps[-1] - last_steps
+    return {
+        "steps": int(steps[-1]),
+        "averaged_over_steps": last_steps,
+        "logged_batches": int(tail.sum()),
+        "mem": float(mem[tail].mean()),
+        "baseline": float(baseline[tail].mean()),
+        "first_mem": float(mem[0]),
+        "first_baseline": float(baseline[0]),
+    }
+
+
 def hanley_mcneil_variance(auc: float, n_pos: int, n_neg: int) -> float:
     """Variance of an AUROC estimate (Hanley & McNeil 1982, exponential approximation)."""
     q1, q2 = auc / (2 - auc), 2 * auc * auc / (1 + auc)

@@ -22,8 +22,11 @@ from ..errors import ConfigError
 from ..eval.attribution import CAUSAL_MEASURES, cohort_summary, importance_ratio, measures_of
 from ..eval.benchmark_stats import (
     CellStatistic,
+    PairedComparison,
     cell_statistics,
+    compare_methods,
     paired_power,
+    pretraining_losses,
     read_test_predictions,
     specimens_for_power,
 )
@@ -31,7 +34,7 @@ from ..eval.level_inputs import run_level_importance
 from ..fileio import write_atomic, write_csv_atomic, write_json_atomic
 from ..metrics import auroc
 from ..models.mixer import MixerConfig, RegionMixer
-from ..runs import MIXER_META
+from ..runs import MIXER_META, PretrainRun
 from ..store import shared_settings
 from ..synth.benchmark import TASK_SCALE, TASKS, BenchmarkSpec, write_benchmark_cohort
 from ..train.mixer_file import export_mixer
@@ -56,13 +59,20 @@ class BenchmarkConfig(BaseModel):
         default_factory=lambda: {
             "n_specimens": 800,
             "dim": 32,
-            "signal": 0.6,
-            "label_noise": 0.1,
+            "signal": 0.18,
+            "signal_spread": 1.0,
+            "label_noise": 0.05,
             "split": [0.4, 0.1, 0.5],
         },
         description="BenchmarkSpec fields shared by every task",
     )
-    cohort_by_task: dict[str, dict] = Field(default_factory=dict, description="BenchmarkSpec overrides per task")
+    cohort_by_task: dict[str, dict] = Field(
+        default_factory=lambda: {
+            "cross": {"signal": 0.6, "signal_spread": 0.0},
+            "context": {"signal": 0.6, "signal_spread": 0.0},
+        },
+        description="BenchmarkSpec overrides per task (cross and context: weaker signals leave every method at chance)",
+    )
     methods: list[str] = Field(
         default_factory=lambda: ["abmil-5x", "abmil-20x", "abmil-all", "Random-patch-frozen", "MEM-patch-frozen"]
     )
@@ -72,8 +82,8 @@ class BenchmarkConfig(BaseModel):
             "preset": "tiny",
             "mask_ratio": 0.5,
             "batch_size": 32,
-            "steps": 200,
-            "warmup_steps": 20,
+            "steps": 1000,
+            "warmup_steps": 50,
             "base_lr": 8.0e-3,
             "precision": "fp32",
             "workers": 0,
@@ -85,7 +95,14 @@ class BenchmarkConfig(BaseModel):
     train: dict = Field(default_factory=lambda: {"epochs": 12, "batch_size": 16, "lr": 5.0e-3, "bootstrap": 200})
     train_by_method: dict[str, dict] = Field(default_factory=dict)
     baseline: str = "abmil-20x"
-    attribution_methods: list[str] = Field(default_factory=lambda: ["abmil-all", "MEM-patch-frozen"])
+    pairs: list[tuple[str, str]] = Field(
+        default_factory=lambda: [("MEM-patch-frozen", "Random-patch-frozen")],
+        description="(method, against): paired DeLong p per task beside the baseline's (pairs.csv)",
+    )
+    loss_window: int = Field(200, ge=1, description="pretraining losses are averaged over the last this many steps")
+    attribution_methods: list[str] = Field(
+        default_factory=lambda: ["abmil-all", "Random-patch-frozen", "MEM-patch-frozen"]
+    )
     attribution_slides: int = Field(40, ge=1)
     n_boot: int = Field(1000, ge=100)
 
@@ -128,7 +145,7 @@ def _pretrain(out: Path, config: BenchmarkConfig, tables: dict[str, Path], conso
             {
                 "stores": str(out / "data" / "stores"),
                 "out": str(out / "pretrain"),
-                "log_every": 50,
+                "log_every": 10,
                 "checkpoint_every": 100,
                 "exclude_test_of": [str(t) for t in tables.values()],
             }
@@ -144,11 +161,20 @@ def _pretrain(out: Path, config: BenchmarkConfig, tables: dict[str, Path], conso
         console.print(f"reusing {mixer}")
         return mixer
     shutil.rmtree(pc.out, ignore_errors=True)
-    last = run_pretraining(pc, device=torch.device("cpu"))
-    console.print(
-        f"MEM loss {last['mem']:.3f} after {pc.steps} steps (predict-the-mean baseline {last['baseline_loss']:.3f})"
-    )
+    run_pretraining(pc, device=torch.device("cpu"))
     return mixer
+
+
+def _pretraining_record(out: Path, config: BenchmarkConfig, console: Console) -> dict:
+    """The MEM loss against the predict-the-mean baseline at the end of pretraining (and at its first logged step):
+    a mixer whose loss does not beat the baseline has learnt nothing a region mean does not give."""
+    losses = pretraining_losses(PretrainRun(out / "pretrain").log, config.loss_window)
+    console.print(
+        f"MEM loss {losses['mem']:.3f} against the predict-the-mean baseline {losses['baseline']:.3f} (mean over the "
+        f"last {config.loss_window} of {losses['steps']} steps; at the first logged step {losses['first_mem']:.3f} "
+        f"against {losses['first_baseline']:.3f})"
+    )
+    return losses
 
 
 def _random_mixer(out: Path, mem_mixer: Path, seed: int = 0) -> Path:
@@ -198,6 +224,34 @@ def _statistics(grid: GridConfig, config: BenchmarkConfig) -> list[CellStatistic
         runs = {m: [_run_folder(grid, task, m, s) for s in config.seeds] for m in config.methods}
         cells += cell_statistics(task, runs, config.baseline, n_boot=config.n_boot)
     return cells
+
+
+def _pairs(grid: GridConfig, config: BenchmarkConfig) -> list[PairedComparison]:
+    out = []
+    for task in config.tasks:
+        for a, b in config.pairs:
+            if a in config.methods and b in config.methods:
+                runs = [[_run_folder(grid, task, m, s) for s in config.seeds] for m in (a, b)]
+                out.append(compare_methods(task, runs[0], runs[1], a, b))
+    return out
+
+
+def pairs_markdown(pairs: list[PairedComparison]) -> str:
+    if not pairs:
+        return ""
+    lines = ["| task | method | against | AUROC difference x 100 | paired DeLong p |", "|---|---|---|---:|---:|"]
+    lines += [f"| {p.task} | {p.method} | {p.against} | {100 * p.difference:+.1f} | {p.p:.2g} |" for p in pairs]
+    return "\n".join(lines) + "\n"
+
+
+def pretraining_note(losses: dict) -> str:
+    verdict = "beats" if losses["mem"] < losses["baseline"] else "does NOT beat"
+    return (
+        f"MEM pretraining: loss {losses['mem']:.3f} {verdict} the predict-the-mean baseline {losses['baseline']:.3f} "
+        f"(negative weighted cosine on the hidden tokens; mean over {losses['logged_batches']} logged batches in the "
+        f"last {losses['averaged_over_steps']} of {losses['steps']} steps; first logged step {losses['first_mem']:.3f} "
+        f"against {losses['first_baseline']:.3f})."
+    )
 
 
 def _attribution(grid: GridConfig, config: BenchmarkConfig) -> list[dict]:
@@ -302,7 +356,8 @@ def power_note(cells: list[CellStatistic]) -> str:
     return "\n".join(lines)
 
 
-def _write_outputs(out: Path, cells: list[CellStatistic], attribution: list[dict], config: BenchmarkConfig) -> None:
+def _write_outputs(out: Path, result: dict, config: BenchmarkConfig) -> None:
+    cells, attribution = result["cells"], result["attribution"]
     write_csv_atomic(
         out / "benchmark.csv",
         [
@@ -335,13 +390,20 @@ def _write_outputs(out: Path, cells: list[CellStatistic], attribution: list[dict
             for c in cells
         ],
     )
+    write_csv_atomic(
+        out / "pairs.csv",
+        ["task", "method", "against", "difference", "delong_p"],
+        [[p.task, p.method, p.against, f"{p.difference:.4f}", f"{p.p:.4g}"] for p in result["pairs"]],
+    )
     write_atomic(
         out / "benchmark.md",
-        f"{NOTICE}\n\n{table_markdown(cells, config)}\n{power_note(cells)}\n\n"
+        f"{NOTICE}\n\n{table_markdown(cells, config)}\n{pairs_markdown(result['pairs'])}\n"
+        f"{pretraining_note(result['pretraining'])}\n\n{power_note(cells)}\n\n"
         f"Which magnification mattered (seed {config.seeds[0]}, positive test slides):\n\n"
         f"{attribution_markdown(attribution)}",
     )
     write_json_atomic(out / "attribution.json", attribution)
+    write_json_atomic(out / "pretraining.json", result["pretraining"])
 
 
 def run_benchmark(config: BenchmarkConfig, console: Console | None = None) -> dict:
@@ -354,14 +416,16 @@ def run_benchmark(config: BenchmarkConfig, console: Console | None = None) -> di
         "1. generate the benchmark cohorts (embedding level)", console, lambda: _generate(out, config, console)
     )
     mixer = timer.run("2. pretrain a mixer with MEM", console, lambda: _pretrain(out, config, tables, console))
+    result = {"pretraining": _pretraining_record(out, config, console)}
     grid = timer.run(
         "3. train and evaluate every method x task x seed", console, lambda: _grid(out, config, tables, mixer, console)
     )
-    cells = timer.run("4. statistics (bootstrap, DeLong)", console, lambda: _statistics(grid, config))
-    attribution = timer.run(
+    result["cells"] = timer.run("4. statistics (bootstrap, DeLong)", console, lambda: _statistics(grid, config))
+    result["pairs"] = _pairs(grid, config)
+    result["attribution"] = timer.run(
         "5. magnification attribution on fine and coarse", console, lambda: _attribution(grid, config)
     )
-    _write_outputs(out, cells, attribution, config)
+    _write_outputs(out, result, config)
     write_json_atomic(out / "timings.json", timer.stages)
     console.rule("[bold]benchmark")
     console.print((out / "benchmark.md").read_text(), highlight=False, soft_wrap=True, markup=False)
@@ -370,4 +434,4 @@ def run_benchmark(config: BenchmarkConfig, console: Console | None = None) -> di
         soft_wrap=True,
         markup=False,
     )
-    return {"cells": cells, "attribution": attribution, "timings": timer.stages}
+    return result | {"timings": timer.stages}

@@ -2,8 +2,9 @@
 
 Every slide is a `synthetic_store` (smooth tissue latents seen through one fixed projection per level)
 cut into non-overlapping 3x3 regions. A positive slide carries its biomarker in a minority of its regions
-(by default 1 of 4), weakly, and a share of labels is flipped (label noise), so that no method reaches
-the ceiling. The tasks put the biomarker at a known scale:
+(by default 1 of 4), weakly and with a strength that varies between slides (`signal_spread`: some positives
+are barely marked), and a share of labels is flipped (label noise), so that no method reaches the ceiling.
+The tasks put the biomarker at a known scale:
 
 - fine: a direction added to some 20x tile embeddings of the signal regions (nothing at 5x or 10x);
 - coarse: a direction added to the 5x embeddings of the signal regions (nothing at 10x or 20x);
@@ -44,6 +45,7 @@ class BenchmarkSpec:
     cells: int = 6  # slides are cells x cells; with t = 3 that is (cells / 3)^2 regions
     signal_regions: int = 1  # regions carrying the biomarker in a positive slide
     signal: float = 0.6
+    signal_spread: float = 0.0  # each marked slide's strength is signal x U(1 - spread, 1 + spread)
     tile_fraction: float = 0.5  # share of a signal region's 20x tiles marked (fine, cross, context)
     label_noise: float = 0.1  # share of specimens whose label is flipped
     decoy_rate: float = 0.7  # cross / context: share of negative slides with decoys
@@ -55,6 +57,8 @@ class BenchmarkSpec:
             raise ConfigError(f"unknown benchmark task {self.task!r}; tasks: {', '.join(TASKS)}")
         if self.cells % 3 or self.cells < 3:
             raise ConfigError(f"cells must be a positive multiple of the region size 3, got {self.cells}")
+        if not 0 <= self.signal_spread <= 1:
+            raise ConfigError(f"signal_spread must be between 0 and 1, got {self.signal_spread}")
         if not 0 < self.signal_regions <= (self.cells // 3) ** 2:
             raise ConfigError(
                 f"signal_regions {self.signal_regions} must be between 1 and the {(self.cells // 3) ** 2} regions of a "
@@ -109,6 +113,8 @@ def benchmark_slide(spec: BenchmarkSpec, slide_id: str, positive: bool, rng: np.
     store.windows = {"regions": np.array(regions, np.int32)}
     scale = float(np.median(np.linalg.norm(store.embeddings["20x"], axis=-1)))
     amount = spec.signal * scale
+    if spec.signal_spread:  # drawn for every slide: later slides do not depend on this one's label
+        amount *= 1 + spec.signal_spread * (2 * rng.random() - 1)
     fine, coarse = _directions(spec.dim, spec.seed)
     order = rng.permutation(len(regions))
     chosen = [_cells_of(regions[k], spec.cells) for k in order[: spec.signal_regions]]
