@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from mixmag.errors import MixmagError
+from mixmag.eval.attribution import INTEGRATED_GRADIENTS, LevelImportance
 from mixmag.eval.benchmark_stats import (
     cell_statistics,
     compare_methods,
@@ -16,7 +17,13 @@ from mixmag.eval.benchmark_stats import (
     specimens_for_power,
 )
 from mixmag.metrics import auroc, delong_test
-from mixmag.stages.benchmark import BenchmarkConfig, load_benchmark_config, run_benchmark
+from mixmag.stages.benchmark import (
+    BenchmarkConfig,
+    _recovery_word,
+    ig_baseline_check,
+    load_benchmark_config,
+    run_benchmark,
+)
 from mixmag.synth.benchmark import BenchmarkSpec, _directions, benchmark_slide, write_benchmark_cohort
 
 
@@ -151,6 +158,20 @@ def test_pretraining_losses_average_the_last_steps_of_the_log(tmp_path):
 def test_configs_benchmark_yaml_is_the_built_in_default():
     shipped = load_benchmark_config(Path(__file__).parents[1] / "configs" / "benchmark.yaml")
     assert shipped.model_dump() == BenchmarkConfig().model_dump()
+
+
+def test_integrated_gradients_from_a_baseline_that_scores_higher_are_not_read_as_a_scale():
+    slides = []
+    for k, values in enumerate([[0.1, -0.9, 0.3], [0.2, -0.8, -0.3], [0.0, 0.1, 0.5]]):
+        imp = LevelImportance(f"s{k}", 3.0, ["5x", "10x", "20x"])
+        imp.values[INTEGRATED_GRADIENTS] = np.array(values)
+        imp.completeness_gap = 0.01 * k
+        slides.append(imp)
+    check = ig_baseline_check(slides)
+    assert check["baseline_above_fraction"] == pytest.approx(2 / 3, abs=1e-3) and check["completeness_gap_max"] == 0.02
+    row = {"test_auroc": 0.9, "recovers": True} | check
+    assert _recovery_word(row).startswith("n/a (its all-mean baseline scores above 67%")
+    assert _recovery_word({"test_auroc": 0.9, "recovers": True}) == "yes"
 
 
 def test_power_grows_with_specimens_and_is_alpha_without_a_difference():

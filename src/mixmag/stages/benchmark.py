@@ -13,13 +13,21 @@ import shutil
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from rich.console import Console
 
 from ..config import load_config
 from ..errors import ConfigError
-from ..eval.attribution import CAUSAL_MEASURES, cohort_summary, importance_ratio, measures_of
+from ..eval.attribution import (
+    CAUSAL_MEASURES,
+    INTEGRATED_GRADIENTS,
+    LevelImportance,
+    cohort_summary,
+    importance_ratio,
+    measures_of,
+)
 from ..eval.benchmark_stats import (
     CellStatistic,
     PairedComparison,
@@ -291,8 +299,21 @@ def _attribution(grid: GridConfig, config: BenchmarkConfig) -> list[dict]:
                         "slides": r.slides,
                         "recovers": s.top == placed and r.low > 1,
                     }
+                    | (ig_baseline_check(importances) if measure == INTEGRATED_GRADIENTS else {})
                 )
     return rows
+
+
+def ig_baseline_check(importances: list[LevelImportance]) -> dict:
+    """Integrated gradients split f(x) - f(baseline) between the levels (their sum, up to the completeness gap).
+    Where the all-levels-mean-replaced baseline scores above the slide itself, that difference is negative and
+    the positive shares say nothing about where the signal is: report how often that happens."""
+    totals = np.array([float(np.sum(i.values[INTEGRATED_GRADIENTS])) for i in importances])
+    return {
+        "ig_total_mean": round(float(totals.mean()), 3),
+        "baseline_above_fraction": round(float(np.mean(totals <= 0)), 3),
+        "completeness_gap_max": round(max(float(i.completeness_gap) for i in importances), 4),
+    }
 
 
 def table_markdown(cells: list[CellStatistic], config: BenchmarkConfig) -> str:
@@ -322,6 +343,11 @@ LEARNT = 0.7  # below this test AUROC a model has not learnt the task and its at
 def _recovery_word(row: dict) -> str:
     if row["test_auroc"] < LEARNT:
         return "n/a (the model did not learn the task)"
+    if row.get("baseline_above_fraction", 0) > 0.5:
+        return (
+            f"n/a (its all-mean baseline scores above {100 * row['baseline_above_fraction']:.0f}% of these slides: "
+            f"mean f(x) - f(baseline) {row['ig_total_mean']:.2f})"
+        )
     return "yes" if row["recovers"] else "no"
 
 
