@@ -41,12 +41,10 @@ from ..eval.benchmark_stats import (
 from ..eval.level_inputs import run_level_importance
 from ..fileio import write_atomic, write_csv_atomic, write_json_atomic
 from ..metrics import auroc
-from ..models.mixer import MixerConfig, RegionMixer
-from ..runs import MIXER_META, PretrainRun
-from ..store import shared_settings
+from ..runs import PretrainRun
 from ..synth.benchmark import TASK_SCALE, TASKS, BenchmarkSpec, write_benchmark_cohort
-from ..train.mixer_file import export_mixer
-from ..train.pretrain import PretrainConfig, run_pretraining, store_paths
+from ..train.mixer_file import export_random_twin
+from ..train.pretrain import PretrainConfig, run_pretraining
 from .demo import Timer
 from .experiments import GridConfig, Task, _slug, run_grid
 
@@ -185,24 +183,10 @@ def _pretraining_record(out: Path, config: BenchmarkConfig, console: Console) ->
     return losses
 
 
-def _random_mixer(out: Path, mem_mixer: Path, seed: int = 0) -> Path:
-    """The MEM mixer's architecture with fresh weights, saved like a pretrained mixer: the frozen Random baseline
-    ('Random-patch-frozen' against 'MEM-patch-frozen' differ in initialisation only)."""
-    meta = json.loads(mem_mixer.with_name(MIXER_META).read_text())
-    cfg = MixerConfig(**meta["mixer"])
-    torch.manual_seed(seed)
-    stores = store_paths(out / "data" / "stores")
-    folder = out / "random-mixer"
-    folder.mkdir(parents=True, exist_ok=True)
-    return export_mixer(
-        folder, RegionMixer(cfg), cfg, {"init": "random", "seed": seed, "like": str(mem_mixer)}, shared_settings(stores)
-    )
-
-
 def _grid(out: Path, config: BenchmarkConfig, tables: dict[str, Path], mixer: Path, console: Console) -> GridConfig:
     pretrained = {"MEM": str(mixer)}
     if any(m.startswith("Random-") for m in config.methods):
-        pretrained["Random"] = str(_random_mixer(out, mixer))
+        pretrained["Random"] = str(export_random_twin(mixer, out / "random-mixer"))  # differs in initialisation only
     grid = GridConfig(
         out=str(out / "results"),
         methods=config.methods,
