@@ -221,13 +221,17 @@ def read_index(path: str | Path) -> StoreIndex:
     return index
 
 
-def read_store(path: str | Path, *, validate: bool = True) -> SlideStore:
+def read_store(path: str | Path, *, validate: bool = True, levels: Sequence[str] | None = None) -> SlideStore:
+    """The whole store, or with `levels` only those levels' embeddings (a 20x bag need not read 5x and 10x; levels the
+    store lacks are left out, `attrs["level_names"]` still names all). The header is checked before anything is read."""
     path = Path(path)
     with _open_store(path) as (f, attrs, names):
+        if levels is not None:
+            attrs["level_names"] = names  # each level read keeps its index (4^i tiles a cell) for the checks
         store = SlideStore(
             rc=f["cells/rc"][()],
             tissue=f["cells/tissue"][()],
-            embeddings={name: f[f"emb/{name}"][()] for name in names},
+            embeddings={name: f[f"emb/{name}"][()] for name in names if levels is None or name in levels},
             attrs=attrs,
             windows={name: f[f"windows/{name}"][()] for name in f.get("windows", {})},
         )
@@ -366,8 +370,10 @@ def store_problems(store: SlideStore) -> list[str]:
     if n > 0 and len({tuple(r) for r in store.rc.tolist()}) != n:
         problems.append("cells/rc holds duplicate cells")
     dims = set()
-    for i, (name, emb) in enumerate(store.embeddings.items()):
-        expected = 4**i
+    names = store.attrs.get("level_names")
+    names = names if isinstance(names, list) and set(store.embeddings) <= set(names) else list(store.embeddings)
+    for name, emb in store.embeddings.items():
+        expected = 4 ** names.index(name)  # a store read with only some levels keeps each level's own index
         if emb.ndim != 3 or emb.shape[0] != n or emb.shape[1] != expected:
             problems.append(f"emb/{name} has shape {emb.shape}, expected ({n}, {expected}, D)")
         if emb.dtype.kind != "f":

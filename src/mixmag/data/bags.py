@@ -4,10 +4,17 @@ Modes: one level's tile embeddings ("5x", "10x", "20x"); all levels along the se
 regions for a mixer ("regions": (R, s, D) tokens of the non-overlapping accepted t x t regions);
 or precomputed mixer outputs ("patch": R * s contextualized tokens, "cls": R compressed embeddings)
 written by `mixmag encode`.
+
+At cohort scale (docs/scale.md) bags stream from the stores: `BagCache` keeps the recently used ones up to a byte
+budget, and `plan_micro_batches` splits a step whose padded batch would not fit its own budget.
 """
 
 from __future__ import annotations
 
+import math
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
@@ -17,22 +24,26 @@ import torch
 
 from ..errors import CohortError
 from ..geometry import level_offsets
-from ..store import read_store
+from ..store import StoreError, read_index, read_store
 from .regions import RegionTable
 
 TILE_MODES = ("5x", "10x", "20x", "all")
 BagMode = Literal["5x", "10x", "20x", "all", "patch", "cls", "regions"]
+DEFAULT_CACHE_MB = 2048  # bags kept between steps; a 20x bag of a TCGA-size slide is ~31 MB (float16)
+DEFAULT_MICRO_BATCH_MB = 256  # padded float32 batch of one forward/backward: ~3 all-x bags of ~750-cell slides
 
 
 def tile_bag(store_path: Path, mode: str) -> np.ndarray:
-    store = read_store(store_path)
+    """(N 4^i, D) tiles of one level (only that level's dataset is read), or of every level ("all")."""
+    store = read_store(store_path, levels=None if mode == "all" else [mode])
     if mode == "all":
         bag = np.concatenate([emb.reshape(-1, emb.shape[-1]) for emb in store.embeddings.values()])
     elif mode in store.embeddings:
         emb = store.embeddings[mode]
         bag = emb.reshape(-1, emb.shape[-1])
     else:
-        raise CohortError(f"{store_path}: no level {mode!r} in the store (levels: {', '.join(store.embeddings)})")
+        names = store.attrs["level_names"]
+        raise CohortError(f"{store_path}: no level {mode!r} in the store (levels: {', '.join(names)})")
     return _nonempty(store_path, bag)
 
 
@@ -59,11 +70,26 @@ def region_bag(store_path: Path, level: str | None = None) -> np.ndarray:
 
 
 def encoded_bag(encoded_path: Path, mode: str) -> np.ndarray:
-    with h5py.File(encoded_path, "r") as f:
-        data = f[mode][()]
+    with _encoded(encoded_path, mode) as data:
+        data = data[()]
     if mode == "patch":
         data = data.reshape(-1, data.shape[-1])
     return _nonempty(encoded_path, data)
+
+
+@contextmanager
+def _encoded(encoded_path: Path, mode: str) -> Iterator[h5py.Dataset]:
+    """The `patch` or `cls` dataset of a `mixmag encode` file, its shape and dtype checked before it is read."""
+    try:
+        with h5py.File(encoded_path, "r") as f:
+            data = f.get(mode)
+            if not isinstance(data, h5py.Dataset) or data.dtype.kind != "f" or not 2 <= data.ndim <= 3:
+                raise CohortError(
+                    f"{encoded_path}: no float {mode!r} array of 2 or 3 dimensions; re-run `mixmag encode` for it"
+                )
+            yield data
+    except OSError as exc:
+        raise CohortError(f"{encoded_path}: not readable ({exc}); re-run `mixmag encode` for this slide") from exc
 
 
 def _nonempty(path: Path, bag: np.ndarray) -> np.ndarray:
@@ -74,36 +100,100 @@ def _nonempty(path: Path, bag: np.ndarray) -> np.ndarray:
     return bag
 
 
+def bag_shape(store_path: Path, mode: str, region_level: str | None = None) -> tuple[int, ...]:
+    """The shape of a slide's bag from its store's header and cell / window lists alone (no embedding is read):
+    what a step needs to plan its micro-batches before loading any bag."""
+    index = read_index(store_path)
+    cells, names = len(index.rc), index.level_names
+    if mode == "all":
+        return (cells * sum(4**i for i in range(len(names))), index.dim)
+    if mode in TILE_MODES:
+        if mode not in names:
+            raise CohortError(f"{store_path}: no level {mode!r} in the store (levels: {', '.join(names)})")
+        return (cells * 4 ** names.index(mode), index.dim)
+    t = int(index.attrs.get("region_size") or 0)
+    offsets = level_offsets(t, len(names))
+    tokens = offsets[-1]
+    if region_level is not None and region_level in names:
+        tokens = offsets[names.index(region_level) + 1] - offsets[names.index(region_level)]
+    return (len(index.windows.get("regions", ())), tokens, index.dim)
+
+
 class BagCache:
-    """Loads each slide's bag once (as float16 tensors) and keeps it."""
+    """Each slide's bag (float16 tensor), read from its store when asked and kept while the kept bags fit
+    `budget_bytes`; past it the least recently used are dropped (read again when next asked). A bag larger than the
+    budget is returned and not kept. Memory is then bounded whatever the cohort size: budget + the bags in use."""
 
     def __init__(
-        self, mode: str, stores: dict[str, Path], encoded_dir: Path | None = None, region_level: str | None = None
+        self,
+        mode: str,
+        stores: dict[str, Path],
+        encoded_dir: Path | None = None,
+        region_level: str | None = None,
+        budget_bytes: int = DEFAULT_CACHE_MB << 20,
     ) -> None:
         self.mode = mode
         self.region_level = region_level
         self.stores = stores
         self.encoded_dir = encoded_dir
-        self._bags: dict[str, torch.Tensor] = {}
+        self.budget_bytes = budget_bytes
+        self.kept_bytes = 0
+        self.reads = 0  # bags read from disk (a cache miss each)
+        self._bags: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._shapes: dict[str, tuple[int, ...]] = {}
 
     def __call__(self, slide: str) -> torch.Tensor:
-        if slide not in self._bags:
-            if self.mode in TILE_MODES:
-                bag = tile_bag(self.stores[slide], self.mode)
-            elif self.mode == "regions":
-                bag = region_bag(self.stores[slide], self.region_level)
-            elif self.mode in ("patch", "cls"):
-                if self.encoded_dir is None:
-                    raise CohortError("precomputed patch/cls bags need the folder written by `mixmag encode`")
-                bag = encoded_bag(self.encoded_dir / f"{slide}.h5", self.mode)
+        bag = self._bags.get(slide)
+        if bag is not None:
+            self._bags.move_to_end(slide)
+            return bag
+        bag = torch.from_numpy(np.asarray(self._read(slide), np.float16))
+        self.reads += 1
+        self._shapes[slide] = tuple(bag.shape)
+        size = bag.numel() * bag.element_size()
+        if size <= self.budget_bytes:
+            while self._bags and self.kept_bytes + size > self.budget_bytes:
+                _, dropped = self._bags.popitem(last=False)
+                self.kept_bytes -= dropped.numel() * dropped.element_size()
+            self._bags[slide] = bag
+            self.kept_bytes += size
+        return bag
+
+    def _read(self, slide: str) -> np.ndarray:
+        if self.mode in TILE_MODES:
+            return tile_bag(self.stores[slide], self.mode)
+        if self.mode == "regions":
+            return region_bag(self.stores[slide], self.region_level)
+        if self.mode in ("patch", "cls"):
+            if self.encoded_dir is None:
+                raise CohortError("precomputed patch/cls bags need the folder written by `mixmag encode`")
+            return encoded_bag(self.encoded_dir / f"{slide}.h5", self.mode)
+        raise CohortError(f"unknown bag mode {self.mode!r}")
+
+    def shape(self, slide: str) -> tuple[int, ...]:
+        """The slide's bag shape without reading its embeddings (remembered: a few integers a slide)."""
+        if slide not in self._shapes:
+            if self.mode in ("patch", "cls"):
+                self._shapes[slide] = self._encoded_shape(slide)
             else:
-                raise CohortError(f"unknown bag mode {self.mode!r}")
-            self._bags[slide] = torch.from_numpy(np.asarray(bag, np.float16))
-        return self._bags[slide]
+                try:
+                    self._shapes[slide] = bag_shape(self.stores[slide], self.mode, self.region_level)
+                except StoreError as exc:
+                    raise CohortError(str(exc)) from exc
+        return self._shapes[slide]
+
+    def _encoded_shape(self, slide: str) -> tuple[int, ...]:
+        if self.encoded_dir is None:
+            raise CohortError("precomputed patch/cls bags need the folder written by `mixmag encode`")
+        with _encoded(self.encoded_dir / f"{slide}.h5", self.mode) as data:
+            shape = tuple(int(v) for v in data.shape)
+        return (math.prod(shape[:-1]), shape[-1]) if self.mode == "patch" else shape
 
 
 def pad_bags(bags: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stack bags of different lengths: (B, N_max, ...) zeros-padded, and the (B, N_max) mask of real items."""
+    """Stack bags of different lengths: (B, N_max, ...) zeros-padded, and the (B, N_max) mask of real items.
+    This is B x N_max x item x 4 bytes: training pads only micro-batches that fit their budget
+    (`plan_micro_batches`), prediction one slide at a time."""
     n = max(b.shape[0] for b in bags)
     out = torch.zeros((len(bags), n, *bags[0].shape[1:]), dtype=torch.float32)
     mask = torch.zeros((len(bags), n), dtype=torch.bool)
@@ -111,3 +201,33 @@ def pad_bags(bags: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         out[i, : b.shape[0]] = b.float()
         mask[i, : b.shape[0]] = True
     return out, mask
+
+
+def padded_bytes(lengths: Sequence[int], item_bytes: int) -> int:
+    """Bytes of pad_bags over bags of these lengths whose items take `item_bytes` each in float32."""
+    return len(lengths) * max(lengths, default=0) * item_bytes
+
+
+def plan_micro_batches(groups: Sequence[Sequence[int]], item_bytes: int, budget_bytes: int) -> list[list[int]]:
+    """Split a step's groups (a specimen's slides' bag lengths each) into micro-batches whose padded float32 batch
+    (slides x longest bag x item_bytes) fits `budget_bytes`; indices into `groups`.
+
+    The rule: when the whole step fits, one micro-batch of every group in its own order (training is then exactly as
+    without micro-batches); otherwise groups sorted by their longest bag, longest first, packed greedily, so that
+    bags of like length are padded together. A group is never split (a specimen's loss is the minimum over its
+    slides); a group over the budget on its own is a micro-batch of its own."""
+    everything = list(range(len(groups)))
+    if padded_bytes([n for g in groups for n in g], item_bytes) <= budget_bytes:
+        return [everything]
+    out: list[list[int]] = []
+    current: list[int] = []
+    slides = longest = 0
+    for i in sorted(everything, key=lambda k: -max(groups[k])):
+        k, m = len(groups[i]), max(groups[i])
+        if current and (slides + k) * max(longest, m) * item_bytes > budget_bytes:
+            out.append(current)
+            current, slides, longest = [], 0, 0
+        current.append(i)
+        slides, longest = slides + k, max(longest, m)
+    out.append(current)
+    return out

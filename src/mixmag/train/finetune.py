@@ -6,6 +6,7 @@ the model is selected on tune AUROC only; test predictions are made once, by the
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict
 from pathlib import Path
 from typing import Literal
@@ -18,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_serializer, model_valid
 from .. import __version__
 from ..catalog import shared_settings_of
 from ..config import load_config
-from ..data.bags import BagCache, BagMode
+from ..data.bags import DEFAULT_CACHE_MB, DEFAULT_MICRO_BATCH_MB, BagCache, BagMode, plan_micro_batches
 from ..data.cohort import Cohort, Specimen, load_cohort
 from ..data.encoded import encoded_mixer_weights
 from ..errors import ConfigError
@@ -71,6 +72,17 @@ class TrainSettings(BaseModel):
     freeze_epochs: int = Field(1, ge=0, description="epochs with the mixer frozen before joint training")
     specimen_score: Literal["max", "mean"] = "max"
     bootstrap: int = Field(2000, ge=100)
+    bag_cache_mb: float = Field(
+        DEFAULT_CACHE_MB,
+        ge=0,
+        description="MiB of slides' bags kept in memory between steps (least recently used dropped first)",
+    )
+    micro_batch_mb: float = Field(
+        DEFAULT_MICRO_BATCH_MB,
+        gt=0,
+        description="MiB of the largest padded float32 batch of one forward/backward; a step over it is split into "
+        "micro-batches of whole specimens whose gradients add up to the step's (docs/scale.md)",
+    )
 
     def given(self) -> dict:
         """The fields set explicitly (a section's overrides), not the defaults."""
@@ -137,7 +149,11 @@ class Trainer:
         self.cohort: Cohort = load_cohort(config.cohort, config.stores)
         self.store_settings = shared_settings_of(list(self.cohort.stores.values()), config.stores)
         bags = BagCache(
-            config.bags, self.cohort.stores, Path(config.encoded) if config.encoded else None, config.region_level
+            config.bags,
+            self.cohort.stores,
+            Path(config.encoded) if config.encoded else None,
+            config.region_level,
+            budget_bytes=int(config.bag_cache_mb * 2**20),
         )
         first = next(iter(self.cohort.specimens.values())).slides[0]
         bag_dim = int(bags(first).shape[-1])
@@ -205,6 +221,34 @@ class Trainer:
         )
         return per_specimen.mean()
 
+    def micro_batches(self, specimens: list[Specimen]) -> list[list[Specimen]]:
+        """The step's specimens in micro-batches whose padded batch fits `micro_batch_mb` (one, in order, when the
+        whole step fits); bag lengths come from the stores' headers, no bag is read to plan."""
+        shapes = [[self.bags.shape(s) for s in sp.slides] for sp in specimens]
+        item_bytes = math.prod(shapes[0][0][1:]) * 4
+        plan = plan_micro_batches(
+            [[sh[0] for sh in g] for g in shapes], item_bytes, int(self.config.micro_batch_mb * 2**20)
+        )
+        return [[specimens[i] for i in part] for part in plan]
+
+    def train_step(self, specimens: list[Specimen]) -> float:
+        """One optimiser step over the specimens; its loss. Split into micro-batches, each micro-batch's loss is
+        weighted by its share of the specimens, so the accumulated gradient is the whole step's (eq. 9's mean)."""
+        parts = self.micro_batches(specimens)
+        self.optimizer.zero_grad(set_to_none=True)
+        if len(parts) == 1:
+            loss = self.specimen_loss(specimens)
+            loss.backward()
+            value = float(loss.detach())
+        else:
+            value = 0.0
+            for part in parts:
+                loss = self.specimen_loss(part) * (len(part) / len(specimens))
+                loss.backward()
+                value += float(loss.detach())
+        self.optimizer.step()
+        return value
+
     def set_mixer_frozen(self, frozen: bool) -> None:
         if self.model.mixer is not None:
             self.model.mixer.requires_grad_(not frozen)
@@ -229,22 +273,23 @@ class Trainer:
             self.model.load_state_dict(run.read_weights())
             return self.write_run(run, history, best_epoch)
 
-    def _epochs(self, run: TrainRun, on_epoch) -> tuple[list[dict], int]:
+    def train_epoch(self, epoch: int) -> list[float]:
+        """One pass over the train split in the epoch's seeded order; the steps' losses."""
         c = self.config
         train = self.cohort.split("train")
+        self.set_mixer_frozen(epoch < c.freeze_epochs)
+        order = np.random.default_rng([c.seed, epoch]).permutation(len(train))
+        return [
+            self.train_step([train[i] for i in order[start : start + c.batch_size]])
+            for start in range(0, len(order), c.batch_size)
+        ]
+
+    def _epochs(self, run: TrainRun, on_epoch) -> tuple[list[dict], int]:
+        c = self.config
         best_auc, best_epoch = -1.0, -1
         history = []
         for epoch in range(c.epochs):
-            self.set_mixer_frozen(epoch < c.freeze_epochs)
-            order = np.random.default_rng([c.seed, epoch]).permutation(len(train))
-            losses = []
-            for start in range(0, len(order), c.batch_size):
-                batch = [train[i] for i in order[start : start + c.batch_size]]
-                loss = self.specimen_loss(batch)
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                self.optimizer.step()
-                losses.append(float(loss.detach()))
+            losses = self.train_epoch(epoch)
             tune_auc = self.split_auroc("tune")  # selection uses the tune split only
             history.append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "tune_auroc": tune_auc})
             if tune_auc > best_auc:

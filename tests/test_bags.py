@@ -1,0 +1,133 @@
+"""Bags at cohort scale: a cache with a byte budget, bag shapes from headers, reads of only the level a bag needs, and
+micro-batches whose accumulated gradient is the whole step's."""
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from mixmag.data.bags import BagCache, bag_shape, plan_micro_batches, region_bag, tile_bag
+from mixmag.store import StoreError, read_store, write_store
+from mixmag.synth.embedding_cohort import write_embedding_cohort
+from mixmag.synth.stores import synthetic_store
+from mixmag.train.finetune import TrainConfig, Trainer
+
+
+@pytest.fixture(scope="module")
+def cohort_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("bags")
+    write_embedding_cohort(d, n_specimens=24, seed=3, signal=2.5)
+    return d
+
+
+def config(d, out, **kw):
+    base = dict(
+        cohort=str(d / "cohort.csv"),
+        stores=str(d / "stores"),
+        out=str(out),
+        bags="20x",
+        epochs=2,
+        batch_size=8,
+        lr=3e-3,
+        bootstrap=100,
+    )
+    return TrainConfig(**(base | kw))
+
+
+def stores_of(tmp_path, n, rows=4, cols=4):
+    return {
+        f"s{i}": write_store(tmp_path / f"s{i}.h5", synthetic_store(f"s{i}", n_rows=rows, n_cols=cols, dim=8, seed=i))
+        for i in range(n)
+    }
+
+
+def test_the_cache_keeps_bags_within_its_budget_dropping_the_least_recently_used(tmp_path):
+    stores = stores_of(tmp_path, 4)
+    one = 16 * 16 * 8 * 2  # 16 cells x 16 20x tiles x D = 8, float16
+    cache = BagCache("20x", stores, budget_bytes=2 * one)
+    for s in ("s0", "s1", "s0", "s2"):  # s1 is the least recently used when s2 comes
+        assert cache(s).shape == (256, 8)
+        assert cache.kept_bytes <= 2 * one
+    assert cache.reads == 3
+    cache("s0")
+    assert cache.reads == 3  # still kept
+    cache("s1")
+    assert cache.reads == 4  # dropped, read again
+    small = BagCache("20x", stores, budget_bytes=one - 1)  # a bag over the budget is returned, never kept
+    small("s3")
+    small("s3")
+    assert small.reads == 2 and small.kept_bytes == 0
+
+
+def test_a_level_bag_reads_only_its_level_and_still_checks_it(tmp_path):
+    path = tmp_path / "bad5x.h5"
+    write_store(path, synthetic_store("bad5x", n_rows=4, n_cols=4, dim=8))
+    with h5py.File(path, "r+") as f:
+        f["emb/5x"][0, 0, 0] = np.nan  # a damaged 5x level ...
+    assert tile_bag(path, "20x").shape == (256, 8)  # ... is not read for a 20x bag
+    with pytest.raises(StoreError, match="NaN"):
+        tile_bag(path, "5x")
+    with pytest.raises(StoreError, match="NaN"):
+        tile_bag(path, "all")
+    assert list(read_store(tmp_path / "bad5x.h5", levels=["20x"], validate=True).embeddings) == ["20x"]
+
+
+@pytest.mark.parametrize(
+    ("mode", "level"), [("5x", None), ("20x", None), ("all", None), ("regions", None), ("regions", "10x")]
+)
+def test_bag_shapes_from_the_header_are_those_of_the_bags(tmp_path, mode, level):
+    path = stores_of(tmp_path, 1, rows=6, cols=7)["s0"]
+    bag = region_bag(path, level) if mode == "regions" else tile_bag(path, mode)
+    assert bag_shape(path, mode, level) == bag.shape
+
+
+def test_micro_batches_fit_their_budget_and_never_split_a_specimen():
+    groups = [[10], [40, 5], [20], [30, 30, 30]]
+    assert plan_micro_batches(groups, 4, 10**9) == [[0, 1, 2, 3]]  # fits: one micro-batch, in order
+    plan = plan_micro_batches(groups, 4, 4 * 80)
+    assert sorted(i for part in plan for i in part) == [0, 1, 2, 3]
+    assert plan[0] == [1]  # the longest bag first, alone: 2 slides x 40 = 80 items
+    for part in plan:
+        slides = [n for i in part for n in groups[i]]
+        assert len(part) == 1 or len(slides) * max(slides) * 4 <= 4 * 80
+    assert [3] in plan  # 3 x 30 = 90 items: over the budget on its own, a micro-batch of its own
+
+
+def _gradients(trainer, specimens):
+    trainer.train_step(specimens)
+    return {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize(
+    "extra", [dict(bags="all"), dict(bags="regions", mixer={"init": "random", "preset": "tiny"}, freeze_epochs=0)]
+)
+def test_a_step_split_into_micro_batches_has_the_whole_steps_gradient(cohort_dir, tmp_path, extra):
+    whole = Trainer(config(cohort_dir, tmp_path / "a", **extra))
+    split = Trainer(config(cohort_dir, tmp_path / "b", micro_batch_mb=1e-4, **extra))  # ~100 bytes: one each
+    batch = whole.cohort.split("train")[:8]
+    assert len(whole.micro_batches(batch)) == 1
+    assert len(split.micro_batches(batch)) == len(batch)
+    assert any(len(sp.slides) > 1 for sp in batch)  # the minimum over a specimen's slides is kept whole
+    a, b = _gradients(whole, batch), _gradients(split, batch)
+    assert a.keys() == b.keys() and a
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=1e-5, atol=1e-7, msg=name)
+    # (parameters after AdamW's first step are not compared: it divides by |g|, so a 1e-12 gradient gap on a ~0
+    # gradient can move a parameter by ~1e-6 while the update's input, the gradient, is the same)
+
+
+def test_training_that_fits_its_budget_is_the_unsplit_training(cohort_dir, tmp_path):
+    """With the default budgets a small cohort trains exactly as before micro-batches: one padded batch a step."""
+    new = Trainer(config(cohort_dir, tmp_path / "new"))
+    old = Trainer(config(cohort_dir, tmp_path / "old"))
+    train = old.cohort.split("train")
+    for epoch in range(2):
+        new.train_epoch(epoch)
+        order = np.random.default_rng([0, epoch]).permutation(len(train))
+        for start in range(0, len(order), 8):  # the loop as it was: pad the whole batch, one backward
+            loss = old.specimen_loss([train[i] for i in order[start : start + 8]])
+            old.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            old.optimizer.step()
+    for (name, p), (_, q) in zip(new.model.named_parameters(), old.model.named_parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=1e-6, msg=name)
