@@ -5,9 +5,11 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from rich.console import Console
 
+from mixmag.bench.cohort import run_cohort_benchmark
 from mixmag.data.bags import BagCache, bag_shape, plan_micro_batches, region_bag, tile_bag
-from mixmag.store import StoreError, read_store, write_store
+from mixmag.store import StoreError, all_finite, read_store, write_store
 from mixmag.synth.embedding_cohort import write_embedding_cohort
 from mixmag.synth.stores import synthetic_store
 from mixmag.train.finetune import TrainConfig, Trainer
@@ -131,3 +133,42 @@ def test_training_that_fits_its_budget_is_the_unsplit_training(cohort_dir, tmp_p
             old.optimizer.step()
     for (name, p), (_, q) in zip(new.model.named_parameters(), old.model.named_parameters()):
         torch.testing.assert_close(p, q, rtol=0, atol=1e-6, msg=name)
+
+
+def test_bench_cohort_table_has_every_row_and_hard_links_its_slides(tmp_path):
+    results = run_cohort_benchmark(
+        tmp_path,
+        slides=8,
+        distinct=3,
+        size={"rows": 6, "cols": 6, "dim": 8},
+        micro_batch_mb=0.01,  # several micro-batches a step, as at real size
+        fresh_process=False,
+        console=Console(quiet=True),
+    )
+    rows = results["rows"]
+    assert set(rows) == {
+        "read every store once, 20x bags",
+        "read every store once, all bags",
+        "read every store once, regions bags",
+        "epoch: AB-MIL, 20x",
+        "epoch: AB-MIL, all x",
+        "epoch: tiny mixer + AB-MIL, regions",
+    }
+    for r in rows.values():
+        assert r["seconds"] > 0 and r["rss_mb"] > 0 and r["slides"] > 0
+    assert rows["read every store once, 20x bags"]["slides"] == 8
+    assert rows["epoch: AB-MIL, 20x"]["slides"] == 6  # train and tune: 4 + 2
+    stores = sorted((tmp_path / "cohort-8-3-6x6x8" / "stores").glob("*.h5"))
+    assert len(stores) == 8 and len({p.stat().st_ino for p in stores}) == 3  # hard links to 3 distinct stores
+    assert results["distinct_gb"] > 0 and (tmp_path / "bench_cohort.json").is_file()
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf, None])
+def test_all_finite_is_numpys_isfinite(dtype, bad):
+    values = np.random.default_rng(0).normal(size=(5, 4, 3)).astype(dtype)
+    values[0, 1, 2] = 65504 if dtype == np.float16 else 1e30  # the largest finite values stay finite
+    if bad is not None:
+        values[3, 2, 1] = bad
+    assert all_finite(values) == bool(np.isfinite(values).all()) == (bad is None)
+    assert all_finite(values[:, ::2]) == (bad is None)  # not contiguous: numpy's own check

@@ -77,7 +77,8 @@ def make_corpus(folder: Path, n: int, shard: int, console: Console) -> None:
     write_json_atomic(done, {"n": n, "shard": shard})
 
 
-def _rss_mb() -> float:
+def peak_rss_mb() -> float:
+    """This process's peak resident set so far (getrusage ru_maxrss, KiB on Linux), MiB."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -114,9 +115,9 @@ def _cohort(folder: str, use_catalog: bool, table: str) -> dict:
 
 
 def _measured(what: Callable, args: tuple, queue) -> None:
-    base = _rss_mb()
+    base = peak_rss_mb()
     result = what(*args)
-    queue.put(result | {"rss_mb": _rss_mb(), "rss_growth_mb": _rss_mb() - base})
+    queue.put(result | {"rss_mb": peak_rss_mb(), "rss_growth_mb": peak_rss_mb() - base})
 
 
 def measure(what: Callable, *args) -> dict:

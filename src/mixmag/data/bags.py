@@ -24,12 +24,12 @@ import torch
 
 from ..errors import CohortError
 from ..geometry import level_offsets
-from ..store import StoreError, read_index, read_store
+from ..store import StoreError, all_finite, read_index, read_store
 from .regions import RegionTable
 
 TILE_MODES = ("5x", "10x", "20x", "all")
 BagMode = Literal["5x", "10x", "20x", "all", "patch", "cls", "regions"]
-DEFAULT_CACHE_MB = 2048  # bags kept between steps; a 20x bag of a TCGA-size slide is ~31 MB (float16)
+DEFAULT_CACHE_MB = 1024  # bags kept between steps: ~33 20x bags of TCGA-size slides (~31 MB each, float16)
 DEFAULT_MICRO_BATCH_MB = 256  # padded float32 batch of one forward/backward: ~3 all-x bags of ~750-cell slides
 
 
@@ -95,7 +95,7 @@ def _encoded(encoded_path: Path, mode: str) -> Iterator[h5py.Dataset]:
 def _nonempty(path: Path, bag: np.ndarray) -> np.ndarray:
     if bag.shape[0] == 0:
         raise CohortError(f"{path}: empty bag (no tissue regions); drop the slide from the cohort or re-tile it")
-    if not np.isfinite(bag).all():
+    if not all_finite(bag):
         raise CohortError(f"{path}: NaN or Inf embeddings; re-run `mixmag embed` for this slide")
     return bag
 
