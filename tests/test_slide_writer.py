@@ -130,3 +130,16 @@ def test_synth_slide_command_writes_position_strips_and_names_bad_flavors(tmp_pa
     np.testing.assert_array_equal(got, position_code(700, 500, 0.3))
     result = runner.invoke(app, [*args, "--flavor", "tiled"])
     assert result.exit_code == 2 and "unknown slide flavor 'tiled'" in result.output
+
+
+def test_a_slide_that_cannot_fit_the_free_space_is_refused_before_any_write(tmp_path, monkeypatch):
+    """A zero too many in --width (2,000,000 x 2,000,000 px) would fill a shared disk before the write failed."""
+    out = tmp_path / "new" / "huge.tiff"
+    result = CliRunner().invoke(app, ["synth", "slide", str(out), "--width", "2000000", "--height", "2000000"])
+    assert result.exit_code != 0 and "needs at least" in result.output and "free" in result.output
+    assert not out.exists() and not list(tmp_path.rglob("*.tiff*"))
+    usage = slide_writer.shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(slide_writer.shutil, "disk_usage", lambda p: usage._replace(free=10_000))
+    with pytest.raises(slide_writer.DiskFullError, match="huge.tiff"):  # 1000 x 1000 px uncompressed: 3 MB > 10 kB
+        write_slide(out, PatternSource(PositionPattern(300.0, 300.0), (1000, 1000), 0.3), 0.3, compression="none")
+    assert not out.exists()
