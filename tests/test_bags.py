@@ -8,7 +8,7 @@ import torch
 from rich.console import Console
 
 from mixmag.bench.cohort import run_cohort_benchmark
-from mixmag.data.bags import BagCache, bag_shape, plan_micro_batches, region_bag, tile_bag
+from mixmag.data.bags import BagCache, bag_shape, pad_bags, plan_micro_batches, region_bag, tile_bag
 from mixmag.store import StoreError, all_finite, read_store, write_store
 from mixmag.synth.embedding_cohort import write_embedding_cohort
 from mixmag.synth.stores import synthetic_store
@@ -172,3 +172,15 @@ def test_all_finite_is_numpys_isfinite(dtype, bad):
         values[3, 2, 1] = bad
     assert all_finite(values) == bool(np.isfinite(values).all()) == (bad is None)
     assert all_finite(values[:, ::2]) == (bad is None)  # not contiguous: numpy's own check
+
+
+def test_padded_batches_hold_each_bag_as_float32_and_zeros_after_it():
+    for _ in range(3):  # fresh allocations may reuse memory holding anything: the padding must still be zero
+        garbage = torch.full((3, 9, 4), float("nan"))
+        del garbage
+        bags = [torch.randn(n, 4).half() for n in (5, 9, 1)]
+        out, mask = pad_bags(bags)
+        assert out.dtype == torch.float32 and out.shape == (3, 9, 4)
+        for i, b in enumerate(bags):
+            assert torch.equal(out[i, : len(b)], b.float()) and not out[i, len(b) :].any()
+            assert mask[i].tolist() == [True] * len(b) + [False] * (9 - len(b))

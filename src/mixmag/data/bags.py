@@ -195,10 +195,11 @@ def pad_bags(bags: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     This is B x N_max x item x 4 bytes: training pads only micro-batches that fit their budget
     (`plan_micro_batches`), prediction one slide at a time."""
     n = max(b.shape[0] for b in bags)
-    out = torch.zeros((len(bags), n, *bags[0].shape[1:]), dtype=torch.float32)
+    out = torch.empty((len(bags), n, *bags[0].shape[1:]), dtype=torch.float32)
     mask = torch.zeros((len(bags), n), dtype=torch.bool)
     for i, b in enumerate(bags):
-        out[i, : b.shape[0]] = b.float()
+        out[i, : b.shape[0]].copy_(b)  # converted in place: no float32 temporary of the whole bag
+        out[i, b.shape[0] :] = 0  # only the padding is written twice
         mask[i, : b.shape[0]] = True
     return out, mask
 

@@ -24,21 +24,31 @@ class GatedABMIL(nn.Module):
         self.classifier = nn.Linear(in_dim, 1)
 
     def forward(self, z: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        logit, alpha, _ = self.contributions(z, mask)
-        return logit, alpha
+        z, mask = self._masked(z, mask)
+        return self._pool(z, mask)
 
     def contributions(
         self, z: torch.Tensor, mask: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Logits, attention and each instance's share of the logit: the classifier is linear over
         sum alpha_i z_i, so alpha_i (w . z_i) summed over the instances is exactly logit - bias."""
+        z, mask = self._masked(z, mask)
+        logit, alpha = self._pool(z, mask)
+        return logit, alpha, alpha * (z @ self.classifier.weight[0])
+
+    @staticmethod
+    def _masked(z: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """z with its padded positions zeroed (a copy only when there is padding) and the mask."""
         if mask is None:
-            mask = torch.ones(z.shape[:2], dtype=torch.bool, device=z.device)
-        z = torch.where(mask[..., None], z, torch.zeros((), dtype=z.dtype, device=z.device))
+            return z, torch.ones(z.shape[:2], dtype=torch.bool, device=z.device)
+        if bool(mask.all()):
+            return z, mask
+        return torch.where(mask[..., None], z, torch.zeros((), dtype=z.dtype, device=z.device)), mask
+
+    def _pool(self, z: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         scores = self.h(torch.tanh(self.V(z)) * torch.sigmoid(self.U(z))).squeeze(-1)
         scores = scores.masked_fill(~mask, float("-inf"))
         alpha = torch.softmax(scores, dim=1)
         alpha = torch.where(mask, alpha, torch.zeros_like(alpha))  # an all-padding row stays all zero
         pooled = torch.einsum("bn,bnd->bd", alpha, z)
-        contribution = alpha * (z @ self.classifier.weight[0])
-        return self.classifier(pooled).squeeze(-1), alpha, contribution
+        return self.classifier(pooled).squeeze(-1), alpha
