@@ -74,7 +74,7 @@ def encoded_bag(encoded_path: Path, mode: str) -> np.ndarray:
         data = data[()]
     if mode == "patch":
         data = data.reshape(-1, data.shape[-1])
-    return _nonempty(encoded_path, data)
+    return _finite(encoded_path, _nonempty(encoded_path, data))
 
 
 @contextmanager
@@ -93,8 +93,13 @@ def _encoded(encoded_path: Path, mode: str) -> Iterator[h5py.Dataset]:
 
 
 def _nonempty(path: Path, bag: np.ndarray) -> np.ndarray:
+    """Bags from stores need no finiteness check here: read_store has made it on every level it read."""
     if bag.shape[0] == 0:
         raise CohortError(f"{path}: empty bag (no tissue regions); drop the slide from the cohort or re-tile it")
+    return bag
+
+
+def _finite(path: Path, bag: np.ndarray) -> np.ndarray:
     if not all_finite(bag):
         raise CohortError(f"{path}: NaN or Inf embeddings; re-run `mixmag embed` for this slide")
     return bag

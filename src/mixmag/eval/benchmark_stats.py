@@ -182,3 +182,23 @@ def specimens_for_power(
     while paired_power(auc, difference, n // 2, n // 2, correlation, alpha) < power:
         n += 10
     return n
+
+
+def statistics_table(
+    cells: list[CellStatistic], tasks: list[str], methods: list[str], seeds: list[int], n_boot: int, baseline: str
+) -> str:
+    """Markdown: one row per method, one column per task, each cell mean ± sd [bootstrap CI low, high, p]."""
+    by = {(c.task, c.method): c for c in cells}
+
+    def cell(c: CellStatistic) -> str:
+        p = "" if c.p_vs_baseline is None else f", p={c.p_vs_baseline:.2g}"
+        return f"{100 * c.mean:.1f} ± {100 * c.sd:.1f} [{100 * c.low:.1f}, {100 * c.high:.1f}{p}]"
+
+    rows = [f"| {m} | " + " | ".join(cell(by[(t, m)]) for t in tasks) + " |" for m in methods]
+    n_test = ", ".join(str(n) for n in sorted({c.n_test for c in cells}))
+    note = (
+        f"Test AUROC x 100: mean ± sd over seeds {', '.join(map(str, seeds))} [bootstrap 95% CI of the mean over "
+        f"{n_boot} resamples of the {n_test} test specimens; p: paired DeLong against {baseline} on "
+        "seed-averaged scores]."
+    )
+    return "\n".join(["| method | " + " | ".join(tasks) + " |", "|---|" + "---:|" * len(tasks), *rows, "", note]) + "\n"

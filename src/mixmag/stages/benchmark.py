@@ -37,13 +37,14 @@ from ..eval.benchmark_stats import (
     pretraining_losses,
     read_test_predictions,
     specimens_for_power,
+    statistics_table,
 )
 from ..eval.level_inputs import run_level_importance
 from ..fileio import write_atomic, write_csv_atomic, write_json_atomic
 from ..metrics import auroc
 from ..runs import PretrainRun
 from ..synth.benchmark import TASK_SCALE, TASKS, BenchmarkSpec, write_benchmark_cohort
-from ..train.mixer_file import export_random_twin
+from ..train.mixer_file import pretrained_mixer_set
 from ..train.pretrain import PretrainConfig, run_pretraining
 from .demo import Timer
 from .experiments import GridConfig, Task, _slug, run_grid
@@ -187,14 +188,11 @@ def _pretraining_record(out: Path, config: BenchmarkConfig, console: Console) ->
 
 
 def _grid(out: Path, config: BenchmarkConfig, tables: dict[str, Path], mixer: Path, console: Console) -> GridConfig:
-    pretrained = {"MEM": str(mixer)}
-    if any(m.startswith("Random-") for m in config.methods):
-        pretrained["Random"] = str(export_random_twin(mixer, out / "random-mixer"))  # differs in initialisation only
     grid = GridConfig(
         out=str(out / "results"),
         methods=config.methods,
         seeds=config.seeds,
-        pretrained=pretrained,
+        pretrained=pretrained_mixer_set(mixer, config.methods, out / "random-mixer"),  # Random: initialisation only
         tasks=[Task(name=t, cohort=str(p), stores=str(out / "data" / "stores")) for t, p in tables.items()],
         train=config.train,
         train_by_method=config.train_by_method,
@@ -303,27 +301,6 @@ def ig_baseline_check(importances: list[LevelImportance]) -> dict:
     }
 
 
-def table_markdown(cells: list[CellStatistic], config: BenchmarkConfig) -> str:
-    tasks = config.tasks
-    by = {(c.task, c.method): c for c in cells}
-    lines = ["| method | " + " | ".join(tasks) + " |", "|---|" + "---:|" * len(tasks)]
-    for m in config.methods:
-        row = []
-        for t in tasks:
-            c = by[(t, m)]
-            p = "" if c.p_vs_baseline is None else f", p={c.p_vs_baseline:.2g}"
-            row.append(f"{100 * c.mean:.1f} ± {100 * c.sd:.1f} [{100 * c.low:.1f}, {100 * c.high:.1f}{p}]")
-        lines.append(f"| {m} | " + " | ".join(row) + " |")
-    n = sorted({c.n_test for c in cells})
-    lines += [
-        "",
-        f"Test AUROC x 100: mean ± sd over seeds {', '.join(map(str, config.seeds))} [bootstrap 95% CI of the mean "
-        f"over {config.n_boot} resamples of the {', '.join(map(str, n))} test specimens; p: paired DeLong against "
-        f"{config.baseline} on seed-averaged scores].",
-    ]
-    return "\n".join(lines) + "\n"
-
-
 LEARNT = 0.7  # below this test AUROC a model has not learnt the task and its attribution says nothing about the scale
 
 
@@ -408,9 +385,10 @@ def _write_outputs(out: Path, result: dict, config: BenchmarkConfig) -> None:
         ["task", "method", "against", "difference", "delong_p"],
         [[p.task, p.method, p.against, f"{p.difference:.4f}", f"{p.p:.4g}"] for p in result["pairs"]],
     )
+    table = statistics_table(cells, config.tasks, config.methods, config.seeds, config.n_boot, config.baseline)
     write_atomic(
         out / "benchmark.md",
-        f"{NOTICE}\n\n{table_markdown(cells, config)}\n{pairs_markdown(result['pairs'])}\n"
+        f"{NOTICE}\n\n{table}\n{pairs_markdown(result['pairs'])}\n"
         f"{pretraining_note(result['pretraining'])}\n\n{power_note(cells)}\n\n"
         f"Which magnification mattered (seed {config.seeds[0]}, positive test slides):\n\n"
         f"{attribution_markdown(attribution)}",

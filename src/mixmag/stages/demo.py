@@ -19,7 +19,7 @@ from rich.console import Console
 from ..config import load_config
 from ..encoders.model import build_encoder
 from ..errors import CohortError, StageError
-from ..eval.benchmark_stats import CellStatistic, cell_statistics
+from ..eval.benchmark_stats import CellStatistic, cell_statistics, statistics_table
 from ..fileio import write_atomic, write_json_atomic
 from ..report.html import build_report
 from ..runs import PretrainRun, TrainRun
@@ -28,7 +28,7 @@ from ..slides.tiling import TilingParams
 from ..store import embedding_space
 from ..synth.cohort import TASKS, CohortSpec, write_cohort
 from ..train.finetune import TrainSettings
-from ..train.mixer_file import export_random_twin
+from ..train.mixer_file import pretrained_mixer_set
 from ..train.pretrain import PretrainConfig, PretrainSettings, pretraining_catalog, run_pretraining
 from .embed import find_plans, run_embed
 from .experiments import GridConfig, Task, method_config, run_grid
@@ -280,10 +280,7 @@ def _pretrain(out: Path, config: DemoConfig, tables: dict[str, Path], console: C
 
 def pretrained_mixers(out: Path, config: DemoConfig, mixer: Path) -> dict[str, str]:
     """The MEM mixer, and for 'Random-...' methods its architecture with fresh weights (frozen Random baseline)."""
-    mixers = {"MEM": str(mixer)}
-    if any(m.startswith("Random-") for m in config.methods):
-        mixers["Random"] = str(export_random_twin(mixer, out / "random-mixer"))
-    return mixers
+    return pretrained_mixer_set(mixer, config.methods, out / "random-mixer")
 
 
 def _grid(out: Path, config: DemoConfig, tables: dict[str, Path], mixer: Path) -> GridConfig:
@@ -318,21 +315,7 @@ def _statistics(grid: GridConfig, config: DemoConfig) -> None:
 
 def statistics_markdown(cells: list[CellStatistic], grid: GridConfig, n_boot: int) -> str:
     """One row per method, one column per task: mean ± sd [CI low, high, p]."""
-    by = {(c.task, c.method): c for c in cells}
-    tasks = [t.name for t in grid.tasks]
-
-    def cell(c: CellStatistic) -> str:
-        p = "" if c.p_vs_baseline is None else f", p={c.p_vs_baseline:.2g}"
-        return f"{100 * c.mean:.1f} ± {100 * c.sd:.1f} [{100 * c.low:.1f}, {100 * c.high:.1f}{p}]"
-
-    rows = [f"| {m} | " + " | ".join(cell(by[(t, m)]) for t in tasks) + " |" for m in grid.methods]
-    n_test = ", ".join(str(n) for n in sorted({c.n_test for c in cells}))
-    note = (
-        f"Test AUROC x 100: mean ± sd over seeds {', '.join(map(str, grid.seeds))} [bootstrap 95% CI of the mean over "
-        f"{n_boot} resamples of the {n_test} test specimens; p: paired DeLong against {grid.baseline} on "
-        "seed-averaged scores]."
-    )
-    return "\n".join(["| method | " + " | ".join(tasks) + " |", "|---|" + "---:|" * len(tasks), *rows, "", note]) + "\n"
+    return statistics_table(cells, [t.name for t in grid.tasks], grid.methods, grid.seeds, n_boot, grid.baseline)
 
 
 def _scale_check(results: dict) -> str:

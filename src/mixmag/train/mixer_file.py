@@ -58,6 +58,14 @@ def export_random_twin(like: Path, out: Path, seed: int = 0) -> Path:
     )
 
 
+def pretrained_mixer_set(mixer: Path, methods: list[str], folder: Path) -> dict[str, str]:
+    """The grid's pretrained mixers: the MEM one, and for 'Random-...' methods its random twin saved in `folder`."""
+    mixers = {"MEM": str(mixer)}
+    if any(m.startswith("Random-") for m in methods):
+        mixers["Random"] = str(export_random_twin(mixer, folder))
+    return mixers
+
+
 def load_mixer(weights: str | Path, stores: dict | None = None) -> tuple[RegionMixer, str]:
     """The mixer (strictly loaded, eval mode) and a digest of its weights. With `stores` (the settings
     of the stores it is about to read), refuses stores made unlike its pretraining stores."""
