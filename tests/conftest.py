@@ -1,4 +1,4 @@
-"""Shared fixtures: the real sample slides and generated slides (made once per session)."""
+"""Shared fixtures: the real sample slides, generated slides and a small embedding cohort (made once per session)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"  # tests never download; hub code paths must 
 import numpy as np
 import pytest
 
+from mixmag.synth.embedding_cohort import write_embedding_cohort
 from mixmag.synth.patterns import position_code, tissue_like
 from mixmag.synth.slide_writer import write_slide
 
@@ -32,6 +33,14 @@ def real_svs(sample_data) -> Path:
 @pytest.fixture(scope="session")
 def real_pyramid(sample_data) -> Path:
     return sample_data / "CMU-1-Small-Region.pyramid.tiff"
+
+
+@pytest.fixture(scope="session")
+def small_cohort(tmp_path_factory) -> Path:
+    """A 24-specimen synthetic embedding cohort (cohort.csv, stores/) with a clear label: read only, shared."""
+    folder = tmp_path_factory.mktemp("small_cohort")
+    write_embedding_cohort(folder, n_specimens=24, seed=3, signal=2.5)
+    return folder
 
 
 @pytest.fixture(scope="session")

@@ -4,11 +4,11 @@ instance they point at the scale the biomarker was placed at (fine -> 20x, coars
 import numpy as np
 import pytest
 import torch
+from train_runs import learnt_task_config
 
 from mixmag.eval import attribution as A
 from mixmag.eval.level_inputs import slide_input
-from mixmag.synth.benchmark import BenchmarkSpec, write_benchmark_cohort
-from mixmag.train.finetune import TrainConfig, Trainer
+from mixmag.train.finetune import Trainer
 
 
 def _linear_input(weights: torch.Tensor, x: torch.Tensor, level: torch.Tensor) -> A.LevelInput:
@@ -63,21 +63,7 @@ def test_importance_ratio_and_summary_name_the_level_that_matters():
 
 
 def _trained(tmp_path, task):
-    spec = BenchmarkSpec(task, n_specimens=80, signal=2.0, label_noise=0.0, seed=0)
-    table = write_benchmark_cohort(tmp_path, spec)
-    trainer = Trainer(
-        TrainConfig(
-            cohort=str(table),
-            stores=str(tmp_path / "stores"),
-            out=str(tmp_path / "run"),
-            bags="all",
-            epochs=20,
-            batch_size=16,
-            lr=5e-3,
-            bootstrap=100,
-            seed=0,
-        )
-    )
+    trainer = Trainer(learnt_task_config(tmp_path, task, tmp_path / "run"))
     metrics = trainer.fit()
     assert metrics["test"]["auroc"] > 0.8, "the model must learn the task for its attribution to mean anything"
     reference = A.cohort_reference(

@@ -6,34 +6,13 @@ import numpy as np
 import pytest
 import torch
 from rich.console import Console
+from train_runs import train_config
 
 from mixmag.bench.cohort import run_cohort_benchmark
 from mixmag.data.bags import BagCache, bag_shape, pad_bags, plan_micro_batches, region_bag, tile_bag
 from mixmag.store import StoreError, all_finite, read_store, write_store
-from mixmag.synth.embedding_cohort import write_embedding_cohort
 from mixmag.synth.stores import synthetic_store
-from mixmag.train.finetune import TrainConfig, Trainer
-
-
-@pytest.fixture(scope="module")
-def cohort_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("bags")
-    write_embedding_cohort(d, n_specimens=24, seed=3, signal=2.5)
-    return d
-
-
-def config(d, out, **kw):
-    base = dict(
-        cohort=str(d / "cohort.csv"),
-        stores=str(d / "stores"),
-        out=str(out),
-        bags="20x",
-        epochs=2,
-        batch_size=8,
-        lr=3e-3,
-        bootstrap=100,
-    )
-    return TrainConfig(**(base | kw))
+from mixmag.train.finetune import Trainer
 
 
 def stores_of(tmp_path, n, rows=4, cols=4):
@@ -103,9 +82,9 @@ def _gradients(trainer, specimens):
 @pytest.mark.parametrize(
     "extra", [dict(bags="all"), dict(bags="regions", mixer={"init": "random", "preset": "tiny"}, freeze_epochs=0)]
 )
-def test_a_step_split_into_micro_batches_has_the_whole_steps_gradient(cohort_dir, tmp_path, extra):
-    whole = Trainer(config(cohort_dir, tmp_path / "a", **extra))
-    split = Trainer(config(cohort_dir, tmp_path / "b", micro_batch_mb=1e-4, **extra))  # ~100 bytes: one each
+def test_a_step_split_into_micro_batches_has_the_whole_steps_gradient(small_cohort, tmp_path, extra):
+    whole = Trainer(train_config(small_cohort, tmp_path / "a", **extra))
+    split = Trainer(train_config(small_cohort, tmp_path / "b", micro_batch_mb=1e-4, **extra))  # ~100 bytes: one each
     batch = whole.cohort.split("train")[:8]
     assert len(whole.micro_batches(batch)) == 1
     assert len(split.micro_batches(batch)) == len(batch)
@@ -118,10 +97,10 @@ def test_a_step_split_into_micro_batches_has_the_whole_steps_gradient(cohort_dir
     # gradient can move a parameter by ~1e-6 while the update's input, the gradient, is the same)
 
 
-def test_training_that_fits_its_budget_is_the_unsplit_training(cohort_dir, tmp_path):
+def test_training_that_fits_its_budget_is_the_unsplit_training(small_cohort, tmp_path):
     """With the default budgets a small cohort trains exactly as before micro-batches: one padded batch a step."""
-    new = Trainer(config(cohort_dir, tmp_path / "new"))
-    old = Trainer(config(cohort_dir, tmp_path / "old"))
+    new = Trainer(train_config(small_cohort, tmp_path / "new"))
+    old = Trainer(train_config(small_cohort, tmp_path / "old"))
     train = old.cohort.split("train")
     for epoch in range(2):
         new.train_epoch(epoch)

@@ -2,6 +2,7 @@
 `mixmag benchmark` runs end to end."""
 
 import csv
+import json
 from pathlib import Path
 
 import numpy as np
@@ -183,9 +184,10 @@ def test_power_grows_with_specimens_and_is_alpha_without_a_difference():
     )
 
 
-def test_a_tiny_benchmark_runs_end_to_end(tmp_path):
-    config = BenchmarkConfig(
-        out=str(tmp_path / "b"),
+def _tiny_benchmark(out: Path, **changes) -> BenchmarkConfig:
+    """One small task, two seeds, two pretraining steps: seconds on a CPU."""
+    settings = dict(
+        out=str(out),
         tasks=["fine"],
         methods=["abmil-20x", "abmil-all"],
         seeds=[0, 1],
@@ -207,18 +209,36 @@ def test_a_tiny_benchmark_runs_end_to_end(tmp_path):
         attribution_slides=4,
         n_boot=100,
     )
-    result = run_benchmark(config)
+    return BenchmarkConfig(**(settings | changes))
+
+
+def test_a_tiny_benchmark_runs_end_to_end_and_skips_pretraining_no_method_uses(tmp_path):
+    result = run_benchmark(_tiny_benchmark(tmp_path / "b"))
     rows = list(csv.DictReader(open(tmp_path / "b" / "benchmark.csv")))
     assert [r["method"] for r in rows] == ["abmil-20x", "abmil-all"] and rows[1]["delong_p_vs_abmil-20x"]
     pairs = list(csv.DictReader(open(tmp_path / "b" / "pairs.csv")))
     assert [(p["method"], p["against"]) for p in pairs] == [("abmil-all", "abmil-20x")] and float(pairs[0]["delong_p"])
-    assert (
-        set(result["pretraining"]) >= {"mem", "baseline"}
-        and "predict-the-mean baseline" in (tmp_path / "b" / "benchmark.md").read_text()
-    )
+    assert not (tmp_path / "b" / "pretrain").exists() and not (tmp_path / "b" / "random-mixer").exists()
+    said = "MEM pretraining: skipped (no configured method uses a mixer (abmil-20x, abmil-all: AB-MIL alone))."
+    assert result["pretraining"]["skipped"] and said in (tmp_path / "b" / "benchmark.md").read_text()
+    assert json.loads((tmp_path / "b" / "pretraining.json").read_text()) == result["pretraining"]
+    assert not any("pretrain" in stage for stage in result["timings"])
     assert {r["measure"] for r in result["attribution"]} >= {"level occlusion (mean-replace)", "integrated gradients"}
     assert (
         "± " in (tmp_path / "b" / "benchmark.md").read_text()
         and set(result["timings"])
         and all(v >= 0 for v in result["timings"].values())
     )
+
+
+def test_a_tiny_benchmark_with_a_mixer_method_pretrains_the_mixer_and_records_its_loss(tmp_path):
+    config = _tiny_benchmark(tmp_path / "b", methods=["abmil-20x", "MEM-patch-frozen"], seeds=[0], pairs=[])
+    result = run_benchmark(config)
+    assert (tmp_path / "b" / "pretrain" / "mixer.safetensors").is_file()
+    rows = list(csv.DictReader(open(tmp_path / "b" / "benchmark.csv")))
+    assert [r["method"] for r in rows] == ["abmil-20x", "MEM-patch-frozen"]
+    assert (
+        set(result["pretraining"]) >= {"mem", "baseline"}
+        and "predict-the-mean baseline" in (tmp_path / "b" / "benchmark.md").read_text()
+    )
+    assert "2. pretrain a mixer with MEM" in result["timings"]

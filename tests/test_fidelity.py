@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from train_runs import train_config
 
 from mixmag.config import ConfigError
 from mixmag.devices import autocast
@@ -48,10 +49,7 @@ def test_gated_attention_equals_eq8_computed_by_hand():
 def trainer(tmp_path_factory):
     d = tmp_path_factory.mktemp("smoothing")
     write_embedding_cohort(d, n_specimens=16, seed=0, signal=2.5)
-    config = TrainConfig(
-        cohort=str(d / "cohort.csv"), stores=str(d / "stores"), out=str(d / "run"), bags="20x", label_smoothing=0.1
-    )
-    return Trainer(config)
+    return Trainer(train_config(d, d / "run", label_smoothing=0.1))
 
 
 def test_label_smoothing_is_applied_to_each_slide_before_the_minimum_of_eq9(trainer):

@@ -2,11 +2,12 @@ import csv
 
 import pytest
 import torch
+from train_runs import train_config
 
 from mixmag.data.cohort import load_cohort
 from mixmag.errors import CohortError
 from mixmag.synth.embedding_cohort import write_embedding_cohort
-from mixmag.train.finetune import TrainConfig, Trainer, run_training
+from mixmag.train.finetune import Trainer, run_training
 
 
 @pytest.fixture(scope="module")
@@ -17,17 +18,8 @@ def cohort_dir(tmp_path_factory):
 
 
 def config(d, out, **kw):
-    base = dict(
-        cohort=str(d / "cohort.csv"),
-        stores=str(d / "stores"),
-        out=str(out),
-        bags="20x",
-        epochs=8,
-        batch_size=8,
-        lr=3e-3,
-        bootstrap=200,
-    )
-    return TrainConfig(**(base | kw))
+    """This file's runs learn the label: more epochs and a finer bootstrap than the shared small run."""
+    return train_config(d, out, **(dict(epochs=8, bootstrap=200) | kw))
 
 
 def test_label_in_the_embeddings_is_learned(cohort_dir, tmp_path):

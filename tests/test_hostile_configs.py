@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from train_runs import train_config
 from typer.testing import CliRunner
 
 from mixmag.cli import app
@@ -147,19 +148,8 @@ def _pickle_bomb(path: Path, marker: Path) -> Path:
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
     d = tmp_path_factory.mktemp("hostile_run")
-    table = write_embedding_cohort(d, n_specimens=16, seed=3, signal=2.5)
-    run_training(
-        TrainConfig(
-            cohort=str(table),
-            stores=str(d / "stores"),
-            out=str(d / "run"),
-            bags="20x",
-            epochs=1,
-            batch_size=8,
-            lr=3e-3,
-            bootstrap=100,
-        )
-    )
+    write_embedding_cohort(d, n_specimens=16, seed=3, signal=2.5)
+    run_training(train_config(d, d / "run", epochs=1))
     return d
 
 

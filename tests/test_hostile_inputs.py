@@ -13,6 +13,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from train_runs import train_config
 from typer.testing import CliRunner
 
 from mixmag.cli import app
@@ -22,7 +23,7 @@ from mixmag.report.html import build_report
 from mixmag.store import StoreError, read_index, read_store, write_store
 from mixmag.synth.patterns import tissue_like
 from mixmag.synth.slide_writer import write_slide
-from mixmag.train.finetune import TrainConfig, run_training
+from mixmag.train.finetune import run_training
 
 N_SLIDES = 20
 SPLITS = ["train"] * 12 + ["tune"] * 4 + ["test"] * 4
@@ -74,18 +75,7 @@ def world(tmp_path_factory) -> dict:
         rows.append([f"P{k:02d}", f"S{k:02d}", k % 2, SPLITS[k], f"elsewhere/S{k:02d}.h5"])
     table = _write_table(d / "cohort.csv", ["specimen", "slide", "label", "split", "store"], rows)
     (d / "no-stores-here").mkdir()  # the run's stores folder: every store is found through the table
-    run_training(
-        TrainConfig(
-            cohort=str(table),
-            stores=str(d / "no-stores-here"),
-            out=str(d / "run"),
-            bags="20x",
-            epochs=1,
-            batch_size=8,
-            lr=3e-3,
-            bootstrap=100,
-        )
-    )
+    run_training(train_config(d, d / "run", stores=str(d / "no-stores-here"), epochs=1))  # the table: d/cohort.csv
     return {"dir": d, "run": d / "run", "stores": d / "elsewhere", "table": table, "rows": rows}
 
 

@@ -5,10 +5,11 @@ import re
 from pathlib import Path
 
 import pytest
+from train_runs import train_config
 
 from mixmag.report.html import build_report
 from mixmag.synth.embedding_cohort import write_embedding_cohort
-from mixmag.train.finetune import TrainConfig, run_training
+from mixmag.train.finetune import run_training
 
 HOSTILE = 'P<b>&"x'
 
@@ -26,18 +27,7 @@ def run_dir(tmp_path_factory):
         w = csv.DictWriter(fh, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    run_training(
-        TrainConfig(
-            cohort=str(table),
-            stores=str(d / "stores"),
-            out=str(d / "run"),
-            bags="20x",
-            epochs=3,
-            batch_size=8,
-            lr=3e-3,
-            bootstrap=100,
-        )
-    )
+    run_training(train_config(d, d / "run", epochs=3))  # the table: d/cohort.csv
     return d / "run"
 
 

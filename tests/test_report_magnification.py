@@ -3,26 +3,15 @@ mattered, leading with a measure that acts on the score."""
 
 import re
 
+from train_runs import learnt_task_config
+
 from mixmag.report.html import build_report
-from mixmag.synth.benchmark import BenchmarkSpec, write_benchmark_cohort
-from mixmag.train.finetune import TrainConfig, run_training
+from mixmag.train.finetune import run_training
 
 
 def test_report_title_splits_and_magnification_panel(tmp_path):
-    table = write_benchmark_cohort(tmp_path, BenchmarkSpec("coarse", n_specimens=80, signal=2.0, label_noise=0.0))
     run = tmp_path / "grid" / "coarse" / "abmil-all" / "seed0"
-    run_training(
-        TrainConfig(
-            cohort=str(table),
-            stores=str(tmp_path / "stores"),
-            out=str(run),
-            bags="all",
-            epochs=20,
-            batch_size=16,
-            lr=5e-3,
-            bootstrap=100,
-        )
-    )
+    run_training(learnt_task_config(tmp_path, "coarse", run))
     page = build_report(run, heatmaps=True).read_text()
     assert "<title>mixmag report: task coarse, method abmil-all, seed 0</title>" in page
     train_row = re.search(r"<tr><td>train</td><td>(\d+)</td><td>(\d+)</td><td>(\d+)</td></tr>", page)

@@ -3,6 +3,7 @@ error boundary of the command line."""
 
 import pytest
 import torch
+from train_runs import train_config
 from typer.testing import CliRunner
 
 from mixmag.cli import app
@@ -10,40 +11,14 @@ from mixmag.errors import PlanError, RunError
 from mixmag.fileio import FolderLock, RunLockedError
 from mixmag.runs import RUN_FORMAT_VERSION, TrainRun
 from mixmag.slides.tiling import load_plan
-from mixmag.synth.embedding_cohort import write_embedding_cohort
 from mixmag.train.classifier import SlideClassifier
-from mixmag.train.finetune import TrainConfig, run_training
+from mixmag.train.finetune import run_training
 
 
 @pytest.fixture(scope="module")
-def cohort(tmp_path_factory):
-    d = tmp_path_factory.mktemp("runs")
-    write_embedding_cohort(d, n_specimens=24, seed=3, signal=2.5)
-    return d
-
-
-def _config(d, out, **kw) -> TrainConfig:
-    return TrainConfig(
-        **(
-            dict(
-                cohort=str(d / "cohort.csv"),
-                stores=str(d / "stores"),
-                out=str(out),
-                bags="20x",
-                epochs=2,
-                batch_size=8,
-                lr=3e-3,
-                bootstrap=100,
-            )
-            | kw
-        )
-    )
-
-
-@pytest.fixture(scope="module")
-def run(cohort, tmp_path_factory):
+def run(small_cohort, tmp_path_factory):
     out = tmp_path_factory.mktemp("run") / "run"
-    run_training(_config(cohort, out))
+    run_training(train_config(small_cohort, out))
     return TrainRun(out)
 
 
@@ -62,14 +37,14 @@ def test_a_training_run_folder_is_complete_and_records_its_format(run):
         (run.folder / "metrics.moved").rename(run.metrics)
 
 
-def test_training_refuses_a_run_folder_another_process_writes(cohort, tmp_path):
+def test_training_refuses_a_run_folder_another_process_writes(small_cohort, tmp_path):
     with FolderLock(tmp_path / "busy", "another training"):
         with pytest.raises(RunLockedError, match="in use by pid .*another training"):
-            run_training(_config(cohort, tmp_path / "busy"))
+            run_training(train_config(small_cohort, tmp_path / "busy"))
     assert not (tmp_path / "busy" / "best.pt").exists()
 
 
-def test_a_classifier_loads_and_scores_without_a_training_loop(run, cohort):
+def test_a_classifier_loads_and_scores_without_a_training_loop(run, small_cohort):
     """The loaded model gives the run's own test scores; loading neither seeds nor draws from the random generator
     (the training loop seeds it: prediction must not)."""
     rows = run.read_predictions("test")
@@ -78,7 +53,7 @@ def test_a_classifier_loads_and_scores_without_a_training_loop(run, cohort):
     classifier = SlideClassifier.load(run.folder)
     assert torch.equal(torch.random.get_rng_state(), state)
     assert not classifier.model.training and classifier.bag_kind == "20x"
-    classifier.use_stores({s: cohort / "stores" / f"{s}.h5" for s in expected})
+    classifier.use_stores({s: small_cohort / "stores" / f"{s}.h5" for s in expected})
     got = classifier.score(list(expected))
     assert got == pytest.approx(expected, abs=1e-5)
 

@@ -1,9 +1,9 @@
 """`mixmag benchmark`: benchmark v2 at the embedding level (`synth.benchmark`), end to end on CPU.
 
 Stages, each timed: generate the four tasks' cohorts (stores in one folder), pretrain a mixer with MEM on every
-slide that is no task's test slide, run the experiment grid (methods x tasks x seeds), compute the statistics
-(mean ± sd over seeds, bootstrap CI, paired DeLong p against AB-MIL 20x), and check the magnification
-attribution on the tasks whose scale is known (fine -> 20x, coarse -> 5x).
+slide that is no task's test slide (skipped, and said so, when every method is plain AB-MIL), run the experiment grid
+(methods x tasks x seeds), compute the statistics (mean ± sd over seeds, bootstrap CI, paired DeLong p against
+AB-MIL 20x), and check the magnification attribution on the tasks whose scale is known (fine -> 20x, coarse -> 5x).
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ from ..synth.benchmark import TASK_SCALE, TASKS, BenchmarkSpec, write_benchmark_
 from ..train.mixer_file import pretrained_mixer_set
 from ..train.pretrain import PretrainConfig, run_pretraining
 from .demo import Timer
-from .experiments import GridConfig, Task, _slug, run_grid
+from .experiments import ABMIL_METHODS, GridConfig, Task, _slug, run_grid
 
 NOTICE = (
     "These data are SYNTHETIC and built at the embedding level (no pixels, no encoder): the table measures what "
@@ -175,6 +175,25 @@ def _pretrain(out: Path, config: BenchmarkConfig, tables: dict[str, Path], conso
     return mixer
 
 
+def uses_a_mixer(methods: list[str]) -> bool:
+    """Whether any method reads the pretrained mixer: every one but plain AB-MIL does (the MEM rows its weights,
+    the Random and random-* rows its architecture)."""
+    return any(m not in ABMIL_METHODS for m in methods)
+
+
+def _pretrain_if_used(
+    out: Path, config: BenchmarkConfig, tables: dict[str, Path], timer: Timer, console: Console
+) -> tuple[Path | None, dict]:
+    """(the MEM mixer, its pretraining record); (None, why not) when no configured method uses a mixer."""
+    if not uses_a_mixer(config.methods):
+        why = f"no configured method uses a mixer ({', '.join(config.methods)}: AB-MIL alone)"
+        console.rule("[bold]2. pretrain a mixer with MEM")
+        console.print(f"skipped: {why}", soft_wrap=True, markup=False)
+        return None, {"skipped": True, "reason": why}
+    mixer = timer.run("2. pretrain a mixer with MEM", console, lambda: _pretrain(out, config, tables, console))
+    return mixer, _pretraining_record(out, config, console)
+
+
 def _pretraining_record(out: Path, config: BenchmarkConfig, console: Console) -> dict:
     """The MEM loss against the predict-the-mean baseline at the end of pretraining (and at its first logged step):
     a mixer whose loss does not beat the baseline has learnt nothing a region mean does not give."""
@@ -187,12 +206,16 @@ def _pretraining_record(out: Path, config: BenchmarkConfig, console: Console) ->
     return losses
 
 
-def _grid(out: Path, config: BenchmarkConfig, tables: dict[str, Path], mixer: Path, console: Console) -> GridConfig:
+def _grid(
+    out: Path, config: BenchmarkConfig, tables: dict[str, Path], mixer: Path | None, console: Console
+) -> GridConfig:
+    # Random: the MEM mixer's twin, different in initialisation only
+    pretrained = {} if mixer is None else pretrained_mixer_set(mixer, config.methods, out / "random-mixer")
     grid = GridConfig(
         out=str(out / "results"),
         methods=config.methods,
         seeds=config.seeds,
-        pretrained=pretrained_mixer_set(mixer, config.methods, out / "random-mixer"),  # Random: initialisation only
+        pretrained=pretrained,
         tasks=[Task(name=t, cohort=str(p), stores=str(out / "data" / "stores")) for t, p in tables.items()],
         train=config.train,
         train_by_method=config.train_by_method,
@@ -238,6 +261,8 @@ def pairs_markdown(pairs: list[PairedComparison]) -> str:
 
 
 def pretraining_note(losses: dict) -> str:
+    if losses.get("skipped"):
+        return f"MEM pretraining: skipped ({losses['reason']})."
     verdict = "beats" if losses["mem"] < losses["baseline"] else "does NOT beat"
     return (
         f"MEM pretraining: loss {losses['mem']:.3f} {verdict} the predict-the-mean baseline {losses['baseline']:.3f} "
@@ -406,8 +431,8 @@ def run_benchmark(config: BenchmarkConfig, console: Console | None = None) -> di
     tables = timer.run(
         "1. generate the benchmark cohorts (embedding level)", console, lambda: _generate(out, config, console)
     )
-    mixer = timer.run("2. pretrain a mixer with MEM", console, lambda: _pretrain(out, config, tables, console))
-    result = {"pretraining": _pretraining_record(out, config, console)}
+    mixer, pretraining = _pretrain_if_used(out, config, tables, timer, console)
+    result = {"pretraining": pretraining}
     grid = timer.run(
         "3. train and evaluate every method x task x seed", console, lambda: _grid(out, config, tables, mixer, console)
     )
