@@ -126,17 +126,22 @@ def test_bench_cohort_table_has_every_row_and_hard_links_its_slides(tmp_path):
     )
     rows = results["rows"]
     assert set(rows) == {
-        "read every store once, 20x bags",
-        "read every store once, all bags",
-        "read every store once, regions bags",
-        "epoch: AB-MIL, 20x",
-        "epoch: AB-MIL, all x",
-        "epoch: tiny mixer + AB-MIL, regions",
+        f"{what}, {place}"
+        for place in ("memory", "disk")
+        for what in (
+            "read every store once, 20x bags",
+            "read every store once, all bags",
+            "read every store once, regions bags",
+            "epoch: AB-MIL, 20x",
+            "epoch: AB-MIL, all x",
+            "epoch: tiny mixer + AB-MIL, regions",
+        )
     }
     for r in rows.values():
         assert r["seconds"] > 0 and r["rss_mb"] > 0 and r["slides"] > 0
-    assert rows["read every store once, 20x bags"]["slides"] == 8
-    assert rows["epoch: AB-MIL, 20x"]["slides"] == 6  # train and tune: 4 + 2
+    assert rows["read every store once, 20x bags, disk"]["slides"] == 8
+    assert rows["epoch: AB-MIL, 20x, disk"]["slides"] == 6  # train and tune: 4 + 2
+    assert rows["epoch: AB-MIL, 20x, disk"]["bag_reads"] == 6  # each slide read once, from disk
     stores = sorted((tmp_path / "cohort-8-3-6x6x8" / "stores").glob("*.h5"))
     assert len(stores) == 8 and len({p.stat().st_ino for p in stores}) == 3  # hard links to 3 distinct stores
     assert results["distinct_gb"] > 0 and (tmp_path / "bench_cohort.json").is_file()
@@ -153,13 +158,15 @@ def test_all_finite_is_numpys_isfinite(dtype, bad):
     assert all_finite(values[:, ::2]) == (bad is None)  # not contiguous: numpy's own check
 
 
-def test_padded_batches_hold_each_bag_as_float32_and_zeros_after_it():
+def test_padded_batches_hold_each_bag_and_zeros_after_it():
     for _ in range(3):  # fresh allocations may reuse memory holding anything: the padding must still be zero
         garbage = torch.full((3, 9, 4), float("nan"))
         del garbage
         bags = [torch.randn(n, 4).half() for n in (5, 9, 1)]
         out, mask = pad_bags(bags)
-        assert out.dtype == torch.float32 and out.shape == (3, 9, 4)
+        wide, _ = pad_bags(bags, torch.float32)
+        assert out.dtype == torch.float16 and wide.dtype == torch.float32 and out.shape == wide.shape == (3, 9, 4)
         for i, b in enumerate(bags):
-            assert torch.equal(out[i, : len(b)], b.float()) and not out[i, len(b) :].any()
+            assert torch.equal(out[i, : len(b)], b) and not out[i, len(b) :].any()
+            assert torch.equal(wide[i, : len(b)], b.float()) and not wide[i, len(b) :].any()
             assert mask[i].tolist() == [True] * len(b) + [False] * (9 - len(b))

@@ -1016,10 +1016,17 @@ def bench_scale(
     mil_distinct: Annotated[
         int, typer.Option(help="Distinct real-size stores (~41 MB each) the cohort's slides are hard links to.")
     ] = 150,
+    mil_storage: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            help="Where the stores are read from (repeat): memory (the page cache holds them) and/or disk (each store "
+            "dropped from the page cache before it is read, as in a cohort larger than memory) [both]."
+        ),
+    ] = None,
 ) -> None:
     """Start-up at corpus scale (catalog build, first pretraining batch, a cohort out of N, peak RSS; with and without
     the catalog), and MIL training on a cohort of real-size slides (--mil-cohort)."""
-    from .bench.cohort import run_cohort_benchmark
+    from .bench.cohort import STORAGE, run_cohort_benchmark
     from .bench.scale import run_scale_benchmark
 
     if n or not mil_cohort:
@@ -1032,7 +1039,16 @@ def bench_scale(
             console=console,
         )
     if mil_cohort:
-        run_cohort_benchmark(workdir, slides=mil_cohort, distinct=min(mil_distinct, mil_cohort), console=console)
+        unknown = sorted(set(mil_storage or ()) - set(STORAGE))
+        if unknown:
+            raise typer.BadParameter(f"--mil-storage {', '.join(unknown)}: use {' or '.join(STORAGE)}")
+        run_cohort_benchmark(
+            workdir,
+            slides=mil_cohort,
+            distinct=min(mil_distinct, mil_cohort),
+            storage=tuple(mil_storage or STORAGE),
+            console=console,
+        )
 
 
 @bench_app.command("pretrain")

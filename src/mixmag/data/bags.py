@@ -12,9 +12,11 @@ budget, and `plan_micro_batches` splits a step whose padded batch would not fit 
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections import OrderedDict, deque
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
+from itertools import islice
 from pathlib import Path
 from typing import Literal
 
@@ -30,6 +32,7 @@ from .regions import RegionTable
 TILE_MODES = ("5x", "10x", "20x", "all")
 BagMode = Literal["5x", "10x", "20x", "all", "patch", "cls", "regions"]
 DEFAULT_CACHE_MB = 1024  # bags kept between steps: ~33 20x bags of TCGA-size slides (~31 MB each, float16)
+DEFAULT_READ_AHEAD = 4  # bags read in a background thread ahead of their use: ~one micro-batch of real-size slides
 DEFAULT_MICRO_BATCH_MB = 256  # padded float32 batch of one forward/backward: ~3 all-x bags of ~750-cell slides
 
 
@@ -127,7 +130,13 @@ def bag_shape(store_path: Path, mode: str, region_level: str | None = None) -> t
 class BagCache:
     """Each slide's bag (float16 tensor), read from its store when asked and kept while the kept bags fit
     `budget_bytes`; past it the least recently used are dropped (read again when next asked). A bag larger than the
-    budget is returned and not kept. Memory is then bounded whatever the cohort size: budget + the bags in use."""
+    budget is returned and not kept. Memory is then bounded whatever the cohort size: budget + the bags in use + the
+    `read_ahead` bags being read.
+
+    Read-ahead: a caller that knows the order in which it will ask for bags says so (`expect`); the next
+    `read_ahead` bags of that order that are not kept are then read in a background thread while the caller computes
+    (h5py and numpy release the GIL while they read and check). A bag read ahead is the bag read when asked, and a
+    read that failed raises when its slide is asked for, as a read made then would."""
 
     def __init__(
         self,
@@ -136,23 +145,33 @@ class BagCache:
         encoded_dir: Path | None = None,
         region_level: str | None = None,
         budget_bytes: int = DEFAULT_CACHE_MB << 20,
+        read_ahead: int = DEFAULT_READ_AHEAD,
     ) -> None:
         self.mode = mode
         self.region_level = region_level
         self.stores = stores
         self.encoded_dir = encoded_dir
         self.budget_bytes = budget_bytes
+        self.read_ahead = read_ahead
         self.kept_bytes = 0
         self.reads = 0  # bags read from disk (a cache miss each)
         self._bags: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._shapes: dict[str, tuple[int, ...]] = {}
+        self._expected: deque[str] = deque()
+        self._pending: dict[str, Future[torch.Tensor]] = {}
+        self._reader: ThreadPoolExecutor | None = None
 
     def __call__(self, slide: str) -> torch.Tensor:
+        if self._expected and self._expected[0] == slide:
+            self._expected.popleft()
         bag = self._bags.get(slide)
         if bag is not None:
             self._bags.move_to_end(slide)
+            self._start_reads()
             return bag
-        bag = torch.from_numpy(np.asarray(self._read(slide), np.float16))
+        pending = self._pending.pop(slide, None)
+        self._start_reads()
+        bag = pending.result() if pending is not None else self._load(slide)
         self.reads += 1
         self._shapes[slide] = tuple(bag.shape)
         size = bag.numel() * bag.element_size()
@@ -163,6 +182,36 @@ class BagCache:
             self._bags[slide] = bag
             self.kept_bytes += size
         return bag
+
+    def expect(self, slides: Iterable[str]) -> None:
+        """The slides about to be asked for, in order (replacing any order given before): reading ahead starts."""
+        self._expected = deque(slides)
+        upcoming = set(self._upcoming())
+        for slide in [s for s in self._pending if s not in upcoming]:
+            self._pending.pop(slide).cancel()  # read ahead for an order no longer expected: dropped
+        self._start_reads()
+
+    def _upcoming(self) -> list[str]:
+        """The next `read_ahead` expected slides that are not kept (a small window: at most 64 looked at)."""
+        out: list[str] = []
+        for slide in islice(self._expected, 64):
+            if len(out) == self.read_ahead:
+                break
+            if slide not in self._bags and slide not in out:
+                out.append(slide)
+        return out
+
+    def _start_reads(self) -> None:
+        if self.read_ahead <= 0:
+            return
+        for slide in self._upcoming():
+            if slide not in self._pending:
+                if self._reader is None:
+                    self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mixmag-bags")
+                self._pending[slide] = self._reader.submit(self._load, slide)
+
+    def _load(self, slide: str) -> torch.Tensor:
+        return torch.from_numpy(np.asarray(self._read(slide), np.float16))
 
     def _read(self, slide: str) -> np.ndarray:
         if self.mode in TILE_MODES:
@@ -195,15 +244,16 @@ class BagCache:
         return (math.prod(shape[:-1]), shape[-1]) if self.mode == "patch" else shape
 
 
-def pad_bags(bags: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stack bags of different lengths: (B, N_max, ...) zeros-padded, and the (B, N_max) mask of real items.
-    This is B x N_max x item x 4 bytes: training pads only micro-batches that fit their budget
-    (`plan_micro_batches`), prediction one slide at a time."""
+def pad_bags(bags: list[torch.Tensor], dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack bags of different lengths: (B, N_max, ...) zeros-padded, in the bags' own dtype unless `dtype` is given
+    (float16 store bags stay float16: the models read them without a float32 copy, `models.projection`), and the
+    (B, N_max) mask of real items. Training pads only micro-batches that fit their budget (`plan_micro_batches`),
+    prediction one slide at a time."""
     n = max(b.shape[0] for b in bags)
-    out = torch.empty((len(bags), n, *bags[0].shape[1:]), dtype=torch.float32)
+    out = torch.empty((len(bags), n, *bags[0].shape[1:]), dtype=dtype or bags[0].dtype)
     mask = torch.zeros((len(bags), n), dtype=torch.bool)
     for i, b in enumerate(bags):
-        out[i, : b.shape[0]].copy_(b)  # converted in place: no float32 temporary of the whole bag
+        out[i, : b.shape[0]].copy_(b)  # converted in place where the dtype differs: no temporary of the whole bag
         out[i, b.shape[0] :] = 0  # only the padding is written twice
         mask[i, : b.shape[0]] = True
     return out, mask

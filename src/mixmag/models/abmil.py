@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .projection import stored_linear
+
 
 class GatedABMIL(nn.Module):
     """(B, N, D) instances + (B, N) mask (True = real) -> (B,) logits and (B, N) attention.
@@ -12,8 +14,11 @@ class GatedABMIL(nn.Module):
     alpha_i = softmax_i(h^T (tanh(V z_i) * sigmoid(U z_i))) over the real instances; z_agg = sum alpha_i z_i.
     V and U carry biases (eq. 8 writes none; an affine gate is the common reading and costs 2 x hidden numbers);
     h has none, as a shared offset would cancel in the softmax anyway.
-    Padded positions are zeroed before any product, so whatever they hold (even NaN or inf) cannot reach
-    the output: 0 * NaN would be NaN.
+
+    The classifier is linear, so w . z_agg = sum alpha_i (w . z_i): V, U and w are applied to every instance in one
+    product (`project`), the only pass over the bag's D-wide rows; stored float16 bags are read block by block
+    (`stored_linear`), never copied to float32. Padded positions' projections are zeroed before any other product,
+    so whatever the padding holds (even NaN or inf) cannot reach the output: 0 * NaN would be NaN.
     """
 
     def __init__(self, in_dim: int, hidden: int = 16) -> None:
@@ -24,31 +29,32 @@ class GatedABMIL(nn.Module):
         self.classifier = nn.Linear(in_dim, 1)
 
     def forward(self, z: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        z, mask = self._masked(z, mask)
-        return self._pool(z, mask)
+        logit, alpha, _ = self.contributions(z, mask)
+        return logit, alpha
 
     def contributions(
         self, z: torch.Tensor, mask: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Logits, attention and each instance's share of the logit: the classifier is linear over
-        sum alpha_i z_i, so alpha_i (w . z_i) summed over the instances is exactly logit - bias."""
-        z, mask = self._masked(z, mask)
-        logit, alpha = self._pool(z, mask)
-        return logit, alpha, alpha * (z @ self.classifier.weight[0])
-
-    @staticmethod
-    def _masked(z: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """z with its padded positions zeroed (a copy only when there is padding) and the mask."""
+        """Logits, attention and each instance's share of the logit: alpha_i (w . z_i), summed over the instances
+        exactly logit - bias."""
         if mask is None:
-            return z, torch.ones(z.shape[:2], dtype=torch.bool, device=z.device)
-        if bool(mask.all()):
-            return z, mask
-        return torch.where(mask[..., None], z, torch.zeros((), dtype=z.dtype, device=z.device)), mask
+            mask = torch.ones(z.shape[:2], dtype=torch.bool, device=z.device)
+        return self.pool(self.project(z), mask)
 
-    def _pool(self, z: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        scores = self.h(torch.tanh(self.V(z)) * torch.sigmoid(self.U(z))).squeeze(-1)
-        scores = scores.masked_fill(~mask, float("-inf"))
+    def pool(self, projected: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`contributions` from the instances' projections (B, N, 2 hidden + 1) (`project`), padded or not."""
+        if not bool(mask.all()):
+            projected = torch.where(mask[..., None], projected, torch.zeros((), device=projected.device))
+        hidden = self.V.out_features
+        gate = torch.tanh(projected[..., :hidden]) * torch.sigmoid(projected[..., hidden : 2 * hidden])
+        scores = self.h(gate).squeeze(-1).masked_fill(~mask, float("-inf"))
         alpha = torch.softmax(scores, dim=1)
         alpha = torch.where(mask, alpha, torch.zeros_like(alpha))  # an all-padding row stays all zero
-        pooled = torch.einsum("bn,bnd->bd", alpha, z)
-        return self.classifier(pooled).squeeze(-1), alpha
+        share = alpha * projected[..., 2 * hidden]
+        return share.sum(1) + self.classifier.bias, alpha, share
+
+    def project(self, z: torch.Tensor) -> torch.Tensor:
+        """(..., 2 hidden + 1): V z_i + b_V, U z_i + b_U and w . z_i of every instance, in one product."""
+        weight = torch.cat([self.V.weight, self.U.weight, self.classifier.weight])
+        bias = torch.cat([self.V.bias, self.U.bias, torch.zeros_like(self.classifier.bias)])
+        return stored_linear(z, weight, bias)

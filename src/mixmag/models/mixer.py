@@ -16,6 +16,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..geometry import sequence_length
+from .projection import stored_linear
 
 MlpKind = Literal["swiglu", "swiglu-packed", "gelu"]
 
@@ -136,7 +137,7 @@ class RegionMixer(nn.Module):
         """Encode; with `keep` (B, n_keep) slot indices, only those slots are seen (MEM)."""
         if x.shape[-1] != self.config.in_dim:
             raise ConfigError(f"region embeddings have dimension {x.shape[-1]}, the mixer expects {self.config.in_dim}")
-        h = self.embed(x) + self.pos_embed
+        h = stored_linear(x, self.embed.weight, self.embed.bias) + self.pos_embed  # float16 bags: no float32 copy
         if keep is not None:
             h = torch.gather(h, 1, keep[..., None].expand(-1, -1, h.shape[-1]))
         h = torch.cat([self.cls_token.expand(h.shape[0], -1, -1), h], dim=1)

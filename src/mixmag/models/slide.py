@@ -12,6 +12,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from ..data.bags import pad_bags
 from .abmil import GatedABMIL
 from .mixer import RegionMixer
 
@@ -36,12 +37,25 @@ class SlideModel(nn.Module):
         """Logits, AB-MIL attention and each AB-MIL instance's contribution to the logit (GatedABMIL.contributions)."""
         return self.abmil.contributions(*self.instances(bags, mask))
 
+    def bag_logits(self, bags: list[torch.Tensor]) -> torch.Tensor:
+        """(B,) logits of B bags of any lengths. Without a mixer each bag is projected as it is and only the
+        projections (2 hidden + 1 numbers an instance) are padded: no padded copy of the bags is made."""
+        if self.mixer is not None:
+            padded, mask = pad_bags(bags)
+            return self(padded.to(self.device), mask.to(self.device))[0]
+        projected, mask = pad_bags([self.abmil.project(bag.to(self.device)) for bag in bags])
+        return self.abmil.pool(projected, mask.to(self.device))[0]
+
+    @property
+    def device(self) -> torch.device:
+        return self.abmil.h.weight.device
+
     def instances(self, bags: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """What AB-MIL pools: the bag itself, or the mixer's tokens / compressed regions, with their mask."""
         if self.mixer is None:
             return bags, mask
         b, r, s, d = bags.shape
-        real = bags[mask]  # (regions, s, D): padding regions are never mixed
+        real = bags.flatten(0, 1) if bool(mask.all()) else bags[mask]  # (regions, s, D): padding is never mixed
         contextual, compressed = self.mixer(real)
         if self.output == "cls":
             feats = torch.zeros(b, r, compressed.shape[-1], device=bags.device, dtype=compressed.dtype)

@@ -16,7 +16,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from .. import __version__
-from ..data.bags import BagCache, BagMode, pad_bags, region_bag
+from ..data.bags import BagCache, BagMode, region_bag
 from ..data.encoded import encoded_mixer_weights
 from ..errors import RunError, RunMismatchError
 from ..models.mixer import MixerConfig, RegionMixer
@@ -178,16 +178,14 @@ class SlideClassifier:
 
     # -- scores -------------------------------------------------------------------------------------------
     def logits(self, slides: list[str]) -> torch.Tensor:
-        device = next(self.model.parameters()).device
-        bags, mask = pad_bags([self.bags(s) for s in slides])
-        logits, _ = self.model(bags.to(device), mask.to(device))
-        return logits
+        return self.model.bag_logits([self.bags(s) for s in slides])
 
     @torch.no_grad()
     def score(self, slides: list[str]) -> dict[str, float]:
         """Slide scores (probabilities), one slide at a time as in evaluation; the model's mode is kept."""
         training = self.model.training
         self.model.eval()
+        self.bags.expect(slides)
         scores = {slide: float(torch.sigmoid(self.logits([slide]))[0]) for slide in slides}
         self.model.train(training)
         return scores

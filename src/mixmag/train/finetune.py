@@ -19,7 +19,14 @@ from pydantic import BaseModel, ConfigDict, Field, field_serializer, model_valid
 from .. import __version__
 from ..catalog import shared_settings_of
 from ..config import load_config
-from ..data.bags import DEFAULT_CACHE_MB, DEFAULT_MICRO_BATCH_MB, BagCache, BagMode, plan_micro_batches
+from ..data.bags import (
+    DEFAULT_CACHE_MB,
+    DEFAULT_MICRO_BATCH_MB,
+    DEFAULT_READ_AHEAD,
+    BagCache,
+    BagMode,
+    plan_micro_batches,
+)
 from ..data.cohort import Cohort, Specimen, load_cohort
 from ..data.encoded import encoded_mixer_weights
 from ..errors import ConfigError
@@ -82,6 +89,11 @@ class TrainSettings(BaseModel):
         gt=0,
         description="MiB of the largest padded float32 batch of one forward/backward; a step over it is split into "
         "micro-batches of whole specimens whose gradients add up to the step's (docs/scale.md)",
+    )
+    read_ahead: int = Field(
+        DEFAULT_READ_AHEAD,
+        ge=0,
+        description="bags read in a background thread ahead of the step that uses them (0: each read when asked)",
     )
 
     def given(self) -> dict:
@@ -154,6 +166,7 @@ class Trainer:
             Path(config.encoded) if config.encoded else None,
             config.region_level,
             budget_bytes=int(config.bag_cache_mb * 2**20),
+            read_ahead=config.read_ahead,
         )
         first = next(iter(self.cohort.specimens.values())).slides[0]
         bag_dim = int(bags(first).shape[-1])
@@ -231,10 +244,11 @@ class Trainer:
         )
         return [[specimens[i] for i in part] for part in plan]
 
-    def train_step(self, specimens: list[Specimen]) -> float:
-        """One optimiser step over the specimens; its loss. Split into micro-batches, each micro-batch's loss is
-        weighted by its share of the specimens, so the accumulated gradient is the whole step's (eq. 9's mean)."""
-        parts = self.micro_batches(specimens)
+    def train_step(self, specimens: list[Specimen], parts: list[list[Specimen]] | None = None) -> float:
+        """One optimiser step over the specimens; its loss. Split into micro-batches (`parts`, planned here unless
+        given), each micro-batch's loss is weighted by its share of the specimens, so the accumulated gradient is the
+        whole step's (eq. 9's mean)."""
+        parts = parts if parts is not None else self.micro_batches(specimens)
         self.optimizer.zero_grad(set_to_none=True)
         if len(parts) == 1:
             loss = self.specimen_loss(specimens)
@@ -279,10 +293,10 @@ class Trainer:
         train = self.cohort.split("train")
         self.set_mixer_frozen(epoch < c.freeze_epochs)
         order = np.random.default_rng([c.seed, epoch]).permutation(len(train))
-        return [
-            self.train_step([train[i] for i in order[start : start + c.batch_size]])
-            for start in range(0, len(order), c.batch_size)
-        ]
+        steps = [[train[i] for i in order[k : k + c.batch_size]] for k in range(0, len(order), c.batch_size)]
+        plans = [self.micro_batches(step) for step in steps]  # from the stores' headers: no bag is read to plan
+        self.bags.expect(s for plan in plans for part in plan for sp in part for s in sp.slides)  # read-ahead order
+        return [self.train_step(step, plan) for step, plan in zip(steps, plans, strict=True)]
 
     def _epochs(self, run: TrainRun, on_epoch) -> tuple[list[dict], int]:
         c = self.config
