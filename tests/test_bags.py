@@ -10,6 +10,7 @@ from train_runs import train_config
 
 from mixmag.bench.cohort import run_cohort_benchmark
 from mixmag.data.bags import BagCache, bag_shape, pad_bags, plan_micro_batches, region_bag, tile_bag
+from mixmag.devices import core_left_for_reading
 from mixmag.store import StoreError, all_finite, read_store, write_store
 from mixmag.synth.stores import synthetic_store
 from mixmag.train.finetune import Trainer
@@ -170,3 +171,52 @@ def test_padded_batches_hold_each_bag_and_zeros_after_it():
             assert torch.equal(out[i, : len(b)], b) and not out[i, len(b) :].any()
             assert torch.equal(wide[i, : len(b)], b.float()) and not wide[i, len(b) :].any()
             assert mask[i].tolist() == [True] * len(b) + [False] * (9 - len(b))
+
+
+def test_bags_read_ahead_are_the_bags_read_when_asked_and_a_bad_one_fails_when_asked(tmp_path):
+    stores = stores_of(tmp_path, 5)
+    (tmp_path / "bad.h5").write_bytes(b"not an HDF5 file")
+    stores["bad"] = tmp_path / "bad.h5"
+    order = ["s3", "s0", "bad", "s4", "s1"]
+    ahead = BagCache("20x", stores, read_ahead=2)
+    ahead.expect(order)  # starts reading s3 and s0; nothing fails yet
+    for slide in order[:2]:
+        assert torch.equal(ahead(slide), torch.from_numpy(tile_bag(stores[slide], "20x")))
+    with pytest.raises(StoreError) as read_ahead_error:
+        ahead("bad")
+    with pytest.raises(StoreError) as read_when_asked:
+        BagCache("20x", stores, read_ahead=0)("bad")
+    assert str(read_ahead_error.value) == str(read_when_asked.value)
+    for slide in order[3:]:
+        assert torch.equal(ahead(slide), torch.from_numpy(tile_bag(stores[slide], "20x")))
+    assert ahead.reads == 4 and not ahead._pending
+    ahead.expect(["s2", "s0"])  # s0 is kept: only s2 is read ahead
+    assert list(ahead._pending) == ["s2"]
+
+
+def test_training_that_reads_bags_ahead_is_bit_for_bit_the_training_that_does_not(small_cohort, tmp_path):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the same arithmetic in both runs: read-ahead may take a core from torch otherwise
+    try:
+        states = []
+        for read_ahead in (0, 3):
+            trainer = Trainer(train_config(small_cohort, tmp_path / str(read_ahead), read_ahead=read_ahead))
+            trainer.train_epoch(0)
+            trainer.train_epoch(1)
+            states.append(trainer.model.state_dict())
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+
+
+def test_a_core_is_left_for_reading_only_while_reading_ahead_on_the_cpu():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with core_left_for_reading(torch.device("cpu"), reading=True):
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+        with core_left_for_reading(torch.device("cpu"), reading=False):
+            assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)

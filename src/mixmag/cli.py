@@ -396,8 +396,10 @@ def encode(
 def train(
     config: Annotated[Path, typer.Option(help="YAML training config (see configs/mil.yaml).")],
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a config key: --set bags=5x.")] = None,
+    device: Annotated[str, typer.Option(help="Where to train: cpu, cuda, cuda:1.")] = "cpu",
 ) -> None:
     """Train a slide-level AB-MIL model (optionally with a region mixer); select on tune, report test."""
+    from .devices import choose_device
     from .train.finetune import load_train_config, run_training
 
     cfg = load_train_config(config, set_)
@@ -411,6 +413,7 @@ def train(
         on_epoch=lambda h: console.print(
             f"epoch {h['epoch']:>3}  train loss {h['train_loss']:.4f}  tune AUROC {h['tune_auroc']:.3f}"
         ),
+        device=choose_device(device),
     )
     _print_metrics(metrics)
 
@@ -1016,6 +1019,7 @@ def bench_scale(
     mil_distinct: Annotated[
         int, typer.Option(help="Distinct real-size stores (~41 MB each) the cohort's slides are hard links to.")
     ] = 150,
+    mil_device: Annotated[str, typer.Option(help="Where the cohort's epochs train: cpu, cuda, cuda:1.")] = "cpu",
     mil_storage: Annotated[
         Optional[list[str]],
         typer.Option(
@@ -1047,6 +1051,7 @@ def bench_scale(
             slides=mil_cohort,
             distinct=min(mil_distinct, mil_cohort),
             storage=tuple(mil_storage or STORAGE),
+            device=mil_device,
             console=console,
         )
 

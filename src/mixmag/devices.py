@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import importlib
 import os
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -86,3 +87,20 @@ def autocast(precision: str, device: torch.device) -> AbstractContextManager:
 
 def embedding_autocast(device: torch.device) -> AbstractContextManager:
     return autocast(embedding_precision(device), device)
+
+
+@contextmanager
+def core_left_for_reading(device: torch.device, reading: bool) -> Iterator[None]:
+    """While a background thread reads data (bags read ahead) and the CPU computes, one core fewer for torch's
+    intra-op threads: on this project's 2-core machine an AB-MIL epoch with bags read from disk took 0.048 s a slide
+    with 1 thread + the reader against 0.061 s with 2 threads and no reader and 0.068 s with 2 threads + the reader
+    (the reader pre-empted a compute thread that the others then waited for)."""
+    threads = torch.get_num_threads()
+    if not reading or device.type != "cpu" or threads < 2:
+        yield
+        return
+    torch.set_num_threads(threads - 1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)

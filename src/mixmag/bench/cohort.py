@@ -26,6 +26,7 @@ from rich.table import Table
 
 from ..data.bags import DEFAULT_CACHE_MB, DEFAULT_MICRO_BATCH_MB, BagCache, region_bag, tile_bag
 from ..data.cohort import load_cohort
+from ..devices import choose_device
 from ..fileio import write_atomic, write_json_atomic
 from ..store import STORE_SUFFIX, write_store
 from ..synth.stores import synthetic_store
@@ -126,7 +127,9 @@ def _read_once(stores: str, table: str, mode: str, storage: str) -> dict:
     }
 
 
-def _epoch(stores: str, table: str, task: dict, cache_mb: float, micro_batch_mb: float, storage: str) -> dict:
+def _epoch(
+    stores: str, table: str, task: dict, cache_mb: float, micro_batch_mb: float, storage: str, device: str
+) -> dict:
     """One training epoch as `mixmag train` runs it: a pass over the train split, then the tune split scored."""
     config = TrainConfig(
         cohort=table,
@@ -139,7 +142,7 @@ def _epoch(stores: str, table: str, task: dict, cache_mb: float, micro_batch_mb:
         micro_batch_mb=micro_batch_mb,
         **task,
     )
-    trainer = Trainer(config)
+    trainer = Trainer(config, choose_device(device))
     if storage == "disk":
         kept = trainer.bags
         trainer.classifier.bags = DiskBagCache(
@@ -168,6 +171,7 @@ def run_cohort_benchmark(
     cache_mb: float = DEFAULT_CACHE_MB,
     micro_batch_mb: float = DEFAULT_MICRO_BATCH_MB,
     storage: tuple[str, ...] = STORAGE,
+    device: str = "cpu",
     fresh_process: bool = True,
     console: Console | None = None,
 ) -> dict:
@@ -187,7 +191,7 @@ def run_cohort_benchmark(
         for name, task in TASKS.items():
             with console.status(f"one epoch: {name}, {place}"):
                 rows[f"epoch: {name}, {place}"] = run(
-                    _epoch, made["stores"], made["table"], task, cache_mb, micro_batch_mb, place
+                    _epoch, made["stores"], made["table"], task, cache_mb, micro_batch_mb, place, device
                 )
     results = {
         "slides": slides,
@@ -198,6 +202,7 @@ def run_cohort_benchmark(
         "bag_cache_mb": cache_mb,
         "micro_batch_mb": micro_batch_mb,
         "storage": list(storage),
+        "device": device,
         "rows": rows,
     }
     _print(console, results)
@@ -218,8 +223,8 @@ def _print(console: Console, results: dict) -> None:
         title=f"A cohort of {results['slides']:,} real-size slides ({results['cells']} cells, D = {results['dim']}, "
         f"5x/10x/20x; {results['distinct_stores']} distinct stores, {results['distinct_gb']:.1f} GB, hard-linked to "
         f"the {results['slides']:,} slide ids); bag cache {results['bag_cache_mb']:g} MiB, micro-batches "
-        f"{results['micro_batch_mb']:g} MiB; each row a fresh process; stores in memory (page cache) or on disk "
-        "(dropped from the page cache before each read)"
+        f"{results['micro_batch_mb']:g} MiB; epochs on {results['device']}; each row a fresh process; stores in "
+        "memory (page cache) or on disk (dropped from the page cache before each read)"
     )
     for col in ("what", "slides", "seconds", "s / slide", "CPU s / slide", "bags read", "peak RSS"):
         table.add_column(col, justify="right" if col != "what" else "left")

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from .. import __version__
 from ..data.bags import BagCache, BagMode, region_bag
 from ..data.encoded import encoded_mixer_weights
+from ..devices import core_left_for_reading
 from ..errors import RunError, RunMismatchError
 from ..models.mixer import MixerConfig, RegionMixer
 from ..models.slide import SlideModel
@@ -186,7 +187,8 @@ class SlideClassifier:
         training = self.model.training
         self.model.eval()
         self.bags.expect(slides)
-        scores = {slide: float(torch.sigmoid(self.logits([slide]))[0]) for slide in slides}
+        with core_left_for_reading(self.model.device, self.bags.read_ahead > 0):
+            scores = {slide: float(torch.sigmoid(self.logits([slide]))[0]) for slide in slides}
         self.model.train(training)
         return scores
 

@@ -29,6 +29,7 @@ from ..data.bags import (
 )
 from ..data.cohort import Cohort, Specimen, load_cohort
 from ..data.encoded import encoded_mixer_weights
+from ..devices import core_left_for_reading
 from ..errors import ConfigError
 from ..metrics import auroc, bootstrap_auroc, specimen_scores
 from ..models.mixer import MixerOverrides, RegionMixer, mixer_config
@@ -296,7 +297,8 @@ class Trainer:
         steps = [[train[i] for i in order[k : k + c.batch_size]] for k in range(0, len(order), c.batch_size)]
         plans = [self.micro_batches(step) for step in steps]  # from the stores' headers: no bag is read to plan
         self.bags.expect(s for plan in plans for part in plan for sp in part for s in sp.slides)  # read-ahead order
-        return [self.train_step(step, plan) for step, plan in zip(steps, plans, strict=True)]
+        with core_left_for_reading(self.device, self.bags.read_ahead > 0):
+            return [self.train_step(step, plan) for step, plan in zip(steps, plans, strict=True)]
 
     def _epochs(self, run: TrainRun, on_epoch) -> tuple[list[dict], int]:
         c = self.config
@@ -359,5 +361,5 @@ def pretrained_mixer_digest(config: TrainConfig) -> str | None:
     return None
 
 
-def run_training(config: TrainConfig, on_epoch=None) -> dict:
-    return Trainer(config).fit(on_epoch)
+def run_training(config: TrainConfig, on_epoch=None, device: torch.device | None = None) -> dict:
+    return Trainer(config, device).fit(on_epoch)
