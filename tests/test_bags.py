@@ -190,7 +190,7 @@ def test_bags_read_ahead_are_the_bags_read_when_asked_and_a_bad_one_fails_when_a
     for slide in order[3:]:
         assert torch.equal(ahead(slide), torch.from_numpy(tile_bag(stores[slide], "20x")))
     assert ahead.reads == 4 and not ahead._pending
-    ahead.expect(["s2", "s0"])  # s0 is kept: only s2 is read ahead
+    assert ahead.expect(["s2", "s0"]) == 1  # s0 is kept: only s2 is to be read, and it is read ahead
     assert list(ahead._pending) == ["s2"]
 
 

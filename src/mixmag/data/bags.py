@@ -183,13 +183,15 @@ class BagCache:
             self.kept_bytes += size
         return bag
 
-    def expect(self, slides: Iterable[str]) -> None:
-        """The slides about to be asked for, in order (replacing any order given before): reading ahead starts."""
+    def expect(self, slides: Iterable[str]) -> int:
+        """The slides about to be asked for, in order (replacing any order given before): reading ahead starts.
+        Returns how many of them are not kept now (0: nothing to read, as when a small cohort is kept whole)."""
         self._expected = deque(slides)
         upcoming = set(self._upcoming())
         for slide in [s for s in self._pending if s not in upcoming]:
             self._pending.pop(slide).cancel()  # read ahead for an order no longer expected: dropped
         self._start_reads()
+        return sum(slide not in self._bags for slide in set(self._expected))
 
     def _upcoming(self) -> list[str]:
         """The next `read_ahead` expected slides that are not kept (a small window: at most 64 looked at)."""

@@ -186,8 +186,8 @@ class SlideClassifier:
         """Slide scores (probabilities), one slide at a time as in evaluation; the model's mode is kept."""
         training = self.model.training
         self.model.eval()
-        self.bags.expect(slides)
-        with core_left_for_reading(self.model.device, self.bags.read_ahead > 0):
+        to_read = self.bags.expect(slides)
+        with core_left_for_reading(self.model.device, to_read > 0 and self.bags.read_ahead > 0):
             scores = {slide: float(torch.sigmoid(self.logits([slide]))[0]) for slide in slides}
         self.model.train(training)
         return scores
