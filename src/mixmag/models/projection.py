@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 BLOCK_ROWS = 1024  # 1024 x 1280 float32 = 5 MB a block: cache-sized, measured flat from 512 to 2048 rows
 LOW_PRECISION = (torch.float16, torch.bfloat16)
+SMALL_INPUT = 4 * BLOCK_ROWS * 1280  # values: a few blocks of a 1280-wide bag (a padded batch of small bags)
 
 
 def stored_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -21,6 +22,8 @@ def stored_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     block by block (no float32 copy of it is kept); any other `x` takes F.linear as it is."""
     if x.dtype not in LOW_PRECISION or x.requires_grad or weight.dtype != torch.float32:
         return F.linear(x, weight, bias)
+    if x.numel() <= SMALL_INPUT:  # a float32 copy costs less than the blocks' Python steps
+        return F.linear(x.float(), weight, bias)
     rows = x.reshape(-1, x.shape[-1])
     out = _BlockwiseLinear.apply(rows, weight, bias if bias is not None else torch.zeros_like(weight[:, 0]))
     return out.reshape(*x.shape[:-1], weight.shape[0])

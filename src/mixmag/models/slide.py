@@ -17,6 +17,7 @@ from .abmil import GatedABMIL
 from .mixer import RegionMixer
 
 MixerOutput = Literal["patch", "cls"]
+PAD_UP_TO_BYTES = 64 << 20  # bags padded into one batch up to this size; larger ones projected bag by bag
 
 
 class SlideModel(nn.Module):
@@ -38,9 +39,12 @@ class SlideModel(nn.Module):
         return self.abmil.contributions(*self.instances(bags, mask))
 
     def bag_logits(self, bags: list[torch.Tensor]) -> torch.Tensor:
-        """(B,) logits of B bags of any lengths. Without a mixer each bag is projected as it is and only the
-        projections (2 hidden + 1 numbers an instance) are padded: no padded copy of the bags is made."""
-        if self.mixer is not None:
+        """(B,) logits of B bags of any lengths. Without a mixer, bags whose padded batch would exceed
+        `PAD_UP_TO_BYTES` are projected one by one and only their projections (2 hidden + 1 numbers an instance) are
+        padded: no padded copy of real-size bags is made. Smaller bags are padded and projected in one product (one
+        autograd node instead of one a bag: faster when bags are many and small)."""
+        padded_bytes = len(bags) * max(b.shape[0] for b in bags) * bags[0][0].numel() * bags[0].element_size()
+        if self.mixer is not None or padded_bytes <= PAD_UP_TO_BYTES:
             padded, mask = pad_bags(bags)
             return self(padded.to(self.device), mask.to(self.device))[0]
         projected, mask = pad_bags([self.abmil.project(bag.to(self.device)) for bag in bags])
