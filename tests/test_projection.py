@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from mixmag.data.bags import pad_bags
-from mixmag.models import projection
+from mixmag.models import projection, slide
 from mixmag.models.abmil import GatedABMIL
 from mixmag.models.mixer import RegionMixer, mixer_config
 from mixmag.models.projection import stored_linear
@@ -44,7 +44,11 @@ def test_stored_linear_leaves_inputs_that_need_a_gradient_to_f_linear():
     assert x.grad is not None and torch.allclose(x.grad, layer.weight.sum(0).expand(10, 6))
 
 
-def test_abmil_on_float16_bags_is_abmil_on_their_float32_copies():
+@pytest.mark.parametrize("pad_up_to", [0, 1 << 30])  # real-size bags projected one by one, small ones padded first
+def test_abmil_on_float16_bags_is_abmil_on_their_float32_copies(monkeypatch, pad_up_to):
+    monkeypatch.setattr(slide, "PAD_UP_TO_BYTES", pad_up_to)
+    monkeypatch.setattr(projection, "SMALL_INPUT", 0)
+    monkeypatch.setattr(projection, "BLOCK_ROWS", 64)
     torch.manual_seed(1)
     model = SlideModel(32, hidden=16)
     bags = [torch.randn(n, 32).half() for n in (40, 7, 300)]
