@@ -194,6 +194,17 @@ def test_bags_read_ahead_are_the_bags_read_when_asked_and_a_bad_one_fails_when_a
     assert list(ahead._pending) == ["s2"]
 
 
+def test_read_ahead_follows_the_order_when_an_expected_slide_is_skipped(tmp_path):
+    stores = stores_of(tmp_path, 6)
+    ahead = BagCache("20x", stores, read_ahead=2)
+    ahead.expect([f"s{i}" for i in range(6)])
+    assert sorted(ahead._pending) == ["s0", "s1"]
+    ahead("s2")  # s0 and s1 never asked for: their reads are dropped and the window moves on past s2
+    assert sorted(ahead._pending) == ["s3", "s4"]
+    ahead.expect(["s5"])  # a new order: reads for the old one are dropped
+    assert list(ahead._pending) == ["s5"] and ahead.reads == 1
+
+
 def test_training_that_reads_bags_ahead_is_bit_for_bit_the_training_that_does_not(small_cohort, tmp_path):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the same arithmetic in both runs: read-ahead may take a core from torch otherwise

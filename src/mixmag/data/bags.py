@@ -162,8 +162,10 @@ class BagCache:
         self._reader: ThreadPoolExecutor | None = None
 
     def __call__(self, slide: str) -> torch.Tensor:
-        if self._expected and self._expected[0] == slide:
-            self._expected.popleft()
+        if slide in islice(self._expected, 64):  # asked as expected; slides skipped before it are passed over
+            while (passed := self._expected.popleft()) != slide:
+                if passed in self._pending:
+                    self._pending.pop(passed).cancel()
         bag = self._bags.get(slide)
         if bag is not None:
             self._bags.move_to_end(slide)
