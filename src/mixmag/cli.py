@@ -403,6 +403,7 @@ def train(
     from .train.finetune import load_train_config, run_training
 
     cfg = load_train_config(config, set_)
+    dev = choose_device(device)
     console.print(
         f"Training AB-MIL on {cfg.bags} "
         f"bags{' with a ' + cfg.mixer.init + ' mixer (' + cfg.mixer.output + ')' if cfg.mixer else ''} -> {cfg.out}",
@@ -413,7 +414,7 @@ def train(
         on_epoch=lambda h: console.print(
             f"epoch {h['epoch']:>3}  train loss {h['train_loss']:.4f}  tune AUROC {h['tune_auroc']:.3f}"
         ),
-        device=choose_device(device),
+        device=dev,
     )
     _print_metrics(metrics)
 

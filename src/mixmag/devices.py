@@ -38,10 +38,22 @@ def dist_from_env() -> DistInfo:
 
 
 def choose_device(name: str | None = None, dist: DistInfo = DistInfo()) -> torch.device:
-    """The device named (cuda, cuda:1, cpu), else this rank's GPU when there is one, else the CPU."""
-    if name:
-        return torch.device(name)
-    return torch.device(f"cuda:{dist.local_rank}" if torch.cuda.is_available() else "cpu")
+    """The device named (cuda, cuda:1, cpu), else this rank's GPU when there is one, else the CPU. A name torch does
+    not know, or a GPU this machine does not have, is a ConfigError here rather than a traceback mid-run."""
+    if not name:
+        return torch.device(f"cuda:{dist.local_rank}" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise ConfigError(f"device {name!r} is not a device name; use cpu, cuda or cuda:N") from exc
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (device.index or 0) >= count:
+            raise ConfigError(
+                f"device {name!r}: this machine has {count} usable CUDA GPU(s); use cpu"
+                + (f" or cuda:0..cuda:{count - 1}" if count else "")
+            )
+    return device
 
 
 def start_distributed(device: str | None = None, *, process_group: bool = True) -> tuple[DistInfo, torch.device]:
