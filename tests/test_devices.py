@@ -1,4 +1,5 @@
-"""Device names are checked when a command starts: a typo or a GPU the machine lacks is one clear error."""
+"""Device names and benchmark settings are checked when a command starts: a typo, a GPU the machine lacks or an
+impossible cohort is one clear error before any work."""
 
 import pytest
 import torch
@@ -27,3 +28,18 @@ def test_mixmag_train_names_a_bad_device_before_any_work(tmp_path):
     result = CliRunner().invoke(app, ["train", "--config", str(config), "--device", "gpu"])
     assert result.exit_code != 0 and "'gpu' is not a device name" in result.output
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--mil-device", "cuda:99"], "usable CUDA GPU"),
+        (["--mil-storage", "tape"], "--mil-storage tape"),
+        (["--mil-cohort", "3"], "at least 10 slides"),
+    ],
+)
+def test_bench_scale_refuses_bad_cohort_settings_before_writing_anything(tmp_path, args, message):
+    base = ["bench", "scale", "--workdir", str(tmp_path / "w"), "--mil-cohort", "20", "--n", "10"]
+    result = CliRunner().invoke(app, base + args)
+    assert result.exit_code != 0 and message in result.output
+    assert not (tmp_path / "w").exists()

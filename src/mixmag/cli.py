@@ -1014,11 +1014,13 @@ def bench_scale(
         int,
         typer.Option(
             help="Also train on a simulated cohort of this many real-size slides (750 cells, D = 1280): epoch seconds "
-            "and peak RSS of AB-MIL 20x / all x and a tiny mixer on regions. Alone (no --n), only this runs."
+            "and peak RSS of AB-MIL 20x / all x and a tiny mixer on regions. Alone (no --n), only this runs.",
+            min=0,
         ),
     ] = 0,
     mil_distinct: Annotated[
-        int, typer.Option(help="Distinct real-size stores (~41 MB each) the cohort's slides are hard links to.")
+        int,
+        typer.Option(help="Distinct real-size stores (~41 MB each) the cohort's slides are hard links to.", min=1),
     ] = 150,
     mil_device: Annotated[str, typer.Option(help="Where the cohort's epochs train: cpu, cuda, cuda:1.")] = "cpu",
     mil_storage: Annotated[
@@ -1033,7 +1035,15 @@ def bench_scale(
     the catalog), and MIL training on a cohort of real-size slides (--mil-cohort)."""
     from .bench.cohort import STORAGE, run_cohort_benchmark
     from .bench.scale import run_scale_benchmark
+    from .devices import choose_device
 
+    if mil_cohort:  # checked before anything is written or run
+        unknown = sorted(set(mil_storage or ()) - set(STORAGE))
+        if unknown:
+            raise typer.BadParameter(f"--mil-storage {', '.join(unknown)}: use {' or '.join(STORAGE)}")
+        if mil_cohort < 10:
+            raise typer.BadParameter(f"--mil-cohort {mil_cohort}: at least 10 slides (a tenth each for tune and test)")
+        choose_device(mil_device)
     if n or not mil_cohort:
         run_scale_benchmark(
             workdir,
@@ -1044,9 +1054,6 @@ def bench_scale(
             console=console,
         )
     if mil_cohort:
-        unknown = sorted(set(mil_storage or ()) - set(STORAGE))
-        if unknown:
-            raise typer.BadParameter(f"--mil-storage {', '.join(unknown)}: use {' or '.join(STORAGE)}")
         run_cohort_benchmark(
             workdir,
             slides=mil_cohort,
