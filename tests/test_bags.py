@@ -11,6 +11,7 @@ from train_runs import train_config
 from mixmag.bench.cohort import run_cohort_benchmark
 from mixmag.data.bags import BagCache, bag_shape, pad_bags, plan_micro_batches, region_bag, tile_bag
 from mixmag.devices import core_left_for_reading
+from mixmag.errors import CohortError
 from mixmag.store import StoreError, all_finite, read_store, write_store
 from mixmag.synth.stores import synthetic_store
 from mixmag.train.finetune import Trainer
@@ -61,6 +62,13 @@ def test_bag_shapes_from_the_header_are_those_of_the_bags(tmp_path, mode, level)
     path = stores_of(tmp_path, 1, rows=6, cols=7)["s0"]
     bag = region_bag(path, level) if mode == "regions" else tile_bag(path, mode)
     assert bag_shape(path, mode, level) == bag.shape
+
+
+def test_a_region_level_the_store_lacks_is_named_by_its_shape_and_its_bag_alike(tmp_path):
+    path = stores_of(tmp_path, 1)["s0"]
+    for read in (bag_shape, region_bag):
+        with pytest.raises(CohortError, match=r"no level '40x' in the store \(levels: 5x, 10x, 20x\)"):
+            read(path, "regions", "40x") if read is bag_shape else read(path, "40x")
 
 
 def test_micro_batches_fit_their_budget_and_never_split_a_specimen():

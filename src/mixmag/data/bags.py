@@ -122,7 +122,9 @@ def bag_shape(store_path: Path, mode: str, region_level: str | None = None) -> t
     t = int(index.attrs.get("region_size") or 0)
     offsets = level_offsets(t, len(names))
     tokens = offsets[-1]
-    if region_level is not None and region_level in names:
+    if region_level is not None:
+        if region_level not in names:
+            raise CohortError(f"{store_path}: no level {region_level!r} in the store (levels: {', '.join(names)})")
         tokens = offsets[names.index(region_level) + 1] - offsets[names.index(region_level)]
     return (len(index.windows.get("regions", ())), tokens, index.dim)
 
