@@ -218,6 +218,8 @@ def test_a_tiny_benchmark_runs_end_to_end_and_skips_pretraining_no_method_uses(t
     assert [r["method"] for r in rows] == ["abmil-20x", "abmil-all"] and rows[1]["delong_p_vs_abmil-20x"]
     pairs = list(csv.DictReader(open(tmp_path / "b" / "pairs.csv")))
     assert [(p["method"], p["against"]) for p in pairs] == [("abmil-all", "abmil-20x")] and float(pairs[0]["delong_p"])
+    assert float(rows[1]["fdr_q_vs_abmil-20x"]) == pytest.approx(float(rows[1]["delong_p_vs_abmil-20x"]), rel=1e-3)
+    assert float(pairs[0]["fdr_q"]) == pytest.approx(float(pairs[0]["delong_p"]), rel=1e-3)  # one test: q = p
     assert not (tmp_path / "b" / "pretrain").exists() and not (tmp_path / "b" / "random-mixer").exists()
     said = "MEM pretraining: skipped (no configured method uses a mixer (abmil-20x, abmil-all: AB-MIL alone))."
     assert result["pretraining"]["skipped"] and said in (tmp_path / "b" / "benchmark.md").read_text()

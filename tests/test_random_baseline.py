@@ -112,3 +112,21 @@ def test_the_demo_statistics_table_shows_sd_ci_and_p_against_the_baseline(tmp_pa
     assert lines[2] == "| abmil-20x | 75.0 ± 7.1 [60.0, 90.0] |"
     assert lines[3] == "| MEM-patch-frozen | 90.0 ± 0.0 [80.0, 97.0, p=0.012] |"
     assert "seeds 0, 1" in lines[-1] and "500 resamples of the 40 test specimens" in lines[-1]
+
+
+def test_q_values_adjust_every_comparison_against_the_baseline_for_their_number():
+    """Benjamini-Hochberg by hand: sorted p (0.01, 0.02, 0.04) times m / rank (3, 1.5, 1), then the running minimum
+    from the largest down: (0.03, 0.03, 0.04); the baseline's own cells have none."""
+    from mixmag.eval.benchmark_stats import CellStatistic, statistics_table, with_false_discovery_rate
+
+    def cell(task, method, p):
+        return CellStatistic(task, method, [0.8], 0.8, 0.0, 0.7, 0.9, 40, p, None if p is None else 0.05)
+
+    cells = [cell("A", "base", None), cell("A", "x", 0.04), cell("B", "base", None), cell("B", "x", 0.02)]
+    cells += [cell("C", "base", None), cell("C", "x", 0.01)]
+    adjusted = with_false_discovery_rate(cells)
+    assert [round(c.q_vs_baseline, 12) for c in adjusted if c.q_vs_baseline is not None] == [0.04, 0.03, 0.03]
+    assert [c.q_vs_baseline for c in adjusted[::2]] == [None, None, None]
+    table = statistics_table(adjusted, ["A", "B", "C"], ["base", "x"], [0], 100, "base")
+    assert "p=0.04, q=0.04]" in table and "p=0.02, q=0.03]" in table and "p=0.01, q=0.03]" in table
+    assert "adjusted for the table's 3 comparisons" in table

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import csv
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +32,7 @@ class CellStatistic:
     n_test: int
     p_vs_baseline: float | None  # paired DeLong on seed-averaged scores; None for the baseline itself
     difference: float | None  # mean AUROC - baseline's
+    q_vs_baseline: float | None = None  # p adjusted for the table's many comparisons (`with_false_discovery_rate`)
 
 
 def read_test_predictions(run: Path) -> dict[str, tuple[int, float]]:
@@ -105,6 +106,19 @@ def cell_statistics(
     return out
 
 
+def false_discovery_rate(p_values: list[float]) -> list[float]:
+    """Benjamini-Hochberg adjusted p values (q) of a family of tests (scipy.stats.false_discovery_control)."""
+    return [float(q) for q in stats.false_discovery_control(p_values, method="bh")] if p_values else []
+
+
+def with_false_discovery_rate(cells: list[CellStatistic]) -> list[CellStatistic]:
+    """The cells with q values over every comparison against the baseline they hold: a table of 4 tasks x 4 methods
+    makes 16 tests, and a p of 0.01 among them is weaker evidence than a p of 0.01 alone."""
+    tested = [c for c in cells if c.p_vs_baseline is not None]
+    q = dict(zip(map(id, tested), false_discovery_rate([c.p_vs_baseline for c in tested]), strict=True))
+    return [replace(c, q_vs_baseline=q.get(id(c))) for c in cells]
+
+
 @dataclass(frozen=True)
 class PairedComparison:
     """Method a against method b on one task: difference of mean AUROC over seeds and a paired DeLong p on
@@ -115,6 +129,7 @@ class PairedComparison:
     against: str
     difference: float
     p: float
+    q: float | None = None  # adjusted over the pairs compared (`false_discovery_rate`)
 
 
 def compare_methods(task: str, runs_a: list[Path], runs_b: list[Path], method: str, against: str) -> PairedComparison:
@@ -192,6 +207,7 @@ def statistics_table(
 
     def cell(c: CellStatistic) -> str:
         p = "" if c.p_vs_baseline is None else f", p={c.p_vs_baseline:.2g}"
+        p += "" if c.q_vs_baseline is None else f", q={c.q_vs_baseline:.2g}"
         return f"{100 * c.mean:.1f} ± {100 * c.sd:.1f} [{100 * c.low:.1f}, {100 * c.high:.1f}{p}]"
 
     rows = [f"| {m} | " + " | ".join(cell(by[(t, m)]) for t in tasks) + " |" for m in methods]
@@ -199,6 +215,12 @@ def statistics_table(
     note = (
         f"Test AUROC x 100: mean ± sd over seeds {', '.join(map(str, seeds))} [bootstrap 95% CI of the mean over "
         f"{n_boot} resamples of the {n_test} test specimens; p: paired DeLong against {baseline} on "
-        "seed-averaged scores]."
+        "seed-averaged scores"
+        + (
+            f"; q: p adjusted for the table's {sum(c.q_vs_baseline is not None for c in cells)} comparisons "
+            "(Benjamini-Hochberg false discovery rate)]."
+            if any(c.q_vs_baseline is not None for c in cells)
+            else "]."
+        )
     )
     return "\n".join(["| method | " + " | ".join(tasks) + " |", "|---|" + "---:|" * len(tasks), *rows, "", note]) + "\n"

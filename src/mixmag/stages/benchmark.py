@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -33,11 +33,13 @@ from ..eval.benchmark_stats import (
     PairedComparison,
     cell_statistics,
     compare_methods,
+    false_discovery_rate,
     paired_power,
     pretraining_losses,
     read_test_predictions,
     specimens_for_power,
     statistics_table,
+    with_false_discovery_rate,
 )
 from ..eval.level_inputs import run_level_importance
 from ..fileio import write_atomic, write_csv_atomic, write_json_atomic
@@ -239,7 +241,7 @@ def _statistics(grid: GridConfig, config: BenchmarkConfig) -> list[CellStatistic
     for task in config.tasks:
         runs = {m: [_run_folder(grid, task, m, s) for s in config.seeds] for m in config.methods}
         cells += cell_statistics(task, runs, config.baseline, n_boot=config.n_boot)
-    return cells
+    return with_false_discovery_rate(cells)
 
 
 def _pairs(grid: GridConfig, config: BenchmarkConfig) -> list[PairedComparison]:
@@ -249,14 +251,20 @@ def _pairs(grid: GridConfig, config: BenchmarkConfig) -> list[PairedComparison]:
             if a in config.methods and b in config.methods:
                 runs = [[_run_folder(grid, task, m, s) for s in config.seeds] for m in (a, b)]
                 out.append(compare_methods(task, runs[0], runs[1], a, b))
-    return out
+    q = false_discovery_rate([pair.p for pair in out])
+    return [replace(pair, q=q_value) for pair, q_value in zip(out, q, strict=True)]
 
 
 def pairs_markdown(pairs: list[PairedComparison]) -> str:
     if not pairs:
         return ""
-    lines = ["| task | method | against | AUROC difference x 100 | paired DeLong p |", "|---|---|---|---:|---:|"]
-    lines += [f"| {p.task} | {p.method} | {p.against} | {100 * p.difference:+.1f} | {p.p:.2g} |" for p in pairs]
+    lines = [
+        "| task | method | against | AUROC difference x 100 | paired DeLong p | q (Benjamini-Hochberg) |",
+        "|---|---|---|---:|---:|---:|",
+    ]
+    lines += [
+        f"| {p.task} | {p.method} | {p.against} | {100 * p.difference:+.1f} | {p.p:.2g} | {p.q:.2g} |" for p in pairs
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -387,6 +395,7 @@ def _write_outputs(out: Path, result: dict, config: BenchmarkConfig) -> None:
             "aurocs",
             f"delong_p_vs_{config.baseline}",
             f"difference_vs_{config.baseline}",
+            f"fdr_q_vs_{config.baseline}",
         ],
         [
             [
@@ -401,14 +410,15 @@ def _write_outputs(out: Path, result: dict, config: BenchmarkConfig) -> None:
                 ";".join(f"{a:.4f}" for a in c.seeds),
                 "" if c.p_vs_baseline is None else f"{c.p_vs_baseline:.4g}",
                 "" if c.difference is None else f"{c.difference:.4f}",
+                "" if c.q_vs_baseline is None else f"{c.q_vs_baseline:.4g}",
             ]
             for c in cells
         ],
     )
     write_csv_atomic(
         out / "pairs.csv",
-        ["task", "method", "against", "difference", "delong_p"],
-        [[p.task, p.method, p.against, f"{p.difference:.4f}", f"{p.p:.4g}"] for p in result["pairs"]],
+        ["task", "method", "against", "difference", "delong_p", "fdr_q"],
+        [[p.task, p.method, p.against, f"{p.difference:.4f}", f"{p.p:.4g}", f"{p.q:.4g}"] for p in result["pairs"]],
     )
     table = statistics_table(cells, config.tasks, config.methods, config.seeds, config.n_boot, config.baseline)
     write_atomic(

@@ -19,7 +19,7 @@ from rich.console import Console
 from ..config import load_config
 from ..encoders.model import build_encoder
 from ..errors import CohortError, StageError
-from ..eval.benchmark_stats import CellStatistic, cell_statistics, statistics_table
+from ..eval.benchmark_stats import CellStatistic, cell_statistics, statistics_table, with_false_discovery_rate
 from ..fileio import write_atomic, write_json_atomic
 from ..report.html import build_report
 from ..runs import PretrainRun, TrainRun
@@ -310,6 +310,7 @@ def _statistics(grid: GridConfig, config: DemoConfig) -> None:
     for task in grid.tasks:
         runs = {m: [Path(method_config(grid, task, m, s).out) for s in grid.seeds] for m in grid.methods}
         cells += cell_statistics(task.name, runs, grid.baseline, n_boot=config.n_boot)
+    cells = with_false_discovery_rate(cells)
     write_atomic(Path(grid.out) / "statistics.md", statistics_markdown(cells, grid, config.n_boot))
 
 
