@@ -24,6 +24,7 @@ import h5py
 import numpy as np
 import torch
 
+from ..devices import core_left_for_reading
 from ..errors import CohortError
 from ..geometry import level_offsets
 from ..store import StoreError, all_finite, read_index, read_store
@@ -191,11 +192,19 @@ class BagCache:
         """The slides about to be asked for, in order (replacing any order given before): reading ahead starts.
         Returns how many of them are not kept now (0: nothing to read, as when a small cohort is kept whole)."""
         self._expected = deque(slides)
-        upcoming = set(self._upcoming())
+        upcoming = self._upcoming()
         for slide in [s for s in self._pending if s not in upcoming]:
             self._pending.pop(slide).cancel()  # read ahead for an order no longer expected: dropped
-        self._start_reads()
+        self._start_reads(upcoming)
         return sum(slide not in self._bags for slide in set(self._expected))
+
+    @contextmanager
+    def reading_ahead(self, slides: Iterable[str], device: torch.device) -> Iterator[None]:
+        """`expect(slides)` for the work inside, with a core left to the reader while there are bags to read on the
+        CPU (`core_left_for_reading`)."""
+        to_read = self.expect(slides)
+        with core_left_for_reading(device, to_read > 0 and self.read_ahead > 0):
+            yield
 
     def _upcoming(self) -> list[str]:
         """The next `read_ahead` expected slides that are not kept (a small window: at most 64 looked at)."""
@@ -207,10 +216,10 @@ class BagCache:
                 out.append(slide)
         return out
 
-    def _start_reads(self) -> None:
+    def _start_reads(self, upcoming: list[str] | None = None) -> None:
         if self.read_ahead <= 0:
             return
-        for slide in self._upcoming():
+        for slide in self._upcoming() if upcoming is None else upcoming:
             if slide not in self._pending:
                 if self._reader is None:
                     self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mixmag-bags")

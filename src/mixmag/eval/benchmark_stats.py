@@ -114,9 +114,8 @@ def false_discovery_rate(p_values: list[float]) -> list[float]:
 def with_false_discovery_rate(cells: list[CellStatistic]) -> list[CellStatistic]:
     """The cells with q values over every comparison against the baseline they hold: a table of 4 tasks x 4 methods
     makes 16 tests, and a p of 0.01 among them is weaker evidence than a p of 0.01 alone."""
-    tested = [c for c in cells if c.p_vs_baseline is not None]
-    q = dict(zip(map(id, tested), false_discovery_rate([c.p_vs_baseline for c in tested]), strict=True))
-    return [replace(c, q_vs_baseline=q.get(id(c))) for c in cells]
+    q = iter(false_discovery_rate([c.p_vs_baseline for c in cells if c.p_vs_baseline is not None]))
+    return [c if c.p_vs_baseline is None else replace(c, q_vs_baseline=next(q)) for c in cells]
 
 
 @dataclass(frozen=True)

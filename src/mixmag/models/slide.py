@@ -12,7 +12,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from ..data.bags import pad_bags
+from ..data.bags import pad_bags, padded_bytes
 from .abmil import GatedABMIL
 from .mixer import RegionMixer
 
@@ -43,8 +43,8 @@ class SlideModel(nn.Module):
         `PAD_UP_TO_BYTES` are projected one by one and only their projections (2 hidden + 1 numbers an instance) are
         padded: no padded copy of real-size bags is made. Smaller bags are padded and projected in one product (one
         autograd node instead of one a bag: faster when bags are many and small)."""
-        padded_bytes = len(bags) * max(b.shape[0] for b in bags) * bags[0][0].numel() * bags[0].element_size()
-        if self.mixer is not None or padded_bytes <= PAD_UP_TO_BYTES:
+        item_bytes = bags[0][0].numel() * bags[0].element_size()
+        if self.mixer is not None or padded_bytes([b.shape[0] for b in bags], item_bytes) <= PAD_UP_TO_BYTES:
             padded, mask = pad_bags(bags)
             return self(padded.to(self.device), mask.to(self.device))[0]
         projected, mask = pad_bags([self.abmil.project(bag.to(self.device)) for bag in bags])

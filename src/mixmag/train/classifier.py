@@ -18,7 +18,6 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from .. import __version__
 from ..data.bags import BagCache, BagMode, region_bag
 from ..data.encoded import encoded_mixer_weights
-from ..devices import core_left_for_reading
 from ..errors import RunError, RunMismatchError
 from ..models.mixer import MixerConfig, RegionMixer
 from ..models.slide import SlideModel
@@ -186,8 +185,7 @@ class SlideClassifier:
         """Slide scores (probabilities), one slide at a time as in evaluation; the model's mode is kept."""
         training = self.model.training
         self.model.eval()
-        to_read = self.bags.expect(slides)
-        with core_left_for_reading(self.model.device, to_read > 0 and self.bags.read_ahead > 0):
+        with self.bags.reading_ahead(slides, self.model.device):
             scores = {slide: float(torch.sigmoid(self.logits([slide]))[0]) for slide in slides}
         self.model.train(training)
         return scores

@@ -29,7 +29,6 @@ from ..data.bags import (
 )
 from ..data.cohort import Cohort, Specimen, load_cohort
 from ..data.encoded import encoded_mixer_weights
-from ..devices import core_left_for_reading
 from ..errors import ConfigError
 from ..metrics import auroc, bootstrap_auroc, specimen_scores
 from ..models.mixer import MixerOverrides, RegionMixer, mixer_config
@@ -296,8 +295,8 @@ class Trainer:
         order = np.random.default_rng([c.seed, epoch]).permutation(len(train))
         steps = [[train[i] for i in order[k : k + c.batch_size]] for k in range(0, len(order), c.batch_size)]
         plans = [self.micro_batches(step) for step in steps]  # from the stores' headers: no bag is read to plan
-        to_read = self.bags.expect(s for plan in plans for part in plan for sp in part for s in sp.slides)
-        with core_left_for_reading(self.device, to_read > 0 and self.bags.read_ahead > 0):
+        order = (s for plan in plans for part in plan for sp in part for s in sp.slides)  # as the steps ask for bags
+        with self.bags.reading_ahead(order, self.device):
             return [self.train_step(step, plan) for step, plan in zip(steps, plans, strict=True)]
 
     def _epochs(self, run: TrainRun, on_epoch) -> tuple[list[dict], int]:
