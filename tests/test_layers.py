@@ -21,6 +21,7 @@ LAYERS: list[set[str]] = [
         "errors",
         "ids",
         "fileio",
+        "markup",
         "config",
         "tables",
         "devices",

@@ -15,13 +15,14 @@ from pathlib import Path
 from typing import Annotated, NoReturn, Optional
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 from typer.core import TyperGroup
 
 from .config import model_default
 from .errors import MixmagError, MixmagWarning, OptionError
+from .markup import labelled, plain_console
 from .slides.params import TilingParams, TissueParams
 
 
@@ -35,18 +36,23 @@ class _ErrorBoundary(TyperGroup):
             _fail(str(exc))
 
 
-app = typer.Typer(
-    cls=_ErrorBoundary,
-    add_completion=False,
-    no_args_is_help=True,
-    help="Mixed-magnification region embeddings for computational pathology.",
+def _commands(help: str, **kwargs) -> typer.Typer:
+    """A command group whose help is plain text: rich markup would read `[cuda when available]` or `<folder>[/<any>]`
+    in an option's help as tags, dropping or refusing them (`mixmag.markup`)."""
+    return typer.Typer(
+        no_args_is_help=True, rich_markup_mode=None, context_settings={"max_content_width": 120}, help=help, **kwargs
+    )
+
+
+app = _commands(
+    "Mixed-magnification region embeddings for computational pathology.", cls=_ErrorBoundary, add_completion=False
 )
-bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks that print their figures.")
-synth_app = typer.Typer(no_args_is_help=True, help="Generate synthetic slides.")
+bench_app = _commands("Benchmarks that print their figures.")
+synth_app = _commands("Generate synthetic slides.")
 app.add_typer(bench_app, name="bench")
 app.add_typer(synth_app, name="synth")
-console = Console()
-err_console = Console(stderr=True)
+console = plain_console()  # markup is never parsed: paths and messages print as they are (`mixmag.markup`)
+err_console = plain_console(stderr=True)
 
 
 @app.callback()
@@ -56,7 +62,7 @@ def _main() -> None:
 
     def show(message, category, filename, lineno, file=None, line=None) -> None:
         if issubclass(category, MixmagWarning):
-            err_console.print(f"[bold yellow]warning:[/] {message}", soft_wrap=True, highlight=False)
+            err_console.print(labelled("warning:", "bold yellow", str(message)), soft_wrap=True)
         else:
             python_show(message, category, filename, lineno, file, line)
 
@@ -64,7 +70,7 @@ def _main() -> None:
 
 
 def _fail(message: str, code: int = 2) -> NoReturn:
-    err_console.print(f"[bold red]error:[/] {message}", soft_wrap=True, highlight=False)
+    err_console.print(labelled("error:", "bold red", message), soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -168,7 +174,7 @@ def tile(
             style = {"failed": "red", "skipped": "dim", "tiled": "green"}[result.outcome]
             if result.outcome != "failed" and result.plan is not None and result.plan.warnings:
                 style = "yellow"
-            progress.console.print(f"[{style}]{result.summary_line()}[/]", highlight=False, soft_wrap=True)
+            progress.console.print(result.summary_line(), style=style, highlight=False, soft_wrap=True)
             progress.advance(task)
 
         results = tile_slides(sources, out, params, backend=backend, tissue_model=model, force=force, on_result=report)
@@ -179,7 +185,7 @@ def tile(
 
 def _progress() -> Progress:
     return Progress(
-        TextColumn("[bold]{task.description}"),
+        TextColumn("{task.description}", style="bold", markup=False),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
@@ -209,7 +215,7 @@ def _print_tile_summary(results, out: Path) -> None:
         console.print(table)
 
 
-store_app = typer.Typer(no_args_is_help=True, help="Inspect, validate, export and import per-slide stores.")
+store_app = _commands("Inspect, validate, export and import per-slide stores.")
 app.add_typer(store_app, name="store")
 
 
@@ -270,8 +276,9 @@ def embed(
         def report(result) -> None:
             style = {"failed": "red", "skipped": "dim", "embedded": "green"}[result.outcome]
             progress.console.print(
-                f"[{style}]{result.slide_id}: {result.outcome} ({result.cells} "
-                f"cells){' - ' + result.error if result.error else ''}[/]",
+                f"{result.slide_id}: {result.outcome} ({result.cells} "
+                f"cells){' - ' + result.error if result.error else ''}",
+                style=style,
                 soft_wrap=True,
                 highlight=False,
             )
@@ -531,7 +538,7 @@ def predict(
         workers=workers,
         track=_track,
         on_run=lambda line: console.print(f"Run {run}: {line}", soft_wrap=True, highlight=False),
-        on_note=lambda note: console.print(f"[yellow]note: {note}[/]", soft_wrap=True, highlight=False),
+        on_note=lambda note: console.print(f"note: {note}", style="yellow", soft_wrap=True, highlight=False),
     )
     _print_predictions(result.outcomes, result.levels, result.bag_kind)
     console.print(f"wrote {result.path}; tiles, stores and heatmaps in {work}/", soft_wrap=True)
@@ -605,15 +612,21 @@ def doctor(
 
 
 def _print_slide_check(check) -> None:
-    console.print(f"\n[bold]{check.path}[/] (slide id {check.slide_id})", highlight=False, soft_wrap=True)
+    console.print(
+        Text.assemble("\n", (str(check.path), "bold"), f" (slide id {check.slide_id})"), highlight=False, soft_wrap=True
+    )
     if not check.backends:
         console.print("  no reader for this kind of path", highlight=False)
     for b in check.backends:
-        mark = "[green]chosen[/]" if b.backend == check.chosen else ("opens" if b.opened else "[red]fails[/]")
+        mark = (
+            Text("chosen", "green")
+            if b.backend == check.chosen
+            else Text.assemble("opens" if b.opened else ("fails", "red"))
+        )
         if not b.installed:
             console.print(f"  {b.backend}: not installed ({b.install}) - {b.reason}", highlight=False, soft_wrap=True)
             continue
-        console.print(f"  {b.backend}: {mark} - {b.reason}", highlight=False, soft_wrap=True)
+        console.print(Text.assemble(f"  {b.backend}: ", mark, f" - {b.reason}"), highlight=False, soft_wrap=True)
         if b.error:
             console.print(f"    error: {b.error}", highlight=False, soft_wrap=True)
         if b.levels:
@@ -630,7 +643,7 @@ def _print_slide_check(check) -> None:
                 f"    pixels vs {check.chosen}: mean |difference| {b.diff_to_chosen:.2f} grey levels", highlight=False
             )
     style = "green" if check.can_tile else "red"
-    console.print(f"  [{style}]{check.verdict}[/]", highlight=False, soft_wrap=True)
+    console.print(f"  {check.verdict}", style=style, highlight=False, soft_wrap=True)
 
 
 @app.command("encoders")
@@ -665,21 +678,23 @@ def store_validate(stores: Annotated[list[Path], typer.Argument(help="Store file
         try:
             s = read_store(path)
             console.print(
-                f"[green]{path}: ok[/] {len(s)} cells, levels "
-                f"{', '.join(f'{k} {v.shape[1]}' for k, v in s.embeddings.items())}, D {s.dim}, encoder "
-                f"{s.attrs.get('encoder')}",
+                Text.assemble(
+                    (f"{path}: ok", "green"),
+                    f" {len(s)} cells, levels {', '.join(f'{k} {v.shape[1]}' for k, v in s.embeddings.items())}, D "
+                    f"{s.dim}, encoder {s.attrs.get('encoder')}",
+                ),
                 soft_wrap=True,
             )
             good.append(path)
         except StoreError as exc:
             bad += 1
-            console.print(f"[red]{exc}[/]", soft_wrap=True)
+            console.print(str(exc), style="red", soft_wrap=True)
     if len(good) > 1:
         try:
             shared_settings(good)
         except StoreError as exc:
             bad += 1
-            console.print(f"[red]{exc}[/]", soft_wrap=True, highlight=False)
+            console.print(str(exc), style="red", soft_wrap=True, highlight=False)
     if bad:
         raise typer.Exit(1)
 
@@ -706,7 +721,7 @@ def store_index(
             folder, write=not check, rebuild=rebuild, on_store=lambda i, n: progress.update(task, completed=i, total=n)
         )
     for sentence in report.sentences(folder):
-        console.print(f"[yellow]{sentence}[/]", soft_wrap=True, highlight=False)
+        console.print(sentence, style="yellow", soft_wrap=True, highlight=False)
     kinds = {e.settings for e in catalog.entries}
     what = "checked" if check else "catalogued"
     console.print(
@@ -737,7 +752,7 @@ def _each(items: list, label: str, work) -> int:
                 progress.console.print(work(item), soft_wrap=True, highlight=False)
             except MixmagError as exc:
                 failed += 1
-                progress.console.print(f"[red]{exc}[/]", soft_wrap=True, highlight=False)
+                progress.console.print(str(exc), style="red", soft_wrap=True, highlight=False)
             progress.advance(task)
     return failed
 
@@ -861,8 +876,9 @@ def store_import(
     empty = sorted(plan.slide.slide_id for _, plan in found if not plan.cells)
     if empty:
         err_console.print(
-            f"[yellow]{len(empty)} plan(s) with no tissue cells, no store built: {', '.join(empty)} "
-            "(if they hold tissue, re-tile them with a lower `mixmag tile --tissue-threshold`)[/]",
+            f"{len(empty)} plan(s) with no tissue cells, no store built: {', '.join(empty)} "
+            "(if they hold tissue, re-tile them with a lower `mixmag tile --tissue-threshold`)",
+            style="yellow",
             soft_wrap=True,
             highlight=False,
         )
@@ -870,9 +886,7 @@ def store_import(
         raise typer.Exit(1)
 
 
-export_app = typer.Typer(
-    no_args_is_help=True, help="Files for other tools (stores to TRIDENT/CLAM: `mixmag store export`)."
-)
+export_app = _commands("Files for other tools (stores to TRIDENT/CLAM: `mixmag store export`).")
 app.add_typer(export_app, name="export")
 
 

@@ -26,6 +26,7 @@ from typing import Any, BinaryIO
 import h5py
 
 from .errors import MixmagError
+from .markup import spreadsheet_cell
 
 _NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
 
@@ -123,11 +124,11 @@ def write_atomic(path: str | Path, data: bytes | bytearray | memoryview | str) -
 
 
 def write_csv_atomic(path: str | Path, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> Path:
-    """Write a CSV table (header, then rows) atomically."""
+    """Write a CSV table (header, then rows) atomically; text a spreadsheet would run as a formula is escaped."""
     buffer = io.StringIO(newline="")
     writer = csv.writer(buffer)
-    writer.writerow(header)
-    writer.writerows(rows)
+    writer.writerow([spreadsheet_cell(c) for c in header])
+    writer.writerows([spreadsheet_cell(c) for c in row] for row in rows)
     return write_atomic(path, buffer.getvalue())
 
 

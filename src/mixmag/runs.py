@@ -14,7 +14,6 @@ report.html and heatmaps/.
 from __future__ import annotations
 
 import csv
-import io
 import json
 from pathlib import Path
 
@@ -22,7 +21,8 @@ import torch
 
 from . import __version__
 from .errors import RunError, RunMismatchError
-from .fileio import FolderLock, atomic_path, write_atomic, write_json_atomic
+from .fileio import FolderLock, atomic_path, write_csv_atomic, write_json_atomic
+from .markup import spreadsheet_text
 from .weights_io import load_state_dict_file
 
 RUN_FORMAT_VERSION = 1  # of a training run folder; recorded in pipeline.json as "run_format"
@@ -111,11 +111,9 @@ class TrainRun:
         write_json_atomic(self.splits, splits, indent=1)
         write_json_atomic(self.pipeline, {"run_format": RUN_FORMAT_VERSION} | pipeline, indent=1)
         for split, rows in predictions.items():
-            buffer = io.StringIO(newline="")
-            writer = csv.DictWriter(buffer, fieldnames=PREDICTION_FIELDS)
-            writer.writeheader()
-            writer.writerows(rows)
-            write_atomic(self.predictions(split), buffer.getvalue())
+            write_csv_atomic(
+                self.predictions(split), PREDICTION_FIELDS, [[r[f] for f in PREDICTION_FIELDS] for r in rows]
+            )
         write_json_atomic(self.metrics, metrics, indent=1)
 
     # -- reading -----------------------------------------------------------------------------------------
@@ -156,8 +154,11 @@ class TrainRun:
         path = self.predictions(split)
         if not path.is_file():
             raise RunError(f"{path}: no predictions; is {self.folder} a `mixmag train` run folder?")
-        with path.open(newline="") as fh:
-            return list(csv.DictReader(fh))
+        with path.open(newline="") as fh:  # cells as written, before spreadsheet escaping (`mixmag.markup`)
+            return [
+                {k: spreadsheet_text(v) if isinstance(v, str) else v for k, v in row.items()}
+                for row in csv.DictReader(fh)
+            ]
 
     def read_weights(self) -> dict[str, torch.Tensor]:
         """best.pt, tensors only (a file holding anything else is refused in one sentence)."""

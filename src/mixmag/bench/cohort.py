@@ -23,11 +23,13 @@ from pathlib import Path
 import numpy as np
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from ..data.bags import DEFAULT_CACHE_MB, DEFAULT_MICRO_BATCH_MB, BagCache, region_bag, tile_bag
 from ..data.cohort import load_cohort
 from ..devices import choose_device
 from ..fileio import write_atomic, write_json_atomic
+from ..markup import plain_console
 from ..store import STORE_SUFFIX, write_store
 from ..synth.stores import synthetic_store
 from ..train.finetune import TrainConfig, Trainer
@@ -68,7 +70,7 @@ def make_cohort(workdir: Path, slides: int, distinct: int, rows: int, cols: int,
     if not done.is_file():
         (folder / "distinct").mkdir(parents=True, exist_ok=True)
         stores.mkdir(exist_ok=True)
-        with console.status(f"writing {distinct} real-size stores to {folder / 'distinct'}"):
+        with console.status(Text(f"writing {distinct} real-size stores to {folder / 'distinct'}")):
             for k in range(distinct):
                 target = folder / "distinct" / f"d{k:05d}{STORE_SUFFIX}"
                 if not target.is_file():
@@ -177,19 +179,19 @@ def run_cohort_benchmark(
 ) -> dict:
     """The cohort table: per row seconds, seconds a slide, peak RSS. `fresh_process=False` measures in this process
     (for tests: its RSS is then this process's peak so far, not the task's)."""
-    console = console or Console()
+    console = console or plain_console()
     size = size or REAL_SIZE
     made = make_cohort(workdir, slides, distinct, size["rows"], size["cols"], size["dim"], console)
     run = measure if fresh_process else _in_process
     rows: dict = {}
     for place in storage:
         for mode in ("20x", "all", "regions"):
-            with console.status(f"reading {slides:,} stores once ({mode}, {place})"):
+            with console.status(Text(f"reading {slides:,} stores once ({mode}, {place})")):
                 rows[f"read every store once, {mode} bags, {place}"] = run(
                     _read_once, made["stores"], made["table"], mode, place
                 )
         for name, task in TASKS.items():
-            with console.status(f"one epoch: {name}, {place}"):
+            with console.status(Text(f"one epoch: {name}, {place}")):
                 rows[f"epoch: {name}, {place}"] = run(
                     _epoch, made["stores"], made["table"], task, cache_mb, micro_batch_mb, place, device
                 )

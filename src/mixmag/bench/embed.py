@@ -21,6 +21,7 @@ from ..encoders.extract import CellTiles, PerSlideBatches, SlideJob, collate, em
 from ..encoders.model import DeviceTransform, build_encoder
 from ..encoders.registry import get_preset
 from ..fileio import write_json_atomic
+from ..markup import plain_console
 from ..slides.reader import Slide
 from ..slides.tiling import TilingParams, make_plan
 from ..synth.patterns import tissue_like
@@ -96,7 +97,7 @@ def gpu_end_to_end(job: SlideJob, device: torch.device, workers: int, cells_per_
 def run_embed_benchmark(
     workdir: Path, *, side: int = 6144, workers: int = 8, cells_per_batch: int = 16, console: Console | None = None
 ) -> dict:
-    console = console or Console()
+    console = console or plain_console()
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     job = bench_plan(workdir, side)

@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader
 
 from ..data.regions import RegionSamplingConfig, RegionStream, index_stores
 from ..fileio import write_json_atomic
+from ..markup import plain_console
 from ..store import write_store
 from ..synth.stores import synthetic_store
 from ..train.pretrain import measure_matmul_tflops
@@ -100,7 +101,7 @@ def run_pretrain_benchmark(
 ) -> dict:
     """Loader rates, then timed training steps; when the best MFU is under `profile_below`, one profiled step says where
     the time goes (attention kernel, optimizer, loader stalls, host-device copies)."""
-    console = console or Console()
+    console = console or plain_console()
     workdir = Path(workdir)
     paths = ensure_stores(workdir)
     torch.set_num_threads(1)  # per-core figures on CPU

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from ..catalog import (
     CATALOG_NAME,
@@ -38,6 +39,7 @@ from ..data.regions import (
     index_stores,
 )
 from ..fileio import write_atomic, write_json_atomic
+from ..markup import plain_console
 from ..store import STORE_SUFFIX, shared_settings, write_store
 from ..synth.stores import synthetic_store
 
@@ -67,7 +69,7 @@ def make_corpus(folder: Path, n: int, shard: int, console: Console) -> None:
     data = template.read_bytes()
     if data.count(_PLACEHOLDER.encode()) != 1:
         raise RuntimeError("the template store does not hold its slide id exactly once")  # an h5py layout change
-    with console.status(f"writing {n:,} stores to {folder}"):
+    with console.status(Text(f"writing {n:,} stores to {folder}")):
         for i in range(n):
             sid = slide_id(i)
             target = shard_folder(folder, sid, shard) / f"{sid}{STORE_SUFFIX}"
@@ -169,7 +171,7 @@ def run_scale_benchmark(
 ) -> dict:
     """`headers_up_to`: above this N, nothing that opens every store runs (the catalog build, the first batch
     without it)."""
-    console = console or Console()
+    console = console or plain_console()
     results: dict = {}
     for n in sizes:
         folder = Path(workdir) / f"scale-{n}"

@@ -20,6 +20,7 @@ from rich.table import Table
 
 from ..fileio import write_json_atomic
 from ..geometry import CellGrid, LevelSpec
+from ..markup import plain_console
 from ..slides.backends import installed
 from ..slides.pyramids import read_pyramid
 from ..slides.reader import Slide
@@ -159,7 +160,7 @@ def run_tile_benchmark(
 ) -> dict:
     import openslide
 
-    console = console or Console()
+    console = console or plain_console()
     cv2.setNumThreads(1)
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)

@@ -18,6 +18,7 @@ from scipy import stats
 
 from ..errors import MixmagError
 from ..metrics import auroc, delong_test
+from ..runs import TrainRun
 
 
 @dataclass(frozen=True)
@@ -36,12 +37,8 @@ class CellStatistic:
 
 
 def read_test_predictions(run: Path) -> dict[str, tuple[int, float]]:
-    """specimen -> (label, score) from a run folder's predictions_test.csv."""
-    path = run / "predictions_test.csv"
-    if not path.is_file():
-        raise MixmagError(f"{path}: missing; is {run} a finished `mixmag train` run?")
-    with path.open(newline="") as fh:
-        return {r["specimen"]: (int(r["label"]), float(r["score"])) for r in csv.DictReader(fh)}
+    """specimen -> (label, score) from a run folder's predictions_test.csv (read by the run folder's owner)."""
+    return {r["specimen"]: (int(r["label"]), float(r["score"])) for r in TrainRun(run).read_predictions("test")}
 
 
 def _aligned(runs: list[Path]) -> tuple[np.ndarray, np.ndarray]:

@@ -2,13 +2,13 @@
 
 Config, cohort summary, metrics with bootstrap CIs, ROC curves with a bootstrap band for tune and
 test, the training history, the test predictions, and QC pictures of the test slides when their
-tiling folders are known. Every figure is an embedded PNG; every text from tables is escaped.
+tiling folders are known. Every figure is an embedded PNG; every value read from the run's files (metrics, config,
+predictions, ids, paths) is escaped where it is written into the page (`mixmag.markup:html_text`).
 """
 
 from __future__ import annotations
 
 import base64
-import html
 import io
 import json
 from pathlib import Path
@@ -21,6 +21,7 @@ from ..errors import MixmagError, RunError
 from ..eval.explain import attribution_summary, explain_slide
 from ..fileio import write_atomic
 from ..ids import is_safe_id
+from ..markup import html_text, html_value, shown_path
 from ..runs import TrainRun
 from ..store import read_attrs
 from ..train.classifier import SlideClassifier
@@ -94,7 +95,8 @@ def _roc_figure(run: Path, metrics: dict) -> str:
         s = np.array([float(r["score"]) for r in rows])
         grid, tpr, low, high = roc_with_band(y, s)
         ax.fill_between(grid, low, high, color="#9ec5e8", alpha=0.6, label="bootstrap 95% band")
-        ax.plot(grid, tpr, color="#1f5a96", lw=2, label=f"AUROC {metrics[split]['auroc']:.3f}")
+        auroc = metrics[split]["auroc"]  # a figure label is not HTML: a number, or nothing from the file
+        ax.plot(grid, tpr, color="#1f5a96", lw=2, label=f"AUROC {auroc:.3f}" if isinstance(auroc, float) else None)
         ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--")
         ax.set_title(f"{split} ({len(rows)} specimens)")
         ax.set_xlabel("false positive rate")
@@ -212,7 +214,7 @@ def _heatmaps(run: Path, config: dict, rows: list[dict]) -> tuple[list[tuple[str
 
 
 def _heatmap_section(run: Path, config: dict, rows: list[dict]) -> list[str]:
-    e = html.escape
+    e = html_text
     shown, problem = _heatmaps(run, config, rows)
     parts = [
         "<h2>Where the model looked, per magnification</h2>",
@@ -278,7 +280,7 @@ def build_report(run: str | Path, timings: dict | None = None, *, heatmaps: bool
     metrics = folder.read_metrics()
     splits = folder.read_splits()
     test_rows = _read_predictions(run, "test")
-    e = html.escape
+    e = html_text
     task, method, seed = run_title(run, config)
     title = f"task {task}, method {method}, seed {seed}"
     parts = [
@@ -288,8 +290,8 @@ def build_report(run: str | Path, timings: dict | None = None, *, heatmaps: bool
         "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}"
         "th{background:#f0f3f7}pre{background:#f6f6f6;padding:1em;overflow:auto}img{max-width:100%}"
         ".qc{display:inline-block;margin:6px;width:320px;vertical-align:top}.qc img{width:100%}</style></head><body>",
-        f"<h1>mixmag: {e(title)}</h1><p>run folder {e(str(run))}</p>",
-        f"<p>bags: <b>{e(str(config.get('bags')))}</b>; chosen epoch {e(str(metrics.get('best_epoch')))} (selected on "
+        f"<h1>mixmag: {e(title)}</h1><p>run folder {e(shown_path(run))}</p>",
+        f"<p>bags: <b>{e(config.get('bags'))}</b>; chosen epoch {e(metrics.get('best_epoch'))} (selected on "
         "tune AUROC only); "
         f"mixmag {e(__version__)}</p>",
         "<h2>Metrics</h2><table><tr><th>split</th><th>specimens</th><th>positive</th><th>AUROC</th><th>95% CI "
@@ -297,9 +299,11 @@ def build_report(run: str | Path, timings: dict | None = None, *, heatmaps: bool
     ]
     for split in ("tune", "test"):
         m = metrics[split]
+        low, high = m["ci95"]
         parts.append(
-            f"<tr><td>{split}</td><td>{m['specimens']}</td><td>{m['positive']}</td><td>{m['auroc']:.3f}</td>"
-            f"<td>{m['ci95'][0]:.3f} – {m['ci95'][1]:.3f}</td></tr>"
+            f"<tr><td>{split}</td><td>{e(m['specimens'])}</td><td>{e(m['positive'])}</td>"
+            f"<td>{html_value(m['auroc'], '.3f')}</td>"
+            f"<td>{html_value(low, '.3f')} – {html_value(high, '.3f')}</td></tr>"
         )
     parts.append("</table>")
     if splits:
@@ -308,9 +312,7 @@ def build_report(run: str | Path, timings: dict | None = None, *, heatmaps: bool
             config, metrics, splits, {name: _read_predictions(run, name) for name in ("tune", "test")}
         )
         for k, (specimens, positive, slides) in counts.items():
-            parts.append(
-                f"<tr><td>{e(k)}</td><td>{specimens}</td><td>{e(str(positive))}</td><td>{e(str(slides))}</td></tr>"
-            )
+            parts.append(f"<tr><td>{e(k)}</td><td>{e(specimens)}</td><td>{e(positive)}</td><td>{e(slides)}</td></tr>")
         parts.append("</table>")
     parts.append(f"<h2>ROC curves</h2><img alt='ROC curves' src='{_roc_figure(run, metrics)}'>")
     if metrics.get("history"):
@@ -337,7 +339,7 @@ def build_report(run: str | Path, timings: dict | None = None, *, heatmaps: bool
     if timings:
         parts.append(
             "<h2>Stage timings</h2><table>"
-            + "".join(f"<tr><td>{e(k)}</td><td>{v:.1f} s</td></tr>" for k, v in timings.items())
+            + "".join(f"<tr><td>{e(k)}</td><td>{html_value(v, '.1f')} s</td></tr>" for k, v in timings.items())
             + "</table>"
         )
     parts.append(f"<h2>Configuration</h2><pre>{e(json.dumps(config, indent=1))}</pre></body></html>")

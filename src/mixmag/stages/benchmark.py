@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from rich.console import Console
+from rich.text import Text
 
 from ..config import load_config
 from ..errors import ConfigError
@@ -43,6 +44,7 @@ from ..eval.benchmark_stats import (
 )
 from ..eval.level_inputs import run_level_importance
 from ..fileio import write_atomic, write_csv_atomic, write_json_atomic
+from ..markup import plain_console
 from ..metrics import auroc
 from ..runs import PretrainRun
 from ..synth.benchmark import TASK_SCALE, TASKS, BenchmarkSpec, write_benchmark_cohort
@@ -189,7 +191,7 @@ def _pretrain_if_used(
     """(the MEM mixer, its pretraining record); (None, why not) when no configured method uses a mixer."""
     if not uses_a_mixer(config.methods):
         why = f"no configured method uses a mixer ({', '.join(config.methods)}: AB-MIL alone)"
-        console.rule("[bold]2. pretrain a mixer with MEM")
+        console.rule(Text("2. pretrain a mixer with MEM", style="bold"))
         console.print(f"skipped: {why}", soft_wrap=True, markup=False)
         return None, {"skipped": True, "reason": why}
     mixer = timer.run("2. pretrain a mixer with MEM", console, lambda: _pretrain(out, config, tables, console))
@@ -433,11 +435,11 @@ def _write_outputs(out: Path, result: dict, config: BenchmarkConfig) -> None:
 
 
 def run_benchmark(config: BenchmarkConfig, console: Console | None = None) -> dict:
-    console = console or Console()
+    console = console or plain_console()
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     timer = Timer()
-    console.print(f"[bold yellow]{NOTICE}[/]", soft_wrap=True)
+    console.print(NOTICE, style="bold yellow", soft_wrap=True)
     tables = timer.run(
         "1. generate the benchmark cohorts (embedding level)", console, lambda: _generate(out, config, console)
     )
@@ -453,7 +455,7 @@ def run_benchmark(config: BenchmarkConfig, console: Console | None = None) -> di
     )
     _write_outputs(out, result, config)
     write_json_atomic(out / "timings.json", timer.stages)
-    console.rule("[bold]benchmark")
+    console.rule(Text("benchmark", style="bold"))
     console.print((out / "benchmark.md").read_text(), highlight=False, soft_wrap=True, markup=False)
     console.print(
         "stage timings: " + ", ".join(f"{k.split('. ', 1)[-1]} {v:.0f} s" for k, v in timer.stages.items()),

@@ -15,12 +15,14 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from rich.console import Console
+from rich.text import Text
 
 from ..config import load_config
 from ..encoders.model import build_encoder
 from ..errors import CohortError, StageError
 from ..eval.benchmark_stats import CellStatistic, cell_statistics, statistics_table, with_false_discovery_rate
 from ..fileio import write_atomic, write_json_atomic
+from ..markup import plain_console
 from ..report.html import build_report
 from ..runs import PretrainRun, TrainRun
 from ..slides.sources import sources_from_table
@@ -122,21 +124,21 @@ class Timer:
         self.stages: dict[str, float] = {}
 
     def run(self, name: str, console: Console, fn):
-        console.rule(f"[bold]{name}")
+        console.rule(Text(name, style="bold"))
         start = time.perf_counter()
         result = fn()
         self.stages[name] = round(time.perf_counter() - start, 2)
-        console.print(f"[dim]{name}: {self.stages[name]:.1f} s[/]")
+        console.print(f"{name}: {self.stages[name]:.1f} s", style="dim")
         return result
 
 
 def run_demo(config: DemoConfig, console: Console | None = None) -> int:
-    console = console or Console()
+    console = console or plain_console()
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     timer = Timer()
     if not config.cohort_tables:
-        console.print(f"[bold yellow]{SYNTHETIC_NOTICE}[/]", soft_wrap=True)
+        console.print(SYNTHETIC_NOTICE, style="bold yellow", soft_wrap=True)
 
     if config.cohort_tables:
         tables = {task: Path(path) for task, path in config.cohort_tables.items()}
@@ -159,9 +161,9 @@ def run_demo(config: DemoConfig, console: Console | None = None) -> int:
     if config.n_boot:
         timer.run("6. statistics (bootstrap, DeLong)", console, lambda: _statistics(grid, config))
     write_json_atomic(out / "timings.json", timer.stages, indent=1)
-    console.rule("[bold]results")
+    console.rule(Text("results", style="bold"))
     if not config.cohort_tables:
-        console.print(f"[bold yellow]{SYNTHETIC_NOTICE}[/]", soft_wrap=True)
+        console.print(SYNTHETIC_NOTICE, style="bold yellow", soft_wrap=True)
     console.print((out / "results" / "results.md").read_text(), highlight=False, soft_wrap=True)
     if config.n_boot:
         console.print((out / "results" / "statistics.md").read_text(), highlight=False, soft_wrap=True, markup=False)

@@ -11,6 +11,7 @@ from typing import Literal
 
 from ..errors import MixmagError, OptionError
 from ..fileio import ensure_free_space, write_atomic, write_json_atomic
+from ..markup import utf8_path
 from ..report.qc import png_bytes, regions_overlay, tissue_overlay
 from ..slides.reader import BACKENDS, Slide
 from ..slides.sources import SlideSource
@@ -62,6 +63,7 @@ def tile_slide(
 ) -> SlideResult:
     """Tile one slide into out_dir/<slide_id>/ (plan.json written last, atomically)."""
     start = time.perf_counter()
+    utf8_path(source.path, "slide")  # plan.json records it: refused in one sentence, not by the JSON writer
     target = plan_path(out_dir, source.slide_id)
     if not force and plan_is_current(target, source.path, params, source.mpp, backend, tissue_model_id(tissue_model)):
         return SlideResult(source, "skipped", plan=load_plan(target))
