@@ -112,6 +112,7 @@ def test_each_guarantee_in_the_readme_names_the_tests_that_back_it():
         "Safe ids.",
         "Untrusted files.",
         "Locks.",
+        "Escaped output.",
     ]
     for promise, body in promises.items():
         files = re.findall(r"`(tests/\w+\.py)`", body)
