@@ -111,6 +111,7 @@ def test_each_guarantee_in_the_readme_names_the_tests_that_back_it():
         "Per-slide isolation.",
         "Safe ids.",
         "Untrusted files.",
+        "Bounded decoding.",
         "Locks.",
         "Escaped output.",
     ]

@@ -27,6 +27,7 @@ LAYERS: list[set[str]] = [
         "devices",
         "metrics",
         "weights_io",
+        "images",
     },  # __init__: "mixmag"
     {"slides"},
     {"store", "catalog", "encoders", "interop"},

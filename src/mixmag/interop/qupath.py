@@ -32,6 +32,7 @@ from shapely.validation import make_valid
 
 from ..fileio import write_atomic
 from ..ids import path_for_id
+from ..images import PictureError, read_picture
 from ..slides.tiling import TilingPlan
 from .assemble import InteropError
 
@@ -173,9 +174,10 @@ def write_slide(plan_path: Path, plan: TilingPlan, out: Path, attributions: Path
     slide = plan.slide.slide_id
     target = path_for_id(out, slide, ".geojson", where=str(plan_path))
     mask_path = Path(plan_path).parent / TISSUE_MASK
-    mask = cv2.imread(str(mask_path), cv2.IMREAD_GRAYSCALE)
-    if mask is None:
-        raise InteropError(f"{mask_path}: tissue mask missing or unreadable; re-run `mixmag tile` for slide {slide}")
+    try:
+        mask = read_picture(mask_path, what="tissue mask", mode="L")
+    except PictureError as exc:
+        raise InteropError(f"{exc} (`mixmag tile` for slide {slide})") from None
     attribution = None
     if attributions is not None:
         npz = path_for_id(attributions, slide, ".npz", where=str(attributions))

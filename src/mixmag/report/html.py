@@ -11,16 +11,18 @@ from __future__ import annotations
 import base64
 import io
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
 
 from .. import __version__
 from ..data.cohort import load_cohort
-from ..errors import MixmagError, RunError
+from ..errors import MixmagError, MixmagWarning, RunError
 from ..eval.explain import attribution_summary, explain_slide
 from ..fileio import write_atomic
 from ..ids import is_safe_id
+from ..images import PictureError, read_picture
 from ..markup import html_text, html_value, shown_path
 from ..runs import TrainRun
 from ..store import read_attrs
@@ -28,6 +30,10 @@ from ..train.classifier import SlideClassifier
 from ..weights_io import UnsafeCheckpointError
 from .heatmaps import draw_heatmaps
 from .magnification import magnification_section
+
+
+class ReportWarning(MixmagWarning):
+    """Something the report leaves out, and why (e.g. a QC picture that cannot be read)."""
 
 
 def _embedded(fig, fmt: str = "png") -> str:
@@ -43,11 +49,16 @@ def _embedded(fig, fmt: str = "png") -> str:
 
 def _file_png(path: Path, longest: int = 480, fmt: str = "png") -> str | None:
     """A picture file as an embedded PNG (or JPEG for photo-like figures), shrunk so a report with
-    many slides stays small."""
+    many slides stays small; a missing one is left out, one that cannot be read (or would decode to more than
+    mixmag's pixel budget) is left out with a warning."""
     import cv2
 
-    image = cv2.imread(str(path)) if path.is_file() else None
-    if image is None:
+    if not path.is_file():
+        return None
+    try:
+        image = cv2.cvtColor(read_picture(path, what="QC picture"), cv2.COLOR_RGB2BGR)
+    except PictureError as exc:
+        warnings.warn(str(exc), ReportWarning, stacklevel=2)
         return None
     scale = min(1.0, longest / max(image.shape[:2]))
     if scale < 1:

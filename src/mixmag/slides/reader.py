@@ -18,13 +18,25 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import tifffile
 
-from ..errors import ResolutionError, SlideNotFoundError, SlideUnreadableError
+from ..errors import MppError, ResolutionError, SlideError, SlideNotFoundError, SlideUnreadableError
 from ..geometry import Box
-from .backends import BACKENDS, Candidate, candidates, installed, open_backend
+from .backends import BACKENDS, TIFF_SUFFIXES, Candidate, candidates, installed, open_backend
 from .backends.base import GLASS_WHITE, BackendHandle
 from .backends.dicom import is_dicom_file
-from .metadata import resolve_mpp
+from .metadata import PLAUSIBLE_MPP, resolve_mpp
+from .tiff_tiles import segment_problem
+
+# a side of the largest glass a slide can be scanned on, with room to spare: a standard slide is 75 x 25 mm, a
+# large-format one 75 x 50 mm. A level 0 larger than this at the slide's mpp is a wrong mpp or a forged file.
+MAX_SLIDE_MM = 100.0
+# the same bound in pixels at the finest plausible resolution, for what is checked before the mpp is known
+MAX_SLIDE_PX = round(MAX_SLIDE_MM * 1000 / PLAUSIBLE_MPP[0])
+
+
+class SlideTooLargeError(SlideError):
+    """A slide that declares more than any glass slide holds, or tiles too large to decode: refused before decoding."""
 
 
 @dataclass(frozen=True)
@@ -137,6 +149,46 @@ def slide_fingerprint(path: str | Path) -> dict:
     return {"path": str(path.resolve()), "size_bytes": int(size), "mtime": float(mtime)}
 
 
+def check_pixel_count(path: Path, size: tuple[int, int]) -> None:
+    """Refuse a level 0 larger than the largest glass slide even at the finest plausible mpp (0.1 um/px)."""
+    width, height = size
+    if max(width, height) > MAX_SLIDE_PX:
+        raise SlideTooLargeError(
+            path,
+            f"declares {width} x {height} px, more than {MAX_SLIDE_PX} px a side: larger than any glass slide "
+            f"({MAX_SLIDE_MM:g} mm) even at {PLAUSIBLE_MPP[0]:g} um/px.",
+            "the file is damaged or forged; re-export it from the scanner's software.",
+        )
+
+
+def check_physical_size(path: Path, size: tuple[int, int], mpp: float, source: str) -> None:
+    """Refuse a level 0 whose size at `mpp` is larger than any glass slide: a wrong mpp, or a forged file."""
+    width_mm, height_mm = (v * mpp / 1000 for v in size)
+    if max(width_mm, height_mm) > MAX_SLIDE_MM:
+        raise SlideTooLargeError(
+            path,
+            f"declares {size[0]} x {size[1]} px at {mpp:g} um/px ({source}), {width_mm:,.0f} x {height_mm:,.0f} mm: "
+            f"larger than any glass slide (at most {MAX_SLIDE_MM:g} mm a side; a standard slide is 75 x 25 mm).",
+            "check the resolution: pass the slide's true --mpp (or an 'mpp' column in the cohort table), or "
+            "re-export the file if its size is wrong.",
+        )
+
+
+def check_declared_segments(path: Path) -> None:
+    """Refuse a TIFF whose tiles or strips are too large to decode, before any backend decodes one."""
+    if path.suffix.lower() not in TIFF_SUFFIXES or not path.is_file():
+        return
+    try:
+        with tifffile.TiffFile(path) as tif:
+            problem = segment_problem(tif)
+    except Exception:  # noqa: BLE001 - an unreadable TIFF is the backends' to report, with their own words
+        return
+    if problem is not None:
+        raise SlideTooLargeError(
+            path, problem + ".", "re-save the slide as a tiled TIFF (e.g. tiles of 256-1024 px), or re-copy it."
+        )
+
+
 @contextmanager
 def _tifffile_log_once() -> Iterator[dict[str, logging.LogRecord]]:
     """tifffile logs what it finds wrong in a file (e.g. 'invalid offset to first page') each time the file is
@@ -180,7 +232,7 @@ class Slide:
         self._handle: BackendHandle | None = None
         with _tifffile_log_once() as tifffile_said:
             try:
-                self.backend = self._open(backend)
+                self.backend = self._open(backend, mpp)
             except SlideUnreadableError as exc:  # what tifffile found wrong belongs in the one sentence
                 if not tifffile_said:
                     raise
@@ -191,20 +243,25 @@ class Slide:
                 ) from exc
         props = dict(self._handle.properties)
         self.properties = props
-        resolved = resolve_mpp(self.path, props, mpp, self._handle.native_mpp)
-        self.mpp = resolved.value
-        self.mpp_source = resolved.source
         self.level_dimensions: tuple[tuple[int, int], ...] = tuple(
             tuple(map(int, d)) for d in self._handle.level_dimensions
         )
         self.level_downsamples: tuple[float, ...] = tuple(float(d) for d in self._handle.level_downsamples)
+        try:
+            resolved = resolve_mpp(self.path, props, mpp, self._handle.native_mpp)
+        except SlideError:
+            self._close_handle()
+            raise
+        self.mpp = resolved.value
+        self.mpp_source = resolved.source
 
-    def _open(self, backend: str) -> str:
+    def _open(self, backend: str, mpp: float | None) -> str:
         """Open with the first backend that reads the file (fastest capable first); say why none could."""
         if backend == "auto":
             options = candidates(self.path)
         else:
             options = [Candidate(backend, "asked for", installed(backend))]
+        check_declared_segments(self.path)
         failures, fixes = [], []
         for option in options:
             if not option.installed:
@@ -213,8 +270,11 @@ class Slide:
             try:
                 self._handle = open_backend(option.backend, self.path)
                 self._direct = self._handle.direct
-                self._check_readable()
+                self._check_readable(mpp)
                 return option.backend
+            except SlideTooLargeError:  # what the file declares, whichever backend reads it
+                self._close_handle()
+                raise
             except SlideUnreadableError as exc:  # the backend knows what is wrong (e.g. a folder of two DICOM series)
                 failures.append(f"{option.backend}: {exc.problem}")
                 fixes += [exc.fix] if exc.fix else []
@@ -238,10 +298,19 @@ class Slide:
         )
         raise SlideUnreadableError(self.path, f"no backend could read it ({what}).", fix)
 
-    def _check_readable(self) -> None:
-        """Decode one pixel so a truncated or corrupt file fails at open, not mid-run."""
+    def _check_readable(self, mpp: float | None) -> None:
+        """Decode one pixel so a truncated or corrupt file fails at open, not mid-run; first refuse a size no glass
+        slide has (in pixels, and in mm where the mpp is known: a missing mpp is said once the slide is open)."""
         if not self._handle.level_dimensions or min(min(d) for d in self._handle.level_dimensions) < 1:
             raise SlideUnreadableError(self.path, f"empty image (levels {self._handle.level_dimensions}).")
+        size = tuple(map(int, self._handle.level_dimensions[0]))
+        check_pixel_count(self.path, size)
+        try:
+            resolved = resolve_mpp(self.path, dict(self._handle.properties), mpp, self._handle.native_mpp)
+        except MppError:
+            resolved = None
+        if resolved is not None:
+            check_physical_size(self.path, size, resolved.value, resolved.source)
         pixel = self._read_raw(0, 0, 0, 1, 1)
         if pixel.shape != (1, 1, 3):
             raise SlideUnreadableError(self.path, f"unexpected pixel layout {pixel.shape}; mixmag needs RGB.")

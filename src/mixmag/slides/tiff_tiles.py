@@ -3,6 +3,10 @@
 TiffSlide finds the pyramid (series, levels, metadata) in any TIFF flavour; this module reads pixels
 from a level's page directly (tifffile's segment reader and codecs), which spares the zarr layer's
 per-call overhead and keeps a read at the cost of decoding the covering tiles once.
+
+What a TIFF declares is bounded before anything is decoded: a tile or strip may hold at most `MAX_SEGMENT_PIXELS`
+(`check_segments`, run before any backend opens the file), and a JPEG tile decodes into an array of the tile's own size
+(`imagecodecs` refuses a JPEG stream that declares more), so a 2 kB file cannot ask for gigabytes.
 """
 
 from __future__ import annotations
@@ -26,6 +30,32 @@ class TruncatedTileError(OSError):
     """A tile's bytes lie (partly) past the end of the file."""
 
 
+# 8192 x 8192: four times the largest tiles scanners write (Aperio 240-1024 px, OME-TIFF 512-2048); a strip of a
+# strip-organised TIFF is width x RowsPerStrip and is decoded whole for any read inside it
+MAX_SEGMENT_PIXELS = 1 << 26
+
+
+def segment_problem(tiff: tifffile.TiffFile) -> str | None:
+    """Why a TIFF's tiles or strips are too large to decode (each read decodes whole ones), or None."""
+    for series in tiff.series:
+        for level in series.levels:
+            page = level.keyframe
+            if not isinstance(page, tifffile.TiffPage) or not len(page.dataoffsets):
+                continue
+            if page.is_tiled:
+                rows, cols = int(page.tilelength), int(page.tilewidth)
+            else:
+                rows, cols = min(int(page.rowsperstrip), int(page.imagelength)), int(page.imagewidth)
+            if rows * cols > MAX_SEGMENT_PIXELS:
+                kind = "tile" if page.is_tiled else "strip"
+                return (
+                    f"its {page.imagewidth} x {page.imagelength} px image is stored in {kind}s of {cols} x {rows} px "
+                    f"({rows * cols / 1e6:,.0f} Mpx each, more than the {MAX_SEGMENT_PIXELS / 1e6:,.0f} Mpx mixmag "
+                    f"decodes at once)"
+                )
+    return None
+
+
 def check_complete(tiff: tifffile.TiffFile, series_index: int) -> None:
     """Every tile of every level must lie inside the file: a truncated copy fails at open."""
     size = tiff.filehandle.size
@@ -38,6 +68,10 @@ def check_complete(tiff: tifffile.TiffFile, series_index: int) -> None:
                 raise TruncatedTileError(
                     f"the file is truncated: image data runs to byte {end} but the file has {size} bytes"
                 )
+
+
+class TileSizeError(ValueError):
+    """A tile whose compressed stream declares another size than the TIFF's tiles."""
 
 
 def supports_direct_read(page: tifffile.TiffPage) -> bool:
@@ -107,13 +141,22 @@ class TiledPageReader:
 
 def _fast_decoder(page: tifffile.TiffPage):
     """YCbCr JPEG tiles (Aperio and most scanners) go straight to libjpeg-turbo, skipping
-    tifffile's per-tile dispatch; the pixels are identical (checked in the tests)."""
+    tifffile's per-tile dispatch; the pixels are identical (checked in the tests). Each tile decodes into an array of
+    the tile's size: a JPEG stream declaring a larger frame is refused before libjpeg allocates it."""
     if page.compression != tifffile.COMPRESSION.JPEG or page.photometric != tifffile.PHOTOMETRIC.YCBCR:
         return None
     import imagecodecs
 
+    shape = (int(page.tilelength), int(page.tilewidth), 3)
+
     def decode(data: bytes, index: int, jpegtables: bytes | None = None):
-        return imagecodecs.jpeg8_decode(data, tables=jpegtables), index, None
+        try:
+            return imagecodecs.jpeg8_decode(data, tables=jpegtables, out=np.empty(shape, np.uint8)), index, None
+        except ValueError as exc:  # imagecodecs: "invalid out.shape=..., shape=<what the JPEG declares>"
+            raise TileSizeError(
+                f"tile {index}'s JPEG stream does not fit the {shape[1]} x {shape[0]} px tiles the TIFF declares "
+                f"({exc}); the file is damaged or forged"
+            ) from None
 
     return decode
 

@@ -7,6 +7,7 @@ ONNX / TorchScript file) may supply a probability map instead; it is refined the
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,7 +15,9 @@ import cv2
 import numpy as np
 
 from ..errors import TissueModelError
+from ..fileio import open_regular
 from ..geometry import CellGrid
+from ..weights_io import WeightsFileError, check_zip_records
 from .params import TissueParams
 
 TissueModel = Callable[[np.ndarray], np.ndarray]
@@ -159,7 +162,7 @@ def _load_tissue_model(path: Path) -> TissueModel:
     if suffix == ".pt2":
         import torch
 
-        program = torch.export.load(str(path)).module()
+        program = torch.export.load(_checked_zip(path)).module()
 
         def run_exported(rgb: np.ndarray) -> np.ndarray:
             with torch.no_grad():
@@ -171,7 +174,7 @@ def _load_tissue_model(path: Path) -> TissueModel:
             import torch
         except ImportError as exc:
             raise TissueModelError(f"{path}: TorchScript tissue models need PyTorch") from exc
-        module = torch.jit.load(str(path), map_location="cpu").eval()
+        module = torch.jit.load(_checked_zip(path), map_location="cpu").eval()
 
         def run_torchscript(rgb: np.ndarray) -> np.ndarray:
             with torch.no_grad():
@@ -181,6 +184,19 @@ def _load_tissue_model(path: Path) -> TissueModel:
     raise TissueModelError(
         f"{path}: unknown tissue model format {suffix!r}; use .onnx, a torch.export .pt2 or a TorchScript .pt/.ts file"
     )
+
+
+def _checked_zip(path: Path) -> io.BytesIO:
+    """The bytes of a TorchScript or torch.export file (a zip, like a checkpoint) whose records passed the same
+    bounds as a checkpoint's, so a decompression bomb is refused before torch inflates anything."""
+    fix = "export the tissue model again with torch.jit.save or torch.export.save"
+    with open_regular(path, "tissue model") as handle:
+        try:
+            check_zip_records(handle, path, fix=fix)
+        except WeightsFileError as exc:
+            raise TissueModelError(str(exc)) from None
+        handle.seek(0)
+        return io.BytesIO(handle.read())
 
 
 def _to_nchw(rgb: np.ndarray) -> np.ndarray:
