@@ -440,3 +440,19 @@ def test_the_physical_bound_names_the_slide_its_size_and_the_fix(tmp_path, peak_
     )
     with Slide(slide, mpp=0.1) as ok:
         assert (ok.width, ok.height) == (10**6, 10**6)
+
+
+def test_an_ome_zarr_whose_chunks_declare_a_gigapixel_is_refused_at_open(tmp_path, peak_memory):
+    """Zarr decompresses a chunk whole: a level whose .zarray declares 20000 x 20000 px chunks is refused when the
+    slide is opened, before any chunk is read."""
+    from slide_formats import write_ome_zarr
+
+    folder = write_ome_zarr(np.full((64, 64, 3), 200, np.uint8), 0.5, tmp_path / "s.zarr", n_levels=1, version="0.4")
+    meta = next(folder.glob("*/.zarray"))  # the one level
+    array = json.loads(meta.read_text())
+    array["shape"], array["chunks"] = [3, 20000, 20000], [3, 20000, 20000]
+    meta.write_text(json.dumps(array))
+    before = _snapshot(tmp_path)
+    result = _invoke("tile", folder, "--out", tmp_path / "tiles")
+    _one_sentence(result, "stored in chunks of (3, 20000, 20000) (1,200 M values each", code=1)
+    assert _changed_outside(tmp_path, before, tmp_path / "tiles") == []

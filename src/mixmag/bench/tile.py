@@ -93,7 +93,8 @@ def decode_floor(path: Path, slide: Slide, grid: CellGrid, levels: LevelSpec, ce
                 for tx in range(plan.x // tw, (plan.x + plan.width - 1) // tw + 1):
                     i = ty * across + tx
                     fh.seek(page.dataoffsets[i])
-                    imagecodecs.jpeg8_decode(fh.read(page.databytecounts[i]), tables=page.jpegtables)
+                    tile = np.empty((th, tw, 3), np.uint8)  # as the direct reader: a larger JPEG frame is refused
+                    imagecodecs.jpeg8_decode(fh.read(page.databytecounts[i]), tables=page.jpegtables, out=tile)
                     decoded += 1
     return decoded
 

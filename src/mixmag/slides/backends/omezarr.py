@@ -10,11 +10,13 @@ same geometry as OpenSlide's levels, so it is accepted and not applied.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
 import zarr
 
+from ..tiff_tiles import MAX_SEGMENT_PIXELS
 from .base import BackendHandle, NativeMpp, as_rgb
 
 _UNIT_MICRONS = {
@@ -83,6 +85,13 @@ class OmeZarrHandle(BackendHandle):
             raise ValueError(f"OME-Zarr level {arr.path} has {arr.ndim} dimensions but {len(names)} axes")
         if arr.dtype != np.uint8:
             raise ValueError(f"OME-Zarr pixels are {arr.dtype}; mixmag reads 8-bit brightfield (RGB or grey) images")
+        values = math.prod(int(c) for c in arr.chunks)  # a chunk is decompressed whole for any read inside it
+        if values > 4 * MAX_SEGMENT_PIXELS:
+            raise ValueError(
+                f"OME-Zarr level {arr.path} is stored in chunks of {tuple(arr.chunks)} ({values / 1e6:,.0f} M values "
+                f"each, more than the {4 * MAX_SEGMENT_PIXELS / 1e6:,.0f} M mixmag decodes at once); re-save it with "
+                "chunks of 256-1024 px"
+            )
         for i, n in enumerate(names):
             if i not in (self._ix, self._iy, self._ic) and arr.shape[i] != 1:
                 raise ValueError(
