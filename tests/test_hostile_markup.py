@@ -20,6 +20,7 @@ from mixmag.fileio import write_csv_atomic
 from mixmag.markup import spreadsheet_cell, spreadsheet_text
 from mixmag.report.html import build_report
 from mixmag.runs import TrainRun
+from mixmag.stages.experiments import GridConfig, Task, write_tables
 from mixmag.stages.predict import SlideOutcome, write_outcomes
 
 runner = CliRunner()
@@ -119,6 +120,28 @@ def test_report_escapes_every_value_of_the_run_files(tmp_path):
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text and "onload=&#x27;alert(2)&#x27;" in text
 
 
+def test_report_shows_text_where_a_number_was_expected(tmp_path):
+    run = _hostile_run(tmp_path / "run")
+    metrics = TrainRun(run).read_metrics()
+    metrics["test"] |= {"auroc": SCRIPT, "ci95": ["low", SCRIPT]}
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    text = build_report(run, {"embed": SCRIPT}, heatmaps=False).read_text()
+    assert "<script>" not in text and text.count("&lt;script&gt;alert(1)") >= 3
+
+
+# -- Markdown --------------------------------------------------------------------------------------------------------
+def test_results_tables_keep_task_and_method_names_inside_their_cells(tmp_path):
+    task, method = "t|<b>1", "=MEM | <script>alert(1)</script>"
+    grid = GridConfig(
+        out=str(tmp_path), tasks=[Task(name=task, cohort="c.csv", stores="s")], methods=["abmil-20x", method]
+    )
+    md, table = write_tables(grid, {task: {"abmil-20x": [0.6], method: [0.7]}})
+    lines = md.read_text().splitlines()
+    assert [line.count(" | ") for line in lines[:1] + lines[2:4]] == [2, 2, 2]  # method, task, average: 3 cells
+    assert "<script>" not in md.read_text() and "<b>" not in md.read_text()
+    assert list(csv.reader(table.open(newline="")))[2][0] == "'" + method
+
+
 # -- CSV -------------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "value, written",
@@ -191,12 +214,3 @@ def test_a_folder_name_that_is_not_utf8_is_one_sentence(tmp_path, tissue_slide):
     flat = " ".join(result.output.split())
     assert "scan\\xff/s1.tiff: the slide's path is not valid UTF-8" in flat and "rename" in flat
     assert "Pydantic" not in flat and "surrogates" not in flat
-
-
-def test_report_shows_text_where_a_number_was_expected(tmp_path):
-    run = _hostile_run(tmp_path / "run")
-    metrics = TrainRun(run).read_metrics()
-    metrics["test"] |= {"auroc": SCRIPT, "ci95": ["low", SCRIPT]}
-    (run / "metrics.json").write_text(json.dumps(metrics))
-    text = build_report(run, {"embed": SCRIPT}, heatmaps=False).read_text()
-    assert "<script>" not in text and text.count("&lt;script&gt;alert(1)") >= 3

@@ -8,6 +8,7 @@ markup. Three rules keep them so:
   is. Command help is plain text too (the CLI's Typer apps use no rich markup mode).
 - **HTML**: every value from a run's files goes through `html_text` (or `html_value` for numbers) where it is
   written into the page, quotes included, so it can sit in an attribute.
+- **Markdown** tables (results.md, statistics.md) write task and method names through `markdown_cell`.
 - **CSV**: a text cell a spreadsheet would run as a formula (starting with `= + - @`, a tab or a carriage return) gets
   a leading apostrophe (`spreadsheet_cell`), numbers such as `-0.5` stay numbers; a cell that starts with an
   apostrophe gets one more, so `spreadsheet_text` gives every value back exactly when mixmag reads its own CSVs.
@@ -58,6 +59,11 @@ def html_value(value: object, spec: str = "") -> str:
     if isinstance(value, numbers.Real) and not isinstance(value, bool):
         return format(value, spec)
     return html_text(value)
+
+
+def markdown_cell(value: object) -> str:
+    """Text for a Markdown table cell: HTML escaped (Markdown passes HTML through), `|` and line breaks kept inside."""
+    return html.escape(" ".join(str(value).split()), quote=False).replace("|", "\\|")
 
 
 def spreadsheet_cell(value: object) -> object:

@@ -17,6 +17,7 @@ import numpy as np
 from scipy import stats
 
 from ..errors import MixmagError
+from ..markup import markdown_cell
 from ..metrics import auroc, delong_test
 from ..runs import TrainRun
 
@@ -206,7 +207,7 @@ def statistics_table(
         p += "" if c.q_vs_baseline is None else f", q={c.q_vs_baseline:.2g}"
         return f"{100 * c.mean:.1f} ± {100 * c.sd:.1f} [{100 * c.low:.1f}, {100 * c.high:.1f}{p}]"
 
-    rows = [f"| {m} | " + " | ".join(cell(by[(t, m)]) for t in tasks) + " |" for m in methods]
+    rows = [f"| {markdown_cell(m)} | " + " | ".join(cell(by[(t, m)]) for t in tasks) + " |" for m in methods]
     n_test = ", ".join(str(n) for n in sorted({c.n_test for c in cells}))
     note = (
         f"Test AUROC x 100: mean ± sd over seeds {', '.join(map(str, seeds))} [bootstrap 95% CI of the mean over "
@@ -219,4 +220,5 @@ def statistics_table(
             else "]."
         )
     )
-    return "\n".join(["| method | " + " | ".join(tasks) + " |", "|---|" + "---:|" * len(tasks), *rows, "", note]) + "\n"
+    head = "| method | " + " | ".join(map(markdown_cell, tasks)) + " |"
+    return "\n".join([head, "|---|" + "---:|" * len(tasks), *rows, "", note]) + "\n"

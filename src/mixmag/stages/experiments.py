@@ -20,6 +20,7 @@ from ..config import load_config
 from ..data.cohort import load_cohort
 from ..errors import ConfigError, MixmagError
 from ..fileio import atomic_path, write_atomic, write_csv_atomic
+from ..markup import markdown_cell
 from ..models.mixer import MIXER_PRESETS
 from ..runs import TrainRun
 from ..store import shared_settings
@@ -201,7 +202,7 @@ def write_tables(grid: GridConfig, results: dict) -> tuple[Path, Path]:
     for j in range(len(columns)):
         order = sorted(grid.methods, key=lambda m: -table[m][j])
         ranks[j] = (order[0], order[1] if len(order) > 1 else None)
-    lines = ["| method | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
+    lines = ["| method | " + " | ".join(map(markdown_cell, columns)) + " |", "|---|" + "---:|" * len(columns)]
     for m in grid.methods:
         cells = []
         for j, v in enumerate(table[m]):
@@ -211,7 +212,7 @@ def write_tables(grid: GridConfig, results: dict) -> tuple[Path, Path]:
             elif m == ranks[j][1]:
                 text = f"<u>{text}</u>"
             cells.append(text)
-        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+        lines.append(f"| {markdown_cell(m)} | " + " | ".join(cells) + " |")
     seeds = ", ".join(map(str, grid.seeds))
     lines.append("")
     lines.append(f"Test AUROC x 100, mean over seeds {seeds}; best in bold, second best underlined.")
