@@ -214,3 +214,18 @@ def test_a_folder_name_that_is_not_utf8_is_one_sentence(tmp_path, tissue_slide):
     flat = " ".join(result.output.split())
     assert "scan\\xff/s1.tiff: the slide's path is not valid UTF-8" in flat and "rename" in flat
     assert "Pydantic" not in flat and "surrogates" not in flat
+
+
+def test_a_plans_folder_name_that_is_not_utf8_is_one_sentence(tmp_path, tissue_slide):
+    plans = tmp_path / os.fsdecode(b"plans\xfe")
+    try:
+        plans.mkdir()
+    except (OSError, UnicodeEncodeError):
+        pytest.skip("this file system refuses names that are not UTF-8")
+    assert runner.invoke(app, ["tile", str(tissue_slide), "--out", str(plans)]).exit_code == 0
+    result = runner.invoke(
+        app,
+        ["embed", "--plans", str(plans), "--out", str(tmp_path / "stores"), "--encoder", "stats", "--device", "cpu"],
+    )
+    assert result.exit_code == 2 and isinstance(result.exception, SystemExit), result.output
+    assert "plans\\xfe/tissue/plan.json: the tiling plan's path is not valid UTF-8" in " ".join(result.output.split())

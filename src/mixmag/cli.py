@@ -6,7 +6,9 @@ by the app's command group, and printed as one `error:` line with exit code 2. N
 
 from __future__ import annotations
 
+import io
 import json
+import sys
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -67,6 +69,9 @@ def _main() -> None:
             python_show(message, category, filename, lineno, file, line)
 
     warnings.showwarning = show
+    for stream in (sys.stdout, sys.stderr):  # a file name that is not UTF-8 prints escaped instead of crashing
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors="backslashreplace")
 
 
 def _fail(message: str, code: int = 2) -> NoReturn:

@@ -13,7 +13,8 @@ markup. Three rules keep them so:
   a leading apostrophe (`spreadsheet_cell`), numbers such as `-0.5` stay numbers; a cell that starts with an
   apostrophe gets one more, so `spreadsheet_text` gives every value back exactly when mixmag reads its own CSVs.
 - **Paths written into mixmag's files** must be valid UTF-8 (`utf8_path`): a name with other bytes is refused in one
-  sentence that shows it with escapes, rather than failing deep inside a JSON writer.
+  sentence that shows it with escapes, rather than failing deep inside a JSON or HDF5 writer; the CLI's output streams
+  print such a name escaped too, instead of crashing on it.
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ from . import __version__
 from .errors import MixmagError, MixmagWarning
 from .fileio import hdf5_atomic
 from .ids import ID_RULE, is_safe_id
+from .markup import utf8_path
 from .slides.tiling import TilingPlan, plan_digest
 
 STORE_FORMAT_VERSION = 1
@@ -439,7 +440,7 @@ def plan_provenance(plan_path: str | Path, plan: TilingPlan) -> dict:
         "tiling_params": plan.params.model_dump(),
         "tissue_model": plan.tissue_model,
         "plan_digest": plan_digest(plan_path),
-        "plan_path": str(Path(plan_path).resolve()),
+        "plan_path": str(utf8_path(Path(plan_path).resolve(), "tiling plan")),  # HDF5 text is UTF-8
     }
 
 
