@@ -1,7 +1,7 @@
 """Text that reaches a markup language is escaped here, at the one place it is rendered: the console, HTML and CSV.
 
 Paths, slide and specimen ids, lock text, task names, error reasons and every field of a run's files are data, not
-markup. Three rules keep them so:
+markup. These rules keep them so:
 
 - **Console**: mixmag's consoles never parse rich markup (`plain_console`). Mixmag's own styling is given with
   `style=` or as `rich.text.Text` (`labelled`), so a folder named `lab[/]3` or an error quoting `[bold]` prints as it
