@@ -18,11 +18,13 @@ mtime before it is trusted.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
 import socket
 import sqlite3
+import stat
 import uuid
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -30,10 +32,20 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import h5py
-
 from .errors import MixmagError, MixmagWarning
-from .fileio import DiskFullError, atomic_path
+from .fileio import (
+    READ_LIMITS,
+    UnsafePathError,
+    atomic_path,
+    check_regular,
+    open_hdf5,
+    open_lock_file,
+    open_regular,
+    output_error,
+    own_folder,
+    remove_own_file,
+    type_name,
+)
 from .store import (
     STORE_MUST_MATCH,
     STORE_SHOULD_MATCH,
@@ -108,6 +120,7 @@ class CatalogReport:
     missing: list[str] = field(default_factory=list)
     unreadable: dict[str, str] = field(default_factory=dict)
     damaged: str | None = None
+    unwritten: str | None = None  # why the refreshed catalog could not be written back (it is right in memory)
 
     @property
     def changed(self) -> bool:
@@ -203,13 +216,25 @@ def scan_stores(folder: str | Path) -> dict[str, tuple[int, int]]:
     return found
 
 
+def stat_inside(folder: Path, rel: str) -> os.stat_result:
+    """The stat of a catalogued store, refused (OSError) when a linked sub-folder would take the row outside the
+    folder: the scan never enters linked folders, so a row that does was edited by hand. A link to a store file
+    itself is allowed (hard- or soft-linked corpora), as the scan allows it."""
+    parent = os.path.dirname(rel)
+    if parent:
+        root = os.path.realpath(folder)
+        if os.path.realpath(os.path.join(folder, parent)) != os.path.join(root, os.path.normpath(parent)):
+            raise OSError(errno.EXDEV, f"{rel} leaves {folder} through a linked folder")
+    return os.stat(os.path.join(folder, rel))
+
+
 def describe_store(folder: str | Path, rel: str) -> CatalogEntry:
     """A catalog entry from a store's header and dataset shapes, checked as read_store checks them (no embeddings
     are read)."""
     path = Path(folder) / rel
     try:
         st = path.stat()
-        with h5py.File(path, "r") as f:
+        with open_hdf5(path) as f:
             attrs = {k: _decode_attr(v) for k, v in f.attrs.items()}
             layout = layout_problems(f, attrs)  # the header read_store checks: a forged store never enters
             if layout:
@@ -290,6 +315,10 @@ def read_catalog_file(path: Path) -> list[CatalogEntry]:
 
     Raises ValueError (damaged or foreign: rebuild) or CatalogError (newer: refuse)."""
     try:
+        check_regular(path, "store catalog")  # a FIFO would block SQLite's open forever
+    except UnsafePathError as exc:
+        raise ValueError(f"not a file ({exc})") from None
+    try:
         con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     except sqlite3.Error as exc:
         raise ValueError(f"cannot be opened as SQLite ({exc})") from exc
@@ -347,57 +376,115 @@ def write_catalog_file(path: Path, entries: Iterable[CatalogEntry]) -> None:
             con.close()
 
 
-def read_parts(folder: Path) -> tuple[dict[str, CatalogEntry], list[Path]]:
-    """Entries recorded by writers since the last refresh (later lines win), and the finished part files read."""
+def parts_folder(folder: Path) -> Path | None:
+    """The folder of part files, if there is one; a link or anything not a folder there is refused: parts are deleted
+    after each fold, and a linked parts folder would have them deleted wherever it points."""
     parts_dir = folder / PARTS_NAME
+    try:
+        mode = os.lstat(parts_dir).st_mode
+    except FileNotFoundError:
+        return None
+    if not stat.S_ISDIR(mode):
+        raise UnsafePathError(
+            f"{parts_dir}: the catalog's parts folder is {type_name(mode)}; mixmag never follows a link to its own "
+            "files: remove it (the stores are not touched; the next run rebuilds the catalog from them)"
+        )
+    return parts_dir
+
+
+def _read_part(part: Path) -> tuple[str, bool] | None:
+    """A part's text, and whether its writer is gone (a finished `.jsonl`, or a `.jsonl.open` whose writer's lock is
+    free: the process died). None for what is not a plain part (a link, a FIFO, too large, unreadable)."""
+    try:
+        with open_regular(part, "catalog part", follow=False) as handle:
+            done = part.name.endswith(".jsonl")
+            if not done:
+                try:
+                    fcntl.flock(handle.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+                    done = True  # no live writer holds it: folded and deleted like a finished part
+                except BlockingIOError:
+                    pass
+            data = handle.read(READ_LIMITS["catalog part"] + 1)
+    except (OSError, MixmagError):
+        return None
+    if len(data) > READ_LIMITS["catalog part"]:
+        return None
+    return data.decode("utf-8", "replace"), done
+
+
+def read_parts(folder: Path) -> tuple[dict[str, CatalogEntry], list[Path]]:
+    """Entries recorded by writers since the last refresh (later lines win), and the part files that may be deleted
+    once folded (finished ones, and those of writers that died)."""
     entries: dict[str, CatalogEntry] = {}
-    finished = []
-    if not parts_dir.is_dir():
+    finished: list[Path] = []
+    parts_dir = parts_folder(folder)
+    if parts_dir is None:
         return entries, finished
     for part in sorted(parts_dir.iterdir()):
         if part.name.startswith(".") or not part.name.endswith((".jsonl", ".jsonl.open")):
             continue
-        try:
-            lines = part.read_text().splitlines()
-        except (OSError, UnicodeDecodeError):
+        read = _read_part(part)
+        if read is None:
             continue
-        for line in lines:
+        text, done = read
+        for line in text.splitlines():
             try:
                 values = json.loads(line)
                 entry = _entry([values.get(c) for c in _COLUMNS])
             except (ValueError, AttributeError, TypeError):
                 continue  # a torn last line of a writer that died, or a damaged line: the folder scan finds the store
             entries[entry.path] = entry
-        if part.name.endswith(".jsonl"):
+        if done:
             finished.append(part)
     return entries, finished
 
 
 class CatalogWriter:
-    """Records stores as they land, for one writer (one rank): appends to a part file no other process touches."""
+    """Records stores as they land, for one writer (one rank): appends to a part file no other process touches,
+    created new (never through a link) and locked while the writer lives, so a refresh can tell a dead writer's part."""
 
     def __init__(self, folder: str | Path) -> None:
         self.folder = Path(folder)
         self._part: Path | None = None
+        self._fd: int | None = None
 
     def record(self, store_file: str | Path) -> None:
         """Describe a store just written under the folder and append its entry (one line, flushed and fsynced)."""
         rel = Path(store_file).resolve().relative_to(self.folder.resolve()).as_posix()
         entry = describe_store(self.folder, rel)
-        if self._part is None:
-            parts = self.folder / PARTS_NAME
-            parts.mkdir(parents=True, exist_ok=True)
-            self._part = parts / f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}.jsonl.open"
-        with open(self._part, "a") as fh:
-            fh.write(json.dumps(asdict(entry)) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
+        if self._fd is None:
+            self._open()
+        line = (json.dumps(asdict(entry)) + "\n").encode()
+        try:
+            os.write(self._fd, line)
+            os.fsync(self._fd)
+        except OSError as exc:
+            raise output_error(self._part, exc) from exc
+
+    def _open(self) -> None:
+        parts = own_folder(self.folder / PARTS_NAME, "catalog parts folder")
+        part = parts / f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}.jsonl.open"
+        hidden = part.with_name(f".{part.name}")  # locked before readers can see it, so it never looks dead
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_APPEND | os.O_CLOEXEC
+        try:
+            self._fd = os.open(hidden, flags, 0o644)
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+            os.rename(hidden, part)
+        except OSError as exc:
+            raise output_error(part, exc) from exc
+        self._part = part
 
     def close(self) -> None:
         """Mark the part finished, so that a refresh may fold it into the catalog and delete it."""
-        if self._part is not None and self._part.is_file():
-            os.replace(self._part, self._part.with_name(self._part.name.removesuffix(".open")))
+        if self._part is not None and self._fd is not None:
+            try:
+                if stat.S_ISREG(os.lstat(self._part).st_mode):
+                    os.replace(self._part, self._part.with_name(self._part.name.removesuffix(".open")))
+            except OSError:
+                pass  # already folded away (its writer looked dead to a refresh): its entries are in the catalog
+            os.close(self._fd)
         self._part = None
+        self._fd = None
 
     def __enter__(self) -> CatalogWriter:
         return self
@@ -450,15 +537,17 @@ def refresh_catalog(
         try:
             with _fold_lock(folder):
                 entries = _fold(folder, entries)
-        except (OSError, DiskFullError):
-            pass  # a read-only folder or a full disk: the catalog in memory is still right
+        except (OSError, MixmagError) as exc:  # a read-only folder, a full disk: the catalog in memory is still right
+            if isinstance(exc, (CatalogError, UnsafePathError)):
+                raise
+            report.unwritten = str(exc)
     return Catalog(folder, entries), report
 
 
 @contextmanager
 def _fold_lock(folder: Path) -> Iterator[None]:
     """One fold at a time per folder (a blocking flock, released by the kernel if the holder dies)."""
-    with open(folder / LOCK_NAME, "a") as handle:
+    with open_lock_file(folder / LOCK_NAME) as handle:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
         try:
             yield
@@ -482,7 +571,7 @@ def _fold(folder: Path, entries: list[CatalogEntry]) -> list[CatalogEntry]:
         if rel in ours:
             continue
         try:
-            st = (folder / rel).stat()
+            st = stat_inside(folder, rel)
         except OSError:
             continue
         if st.st_size == e.size and st.st_mtime_ns == e.mtime_ns:
@@ -490,7 +579,7 @@ def _fold(folder: Path, entries: list[CatalogEntry]) -> list[CatalogEntry]:
     merged = sorted(ours.values(), key=lambda e: e.path)
     write_catalog_file(path, merged)
     for part in finished:
-        part.unlink(missing_ok=True)
+        remove_own_file(part)
     return merged
 
 
@@ -533,7 +622,7 @@ def _query(folder: Path, column: str, values: Sequence[str]) -> dict[str, Catalo
     fresh = {}
     for e in rows.values():
         try:
-            st = (folder / e.path).stat()
+            st = stat_inside(folder, e.path)
         except OSError:
             continue
         if st.st_size == e.size and st.st_mtime_ns == e.mtime_ns:

@@ -728,13 +728,15 @@ def store_index(
     for sentence in report.sentences(folder):
         console.print(sentence, style="yellow", soft_wrap=True, highlight=False)
     kinds = {e.settings for e in catalog.entries}
-    what = "checked" if check else "catalogued"
+    what = "checked" if check else "catalogued" if report.unwritten is None else "read (catalog NOT written)"
     console.print(
         f"{len(catalog)} store(s) {what} in {folder / CATALOG_NAME}; {len(kinds)} distinct pipeline setting(s), "
         f"{sum(e.regions for e in catalog.entries):,} regions, {sum(e.contexts for e in catalog.entries):,} contexts",
         soft_wrap=True,
         highlight=False,
     )
+    if report.unwritten is not None:
+        _fail(f"the catalog was not written: {report.unwritten}")
     if check and (report.changed or report.unreadable):
         raise typer.Exit(1)
     if report.unreadable:

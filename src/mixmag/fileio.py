@@ -361,6 +361,13 @@ def check_regular(path: str | Path, what: str = "file") -> None:
         raise UnsafePathError(f"{path}: {what} is {type_name(mode)}, not a regular file: give the path of a file")
 
 
+def open_hdf5(path: str | Path, what: str = "store") -> h5py.File:
+    """An HDF5 file opened for reading, refused first if it is a FIFO, device or folder (HDF5 would block on a FIFO
+    or read a device forever)."""
+    check_regular(path, what)
+    return h5py.File(path, "r")
+
+
 def read_bytes_limited(path: str | Path, limit: str | int, *, what: str = "file", follow: bool = True) -> bytes:
     """The whole file, if it is a regular file of at most `limit` bytes (a kind from `READ_LIMITS`, or a number)."""
     budget = _limit(limit)

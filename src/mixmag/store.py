@@ -19,7 +19,7 @@ import numpy as np
 
 from . import __version__
 from .errors import MixmagError, MixmagWarning
-from .fileio import hdf5_atomic
+from .fileio import hdf5_atomic, open_hdf5
 from .ids import ID_RULE, is_safe_id
 from .markup import utf8_path
 from .slides.tiling import TilingPlan, plan_digest
@@ -176,7 +176,7 @@ def shared_settings_of_groups(groups: Sequence[tuple[dict, int, Path]]) -> dict:
 
 
 def read_attrs(path: str | Path) -> dict:
-    with h5py.File(path, "r") as f:
+    with open_hdf5(path) as f:
         return {k: _decode_attr(v) for k, v in f.attrs.items()}
 
 
@@ -253,7 +253,7 @@ def _open_store(path: Path) -> Iterator[tuple[h5py.File, dict, list[str]]]:
     if not path.is_file():
         raise StoreError(f"{path}: store not found; run `mixmag embed` first.")
     try:
-        with h5py.File(path, "r") as f:
+        with open_hdf5(path) as f:
             attrs = {k: _decode_attr(v) for k, v in f.attrs.items()}
             problems = layout_problems(f, attrs)
             if problems:

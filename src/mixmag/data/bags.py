@@ -26,6 +26,7 @@ import torch
 
 from ..devices import core_left_for_reading
 from ..errors import CohortError
+from ..fileio import open_hdf5
 from ..geometry import level_offsets
 from ..store import StoreError, all_finite, read_index, read_store
 from .regions import RegionTable
@@ -85,7 +86,7 @@ def encoded_bag(encoded_path: Path, mode: str) -> np.ndarray:
 def _encoded(encoded_path: Path, mode: str) -> Iterator[h5py.Dataset]:
     """The `patch` or `cls` dataset of a `mixmag encode` file, its shape and dtype checked before it is read."""
     try:
-        with h5py.File(encoded_path, "r") as f:
+        with open_hdf5(encoded_path) as f:
             data = f.get(mode)
             if not isinstance(data, h5py.Dataset) or data.dtype.kind != "f" or not 2 <= data.ndim <= 3:
                 raise CohortError(

@@ -9,11 +9,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import h5py
 import numpy as np
 
 from ..errors import RunError
-from ..fileio import hdf5_atomic
+from ..fileio import hdf5_atomic, open_hdf5
 
 
 def encoded_path(encoded_dir: Path, slide_id: str) -> Path:
@@ -25,7 +24,7 @@ def encoded_mixer_weights(encoded_dir: Path) -> Path:
     first = next(iter(sorted(Path(encoded_dir).glob("*.h5"))), None)
     if first is None:
         raise RunError(f"{encoded_dir}: no encoded slides (the `encoded:` folder of the run, from `mixmag encode`)")
-    with h5py.File(first, "r") as f:
+    with open_hdf5(first) as f:
         weights = f.attrs.get("mixer_weights")
     if not weights or not Path(weights).is_file():
         raise RunError(
@@ -38,7 +37,7 @@ def encoded_is_current(target: Path, store: Path, mixer_digest: str) -> bool:
     """Made by this mixer from this version of the store."""
     if not target.is_file():
         return False
-    with h5py.File(target, "r") as f:
+    with open_hdf5(target) as f:
         return f.attrs.get("mixer_digest") == mixer_digest and f.attrs.get("store_mtime") == os.stat(store).st_mtime
 
 

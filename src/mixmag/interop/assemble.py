@@ -17,6 +17,7 @@ import h5py
 import numpy as np
 
 from ..errors import MixmagError
+from ..fileio import open_hdf5
 from ..geometry import magnification_name
 from ..slides.tiling import TilingPlan
 from ..store import SlideStore, plan_provenance, store_from_plan
@@ -54,7 +55,7 @@ def read_level_file(
     `declared_mpp(coords attributes)` checks the file's own attributes and returns the level they declare."""
     max_tiles = len(plan.cells) * 4 ** (plan.levels.n_levels - 1)
     try:
-        with h5py.File(path, "r") as f:
+        with open_hdf5(path) as f:
             features, coords = f.get("features"), f.get("coords")
             if not isinstance(features, h5py.Dataset) or not isinstance(coords, h5py.Dataset):
                 raise refuse(plan, "?", path, "no 'features' and 'coords' datasets", hint)
