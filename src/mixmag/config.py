@@ -28,6 +28,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from .errors import ConfigError
+from .fileio import FileTooLargeError, UnsafePathError, read_bytes_limited
 
 M = TypeVar("M", bound=BaseModel)
 MAX_CONFIG_CHARS = 1_000_000
@@ -73,7 +74,9 @@ def read_yaml_mapping(path: str | Path) -> tuple[dict, dict[KeyPath, int]]:
     if not path.is_file():
         raise ConfigError(f"{path}: not a file; give a YAML config file")
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        text = read_bytes_limited(path, MAX_CONFIG_CHARS * 4, what="config file").decode("utf-8-sig")
+    except (UnsafePathError, FileTooLargeError) as exc:
+        raise ConfigError(f"{exc}; give a YAML config file") from None
     except UnicodeDecodeError as exc:
         raise ConfigError(
             f"{path}: not a UTF-8 text file (byte {exc.start} cannot be decoded); give a YAML config file"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import errno
 import fcntl
+import hashlib
 import io
 import json
 import os
@@ -311,6 +312,10 @@ class FileTooLargeError(MixmagError):
     """A whole-file read over the budget declared for its kind of file."""
 
 
+class DamagedFileError(MixmagError, ValueError):
+    """A file that is there and readable but not what it should be (JSON that does not parse)."""
+
+
 class OutputError(MixmagError):
     """An output that cannot be written: a read-only folder, a file where a folder is needed, a name too long."""
 
@@ -361,6 +366,16 @@ def check_regular(path: str | Path, what: str = "file") -> None:
         raise UnsafePathError(f"{path}: {what} is {type_name(mode)}, not a regular file: give the path of a file")
 
 
+def file_sha256(path: str | Path, what: str = "file") -> str:
+    """The file's sha256 (hex), read in 16 MB blocks: a multi-GB weights file is hashed in bounded memory, and a FIFO
+    or device is refused instead of read forever."""
+    digest = hashlib.sha256()
+    with open_regular(path, what) as handle:
+        for block in iter(lambda: handle.read(1 << 24), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def open_hdf5(path: str | Path, what: str = "store") -> h5py.File:
     """An HDF5 file opened for reading, refused first if it is a FIFO, device or folder (HDF5 would block on a FIFO
     or read a device forever)."""
@@ -388,7 +403,7 @@ def read_text_limited(path: str | Path, limit: str | int, *, what: str = "file",
     try:
         return data.decode(encoding)
     except UnicodeDecodeError as exc:
-        raise UnsafePathError(f"{path}: {what} is not {encoding} text ({exc.reason} at byte {exc.start})") from None
+        raise DamagedFileError(f"{path}: {what} is not {encoding} text ({exc.reason} at byte {exc.start})") from None
 
 
 def read_json_limited(path: str | Path, limit: str | int = "json", *, what: str = "JSON file") -> Any:
@@ -397,7 +412,7 @@ def read_json_limited(path: str | Path, limit: str | int = "json", *, what: str 
     try:
         return json.loads(text)
     except ValueError as exc:
-        raise UnsafePathError(f"{path}: {what} is not valid JSON ({exc}); it is damaged: remake it") from None
+        raise DamagedFileError(f"{path}: {what} is not valid JSON ({exc}); it is damaged: remake it") from None
 
 
 def own_folder(path: str | Path, what: str = "folder") -> Path:

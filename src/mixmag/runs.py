@@ -14,14 +14,23 @@ report.html and heatmaps/.
 from __future__ import annotations
 
 import csv
-import json
+import io
 from pathlib import Path
 
 import torch
 
 from . import __version__
 from .errors import RunError, RunMismatchError
-from .fileio import FolderLock, atomic_path, write_csv_atomic, write_json_atomic
+from .fileio import (
+    FileTooLargeError,
+    FolderLock,
+    UnsafePathError,
+    atomic_path,
+    read_json_limited,
+    read_text_limited,
+    write_csv_atomic,
+    write_json_atomic,
+)
 from .markup import spreadsheet_text
 from .weights_io import load_state_dict_file
 
@@ -48,12 +57,11 @@ class PretrainRun:
         """The last step logged (0 when nothing was)."""
         if not self.log.is_file():
             return 0
-        with self.log.open() as fh:
-            rows = list(csv.DictReader(fh))
+        rows = list(csv.DictReader(io.StringIO(read_text_limited(self.log, "log", what="pretraining log"))))
         return int(rows[-1]["step"]) if rows else 0
 
     def read_mixer_meta(self) -> dict | None:
-        return json.loads(self.mixer_meta.read_text()) if self.mixer_meta.is_file() else None
+        return read_json_limited(self.mixer_meta, what="mixer.json") if self.mixer_meta.is_file() else None
 
     def is_complete(self, steps: int) -> bool:
         """The mixer was exported after `steps` steps."""
@@ -124,8 +132,8 @@ class TrainRun:
 
     def _json(self, path: Path) -> dict:
         try:
-            return json.loads(self._need(path).read_text())
-        except (ValueError, UnicodeDecodeError) as exc:
+            return read_json_limited(self._need(path), what=path.name)
+        except (ValueError, UnsafePathError, FileTooLargeError) as exc:
             raise RunError(f"{path}: not readable JSON ({exc}); train the run again") from exc
 
     def read_config(self) -> dict:
@@ -154,11 +162,10 @@ class TrainRun:
         path = self.predictions(split)
         if not path.is_file():
             raise RunError(f"{path}: no predictions; is {self.folder} a `mixmag train` run folder?")
-        with path.open(newline="") as fh:  # cells as written, before spreadsheet escaping (`mixmag.markup`)
-            return [
-                {k: spreadsheet_text(v) if isinstance(v, str) else v for k, v in row.items()}
-                for row in csv.DictReader(fh)
-            ]
+        text = read_text_limited(path, "log", what="predictions table")
+        rows = csv.DictReader(io.StringIO(text, newline=""))
+        # cells as written, before spreadsheet escaping (`mixmag.markup`)
+        return [{k: spreadsheet_text(v) if isinstance(v, str) else v for k, v in row.items()} for row in rows]
 
     def read_weights(self) -> dict[str, torch.Tensor]:
         """best.pt, tensors only (a file holding anything else is refused in one sentence)."""

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import CohortError
+from .fileio import FileTooLargeError, UnsafePathError, read_bytes_limited
 
 
 @dataclass(frozen=True)
@@ -38,16 +39,17 @@ def _delimiter(text: str) -> str:
 def read_table(path: str | Path, *, what: str = "cohort table") -> Table:
     """Read a CSV table: header and rows, stripped; `CohortError` naming the file for anything ambiguous."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise CohortError(f"{path}: {what} not found.")
     try:
-        with path.open(newline="", encoding="utf-8-sig") as fh:
-            text = fh.read()
+        text = read_bytes_limited(path, "table", what=what).decode("utf-8-sig")
         records = list(csv.reader(io.StringIO(text, newline=""), delimiter=_delimiter(text)))
     except UnicodeDecodeError as exc:
         raise CohortError(f"{path}: not UTF-8 text (byte {exc.start}); save the {what} as 'CSV UTF-8'.") from exc
     except csv.Error as exc:
         raise CohortError(f"{path}: not a readable CSV ({exc}).") from exc
+    except (UnsafePathError, FileTooLargeError) as exc:
+        raise CohortError(str(exc)) from None
     while records and not any(cell.strip() for cell in records[-1]):
         records.pop()  # trailing blank lines
     if not records:

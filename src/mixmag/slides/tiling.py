@@ -9,7 +9,6 @@ an existing plan is still valid.
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 from pathlib import Path
 from typing import Literal
 
@@ -18,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .. import __version__
 from ..errors import PlanError
-from ..fileio import write_atomic
+from ..fileio import FileTooLargeError, UnsafePathError, file_sha256, read_text_limited, write_atomic
 from ..geometry import Box, CellGrid, LevelSpec
 from ..ids import ID_RULE, is_safe_id
 from .params import TilingParams
@@ -218,7 +217,7 @@ def plan_path(out_dir: str | Path, slide_id: str) -> Path:
 
 def plan_digest(path: str | Path) -> str:
     """The first 16 hex digits of the plan file's sha256: names the exact plan a store was made from."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+    return file_sha256(path, "tiling plan")[:16]
 
 
 def save_plan(plan: TilingPlan, path: str | Path) -> Path:
@@ -231,7 +230,9 @@ def load_plan(path: str | Path) -> TilingPlan:
     if path.is_dir():
         path = path / PLAN_FILENAME
     try:
-        return TilingPlan.model_validate_json(path.read_text())
+        return TilingPlan.model_validate_json(read_text_limited(path, "plan", what="tiling plan"))
+    except (UnsafePathError, FileTooLargeError) as exc:
+        raise PlanError(f"{exc}; delete it and re-run `mixmag tile`.") from None
     except FileNotFoundError as exc:
         raise PlanError(f"{path}: no tiling plan; run `mixmag tile` first.") from exc
     except ValueError as exc:

@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 
 from ..errors import TissueModelError
-from ..fileio import open_regular
+from ..fileio import file_sha256, open_regular
 from ..geometry import CellGrid
 from ..weights_io import WeightsFileError, check_zip_records
 from .params import TissueParams
@@ -126,9 +126,7 @@ def tissue_model_id(model: TissueModel | None) -> str | None:
 
 
 def file_digest(path: Path) -> str:
-    import hashlib
-
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+    return file_sha256(path, "tissue model")[:16]
 
 
 def load_tissue_model(path: str | Path) -> TissueModel:

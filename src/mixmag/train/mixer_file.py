@@ -8,8 +8,6 @@ would run without error and produce noise.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from dataclasses import asdict
 from functools import lru_cache
@@ -18,8 +16,8 @@ from pathlib import Path
 import torch
 
 from .. import __version__
-from ..errors import ConfigError
-from ..fileio import atomic_path, write_json_atomic
+from ..errors import ConfigError, MixmagError
+from ..fileio import atomic_path, file_sha256, read_json_limited, write_json_atomic
 from ..models.mixer import MixerConfig, RegionMixer
 from ..runs import MIXER_META, MIXER_WEIGHTS
 from ..store import STORE_MUST_MATCH, embedding_space
@@ -98,10 +96,10 @@ def mixer_architecture(weights: str | Path) -> tuple[str, dict]:
     that a random baseline can be built as the same network with fresh weights."""
     meta_path = Path(weights).with_name(MIXER_META)
     try:
-        meta = json.loads(meta_path.read_text())
+        meta = read_json_limited(meta_path, what="mixer.json")
         arch = {k: v for k, v in dict(meta["mixer"]).items() if k not in ARCHITECTURE_PER_STORE}
         MixerConfig(**arch)  # checks the names and values
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, MixmagError) as exc:
         raise ConfigError(
             f"{meta_path}: cannot read the pretrained mixer's architecture ({exc}); "
             "point at a mixer.safetensors written by `mixmag pretrain`"
@@ -112,11 +110,11 @@ def mixer_architecture(weights: str | Path) -> tuple[str, dict]:
 def _read_meta(path: Path, fix: str) -> dict:
     """mixer.json: the architecture must name exactly MixerConfig's fields."""
     try:
-        meta = json.loads(path.read_text())
+        meta = read_json_limited(path, what="mixer.json")
         if not isinstance(meta, dict) or not isinstance(meta.get("mixer"), dict):
             raise ValueError("no `mixer` architecture")
         MixerConfig(**meta["mixer"])
-    except (ValueError, TypeError, UnicodeDecodeError) as exc:
+    except (ValueError, TypeError, UnicodeDecodeError, MixmagError) as exc:
         raise WeightsFileError(
             f"{path}: not a mixer description ({type(exc).__name__}: {str(exc)[:200]}); {fix}"
         ) from None
@@ -132,11 +130,7 @@ def weights_digest(weights: str | Path) -> str:
 
 @lru_cache(maxsize=64)
 def _digest(path: str, mtime_ns: int, size: int) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 24), b""):
-            h.update(block)
-    return h.hexdigest()[:16]
+    return file_sha256(path, "mixer weights")[:16]
 
 
 def check_stores_fit_mixer(weights: Path, pretrained_on: dict, stores: dict) -> None:
