@@ -245,7 +245,7 @@ def embed(
     ] = False,
     output: Annotated[Optional[str], typer.Option(help="cls or cls+mean [the preset's default].")] = None,
     batch_cells: Annotated[int, typer.Option(help="Cells per batch (21 tiles each with 3 levels).")] = 8,
-    workers: Annotated[int, typer.Option(help="DataLoader worker processes per rank.")] = 2,
+    workers: Annotated[int, typer.Option(min=0, max=64, help="DataLoader worker processes per rank.")] = 2,
     device: Annotated[Optional[str], typer.Option(help="cuda, cuda:1, cpu [cuda when available].")] = None,
     compile: Annotated[bool, typer.Option("--compile", help="torch.compile the encoder.")] = False,
     read_mode: Annotated[str, typer.Option(help="derive (read finest level once) or pyramid.")] = "derive",
@@ -518,7 +518,7 @@ def predict(
         ),
     ] = "auto",
     device: Annotated[Optional[str], typer.Option(help="cuda, cpu [cuda when available] for embedding.")] = None,
-    workers: Annotated[int, typer.Option(help="DataLoader workers for embedding.")] = 2,
+    workers: Annotated[int, typer.Option(min=0, max=64, help="DataLoader workers for embedding.")] = 2,
 ) -> None:
     """Score new slides with a trained run, and show where and at which magnification it looked.
 
@@ -1009,7 +1009,7 @@ def bench_embed(
         ".mixmag-bench"
     ),
     side: Annotated[int, typer.Option(help="Side of the generated 20x slide in pixels.")] = 6144,
-    workers: Annotated[int, typer.Option(help="DataLoader workers for the GPU run.")] = 8,
+    workers: Annotated[int, typer.Option(min=0, max=64, help="DataLoader workers for the GPU run.")] = 8,
     batch_cells: Annotated[int, typer.Option(help="Cells per batch for the GPU run (21 tiles each).")] = 16,
 ) -> None:
     """Data path tiles/s per worker on CPU; Virchow2 end to end (bf16, eager and compiled) on a GPU if present."""

@@ -13,7 +13,7 @@ import numpy as np
 
 from ..errors import MixmagError
 from ..eval.explain import SlideAttribution
-from ..fileio import atomic_path
+from ..fileio import atomic_path, output_folder
 from ..geometry import Box
 from ..ids import path_for_id
 from ..slides.reader import Slide
@@ -128,7 +128,7 @@ def draw_heatmaps(
     import matplotlib.pyplot as plt
 
     path_for_id(out_dir, a.slide_id, what="slide id", where="heatmaps")  # every picture is named after it
-    out_dir.mkdir(parents=True, exist_ok=True)
+    output_folder(out_dir.parent, out_dir.name, "heatmaps folder")  # a linked heatmaps/ never writes elsewhere
     with open_store_slide(attrs) as slide:
         thumb, scale = thumbnail(slide)
         crops = [

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ import numpy as np
 import tifffile
 
 from ..errors import MppError, ResolutionError, SlideError, SlideNotFoundError, SlideUnreadableError
+from ..fileio import type_name
 from ..geometry import Box
 from .backends import BACKENDS, TIFF_SUFFIXES, Candidate, candidates, installed, open_backend
 from .backends.base import GLASS_WHITE, BackendHandle
@@ -226,6 +228,11 @@ class Slide:
                 self.path,
                 "file not found.",
                 "check the path (relative paths in a cohort table are relative to the table).",
+            )
+        kind = os.stat(self.path).st_mode
+        if not (stat.S_ISREG(kind) or stat.S_ISDIR(kind)):  # a FIFO would block the reader (and the batch) forever
+            raise SlideUnreadableError(
+                self.path, f"is {type_name(kind)}, not a slide file.", "give the path of the slide file itself."
             )
         if backend != "auto" and backend not in BACKENDS:
             raise ValueError(f"unknown slide backend {backend!r}; choose auto, {', '.join(BACKENDS)}")

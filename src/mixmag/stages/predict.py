@@ -20,7 +20,7 @@ from ..devices import choose_device
 from ..encoders.model import build_encoder
 from ..errors import CohortError, MixmagError, RunMismatchError
 from ..eval.explain import explain_slide, save_attribution
-from ..fileio import write_csv_atomic
+from ..fileio import FolderLock, output_folder, write_csv_atomic
 from ..ids import ID_RULE, check_id, is_safe_id, path_for_id
 from ..report.heatmaps import draw_heatmaps
 from ..slides.sources import SlideSource, sources_from_paths, sources_from_table
@@ -164,7 +164,8 @@ def stores_from_slides(
     params = TilingParams(**p["tiling_params"])
     problems: dict[str, str] = {}
     planned = []
-    for result in tile_slides(sources, work / "tiles", params, tissue_model=tissue_model, on_result=on_tiled):
+    tiles = output_folder(work, "tiles")
+    for result in tile_slides(sources, tiles, params, tissue_model=tissue_model, on_result=on_tiled):
         sid = result.source.slide_id
         if result.outcome == "failed":
             problems[sid] = result.error or "tiling failed"
@@ -176,7 +177,7 @@ def stores_from_slides(
             planned.append(sid)
     results = run_embed(
         [plan_path(work / "tiles", s) for s in planned],
-        work / "stores",
+        output_folder(work, "stores"),
         encoder,
         device=device,
         workers=workers,
@@ -230,11 +231,12 @@ def score_slides(
     usable = {s: p for s, p in stores.items() if s not in refused}
     encoded = None
     if usable and classifier.reads_encoded:  # the run's own mixer makes the new slides' precomputed outputs
-        encoded = work / "encoded"
+        encoded = output_folder(work, "encoded")
         encode_stores(list(usable.values()), classifier.encoded_mixer(), encoded)
     if usable:
         classifier.use_stores(usable, encoded)
     outcomes = []
+    maps = output_folder(work, "heatmaps")
     for slide, path in stores.items():
         outcome = SlideOutcome(slide, problem=refused.get(slide))
         if outcome.problem:
@@ -246,10 +248,10 @@ def score_slides(
             outcome.score = classifier.score([slide])[slide]
             attribution = explain_slide(classifier, slide, path, method)
             outcome.level_share = attribution.level_share
-            save_attribution(attribution, path_for_id(work / "heatmaps", slide, ".npz"))
+            save_attribution(attribution, path_for_id(maps, slide, ".npz"))
             if heatmaps:
                 try:
-                    outcome.pictures = draw_heatmaps(attribution, read_attrs(path), work / "heatmaps", top_k=top_k)
+                    outcome.pictures = draw_heatmaps(attribution, read_attrs(path), maps, top_k=top_k)
                 except (MixmagError, OSError) as exc:
                     outcome.problem = f"scored, but no heatmap: {exc}"
         except MixmagError as exc:
@@ -382,33 +384,40 @@ def run(
     classifier = SlideClassifier.load(run_dir)
     if on_run:
         on_run(describe_run(classifier))
-    stores, problems = inputs.stores, dict(inputs.problems)
-    if inputs.sources:
-        encoder = encoder_for_run(classifier, weights=weights, from_hub=from_hub)
-        tissue = tissue_model_for_run(classifier, tissue_model)
-        dev = choose_device(device)
-        with track("tile + embed", 2 * len(inputs.sources)) as step:  # slides that failed tiling have no embed step
-            stores, problems = stores_from_slides(
-                classifier,
-                inputs.sources,
-                work,
-                encoder.to(dev),
-                device=dev,
-                workers=workers,
-                tissue_model=tissue,
-                on_tiled=lambda r: step(),
-                on_embedded=lambda r: step(),
-            )
-    note = precision_note(classifier, stores)
-    if note and on_note:
-        on_note(note)
-    outcomes = []
-    if stores:
-        with track("score + explain", len(stores)) as step:
-            outcomes = score_slides(
-                classifier, stores, work, heatmaps=heatmaps, top_k=top_k, method=attribution, on_slide=lambda o: step()
-            )
-    outcomes += [SlideOutcome(s, problem=p) for s, p in problems.items()]
-    levels = list(next((o.level_share for o in outcomes if o.level_share), {}))
-    path = write_outcomes(out, outcomes, inputs.specimen_of, levels, classifier.specimen_score)
-    return Prediction(outcomes, levels, path, classifier.bag_kind)
+    with FolderLock(work, "mixmag predict"):  # two predicts sharing a work folder would overwrite each other
+        stores, problems = inputs.stores, dict(inputs.problems)
+        if inputs.sources:
+            encoder = encoder_for_run(classifier, weights=weights, from_hub=from_hub)
+            tissue = tissue_model_for_run(classifier, tissue_model)
+            dev = choose_device(device)
+            with track("tile + embed", 2 * len(inputs.sources)) as step:  # slides that failed tiling have no embed step
+                stores, problems = stores_from_slides(
+                    classifier,
+                    inputs.sources,
+                    work,
+                    encoder.to(dev),
+                    device=dev,
+                    workers=workers,
+                    tissue_model=tissue,
+                    on_tiled=lambda r: step(),
+                    on_embedded=lambda r: step(),
+                )
+        note = precision_note(classifier, stores)
+        if note and on_note:
+            on_note(note)
+        outcomes = []
+        if stores:
+            with track("score + explain", len(stores)) as step:
+                outcomes = score_slides(
+                    classifier,
+                    stores,
+                    work,
+                    heatmaps=heatmaps,
+                    top_k=top_k,
+                    method=attribution,
+                    on_slide=lambda o: step(),
+                )
+        outcomes += [SlideOutcome(s, problem=p) for s, p in problems.items()]
+        levels = list(next((o.level_share for o in outcomes if o.level_share), {}))
+        path = write_outcomes(out, outcomes, inputs.specimen_of, levels, classifier.specimen_score)
+        return Prediction(outcomes, levels, path, classifier.bag_kind)

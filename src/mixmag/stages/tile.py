@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Literal
 
 from ..errors import MixmagError, OptionError
-from ..fileio import ensure_free_space, write_atomic, write_json_atomic
+from ..fileio import ensure_free_space, inside_folder, write_atomic, write_json_atomic
 from ..markup import utf8_path
 from ..report.qc import png_bytes, regions_overlay, tissue_overlay
 from ..slides.reader import BACKENDS, Slide
@@ -65,6 +65,7 @@ def tile_slide(
     start = time.perf_counter()
     utf8_path(source.path, "slide")  # plan.json records it: refused in one sentence, not by the JSON writer
     target = plan_path(out_dir, source.slide_id)
+    inside_folder(out_dir, target.parent, "slide's tiling folder")  # a linked <slide>/ never takes plan.json elsewhere
     if not force and plan_is_current(target, source.path, params, source.mpp, backend, tissue_model_id(tissue_model)):
         return SlideResult(source, "skipped", plan=load_plan(target))
     with Slide(source.path, mpp=source.mpp, backend=backend) as slide:

@@ -27,7 +27,7 @@ from ..config import load_config as load_yaml_config
 from ..data.cohort import load_cohort
 from ..data.regions import RegionSamplingConfig, RegionStream, SlideSampling, catalog_stores
 from ..errors import ConfigError
-from ..fileio import FolderLock, append_atomic, atomic_path, write_csv_atomic, write_json_atomic
+from ..fileio import FolderLock, append_atomic, atomic_path, inside_folder, write_csv_atomic, write_json_atomic
 from ..models.mem import MEMPretrainer, n_masked
 from ..models.mixer import MixerConfig, MixerOverrides, mixer_config
 from ..runs import PretrainRun
@@ -240,6 +240,7 @@ def _pretrain(config: PretrainConfig, *, device: torch.device, rank: int, world_
     scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
     step = 0
     ckpt_path = PretrainRun(out).checkpoint
+    inside_folder(out, ckpt_path.parent, "checkpoints folder")  # a linked checkpoints/ never writes elsewhere
     if ckpt_path.is_file():
         step = _resume(ckpt_path, config, model, optimizer, scaler, world_size, device, space)
         if on_resume is not None and rank == 0:
@@ -476,7 +477,8 @@ class RunLogger:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self.writer = SummaryWriter(str(PretrainRun(out).tensorboard), purge_step=resume_step + 1)
+                logs = inside_folder(out, PretrainRun(out).tensorboard, "tensorboard folder")
+                self.writer = SummaryWriter(str(logs), purge_step=resume_step + 1)
             except ImportError:
                 self.writer = None
 

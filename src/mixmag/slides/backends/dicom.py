@@ -17,6 +17,7 @@ from pathlib import Path
 import pydicom
 
 from ...errors import SlideUnreadableError
+from ...fileio import UnsafePathError, open_regular
 
 WSI_STORAGE = "1.2.840.10008.5.1.4.1.1.77.1.6"  # VL Whole Slide Microscopy Image Storage (SOP Class UID)
 _HEADER_TAGS = [
@@ -45,10 +46,10 @@ class DicomSeries:
 def is_dicom_file(path: Path) -> bool:
     """DICOM Part 10 files carry 'DICM' after a 128-byte preamble, whatever their name."""
     try:
-        with open(path, "rb") as fh:
+        with open_regular(path, "DICOM file") as fh:  # a FIFO is refused, never waited on
             fh.seek(128)
             return fh.read(4) == b"DICM"
-    except OSError:
+    except (OSError, UnsafePathError):
         return False
 
 
