@@ -1,7 +1,9 @@
 """The `mixmag` command line: thin wrappers over the Python API, one sub-command per stage.
 
 One error boundary: every failure a user can fix is a `MixmagError` (errors name the input and the fix), caught once,
-by the app's command group, and printed as one `error:` line with exit code 2. Nothing else is caught here.
+by the app's command group, and printed as one `error:` line with exit code 2. The only other exception caught here is
+an OSError that says an output cannot be written (read-only, full, a file in the way): the same sentence the writers
+give (`fileio.output_error`), as a net under any writer that did not convert it itself.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typer.core import TyperGroup
 
 from .config import model_default
 from .errors import MixmagError, MixmagWarning, OptionError
+from .fileio import is_unwritable, output_error
 from .markup import labelled, plain_console
 from .slides.params import TilingParams, TissueParams
 
@@ -36,6 +39,10 @@ class _ErrorBoundary(TyperGroup):
             return super().invoke(ctx)
         except MixmagError as exc:
             _fail(str(exc))
+        except OSError as exc:  # the net under every writer: a read-only disk, a full one, a file in the way
+            if not is_unwritable(exc):
+                raise
+            _fail(str(output_error(exc.filename or "an output", exc)))
 
 
 def _commands(help: str, **kwargs) -> typer.Typer:

@@ -96,10 +96,7 @@ def atomic_path(path: str | Path, *, suffix: str = "") -> Iterator[Path]:
     `suffix` keeps the extension for writers that choose the format by name (matplotlib, ``np.savez``).
     """
     path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise output_error(path.parent, exc) from exc
+    make_folder(path.parent)
     tmp = temporary_name(path, suffix)
     try:
         yield tmp
@@ -236,10 +233,7 @@ class FolderLock:
         self._handle: Any = None
 
     def acquire(self) -> FolderLock:
-        try:
-            self.folder.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise output_error(self.folder, exc) from exc
+        make_folder(self.folder)
         handle = open_lock_file(self.lock_file)
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -455,14 +449,20 @@ def inside_folder(folder: str | Path, path: str | Path, what: str = "output") ->
     return path
 
 
+def make_folder(path: str | Path) -> Path:
+    """Create an output folder (and its parents) if needed; a read-only disk, a file in the way or a name too long is
+    one sentence (`OutputError`), a full disk `DiskFullError`."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise output_error(path, exc) from exc
+    return path
+
+
 def output_folder(folder: str | Path, name: str, what: str = "folder") -> Path:
     """A sub-folder of an output folder, created if needed, refused when a link makes it land outside `folder`."""
-    sub = inside_folder(folder, Path(folder) / name, what)
-    try:
-        sub.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise output_error(sub, exc) from exc
-    return sub
+    return make_folder(inside_folder(folder, Path(folder) / name, what))
 
 
 _PARTIAL = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[0-9a-f]{8}\.partial[^/]*\Z")
@@ -496,9 +496,14 @@ _UNWRITABLE = {
     errno.ENOTDIR: "a part of the path is a file, not a folder",
     errno.EISDIR: "it is a folder, not a file",
     errno.ENAMETOOLONG: "the path is too long",
-    errno.EEXIST: "something else is already there",
+    errno.EEXIST: "a file is in the way where a folder is needed",
     errno.ELOOP: "it is a symbolic link mixmag does not follow",
 }
+
+
+def is_unwritable(exc: BaseException) -> bool:
+    """An OSError that says an output cannot be written where it was asked for."""
+    return isinstance(exc, OSError) and (exc.errno in _UNWRITABLE or is_disk_full(exc))
 
 
 def output_error(path: str | Path, exc: OSError) -> MixmagError:

@@ -43,7 +43,7 @@ from ..eval.benchmark_stats import (
     with_false_discovery_rate,
 )
 from ..eval.level_inputs import run_level_importance
-from ..fileio import write_atomic, write_csv_atomic, write_json_atomic
+from ..fileio import make_folder, write_atomic, write_csv_atomic, write_json_atomic
 from ..markup import plain_console
 from ..metrics import auroc
 from ..runs import PretrainRun
@@ -437,7 +437,7 @@ def _write_outputs(out: Path, result: dict, config: BenchmarkConfig) -> None:
 def run_benchmark(config: BenchmarkConfig, console: Console | None = None) -> dict:
     console = console or plain_console()
     out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
+    make_folder(out)
     timer = Timer()
     console.print(NOTICE, style="bold yellow", soft_wrap=True)
     tables = timer.run(

@@ -21,7 +21,7 @@ from ..config import load_config
 from ..encoders.model import build_encoder
 from ..errors import CohortError, StageError
 from ..eval.benchmark_stats import CellStatistic, cell_statistics, statistics_table, with_false_discovery_rate
-from ..fileio import write_atomic, write_json_atomic
+from ..fileio import make_folder, write_atomic, write_json_atomic
 from ..markup import plain_console
 from ..report.html import build_report
 from ..runs import PretrainRun, TrainRun
@@ -135,7 +135,7 @@ class Timer:
 def run_demo(config: DemoConfig, console: Console | None = None) -> int:
     console = console or plain_console()
     out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
+    make_folder(out)
     timer = Timer()
     if not config.cohort_tables:
         console.print(SYNTHETIC_NOTICE, style="bold yellow", soft_wrap=True)

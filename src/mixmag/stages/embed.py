@@ -274,7 +274,7 @@ class StoreClaims:
             lock.acquire()
         except RunLockedError as exc:
             return EmbedResult(job.slide_id, "skipped", job.n_cells, f"{job.slide_id}: {exc}")
-        except DiskFullError as exc:
+        except MixmagError as exc:  # a full disk, a lock that is a link or a FIFO: this slide fails, the batch goes on
             return EmbedResult(job.slide_id, "failed", job.n_cells, f"{job.slide_id}: {exc}")
         if not self.force and store_is_current(target, wanted):  # made by another process meanwhile
             lock.release()

@@ -11,6 +11,7 @@ import torch
 
 from ..data.bags import region_bag
 from ..data.encoded import encoded_is_current, write_encoded
+from ..fileio import make_folder
 from ..store import StoreError, shared_settings
 from ..train.mixer_file import load_mixer
 
@@ -30,7 +31,7 @@ def encode_stores(
     device = device or torch.device("cpu")
     mixer, digest = load_mixer(weights, settings or (shared_settings(stores) if stores else None))
     mixer.to(device)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_folder(out_dir)
     written = []
     for store in stores:
         target = out_dir / store.name

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Literal
 
 from ..errors import MixmagError, OptionError
-from ..fileio import ensure_free_space, inside_folder, write_atomic, write_json_atomic
+from ..fileio import ensure_free_space, inside_folder, make_folder, write_atomic, write_json_atomic
 from ..markup import utf8_path
 from ..report.qc import png_bytes, regions_overlay, tissue_overlay
 from ..slides.reader import BACKENDS, Slide
@@ -98,7 +98,7 @@ def tile_slides(
     """Tile every slide; a failing slide is recorded and the run goes on. Writes a run summary."""
     check_backend(backend)
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_folder(out_dir)
     results = []
     for source in sources:
         start = time.perf_counter()

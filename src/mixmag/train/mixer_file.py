@@ -17,7 +17,7 @@ import torch
 
 from .. import __version__
 from ..errors import ConfigError, MixmagError
-from ..fileio import atomic_path, file_sha256, read_json_limited, write_json_atomic
+from ..fileio import atomic_path, file_sha256, make_folder, read_json_limited, write_json_atomic
 from ..models.mixer import MixerConfig, RegionMixer
 from ..runs import MIXER_META, MIXER_WEIGHTS
 from ..store import STORE_MUST_MATCH, embedding_space
@@ -50,7 +50,7 @@ def export_random_twin(like: Path, out: Path, seed: int = 0) -> Path:
         torch.manual_seed(seed)
         mixer = RegionMixer(cfg)
     preset = (meta.get("pretraining") or {}).get("preset", "custom")
-    out.mkdir(parents=True, exist_ok=True)
+    make_folder(out)
     return export_mixer(
         out, mixer, cfg, {"init": "random", "seed": seed, "preset": preset, "like": str(like)}, meta.get("stores") or {}
     )

@@ -27,7 +27,15 @@ from ..config import load_config as load_yaml_config
 from ..data.cohort import load_cohort
 from ..data.regions import RegionSamplingConfig, RegionStream, SlideSampling, catalog_stores
 from ..errors import ConfigError
-from ..fileio import FolderLock, append_atomic, atomic_path, inside_folder, write_csv_atomic, write_json_atomic
+from ..fileio import (
+    FolderLock,
+    append_atomic,
+    atomic_path,
+    inside_folder,
+    make_folder,
+    write_csv_atomic,
+    write_json_atomic,
+)
 from ..models.mem import MEMPretrainer, n_masked
 from ..models.mixer import MixerConfig, MixerOverrides, mixer_config
 from ..runs import PretrainRun
@@ -246,7 +254,7 @@ def _pretrain(config: PretrainConfig, *, device: torch.device, rank: int, world_
         if on_resume is not None and rank == 0:
             on_resume(step, ckpt_path)
     if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
+        make_folder(out)
         write_json_atomic(
             PretrainRun(out).config, config.model_dump() | {"mixer_resolved": asdict(mixer_cfg)}, indent=1
         )
@@ -464,7 +472,7 @@ class RunLogger:
         self.writer = None
         if not enabled:
             return
-        out.mkdir(parents=True, exist_ok=True)
+        make_folder(out)
         if self.path.exists():
             with self.path.open() as fh:
                 rows = [r for r in csv.DictReader(fh) if int(r["step"]) <= resume_step]
