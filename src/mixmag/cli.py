@@ -26,7 +26,7 @@ from typer.core import TyperGroup
 
 from .config import model_default
 from .errors import MixmagError, MixmagWarning, OptionError
-from .fileio import is_unwritable, output_error
+from .fileio import is_unwritable, output_error, read_json_limited
 from .markup import labelled, plain_console
 from .slides.params import TilingParams, TissueParams
 
@@ -595,7 +595,10 @@ def report(
     Metrics with bootstrap CIs, ROC curves, predictions, QC pictures, heatmaps per magnification, timings, config."""
     from .report.html import build_report
 
-    path = build_report(run, json.loads(timings.read_text()) if timings else None, heatmaps=heatmaps)
+    times = read_json_limited(timings, what="timings file") if timings else None
+    if times is not None and not isinstance(times, dict):
+        raise OptionError(f"--timings {timings}: not a timings file (a JSON object of stage: seconds)")
+    path = build_report(run, times, heatmaps=heatmaps)
     console.print(f"wrote {path}")
 
 
@@ -992,7 +995,6 @@ def bench_env(
     ] = None,
 ) -> None:
     """Check this Python environment before a benchmark: requirements, versions, every module importable."""
-    import json
 
     import torch
 

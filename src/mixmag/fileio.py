@@ -437,6 +437,21 @@ def remove_own_file(path: str | Path) -> bool:
         return False
 
 
+def remove_own_tree(path: str | Path, what: str = "folder") -> None:
+    """Delete a folder mixmag made and is about to remake (stale cohorts, a pretraining run whose settings changed);
+    a link there is refused, never followed or removed, and a missing folder is fine."""
+    path = Path(path)
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(mode):
+        raise UnsafePathError(
+            f"{path}: mixmag's {what} is {type_name(mode)}, not a folder it made: move it away and run again"
+        )
+    shutil.rmtree(path)
+
+
 def inside_folder(folder: str | Path, path: str | Path, what: str = "output") -> Path:
     """`path`, if it resolves inside `folder`: the folder the user named may itself be a link (a scratch disk), but
     a link inside it that points elsewhere is refused, so a run or work folder never writes outside itself."""

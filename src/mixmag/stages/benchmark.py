@@ -9,7 +9,6 @@ AB-MIL 20x), and check the magnification attribution on the tasks whose scale is
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -43,7 +42,7 @@ from ..eval.benchmark_stats import (
     with_false_discovery_rate,
 )
 from ..eval.level_inputs import run_level_importance
-from ..fileio import make_folder, write_atomic, write_csv_atomic, write_json_atomic
+from ..fileio import make_folder, read_json_limited, remove_own_tree, write_atomic, write_csv_atomic, write_json_atomic
 from ..markup import plain_console
 from ..metrics import auroc
 from ..runs import PretrainRun
@@ -139,13 +138,13 @@ def _generate(out: Path, config: BenchmarkConfig, console: Console) -> dict[str,
     tables = {task: out / "data" / f"{task}.csv" for task in specs}
     if (
         record.is_file()
-        and json.loads(record.read_text()) == json.loads(json.dumps(wanted))
+        and read_json_limited(record, what="benchmark record") == json.loads(json.dumps(wanted))
         and all(t.is_file() for t in tables.values())
     ):
         console.print(f"reusing the cohorts in {out / 'data'}")
         return tables
     for stale in ("data", "pretrain", "results"):
-        shutil.rmtree(out / stale, ignore_errors=True)
+        remove_own_tree(out / stale)
     for spec in specs.values():
         write_benchmark_cohort(out / "data", spec)
     write_json_atomic(record, wanted)
@@ -170,11 +169,11 @@ def _pretrain(out: Path, config: BenchmarkConfig, tables: dict[str, Path], conso
     if (
         meta.is_file()
         and mixer.is_file()
-        and json.loads(meta.read_text()).get("pretraining") == json.loads(json.dumps(pc.model_dump()))
+        and read_json_limited(meta, what="mixer.json").get("pretraining") == json.loads(json.dumps(pc.model_dump()))
     ):
         console.print(f"reusing {mixer}")
         return mixer
-    shutil.rmtree(pc.out, ignore_errors=True)
+    remove_own_tree(pc.out, "pretraining folder")
     run_pretraining(pc, device=torch.device("cpu"))
     return mixer
 

@@ -7,7 +7,6 @@ mixers -> tables, plot, stage timings. Every stage reuses what a previous run fi
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from ..config import load_config
 from ..encoders.model import build_encoder
 from ..errors import CohortError, StageError
 from ..eval.benchmark_stats import CellStatistic, cell_statistics, statistics_table, with_false_discovery_rate
-from ..fileio import make_folder, write_atomic, write_json_atomic
+from ..fileio import make_folder, remove_own_tree, write_atomic, write_json_atomic
 from ..markup import plain_console
 from ..report.html import build_report
 from ..runs import PretrainRun, TrainRun
@@ -263,7 +262,7 @@ def _pretrain(out: Path, config: DemoConfig, tables: dict[str, Path], console: C
             console.print(
                 f"the pretraining settings or the stores changed since {cfg.out} was written: pretraining again"
             )
-            shutil.rmtree(cfg.out)
+            remove_own_tree(cfg.out, "pretraining folder")
     if run.is_complete(cfg.steps):
         console.print(f"reusing {mixer}")
         return mixer
