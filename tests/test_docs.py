@@ -113,6 +113,10 @@ def test_each_guarantee_in_the_readme_names_the_tests_that_back_it():
         "Untrusted files.",
         "Bounded decoding.",
         "Locks.",
+        "Links and special files.",
+        "Where outputs land.",
+        "Size caps.",
+        "Unwritable outputs.",
         "Escaped output.",
     ]
     for promise, body in promises.items():
