@@ -10,7 +10,9 @@ given (the tile offsets of the 10^6 px slide all point at one real tile).
 
 On main before bounded decoding (5497438) every test here failed (checkpoints: torch inflated the record; PNGs: peak
 memory grew by 2.5 GiB; JPEG tile and strip: by 1.1 and 1.9 GiB; the 500 mm and 1.2 x 10^6 px slides were tiled)
-except the two that check the probes themselves and the safetensors one, which guards what safetensors already did."""
+except the two that check the probes themselves and the safetensors one, which guards what safetensors already did.
+The JPEG-strip and JPEG 2000 tile bombs came later: on that main, `mixmag doctor` peaked at 3.1 and 9.0 GB on them
+(tifffile, then slideio, decoded the declared 20000 x 20000 px)."""
 
 from __future__ import annotations
 
@@ -201,6 +203,36 @@ def _strip_bomb(path: Path, side: int = 20000) -> Path:
         resolutionunit="CENTIMETER", **kw
     )  # fmt: skip
     return _first_tile_sof(path, side, side)
+
+
+def _small_strips_bomb(path: Path, side: int = 2048, rows: int = 16) -> Path:
+    """A 2048 x 2048 px TIFF at 0.5 um/px in JPEG strips of 16 rows, the first of which declares 20000 x 20000 px: read
+    through tifffile (strips are not read directly), which hands libjpeg no size to hold it to."""
+    strip = imagecodecs.jpeg8_encode(
+        np.full((rows, side, 3), 230, np.uint8), level=90, subsampling=(2, 2), colorspace="RGB", outcolorspace="YCBCR"
+    )
+    kw = dict(compression="jpeg", photometric="ycbcr", subsampling=(2, 2), metadata=None)
+    tifffile.imwrite(
+        path, iter([strip] * (side // rows)), shape=(side, side, 3), dtype=np.uint8, rowsperstrip=rows,
+        resolution=(2e4, 2e4), resolutionunit="CENTIMETER", **kw
+    )  # fmt: skip
+    return _first_tile_sof(path, 20000, 20000)
+
+
+def _jpeg2000_tile_bomb(path: Path) -> Path:
+    """A 256 x 256 px JPEG 2000-tiled TIFF whose tile's codestream declares 20000 x 20000 px (its SIZ marker); slideio
+    decodes it (9 GB), so no backend may be tried after the first that finds it."""
+    tifffile.imwrite(
+        path, np.full((256, 256, 3), 230, np.uint8), tile=(256, 256), compression="jpeg2000", photometric="rgb",
+        resolution=(2e4, 2e4), resolutionunit="CENTIMETER", metadata=None
+    )  # fmt: skip
+    with tifffile.TiffFile(path) as tif:
+        start = tif.pages[0].dataoffsets[0]
+    data = bytearray(path.read_bytes())
+    assert data[start : start + 4] == b"\xff\x4f\xff\x51"  # SOC, SIZ: Lsiz, Rsiz, then Xsiz and Ysiz
+    struct.pack_into(">II", data, start + 8, 20000, 20000)
+    path.write_bytes(bytes(data))
+    return path
 
 
 def _huge_slide(path: Path, side: int, mpp: float | None, tile: int = 4096) -> Path:
@@ -414,6 +446,8 @@ def test_read_picture_decodes_only_what_fits(tmp_path, png_bomb, peak_memory):
 SLIDE_BOMBS = {
     "jpeg tile": (_jpeg_tile_bomb, "does not fit the 256 x 256 px tiles the TIFF declares"),
     "strip": (_strip_bomb, "stored in strips of 20000 x 20000 px (400 Mpx each"),
+    "jpeg strip": (_small_strips_bomb, "strip 0's compressed data declares 20000 x 20000 px in a 2048 x 16 px strip"),
+    "jpeg 2000 tile": (_jpeg2000_tile_bomb, "tile 0's compressed data declares 20000 x 20000 px in a 256 x 256 px"),
     "500 mm": (lambda p: _huge_slide(p, 10**6, 0.5), "500 x 500 mm: larger than any glass slide"),
     "no mpp": (lambda p: _huge_slide(p, 1_200_000, None), "1200000 x 1200000 px, more than 1000000 px a side"),
 }

@@ -10,7 +10,9 @@ opens a file (`Image.MAX_IMAGE_PIXELS`, set here once for the whole process), us
 
 from __future__ import annotations
 
+import io
 import re
+import struct
 import warnings
 from pathlib import Path
 
@@ -28,6 +30,23 @@ Image.MAX_IMAGE_PIXELS = MAX_PICTURE_PIXELS
 
 class PictureError(MixmagError):
     """A picture file that is missing, unreadable, or declares more pixels than mixmag decodes."""
+
+
+def declared_size(data: bytes) -> tuple[int, int] | None:
+    """The (width, height) a compressed picture (JPEG, JPEG 2000, PNG, WebP; e.g. one tile of a TIFF) declares in its
+    header, read by PIL without decoding a pixel; None when PIL cannot tell. A size beyond PIL's bomb limit is
+    reported as that limit's double (it is refused anyway)."""
+    try:
+        with Image.open(io.BytesIO(data), formats=_TILE_FORMATS) as image:
+            return image.size
+    except Image.DecompressionBombError:
+        side = int((2 * Image.MAX_IMAGE_PIXELS) ** 0.5) + 1
+        return side, side
+    except (OSError, ValueError, SyntaxError, struct.error):
+        return None
+
+
+_TILE_FORMATS = ("JPEG", "JPEG2000", "PNG", "WEBP")
 
 
 def _too_large(path: Path, what: str, declared: str, max_pixels: int) -> PictureError:

@@ -18,7 +18,7 @@ from ..errors import MixmagError, MppError
 from ..geometry import Box, CellGrid, LevelSpec
 from .backends import BACKENDS, candidates, install_command, installed, open_backend
 from .pyramids import read_pyramid
-from .reader import Slide
+from .reader import Slide, SlideTooLargeError
 from .sources import slide_entries
 
 _DISTRIBUTIONS = {
@@ -88,9 +88,12 @@ def check_slide(path: Path, slide_id: str, mpp: float | None, levels: LevelSpec,
         [BackendCheck(c.backend, c.reason, c.installed, c.install) for c in candidates(path)] if path.exists() else []
     )
     reads: dict[str, np.ndarray] = {}
+    forged = False  # a file that declares more than it holds is read by no further backend (one may not check)
     for check in checks:
-        if check.installed:
-            _check_backend(path, check, mpp, levels, cells, reads)
+        if check.installed and not forged:
+            forged = _check_backend(path, check, mpp, levels, cells, reads)
+        elif check.installed:
+            check.error = "not tried: the file declares more than it holds (see above)"
     result = SlideCheck(path, slide_id, checks)
     try:
         with Slide(path, mpp=mpp) as slide:
@@ -116,23 +119,25 @@ def check_slide(path: Path, slide_id: str, mpp: float | None, levels: LevelSpec,
 
 def _check_backend(
     path: Path, check: BackendCheck, mpp: float | None, levels: LevelSpec, cells: int, reads: dict
-) -> None:
+) -> bool:
+    """Open and read the slide with one backend; True when the file declares more than it holds (SlideTooLargeError):
+    then no other backend should decode it."""
     try:
         handle = open_backend(check.backend, path)
     except Exception as exc:  # noqa: BLE001 - reported, not raised: this is a diagnosis
         check.error = f"{type(exc).__name__}: {exc}"
-        return
+        return False
     handle.close()
     try:
         slide = Slide(path, mpp=mpp, backend=check.backend)
     except MppError as exc:  # the pixels open; the resolution is missing or absurd
         check.opened, check.mpp_error = True, str(exc)
         check.levels = [(w, h, None) for w, h in handle.level_dimensions]
-        return
+        return False
     except MixmagError as exc:
         check.error = str(exc)
         check.levels = [(w, h, None) for w, h in handle.level_dimensions]
-        return
+        return isinstance(exc, SlideTooLargeError)
     with slide:
         check.opened = True
         check.mpp, check.mpp_source = slide.mpp, slide.mpp_source
@@ -141,6 +146,8 @@ def _check_backend(
             check.tiles_per_s, reads[check.backend] = _read_speed(slide, levels, cells)
         except MixmagError as exc:
             check.error = str(exc)
+            return isinstance(exc, SlideTooLargeError)
+    return False
 
 
 def _read_speed(slide: Slide, levels: LevelSpec, cells: int) -> tuple[float | None, np.ndarray]:

@@ -28,7 +28,7 @@ from .backends import BACKENDS, TIFF_SUFFIXES, Candidate, candidates, installed,
 from .backends.base import GLASS_WHITE, BackendHandle
 from .backends.dicom import is_dicom_file
 from .metadata import PLAUSIBLE_MPP, resolve_mpp
-from .tiff_tiles import segment_problem
+from .tiff_tiles import TileSizeError, segment_problem
 
 # a side of the largest glass a slide can be scanned on, with room to spare: a standard slide is 75 x 25 mm, a
 # large-format one 75 x 50 mm. A level 0 larger than this at the slide's mpp is a wrong mpp or a forged file.
@@ -396,9 +396,16 @@ class Slide:
         return out
 
     def _guarded(self, level: int, x: int, y: int, w: int, h: int, read):
-        """Run a pixel read; a decoder failure becomes an error that names the slide and place."""
+        """Run a pixel read; a decoder failure becomes an error that names the slide and place. A tile that declares
+        more than the file says it holds is the file's fault, not the backend's: no other backend is tried on it."""
         try:
             return read()
+        except TileSizeError as exc:
+            raise SlideTooLargeError(
+                self.path,
+                f"level {level} at ({x}, {y}): {exc}.",
+                "re-copy or re-export the slide; mixmag never decodes a tile larger than the file declares.",
+            ) from None
         except Exception as exc:  # noqa: BLE001 - decoder errors differ per backend and codec
             raise SlideUnreadableError(
                 self.path,

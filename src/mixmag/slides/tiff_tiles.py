@@ -5,8 +5,10 @@ from a level's page directly (tifffile's segment reader and codecs), which spare
 per-call overhead and keeps a read at the cost of decoding the covering tiles once.
 
 What a TIFF declares is bounded before anything is decoded: a tile or strip may hold at most `MAX_SEGMENT_PIXELS`
-(`check_segments`, run before any backend opens the file), and a JPEG tile decodes into an array of the tile's own size
-(`imagecodecs` refuses a JPEG stream that declares more), so a 2 kB file cannot ask for gigabytes.
+(`segment_problem`, run before any backend opens the file); a YCbCr JPEG tile decodes into an array of the tile's own
+size (`imagecodecs` refuses a JPEG stream that declares more), and any other JPEG, JPEG 2000, PNG or WebP segment has
+the size its header declares checked against its tile or strip before tifffile decodes it (`SegmentGuard`), so a
+2 kB file cannot ask for gigabytes.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import threading
 import cv2
 import numpy as np
 import tifffile
+
+from ..images import declared_size
 
 
 def box_reduce(block: np.ndarray, k: int) -> np.ndarray:
@@ -96,7 +100,8 @@ class TiledPageReader:
         self.width = int(page.imagewidth)
         self.height = int(page.imagelength)
         self.tiles_across = -(-self.width // self.tile_w)
-        self._decode = _fast_decoder(page) or page.decode
+        self._guard = SegmentGuard(page, lock)
+        self._decode = _fast_decoder(page) or self._guard.guarded(page.decode)
         self._lock = lock
 
     def fits(self, x: int, y: int, w: int, h: int, reduce: int = 1) -> bool:
@@ -139,6 +144,65 @@ class TiledPageReader:
         return out
 
 
+class SegmentGuard:
+    """Checks, before tifffile decodes them, that the compressed tiles or strips of a page declare no more pixels than
+    the tile or strip they stand for (tifffile hands image codecs no size to hold them to)."""
+
+    def __init__(self, page: tifffile.TiffPage, lock: threading.Lock) -> None:
+        self.page = page
+        self.active = int(page.compression) in _IMAGE_CODECS and page.planarconfig == tifffile.PLANARCONFIG.CONTIG
+        if page.is_tiled:
+            self.width, self.height = int(page.tilewidth), int(page.tilelength)
+        else:
+            self.width, self.height = int(page.imagewidth), min(int(page.rowsperstrip), int(page.imagelength))
+        self._lock = lock
+        self._checked: set[int] = set()
+
+    def check(self, data: bytes | None, index: int) -> None:
+        """Refuse segment `index` (its bytes `data`) when its header declares more than its tile or strip."""
+        if not self.active or data is None or index in self._checked:
+            return
+        size = declared_size(data)
+        if size is not None and (size[0] > self.width or size[1] > self.height):
+            kind = "tile" if self.page.is_tiled else "strip"
+            raise TileSizeError(
+                f"{kind} {index}'s compressed data declares {size[0]} x {size[1]} px in a {self.width} x "
+                f"{self.height} px {kind}; the file is damaged or forged"
+            )
+        self._checked.add(index)
+
+    def guarded(self, decode):
+        """`decode` (tifffile's segment decoder) preceded by `check`."""
+
+        def checked(data: bytes | None, index: int, jpegtables: bytes | None = None):
+            self.check(data, index)
+            return decode(data, index, jpegtables=jpegtables)
+
+        return checked
+
+    def check_box(self, x: int, y: int, w: int, h: int) -> None:
+        """Check every segment a read of [x, x+w) x [y, y+h) decodes (reading their bytes from the file)."""
+        if not self.active or w < 1 or h < 1:
+            return
+        across = -(-int(self.page.imagewidth) // self.width)
+        rows = range(y // self.height, (y + h - 1) // self.height + 1)
+        cols = range(x // self.width, (x + w - 1) // self.width + 1)
+        wanted = [r * across + c for r in rows for c in cols if r * across + c not in self._checked]
+        wanted = [i for i in wanted if i < len(self.page.dataoffsets) and self.page.databytecounts[i]]
+        if not wanted:
+            return
+        offsets = [self.page.dataoffsets[i] for i in wanted]
+        counts = [min(self.page.databytecounts[i], _HEADER_BYTES) for i in wanted]  # the header is at the start
+        with self._lock:
+            segments = list(self.page.parent.filehandle.read_segments(offsets, counts, wanted, sort=True))
+        for data, index in segments:
+            self.check(data, index)
+
+
+_HEADER_BYTES = 1 << 16
+_IMAGE_CODECS = {int(tifffile.COMPRESSION.JPEG)} | {int(c) for c in tifffile.TIFF.IMAGE_COMPRESSIONS}
+
+
 def _fast_decoder(page: tifffile.TiffPage):
     """YCbCr JPEG tiles (Aperio and most scanners) go straight to libjpeg-turbo, skipping
     tifffile's per-tile dispatch; the pixels are identical (checked in the tests). Each tile decodes into an array of
@@ -159,6 +223,18 @@ def _fast_decoder(page: tifffile.TiffPage):
             ) from None
 
     return decode
+
+
+def level_guards(tiff: tifffile.TiffFile, series_index: int, lock: threading.Lock) -> list[SegmentGuard | None]:
+    """One segment guard per pyramid level of a series, for reads that tifffile decodes (None where a level is not one
+    page)."""
+    levels = tiff.series[series_index].levels
+    return [
+        SegmentGuard(level.keyframe, lock)
+        if len(level.pages) == 1 and isinstance(level.keyframe, tifffile.TiffPage)
+        else None
+        for level in levels
+    ]
 
 
 def level_readers(tiff: tifffile.TiffFile, series_index: int, lock: threading.Lock) -> list[TiledPageReader | None]:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import tiffslide
 
-from ..tiff_tiles import level_readers
+from ..tiff_tiles import level_guards, level_readers
 from .base import BackendHandle, as_rgb, composite_on_white
 
 
@@ -23,7 +23,9 @@ class TiffSlideHandle(BackendHandle):
             self.level_downsamples = tuple(float(d) for d in self._ts.level_downsamples)
             self.properties = dict(self._ts.properties)
             series = int(self.properties.get("tiffslide.series-index") or 0)
-            self.direct = level_readers(self._ts.ts_tifffile, series, threading.Lock())
+            lock = threading.Lock()
+            self.direct = level_readers(self._ts.ts_tifffile, series, lock)
+            self._guards = level_guards(self._ts.ts_tifffile, series, lock)
         except Exception:
             self._ts.close()
             raise
@@ -36,6 +38,9 @@ class TiffSlideHandle(BackendHandle):
         direct = self.direct[level] if level < len(self.direct) else None
         if direct is not None:
             return direct.read(x, y, width, height)
+        guard = self._guards[level] if level < len(self._guards) else None
+        if guard is not None:  # what tifffile will decode for this read must not declare more than its segment
+            guard.check_box(x, y, width, height)
         ds = self.level_downsamples[level]
         # tiffslide floors location / downsample; ceil makes that land exactly on x.
         loc = (int(np.ceil(x * ds)), int(np.ceil(y * ds)))
