@@ -216,6 +216,8 @@ def _describe(error: dict, model: type[BaseModel], path: str | Path | None, line
     message = error["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
     if error["type"] == "missing":
         return f"{origin}: `{_dotted(loc)}` is required"
+    if loc[-1:] == ("[key]",):  # a mapping's key was refused (e.g. a task name that becomes a folder)
+        return f"{origin}: the key {error['input']!r} of `{_dotted(loc[:-2])}`: {message}"
     what = f"`{_dotted(loc)}` = {error['input']!r}: " if loc else ""
     return f"{origin}: {what}{message}"
 

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Annotated
+
+from pydantic import AfterValidator
 
 from .errors import MixmagError
 
-_SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,199}$")
+_SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,199}")  # used with fullmatch: `$` would pass a final "\n"
 ID_RULE = "letters, digits, '.', '_', '+' and '-', starting with a letter or digit, at most 200 characters"
 
 
@@ -20,7 +23,18 @@ class UnsafeIdError(MixmagError):
 
 
 def is_safe_id(value: object) -> bool:
-    return isinstance(value, str) and bool(_SAFE_ID.match(value)) and ".." not in value
+    return isinstance(value, str) and _SAFE_ID.fullmatch(value) is not None and ".." not in value
+
+
+def _safe_name(value: str) -> str:
+    if not is_safe_id(value):
+        raise ValueError(f"not a safe file name (it names a folder or file); use {ID_RULE}")
+    return value
+
+
+SafeName = Annotated[str, AfterValidator(_safe_name)]
+"""A config value (a task name, a mixer name, ...) that becomes a file or folder name: the same rule as `check_id`,
+refused by the config reader with the file, line and key named."""
 
 
 def check_id(value: object, *, what: str = "slide id", where: str = "", fix: str = "") -> str:

@@ -8,6 +8,7 @@ Written under a temporary name and renamed, so a store that exists is complete.
 from __future__ import annotations
 
 import json
+import math
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -216,7 +217,7 @@ def read_index(path: str | Path) -> StoreIndex:
             attrs=attrs,
             dim=int(f[f"emb/{names[0]}"].shape[-1]),
         )
-    problems = _id_problems(attrs) + _cell_problems(index.rc, index.windows, attrs)
+    problems = _id_problems(attrs) + _geometry_problems(attrs) + _cell_problems(index.rc, index.windows, attrs)
     if problems:
         raise StoreError(f"{path}: invalid store: " + "; ".join(problems))
     return index
@@ -330,6 +331,32 @@ def _id_problems(attrs: dict) -> list[str]:
     return []
 
 
+def _geometry_problems(attrs: dict) -> list[str]:
+    """The numbers that place cells on the slide (cell_px, slide_mpp, level_mpps) must be finite and positive, and a
+    cell's level-0 pixel position must fit the int32 coordinates TRIDENT and CLAM files hold."""
+    problems = []
+    for key in ("cell_px", "slide_mpp", "cell_um"):
+        value = attrs.get(key)
+        if key in attrs and not (_is_number(value) and math.isfinite(value) and value > 0):
+            problems.append(f"attribute {key} {value!r} is not a finite positive number")
+    mpps = attrs.get("level_mpps")
+    if "level_mpps" in attrs and not (
+        isinstance(mpps, list) and all(_is_number(m) and math.isfinite(m) and m > 0 for m in mpps)
+    ):
+        problems.append(f"attribute level_mpps {mpps!r} is not a list of finite positive numbers")
+    if problems or not _is_number(attrs.get("cell_px")):
+        return problems
+    grid = attrs.get("grid_shape")
+    side = max(grid) if isinstance(grid, list) and grid and all(isinstance(v, int) for v in grid) else MAX_GRID_SIDE
+    if (side + 1) * attrs["cell_px"] >= 2**31:
+        problems.append(f"attribute cell_px {attrs['cell_px']!r} puts cells beyond 2^31 level-0 pixels")
+    return problems
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+
+
 def _cell_problems(rc: np.ndarray, windows: dict[str, np.ndarray], attrs: dict) -> list[str]:
     """Cells and windows must lie in the slide's grid (its recorded grid_shape, else MAX_GRID_SIDE a side)."""
     grid = attrs.get("grid_shape")
@@ -392,7 +419,7 @@ def store_problems(store: SlideStore) -> list[str]:
     for key in ("slide_id", "encoder", "encoder_weights_digest", "level_mpps", "slide_mpp"):
         if key not in store.attrs:
             problems.append(f"provenance attribute {key!r} missing")
-    problems += _id_problems(store.attrs)
+    problems += _id_problems(store.attrs) + _geometry_problems(store.attrs)
     if store.rc.ndim == 2 and store.rc.dtype.kind in "iu":
         problems += _cell_problems(store.rc, store.windows, store.attrs)
     return problems

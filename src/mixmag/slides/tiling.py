@@ -9,40 +9,47 @@ an existing plan is still valid.
 from __future__ import annotations
 
 import datetime as _dt
+import math
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .. import __version__
 from ..errors import PlanError
 from ..fileio import FileTooLargeError, UnsafePathError, file_sha256, read_text_limited, write_atomic
 from ..geometry import Box, CellGrid, LevelSpec
 from ..ids import ID_RULE, is_safe_id
+from .metadata import PLAUSIBLE_MPP
 from .params import TilingParams
 from .reader import Slide, slide_fingerprint
 from .tissue import TissueModel, cell_tissue_fractions, segment_tissue, tissue_model_id, window_fractions
 
 PLAN_FORMAT_VERSION = 1
 PLAN_FILENAME = "plan.json"
+MAX_SLIDE_SIDE_PX = 2**24  # 16.7 M px a side: over 4 m at 0.25 um/px; the largest scans are about 200 k px
+
+
+_MPP = Field(ge=PLAUSIBLE_MPP[0], le=PLAUSIBLE_MPP[1])  # the band the slide reader accepts
+_SIDE = Field(ge=0, le=MAX_SLIDE_SIDE_PX)
 
 
 class SlideRecord(BaseModel):
     """Which file was tiled, how it was read, and at what resolution."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     slide_id: str
     path: str
-    size_bytes: int
+    size_bytes: int = Field(ge=0)
     mtime: float
     backend: str
-    mpp: float
+    mpp: float = _MPP
     mpp_source: str
-    mpp_override: float | None = None
-    width: int
-    height: int
+    mpp_override: float | None = Field(None, ge=PLAUSIBLE_MPP[0], le=PLAUSIBLE_MPP[1])
+    width: int = _SIDE
+    height: int = _SIDE
     level_dimensions: list[tuple[int, int]]
     level_downsamples: list[float]
 
@@ -58,7 +65,9 @@ PlanStatus = Literal["ok", "too_small", "no_tissue", "no_regions"]
 
 
 class TilingPlan(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """Checked whole when read (`plan_problem`): later stages turn its numbers into pixel reads and array sizes."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     format_version: int = PLAN_FORMAT_VERSION
     mixmag_version: str = __version__
@@ -83,6 +92,13 @@ class TilingPlan(BaseModel):
         None, description="the user tissue model used (file#digest), None for the built-in detector"
     )
 
+    @model_validator(mode="after")
+    def _consistent(self) -> TilingPlan:
+        problem = plan_problem(self)
+        if problem:
+            raise ValueError(problem)
+        return self
+
     @property
     def grid(self) -> CellGrid:
         return CellGrid(self.slide.mpp, self.slide.width, self.slide.height, self.params.levels.cell_um)
@@ -94,6 +110,62 @@ class TilingPlan(BaseModel):
     def open_slide(self) -> Slide:
         """Re-open the planned slide with the same backend and mpp the plan was made with."""
         return Slide(self.slide.path, mpp=self.slide.mpp, backend=self.slide.backend)
+
+
+def plan_problem(plan: TilingPlan) -> str | None:
+    """What makes a plan unusable, or None: its grid is not the one its slide record gives, or a cell, region or
+    context lies outside it, is listed twice, or lacks its tissue fraction. Cheap (numpy over the lists), so a forged
+    plan is refused before any slide is read or any embedding computed."""
+    grid = plan.grid
+    if not math.isclose(plan.cell_px, grid.cell_px, rel_tol=1e-9):
+        return (
+            f"cell_px {plan.cell_px!r} is not the slide's cell size ({grid.cell_px:.6g} px at {plan.slide.mpp} um/px)"
+        )
+    if (plan.n_rows, plan.n_cols) != (grid.n_rows, grid.n_cols):
+        return f"the grid {plan.n_rows} x {plan.n_cols} is not the slide's ({grid.n_rows} x {grid.n_cols} cells)"
+    tissue = plan.tissue_grid
+    if len(tissue) != plan.n_rows or any(len(row) != plan.n_cols for row in tissue):
+        return f"tissue_grid is not {plan.n_rows} x {plan.n_cols}"
+    if tissue and not _fractions(np.asarray(tissue, np.float64)):
+        return "tissue_grid holds values outside 0-1"
+    t, c = plan.params.region_size, plan.params.context_size or 1
+    for name, windows, side, fractions in (
+        ("cells", plan.cells, 1, plan.cell_tissue),
+        ("regions", plan.regions, t, plan.region_tissue),
+        ("contexts", plan.contexts, c, plan.context_tissue),
+    ):
+        problem = _windows_problem(name, windows, side, fractions, plan.n_rows, plan.n_cols)
+        if problem:
+            return problem
+    return None
+
+
+def _windows_problem(
+    name: str, windows: list[tuple[int, int]], side: int, fractions: list[float], n_rows: int, n_cols: int
+) -> str | None:
+    """Every side x side window inside the n_rows x n_cols grid, none twice, one tissue fraction (0-1) each."""
+    if len(fractions) != len(windows):
+        return f"{len(windows)} {name} but {len(fractions)} tissue fractions"
+    if not windows:
+        return None
+    try:
+        rc = np.asarray(windows, dtype=np.int64).reshape(-1, 2)
+    except OverflowError:
+        return f"{name} hold a position far outside the {n_rows} x {n_cols} grid"
+    rows, cols = rc[:, 0], rc[:, 1]
+    outside = (rows < 0) | (cols < 0) | (rows > n_rows - side) | (cols > n_cols - side)
+    if outside.any():
+        k = int(np.flatnonzero(outside)[0])
+        return f"{name} hold ({rc[k, 0]}, {rc[k, 1]}), outside the {n_rows} x {n_cols} grid"
+    if len(np.unique(rc, axis=0)) != len(rc):
+        return f"{name} hold the same position more than once"
+    if not _fractions(np.asarray(fractions, np.float64)):
+        return f"the tissue fractions of the {name} hold values outside 0-1"
+    return None
+
+
+def _fractions(values: np.ndarray) -> bool:
+    return bool(np.all((values >= 0) & (values <= 1)))
 
 
 def accepted_windows(
@@ -237,7 +309,10 @@ def load_plan(path: str | Path) -> TilingPlan:
         raise PlanError(f"{path}: no tiling plan; run `mixmag tile` first.") from exc
     except ValueError as exc:
         errors = exc.errors() if hasattr(exc, "errors") else []  # pydantic: say which field, and why
-        why = f"{'.'.join(map(str, errors[0]['loc']))}: {errors[0]['msg']}" if errors else exc.__class__.__name__
+        why = exc.__class__.__name__
+        if errors:
+            where, msg = ".".join(map(str, errors[0]["loc"])), errors[0]["msg"].removeprefix("Value error, ")
+            why = f"{where}: {msg}" if where else msg
         raise PlanError(f"{path}: not a valid mixmag tiling plan ({why}); delete it and re-run `mixmag tile`.") from exc
 
 

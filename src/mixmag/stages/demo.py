@@ -21,6 +21,7 @@ from ..encoders.model import build_encoder
 from ..errors import CohortError, StageError
 from ..eval.benchmark_stats import CellStatistic, cell_statistics, statistics_table, with_false_discovery_rate
 from ..fileio import make_folder, remove_own_tree, write_atomic, write_json_atomic
+from ..ids import SafeName
 from ..markup import plain_console
 from ..report.html import build_report
 from ..runs import PretrainRun, TrainRun
@@ -46,7 +47,7 @@ class DemoConfig(BaseModel):
 
     # Defaults equal configs/demo.yaml, so an installed package without the repository runs the same demo.
     out: str = "demo_out"
-    cohort_tables: dict[str, str] | None = Field(
+    cohort_tables: dict[SafeName, str] | None = Field(
         None,
         description=(
             "your own cohort: task name -> CSV (specimen, slide, label, split, path); replaces the synthetic cohort"

@@ -14,12 +14,13 @@ import json
 from pathlib import Path
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ..config import load_config
 from ..data.cohort import load_cohort
 from ..errors import ConfigError, MixmagError
 from ..fileio import atomic_path, write_atomic, write_csv_atomic
+from ..ids import ID_RULE, SafeName, is_safe_id
 from ..markup import markdown_cell
 from ..models.mixer import MIXER_PRESETS
 from ..runs import TrainRun
@@ -34,7 +35,7 @@ ABMIL_METHODS = {"abmil-5x": "5x", "abmil-10x": "10x", "abmil-20x": "20x", "abmi
 
 class Task(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: str
+    name: SafeName  # the folder of the task's runs
     cohort: str
     stores: str
 
@@ -59,6 +60,16 @@ class GridConfig(BaseModel):
         default_factory=dict, description="extra overrides for methods starting with a prefix, e.g. abmil: {epochs: 40}"
     )
     baseline: str = "abmil-20x"
+
+    @field_validator("pretrained")
+    @classmethod
+    def _names_are_folder_names(cls, pretrained: dict[str, str]) -> dict[str, str]:
+        """A mixer's name becomes a folder (`encoded/<name>`, `<task>/<name>-patch`) once its unsafe characters are
+        replaced: what is left must still be a plain name ('..' would climb out of `out`)."""
+        for name in pretrained:
+            if not is_safe_id(_slug(name)):
+                raise ValueError(f"mixer name {name!r} does not make a safe folder name; use {ID_RULE}")
+        return pretrained
 
 
 def load_grid(path: str | Path) -> GridConfig:
