@@ -31,6 +31,23 @@ from .errors import ConfigError
 from .fileio import FileTooLargeError, UnsafePathError, read_bytes_limited
 
 M = TypeVar("M", bound=BaseModel)
+
+# Upper bounds on what a config may set (docs/formats.md, "Config bounds"). Generous for the paper's scale (mixer dim
+# 1536, 12 layers, batch 4096 across many GPUs, 200 M samples); what they stop is a slip such as `1e9` or `1e30`
+# that would otherwise crash with a traceback, or fill memory, an hour into a run.
+MAX_WIDTH = 1 << 16  # hidden sizes, projector widths
+MAX_DIM = 1 << 14  # embedding and mixer dimensions (a store holds at most 16,384-d embeddings)
+MAX_DEPTH = 256  # transformer layers
+MAX_HEADS = 1024
+MAX_LR = 1.0  # learning rates (the paper's are below 1e-2)
+MAX_WEIGHT_DECAY = 10.0
+MAX_BATCH = 1 << 20  # samples or specimens per step
+MAX_STEPS = 10**9  # optimiser steps, warm-up steps, logging intervals
+MAX_EPOCHS = 100_000
+MAX_WORKERS = 256  # data-loading processes
+MAX_SEED = 2**32 - 1  # what numpy's and torch's generators take everywhere
+MAX_RESAMPLES = 10**6  # bootstrap resamples
+MAX_MEMORY_MB = 1 << 24  # 16 TiB, for memory budgets given in MiB
 MAX_CONFIG_CHARS = 1_000_000
 MAX_CONFIG_VALUES = 100_000  # after expanding aliases: a "billion laughs" file is refused before it is built
 KeyPath = tuple[Any, ...]

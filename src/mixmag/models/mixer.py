@@ -14,6 +14,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from ..config import MAX_DEPTH, MAX_DIM, MAX_HEADS, MAX_WIDTH
 from ..errors import ConfigError
 from ..geometry import sequence_length
 from .projection import stored_linear
@@ -57,20 +58,22 @@ class MixerOverrides(BaseModel):
     """The `mixer:` section of a config: architecture fields that replace the preset's (None keeps the preset's).
     `t` and `n_levels` are not here: they come from the config's `t` and the stores."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
-    in_dim: int | None = Field(None, ge=1, description="must equal the stores' embedding dimension when given")
-    dim: int | None = Field(None, ge=1)
-    depth: int | None = Field(None, ge=0)
-    heads: int | None = Field(None, ge=1)
-    mlp_ratio: float | None = Field(None, gt=0)
+    in_dim: int | None = Field(
+        None, ge=1, le=MAX_DIM, description="must equal the stores' embedding dimension when given"
+    )
+    dim: int | None = Field(None, ge=1, le=MAX_DIM)
+    depth: int | None = Field(None, ge=0, le=MAX_DEPTH)
+    heads: int | None = Field(None, ge=1, le=MAX_HEADS)
+    mlp_ratio: float | None = Field(None, gt=0, le=64)
     mlp: MlpKind | None = None
-    n_cls: int | None = Field(None, ge=1)
-    decoder_dim: int | None = Field(None, ge=1)
-    decoder_depth: int | None = Field(None, ge=0)
-    decoder_heads: int | None = Field(None, ge=1)
-    projector_hidden: int | None = Field(None, ge=1)
-    projector_out: int | None = Field(None, ge=1)
+    n_cls: int | None = Field(None, ge=1, le=MAX_HEADS)
+    decoder_dim: int | None = Field(None, ge=1, le=MAX_DIM)
+    decoder_depth: int | None = Field(None, ge=0, le=MAX_DEPTH)
+    decoder_heads: int | None = Field(None, ge=1, le=MAX_HEADS)
+    projector_hidden: int | None = Field(None, ge=1, le=MAX_WIDTH)
+    projector_out: int | None = Field(None, ge=1, le=MAX_WIDTH)
 
     def given(self) -> dict:
         """Only the fields the config set (what is written to config.json and compared on resume)."""

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 from rich.console import Console
 from rich.text import Text
 
-from ..config import load_config
+from ..config import MAX_RESAMPLES, MAX_STEPS, load_config
 from ..errors import ConfigError
 from ..eval.attribution import (
     CAUSAL_MEASURES,
@@ -47,8 +47,9 @@ from ..markup import plain_console
 from ..metrics import auroc
 from ..runs import PretrainRun
 from ..synth.benchmark import TASK_SCALE, TASKS, BenchmarkSpec, write_benchmark_cohort
+from ..train.finetune import Seed, TrainSettings
 from ..train.mixer_file import pretrained_mixer_set
-from ..train.pretrain import PretrainConfig, run_pretraining
+from ..train.pretrain import PretrainConfig, PretrainSettings, run_pretraining
 from .demo import Timer
 from .experiments import ABMIL_METHODS, GridConfig, Task, _slug, run_grid
 
@@ -89,7 +90,7 @@ class BenchmarkConfig(BaseModel):
     methods: list[str] = Field(
         default_factory=lambda: ["abmil-5x", "abmil-20x", "abmil-all", "Random-patch-frozen", "MEM-patch-frozen"]
     )
-    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
+    seeds: list[Seed] = Field(default_factory=lambda: [0, 1, 2])
     pretrain: dict = Field(
         default_factory=lambda: {
             "preset": "tiny",
@@ -112,12 +113,25 @@ class BenchmarkConfig(BaseModel):
         default_factory=lambda: [("MEM-patch-frozen", "Random-patch-frozen")],
         description="(method, against): paired DeLong p per task beside the baseline's (pairs.csv)",
     )
-    loss_window: int = Field(200, ge=1, description="pretraining losses are averaged over the last this many steps")
+    loss_window: int = Field(
+        200, ge=1, le=MAX_STEPS, description="pretraining losses are averaged over the last this many steps"
+    )
     attribution_methods: list[str] = Field(
         default_factory=lambda: ["abmil-all", "Random-patch-frozen", "MEM-patch-frozen"]
     )
-    attribution_slides: int = Field(40, ge=1)
-    n_boot: int = Field(1000, ge=100)
+    attribution_slides: int = Field(40, ge=1, le=100_000)
+    n_boot: int = Field(1000, ge=100, le=MAX_RESAMPLES)
+
+    @field_validator("pretrain", "train")
+    @classmethod
+    def _settings_in_bounds(cls, value: dict, info: ValidationInfo) -> dict:
+        """The sections stay plain mappings (merged into each run's config) but are checked now, with their bounds."""
+        model = PretrainSettings if info.field_name == "pretrain" else TrainSettings
+        try:
+            model.model_validate(value)
+        except ValidationError as exc:
+            raise ValueError("; ".join(f"`{'.'.join(map(str, e['loc']))}`: {e['msg']}" for e in exc.errors())) from None
+        return value
 
 
 def load_benchmark_config(path: Path | None, out: Path | None = None, sets: list[str] | None = None) -> BenchmarkConfig:

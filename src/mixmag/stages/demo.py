@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from rich.console import Console
 from rich.text import Text
 
-from ..config import load_config
+from ..config import MAX_RESAMPLES, MAX_WORKERS, load_config
 from ..encoders.model import build_encoder
 from ..errors import CohortError, StageError
 from ..eval.benchmark_stats import CellStatistic, cell_statistics, statistics_table, with_false_discovery_rate
@@ -29,7 +29,7 @@ from ..slides.sources import sources_from_table
 from ..slides.tiling import TilingParams
 from ..store import embedding_space
 from ..synth.cohort import TASKS, CohortSpec, write_cohort
-from ..train.finetune import TrainSettings
+from ..train.finetune import Seed, TrainSettings
 from ..train.mixer_file import pretrained_mixer_set
 from ..train.pretrain import PretrainConfig, PretrainSettings, pretraining_catalog, run_pretraining
 from .embed import find_plans, run_embed
@@ -60,7 +60,7 @@ class DemoConfig(BaseModel):
     )
     encoder: str = "stats"
     weights: str | None = None
-    workers: int = Field(1, ge=0)
+    workers: int = Field(1, ge=0, le=MAX_WORKERS)
     pretrain: PretrainSettings = Field(
         default_factory=lambda: PretrainSettings(
             preset="tiny",
@@ -94,10 +94,11 @@ class DemoConfig(BaseModel):
             "MEM-cls",
         ]
     )
-    seeds: list[int] = Field(default_factory=lambda: [0])
+    seeds: list[Seed] = Field(default_factory=lambda: [0])
     n_boot: int = Field(
         0,
         ge=0,
+        le=MAX_RESAMPLES,
         description="> 0: also a table of mean ± sd over seeds, bootstrap 95% CI (n_boot resamples) and paired "
         "DeLong p against abmil-20x (results/statistics.md)",
     )

@@ -25,7 +25,7 @@ from ..markup import markdown_cell
 from ..models.mixer import MIXER_PRESETS
 from ..runs import TrainRun
 from ..store import shared_settings
-from ..train.finetune import TrainConfig, TrainSettings, pretrained_mixer_digest, run_training
+from ..train.finetune import Seed, TrainConfig, TrainSettings, pretrained_mixer_digest, run_training
 from ..train.mixer_file import mixer_architecture
 from ..train.pretrain import store_paths
 from .encode import encode_stores
@@ -46,7 +46,7 @@ class GridConfig(BaseModel):
     out: str
     tasks: list[Task] = Field(min_length=1)
     methods: list[str] = Field(min_length=1)
-    seeds: list[int] = Field([0], min_length=1)
+    seeds: list[Seed] = Field([0], min_length=1)
     pretrained: dict[str, str] = Field(default_factory=dict, description="name -> mixer.safetensors (e.g. 'MEM r=0.5')")
     random_preset: str | None = Field(
         None,

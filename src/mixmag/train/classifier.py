@@ -13,9 +13,10 @@ from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .. import __version__
+from ..config import MAX_WIDTH
 from ..data.bags import BagCache, BagMode, region_bag
 from ..data.encoded import encoded_mixer_weights
 from ..errors import RunError, RunMismatchError
@@ -35,7 +36,7 @@ class RunModelSettings(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     bags: BagMode
-    hidden: int
+    hidden: int = Field(ge=1, le=MAX_WIDTH)
     mixer: dict | None = None
     region_level: str | None = None
     specimen_score: Literal["max", "mean"] = "max"

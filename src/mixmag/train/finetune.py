@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 import torch
@@ -18,7 +18,18 @@ from pydantic import BaseModel, ConfigDict, Field, field_serializer, model_valid
 
 from .. import __version__
 from ..catalog import shared_settings_of
-from ..config import load_config
+from ..config import (
+    MAX_BATCH,
+    MAX_EPOCHS,
+    MAX_LR,
+    MAX_MEMORY_MB,
+    MAX_RESAMPLES,
+    MAX_SEED,
+    MAX_WEIGHT_DECAY,
+    MAX_WIDTH,
+    MAX_WORKERS,
+    load_config,
+)
 from ..data.bags import (
     DEFAULT_CACHE_MB,
     DEFAULT_MICRO_BATCH_MB,
@@ -38,6 +49,8 @@ from ..store import read_attrs
 from .classifier import SlideClassifier
 from .mixer_file import load_mixer, weights_digest
 from .optim import layer_decay_groups
+
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
 
 
 class MixerSetting(BaseModel):
@@ -67,32 +80,35 @@ class MixerSetting(BaseModel):
 class TrainSettings(BaseModel):
     """How to train (the `train:` sections of a grid or demo config set some of these for every run)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    hidden: int = Field(16, ge=1)
-    epochs: int = Field(20, ge=1)
-    batch_size: int = Field(32, ge=1, description="specimens per step")
-    lr: float = Field(1e-5, gt=0)
-    weight_decay: float = Field(0.05, ge=0)
+    hidden: int = Field(16, ge=1, le=MAX_WIDTH)
+    epochs: int = Field(20, ge=1, le=MAX_EPOCHS)
+    batch_size: int = Field(32, ge=1, le=MAX_BATCH, description="specimens per step")
+    lr: float = Field(1e-5, gt=0, le=MAX_LR)
+    weight_decay: float = Field(0.05, ge=0, le=MAX_WEIGHT_DECAY)
     label_smoothing: float = Field(0.1, ge=0, lt=0.5)
     layer_decay: float = Field(0.75, gt=0, le=1)
-    freeze_epochs: int = Field(1, ge=0, description="epochs with the mixer frozen before joint training")
+    freeze_epochs: int = Field(1, ge=0, le=MAX_EPOCHS, description="epochs with the mixer frozen before joint training")
     specimen_score: Literal["max", "mean"] = "max"
-    bootstrap: int = Field(2000, ge=100)
+    bootstrap: int = Field(2000, ge=100, le=MAX_RESAMPLES)
     bag_cache_mb: float = Field(
         DEFAULT_CACHE_MB,
         ge=0,
+        le=MAX_MEMORY_MB,
         description="MiB of slides' bags kept in memory between steps (least recently used dropped first)",
     )
     micro_batch_mb: float = Field(
         DEFAULT_MICRO_BATCH_MB,
         gt=0,
+        le=MAX_MEMORY_MB,
         description="MiB of the largest padded float32 batch of one forward/backward; a step over it is split into "
         "micro-batches of whole specimens whose gradients add up to the step's (docs/scale.md)",
     )
     read_ahead: int = Field(
         DEFAULT_READ_AHEAD,
         ge=0,
+        le=MAX_WORKERS,
         description="bags read in a background thread ahead of the step that uses them (0: each read when asked)",
     )
 
@@ -113,7 +129,7 @@ class TrainConfig(TrainSettings):
     region_level: str | None = Field(
         None, description="for bags = regions: mix only this level's tokens (e.g. 5x); default all"
     )
-    seed: int = 0
+    seed: Seed = 0
 
     @model_validator(mode="after")
     def _mode(self) -> TrainConfig:

@@ -15,7 +15,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_serializer, model_validator
@@ -23,6 +23,14 @@ from torch.utils.data import DataLoader
 
 from .. import __version__, devices
 from ..catalog import Catalog, load_catalog
+from ..config import (
+    MAX_BATCH,
+    MAX_LR,
+    MAX_SEED,
+    MAX_STEPS,
+    MAX_WEIGHT_DECAY,
+    MAX_WORKERS,
+)
 from ..config import load_config as load_yaml_config
 from ..data.cohort import load_cohort
 from ..data.regions import RegionSamplingConfig, RegionStream, SlideSampling, catalog_stores
@@ -44,12 +52,18 @@ from ..weights_io import UnsafeCheckpointError, load_torch_weights
 from .mixer_file import export_mixer
 from .optim import param_groups, warmup_cosine
 
+MAX_REGION = 64  # t and c, in cells
+MAX_PER_SLIDE = 1 << 16
+MAX_POOL = 1 << 14
+MAX_CHUNK_WINDOWS = 1 << 22  # pool x per_slide: the windows of one chunk are drawn into memory together
+Beta = Annotated[float, Field(ge=0, lt=1)]
+
 
 class PretrainSettings(BaseModel):
     """How to pretrain (the `pretrain:` section of a demo config); defaults are the paper's recipe (batch 4096,
     200M samples = 48,828 steps, AdamW 0.9/0.95, lr 1.5e-4 x batch / 256) with settings for one machine."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     # what may differ between a checkpoint and the config that resumes it; every other field must match
     MAY_CHANGE_ON_RESUME: ClassVar[frozenset[str]] = frozenset(
@@ -60,10 +74,12 @@ class PretrainSettings(BaseModel):
     mixer: MixerOverrides = Field(
         default_factory=MixerOverrides, description="overrides of the mixer preset (dim, depth, mlp, ...)"
     )
-    t: int = Field(3, ge=1)
+    t: int = Field(3, ge=1, le=MAX_REGION)
     mask_ratio: float = Field(0.5, description="r: fraction of the s tokens hidden")
-    context: int | None = Field(None, ge=1, description="c: CMEM with two t x t crops of a c x c context; None = MEM")
-    tau: float = Field(0.2, gt=0)
+    context: int | None = Field(
+        None, ge=1, le=MAX_REGION, description="c: CMEM with two t x t crops of a c x c context; None = MEM"
+    )
+    tau: float = Field(0.2, gt=0, le=100)
     mem_reduction: Literal["mean", "sum"] = Field(
         "mean", description="CMEM: the two crops' MEM losses averaged or added"
     )
@@ -72,31 +88,31 @@ class PretrainSettings(BaseModel):
         description="CMEM eq. 5: 'paper' = z against z' only, "
         "positive left out of the denominator; 'symmetric' = InfoNCE both ways",
     )
-    batch_size: int = Field(4096, ge=2, description="global batch (split evenly across ranks)")
-    steps: int = Field(48828, ge=1)
-    warmup_steps: int = Field(2000, ge=0)
-    base_lr: float = Field(1.5e-4, gt=0, description="lr = base_lr * batch_size / 256")
+    batch_size: int = Field(4096, ge=2, le=MAX_BATCH, description="global batch (split evenly across ranks)")
+    steps: int = Field(48828, ge=1, le=MAX_STEPS)
+    warmup_steps: int = Field(2000, ge=0, le=MAX_STEPS)
+    base_lr: float = Field(1.5e-4, gt=0, le=MAX_LR, description="lr = base_lr * batch_size / 256")
     min_lr_ratio: float = Field(0.0, ge=0, le=1)
-    weight_decay: float = Field(0.05, ge=0)
-    betas: tuple[float, float] = (0.9, 0.95)
-    grad_clip: float | None = Field(1.0, gt=0)
+    weight_decay: float = Field(0.05, ge=0, le=MAX_WEIGHT_DECAY)
+    betas: tuple[Beta, Beta] = (0.9, 0.95)
+    grad_clip: float | None = Field(1.0, gt=0, le=1e6)
     precision: Literal["bf16", "fp16", "fp32"] = "bf16"
-    seed: int = 0
-    workers: int = Field(4, ge=0)
-    per_slide: int = Field(16, ge=1, description="windows drawn from a slide per visit")
-    pool: int = Field(8, ge=1, description="slides loaded together; shuffling spans them")
+    seed: int = Field(0, ge=0, le=MAX_SEED)
+    workers: int = Field(4, ge=0, le=MAX_WORKERS)
+    per_slide: int = Field(16, ge=1, le=MAX_PER_SLIDE, description="windows drawn from a slide per visit")
+    pool: int = Field(8, ge=1, le=MAX_POOL, description="slides loaded together; shuffling spans them")
     slide_sampling: SlideSampling = Field(
         "uniform",
         description="'uniform': each slide once an epoch; 'regions': slides "
         "drawn in proportion to their window count (from the store catalog)",
     )
     augment: bool = True
-    log_every: int = Field(10, ge=1)
-    checkpoint_every: int = Field(200, ge=1)
+    log_every: int = Field(10, ge=1, le=MAX_STEPS)
+    checkpoint_every: int = Field(200, ge=1, le=MAX_STEPS)
     compile: bool = False
     tensorboard: bool = True
     check_replicas: bool = Field(False, description="compare weights across ranks after every step (tests)")
-    peak_tflops: float | None = Field(None, description="for MFU; measured at start when not given")
+    peak_tflops: float | None = Field(None, gt=0, le=1e6, description="for MFU; measured at start when not given")
 
     @field_serializer("mixer")
     def _given_mixer_fields(self, mixer: MixerOverrides) -> dict:
@@ -108,6 +124,11 @@ class PretrainSettings(BaseModel):
             raise ValueError(f"mask_ratio r must be in (0, 1), got {self.mask_ratio}")
         if self.context is not None and self.t > self.context:
             raise ValueError(f"t = {self.t} is larger than the context c = {self.context}")
+        if self.pool * self.per_slide > MAX_CHUNK_WINDOWS:
+            raise ValueError(
+                f"pool x per_slide = {self.pool * self.per_slide:,} windows would be drawn into memory at once "
+                f"(at most {MAX_CHUNK_WINDOWS:,}); lower pool or per_slide"
+            )
         return self
 
     @property
