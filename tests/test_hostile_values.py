@@ -1,0 +1,267 @@
+"""Hostile values (issue 22 §4, 9, 12, 14-16): every value that becomes a path or a size is bounded, and a damaged
+run file is one sentence. Each case runs the command a user would, asserts one sentence naming the file (never a
+traceback), and that nothing outside the output folder changed."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from mixmag.cli import app
+from mixmag.config import load_config
+from mixmag.errors import ConfigError, PlanError
+from mixmag.ids import UnsafeIdError, check_id
+from mixmag.slides.tiling import load_plan
+from mixmag.synth.patterns import tissue_like
+from mixmag.synth.slide_writer import write_slide
+from mixmag.train.finetune import TrainConfig
+from mixmag.train.pretrain import PretrainConfig
+
+
+def _invoke(*args):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def _files(root: Path) -> dict[Path, int]:
+    return {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
+
+
+def _changed_outside(root: Path, before: dict[Path, int], *allowed: Path) -> list[Path]:
+    """Files under root that are new, changed or gone since `before` and lie in none of the allowed folders."""
+    now = _files(root)
+    changed = {p for p, t in now.items() if before.get(p) != t} | (set(before) - set(now))
+    return sorted(p for p in changed if not any(p.is_relative_to(a) for a in allowed))
+
+
+def _one_sentence(result, code: int, *needles: str) -> str:
+    """The command failed with `code` and said why in one line (no traceback) holding every needle."""
+    assert result.exit_code == code, (result.exit_code, result.output, result.exception)
+    assert "Traceback" not in result.output, result.output
+    lines = [line for line in result.output.splitlines() if any(n in line for n in needles[:1])]
+    assert len(lines) == 1, result.output
+    for needle in needles:
+        assert needle in lines[0], (needle, result.output)
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def tiled(tmp_path_factory) -> Path:
+    """A real 384 x 384 um slide tiled into 6 x 6 cells of 32 px tiles (tiles/s/plan.json), and its store."""
+    d = tmp_path_factory.mktemp("values")
+    image = tissue_like(768, 768, 0.5, seed=3, tissue_mask=np.ones((8, 8), bool))
+    write_slide(d / "s.tiff", image, 0.5, downsamples=(1, 4))
+    assert _invoke("tile", d / "s.tiff", "--out", d / "tiles", "--tile-px", 32).exit_code == 0
+    result = _invoke(
+        "embed", "--plans", d / "tiles", "--out", d / "stores", "--encoder", "stats", "--workers", 0, "--device", "cpu"
+    )
+    assert result.exit_code == 0, result.output
+    return d
+
+
+def _copy_plan(tiled: Path, root: Path, edit) -> Path:
+    """root/tiles/s/plan.json: the fixture's plan with `edit(plan_dict)` applied; returns the plans folder."""
+    plans = root / "tiles"
+    shutil.copytree(tiled / "tiles" / "s", plans / "s")
+    path = plans / "s" / "plan.json"
+    data = json.loads(path.read_text())
+    edit(data)
+    path.write_text(json.dumps(data))
+    return plans
+
+
+# -- §12 the id rule: a whole-string match -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bad", ["S1\n", "S1\r", "S1\r\n", "S1\x00", "S\x001", "S1\u2024h5", "Ｓ1", "S1\u200b", "S1 "])
+def test_ids_with_a_final_newline_nul_or_lookalike_are_refused(bad):
+    with pytest.raises(UnsafeIdError, match="plan.json"):
+        check_id(bad, where="plan.json")
+
+
+def test_a_plan_whose_slide_id_ends_in_a_newline_makes_no_store(tiled, tmp_path):
+    plans = _copy_plan(tiled, tmp_path, lambda d: d["slide"].update(slide_id="s\n"))
+    before = _files(tmp_path)
+    out = tmp_path / "out"
+    result = _invoke("embed", "--plans", plans, "--out", out, "--encoder", "stats", "--workers", 0, "--device", "cpu")
+    _one_sentence(result, 1, "plan.json", "not a safe file name")
+    assert not list(out.glob("*.h5")) if out.exists() else True
+    assert _changed_outside(tmp_path, before, out) == []
+
+
+def test_a_store_whose_slide_id_ends_in_a_newline_is_invalid(tiled, tmp_path):
+    store = shutil.copy(tiled / "stores" / "s.h5", tmp_path / "s.h5")
+    with h5py.File(store, "r+") as f:
+        f.attrs["slide_id"] = "s\n"
+    before = _files(tmp_path)
+    result = _invoke("store", "validate", store)
+    _one_sentence(result, 1, "s.h5", "is not a safe file name")
+    assert _changed_outside(tmp_path, before) == []
+
+
+# -- §4 names from configs that become folders -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["../../x", "/abs/x", "x/y", "..", "x\n"])
+def test_an_experiment_task_name_that_would_leave_the_output_folder_is_refused(tmp_path, name):
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(
+        f"out: {tmp_path / 'out'}\ntasks:\n  - name: {json.dumps(name)}\n    cohort: c.csv\n    stores: s\n"
+        "methods: [abmil-20x]\n"
+    )
+    before = _files(tmp_path)
+    result = _invoke("experiment", grid)
+    _one_sentence(result, 2, f"{grid} line 3", "`tasks.0.name`", "not a safe file name")
+    assert _changed_outside(tmp_path, before) == [] and not (tmp_path / "out").exists()
+
+
+def test_a_mixer_name_that_would_climb_out_of_the_output_folder_is_refused(tmp_path):
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(
+        f"out: {tmp_path / 'out'}\ntasks: [{{name: t, cohort: c.csv, stores: s}}]\nmethods: [abmil-20x]\n"
+        "pretrained:\n  '..': m.safetensors\n"
+    )
+    result = _invoke("experiment", grid)
+    _one_sentence(result, 2, f"{grid} line 4", "mixer name '..' does not make a safe folder name")
+
+
+def test_a_demo_cohort_table_named_by_a_path_is_refused(tmp_path):
+    config = tmp_path / "demo.yaml"
+    config.write_text("cohort_tables:\n  /tmp/elsewhere: c.csv\n")
+    before = _files(tmp_path)
+    result = _invoke("demo", "--config", config, "--out", tmp_path / "out")
+    _one_sentence(result, 2, f"{config} line 2", "'/tmp/elsewhere' of `cohort_tables`", "not a safe file name")
+    assert _changed_outside(tmp_path, before) == []
+
+
+# -- §9, §15 plans: finite, inside their grid, no cell twice -----------------------------------------------------------
+
+
+def _set_first_cell(value):
+    def edit(d):
+        d["cells"][0] = value
+
+    return edit
+
+
+PLAN_EDITS = {
+    "cell_px NaN": (lambda d: d.update(cell_px=float("nan")), "cell_px"),
+    "cell_px other": (lambda d: d.update(cell_px=d["cell_px"] * 2), "cell_px"),
+    "mpp infinite": (lambda d: d["slide"].update(mpp=float("inf")), "slide.mpp"),
+    "mpp implausible": (lambda d: d["slide"].update(mpp=1e-9), "slide.mpp"),
+    "grid larger": (lambda d: d.update(n_rows=10**9), "grid"),
+    "cell 10^12": (_set_first_cell([10**12, 0]), "outside the 6 x 6 grid"),
+    "cell 10^30": (_set_first_cell([10**30, 0]), "outside the 6 x 6 grid"),
+    "cell negative": (_set_first_cell([-1, 0]), "outside the 6 x 6 grid"),
+    "duplicates": (
+        lambda d: d.update(cells=[d["cells"][0]] * 200_000, cell_tissue=[0.5] * 200_000),
+        "more than once",
+    ),
+    "tissue NaN": (lambda d: d["cell_tissue"].__setitem__(0, float("nan")), "cell_tissue"),
+    "fractions missing": (lambda d: d.update(cell_tissue=d["cell_tissue"][:-1]), "tissue fractions"),
+    "region outside": (lambda d: d["regions"].__setitem__(0, [5, 5]), "outside the 6 x 6 grid"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(PLAN_EDITS))
+def test_a_forged_plan_is_refused_before_any_cell_is_embedded(tiled, tmp_path, kind):
+    edit, needle = PLAN_EDITS[kind]
+    plans = _copy_plan(tiled, tmp_path, edit)
+    with pytest.raises(PlanError, match="re-run `mixmag tile`") as caught:
+        load_plan(plans / "s")
+    assert needle in str(caught.value) and "\n" not in str(caught.value)
+    before = _files(tmp_path)
+    out = tmp_path / "out"
+    result = _invoke("embed", "--plans", plans, "--out", out, "--encoder", "stats", "--workers", 0, "--device", "cpu")
+    _one_sentence(result, 1, "plan.json", "not a valid mixmag tiling plan", needle)
+    assert not out.exists() or not list(out.rglob("*.h5"))
+    assert _changed_outside(tmp_path, before, out) == []
+
+
+# -- §9 stores: geometry that is not finite is refused, never exported as INT64_MIN ------------------------------------
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -448.0, 0.0, 1e300])
+def test_a_store_with_non_finite_cell_px_fails_validate_and_export(tiled, tmp_path, value):
+    store = shutil.copy(tiled / "stores" / "s.h5", tmp_path / "s.h5")
+    with h5py.File(store, "r+") as f:
+        f.attrs["cell_px"] = value
+    before = _files(tmp_path)
+    _one_sentence(_invoke("store", "validate", store), 1, "s.h5", "cell_px")
+    out = tmp_path / "exported"
+    for fmt in ("clam", "trident"):
+        result = _invoke("store", "export", store, "--format", fmt, "--out", out, "--plans", tiled / "tiles")
+        _one_sentence(result, 1, "s.h5", "cell_px")
+    assert not out.exists() or not [p for p in out.rglob("*") if p.is_file()]
+    assert _changed_outside(tmp_path, before, out) == []
+
+
+# -- §14 config values the schema accepted -----------------------------------------------------------------------------
+
+
+TRAIN_VALUES = {
+    "hidden": 1_000_000_000,
+    "lr": "1e30",
+    "weight_decay": "1e30",
+    "epochs": 10**12,
+    "batch_size": 10**12,
+    "bootstrap": 10**12,
+    "seed": -1,
+    "bag_cache_mb": ".inf",
+}
+PRETRAIN_VALUES = {
+    "base_lr": "1e30",
+    "weight_decay": "1e30",
+    "pool": 1_000_000_000,
+    "per_slide": 1_000_000_000,
+    "batch_size": 10**12,
+    "steps": 10**12,
+    "workers": 100_000,
+    "tau": "1e30",
+    "betas": "[0.9, 1.5]",
+    "mixer": "{dim: 1000000000}",
+    "peak_tflops": "-1",
+}
+
+
+@pytest.mark.parametrize("key", sorted(TRAIN_VALUES))
+def test_train_config_values_past_their_bounds_name_the_file_and_key(tmp_path, key):
+    config = tmp_path / "mil.yaml"
+    config.write_text(
+        f"cohort: {tmp_path / 'no-cohort.csv'}\nstores: {tmp_path / 'no-stores'}\nout: {tmp_path / 'run'}\n"
+        f"{key}: {TRAIN_VALUES[key]}\n"
+    )
+    with pytest.raises(ConfigError, match=rf"{config} line 4: `{key}"):
+        load_config(TrainConfig, config)
+    before = _files(tmp_path)
+    _one_sentence(_invoke("train", "--config", config), 2, f"{config} line 4", f"`{key}")
+    assert _changed_outside(tmp_path, before) == []
+
+
+@pytest.mark.parametrize("key", sorted(PRETRAIN_VALUES))
+def test_pretrain_config_values_past_their_bounds_name_the_file_and_key(tmp_path, key):
+    config = tmp_path / "pretrain.yaml"
+    config.write_text(f"stores: {tmp_path / 'no-stores'}\nout: {tmp_path / 'run'}\n{key}: {PRETRAIN_VALUES[key]}\n")
+    with pytest.raises(ConfigError, match=rf"{config} line 3: `{key}"):
+        load_config(PretrainConfig, config)
+    before = _files(tmp_path)
+    _one_sentence(_invoke("pretrain", "--config", config, "--device", "cpu"), 2, f"{config} line 3", f"`{key}")
+    assert _changed_outside(tmp_path, before) == []
+
+
+def test_pool_times_per_slide_is_bounded_too(tmp_path):
+    config = tmp_path / "pretrain.yaml"
+    config.write_text(f"stores: s\nout: {tmp_path / 'run'}\npool: 16384\nper_slide: 65536\n")
+    with pytest.raises(ConfigError, match="pool x per_slide = 1,073,741,824 windows"):
+        load_config(PretrainConfig, config)
+
+
+def test_the_shipped_configs_are_inside_the_bounds():
+    root = Path(__file__).resolve().parent.parent / "configs"
+    assert load_config(PretrainConfig, root / "pretrain.yaml").batch_size == 4096  # the paper's scale
+    assert load_config(TrainConfig, root / "mil.yaml").hidden >= 1
