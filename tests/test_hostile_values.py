@@ -4,6 +4,7 @@ traceback), and that nothing outside the output folder changed."""
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from train_runs import train_config
 from typer.testing import CliRunner
 
 from mixmag.cli import app
@@ -18,9 +20,11 @@ from mixmag.config import load_config
 from mixmag.errors import ConfigError, PlanError
 from mixmag.ids import UnsafeIdError, check_id
 from mixmag.slides.tiling import load_plan
+from mixmag.store import write_store
 from mixmag.synth.patterns import tissue_like
 from mixmag.synth.slide_writer import write_slide
-from mixmag.train.finetune import TrainConfig
+from mixmag.synth.stores import synthetic_store
+from mixmag.train.finetune import TrainConfig, run_training
 from mixmag.train.pretrain import PretrainConfig
 
 
@@ -265,3 +269,143 @@ def test_the_shipped_configs_are_inside_the_bounds():
     root = Path(__file__).resolve().parent.parent / "configs"
     assert load_config(PretrainConfig, root / "pretrain.yaml").batch_size == 4096  # the paper's scale
     assert load_config(TrainConfig, root / "mil.yaml").hidden >= 1
+
+
+# -- §16 damaged run files: one sentence in evaluate, compare, report and a pretraining resume -------------------------
+
+
+@pytest.fixture(scope="module")
+def trained(small_cohort, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("trained") / "run"
+    run_training(train_config(small_cohort, out, epochs=1))
+    return out
+
+
+def _edit_csv(path: Path, edit) -> None:
+    with path.open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    fields = list(rows[0])
+    fields, rows = edit(fields, rows) or (fields, rows)
+    with path.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+
+
+def _set_first(column: str, value: str):
+    def edit(fields, rows):
+        rows[0][column] = value
+
+    return edit
+
+
+def _json_edit(edit):
+    def apply(path: Path) -> None:
+        data = json.loads(path.read_text())
+        path.write_text(json.dumps(edit(data) or data))
+
+    return apply
+
+
+DAMAGES = {  # file -> (how it is damaged, what the sentence names)
+    "score abc": ("predictions_test.csv", lambda p: _edit_csv(p, _set_first("score", "abc")), "'abc'"),
+    "score nan": ("predictions_test.csv", lambda p: _edit_csv(p, _set_first("score", "nan")), "not a finite number"),
+    "label 2": ("predictions_test.csv", lambda p: _edit_csv(p, _set_first("label", "2")), "label '2'"),
+    "slide scores short": (
+        "predictions_test.csv",
+        lambda p: _edit_csv(p, _set_first("slide_scores", "0.5;" * 9 + "0.5")),
+        "slide scores",
+    ),
+    "specimen twice": (
+        "predictions_test.csv",
+        lambda p: _edit_csv(p, lambda f, rows: (f, rows + rows[:1])),
+        "listed twice",
+    ),
+    "one class": (
+        "predictions_test.csv",
+        lambda p: _edit_csv(p, lambda f, rows: (f, [r for r in rows if r["label"] == "1"])),
+        "both labels",
+    ),
+    "no score column": (
+        "predictions_test.csv",
+        lambda p: _edit_csv(p, lambda f, rows: ([c for c in f if c != "score"], rows)),
+        "no column score",
+    ),
+    "a log instead": (
+        "predictions_test.csv",
+        lambda p: p.write_text("step,samples,loss\n1,4,0.5\n2,8,0.4\n"),
+        "no column specimen",
+    ),
+    "metrics truncated": ("metrics.json", lambda p: p.write_text(p.read_text()[:40]), "metrics.json"),
+    "metrics a list": ("metrics.json", lambda p: p.write_text("[1, 2]"), "metrics.json"),
+    "metrics auroc abc": (
+        "metrics.json",
+        _json_edit(lambda d: d["test"].update(auroc="abc")),
+        "`test.auroc` is 'abc'",
+    ),
+    "metrics no test split": ("metrics.json", _json_edit(lambda d: d.pop("test") and None), "`test`"),
+    "metrics ci infinite": (
+        "metrics.json",
+        _json_edit(lambda d: d["tune"].update(ci95=[0.1, float("inf")])),
+        "`tune.ci95.1`",
+    ),
+    "config bootstrap abc": ("config.json", _json_edit(lambda d: d.update(bootstrap="abc")), "`bootstrap`"),
+    "config no stores": ("config.json", _json_edit(lambda d: d.pop("stores") and None), "`stores`"),
+}
+READERS = {  # command -> (arguments for the damaged run `r` and an intact run `ok`, which files it reads)
+    "evaluate": (lambda r, ok: ["evaluate", r], ("predictions_test.csv", "metrics.json", "config.json")),
+    "compare": (lambda r, ok: ["compare", ok, r], ("predictions_test.csv",)),
+    "report": (lambda r, ok: ["report", r, "--no-heatmaps"], ("predictions_test.csv", "metrics.json", "config.json")),
+}
+
+
+@pytest.mark.parametrize(
+    "command, damage", [(c, d) for c in sorted(READERS) for d in sorted(DAMAGES) if DAMAGES[d][0] in READERS[c][1]]
+)
+def test_a_damaged_run_file_is_one_sentence_naming_it(trained, tmp_path, command, damage):
+    name, edit, needle = DAMAGES[damage]
+    args, _ = READERS[command]
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    edit(run / name)
+    before = _files(tmp_path)
+    result = _invoke(*args(run, trained))
+    line = _one_sentence(result, 2, str(run / name), needle)
+    assert "mixmag train" in line  # the fix
+    assert _changed_outside(tmp_path, before) == []
+    if command == "evaluate":
+        assert "damaged" in line or "line" in line or "no column" in line or "both labels" in line
+
+
+def _pretrain_config(tmp_path: Path, steps: int) -> Path:
+    stores = tmp_path / "stores"
+    if not stores.exists():
+        stores.mkdir()
+        write_store(stores / "s0.h5", synthetic_store("s0", seed=0, n_rows=6, n_cols=6))
+    config = tmp_path / f"p{steps}.yaml"
+    config.write_text(
+        f"stores: {stores}\nout: {tmp_path / 'run'}\npreset: tiny\nbatch_size: 4\nsteps: {steps}\nprecision: fp32\n"
+        "workers: 0\ntensorboard: false\npeak_tflops: 1.0\nlog_every: 1\n"
+    )
+    return config
+
+
+@pytest.mark.parametrize(
+    "log, needle",
+    [
+        ("specimen,label,score,slides,slide_scores\nP1,1,0.5,S1,0.5\n", "no `step` column"),
+        ("step,samples,loss\n1,4,abc\n", "line 2"),
+        ("step,samples,loss\n2,8,0.5\n1,4,0.4\n", "step 1 after step 2"),
+        ("step,foo\n1,0.5\n", "another run's log"),
+    ],
+)
+def test_a_pretraining_resume_over_another_runs_log_is_one_sentence(tmp_path, log, needle):
+    result = _invoke("pretrain", "--config", _pretrain_config(tmp_path, 2), "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    (tmp_path / "run" / "log.csv").write_text(log)
+    resume = _pretrain_config(tmp_path, 3)
+    before = _files(tmp_path)
+    result = _invoke("pretrain", "--config", resume, "--device", "cpu")
+    _one_sentence(result, 2, "log.csv", needle, "pretrain into a new --out")
+    assert (tmp_path / "run" / "log.csv").read_text() == log  # kept for the user to look at
+    assert _changed_outside(tmp_path, before, tmp_path / "run") == []

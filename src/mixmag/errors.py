@@ -59,6 +59,10 @@ class RunError(MixmagError):
     is missing, unfinished or unreadable."""
 
 
+class TrainingDivergedError(RunError, FloatingPointError):
+    """A loss that became NaN or infinite: the learning rate (or the precision) does not suit the data."""
+
+
 class RunMismatchError(RunError):
     """A run and its inputs do not fit: stores made differently, other encoder weights, a newer run format."""
 

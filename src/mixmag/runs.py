@@ -15,11 +15,15 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 from pathlib import Path
+from typing import Annotated, Any
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from . import __version__
+from .config import MAX_RESAMPLES, MAX_SEED, MAX_WIDTH
 from .errors import RunError, RunMismatchError
 from .fileio import (
     FileTooLargeError,
@@ -39,6 +43,79 @@ MIXER_WEIGHTS = "mixer.safetensors"
 MIXER_META = "mixer.json"
 PREDICTION_FIELDS = ("specimen", "label", "score", "slides", "slide_scores")
 SPLITS = ("train", "tune", "test")
+RETRAIN = "train the run again with `mixmag train`"
+REPRETRAIN = "move it away or pretrain into a new --out"
+
+
+# -- the records a run's readers rely on (one small model per file; the files hold more, kept as they are) ----------
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+
+
+class SplitMetrics(_Record):
+    auroc: float = Field(ge=0, le=1)
+    ci95: list[Annotated[float, Field(ge=0, le=1)]] = Field(min_length=2, max_length=2)
+    specimens: int = Field(ge=1)
+    positive: int = Field(ge=0)
+
+
+class EpochRecord(_Record):
+    epoch: int = Field(ge=1)
+    train_loss: float
+    tune_auroc: float
+
+
+class RunMetrics(_Record):
+    """metrics.json: what `evaluate`, `report` and the experiment grid read from it."""
+
+    best_epoch: int
+    history: list[EpochRecord] = Field(default_factory=list)
+    tune: SplitMetrics
+    test: SplitMetrics
+
+
+class RunConfigRecord(_Record):
+    """config.json (the TrainConfig the run was trained with): the fields that reading a run back depends on."""
+
+    cohort: str
+    stores: str
+    bags: str
+    hidden: int = Field(ge=1, le=MAX_WIDTH)
+    bootstrap: int = Field(2000, ge=1, le=MAX_RESAMPLES)
+    seed: int = Field(0, ge=0, le=MAX_SEED)
+
+
+def checked_record(model: type[BaseModel], data: Any, path: Path, fix: str) -> Any:
+    """`data` (a file's parsed JSON) if it fits `model`, else one sentence naming the file, the first field at fault
+    and the fix."""
+    try:
+        model.model_validate(data)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(map(str, error["loc"]))
+        if error["type"] == "missing":
+            why = f"`{where}` is missing"
+        elif where:
+            why = f"`{where}` is {_short(error['input'])}: {error['msg']}"
+        else:
+            why = f"the whole file: {error['msg']}"
+        raise RunError(f"{path}: damaged or not this kind of file ({why}); {fix}") from None
+    return data
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _number(text: str) -> float:
+    """A finite number from a CSV cell, else ValueError."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text!r} is not finite")
+    return value
 
 
 class PretrainRun:
@@ -55,10 +132,12 @@ class PretrainRun:
 
     def last_step(self) -> int:
         """The last step logged (0 when nothing was)."""
-        if not self.log.is_file():
-            return 0
-        rows = list(csv.DictReader(io.StringIO(read_text_limited(self.log, "log", what="pretraining log"))))
+        rows = self.read_log()
         return int(rows[-1]["step"]) if rows else 0
+
+    def read_log(self) -> list[dict[str, str]]:
+        """log.csv's rows, checked (`read_pretraining_log`); none when there is no log yet."""
+        return read_pretraining_log(self.log) if self.log.is_file() else []
 
     def read_mixer_meta(self) -> dict | None:
         return read_json_limited(self.mixer_meta, what="mixer.json") if self.mixer_meta.is_file() else None
@@ -134,13 +213,13 @@ class TrainRun:
         try:
             return read_json_limited(self._need(path), what=path.name)
         except (ValueError, UnsafePathError, FileTooLargeError) as exc:
-            raise RunError(f"{path}: not readable JSON ({exc}); train the run again") from exc
+            raise RunError(f"{path}: not readable JSON ({exc}); {RETRAIN}") from exc
 
     def read_config(self) -> dict:
-        return self._json(self.config)
+        return checked_record(RunConfigRecord, self._json(self.config), self.config, RETRAIN)
 
     def read_metrics(self) -> dict:
-        return self._json(self.metrics)
+        return checked_record(RunMetrics, self._json(self.metrics), self.metrics, RETRAIN)
 
     def read_splits(self) -> dict:
         return self._json(self.splits) if self.splits.is_file() else {}
@@ -159,16 +238,85 @@ class TrainRun:
         return pipeline
 
     def read_predictions(self, split: str) -> list[dict]:
+        """predictions_<split>.csv's rows (strings, as written), checked (`prediction_problem`): one sentence for a
+        damaged file, another run's file or a split with one class."""
         path = self.predictions(split)
         if not path.is_file():
             raise RunError(f"{path}: no predictions; is {self.folder} a `mixmag train` run folder?")
-        text = read_text_limited(path, "log", what="predictions table")
-        rows = csv.DictReader(io.StringIO(text, newline=""))
-        # cells as written, before spreadsheet escaping (`mixmag.markup`)
-        return [{k: spreadsheet_text(v) if isinstance(v, str) else v for k, v in row.items()} for row in rows]
+        columns, rows = _csv_rows(path, "predictions table", RETRAIN)
+        absent = [c for c in PREDICTION_FIELDS if c not in columns]
+        if absent:
+            raise RunError(f"{path}: no column {', '.join(absent)}, so not a run's predictions; {RETRAIN}")
+        seen: set[str] = set()
+        for line, row in enumerate(rows, start=2):
+            problem = prediction_problem(row, seen)
+            if problem:
+                raise RunError(f"{path} line {line}: {problem}; {RETRAIN}")
+        if len({r["label"] for r in rows}) < 2:
+            raise RunError(f"{path}: the {split} split needs specimens of both labels for an AUROC; {RETRAIN}")
+        return rows
+
+    def read_scores(self, split: str) -> dict[str, tuple[int, float]]:
+        """specimen -> (label, score) of a split, from its checked predictions."""
+        return {r["specimen"]: (int(r["label"]), float(r["score"])) for r in self.read_predictions(split)}
 
     def read_weights(self) -> dict[str, torch.Tensor]:
         """best.pt, tensors only (a file holding anything else is refused in one sentence)."""
         return load_state_dict_file(
             self._need(self.weights), fix="retrain the run with `mixmag train`; never load it otherwise"
         )
+
+
+def prediction_problem(row: dict[str, str], seen: set[str]) -> str | None:
+    """What is wrong with one row of a predictions table (`seen`: the specimens of the rows before it), or None."""
+    specimen = row["specimen"]
+    if not specimen or specimen in seen:
+        return f"specimen {specimen!r} is empty or listed twice"
+    seen.add(specimen)
+    if row["label"] not in ("0", "1"):
+        return f"label {row['label']!r} is not 0 or 1"
+    slides, slide_scores = row["slides"].split(";"), row["slide_scores"].split(";")
+    if not all(slides) or len(slides) != len(slide_scores):
+        return f"{len(slides)} slides but {len(slide_scores)} slide scores"
+    for value in (row["score"], *slide_scores):
+        try:
+            _number(value)
+        except ValueError:
+            return f"score {value!r} is not a finite number"
+    return None
+
+
+def read_pretraining_log(path: Path) -> list[dict[str, str]]:
+    """A pretraining log.csv's rows, checked: a `step` column of whole numbers that only grow, and every other value a
+    number (NaN allowed: a logged loss may be one); another kind of file, or a damaged one, is one sentence."""
+    columns, rows = _csv_rows(path, "pretraining log", REPRETRAIN)
+    if "step" not in columns:
+        raise RunError(f"{path}: no `step` column, so not a mixmag pretraining log; {REPRETRAIN}")
+    previous = 0
+    for line, row in enumerate(rows, start=2):
+        try:
+            step = int(row["step"])
+            for key, value in row.items():
+                if key != "step" and value:
+                    float(value)
+        except ValueError as exc:
+            raise RunError(f"{path} line {line}: {exc}; {REPRETRAIN}") from None
+        if step <= previous:
+            raise RunError(f"{path} line {line}: step {step} after step {previous}; {REPRETRAIN}")
+        previous = step
+    return rows
+
+
+def _csv_rows(path: Path, what: str, fix: str) -> tuple[list[str], list[dict[str, str]]]:
+    """A run's own CSV file (within the log budget): its header and rows, cells as written (before spreadsheet
+    escaping, `mixmag.markup`); a row longer or shorter than the header is one sentence."""
+    try:
+        reader = csv.DictReader(io.StringIO(read_text_limited(path, "log", what=what), newline=""))
+        columns = list(reader.fieldnames or [])
+        rows = [{k: spreadsheet_text(v) if isinstance(v, str) else v for k, v in row.items()} for row in reader]
+    except (csv.Error, UnsafePathError, FileTooLargeError) as exc:
+        raise RunError(f"{path}: not a readable {what} ({exc}); {fix}") from None
+    for line, row in enumerate(rows, start=2):
+        if None in row or None in row.values():
+            raise RunError(f"{path} line {line}: not as many values as the header names; {fix}")
+    return columns, rows

@@ -8,7 +8,6 @@ compares the two methods' seed-averaged specimen scores.
 
 from __future__ import annotations
 
-import csv
 import math
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -19,7 +18,7 @@ from scipy import stats
 from ..errors import MixmagError
 from ..markup import markdown_cell
 from ..metrics import auroc, delong_test
-from ..runs import TrainRun
+from ..runs import TrainRun, read_pretraining_log
 
 
 @dataclass(frozen=True)
@@ -38,8 +37,8 @@ class CellStatistic:
 
 
 def read_test_predictions(run: Path) -> dict[str, tuple[int, float]]:
-    """specimen -> (label, score) from a run folder's predictions_test.csv (read by the run folder's owner)."""
-    return {r["specimen"]: (int(r["label"]), float(r["score"])) for r in TrainRun(run).read_predictions("test")}
+    """specimen -> (label, score) from a run folder's predictions_test.csv."""
+    return TrainRun(run).read_scores("test")
 
 
 def _aligned(runs: list[Path]) -> tuple[np.ndarray, np.ndarray]:
@@ -145,9 +144,8 @@ def compare_methods(task: str, runs_a: list[Path], runs_b: list[Path], method: s
 def pretraining_losses(log: Path, last_steps: int) -> dict:
     """Mean MEM loss and mean predict-the-mean baseline loss over the logged steps of the last `last_steps` steps of a
     pretraining log (one batch's baseline is noisy, so both are averaged over the same batches)."""
+    rows = read_pretraining_log(log)
     try:
-        with log.open(newline="") as fh:
-            rows = list(csv.DictReader(fh))
         steps = np.array([int(r["step"]) for r in rows])
         mem = np.array([float(r["mem"]) for r in rows])
         baseline = np.array([float(r["baseline_loss"]) for r in rows])

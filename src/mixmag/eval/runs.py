@@ -10,7 +10,7 @@ from ..runs import TrainRun
 
 
 def read_predictions(run: str | Path, split: str) -> dict[str, tuple[int, float]]:
-    return {r["specimen"]: (int(r["label"]), float(r["score"])) for r in TrainRun(run).read_predictions(split)}
+    return TrainRun(run).read_scores(split)
 
 
 def evaluate_run(run: str | Path, n_boot: int | None = None) -> dict:

@@ -34,7 +34,7 @@ from ..config import (
 from ..config import load_config as load_yaml_config
 from ..data.cohort import load_cohort
 from ..data.regions import RegionSamplingConfig, RegionStream, SlideSampling, catalog_stores
-from ..errors import ConfigError
+from ..errors import ConfigError, RunError, TrainingDivergedError
 from ..fileio import (
     FolderLock,
     append_atomic,
@@ -46,7 +46,7 @@ from ..fileio import (
 )
 from ..models.mem import MEMPretrainer, n_masked
 from ..models.mixer import MixerConfig, MixerOverrides, mixer_config
-from ..runs import PretrainRun
+from ..runs import REPRETRAIN, PretrainRun, read_pretraining_log
 from ..store import STORE_SUFFIX, embedding_space
 from ..weights_io import UnsafeCheckpointError, load_torch_weights
 from .mixer_file import export_mixer
@@ -275,6 +275,7 @@ def _pretrain(config: PretrainConfig, *, device: torch.device, rank: int, world_
         if on_resume is not None and rank == 0:
             on_resume(step, ckpt_path)
     if rank == 0:
+        PretrainRun(out).read_log()  # another run's or a damaged log.csv is refused before anything is written
         make_folder(out)
         write_json_atomic(
             PretrainRun(out).config, config.model_dump() | {"mixer_resolved": asdict(mixer_cfg)}, indent=1
@@ -308,8 +309,8 @@ def _pretrain(config: PretrainConfig, *, device: torch.device, rank: int, world_
         with autocast:
             losses = forward(x.float(), None if x_prime is None else x_prime.float(), gather)
         if not torch.isfinite(losses["loss"]):
-            raise FloatingPointError(
-                f"step {step}: loss is {losses['loss'].item()}; lower the lr or use precision fp32/bf16"
+            raise TrainingDivergedError(
+                f"{out}: step {step}: the loss is {losses['loss'].item()}; lower base_lr or use precision fp32/bf16"
             )
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(losses["loss"]).backward()
@@ -495,8 +496,7 @@ class RunLogger:
             return
         make_folder(out)
         if self.path.exists():
-            with self.path.open() as fh:
-                rows = [r for r in csv.DictReader(fh) if int(r["step"]) <= resume_step]
+            rows = [r for r in read_pretraining_log(self.path) if int(r["step"]) <= resume_step]
             self.fields = list(rows[0]) if rows else None
             if rows:  # the rows after the checkpoint are done again: drop them
                 write_csv_atomic(self.path, self.fields, [list(r.values()) for r in rows])
@@ -517,6 +517,10 @@ class RunLogger:
         new = self.fields is None
         if new:
             self.fields = list(row)
+        elif set(self.fields) != set(row):  # a log.csv of another run (CMEM against MEM, other levels)
+            raise RunError(
+                f"{self.path}: its columns are not the ones this run logs, so it is another run's log; {REPRETRAIN}"
+            )
         text = io.StringIO(newline="")
         w = csv.DictWriter(text, fieldnames=self.fields, extrasaction="ignore")
         if new:
