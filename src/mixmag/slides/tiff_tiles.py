@@ -39,6 +39,13 @@ class TruncatedTileError(OSError):
 MAX_SEGMENT_PIXELS = 1 << 26
 
 
+def segment_size(page: tifffile.TiffPage) -> tuple[int, int]:
+    """(width, height) of one tile, or of one strip (the image's width x RowsPerStrip), as the page declares it."""
+    if page.is_tiled:
+        return int(page.tilewidth), int(page.tilelength)
+    return int(page.imagewidth), min(int(page.rowsperstrip), int(page.imagelength))
+
+
 def segment_problem(tiff: tifffile.TiffFile) -> str | None:
     """Why a TIFF's tiles or strips are too large to decode (each read decodes whole ones), or None."""
     for series in tiff.series:
@@ -46,10 +53,7 @@ def segment_problem(tiff: tifffile.TiffFile) -> str | None:
             page = level.keyframe
             if not isinstance(page, tifffile.TiffPage) or not len(page.dataoffsets):
                 continue
-            if page.is_tiled:
-                rows, cols = int(page.tilelength), int(page.tilewidth)
-            else:
-                rows, cols = min(int(page.rowsperstrip), int(page.imagelength)), int(page.imagewidth)
+            cols, rows = segment_size(page)
             if rows * cols > MAX_SEGMENT_PIXELS:
                 kind = "tile" if page.is_tiled else "strip"
                 return (
@@ -151,10 +155,7 @@ class SegmentGuard:
     def __init__(self, page: tifffile.TiffPage, lock: threading.Lock) -> None:
         self.page = page
         self.active = int(page.compression) in _IMAGE_CODECS and page.planarconfig == tifffile.PLANARCONFIG.CONTIG
-        if page.is_tiled:
-            self.width, self.height = int(page.tilewidth), int(page.tilelength)
-        else:
-            self.width, self.height = int(page.imagewidth), min(int(page.rowsperstrip), int(page.imagelength))
+        self.width, self.height = segment_size(page)
         self._lock = lock
         self._checked: set[int] = set()
 
