@@ -88,13 +88,20 @@ def _hostile_run(folder: Path) -> Path:
         ]
         for split in ("tune", "test")
     }
-    metrics = {split: {"auroc": 0.75, "ci95": [0.5, 0.9], "specimens": SCRIPT, "positive": ATTRIBUTE} for split in rows}
+    # numbers stay numbers: a run file with text where a number belongs is refused (test_hostile_values.py)
+    metrics = {
+        split: {"auroc": 0.75, "ci95": [0.5, 0.9], "specimens": 6, "positive": 3, "note": SCRIPT} for split in rows
+    }
     TrainRun(folder).write_results(
-        config={"bags": SCRIPT, "cohort": f"{SCRIPT}.csv", "stores": str(folder / "stores"), "seed": ATTRIBUTE},
+        config={
+            "bags": SCRIPT,
+            "cohort": f"<img src=x onerror=alert(4)>{SCRIPT}.csv",
+            "stores": str(folder / "stores"),
+        },
         splits={SCRIPT: ["a"], "tune": [], "test": []},
         pipeline={"note": SCRIPT},
         predictions=rows,
-        metrics=metrics | {"best_epoch": f"<img src=x onerror=alert(4)>{SCRIPT}"},
+        metrics=metrics | {"best_epoch": 1},
     )
     return folder
 
@@ -120,20 +127,26 @@ def test_report_escapes_every_value_of_the_run_files(tmp_path):
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text and "onload=&#x27;alert(2)&#x27;" in text
 
 
-def test_report_shows_text_where_a_number_was_expected(tmp_path):
+def test_report_refuses_text_where_a_number_was_expected(tmp_path):
+    """Issue 22 §16: a damaged metrics.json is one sentence (it was drawn as text); the text is never markup."""
     run = _hostile_run(tmp_path / "run")
     metrics = TrainRun(run).read_metrics()
     metrics["test"] |= {"auroc": SCRIPT, "ci95": ["low", SCRIPT]}
     (run / "metrics.json").write_text(json.dumps(metrics))
-    text = build_report(run, {"embed": SCRIPT}, heatmaps=False).read_text()
+    result = runner.invoke(app, ["report", str(run), "--no-heatmaps"])
+    assert result.exit_code == 2 and "metrics.json: damaged" in result.output and "`test.auroc`" in result.output
+    assert not (run / "report.html").exists()
+    text = build_report(_hostile_run(tmp_path / "other"), {"embed": SCRIPT}, heatmaps=False).read_text()
     assert "<script>" not in text and text.count("&lt;script&gt;alert(1)") >= 3
 
 
 # -- Markdown --------------------------------------------------------------------------------------------------------
 def test_results_tables_keep_task_and_method_names_inside_their_cells(tmp_path):
     task, method = "t|<b>1", "=MEM | <script>alert(1)</script>"
-    grid = GridConfig(
-        out=str(tmp_path), tasks=[Task(name=task, cohort="c.csv", stores="s")], methods=["abmil-20x", method]
+    grid = GridConfig(  # a task name is a folder name (a safe id); built unchecked here to test the tables alone
+        out=str(tmp_path),
+        tasks=[Task.model_construct(name=task, cohort="c.csv", stores="s")],
+        methods=["abmil-20x", method],
     )
     md, table = write_tables(grid, {task: {"abmil-20x": [0.6], method: [0.7]}})
     lines = md.read_text().splitlines()
@@ -183,7 +196,10 @@ def test_run_predictions_are_escaped_and_read_back_exactly(tmp_path):
         splits={},
         pipeline={},
         predictions={
-            "test": [{"specimen": "=HYPERLINK(1)", "label": 1, "score": 0.5, "slides": "+s", "slide_scores": "-1"}]
+            "test": [
+                {"specimen": "=HYPERLINK(1)", "label": 1, "score": 0.5, "slides": "+s", "slide_scores": "-1"},
+                {"specimen": "b", "label": 0, "score": 0.25, "slides": "s", "slide_scores": "0.25"},
+            ]
         },
         metrics={},
     )

@@ -82,7 +82,7 @@ class RunConfigRecord(_Record):
     cohort: str
     stores: str
     bags: str
-    hidden: int = Field(ge=1, le=MAX_WIDTH)
+    hidden: int | None = Field(None, ge=1, le=MAX_WIDTH)  # the model's readers check it is there
     bootstrap: int = Field(2000, ge=1, le=MAX_RESAMPLES)
     seed: int = Field(0, ge=0, le=MAX_SEED)
 
