@@ -11,8 +11,8 @@ given (the tile offsets of the 10^6 px slide all point at one real tile).
 On main before bounded decoding (5497438) every test here failed (checkpoints: torch inflated the record; PNGs: peak
 memory grew by 2.5 GiB; JPEG tile and strip: by 1.1 and 1.9 GiB; the 500 mm and 1.2 x 10^6 px slides were tiled)
 except the two that check the probes themselves and the safetensors one, which guards what safetensors already did.
-The JPEG-strip and JPEG 2000 tile bombs came later: on that main, `mixmag doctor` peaked at 3.1 and 9.0 GB on them
-(tifffile, then slideio, decoded the declared 20000 x 20000 px)."""
+The JPEG-strip and JPEG 2000 tile bombs and the attribution .npz came later; they fail on that main too (there
+`mixmag doctor` peaked at 3.1 and 9.0 GB on the two TIFFs: tifffile, then slideio, decoded 20000 x 20000 px)."""
 
 from __future__ import annotations
 
@@ -97,15 +97,17 @@ def peak_memory():
 # -- building bombs cheaply -------------------------------------------------------------------------------------------
 
 
-def _deflated_zeros(size: int) -> bytes:
-    """Raw deflate data that inflates to `size` zero bytes (a multiple of 1 MiB), made in milliseconds."""
+def _deflated_zeros(size: int, prefix: bytes = b"") -> bytes:
+    """Raw deflate data that inflates to `prefix` then `size` zero bytes (a multiple of 1 MiB), made in milliseconds."""
+    head = zlib.compressobj(9, zlib.DEFLATED, -15)
+    start = head.compress(prefix) + head.flush(zlib.Z_FULL_FLUSH) if prefix else b""
     block = zlib.compressobj(9, zlib.DEFLATED, -15)
     one_mib = block.compress(bytes(MiB)) + block.flush(zlib.Z_FULL_FLUSH)
-    return one_mib * (size // MiB) + zlib.compressobj(9, zlib.DEFLATED, -15).flush()
+    return start + one_mib * (size // MiB) + zlib.compressobj(9, zlib.DEFLATED, -15).flush()
 
 
-def _crc32_of_zeros(size: int) -> int:
-    crc, chunk = 0, bytes(64 * MiB)
+def _crc32_of_zeros(size: int, crc: int = 0) -> int:
+    chunk = bytes(64 * MiB)
     for _ in range(size // len(chunk)):
         crc = zlib.crc32(chunk, crc)
     return zlib.crc32(bytes(size % len(chunk)), crc)
@@ -380,6 +382,30 @@ def test_safetensors_headers_that_declare_more_than_the_file_holds_are_refused(t
     )  # fmt: skip
     _one_sentence(result, "mixer.safetensors is not a safetensors file")
     assert _changed_outside(tmp_path, before, tmp_path / "enc") == []
+
+
+def test_an_attribution_file_bomb_stops_export_qupath(tmp_path, peak_memory):
+    """An .npz (a zip) in predict's heatmaps folder whose one map inflates to 2 GiB: refused from its directory, against
+    what the plan's grid can need."""
+    plan_path, _ = make_plan(tmp_path / "plans")
+    (plan_path.parent / "tissue_mask.png").write_bytes(imagecodecs.png_encode(np.zeros((60, 70), np.uint8)))
+    size = 2 * GiB
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f8", "fortran_order": False, "shape": (size // 8,)})
+    data = _deflated_zeros(size, header.getvalue())
+    crc = _crc32_of_zeros(size, zlib.crc32(header.getvalue()))
+    (tmp_path / "heatmaps").mkdir()
+    member = ("map_5x.npy", data, zipfile.ZIP_DEFLATED, crc, size + len(header.getvalue()))
+    _write_zip64(tmp_path / "heatmaps" / "s1.npz", [member])
+    before = _snapshot(tmp_path)
+    result = _invoke(
+        "export", "qupath", "--plans", tmp_path / "plans", "--out", tmp_path / "qp", "--attributions",
+        tmp_path / "heatmaps"
+    )  # fmt: skip
+    assert result.exit_code != 0 and "Traceback" not in result.output, result.output
+    said = " ".join(result.output.split())
+    assert "s1.npz: the attribution file declares 2,048 MiB, more than the 16 MiB plan s1's maps can take" in said
+    assert _changed_outside(tmp_path, before, tmp_path / "qp") == []
 
 
 # -- pictures read back -----------------------------------------------------------------------------------------------

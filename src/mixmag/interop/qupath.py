@@ -23,6 +23,7 @@ What mixmag writes, one ``<slide>.geojson`` per plan, all in level-0 pixels of t
 from __future__ import annotations
 
 import json
+import zipfile
 from pathlib import Path
 
 import cv2
@@ -30,7 +31,7 @@ import numpy as np
 from shapely.geometry import MultiPolygon, Polygon, mapping
 from shapely.validation import make_valid
 
-from ..fileio import write_atomic
+from ..fileio import open_regular, write_atomic
 from ..ids import path_for_id
 from ..images import PictureError, read_picture
 from ..slides.tiling import TilingPlan
@@ -69,18 +70,41 @@ def _polygon_parts(geometry) -> list[Polygon]:
     return []
 
 
+def attribution_budget(plan: TilingPlan) -> int:
+    """The most bytes a plan's attribution file may expand to: float64 maps of every level's grid, twice over, and
+    16 MiB for regions, weights and summary (a compressed .npz that declares more is a decompression bomb)."""
+    cells = sum(plan.n_rows * plan.n_cols * 4**i for i in range(plan.levels.n_levels))
+    return 16 * cells + (16 << 20)
+
+
+def _declared_bytes(handle) -> int:
+    """What the members of a .npz (a zip) declare they expand to, read from its directory alone."""
+    with zipfile.ZipFile(handle) as archive:
+        return sum(member.file_size for member in archive.infolist())
+
+
 def read_attribution(path: Path, plan: TilingPlan) -> dict:
-    """A slide's attribution file from `mixmag predict` (maps, regions, weights, summary), checked against the plan."""
+    """A slide's attribution file from `mixmag predict` (maps, regions, weights, summary), checked against the plan
+    (and what it declares against the plan's size, before anything is decompressed)."""
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            data = {k: npz[k] for k in npz.files}
+        with open_regular(path, "attribution file") as handle:
+            declared, budget = _declared_bytes(handle), attribution_budget(plan)
+            if declared > budget:
+                raise InteropError(
+                    f"{path}: the attribution file declares {declared / 2**20:,.0f} MiB, more than the "
+                    f"{budget / 2**20:,.0f} MiB plan {plan.slide.slide_id}'s maps can take (a decompression bomb?); "
+                    "run `mixmag predict` again on this plan's store"
+                )
+            handle.seek(0)
+            with np.load(handle, allow_pickle=False) as npz:
+                data = {k: npz[k] for k in npz.files}
         summary = json.loads(str(data.pop("summary")))
         regions = np.asarray(data.get("regions", np.zeros((0, 2))), np.int64).reshape(-1, 2)
         weights = np.asarray(data.get("region_weight", []), np.float64).ravel()
         # older predict outputs carry no contributions: the measurement is then left out
         contribution = np.asarray(data.get("region_contribution", np.full(len(weights), np.nan)), np.float64).ravel()
         maps = {name: np.asarray(data.get(f"map_{name}"), np.float64) for name in plan.levels.names}
-    except (OSError, ValueError, TypeError, KeyError) as exc:
+    except (OSError, ValueError, TypeError, KeyError, zipfile.BadZipFile) as exc:
         raise InteropError(
             f"{path}: not a readable attribution file of `mixmag predict` ({exc}); re-run predict"
         ) from None
