@@ -269,3 +269,39 @@ def _one_slide_table(folder, slide_id):
     table = folder / f"{slide_id}.csv"
     table.write_text(f"slide\n{slide_id}\n")
     return table
+
+
+def test_progress_counts_tiles_after_the_encoder_ran_and_reaches_the_total(tmp_path, plans_dir):
+    """`mixmag embed`'s bar moves with embedded tiles, not cells loaded (issue 30: 2/2 with a frozen clock)."""
+    encoder = build_encoder("stats")
+    embedded = [0]
+    encoder.register_forward_hook(lambda module, args, output: embedded.__setitem__(0, embedded[0] + len(args[0])))
+    totals, counts = [], []
+
+    def on_batch(tiles: int) -> None:
+        counts.append(tiles)
+        assert sum(counts) == embedded[0]  # counted once the encoder has embedded them
+
+    run_embed(
+        find_plans(plans_dir),
+        tmp_path,
+        encoder,
+        device=CPU,
+        workers=0,
+        cells_per_batch=2,
+        on_start=totals.append,
+        on_batch=on_batch,
+    )
+    cells = sum(len(load_plan(p).cells) for p in find_plans(plans_dir))
+    assert totals == [21 * cells] and sum(counts) == 21 * cells and len(counts) > 1
+    assert all(n % 21 == 0 and n <= 42 for n in counts)  # whole cells of 21 tiles, at most one batch of 2 cells
+
+
+def test_embed_cli_shows_tiles_with_a_rate_and_time_left(tmp_path, plans_dir):
+    result = CliRunner().invoke(
+        app, ["embed", "--plans", str(plans_dir), "--out", str(tmp_path), "--encoder", "stats", "--workers", "0"]
+    )
+    assert result.exit_code == 0, result.output
+    cells = sum(len(load_plan(p).cells) for p in find_plans(plans_dir))
+    assert "tiles embedded" in result.output and f"{21 * cells}/{21 * cells}" in result.output
+    assert "tiles/s" in result.output and "left" in result.output

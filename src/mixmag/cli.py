@@ -13,13 +13,13 @@ import json
 import sys
 import warnings
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, NoReturn, Optional
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import Progress
 from rich.table import Table
 from rich.text import Text
 from typer.core import TyperGroup
@@ -29,6 +29,7 @@ from .errors import MixmagError, MixmagWarning, OptionError
 from .fileio import is_unwritable, output_error, read_json_limited
 from .markup import labelled, plain_console
 from .slides.params import TilingParams, TissueParams
+from .stages.progress import work_progress
 
 
 class _ErrorBoundary(TyperGroup):
@@ -180,7 +181,7 @@ def tile(
         f"{params.tissue_threshold:.0%} -> {out}"
     )
     with _progress() as progress:
-        task = progress.add_task("tiling", total=len(sources))
+        task = progress.add_task("tiling", total=len(sources), unit="slides")
 
         def report(result) -> None:
             style = {"failed": "red", "skipped": "dim", "tiled": "green"}[result.outcome]
@@ -196,15 +197,8 @@ def tile(
 
 
 def _progress() -> Progress:
-    return Progress(
-        TextColumn("{task.description}", style="bold", markup=False),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        transient=False,
-    )
+    """Every long command's bar: done/total, rate, elapsed and time left (`mixmag.stages.progress`)."""
+    return work_progress(console)
 
 
 def _print_tile_summary(results, out: Path) -> None:
@@ -283,7 +277,9 @@ def embed(
         highlight=False,
     )
     with _progress() as progress:
-        task = progress.add_task(f"rank {dist.rank} cells" if dist.active else "cells", total=None)
+        task = progress.add_task(
+            f"rank {dist.rank} tiles embedded" if dist.active else "tiles embedded", total=None, unit="tiles"
+        )
 
         def report(result) -> None:
             style = {"failed": "red", "skipped": "dim", "embedded": "green"}[result.outcome]
@@ -356,7 +352,7 @@ def pretrain(
         cos = " ".join(f"{row[k]:.3f}" for k in sorted(row) if k.startswith("cos_level"))
         base = " ".join(f"{row[k]:.3f}" for k in sorted(row) if k.startswith("baseline_cos_level"))
         extra = f" contrastive {row['contrastive']:.4f}" if "contrastive" in row else ""
-        console.print(
+        progress.console.print(
             f"step {row['step']:>6}  loss {row['loss']:.4f} (mem {row['mem']:.4f}{extra}; mean-baseline "
             f"{row['baseline_loss']:.4f})  "
             f"cos/level {cos} (baseline {base})  lr {row['lr']:.2e}  {row['samples_per_s']:.0f} samples/s  MFU "
@@ -365,17 +361,22 @@ def pretrain(
             highlight=False,
         )
 
+    def resumed(step: int, ckpt: Path) -> None:
+        progress.update(task, completed=step)
+        progress.console.print(f"Resuming from step {step} of {cfg.steps} ({ckpt})", soft_wrap=True, highlight=False)
+
     try:
-        run_pretraining(
-            cfg,
-            device=dev,
-            rank=dist.rank,
-            world_size=dist.world_size,
-            on_log=show,
-            on_resume=lambda step, ckpt: console.print(
-                f"Resuming from step {step} of {cfg.steps} ({ckpt})", soft_wrap=True, highlight=False
-            ),
-        )
+        with _progress() if dist.rank == 0 else nullcontext(Progress(disable=True)) as progress:
+            task = progress.add_task("pretraining steps", total=cfg.steps, unit="steps")
+            run_pretraining(
+                cfg,
+                device=dev,
+                rank=dist.rank,
+                world_size=dist.world_size,
+                on_log=show,
+                on_resume=resumed,
+                on_step=lambda step: progress.update(task, completed=step),
+            )
     finally:
         stop_distributed()
     if dist.rank == 0:
@@ -428,13 +429,16 @@ def train(
         f"bags{' with a ' + cfg.mixer.init + ' mixer (' + cfg.mixer.output + ')' if cfg.mixer else ''} -> {cfg.out}",
         soft_wrap=True,
     )
-    metrics = run_training(
-        cfg,
-        on_epoch=lambda h: console.print(
-            f"epoch {h['epoch']:>3}  train loss {h['train_loss']:.4f}  tune AUROC {h['tune_auroc']:.3f}"
-        ),
-        device=dev,
-    )
+    with _progress() as progress:
+        task = progress.add_task("training epochs", total=cfg.epochs, unit="epochs")
+
+        def epoch_done(h: dict) -> None:
+            progress.console.print(
+                f"epoch {h['epoch']:>3}  train loss {h['train_loss']:.4f}  tune AUROC {h['tune_auroc']:.3f}"
+            )
+            progress.update(task, completed=h["epoch"])
+
+        metrics = run_training(cfg, on_epoch=epoch_done, device=dev)
     _print_metrics(metrics)
 
 
@@ -480,9 +484,14 @@ def experiment(
     from .stages.experiments import load_grid, run_grid
 
     cfg = load_grid(grid)
-    run_grid(
-        cfg, on_run=lambda t, m, s, auc, status: console.print(f"{t} / {m} / seed {s}: test AUROC {auc:.3f} ({status})")
-    )
+    with _progress() as progress:
+        task = progress.add_task("training runs", total=len(cfg.tasks) * len(cfg.methods) * len(cfg.seeds), unit="runs")
+
+        def run_done(t: str, m: str, s: int, auc: float, status: str) -> None:
+            progress.console.print(f"{t} / {m} / seed {s}: test AUROC {auc:.3f} ({status})")
+            progress.advance(task)
+
+        run_grid(cfg, on_run=run_done)
     console.print((Path(cfg.out) / "results.md").read_text(), highlight=False)
     console.print(f"Tables: {cfg.out}/results.md, results.csv; plot: {cfg.out}/differences.png")
 

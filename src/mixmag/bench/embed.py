@@ -79,9 +79,9 @@ def gpu_end_to_end(job: SlideJob, device: torch.device, workers: int, cells_per_
     torch.cuda.synchronize(device)
     tiles = 0
 
-    def count(n_cells: int) -> None:
+    def count(n_tiles: int) -> None:
         nonlocal tiles
-        tiles += 21 * n_cells
+        tiles += n_tiles
 
     start = time.perf_counter()
     embed_slides([job], encoder, device=device, cells_per_batch=cells_per_batch, workers=workers, on_batch=count)

@@ -153,7 +153,9 @@ def embed_slides(
     on_failed: Callable[[SlideJob, str], None] | None = None,
     on_slide_start: Callable[[SlideJob], bool] | None = None,
 ) -> None:
-    """Embed every cell of every job; `on_slide(job, levels)` gets each slide's arrays when complete,
+    """Embed every cell of every job; `on_batch(tiles)` counts each batch's tiles once the encoder has run on them
+    (or their slide was dropped), so a progress bar moves with the work; `on_slide(job, levels)` gets each slide's
+    arrays when complete,
     `on_failed(job, error)` each slide that could not be read (the others go on). `on_slide_start(job)` is asked when
     a slide's first cells arrive; False drops that slide (another process has it, or its output cannot fit)."""
     jobs = list(jobs)
@@ -178,33 +180,46 @@ def embed_slides(
         multiprocessing_context="fork" if workers and _fork_ok() else None,
     )
     autocast = embedding_autocast(device)
-    per_cell = sum(4**i for i in range(next(iter(n_levels))))
+    per_cell = tiles_per_cell(next(iter(n_levels)))
     with torch.inference_mode():
         failed: set[int] = set()
         for job_idx, cell_idx, tiles, error in loader:
             j = int(job_idx[0])
-            if on_batch is not None:
-                on_batch(len(cell_idx))
+            done = len(cell_idx) * per_cell  # tiles this batch settles: embedded, or dropped with its slide
             if j in failed:
+                _count(on_batch, done)
                 continue
             if error is not None:
                 failed.add(j)
                 pending.pop(j, None)
                 if on_failed is not None:
                     on_failed(work[j], error)
+                _count(on_batch, done)
                 continue
             if j not in pending and on_slide_start is not None and not on_slide_start(work[j]):
                 failed.add(j)
+                _count(on_batch, done)
                 continue
             with autocast:
                 emb = encoder(tiles.to(device, non_blocking=True))
             emb = emb.float().cpu().numpy().reshape(len(cell_idx), per_cell, -1)
+            _count(on_batch, done)  # after the encoder ran: the count is work done, not cells loaded
             acc = pending.setdefault(j, SlideEmbeddings(work[j].n_cells, len(work[j].plan.levels.mpps), emb.shape[-1]))
             acc.add(cell_idx.numpy(), emb)
             if acc.complete:
                 del pending[j]
                 if on_slide is not None:
                     on_slide(work[j], acc.levels)
+
+
+def tiles_per_cell(n_levels: int) -> int:
+    """Tiles one cell holds over its levels (1 + 4 + 16 = 21 with three)."""
+    return sum(4**i for i in range(n_levels))
+
+
+def _count(on_batch: Callable[[int], None] | None, tiles: int) -> None:
+    if on_batch is not None:
+        on_batch(tiles)
 
 
 def _fork_ok() -> bool:

@@ -34,6 +34,7 @@ from ..train.mixer_file import pretrained_mixer_set
 from ..train.pretrain import PretrainConfig, PretrainSettings, pretraining_catalog, run_pretraining
 from .embed import find_plans, run_embed
 from .experiments import GridConfig, Task, method_config, run_grid
+from .progress import work_progress
 from .tile import tile_slides
 
 SYNTHETIC_NOTICE = (
@@ -195,14 +196,12 @@ def _reports(out: Path, config: DemoConfig, timings: dict) -> list[Path]:
 
 
 def _generate(out: Path, spec: CohortSpec, console: Console) -> dict[str, Path]:
-    count = [0]
-
-    def tick(slide: str) -> None:
-        count[0] += 1
-
-    tables = write_cohort(out / "cohort", spec, progress=tick)
+    with work_progress(console) as progress:  # the slide count is drawn as the cohort is made: no total
+        task = progress.add_task("slides written", total=None, unit="slides")
+        tables = write_cohort(out / "cohort", spec, progress=lambda slide: progress.advance(task))
+        count = int(progress.tasks[0].completed)
     console.print(
-        f"{count[0]} slides of {spec.cells}x{spec.cells} cells at {spec.mpp} um/px, {spec.n_specimens} specimens; "
+        f"{count} slides of {spec.cells}x{spec.cells} cells at {spec.mpp} um/px, {spec.n_specimens} specimens; "
         f"tasks: {', '.join(TASKS)} -> {out / 'cohort'}"
     )
     return tables
@@ -210,7 +209,11 @@ def _generate(out: Path, spec: CohortSpec, console: Console) -> dict[str, Path]:
 
 def _tile(out: Path, tables: dict[str, Path], tiling: TilingParams, console: Console) -> list[Path]:
     sources = {s.slide_id: s for table in tables.values() for s in sources_from_table(table)}  # tasks may share slides
-    results = tile_slides(list(sources.values()), out / "tiles", tiling)
+    with work_progress(console) as progress:
+        task = progress.add_task("slides tiled", total=len(sources), unit="slides")
+        results = tile_slides(
+            list(sources.values()), out / "tiles", tiling, on_result=lambda result: progress.advance(task)
+        )
     failed = [r for r in results if r.outcome == "failed"]
     if failed:
         raise StageError("tiling failed: " + "; ".join(r.error for r in failed))
@@ -224,15 +227,17 @@ def _tile(out: Path, tables: dict[str, Path], tiling: TilingParams, console: Con
 
 def _embed(out: Path, config: DemoConfig, plans: list[Path], console: Console) -> None:
     encoder = build_encoder(config.encoder, weights=config.weights)
-    done = [0]
-    results = run_embed(
-        plans,
-        out / "stores",
-        encoder,
-        device=torch.device("cpu"),
-        workers=config.workers,
-        on_result=lambda r: done.__setitem__(0, done[0] + 1),
-    )
+    with work_progress(console) as progress:
+        task = progress.add_task("tiles embedded", total=None, unit="tiles")
+        results = run_embed(
+            plans,
+            out / "stores",
+            encoder,
+            device=torch.device("cpu"),
+            workers=config.workers,
+            on_start=lambda n: progress.update(task, total=n),
+            on_batch=lambda n: progress.advance(task, n),
+        )
     failed = [r for r in results if r.outcome == "failed"]
     if failed:
         raise StageError("embedding failed: " + "; ".join(r.error or r.slide_id for r in failed))
@@ -268,14 +273,20 @@ def _pretrain(out: Path, config: DemoConfig, tables: dict[str, Path], console: C
     if run.is_complete(cfg.steps):
         console.print(f"reusing {mixer}")
         return mixer
-    last = run_pretraining(
-        cfg,
-        device=torch.device("cpu"),
-        on_log=lambda row: console.print(
-            f"step {row['step']:>4}: MEM loss {row['mem']:.3f} (predict-the-mean baseline {row['baseline_loss']:.3f})"
-        ),
-        on_resume=lambda step, ckpt: console.print(f"resuming the mixer's pretraining from step {step} ({ckpt})"),
-    )
+    with work_progress(console) as progress:
+        task = progress.add_task("pretraining steps", total=cfg.steps, unit="steps")
+        last = run_pretraining(
+            cfg,
+            device=torch.device("cpu"),
+            on_log=lambda row: progress.console.print(
+                f"step {row['step']:>4}: MEM loss {row['mem']:.3f} (predict-the-mean baseline "
+                f"{row['baseline_loss']:.3f})"
+            ),
+            on_resume=lambda step, ckpt: progress.console.print(
+                f"resuming the mixer's pretraining from step {step} ({ckpt})"
+            ),
+            on_step=lambda step: progress.update(task, completed=step),
+        )
     held_out = " (test slides of every task left out)" if cfg.exclude_test_of else ""
     console.print(f"mixer after {last.get('step')} steps -> {mixer}{held_out}")
     return mixer
@@ -299,12 +310,16 @@ def _grid(out: Path, config: DemoConfig, tables: dict[str, Path], mixer: Path) -
 
 
 def _experiment(grid: GridConfig, console: Console) -> dict:
-    return run_grid(
-        grid,
-        on_run=lambda t, m, s, auc, status: console.print(
-            f"{t:>6} / {m:<12} seed {s}: test AUROC {auc:.3f} ({status})"
-        ),
-    )
+    with work_progress(console) as progress:
+        task = progress.add_task(
+            "training runs", total=len(grid.tasks) * len(grid.methods) * len(grid.seeds), unit="runs"
+        )
+
+        def run_done(t: str, m: str, s: int, auc: float, status: str) -> None:
+            progress.console.print(f"{t:>6} / {m:<12} seed {s}: test AUROC {auc:.3f} ({status})")
+            progress.advance(task)
+
+        return run_grid(grid, on_run=run_done)
 
 
 def _statistics(grid: GridConfig, config: DemoConfig) -> None:

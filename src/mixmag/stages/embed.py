@@ -20,7 +20,7 @@ import torch
 
 from ..catalog import CatalogWriter
 from ..devices import DistInfo, compute_dtype
-from ..encoders.extract import SlideJob, embed_slides
+from ..encoders.extract import SlideJob, embed_slides, tiles_per_cell
 from ..encoders.model import TileEncoder
 from ..errors import MixmagError, MixmagWarning, OptionError
 from ..fileio import DiskFullError, FolderLock, RunLockedError, ensure_free_space
@@ -155,6 +155,7 @@ def run_embed(
     on_start: Callable[[int], None] | None = None,
 ) -> list[EmbedResult]:
     """Embed this rank's share of the plans into out_dir/<slide>.h5; returns this rank's results.
+    `on_start(tiles)` gets the number of tiles to embed, `on_batch(tiles)` each batch's tiles once embedded.
 
     Each store is locked while it is made (`.<slide>.h5.lock`), not the folder: ranks of one run, or separate runs
     a user starts on parts of a cohort, share the folder; a slide another process is embedding is skipped here
@@ -187,8 +188,8 @@ def run_embed(
             continue
         todo.append(job)
         provenance[job.slide_id] = wanted
-    if on_start:
-        on_start(sum(j.n_cells for j in todo))
+    if on_start:  # the tiles to embed, the unit `on_batch` counts in
+        on_start(sum(j.n_cells * tiles_per_cell(j.plan.params.n_levels) for j in todo))
     claims = StoreClaims(out_dir, force)
 
     def start(job: SlideJob) -> bool:

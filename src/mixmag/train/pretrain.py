@@ -225,16 +225,34 @@ def pretraining_stores(config: PretrainConfig) -> list[Path]:
 
 
 def run_pretraining(
-    config: PretrainConfig, *, device: torch.device, rank: int = 0, world_size: int = 1, on_log=None, on_resume=None
+    config: PretrainConfig,
+    *,
+    device: torch.device,
+    rank: int = 0,
+    world_size: int = 1,
+    on_log=None,
+    on_resume=None,
+    on_step=None,
 ) -> dict:
     """Train until config.steps; resumes from out/checkpoints/last.pt when present (`on_resume(step, checkpoint)` says
     from where). Returns the last log row. Rank 0 locks the run folder: a second run on it is refused, naming the
-    process that holds it, instead of both writing one log and one checkpoint."""
+    process that holds it, instead of both writing one log and one checkpoint. `on_step(step)` is called on rank 0
+    after every optimiser step (a progress bar counts steps done)."""
     with FolderLock(config.out, "pretraining") if rank == 0 else nullcontext():
-        return _pretrain(config, device=device, rank=rank, world_size=world_size, on_log=on_log, on_resume=on_resume)
+        return _pretrain(
+            config,
+            device=device,
+            rank=rank,
+            world_size=world_size,
+            on_log=on_log,
+            on_resume=on_resume,
+            on_step=on_step if rank == 0 else None,
+        )
 
 
-def _pretrain(config: PretrainConfig, *, device: torch.device, rank: int, world_size: int, on_log, on_resume) -> dict:
+def _pretrain(
+    config: PretrainConfig, *, device: torch.device, rank: int, world_size: int, on_log, on_resume, on_step=None
+) -> dict:
     out = Path(config.out)
     if config.batch_size % world_size:
         raise ConfigError(f"batch_size {config.batch_size} does not split evenly over {world_size} ranks")
@@ -321,6 +339,8 @@ def _pretrain(config: PretrainConfig, *, device: torch.device, rank: int, world_
         scaler.update()
         step += 1
         samples_since += config.batch_size
+        if on_step is not None:
+            on_step(step)
         replica_diff = replica_spread(model) if (distributed and config.check_replicas) else 0.0
         if step % config.log_every == 0 or step == config.steps or config.check_replicas:
             elapsed = time.perf_counter() - timer
