@@ -535,6 +535,10 @@ def predict(
     ] = "auto",
     device: Annotated[Optional[str], typer.Option(help="cuda, cpu [cuda when available] for embedding.")] = None,
     workers: Annotated[int, typer.Option(min=0, max=64, help="DataLoader workers for embedding.")] = 2,
+    mpp: Annotated[
+        Optional[float],
+        typer.Option(help="Microns per pixel of slides without (or with wrong) metadata, as for `mixmag tile --mpp`."),
+    ] = None,
 ) -> None:
     """Score new slides with a trained run, and show where and at which magnification it looked.
 
@@ -542,7 +546,7 @@ def predict(
     slide and specimen scores, each magnification's share of the attention, and heatmaps over the slide."""
     from .stages import predict as prediction
 
-    inputs = prediction.read_inputs(slides, cohort, stores)
+    inputs = prediction.read_inputs(slides, cohort, stores, mpp)
     work = work or out.with_name(f"{out.stem}_work")
     result = prediction.run(
         run,

@@ -208,7 +208,8 @@ def run_embed(
                 job.n_cells,
                 f"{job.slide_id}: "
                 + "; ".join(problems)
-                + " - no store written. Check the slide and the encoder weights (try --precision fp32).",
+                + " - no store written. Check the slide and the encoder weights (on a GPU the encoder computes in "
+                "bf16; --device cpu computes in fp32).",
             )
         else:
             try:

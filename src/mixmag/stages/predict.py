@@ -8,6 +8,7 @@ is then scored, its attribution placed on the slide, and heatmaps drawn when ask
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ import torch
 from ..catalog import load_catalog_with_report, place_stores
 from ..devices import choose_device
 from ..encoders.model import build_encoder
-from ..errors import CohortError, MixmagError, RunMismatchError
+from ..errors import CohortError, MixmagError, OptionError, RunMismatchError
 from ..eval.explain import explain_slide, save_attribution
 from ..fileio import FolderLock, output_folder, write_csv_atomic
 from ..ids import ID_RULE, check_id, is_safe_id, path_for_id
@@ -55,9 +56,18 @@ class PredictInputs:
     problems: dict[str, str] = field(default_factory=dict)  # slides refused before any work, with the reason
 
 
-def read_inputs(slides: list[str] | None, cohort: Path | None, stores_dir: Path | None) -> PredictInputs:
+def read_inputs(
+    slides: list[str] | None, cohort: Path | None, stores_dir: Path | None, mpp: float | None = None
+) -> PredictInputs:
     """Slide files or ids from the command line, or a cohort table ('path' for files, 'slide' with
-    --stores; optional 'specimen' and 'mpp'); malformed tables and unsafe slide ids are errors naming the input."""
+    --stores; optional 'specimen' and 'mpp'); malformed tables and unsafe slide ids are errors naming the input.
+    `mpp` (--mpp) is the resolution of slides without (or with wrong) metadata, as for `mixmag tile --mpp`; a table's
+    'mpp' column wins over it row by row."""
+    if mpp is not None and (stores_dir is not None or not math.isfinite(mpp) or mpp <= 0):
+        raise OptionError(
+            f"--mpp {mpp}: give a positive number of microns per pixel, and only for slide files (stores already "
+            "record their resolution)"
+        )
     rows: list[dict] = []
     if cohort is not None:
         table = read_table(cohort)
@@ -95,12 +105,12 @@ def read_inputs(slides: list[str] | None, cohort: Path | None, stores_dir: Path 
             problems=unreadable | unsafe,  # a store the catalog could not read still gets its row
         )
     if rows:
-        sources = sources_from_table(cohort)  # one per row, in order
+        sources = sources_from_table(cohort, mpp)  # one per row, in order
         return PredictInputs(
             sources, specimen_of={s.slide_id: r.get("specimen") or s.slide_id for s, r in zip(sources, rows)}
         )
     if slides:
-        return PredictInputs(sources_from_paths([Path(s) for s in slides]))
+        return PredictInputs(sources_from_paths([Path(s) for s in slides], mpp))
     raise CohortError("give slide files, --cohort CSV (with a 'path' column) or --stores DIR")
 
 
