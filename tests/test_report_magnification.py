@@ -1,11 +1,15 @@
 """The report names task, method and seed, counts every split (train included), and says which magnification
 mattered, leading with a measure that acts on the score."""
 
+import json
 import re
+from pathlib import Path
 
 from train_runs import learnt_task_config
 
+from mixmag.eval.attribution import LEARNT_AUROC
 from mixmag.report.html import build_report
+from mixmag.report.magnification import magnification_section, not_learnt_caveat
 from mixmag.train.finetune import run_training
 
 
@@ -19,3 +23,28 @@ def test_report_title_splits_and_magnification_panel(tmp_path):
     assert "<h2>Which magnification mattered</h2>" in page
     assert "changes the score most for <b>5x</b> (its CI lies above the others')" in page
     assert "AB-MIL attention puts most weight on 20x" in page  # on this model attention follows the token counts
+
+
+def test_a_model_at_chance_gets_a_caveat_instead_of_a_magnification_conclusion(tmp_path):
+    """Issue 30: the panel spoke for a model with test AUROC 0.552; below LEARNT_AUROC (the benchmark's n/a rule) the
+    report says why it draws no conclusion."""
+    run = tmp_path / "run"
+    run_training(learnt_task_config(tmp_path, "coarse", run, epochs=1))
+    metrics = json.loads((run / "metrics.json").read_text())
+    metrics["test"]["auroc"] = 0.552
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    page = build_report(run, heatmaps=True).read_text()
+    panel = page.split("<h2>Which magnification mattered</h2>", 1)[1].split("<h2>", 1)[0]
+    assert "No conclusion about magnifications: its test AUROC is 0.552, below 0.7" in panel
+    assert "changes the score most" not in panel and "<table>" not in panel
+    assert "Read these maps with care" in page
+
+
+def test_the_caveat_uses_the_benchmark_threshold_and_falls_back_to_tune():
+    assert LEARNT_AUROC == 0.7
+    assert not_learnt_caveat({"test": {"auroc": 0.7}, "tune": {"auroc": 0.1}}) is None
+    assert "test AUROC is 0.699" in not_learnt_caveat({"test": {"auroc": 0.699}})
+    assert "tune AUROC is 0.550" in not_learnt_caveat({"test": {"auroc": float("nan")}, "tune": {"auroc": 0.55}})
+    assert "undefined" in not_learnt_caveat({"test": {"auroc": float("nan")}})
+    section = "".join(magnification_section(Path("nowhere"), {"bags": "all"}, [], {"test": {"auroc": 0.552}}))
+    assert "No conclusion about magnifications" in section

@@ -582,16 +582,30 @@ def _track(description: str, total: int) -> Iterator[Callable[[], None]]:
 
 def _print_predictions(outcomes, levels: list[str], bags: str) -> None:
     table = Table(title=f"Predictions ({bags} bags)")
-    for col in ("slide", "score", *[f"{n} share" for n in levels], "note"):
+    for col in ("slide", "score", *[f"{n}: share (tokens) -> x uniform" for n in levels], "note"):
         table.add_column(col)
     for o in outcomes:
         table.add_row(
             o.slide_id,
             "" if o.score is None else f"{o.score:.4f}",
-            *[f"{100 * o.level_share[n]:.0f}%" if n in o.level_share else "" for n in levels],
+            *[_share_cell(o.level_share.get(n), o.token_fraction.get(n)) for n in levels],
             o.problem or "",
         )
     console.print(table)
+    console.print(
+        "A level's share is read against its share of the tokens: uniform attention gives each level its token "
+        "share, so 1.00x means no preference for that magnification.",
+        soft_wrap=True,
+    )
+
+
+def _share_cell(share: float | None, tokens: float | None) -> str:
+    """'77% (76%) -> 1.01x': a share of the attribution beside the level's share of the bag's tokens."""
+    if share is None:
+        return ""
+    if not tokens:
+        return f"{100 * share:.0f}% (not in the bags)"
+    return f"{100 * share:.0f}% ({100 * tokens:.0f}%) -> {share / tokens:.2f}x"
 
 
 @app.command()

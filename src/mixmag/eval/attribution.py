@@ -29,6 +29,9 @@ INTEGRATED_GRADIENTS = "integrated gradients"
 GRADIENT_X_INPUT = "gradient x input"
 ATTENTION = "AB-MIL attention"
 CAUSAL_MEASURES = (OCCLUSION, REMOVAL, INTEGRATED_GRADIENTS)  # measures of a change of the score
+# Below this test AUROC a model has not learnt its task, and what it attends to says nothing about which magnification
+# matters: the benchmark marks such rows n/a and a report shows no "which magnification mattered" conclusion.
+LEARNT_AUROC = 0.7
 
 # forward(x (B, *shape), keep (B, N) bool or None) -> (logits (B,), attention (B, N) or None)
 Forward = Callable[[torch.Tensor, torch.Tensor | None], tuple[torch.Tensor, torch.Tensor | None]]

@@ -168,6 +168,7 @@ def attribution_summary(a: SlideAttribution) -> dict:
         "method": a.method,
         "level_share": a.level_share,
         "level_enrichment": a.level_enrichment,
+        "token_fraction": a.token_fraction,
         "top_region": a.regions[int(np.argmax(a.region_weight))].tolist() if len(a.region_weight) else None,
     }
 

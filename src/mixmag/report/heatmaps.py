@@ -3,10 +3,16 @@ the most attended tiles of every magnification as the crops the encoder saw.
 
 Maps are placed with the same lattice the tiler used (cells of `cell_px` level-0 pixels from the slide's
 origin; a level-i map has 2^i values per cell side), so a hot square covers exactly its tile.
+
+Colours never mislead by stretching: attention is drawn as its ratio to what uniform attention would give (the map's
+total spread evenly over the entries the model saw) on a diverging scale, log2, symmetric and at least 0.5x-2x, so
+uniform is the neutral colour, near-uniform attention stays pale and a one-region slide is one neutral square; signed
+attributions (gradient x input) diverge around 0. Every colour bar is labelled in the quantity drawn.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +25,70 @@ from ..ids import path_for_id
 from ..slides.reader import Slide
 
 THUMBNAIL_LONGEST = 900
+DIVERGING_CMAP = "RdBu_r"  # blue below, white at neutral, red above
+MIN_RATIO_SPAN = 1.0  # log2 units: a ratio scale spans at least 0.5x-2x uniform, so 0.97-1.03x stays near white
+MAX_RATIO_SPAN = 5.0  # and at most 1/32x-32x; beyond it colours saturate
+
+
+@dataclass(frozen=True)
+class PanelScale:
+    """How one map panel turns values into colours: values are transformed (`to_axis`) onto a symmetric axis
+    [-limit, limit] whose centre is the neutral colour (uniform attention, or no effect)."""
+
+    kind: str  # "ratio" (log2 of value over uniform) or "signed" (value, 0 neutral)
+    limit: float
+    uniform: float = 1.0  # the value uniform attention gives one entry (ratio scales)
+    label: str = ""
+
+    def to_axis(self, values: np.ndarray) -> np.ndarray:
+        values = np.asarray(values, np.float64)
+        if self.kind == "signed":
+            return values
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = values / self.uniform
+            return np.where(np.isnan(ratio), np.nan, np.log2(np.clip(ratio, 2.0**-self.limit, 2.0**self.limit)))
+
+    def colours(self, values: np.ndarray) -> np.ndarray:
+        """RGBA of each value (what a panel draws before its transparency)."""
+        import matplotlib
+
+        norm = matplotlib.colors.Normalize(-self.limit, self.limit)
+        return matplotlib.colormaps[DIVERGING_CMAP](norm(self.to_axis(values)))
+
+    def ticks(self) -> tuple[list[float], list[str]]:
+        """Colour-bar ticks: powers of two in 'x uniform' on ratio scales, five signed values otherwise."""
+        if self.kind == "signed":
+            positions = list(np.linspace(-self.limit, self.limit, 5))
+            return positions, [f"{v:+.2g}" if v else "0" for v in positions]
+        step = max(1, int(np.ceil(self.limit / 3)))
+        positions = [float(k) for k in range(-int(self.limit), int(self.limit) + 1, step)]
+        return positions, [f"{2.0**k:g}x" if k >= 0 else f"1/{2.0**-k:g}x" for k in positions]
+
+
+def ratio_scale(values: np.ndarray, label: str, uniform: float | None = None) -> PanelScale:
+    """A diverging log2 scale of values over `uniform` (default: their mean over finite entries, i.e. uniform
+    attention over what the model saw), symmetric, at least MIN_RATIO_SPAN wide; a constant map (one region) is
+    neutral, and its colour bar finite."""
+    values = np.asarray(values, np.float64)
+    finite = values[np.isfinite(values)]
+    if uniform is None:
+        uniform = float(finite.mean()) if finite.size else 1.0
+    if not np.isfinite(uniform) or uniform <= 0:
+        return signed_scale(values, label)
+    positive = finite[finite > 0] / uniform
+    # the 98th percentile of the distance from uniform: a few near-zero entries do not wash out the rest (they
+    # saturate at the end of the scale instead)
+    spread = float(np.percentile(np.abs(np.log2(positive)), 98)) if positive.size else 0.0
+    limit = float(min(max(np.ceil(spread), MIN_RATIO_SPAN), MAX_RATIO_SPAN))
+    return PanelScale("ratio", limit, uniform, label)
+
+
+def signed_scale(values: np.ndarray, label: str) -> PanelScale:
+    """A diverging scale around 0 for signed attributions, symmetric over the largest magnitude (finite when all 0)."""
+    finite = np.asarray(values, np.float64)
+    finite = finite[np.isfinite(finite)]
+    peak = float(np.abs(finite).max()) if finite.size else 0.0
+    return PanelScale("signed", peak if peak > 0 else 1.0, label=label)
 
 
 def open_store_slide(attrs: dict) -> Slide:
@@ -130,7 +200,7 @@ def draw_heatmaps(
     path_for_id(out_dir, a.slide_id, what="slide id", where="heatmaps")  # every picture is named after it
     output_folder(out_dir.parent, out_dir.name, "heatmaps folder")  # a linked heatmaps/ never writes elsewhere
     with open_store_slide(attrs) as slide:
-        thumb, scale = thumbnail(slide)
+        thumb, px_scale = thumbnail(slide)
         crops = [
             [(tile_crop(slide, attrs, i, r, c), v) for r, c, v in top_tiles(a, i, top_k)]
             for i in range(len(a.level_names))
@@ -140,44 +210,20 @@ def draw_heatmaps(
             if a.region_size
             else []
         )
-    cell_px = float(attrs["cell_px"])
-    shape = thumb.shape[:2]
-    rows_cells = max((m.shape[0] for m in a.level_maps.values()), default=0)
-    cols_cells = max((m.shape[1] for m in a.level_maps.values()), default=0)
-    panels = [("slide", None, None), ("regions: AB-MIL attention", region_map(a, (rows_cells, cols_cells)), cell_px)]
-    share, enrich = a.level_share, a.level_enrichment
-    for i, name in enumerate(a.level_names):
-        title = f"{name}: {100 * share[name]:.0f}% of {'attention' if a.method.startswith('AB') else 'attribution'}"
-        if not a.token_fraction.get(name):
-            title = f"{name}: not in this model's bags"
-        if name in enrich and a.token_fraction.get(name, 0) < 1:
-            title += f" ({enrich[name]:.2f}x uniform)"
-        panels.append((title, a.level_maps[name], cell_px / 2**i))
-
+    panels = map_panels(a, float(attrs["cell_px"]))
     written = []
+    shape = thumb.shape[:2]
     fig, axes = plt.subplots(
-        1, len(panels), figsize=(3.4 * len(panels), 3.6 * shape[0] / shape[1] + 0.8), squeeze=False
+        1, len(panels), figsize=(3.4 * len(panels), 3.6 * shape[0] / shape[1] + 0.7), squeeze=False
     )
-    for ax, (title, values, unit) in zip(axes[0], panels):
+    for ax, (title, values, unit, scale) in zip(axes[0], panels):
         ax.imshow(thumb if values is None else _grey(thumb))
         if values is not None:
-            picture = map_on_thumbnail(values, unit, scale, shape)
-            if np.isfinite(picture).any():
-                low, high = float(np.nanmin(picture)), float(np.nanmax(picture))  # the slide's own range: contrast
-                im = ax.imshow(
-                    np.ma.masked_invalid(picture),
-                    cmap="inferno",
-                    alpha=0.8,
-                    vmin=low,
-                    vmax=max(high, low + 1e-12),
-                    interpolation="nearest",
-                )
-                fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
-            else:
-                ax.text(0.5, 0.5, "not used by this model", transform=ax.transAxes, ha="center", color="black")
-        ax.set_title(title, fontsize=9)
+            _draw_map(fig, ax, map_on_thumbnail(values, unit, px_scale, shape), scale)
+        ax.set_title(title, fontsize=8)
         ax.set_axis_off()
-    fig.suptitle(f"{a.slide_id}: score {a.score:.3f} ({a.method}; colours span this slide's range)", fontsize=10)
+    neutral = "white = uniform attention" if a.method.startswith("AB") else "white = no effect"
+    fig.suptitle(f"{a.slide_id}: score {a.score:.3f} ({a.method}; {neutral})", fontsize=10)
     fig.tight_layout(rect=(0, 0, 1, 0.95))
     written += _save(fig, out_dir / f"{a.slide_id}_maps", formats)
 
@@ -211,6 +257,59 @@ def draw_heatmaps(
         fig.tight_layout()
         written += _save(fig, out_dir / f"{a.slide_id}_regions", formats)
     return written
+
+
+def level_title(a: SlideAttribution, name: str) -> str:
+    """'20x: 77% of attention, 76% of tokens -> 1.01x uniform': a share is read against its token proportion, since
+    uniform attention already gives a level its share of the tokens."""
+    tokens = a.token_fraction.get(name)
+    if not tokens:
+        return f"{name}: not in this model's bags"
+    what = "attention" if a.method.startswith("AB") else "attribution"
+    share = a.level_share.get(name, 0.0)
+    return f"{name}: {100 * share:.0f}% of {what}, {100 * tokens:.0f}% of tokens -> {share / tokens:.2f}x uniform"
+
+
+def map_panels(
+    a: SlideAttribution, cell_px: float
+) -> list[tuple[str, np.ndarray | None, float | None, PanelScale | None]]:
+    """(title, map, level-0 px per map entry, colour scale) of each panel: the slide, the regions' attention, then
+    one map per magnification on one shared scale (so the levels compare)."""
+    rows_cells = max((m.shape[0] for m in a.level_maps.values()), default=0)
+    cols_cells = max((m.shape[1] for m in a.level_maps.values()), default=0)
+    panels: list = [("slide", None, None, None)]
+    if len(a.region_weight):
+        region_scale = ratio_scale(a.region_weight, "attention on the region / uniform")
+        title = f"regions: AB-MIL attention ({len(a.region_weight)} region{'s' if len(a.region_weight) > 1 else ''})"
+        panels.append((title, region_map(a, (rows_cells, cols_cells)), cell_px, region_scale))
+    every = np.concatenate([m.ravel() for m in a.level_maps.values()]) if a.level_maps else np.zeros(0)
+    if a.method.startswith("AB"):
+        level_scale = ratio_scale(every, "attention on the tile / uniform")
+    else:
+        level_scale = signed_scale(every, f"{a.method} (signed)")
+    for i, name in enumerate(a.level_names):
+        panels.append((level_title(a, name), a.level_maps[name], cell_px / 2**i, level_scale))
+    return panels
+
+
+def _draw_map(fig, ax, picture: np.ndarray, scale: PanelScale) -> None:
+    """One map over the pale slide, in its diverging colours, with a labelled colour bar."""
+    if not np.isfinite(picture).any():
+        ax.text(0.5, 0.5, "not used by this model", transform=ax.transAxes, ha="center", color="black")
+        return
+    im = ax.imshow(
+        np.ma.masked_invalid(scale.to_axis(picture)),
+        cmap=DIVERGING_CMAP,
+        alpha=0.85,
+        vmin=-scale.limit,
+        vmax=scale.limit,
+        interpolation="nearest",
+    )
+    bar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
+    positions, labels = scale.ticks()
+    bar.set_ticks(positions, labels=labels)
+    bar.ax.tick_params(labelsize=7)
+    bar.set_label(scale.label, fontsize=7)
 
 
 def _grey(rgb: np.ndarray) -> np.ndarray:

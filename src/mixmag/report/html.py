@@ -29,7 +29,7 @@ from ..store import read_attrs
 from ..train.classifier import SlideClassifier
 from ..weights_io import UnsafeCheckpointError
 from .heatmaps import draw_heatmaps
-from .magnification import magnification_section
+from .magnification import magnification_section, not_learnt_caveat
 
 
 class ReportWarning(MixmagWarning):
@@ -224,20 +224,29 @@ def _heatmaps(run: Path, config: dict, rows: list[dict]) -> tuple[list[tuple[str
     return out, "; ".join(refused.values()) or None
 
 
-def _heatmap_section(run: Path, config: dict, rows: list[dict]) -> list[str]:
+def _heatmap_section(run: Path, config: dict, rows: list[dict], caveat: str | None = None) -> list[str]:
     e = html_text
     shown, problem = _heatmaps(run, config, rows)
     parts = [
         "<h2>Where the model looked, per magnification</h2>",
         "<p>Per test slide: the attention each region received, and the attention (or gradient x input attribution, "
         "for models pooling whole regions) on the 5x, 10x and 20x tiles, each over the slide; then the most attended "
-        "tiles of each magnification. The share of each magnification is also given relative to its share of the "
-        "tokens (1.00x = as much as uniform attention).</p>",
+        "tiles of each magnification. Attention is coloured as its ratio to uniform attention (white = uniform, red "
+        "above, blue below); signed attributions around 0 (white = no effect). Each magnification's share is given "
+        "beside its share of the tokens, since uniform attention already gives a level its token share "
+        "(1.00x = as much as uniform attention).</p>",
     ]
+    if caveat:
+        parts.append(f"<p class='caveat'><b>Read these maps with care. {e(caveat)}</b></p>")
     for slide, why, summary, pictures in shown:
-        enrichment = summary["level_enrichment"]
+        enrichment, tokens = summary["level_enrichment"], summary.get("token_fraction", {})
         shares = ", ".join(
-            f"{e(k)} {100 * v:.0f}% ({f'{enrichment[k]:.2f}x uniform' if k in enrichment else 'not in its bags'})"
+            f"{e(k)} {100 * v:.0f}% "
+            + (
+                f"on {100 * tokens[k]:.0f}% of the tokens ({enrichment[k]:.2f}x uniform)"
+                if k in enrichment
+                else "(not in its bags)"
+            )
             for k, v in summary["level_share"].items()
         )
         parts.append(
@@ -345,8 +354,8 @@ def build_report(run: str | Path, timings: dict | None = None, *, heatmaps: bool
         parts.append("<h2>QC: test slides with their regions</h2>")
         parts += [f"<div class='qc'><img alt='QC {e(name)}' src='{src}'><div>{e(name)}</div></div>" for name, src in qc]
     if heatmaps:
-        parts += magnification_section(run, config, test_rows)
-        parts += _heatmap_section(run, config, test_rows)
+        parts += magnification_section(run, config, test_rows, metrics)
+        parts += _heatmap_section(run, config, test_rows, not_learnt_caveat(metrics))
     if timings:
         parts.append(
             "<h2>Stage timings</h2><table>"

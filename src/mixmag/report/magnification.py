@@ -16,6 +16,7 @@ from ..errors import MixmagError
 from ..eval.attribution import (
     ATTENTION,
     CAUSAL_MEASURES,
+    LEARNT_AUROC,
     LevelImportance,
     cohort_summary,
     importance_ratio,
@@ -76,13 +77,40 @@ def verdict(rows: list[dict], token_fraction: np.ndarray | None) -> str:
     return words
 
 
-def magnification_section(run: Path, config: dict, rows: list[dict]) -> list[str]:
+def model_auroc(metrics: dict | None) -> tuple[str, float] | None:
+    """(split, AUROC) the model is judged on: test, else tune when the test AUROC is missing or undefined."""
+    for split in ("test", "tune"):
+        auroc = ((metrics or {}).get(split) or {}).get("auroc")
+        if isinstance(auroc, (int, float)) and np.isfinite(auroc):
+            return split, float(auroc)
+    return None
+
+
+def not_learnt_caveat(metrics: dict | None) -> str | None:
+    """Why no magnification conclusion is drawn, when the model's AUROC is below LEARNT_AUROC; None otherwise."""
+    judged = model_auroc(metrics)
+    if judged is not None and judged[1] >= LEARNT_AUROC:
+        return None
+    where = f"its {judged[0]} AUROC is {judged[1]:.3f}" if judged else "its AUROC is undefined"
+    return (
+        f"No conclusion about magnifications: {where}, below {LEARNT_AUROC}, so the model has not learnt the task, "
+        "and what it attends to says nothing about which magnification carries the signal (the benchmark marks such "
+        "rows n/a for the same reason)."
+    )
+
+
+def magnification_section(run: Path, config: dict, rows: list[dict], metrics: dict | None = None) -> list[str]:
+    """The panel, or why it is empty: one level only, no positive test slides, or a model at chance
+    (`metrics` of the run; below LEARNT_AUROC the panel is one caveat sentence)."""
     e = html.escape
     parts = ["<h2>Which magnification mattered</h2>"]
     if reads_one_level(str(config.get("bags")), config.get("region_level")):
         return parts + [
             "<p>This model reads one magnification only; there is nothing to attribute between magnifications.</p>"
         ]
+    caveat = not_learnt_caveat(metrics) if metrics is not None else None
+    if caveat:
+        return parts + [f"<p class='caveat'><b>{e(caveat)}</b></p>"]
     slides = positive_test_slides(rows)
     if not slides:
         return parts + ["<p>No positive test slides.</p>"]

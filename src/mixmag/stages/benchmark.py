@@ -23,6 +23,7 @@ from ..errors import ConfigError
 from ..eval.attribution import (
     CAUSAL_MEASURES,
     INTEGRATED_GRADIENTS,
+    LEARNT_AUROC,
     LevelImportance,
     cohort_summary,
     importance_ratio,
@@ -349,11 +350,8 @@ def ig_baseline_check(importances: list[LevelImportance]) -> dict:
     }
 
 
-LEARNT = 0.7  # below this test AUROC a model has not learnt the task and its attribution says nothing about the scale
-
-
 def _recovery_word(row: dict) -> str:
-    if row["test_auroc"] < LEARNT:
+    if row["test_auroc"] < LEARNT_AUROC:
         return "n/a (the model did not learn the task)"
     if row.get("baseline_above_fraction", 0) > 0.5:
         return (

@@ -43,6 +43,7 @@ class SlideOutcome:
     score: float | None = None
     problem: str | None = None
     level_share: dict[str, float] = field(default_factory=dict)
+    token_fraction: dict[str, float] = field(default_factory=dict)  # what uniform attention gives each level
     pictures: list[Path] = field(default_factory=list)
 
 
@@ -258,6 +259,7 @@ def score_slides(
             outcome.score = classifier.score([slide])[slide]
             attribution = explain_slide(classifier, slide, path, method)
             outcome.level_share = attribution.level_share
+            outcome.token_fraction = attribution.token_fraction
             save_attribution(attribution, path_for_id(maps, slide, ".npz"))
             if heatmaps:
                 try:
@@ -292,13 +294,15 @@ def write_outcomes(
     path: Path, outcomes: list[SlideOutcome], specimen_of: dict[str, str] | None, levels: list[str], how: str = "max"
 ) -> Path:
     """predictions CSV: specimen and slide scores (the run's max or mean over a specimen's scored
-    slides), each level's share of the attribution, and why a slide has no score."""
+    slides), each level's share of the attribution beside its share of the tokens (uniform attention's share), and
+    why a slide has no score."""
     specimen_of = specimen_of or {}
     by_specimen: dict[str, list[float]] = {}
     for o in outcomes:
         if o.score is not None:
             by_specimen.setdefault(specimen_of.get(o.slide_id, o.slide_id), []).append(o.score)
-    header = ["specimen", "slide", "slide_score", "specimen_score", *[f"share_{n}" for n in levels], "problem"]
+    shares, tokens = [f"share_{n}" for n in levels], [f"tokens_{n}" for n in levels]
+    header = ["specimen", "slide", "slide_score", "specimen_score", *shares, *tokens, "problem"]
     rows = []
     for o in outcomes:
         spec = specimen_of.get(o.slide_id, o.slide_id)
@@ -310,6 +314,7 @@ def write_outcomes(
                 "" if o.score is None else f"{o.score:.6f}",
                 f"{_reduce(spec_scores, how):.6f}" if spec_scores else "",
                 *[f"{o.level_share[n]:.4f}" if n in o.level_share else "" for n in levels],
+                *[f"{o.token_fraction[n]:.4f}" if n in o.token_fraction else "" for n in levels],
                 o.problem or "",
             ]
         )
