@@ -24,6 +24,7 @@ from rich.table import Table
 from rich.text import Text
 from typer.core import TyperGroup
 
+from . import __version__
 from .config import model_default
 from .errors import MixmagError, MixmagWarning, OptionError
 from .fileio import is_unwritable, output_error, read_json_limited
@@ -65,8 +66,19 @@ console = plain_console()  # markup is never parsed: paths and messages print as
 err_console = plain_console(stderr=True)
 
 
+def _show_version(value: bool) -> None:
+    if value:
+        console.print(f"mixmag {__version__}", highlight=False)
+        raise typer.Exit(0)
+
+
 @app.callback()
-def _main() -> None:
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_show_version, is_eager=True, help="Print mixmag's version and exit."),
+    ] = False,
+) -> None:
     """mixmag's own warnings print as one plain line; Python's and libraries' ones as before."""
     python_show = warnings.showwarning
 
@@ -242,7 +254,12 @@ def embed(
         bool, typer.Option("--from-hub", help="Download the preset's weights from the Hugging Face hub.")
     ] = False,
     random_init: Annotated[
-        bool, typer.Option("--random-init", help="Random weights (tests and benchmarks only).")
+        bool,
+        typer.Option(
+            "--random-init",
+            help="Random weights (tests and benchmarks only): drawn from a fixed seed, recorded in each store "
+            "(encoder_weights_random).",
+        ),
     ] = False,
     output: Annotated[Optional[str], typer.Option(help="cls or cls+mean [the preset's default].")] = None,
     batch_cells: Annotated[int, typer.Option(help="Cells per batch (21 tiles each with 3 levels).")] = 8,
@@ -635,9 +652,13 @@ def doctor(
         Optional[list[Path]], typer.Argument(help="Slide files or folders (DICOM, OME-Zarr); none: only the readers.")
     ] = None,
     mpp: Annotated[Optional[float], typer.Option(help="The mpp override `mixmag tile --mpp` would get.")] = None,
+    region_size: Annotated[
+        int, typer.Option(min=1, help="The region side in cells `mixmag tile --region-size` would get.")
+    ] = TilingParams().region_size,
 ) -> None:
     """Which slide readers are installed, and per slide which of them read it, at what mpp, how fast, and what
-    `mixmag tile` will do (exit 1 when a slide cannot be tiled)."""
+    `mixmag tile` will do (exit 1 when a slide cannot be tiled; a slide too small for a region is said, with the
+    region sizes that fit)."""
     from .slides.doctor import check_paths, installed_backends
 
     table = Table(title="Slide readers")
@@ -646,7 +667,7 @@ def doctor(
     for name, ok, version, install in installed_backends():
         table.add_row(name, "yes" if ok else "no", version, "" if ok else (install or ""))
     console.print(table)
-    checks = check_paths(list(slides or []), mpp)
+    checks = check_paths(list(slides or []), mpp, region_size=region_size)
     for check in checks:
         _print_slide_check(check)
     if any(not c.can_tile for c in checks):
@@ -686,6 +707,8 @@ def _print_slide_check(check) -> None:
             )
     style = "green" if check.can_tile else "red"
     console.print(f"  {check.verdict}", style=style, highlight=False, soft_wrap=True)
+    if check.region_note:
+        console.print(f"  but it is {check.region_note}", style="yellow", highlight=False, soft_wrap=True)
 
 
 @app.command("encoders")

@@ -20,6 +20,9 @@ class EncoderWeightsError(MixmagError):
     pass
 
 
+RANDOM_INIT_SEED = 0  # `--random-init` weights are drawn from this seed: the same on every run, so stores compare
+
+
 class DeviceTransform(nn.Module):
     """uint8 (B, H, W, 3) tiles -> normalised float (B, 3, size, size), on the model's device."""
 
@@ -52,8 +55,16 @@ class DeviceTransform(nn.Module):
 class TileEncoder(nn.Module):
     """A foundation model with its input transform and output pooling: (B, H, W, 3) uint8 -> (B, D)."""
 
-    def __init__(self, preset: EncoderPreset, backbone: nn.Module, output: OutputMode, weights_digest: str) -> None:
+    def __init__(
+        self,
+        preset: EncoderPreset,
+        backbone: nn.Module,
+        output: OutputMode,
+        weights_digest: str,
+        random_seed: int | None = None,
+    ) -> None:
         super().__init__()
+        self.random_seed = random_seed  # not None: a foundation model's architecture with random weights
         self.preset = preset
         self.backbone = backbone
         self.transform = DeviceTransform(preset.transform)
@@ -70,12 +81,19 @@ class TileEncoder(nn.Module):
         return torch.cat([cls, tokens[:, self.num_prefix_tokens :].mean(dim=1)], dim=-1)
 
     def provenance(self) -> dict:
+        """What a store records of the encoder; random weights are said so (`encoder_weights_random`, with the seed),
+        and stores without the attribute were made with real (or built-in) weights."""
+        random = (
+            {}
+            if self.random_seed is None
+            else {"encoder_weights_random": True, "encoder_weights_seed": self.random_seed}
+        )
         return {
             "encoder": self.preset.name,
             "encoder_weights_digest": self.weights_digest,
             "encoder_output": self.output,
             "embedding_dim": self.dim,
-        }
+        } | random
 
 
 def build_backbone(preset: EncoderPreset, overrides: dict | None = None) -> nn.Module:
@@ -98,7 +116,7 @@ def build_encoder(
     overrides: dict | None = None,
 ) -> TileEncoder:
     """A ready encoder. Foundation models need weights (a local file, or the hub with access);
-    random weights only when asked for explicitly (tests, benchmarks)."""
+    random weights only when asked for explicitly (tests, benchmarks), drawn from RANDOM_INIT_SEED and recorded."""
     preset = get_preset(name)
     output = output or preset.output
     if output not in ("cls", "cls+mean"):
@@ -113,6 +131,12 @@ def build_encoder(
             f"encoder {name!r} needs its weights: pass --weights PATH (.safetensors, .pt or .bin) or --from-hub "
             f"(Hugging Face access to {preset.hub_id or 'the model'} required). {preset.license}".strip()
         )
+    elif preset.needs_weights:  # random_init: seeded, so two runs give the same weights, and the store says so
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(RANDOM_INIT_SEED)
+            backbone = build_backbone(preset, overrides)
+        backbone.eval()
+        return TileEncoder(preset, backbone, output, state_digest(backbone), random_seed=RANDOM_INIT_SEED)
     else:
         backbone = build_backbone(preset, overrides)
     backbone.eval()

@@ -258,6 +258,39 @@ def _heatmap_section(run: Path, config: dict, rows: list[dict], caveat: str | No
     return parts
 
 
+def _timings_section(timings: dict) -> list[str]:
+    """Stage timings: seconds per stage ({stage: s}), or the demo's record ({stage: {seconds, reused, run, runs}}),
+    which says when a stage's time comes from an earlier run because this one reused its outputs."""
+    e = html_text
+    rows, reused = [], False
+    for stage, value in timings.items():
+        note, seconds = "", value
+        if isinstance(value, dict):
+            seconds = value.get("seconds")
+            if value.get("reused"):
+                reused = True
+                earlier = value.get("runs", 1) != 1 and value.get("run") != value.get("runs")
+                note = (
+                    f"reused in this run; time of run {value.get('run')} of {value.get('runs')}, which did the work"
+                    if earlier
+                    else "reused outputs of an earlier run (its time was not recorded)"
+                )
+        rows.append(f"<tr><td>{e(stage)}</td><td>{html_value(seconds, '.1f')} s</td><td>{e(note)}</td></tr>")
+    intro = (
+        "<p>Stages marked reused made nothing new in the run that wrote this report; their times are those of the run "
+        "that did the work.</p>"
+        if reused
+        else ""
+    )
+    return [
+        "<h2>Stage timings</h2>",
+        intro,
+        "<table><tr><th>stage</th><th>time</th><th>note</th></tr>",
+        *rows,
+        "</table>",
+    ]
+
+
 def run_title(run: Path, config: dict) -> tuple[str, str, str]:
     """(task, method, seed) of a run: from an experiment grid's <task>/<method>/seed<k> folders, else from the
     cohort table's name and the bags the model reads."""
@@ -290,7 +323,10 @@ def split_counts(config: dict, metrics: dict, splits: dict, rows: dict[str, list
         }
 
 
-def build_report(run: str | Path, timings: dict | None = None, *, heatmaps: bool = True) -> Path:
+def build_report(
+    run: str | Path, timings: dict | None = None, *, heatmaps: bool = True, notice: str | None = None
+) -> Path:
+    """RUN/report.html; `notice` is shown first, in bold (the demo's: the data are synthetic)."""
     run = Path(run)
     folder = TrainRun(run)
     if not folder.config.is_file() or not folder.metrics.is_file():
@@ -310,7 +346,9 @@ def build_report(run: str | Path, timings: dict | None = None, *, heatmaps: bool
         "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}"
         "th{background:#f0f3f7}pre{background:#f6f6f6;padding:1em;overflow:auto}img{max-width:100%}"
         ".qc{display:inline-block;margin:6px;width:320px;vertical-align:top}.qc img{width:100%}</style></head><body>",
-        f"<h1>mixmag: {e(title)}</h1><p>run folder {e(shown_path(run))}</p>",
+        f"<h1>mixmag: {e(title)}</h1>",
+        f"<p class='notice' style='background:#fff3cd;padding:0.6em'><b>{e(notice)}</b></p>" if notice else "",
+        f"<p>run folder {e(shown_path(run))}</p>",
         f"<p>bags: <b>{e(config.get('bags'))}</b>; chosen epoch {e(metrics.get('best_epoch'))} (selected on "
         "tune AUROC only); "
         f"mixmag {e(__version__)}</p>",
@@ -357,10 +395,6 @@ def build_report(run: str | Path, timings: dict | None = None, *, heatmaps: bool
         parts += magnification_section(run, config, test_rows, metrics)
         parts += _heatmap_section(run, config, test_rows, not_learnt_caveat(metrics))
     if timings:
-        parts.append(
-            "<h2>Stage timings</h2><table>"
-            + "".join(f"<tr><td>{e(k)}</td><td>{html_value(v, '.1f')} s</td></tr>" for k, v in timings.items())
-            + "</table>"
-        )
+        parts += _timings_section(timings)
     parts.append(f"<h2>Configuration</h2><pre>{e(json.dumps(config, indent=1))}</pre></body></html>")
     return write_atomic(folder.report, "\n".join(parts))

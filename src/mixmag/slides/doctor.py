@@ -54,6 +54,7 @@ class SlideCheck:
     chosen: str | None = None
     verdict: str = ""
     can_tile: bool = False
+    region_note: str | None = None  # too small for the configured regions, and which region sizes fit
 
 
 def installed_backends() -> list[tuple[str, bool, str, str | None]]:
@@ -72,18 +73,24 @@ def installed_backends() -> list[tuple[str, bool, str, str | None]]:
 
 
 def check_paths(
-    paths: list[Path], mpp: float | None = None, levels: LevelSpec | None = None, cells: int = 2
+    paths: list[Path],
+    mpp: float | None = None,
+    levels: LevelSpec | None = None,
+    cells: int = 2,
+    region_size: int = 3,
 ) -> list[SlideCheck]:
     """Diagnose every slide the paths hold (a DICOM folder with several series is several slides)."""
     out = []
     for path in paths:
         path = Path(path)
         entries = slide_entries(path) if path.exists() else [(path, path.name)]
-        out += [check_slide(p, sid, mpp, levels or LevelSpec(), cells) for p, sid in entries]
+        out += [check_slide(p, sid, mpp, levels or LevelSpec(), cells, region_size) for p, sid in entries]
     return out
 
 
-def check_slide(path: Path, slide_id: str, mpp: float | None, levels: LevelSpec, cells: int) -> SlideCheck:
+def check_slide(
+    path: Path, slide_id: str, mpp: float | None, levels: LevelSpec, cells: int, region_size: int = 3
+) -> SlideCheck:
     checks = (
         [BackendCheck(c.backend, c.reason, c.installed, c.install) for c in candidates(path)] if path.exists() else []
     )
@@ -106,8 +113,11 @@ def check_slide(path: Path, slide_id: str, mpp: float | None, levels: LevelSpec,
                 f"grid {grid.n_rows} x {grid.n_cols} cells of {levels.cell_um:g} um"
             )
             result.can_tile = True
+            result.region_note = region_fit_note(grid, slide.mpp, levels.cell_um, region_size)
     except MixmagError as exc:
         result.verdict = f"`mixmag tile` cannot tile it: {exc}"
+    _speed_follows_measurement(checks)
+    _readable_is_not_corrupt(checks, result.chosen if result.can_tile else None)
     if result.chosen in reads:
         for check in checks:
             if check.backend in reads and reads[check.backend].shape == reads[result.chosen].shape:
@@ -115,6 +125,52 @@ def check_slide(path: Path, slide_id: str, mpp: float | None, levels: LevelSpec,
                     np.abs(reads[check.backend].astype(np.int16) - reads[result.chosen]).mean()
                 )
     return result
+
+
+def region_fit_note(grid: CellGrid, mpp: float, cell_um: float, region_size: int) -> str | None:
+    """None when at least one t x t region fits the slide's grid; otherwise what it needs and which t fit."""
+    t = region_size
+    if (grid.n_rows // t) * (grid.n_cols // t) > 0:
+        return None
+    side_mm = t * cell_um / 1000
+    width_mm, height_mm = grid.width * mpp / 1000, grid.height * mpp / 1000
+    fits = [(s, (grid.n_rows // s) * (grid.n_cols // s)) for s in range(t - 1, 0, -1)]
+    fits = [(s, n) for s, n in fits if n]
+    what = (
+        "; ".join(f"`--region-size {s}` fits {n} region{'s' if n > 1 else ''}" for s, n in fits)
+        if fits
+        else "no region size fits: it is smaller than one cell"
+    )
+    return (
+        f"too small for a {t}x{t} region of {cell_um:g} um cells (needs at least {side_mm:.2f} x {side_mm:.2f} mm; "
+        f"the slide is {width_mm:.2f} x {height_mm:.2f} mm, {grid.n_rows} x {grid.n_cols} whole cells), so "
+        f"`mixmag tile` would give it an empty plan; {what} (before the tissue check)"
+    )
+
+
+def _speed_follows_measurement(checks: list[BackendCheck]) -> None:
+    """A reason that calls a reader faster (or fastest) is corrected when this slide's measurement says otherwise."""
+    rates = {c.backend: c.tiles_per_s for c in checks if c.tiles_per_s}
+    if len(rates) < 2:
+        return
+    best = max(rates, key=lambda b: rates[b])
+    for c in checks:
+        if c.backend in rates and c.backend != best and ("faster" in c.reason or "fastest" in c.reason):
+            kind = c.reason.split(":", 1)[0]
+            c.reason = (
+                f"{kind}: tried first for this kind of file, but on this slide {best} read faster "
+                f"({rates[best]:.0f} vs {rates[c.backend]:.0f} tiles/s, measured below)"
+            )
+
+
+def _readable_is_not_corrupt(checks: list[BackendCheck], reader: str | None) -> None:
+    """One reader failing to decode a file that another reads is that reader's limit, not a corrupt file."""
+    if reader is None:
+        return
+    for c in checks:
+        if c.error and c.backend != reader and "probably corrupt" in c.error:
+            cause = c.error.split(" Fix: ")[0].rstrip(". ")
+            c.error = f"{c.backend} cannot decode it ({cause}); {reader} reads it, so the file itself is readable"
 
 
 def _check_backend(

@@ -248,17 +248,29 @@ def plot_differences(grid: GridConfig, results: dict) -> Path | None:
     if not others:
         return None
     diffs = {m: [100 * (np.mean(results[t][m]) - np.mean(results[t][grid.baseline])) for t in tasks] for m in others}
-    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(others), 3.6))
+    fig, ax = plt.subplots(figsize=(2.2 + 0.9 * len(others), 3.6))
     x = np.arange(len(others))
-    ax.bar(x, [np.mean(diffs[m]) for m in others], color="#8fb3d9", edgecolor="#2b5d8c")
-    for i, m in enumerate(others):
+    ax.bar(x, [np.mean(diffs[m]) for m in others], color="#8fb3d9", edgecolor="#2b5d8c", label="mean over tasks")
+    offsets = np.linspace(-0.15, 0.15, len(tasks))
+    markers = "os^DvP*X"
+    colours = plt.get_cmap("tab10")
+    for j, task in enumerate(tasks):  # one marker and colour per task, named in the legend
         ax.scatter(
-            np.full(len(tasks), i) + np.linspace(-0.15, 0.15, len(tasks)), diffs[m], color="#2b5d8c", s=14, zorder=3
+            x + offsets[j],
+            [diffs[m][j] for m in others],
+            color=colours(j % 10),
+            marker=markers[j % len(markers)],
+            edgecolor="black",
+            linewidth=0.4,
+            s=22,
+            zorder=3,
+            label=task,
         )
     ax.axhline(0, color="black", lw=0.8)
     ax.set_xticks(x, others, rotation=35, ha="right")
     ax.set_ylabel(f"test AUROC - {grid.baseline} (x 100)")
     ax.set_title("Difference to the baseline (points: tasks; bars: mean)")
+    ax.legend(fontsize=7, loc="best", framealpha=0.85)
     fig.tight_layout()
     path = Path(grid.out) / "differences.png"
     try:
