@@ -1,3 +1,4 @@
+import html
 import json
 from pathlib import Path
 
@@ -182,8 +183,20 @@ def test_demo_small_configuration_produces_a_well_formed_table(tmp_path):
         assert abs(values[-1] - sum(values[:-1]) / 3) < 1e-3
     timings = json.loads((tmp_path / "demo" / "timings.json").read_text())
     assert len(timings) == 5 and all(v >= 0 for v in timings.values())
+    report = html.unescape(next((tmp_path / "demo" / "results").glob("*/MEM-patch/seed0/report.html")).read_text())
+    assert "SYNTHETIC" in report and "not the paper's results" in report  # the reports say so too
     again = _invoke("demo", "--small", "--out", tmp_path / "demo")
     assert again.exit_code == 0 and "(reused)" in again.output and "reusing" in again.output
+    # a rerun keeps the first run's timings (issue 30: it overwrote them with the 0-4 s of reusing) and says so
+    assert json.loads((tmp_path / "demo" / "timings.json").read_text()) == timings
+    runs = json.loads((tmp_path / "demo" / "timings_runs.json").read_text())
+    assert [sorted({s["reused"] for s in r["stages"].values()}) for r in runs] == [[False], [True]]
+    assert "(run 1 of 2; reused in this one)" in again.output
+    report = html.unescape(next((tmp_path / "demo" / "results").glob("*/MEM-patch/seed0/report.html")).read_text())
+    assert "reused in this run; time of run 1 of 2" in report
+    for stage, seconds in timings.items():
+        assert f"<td>{stage}</td><td>{seconds:.1f} s</td>" in report
+    assert "tiles embedded" in result.output and "pretraining steps" in result.output  # bars in every long stage
     meta = json.loads((tmp_path / "demo" / "pretrain" / "mixer.json").read_text())  # no test slide seen in pretraining
     assert sorted(Path(p).name for p in meta["pretraining"]["exclude_test_of"]) == [
         "cohort_coarse.csv",

@@ -3,16 +3,19 @@ store, the licence file the package metadata names, and the test command that in
 
 from __future__ import annotations
 
+import io
 import tomllib
 from pathlib import Path
 
 import torch
+from rich.console import Console
 from typer.testing import CliRunner
 
 from mixmag import __version__
 from mixmag.cli import app
 from mixmag.encoders.model import RANDOM_INIT_SEED, build_encoder
 from mixmag.encoders.registry import EncoderPreset, InputTransform, register_preset
+from mixmag.stages.progress import work_progress
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -25,6 +28,24 @@ register_preset(
         transform=InputTransform(224, None, "bilinear"),
     )
 )
+
+
+def test_progress_off_a_terminal_prints_lines_with_counts_rate_and_time_left():
+    """A log (CI, a file) cannot redraw a bar: the demo printed nothing for 38 minutes of embedding (issue 30)."""
+    out = io.StringIO()
+    with work_progress(Console(file=out, width=120), log_every=0) as progress:
+        task = progress.add_task("tiles embedded", total=63, unit="tiles")
+        for _ in range(3):
+            progress.advance(task, 21)
+    lines = out.getvalue().splitlines()
+    assert lines[0].startswith("tiles embedded: 21/63 tiles (") and lines[1].startswith("tiles embedded: 42/63 tiles (")
+    assert "tiles/s)" in lines[1] and lines[1].endswith(" left")
+    assert "63/63" in lines[-1]  # the bar's own last line when the display stops
+    quiet = io.StringIO()
+    with work_progress(Console(file=quiet, width=120)) as progress:  # 30 s between lines by default
+        task = progress.add_task("steps", total=5, unit="steps")
+        progress.advance(task)
+    assert "1/5" in quiet.getvalue() and quiet.getvalue().count("\n") == 1
 
 
 def test_version_prints_and_exits():

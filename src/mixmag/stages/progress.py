@@ -49,6 +49,15 @@ class RateColumn(ProgressColumn):
         return Text(rate_text(task), style="progress.data.speed")
 
 
+class LeftColumn(TimeRemainingColumn):
+    """'0:01:08 left' while the total is known; nothing when it is not (no estimate is better than a blank one)."""
+
+    def render(self, task: Task) -> Text:
+        if task.total is None:
+            return Text("")
+        return Text.assemble(super().render(task), " left")
+
+
 class WorkProgress(Progress):
     """A rich Progress that, off a terminal, prints each task's figures as a line at most every `log_every` s."""
 
@@ -85,7 +94,7 @@ class WorkProgress(Progress):
 def progress_line(task: Task) -> str:
     """'tiles embedded: 420/1,260 tiles (35.0 tiles/s), 0:00:12 spent, 0:00:24 left' for logs."""
     total = "?" if task.total is None else f"{task.total:,.0f}"
-    left = "" if task.finished else f", {_clock(task.time_remaining)} left"
+    left = "" if task.finished or task.total is None else f", {_clock(task.time_remaining)} left"
     unit = task.fields.get("unit", "items")
     return (
         f"{task.description}: {task.completed:,.0f}/{total} {unit} ({rate_text(task)}), "
@@ -101,9 +110,8 @@ def work_progress(console: Console | None = None, *, log_every: float = LOG_EVER
         MofNCompleteColumn(),
         RateColumn(),
         TimeElapsedColumn(),
-        TextColumn("spent,"),
-        TimeRemainingColumn(),
-        TextColumn("left"),
+        TextColumn("spent"),
+        LeftColumn(),
         console=console,
         transient=False,
         log_every=log_every,
