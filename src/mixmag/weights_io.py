@@ -18,12 +18,13 @@ import os
 import pickle
 import zipfile
 from pathlib import Path
-from typing import Any, BinaryIO
-
-import torch
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from .errors import MixmagError
 from .fileio import open_regular
+
+if TYPE_CHECKING:  # torch is imported where weights are loaded: tiling (which checks tissue models) never pays for it
+    import torch
 
 GiB = 1 << 30
 # 4x the largest tile encoder mixmag knows (a ViT-giant of ~1.1 billion parameters: 4.5 GB in float32), so any real
@@ -52,6 +53,8 @@ def load_torch_weights(path: str | Path, *, fix: str, map_location: Any = "cpu")
         check_zip_records(handle, path, fix=fix)
         handle.seek(0)
         try:
+            import torch
+
             return torch.load(handle, map_location=map_location, weights_only=True)
         except pickle.UnpicklingError:
             why = "it holds Python objects besides tensors (a pickle), which mixmag never loads"

@@ -13,11 +13,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-
-import pydicom
+from typing import TYPE_CHECKING
 
 from ...errors import SlideUnreadableError
 from ...fileio import UnsafePathError, open_regular
+
+if TYPE_CHECKING:  # pydicom is imported where a DICOM header is read: an SVS never pays for it
+    import pydicom
 
 WSI_STORAGE = "1.2.840.10008.5.1.4.1.1.77.1.6"  # VL Whole Slide Microscopy Image Storage (SOP Class UID)
 _HEADER_TAGS = [
@@ -89,6 +91,8 @@ def _volume_header(path: Path) -> tuple[int, pydicom.Dataset] | None:
     """(pixel count, header) of a whole-slide VOLUME instance; None for labels, overviews, other DICOM files and
     damaged headers (files are untrusted: the reader reports a slide it cannot open, grouping never fails)."""
     try:
+        import pydicom
+
         ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
         image_type = [str(v).upper() for v in (ds.get("ImageType") or [])]
         if str(ds.get("SOPClassUID", "")) != WSI_STORAGE or (image_type and "VOLUME" not in image_type):

@@ -14,7 +14,6 @@ import math
 from pathlib import Path
 
 import numpy as np
-import zarr
 
 from ..tiff_tiles import MAX_SEGMENT_PIXELS
 from .base import BackendHandle, NativeMpp, as_rgb
@@ -54,6 +53,8 @@ class OmeZarrHandle(BackendHandle):
     name = "omezarr"
 
     def __init__(self, path: Path) -> None:
+        import zarr  # here, not at module level: tiling an SVS never imports zarr
+
         group = zarr.open_group(str(path), mode="r")
         ms = _multiscale(dict(group.attrs))
         axes = [a if isinstance(a, dict) else {"name": str(a)} for a in ms.get("axes", [])]
