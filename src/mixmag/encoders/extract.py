@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
-from ..devices import embedding_autocast
+from ..devices import embedding_autocast, keep_freed_memory
 from ..errors import MixmagError
 from ..slides.pyramids import ReadMode, read_pyramid
 from ..slides.reader import Slide
@@ -169,6 +169,8 @@ def embed_slides(
     work = [j for j in jobs if j.n_cells]
     if not work:
         return
+    if device.type == "cpu":
+        keep_freed_memory()  # a CPU batch's large intermediates are reused, not zero-filled again by the kernel
     dataset = CellTiles(work, mode)
     loader = DataLoader(
         dataset,
