@@ -27,7 +27,7 @@ from typer.core import TyperGroup
 from . import __version__
 from .config import model_default
 from .errors import MixmagError, MixmagWarning, OptionError
-from .fileio import is_unwritable, output_error, read_json_limited
+from .fileio import is_unwritable, output_error, read_json_limited, read_text_limited
 from .markup import labelled, plain_console
 from .slides.params import TilingParams, TissueParams
 from .stages.progress import work_progress
@@ -441,6 +441,9 @@ def train(
 
     cfg = load_train_config(config, set_)
     dev = choose_device(device)
+    if cfg.cv is not None:
+        _cross_validate(cfg, dev)
+        return
     console.print(
         f"Training AB-MIL on {cfg.bags} "
         f"bags{' with a ' + cfg.mixer.init + ' mixer (' + cfg.mixer.output + ')' if cfg.mixer else ''} -> {cfg.out}",
@@ -459,6 +462,39 @@ def train(
     _print_metrics(metrics)
 
 
+def _cross_validate(cfg, dev) -> None:
+    """`mixmag train` with a `cv:` section: every fold's run, then the summary (cv.md) printed."""
+    from .stages.crossval import run_cross_validation
+
+    console.print(
+        f"Cross-validating AB-MIL on {cfg.bags} bags: {cfg.cv.folds} folds -> {cfg.out}/fold-<i>/", soft_wrap=True
+    )
+
+    def fold_done(index: int, metrics: dict, reused: bool) -> None:
+        primary = metrics.get("primary", "auroc")
+        done = "reused (finished before)" if reused else "trained"
+        console.print(f"fold {index}: {done}; test {primary} {metrics['test'][primary]:.3f}", highlight=False)
+
+    with _progress() as progress:
+        task = progress.add_task("training epochs", total=None, unit="epochs")
+        run_cross_validation(
+            cfg,
+            on_fold=fold_done,
+            on_epoch=lambda h: progress.update(task, advance=1),
+            on_note=lambda note: console.print(f"note: {note}", style="yellow", soft_wrap=True, highlight=False),
+            device=dev,
+        )
+    _print_cross_validation(Path(cfg.out))
+
+
+def _print_cross_validation(folder: Path) -> None:
+    from .runs import CrossValRun
+
+    run = CrossValRun(folder)
+    run.read_summary()  # refuses a folder without a finished summary, in one sentence
+    console.print(read_text_limited(run.summary_md, "json", what="cv.md"), highlight=False, soft_wrap=True)
+
+
 def _print_metrics(metrics: dict) -> None:
     for name in ("tune", "test"):
         m = metrics[name]
@@ -471,9 +507,14 @@ def _print_metrics(metrics: dict) -> None:
 
 @app.command()
 def evaluate(run: Annotated[Path, typer.Argument(help="A run folder of `mixmag train`.")]) -> None:
-    """Print a run's specimen-level AUROC with bootstrap 95% CIs (from its saved predictions)."""
+    """Print a run's specimen-level AUROC with bootstrap 95% CIs (from its saved predictions); for a cross-validated
+    folder, its summary (cv.md)."""
     from .eval.runs import evaluate_run
+    from .runs import CrossValRun
 
+    if CrossValRun(run).is_cross_validated():
+        _print_cross_validation(run)
+        return
     _print_metrics(evaluate_run(run))
 
 
@@ -515,7 +556,10 @@ def experiment(
 
 @app.command()
 def predict(
-    run: Annotated[Path, typer.Option(help="A finished `mixmag train` run folder.")],
+    run: Annotated[
+        Path,
+        typer.Option(help="A finished `mixmag train` run folder (a cross-validated one: its folds' ensemble)."),
+    ],
     slides: Annotated[
         Optional[list[str]], typer.Argument(help="Slide files; with --stores, slide ids [every store there].")
     ] = None,
@@ -583,7 +627,8 @@ def predict(
         on_note=lambda note: console.print(f"note: {note}", style="yellow", soft_wrap=True, highlight=False),
     )
     _print_predictions(result.outcomes, result.levels, result.bag_kind)
-    console.print(f"wrote {result.path}; tiles, stores and heatmaps in {work}/", soft_wrap=True)
+    scores = f" (scores: ensemble of {result.models} folds)" if result.models > 1 else ""
+    console.print(f"wrote {result.path}{scores}; tiles, stores and heatmaps in {work}/", soft_wrap=True)
     if any(o.score is None for o in result.outcomes):
         raise typer.Exit(1)
 
@@ -634,14 +679,20 @@ def report(
         typer.Option("--heatmaps/--no-heatmaps", help="Attention heatmaps of chosen test slides (reads the slides)."),
     ] = True,
 ) -> None:
-    """Write RUN/report.html, one self-contained page about a trained run.
+    """Write RUN/report.html, one self-contained page about a trained run (each fold's, for a cross-validated one).
 
     Metrics with bootstrap CIs, ROC curves, predictions, QC pictures, heatmaps per magnification, timings, config."""
     from .report.html import build_report
+    from .runs import CrossValRun
 
     times = read_json_limited(timings, what="timings file") if timings else None
     if times is not None and not isinstance(times, dict):
         raise OptionError(f"--timings {timings}: not a timings file (a JSON object of stage: seconds)")
+    if CrossValRun(run).is_cross_validated():  # one report per fold, and the summary
+        for fold in CrossValRun(run).fold_runs():
+            console.print(f"wrote {build_report(fold.folder, times, heatmaps=heatmaps)}")
+        _print_cross_validation(run)
+        return
     path = build_report(run, times, heatmaps=heatmaps)
     console.print(f"wrote {path}")
 

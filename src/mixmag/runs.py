@@ -32,6 +32,7 @@ from .fileio import (
     atomic_path,
     read_json_limited,
     read_text_limited,
+    write_atomic,
     write_csv_atomic,
     write_json_atomic,
 )
@@ -265,6 +266,54 @@ class TrainRun:
         return load_state_dict_file(
             self._need(self.weights), fix="retrain the run with `mixmag train`; never load it otherwise"
         )
+
+
+class CrossValRun:
+    """The files of a cross-validated training folder (`mixmag train` with `cv:`): one training run folder per fold,
+    fold-<i>/ (each with its fold's cohort table, cohort.csv), and the summary, cv.json (written last: a folder with
+    it is complete) and cv.md."""
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+        self.summary = self.folder / "cv.json"
+        self.summary_md = self.folder / "cv.md"
+
+    def fold(self, index: int) -> TrainRun:
+        return TrainRun(self.folder / f"fold-{index}")
+
+    def fold_table(self, index: int) -> Path:
+        return self.fold(index).folder / "cohort.csv"
+
+    def is_cross_validated(self) -> bool:
+        """The folder holds a cross-validation's summary or at least its first fold (not a single run)."""
+        return self.summary.is_file() or (self.folder / "fold-0").is_dir()
+
+    def lock(self) -> FolderLock:
+        """Held while the folds are trained and summarised: a second cross-validation into it is refused."""
+        return FolderLock(self.folder, "mixmag train (cross-validation)")
+
+    def write_summary(self, summary: dict, markdown: str) -> None:
+        write_atomic(self.summary_md, markdown)
+        write_json_atomic(self.summary, summary, indent=1)
+
+    def read_summary(self) -> dict:
+        if not self.summary.is_file():
+            raise RunError(f"{self.folder}: no cv.json; finish the cross-validation with `mixmag train` first")
+        try:
+            summary = read_json_limited(self.summary, what="cv.json")
+        except (ValueError, UnsafePathError, FileTooLargeError) as exc:
+            raise RunError(f"{self.summary}: not readable JSON ({exc}); {RETRAIN}") from exc
+        if not isinstance(summary, dict) or not isinstance(summary.get("folds"), int) or summary["folds"] < 1:
+            raise RunError(f"{self.summary}: damaged or not a cross-validation summary (no `folds`); {RETRAIN}")
+        return summary
+
+    def fold_runs(self) -> list[TrainRun]:
+        """Every fold's run folder, each complete (the summary says how many there are)."""
+        runs = [self.fold(i) for i in range(self.read_summary()["folds"])]
+        for run in runs:
+            if not run.is_complete():
+                raise RunError(f"{run.folder}: unfinished fold (no {', '.join(run.missing())}); {RETRAIN}")
+        return runs
 
 
 def prediction_problem(row: dict[str, str], seen: set[str]) -> str | None:

@@ -14,6 +14,7 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..catalog import load_catalog_with_report, place_stores
@@ -24,6 +25,7 @@ from ..eval.explain import explain_slide, save_attribution
 from ..fileio import FolderLock, output_folder, write_csv_atomic
 from ..ids import ID_RULE, check_id, is_safe_id, path_for_id
 from ..report.heatmaps import draw_heatmaps
+from ..runs import CrossValRun
 from ..slides.sources import SlideSource, sources_from_paths, sources_from_table
 from ..slides.tiling import TilingParams, plan_path
 from ..slides.tissue import load_tissue_model
@@ -274,6 +276,42 @@ def score_slides(
     return outcomes
 
 
+def load_models(run_dir: Path) -> list[SlideClassifier]:
+    """The run's model, or every fold's model of a cross-validated folder (`mixmag train` with `cv:`)."""
+    folder = CrossValRun(run_dir)
+    if not folder.is_cross_validated():
+        return [SlideClassifier.load(run_dir)]
+    return [SlideClassifier.load(run.folder) for run in folder.fold_runs()]
+
+
+def ensemble_note(models: list[SlideClassifier]) -> str | None:
+    """What a cross-validated folder's scores and pictures are (None for a single run)."""
+    if len(models) == 1:
+        return None
+    return (
+        f"scores: ensemble of {len(models)} folds (the mean of the folds' slide scores); attribution, level shares "
+        "and heatmaps: fold-0's model"
+    )
+
+
+def ensemble_scores(
+    models: list[SlideClassifier], outcomes: list[SlideOutcome], stores: dict[str, Path], work: Path
+) -> None:
+    """Replace each scored slide's score (the first model's, from `score_slides`) by the mean of every model's score;
+    the other models read the same stores (and the same precomputed mixer outputs, which folds share)."""
+    scored = [o for o in outcomes if o.score is not None]
+    if len(models) == 1 or not scored:
+        return
+    usable = {o.slide_id: stores[o.slide_id] for o in scored}
+    encoded = output_folder(work, "encoded") if models[0].reads_encoded else None
+    per_model = [{o.slide_id: o.score for o in scored}]
+    for model in models[1:]:
+        model.use_stores(usable, encoded)
+        per_model.append(model.score(list(usable)))
+    for o in scored:
+        o.score = float(np.mean([scores[o.slide_id] for scores in per_model]))
+
+
 def unusable_stores(classifier: SlideClassifier, stores: dict[str, Path]) -> dict[str, str]:
     """The stores this run cannot score, with the reason: so one bad store never stops the batch. Runs on mixer
     outputs encode every store at once, so for them each store is read and validated whole beforehand."""
@@ -291,11 +329,16 @@ def unusable_stores(classifier: SlideClassifier, stores: dict[str, Path]) -> dic
 
 
 def write_outcomes(
-    path: Path, outcomes: list[SlideOutcome], specimen_of: dict[str, str] | None, levels: list[str], how: str = "max"
+    path: Path,
+    outcomes: list[SlideOutcome],
+    specimen_of: dict[str, str] | None,
+    levels: list[str],
+    how: str = "max",
+    model: str | None = None,
 ) -> Path:
     """predictions CSV: specimen and slide scores (the run's max or mean over a specimen's scored
     slides), each level's share of the attribution beside its share of the tokens (uniform attention's share), and
-    why a slide has no score."""
+    why a slide has no score; `model` (a fold ensemble's description) adds a `model` column saying it on every row."""
     specimen_of = specimen_of or {}
     by_specimen: dict[str, list[float]] = {}
     for o in outcomes:
@@ -303,6 +346,7 @@ def write_outcomes(
             by_specimen.setdefault(specimen_of.get(o.slide_id, o.slide_id), []).append(o.score)
     shares, tokens = [f"share_{n}" for n in levels], [f"tokens_{n}" for n in levels]
     header = ["specimen", "slide", "slide_score", "specimen_score", *shares, *tokens, "problem"]
+    header += ["model"] if model else []
     rows = []
     for o in outcomes:
         spec = specimen_of.get(o.slide_id, o.slide_id)
@@ -316,6 +360,7 @@ def write_outcomes(
                 *[f"{o.level_share[n]:.4f}" if n in o.level_share else "" for n in levels],
                 *[f"{o.token_fraction[n]:.4f}" if n in o.token_fraction else "" for n in levels],
                 o.problem or "",
+                *([model] if model else []),
             ]
         )
     return write_csv_atomic(path, header, rows)
@@ -366,6 +411,7 @@ class Prediction:
     levels: list[str]
     path: Path
     bag_kind: str
+    models: int = 1  # the folds of a cross-validated run, whose mean score is each slide's
 
 
 @contextmanager
@@ -396,9 +442,12 @@ def run(
     reason in the CSV; the other slides go on."""
     if attribution not in ("auto", "attention", "gradient"):
         raise MixmagError(f"--attribution {attribution!r}: use auto, attention or gradient")
-    classifier = SlideClassifier.load(run_dir)
+    models = load_models(run_dir)
+    classifier = models[0]
     if on_run:
         on_run(describe_run(classifier))
+    if ensemble_note(models) and on_note:
+        on_note(ensemble_note(models))
     with FolderLock(work, "mixmag predict"):  # two predicts sharing a work folder would overwrite each other
         stores, problems = inputs.stores, dict(inputs.problems)
         if inputs.sources:
@@ -432,7 +481,9 @@ def run(
                     method=attribution,
                     on_slide=lambda o: step(),
                 )
+            ensemble_scores(models, outcomes, stores, work)
         outcomes += [SlideOutcome(s, problem=p) for s, p in problems.items()]
         levels = list(next((o.level_share for o in outcomes if o.level_share), {}))
-        path = write_outcomes(out, outcomes, inputs.specimen_of, levels, classifier.specimen_score)
-        return Prediction(outcomes, levels, path, classifier.bag_kind)
+        model = f"ensemble of {len(models)} folds" if len(models) > 1 else None
+        path = write_outcomes(out, outcomes, inputs.specimen_of, levels, classifier.specimen_score, model)
+        return Prediction(outcomes, levels, path, classifier.bag_kind, len(models))

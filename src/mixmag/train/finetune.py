@@ -47,6 +47,7 @@ from ..models.slide import SlideModel
 from ..runs import TrainRun
 from ..store import read_attrs
 from .classifier import SlideClassifier
+from .crossval import CrossValConfig
 from .mixer_file import load_mixer, weights_digest
 from .optim import layer_decay_groups
 
@@ -130,6 +131,9 @@ class TrainConfig(TrainSettings):
         None, description="for bags = regions: mix only this level's tokens (e.g. 5x); default all"
     )
     seed: Seed = 0
+    cv: CrossValConfig | None = Field(
+        None, description="cross-validate: train `folds` runs into <out>/fold-<i>/ (the table's split is ignored)"
+    )
 
     @model_validator(mode="after")
     def _mode(self) -> TrainConfig:

@@ -1,0 +1,156 @@
+"""Cross-validated training (`mixmag train` with a `cv:` section): k ordinary training runs, one per fold, and their
+summary.
+
+Each fold is a normal training run folder (`<out>/fold-<i>/`) trained on a derived copy of the cohort table whose
+`split` column holds the fold's train / tune / test specimens (`mixmag.train.crossval`), so selection, prediction
+and reports work on a fold exactly as on any run. A finished fold trained with the same settings on the same stores is
+reused on a rerun. The summary (`cv.json`, `cv.md`) holds every fold's test metric, their mean and sample standard
+deviation, and the pooled out-of-fold metric: every specimen's score from the one fold that tested it, with a bootstrap
+95% CI over specimens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from ..data.cohort import load_cohort
+from ..fileio import output_folder
+from ..metrics import bootstrap_auroc
+from ..runs import CrossValRun, TrainRun
+from ..store import shared_settings
+from ..train.crossval import CohortUnits, Fold, make_folds, read_units, split_counts, write_fold_table
+from ..train.finetune import TrainConfig, run_training
+from .experiments import run_is_current
+
+METRIC_NAMES = {"auroc": "AUROC", "macro_auroc": "macro AUROC", "c_index": "C-index", "spearman": "Spearman rho"}
+FoldDone = Callable[[int, dict, bool], None]  # (fold, its metrics, reused)
+
+
+def task_of(config: TrainConfig) -> str:
+    """The config's task type ("binary" for configs without one)."""
+    return str(getattr(config, "task", "binary"))
+
+
+def fold_config(config: TrainConfig, folder: CrossValRun, index: int) -> TrainConfig:
+    """An ordinary training config for one fold: its derived table, its run folder, no `cv:` section."""
+    table, run = folder.fold_table(index), folder.fold(index).folder
+    return TrainConfig.model_validate(config.model_dump() | {"cv": None, "cohort": str(table), "out": str(run)})
+
+
+def run_cross_validation(
+    config: TrainConfig,
+    *,
+    on_fold: FoldDone | None = None,
+    on_epoch: Callable[[dict], None] | None = None,
+    on_note: Callable[[str], None] | None = None,
+    device: torch.device | None = None,
+) -> dict:
+    """Train (or reuse) every fold of `config.cv` into `config.out`, then write and return the summary."""
+    if config.cv is None:
+        raise ValueError("run_cross_validation needs a config with a `cv:` section")
+    folder = CrossValRun(config.out)
+    units = read_units(config.cohort, task_of(config), config.cv)
+    folds = make_folds(units, config.cv)
+    with folder.lock():
+        if "split" in units.table.columns and on_note is not None:
+            on_note(f"{config.cohort}: its 'split' column is ignored; each of the {len(folds)} folds makes its own")
+        for fold in folds:
+            output_folder(folder.folder, folder.fold(fold.index).folder.name, "fold folder")
+            write_fold_table(folder.fold_table(fold.index), units, fold)
+            cfg = fold_config(config, folder, fold.index)
+            reused = run_is_current(cfg, shared_settings(list(load_cohort(cfg.cohort, cfg.stores).stores.values())))
+            metrics = TrainRun(cfg.out).read_metrics() if reused else run_training(cfg, on_epoch, device)
+            if on_fold is not None:
+                on_fold(fold.index, metrics, reused)
+        summary = summarise(folder, folds, units, config)
+        folder.write_summary(summary, summary_markdown(summary))
+    return summary
+
+
+def summarise(folder: CrossValRun, folds: list[Fold], units: CohortUnits, config: TrainConfig) -> dict:
+    """cv.json: the folds' test metrics, their mean and sd, and the pooled out-of-fold metric with its CI."""
+    rows = []
+    for fold in folds:
+        run = folder.fold(fold.index)
+        metrics = run.read_metrics()
+        primary = metrics.get("primary", "auroc")
+        rows.append(
+            {
+                "fold": fold.index,
+                "run": run.folder.name,
+                "best_epoch": metrics["best_epoch"],
+                "counts": split_counts(units, fold),
+                "tune": metrics["tune"][primary],
+                "test": metrics["test"][primary],
+                "test_ci95": metrics["test"]["ci95"],
+            }
+        )
+    values = np.array([r["test"] for r in rows], dtype=np.float64)
+    cv = config.cv
+    return {
+        "folds": len(folds),
+        "task": task_of(config),
+        "primary": primary,
+        "grouped_by": units.grouped_by,
+        "stratified_by": units.stratified_by,
+        "tune_fraction": cv.tune_fraction,
+        "seed": cv.seed,
+        "per_fold": rows,
+        "mean": float(values.mean()),
+        "sd": float(values.std(ddof=1)),
+        "pooled": pooled_metric(folder, len(folds), task_of(config), n_boot=config.bootstrap, seed=config.seed),
+    }
+
+
+def out_of_fold_scores(folder: CrossValRun, folds: int) -> dict[str, tuple[int, float]]:
+    """specimen -> (label, score) from the fold that tested it (every specimen is tested by exactly one)."""
+    pooled: dict[str, tuple[int, float]] = {}
+    for i in range(folds):
+        pooled |= folder.fold(i).read_scores("test")
+    return pooled
+
+
+def pooled_metric(folder: CrossValRun, folds: int, task: str, *, n_boot: int, seed: int) -> dict | None:
+    """The metric over every fold's test predictions pooled, with a bootstrap 95% CI over specimens (binary: AUROC);
+    None for tasks whose pooled metric is not computed here yet."""
+    if task != "binary":
+        return None
+    scores = out_of_fold_scores(folder, folds)
+    labels = [v[0] for v in scores.values()]
+    ci = bootstrap_auroc(labels, [v[1] for v in scores.values()], n_boot=n_boot, seed=seed)
+    return {"auroc": ci.auroc, "ci95": [ci.low, ci.high], "specimens": len(labels), "positive": int(sum(labels))}
+
+
+def summary_markdown(summary: dict) -> str:
+    """cv.md: the summary as a table a person reads (and `mixmag evaluate` prints)."""
+    metric = METRIC_NAMES.get(summary["primary"], summary["primary"])
+    lines = [
+        f"# Cross-validation: {summary['folds']} folds",
+        "",
+        f"Grouped by {summary['grouped_by']} (none is tested in two folds), stratified by {summary['stratified_by']}; "
+        f"each fold's tune split is {summary['tune_fraction']:.0%} of its training part; seed {summary['seed']}.",
+        "",
+        f"| fold | train | tune | test | tune {metric} | test {metric} (95% CI) | chosen epoch |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in summary["per_fold"]:
+        sizes = [sum(r["counts"][s].values()) for s in ("train", "tune", "test")]
+        low, high = r["test_ci95"]
+        lines.append(
+            f"| {r['run']} | {sizes[0]} | {sizes[1]} | {sizes[2]} | {r['tune']:.3f} | {r['test']:.3f} "
+            f"({low:.3f}-{high:.3f}) | {r['best_epoch']} |"
+        )
+    lines += ["", f"Test {metric} over folds: {summary['mean']:.3f} ± {summary['sd']:.3f} (mean ± sd)."]
+    pooled = summary["pooled"]
+    if pooled is not None:
+        value, (low, high) = pooled[summary["primary"]], pooled["ci95"]
+        lines.append(
+            f"Pooled out-of-fold {metric}: {value:.3f} (95% CI {low:.3f}-{high:.3f}; {pooled['specimens']} specimens, "
+            "bootstrap over specimens)."
+        )
+    else:
+        lines.append(f"Pooled out-of-fold metric: not computed for {summary['task']} studies yet.")
+    return "\n".join(lines) + "\n"
