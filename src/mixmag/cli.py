@@ -464,19 +464,21 @@ def train(
 
 def _cross_validate(cfg, dev) -> None:
     """`mixmag train` with a `cv:` section: every fold's run, then the summary (cv.md) printed."""
-    from .stages.crossval import run_cross_validation
+    from .stages.crossval import METRIC_NAMES, run_cross_validation
 
     console.print(
         f"Cross-validating AB-MIL on {cfg.bags} bags: {cfg.cv.folds} folds -> {cfg.out}/fold-<i>/", soft_wrap=True
     )
-
-    def fold_done(index: int, metrics: dict, reused: bool) -> None:
-        primary = metrics.get("primary", "auroc")
-        done = "reused (finished before)" if reused else "trained"
-        console.print(f"fold {index}: {done}; test {primary} {metrics['test'][primary]:.3f}", highlight=False)
-
     with _progress() as progress:
-        task = progress.add_task("training epochs", total=None, unit="epochs")
+        task = progress.add_task("training epochs", total=cfg.cv.folds * cfg.epochs, unit="epochs")
+
+        def fold_done(index: int, metrics: dict, reused: bool) -> None:
+            primary = metrics.get("primary", "auroc")
+            done = "reused (finished before)" if reused else "trained"
+            value = metrics["test"][primary]
+            progress.console.print(f"fold {index}: {done}; test {METRIC_NAMES.get(primary, primary)} {value:.3f}")
+            progress.update(task, completed=(index + 1) * cfg.epochs)
+
         run_cross_validation(
             cfg,
             on_fold=fold_done,

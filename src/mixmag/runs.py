@@ -9,6 +9,9 @@ A training run folder (`mixmag train`): best.pt (the chosen weights), config.jso
 the stores were made, for prediction; it carries the run format version), predictions_tune.csv,
 predictions_test.csv, and metrics.json, written last: a run with metrics.json is complete. `mixmag report` adds
 report.html and heatmaps/.
+
+A cross-validated folder (`mixmag train` with `cv:`): fold-<i>/, a training run folder per fold with its fold's
+cohort table, and the summary, cv.md and cv.json (written last).
 """
 
 from __future__ import annotations

@@ -1,0 +1,181 @@
+"""Cross-validation: folds that keep specimens and patients apart, fold runs and their summary, the fold ensemble."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from train_runs import train_config
+from typer.testing import CliRunner
+
+from mixmag.cli import app
+from mixmag.errors import CohortError
+from mixmag.metrics import bootstrap_auroc
+from mixmag.runs import CrossValRun
+from mixmag.stages import predict as prediction
+from mixmag.stages.crossval import run_cross_validation
+from mixmag.train.classifier import SlideClassifier
+from mixmag.train.crossval import CrossValConfig, make_folds, read_units
+
+FOLDS = 3
+runner = CliRunner()
+
+
+def with_patients(small_cohort: Path, folder: Path) -> Path:
+    """A copy of the small cohort's table with a patient column: patient k holds specimens 2k and 2k+1."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(small_cohort / "cohort.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    for row in rows:
+        row["patient"] = f"pt{int(row['specimen'][1:]) // 2}"
+        row["store"] = str(small_cohort / "stores" / f"{row['slide']}.h5")
+    with open(folder / "cohort.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, [*rows[0]])
+        writer.writeheader()
+        writer.writerows(rows)
+    return folder / "cohort.csv"
+
+
+def table_rows(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.parametrize("group_by", ["patient", "specimen"])
+def test_folds_keep_specimens_and_patients_apart(small_cohort, tmp_path, group_by):
+    table = with_patients(small_cohort, tmp_path)
+    cv = CrossValConfig(folds=FOLDS, group_by=group_by, seed=1)
+    units = read_units(table, "binary", cv)
+    folds = make_folds(units, cv)
+    patient = {r["specimen"]: r["patient"] for r in table_rows(table)}
+    label = {r["specimen"]: r["label"] for r in table_rows(table)}
+    tested = [s for f in folds for s in f.splits["test"]]
+    assert sorted(tested) == sorted(units.specimens)  # each specimen in exactly one test fold
+    if group_by == "patient":
+        owners = [{patient[s] for s in f.splits["test"]} for f in folds]
+        assert all(a.isdisjoint(b) for i, a in enumerate(owners) for b in owners[i + 1 :])
+    for fold in folds:
+        train, tune, test = (set(fold.splits[k]) for k in ("train", "tune", "test"))
+        assert train | tune | test == set(units.specimens) and not (train & tune or train & test or tune & test)
+        if group_by == "patient":  # the tune split is carved by patient too
+            assert not {patient[s] for s in tune} & {patient[s] for s in train}
+        positives = sum(label[s] == "1" for s in test)
+        assert abs(positives - len(test) / 2) <= 1  # 12 of 24 specimens are positive: stratified
+        assert {label[s] for s in tune} == {"0", "1"}
+
+
+def test_folds_are_seeded(small_cohort, tmp_path):
+    table = with_patients(small_cohort, tmp_path)
+    cv = CrossValConfig(folds=FOLDS)
+    units = read_units(table, "binary", cv)
+    folds = make_folds(units, cv)
+    assert [f.splits for f in make_folds(units, cv)] == [f.splits for f in folds]  # seeded
+    other = make_folds(units, CrossValConfig(folds=FOLDS, seed=5))
+    assert [f.splits for f in other] != [f.splits for f in folds]
+
+
+def test_a_class_with_fewer_specimens_than_folds_is_one_sentence(small_cohort, tmp_path):
+    rows = table_rows(small_cohort / "cohort.csv")
+    positives = sorted({r["specimen"] for r in rows if r["label"] == "1"})[:2]
+    kept = [r for r in rows if r["label"] == "0" or r["specimen"] in positives]
+    path = tmp_path / "few.csv"
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, [*kept[0]])
+        writer.writeheader()
+        writer.writerows(kept)
+    cv = CrossValConfig(folds=FOLDS)
+    with pytest.raises(CohortError, match=r"label '1' has 2 specimen\(s\), fewer than the 3 folds; set cv.folds to 2"):
+        make_folds(read_units(path, "binary", cv), cv)
+    with pytest.raises(CohortError, match="needs a 'patient' column"):
+        read_units(path, "binary", CrossValConfig(group_by="patient"))
+
+
+@pytest.fixture(scope="module")
+def cross_validated(small_cohort, tmp_path_factory) -> tuple[Path, Path, list]:
+    """A 3-fold cross-validation of the small cohort grouped by patient (trained once for the tests below)."""
+    folder = tmp_path_factory.mktemp("cv")
+    table = with_patients(small_cohort, folder / "table")
+    config = train_config(small_cohort, folder / "out", cohort=str(table), cv=CrossValConfig(folds=FOLDS))
+    events: list = []
+    run_cross_validation(config, on_fold=lambda i, m, reused: events.append((i, reused)))
+    return folder / "out", table, events
+
+
+def test_fold_runs_and_summary(cross_validated):
+    out, table, events = cross_validated
+    assert events == [(i, False) for i in range(FOLDS)]
+    summary = json.loads((out / "cv.json").read_text())
+    folds = CrossValRun(out)
+    tested = {}
+    for i in range(FOLDS):
+        run = folds.fold(i)
+        assert run.is_complete()
+        splits = json.loads(run.splits.read_text())
+        assert {r["split"] for r in table_rows(folds.fold_table(i))} == {"train", "tune", "test"}
+        tested |= {s: i for s in splits["test"]}
+    assert len(tested) == 24
+    labels, scores = [], []
+    for i in range(FOLDS):  # the pooled metric, by hand from the folds' own prediction files
+        for row in table_rows(folds.fold(i).predictions("test")):
+            labels.append(int(row["label"]))
+            scores.append(float(row["score"]))
+    ci = bootstrap_auroc(labels, scores, n_boot=100, seed=0)
+    assert summary["pooled"] == {"auroc": ci.auroc, "ci95": [ci.low, ci.high], "specimens": 24, "positive": 12}
+    tests = [json.loads(folds.fold(i).metrics.read_text())["test"]["auroc"] for i in range(FOLDS)]
+    assert summary["mean"] == pytest.approx(np.mean(tests)) and summary["sd"] == pytest.approx(np.std(tests, ddof=1))
+    assert summary["grouped_by"] == "patient" and summary["stratified_by"] == "label"
+    assert "Pooled out-of-fold AUROC" in (out / "cv.md").read_text()
+
+
+def test_rerun_reuses_finished_folds(cross_validated, small_cohort):
+    out, table, _ = cross_validated
+    weights = {i: CrossValRun(out).fold(i).weights.stat().st_mtime_ns for i in range(FOLDS)}
+    events: list = []
+    config = train_config(small_cohort, out, cohort=str(table), cv=CrossValConfig(folds=FOLDS))
+    run_cross_validation(config, on_fold=lambda i, m, reused: events.append((i, reused)))
+    assert events == [(i, True) for i in range(FOLDS)]
+    assert {i: CrossValRun(out).fold(i).weights.stat().st_mtime_ns for i in range(FOLDS)} == weights
+
+
+def test_predict_with_the_fold_ensemble_is_the_mean_of_fold_scores(cross_validated, small_cohort, tmp_path):
+    out, _, _ = cross_validated
+    slides = ["P000-S0", "P001-S0", "P002-S1"]
+    inputs = prediction.read_inputs(slides, None, small_cohort / "stores")
+    notes: list[str] = []
+    result = prediction.run(out, inputs, tmp_path / "p.csv", tmp_path / "work", heatmaps=False, on_note=notes.append)
+    assert result.models == FOLDS and any(f"ensemble of {FOLDS} folds" in n for n in notes)
+    stores = {s: small_cohort / "stores" / f"{s}.h5" for s in slides}
+    per_fold = []
+    for i in range(FOLDS):
+        model = SlideClassifier.load(CrossValRun(out).fold(i).folder)
+        model.use_stores(stores)
+        per_fold.append(model.score(slides))
+    rows = {r["slide"]: r for r in table_rows(result.path)}
+    for slide in slides:
+        expected = np.mean([scores[slide] for scores in per_fold])
+        assert float(rows[slide]["slide_score"]) == pytest.approx(expected, abs=2e-6)
+        assert rows[slide]["model"] == f"ensemble of {FOLDS} folds"
+    assert len({round(scores[slides[0]], 6) for scores in per_fold}) > 1  # the folds' models differ
+
+
+def test_cli_trains_evaluates_and_predicts_a_cross_validation(cross_validated, small_cohort, tmp_path):
+    out, table, _ = cross_validated
+    result = runner.invoke(app, ["evaluate", str(out)], catch_exceptions=False)
+    assert result.exit_code == 0 and "Pooled out-of-fold AUROC" in result.output and "fold-2" in result.output
+    config = tmp_path / "cv.yaml"
+    settings = train_config(small_cohort, out, cohort=str(table), cv=CrossValConfig(folds=FOLDS)).model_dump()
+    config.write_text(yaml.safe_dump({k: v for k, v in settings.items() if v is not None}))
+    result = runner.invoke(app, ["train", "--config", str(config)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert result.output.count("reused (finished before)") == FOLDS and "mean ± sd" in result.output
+    result = runner.invoke(
+        app,
+        ["predict", "--run", str(out), "--stores", str(small_cohort / "stores"), "P000-S0", "--no-heatmaps"]
+        + ["--out", str(tmp_path / "p.csv")],
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 0 and f"ensemble of {FOLDS} folds" in result.output
