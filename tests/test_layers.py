@@ -28,6 +28,7 @@ LAYERS: list[set[str]] = [
         "metrics",
         "weights_io",
         "images",
+        "threads",
     },  # __init__: "mixmag"
     {"slides"},
     {"store", "catalog", "encoders", "interop"},

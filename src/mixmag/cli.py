@@ -31,6 +31,10 @@ from .fileio import is_unwritable, output_error, read_json_limited, read_text_li
 from .markup import labelled, plain_console
 from .slides.params import TilingParams, TissueParams
 from .stages.progress import work_progress
+from .threads import configure_threads, load_note
+
+THREADS_NOTE = configure_threads()  # before anything imports torch: its OpenMP pool reads these once, when it starts
+HEAVY_COMMANDS = {"embed", "pretrain", "train", "experiment", "predict", "encode", "demo", "benchmark"}
 
 
 class _ErrorBoundary(TyperGroup):
@@ -74,6 +78,7 @@ def _show_version(value: bool) -> None:
 
 @app.callback()
 def _main(
+    ctx: typer.Context,
     version: Annotated[
         bool,
         typer.Option("--version", callback=_show_version, is_eager=True, help="Print mixmag's version and exit."),
@@ -89,6 +94,10 @@ def _main(
             python_show(message, category, filename, lineno, file, line)
 
     warnings.showwarning = show
+    if ctx.invoked_subcommand in HEAVY_COMMANDS:  # said once, where threads decide the time a command takes
+        for note in (THREADS_NOTE, load_note()):
+            if note:
+                err_console.print(note, style="dim", soft_wrap=True)
     for stream in (sys.stdout, sys.stderr):  # a file name that is not UTF-8 prints escaped instead of crashing
         if isinstance(stream, io.TextIOWrapper):
             stream.reconfigure(errors="backslashreplace")
@@ -1108,6 +1117,8 @@ def bench_env(
         report = check_environment(expect_under)
     except MixmagError as exc:
         _fail(str(exc))
+    report["threads"] = THREADS_NOTE
+    report["load"] = load_note() or "not oversubscribed"
     report["torch_cuda"] = torch.version.cuda
     report["cuda_device"] = torch.cuda.get_device_name() if torch.cuda.is_available() else None
     console.print_json(json.dumps(report))
