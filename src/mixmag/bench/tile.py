@@ -174,22 +174,22 @@ def run_tile_benchmark(
         osr = openslide.OpenSlide(str(path))
         grid = CellGrid(slide.mpp, slide.width, slide.height, levels.cell_um)
         cells = _cells(grid, n_cells)
-        best = {"a": float("inf"), "b": float("inf"), "c": float("inf")}
+        best = {k: float("inf") for k in "abc"}  # wall seconds, best of rounds
+        cpu = {k: float("inf") for k in "abc"}  # CPU seconds of the process, best of rounds: what load cannot bend
         for _ in range(rounds):
-            t0 = time.perf_counter()
-            ours = read_mixmag(slide, grid, levels, cells)
-            t1 = time.perf_counter()
-            common = read_openslide_per_tile(osr, grid, levels, cells)
-            t2 = time.perf_counter()
-            n_decoded = decode_floor(path, slide, grid, levels, cells)
-            t3 = time.perf_counter()
-            best = {"a": min(best["a"], t1 - t0), "b": min(best["b"], t2 - t1), "c": min(best["c"], t3 - t2)}
+            ours, wall, used = _timed(read_mixmag, slide, grid, levels, cells)
+            best["a"], cpu["a"] = min(best["a"], wall), min(cpu["a"], used)
+            common, wall, used = _timed(read_openslide_per_tile, osr, grid, levels, cells)
+            best["b"], cpu["b"] = min(best["b"], wall), min(cpu["b"], used)
+            n_decoded, wall, used = _timed(decode_floor, path, slide, grid, levels, cells)
+            best["c"], cpu["c"] = min(best["c"], wall), min(cpu["c"], used)
         diffs = [
             float(np.mean([np.abs(o[i].astype(np.int16) - c[i]).mean() for o, c in zip(ours, common)]))
             for i in range(levels.n_levels)
         ]
         n_tiles = tiles_per_cell * len(cells)
         rate = {k: n_tiles / v for k, v in best.items()}
+        cpu_rate = {k: n_tiles / max(v, 1e-9) for k, v in cpu.items()}
         results[spec.name] = {
             "slide": str(path),
             "mpp": spec.mpp,
@@ -198,8 +198,11 @@ def run_tile_benchmark(
             "tiles_per_s_per_core": rate,
             "ms_per_cell": {k: 1000 * v / len(cells) for k, v in best.items()},
             "compressed_tiles_decoded_per_cell": n_decoded / len(cells),
+            "tiles_per_cpu_s": cpu_rate,
             "a_over_b": rate["a"] / rate["b"],
             "c_over_a": rate["c"] / rate["a"],
+            "a_over_b_cpu": cpu_rate["a"] / cpu_rate["b"],
+            "c_over_a_cpu": cpu_rate["c"] / cpu_rate["a"],
             "mean_abs_diff_a_vs_b_per_level": dict(zip(levels.names, diffs)),
         }
         slide.close()
@@ -213,8 +216,18 @@ def run_tile_benchmark(
     return results
 
 
+def _timed(fn, *args):
+    """(result, wall seconds, CPU seconds of this process): targets are judged on CPU seconds, which another job on
+    the machine cannot stretch the way it stretches the wall clock."""
+    wall, used = time.perf_counter(), time.process_time()
+    result = fn(*args)
+    return result, time.perf_counter() - wall, time.process_time() - used
+
+
 def _print(console: Console, results: dict, levels: LevelSpec) -> None:
-    table = Table(title="Tile read path, tiles/s per core (21 tiles per cell, best of rounds)")
+    table = Table(
+        title="Tile read path, tiles/s per core (21 tiles per cell, best of rounds); targets judged on CPU seconds"
+    )
     for col in (
         "slide",
         "(a) mixmag",
@@ -235,8 +248,8 @@ def _print(console: Console, results: dict, levels: LevelSpec) -> None:
             f"{rate['a']:.0f}",
             f"{rate['b']:.0f}",
             f"{rate['c']:.0f}",
-            f"{r['a_over_b']:.2f} {'ok' if r['a_over_b'] >= 3 else 'MISSED'}",
-            f"{r['c_over_a']:.2f} {'ok' if r['c_over_a'] <= 1.5 else 'MISSED'}",
+            f"CPU {r['a_over_b_cpu']:.2f} {'ok' if r['a_over_b_cpu'] >= 3 else 'MISSED'} (wall {r['a_over_b']:.2f})",
+            f"CPU {r['c_over_a_cpu']:.2f} {'ok' if r['c_over_a_cpu'] <= 1.5 else 'MISSED'} (wall {r['c_over_a']:.2f})",
             diff,
         )
     console.print(table)
