@@ -39,6 +39,8 @@ LAYERS: list[set[str]] = [
     {"cli"},
 ]
 RANK = {unit: rank for rank, units in enumerate(LAYERS) for unit in units}
+# imports the layers allow but a unit's job forbids: models know tensors only, never files, bags or cohorts
+FORBIDDEN = {"models": {"data"}}
 
 
 def module_name(path: Path) -> str:
@@ -119,6 +121,30 @@ def test_no_module_imports_a_higher_layer():
 def test_nothing_imports_the_cli():
     users = [m for m in MODULES if m != "mixmag.cli" and any(unit_of(t) == "cli" for _, t, _ in imports_of(m))]
     assert not users
+
+
+def forbidden_imports() -> list[str]:
+    """Imports of a unit that FORBIDDEN rules out, although they go to the unit's own layer."""
+    return [
+        f"{MODULES[m].relative_to(SRC.parent)}:{line} imports {target}"
+        for m in MODULES
+        for line, target, _ in imports_of(m)
+        if unit_of(target) in FORBIDDEN.get(unit_of(m), set())
+    ]
+
+
+def test_models_know_tensors_only():
+    found = forbidden_imports()
+    assert not found, "\n".join(found)
+
+
+def test_the_models_rule_catches_a_breach(monkeypatch):
+    fake = SRC / "models" / "_breach_probe.py"
+    monkeypatch.setitem(MODULES, "mixmag.models._breach_probe", fake)
+    monkeypatch.setattr(
+        Path, "read_text", lambda self, *a, **k: "from ..data import bags\n" if self == fake else _read(self)
+    )
+    assert "mixmag/models/_breach_probe.py:1 imports mixmag.data.bags" in forbidden_imports()
 
 
 def test_no_imports_hidden_in_functions_outside_the_cli():

@@ -28,6 +28,8 @@ from ..devices import core_left_for_reading
 from ..errors import CohortError
 from ..fileio import open_hdf5
 from ..geometry import level_offsets
+from ..models.padding import pad_bags as pad_bags  # re-exported: bags are padded where they are made
+from ..models.padding import padded_bytes
 from ..store import StoreError, all_finite, read_index, read_store
 from .regions import RegionTable
 
@@ -258,26 +260,6 @@ class BagCache:
         with _encoded(self.encoded_dir / f"{slide}.h5", self.mode) as data:
             shape = tuple(int(v) for v in data.shape)
         return (math.prod(shape[:-1]), shape[-1]) if self.mode == "patch" else shape
-
-
-def pad_bags(bags: list[torch.Tensor], dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stack bags of different lengths: (B, N_max, ...) zeros-padded, in the bags' own dtype unless `dtype` is given
-    (float16 store bags stay float16: the models read them without a float32 copy, `models.projection`), and the
-    (B, N_max) mask of real items. Training pads only micro-batches that fit their budget (`plan_micro_batches`),
-    prediction one slide at a time."""
-    n = max(b.shape[0] for b in bags)
-    out = torch.empty((len(bags), n, *bags[0].shape[1:]), dtype=dtype or bags[0].dtype)
-    mask = torch.zeros((len(bags), n), dtype=torch.bool)
-    for i, b in enumerate(bags):
-        out[i, : b.shape[0]].copy_(b)  # converted in place where the dtype differs: no temporary of the whole bag
-        out[i, b.shape[0] :] = 0  # only the padding is written twice
-        mask[i, : b.shape[0]] = True
-    return out, mask
-
-
-def padded_bytes(lengths: Sequence[int], item_bytes: int) -> int:
-    """Bytes of pad_bags over bags of these lengths whose items take `item_bytes` each in float32."""
-    return len(lengths) * max(lengths, default=0) * item_bytes
 
 
 def plan_micro_batches(groups: Sequence[Sequence[int]], item_bytes: int, budget_bytes: int) -> list[list[int]]:

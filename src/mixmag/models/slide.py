@@ -12,9 +12,9 @@ from typing import Literal
 import torch
 from torch import nn
 
-from ..data.bags import pad_bags, padded_bytes
 from .abmil import GatedABMIL
 from .mixer import RegionMixer
+from .padding import pad_bags, padded_bytes
 
 MixerOutput = Literal["patch", "cls"]
 PAD_UP_TO_BYTES = 64 << 20  # bags padded into one batch up to this size; larger ones projected bag by bag
