@@ -47,13 +47,12 @@ from .fileio import (
     type_name,
 )
 from .store import (
-    STORE_MUST_MATCH,
-    STORE_SHOULD_MATCH,
     STORE_SUFFIX,
+    PipelineSettings,
     StoreError,
-    _decode_attr,
+    StoreHeader,
+    decode_attrs,
     layout_problems,
-    pipeline_settings,
     read_attrs,
     shared_settings,
     shared_settings_of_groups,
@@ -103,7 +102,7 @@ class CatalogEntry:
     slide_id: str
     size: int
     mtime_ns: int
-    settings: str  # JSON of store.pipeline_settings, sorted keys: identical strings for identical settings
+    settings: str  # PipelineSettings.key(): JSON, sorted keys: identical strings for identical settings
     cells: int
     regions: int
     contexts: int
@@ -181,14 +180,16 @@ class Catalog:
     def subset(self, keep: Callable[[CatalogEntry], bool]) -> Catalog:
         return Catalog(self.folder, [e for e in self.entries if keep(e)])
 
-    def shared_settings(self) -> dict:
+    def shared_settings(self) -> PipelineSettings:
         """store.shared_settings over the catalog: one check over the distinct settings, not one header per store."""
         groups: dict[str, list[CatalogEntry]] = {}
         for e in self.entries:
             groups.setdefault(e.settings, []).append(e)
         if not groups:
             raise StoreError(f"{self.folder}: no stores (*{STORE_SUFFIX}); run `mixmag embed` first")
-        return shared_settings_of_groups([(json.loads(s), len(g), self.folder / g[0].path) for s, g in groups.items()])
+        return shared_settings_of_groups(
+            [(PipelineSettings.model_validate_json(s), len(g), self.folder / g[0].path) for s, g in groups.items()]
+        )
 
 
 def catalog_file(folder: str | Path) -> Path:
@@ -235,19 +236,20 @@ def describe_store(folder: str | Path, rel: str) -> CatalogEntry:
     try:
         st = path.stat()
         with open_hdf5(path) as f:
-            attrs = {k: _decode_attr(v) for k, v in f.attrs.items()}
+            attrs = decode_attrs(f.attrs)
             layout = layout_problems(f, attrs)  # the header read_store checks: a forged store never enters
             if layout:
                 raise StoreError("invalid store: " + "; ".join(layout))
-            names = list(attrs.get("level_names") or f["emb"])
+            header = StoreHeader.from_attrs(attrs)
+            names = list(header.level_names or f["emb"])
             first = f[f"emb/{names[0]}"]
             windows = f.get("windows", {})
             entry = CatalogEntry(
                 path=rel,
-                slide_id=str(attrs.get("slide_id", Path(rel).stem)),
+                slide_id=header.slide_id if header.slide_id is not None else Path(rel).stem,
                 size=st.st_size,
                 mtime_ns=st.st_mtime_ns,
-                settings=json.dumps(pipeline_settings(attrs), sort_keys=True),
+                settings=header.settings.key(),
                 cells=int(f["cells/rc"].shape[0]),
                 regions=int(windows["regions"].shape[0]) if "regions" in windows else 0,
                 contexts=int(windows["contexts"].shape[0]) if "contexts" in windows else 0,
@@ -293,7 +295,11 @@ def _settings_problem(text: str) -> str | None:
         settings = json.loads(text)
     except (TypeError, ValueError):
         return "provenance is not JSON"
-    if not isinstance(settings, dict) or set(settings) != {*STORE_MUST_MATCH, *STORE_SHOULD_MATCH}:
+    if not isinstance(settings, dict) or set(settings) != set(PipelineSettings.model_fields):
+        return "provenance does not hold the pipeline settings"
+    try:
+        PipelineSettings.model_validate(settings)
+    except ValueError:
         return "provenance does not hold the pipeline settings"
     if len(_GOOD_SETTINGS) < 4096:
         _GOOD_SETTINGS.add(text)
@@ -654,7 +660,7 @@ def place_stores(folder: str | Path, slide_ids: Sequence[str]) -> dict[str, Path
     return flat | (lookup_slides(folder, elsewhere) if elsewhere and folder.is_dir() else {})
 
 
-def shared_settings_of(paths: Sequence[Path], folder: str | Path | None) -> dict:
+def shared_settings_of(paths: Sequence[Path], folder: str | Path | None) -> PipelineSettings:
     """store.shared_settings for stores of one folder, from its catalog (headers only for stores it lacks or holds
     stale), without scanning the folder."""
     if folder is None or not Path(folder).is_dir():
@@ -669,8 +675,10 @@ def shared_settings_of(paths: Sequence[Path], folder: str | Path | None) -> dict
     groups: dict[str, list[Path]] = {}
     for p, r in rel.items():
         e = rows.get(r) if r else None
-        key = e.settings if e is not None else json.dumps(pipeline_settings(read_attrs(p)), sort_keys=True)
+        key = e.settings if e is not None else StoreHeader.from_attrs(read_attrs(p)).settings.key()
         groups.setdefault(key, []).append(p)
     if not groups:
         raise StoreError("no stores given")
-    return shared_settings_of_groups([(json.loads(s), len(g), g[0]) for s, g in groups.items()])
+    return shared_settings_of_groups(
+        [(PipelineSettings.model_validate_json(s), len(g), g[0]) for s, g in groups.items()]
+    )

@@ -808,7 +808,7 @@ def store_validate(stores: Annotated[list[Path], typer.Argument(help="Store file
                 Text.assemble(
                     (f"{path}: ok", "green"),
                     f" {len(s)} cells, levels {', '.join(f'{k} {v.shape[1]}' for k, v in s.embeddings.items())}, D "
-                    f"{s.dim}, encoder {s.attrs.get('encoder')}",
+                    f"{s.dim}, encoder {s.header.encoder}",
                 ),
                 soft_wrap=True,
             )
@@ -1000,7 +1000,7 @@ def store_import(
         target = path_for_id(out, plan.slide.slide_id, ".h5", where=str(path))
         store = reader(folder, plan, path, encoder)
         write_store(target, store)
-        return f"{target}: {len(store)} cells, D {store.dim}, encoder {store.attrs['encoder']}"
+        return f"{target}: {len(store)} cells, D {store.dim}, encoder {store.header.encoder}"
 
     empty = sorted(plan.slide.slide_id for _, plan in found if not plan.cells)
     if empty:

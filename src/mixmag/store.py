@@ -17,6 +17,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from . import __version__
 from .errors import MixmagError, MixmagWarning
@@ -27,21 +28,6 @@ from .slides.tiling import TilingPlan, plan_digest
 
 STORE_FORMAT_VERSION = 1
 STORE_SUFFIX = ".h5"
-# provenance that must agree between the stores a model was trained on and the ones it predicts on
-STORE_MUST_MATCH = (
-    "encoder",
-    "encoder_weights_digest",
-    "encoder_output",
-    "embedding_dim",
-    "level_mpps",
-    "tile_px",
-    "region_size",
-)
-
-
-# how pixels were read, tissue found and the encoder run: stores that differ here still share one embedding space
-STORE_SHOULD_MATCH = ("tiling_params", "read_mode", "context_size", "compute_dtype", "tissue_model")
-
 # A store is untrusted input: its header is checked against these before any array is read, so a forged or damaged
 # file is one sentence, never a multi-terabyte allocation. They are far above any real slide (a 10 x 10 cm slide at
 # 448 um cells is 223 x 223 cells; the widest foundation-model output here is 2560-d).
@@ -62,6 +48,131 @@ class MixedStoresWarning(MixmagWarning):
     """Stores of one cohort made with different tiling, read mode, tissue model or precision."""
 
 
+class EmbeddingSpace(BaseModel):
+    """What fixes what the embeddings mean: the encoder, its weights and output, the dimension, the levels, the tile
+    and region size. Stores of two spaces never mix; `mixer.json` records the space a mixer was pretrained in."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    encoder: str | None = None
+    encoder_weights_digest: str | None = None
+    encoder_output: str | None = None
+    embedding_dim: int | None = None
+    level_mpps: list[float] | None = None
+    tile_px: int | None = None
+    region_size: int | None = None
+
+    @classmethod
+    def of(cls, value: EmbeddingSpace | dict) -> EmbeddingSpace:
+        """The record itself, or the record of a dict holding its fields (others are ignored)."""
+        return value if isinstance(value, cls) else cls.model_validate(value)
+
+    @property
+    def space(self) -> EmbeddingSpace:
+        """The embedding space alone (a record that holds more gives its part)."""
+        return EmbeddingSpace.model_validate(self.model_dump(include=set(EmbeddingSpace.model_fields)))
+
+    def differences(self, other: EmbeddingSpace) -> list[str]:
+        """The fields of the space this record sets (older records set fewer) where `other` holds another value."""
+        return [
+            k
+            for k in EmbeddingSpace.model_fields
+            if k in self.model_fields_set and getattr(other, k) != getattr(self, k)
+        ]
+
+    def key(self) -> str:
+        """JSON with sorted keys: equal text for equal settings (catalog rows, checkpoints compare it)."""
+        return json.dumps(self.model_dump(), sort_keys=True)
+
+
+class PipelineSettings(EmbeddingSpace):
+    """The embedding space plus how pixels were read, tissue found and the encoder run: a new slide's store must
+    repeat these; stores that differ only in these share one embedding space (a warning, not a refusal)."""
+
+    tiling_params: dict | None = None
+    read_mode: str | None = None
+    context_size: int | None = None
+    compute_dtype: str | None = None
+    tissue_model: str | None = None
+
+    @property
+    def settings(self) -> PipelineSettings:
+        """These settings alone (a record that holds more, a store header or pipeline.json, gives its part)."""
+        return PipelineSettings.model_validate(self.model_dump(include=set(PipelineSettings.model_fields)))
+
+
+class StoreHeader(PipelineSettings):
+    """A store's provenance, all its attributes, as one record: read from and written to the flat HDF5 attributes
+    (lists, dicts and None as JSON text), so the file format does not change. Older stores lack some fields (None);
+    attributes this mixmag does not know are kept as they are."""
+
+    model_config = ConfigDict(frozen=True, extra="allow")
+
+    format_version: int | None = None
+    mixmag_version: str | None = None
+    slide_id: str | None = None
+    slide_path: str | None = None
+    slide_size_bytes: int | None = None
+    slide_mtime: float | None = None
+    reader_backend: str | None = None
+    slide_mpp: float | None = None
+    mpp_source: str | None = None
+    cell_um: float | None = None
+    cell_px: float | None = None
+    grid_shape: list[int] | None = None
+    level_names: list[str] | None = None
+    plan_digest: str | None = None
+    plan_path: str | None = None
+
+    @classmethod
+    def of(cls, value: StoreHeader | dict) -> StoreHeader:
+        """A header, or the header of the flat attributes `read_attrs` gives."""
+        return value if isinstance(value, StoreHeader) else cls.from_attrs(value)
+
+    @classmethod
+    def from_attrs(cls, attrs: dict) -> StoreHeader:
+        """The header of decoded attributes; a value of the wrong type is a StoreError (`header_problems`)."""
+        try:
+            return cls.model_validate(attrs)
+        except ValidationError as exc:
+            raise StoreError("invalid store: " + "; ".join(_validation_problems(exc)) + f"; {_UNREADABLE}.") from None
+
+    def to_attrs(self) -> dict:
+        """The flat attributes as written: only those the store was given (older stores keep their set)."""
+        return self.model_dump(exclude_unset=True)
+
+    def same_making(self, other: StoreHeader) -> bool:
+        """Made from the same plan by the same encoder, weights, output, dimension and read mode: an embed rerun
+        keeps such a store."""
+        return self.plan_digest == other.plan_digest and all(
+            getattr(self, k) == getattr(other, k) for k in ENCODER_FIELDS if k != "compute_dtype"
+        )
+
+    @property
+    def encoder_record(self) -> dict:
+        """Who made the embeddings (encoder, weights, output, dimension, precision, read mode), as exports record
+        it next to the features they write (`mixmag.interop.files:encoder_extras`)."""
+        return {k: getattr(self, k) for k in ENCODER_FIELDS}
+
+
+ENCODER_FIELDS = ("encoder", "encoder_weights_digest", "encoder_output", "embedding_dim", "compute_dtype", "read_mode")
+
+
+def _validation_problems(exc: ValidationError) -> list[str]:
+    return [
+        f"attribute {'.'.join(map(str, e['loc']))} is {e.get('input')!r} ({e['msg'].lower()})" for e in exc.errors()
+    ]
+
+
+def header_problems(attrs: dict) -> list[str]:
+    """Attributes whose value does not fit the header's type (a number that is text, a list that is not)."""
+    try:
+        StoreHeader.model_validate(attrs)
+    except ValidationError as exc:
+        return _validation_problems(exc)
+    return []
+
+
 @dataclass
 class SlideStore:
     """A store in memory: cells, tissue, one embedding array per level (coarsest first), provenance."""
@@ -71,6 +182,11 @@ class SlideStore:
     embeddings: dict[str, np.ndarray]
     attrs: dict
     windows: dict[str, np.ndarray] = field(default_factory=dict)  # "regions" / "contexts": top-left (row, col)
+
+    @property
+    def header(self) -> StoreHeader:
+        """The attributes as a typed record (a store read from a file was checked; one built in memory is here)."""
+        return StoreHeader.from_attrs(self.attrs)
 
     @property
     def level_names(self) -> list[str]:
@@ -101,9 +217,12 @@ def write_store(path: str | Path, store: SlideStore) -> Path:
             f.create_dataset(f"emb/{name}", data=emb.astype(np.float16), chunks=_chunks(emb))
         for name, rc in store.windows.items():
             f.create_dataset(f"windows/{name}", data=np.asarray(rc, np.int32).reshape(-1, 2))
-        attrs = {"format_version": STORE_FORMAT_VERSION, "mixmag_version": __version__} | store.attrs
-        attrs["level_names"] = list(store.embeddings)
-        for key, value in attrs.items():
+        header = StoreHeader.from_attrs(
+            {"format_version": STORE_FORMAT_VERSION, "mixmag_version": __version__}
+            | store.attrs
+            | {"level_names": list(store.embeddings)}
+        )
+        for key, value in header.to_attrs().items():
             f.attrs[key] = _attr(value)
     return path
 
@@ -125,36 +244,25 @@ def _attr(value):
     return value
 
 
-def pipeline_settings(attrs: dict) -> dict:
-    """A store's pipeline settings: the part of its provenance (all its attrs) that new slides' stores must repeat,
-    the embedding space plus the tiling parameters, read mode, tissue model and precision that produce it."""
-    return {k: attrs.get(k) for k in (*STORE_MUST_MATCH, *STORE_SHOULD_MATCH)}
-
-
-def embedding_space(settings: dict) -> dict:
-    """The embedding space: the part of the pipeline settings that fixes what the embeddings mean (STORE_MUST_MATCH)."""
-    return {k: settings.get(k) for k in STORE_MUST_MATCH}
-
-
-def shared_settings(paths: Sequence[str | Path]) -> dict:
+def shared_settings(paths: Sequence[str | Path]) -> PipelineSettings:
     """The shared settings: the pipeline settings a set of stores (a cohort, a pretraining folder) has in common.
 
     Refuses stores made with another encoder, weights, output, levels, tile or region size: their
     embeddings live in different spaces, and one model over them would be silently wrong. Warns
     where they differ only in tiling, read mode, tissue model or precision; the most common value is kept."""
-    return shared_settings_of_groups([(pipeline_settings(read_attrs(p)), 1, Path(p)) for p in paths])
+    return shared_settings_of_groups([(read_header(p).settings, 1, Path(p)) for p in paths])
 
 
-def shared_settings_of_groups(groups: Sequence[tuple[dict, int, Path]]) -> dict:
+def shared_settings_of_groups(groups: Sequence[tuple[PipelineSettings, int, Path]]) -> PipelineSettings:
     """The shared settings of groups of stores: (pipeline settings, how many stores have them, one of them);
     a catalog checks a million stores as a handful of distinct settings."""
     if not groups:
         raise StoreError("no stores given")
     kept = {}
-    for key in (*STORE_MUST_MATCH, *STORE_SHOULD_MATCH):
+    for key in PipelineSettings.model_fields:
         counts: dict[str, list] = {}
         for s, n, example in groups:
-            entry = counts.setdefault(json.dumps(s[key], sort_keys=True), [0, example])
+            entry = counts.setdefault(json.dumps(getattr(s, key), sort_keys=True), [0, example])
             entry[0] += n
         common = max(counts, key=lambda v: counts[v][0])
         kept[key] = json.loads(common)
@@ -163,7 +271,7 @@ def shared_settings_of_groups(groups: Sequence[tuple[dict, int, Path]]) -> dict:
         detail = "; ".join(
             f"{v} in {n} store(s), e.g. {g}" for v, (n, g) in sorted(counts.items(), key=lambda i: -i[1][0])
         )
-        if key in STORE_MUST_MATCH:
+        if key in EmbeddingSpace.model_fields:
             raise StoreError(
                 f"the stores were made differently ({key}: {detail}); embeddings of different encoders or "
                 "tilings cannot be mixed: re-tile/re-embed the odd ones with the others' settings "
@@ -173,12 +281,25 @@ def shared_settings_of_groups(groups: Sequence[tuple[dict, int, Path]]) -> dict:
             MixedStoresWarning(f"the stores differ in {key} ({detail}); recorded for prediction: {common}"),
             stacklevel=3,
         )
-    return kept
+    return PipelineSettings.model_validate(kept)
 
 
 def read_attrs(path: str | Path) -> dict:
+    """The flat attributes, decoded (JSON text back to lists, dicts and None); `read_header` types them."""
     with open_hdf5(path) as f:
-        return {k: _decode_attr(v) for k, v in f.attrs.items()}
+        return decode_attrs(f.attrs)
+
+
+def decode_attrs(attrs: h5py.AttributeManager) -> dict:
+    return {k: _decode_attr(v) for k, v in attrs.items()}
+
+
+def read_header(path: str | Path) -> StoreHeader:
+    """A store's provenance as one typed record, from its attributes alone (no dataset is read)."""
+    try:
+        return StoreHeader.from_attrs(read_attrs(path))
+    except StoreError as exc:
+        raise StoreError(f"{path}: {exc}") from None
 
 
 def _decode_attr(value):
@@ -204,6 +325,10 @@ class StoreIndex:
     attrs: dict
     dim: int = 0  # embedding dimension D
 
+    @property
+    def header(self) -> StoreHeader:
+        return StoreHeader.from_attrs(self.attrs)
+
 
 def read_index(path: str | Path) -> StoreIndex:
     """The index of a store: cheap next to read_store on a large slide (no embeddings are read). The header is
@@ -217,7 +342,10 @@ def read_index(path: str | Path) -> StoreIndex:
             attrs=attrs,
             dim=int(f[f"emb/{names[0]}"].shape[-1]),
         )
-    problems = _id_problems(attrs) + _geometry_problems(attrs) + _cell_problems(index.rc, index.windows, attrs)
+    problems = (
+        _id_problems(attrs) + _geometry_problems(attrs) + _cell_problems(index.rc, index.windows, attrs)
+        or header_problems(attrs)
+    )
     if problems:
         raise StoreError(f"{path}: invalid store: " + "; ".join(problems))
     return index
@@ -255,7 +383,7 @@ def _open_store(path: Path) -> Iterator[tuple[h5py.File, dict, list[str]]]:
         raise StoreError(f"{path}: store not found; run `mixmag embed` first.")
     try:
         with open_hdf5(path) as f:
-            attrs = {k: _decode_attr(v) for k, v in f.attrs.items()}
+            attrs = decode_attrs(f.attrs)
             problems = layout_problems(f, attrs)
             if problems:
                 raise StoreError(f"{path}: invalid store: " + "; ".join(problems) + f"; {_UNREADABLE}.")
@@ -422,7 +550,7 @@ def store_problems(store: SlideStore) -> list[str]:
     problems += _id_problems(store.attrs) + _geometry_problems(store.attrs)
     if store.rc.ndim == 2 and store.rc.dtype.kind in "iu":
         problems += _cell_problems(store.rc, store.windows, store.attrs)
-    return problems
+    return problems or header_problems(store.attrs)  # the types last: today's sentences stay where they apply
 
 
 _EXPONENT_BITS = {2: (np.uint16, 0x7C00), 4: (np.uint32, 0x7F800000), 8: (np.uint64, 0x7FF0000000000000)}

@@ -49,7 +49,7 @@ def tile_bag(store_path: Path, mode: str) -> np.ndarray:
         emb = store.embeddings[mode]
         bag = emb.reshape(-1, emb.shape[-1])
     else:
-        names = store.attrs["level_names"]
+        names = store.header.level_names or []
         raise CohortError(f"{store_path}: no level {mode!r} in the store (levels: {', '.join(names)})")
     return _nonempty(store_path, bag)
 
@@ -59,7 +59,7 @@ def region_bag(store_path: Path, level: str | None = None) -> np.ndarray:
     `level`, only that level's (t 2^i)^2 tokens of each region (for single-magnification mixers)."""
     store = read_store(store_path)
     windows = store.windows.get("regions")
-    t = int(store.attrs.get("region_size") or 0)
+    t = store.header.region_size or 0
     if windows is None or not t:
         raise CohortError(f"{store_path}: the store lists no regions; re-run `mixmag embed` on current tiling plans")
     table = RegionTable(store)
@@ -123,7 +123,7 @@ def bag_shape(store_path: Path, mode: str, region_level: str | None = None) -> t
         if mode not in names:
             raise CohortError(f"{store_path}: no level {mode!r} in the store (levels: {', '.join(names)})")
         return (cells * 4 ** names.index(mode), index.dim)
-    t = int(index.attrs.get("region_size") or 0)
+    t = index.header.region_size or 0
     offsets = level_offsets(t, len(names))
     tokens = offsets[-1]
     if region_level is not None:

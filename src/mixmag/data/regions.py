@@ -73,8 +73,7 @@ class RegionTable:
         cells = self.grid[row : row + size, col : col + size]
         if cells.shape != (size, size) or (cells < 0).any():
             raise StoreError(
-                f"{self.store.attrs.get('slide_id')}: window ({row}, {col}) x {size} needs cells that are not in the "
-                "store"
+                f"{self.store.header.slide_id}: window ({row}, {col}) x {size} needs cells that are not in the store"
             )
         t = template or TokenTemplate.build(size, self.n_levels)
         return self.offsets[t.level] + cells[t.cell_row, t.cell_col] * t.per_cell + t.sub
@@ -127,11 +126,12 @@ def index_stores(paths: Sequence[Path], config: RegionSamplingConfig) -> tuple[l
     entries, dims, levels = [], set(), set()
     for path in paths:
         index = read_index(path)  # a forged or damaged header is refused before any array is read
-        want = index.attrs.get("context_size") if config.context else index.attrs.get("region_size")
+        header = index.header
+        want = header.context_size if config.context else header.region_size
         n = index.windows[kind].shape[0] if kind in index.windows else 0
         dims.add(index.dim)
         levels.add(len(index.level_names))
-        if n and int(want) != size:
+        if n and want != size:
             raise ConfigError(
                 f"{path}: its {kind} are {want} x {want} cells but the run asks for {size} x {size}; "
                 f"re-tile with --region-size/--context-size {size} or change the config"

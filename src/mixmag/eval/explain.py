@@ -84,7 +84,7 @@ def tile_layout(store: StoreIndex | SlideStore, mode: str) -> _Layout:
 
 def region_layout(store: StoreIndex | SlideStore, region_level: str | None = None) -> _Layout:
     """Tokens of a region bag ((R, s) flattened): regions in store order, each in token_slots order."""
-    t = int(store.attrs["region_size"])
+    t = store.header.region_size or 0
     windows = store.windows["regions"].astype(np.int64).reshape(-1, 2)
     slots = np.array(token_slots(t, len(store.level_names)), np.int64).reshape(-1, 3)
     if region_level is not None:
@@ -111,7 +111,7 @@ def _maps(store: StoreIndex | SlideStore, layout: _Layout, values: np.ndarray) -
 
 
 def _region_weights_from_maps(store: StoreIndex | SlideStore, maps: dict[str, np.ndarray]) -> np.ndarray:
-    t = int(store.attrs.get("region_size") or 0)
+    t = store.header.region_size or 0
     windows = store.windows.get("regions", np.zeros((0, 2))).astype(np.int64).reshape(-1, 2)
     out = np.zeros(len(windows))
     for i, name in enumerate(store.level_names):
@@ -152,7 +152,7 @@ def explain_slide(classifier: SlideClassifier, slide: str, store_path: Path, met
         method=attribution.method,
         level_names=store.level_names,
         level_maps=maps,
-        region_size=int(store.attrs.get("region_size") or 0),
+        region_size=store.header.region_size or 0,
         regions=store.windows.get("regions", np.zeros((0, 2), np.int32)).reshape(-1, 2),
         region_weight=np.asarray(region_weight, np.float64),
         region_contribution=np.asarray(region_contribution, np.float64),

@@ -20,8 +20,8 @@ from ..errors import MixmagError
 from ..fileio import open_hdf5
 from ..geometry import magnification_name
 from ..slides.tiling import TilingPlan
-from ..store import SlideStore, plan_provenance, store_from_plan
-from .files import ENCODER_KEYS, features_digest, plain_attrs, recorded_provenance
+from ..store import ENCODER_FIELDS, SlideStore, plan_provenance, store_from_plan
+from .files import features_digest, plain_attrs, recorded_provenance
 from .grid import OffGridError, slots_on_grid
 
 MAX_DIM = 65536  # features per tile: far above any encoder's, low enough that a corrupt shape is not read into memory
@@ -249,7 +249,7 @@ def _encoder_provenance(plan: TilingPlan, name: str, f: LevelFile, source: str, 
                 f"features are {f.features.shape[1]}-dimensional, mixmag recorded {f.recorded.get('embedding_dim')}",
                 "write new features to a fresh folder",
             )
-        return {k: f.recorded.get(k) for k in ENCODER_KEYS}
+        return {k: f.recorded.get(k) for k in ENCODER_FIELDS}
     if f.encoder and encoder and f.encoder != encoder:
         raise refuse(
             plan,

@@ -40,8 +40,8 @@ SOURCE = "clam"
 
 def export_store(store: SlideStore, out: Path) -> list[Path]:
     """`<out>/<level>/h5_files/<slide>.h5` and `<out>/<level>/pt_files/<slide>.pt` for every level of a store."""
-    slide = store.attrs["slide_id"]
-    cell_px = float(store.attrs["cell_px"])
+    header = store.header
+    slide, cell_px = header.slide_id, float(header.cell_px or 0)
     written = []
     for level, (name, emb) in enumerate(store.embeddings.items()):
         data_dir = path_for_id(out, name, what="level name", where=f"store {slide}")

@@ -15,7 +15,6 @@ from ..store import SlideStore
 # extras mixmag adds to the files it exports (peers ignore attributes they do not read)
 PROVENANCE_ATTR = "mixmag_encoder_provenance"
 DIGEST_ATTR = "mixmag_features_sha256"
-ENCODER_KEYS = ("encoder", "encoder_weights_digest", "encoder_output", "embedding_dim", "compute_dtype", "read_mode")
 
 
 def write_h5(path: Path, datasets: dict[str, tuple[np.ndarray, dict]]) -> Path:
@@ -47,7 +46,7 @@ def features_digest(features: np.ndarray) -> str:
 
 def encoder_extras(store: SlideStore, features: np.ndarray) -> dict:
     """The extra attributes an export writes on `features`: the store's encoder provenance and the values' digest."""
-    recorded = {k: store.attrs.get(k) for k in ENCODER_KEYS}
+    recorded = store.header.encoder_record
     return {PROVENANCE_ATTR: json.dumps(recorded), DIGEST_ATTR: features_digest(features)}
 
 

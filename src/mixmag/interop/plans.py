@@ -47,14 +47,15 @@ def plans_in(folder: Path, slides: list[str] | None = None) -> list[tuple[Path, 
 
 def plan_for_store(store: SlideStore, plans_dir: Path | None) -> TilingPlan:
     """The plan a store was embedded from (in plans_dir, else where the store recorded it), checked against it."""
-    slide = check_id(store.attrs.get("slide_id"), where="the store's slide_id attribute")
-    path = Path(plans_dir) / slide / PLAN_FILENAME if plans_dir else Path(str(store.attrs.get("plan_path")))
+    header = store.header
+    slide = check_id(header.slide_id, where="the store's slide_id attribute")
+    path = Path(plans_dir) / slide / PLAN_FILENAME if plans_dir else Path(str(header.plan_path))
     plan = read_plan(path)
     same_cells = np.array_equal(np.asarray(plan.cells, np.int64).reshape(-1, 2), store.rc.astype(np.int64))
     if (
         plan.slide.slide_id != slide
         or not same_cells
-        or abs(plan.cell_px - float(store.attrs.get("cell_px", -1))) > 1e-6
+        or abs(plan.cell_px - (header.cell_px if header.cell_px is not None else -1)) > 1e-6
     ):
         raise InteropError(
             f"{path}: this plan is not the one store {slide} was embedded from (other slide, cells or cell "

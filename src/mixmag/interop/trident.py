@@ -99,7 +99,7 @@ def write_coords(plan: TilingPlan, job: Path) -> list[Path]:
 def export_store(store: SlideStore, plan: TilingPlan, out: Path) -> list[Path]:
     """`<out>/<mag>x_<tile>px_0px_overlap/features_<encoder>/<slide>.h5` per level, as TRIDENT's feature extraction
     writes them (the plan gives the slide's size)."""
-    slide, encoder = store.attrs["slide_id"], str(store.attrs["encoder"])
+    slide, encoder = store.header.slide_id, str(store.header.encoder)
     written = []
     for level, emb in enumerate(store.embeddings.values()):
         folder = Path(out) / job_folder(plan.levels.mpp(level), plan.params.tile_px)

@@ -23,6 +23,7 @@ from ..fileio import atomic_path, output_folder
 from ..geometry import Box
 from ..ids import path_for_id
 from ..slides.reader import Slide
+from ..store import StoreHeader
 
 THUMBNAIL_LONGEST = 900
 DIVERGING_CMAP = "RdBu_r"  # blue below, white at neutral, red above
@@ -91,13 +92,14 @@ def signed_scale(values: np.ndarray, label: str) -> PanelScale:
     return PanelScale("signed", peak if peak > 0 else 1.0, label=label)
 
 
-def open_store_slide(attrs: dict) -> Slide:
+def open_store_slide(header: StoreHeader | dict) -> Slide:
     """The slide a store was made from, read the way the tiler read it (same backend and mpp)."""
-    if not attrs.get("slide_path"):
+    header = StoreHeader.of(header)
+    if not header.slide_path or header.slide_mpp is None:
         raise MixmagError(
-            f"store of {attrs.get('slide_id')!r} names no slide file (imported or synthetic); heatmaps need the slide"
+            f"store of {header.slide_id!r} names no slide file (imported or synthetic); heatmaps need the slide"
         )
-    return Slide(attrs["slide_path"], mpp=attrs["slide_mpp"], backend=attrs.get("reader_backend") or "auto")
+    return Slide(header.slide_path, mpp=header.slide_mpp, backend=header.reader_backend or "auto")
 
 
 def thumbnail(slide: Slide, longest: int = THUMBNAIL_LONGEST) -> tuple[np.ndarray, float]:
@@ -137,25 +139,25 @@ def top_tiles(a: SlideAttribution, level: int, k: int) -> list[tuple[int, int, f
     return [(int(i // m.shape[1]), int(i % m.shape[1]), float(m.ravel()[i])) for i in best]
 
 
-def read_level_square(slide: Slide, attrs: dict, level: int, row: int, col: int, side: int = 1) -> np.ndarray:
+def read_level_square(slide: Slide, header: StoreHeader, level: int, row: int, col: int, side: int = 1) -> np.ndarray:
     """side x side tiles of a level's grid from (row, col), read at that level's mpp with the tiler's
     tolerance, as the encoder saw them."""
-    unit = float(attrs["cell_px"]) / 2**level
-    params = attrs.get("tiling_params") or {}
+    unit = float(header.cell_px or 0) / 2**level
+    params = header.tiling_params or {}
     box = Box(col * unit, row * unit, (col + side) * unit, (row + side) * unit)
-    px = int(attrs["tile_px"]) * side
+    px = int(header.tile_px or 0) * side
     return slide.read_box(
         box,
-        float(attrs["level_mpps"][level]),
+        float((header.level_mpps or [])[level]),
         (px, px),
         tolerance=params.get("mpp_tolerance", 0.05),
         allow_upsample=params.get("allow_upsample", False),
     )
 
 
-def tile_crop(slide: Slide, attrs: dict, level: int, row: int, col: int) -> np.ndarray:
+def tile_crop(slide: Slide, header: StoreHeader | dict, level: int, row: int, col: int) -> np.ndarray:
     """The level's tile at (row, col) of its grid."""
-    return read_level_square(slide, attrs, level, row, col)
+    return read_level_square(slide, StoreHeader.of(header), level, row, col)
 
 
 def top_regions(a: SlideAttribution, k: int) -> list[tuple[int, int, float]]:
@@ -164,11 +166,13 @@ def top_regions(a: SlideAttribution, k: int) -> list[tuple[int, int, float]]:
     return [(int(a.regions[i][0]), int(a.regions[i][1]), float(a.region_weight[i])) for i in order]
 
 
-def region_views(slide: Slide, attrs: dict, a: SlideAttribution, row: int, col: int) -> list[tuple[np.ndarray, str]]:
+def region_views(
+    slide: Slide, header: StoreHeader, a: SlideAttribution, row: int, col: int
+) -> list[tuple[np.ndarray, str]]:
     """One region at each magnification: the whole region at the coarsest level (the most attended
     finer tiles outlined), then the most attended tile of each finer level inside it, as read."""
-    t, px = a.region_size, int(attrs["tile_px"])
-    whole = read_level_square(slide, attrs, 0, row, col, t).copy()
+    t, px = a.region_size, int(header.tile_px or 0)
+    whole = read_level_square(slide, header, 0, row, col, t).copy()
     views = [(whole, f"{a.level_names[0]}: region ({row}, {col})")]
     import cv2
 
@@ -178,7 +182,7 @@ def region_views(slide: Slide, attrs: dict, a: SlideAttribution, row: int, col: 
         if window.size == 0 or not np.isfinite(window).any():
             continue
         r, c = np.unravel_index(np.nanargmax(window), window.shape)
-        views.append((tile_crop(slide, attrs, i, row * s + r, col * s + c), f"{a.level_names[i]}: top tile"))
+        views.append((tile_crop(slide, header, i, row * s + r, col * s + c), f"{a.level_names[i]}: top tile"))
         side = px / s  # that tile's outline on the coarsest view
         color = (255, 255, 255) if i == 1 else (0, 255, 255)
         cv2.rectangle(
@@ -188,7 +192,12 @@ def region_views(slide: Slide, attrs: dict, a: SlideAttribution, row: int, col: 
 
 
 def draw_heatmaps(
-    a: SlideAttribution, attrs: dict, out_dir: Path, *, top_k: int = 4, formats: tuple[str, ...] = ("png",)
+    a: SlideAttribution,
+    header: StoreHeader | dict,
+    out_dir: Path,
+    *,
+    top_k: int = 4,
+    formats: tuple[str, ...] = ("png",),
 ) -> list[Path]:
     """<slide>_maps.<fmt> (thumbnail, region attention, one map per magnification), <slide>_top.<fmt>
     (top-k tiles of each magnification) and <slide>_regions.<fmt> (top regions at every magnification)."""
@@ -199,18 +208,19 @@ def draw_heatmaps(
 
     path_for_id(out_dir, a.slide_id, what="slide id", where="heatmaps")  # every picture is named after it
     output_folder(out_dir.parent, out_dir.name, "heatmaps folder")  # a linked heatmaps/ never writes elsewhere
-    with open_store_slide(attrs) as slide:
+    header = StoreHeader.of(header)
+    with open_store_slide(header) as slide:
         thumb, px_scale = thumbnail(slide)
         crops = [
-            [(tile_crop(slide, attrs, i, r, c), v) for r, c, v in top_tiles(a, i, top_k)]
+            [(tile_crop(slide, header, i, r, c), v) for r, c, v in top_tiles(a, i, top_k)]
             for i in range(len(a.level_names))
         ]
         regions = (
-            [(w, region_views(slide, attrs, a, r, c)) for r, c, w in top_regions(a, min(top_k, 3))]
+            [(w, region_views(slide, header, a, r, c)) for r, c, w in top_regions(a, min(top_k, 3))]
             if a.region_size
             else []
         )
-    panels = map_panels(a, float(attrs["cell_px"]))
+    panels = map_panels(a, float(header.cell_px or 0))
     written = []
     shape = thumb.shape[:2]
     fig, axes = plt.subplots(

@@ -25,7 +25,7 @@ from ..ids import is_safe_id
 from ..images import PictureError, read_picture
 from ..markup import html_text, html_value, shown_path
 from ..runs import TrainRun
-from ..store import read_attrs
+from ..store import read_header
 from ..train.classifier import SlideClassifier
 from ..weights_io import UnsafeCheckpointError
 from .heatmaps import draw_heatmaps
@@ -167,7 +167,7 @@ def _qc_pictures(run: Path, config: dict, rows: list[dict], limit: int = 6) -> l
         store = stores.get(slide)
         if store is None or not store.is_file():
             continue
-        plan = read_attrs(store).get("plan_path")
+        plan = read_header(store).plan_path
         if not plan:
             continue
         picture = _file_png(Path(plan).parent / "qc_regions.png", fmt="jpeg")
@@ -208,7 +208,7 @@ def _heatmaps(run: Path, config: dict, rows: list[dict]) -> tuple[list[tuple[str
         classifier.use_stores(stores, Path(config["encoded"]) if config.get("encoded") else None)
         for slide, why in chosen:
             attribution = explain_slide(classifier, slide, stores[slide])
-            pictures = draw_heatmaps(attribution, read_attrs(stores[slide]), TrainRun(run).heatmaps)
+            pictures = draw_heatmaps(attribution, read_header(stores[slide]), TrainRun(run).heatmaps)
             out.append(
                 (
                     slide,

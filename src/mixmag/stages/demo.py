@@ -29,7 +29,6 @@ from ..report.html import build_report
 from ..runs import PretrainRun, TrainRun
 from ..slides.sources import sources_from_table
 from ..slides.tiling import TilingParams
-from ..store import embedding_space
 from ..synth.cohort import TASKS, CohortSpec, write_cohort
 from ..train.finetune import Seed, TrainSettings
 from ..train.mixer_file import pretrained_mixer_set
@@ -358,7 +357,7 @@ def _pretrain(
     mixer = run.mixer_weights
     written = run.read_mixer_meta()
     if written is not None:
-        space = embedding_space(pretraining_catalog(cfg).shared_settings())
+        space = pretraining_catalog(cfg).shared_settings().space.model_dump()
         if written.get("pretraining") != json.loads(json.dumps(cfg.model_dump())) or written.get("stores") != space:
             console.print(
                 f"the pretraining settings or the stores changed since {cfg.out} was written: pretraining again"

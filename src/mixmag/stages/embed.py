@@ -27,8 +27,10 @@ from ..fileio import DiskFullError, FolderLock, RunLockedError, ensure_free_spac
 from ..slides.pyramids import ReadMode
 from ..slides.tiling import PLAN_FILENAME, load_plan
 from ..store import (
+    StoreError,
+    StoreHeader,
     plan_provenance,
-    read_attrs,
+    read_header,
     store_from_plan,
     store_path,
     store_problems,
@@ -120,17 +122,15 @@ def store_provenance(
     }
 
 
-_MATCH_KEYS = ("plan_digest", "encoder", "encoder_weights_digest", "encoder_output", "read_mode", "embedding_dim")
-
-
 def store_is_current(path: Path, wanted: dict) -> bool:
+    """The store was made from the same plan by the same encoder (weights, output, dimension) and read mode."""
     if not path.is_file():
         return False
     try:
-        attrs = read_attrs(path)
-    except OSError:
+        header = read_header(path)
+    except (OSError, StoreError):
         return False
-    return all(attrs.get(k) == wanted[k] for k in _MATCH_KEYS)
+    return header.same_making(StoreHeader.from_attrs(wanted))
 
 
 def check_read_mode(mode: str) -> None:

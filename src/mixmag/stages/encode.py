@@ -12,7 +12,7 @@ import torch
 from ..data.bags import region_bag
 from ..data.encoded import encoded_is_current, write_encoded
 from ..fileio import make_folder
-from ..store import StoreError, shared_settings
+from ..store import PipelineSettings, StoreError, shared_settings
 from ..train.mixer_file import load_mixer
 
 
@@ -25,7 +25,7 @@ def encode_stores(
     batch: int = 64,
     device: torch.device | None = None,
     on_slide=None,
-    settings: dict | None = None,
+    settings: PipelineSettings | None = None,
 ) -> list[Path]:
     """`settings`: the stores' shared settings when known (from the catalog), else read from every header."""
     device = device or torch.device("cpu")

@@ -24,7 +24,7 @@ from ..ids import ID_RULE, SafeName, is_safe_id
 from ..markup import markdown_cell
 from ..models.mixer import MIXER_PRESETS
 from ..runs import TrainRun
-from ..store import shared_settings
+from ..store import PipelineSettings, shared_settings
 from ..train.finetune import Seed, TrainConfig, TrainSettings, pretrained_mixer_digest, run_training
 from ..train.mixer_file import mixer_architecture
 from ..train.pretrain import store_paths
@@ -146,7 +146,7 @@ def _slug(name: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
 
 
-def run_is_current(cfg: TrainConfig, store_settings: dict | None) -> bool:
+def run_is_current(cfg: TrainConfig, store_settings: PipelineSettings | None) -> bool:
     """A finished run is reused only if its config, its stores' provenance (`store_settings`, as
     store.shared_settings gives them now) and the pretrained mixer it read are those of now: a mixer
     retrained or stores re-embedded at the same paths make it stale."""
@@ -160,10 +160,13 @@ def run_is_current(cfg: TrainConfig, store_settings: dict | None) -> bool:
         digest = pretrained_mixer_digest(cfg)
     except (MixmagError, OSError):
         return False  # let training say what is wrong
-    return all(pipeline.get(k) == v for k, v in store_settings.items()) and pipeline.get("mixer_digest") == digest
+    return (
+        all(pipeline.get(k) == v for k, v in store_settings.model_dump().items())
+        and pipeline.get("mixer_digest") == digest
+    )
 
 
-def _cohort_store_settings(cohort: str, stores: str) -> dict | None:
+def _cohort_store_settings(cohort: str, stores: str) -> PipelineSettings | None:
     """The cohort's stores' shared provenance, or None when they cannot be read (training will say why)."""
     try:
         return shared_settings(list(load_cohort(cohort, stores).stores.values()))

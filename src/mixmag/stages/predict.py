@@ -29,7 +29,7 @@ from ..runs import CrossValRun
 from ..slides.sources import SlideSource, sources_from_paths, sources_from_table
 from ..slides.tiling import TilingParams, plan_path
 from ..slides.tissue import load_tissue_model
-from ..store import StoreError, read_attrs, read_store, store_path
+from ..store import StoreError, StoreHeader, read_header, read_store, store_path
 from ..tables import read_table
 from ..train.classifier import SlideClassifier
 from .embed import run_embed
@@ -265,7 +265,7 @@ def score_slides(
             save_attribution(attribution, path_for_id(maps, slide, ".npz"))
             if heatmaps:
                 try:
-                    outcome.pictures = draw_heatmaps(attribution, read_attrs(path), maps, top_k=top_k)
+                    outcome.pictures = draw_heatmaps(attribution, read_header(path), maps, top_k=top_k)
                 except (MixmagError, OSError) as exc:
                     outcome.problem = f"scored, but no heatmap: {exc}"
         except MixmagError as exc:
@@ -386,7 +386,7 @@ def precision_note(classifier: SlideClassifier, stores: dict[str, Path]) -> str 
     """Stores embedded in another precision than the training stores (bf16 on a GPU vs fp32 on a CPU)
     score slightly differently; said, not refused."""
     trained = classifier.pipeline.get("compute_dtype")
-    other = sorted({str(_attrs_or_empty(p).get("compute_dtype")) for p in stores.values()} - {str(trained), "None"})
+    other = sorted({str(_header_or_empty(p).compute_dtype) for p in stores.values()} - {str(trained), "None"})
     if trained and other:
         return (
             f"the run's stores were embedded in {trained}, these in {', '.join(other)}: scores differ from the same "
@@ -396,11 +396,11 @@ def precision_note(classifier: SlideClassifier, stores: dict[str, Path]) -> str 
     return None
 
 
-def _attrs_or_empty(path: Path) -> dict:
+def _header_or_empty(path: Path) -> StoreHeader:
     try:
-        return read_attrs(path)
-    except OSError:  # absent or unreadable: its own row says so
-        return {}
+        return read_header(path)
+    except (OSError, StoreError):  # absent or unreadable: its own row says so
+        return StoreHeader()
 
 
 @dataclass

@@ -23,7 +23,7 @@ from ..errors import RunError, RunMismatchError
 from ..models.mixer import MixerConfig, RegionMixer
 from ..models.slide import SlideModel
 from ..runs import TrainRun
-from ..store import STORE_MUST_MATCH, StoreError, read_index
+from ..store import EmbeddingSpace, StoreError, read_index
 from .mixer_file import load_mixer
 
 ATTENTION = "AB-MIL attention"
@@ -136,13 +136,13 @@ class SlideClassifier:
         if not path.is_file():
             return f"{path}: no store for slide {slide or path.stem}; run `mixmag embed` first"
         try:
-            attrs = read_index(path).attrs
+            header = read_index(path).header
         except StoreError as exc:
             return str(exc)
-        reference = self.pipeline
-        different = [k for k in STORE_MUST_MATCH if k in reference and attrs.get(k) != reference.get(k)]
+        reference = EmbeddingSpace.model_validate(self.pipeline)
+        different = reference.differences(header)
         if different:
-            detail = "; ".join(f"{k}: run {reference.get(k)!r} vs slide {attrs.get(k)!r}" for k in different)
+            detail = "; ".join(f"{k}: run {getattr(reference, k)!r} vs slide {getattr(header, k)!r}" for k in different)
             return (
                 f"{path}: made differently from the run's training stores ({detail}); tile and embed the slide with "
                 "the run's settings"

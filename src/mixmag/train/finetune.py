@@ -45,7 +45,7 @@ from ..metrics import auroc, bootstrap_auroc, specimen_scores
 from ..models.mixer import MixerOverrides, RegionMixer, mixer_config
 from ..models.slide import SlideModel
 from ..runs import TrainRun
-from ..store import read_attrs
+from ..store import EmbeddingSpace, StoreHeader, read_header
 from .classifier import SlideClassifier
 from .crossval import CrossValConfig
 from .mixer_file import load_mixer, weights_digest
@@ -154,7 +154,9 @@ def load_train_config(path: str | Path, sets: list[str] | None = None) -> TrainC
     return load_config(TrainConfig, path, sets)
 
 
-def build_mixer(setting: MixerSetting, in_dim: int, t: int, n_levels: int, stores: dict | None = None) -> RegionMixer:
+def build_mixer(
+    setting: MixerSetting, in_dim: int, t: int, n_levels: int, stores: EmbeddingSpace | dict | None = None
+) -> RegionMixer:
     """A fresh mixer of a preset, or a pretrained one (refused when `stores`, the cohort's shared
     settings, were made unlike the stores it was pretrained on)."""
     if setting.init == "pretrained":
@@ -190,7 +192,7 @@ class Trainer:
         )
         first = next(iter(self.cohort.specimens.values())).slides[0]
         bag_dim = int(bags(first).shape[-1])
-        mixer = self._new_mixer(read_attrs(self.cohort.stores[first]), bag_dim) if config.bags == "regions" else None
+        mixer = self._new_mixer(read_header(self.cohort.stores[first]), bag_dim) if config.bags == "regions" else None
         model = SlideModel(bag_dim, config.hidden, mixer, config.mixer.output if config.mixer else "patch").to(
             self.device
         )
@@ -216,11 +218,11 @@ class Trainer:
     def bags(self) -> BagCache:
         return self.classifier.bags
 
-    def _new_mixer(self, store_attrs: dict, in_dim: int) -> RegionMixer:
-        t, n_levels = int(store_attrs["region_size"]), len(store_attrs["level_mpps"])
+    def _new_mixer(self, header: StoreHeader, in_dim: int) -> RegionMixer:
+        t, n_levels = header.region_size or 0, len(header.level_mpps or [])
         level = self.config.region_level
         if level is not None:  # one level: a (t 2^i) x (t 2^i) grid of that level's tiles
-            t, n_levels = t * 2 ** store_attrs["level_names"].index(level), 1
+            t, n_levels = t * 2 ** (header.level_names or []).index(level), 1
         return build_mixer(self.config.mixer, in_dim, t, n_levels, self.store_settings)
 
     def _pipeline(self, bag_dim: int, mixer: RegionMixer | None) -> dict:
@@ -231,7 +233,7 @@ class Trainer:
             "bag_dim": bag_dim,
             "mixer": asdict(mixer.config) if mixer is not None else None,
         }
-        pipeline |= self.store_settings
+        pipeline |= self.store_settings.model_dump()
         if self.config.encoded:
             pipeline["encoded_mixer"] = str(encoded_mixer_weights(Path(self.config.encoded)).resolve())
         pipeline["mixer_digest"] = pretrained_mixer_digest(self.config)

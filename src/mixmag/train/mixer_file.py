@@ -20,12 +20,14 @@ from ..errors import ConfigError, MixmagError
 from ..fileio import atomic_path, file_sha256, make_folder, read_json_limited, write_json_atomic
 from ..models.mixer import MixerConfig, RegionMixer
 from ..runs import MIXER_META, MIXER_WEIGHTS
-from ..store import STORE_MUST_MATCH, embedding_space
+from ..store import EmbeddingSpace
 from ..weights_io import WeightsFileError, load_safetensors
 
 
-def export_mixer(out: Path, mixer: torch.nn.Module, mixer_cfg: MixerConfig, pretraining: dict, stores: dict) -> Path:
-    """Write the mixer (safetensors, atomically) and its mixer.json; `stores` is their shared settings."""
+def export_mixer(
+    out: Path, mixer: torch.nn.Module, mixer_cfg: MixerConfig, pretraining: dict, stores: EmbeddingSpace | dict
+) -> Path:
+    """Write the mixer (safetensors, atomically) and its mixer.json; `stores` is their shared settings (or space)."""
     from safetensors.torch import save_file
 
     path = out / MIXER_WEIGHTS
@@ -34,7 +36,7 @@ def export_mixer(out: Path, mixer: torch.nn.Module, mixer_cfg: MixerConfig, pret
     meta = {
         "mixer": asdict(mixer_cfg),
         "pretraining": pretraining,
-        "stores": embedding_space(stores),
+        "stores": EmbeddingSpace.of(stores).space.model_dump(),
         "mixmag_version": __version__,
     }
     write_json_atomic(out / MIXER_META, meta, indent=1)
@@ -52,7 +54,7 @@ def export_random_twin(like: Path, out: Path, seed: int = 0) -> Path:
     preset = (meta.get("pretraining") or {}).get("preset", "custom")
     make_folder(out)
     return export_mixer(
-        out, mixer, cfg, {"init": "random", "seed": seed, "preset": preset, "like": str(like)}, meta.get("stores") or {}
+        out, mixer, cfg, {"init": "random", "seed": seed, "preset": preset, "like": str(like)}, pretrained_space(meta)
     )
 
 
@@ -64,7 +66,7 @@ def pretrained_mixer_set(mixer: Path, methods: list[str], folder: Path) -> dict[
     return mixers
 
 
-def load_mixer(weights: str | Path, stores: dict | None = None) -> tuple[RegionMixer, str]:
+def load_mixer(weights: str | Path, stores: EmbeddingSpace | dict | None = None) -> tuple[RegionMixer, str]:
     """The mixer (strictly loaded, eval mode) and a digest of its weights. With `stores` (the settings
     of the stores it is about to read), refuses stores made unlike its pretraining stores."""
     weights = Path(weights)
@@ -76,7 +78,7 @@ def load_mixer(weights: str | Path, stores: dict | None = None) -> tuple[RegionM
     fix = f"give the {MIXER_WEIGHTS} (with its {MIXER_META}) that `mixmag pretrain` wrote"
     meta = _read_meta(meta_path, fix)
     if stores is not None:
-        check_stores_fit_mixer(weights, meta.get("stores") or {}, stores)
+        check_stores_fit_mixer(weights, pretrained_space(meta), EmbeddingSpace.of(stores))
     mixer = RegionMixer(MixerConfig(**meta["mixer"]))
     try:
         mixer.load_state_dict(load_safetensors(weights, fix=fix), strict=True)
@@ -133,11 +135,20 @@ def _digest(path: str, mtime_ns: int, size: int) -> str:
     return file_sha256(path, "mixer weights")[:16]
 
 
-def check_stores_fit_mixer(weights: Path, pretrained_on: dict, stores: dict) -> None:
+def pretrained_space(meta: dict) -> EmbeddingSpace:
+    """The embedding space mixer.json records under `stores`; fields it leaves null (or older files without it)
+    are not checked."""
+    recorded = meta.get("stores") or {}
+    return EmbeddingSpace.model_validate({k: v for k, v in recorded.items() if v is not None})
+
+
+def check_stores_fit_mixer(weights: Path, pretrained_on: EmbeddingSpace, stores: EmbeddingSpace) -> None:
     """Mixers from before provenance was recorded (no "stores" in mixer.json) are not checked."""
-    different = [k for k in STORE_MUST_MATCH if pretrained_on.get(k) is not None and stores.get(k) != pretrained_on[k]]
+    different = pretrained_on.differences(stores)
     if different:
-        detail = "; ".join(f"{k}: mixer {pretrained_on[k]!r} vs stores {stores.get(k)!r}" for k in different)
+        detail = "; ".join(
+            f"{k}: mixer {getattr(pretrained_on, k)!r} vs stores {getattr(stores, k)!r}" for k in different
+        )
         raise ConfigError(
             f"{weights}: pretrained on stores made differently from these ({detail}); a mixer only reads "
             "the embeddings it was pretrained on: pretrain on these stores, or embed them like its own"

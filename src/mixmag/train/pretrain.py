@@ -47,7 +47,7 @@ from ..fileio import (
 from ..models.mem import MEMPretrainer, n_masked
 from ..models.mixer import MixerConfig, MixerOverrides, mixer_config
 from ..runs import REPRETRAIN, PretrainRun, read_pretraining_log
-from ..store import STORE_SUFFIX, embedding_space
+from ..store import STORE_SUFFIX
 from ..weights_io import UnsafeCheckpointError, load_torch_weights
 from .mixer_file import export_mixer
 from .optim import param_groups, warmup_cosine
@@ -269,7 +269,7 @@ def _pretrain(
     )
     catalog = pretraining_catalog(config)
     settings = catalog.shared_settings()  # refuses a folder mixing encoders or tilings: one check over the catalog
-    space = json.dumps(embedding_space(settings), sort_keys=True)  # what a checkpoint's weights are tied to
+    space = settings.space.key()  # what a checkpoint's weights are tied to
     entries, in_dim, n_levels = catalog_stores(catalog, sampling)
     torch.manual_seed(config.seed)
     model, mixer_cfg = build_model(config, in_dim, n_levels)
