@@ -342,10 +342,9 @@ def read_index(path: str | Path) -> StoreIndex:
             attrs=attrs,
             dim=int(f[f"emb/{names[0]}"].shape[-1]),
         )
-    problems = (
-        _id_problems(attrs) + _geometry_problems(attrs) + _cell_problems(index.rc, index.windows, attrs)
-        or header_problems(attrs)
-    )
+    problems = _id_problems(attrs) + _geometry_problems(attrs) + _cell_problems(
+        index.rc, index.windows, attrs
+    ) or header_problems(attrs)
     if problems:
         raise StoreError(f"{path}: invalid store: " + "; ".join(problems))
     return index
