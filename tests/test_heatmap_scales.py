@@ -14,7 +14,15 @@ from test_predict import _attention_on_nuclei, _invoke
 
 from mixmag.eval.explain import SlideAttribution, explain_slide
 from mixmag.models.slide import SlideModel
-from mixmag.report.heatmaps import DIVERGING_CMAP, draw_heatmaps, level_title, map_panels, ratio_scale, signed_scale
+from mixmag.report.heatmaps import (
+    DIVERGING_CMAP,
+    draw_heatmaps,
+    level_title,
+    map_panels,
+    ratio_scale,
+    signed_scale,
+    value_label,
+)
 from mixmag.store import read_attrs
 from mixmag.synth.patterns import tissue_like
 from mixmag.synth.slide_writer import write_slide
@@ -70,6 +78,11 @@ def test_a_one_region_slide_is_one_neutral_square_with_a_finite_scale():
     assert _distance(scale.colours(values[np.isfinite(values)])).max() < 1e-6  # 100% attention on 1 of 1 = uniform
     for _, values, _, scale in panels[2:]:
         assert _distance(scale.colours(values)).max() < 1e-6
+
+
+def test_a_tile_caption_is_in_the_unit_of_its_colour():
+    assert value_label(0.02, ratio_scale(np.full(100, 0.01), "x")) == "2.00x uniform"
+    assert value_label(-0.5, signed_scale(np.array([1.0, -0.5]), "g")) == "-0.5"
 
 
 def test_a_level_share_is_shown_beside_its_token_share():

@@ -247,7 +247,7 @@ def draw_heatmaps(
                 if j < len(row):
                     image, value = row[j]
                     ax.imshow(image)
-                    ax.set_title(f"{a.level_names[i]} #{j + 1}: {value:.3g}", fontsize=8)
+                    ax.set_title(f"{a.level_names[i]} #{j + 1}: {value_label(value, panels[-1][3])}", fontsize=8)
         fig.suptitle(f"{a.slide_id}: most attended tiles per magnification", fontsize=10)
         fig.tight_layout()
         written += _save(fig, out_dir / f"{a.slide_id}_top", formats)
@@ -300,6 +300,13 @@ def map_panels(
     for i, name in enumerate(a.level_names):
         panels.append((level_title(a, name), a.level_maps[name], cell_px / 2**i, level_scale))
     return panels
+
+
+def value_label(value: float, scale: PanelScale | None) -> str:
+    """A tile's value in the unit its map's colour shows: 'x uniform' for attention, signed otherwise."""
+    if scale is not None and scale.kind == "ratio":
+        return f"{value / scale.uniform:.2f}x uniform"
+    return f"{value:+.3g}"
 
 
 def _draw_map(fig, ax, picture: np.ndarray, scale: PanelScale) -> None:
