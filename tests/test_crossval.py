@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ from mixmag.runs import CrossValRun
 from mixmag.stages import predict as prediction
 from mixmag.stages.crossval import run_cross_validation
 from mixmag.train.classifier import SlideClassifier
-from mixmag.train.crossval import CrossValConfig, make_folds, read_units
+from mixmag.train.crossval import CrossValConfig, fold_table, make_folds, read_units
 
 FOLDS = 3
 runner = CliRunner()
@@ -33,11 +34,15 @@ def with_patients(small_cohort: Path, folder: Path) -> Path:
     for row in rows:
         row["patient"] = f"pt{int(row['specimen'][1:]) // 2}"
         row["store"] = str(small_cohort / "stores" / f"{row['slide']}.h5")
-    with open(folder / "cohort.csv", "w", newline="") as f:
+    write_rows(folder / "cohort.csv", rows)
+    return folder / "cohort.csv"
+
+
+def write_rows(path: Path, rows: list[dict]) -> None:
+    with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, [*rows[0]])
         writer.writeheader()
         writer.writerows(rows)
-    return folder / "cohort.csv"
 
 
 def table_rows(path: Path) -> list[dict]:
@@ -83,15 +88,36 @@ def test_a_class_with_fewer_specimens_than_folds_is_one_sentence(small_cohort, t
     positives = sorted({r["specimen"] for r in rows if r["label"] == "1"})[:2]
     kept = [r for r in rows if r["label"] == "0" or r["specimen"] in positives]
     path = tmp_path / "few.csv"
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, [*kept[0]])
-        writer.writeheader()
-        writer.writerows(kept)
+    write_rows(path, kept)
     cv = CrossValConfig(folds=FOLDS)
     with pytest.raises(CohortError, match=r"label '1' has 2 specimen\(s\), fewer than the 3 folds; set cv.folds to 2"):
         make_folds(read_units(path, "binary", cv), cv)
     with pytest.raises(CohortError, match="needs a 'patient' column"):
         read_units(path, "binary", CrossValConfig(group_by="patient"))
+
+
+def test_bad_patient_columns_are_one_sentence(small_cohort, tmp_path):
+    table = with_patients(small_cohort, tmp_path)
+    other = "0" if table_rows(table)[1]["label"] == "1" else "1"
+    for change, message in [({"patient": ""}, "row 2: empty 'patient'"), ({"label": other}, "two values of 'label'")]:
+        rows = table_rows(table)
+        rows[0] |= {"specimen": rows[1]["specimen"]} | change
+        path = tmp_path / "bad.csv"
+        write_rows(path, rows)
+        with pytest.raises(CohortError, match=message):
+            read_units(path, "binary", CrossValConfig())
+
+
+def test_fold_tables_add_a_split_and_absolute_stores(small_cohort, tmp_path):
+    rows = [{k: v for k, v in r.items() if k != "split"} for r in table_rows(small_cohort / "cohort.csv")]
+    path = tmp_path / "cohort.csv"
+    stores = os.path.relpath(small_cohort / "stores", tmp_path)  # relative to the table's folder
+    write_rows(path, [r | {"store": f"{stores}/{r['slide']}.h5"} for r in rows])
+    cv = CrossValConfig(folds=FOLDS)
+    units = read_units(path, "binary", cv)
+    columns, cells = fold_table(units, make_folds(units, cv)[0])
+    assert columns[-1] == "split" and {c[-1] for c in cells} == {"train", "tune", "test"}
+    assert all(Path(c[columns.index("store")]).is_file() for c in cells)
 
 
 @pytest.fixture(scope="module")
@@ -172,6 +198,7 @@ def test_cli_trains_evaluates_and_predicts_a_cross_validation(cross_validated, s
     result = runner.invoke(app, ["train", "--config", str(config)], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert result.output.count("reused (finished before)") == FOLDS and "mean ± sd" in result.output
+    assert result.output.count("'split' column is ignored") == 1
     result = runner.invoke(
         app,
         ["predict", "--run", str(out), "--stores", str(small_cohort / "stores"), "P000-S0", "--no-heatmaps"]

@@ -71,6 +71,8 @@ def read_units(path: str | Path, task: str, cv: CrossValConfig) -> CohortUnits:
         spec = row["specimen"]
         if not spec or not row[column]:
             raise CohortError(f"{path} row {line}: empty 'specimen' or '{column}'; fill it")
+        if patient and not row["patient"]:
+            raise CohortError(f"{path} row {line}: empty 'patient'; fill it, or set cv.group_by=specimen")
         unit = (row[column], row["patient"] if patient else spec, line)
         first = seen.setdefault(spec, unit)
         if first[:2] != unit[:2]:
