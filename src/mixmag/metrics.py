@@ -1,4 +1,5 @@
-"""Specimen-level AUROC with a bootstrap confidence interval, and the paired DeLong test.
+"""Specimen-level metrics: AUROC with a bootstrap interval and the paired DeLong test (binary), and the metrics of the
+other task types (multiclass, survival, regression) with bootstrap intervals and paired bootstrap differences.
 
 AUROC is the Mann-Whitney statistic (ties count one half). DeLong's variance uses the structural
 components V10 / V01 computed from midranks in O(n log n) (Sun & Xu's fast form); a test checks it
@@ -115,3 +116,181 @@ def specimen_scores(
         grouped.setdefault(specimen_of[slide], []).append(score)
     fn = {"max": np.max, "mean": np.mean}[reduce]
     return {spec: float(fn(v)) for spec, v in grouped.items()}
+
+
+# -- task types beyond binary: one resampling rule, then each type's metrics (docs/method.md, "Task types") ---------
+
+
+def _resampled(statistic, n: int, n_boot: int, seed: int) -> list[float]:
+    """`statistic(idx)` on `n_boot` bootstrap resamples of n rows; resamples where it is undefined (ValueError) are
+    drawn again, up to 50 n_boot draws."""
+    rng = np.random.default_rng(seed)
+    values: list[float] = []
+    for _ in range(50 * n_boot):
+        if len(values) == n_boot:
+            break
+        try:
+            values.append(float(statistic(rng.integers(0, n, n))))
+        except ValueError:
+            continue
+    return values
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A metric's value on the specimens with its percentile bootstrap interval."""
+
+    value: float
+    low: float
+    high: float
+
+
+def bootstrap_estimate(metric, columns: tuple[np.ndarray, ...], *, n_boot: int, seed: int, level: float = 0.95):
+    """`metric(*columns)` and its percentile bootstrap interval over specimens (rows resampled with replacement); a
+    resample on which the metric is undefined (ValueError: one class, no events, constant values) is drawn again."""
+    value = float(metric(*columns))
+    values = _resampled(lambda idx: metric(*(c[idx] for c in columns)), len(columns[0]), n_boot, seed)
+    if not values:
+        return Estimate(value, value, value)
+    alpha = (1 - level) / 2
+    low, high = np.quantile(values, [alpha, 1 - alpha])
+    return Estimate(value, float(low), float(high))
+
+
+@dataclass(frozen=True)
+class PairedDifference:
+    """metric(a) - metric(b) on the same specimens, its bootstrap interval and two-sided bootstrap p value."""
+
+    difference: float
+    low: float
+    high: float
+    p_value: float
+
+
+def paired_bootstrap(metric, truth: tuple[np.ndarray, ...], scores_a, scores_b, *, n_boot: int = 2000, seed: int = 0):
+    """Paired bootstrap of a metric's difference between two methods scored on the same specimens: both are evaluated
+    on each resample, so their correlation is kept (DeLong stays the test for binary AUROC)."""
+    a, b = np.asarray(scores_a, dtype=np.float64), np.asarray(scores_b, dtype=np.float64)
+    observed = float(metric(*truth, a) - metric(*truth, b))
+
+    def difference(idx: np.ndarray) -> float:
+        kept = [t[idx] for t in truth]
+        return metric(*kept, a[idx]) - metric(*kept, b[idx])
+
+    d = np.asarray(_resampled(difference, len(a), n_boot, seed))
+    if d.size == 0:
+        raise ValueError("the metric is undefined on every resample")
+    p = min(1.0, 2 * min(((d <= 0).sum() + 1) / (d.size + 1), ((d >= 0).sum() + 1) / (d.size + 1)))
+    low, high = np.quantile(d, [0.025, 0.975])
+    return PairedDifference(observed, float(low), float(high), float(p))
+
+
+# multiclass --------------------------------------------------------------------------------------------------------
+
+
+def macro_auroc(labels, probabilities) -> float:
+    """Mean over classes of the one-vs-rest AUROC (labels: class indices; probabilities: (n, classes))."""
+    return float(np.mean(per_class_auroc(labels, probabilities)))
+
+
+def per_class_auroc(labels, probabilities) -> list[float]:
+    """One-vs-rest AUROC of each class; ValueError when a class is absent from the labels."""
+    labels = np.asarray(labels).astype(int)
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    return [auroc(labels == k, probabilities[:, k]) for k in range(probabilities.shape[1])]
+
+
+def balanced_accuracy(labels, predicted, n_classes: int) -> float:
+    """Mean over the classes present of the share of their specimens predicted right."""
+    labels, predicted = np.asarray(labels).astype(int), np.asarray(predicted).astype(int)
+    recalls = [np.mean(predicted[labels == k] == k) for k in range(n_classes) if (labels == k).any()]
+    return float(np.mean(recalls))
+
+
+def confusion(labels, predicted, n_classes: int) -> list[list[int]]:
+    """counts[true][predicted]."""
+    counts = np.zeros((n_classes, n_classes), dtype=int)
+    np.add.at(counts, (np.asarray(labels).astype(int), np.asarray(predicted).astype(int)), 1)
+    return counts.tolist()
+
+
+# survival ----------------------------------------------------------------------------------------------------------
+
+
+def _survival(time, event) -> tuple[np.ndarray, np.ndarray]:
+    time = np.asarray(time, dtype=np.float64).ravel()
+    event = np.asarray(event).astype(bool).ravel()
+    if time.shape != event.shape:
+        raise ValueError(f"{time.size} times but {event.size} events")
+    return time, event
+
+
+def harrell_c(time, event, risk) -> float:
+    """Harrell's concordance of a risk score (higher risk = earlier event): over the pairs whose shorter time is an
+    event (a censoring at the same time as an event counts as later; two events at one time are not comparable), the
+    share where the shorter time has the higher risk, ties in risk one half. ValueError without a comparable pair."""
+    time, event = _survival(time, event)
+    risk = np.asarray(risk, dtype=np.float64).ravel()
+    later = (time[None, :] > time[:, None]) | ((time[None, :] == time[:, None]) & ~event[None, :])
+    comparable = event[:, None] & later
+    pairs = comparable.sum()
+    if pairs == 0:
+        raise ValueError("no comparable pair (no event before another specimen's time)")
+    higher = (risk[:, None] > risk[None, :]) & comparable
+    tied = (risk[:, None] == risk[None, :]) & comparable
+    return float((higher.sum() + 0.5 * tied.sum()) / pairs)
+
+
+@dataclass(frozen=True)
+class LogRank:
+    statistic: float
+    p_value: float
+
+
+def logrank(time, event, group) -> LogRank:
+    """Two-group log-rank test (Mantel-Haenszel variance, ties handled at each event time); group: bool per specimen."""
+    time, event = _survival(time, event)
+    group = np.asarray(group).astype(bool).ravel()
+    observed = expected = variance = 0.0
+    for t in np.unique(time[event]):
+        at_risk = time >= t
+        n, n1 = at_risk.sum(), (at_risk & group).sum()
+        dead = event & (time == t)
+        d, d1 = dead.sum(), (dead & group).sum()
+        observed += d1
+        expected += d * n1 / n
+        if n > 1:
+            variance += d * (n1 / n) * (1 - n1 / n) * (n - d) / (n - 1)
+    if variance <= 0:
+        raise ValueError("the log-rank test needs events in a population where both groups are at risk")
+    statistic = (observed - expected) ** 2 / variance
+    return LogRank(float(statistic), float(stats.chi2.sf(statistic, 1)))
+
+
+def kaplan_meier(time, event) -> tuple[np.ndarray, np.ndarray]:
+    """The product-limit survival curve: (times, survival just after each), starting at (0, 1)."""
+    time, event = _survival(time, event)
+    times = np.unique(time[event])
+    survival = np.cumprod([1 - (event & (time == t)).sum() / (time >= t).sum() for t in times])
+    return np.concatenate([[0.0], times]), np.concatenate([[1.0], survival])
+
+
+# regression --------------------------------------------------------------------------------------------------------
+
+
+def pearson(target, predicted) -> float:
+    target, predicted = np.asarray(target, dtype=np.float64), np.asarray(predicted, dtype=np.float64)
+    if np.ptp(target) == 0 or np.ptp(predicted) == 0:
+        raise ValueError("a correlation needs values that vary")
+    return float(stats.pearsonr(target, predicted)[0])
+
+
+def spearman(target, predicted) -> float:
+    target, predicted = np.asarray(target, dtype=np.float64), np.asarray(predicted, dtype=np.float64)
+    if np.ptp(target) == 0 or np.ptp(predicted) == 0:
+        raise ValueError("a correlation needs values that vary")
+    return float(stats.spearmanr(target, predicted)[0])
+
+
+def mean_absolute_error(target, predicted) -> float:
+    return float(np.mean(np.abs(np.asarray(target, dtype=np.float64) - np.asarray(predicted, dtype=np.float64))))
