@@ -20,7 +20,7 @@ import csv
 import io
 import math
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -78,6 +78,25 @@ class RunMetrics(_Record):
     history: list[EpochRecord] = Field(default_factory=list)
     tune: SplitMetrics
     test: SplitMetrics
+
+
+class TaskSplitMetrics(_Record):
+    """A split's entry of a multiclass, survival or regression run: its primary metric (named by metrics.json's
+    `primary`) with `ci95`, and the type's other metrics (mixmag.train.tasks)."""
+
+    ci95: list[float] = Field(min_length=2, max_length=2)
+    specimens: int = Field(ge=1)
+
+
+class TaskRunMetrics(_Record):
+    """metrics.json of a run whose task is not binary."""
+
+    task: Literal["multiclass", "survival", "regression"]
+    primary: str
+    best_epoch: int
+    history: list[dict] = Field(default_factory=list)
+    tune: TaskSplitMetrics
+    test: TaskSplitMetrics
 
 
 class RunConfigRecord(_Record):
@@ -195,15 +214,23 @@ class TrainRun:
         return self.weights
 
     def write_results(
-        self, *, config: dict, splits: dict, pipeline: dict, predictions: dict[str, list[dict]], metrics: dict
+        self,
+        *,
+        config: dict,
+        splits: dict,
+        pipeline: dict,
+        predictions: dict[str, list[dict]],
+        metrics: dict,
+        prediction_fields: tuple[str, ...] = PREDICTION_FIELDS,
     ) -> None:
-        """Everything but the weights; metrics.json last, so that a complete-looking folder is complete."""
+        """Everything but the weights; metrics.json last, so that a complete-looking folder is complete. The
+        predictions' columns are the task type's (`mixmag.train.tasks`; binary: `PREDICTION_FIELDS`)."""
         write_json_atomic(self.config, config, indent=1)
         write_json_atomic(self.splits, splits, indent=1)
         write_json_atomic(self.pipeline, {"run_format": RUN_FORMAT_VERSION} | pipeline, indent=1)
         for split, rows in predictions.items():
             write_csv_atomic(
-                self.predictions(split), PREDICTION_FIELDS, [[r[f] for f in PREDICTION_FIELDS] for r in rows]
+                self.predictions(split), prediction_fields, [[r[f] for f in prediction_fields] for r in rows]
             )
         write_json_atomic(self.metrics, metrics, indent=1)
 
@@ -223,7 +250,10 @@ class TrainRun:
         return checked_record(RunConfigRecord, self._json(self.config), self.config, RETRAIN)
 
     def read_metrics(self) -> dict:
-        return checked_record(RunMetrics, self._json(self.metrics), self.metrics, RETRAIN)
+        """metrics.json, checked against its task type's record (binary: `RunMetrics`)."""
+        data = self._json(self.metrics)
+        record = TaskRunMetrics if isinstance(data, dict) and data.get("task", "binary") != "binary" else RunMetrics
+        return checked_record(record, data, self.metrics, RETRAIN)
 
     def read_splits(self) -> dict:
         return self._json(self.splits) if self.splits.is_file() else {}

@@ -9,7 +9,8 @@ from .projection import stored_linear
 
 
 class GatedABMIL(nn.Module):
-    """(B, N, D) instances + (B, N) mask (True = real) -> (B,) logits and (B, N) attention.
+    """(B, N, D) instances + (B, N) mask (True = real) -> (B,) logits and (B, N) attention; with `n_outputs` > 1 (a
+    multiclass task's classes) (B, n_outputs) logits, all pooled with the same attention.
 
     alpha_i = softmax_i(h^T (tanh(V z_i) * sigmoid(U z_i))) over the real instances; z_agg = sum alpha_i z_i.
     V and U carry biases (eq. 8 writes none; an affine gate is the common reading and costs 2 x hidden numbers);
@@ -21,12 +22,12 @@ class GatedABMIL(nn.Module):
     so whatever the padding holds (even NaN or inf) cannot reach the output: 0 * NaN would be NaN.
     """
 
-    def __init__(self, in_dim: int, hidden: int = 16) -> None:
+    def __init__(self, in_dim: int, hidden: int = 16, n_outputs: int = 1) -> None:
         super().__init__()
         self.V = nn.Linear(in_dim, hidden)
         self.U = nn.Linear(in_dim, hidden)
         self.h = nn.Linear(hidden, 1, bias=False)
-        self.classifier = nn.Linear(in_dim, 1)
+        self.classifier = nn.Linear(in_dim, n_outputs)
 
     def forward(self, z: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         logit, alpha, _ = self.contributions(z, mask)
@@ -42,7 +43,7 @@ class GatedABMIL(nn.Module):
         return self.pool(self.project(z), mask)
 
     def pool(self, projected: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """`contributions` from the instances' projections (B, N, 2 hidden + 1) (`project`), padded or not."""
+        """`contributions` from the instances' projections (B, N, 2 hidden + outputs) (`project`), padded or not."""
         if not bool(mask.all()):
             projected = torch.where(mask[..., None], projected, torch.zeros((), device=projected.device))
         hidden = self.V.out_features
@@ -50,11 +51,14 @@ class GatedABMIL(nn.Module):
         scores = self.h(gate).squeeze(-1).masked_fill(~mask, float("-inf"))
         alpha = torch.softmax(scores, dim=1)
         alpha = torch.where(mask, alpha, torch.zeros_like(alpha))  # an all-padding row stays all zero
-        share = alpha * projected[..., 2 * hidden]
+        if self.classifier.out_features == 1:
+            share = alpha * projected[..., 2 * hidden]
+        else:  # (B, N, outputs): each instance's share of every output
+            share = alpha[..., None] * projected[..., 2 * hidden :]
         return share.sum(1) + self.classifier.bias, alpha, share
 
     def project(self, z: torch.Tensor) -> torch.Tensor:
-        """(..., 2 hidden + 1): V z_i + b_V, U z_i + b_U and w . z_i of every instance, in one product."""
+        """(..., 2 hidden + outputs): V z_i + b_V, U z_i + b_U and w . z_i of every instance, in one product."""
         weight = torch.cat([self.V.weight, self.U.weight, self.classifier.weight])
         bias = torch.cat([self.V.bias, self.U.bias, torch.zeros_like(self.classifier.bias)])
         return stored_linear(z, weight, bias)

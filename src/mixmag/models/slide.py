@@ -22,13 +22,18 @@ PAD_UP_TO_BYTES = 64 << 20  # bags padded into one batch up to this size; larger
 
 class SlideModel(nn.Module):
     def __init__(
-        self, in_dim: int, hidden: int = 16, mixer: RegionMixer | None = None, output: MixerOutput = "patch"
+        self,
+        in_dim: int,
+        hidden: int = 16,
+        mixer: RegionMixer | None = None,
+        output: MixerOutput = "patch",
+        n_outputs: int = 1,
     ) -> None:
         super().__init__()
         self.mixer = mixer
         self.output = output
         feat = in_dim if mixer is None else (mixer.config.dim if output == "patch" else mixer.compressed_dim())
-        self.abmil = GatedABMIL(feat, hidden)
+        self.abmil = GatedABMIL(feat, hidden, n_outputs)
 
     def forward(self, bags: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """bags: (B, N, D) instances, or (B, R, s, D) regions with a mixer; mask: (B, N) or (B, R)."""
@@ -39,10 +44,10 @@ class SlideModel(nn.Module):
         return self.abmil.contributions(*self.instances(bags, mask))
 
     def bag_logits(self, bags: list[torch.Tensor]) -> torch.Tensor:
-        """(B,) logits of B bags of any lengths. Without a mixer, bags whose padded batch would exceed
-        `PAD_UP_TO_BYTES` are projected one by one and only their projections (2 hidden + 1 numbers an instance) are
-        padded: no padded copy of real-size bags is made. Smaller bags are padded and projected in one product (one
-        autograd node instead of one a bag: faster when bags are many and small)."""
+        """(B,) logits of B bags of any lengths ((B, outputs) with several outputs). Without a mixer, bags whose
+        padded batch would exceed `PAD_UP_TO_BYTES` are projected one by one and only their projections (2 hidden +
+        outputs numbers an instance) are padded: no padded copy of real-size bags is made. Smaller bags are padded and
+        projected in one product (one autograd node instead of one a bag: faster when bags are many and small)."""
         item_bytes = bags[0][0].numel() * bags[0].element_size()
         if self.mixer is not None or padded_bytes([b.shape[0] for b in bags], item_bytes) <= PAD_UP_TO_BYTES:
             padded, mask = pad_bags(bags)

@@ -25,6 +25,7 @@ from ..models.slide import SlideModel
 from ..runs import TrainRun
 from ..store import EmbeddingSpace, StoreError, read_index
 from .mixer_file import load_mixer
+from .tasks import Task, TaskType, task_for
 
 ATTENTION = "AB-MIL attention"
 GRADIENT = "gradient x input"
@@ -41,6 +42,7 @@ class RunModelSettings(BaseModel):
     region_level: str | None = None
     specimen_score: Literal["max", "mean"] = "max"
     encoded: str | None = None
+    task: TaskType = "binary"
 
     @property
     def mixer_output(self) -> str:
@@ -71,6 +73,7 @@ class SlideClassifier:
         specimen_score: str = "max",
         encoded_dir: Path | None = None,
         bags: BagCache | None = None,
+        task: Task | None = None,
     ) -> None:
         self.model = model
         self.bag_kind = bag_kind
@@ -79,6 +82,7 @@ class SlideClassifier:
         self.specimen_score = specimen_score
         self.encoded_dir = encoded_dir  # the training stores' precomputed mixer outputs (bags patch / cls)
         self.bags = bags if bags is not None else BagCache(bag_kind, {}, None, region_level)
+        self.task = task if task is not None else Task()  # what the outputs mean (mixmag.train.tasks)
 
     @classmethod
     def load(cls, run: str | Path, device: torch.device | None = None) -> SlideClassifier:
@@ -102,7 +106,8 @@ class SlideClassifier:
             devices=[]
         ):  # the initial weights are replaced: leave the caller's random state alone
             mixer = RegionMixer(MixerConfig(**pipeline["mixer"])) if pipeline.get("mixer") else None
-            model = SlideModel(int(pipeline["bag_dim"]), config.hidden, mixer, config.mixer_output)
+            task = task_for(config.task, pipeline=pipeline)
+            model = SlideModel(int(pipeline["bag_dim"]), config.hidden, mixer, config.mixer_output, task.n_outputs)
         try:
             model.load_state_dict(folder.read_weights())
         except RuntimeError as exc:
@@ -114,6 +119,7 @@ class SlideClassifier:
             region_level=config.region_level,
             specimen_score=config.specimen_score,
             encoded_dir=Path(config.encoded) if config.encoded else None,
+            task=task,
         )
 
     # -- which slides ---------------------------------------------------------------------------------------
@@ -182,14 +188,22 @@ class SlideClassifier:
         return self.model.bag_logits([self.bags(s) for s in slides])
 
     @torch.no_grad()
-    def score(self, slides: list[str]) -> dict[str, float]:
-        """Slide scores (probabilities), one slide at a time as in evaluation; the model's mode is kept."""
+    def outputs(self, slides: list[str]) -> dict[str, np.ndarray]:
+        """Each slide's outputs as its task reads them (binary: the probability; multiclass: the class probabilities;
+        survival: the log-risk; regression: the predicted value), float64 vectors, one slide at a time as in
+        evaluation; the model's mode is kept."""
         training = self.model.training
         self.model.eval()
         with self.bags.reading_ahead(slides, self.model.device):
-            scores = {slide: float(torch.sigmoid(self.logits([slide]))[0]) for slide in slides}
+            out = {s: self.task.transform(self.logits([s]))[0].double().cpu().numpy().reshape(-1) for s in slides}
         self.model.train(training)
-        return scores
+        return out
+
+    def score(self, slides: list[str]) -> dict[str, float]:
+        """Slide scores of a one-output task (binary: probabilities; survival: risk; regression: value)."""
+        if self.task.n_outputs != 1:
+            raise RunError(f"a {self.task.name} run gives class probabilities (`outputs`), not one score a slide")
+        return {slide: float(v[0]) for slide, v in self.outputs(slides).items()}
 
     def explain(self, slide: str, method: str = "auto") -> BagAttribution:
         """Attribution over the slide's bag: "attention" (AB-MIL's weights on tiles or tokens), "gradient"

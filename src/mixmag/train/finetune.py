@@ -1,7 +1,9 @@
 """Slide-level training (AB-MIL, with or without a jointly trained mixer) and its run folder.
 
-Specimen loss is the minimum over its slides (eq. 9) of a label-smoothed binary cross-entropy;
-the model is selected on tune AUROC only; test predictions are made once, by the chosen model.
+The task type (`task`: binary, multiclass, survival, regression; `mixmag.train.tasks`) gives the loss and its
+specimen rule (eq. 9 for binary: the minimum over a specimen's slides of a label-smoothed binary cross-entropy) and
+the primary metric; the model is selected on the tune split's primary metric only (AUROC for binary); test
+predictions are made once, by the chosen model.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ from typing import Annotated, Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, field_serializer, model_validator
 
 from .. import __version__
@@ -41,7 +42,6 @@ from ..data.bags import (
 from ..data.cohort import Cohort, Specimen, load_cohort
 from ..data.encoded import encoded_mixer_weights
 from ..errors import ConfigError
-from ..metrics import auroc, bootstrap_auroc, specimen_scores
 from ..models.mixer import MixerOverrides, RegionMixer, mixer_config
 from ..models.slide import SlideModel
 from ..runs import TrainRun
@@ -50,6 +50,7 @@ from .classifier import SlideClassifier
 from .crossval import CrossValConfig
 from .mixer_file import load_mixer, weights_digest
 from .optim import layer_decay_groups
+from .tasks import Task, TaskType, task_for
 
 Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
 
@@ -134,6 +135,14 @@ class TrainConfig(TrainSettings):
     cv: CrossValConfig | None = Field(
         None, description="cross-validate: train `folds` runs into <out>/fold-<i>/ (the table's split is ignored)"
     )
+    task: TaskType = Field(
+        "binary",
+        description="binary (label 0/1), multiclass (label = class name), survival (time, event), regression "
+        "(target): the cohort's columns, the loss and the metrics (docs/method.md, Task types)",
+    )
+    classes: list[str] | None = Field(
+        None, description="multiclass: the class names in output order; default the table's labels, sorted"
+    )
 
     @model_validator(mode="after")
     def _mode(self) -> TrainConfig:
@@ -147,6 +156,10 @@ class TrainConfig(TrainSettings):
             raise ValueError(f"bags = {self.bags} has no mixer; drop the `mixer:` section or use bags = regions")
         if self.bags in ("patch", "cls") and not self.encoded:
             raise ValueError(f"bags = {self.bags} reads precomputed outputs: set `encoded:` (from `mixmag encode`)")
+        if self.classes is not None and (self.task != "multiclass" or len(set(self.classes)) != len(self.classes)):
+            raise ValueError("classes: a list of distinct class names, for task = multiclass only")
+        if self.classes is not None and len(self.classes) < 2:
+            raise ValueError("classes: a multiclass task needs at least two classes")
         return self
 
 
@@ -180,7 +193,8 @@ class Trainer:
         self.config = config
         self.device = device or torch.device("cpu")
         torch.manual_seed(config.seed)
-        self.cohort: Cohort = load_cohort(config.cohort, config.stores)
+        self.cohort: Cohort = load_cohort(config.cohort, config.stores, task=config.task, classes=config.classes)
+        self.task: Task = task_for(config.task, self.cohort)
         self.store_settings = shared_settings_of(list(self.cohort.stores.values()), config.stores)
         bags = BagCache(
             config.bags,
@@ -193,9 +207,8 @@ class Trainer:
         first = next(iter(self.cohort.specimens.values())).slides[0]
         bag_dim = int(bags(first).shape[-1])
         mixer = self._new_mixer(read_header(self.cohort.stores[first]), bag_dim) if config.bags == "regions" else None
-        model = SlideModel(bag_dim, config.hidden, mixer, config.mixer.output if config.mixer else "patch").to(
-            self.device
-        )
+        output = config.mixer.output if config.mixer else "patch"
+        model = SlideModel(bag_dim, config.hidden, mixer, output, self.task.n_outputs).to(self.device)
         self.classifier = SlideClassifier(
             model,
             config.bags,
@@ -204,6 +217,7 @@ class Trainer:
             specimen_score=config.specimen_score,
             bags=bags,
             encoded_dir=Path(config.encoded) if config.encoded else None,
+            task=self.task,
         )
         self.optimizer = torch.optim.AdamW(
             layer_decay_groups(self.model, config.lr, config.weight_decay, config.layer_decay, self.model.mixer),
@@ -237,24 +251,18 @@ class Trainer:
         if self.config.encoded:
             pipeline["encoded_mixer"] = str(encoded_mixer_weights(Path(self.config.encoded)).resolve())
         pipeline["mixer_digest"] = pretrained_mixer_digest(self.config)
-        return pipeline
+        return pipeline | self.task.pipeline()
 
     # -- one step ----------------------------------------------------------------------------
     def slide_logits(self, slides: list[str]) -> torch.Tensor:
         return self.classifier.logits(slides)
 
     def specimen_loss(self, specimens: list[Specimen]) -> torch.Tensor:
-        """Eq. 9: each specimen's loss is the smallest of its slides' (label-smoothed) losses."""
+        """The task's loss of these specimens under its specimen rule (eq. 9 for binary: each specimen's loss is the
+        smallest of its slides' label-smoothed losses)."""
         slides = [s for sp in specimens for s in sp.slides]
         owner = torch.tensor([k for k, sp in enumerate(specimens) for _ in sp.slides], device=self.device)
-        labels = torch.tensor([float(sp.label) for sp in specimens], device=self.device)[owner]
-        eps = self.config.label_smoothing
-        target = labels * (1 - eps) + eps / 2
-        per_slide = F.binary_cross_entropy_with_logits(self.slide_logits(slides), target, reduction="none")
-        per_specimen = torch.full((len(specimens),), float("inf"), device=self.device).scatter_reduce(
-            0, owner, per_slide, reduce="amin"
-        )
-        return per_specimen.mean()
+        return self.task.loss(self.slide_logits(slides), owner, specimens, self.config.label_smoothing)
 
     def micro_batches(self, specimens: list[Specimen]) -> list[list[Specimen]]:
         """The step's specimens in micro-batches whose padded batch fits `micro_batch_mb` (one, in order, when the
@@ -290,19 +298,23 @@ class Trainer:
             self.model.mixer.requires_grad_(not frozen)
 
     # -- evaluation on the cohort's splits ---------------------------------------------------------
-    def predict(self, specimens: list[Specimen]) -> tuple[dict[str, float], dict[str, float]]:
-        slide_scores = self.classifier.score([s for sp in specimens for s in sp.slides])
-        spec = specimen_scores(slide_scores, self.cohort.specimen_of(), self.config.specimen_score)
-        return slide_scores, {sp.specimen_id: spec[sp.specimen_id] for sp in specimens}
+    def predict(self, specimens: list[Specimen]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """The task's outputs of each slide and each specimen (probability, class probabilities, risk or value)."""
+        slide_outputs = self.classifier.outputs([s for sp in specimens for s in sp.slides])
+        return slide_outputs, self.task.specimen_outputs(slide_outputs, specimens, self.config.specimen_score)
 
-    def split_auroc(self, name: str) -> float:
+    def split_metric(self, name: str) -> float | None:
+        """The task's primary metric on a split (AUROC for binary); None where it is undefined (a survival split
+        without a comparable pair, a regression whose predictions do not vary)."""
         specimens = self.cohort.split(name)
-        _, scores = self.predict(specimens)
-        return auroc([sp.label for sp in specimens], [scores[sp.specimen_id] for sp in specimens])
+        return self.task.tune_value(specimens, self.predict(specimens)[1])
+
+    def split_auroc(self, name: str) -> float | None:
+        return self.split_metric(name)
 
     # -- training ------------------------------------------------------------------------------
     def fit(self, on_epoch=None) -> dict:
-        """Train, keep the weights of the best tune AUROC, write the run folder (locked while it is written)."""
+        """Train, keep the weights of the best tune metric, write the run folder (locked while it is written)."""
         run = TrainRun(self.config.out)
         with run.lock():
             history, best_epoch = self._epochs(run, on_epoch)
@@ -323,13 +335,14 @@ class Trainer:
 
     def _epochs(self, run: TrainRun, on_epoch) -> tuple[list[dict], int]:
         c = self.config
-        best_auc, best_epoch = -1.0, -1
+        best_auc, best_epoch = -math.inf, -1
         history = []
         for epoch in range(c.epochs):
             losses = self.train_epoch(epoch)
-            tune_auc = self.split_auroc("tune")  # selection uses the tune split only
-            history.append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "tune_auroc": tune_auc})
-            if tune_auc > best_auc:
+            tune_auc = self.split_metric("tune")  # selection uses the tune split only; None where undefined
+            key = f"tune_{self.task.primary}"
+            history.append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)), key: tune_auc})
+            if best_epoch < 0 or (tune_auc is not None and tune_auc > best_auc):
                 best_auc, best_epoch = tune_auc, epoch + 1
                 run.write_weights({k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()})
             if on_epoch is not None:
@@ -339,28 +352,16 @@ class Trainer:
     def write_run(self, run: TrainRun, history: list[dict], best_epoch: int) -> dict:
         c = self.config
         metrics: dict = {"best_epoch": best_epoch, "history": history, "mixmag_version": __version__}
+        if self.task.name != "binary":
+            metrics |= {"task": self.task.name, "primary": self.task.primary}
+        outputs = {name: self.predict(self.cohort.split(name)) for name in ("tune", "test")}
+        reference = outputs["tune"][1]  # thresholds (survival risk groups) are fixed on tune
         predictions = {}
-        for name in ("tune", "test"):
+        for name, (slide_outputs, spec_outputs) in outputs.items():
             specimens = self.cohort.split(name)
-            slide_scores, scores = self.predict(specimens)
-            labels = [sp.label for sp in specimens]
-            values = [scores[sp.specimen_id] for sp in specimens]
-            ci = bootstrap_auroc(labels, values, n_boot=c.bootstrap, seed=c.seed)
-            metrics[name] = {
-                "auroc": ci.auroc,
-                "ci95": [ci.low, ci.high],
-                "specimens": len(specimens),
-                "positive": int(sum(labels)),
-            }
+            metrics[name] = self.task.split_metrics(specimens, spec_outputs, reference, c.bootstrap, c.seed)
             predictions[name] = [
-                {
-                    "specimen": sp.specimen_id,
-                    "label": sp.label,
-                    "score": f"{scores[sp.specimen_id]:.6f}",
-                    "slides": ";".join(sp.slides),
-                    "slide_scores": ";".join(f"{slide_scores[s]:.6f}" for s in sp.slides),
-                }
-                for sp in specimens
+                self.task.prediction_row(sp, slide_outputs, spec_outputs, reference) for sp in specimens
             ]
         splits = {name: [sp.specimen_id for sp in self.cohort.split(name)] for name in ("train", "tune", "test")}
         run.write_results(
@@ -369,6 +370,7 @@ class Trainer:
             pipeline=self.classifier.pipeline,
             predictions=predictions,
             metrics=metrics,
+            prediction_fields=self.task.prediction_fields(),
         )
         return metrics
 
