@@ -106,12 +106,7 @@ def _mark_coarse(store: SlideStore, cell_ids: np.ndarray, direction: np.ndarray,
 
 def benchmark_slide(spec: BenchmarkSpec, slide_id: str, positive: bool, rng: np.random.Generator) -> SlideStore:
     """One slide of the task: the background store plus the biomarker (or decoys) in chosen regions."""
-    store = synthetic_store(
-        slide_id, n_rows=spec.cells, n_cols=spec.cells, dim=spec.dim, seed=int(rng.integers(1 << 31))
-    )
-    regions = [(r, c) for r in range(0, spec.cells, 3) for c in range(0, spec.cells, 3)]
-    store.windows = {"regions": np.array(regions, np.int32)}
-    scale = float(np.median(np.linalg.norm(store.embeddings["20x"], axis=-1)))
+    store, regions, scale = _background(spec, slide_id, rng)
     amount = spec.signal * scale
     if spec.signal_spread:  # drawn for every slide: later slides do not depend on this one's label
         amount *= 1 + spec.signal_spread * (2 * rng.random() - 1)
@@ -136,6 +131,16 @@ def benchmark_slide(spec: BenchmarkSpec, slide_id: str, positive: bool, rng: np.
             _mark_fine(store, cells, fine, amount, spec.tile_fraction, rng, pattern=positive)
     store.embeddings = {k: v.astype(np.float16) for k, v in store.embeddings.items()}
     return store
+
+
+def _background(spec, slide_id: str, rng: np.random.Generator) -> tuple[SlideStore, list[tuple[int, int]], float]:
+    """A task's background store cut into non-overlapping regions, and an embedding's typical norm."""
+    store = synthetic_store(
+        slide_id, n_rows=spec.cells, n_cols=spec.cells, dim=spec.dim, seed=int(rng.integers(1 << 31))
+    )
+    regions = [(r, c) for r in range(0, spec.cells, 3) for c in range(0, spec.cells, 3)]
+    store.windows = {"regions": np.array(regions, np.int32)}
+    return store, regions, float(np.median(np.linalg.norm(store.embeddings["20x"], axis=-1)))
 
 
 def write_benchmark_cohort(folder: str | Path, spec: BenchmarkSpec, stores: str | Path | None = None) -> Path:
@@ -164,10 +169,122 @@ def _stratified_splits(
     labels: np.ndarray, fractions: tuple[float, float, float], rng: np.random.Generator
 ) -> list[str]:
     out = [""] * len(labels)
-    for value in (0, 1):
+    for value in np.unique(labels):
         idx = rng.permutation(np.flatnonzero(labels == value))
         n_train = round(fractions[0] * len(idx))
         n_tune = max(1, round(fractions[1] * len(idx)))
         for j, i in enumerate(idx):
             out[i] = "train" if j < n_train else "tune" if j < n_train + n_tune else "test"
     return out
+
+
+# -- outcome tasks: multiclass, survival and regression targets with known answers (task types, docs/method.md) -------
+
+OUTCOME_TASKS = ("survival", "multiclass", "regression")
+SCALES = ("5x", "10x", "20x")
+
+
+@dataclass(frozen=True)
+class OutcomeSpec:
+    """A cohort whose target depends on a biomarker at a known scale (slides as in `BenchmarkSpec`).
+
+    Every specimen has a biomarker strength u ~ U(0, 1): its slide carries the scale's direction with length
+    signal x u x (an embedding's typical norm) in `signal_regions` regions. survival: the hazard is
+    exp(log(hazard_ratio) u) (exponential times) with independent exponential censoring of about `censoring` of the
+    specimens; regression: target = 10 u + noise; multiclass: the class is the scale that carries the biomarker
+    (one class per scale, `scale` is then unused), u ~ U(0.5, 1).
+    """
+
+    task: str
+    scale: str = "20x"
+    n_specimens: int = 200
+    dim: int = 32
+    cells: int = 6
+    signal_regions: int = 1
+    signal: float = 3.0
+    tile_fraction: float = 0.5
+    hazard_ratio: float = 100.0
+    censoring: float = 0.3
+    noise: float = 0.5
+    split: tuple[float, float, float] = (0.5, 0.2, 0.3)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.task not in OUTCOME_TASKS:
+            raise ConfigError(f"unknown outcome task {self.task!r}; tasks: {', '.join(OUTCOME_TASKS)}")
+        if self.scale not in SCALES:
+            raise ConfigError(f"scale must be one of {', '.join(SCALES)}, got {self.scale!r}")
+        if not 0 <= self.censoring < 1:
+            raise ConfigError(f"censoring must be in [0, 1), got {self.censoring}")
+
+    @property
+    def name(self) -> str:
+        return self.task if self.task == "multiclass" else f"{self.task}-{self.scale}"
+
+
+def mark_scale(store: SlideStore, cells: np.ndarray, scale: str, amount: float, spec, rng: np.random.Generator) -> None:
+    """Add the scale's own direction to the signal cells: a share of the 20x tiles, every 10x tile, the 5x tile."""
+    fine, coarse = _directions(spec.dim, spec.seed)
+    if scale == "20x":
+        _mark_fine(store, cells, fine, amount, spec.tile_fraction, rng)
+    elif scale == "5x":
+        _mark_coarse(store, cells, coarse, amount)
+    else:
+        middle = np.random.default_rng(20_000 + spec.seed).normal(size=spec.dim)
+        store.embeddings["10x"][cells] += amount * middle / np.linalg.norm(middle)
+
+
+def outcome_slide(spec: OutcomeSpec, slide_id: str, strength: float, scale: str, rng: np.random.Generator):
+    """One slide: the background store with the biomarker at `scale`, `strength` in [0, 1]."""
+    store, regions, norm = _background(spec, slide_id, rng)
+    for k in rng.permutation(len(regions))[: spec.signal_regions]:
+        mark_scale(store, _cells_of(regions[k], spec.cells), scale, spec.signal * strength * norm, spec, rng)
+    store.embeddings = {k: v.astype(np.float16) for k, v in store.embeddings.items()}
+    return store
+
+
+def _outcomes(spec: OutcomeSpec, rng: np.random.Generator) -> tuple[np.ndarray, list[str], list[list]]:
+    """Strengths, the scale carrying each specimen's biomarker, the target columns of each specimen."""
+    n = spec.n_specimens
+    if spec.task == "multiclass":
+        scales = [SCALES[k % 3] for k in range(n)]
+        return rng.uniform(0.5, 1.0, n), scales, [[s] for s in scales]
+    strength = rng.random(n)
+    if spec.task == "regression":
+        return strength, [spec.scale] * n, [[f"{10 * u + spec.noise * rng.normal():.6f}"] for u in strength]
+    hazard = np.exp(np.log(spec.hazard_ratio) * strength)
+    event_time = rng.exponential(1 / hazard)
+    censor_rate = float(np.mean(hazard)) * spec.censoring / (1 - spec.censoring)
+    censor_time = rng.exponential(1 / censor_rate, n) if spec.censoring else np.full(n, np.inf)
+    time = np.minimum(event_time, censor_time)
+    rows = [[f"{t:.6g}" if t > 0 else "1e-9", int(e <= c)] for t, e, c in zip(time, event_time, censor_time)]
+    return strength, [spec.scale] * n, rows
+
+
+OUTCOME_COLUMNS = {"survival": ["time", "event"], "multiclass": ["label"], "regression": ["target"]}
+
+
+def write_outcome_cohort(folder: str | Path, spec: OutcomeSpec, stores: str | Path | None = None) -> Path:
+    """Stores (default folder/stores; slide ids start with the task's name) and folder/<name>.csv, split
+    stratified by class (multiclass), event (survival) or the strength's half (regression). Returns the table."""
+    folder = Path(folder)
+    stores_dir = Path(stores) if stores is not None else folder / "stores"
+    rng = np.random.default_rng([spec.seed, OUTCOME_TASKS.index(spec.task), SCALES.index(spec.scale)])
+    strength, scales, targets = _outcomes(spec, rng)
+    if spec.task == "multiclass":
+        strata = np.array([SCALES.index(s) for s in scales])
+    elif spec.task == "survival":
+        strata = np.array([row[1] for row in targets])
+    else:
+        strata = (strength > np.median(strength)).astype(int)
+    splits = _stratified_splits(strata, spec.split, rng)
+    rows = []
+    for k in range(spec.n_specimens):
+        specimen = f"{spec.name}-P{k:04d}"
+        slide = f"{specimen}-S0"
+        path = stores_dir / f"{slide}.h5"
+        write_store(path, outcome_slide(spec, slide, float(strength[k]), scales[k], rng))
+        rows.append([specimen, slide, *targets[k], splits[k], str(path.resolve())])
+    table = folder / f"{spec.name}.csv"
+    table.parent.mkdir(parents=True, exist_ok=True)
+    return write_csv_atomic(table, ["specimen", "slide", *OUTCOME_COLUMNS[spec.task], "split", "store"], rows)
