@@ -409,3 +409,12 @@ def test_a_pretraining_resume_over_another_runs_log_is_one_sentence(tmp_path, lo
     _one_sentence(result, 2, "log.csv", needle, "pretrain into a new --out")
     assert (tmp_path / "run" / "log.csv").read_text() == log  # kept for the user to look at
     assert _changed_outside(tmp_path, before, tmp_path / "run") == []
+
+
+def test_a_synthetic_cohort_past_its_bounds_is_refused_before_any_slide_is_written(tmp_path):
+    config = tmp_path / "demo.yaml"
+    config.write_text("cohort: {n_specimens: 1000000000}\n")
+    _one_sentence(_invoke("demo", "--config", config, "--out", tmp_path / "out"), 2, f"{config} line 1", "`cohort`")
+    result = _invoke("synth", "cohort", tmp_path / "synth", "--cells", 100_000)
+    _one_sentence(result, 2, "error:", "px a side")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "synth").exists()

@@ -55,6 +55,11 @@ class BenchmarkSpec:
     def __post_init__(self) -> None:
         if self.task not in TASKS:
             raise ConfigError(f"unknown benchmark task {self.task!r}; tasks: {', '.join(TASKS)}")
+        if not (1 <= self.n_specimens <= 100_000 and 1 <= self.dim <= 16_384 and self.cells <= 300):
+            raise ConfigError(
+                f"n_specimens {self.n_specimens}, dim {self.dim}, cells {self.cells}: a benchmark cohort takes "
+                "1-100,000 specimens, 1-16,384 dimensions and at most 300 cells a side"
+            )
         if self.cells % 3 or self.cells < 3:
             raise ConfigError(f"cells must be a positive multiple of the region size 3, got {self.cells}")
         if not 0 <= self.signal_spread <= 1:

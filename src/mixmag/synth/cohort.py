@@ -18,11 +18,20 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from ..errors import ConfigError
 from ..fileio import write_csv_atomic
 from .slide_writer import write_slide
 
 TASKS = ("fine", "coarse", "cross")
 CELL_UM = 448.0
+MAX_SYNTH_SPECIMENS = 100_000
+
+
+class CohortSpecError(ConfigError, ValueError):
+    """A synthetic cohort spec out of bounds: one sentence on the command line, a config error naming the key."""
+
+
+MAX_SYNTH_SIDE_PX = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -40,6 +49,22 @@ class CohortSpec:
     seed: int = 0
     splits: tuple[float, float, float] = (0.5, 0.25, 0.25)
     label_noise: float = 0.0  # share of specimens whose label is flipped, independently per task
+
+    def __post_init__(self) -> None:
+        """Bounds (a ValueError names the config key when the spec comes from a config): a synthetic cohort is
+        written to disk slide by slide, so a slip like 10**9 specimens or 10**6-cell slides fills the disk."""
+        side_px = self.cells * CELL_UM / self.mpp if self.mpp > 0 else float("inf")
+        if not (1 <= self.n_specimens <= MAX_SYNTH_SPECIMENS and 1 <= self.max_slides <= 100):
+            raise CohortSpecError(
+                f"n_specimens (--specimens) must be 1-{MAX_SYNTH_SPECIMENS:,} and max_slides (--max-slides) 1-100"
+            )
+        if not (1 <= self.region <= self.cells and 0.1 <= self.mpp <= 20 and side_px <= MAX_SYNTH_SIDE_PX):
+            raise CohortSpecError(
+                f"a slide of {self.cells} cells at {self.mpp} um/px is {side_px:.0f} px a side: give 1 <= region <= "
+                f"cells, mpp 0.1-20 and at most {MAX_SYNTH_SIDE_PX} px a side"
+            )
+        if not (0 <= self.nuclei_per_nest <= 10_000 and 0 <= self.label_noise <= 1 and 0 <= self.signal_fraction <= 1):
+            raise CohortSpecError("nuclei_per_nest must be 0-10,000, label_noise and signal_fraction 0-1")
 
 
 def specimen_flags(spec: CohortSpec, rng: np.random.Generator) -> list[dict]:
