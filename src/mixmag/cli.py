@@ -645,11 +645,12 @@ def predict(
 
 
 @contextmanager
-def _track(description: str, total: int) -> Iterator[Callable[[], None]]:
-    """A progress bar that ends full (a slide that failed tiling has no embedding step to count)."""
+def _track(description: str, total: int) -> Iterator[Callable[..., None]]:
+    """A progress bar whose step(n=1) counts work done, in the unit the description's first word names; it ends full
+    (a slide that failed tiling, or a store that was reused, has nothing left to count)."""
     with _progress() as progress:
-        task = progress.add_task(description, total=total)
-        yield lambda: progress.advance(task)
+        task = progress.add_task(description, total=total, unit=description.split()[0])
+        yield lambda n=1: progress.advance(task, n)
         progress.update(task, completed=total)
 
 

@@ -19,6 +19,7 @@ import torch
 
 from ..catalog import load_catalog_with_report, place_stores
 from ..devices import choose_device
+from ..encoders.extract import tiles_per_cell
 from ..encoders.model import build_encoder
 from ..errors import CohortError, MixmagError, OptionError, RunMismatchError
 from ..eval.explain import explain_slide, save_attribution
@@ -27,7 +28,7 @@ from ..ids import ID_RULE, check_id, is_safe_id, path_for_id
 from ..report.heatmaps import draw_heatmaps
 from ..runs import CrossValRun
 from ..slides.sources import SlideSource, sources_from_paths, sources_from_table
-from ..slides.tiling import TilingParams, plan_path
+from ..slides.tiling import TilingParams, load_plan, plan_path
 from ..slides.tissue import load_tissue_model
 from ..store import StoreError, StoreHeader, read_header, read_store, store_path
 from ..tables import read_table
@@ -36,7 +37,9 @@ from .embed import run_embed
 from .encode import encode_stores
 from .tile import tile_slides
 
-Tracker = Callable[[str, int], AbstractContextManager[Callable[[], None]]]
+# track(description, total) opens a progress bar; the step(n=1) it yields counts n units done (the description's first
+# word names the unit: slides, tiles)
+Tracker = Callable[[str, int], AbstractContextManager[Callable[..., None]]]
 
 
 @dataclass
@@ -160,19 +163,15 @@ def tissue_model_for_run(classifier: SlideClassifier, path: Path | None = None):
     return model
 
 
-def stores_from_slides(
+def plan_slides(
     classifier: SlideClassifier,
     sources: list[SlideSource],
     work: Path,
-    encoder,
     *,
-    device: torch.device,
-    workers: int = 2,
     tissue_model=None,
     on_tiled: Callable | None = None,
-    on_embedded: Callable | None = None,
-) -> tuple[dict[str, Path], dict[str, str]]:
-    """Tile and embed the slides with the run's settings: (stores by slide, problems by slide)."""
+) -> tuple[list[str], dict[str, str]]:
+    """Tile the slides with the run's settings: (slides with cells the run can score, problems by slide)."""
     p = classifier.pipeline
     params = TilingParams(**p["tiling_params"])
     problems: dict[str, str] = {}
@@ -188,18 +187,42 @@ def stores_from_slides(
             problems[sid] = unscorable(result.plan)
         else:
             planned.append(sid)
+    return planned, problems
+
+
+def planned_tiles(work: Path, planned: list[str]) -> int:
+    """Tiles the planned slides' cells hold over every level: the embedding bar's total."""
+    total = 0
+    for s in planned:
+        plan = load_plan(plan_path(work / "tiles", s))
+        total += len(plan.cells) * tiles_per_cell(plan.params.n_levels)
+    return total
+
+
+def embed_planned(
+    classifier: SlideClassifier,
+    planned: list[str],
+    work: Path,
+    encoder,
+    *,
+    device: torch.device,
+    workers: int = 2,
+    on_embedded: Callable | None = None,
+    on_batch: Callable[[int], None] | None = None,
+) -> tuple[dict[str, Path], dict[str, str]]:
+    """Embed the planned slides (stores already made the same way are reused): (stores, problems by slide);
+    `on_batch(tiles)` counts tiles as they are embedded."""
     results = run_embed(
         [plan_path(work / "tiles", s) for s in planned],
         output_folder(work, "stores"),
         encoder,
         device=device,
         workers=workers,
-        mode=p.get("read_mode") or "derive",
+        mode=classifier.pipeline.get("read_mode") or "derive",
         on_result=on_embedded,
+        on_batch=on_batch,
     )
-    for r in results:
-        if r.outcome == "failed":
-            problems[r.slide_id] = r.error or "embedding failed"
+    problems = {r.slide_id: r.error or "embedding failed" for r in results if r.outcome == "failed"}
     stores = {s: store_path(work / "stores", s) for s in planned if s not in problems}
     return stores, problems
 
@@ -415,8 +438,8 @@ class Prediction:
 
 
 @contextmanager
-def _no_progress(description: str, total: int) -> Iterator[Callable[[], None]]:
-    yield lambda: None
+def _no_progress(description: str, total: int) -> Iterator[Callable[..., None]]:
+    yield lambda n=1: None
 
 
 def run(
@@ -454,24 +477,21 @@ def run(
             encoder = encoder_for_run(classifier, weights=weights, from_hub=from_hub)
             tissue = tissue_model_for_run(classifier, tissue_model)
             dev = choose_device(device)
-            with track("tile + embed", 2 * len(inputs.sources)) as step:  # slides that failed tiling have no embed step
-                stores, problems = stores_from_slides(
-                    classifier,
-                    inputs.sources,
-                    work,
-                    encoder.to(dev),
-                    device=dev,
-                    workers=workers,
-                    tissue_model=tissue,
-                    on_tiled=lambda r: step(),
-                    on_embedded=lambda r: step(),
+            with track("slides tiled", len(inputs.sources)) as step:
+                planned, problems = plan_slides(
+                    classifier, inputs.sources, work, tissue_model=tissue, on_tiled=lambda r: step()
                 )
+            with track("tiles embedded", planned_tiles(work, planned)) as step:  # a reused store counts at the end
+                stores, failed = embed_planned(
+                    classifier, planned, work, encoder.to(dev), device=dev, workers=workers, on_batch=step
+                )
+            problems |= failed
         note = precision_note(classifier, stores)
         if note and on_note:
             on_note(note)
         outcomes = []
         if stores:
-            with track("score + explain", len(stores)) as step:
+            with track("slides scored and explained", len(stores)) as step:
                 outcomes = score_slides(
                     classifier,
                     stores,
