@@ -36,7 +36,7 @@ LAYERS: list[set[str]] = [
     {"train"},
     {"eval", "report"},
     {"stages", "bench", "synth"},
-    {"cli"},
+    {"cli", "api"},
 ]
 RANK = {unit: rank for rank, units in enumerate(LAYERS) for unit in units}
 # imports the layers allow but a unit's job forbids: models know tensors only, never files, bags or cohorts

@@ -442,14 +442,17 @@ def encode(
 def train(
     config: Annotated[Path, typer.Option(help="YAML training config (see configs/mil.yaml).")],
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a config key: --set bags=5x.")] = None,
-    device: Annotated[str, typer.Option(help="Where to train: cpu, cuda, cuda:1.")] = "cpu",
+    device: Annotated[
+        Optional[str], typer.Option(help="Where to train: auto (a GPU when there is one), cpu, cuda, cuda:1.")
+    ] = None,
 ) -> None:
     """Train a slide-level AB-MIL model (optionally with a region mixer); select on tune, report test."""
-    from .devices import choose_device
+    from .devices import choose_device, describe_device
     from .train.finetune import load_train_config, run_training
 
     cfg = load_train_config(config, set_)
     dev = choose_device(device)
+    err_console.print(describe_device(dev, device), style="dim")
     if cfg.cv is not None:
         _cross_validate(cfg, dev)
         return

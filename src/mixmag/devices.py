@@ -40,9 +40,10 @@ def dist_from_env() -> DistInfo:
 
 
 def choose_device(name: str | None = None, dist: DistInfo = DistInfo()) -> torch.device:
-    """The device named (cuda, cuda:1, cpu), else this rank's GPU when there is one, else the CPU. A name torch does
-    not know, or a GPU this machine does not have, is a ConfigError here rather than a traceback mid-run."""
-    if not name:
+    """The device named (cuda, cuda:1, cpu), else (no name, or "auto") this rank's GPU when there is one, else the
+    CPU: one rule for every stage. A name torch does not know, or a GPU this machine does not have, is a ConfigError
+    here rather than a traceback mid-run."""
+    if not name or name == "auto":
         return torch.device(f"cuda:{dist.local_rank}" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
@@ -78,6 +79,13 @@ def stop_distributed() -> None:
     """End the process group, if one was started (its threads must not outlive the interpreter)."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
+
+
+def describe_device(device: torch.device, asked: str | None) -> str:
+    """One line for the output: where a stage runs and why (asked for, or the automatic choice)."""
+    if asked and asked != "auto":
+        return f"device: {device} (asked for)"
+    return f"device: {device} ({'a GPU is available' if device.type == 'cuda' else 'no GPU found'}; --device to choose)"
 
 
 def embedding_precision(device: torch.device) -> str:
