@@ -17,7 +17,7 @@ from mixmag.runs import TrainRun
 from mixmag.synth.benchmark import OutcomeSpec, write_outcome_cohort
 from mixmag.train.classifier import SlideClassifier
 from mixmag.train.finetune import TrainConfig, run_training
-from mixmag.train.tasks import MulticlassTask, RegressionTask, SurvivalTask, cox_partial_likelihood
+from mixmag.train.tasks import MulticlassTask, RegressionTask, SurvivalTask, cox_partial_likelihood, task_for
 
 
 def slow_cox(risk, time, event) -> float:
@@ -178,8 +178,12 @@ def test_survival_biomarker_at_20x_is_found_at_20x_and_not_at_5x(tmp_path):
     assert at_20x["test"]["c_index"] > 0.65 and at_20x["test"]["ci95"][0] > 0.55
     assert at_5x["test"]["c_index"] < 0.62 and at_5x["test"]["ci95"][0] < 0.5
     assert at_20x["test"]["logrank_p"] < 0.01  # the risk groups split at the tune median differ
-    rows = TrainRun(tmp_path / "run20").read_metrics()["test"]
-    assert rows["events"] == at_20x["test"]["events"] > 0
+    run = TrainRun(tmp_path / "run20")
+    assert run.read_metrics()["test"]["events"] == at_20x["test"]["events"] > 0
+    rows = run.read_predictions("test")  # read back and scored again: the run's own C-index (as crossval pools them)
+    task = task_for("survival", pipeline=run.read_pipeline())
+    assert task.pooled(rows, n_boot=100, seed=0)["c_index"] == pytest.approx(at_20x["test"]["c_index"], abs=1e-12)
+    assert {r["risk_group"] for r in rows} == {"high", "low"}
 
 
 def test_multiclass_one_class_per_scale_and_the_reloaded_model_gives_the_same_probabilities(tmp_path):
@@ -196,6 +200,9 @@ def test_multiclass_one_class_per_scale_and_the_reloaded_model_gives_the_same_pr
         row = next(csv.DictReader(fh))
     probs = classifier.outputs([row["slides"]])[row["slides"]]
     assert [float(row[f"p_{c}"]) for c in ("10x", "20x", "5x")] == pytest.approx(probs, abs=1e-6)
+    run = TrainRun(tmp_path / "runall")
+    pooled = classifier.task.pooled(run.read_predictions("test"), n_boot=100, seed=0)
+    assert pooled["macro_auroc"] == pytest.approx(every_level["test"]["macro_auroc"], abs=1e-12)
 
 
 def test_regression_target_proportional_to_strength_is_predicted_in_its_units(tmp_path):

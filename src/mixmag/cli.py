@@ -465,9 +465,7 @@ def train(
         task = progress.add_task("training epochs", total=cfg.epochs, unit="epochs")
 
         def epoch_done(h: dict) -> None:
-            progress.console.print(
-                f"epoch {h['epoch']:>3}  train loss {h['train_loss']:.4f}  tune AUROC {h['tune_auroc']:.3f}"
-            )
+            progress.console.print(f"epoch {h['epoch']:>3}  train loss {h['train_loss']:.4f}  {_tune_text(h)}")
             progress.update(task, completed=h["epoch"])
 
         metrics = run_training(cfg, on_epoch=epoch_done, device=dev)
@@ -509,14 +507,30 @@ def _print_cross_validation(folder: Path) -> None:
     console.print(read_text_limited(run.summary_md, "json", what="cv.md"), highlight=False, soft_wrap=True)
 
 
+def _tune_text(history_row: dict) -> str:
+    """An epoch's tune metric, whichever the run's task type selects on ("undefined" where it was)."""
+    from .stages.crossval import METRIC_NAMES
+
+    key = next(k for k in history_row if k.startswith("tune_"))
+    value = history_row[key]
+    return f"tune {METRIC_NAMES.get(key[5:], key[5:])} {'undefined' if value is None else f'{value:.3f}'}"
+
+
 def _print_metrics(metrics: dict) -> None:
+    """A run's tune and test primary metric (AUROC for binary) with its interval and counts."""
+    from .stages.crossval import METRIC_NAMES
+
+    primary = metrics.get("primary", "auroc")
+    metric = METRIC_NAMES.get(primary, primary)
     for name in ("tune", "test"):
         m = metrics[name]
+        counted = next(((m[k], k) for k in ("positive", "events") if k in m), None)
+        counts = f", {counted[0]} {counted[1]}" if counted else ""
         console.print(
-            f"{name}: AUROC {m['auroc']:.3f} (95% CI {m['ci95'][0]:.3f}-{m['ci95'][1]:.3f}; {m['specimens']} "
-            f"specimens, {m['positive']} positive)"
+            f"{name}: {metric} {m[primary]:.3f} (95% CI {m['ci95'][0]:.3f}-{m['ci95'][1]:.3f}; {m['specimens']} "
+            f"specimens{counts})"
         )
-    console.print(f"chosen epoch {metrics['best_epoch']} (on tune AUROC)")
+    console.print(f"chosen epoch {metrics['best_epoch']} (on tune {metric})")
 
 
 @app.command()

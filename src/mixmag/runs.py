@@ -46,6 +46,12 @@ RUN_FORMAT_VERSION = 1  # of a training run folder; recorded in pipeline.json as
 MIXER_WEIGHTS = "mixer.safetensors"
 MIXER_META = "mixer.json"
 PREDICTION_FIELDS = ("specimen", "label", "score", "slides", "slide_scores")
+TASK_PREDICTION_FIELDS = {  # a run's predictions table by task type (multiclass adds p_<class> for each class)
+    "binary": PREDICTION_FIELDS,
+    "multiclass": ("specimen", "label", "predicted", "score", "slides", "slide_scores"),
+    "survival": ("specimen", "time", "event", "score", "risk_group", "slides", "slide_scores"),
+    "regression": ("specimen", "target", "score", "slides", "slide_scores"),
+}
 SPLITS = ("train", "tune", "test")
 RETRAIN = "train the run again with `mixmag train`"
 REPRETRAIN = "move it away or pretrain into a new --out"
@@ -278,20 +284,35 @@ class TrainRun:
         if not path.is_file():
             raise RunError(f"{path}: no predictions; is {self.folder} a `mixmag train` run folder?")
         columns, rows = _csv_rows(path, "predictions table", RETRAIN)
-        absent = [c for c in PREDICTION_FIELDS if c not in columns]
+        task = self.task()
+        absent = [c for c in TASK_PREDICTION_FIELDS[task] if c not in columns]
         if absent:
             raise RunError(f"{path}: no column {', '.join(absent)}, so not a run's predictions; {RETRAIN}")
         seen: set[str] = set()
         for line, row in enumerate(rows, start=2):
-            problem = prediction_problem(row, seen)
+            problem = prediction_problem(row, seen, task)
             if problem:
                 raise RunError(f"{path} line {line}: {problem}; {RETRAIN}")
-        if len({r["label"] for r in rows}) < 2:
+        if task == "binary" and len({r["label"] for r in rows}) < 2:
             raise RunError(f"{path}: the {split} split needs specimens of both labels for an AUROC; {RETRAIN}")
         return rows
 
+    def task(self) -> str:
+        """The run's task type (config.json's `task`; runs written before task types are binary)."""
+        try:
+            data = self._json(self.config) if self.config.is_file() else {}
+        except RunError:  # a damaged config.json is reported by whoever needs more of it
+            data = {}
+        task = data.get("task", "binary") if isinstance(data, dict) else "binary"
+        if task not in TASK_PREDICTION_FIELDS:
+            raise RunError(f"{self.config}: unknown task {task!r}; {RETRAIN}")
+        return task
+
     def read_scores(self, split: str) -> dict[str, tuple[int, float]]:
-        """specimen -> (label, score) of a split, from its checked predictions."""
+        """specimen -> (label, score) of a binary run's split, from its checked predictions (other task types:
+        `read_predictions` and `mixmag.train.tasks:Task.from_rows`)."""
+        if self.task() != "binary":
+            raise RunError(f"{self.folder}: a {self.task()} run has no binary labels; read its predictions table")
         return {r["specimen"]: (int(r["label"]), float(r["score"])) for r in self.read_predictions(split)}
 
     def read_weights(self) -> dict[str, torch.Tensor]:
@@ -349,22 +370,28 @@ class CrossValRun:
         return runs
 
 
-def prediction_problem(row: dict[str, str], seen: set[str]) -> str | None:
-    """What is wrong with one row of a predictions table (`seen`: the specimens of the rows before it), or None."""
+def prediction_problem(row: dict[str, str], seen: set[str], task: str = "binary") -> str | None:
+    """What is wrong with one row of a predictions table (`seen`: the specimens of the rows before it), or None: a
+    binary label is 0 or 1, a survival event too and its time positive, every number finite."""
     specimen = row["specimen"]
     if not specimen or specimen in seen:
         return f"specimen {specimen!r} is empty or listed twice"
     seen.add(specimen)
-    if row["label"] not in ("0", "1"):
+    if task == "binary" and row["label"] not in ("0", "1"):
         return f"label {row['label']!r} is not 0 or 1"
+    if task == "survival" and row["event"] not in ("0", "1"):
+        return f"event {row['event']!r} is not 0 or 1"
     slides, slide_scores = row["slides"].split(";"), row["slide_scores"].split(";")
     if not all(slides) or len(slides) != len(slide_scores):
         return f"{len(slides)} slides but {len(slide_scores)} slide scores"
-    for value in (row["score"], *slide_scores):
+    numbers = [v for k, v in row.items() if k.startswith("p_") or k in ("time", "target")] if task != "binary" else []
+    for value in (row["score"], *slide_scores, *numbers):
         try:
             _number(value)
-        except ValueError:
+        except (TypeError, ValueError):
             return f"score {value!r} is not a finite number"
+    if task == "survival" and _number(row["time"]) <= 0:
+        return f"time {row['time']!r} is not positive"
     return None
 
 

@@ -33,6 +33,7 @@ from ..metrics import (
     spearman,
     specimen_scores,
 )
+from ..runs import TASK_PREDICTION_FIELDS
 
 TaskType = Literal["binary", "multiclass", "survival", "regression"]
 TASK_TYPES = get_args(TaskType)
@@ -137,7 +138,23 @@ class Task:
 
     # -- predictions table --------------------------------------------------------------------------------------
     def prediction_fields(self) -> tuple[str, ...]:
-        return ("specimen", "label", "score", "slides", "slide_scores")
+        return TASK_PREDICTION_FIELDS[self.name]
+
+    def from_rows(self, rows: list[dict[str, str]]) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
+        """(truth columns, scores) from a predictions table's checked rows (`TrainRun.read_predictions`), e.g. the
+        out-of-fold rows of a cross-validation pooled."""
+        return (np.array([int(r["label"]) for r in rows]),), np.array([float(r["score"]) for r in rows])
+
+    def pooled(self, rows: list[dict[str, str]], n_boot: int, seed: int) -> dict:
+        """The primary metric of predictions table rows with its bootstrap interval (binary: stratified, as a run's)."""
+        truth, scores = self.from_rows(rows)
+        if self.name == "binary":
+            ci = bootstrap_auroc(truth[0], scores, n_boot=n_boot, seed=seed)
+            value, interval = ci.auroc, [ci.low, ci.high]
+        else:
+            est = bootstrap_estimate(self.primary_metric, (*truth, scores), n_boot=n_boot, seed=seed)
+            value, interval = est.value, [est.low, est.high]
+        return {self.primary: value, "ci95": interval, "specimens": len(rows)}
 
     def prediction_row(self, sp: Specimen, slide_outputs: dict, outputs: dict, reference: dict) -> dict:
         return {
@@ -195,7 +212,12 @@ class MulticlassTask(Task):
         }
 
     def prediction_fields(self):
-        return ("specimen", "label", "predicted", "score", *(f"p_{c}" for c in self.classes), "slides", "slide_scores")
+        fixed = TASK_PREDICTION_FIELDS[self.name]
+        return (*fixed[:4], *(f"p_{c}" for c in self.classes), *fixed[4:])
+
+    def from_rows(self, rows):
+        labels = np.array([self.classes.index(r["label"]) for r in rows])
+        return (labels,), np.array([[float(r[f"p_{c}"]) for c in self.classes] for r in rows])
 
     def prediction_row(self, sp, slide_outputs, outputs, reference):
         probs = outputs[sp.specimen_id]
@@ -257,8 +279,9 @@ class SurvivalTask(Task):
         cut = float(np.median([float(v[0]) for v in reference.values()]))
         return np.array(["high" if float(outputs[sp.specimen_id][0]) > cut else "low" for sp in specimens])
 
-    def prediction_fields(self):
-        return ("specimen", "time", "event", "score", "risk_group", "slides", "slide_scores")
+    def from_rows(self, rows):
+        truth = (np.array([float(r["time"]) for r in rows]), np.array([int(r["event"]) for r in rows]))
+        return truth, np.array([float(r["score"]) for r in rows])
 
     def prediction_row(self, sp, slide_outputs, outputs, reference):
         row = super().prediction_row(sp, slide_outputs, outputs, reference)
@@ -316,8 +339,8 @@ class RegressionTask(Task):
             "mae_ci95": mae_ci,
         }
 
-    def prediction_fields(self):
-        return ("specimen", "target", "score", "slides", "slide_scores")
+    def from_rows(self, rows):
+        return (np.array([float(r["target"]) for r in rows]),), np.array([float(r["score"]) for r in rows])
 
     def prediction_row(self, sp, slide_outputs, outputs, reference):
         row = super().prediction_row(sp, slide_outputs, outputs, reference)
