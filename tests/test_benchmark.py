@@ -244,3 +244,17 @@ def test_a_tiny_benchmark_with_a_mixer_method_pretrains_the_mixer_and_records_it
         and "predict-the-mean baseline" in (tmp_path / "b" / "benchmark.md").read_text()
     )
     assert "2. pretrain a mixer with MEM" in result["timings"]
+
+
+def test_a_decoy_that_can_only_be_the_pattern_is_refused_not_looped_forever():
+    from types import SimpleNamespace
+
+    from mixmag.synth.benchmark import _mark_fine
+
+    one_tile = SimpleNamespace(embeddings={"20x": np.zeros((2, 1, 4), np.float32)})  # a level of one tile per cell
+    with pytest.raises(ValueError, match="would always be the pattern"):
+        _mark_fine(one_tile, np.array([0, 1]), np.ones(4), 1.0, 1.0, np.random.default_rng(0), pattern=False)
+    sixteen = SimpleNamespace(embeddings={"20x": np.zeros((2, 16, 4), np.float32)})
+    _mark_fine(sixteen, np.array([0]), np.ones(4), 1.0, 0.25, np.random.default_rng(0), pattern=False)
+    marked = np.flatnonzero(sixteen.embeddings["20x"][0, :, 0])
+    assert len(marked) == 4 and set(marked) != {0, 1, 4, 5}  # four tiles, not the left-half pattern

@@ -97,6 +97,11 @@ def _mark_fine(
     per_cell = emb.shape[1]
     n = max(1, round(fraction * per_cell))
     left = np.array([k for k in range(per_cell) if k % 4 < 2])
+    if pattern is False and not 0 < n < per_cell:  # one arrangement only: "not the pattern" cannot be drawn
+        raise ValueError(
+            f"a decoy arrangement of {n} of {per_cell} tiles per cell would always be the pattern; "
+            "use a level with more tiles per cell or a fraction below 1"
+        )
     for cell in cell_ids:
         tiles = left[:n] if pattern else rng.choice(per_cell, size=n, replace=False)
         if pattern is False:  # a random arrangement that is not the pattern
