@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from mixmag.cli import app
 from mixmag.errors import CohortError
-from mixmag.metrics import bootstrap_auroc
+from mixmag.metrics import bootstrap_auroc, harrell_c, macro_auroc
 from mixmag.runs import CrossValRun
 from mixmag.stages import predict as prediction
 from mixmag.stages.crossval import run_cross_validation
@@ -206,3 +206,34 @@ def test_cli_trains_evaluates_and_predicts_a_cross_validation(cross_validated, s
         catch_exceptions=False,
     )
     assert result.exit_code == 0 and f"ensemble of {FOLDS} folds" in result.output
+
+
+@pytest.mark.parametrize("task", ["survival", "multiclass"])
+def test_other_task_types_cross_validate_with_their_pooled_metric(small_cohort, tmp_path, task):
+    rows = table_rows(with_patients(small_cohort, tmp_path))
+    for row in rows:
+        k = int(row["specimen"][1:])
+        if task == "survival":  # an event for labelled specimens, earlier the stronger their signal
+            row |= {"event": row["label"], "time": f"{10 - 5 * int(row['label']) + k % 7:.1f}"}
+        else:
+            row["label"] = "abc"[k % 3]
+    write_rows(tmp_path / "task.csv", rows)
+    cv = CrossValConfig(folds=FOLDS, tune_fraction=0.34, group_by="specimen")
+    config = train_config(small_cohort, tmp_path / "out", cohort=str(tmp_path / "task.csv"), task=task, cv=cv)
+    summary = run_cross_validation(config)
+    primary = {"survival": "c_index", "multiclass": "macro_auroc"}[task]
+    assert summary["primary"] == primary and summary["stratified_by"] == ("event" if task == "survival" else "label")
+    truth, scores = [], []
+    for i in range(FOLDS):
+        for row in table_rows(CrossValRun(tmp_path / "out").fold(i).predictions("test")):
+            if task == "survival":
+                truth.append((float(row["time"]), int(row["event"])))
+                scores.append(float(row["score"]))
+            else:
+                truth.append("abc".index(row["label"]))
+                scores.append([float(row[f"p_{c}"]) for c in "abc"])
+    if task == "survival":
+        expected = harrell_c(np.array([t for t, _ in truth]), np.array([e for _, e in truth]), np.array(scores))
+    else:
+        expected = macro_auroc(np.array(truth), np.array(scores))
+    assert summary["pooled"][primary] == pytest.approx(expected, abs=1e-5) and summary["pooled"]["specimens"] == 24

@@ -18,20 +18,15 @@ import torch
 
 from ..data.cohort import load_cohort
 from ..fileio import output_folder
-from ..metrics import bootstrap_auroc
 from ..runs import CrossValRun, TrainRun
 from ..store import shared_settings
 from ..train.crossval import CohortUnits, Fold, make_folds, read_units, split_counts, write_fold_table
 from ..train.finetune import TrainConfig, run_training
+from ..train.tasks import task_for
 from .experiments import run_is_current
 
 METRIC_NAMES = {"auroc": "AUROC", "macro_auroc": "macro AUROC", "c_index": "C-index", "spearman": "Spearman rho"}
 FoldDone = Callable[[int, dict, bool], None]  # (fold, its metrics, reused)
-
-
-def task_of(config: TrainConfig) -> str:
-    """The config's task type ("binary" for configs without one)."""
-    return str(getattr(config, "task", "binary"))
 
 
 def fold_config(config: TrainConfig, folder: CrossValRun, index: int) -> TrainConfig:
@@ -52,7 +47,7 @@ def run_cross_validation(
     if config.cv is None:
         raise ValueError("run_cross_validation needs a config with a `cv:` section")
     folder = CrossValRun(config.out)
-    units = read_units(config.cohort, task_of(config), config.cv)
+    units = read_units(config.cohort, config.task, config.cv)
     folds = make_folds(units, config.cv)
     with folder.lock():
         if "split" in units.table.columns and on_note is not None:
@@ -61,7 +56,8 @@ def run_cross_validation(
             output_folder(folder.folder, folder.fold(fold.index).folder.name, "fold folder")
             write_fold_table(folder.fold_table(fold.index), units, fold)
             cfg = fold_config(config, folder, fold.index)
-            reused = run_is_current(cfg, shared_settings(list(load_cohort(cfg.cohort, cfg.stores).stores.values())))
+            cohort = load_cohort(cfg.cohort, cfg.stores, task=cfg.task, classes=cfg.classes)
+            reused = run_is_current(cfg, shared_settings(list(cohort.stores.values())))
             metrics = TrainRun(cfg.out).read_metrics() if reused else run_training(cfg, on_epoch, device)
             if on_fold is not None:
                 on_fold(fold.index, metrics, reused)
@@ -92,7 +88,7 @@ def summarise(folder: CrossValRun, folds: list[Fold], units: CohortUnits, config
     cv = config.cv
     return {
         "folds": len(folds),
-        "task": task_of(config),
+        "task": config.task,
         "primary": primary,
         "grouped_by": units.grouped_by,
         "stratified_by": units.stratified_by,
@@ -101,27 +97,19 @@ def summarise(folder: CrossValRun, folds: list[Fold], units: CohortUnits, config
         "per_fold": rows,
         "mean": float(values.mean()),
         "sd": float(values.std(ddof=1)),
-        "pooled": pooled_metric(folder, len(folds), task_of(config), n_boot=config.bootstrap, seed=config.seed),
+        "pooled": pooled_metric(folder, len(folds), config),
     }
 
 
-def out_of_fold_scores(folder: CrossValRun, folds: int) -> dict[str, tuple[int, float]]:
-    """specimen -> (label, score) from the fold that tested it (every specimen is tested by exactly one)."""
-    pooled: dict[str, tuple[int, float]] = {}
-    for i in range(folds):
-        pooled |= folder.fold(i).read_scores("test")
+def pooled_metric(folder: CrossValRun, folds: int, config: TrainConfig) -> dict:
+    """The primary metric over every fold's test predictions pooled (each specimen from the one fold that tested it),
+    with a bootstrap 95% CI over specimens, as the task computes a run's own (`mixmag.train.tasks:Task.pooled`)."""
+    rows = [row for i in range(folds) for row in folder.fold(i).read_predictions("test")]
+    task = task_for(config.task, pipeline=folder.fold(0).read_pipeline())
+    pooled = task.pooled(rows, n_boot=config.bootstrap, seed=config.seed)
+    if task.name == "binary":
+        pooled["positive"] = sum(int(r["label"]) for r in rows)
     return pooled
-
-
-def pooled_metric(folder: CrossValRun, folds: int, task: str, *, n_boot: int, seed: int) -> dict | None:
-    """The metric over every fold's test predictions pooled, with a bootstrap 95% CI over specimens (binary: AUROC);
-    None for tasks whose pooled metric is not computed here yet."""
-    if task != "binary":
-        return None
-    scores = out_of_fold_scores(folder, folds)
-    labels = [v[0] for v in scores.values()]
-    ci = bootstrap_auroc(labels, [v[1] for v in scores.values()], n_boot=n_boot, seed=seed)
-    return {"auroc": ci.auroc, "ci95": [ci.low, ci.high], "specimens": len(labels), "positive": int(sum(labels))}
 
 
 def summary_markdown(summary: dict) -> str:
@@ -145,12 +133,9 @@ def summary_markdown(summary: dict) -> str:
         )
     lines += ["", f"Test {metric} over folds: {summary['mean']:.3f} ± {summary['sd']:.3f} (mean ± sd)."]
     pooled = summary["pooled"]
-    if pooled is not None:
-        value, (low, high) = pooled[summary["primary"]], pooled["ci95"]
-        lines.append(
-            f"Pooled out-of-fold {metric}: {value:.3f} (95% CI {low:.3f}-{high:.3f}; {pooled['specimens']} specimens, "
-            "bootstrap over specimens)."
-        )
-    else:
-        lines.append(f"Pooled out-of-fold metric: not computed for {summary['task']} studies yet.")
+    value, (low, high) = pooled[summary["primary"]], pooled["ci95"]
+    lines.append(
+        f"Pooled out-of-fold {metric}: {value:.3f} (95% CI {low:.3f}-{high:.3f}; {pooled['specimens']} specimens, "
+        "bootstrap over specimens)."
+    )
     return "\n".join(lines) + "\n"

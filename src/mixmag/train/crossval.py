@@ -24,9 +24,9 @@ from ..config import MAX_SEED
 from ..errors import CohortError
 from ..fileio import write_csv_atomic
 from ..tables import Table, read_table
+from .tasks import STRATIFY_COLUMN
 
 MAX_FOLDS = 100
-STRATIFY_COLUMN = {"binary": "label", "multiclass": "label", "survival": "event", "regression": "target"}
 REGRESSION_BINS = 4  # quantile bins of a regression target that the folds balance
 
 
@@ -151,12 +151,13 @@ def make_folds(units: CohortUnits, cv: CrossValConfig) -> list[Fold]:
 
 
 def _check_fold(units: CohortUnits, fold: Fold) -> None:
-    """A fold whose tune or test split misses a class cannot be scored on it: one sentence with the fix."""
+    """A fold whose train, tune or test split misses a class cannot be trained or scored on it: one sentence with the
+    fix."""
     if units.stratified_by == "target":
         return
     stratum = dict(zip(units.specimens, units.strata))
     every = set(units.strata)
-    for name in ("tune", "test"):
+    for name in ("train", "tune", "test"):
         missing = every - {stratum[s] for s in fold.splits[name]}
         if missing:
             raise CohortError(
