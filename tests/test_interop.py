@@ -153,8 +153,9 @@ def test_trident_export_is_tridents_own_format(tmp_path):
             assert a["target_magnification"] == pytest.approx(10 / level_mpp) and a["patch_size"] == 224
             assert a["overlap"] == 0
             assert (a["level0_width"], a["level0_height"]) == (plan.slide.width, plan.slide.height)
-            assert a["patch_size_level0"] == round(exact) and a["mixmag_patch_size_level0"] == pytest.approx(exact)
-            assert int(a["patch_size_level0"]) == round(exact)  # what extract_slide_features hands the slide encoders
+            # floor, not round: the peers' grid (coords // patch_size_level0) must give every patch its own position
+            assert a["patch_size_level0"] == int(exact) and a["mixmag_patch_size_level0"] == pytest.approx(exact)
+            assert int(a["patch_size_level0"]) == int(exact)  # what extract_slide_features hands the slide encoders
             # WSIPatcher.py l.135-147: TRIDENT reads round(patch_size * (10/target) / (10/level0)) level-0 px per patch
             read_px = round(a["patch_size"] * (10 / a["target_magnification"]) / (10 / a["level0_magnification"]))
             assert abs(read_px - exact) <= 1
@@ -616,3 +617,29 @@ def test_import_names_the_plans_with_no_tissue_it_builds_no_store_for(tmp_path):
     assert result.exit_code == 0, result.output
     assert "1 plan(s) with no tissue cells, no store built: blank" in result.output
     assert (tmp_path / "b" / "a1.h5").exists() and not (tmp_path / "b" / "blank.h5").exists()
+
+
+@pytest.mark.parametrize("mpp", [0.2202, 0.2431, 0.25, 0.2631, 0.2765, 0.3, 0.345, 0.4606, 0.499, 0.5, 0.5034])
+def test_trident_slide_encoders_grid_gives_every_patch_its_own_position(mpp):
+    """TRIDENT's CARE / Prov-GigaPath put patch (x, y) at grid (x // patch_size_level0, y // patch_size_level0): over a
+    whole 75 mm slide, at every level, no two of mixmag's exported patches may share a position."""
+    from types import SimpleNamespace
+
+    from mixmag.geometry import LevelSpec
+    from mixmag.interop.grid import rounded_origins
+    from mixmag.interop.trident import coords_attrs
+
+    levels = LevelSpec()
+    cell_px = levels.cell_um / mpp
+    n = int(75_000 / levels.cell_um)  # cells along a 75 mm slide
+    cells = np.stack(np.meshgrid(np.arange(n), np.arange(2)), -1).reshape(-1, 2)  # two rows, every column
+    plan = SimpleNamespace(
+        levels=levels,
+        params=SimpleNamespace(tile_px=224),
+        cell_px=cell_px,
+        slide=SimpleNamespace(mpp=mpp, width=10**6, height=10**6, slide_id="s"),
+    )
+    for level in range(levels.n_levels):
+        size = coords_attrs(plan, level, "s", Path("."))["patch_size_level0"]
+        grid = rounded_origins(cells, cell_px, level) // size
+        assert len(np.unique(grid, axis=0)) == len(grid), (mpp, level, size)

@@ -30,7 +30,10 @@ mixmag's choices within that format:
     WSI._fetch_magnification), so that TRIDENT reads mixmag's footprint: a 224 px 20x tile of a 0.2631 um/px slide is
     425.7 level-0 px, which TRIDENT then reads as 426 (with 40 it would read 448, 5% more tissue).
   - ``target_magnification`` = 10 / level mpp (5.0, 10.0, 20.0); ``patch_size`` = the tile size; ``overlap`` 0;
-    ``patch_size_level0`` = the footprint rounded, the exact float in ``mixmag_patch_size_level0``.
+    ``patch_size_level0`` = the footprint rounded DOWN, the exact float in ``mixmag_patch_size_level0``. TRIDENT's
+    slide encoders (CARE, Prov-GigaPath) place each patch on a grid at ``coords // patch_size_level0``; mixmag's
+    rounded origins step by the floor or the ceiling of the footprint, so only the floor gives every patch its own
+    grid position (with the rounded 426 at 0.2631 um/px, 36 of 720 positions received two patches, silently).
   - every extra attribute is named ``mixmag_*`` (TRIDENT copies the coords' extras into its feature files, so an import
     can check them): ``mixmag_slide_id``, ``mixmag_level_mpp``, ``mixmag_cell_px`` on coords; on exported features the
     store's encoder provenance and the features' digest (files.encoder_extras).
@@ -38,6 +41,7 @@ mixmag's choices within that format:
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -65,7 +69,7 @@ def coords_attrs(plan: TilingPlan, level: int, name: str, savetodir: Path) -> di
     footprint = plan.params.tile_px * level_mpp / plan.slide.mpp
     return {
         "patch_size": int(plan.params.tile_px),
-        "patch_size_level0": int(round(footprint)),
+        "patch_size_level0": int(math.floor(footprint + 1e-9)),  # floor: see the module docstring
         "level0_magnification": 10 / plan.slide.mpp,
         "target_magnification": 10 / level_mpp,
         "overlap": 0,
