@@ -13,6 +13,7 @@ import torch
 
 from mixmag.data.cohort import Specimen, load_cohort
 from mixmag.errors import CohortError
+from mixmag.eval.runs import compare_task_runs, evaluate_run
 from mixmag.runs import TrainRun
 from mixmag.synth.benchmark import OutcomeSpec, write_outcome_cohort
 from mixmag.train.classifier import SlideClassifier
@@ -184,6 +185,10 @@ def test_survival_biomarker_at_20x_is_found_at_20x_and_not_at_5x(tmp_path):
     task = task_for("survival", pipeline=run.read_pipeline())
     assert task.pooled(rows, n_boot=100, seed=0)["c_index"] == pytest.approx(at_20x["test"]["c_index"], abs=1e-12)
     assert {r["risk_group"] for r in rows} == {"high", "low"}
+    assert evaluate_run(tmp_path / "run20")["test"]["c_index"] == pytest.approx(at_20x["test"]["c_index"], abs=1e-12)
+    paired = compare_task_runs(tmp_path / "run20", tmp_path / "run5", n_boot=200)  # `mixmag compare`
+    assert paired.metric == "c_index" and paired.paired.difference > 0
+    assert paired.paired.difference == pytest.approx(at_20x["test"]["c_index"] - at_5x["test"]["c_index"], abs=1e-12)
 
 
 def test_multiclass_one_class_per_scale_and_the_reloaded_model_gives_the_same_probabilities(tmp_path):

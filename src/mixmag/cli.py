@@ -552,9 +552,19 @@ def compare(
     run_b: Annotated[Path, typer.Argument(help="Second run folder.")],
     split: Annotated[str, typer.Option(help="tune or test.")] = "test",
 ) -> None:
-    """Paired DeLong test between two runs on the same specimens."""
-    from .eval.runs import compare_runs
+    """Paired DeLong test between two binary runs on the same specimens (other task types: a paired bootstrap of the
+    primary metric's difference)."""
+    from .eval.runs import compare_runs, compare_task_runs, run_task
+    from .stages.crossval import METRIC_NAMES
 
+    if run_task(run_a).name != "binary":
+        c = compare_task_runs(run_a, run_b, split)
+        console.print(
+            f"{split}: {METRIC_NAMES.get(c.metric, c.metric)} {c.value_a:.3f} vs {c.value_b:.3f}, difference "
+            f"{c.paired.difference:+.3f} (95% CI {c.paired.low:+.3f} to {c.paired.high:+.3f}), p = "
+            f"{c.paired.p_value:.4f} (paired bootstrap)"
+        )
+        return
     r = compare_runs(run_a, run_b, split)
     console.print(
         f"{split}: AUROC {r.auc_a:.3f} vs {r.auc_b:.3f}, difference {r.difference:+.3f} (SE {r.std_error:.3f}), z = "

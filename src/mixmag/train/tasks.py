@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.cohort import Cohort, Specimen
+from ..errors import RunError
 from ..metrics import (
     auroc,
     balanced_accuracy,
@@ -304,9 +305,15 @@ class RegressionTask(Task):
             train = np.array([sp.target for sp in cohort.split("train")])
             self.mean, self.std = float(train.mean()), float(train.std()) or 1.0
         else:
-            self.mean, self.std = float(pipeline["target_mean"]), float(pipeline["target_std"])
-        if not (math.isfinite(self.mean) and math.isfinite(self.std)):
-            raise ValueError("the regression target's mean and standard deviation must be finite")
+            try:
+                self.mean, self.std = float(pipeline["target_mean"]), float(pipeline["target_std"])
+            except (KeyError, TypeError, ValueError):
+                self.mean = self.std = math.nan
+        if not (math.isfinite(self.mean) and math.isfinite(self.std) and self.std > 0):
+            raise RunError(
+                "a regression run's pipeline.json needs finite target_mean and positive target_std (the target's scale "
+                "on the train split); train the run again with `mixmag train`"
+            )
 
     def pipeline(self) -> dict:
         return {"target_mean": self.mean, "target_std": self.std}
