@@ -13,14 +13,16 @@ import yaml
 from train_runs import train_config
 from typer.testing import CliRunner
 
+import mixmag
 from mixmag.cli import app
-from mixmag.errors import CohortError
+from mixmag.errors import CohortError, ConfigError
 from mixmag.metrics import bootstrap_auroc, harrell_c, macro_auroc
 from mixmag.runs import CrossValRun
 from mixmag.stages import predict as prediction
 from mixmag.stages.crossval import run_cross_validation
 from mixmag.train.classifier import SlideClassifier
 from mixmag.train.crossval import CrossValConfig, fold_table, make_folds, read_units
+from mixmag.train.finetune import run_training
 
 FOLDS = 3
 runner = CliRunner()
@@ -237,3 +239,12 @@ def test_other_task_types_cross_validate_with_their_pooled_metric(small_cohort, 
     else:
         expected = macro_auroc(np.array(truth), np.array(scores))
     assert summary["pooled"][primary] == pytest.approx(expected, abs=1e-5) and summary["pooled"]["specimens"] == 24
+
+
+def test_the_python_front_door_cross_validates(cross_validated, small_cohort):
+    out, table, _ = cross_validated
+    config = train_config(small_cohort, out, cohort=str(table), cv=CrossValConfig(folds=FOLDS))
+    with pytest.raises(ConfigError, match="this config cross-validates"):
+        run_training(config)
+    summary = mixmag.train(config)
+    assert summary == json.loads((out / "cv.json").read_text()) == mixmag.evaluate(out)

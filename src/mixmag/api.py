@@ -27,9 +27,11 @@ from .eval.runs import evaluate_run
 from .interop import clam, trident
 from .interop.plans import plan_for_store
 from .report.html import build_report
+from .runs import CrossValRun
 from .slides.params import TilingParams, TissueParams
 from .slides.sources import sources_from_paths
 from .stages import predict as prediction
+from .stages.crossval import run_cross_validation
 from .stages.embed import EmbedResult, find_plans, run_embed
 from .stages.tile import SlideResult, tile_slides
 from .store import read_store
@@ -96,12 +98,19 @@ def pretrain(config: PretrainConfig | dict | PathLike, *, device: str | None = N
 
 
 def train(config: TrainConfig | dict | PathLike, *, device: str | None = None) -> dict:
-    """`mixmag train`: a slide-level model selected on tune; returns the run's metrics (also in metrics.json)."""
-    return run_training(_config(TrainConfig, config), device=choose_device(device))
+    """`mixmag train`: a slide-level model selected on tune; returns the run's metrics (also in metrics.json). With a
+    `cv:` section, every fold's run and the summary (cv.json), which it returns."""
+    config = _config(TrainConfig, config)
+    if config.cv is not None:
+        return run_cross_validation(config, device=choose_device(device))
+    return run_training(config, device=choose_device(device))
 
 
 def evaluate(run: PathLike) -> dict:
-    """`mixmag evaluate`: a finished run's metrics with bootstrap CIs, from its saved predictions."""
+    """`mixmag evaluate`: a finished run's metrics with bootstrap CIs, from its saved predictions; a cross-validated
+    folder's summary (cv.json)."""
+    if CrossValRun(run).is_cross_validated():
+        return CrossValRun(run).read_summary()
     return evaluate_run(run)
 
 

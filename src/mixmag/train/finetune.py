@@ -385,4 +385,10 @@ def pretrained_mixer_digest(config: TrainConfig) -> str | None:
 
 
 def run_training(config: TrainConfig, on_epoch=None, device: torch.device | None = None) -> dict:
+    """One run on the table's splits; a config with a `cv:` section is refused (it would silently ignore the folds)."""
+    if config.cv is not None:
+        raise ConfigError(
+            f"{config.out}: this config cross-validates (`cv:`); run it with `mixmag train`, `mixmag.train()` or "
+            "mixmag.stages.crossval.run_cross_validation"
+        )
     return Trainer(config, device).fit(on_epoch)
