@@ -13,8 +13,10 @@ import torch
 
 from mixmag.data.cohort import Specimen, load_cohort
 from mixmag.errors import CohortError
+from mixmag.eval.benchmark_stats import cell_statistics, with_false_discovery_rate
 from mixmag.eval.runs import compare_task_runs, evaluate_run
 from mixmag.runs import TrainRun
+from mixmag.stages.experiments import GridConfig, Task, method_config
 from mixmag.synth.benchmark import OutcomeSpec, write_outcome_cohort
 from mixmag.train.classifier import SlideClassifier
 from mixmag.train.finetune import TrainConfig, run_training
@@ -189,6 +191,17 @@ def test_survival_biomarker_at_20x_is_found_at_20x_and_not_at_5x(tmp_path):
     paired = compare_task_runs(tmp_path / "run20", tmp_path / "run5", n_boot=200)  # `mixmag compare`
     assert paired.metric == "c_index" and paired.paired.difference > 0
     assert paired.paired.difference == pytest.approx(at_20x["test"]["c_index"] - at_5x["test"]["c_index"], abs=1e-12)
+    runs = {"abmil-20x": [tmp_path / "run20"], "abmil-5x": [tmp_path / "run5"]}  # the benchmark's cells, one seed
+    cells = with_false_discovery_rate(cell_statistics("survival", runs, "abmil-5x", n_boot=200))
+    cell = next(c for c in cells if c.method == "abmil-20x")
+    assert cell.mean == pytest.approx(at_20x["test"]["c_index"]) and cell.low <= cell.mean <= cell.high
+    assert cell.difference == pytest.approx(paired.paired.difference) and cell.q_vs_baseline == cell.p_vs_baseline
+    grid = GridConfig(
+        out=str(tmp_path / "grid"),
+        tasks=[Task(name="surv", cohort=str(table), stores=str(tmp_path / "stores"), type="survival")],
+        methods=["abmil-20x"],
+    )
+    assert method_config(grid, grid.tasks[0], "abmil-20x", 0).task == "survival"  # `mixmag experiment` task types
 
 
 def test_multiclass_one_class_per_scale_and_the_reloaded_model_gives_the_same_probabilities(tmp_path):

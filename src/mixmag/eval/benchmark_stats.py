@@ -17,8 +17,10 @@ from scipy import stats
 
 from ..errors import MixmagError
 from ..markup import markdown_cell
-from ..metrics import auroc, delong_test
+from ..metrics import auroc, bootstrap_estimate, delong_test, paired_bootstrap
 from ..runs import TrainRun, read_pretraining_log
+from ..train.tasks import Task
+from .runs import run_task
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,65 @@ def _aligned(runs: list[Path]) -> tuple[np.ndarray, np.ndarray]:
     return labels, np.array([[p[s][1] for s in common] for p in preds])
 
 
+def _aligned_rows(runs: list[Path]) -> tuple[Task, tuple[np.ndarray, ...], np.ndarray, list[str]]:
+    """A task type's runs over the specimens every run predicted: (task, truth columns, scores (seeds, n, ...),
+    specimens)."""
+    task = run_task(runs[0])
+    tables = [{r["specimen"]: r for r in TrainRun(run).read_predictions("test")} for run in runs]
+    common = sorted(set.intersection(*(set(t) for t in tables)))
+    truth, _ = task.from_rows([tables[0][s] for s in common])
+    return task, truth, np.stack([task.from_rows([t[s] for s in common])[1] for t in tables]), common
+
+
+def _mean_over_seeds(task: Task):
+    """The mean over seeds of the task's primary metric, as a metric of (truth columns..., scores (n, seeds, ...)):
+    the bootstrap resamples specimens once for every seed."""
+
+    def metric(*columns: np.ndarray) -> float:
+        return float(np.mean([task.primary_metric(*columns[:-1], s) for s in np.moveaxis(columns[-1], 1, 0)]))
+
+    return metric
+
+
+def task_cell_statistics(
+    task_name: str, runs_by_method: dict[str, list[Path]], baseline: str, *, n_boot: int = 1000
+) -> list[CellStatistic]:
+    """`cell_statistics` for a multiclass, survival or regression task: its primary metric (C-index, macro AUROC,
+    Spearman) per seed, a bootstrap CI over specimens of the mean over seeds, and a paired bootstrap p of the
+    seed-averaged scores' metric against the baseline's (DeLong is for AUROC only)."""
+    aligned = {m: _aligned_rows(runs) for m, runs in runs_by_method.items()}
+    out = []
+    for method, (task, truth, scores, ids) in aligned.items():
+        per_seed = [task.primary_metric(*truth, s) for s in scores]
+        ci = bootstrap_estimate(_mean_over_seeds(task), (*truth, np.moveaxis(scores, 0, 1)), n_boot=n_boot, seed=0)
+        p = diff = None
+        if baseline in aligned and method != baseline:
+            _, _, base_scores, base_ids = aligned[baseline]
+            if ids != base_ids:
+                raise MixmagError(
+                    f"{task_name}: {method} and {baseline} were tested on different specimens; a paired test needs the "
+                    "same"
+                )
+            p = paired_bootstrap(task.primary_metric, truth, scores.mean(0), base_scores.mean(0), n_boot=n_boot).p_value
+            diff = float(np.mean(per_seed)) - float(np.mean([task.primary_metric(*truth, s) for s in base_scores]))
+        sd = float(np.std(per_seed, ddof=1)) if len(per_seed) > 1 else 0.0
+        out.append(
+            CellStatistic(
+                task_name,
+                method,
+                [float(v) for v in per_seed],
+                float(np.mean(per_seed)),
+                sd,
+                ci.low,
+                ci.high,
+                len(ids),
+                p,
+                diff,
+            )
+        )
+    return out
+
+
 def bootstrap_mean_auroc(
     labels: np.ndarray, scores: np.ndarray, *, n_boot: int = 1000, seed: int = 0
 ) -> tuple[float, float]:
@@ -66,7 +127,11 @@ def bootstrap_mean_auroc(
 def cell_statistics(
     task: str, runs_by_method: dict[str, list[Path]], baseline: str, *, n_boot: int = 1000
 ) -> list[CellStatistic]:
-    """One CellStatistic per method of a task; `runs_by_method[m]` are its run folders, one per seed."""
+    """One CellStatistic per method of a task; `runs_by_method[m]` are its run folders, one per seed (a task type
+    other than binary: `task_cell_statistics`)."""
+    first = next(iter(runs_by_method.values()))[0]
+    if TrainRun(first).task() != "binary":
+        return task_cell_statistics(task, runs_by_method, baseline, n_boot=n_boot)
     base = None
     if baseline in runs_by_method:
         base_labels, base_scores = _aligned(runs_by_method[baseline])

@@ -28,6 +28,7 @@ from ..store import PipelineSettings, shared_settings
 from ..train.finetune import Seed, TrainConfig, TrainSettings, pretrained_mixer_digest, run_training
 from ..train.mixer_file import mixer_architecture
 from ..train.pretrain import store_paths
+from ..train.tasks import PRIMARY, TaskType
 from .encode import encode_stores
 
 ABMIL_METHODS = {"abmil-5x": "5x", "abmil-10x": "10x", "abmil-20x": "20x", "abmil-all": "all"}
@@ -38,6 +39,8 @@ class Task(BaseModel):
     name: SafeName  # the folder of the task's runs
     cohort: str
     stores: str
+    type: TaskType = Field("binary", description="the task type (its table's columns, loss and primary metric)")
+    classes: list[str] | None = Field(None, description="multiclass: the class names; default the table's, sorted")
 
 
 class GridConfig(BaseModel):
@@ -86,6 +89,8 @@ def load_grid(path: str | Path) -> GridConfig:
 def method_config(grid: GridConfig, task: Task, method: str, seed: int) -> TrainConfig:
     out = Path(grid.out) / task.name / _slug(method) / f"seed{seed}"
     common = dict(cohort=task.cohort, stores=task.stores, out=str(out), seed=seed) | grid.train.given()
+    if task.type != "binary":
+        common |= {"task": task.type, "classes": task.classes}
     for prefix, overrides in grid.train_by_method.items():
         if method.startswith(prefix):
             common |= overrides.given()
@@ -175,7 +180,8 @@ def _cohort_store_settings(cohort: str, stores: str) -> PipelineSettings | None:
 
 
 def run_grid(grid: GridConfig, on_run=None) -> dict:
-    """Run (or reuse) every method x task x seed; returns {task: {method: [test AUROC per seed]}}."""
+    """Run (or reuse) every method x task x seed; returns {task: {method: [test primary metric per seed]}} (AUROC
+    for binary tasks, C-index, macro AUROC or Spearman for the others)."""
     results: dict[str, dict[str, list[float]]] = {}
     for task in grid.tasks:
         settings: dict[tuple[str, str], dict | None] = {}  # read once per cohort and stores folder
@@ -196,12 +202,21 @@ def run_grid(grid: GridConfig, on_run=None) -> dict:
                 else:
                     metrics = run_training(cfg)
                     status = "trained"
-                results.setdefault(task.name, {}).setdefault(method, []).append(metrics["test"]["auroc"])
+                value = metrics["test"][metrics.get("primary", "auroc")]  # the task type's primary metric
+                results.setdefault(task.name, {}).setdefault(method, []).append(value)
                 if on_run:
-                    on_run(task.name, method, seed, metrics["test"]["auroc"], status)
+                    on_run(task.name, method, seed, value, status)
     write_tables(grid, results)
     plot_differences(grid, results)
     return results
+
+
+def _metric_words(grid: GridConfig) -> str:
+    """What the tables hold: AUROC, or each task type's primary metric when the grid has other task types."""
+    types = sorted({t.type for t in grid.tasks})
+    if types == ["binary"]:
+        return "AUROC"
+    return "primary metric (" + ", ".join(f"{t}: {PRIMARY[t]}" for t in types) + ")"
 
 
 def write_tables(grid: GridConfig, results: dict) -> tuple[Path, Path]:
@@ -229,7 +244,7 @@ def write_tables(grid: GridConfig, results: dict) -> tuple[Path, Path]:
         lines.append(f"| {markdown_cell(m)} | " + " | ".join(cells) + " |")
     seeds = ", ".join(map(str, grid.seeds))
     lines.append("")
-    lines.append(f"Test AUROC x 100, mean over seeds {seeds}; best in bold, second best underlined.")
+    lines.append(f"Test {_metric_words(grid)} x 100, mean over seeds {seeds}; best in bold, second best underlined.")
     md = write_atomic(out / "results.md", "\n".join(lines) + "\n")
     rows = [[m] + [f"{v:.4f}" for v in table[m]] for m in grid.methods]
     csv_path = write_csv_atomic(out / "results.csv", ["method"] + columns, rows)
