@@ -248,3 +248,14 @@ def test_the_python_front_door_cross_validates(cross_validated, small_cohort):
         run_training(config)
     summary = mixmag.train(config)
     assert summary == json.loads((out / "cv.json").read_text()) == mixmag.evaluate(out)
+    pages = mixmag.report(out, heatmaps=False)
+    assert pages == [CrossValRun(out).fold(i).report for i in range(FOLDS)] and all(p.is_file() for p in pages)
+
+
+def test_a_fold_is_an_ordinary_run_of_its_table(cross_validated, small_cohort, tmp_path):
+    out, table, _ = cross_validated
+    fold = CrossValRun(out).fold(0)
+    alone = train_config(small_cohort, tmp_path / "alone", cohort=str(CrossValRun(out).fold_table(0)))
+    run_training(alone)
+    for split in ("tune", "test"):
+        assert (tmp_path / "alone" / f"predictions_{split}.csv").read_bytes() == fold.predictions(split).read_bytes()

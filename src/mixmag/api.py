@@ -26,7 +26,7 @@ from .encoders.model import build_encoder
 from .eval.runs import evaluate_run
 from .interop import clam, trident
 from .interop.plans import plan_for_store
-from .report.html import build_report
+from .report.html import build_reports
 from .runs import CrossValRun
 from .slides.params import TilingParams, TissueParams
 from .slides.sources import sources_from_paths
@@ -134,9 +134,10 @@ def predict(
     return prediction.run(Path(run), inputs, out, work, heatmaps=heatmaps, device=device)
 
 
-def report(run: PathLike, *, heatmaps: bool = True) -> Path:
-    """`mixmag report`: RUN/report.html."""
-    return build_report(run, heatmaps=heatmaps)
+def report(run: PathLike, *, heatmaps: bool = True) -> Path | list[Path]:
+    """`mixmag report`: RUN/report.html; for a cross-validated folder, every fold's (a list)."""
+    pages = build_reports(run, heatmaps=heatmaps)
+    return pages if CrossValRun(run).is_cross_validated() else pages[0]
 
 
 def export(stores: Sequence[PathLike], out: PathLike, *, format: str = "trident") -> list[Path]:

@@ -721,19 +721,16 @@ def report(
     """Write RUN/report.html, one self-contained page about a trained run (each fold's, for a cross-validated one).
 
     Metrics with bootstrap CIs, ROC curves, predictions, QC pictures, heatmaps per magnification, timings, config."""
-    from .report.html import build_report
+    from .report.html import build_reports
     from .runs import CrossValRun
 
     times = read_json_limited(timings, what="timings file") if timings else None
     if times is not None and not isinstance(times, dict):
         raise OptionError(f"--timings {timings}: not a timings file (a JSON object of stage: seconds)")
-    if CrossValRun(run).is_cross_validated():  # one report per fold, and the summary
-        for fold in CrossValRun(run).fold_runs():
-            console.print(f"wrote {build_report(fold.folder, times, heatmaps=heatmaps)}")
+    for path in build_reports(run, times, heatmaps=heatmaps):
+        console.print(f"wrote {path}")
+    if CrossValRun(run).is_cross_validated():
         _print_cross_validation(run)
-        return
-    path = build_report(run, times, heatmaps=heatmaps)
-    console.print(f"wrote {path}")
 
 
 @app.command()

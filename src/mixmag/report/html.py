@@ -24,7 +24,7 @@ from ..fileio import write_atomic
 from ..ids import is_safe_id
 from ..images import PictureError, read_picture
 from ..markup import html_text, html_value, shown_path
-from ..runs import TrainRun
+from ..runs import CrossValRun, TrainRun
 from ..store import read_header
 from ..train.classifier import SlideClassifier
 from ..weights_io import UnsafeCheckpointError
@@ -321,6 +321,14 @@ def split_counts(config: dict, metrics: dict, splits: dict, rows: dict[str, list
             )
             for k, v in splits.items()
         }
+
+
+def build_reports(run: str | Path, timings: dict | None = None, *, heatmaps: bool = True) -> list[Path]:
+    """report.html of a run, or of every fold of a cross-validated folder (its summary is cv.md beside them)."""
+    folder = CrossValRun(run)
+    if not folder.is_cross_validated():
+        return [build_report(run, timings, heatmaps=heatmaps)]
+    return [build_report(fold.folder, timings, heatmaps=heatmaps) for fold in folder.fold_runs()]
 
 
 def build_report(
