@@ -1,11 +1,24 @@
 """Typed records between stages (issue 23): a store's attributes as one `StoreHeader`, written as the flat HDF5
 attributes they always were; older stores load, malformed ones are one sentence."""
 
+import json
+import math
+
 import h5py
 import pytest
 from test_store import make_store
 
 from mixmag.catalog import load_catalog
+from mixmag.errors import RunError
+from mixmag.models.slide import SlideModel
+from mixmag.runs import (
+    RUN_FORMAT_VERSION,
+    PredictionRow,
+    PretrainRun,
+    TrainRun,
+    read_losses,
+    read_mixer_meta,
+)
 from mixmag.store import (
     EmbeddingSpace,
     PipelineSettings,
@@ -18,6 +31,7 @@ from mixmag.store import (
     shared_settings,
     write_store,
 )
+from mixmag.train.classifier import SlideClassifier
 
 
 def test_the_header_is_written_as_the_flat_attributes_it_was_given(tmp_path):
@@ -86,3 +100,82 @@ def test_the_catalog_keys_settings_as_the_header_does(tmp_path):
     catalog = load_catalog(tmp_path)
     assert {e.settings for e in catalog.entries} == {read_header(tmp_path / "a.h5").settings.key()}
     assert catalog.shared_settings() == shared_settings(catalog.paths())
+
+
+# -- run records (runs.py): pipeline.json, prediction rows, mixer.json, the pretraining log, metrics.json ------------
+def _rows() -> list[PredictionRow]:
+    return [
+        PredictionRow("p1", 1, 0.8, ("a", "b"), (0.7, 0.8)),
+        PredictionRow("p2", 0, 0.25, ("c",), (0.25,)),
+    ]
+
+
+def _write_run(folder, pipeline: dict) -> TrainRun:
+    run = TrainRun(folder)
+    split = {"auroc": 1.0, "ci95": [1.0, 1.0], "specimens": 2, "positive": 1}
+    run.write_results(
+        config={"cohort": "c.csv", "stores": "s", "bags": "20x"},
+        splits={"train": [], "tune": ["p1", "p2"], "test": ["p1", "p2"]},
+        pipeline=pipeline,
+        predictions={"tune": _rows(), "test": _rows()},
+        metrics={"best_epoch": 3, "tune": split, "test": split},
+    )
+    return run
+
+
+def test_prediction_rows_are_written_as_before_and_read_back_typed(tmp_path):
+    run = _write_run(tmp_path, {})
+    lines = run.predictions("test").read_text().splitlines()
+    assert lines == [
+        "specimen,label,score,slides,slide_scores",
+        "p1,1,0.800000,a;b,0.700000;0.800000",
+        "p2,0,0.250000,c,0.250000",
+    ]
+    back = run.read_prediction_rows("test")
+    assert back == _rows() and back[0].slide_pairs() == [("a", 0.7), ("b", 0.8)]
+    assert run.read_scores("test") == {"p1": (1, 0.8), "p2": (0, 0.25)}
+    assert run.read_metrics_record().test.value("auroc") == 1.0 and run.read_metrics_record().best_epoch == 3
+
+
+def test_pipeline_json_is_a_typed_record_and_older_runs_still_load(tmp_path):
+    settings = PipelineSettings(encoder="stats", region_size=3, level_mpps=[2.0, 1.0])
+    run = _write_run(tmp_path / "new", settings.model_dump() | {"bag_dim": 8, "mixer": None, "mixer_digest": None})
+    record = run.read_pipeline_record()
+    assert record.run_format == RUN_FORMAT_VERSION and record.bag_dim == 8 and record.settings == settings
+    old = _write_run(tmp_path / "old", {"encoder": "stats"})  # a run from before most fields were recorded
+    assert old.read_pipeline_record().bag_dim is None and old.read_pipeline_record().space.encoder == "stats"
+    bad = _write_run(tmp_path / "bad", {"bag_dim": "eight"})
+    with pytest.raises(RunError, match=r"pipeline\.json: damaged or not this kind of file \(`bag_dim` is 'eight'"):
+        bad.read_pipeline()
+
+
+def test_a_classifier_reads_its_pipeline_through_the_record():
+    classifier = SlideClassifier(SlideModel(8), "20x", {"encoder": "stats", "encoder_weights_digest": "abc"})
+    assert classifier.record.encoder_weights_digest == "abc"
+    classifier.pipeline["encoder_weights_digest"] = "other"  # the file as read may be amended; the record follows
+    assert classifier.record.encoder_weights_digest == "other"
+
+
+def test_mixer_json_is_a_typed_record(tmp_path):
+    meta = tmp_path / "mixer.json"
+    meta.write_text(json.dumps({"mixer": {"dim": 8}, "stores": {"encoder": "stats", "tile_px": None}}))
+    record = read_mixer_meta(meta)
+    assert record.preset == "custom" and record.space.encoder == "stats"
+    assert record.space.model_fields_set == {"encoder"}  # a null field is not checked against the stores
+    assert record.space.differences(EmbeddingSpace(encoder="stats", tile_px=224)) == []
+    assert record.space.differences(EmbeddingSpace(encoder="uni")) == ["encoder"]
+    meta.write_text("[1, 2]")
+    with pytest.raises(ValueError):
+        read_mixer_meta(meta)
+
+
+def test_the_pretraining_log_is_read_as_typed_losses(tmp_path):
+    run = PretrainRun(tmp_path)
+    run.log.write_text("step,mem,baseline_loss,lr\n10,-0.5,-0.25,0.1\n20,-0.6,,0.1\n")
+    losses = run.read_losses()
+    assert [r.step for r in losses] == [10, 20] and losses[0].mem == -0.5 and math.isnan(losses[1].baseline_loss)
+    assert run.last_step() == 20 and run.log_rows_up_to(10) == [
+        {"step": "10", "mem": "-0.5", "baseline_loss": "-0.25", "lr": "0.1"}
+    ]
+    run.log.write_text("step,mem\n10,-0.2\n")
+    assert read_losses(run.log)[0].baseline_loss is None  # no such column: not a NaN

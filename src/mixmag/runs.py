@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -40,11 +41,13 @@ from .fileio import (
     write_json_atomic,
 )
 from .markup import spreadsheet_text
+from .store import EmbeddingSpace, PipelineSettings
 from .weights_io import load_state_dict_file
 
 RUN_FORMAT_VERSION = 1  # of a training run folder; recorded in pipeline.json as "run_format"
 MIXER_WEIGHTS = "mixer.safetensors"
 MIXER_META = "mixer.json"
+PIPELINE = "pipeline.json"
 PREDICTION_FIELDS = ("specimen", "label", "score", "slides", "slide_scores")
 TASK_PREDICTION_FIELDS = {  # a run's predictions table by task type (multiclass adds p_<class> for each class)
     "binary": PREDICTION_FIELDS,
@@ -52,6 +55,7 @@ TASK_PREDICTION_FIELDS = {  # a run's predictions table by task type (multiclass
     "survival": ("specimen", "time", "event", "score", "risk_group", "slides", "slide_scores"),
     "regression": ("specimen", "target", "score", "slides", "slide_scores"),
 }
+SLIDE_SEPARATOR = ";"  # joins a specimen's slides and their scores in one predictions cell
 SPLITS = ("train", "tune", "test")
 RETRAIN = "train the run again with `mixmag train`"
 REPRETRAIN = "move it away or pretrain into a new --out"
@@ -70,6 +74,10 @@ class SplitMetrics(_Record):
     specimens: int = Field(ge=1)
     positive: int = Field(ge=0)
 
+    def value(self, metric: str) -> float:
+        """The split's value of a metric (AUROC, or another task's primary metric the file holds)."""
+        return float(getattr(self, metric))
+
 
 class EpochRecord(_Record):
     epoch: int = Field(ge=1)
@@ -84,6 +92,7 @@ class RunMetrics(_Record):
     history: list[EpochRecord] = Field(default_factory=list)
     tune: SplitMetrics
     test: SplitMetrics
+    primary: str = "auroc"  # the metric runs are compared on
 
 
 class TaskSplitMetrics(_Record):
@@ -92,6 +101,10 @@ class TaskSplitMetrics(_Record):
 
     ci95: list[float] = Field(min_length=2, max_length=2)
     specimens: int = Field(ge=1)
+
+    def value(self, metric: str) -> float:
+        """The split's value of a metric (the primary one, or another the file holds)."""
+        return float(getattr(self, metric))
 
 
 class TaskRunMetrics(_Record):
@@ -139,6 +152,118 @@ def _short(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+class PipelineRecord(PipelineSettings):
+    """pipeline.json: the shared settings of the run's stores, and what prediction needs besides them (the run
+    format, versions, the bag width, the mixer's architecture, the encode folder's mixer, the pretrained mixer's
+    digest). Older runs lack some fields (None); fields this mixmag does not know are kept."""
+
+    model_config = ConfigDict(frozen=True, extra="allow")
+
+    run_format: int = 0
+    mixmag_version: str | None = None
+    torch_version: str | None = None
+    bag_dim: int | None = None
+    mixer: dict | None = None
+    encoded_mixer: str | None = None
+    mixer_digest: str | None = None
+
+    @classmethod
+    def of(cls, value: PipelineRecord | dict) -> PipelineRecord:
+        """The record of pipeline.json as read (a dict); a value of the wrong type is one sentence."""
+        if isinstance(value, PipelineRecord):
+            return value
+        checked_record(cls, value, Path(PIPELINE), RETRAIN)
+        return cls.model_validate(value)
+
+
+@dataclass(frozen=True)
+class PredictionRow:
+    """One specimen of predictions_<split>.csv: its label, score, slides and their scores (the file joins a
+    specimen's slides and slide scores with SLIDE_SEPARATOR, here and nowhere else)."""
+
+    specimen: str
+    label: int
+    score: float
+    slides: tuple[str, ...]
+    slide_scores: tuple[float, ...]
+
+    def cells(self) -> list:
+        """The row as written: scores with six decimals."""
+        return [
+            self.specimen,
+            self.label,
+            f"{self.score:.6f}",
+            SLIDE_SEPARATOR.join(self.slides),
+            SLIDE_SEPARATOR.join(f"{v:.6f}" for v in self.slide_scores),
+        ]
+
+    @classmethod
+    def from_cells(cls, row: dict[str, str]) -> PredictionRow:
+        """A row as read (checked by `prediction_problem` first)."""
+        return cls(
+            specimen=row["specimen"],
+            label=int(row["label"]),
+            score=float(row["score"]),
+            slides=tuple(row["slides"].split(SLIDE_SEPARATOR)),
+            slide_scores=tuple(float(v) for v in row["slide_scores"].split(SLIDE_SEPARATOR)),
+        )
+
+    def slide_pairs(self) -> list[tuple[str, float]]:
+        """(slide, its score) for each of the specimen's slides."""
+        return list(zip(self.slides, self.slide_scores))
+
+
+class MixerMeta(_Record):
+    """mixer.json beside a pretrained mixer's weights: its architecture, the pretraining config it was made with
+    and the embedding space of the stores it was pretrained on (`stores`; absent in older files)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    mixer: dict
+    pretraining: dict | None = None
+    stores: dict | None = None
+    mixmag_version: str | None = None
+
+    @property
+    def preset(self) -> str:
+        """The preset it was pretrained with ("custom" when the file does not say)."""
+        return str((self.pretraining or {}).get("preset", "custom"))
+
+    @property
+    def space(self) -> EmbeddingSpace:
+        """The embedding space it was pretrained in; fields the file leaves null are not checked."""
+        return EmbeddingSpace.model_validate({k: v for k, v in (self.stores or {}).items() if v is not None})
+
+
+def read_mixer_meta(path: Path) -> MixerMeta:
+    """mixer.json, read within its budget; ValueError (a ValidationError) when it is not a mixer description."""
+    return MixerMeta.model_validate(read_json_limited(path, what=MIXER_META))
+
+
+@dataclass(frozen=True)
+class LossRow:
+    """The losses of one logged pretraining step: the MEM loss and the predict-the-mean baseline's loss of that
+    batch (None where the log has no such column, NaN where the cell is empty)."""
+
+    step: int
+    mem: float | None
+    baseline_loss: float | None
+
+    @classmethod
+    def from_cells(cls, row: dict[str, str]) -> LossRow:
+        """A row of a checked log (`read_pretraining_log`)."""
+        return cls(int(row["step"]), _loss(row.get("mem")), _loss(row.get("baseline_loss")))
+
+
+def read_losses(path: Path) -> list[LossRow]:
+    """A pretraining log.csv's steps and losses, checked (`read_pretraining_log`) and typed."""
+    return [LossRow.from_cells(r) for r in read_pretraining_log(path)]
+
+
+def _loss(cell: str | None) -> float | None:
+    return None if cell is None else float(cell or "nan")
+
+
 def _number(text: str) -> float:
     """A finite number from a CSV cell, else ValueError."""
     value = float(text)
@@ -161,15 +286,23 @@ class PretrainRun:
 
     def last_step(self) -> int:
         """The last step logged (0 when nothing was)."""
-        rows = self.read_log()
-        return int(rows[-1]["step"]) if rows else 0
+        rows = self.read_losses()
+        return rows[-1].step if rows else 0
+
+    def read_losses(self) -> list[LossRow]:
+        """The logged steps and their losses, typed."""
+        return read_losses(self.log) if self.log.is_file() else []
 
     def read_log(self) -> list[dict[str, str]]:
         """log.csv's rows, checked (`read_pretraining_log`); none when there is no log yet."""
         return read_pretraining_log(self.log) if self.log.is_file() else []
 
-    def read_mixer_meta(self) -> dict | None:
-        return read_json_limited(self.mixer_meta, what="mixer.json") if self.mixer_meta.is_file() else None
+    def read_mixer_meta(self) -> MixerMeta | None:
+        return read_mixer_meta(self.mixer_meta) if self.mixer_meta.is_file() else None
+
+    def log_rows_up_to(self, step: int) -> list[dict[str, str]]:
+        """log.csv's rows (all their columns, as written) up to `step`: what a resumed run keeps of it."""
+        return [r for r, loss in zip(self.read_log(), self.read_losses()) if loss.step <= step]
 
     def is_complete(self, steps: int) -> bool:
         """The mixer was exported after `steps` steps."""
@@ -184,7 +317,7 @@ class TrainRun:
         self.weights = self.folder / "best.pt"
         self.config = self.folder / "config.json"
         self.splits = self.folder / "splits.json"
-        self.pipeline = self.folder / "pipeline.json"
+        self.pipeline = self.folder / PIPELINE
         self.metrics = self.folder / "metrics.json"
         self.report = self.folder / "report.html"
         self.heatmaps = self.folder / "heatmaps"
@@ -225,19 +358,19 @@ class TrainRun:
         config: dict,
         splits: dict,
         pipeline: dict,
-        predictions: dict[str, list[dict]],
+        predictions: dict[str, list[PredictionRow | dict]],
         metrics: dict,
         prediction_fields: tuple[str, ...] = PREDICTION_FIELDS,
     ) -> None:
         """Everything but the weights; metrics.json last, so that a complete-looking folder is complete. The
-        predictions' columns are the task type's (`mixmag.train.tasks`; binary: `PREDICTION_FIELDS`)."""
+        predictions' columns are the task type's (`mixmag.train.tasks`; binary: `PREDICTION_FIELDS`); rows given as
+        dicts are written cell for cell as they are."""
         write_json_atomic(self.config, config, indent=1)
         write_json_atomic(self.splits, splits, indent=1)
         write_json_atomic(self.pipeline, {"run_format": RUN_FORMAT_VERSION} | pipeline, indent=1)
         for split, rows in predictions.items():
-            write_csv_atomic(
-                self.predictions(split), prediction_fields, [[r[f] for f in prediction_fields] for r in rows]
-            )
+            cells = [r.cells() if isinstance(r, PredictionRow) else [r[f] for f in prediction_fields] for r in rows]
+            write_csv_atomic(self.predictions(split), prediction_fields, cells)
         write_json_atomic(self.metrics, metrics, indent=1)
 
     # -- reading -----------------------------------------------------------------------------------------
@@ -261,6 +394,15 @@ class TrainRun:
         record = TaskRunMetrics if isinstance(data, dict) and data.get("task", "binary") != "binary" else RunMetrics
         return checked_record(record, data, self.metrics, RETRAIN)
 
+    def read_config_record(self) -> RunConfigRecord:
+        """config.json as a typed record of the fields reading a run back depends on."""
+        return RunConfigRecord.model_validate(self.read_config())
+
+    def read_metrics_record(self) -> RunMetrics | TaskRunMetrics:
+        """metrics.json as a typed record of its task type (checked as `read_metrics` checks it)."""
+        data = self.read_metrics()
+        return (TaskRunMetrics if data.get("task", "binary") != "binary" else RunMetrics).model_validate(data)
+
     def read_splits(self) -> dict:
         return self._json(self.splits) if self.splits.is_file() else {}
 
@@ -269,13 +411,19 @@ class TrainRun:
         format than this mixmag reads is refused."""
         if not self.pipeline.is_file():
             return None
-        pipeline = self._json(self.pipeline)
-        if int(pipeline.get("run_format", 0)) > RUN_FORMAT_VERSION:
+        pipeline = checked_record(PipelineRecord, self._json(self.pipeline), self.pipeline, RETRAIN)
+        record = PipelineRecord.of(pipeline)
+        if record.run_format > RUN_FORMAT_VERSION:
             raise RunMismatchError(
-                f"{self.folder}: written by mixmag {pipeline.get('mixmag_version')} (run format "
-                f"{pipeline['run_format']}), newer than this mixmag {__version__}; upgrade mixmag to use it"
+                f"{self.folder}: written by mixmag {record.mixmag_version} (run format "
+                f"{record.run_format}), newer than this mixmag {__version__}; upgrade mixmag to use it"
             )
         return pipeline
+
+    def read_pipeline_record(self) -> PipelineRecord | None:
+        """pipeline.json as a typed record (None for runs written before it existed)."""
+        pipeline = self.read_pipeline()
+        return None if pipeline is None else PipelineRecord.of(pipeline)
 
     def read_predictions(self, split: str) -> list[dict]:
         """predictions_<split>.csv's rows (strings, as written), checked (`prediction_problem`): one sentence for a
@@ -308,12 +456,16 @@ class TrainRun:
             raise RunError(f"{self.config}: unknown task {task!r}; {RETRAIN}")
         return task
 
+    def read_prediction_rows(self, split: str) -> list[PredictionRow]:
+        """A binary run's predictions_<split>.csv rows, checked and typed."""
+        return [PredictionRow.from_cells(r) for r in self.read_predictions(split)]
+
     def read_scores(self, split: str) -> dict[str, tuple[int, float]]:
         """specimen -> (label, score) of a binary run's split, from its checked predictions (other task types:
         `read_predictions` and `mixmag.train.tasks:Task.from_rows`)."""
         if self.task() != "binary":
             raise RunError(f"{self.folder}: a {self.task()} run has no binary labels; read its predictions table")
-        return {r["specimen"]: (int(r["label"]), float(r["score"])) for r in self.read_predictions(split)}
+        return {r.specimen: (r.label, r.score) for r in self.read_prediction_rows(split)}
 
     def read_weights(self) -> dict[str, torch.Tensor]:
         """best.pt, tensors only (a file holding anything else is refused in one sentence)."""
@@ -381,7 +533,7 @@ def prediction_problem(row: dict[str, str], seen: set[str], task: str = "binary"
         return f"label {row['label']!r} is not 0 or 1"
     if task == "survival" and row["event"] not in ("0", "1"):
         return f"event {row['event']!r} is not 0 or 1"
-    slides, slide_scores = row["slides"].split(";"), row["slide_scores"].split(";")
+    slides, slide_scores = row["slides"].split(SLIDE_SEPARATOR), row["slide_scores"].split(SLIDE_SEPARATOR)
     if not all(slides) or len(slides) != len(slide_scores):
         return f"{len(slides)} slides but {len(slide_scores)} slide scores"
     numbers = [v for k, v in row.items() if k.startswith("p_") or k in ("time", "target")] if task != "binary" else []

@@ -18,7 +18,7 @@ from scipy import stats
 from ..errors import MixmagError
 from ..markup import markdown_cell
 from ..metrics import auroc, bootstrap_estimate, delong_test, paired_bootstrap
-from ..runs import TrainRun, read_pretraining_log
+from ..runs import TrainRun, read_losses
 from ..train.tasks import Task
 from .runs import run_task
 
@@ -209,15 +209,15 @@ def compare_methods(task: str, runs_a: list[Path], runs_b: list[Path], method: s
 def pretraining_losses(log: Path, last_steps: int) -> dict:
     """Mean MEM loss and mean predict-the-mean baseline loss over the logged steps of the last `last_steps` steps of a
     pretraining log (one batch's baseline is noisy, so both are averaged over the same batches)."""
-    rows = read_pretraining_log(log)
-    try:
-        steps = np.array([int(r["step"]) for r in rows])
-        mem = np.array([float(r["mem"]) for r in rows])
-        baseline = np.array([float(r["baseline_loss"]) for r in rows])
-    except (OSError, KeyError, TypeError, ValueError) as exc:
+    rows = read_losses(log)
+    if any(r.mem is None or r.baseline_loss is None for r in rows):
         raise MixmagError(
-            f"{log}: not a readable pretraining log ({exc}); delete its folder to pretrain again"
-        ) from exc
+            f"{log}: not a readable pretraining log (no mem and baseline_loss columns); delete its folder to pretrain "
+            "again"
+        )
+    steps = np.array([r.step for r in rows])
+    mem = np.array([r.mem for r in rows], np.float64)
+    baseline = np.array([r.baseline_loss for r in rows], np.float64)
     if not len(rows) or not (np.isfinite(mem).all() and np.isfinite(baseline).all()):
         raise MixmagError(f"{log}: no finite losses logged; delete its folder to pretrain again")
     tail = steps > steps[-1] - last_steps

@@ -27,10 +27,9 @@ def run_task(run: str | Path) -> Task:
 
 def evaluate_run(run: str | Path, n_boot: int | None = None) -> dict:
     folder = TrainRun(run)
-    config = folder.read_config()
-    metrics = folder.read_metrics()
-    out = {"best_epoch": metrics.get("best_epoch")}
-    n_boot, seed = n_boot or config.get("bootstrap", 2000), config.get("seed", 0)
+    config = folder.read_config_record()
+    out = {"best_epoch": folder.read_metrics_record().best_epoch}
+    n_boot, seed = n_boot or config.bootstrap, config.seed
     task = run_task(run)
     if task.name != "binary":
         out["primary"] = task.primary

@@ -24,7 +24,7 @@ from ..fileio import write_atomic
 from ..ids import is_safe_id
 from ..images import PictureError, read_picture
 from ..markup import html_text, html_value, shown_path
-from ..runs import CrossValRun, TrainRun
+from ..runs import CrossValRun, EpochRecord, PredictionRow, RunMetrics, TrainRun
 from ..store import read_header
 from ..train.classifier import SlideClassifier
 from ..weights_io import UnsafeCheckpointError
@@ -89,11 +89,11 @@ def roc_with_band(labels: np.ndarray, scores: np.ndarray, n_boot: int = 500, see
     return grid, tpr_on_grid(labels, scores), low, high
 
 
-def _read_predictions(run: Path, split: str) -> list[dict]:
-    return TrainRun(run).read_predictions(split)
+def _read_predictions(run: Path, split: str) -> list[PredictionRow]:
+    return TrainRun(run).read_prediction_rows(split)
 
 
-def _roc_figure(run: Path, metrics: dict) -> str:
+def _roc_figure(run: Path, metrics: RunMetrics) -> str:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -102,11 +102,11 @@ def _roc_figure(run: Path, metrics: dict) -> str:
     fig, axes = plt.subplots(1, 2, figsize=(9, 4.2))
     for ax, split in zip(axes, ("tune", "test")):
         rows = _read_predictions(run, split)
-        y = np.array([int(r["label"]) for r in rows])
-        s = np.array([float(r["score"]) for r in rows])
+        y = np.array([r.label for r in rows])
+        s = np.array([r.score for r in rows])
         grid, tpr, low, high = roc_with_band(y, s)
         ax.fill_between(grid, low, high, color="#9ec5e8", alpha=0.6, label="bootstrap 95% band")
-        auroc = metrics[split]["auroc"]  # a figure label is not HTML: a number, or nothing from the file
+        auroc = getattr(metrics, split).auroc
         ax.plot(grid, tpr, color="#1f5a96", lw=2, label=f"AUROC {auroc:.3f}" if isinstance(auroc, float) else None)
         ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--")
         ax.set_title(f"{split} ({len(rows)} specimens)")
@@ -117,17 +117,17 @@ def _roc_figure(run: Path, metrics: dict) -> str:
     return _embedded(fig, "svg")
 
 
-def _history_figure(history: list[dict], best_epoch: int) -> str:
+def _history_figure(history: list[EpochRecord], best_epoch: int) -> str:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 3))
-    epochs = [h["epoch"] for h in history]
-    ax.plot(epochs, [h["tune_auroc"] for h in history], marker="o", color="#1f5a96", label="tune AUROC")
+    epochs = [h.epoch for h in history]
+    ax.plot(epochs, [h.tune_auroc for h in history], marker="o", color="#1f5a96", label="tune AUROC")
     ax2 = ax.twinx()
-    ax2.plot(epochs, [h["train_loss"] for h in history], color="#c0504d", label="train loss")
+    ax2.plot(epochs, [h.train_loss for h in history], color="#c0504d", label="train loss")
     ax.axvline(best_epoch, color="grey", ls=":", label="chosen")
     ax.set_xlabel("epoch")
     ax.set_ylabel("tune AUROC")
@@ -158,9 +158,9 @@ def run_store_paths(config: dict, slides: list[str]) -> tuple[dict[str, Path], d
     return paths, refused
 
 
-def _qc_pictures(run: Path, config: dict, rows: list[dict], limit: int = 6) -> list[tuple[str, str]]:
+def _qc_pictures(run: Path, config: dict, rows: list[PredictionRow], limit: int = 6) -> list[tuple[str, str]]:
     """QC pictures (tissue and regions) of test slides, found through each store's plan path."""
-    slides = [slide for row in rows for slide in row["slides"].split(";")]
+    slides = [slide for row in rows for slide in row.slides]
     stores, _ = run_store_paths(config, slides)
     out = []
     for slide in slides:
@@ -178,13 +178,9 @@ def _qc_pictures(run: Path, config: dict, rows: list[dict], limit: int = 6) -> l
     return out
 
 
-def _explained_slides(rows: list[dict]) -> list[tuple[str, str]]:
+def _explained_slides(rows: list[PredictionRow]) -> list[tuple[str, str]]:
     """(slide, why shown): the highest-scoring positive and negative test slides, and the lowest-scoring positive."""
-    slides = [
-        (s, int(r["label"]), float(v))
-        for r in rows
-        for s, v in zip(r["slides"].split(";"), r["slide_scores"].split(";"))
-    ]
+    slides = [(s, r.label, v) for r in rows for s, v in r.slide_pairs()]
     positives = sorted((x for x in slides if x[1] == 1), key=lambda x: -x[2])
     negatives = sorted((x for x in slides if x[1] == 0), key=lambda x: -x[2])
     picked = []
@@ -197,7 +193,9 @@ def _explained_slides(rows: list[dict]) -> list[tuple[str, str]]:
     return picked
 
 
-def _heatmaps(run: Path, config: dict, rows: list[dict]) -> tuple[list[tuple[str, str, dict, list[str]]], str | None]:
+def _heatmaps(
+    run: Path, config: dict, rows: list[PredictionRow]
+) -> tuple[list[tuple[str, str, dict, list[str]]], str | None]:
     """Heatmap pictures of chosen test slides: [(slide, why, summary, data URIs)], or why there are none."""
     chosen = _explained_slides(rows)
     stores, refused = run_store_paths(config, [slide for slide, _ in chosen])
@@ -224,7 +222,7 @@ def _heatmaps(run: Path, config: dict, rows: list[dict]) -> tuple[list[tuple[str
     return out, "; ".join(refused.values()) or None
 
 
-def _heatmap_section(run: Path, config: dict, rows: list[dict], caveat: str | None = None) -> list[str]:
+def _heatmap_section(run: Path, config: dict, rows: list[PredictionRow], caveat: str | None = None) -> list[str]:
     e = html_text
     shown, problem = _heatmaps(run, config, rows)
     parts = [
@@ -302,7 +300,9 @@ def run_title(run: Path, config: dict) -> tuple[str, str, str]:
     return Path(str(config.get("cohort", run.name))).stem, method, seed
 
 
-def split_counts(config: dict, metrics: dict, splits: dict, rows: dict[str, list[dict]]) -> dict[str, tuple]:
+def split_counts(
+    config: dict, metrics: RunMetrics, splits: dict, rows: dict[str, list[PredictionRow]]
+) -> dict[str, tuple]:
     """(specimens, positive, slides) per split: from the cohort table when it can be read (the train split
     has no predictions to count from), else from the run's own files."""
     try:
@@ -316,8 +316,8 @@ def split_counts(config: dict, metrics: dict, splits: dict, rows: dict[str, list
         return {
             k: (
                 len(v),
-                metrics.get(k, {}).get("positive", ""),
-                sum(len(r["slides"].split(";")) for r in rows.get(k, [])) or "",
+                getattr(metrics, k).positive if k in ("tune", "test") else "",
+                sum(len(r.slides) for r in rows.get(k, [])) or "",
             )
             for k, v in splits.items()
         }
@@ -342,6 +342,7 @@ def build_report(
         raise RunError(f"{run}: not a complete `mixmag train` run folder (no {', '.join(missing)})")
     config = folder.read_config()
     metrics = folder.read_metrics()
+    record = folder.read_metrics_record()
     splits = folder.read_splits()
     test_rows = _read_predictions(run, "test")
     e = html_text
@@ -357,43 +358,37 @@ def build_report(
         f"<h1>mixmag: {e(title)}</h1>",
         f"<p class='notice' style='background:#fff3cd;padding:0.6em'><b>{e(notice)}</b></p>" if notice else "",
         f"<p>run folder {e(shown_path(run))}</p>",
-        f"<p>bags: <b>{e(config.get('bags'))}</b>; chosen epoch {e(metrics.get('best_epoch'))} (selected on "
+        f"<p>bags: <b>{e(config.get('bags'))}</b>; chosen epoch {record.best_epoch} (selected on "
         "tune AUROC only); "
         f"mixmag {e(__version__)}</p>",
         "<h2>Metrics</h2><table><tr><th>split</th><th>specimens</th><th>positive</th><th>AUROC</th><th>95% CI "
         "(bootstrap)</th></tr>",
     ]
-    for split in ("tune", "test"):
-        m = metrics[split]
-        low, high = m["ci95"]
+    for split, m in (("tune", record.tune), ("test", record.test)):
+        low, high = m.ci95
         parts.append(
-            f"<tr><td>{split}</td><td>{e(m['specimens'])}</td><td>{e(m['positive'])}</td>"
-            f"<td>{html_value(m['auroc'], '.3f')}</td>"
+            f"<tr><td>{split}</td><td>{m.specimens}</td><td>{m.positive}</td>"
+            f"<td>{html_value(m.auroc, '.3f')}</td>"
             f"<td>{html_value(low, '.3f')} – {html_value(high, '.3f')}</td></tr>"
         )
     parts.append("</table>")
     if splits:
         parts.append("<h2>Cohort</h2><table><tr><th>split</th><th>specimens</th><th>positive</th><th>slides</th></tr>")
-        counts = split_counts(
-            config, metrics, splits, {name: _read_predictions(run, name) for name in ("tune", "test")}
-        )
+        counts = split_counts(config, record, splits, {name: _read_predictions(run, name) for name in ("tune", "test")})
         for k, (specimens, positive, slides) in counts.items():
             parts.append(f"<tr><td>{e(k)}</td><td>{e(specimens)}</td><td>{e(positive)}</td><td>{e(slides)}</td></tr>")
         parts.append("</table>")
-    parts.append(f"<h2>ROC curves</h2><img alt='ROC curves' src='{_roc_figure(run, metrics)}'>")
-    if metrics.get("history"):
+    parts.append(f"<h2>ROC curves</h2><img alt='ROC curves' src='{_roc_figure(run, record)}'>")
+    if record.history:
         parts.append(
-            "<h2>Training</h2><img alt='training history' "
-            f"src='{_history_figure(metrics['history'], metrics['best_epoch'])}'>"
+            f"<h2>Training</h2><img alt='training history' src='{_history_figure(record.history, record.best_epoch)}'>"
         )
     parts.append(
         "<h2>Test predictions</h2><table><tr><th>specimen</th><th>label</th><th>score</th><th>slides (scores)</th></tr>"
     )
-    for r in sorted(test_rows, key=lambda r: -float(r["score"])):
-        slides = ", ".join(f"{e(s)} ({e(v)})" for s, v in zip(r["slides"].split(";"), r["slide_scores"].split(";")))
-        parts.append(
-            f"<tr><td>{e(r['specimen'])}</td><td>{e(r['label'])}</td><td>{float(r['score']):.3f}</td><td>{slides}</td></tr>"
-        )
+    for r in sorted(test_rows, key=lambda r: -r.score):
+        slides = ", ".join(f"{e(s)} ({v:.6f})" for s, v in r.slide_pairs())
+        parts.append(f"<tr><td>{e(r.specimen)}</td><td>{r.label}</td><td>{r.score:.3f}</td><td>{slides}</td></tr>")
     parts.append("</table>")
     qc = _qc_pictures(run, config, test_rows)
     if qc:

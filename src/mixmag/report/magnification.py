@@ -23,16 +23,12 @@ from ..eval.attribution import (
     measures_of,
 )
 from ..eval.level_inputs import reads_one_level, run_level_importance
+from ..runs import PredictionRow
 
 
-def positive_test_slides(rows: list[dict]) -> list[str]:
+def positive_test_slides(rows: list[PredictionRow]) -> list[str]:
     """Slides of positive test specimens, highest score first (where a biomarker, if learnt, is)."""
-    slides = [
-        (s, float(v))
-        for r in rows
-        if int(r["label"]) == 1
-        for s, v in zip(r["slides"].split(";"), r["slide_scores"].split(";"))
-    ]
+    slides = [pair for r in rows if r.label == 1 for pair in r.slide_pairs()]
     return [s for s, _ in sorted(slides, key=lambda x: -x[1])]
 
 

@@ -52,7 +52,7 @@ from ..train.finetune import Seed, TrainSettings
 from ..train.mixer_file import pretrained_mixer_set
 from ..train.pretrain import PretrainConfig, PretrainSettings, run_pretraining
 from .demo import Timer
-from .experiments import ABMIL_METHODS, GridConfig, Task, _slug, run_grid
+from .experiments import ABMIL_METHODS, GridConfig, Task, run_folder, run_grid
 
 NOTICE = (
     "These data are SYNTHETIC and built at the embedding level (no pixels, no encoder): the table measures what "
@@ -180,12 +180,10 @@ def _pretrain(out: Path, config: BenchmarkConfig, tables: dict[str, Path], conso
             | config.pretrain
         )
     )
-    mixer, meta = Path(pc.out) / "mixer.safetensors", Path(pc.out) / "mixer.json"
-    if (
-        meta.is_file()
-        and mixer.is_file()
-        and read_json_limited(meta, what="mixer.json").get("pretraining") == json.loads(json.dumps(pc.model_dump()))
-    ):
+    run = PretrainRun(pc.out)
+    mixer = run.mixer_weights
+    meta = run.read_mixer_meta() if mixer.is_file() else None
+    if meta is not None and meta.pretraining == json.loads(json.dumps(pc.model_dump())):
         console.print(f"reusing {mixer}")
         return mixer
     remove_own_tree(pc.out, "pretraining folder")
@@ -248,14 +246,10 @@ def _grid(
     return grid
 
 
-def _run_folder(grid: GridConfig, task: str, method: str, seed: int) -> Path:
-    return Path(grid.out) / task / _slug(method) / f"seed{seed}"
-
-
 def _statistics(grid: GridConfig, config: BenchmarkConfig) -> list[CellStatistic]:
     cells = []
     for task in config.tasks:
-        runs = {m: [_run_folder(grid, task, m, s) for s in config.seeds] for m in config.methods}
+        runs = {m: [run_folder(grid, task, m, s) for s in config.seeds] for m in config.methods}
         cells += cell_statistics(task, runs, config.baseline, n_boot=config.n_boot)
     return with_false_discovery_rate(cells)
 
@@ -265,7 +259,7 @@ def _pairs(grid: GridConfig, config: BenchmarkConfig) -> list[PairedComparison]:
     for task in config.tasks:
         for a, b in config.pairs:
             if a in config.methods and b in config.methods:
-                runs = [[_run_folder(grid, task, m, s) for s in config.seeds] for m in (a, b)]
+                runs = [[run_folder(grid, task, m, s) for s in config.seeds] for m in (a, b)]
                 out.append(compare_methods(task, runs[0], runs[1], a, b))
     q = false_discovery_rate([pair.p for pair in out])
     return [replace(pair, q=q_value) for pair, q_value in zip(out, q, strict=True)]
@@ -304,7 +298,7 @@ def _attribution(grid: GridConfig, config: BenchmarkConfig) -> list[dict]:
             continue
         other = "5x" if placed == "20x" else "20x"
         for method in [m for m in config.attribution_methods if m in config.methods]:
-            run = _run_folder(grid, task, method, config.seeds[0])
+            run = run_folder(grid, task, method, config.seeds[0])
             preds = read_test_predictions(run)
             slides = [
                 f"{spec}-S0" for spec, (label, _) in sorted(preds.items(), key=lambda kv: -kv[1][1]) if label == 1

@@ -71,17 +71,17 @@ def summarise(folder: CrossValRun, folds: list[Fold], units: CohortUnits, config
     rows = []
     for fold in folds:
         run = folder.fold(fold.index)
-        metrics = run.read_metrics()
-        primary = metrics.get("primary", "auroc")
+        metrics = run.read_metrics_record()
+        primary = metrics.primary
         rows.append(
             {
                 "fold": fold.index,
                 "run": run.folder.name,
-                "best_epoch": metrics["best_epoch"],
+                "best_epoch": metrics.best_epoch,
                 "counts": split_counts(units, fold),
-                "tune": metrics["tune"][primary],
-                "test": metrics["test"][primary],
-                "test_ci95": metrics["test"]["ci95"],
+                "tune": metrics.tune.value(primary),
+                "test": metrics.test.value(primary),
+                "test_ci95": metrics.test.ci95,
             }
         )
     values = np.array([r["test"] for r in rows], dtype=np.float64)

@@ -358,7 +358,7 @@ def _pretrain(
     written = run.read_mixer_meta()
     if written is not None:
         space = pretraining_catalog(cfg).shared_settings().space.model_dump()
-        if written.get("pretraining") != json.loads(json.dumps(cfg.model_dump())) or written.get("stores") != space:
+        if written.pretraining != json.loads(json.dumps(cfg.model_dump())) or written.stores != space:
             console.print(
                 f"the pretraining settings or the stores changed since {cfg.out} was written: pretraining again"
             )

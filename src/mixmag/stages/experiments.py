@@ -87,7 +87,7 @@ def load_grid(path: str | Path) -> GridConfig:
 
 
 def method_config(grid: GridConfig, task: Task, method: str, seed: int) -> TrainConfig:
-    out = Path(grid.out) / task.name / _slug(method) / f"seed{seed}"
+    out = run_folder(grid, task.name, method, seed)
     common = dict(cohort=task.cohort, stores=task.stores, out=str(out), seed=seed) | grid.train.given()
     if task.type != "binary":
         common |= {"task": task.type, "classes": task.classes}
@@ -147,6 +147,11 @@ def random_mixer(grid: GridConfig, name: str | None) -> dict:
     return {"init": "random", "preset": preset if preset in MIXER_PRESETS else "paper", "overrides": arch}
 
 
+def run_folder(grid: GridConfig, task: str, method: str, seed: int) -> Path:
+    """The training run folder of one cell of the grid and one seed."""
+    return Path(grid.out) / task / _slug(method) / f"seed{seed}"
+
+
 def _slug(name: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
 
@@ -161,14 +166,11 @@ def run_is_current(cfg: TrainConfig, store_settings: PipelineSettings | None) ->
     try:
         if run.read_config() != json.loads(json.dumps(cfg.model_dump())):
             return False
-        pipeline = run.read_pipeline() or {}
+        pipeline = run.read_pipeline_record()
         digest = pretrained_mixer_digest(cfg)
     except (MixmagError, OSError):
         return False  # let training say what is wrong
-    return (
-        all(pipeline.get(k) == v for k, v in store_settings.model_dump().items())
-        and pipeline.get("mixer_digest") == digest
-    )
+    return pipeline is not None and pipeline.settings == store_settings and pipeline.mixer_digest == digest
 
 
 def _cohort_store_settings(cohort: str, stores: str) -> PipelineSettings | None:
@@ -196,13 +198,11 @@ def run_grid(grid: GridConfig, on_run=None) -> dict:
                 where = (cfg.cohort, cfg.stores)
                 if where not in settings:
                     settings[where] = _cohort_store_settings(*where)
-                if run_is_current(cfg, settings[where]):
-                    metrics = TrainRun(cfg.out).read_metrics()
-                    status = "reused"
-                else:
-                    metrics = run_training(cfg)
-                    status = "trained"
-                value = metrics["test"][metrics.get("primary", "auroc")]  # the task type's primary metric
+                status = "reused" if run_is_current(cfg, settings[where]) else "trained"
+                if status == "trained":
+                    run_training(cfg)
+                metrics = TrainRun(cfg.out).read_metrics_record()  # as written: reused or trained alike
+                value = metrics.test.value(metrics.primary)  # the task type's primary metric
                 results.setdefault(task.name, {}).setdefault(method, []).append(value)
                 if on_run:
                     on_run(task.name, method, seed, value, status)

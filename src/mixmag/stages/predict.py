@@ -122,13 +122,13 @@ def read_inputs(
 
 def encoder_for_run(classifier: SlideClassifier, *, weights: Path | None = None, from_hub: bool = False):
     """The run's encoder, refused unless its weights are the ones the training stores were made with."""
-    p = classifier.pipeline
-    encoder = build_encoder(p["encoder"], weights=weights, from_hub=from_hub, output=p["encoder_output"])
-    if encoder.weights_digest != p["encoder_weights_digest"]:
+    p = classifier.record
+    encoder = build_encoder(str(p.encoder), weights=weights, from_hub=from_hub, output=str(p.encoder_output))
+    if encoder.weights_digest != p.encoder_weights_digest:
         raise RunMismatchError(
-            f"encoder {p['encoder']!r}: these weights (digest {encoder.weights_digest}) are not the ones the run was "
+            f"encoder {p.encoder!r}: these weights (digest {encoder.weights_digest}) are not the ones the run was "
             "trained "
-            f"with (digest {p['encoder_weights_digest']}); pass the same --weights file"
+            f"with (digest {p.encoder_weights_digest}); pass the same --weights file"
         )
     return encoder
 
@@ -136,7 +136,7 @@ def encoder_for_run(classifier: SlideClassifier, *, weights: Path | None = None,
 def tissue_model_for_run(classifier: SlideClassifier, path: Path | None = None):
     """The tissue model the run's slides were tiled with (None: the built-in detector): the recorded file, or
     `path`, refused unless its digest is the recorded one."""
-    recorded = classifier.pipeline.get("tissue_model")
+    recorded = classifier.record.tissue_model
     if recorded is None:
         if path is not None:
             raise RunMismatchError(
@@ -172,8 +172,7 @@ def plan_slides(
     on_tiled: Callable | None = None,
 ) -> tuple[list[str], dict[str, str]]:
     """Tile the slides with the run's settings: (slides with cells the run can score, problems by slide)."""
-    p = classifier.pipeline
-    params = TilingParams(**p["tiling_params"])
+    params = TilingParams(**(classifier.record.tiling_params or {}))
     problems: dict[str, str] = {}
     planned = []
     tiles = output_folder(work, "tiles")
@@ -218,7 +217,7 @@ def embed_planned(
         encoder,
         device=device,
         workers=workers,
-        mode=classifier.pipeline.get("read_mode") or "derive",
+        mode=classifier.record.read_mode or "derive",
         on_result=on_embedded,
         on_batch=on_batch,
     )
@@ -394,11 +393,11 @@ def _reduce(values: list[float], how: str) -> float:
 
 
 def describe_run(classifier: SlideClassifier) -> str:
-    p = classifier.pipeline
+    p = classifier.record
     line = (
-        f"bags {classifier.bag_kind}; encoder {p.get('encoder')} ({p.get('encoder_output')}, weights "
-        f"{p.get('encoder_weights_digest')}); "
-        f"levels {p.get('level_mpps')} um/px; t = {p.get('region_size')}"
+        f"bags {classifier.bag_kind}; encoder {p.encoder} ({p.encoder_output}, weights "
+        f"{p.encoder_weights_digest}); "
+        f"levels {p.level_mpps} um/px; t = {p.region_size}"
     )
     if classifier.reads_encoded:
         line += f"; mixer {classifier.encoded_mixer()}"
@@ -408,7 +407,7 @@ def describe_run(classifier: SlideClassifier) -> str:
 def precision_note(classifier: SlideClassifier, stores: dict[str, Path]) -> str | None:
     """Stores embedded in another precision than the training stores (bf16 on a GPU vs fp32 on a CPU)
     score slightly differently; said, not refused."""
-    trained = classifier.pipeline.get("compute_dtype")
+    trained = classifier.record.compute_dtype
     other = sorted({str(_header_or_empty(p).compute_dtype) for p in stores.values()} - {str(trained), "None"})
     if trained and other:
         return (

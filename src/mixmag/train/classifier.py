@@ -22,8 +22,8 @@ from ..data.encoded import encoded_mixer_weights
 from ..errors import RunError, RunMismatchError
 from ..models.mixer import MixerConfig, RegionMixer
 from ..models.slide import SlideModel
-from ..runs import TrainRun
-from ..store import EmbeddingSpace, StoreError, read_index
+from ..runs import PipelineRecord, TrainRun
+from ..store import StoreError, read_index
 from .mixer_file import load_mixer
 from .tasks import Task, TaskType, task_for
 
@@ -77,7 +77,7 @@ class SlideClassifier:
     ) -> None:
         self.model = model
         self.bag_kind = bag_kind
-        self.pipeline = pipeline  # how the stores were made (store provenance), bag_dim, mixer architecture
+        self.pipeline = pipeline  # pipeline.json as read (how the stores were made, bag_dim, mixer architecture)
         self.region_level = region_level
         self.specimen_score = specimen_score
         self.encoded_dir = encoded_dir  # the training stores' precomputed mixer outputs (bags patch / cls)
@@ -105,9 +105,10 @@ class SlideClassifier:
         with torch.random.fork_rng(
             devices=[]
         ):  # the initial weights are replaced: leave the caller's random state alone
-            mixer = RegionMixer(MixerConfig(**pipeline["mixer"])) if pipeline.get("mixer") else None
+            record = PipelineRecord.of(pipeline)
+            mixer = RegionMixer(MixerConfig(**record.mixer)) if record.mixer else None
             task = task_for(config.task, pipeline=pipeline)
-            model = SlideModel(int(pipeline["bag_dim"]), config.hidden, mixer, config.mixer_output, task.n_outputs)
+            model = SlideModel(record.bag_dim or 0, config.hidden, mixer, config.mixer_output, task.n_outputs)
         try:
             model.load_state_dict(folder.read_weights())
         except RuntimeError as exc:
@@ -121,6 +122,11 @@ class SlideClassifier:
             encoded_dir=Path(config.encoded) if config.encoded else None,
             task=task,
         )
+
+    @property
+    def record(self) -> PipelineRecord:
+        """The pipeline as a typed record (`pipeline` is the file as read; a caller may still amend it)."""
+        return PipelineRecord.of(self.pipeline)
 
     # -- which slides ---------------------------------------------------------------------------------------
     @property
@@ -145,7 +151,7 @@ class SlideClassifier:
             header = read_index(path).header
         except StoreError as exc:
             return str(exc)
-        reference = EmbeddingSpace.model_validate(self.pipeline)
+        reference = self.record
         different = reference.differences(header)
         if different:
             detail = "; ".join(f"{k}: run {getattr(reference, k)!r} vs slide {getattr(header, k)!r}" for k in different)
@@ -172,7 +178,7 @@ class SlideClassifier:
 
     def encoded_mixer(self) -> Path:
         """The mixer weights a patch / cls run's bags were made with."""
-        recorded = self.pipeline.get("encoded_mixer")
+        recorded = self.record.encoded_mixer
         if recorded:
             if not Path(recorded).is_file():
                 raise RunMismatchError(

@@ -17,9 +17,9 @@ import torch
 
 from .. import __version__
 from ..errors import ConfigError, MixmagError
-from ..fileio import atomic_path, file_sha256, make_folder, read_json_limited, write_json_atomic
+from ..fileio import atomic_path, file_sha256, make_folder, write_json_atomic
 from ..models.mixer import MixerConfig, RegionMixer
-from ..runs import MIXER_META, MIXER_WEIGHTS
+from ..runs import MIXER_META, MIXER_WEIGHTS, MixerMeta, read_mixer_meta
 from ..store import EmbeddingSpace
 from ..weights_io import WeightsFileError, load_safetensors
 
@@ -47,14 +47,13 @@ def export_random_twin(like: Path, out: Path, seed: int = 0) -> Path:
     """`like`'s architecture with fresh (seeded) weights, saved like a pretrained mixer with like's stores
     provenance: a frozen Random baseline that differs from the pretrained mixer in initialisation only."""
     meta = _read_meta(Path(like).with_name(MIXER_META), f"give the {MIXER_WEIGHTS} that `mixmag pretrain` wrote")
-    cfg = MixerConfig(**meta["mixer"])
+    cfg = MixerConfig(**meta.mixer)
     with torch.random.fork_rng():  # the same fresh weights every time, and the caller's random state untouched
         torch.manual_seed(seed)
         mixer = RegionMixer(cfg)
-    preset = (meta.get("pretraining") or {}).get("preset", "custom")
     make_folder(out)
     return export_mixer(
-        out, mixer, cfg, {"init": "random", "seed": seed, "preset": preset, "like": str(like)}, pretrained_space(meta)
+        out, mixer, cfg, {"init": "random", "seed": seed, "preset": meta.preset, "like": str(like)}, meta.space
     )
 
 
@@ -78,8 +77,8 @@ def load_mixer(weights: str | Path, stores: EmbeddingSpace | dict | None = None)
     fix = f"give the {MIXER_WEIGHTS} (with its {MIXER_META}) that `mixmag pretrain` wrote"
     meta = _read_meta(meta_path, fix)
     if stores is not None:
-        check_stores_fit_mixer(weights, pretrained_space(meta), EmbeddingSpace.of(stores))
-    mixer = RegionMixer(MixerConfig(**meta["mixer"]))
+        check_stores_fit_mixer(weights, meta.space, EmbeddingSpace.of(stores))
+    mixer = RegionMixer(MixerConfig(**meta.mixer))
     try:
         mixer.load_state_dict(load_safetensors(weights, fix=fix), strict=True)
     except RuntimeError as exc:
@@ -98,24 +97,22 @@ def mixer_architecture(weights: str | Path) -> tuple[str, dict]:
     that a random baseline can be built as the same network with fresh weights."""
     meta_path = Path(weights).with_name(MIXER_META)
     try:
-        meta = read_json_limited(meta_path, what="mixer.json")
-        arch = {k: v for k, v in dict(meta["mixer"]).items() if k not in ARCHITECTURE_PER_STORE}
+        meta = read_mixer_meta(meta_path)
+        arch = {k: v for k, v in meta.mixer.items() if k not in ARCHITECTURE_PER_STORE}
         MixerConfig(**arch)  # checks the names and values
     except (OSError, ValueError, KeyError, TypeError, MixmagError) as exc:
         raise ConfigError(
             f"{meta_path}: cannot read the pretrained mixer's architecture ({exc}); "
             "point at a mixer.safetensors written by `mixmag pretrain`"
         ) from exc
-    return str((meta.get("pretraining") or {}).get("preset", "custom")), arch
+    return meta.preset, arch
 
 
-def _read_meta(path: Path, fix: str) -> dict:
+def _read_meta(path: Path, fix: str) -> MixerMeta:
     """mixer.json: the architecture must name exactly MixerConfig's fields."""
     try:
-        meta = read_json_limited(path, what="mixer.json")
-        if not isinstance(meta, dict) or not isinstance(meta.get("mixer"), dict):
-            raise ValueError("no `mixer` architecture")
-        MixerConfig(**meta["mixer"])
+        meta = read_mixer_meta(path)
+        MixerConfig(**meta.mixer)
     except (ValueError, TypeError, UnicodeDecodeError, MixmagError) as exc:
         raise WeightsFileError(
             f"{path}: not a mixer description ({type(exc).__name__}: {str(exc)[:200]}); {fix}"
@@ -133,13 +130,6 @@ def weights_digest(weights: str | Path) -> str:
 @lru_cache(maxsize=64)
 def _digest(path: str, mtime_ns: int, size: int) -> str:
     return file_sha256(path, "mixer weights")[:16]
-
-
-def pretrained_space(meta: dict) -> EmbeddingSpace:
-    """The embedding space mixer.json records under `stores`; fields it leaves null (or older files without it)
-    are not checked."""
-    recorded = meta.get("stores") or {}
-    return EmbeddingSpace.model_validate({k: v for k, v in recorded.items() if v is not None})
 
 
 def check_stores_fit_mixer(weights: Path, pretrained_on: EmbeddingSpace, stores: EmbeddingSpace) -> None:

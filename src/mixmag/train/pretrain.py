@@ -46,7 +46,7 @@ from ..fileio import (
 )
 from ..models.mem import MEMPretrainer, n_masked
 from ..models.mixer import MixerConfig, MixerOverrides, mixer_config
-from ..runs import REPRETRAIN, PretrainRun, read_pretraining_log
+from ..runs import REPRETRAIN, PretrainRun
 from ..store import STORE_SUFFIX
 from ..weights_io import UnsafeCheckpointError, load_torch_weights
 from .mixer_file import export_mixer
@@ -516,7 +516,7 @@ class RunLogger:
             return
         make_folder(out)
         if self.path.exists():
-            rows = [r for r in read_pretraining_log(self.path) if int(r["step"]) <= resume_step]
+            rows = PretrainRun(out).log_rows_up_to(resume_step)
             self.fields = list(rows[0]) if rows else None
             if rows:  # the rows after the checkpoint are done again: drop them
                 write_csv_atomic(self.path, self.fields, [list(r.values()) for r in rows])
