@@ -141,6 +141,22 @@ class Task:
     def prediction_fields(self) -> tuple[str, ...]:
         return TASK_PREDICTION_FIELDS[self.name]
 
+    def from_rows(self, rows: list[dict[str, str]]) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
+        """(truth columns, scores) from a predictions table's checked rows (`TrainRun.read_predictions`), e.g. the
+        out-of-fold rows of a cross-validation pooled."""
+        return (np.array([int(r["label"]) for r in rows]),), np.array([float(r["score"]) for r in rows])
+
+    def pooled(self, rows: list[dict[str, str]], n_boot: int, seed: int) -> dict:
+        """The primary metric of predictions table rows with its bootstrap interval (binary: stratified, as a run's)."""
+        truth, scores = self.from_rows(rows)
+        if self.name == "binary":
+            ci = bootstrap_auroc(truth[0], scores, n_boot=n_boot, seed=seed)
+            value, interval = ci.auroc, [ci.low, ci.high]
+        else:
+            est = bootstrap_estimate(self.primary_metric, (*truth, scores), n_boot=n_boot, seed=seed)
+            value, interval = est.value, [est.low, est.high]
+        return {self.primary: value, "ci95": interval, "specimens": len(rows)}
+
     def prediction_row(self, sp: Specimen, slide_outputs: dict, outputs: dict, reference: dict) -> dict:
         return {
             "specimen": sp.specimen_id,
