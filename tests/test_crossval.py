@@ -169,6 +169,17 @@ def test_rerun_reuses_finished_folds(cross_validated, small_cohort):
     assert {i: CrossValRun(out).fold(i).weights.stat().st_mtime_ns for i in range(FOLDS)} == weights
 
 
+def test_a_rerun_with_other_folds_retrains_them(small_cohort, tmp_path):
+    settings = dict(cohort=str(with_patients(small_cohort, tmp_path)), epochs=1)
+    splits, events = [], []
+    for seed in (0, 1, 1):
+        config = train_config(small_cohort, tmp_path / "out", cv=CrossValConfig(folds=2, seed=seed), **settings)
+        run_cross_validation(config, on_fold=lambda i, m, reused: events.append(reused))
+        splits.append(json.loads(CrossValRun(tmp_path / "out").fold(0).splits.read_text()))
+    assert events == [False] * 4 + [True] * 2  # the same folds again are reused, another seed's are not
+    assert splits[0] != splits[1] == splits[2]
+
+
 def test_predict_with_the_fold_ensemble_is_the_mean_of_fold_scores(cross_validated, small_cohort, tmp_path):
     out, _, _ = cross_validated
     slides = ["P000-S0", "P001-S0", "P002-S1"]

@@ -35,6 +35,16 @@ def fold_config(config: TrainConfig, folder: CrossValRun, index: int) -> TrainCo
     return TrainConfig.model_validate(config.model_dump() | {"cv": None, "cohort": str(table), "out": str(run)})
 
 
+def fold_is_current(config: TrainConfig, fold: Fold) -> bool:
+    """A finished fold is reused only when it was trained with these settings on these stores (`run_is_current`) and
+    on this fold's specimens (another `cv.seed` or table writes another fold table at the same path)."""
+    cohort = load_cohort(config.cohort, config.stores, task=config.task, classes=config.classes)
+    if not run_is_current(config, shared_settings(list(cohort.stores.values()))):
+        return False
+    trained = TrainRun(config.out).read_splits()
+    return all(set(trained.get(name, [])) == set(specs) for name, specs in fold.splits.items())
+
+
 def run_cross_validation(
     config: TrainConfig,
     *,
@@ -56,8 +66,7 @@ def run_cross_validation(
             output_folder(folder.folder, folder.fold(fold.index).folder.name, "fold folder")
             write_fold_table(folder.fold_table(fold.index), units, fold)
             cfg = fold_config(config, folder, fold.index)
-            cohort = load_cohort(cfg.cohort, cfg.stores, task=cfg.task, classes=cfg.classes)
-            reused = run_is_current(cfg, shared_settings(list(cohort.stores.values())))
+            reused = fold_is_current(cfg, fold)
             metrics = TrainRun(cfg.out).read_metrics() if reused else run_training(cfg, on_epoch, device)
             if on_fold is not None:
                 on_fold(fold.index, metrics, reused)
