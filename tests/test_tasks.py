@@ -16,6 +16,7 @@ from mixmag.errors import CohortError
 from mixmag.eval.benchmark_stats import cell_statistics, with_false_discovery_rate
 from mixmag.eval.runs import compare_task_runs, evaluate_run
 from mixmag.runs import TrainRun
+from mixmag.stages.benchmark import BenchmarkConfig, run_benchmark
 from mixmag.stages.experiments import GridConfig, Task, method_config
 from mixmag.synth.benchmark import OutcomeSpec, write_outcome_cohort
 from mixmag.train.classifier import SlideClassifier
@@ -232,3 +233,25 @@ def test_regression_target_proportional_to_strength_is_predicted_in_its_units(tm
     with open(tmp_path / "run" / "predictions_test.csv") as fh:
         row = next(csv.DictReader(fh))
     assert classifier.score([row["slides"]])[row["slides"]] == pytest.approx(float(row["score"]), abs=1e-5)
+
+
+def test_the_benchmark_runs_survival_and_multiclass_tasks_with_cis_and_q_values(tmp_path):
+    config = BenchmarkConfig(
+        out=str(tmp_path / "b"),
+        tasks=[],
+        outcome_tasks=["survival-20x", "multiclass"],
+        outcome_cohort={"n_specimens": 150},
+        methods=["abmil-20x", "abmil-all"],
+        seeds=[0],
+        train={"epochs": 12, "batch_size": 32, "lr": 0.01, "bootstrap": 100},
+        pairs=[("abmil-all", "abmil-20x")],
+        n_boot=100,
+    )
+    result = run_benchmark(config)
+    cells = {(c.task, c.method): c for c in result["cells"]}
+    assert cells["survival-20x", "abmil-20x"].mean > 0.65  # a C-index: the 20x biomarker is found at 20x
+    multiclass = cells["multiclass", "abmil-all"]
+    assert multiclass.mean > 0.95 > cells["multiclass", "abmil-20x"].mean  # every scale's class needs every level
+    assert multiclass.q_vs_baseline is not None and multiclass.p_vs_baseline < 0.05
+    text = (tmp_path / "b" / "benchmark.md").read_text()
+    assert "survival-20x: C-index" in text and "| multiclass | abmil-all | abmil-20x |" in text

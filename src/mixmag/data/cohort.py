@@ -179,6 +179,18 @@ def _split_problem(task: str, name: str, group: list[Specimen], classes: tuple[s
     return None
 
 
+def table_task(path: str | Path) -> str:
+    """The task type a cohort table's columns name, for readers that need only its splits and slides (pretraining's
+    held-out test slides): survival (time + event), regression (target), binary (labels 0 / 1), else multiclass."""
+    table = read_table(Path(path))
+    if {"time", "event"} <= set(table.columns):
+        return "survival"
+    if "target" in table.columns:
+        return "regression"
+    labels = {r.get("label") for r in table.rows}
+    return "binary" if labels <= {"0", "1"} or "label" not in table.columns else "multiclass"
+
+
 def load_cohort(
     path: str | Path,
     stores_dir: str | Path | None = None,

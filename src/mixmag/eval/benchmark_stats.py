@@ -194,6 +194,18 @@ class PairedComparison:
 
 
 def compare_methods(task: str, runs_a: list[Path], runs_b: list[Path], method: str, against: str) -> PairedComparison:
+    """Binary: DeLong on seed-averaged scores; other task types: a paired bootstrap of their primary metric."""
+    if TrainRun(runs_a[0]).task() != "binary":
+        kind, truth, scores_a, ids = _aligned_rows(runs_a)
+        _, _, scores_b, ids_b = _aligned_rows(runs_b)
+        if ids != ids_b:
+            raise MixmagError(
+                f"{task}: {method} and {against} were tested on different specimens; a paired test needs the same"
+            )
+        paired = paired_bootstrap(kind.primary_metric, truth, scores_a.mean(0), scores_b.mean(0))
+        mean = _mean_over_seeds(kind)
+        diff = mean(*truth, np.moveaxis(scores_a, 0, 1)) - mean(*truth, np.moveaxis(scores_b, 0, 1))
+        return PairedComparison(task, method, against, float(diff), paired.p_value)
     labels, scores_a = _aligned(runs_a)
     labels_b, scores_b = _aligned(runs_b)
     if labels.size != labels_b.size or not np.array_equal(labels, labels_b):

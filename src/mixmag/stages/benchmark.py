@@ -47,10 +47,21 @@ from ..fileio import make_folder, read_json_limited, remove_own_tree, write_atom
 from ..markup import plain_console
 from ..metrics import auroc
 from ..runs import PretrainRun
-from ..synth.benchmark import TASK_SCALE, TASKS, BenchmarkSpec, write_benchmark_cohort
+from ..synth.benchmark import (
+    OUTCOME_NAMES,
+    TASK_SCALE,
+    TASKS,
+    BenchmarkSpec,
+    outcome_spec,
+    outcome_type,
+    write_benchmark_cohort,
+    write_outcome_cohort,
+)
 from ..train.finetune import Seed, TrainSettings
 from ..train.mixer_file import pretrained_mixer_set
 from ..train.pretrain import PretrainConfig, PretrainSettings, run_pretraining
+from ..train.tasks import PRIMARY
+from .crossval import METRIC_NAMES
 from .demo import Timer
 from .experiments import ABMIL_METHODS, GridConfig, Task, run_folder, run_grid
 
@@ -67,6 +78,14 @@ class BenchmarkConfig(BaseModel):
 
     out: str = "benchmark_out"
     tasks: list[str] = Field(default_factory=lambda: list(TASKS))
+    outcome_tasks: list[str] = Field(
+        default_factory=list,
+        description="task types beyond binary with known answers (synth.benchmark.OutcomeSpec): survival-20x, "
+        "survival-5x, multiclass (one class per scale), regression-20x, regression-5x",
+    )
+    outcome_cohort: dict = Field(
+        default_factory=lambda: {"n_specimens": 300}, description="OutcomeSpec fields shared by the outcome tasks"
+    )
     cohort: dict = Field(
         default_factory=lambda: {
             "n_specimens": 800,
@@ -140,6 +159,11 @@ def load_benchmark_config(path: Path | None, out: Path | None = None, sets: list
     unknown = [t for t in config.tasks if t not in TASKS]
     if unknown:
         raise ConfigError(f"{path}: unknown task(s) {', '.join(unknown)}; tasks: {', '.join(TASKS)}")
+    unknown = [t for t in config.outcome_tasks if t not in OUTCOME_NAMES]
+    if unknown:
+        raise ConfigError(
+            f"{path}: unknown outcome task(s) {', '.join(unknown)}; outcome tasks: {', '.join(OUTCOME_NAMES)}"
+        )
     return config if out is None else config.model_copy(update={"out": str(out)})
 
 
@@ -148,9 +172,10 @@ def _generate(out: Path, config: BenchmarkConfig, console: Console) -> dict[str,
     specs = {
         task: BenchmarkSpec(task=task, **(config.cohort | config.cohort_by_task.get(task, {}))) for task in config.tasks
     }
+    outcomes = {name: outcome_spec(name, config.outcome_cohort) for name in config.outcome_tasks}
     record = out / "data" / "specs.json"
-    wanted = {task: asdict(spec) for task, spec in specs.items()}
-    tables = {task: out / "data" / f"{task}.csv" for task in specs}
+    wanted = {task: asdict(spec) for task, spec in (specs | outcomes).items()}
+    tables = {task: out / "data" / f"{task}.csv" for task in specs | outcomes}
     if (
         record.is_file()
         and read_json_limited(record, what="benchmark record") == json.loads(json.dumps(wanted))
@@ -162,6 +187,8 @@ def _generate(out: Path, config: BenchmarkConfig, console: Console) -> dict[str,
         remove_own_tree(out / stale)
     for spec in specs.values():
         write_benchmark_cohort(out / "data", spec)
+    for outcome in outcomes.values():
+        write_outcome_cohort(out / "data", outcome, out / "data" / "stores")
     write_json_atomic(record, wanted)
     return tables
 
@@ -232,7 +259,10 @@ def _grid(
         methods=config.methods,
         seeds=config.seeds,
         pretrained=pretrained,
-        tasks=[Task(name=t, cohort=str(p), stores=str(out / "data" / "stores")) for t, p in tables.items()],
+        tasks=[
+            Task(name=t, cohort=str(p), stores=str(out / "data" / "stores"), type=outcome_type(t))
+            for t, p in tables.items()
+        ],
         train=config.train,
         train_by_method=config.train_by_method,
         baseline=config.baseline,
@@ -240,7 +270,7 @@ def _grid(
     run_grid(
         grid,
         on_run=lambda t, m, s, auc, status: console.print(
-            f"{t:>8} / {m:<12} seed {s}: test AUROC {auc:.3f} ({status})"
+            f"{t:>8} / {m:<12} seed {s}: test {METRIC_NAMES[PRIMARY[outcome_type(t)]]} {auc:.3f} ({status})"
         ),
     )
     return grid
@@ -248,7 +278,7 @@ def _grid(
 
 def _statistics(grid: GridConfig, config: BenchmarkConfig) -> list[CellStatistic]:
     cells = []
-    for task in config.tasks:
+    for task in config.tasks + config.outcome_tasks:
         runs = {m: [run_folder(grid, task, m, s) for s in config.seeds] for m in config.methods}
         cells += cell_statistics(task, runs, config.baseline, n_boot=config.n_boot)
     return with_false_discovery_rate(cells)
@@ -256,7 +286,7 @@ def _statistics(grid: GridConfig, config: BenchmarkConfig) -> list[CellStatistic
 
 def _pairs(grid: GridConfig, config: BenchmarkConfig) -> list[PairedComparison]:
     out = []
-    for task in config.tasks:
+    for task in config.tasks + config.outcome_tasks:
         for a, b in config.pairs:
             if a in config.methods and b in config.methods:
                 runs = [[run_folder(grid, task, m, s) for s in config.seeds] for m in (a, b)]
@@ -276,6 +306,17 @@ def pairs_markdown(pairs: list[PairedComparison]) -> str:
         f"| {p.task} | {p.method} | {p.against} | {100 * p.difference:+.1f} | {p.p:.2g} | {p.q:.2g} |" for p in pairs
     ]
     return "\n".join(lines) + "\n"
+
+
+def outcome_note(outcome_tasks: list[str]) -> str:
+    """What the table's outcome-task columns hold instead of AUROC and DeLong ("" without outcome tasks)."""
+    if not outcome_tasks:
+        return ""
+    metrics = ", ".join(f"{t}: {METRIC_NAMES[PRIMARY[outcome_type(t)]]}" for t in outcome_tasks)
+    return (
+        f"Outcome tasks hold their task type's primary metric x 100 in place of AUROC ({metrics}); their p values, in "
+        "this table and the pairs below, are a paired bootstrap of the metric on seed-averaged scores, not DeLong.\n\n"
+    )
 
 
 def pretraining_note(losses: dict) -> str:
@@ -427,10 +468,11 @@ def _write_outputs(out: Path, result: dict, config: BenchmarkConfig) -> None:
         ["task", "method", "against", "difference", "delong_p", "fdr_q"],
         [[p.task, p.method, p.against, f"{p.difference:.4f}", f"{p.p:.4g}", f"{p.q:.4g}"] for p in result["pairs"]],
     )
-    table = statistics_table(cells, config.tasks, config.methods, config.seeds, config.n_boot, config.baseline)
+    tasks = config.tasks + config.outcome_tasks
+    table = statistics_table(cells, tasks, config.methods, config.seeds, config.n_boot, config.baseline)
     write_atomic(
         out / "benchmark.md",
-        f"{NOTICE}\n\n{table}\n{pairs_markdown(result['pairs'])}\n"
+        f"{NOTICE}\n\n{table}\n{outcome_note(config.outcome_tasks)}{pairs_markdown(result['pairs'])}\n"
         f"{pretraining_note(result['pretraining'])}\n\n{power_note(cells)}\n\n"
         f"Which magnification mattered (seed {config.seeds[0]}, positive test slides):\n\n"
         f"{attribution_markdown(attribution)}",

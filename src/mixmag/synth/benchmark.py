@@ -271,6 +271,20 @@ def _outcomes(spec: OutcomeSpec, rng: np.random.Generator) -> tuple[np.ndarray, 
     return strength, [spec.scale] * n, rows
 
 
+OUTCOME_NAMES = ("survival-20x", "survival-5x", "multiclass", "regression-20x", "regression-5x")
+
+
+def outcome_type(name: str) -> str:
+    """The task type of a benchmark task's name (binary for the binary tasks: fine, coarse, cross, context)."""
+    return name.split("-")[0] if name in OUTCOME_NAMES else "binary"
+
+
+def outcome_spec(name: str, fields: dict) -> OutcomeSpec:
+    """The OutcomeSpec of an outcome task's name (survival-20x: survival with the biomarker at 20x)."""
+    task, _, scale = name.partition("-")
+    return OutcomeSpec(task, **(fields | ({"scale": scale} if scale else {})))
+
+
 OUTCOME_COLUMNS = {"survival": ["time", "event"], "multiclass": ["label"], "regression": ["target"]}
 
 

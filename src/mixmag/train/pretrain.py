@@ -32,7 +32,7 @@ from ..config import (
     MAX_WORKERS,
 )
 from ..config import load_config as load_yaml_config
-from ..data.cohort import load_cohort
+from ..data.cohort import load_cohort, table_task
 from ..data.regions import RegionSamplingConfig, RegionStream, SlideSampling, catalog_stores
 from ..errors import ConfigError, RunError, TrainingDivergedError
 from ..fileio import (
@@ -205,7 +205,7 @@ def pretraining_catalog(config: PretrainConfig) -> Catalog:
     the path a cohort's `store` column names)."""
     held_ids, held_paths = set(), set()
     for table in config.exclude_test_of:
-        cohort = load_cohort(table, config.stores, require_stores=False)
+        cohort = load_cohort(table, config.stores, require_stores=False, task=table_task(table))
         test = [slide for specimen in cohort.split("test") for slide in specimen.slides]
         held_ids |= set(test)
         held_paths |= {cohort.stores[slide].resolve() for slide in test if slide in cohort.stores}
