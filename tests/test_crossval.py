@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 import mixmag
 from mixmag.cli import app
 from mixmag.errors import CohortError, ConfigError
+from mixmag.fileio import RunLockedError
 from mixmag.metrics import bootstrap_auroc, harrell_c, macro_auroc
 from mixmag.runs import CrossValRun
 from mixmag.stages import predict as prediction
@@ -270,3 +271,11 @@ def test_a_fold_is_an_ordinary_run_of_its_table(cross_validated, small_cohort, t
     run_training(alone)
     for split in ("tune", "test"):
         assert (tmp_path / "alone" / f"predictions_{split}.csv").read_bytes() == fold.predictions(split).read_bytes()
+
+
+def test_a_cross_validation_being_written_is_locked(small_cohort, tmp_path):
+    config = train_config(small_cohort, tmp_path / "out", cv=CrossValConfig(folds=FOLDS))
+    with CrossValRun(tmp_path / "out").lock():
+        with pytest.raises(RunLockedError, match="is in use by pid"):
+            run_cross_validation(config)
+    assert not CrossValRun(tmp_path / "out").fold(0).folder.exists()
