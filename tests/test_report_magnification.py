@@ -48,3 +48,30 @@ def test_the_caveat_uses_the_benchmark_threshold_and_falls_back_to_tune():
     assert "undefined" in not_learnt_caveat({"test": {"auroc": float("nan")}})
     section = "".join(magnification_section(Path("nowhere"), {"bags": "all"}, [], {"test": {"auroc": 0.552}}))
     assert "No conclusion about magnifications" in section
+
+
+def test_predict_gives_each_level_its_occlusion_share_and_finds_the_scale_attention_misses(tmp_path):
+    """Issue 25 §6: users' new slides get the measure proven on known answers. On the coarse task (signal at 5x) the
+    all-levels AB-MIL's attention leans to 20x (it follows the token counts), occlusion finds 5x."""
+    import csv
+
+    import numpy as np
+    from typer.testing import CliRunner
+
+    from mixmag.cli import app
+
+    run = tmp_path / "run"
+    cfg = learnt_task_config(tmp_path, "coarse", run)
+    run_training(cfg)
+    out = tmp_path / "p.csv"
+    result = CliRunner().invoke(app, ["predict", "--run", str(run), "--stores", cfg.stores, "--out", str(out),
+                                      "--no-heatmaps"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    rows = [r for r in csv.DictReader(out.open()) if float(r["slide_score"]) > 0.5]  # why a slide scores positive
+    occlusion = {lv: np.mean([float(r[f"occlusion_{lv}"]) for r in rows]) for lv in ("5x", "10x", "20x")}
+    attention = {lv: np.mean([float(r[f"share_{lv}"]) for r in rows]) for lv in ("5x", "10x", "20x")}
+    assert max(occlusion, key=occlusion.get) == "5x" and max(attention, key=attention.get) == "20x"
+    assert all(abs(sum(float(r[f"occlusion_{lv}"]) for lv in occlusion) - 1) < 1e-3 for r in rows)
+    assert "slides scored positive" in result.output, result.output
+    shares = re.search(r"5x ([\d.]+) .*, 10x ([\d.]+) .*, 20x ([\d.]+) ", result.output)
+    assert shares and float(shares[1]) > max(float(shares[2]), float(shares[3]))

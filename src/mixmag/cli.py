@@ -629,7 +629,8 @@ def predict(
     attribution: Annotated[
         str,
         typer.Option(
-            help="auto (AB-MIL attention; gradient x input for models weighing whole regions), attention or gradient."
+            help="auto (AB-MIL attention; gradient x input for models weighing whole regions; plus each level's "
+            "occlusion share when the model reads several magnifications), attention, gradient or occlusion."
         ),
     ] = "auto",
     device: Annotated[Optional[str], typer.Option(help="cuda, cpu [cuda when available] for embedding.")] = None,
@@ -665,6 +666,9 @@ def predict(
         on_note=lambda note: console.print(f"note: {note}", style="yellow", soft_wrap=True, highlight=False),
     )
     _print_predictions(result.outcomes, result.levels, result.bag_kind)
+    summary = prediction.occlusion_summary(result.outcomes)
+    if summary:
+        console.print(summary, soft_wrap=True)
     scores = f" (scores: ensemble of {result.models} folds)" if result.models > 1 else ""
     console.print(f"wrote {result.path}{scores}; tiles, stores and heatmaps in {work}/", soft_wrap=True)
     if any(o.score is None for o in result.outcomes):

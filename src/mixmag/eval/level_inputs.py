@@ -65,6 +65,24 @@ def reads_one_level(bags: str, region_level: str | None) -> bool:
     return bags in ("5x", "10x", "20x") or (bags == "regions" and region_level is not None)
 
 
+def training_slides(config: dict, limit: int = 32) -> tuple[dict[str, Path], list[str]]:
+    """(stores by slide, up to `limit` training slides) of a run's cohort; nothing when it cannot be read."""
+    try:
+        cohort = load_cohort(config["cohort"], config["stores"])
+    except (MixmagError, OSError, KeyError):
+        return {}, []
+    return dict(cohort.stores), [sp.slides[0] for sp in cohort.split("train")][:limit]
+
+
+def occlusion_reference(classifier: SlideClassifier, train: dict[str, Path]) -> tuple[torch.Tensor | None, str]:
+    """What 'mean-replaced' puts in: each level's mean embedding over training slides (the classifier must read
+    their stores), or each slide's own mean when there are none; and the sentence that says which."""
+    if train:
+        reference = cohort_reference([slide_input(classifier, s, p) for s, p in train.items()])
+        return reference, f"reference: each magnification's mean embedding over {len(train)} training slides"
+    return None, "reference: each slide's own mean embedding per magnification (the training cohort could not be read)"
+
+
 def run_level_importance(
     run: Path, test_slides: list[str], *, max_slides: int = 24, max_reference: int = 32, steps: int = 24
 ) -> tuple[list[LevelImportance], str]:
@@ -74,12 +92,7 @@ def run_level_importance(
     classifier = SlideClassifier.load(run)
     config = TrainRun(run).read_config()
     stores_dir = Path(config["stores"])
-    try:
-        cohort = load_cohort(config["cohort"], config["stores"])
-        stores = dict(cohort.stores)
-        train = [sp.slides[0] for sp in cohort.split("train")][:max_reference]
-    except (MixmagError, OSError):
-        stores, train = {}, []
+    stores, train = training_slides(config, max_reference)
     chosen = test_slides[:max_slides]
     for slide in chosen + train:
         stores.setdefault(slide, stores_dir / f"{check_id(slide, where=f'{run} predictions')}.h5")
@@ -87,12 +100,7 @@ def run_level_importance(
     classifier.check_stores(used)
     if not classifier.reads_encoded:
         classifier.use_stores(used)
-    if train:
-        reference = cohort_reference([slide_input(classifier, s, used[s]) for s in train])
-        note = f"reference: each magnification's mean embedding over {len(train)} training slides"
-    else:
-        reference = None
-        note = "reference: each slide's own mean embedding per magnification (the training cohort could not be read)"
+    reference, note = occlusion_reference(classifier, {s: used[s] for s in train})
     return [
         level_importance(s, slide_input(classifier, s, used[s]), reference=reference, steps=steps) for s in chosen
     ], note

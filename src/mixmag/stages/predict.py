@@ -22,11 +22,13 @@ from ..devices import choose_device
 from ..encoders.extract import tiles_per_cell
 from ..encoders.model import build_encoder
 from ..errors import CohortError, MixmagError, OptionError, RunMismatchError
+from ..eval.attribution import OCCLUSION, LevelImportance, cohort_summary, occlusion
 from ..eval.explain import explain_slide, save_attribution
+from ..eval.level_inputs import occlusion_reference, reads_one_level, slide_input, training_slides
 from ..fileio import FolderLock, output_folder, write_csv_atomic
 from ..ids import ID_RULE, check_id, is_safe_id, path_for_id
 from ..report.heatmaps import draw_heatmaps
-from ..runs import CrossValRun
+from ..runs import CrossValRun, TrainRun
 from ..slides.sources import SlideSource, sources_from_paths, sources_from_table
 from ..slides.tiling import TilingParams, load_plan, plan_path
 from ..slides.tissue import load_tissue_model
@@ -50,6 +52,16 @@ class SlideOutcome:
     level_share: dict[str, float] = field(default_factory=dict)
     token_fraction: dict[str, float] = field(default_factory=dict)  # what uniform attention gives each level
     pictures: list[Path] = field(default_factory=list)
+    # each level's occlusion (logit drop when its embeddings are replaced by the slide's mean of that level): the
+    # measure the benchmark showed to find the right magnification through a mixer, where attention may not
+    occlusion: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def occlusion_share(self) -> dict[str, float]:
+        """Each level's share of the positive occlusion (a level that only lowers the score gets 0)."""
+        raising = {k: max(v, 0.0) for k, v in self.occlusion.items()}
+        whole = sum(raising.values())
+        return {k: (v / whole if whole > 0 else 1 / len(raising)) for k, v in raising.items()}
 
 
 @dataclass
@@ -256,6 +268,8 @@ def score_slides(
     heatmaps: bool = True,
     top_k: int = 4,
     method: str = "auto",
+    occlude: bool = False,
+    reference: torch.Tensor | None = None,
     on_slide: Callable[[SlideOutcome], None] | None = None,
 ) -> list[SlideOutcome]:
     """Score every store (the evaluation path's forward), place its attribution, draw its heatmaps. A store that
@@ -284,6 +298,9 @@ def score_slides(
             attribution = explain_slide(classifier, slide, path, method)
             outcome.level_share = attribution.level_share
             outcome.token_fraction = attribution.token_fraction
+            if occlude:
+                drop = occlusion(slide_input(classifier, slide, path), reference)
+                outcome.occlusion = dict(zip(attribution.level_names, map(float, drop)))
             save_attribution(attribution, path_for_id(maps, slide, ".npz"))
             if heatmaps:
                 try:
@@ -367,7 +384,8 @@ def write_outcomes(
         if o.score is not None:
             by_specimen.setdefault(specimen_of.get(o.slide_id, o.slide_id), []).append(o.score)
     shares, tokens = [f"share_{n}" for n in levels], [f"tokens_{n}" for n in levels]
-    header = ["specimen", "slide", "slide_score", "specimen_score", *shares, *tokens, "problem"]
+    occluded = [f"occlusion_{n}" for n in levels] if any(o.occlusion for o in outcomes) else []
+    header = ["specimen", "slide", "slide_score", "specimen_score", *shares, *tokens, *occluded, "problem"]
     header += ["model"] if model else []
     rows = []
     for o in outcomes:
@@ -381,11 +399,44 @@ def write_outcomes(
                 f"{_reduce(spec_scores, how):.6f}" if spec_scores else "",
                 *[f"{o.level_share[n]:.4f}" if n in o.level_share else "" for n in levels],
                 *[f"{o.token_fraction[n]:.4f}" if n in o.token_fraction else "" for n in levels],
+                *[f"{o.occlusion_share[n]:.4f}" if n in o.occlusion else "" for n in (levels if occluded else [])],
                 o.problem or "",
                 *([model] if model else []),
             ]
         )
     return write_csv_atomic(path, header, rows)
+
+
+def training_reference(classifier: SlideClassifier, run_dir: Path) -> tuple[torch.Tensor | None, str]:
+    """The occlusion reference of a run (each level's mean over up to 32 of its training slides, as its report uses),
+    when those stores are still where the run's config says; else each slide's own means."""
+    stores, train = training_slides(TrainRun(run_dir).read_config())
+    found = {s: stores[s] for s in train if s in stores and stores[s].is_file()}
+    if not found or classifier.reads_encoded:
+        return occlusion_reference(classifier, {})
+    classifier.use_stores(found)
+    return occlusion_reference(classifier, found)
+
+
+def occlusion_summary(outcomes: list[SlideOutcome]) -> str | None:
+    """Each level's mean occlusion share, with a bootstrap 95% CI, over the slides the model calls positive (score
+    >= 0.5: what made them positive), in one line; None with fewer than two such slides."""
+    scored = [o for o in outcomes if o.occlusion and o.score is not None and o.score >= 0.5]
+    if len(scored) < 2:
+        return None
+    names = list(scored[0].occlusion)
+    slides = [
+        LevelImportance(o.slide_id, 0.0, names, {OCCLUSION: np.array([o.occlusion[n] for n in names])}) for o in scored
+    ]
+    summary = cohort_summary(slides, OCCLUSION)
+    parts = [
+        f"{n} {m:.2f} [{lo:.2f}, {hi:.2f}]" for n, m, lo, hi in zip(names, summary.mean, summary.low, summary.high)
+    ]
+    verdict = f"{summary.top} leads clearly" if summary.clear else "no level leads clearly"
+    return (
+        f"occlusion share over the {summary.slides} slides scored positive (mean [bootstrap 95% CI]): "
+        f"{', '.join(parts)}; {verdict}"
+    )
 
 
 def _reduce(values: list[float], how: str) -> float:
@@ -462,10 +513,16 @@ def run(
     """`mixmag predict`: load the run, tile and embed raw slides with its settings (into `work`, reused on reruns),
     score and explain every slide, and write the predictions CSV `out`. A slide that cannot be scored gets its
     reason in the CSV; the other slides go on."""
-    if attribution not in ("auto", "attention", "gradient"):
-        raise MixmagError(f"--attribution {attribution!r}: use auto, attention or gradient")
+    if attribution not in ("auto", "attention", "gradient", "occlusion"):
+        raise MixmagError(f"--attribution {attribution!r}: use auto, attention, gradient or occlusion")
     models = load_models(run_dir)
     classifier = models[0]
+    # occlusion shares wherever the model reads several magnifications (the measure proven on known answers), or
+    # when asked; the maps stay attention (or gradient): occlusion gives one number per level, not per tile
+    occlude = attribution == "occlusion" or (
+        attribution == "auto" and not reads_one_level(classifier.bag_kind, classifier.region_level)
+    )
+    method = "auto" if attribution == "occlusion" else attribution
     if on_run:
         on_run(describe_run(classifier))
     if ensemble_note(models) and on_note:
@@ -489,6 +546,11 @@ def run(
         if note and on_note:
             on_note(note)
         outcomes = []
+        reference = None
+        if stores and occlude:
+            reference, ref_note = training_reference(classifier, run_dir)
+            if on_note:
+                on_note(f"occlusion {ref_note}")
         if stores:
             with track("slides scored and explained", len(stores)) as step:
                 outcomes = score_slides(
@@ -497,7 +559,9 @@ def run(
                     work,
                     heatmaps=heatmaps,
                     top_k=top_k,
-                    method=attribution,
+                    method=method,
+                    occlude=occlude,
+                    reference=reference,
                     on_slide=lambda o: step(),
                 )
             ensemble_scores(models, outcomes, stores, work)
