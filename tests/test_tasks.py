@@ -15,6 +15,7 @@ from mixmag.data.cohort import Specimen, load_cohort
 from mixmag.errors import CohortError
 from mixmag.eval.benchmark_stats import cell_statistics, with_false_discovery_rate
 from mixmag.eval.runs import compare_task_runs, evaluate_run
+from mixmag.report.html import build_report
 from mixmag.runs import TrainRun
 from mixmag.stages.benchmark import BenchmarkConfig, run_benchmark
 from mixmag.stages.experiments import GridConfig, Task, method_config
@@ -203,6 +204,8 @@ def test_survival_biomarker_at_20x_is_found_at_20x_and_not_at_5x(tmp_path):
         methods=["abmil-20x"],
     )
     assert method_config(grid, grid.tasks[0], "abmil-20x", 0).task == "survival"  # `mixmag experiment` task types
+    page = build_report(tmp_path / "run20").read_text()  # Kaplan-Meier curves per split, the risk groups listed
+    assert "alt='survival tune'" in page and "alt='survival test'" in page and "<th>risk_group</th>" in page
 
 
 def test_multiclass_one_class_per_scale_and_the_reloaded_model_gives_the_same_probabilities(tmp_path):
@@ -233,6 +236,8 @@ def test_regression_target_proportional_to_strength_is_predicted_in_its_units(tm
     with open(tmp_path / "run" / "predictions_test.csv") as fh:
         row = next(csv.DictReader(fh))
     assert classifier.score([row["slides"]])[row["slides"]] == pytest.approx(float(row["score"]), abs=1e-5)
+    page = build_report(tmp_path / "run").read_text()  # predicted against true, the metrics with their intervals
+    assert "alt='regression test'" in page and "<th>spearman</th>" in page and "pearson_ci95" in page
 
 
 def test_the_benchmark_runs_survival_and_multiclass_tasks_with_cis_and_q_values(tmp_path):

@@ -30,6 +30,7 @@ from ..train.classifier import SlideClassifier
 from ..weights_io import UnsafeCheckpointError
 from .heatmaps import draw_heatmaps
 from .magnification import magnification_section, not_learnt_caveat
+from .outcomes import OUTCOME_FIGURES
 
 
 class ReportWarning(MixmagWarning):
@@ -340,6 +341,8 @@ def build_report(
     if not folder.config.is_file() or not folder.metrics.is_file():
         missing = [f.name for f in (folder.config, folder.metrics) if not f.is_file()]
         raise RunError(f"{run}: not a complete `mixmag train` run folder (no {', '.join(missing)})")
+    if folder.task() != "binary":
+        return _outcome_report(folder, notice)
     config = folder.read_config()
     metrics = folder.read_metrics()
     record = folder.read_metrics_record()
@@ -400,4 +403,44 @@ def build_report(
     if timings:
         parts += _timings_section(timings)
     parts.append(f"<h2>Configuration</h2><pre>{e(json.dumps(config, indent=1))}</pre></body></html>")
+    return write_atomic(folder.report, "\n".join(parts))
+
+
+def _outcome_report(folder: TrainRun, notice: str | None) -> Path:
+    """report.html of a multiclass, survival or regression run: its metrics with their intervals, the type's figure
+    per split (Kaplan-Meier curves with the log-rank p, the confusion matrix, predicted against true) and the test
+    predictions. Per-magnification attribution is drawn for binary runs only so far."""
+    config, metrics = folder.read_config(), folder.read_metrics()
+    task, primary, e = metrics["task"], metrics["primary"], html_text
+    parts = [
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
+        f"<title>mixmag report: {e(folder.folder.name)}</title>",
+        "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
+        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}"
+        "th{background:#f0f3f7}pre{background:#f6f6f6;padding:1em;overflow:auto}img{max-width:100%}</style></head><body>",
+        f"<h1>mixmag: a {e(task)} run</h1>",
+        f"<p class='notice' style='background:#fff3cd;padding:0.6em'><b>{e(notice)}</b></p>" if notice else "",
+        f"<p>run folder {e(shown_path(folder.folder))}</p>",
+        f"<p>bags: <b>{e(config.get('bags'))}</b>; chosen epoch {e(metrics['best_epoch'])} (selected on tune "
+        f"{e(primary)} only); mixmag {e(__version__)}</p>",
+        f"<h2>Metrics</h2><table><tr><th>split</th><th>specimens</th><th>{e(primary)}</th><th>95% CI (bootstrap)</th>"
+        "<th>more</th></tr>",
+    ]
+    for split in ("tune", "test"):
+        m = metrics[split]
+        more = {k: v for k, v in m.items() if k not in (primary, "ci95", "specimens", "confusion", "classes")}
+        parts.append(
+            f"<tr><td>{split}</td><td>{e(m['specimens'])}</td><td>{html_value(m[primary], '.3f')}</td>"
+            f"<td>{html_value(m['ci95'][0], '.3f')} – {html_value(m['ci95'][1], '.3f')}</td>"
+            f"<td>{e(json.dumps(more))}</td></tr>"
+        )
+    parts.append("</table>")
+    for split in ("tune", "test"):
+        figure = OUTCOME_FIGURES[task](folder.read_predictions(split), metrics[split], split)
+        parts.append(f"<img alt='{e(task)} {split}' src='{_embedded(figure, 'svg')}'>")
+    rows = folder.read_predictions("test")
+    columns = list(rows[0]) if rows else []
+    parts.append("<h2>Test predictions</h2><table><tr>" + "".join(f"<th>{e(c)}</th>" for c in columns) + "</tr>")
+    parts += ["<tr>" + "".join(f"<td>{e(r[c])}</td>" for c in columns) + "</tr>" for r in rows]
+    parts.append(f"</table><h2>Configuration</h2><pre>{e(json.dumps(config, indent=1))}</pre></body></html>")
     return write_atomic(folder.report, "\n".join(parts))

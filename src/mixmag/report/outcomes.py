@@ -1,0 +1,73 @@
+"""The report's figures for task types beyond binary: Kaplan-Meier curves of the risk groups with the log-rank p
+(survival), the confusion matrix (multiclass), predicted against true values (regression). Each takes a split's
+checked predictions rows (`TrainRun.read_predictions`) and its metrics.json entry and returns a matplotlib figure."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..metrics import kaplan_meier
+
+
+def _axes(figsize: tuple[float, float]):
+    """A figure and its axes on the Agg backend (matplotlib is loaded when a report draws, as in report.html)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(figsize=figsize)
+
+
+def survival_figure(rows: list[dict[str, str]], metrics: dict, split: str):
+    """Kaplan-Meier curves of the high- and low-risk groups (split at the tune median risk), log-rank p in the title."""
+    time = np.array([float(r["time"]) for r in rows])
+    event = np.array([r["event"] == "1" for r in rows])
+    group = np.array([r["risk_group"] for r in rows])
+    fig, ax = _axes((5.5, 4))
+    for name, colour in (("high", "#c0504d"), ("low", "#1f5a96")):
+        chosen = group == name
+        if chosen.any():
+            t, s = kaplan_meier(time[chosen], event[chosen])
+            ax.step(t, s, where="post", color=colour, label=f"{name} risk ({int(chosen.sum())})")
+    p = metrics.get("logrank_p")
+    ax.set_title(f"{split}: C-index {metrics['c_index']:.3f}; log-rank p " + ("n/a" if p is None else f"{p:.3g}"))
+    ax.set_xlabel("time")
+    ax.set_ylabel("survival (Kaplan-Meier)")
+    ax.set_ylim(0, 1.02)
+    ax.legend()
+    return fig
+
+
+def confusion_figure(rows: list[dict[str, str]], metrics: dict, split: str):
+    """The confusion matrix (true class in rows), counts written in the cells."""
+    classes = metrics["classes"]
+    counts = np.asarray(metrics["confusion"])
+    fig, ax = _axes((1.2 * len(classes) + 2.5, 1.2 * len(classes) + 1.5))
+    ax.imshow(counts, cmap="Blues")
+    for (i, j), n in np.ndenumerate(counts):
+        ax.text(j, i, str(n), ha="center", va="center", color="white" if n > counts.max() / 2 else "black")
+    ax.set_xticks(range(len(classes)), classes)
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    accuracy = metrics["balanced_accuracy"]
+    ax.set_title(f"{split}: macro AUROC {metrics['macro_auroc']:.3f}, balanced accuracy {accuracy:.3f}")
+    return fig
+
+
+def regression_figure(rows: list[dict[str, str]], metrics: dict, split: str):
+    """Predicted against true values with the identity line."""
+    target = np.array([float(r["target"]) for r in rows])
+    predicted = np.array([float(r["score"]) for r in rows])
+    fig, ax = _axes((4.5, 4.5))
+    ax.scatter(target, predicted, s=14, color="#1f5a96")
+    ends = [min(target.min(), predicted.min()), max(target.max(), predicted.max())]
+    ax.plot(ends, ends, color="grey", ls=":")
+    ax.set_xlabel("true")
+    ax.set_ylabel("predicted")
+    ax.set_title(f"{split}: Spearman {metrics['spearman']:.3f}, MAE {metrics['mae']:.3g}")
+    return fig
+
+
+OUTCOME_FIGURES = {"survival": survival_figure, "multiclass": confusion_figure, "regression": regression_figure}
