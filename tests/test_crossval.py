@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 import mixmag
 from mixmag.cli import app
-from mixmag.errors import CohortError, ConfigError
+from mixmag.errors import CohortError, ConfigError, RunError
 from mixmag.fileio import RunLockedError
 from mixmag.metrics import bootstrap_auroc, harrell_c, macro_auroc
 from mixmag.runs import CrossValRun
@@ -179,6 +179,14 @@ def test_a_rerun_with_other_folds_retrains_them(small_cohort, tmp_path):
         splits.append(json.loads(CrossValRun(tmp_path / "out").fold(0).splits.read_text()))
     assert events == [False] * 4 + [True] * 2  # the same folds again are reused, another seed's are not
     assert splits[0] != splits[1] == splits[2]
+    config = train_config(small_cohort, tmp_path / "out", cv=CrossValConfig(folds=2, seed=2), **settings)
+    with pytest.MonkeyPatch.context() as patch:  # a rerun that dies while replacing the folds leaves no summary
+        patch.setattr("mixmag.stages.crossval.run_training", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+        with pytest.raises(KeyboardInterrupt):
+            run_cross_validation(config)
+    assert not CrossValRun(tmp_path / "out").summary.exists()
+    with pytest.raises(RunError, match="no cv.json"):
+        prediction.load_models(tmp_path / "out")
 
 
 def test_predict_with_the_fold_ensemble_is_the_mean_of_fold_scores(cross_validated, small_cohort, tmp_path):

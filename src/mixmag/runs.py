@@ -36,6 +36,7 @@ from .fileio import (
     atomic_path,
     read_json_limited,
     read_text_limited,
+    remove_own_file,
     write_atomic,
     write_csv_atomic,
     write_json_atomic,
@@ -497,6 +498,12 @@ class CrossValRun:
     def lock(self) -> FolderLock:
         """Held while the folds are trained and summarised: a second cross-validation into it is refused."""
         return FolderLock(self.folder, "mixmag train (cross-validation)")
+
+    def clear_summary(self) -> None:
+        """Remove the summary before folds are (re)trained: a folder whose folds are being replaced has none, so
+        nothing reads old and new folds as one cross-validation."""
+        remove_own_file(self.summary)
+        remove_own_file(self.summary_md)
 
     def write_summary(self, summary: dict, markdown: str) -> None:
         write_atomic(self.summary_md, markdown)

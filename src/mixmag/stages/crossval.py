@@ -60,6 +60,7 @@ def run_cross_validation(
     units = read_units(config.cohort, config.task, config.cv)
     folds = make_folds(units, config.cv)
     with folder.lock():
+        folder.clear_summary()
         if "split" in units.table.columns and on_note is not None:
             on_note(f"{config.cohort}: its 'split' column is ignored; each of the {len(folds)} folds makes its own")
         for fold in folds:
