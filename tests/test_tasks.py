@@ -10,7 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from typer.testing import CliRunner
 
+from mixmag.cli import app
 from mixmag.data.cohort import Specimen, load_cohort
 from mixmag.errors import CohortError
 from mixmag.eval.benchmark_stats import cell_statistics, with_false_discovery_rate
@@ -225,6 +227,30 @@ def test_multiclass_one_class_per_scale_and_the_reloaded_model_gives_the_same_pr
     run = TrainRun(tmp_path / "runall")
     pooled = classifier.task.pooled(run.read_predictions("test"), n_boot=100, seed=0)
     assert pooled["macro_auroc"] == pytest.approx(every_level["test"]["macro_auroc"], abs=1e-12)
+    new = tmp_path / "new.csv"  # `mixmag predict` on new stores: class probabilities and the predicted class
+    with open(tmp_path / "runall" / "predictions_test.csv") as fh:
+        expected = {r["slides"]: r["predicted"] for r in list(csv.DictReader(fh))[:4]}  # the run's own test calls
+    new.write_text("slide\n" + "".join(f"{slide}\n" for slide in expected))
+    result = CliRunner().invoke(
+        app,
+        [
+            "predict",
+            "--run",
+            str(tmp_path / "runall"),
+            "--cohort",
+            str(new),
+            "--stores",
+            str(tmp_path / "stores"),
+            "--out",
+            str(tmp_path / "pred.csv"),
+            "--no-heatmaps",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    with open(tmp_path / "pred.csv") as fh:
+        predicted = list(csv.DictReader(fh))
+    assert {r["slide"]: r["predicted"] for r in predicted} == expected
+    assert all(abs(sum(float(r[f"p_{c}"]) for c in ("10x", "20x", "5x")) - 1) < 1e-5 for r in predicted)
 
 
 def test_regression_target_proportional_to_strength_is_predicted_in_its_units(tmp_path):

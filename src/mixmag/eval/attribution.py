@@ -110,6 +110,8 @@ def occlusion(inp: LevelInput, reference: torch.Tensor | None = None) -> np.ndar
     n = len(inp.level_names)
     xs = torch.stack([inp.x] + [_replaced(inp, reference, [i]) for i in range(n)])
     logits = _logits(inp, xs)
+    if logits.dim() > 1:  # a multiclass model: the drop of the logit of the class it predicts for the slide
+        logits = logits[:, int(logits[0].argmax())]
     return (logits[0] - logits[1:]).numpy().astype(np.float64)
 
 

@@ -55,6 +55,7 @@ class SlideOutcome:
     # each level's occlusion (logit drop when its embeddings are replaced by the slide's mean of that level): the
     # measure the benchmark showed to find the right magnification through a mixer, where attention may not
     occlusion: dict[str, float] = field(default_factory=dict)
+    probabilities: np.ndarray | None = None  # a multiclass run's class probabilities (score: the top one's)
 
     @property
     def occlusion_share(self) -> dict[str, float]:
@@ -294,7 +295,9 @@ def score_slides(
                 on_slide(outcome)
             continue
         try:
-            outcome.score = classifier.score([slide])[slide]
+            values = classifier.outputs([slide])[slide]  # binary: probability; survival: log-risk; regression: value
+            outcome.score = float(values.max()) if classifier.task.name == "multiclass" else float(values[0])
+            outcome.probabilities = values if classifier.task.name == "multiclass" else None
             attribution = explain_slide(classifier, slide, path, method)
             outcome.level_share = attribution.level_share
             outcome.token_fraction = attribution.token_fraction
@@ -405,6 +408,38 @@ def write_outcomes(
             ]
         )
     return write_csv_atomic(path, header, rows)
+
+
+def write_task_columns(
+    path: Path, outcomes: list[SlideOutcome], specimen_of: dict[str, str] | None, classifier, run_dir: Path
+) -> Path:
+    """Add the task type's columns to the predictions CSV: a multiclass run's class probabilities and predicted class
+    (the specimen's from the mean of its slides' probabilities); a survival run's risk group (its specimen risk above
+    the run's tune median risk: "high", as the run's own predictions)."""
+    table = read_table(path)
+    rows, header = [dict(r) for r in table.rows], list(table.columns)
+    specimen_of = specimen_of or {}
+    by_slide = {o.slide_id: o for o in outcomes}
+    if classifier.task.name == "multiclass":
+        classes = classifier.task.classes
+        mean: dict[str, list[np.ndarray]] = {}
+        for o in outcomes:
+            if o.probabilities is not None:
+                mean.setdefault(specimen_of.get(o.slide_id, o.slide_id), []).append(o.probabilities)
+        header += [f"p_{c}" for c in classes] + ["predicted", "specimen_predicted"]
+        for r in rows:
+            probs = by_slide[r["slide"]].probabilities
+            spec = mean.get(r["specimen"])
+            for k, c in enumerate(classes):
+                r[f"p_{c}"] = "" if probs is None else f"{probs[k]:.6f}"
+            r["predicted"] = "" if probs is None else classes[int(np.argmax(probs))]
+            r["specimen_predicted"] = classes[int(np.argmax(np.mean(spec, axis=0)))] if spec else ""
+    elif classifier.task.name == "survival":
+        cut = float(np.median([float(r["score"]) for r in TrainRun(run_dir).read_predictions("tune")]))
+        header += ["risk_group"]
+        for r in rows:
+            r["risk_group"] = "" if not r["specimen_score"] else "high" if float(r["specimen_score"]) > cut else "low"
+    return write_csv_atomic(path, header, [[r[c] for c in header] for r in rows])
 
 
 def training_reference(classifier: SlideClassifier, run_dir: Path) -> tuple[torch.Tensor | None, str]:
@@ -568,5 +603,8 @@ def run(
         outcomes += [SlideOutcome(s, problem=p) for s, p in problems.items()]
         levels = list(next((o.level_share for o in outcomes if o.level_share), {}))
         model = f"ensemble of {len(models)} folds" if len(models) > 1 else None
-        path = write_outcomes(out, outcomes, inputs.specimen_of, levels, classifier.specimen_score, model)
+        how = classifier.specimen_score if classifier.task.name == "binary" else "mean"  # the others: the mean
+        path = write_outcomes(out, outcomes, inputs.specimen_of, levels, how, model)
+        if classifier.task.name != "binary":
+            write_task_columns(path, outcomes, inputs.specimen_of, classifier, run_dir)
         return Prediction(outcomes, levels, path, classifier.bag_kind, len(models))

@@ -225,7 +225,9 @@ class SlideClassifier:
         bag = self.bags(slide).float()
         if method == "attention":
             with torch.no_grad():
-                logit, alpha, share = model.contributions(bag[None], torch.ones(1, bag.shape[0], dtype=torch.bool))
+                logit, alpha, share = top_class(
+                    *model.contributions(bag[None], torch.ones(1, bag.shape[0], dtype=torch.bool))
+                )
             alpha = alpha[0].numpy()
             share = share[0].numpy().astype(np.float64)
             return BagAttribution(float(logit.reshape(-1)[0]), ATTENTION, alpha.astype(np.float64), alpha, share)
@@ -244,8 +246,21 @@ class SlideClassifier:
             feats = compressed if self.bag_kind == "cls" else contextual.reshape(-1, contextual.shape[-1])
         else:
             feats = x
-        logit, alpha, share = self.model.contributions(feats[None], torch.ones(1, feats.shape[0], dtype=torch.bool))
+        logit, alpha, share = top_class(
+            *self.model.contributions(feats[None], torch.ones(1, feats.shape[0], dtype=torch.bool))
+        )
         logit.sum().backward()
         values = (x.grad * x).sum(-1).abs().detach().numpy().astype(np.float64).ravel()
         share = share.detach()[0].numpy().astype(np.float64)
         return BagAttribution(float(logit.detach().reshape(-1)[0]), GRADIENT, values, alpha.detach()[0].numpy(), share)
+
+
+def top_class(
+    logit: torch.Tensor, alpha: torch.Tensor, share: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A multiclass model's contributions to its top class's logit (one bag: logit (1, classes), share (1, N,
+    classes)); a one-output model's unchanged. Attribution explains the class the model predicts."""
+    if logit.dim() < 2:
+        return logit, alpha, share
+    k = int(logit[0].argmax())
+    return logit[:, k], alpha, share[..., k]
