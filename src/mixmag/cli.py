@@ -1317,6 +1317,25 @@ def synth_cohort(
     console.print("wrote " + ", ".join(str(t) for t in tables.values()))
 
 
+@synth_app.command("outcomes")
+def synth_outcomes(
+    out: Annotated[Path, typer.Argument(help="Output folder (stores/ and <task>-<scale>.csv).")],
+    task: Annotated[str, typer.Option(help="survival, multiclass or regression.")] = "survival",
+    scale: Annotated[str, typer.Option(help="Where the biomarker is: 5x, 10x or 20x (multiclass: all three).")] = "20x",
+    specimens: Annotated[int, typer.Option(min=10, max=100_000, help="Number of specimens.")] = 200,
+    seed: Annotated[int, typer.Option(min=0)] = 0,
+) -> None:
+    """Write an embedding-level cohort whose outcome depends on a biomarker at a known scale: a survival time and
+    event, one class per scale, or a continuous target (for studies, cross-validation and tests)."""
+    from .synth.benchmark import OUTCOME_TASKS, SCALES, OutcomeSpec, write_outcome_cohort
+
+    if task not in OUTCOME_TASKS or scale not in SCALES:
+        raise OptionError(f"--task {task} --scale {scale}: use a task of {', '.join(OUTCOME_TASKS)} and a scale of "
+                          f"{', '.join(SCALES)}")  # fmt: skip
+    table = write_outcome_cohort(out, OutcomeSpec(task, scale=scale, n_specimens=specimens, seed=seed))
+    console.print(f"wrote {table} and {out / 'stores'}/", soft_wrap=True)
+
+
 def main() -> None:
     app()
 

@@ -318,12 +318,15 @@ def score_slides(
     return outcomes
 
 
-def load_models(run_dir: Path) -> list[SlideClassifier]:
-    """The run's model, or every fold's model of a cross-validated folder (`mixmag train` with `cv:`)."""
+def model_folders(run_dir: Path) -> list[Path]:
+    """The run folder, or every fold's run folder of a cross-validated folder (`mixmag train` with `cv:`)."""
     folder = CrossValRun(run_dir)
-    if not folder.is_cross_validated():
-        return [SlideClassifier.load(run_dir)]
-    return [SlideClassifier.load(run.folder) for run in folder.fold_runs()]
+    return [run.folder for run in folder.fold_runs()] if folder.is_cross_validated() else [Path(run_dir)]
+
+
+def load_models(run_dir: Path) -> list[SlideClassifier]:
+    """The run's model, or every fold's model of a cross-validated folder."""
+    return [SlideClassifier.load(folder) for folder in model_folders(run_dir)]
 
 
 def ensemble_note(models: list[SlideClassifier]) -> str | None:
@@ -435,7 +438,8 @@ def write_task_columns(
             r["predicted"] = "" if probs is None else classes[int(np.argmax(probs))]
             r["specimen_predicted"] = classes[int(np.argmax(np.mean(spec, axis=0)))] if spec else ""
     elif classifier.task.name == "survival":
-        cut = float(np.median([float(r["score"]) for r in TrainRun(run_dir).read_predictions("tune")]))
+        tune = [r for folder in model_folders(run_dir) for r in TrainRun(folder).read_predictions("tune")]
+        cut = float(np.median([float(r["score"]) for r in tune]))  # a fold ensemble: the folds' tune risks pooled
         header += ["risk_group"]
         for r in rows:
             r["risk_group"] = "" if not r["specimen_score"] else "high" if float(r["specimen_score"]) > cut else "low"
@@ -445,7 +449,7 @@ def write_task_columns(
 def training_reference(classifier: SlideClassifier, run_dir: Path) -> tuple[torch.Tensor | None, str]:
     """The occlusion reference of a run (each level's mean over up to 32 of its training slides, as its report uses),
     when those stores are still where the run's config says; else each slide's own means."""
-    stores, train = training_slides(TrainRun(run_dir).read_config())
+    stores, train = training_slides(TrainRun(model_folders(run_dir)[0]).read_config())
     found = {s: stores[s] for s in train if s in stores and stores[s].is_file()}
     if not found or classifier.reads_encoded:
         return occlusion_reference(classifier, {})
