@@ -28,7 +28,7 @@ from ..eval.level_inputs import occlusion_reference, reads_one_level, slide_inpu
 from ..fileio import FolderLock, output_folder, write_csv_atomic
 from ..ids import ID_RULE, check_id, is_safe_id, path_for_id
 from ..report.heatmaps import draw_heatmaps
-from ..runs import CrossValRun, TrainRun
+from ..runs import CrossValRun, PipelineRecord, TrainRun
 from ..slides.sources import SlideSource, sources_from_paths, sources_from_table
 from ..slides.tiling import TilingParams, load_plan, plan_path
 from ..slides.tissue import load_tissue_model
@@ -149,7 +149,7 @@ def encoder_for_run(classifier: SlideClassifier, *, weights: Path | None = None,
 def tissue_model_for_run(classifier: SlideClassifier, path: Path | None = None):
     """The tissue model the run's slides were tiled with (None: the built-in detector): the recorded file, or
     `path`, refused unless its digest is the recorded one."""
-    recorded = classifier.record.tissue_model
+    recorded = PipelineRecord.of(classifier.pipeline).tissue_model  # any object with the run's `pipeline` will do
     if recorded is None:
         if path is not None:
             raise RunMismatchError(
