@@ -66,3 +66,11 @@ def test_the_front_door_says_what_is_wrong_in_one_sentence(tmp_path):
     assert "tile" in dir(mixmag) and mixmag.__version__
     with pytest.raises(AttributeError):
         mixmag.no_such_stage  # noqa: B018
+
+
+def test_the_package_names_exactly_the_front_doors_stages():
+    """`mixmag/__init__.py` lists the names without importing `mixmag.api` (that would load torch): the two lists
+    must not drift apart."""
+    import mixmag.api
+
+    assert sorted(mixmag.api.__all__) == sorted(n for n in mixmag.__all__ if n != "__version__")
