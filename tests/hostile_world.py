@@ -53,16 +53,23 @@ def _box(tmp_path: Path, world: dict, slides=("S12", "S13")) -> Path:
     return stores
 
 
-def make_world(d: Path) -> dict:
-    """A real 384 x 384 um slide (6 x 6 cells of 32 px tiles), its store, 20 stores made from it (odd ones shifted:
-    the label), a cohort table that finds them through its `store` column, and a 20x AB-MIL run trained on it."""
+def tile_and_embed(d: Path, stores: str) -> Path:
+    """A real 384 x 384 um slide `d/s.tiff` tiled into 6 x 6 cells of 32 px tiles (`d/tiles/s/plan.json`) and embedded
+    with the stats encoder into `d/<stores>/s.h5`; returns d."""
     image = tissue_like(768, 768, 0.5, seed=3, tissue_mask=np.ones((8, 8), bool))
     write_slide(d / "s.tiff", image, 0.5, downsamples=(1, 4))
     assert _invoke("tile", d / "s.tiff", "--out", d / "tiles", "--tile-px", 32).exit_code == 0
     result = _invoke(
-        "embed", "--plans", d / "tiles", "--out", d / "raw", "--encoder", "stats", "--workers", 0, "--device", "cpu"
+        "embed", "--plans", d / "tiles", "--out", d / stores, "--encoder", "stats", "--workers", 0, "--device", "cpu"
     )
     assert result.exit_code == 0, result.output
+    return d
+
+
+def make_world(d: Path) -> dict:
+    """A real 384 x 384 um slide (6 x 6 cells of 32 px tiles), its store, 20 stores made from it (odd ones shifted:
+    the label), a cohort table that finds them through its `store` column, and a 20x AB-MIL run trained on it."""
+    tile_and_embed(d, "raw")
     rng = np.random.default_rng(0)
     rows = []
     for k in range(N_SLIDES):

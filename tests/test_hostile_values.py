@@ -10,8 +10,8 @@ import shutil
 from pathlib import Path
 
 import h5py
-import numpy as np
 import pytest
+from hostile_world import tile_and_embed
 from train_runs import train_config
 from typer.testing import CliRunner
 
@@ -21,8 +21,6 @@ from mixmag.errors import ConfigError, PlanError
 from mixmag.ids import UnsafeIdError, check_id
 from mixmag.slides.tiling import load_plan
 from mixmag.store import write_store
-from mixmag.synth.patterns import tissue_like
-from mixmag.synth.slide_writer import write_slide
 from mixmag.synth.stores import synthetic_store
 from mixmag.train.finetune import TrainConfig, run_training
 from mixmag.train.pretrain import PretrainConfig
@@ -57,15 +55,7 @@ def _one_sentence(result, code: int, *needles: str) -> str:
 @pytest.fixture(scope="module")
 def tiled(tmp_path_factory) -> Path:
     """A real 384 x 384 um slide tiled into 6 x 6 cells of 32 px tiles (tiles/s/plan.json), and its store."""
-    d = tmp_path_factory.mktemp("values")
-    image = tissue_like(768, 768, 0.5, seed=3, tissue_mask=np.ones((8, 8), bool))
-    write_slide(d / "s.tiff", image, 0.5, downsamples=(1, 4))
-    assert _invoke("tile", d / "s.tiff", "--out", d / "tiles", "--tile-px", 32).exit_code == 0
-    result = _invoke(
-        "embed", "--plans", d / "tiles", "--out", d / "stores", "--encoder", "stats", "--workers", 0, "--device", "cpu"
-    )
-    assert result.exit_code == 0, result.output
-    return d
+    return tile_and_embed(tmp_path_factory.mktemp("values"), "stores")
 
 
 def _copy_plan(tiled: Path, root: Path, edit) -> Path:
