@@ -287,3 +287,35 @@ def test_a_cross_validation_being_written_is_locked(small_cohort, tmp_path):
         with pytest.raises(RunLockedError, match="is in use by pid"):
             run_cross_validation(config)
     assert not CrossValRun(tmp_path / "out").fold(0).folder.exists()
+
+
+def test_predict_with_a_multiclass_fold_ensemble_averages_class_probabilities(small_cohort, tmp_path):
+    rows = table_rows(with_patients(small_cohort, tmp_path))
+    for row in rows:
+        row["label"] = "abc"[int(row["specimen"][1:]) % 3]
+    write_rows(tmp_path / "task.csv", rows)
+    cv = CrossValConfig(folds=FOLDS, tune_fraction=0.34, group_by="specimen")
+    out = tmp_path / "out"
+    run_cross_validation(train_config(small_cohort, out, cohort=str(tmp_path / "task.csv"), task="multiclass", cv=cv))
+    slides = ["P000-S0", "P001-S0", "P002-S1"]
+    notes: list[str] = []
+    inputs = prediction.read_inputs(slides, None, small_cohort / "stores")
+    result = prediction.run(out, inputs, tmp_path / "p.csv", tmp_path / "work", heatmaps=False, on_note=notes.append)
+    assert result.models == FOLDS and any("mean of the folds' class probabilities" in n for n in notes)
+    stores = {s: small_cohort / "stores" / f"{s}.h5" for s in slides}
+    per_fold = []
+    for i in range(FOLDS):
+        model = SlideClassifier.load(CrossValRun(out).fold(i).folder)
+        model.use_stores(stores)
+        per_fold.append(model.outputs(slides))
+    written = {r["slide"]: r for r in table_rows(result.path)}
+    for slide in slides:
+        expected = np.mean([probabilities[slide] for probabilities in per_fold], axis=0)
+        got = np.array([float(written[slide][f"p_{c}"]) for c in "abc"])
+        np.testing.assert_allclose(got, expected, atol=2e-6)
+        assert written[slide]["predicted"] == "abc"[int(np.argmax(expected))]
+        assert float(written[slide]["slide_score"]) == pytest.approx(expected.max(), abs=2e-6)
+        assert written[slide]["model"] == f"ensemble of {FOLDS} folds"
+    assert any(  # the folds' models differ, so the mean is not any one fold's
+        not np.allclose(per_fold[0][s], per_fold[1][s], atol=1e-4) for s in slides
+    )

@@ -333,8 +333,9 @@ def ensemble_note(models: list[SlideClassifier]) -> str | None:
     """What a cross-validated folder's scores and pictures are (None for a single run)."""
     if len(models) == 1:
         return None
+    mean = "class probabilities" if models[0].task.name == "multiclass" else "slide scores"
     return (
-        f"scores: ensemble of {len(models)} folds (the mean of the folds' slide scores); attribution, level shares "
+        f"scores: ensemble of {len(models)} folds (the mean of the folds' {mean}); attribution, level shares "
         "and heatmaps: fold-0's model"
     )
 
@@ -342,13 +343,24 @@ def ensemble_note(models: list[SlideClassifier]) -> str | None:
 def ensemble_scores(
     models: list[SlideClassifier], outcomes: list[SlideOutcome], stores: dict[str, Path], work: Path
 ) -> None:
-    """Replace each scored slide's score (the first model's, from `score_slides`) by the mean of every model's score;
-    the other models read the same stores (and the same precomputed mixer outputs, which folds share)."""
+    """Replace each scored slide's score (the first model's, from `score_slides`) by the mean of every model's score,
+    and a multiclass run's class probabilities by the mean of every model's probabilities (its score: the top mean
+    probability, its predicted class: that class); the other models read the same stores (and the same precomputed
+    mixer outputs, which folds share)."""
     scored = [o for o in outcomes if o.score is not None]
     if len(models) == 1 or not scored:
         return
     usable = {o.slide_id: stores[o.slide_id] for o in scored}
     encoded = output_folder(work, "encoded") if models[0].reads_encoded else None
+    if models[0].task.name == "multiclass":
+        per_model = [{o.slide_id: o.probabilities for o in scored}]
+        for model in models[1:]:
+            model.use_stores(usable, encoded)
+            per_model.append(model.outputs(list(usable)))
+        for o in scored:
+            o.probabilities = np.mean([probabilities[o.slide_id] for probabilities in per_model], axis=0)
+            o.score = float(o.probabilities.max())
+        return
     per_model = [{o.slide_id: o.score for o in scored}]
     for model in models[1:]:
         model.use_stores(usable, encoded)
