@@ -308,7 +308,7 @@ def test_import_refuses_a_stale_level_from_an_earlier_export(tmp_path):
     plan_path, two_levels = make_plan(tmp_path / "plans2", n_levels=2)
     with pytest.raises(
         InteropError,
-        match=r"s1: level \?: the file is at 20x \(0.5 um/px\), which is not one of the plan's levels 5x, 10x",
+        match=r"s1: level 20x: the file is at 20x \(0.5 um/px\), which is not one of the plan's levels 5x, 10x",
     ):
         trident.import_slide(job, two_levels, plan_path)
 

@@ -3,8 +3,9 @@
 A feature file is one level's tiles of one slide: coordinates (M, 2) level-0 top-lefts and features (M, D). The plan
 is the truth: every level of the plan must come in exactly one file, each holding exactly N·4^i distinct tiles of
 the plan's N cells (within ±1 level-0 px of mixmag's float grid), all levels from one encoder with one dimension.
-Anything else (a short file, duplicate or shifted coordinates, a stale level, mixed encoders, features changed after
-mixmag wrote them) is refused with the slide, the level and the reason: a wrong store would train without an error.
+Anything else (a short file, duplicate, shifted or non-numeric coordinates, a stale level, mixed encoders, another
+slide's file under this slide's name, features or coordinates changed after mixmag wrote them, values a float16 store
+cannot hold) is refused with the slide, the level and the reason: a wrong store would train without an error.
 """
 
 from __future__ import annotations
@@ -21,10 +22,11 @@ from ..fileio import open_hdf5
 from ..geometry import magnification_name
 from ..slides.tiling import TilingPlan
 from ..store import ENCODER_FIELDS, SlideStore, plan_provenance, store_from_plan
-from .files import features_digest, plain_attrs, recorded_provenance
-from .grid import OffGridError, slots_on_grid
+from .files import SLIDE_ATTR, features_digest, plain_attrs, recorded_provenance, slide_name, tiles_digest
+from .grid import TOLERANCE_PX, OffGridError, rounded_origins, slots_on_grid
 
 MAX_DIM = 65536  # features per tile: far above any encoder's, low enough that a corrupt shape is not read into memory
+FLOAT16_MAX = float(np.finfo(np.float16).max)  # 65504: stores hold float16, anything larger would be Inf there
 
 
 class InteropError(MixmagError):
@@ -42,6 +44,8 @@ class LevelFile:
     encoder: str | None = None  # the encoder name the file records
     recorded: dict | None = None  # mixmag's own encoder provenance, when mixmag wrote the file
     recorded_digest: str | None = None
+    digest_kind: str | None = None  # "tiles" (coordinates and features) or "features" (older exports)
+    claims: dict[str, str] | None = None  # the slide the file's own attributes name: {attribute: value}
 
 
 def refuse(plan: TilingPlan, level: str, path: Path | str, reason: str, fix: str) -> InteropError:
@@ -54,29 +58,30 @@ def read_level_file(
     """One peer feature file (`features` + `coords` datasets), sizes checked against the plan before any data is read.
     `declared_mpp(coords attributes)` checks the file's own attributes and returns the level they declare."""
     max_tiles = len(plan.cells) * 4 ** (plan.levels.n_levels - 1)
+    level = "?"  # until the file declares its level (TRIDENT's do; CLAM's are placed by their tile count)
     try:
         with open_hdf5(path) as f:
             features, coords = f.get("features"), f.get("coords")
             if not isinstance(features, h5py.Dataset) or not isinstance(coords, h5py.Dataset):
-                raise refuse(plan, "?", path, "no 'features' and 'coords' datasets", hint)
-            level_mpp = declared_mpp(plain_attrs(coords.attrs)) if declared_mpp else None
+                raise refuse(plan, level, path, "no 'features' and 'coords' datasets", hint)
+            cattrs, fattrs = plain_attrs(coords.attrs), plain_attrs(features.attrs)
+            level_mpp = declared_mpp(cattrs) if declared_mpp else None
             if level_mpp is not None:
-                _declared_level(plan, path, level_mpp)
+                level = plan.levels.names[_declared_level(plan, path, level_mpp)]
             fits = coords.ndim == 2 and coords.shape[1] == 2 and features.ndim == 2 and features.shape[1] <= MAX_DIM
             if not fits or coords.shape[0] > max_tiles or features.shape[0] > max_tiles:
                 raise refuse(
                     plan,
-                    "?",
+                    level,
                     path,
                     f"features {features.shape} and coords {coords.shape} do not fit the plan "
                     f"(at most {max_tiles} tiles of (x, y), at most {MAX_DIM} features each)",
                     "extract features at `mixmag store coords`' tiles",
                 )
-            fattrs = plain_attrs(features.attrs)
             try:
-                recorded, digest = recorded_provenance(fattrs)
+                recorded, digest, kind = recorded_provenance(fattrs)
             except ValueError as exc:
-                raise refuse(plan, "?", path, str(exc), "re-export the store") from None
+                raise refuse(plan, level, path, str(exc), "re-export the store") from None
             encoder = fattrs.get("encoder")
             return LevelFile(
                 path=path,
@@ -86,9 +91,38 @@ def read_level_file(
                 encoder=None if encoder in (None, "None", "") else str(encoder),
                 recorded=recorded,
                 recorded_digest=digest,
+                digest_kind=kind,
+                claims=_slide_claims(cattrs, fattrs),
             )
     except OSError as exc:
-        raise refuse(plan, "?", path, f"not a readable HDF5 file ({exc})", "re-extract the features") from None
+        raise refuse(plan, level, path, f"not a readable HDF5 file ({exc})", "re-extract the features") from None
+
+
+def _slide_claims(coords_attrs: dict, features_attrs: dict) -> dict[str, str]:
+    """The slide names a file's own attributes give: TRIDENT's `name` (coords and features), mixmag's slide id."""
+    claims = {}
+    for where, attrs in (("features", features_attrs), ("coords", coords_attrs)):
+        for key in ("name", SLIDE_ATTR):
+            if isinstance(attrs.get(key), str):
+                claims[f"{where}.{key}"] = attrs[key]
+    return claims
+
+
+def _check_slide(plan: TilingPlan, level: str, f: LevelFile) -> None:
+    """Refuse another slide's file under this slide's name: a file that names a slide names this one (TRIDENT's
+    `name` may be the slide file's name, mixmag's slide id must be the id)."""
+    slide = plan.slide.slide_id
+    for attr, value in (f.claims or {}).items():
+        allowed = {slide} if attr.endswith(SLIDE_ATTR) else {slide, slide_name(plan.slide.path)}
+        if value not in allowed:
+            raise refuse(
+                plan,
+                level,
+                f.path,
+                f"the file is slide {value!r}'s (its {attr} attribute), not this slide's",
+                "import the files extracted from this slide; a copy of another slide's features would train on the "
+                "wrong tissue",
+            )
 
 
 def assemble_store(
@@ -100,6 +134,7 @@ def assemble_store(
     levels, provenance = [], []
     for i, name in enumerate(plan.levels.names):
         f = by_level[i]
+        _check_slide(plan, name, f)
         levels.append(_place(plan, i, f))
         provenance.append(_encoder_provenance(plan, name, f, source, encoder))
     first = provenance[0]
@@ -163,7 +198,7 @@ def _declared_level(plan: TilingPlan, path: Path, level_mpp: float) -> int:
             return i
     raise refuse(
         plan,
-        "?",
+        magnification_name(level_mpp),
         path,
         f"the file is at {magnification_name(level_mpp)} ({level_mpp:g} um/px), which is not one of "
         f"the plan's levels {', '.join(plan.levels.names)}",
@@ -204,6 +239,18 @@ def _place(plan: TilingPlan, level: int, f: LevelFile) -> np.ndarray:
     if not np.isfinite(f.features).all():
         rows = int((~np.isfinite(f.features)).any(axis=1).sum())
         raise refuse(plan, name, f.path, f"{rows} feature rows hold NaN or Inf", "re-extract the features (try fp32)")
+    big = np.abs(f.features) > FLOAT16_MAX
+    if big.any():
+        rows = np.flatnonzero(big.any(axis=1))
+        raise refuse(
+            plan,
+            name,
+            f.path,
+            f"{rows.size} feature rows hold values beyond float16's range (e.g. {float(f.features[big][0]):g} in row "
+            f"{rows[0]}; stores hold float16, at most {FLOAT16_MAX:g}), which the store would hold as Inf",
+            "scale or normalise the features (most encoders' outputs lie far below this), then import them",
+        )
+    _check_coordinates(plan, name, f)
     try:
         slots = slots_on_grid(f.coords, np.asarray(plan.cells).reshape(-1, 2), plan.cell_px, level)
     except OffGridError as exc:
@@ -219,20 +266,73 @@ def _place(plan: TilingPlan, level: int, f: LevelFile) -> np.ndarray:
     return out.reshape(n, per_cell, -1)
 
 
+def _check_coordinates(plan: TilingPlan, name: str, f: LevelFile) -> None:
+    """Every coordinate a number on the slide: a NaN or a huge value is named as what it is, not as some cell."""
+    coords = np.asarray(f.coords, np.float64)
+    bad = ~np.isfinite(coords).all(axis=1)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise refuse(
+            plan,
+            name,
+            f.path,
+            f"{int(bad.sum())} coordinates are not numbers (NaN or Inf), e.g. row {row}: {f.coords[row].tolist()}",
+            "re-extract the features at `mixmag store coords`' tiles",
+        )
+    size = np.array([plan.slide.width, plan.slide.height], np.float64)
+    outside = ((coords < -TOLERANCE_PX) | (coords > size)).any(axis=1)
+    if outside.any():
+        row = int(np.flatnonzero(outside)[0])
+        x, y = coords[row]
+        raise refuse(
+            plan,
+            name,
+            f.path,
+            f"{int(outside.sum())} coordinates lie outside the {plan.slide.width} x {plan.slide.height} px slide, "
+            f"e.g. row {row}: ({x:g}, {y:g})",
+            "re-extract the features at `mixmag store coords`' tiles",
+        )
+
+
+def _check_recorded_digest(plan: TilingPlan, name: str, f: LevelFile) -> None:
+    """mixmag's own export, still as written: features and coordinates row by row (this version's digest covers
+    both; an older export's covers the features alone, and its coordinates must then be in the order mixmag wrote)."""
+    recorded = f.recorded or {}
+    described = (
+        f"so the recorded encoder provenance ({recorded.get('encoder')}, weights "
+        f"{recorded.get('encoder_weights_digest')}) no longer describes them"
+    )
+    fix = "write new features to a fresh folder (TRIDENT does: features_<encoder>/), or export the store again"
+    level = plan.levels.names.index(name)
+    cells = np.asarray(plan.cells).reshape(-1, 2)
+    # each row's tile as mixmag wrote it (coordinates within the grid tolerance name the same tile: _place checked)
+    slots = slots_on_grid(f.coords, cells, plan.cell_px, level)
+    as_written = bool(np.array_equal(slots, np.arange(len(slots))))
+    if f.digest_kind == "tiles":
+        intact = tiles_digest(rounded_origins(cells, plan.cell_px, level)[slots], f.features) == f.recorded_digest
+        features_intact = not as_written  # with the coordinates as written, a broken digest means edited features
+    else:
+        intact = features_digest(f.features) == f.recorded_digest and as_written
+        features_intact = features_digest(f.features) == f.recorded_digest
+    if intact:
+        return
+    if not features_intact:
+        raise refuse(plan, name, f.path, f"the features differ from the ones mixmag exported, {described}", fix)
+    raise refuse(
+        plan,
+        name,
+        f.path,
+        "the coordinates no longer match the features row for row as mixmag exported them (rows permuted, "
+        f"coordinates transposed or moved against the features), {described}",
+        fix,
+    )
+
+
 def _encoder_provenance(plan: TilingPlan, name: str, f: LevelFile, source: str, encoder: str | None) -> dict:
     """Encoder provenance of one level: mixmag's own record when the values are still the ones it exported,
     else the encoder name the file (or the user) gives, with weights known only by that name."""
     if f.recorded is not None:
-        if features_digest(f.features) != f.recorded_digest:
-            raise refuse(
-                plan,
-                name,
-                f.path,
-                "the features differ from the ones mixmag exported, so the recorded encoder provenance "
-                f"({f.recorded.get('encoder')}, weights {f.recorded.get('encoder_weights_digest')}) "
-                "no longer describes them",
-                "write new features to a fresh folder (TRIDENT does: features_<encoder>/)",
-            )
+        _check_recorded_digest(plan, name, f)
         if f.encoder not in (None, f.recorded.get("encoder")) or encoder not in (None, f.recorded.get("encoder")):
             raise refuse(
                 plan,

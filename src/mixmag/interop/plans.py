@@ -14,9 +14,7 @@ from ..ids import check_id, is_safe_id
 from ..slides.tiling import PLAN_FILENAME, TilingPlan, load_plan
 from ..store import SlideStore
 from .assemble import InteropError
-
-# TRIDENT names a slide by its file name without the extension, counting these as one (trident/IO.py l.17-26)
-COMPOUND_SUFFIXES = (".ome.tif", ".ome.tiff", ".ome.zarr")
+from .files import slide_name
 
 
 def read_plan(path: Path) -> TilingPlan:
@@ -62,15 +60,6 @@ def plan_for_store(store: SlideStore, plans_dir: Path | None) -> TilingPlan:
             "size); pass --plans with the plans folder the store was made from"
         )
     return plan
-
-
-def slide_name(slide_path: str) -> str:
-    """The name TRIDENT gives a slide file: its file name without the extension (trident/wsi_objects/WSI.py l.153)."""
-    name = Path(slide_path).name
-    for suffix in COMPOUND_SUFFIXES:
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return Path(name).stem
 
 
 def files_for_slide(plan: TilingPlan, pattern: str, root: Path) -> list[Path]:

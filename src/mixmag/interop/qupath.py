@@ -1,7 +1,8 @@
 """QuPath GeoJSON: a slide's tissue, its accepted regions and, after `mixmag predict`, where the model looked.
 
-The format, as QuPath reads it (qupath-core, qupath/lib/io/PathObjectTypeAdapters.java: FeatureCollection reader and
-PathObjectTypeAdapter.read): a ``FeatureCollection`` whose ``features`` are GeoJSON ``Feature`` objects, each with a
+The format, as QuPath reads it (qupath/qupath at 29efd72, qupath-core's qupath/lib/io/QuPathTypeAdapters.java, named
+PathObjectTypeAdapters.java before November 2022: PathObjectCollectionTypeAdapter.read, PathObjectTypeAdapter
+.parseObject): a ``FeatureCollection`` whose ``features`` are GeoJSON ``Feature`` objects, each with a
 ``geometry`` (Polygon or MultiPolygon, in pixel coordinates of the full-resolution image, origin at its top-left
 corner: QuPath docs, advanced/exporting_annotations "Units and origin") and ``properties``: ``objectType``
 (``"annotation"``, ``"tile"``, ``"detection"``...; anything else becomes an annotation), ``name``, ``color`` [r, g, b],

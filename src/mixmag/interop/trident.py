@@ -36,7 +36,7 @@ mixmag's choices within that format:
     grid position (with the rounded 426 at 0.2631 um/px, 36 of 720 positions received two patches, silently).
   - every extra attribute is named ``mixmag_*`` (TRIDENT copies the coords' extras into its feature files, so an import
     can check them): ``mixmag_slide_id``, ``mixmag_level_mpp``, ``mixmag_cell_px`` on coords; on exported features the
-    store's encoder provenance and the features' digest (files.encoder_extras).
+    store's encoder provenance, the slide id and the digest of coordinates and features together (files.encoder_extras).
 """
 
 from __future__ import annotations
@@ -112,7 +112,7 @@ def export_store(store: SlideStore, plan: TilingPlan, out: Path) -> list[Path]:
         features = emb.reshape(-1, emb.shape[-1]).astype(np.float32)
         coords = rounded_origins(store.rc, plan.cell_px, level)
         features_attrs = {"name": slide, "savetodir": str(features_dir), "encoder": encoder} | encoder_extras(
-            store, features
+            store, coords, features
         )
         write_h5(
             path, {"features": (features, features_attrs), "coords": (coords, coords_attrs(plan, level, slide, folder))}
