@@ -161,6 +161,16 @@ def tile(
     allow_upsample: Annotated[
         Optional[bool], typer.Option("--allow-upsample", help="Allow levels finer than the scan.")
     ] = None,
+    resample_tolerance: Annotated[
+        Optional[float],
+        typer.Option(
+            help=_tiling_help(
+                "Read a slide level this close to a target mpp (relative, e.g. 0.01) as it is, without resampling; "
+                "the real mpp is recorded in the store",
+                "resample_tolerance",
+            )
+        ),
+    ] = None,
     backend: Annotated[
         str, typer.Option(help="auto, tiffslide, openslide, omezarr, czi or slideio (see `mixmag doctor`).")
     ] = "auto",
@@ -185,6 +195,7 @@ def tile(
             tile_px=tile_px,
             tissue_threshold=tissue_threshold,
             allow_upsample=allow_upsample,
+            resample_tolerance=resample_tolerance,
             tissue=dict(thumbnail_mpp=thumbnail_mpp, min_saturation=min_saturation),
         ),
     )

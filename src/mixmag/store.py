@@ -123,6 +123,7 @@ class StoreHeader(PipelineSettings):
     level_names: list[str] | None = None
     plan_digest: str | None = None
     plan_path: str | None = None
+    read_mpps: list[float] | None = None
 
     @classmethod
     def of(cls, value: StoreHeader | dict) -> StoreHeader:
@@ -591,7 +592,7 @@ def plan_provenance(plan_path: str | Path, plan: TilingPlan) -> dict:
         "grid_shape": [plan.n_rows, plan.n_cols],  # cells/rc must lie inside it (checked whenever a store is read)
         "region_size": plan.params.region_size,
         "context_size": plan.params.context_size,
-        "tiling_params": plan.params.model_dump(),
+        "tiling_params": plan.params.recorded(),
         "tissue_model": plan.tissue_model,
         "plan_digest": plan_digest(plan_path),
         "plan_path": str(utf8_path(Path(plan_path).resolve(), "tiling plan")),  # HDF5 text is UTF-8

@@ -59,17 +59,9 @@ class CellTiles(Dataset):
             return j, k, None, self._failed[j]
         plan = self.jobs[j].plan
         row, col = plan.cells[k]
-        p = plan.params
         try:
             pyramid = read_pyramid(
-                self._slide(j),
-                plan.grid,
-                plan.levels,
-                row,
-                col,
-                mode=self.mode,
-                tolerance=p.mpp_tolerance,
-                allow_upsample=p.allow_upsample,
+                self._slide(j), plan.grid, plan.levels, row, col, mode=self.mode, **plan.params.read_options
             )
         except Exception as exc:  # noqa: BLE001 - any reader or decoder failure belongs to this slide only
             self._failed[j] = (

@@ -16,12 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from pydantic import ValidationError
 
 from ..errors import MixmagError
 from ..eval.explain import SlideAttribution
 from ..fileio import atomic_path, output_folder
 from ..geometry import Box
 from ..ids import path_for_id
+from ..slides.params import TilingParams
 from ..slides.reader import Slide
 from ..store import StoreHeader
 
@@ -143,16 +145,15 @@ def read_level_square(slide: Slide, header: StoreHeader, level: int, row: int, c
     """side x side tiles of a level's grid from (row, col), read at that level's mpp with the tiler's
     tolerance, as the encoder saw them."""
     unit = float(header.cell_px or 0) / 2**level
-    params = header.tiling_params or {}
+    try:
+        params = TilingParams.model_validate(header.tiling_params or {})
+    except ValidationError as exc:
+        raise MixmagError(
+            f"the store's tiling_params are not tiling settings ({exc.errors()[0]['msg']}); re-embed the slide."
+        ) from None
     box = Box(col * unit, row * unit, (col + side) * unit, (row + side) * unit)
     px = int(header.tile_px or 0) * side
-    return slide.read_box(
-        box,
-        float((header.level_mpps or [])[level]),
-        (px, px),
-        tolerance=params.get("mpp_tolerance", 0.05),
-        allow_upsample=params.get("allow_upsample", False),
-    )
+    return slide.read_box(box, float((header.level_mpps or [])[level]), (px, px), **params.read_options)
 
 
 def tile_crop(slide: Slide, header: StoreHeader | dict, level: int, row: int, col: int) -> np.ndarray:

@@ -50,6 +50,13 @@ class TilingParams(BaseModel):
     mpp_tolerance: float = Field(
         0.05, ge=0, lt=0.5, description="a level within this relative margin counts as fine enough"
     )
+    resample_tolerance: float = Field(
+        0.0,
+        ge=0,
+        le=0.05,
+        description="a level this close to the target mpp (relative) is read as it is, not resampled; its real mpp "
+        "is recorded (0: always resample to the exact mpp)",
+    )
     allow_upsample: bool = False
     tissue: TissueParams = TissueParams()
 
@@ -67,6 +74,18 @@ class TilingParams(BaseModel):
     @property
     def levels(self) -> LevelSpec:
         return LevelSpec(self.base_mpp, self.n_levels, self.tile_px)
+
+    @property
+    def read_options(self) -> dict:
+        """The keyword arguments every pixel read of this plan takes (`mixmag.slides.reader:plan_read`)."""
+        return dict(
+            tolerance=self.mpp_tolerance, allow_upsample=self.allow_upsample, keep_within=self.resample_tolerance
+        )
+
+    def recorded(self) -> dict:
+        """The settings as plans and stores record them; a setting left at a default that older files lack is left
+        out, so their records stay equal to today's."""
+        return self.model_dump(exclude={"resample_tolerance"} if self.resample_tolerance == 0 else None)
 
     @property
     def stride(self) -> int:

@@ -15,7 +15,7 @@ from typing import Literal
 import numpy as np
 
 from ..geometry import CellGrid, LevelSpec
-from .reader import Slide, halve
+from .reader import Slide, halve, kept_mpp
 from .tiling import TilingPlan
 
 ReadMode = Literal["derive", "pyramid"]
@@ -68,10 +68,11 @@ def read_pyramid(
     mode: ReadMode = "derive",
     tolerance: float = 0.05,
     allow_upsample: bool = False,
+    keep_within: float = 0.0,
 ) -> TilePyramid:
     """Read the tile pyramid of the size x size window at (row, col)."""
     box = grid.window_box(row, col, size)
-    opts = dict(tolerance=tolerance, allow_upsample=allow_upsample)
+    opts = dict(tolerance=tolerance, allow_upsample=allow_upsample, keep_within=keep_within)
     if mode == "derive":
         side = size * levels.finest_cell_px
         image = slide.read_box(box, levels.finest_mpp, (side, side), **opts)
@@ -102,15 +103,16 @@ def iter_regions(slide: Slide, plan: TilingPlan, *, mode: ReadMode = "derive") -
 
 
 def _read(slide: Slide, plan: TilingPlan, row: int, col: int, size: int, mode: ReadMode) -> TilePyramid:
-    p = plan.params
-    return read_pyramid(
-        slide,
-        plan.grid,
-        plan.levels,
-        row,
-        col,
-        size,
-        mode=mode,
-        tolerance=p.mpp_tolerance,
-        allow_upsample=p.allow_upsample,
-    )
+    return read_pyramid(slide, plan.grid, plan.levels, row, col, size, mode=mode, **plan.params.read_options)
+
+
+def read_mpps(plan: TilingPlan, mode: ReadMode = "derive") -> list[float]:
+    """The mpp each level's tiles really have: the levels' own unless the plan keeps a slide level near the target
+    as it is (`resample_tolerance`); in `derive` mode the coarser levels are halvings of the finest read."""
+    level_mpps = [plan.slide.mpp * d for d in plan.slide.level_downsamples]
+    targets = plan.levels.mpps
+    options = plan.params.read_options
+    if mode == "derive":
+        finest = kept_mpp(level_mpps, targets[-1], **options)
+        return [finest * 2 ** (len(targets) - 1 - i) for i in range(len(targets))]
+    return [kept_mpp(level_mpps, target, **options) for target in targets]

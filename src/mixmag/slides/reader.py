@@ -73,12 +73,16 @@ def plan_read(
     *,
     tolerance: float = 0.05,
     allow_upsample: bool = False,
+    keep_within: float = 0.0,
     slide_name: str = "slide",
 ) -> ReadPlan:
     """Decide level, read box and output size for a box (level-0 px) wanted at `target_mpp`.
 
     The level is the coarsest one fine enough for the target; the box is rounded once, at that
     level, so the read is within half a level pixel of the exact box (less than one output pixel).
+    A level within `keep_within` (relative) of the target is read as it is, out_size pixels from the box's origin,
+    with no resampling (`kept_mpp` says the mpp the pixels then have): the resampling at factors near 1 costs more
+    CPU than decoding (issue 29), and a user who accepts a 0.2% scale error may skip it.
     """
     level_mpps = [slide_mpp * d for d in level_downsamples]
     level = choose_level(level_mpps, target_mpp, tolerance)
@@ -94,6 +98,9 @@ def plan_read(
     ds = level_downsamples[level]
     if out_size is None:
         out_size = (round(box.width * slide_mpp / target_mpp), round(box.height * slide_mpp / target_mpp))
+    if _kept(level_mpps[level], target_mpp, keep_within):
+        x0, y0 = round(box.x0 / ds), round(box.y0 / ds)
+        return ReadPlan(level, x0, y0, out_size[0], out_size[1], out_size[0], out_size[1])
     k = integer_reduction(level_mpps[level], target_mpp)
     if k and abs(box.width / ds - k * out_size[0]) < 1 and abs(box.height / ds - k * out_size[1]) < 1:
         # Whole k x k blocks of level pixels make each output pixel: snap the origin to the
@@ -103,6 +110,21 @@ def plan_read(
     x0, y0 = round(box.x0 / ds), round(box.y0 / ds)
     x1, y1 = round(box.x1 / ds), round(box.y1 / ds)
     return ReadPlan(level, x0, y0, max(1, x1 - x0), max(1, y1 - y0), out_size[0], out_size[1])
+
+
+def _kept(level_mpp: float, target_mpp: float, keep_within: float) -> bool:
+    return keep_within > 0 and abs(level_mpp / target_mpp - 1) <= keep_within
+
+
+def kept_mpp(
+    level_mpps: Sequence[float], target_mpp: float, *, tolerance: float = 0.05, keep_within: float = 0.0, **_
+) -> float:
+    """The mpp that pixels asked for at `target_mpp` really have: the target, or the level's own mpp where
+    `plan_read` keeps a level within `keep_within` of it as it is. Takes a plan's `read_options`."""
+    level = choose_level(level_mpps, target_mpp, tolerance)
+    if level is not None and _kept(level_mpps[level], target_mpp, keep_within):
+        return level_mpps[level]
+    return target_mpp
 
 
 def integer_reduction(level_mpp: float, target_mpp: float) -> int | None:
@@ -342,6 +364,7 @@ class Slide:
         *,
         tolerance: float = 0.05,
         allow_upsample: bool = False,
+        keep_within: float = 0.0,
     ) -> ReadPlan:
         return plan_read(
             self.level_downsamples,
@@ -351,6 +374,7 @@ class Slide:
             out_size,
             tolerance=tolerance,
             allow_upsample=allow_upsample,
+            keep_within=keep_within,
             slide_name=str(self.path),
         )
 

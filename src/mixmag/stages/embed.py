@@ -24,7 +24,7 @@ from ..encoders.extract import SlideJob, embed_slides, tiles_per_cell
 from ..encoders.model import TileEncoder
 from ..errors import MixmagError, MixmagWarning, OptionError
 from ..fileio import DiskFullError, FolderLock, RunLockedError, ensure_free_space
-from ..slides.pyramids import ReadMode
+from ..slides.pyramids import ReadMode, read_mpps
 from ..slides.tiling import PLAN_FILENAME, load_plan
 from ..store import (
     StoreError,
@@ -118,6 +118,7 @@ def store_provenance(
         "compute_dtype": compute_dtype(device or torch.device("cpu")),
         **plan_provenance(plan_path, job.plan),
         "read_mode": mode,
+        "read_mpps": read_mpps(job.plan, mode),
         **encoder.provenance(),
     }
 
