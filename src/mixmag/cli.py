@@ -1072,8 +1072,9 @@ def export_qupath(
     ] = None,
     slide: Annotated[Optional[list[str]], typer.Option(help="Only these slide ids [every plan].")] = None,
 ) -> None:
-    """QuPath GeoJSON per slide (level-0 px): tissue as annotations, accepted regions as tiles with their tissue
-    fraction, and with --attributions where the model looked; import with File > Import objects from file."""
+    """QuPath GeoJSON per slide (in QuPath's frame: OpenSlide bounds applied): tissue as annotations, accepted
+    regions as tiles with their tissue fraction, and with --attributions where the model looked; import with
+    File > Import objects from file."""
     from .interop import qupath
     from .interop.plans import plans_in
 

@@ -9,7 +9,19 @@ corner: QuPath docs, advanced/exporting_annotations "Units and origin") and ``pr
 ``classification`` (``{"name", "color"}``), ``isLocked`` and ``measurements``, an object of name -> number since QuPath
 0.4 (the older list of ``{"name", "value"}`` is also read). Measurements are numbers: non-finite ones are left out.
 
-What mixmag writes, one ``<slide>.geojson`` per plan, all in level-0 pixels of the slide:
+Every Feature may carry an ``id``, a UUID string that QuPath (0.4 on) gives the object it makes (parseObject).
+
+The frame. QuPath opens MRXS, SCN and the other formats OpenSlide reports ``openslide.bounds-x/y/width/height`` for
+with its OpenSlide server, which crops the image to those bounds unless told ``--no-crop`` (qupath/qupath,
+qupath-extension-openslide/.../OpenslideImageServer.java at b273689, l.160-187: bounds read when all four properties
+parse as integers; l.365-366: QuPath's pixel (x, y) is read at OpenSlide's (x + bounds-x, y + bounds-y)). mixmag's
+plans are in OpenSlide's uncropped level 0, so level-0 coordinates drawn unchanged land bounds-x/y pixels off in QuPath.
+mixmag writes and reads QuPath's frame: level-0 px minus the plan's recorded bounds' (x, y) (`qupath_frame`; (0, 0) for
+slides without bounds) and names it in a foreign member ``"mixmag"`` of the FeatureCollection (``frame``, ``offset``,
+``size``, ``slide``), which QuPath's reader ignores.
+
+What mixmag writes, one ``<slide>.geojson`` per plan, in QuPath's frame, each object with an id fixed by the slide and
+the object (uuid5: exporting again gives the same ids):
   - the tissue the tiler found, as locked annotations of class "mixmag tissue": the mask `mixmag tile` saved
     (tissue_mask.png, at the thumbnail resolution), traced through its boundary pixels' centres and made valid;
   - every accepted t x t region as a tile of class "mixmag region", exactly the plan's window box
@@ -24,14 +36,17 @@ What mixmag writes, one ``<slide>.geojson`` per plan, all in level-0 pixels of t
 from __future__ import annotations
 
 import json
+import uuid
 import zipfile
 from pathlib import Path
 
 import cv2
 import numpy as np
+from shapely.affinity import translate
 from shapely.geometry import MultiPolygon, Polygon, mapping
 from shapely.validation import make_valid
 
+from ..errors import MixmagError
 from ..fileio import open_regular, write_atomic
 from ..ids import path_for_id
 from ..images import PictureError, read_picture
@@ -41,6 +56,8 @@ from .assemble import InteropError
 TISSUE_MASK = "tissue_mask.png"  # written beside plan.json by `mixmag tile` (stages/tile.py)
 TISSUE_CLASS = {"name": "mixmag tissue", "color": [0, 150, 60]}
 REGION_CLASS = {"name": "mixmag region", "color": [30, 90, 220]}
+ID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "mixmag/qupath-objects")
+FRAME = "QuPath: level-0 px minus `offset` (OpenSlide's bounds-x/y, which QuPath's OpenSlide server crops to)"
 
 
 def tissue_polygons(mask: np.ndarray, width: int, height: int) -> list[Polygon]:
@@ -163,17 +180,46 @@ def region_measurements(plan: TilingPlan, k: int, attribution: dict | None) -> d
     return out
 
 
+def qupath_frame(plan: TilingPlan) -> tuple[int, int, int, int]:
+    """(x, y, width, height) of the part of level 0 QuPath shows as its image: OpenSlide's bounds where the plan
+    recorded them (QuPath's OpenSlide server crops to them by default, OpenslideImageServer.java l.160-187 at
+    b273689), else the whole slide. Plans made before mixmag recorded bounds are answered by opening the slide."""
+    if plan.slide.bounds is not None:
+        return tuple(plan.slide.bounds)
+    if plan.slide.backend != "openslide":  # TiffSlide-read TIFFs, OME-Zarr, CZI: OpenSlide reports no bounds for them
+        return (0, 0, plan.slide.width, plan.slide.height)
+    try:
+        with plan.open_slide() as slide:
+            return slide.bounds
+    except MixmagError as exc:
+        raise InteropError(
+            f"{plan.slide.slide_id}: the plan predates mixmag's record of OpenSlide's bounds and the slide cannot be "
+            f"opened to read them ({exc}); re-tile it (`mixmag tile --force`) so QuPath's frame is known"
+        ) from None
+
+
+def object_id(plan: TilingPlan, what: str) -> str:
+    """A QuPath object id (UUID, read since QuPath 0.4) fixed by slide and object: exporting again gives the same ids,
+    so QuPath can tell a re-import from new objects."""
+    return str(uuid.uuid5(ID_NAMESPACE, f"{plan.slide.slide_id}/{what}"))
+
+
 def slide_collection(plan: TilingPlan, mask: np.ndarray | None, attribution: dict | None = None) -> dict:
-    """The FeatureCollection of one slide."""
+    """The FeatureCollection of one slide, in QuPath's frame (`qupath_frame`), which the file names."""
+    x0, y0, width, height = qupath_frame(plan)
     features = []
     score = {"slide score": attribution["score"]} if attribution and attribution.get("score") is not None else {}
-    for polygon in tissue_polygons(mask, plan.slide.width, plan.slide.height) if mask is not None else []:
-        features.append(_feature(mapping(polygon), "annotation", "tissue", TISSUE_CLASS, score, locked=True))
+    for k, polygon in enumerate(tissue_polygons(mask, plan.slide.width, plan.slide.height) if mask is not None else []):
+        geometry = mapping(translate(polygon, -x0, -y0))
+        oid = object_id(plan, f"tissue/{k}")
+        features.append(_feature(oid, geometry, "annotation", "tissue", TISSUE_CLASS, score, locked=True))
     for k, (row, col) in enumerate(plan.regions):
         box = plan.grid.window_box(row, col, plan.params.region_size)
-        ring = [[box.x0, box.y0], [box.x1, box.y0], [box.x1, box.y1], [box.x0, box.y1], [box.x0, box.y0]]
+        a, b, c, d = box.x0 - x0, box.y0 - y0, box.x1 - x0, box.y1 - y0
+        ring = [[a, b], [c, b], [c, d], [a, d], [a, b]]
         features.append(
             _feature(
+                object_id(plan, f"region/{row},{col}"),
                 {"type": "Polygon", "coordinates": [ring]},
                 "tile",
                 f"region {row},{col}",
@@ -181,17 +227,26 @@ def slide_collection(plan: TilingPlan, mask: np.ndarray | None, attribution: dic
                 region_measurements(plan, k, attribution),
             )
         )
-    return {"type": "FeatureCollection", "features": features}
+    frame = {
+        "slide": plan.slide.slide_id,
+        "frame": FRAME,
+        "offset": [x0, y0],
+        "size": [width, height],
+        "level0_size": [plan.slide.width, plan.slide.height],
+    }
+    return {"type": "FeatureCollection", "mixmag": frame, "features": features}
 
 
-def _feature(geometry: dict, kind: str, name: str, klass: dict, measurements: dict, locked: bool = False) -> dict:
+def _feature(
+    oid: str, geometry: dict, kind: str, name: str, klass: dict, measurements: dict, locked: bool = False
+) -> dict:
     properties = {"objectType": kind, "name": name, "classification": klass, "color": klass["color"]}
     if locked:
         properties["isLocked"] = True
     numbers = {k: float(v) for k, v in measurements.items() if v is not None and np.isfinite(float(v))}
     if numbers:
         properties["measurements"] = numbers
-    return {"type": "Feature", "geometry": json.loads(json.dumps(geometry)), "properties": properties}
+    return {"type": "Feature", "id": oid, "geometry": json.loads(json.dumps(geometry)), "properties": properties}
 
 
 def write_slide(plan_path: Path, plan: TilingPlan, out: Path, attributions: Path | None = None) -> Path:

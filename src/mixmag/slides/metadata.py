@@ -149,3 +149,18 @@ def _as_float(value) -> float | None:
     except (TypeError, ValueError):
         return None
     return out if math.isfinite(out) else None
+
+
+OPENSLIDE_BOUNDS = ("openslide.bounds-x", "openslide.bounds-y", "openslide.bounds-width", "openslide.bounds-height")
+
+
+def openslide_bounds(properties: Mapping[str, str]) -> tuple[int, int, int, int] | None:
+    """OpenSlide's bounds (x, y, width, height) in level-0 px, by QuPath's rule: all four properties present and
+    integers, else none (qupath/qupath, OpenslideImageServer.java at b273689 l.160-187: QuPath's OpenSlide server then
+    shows the slide cropped to them, its pixel (x, y) being OpenSlide's (x + bounds-x, y + bounds-y), l.365-366)."""
+    values = [properties.get(key) for key in OPENSLIDE_BOUNDS]
+    try:
+        x, y, w, h = (int(str(v).strip()) for v in values)
+    except (TypeError, ValueError):
+        return None
+    return (x, y, w, h) if min(x, y) >= 0 and min(w, h) > 0 else None

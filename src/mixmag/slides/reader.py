@@ -27,7 +27,7 @@ from ..geometry import Box
 from .backends import BACKENDS, TIFF_SUFFIXES, Candidate, candidates, installed, open_backend
 from .backends.base import GLASS_WHITE, BackendHandle
 from .backends.dicom import is_dicom_file
-from .metadata import PLAUSIBLE_MPP, resolve_mpp
+from .metadata import PLAUSIBLE_MPP, openslide_bounds, resolve_mpp
 from .tiff_tiles import TileSizeError, segment_problem
 
 # a side of the largest glass a slide can be scanned on, with room to spare: a standard slide is 75 x 25 mm, a
@@ -351,6 +351,12 @@ class Slide:
     @property
     def height(self) -> int:
         return self.level_dimensions[0][1]
+
+    @property
+    def bounds(self) -> tuple[int, int, int, int]:
+        """The part of level 0 QuPath's OpenSlide server shows (x, y, width, height): OpenSlide's bounds where it
+        reports them (MRXS, SCN, ...: `metadata.openslide_bounds`), else the whole of level 0."""
+        return openslide_bounds(self.properties) or (0, 0, self.width, self.height)
 
     @property
     def level_mpps(self) -> tuple[float, ...]:

@@ -52,6 +52,11 @@ class SlideRecord(BaseModel):
     height: int = _SIDE
     level_dimensions: list[tuple[int, int]]
     level_downsamples: list[float]
+    bounds: tuple[int, int, int, int] | None = Field(
+        None,
+        description="the part of level 0 QuPath's OpenSlide server shows (x, y, width, height): OpenSlide's bounds "
+        "where it reports them, else the whole slide; None in plans written before mixmag recorded it",
+    )
 
     @field_validator("slide_id")
     @classmethod
@@ -253,6 +258,7 @@ def make_plan(
         height=slide.height,
         level_dimensions=[tuple(d) for d in slide.level_dimensions],
         level_downsamples=list(slide.level_downsamples),
+        bounds=slide.bounds,
     )
     plan = TilingPlan(
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

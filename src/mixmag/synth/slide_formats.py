@@ -117,3 +117,55 @@ def write_czi(image: np.ndarray, mpp: float | None, path: Path, tile: int = 1024
             else:  # CZI stores the pixel size in meters (pylibCZIrw writes the value as given)
                 doc.write_metadata(scale_x=mpp * 1e-6, scale_y=mpp * 1e-6)
     return path
+
+
+LEICA_XMLNS = "http://www.leica-microsystems.com/scn/2010/10/01"  # openslide-vendor-leica.c LEICA_XMLNS_2
+
+
+def write_leica_scn(
+    image: np.ndarray, mpp: float, path: Path, offset: tuple[int, int], margin: tuple[int, int]
+) -> Path:
+    """A Leica SCN (tiled BigTIFF, the collection XML in ImageDescription) whose one brightfield main image sits at
+    `offset` px inside a collection `margin` px larger on the right and bottom: OpenSlide reads it with level 0 the
+    collection's size and reports the main image as `openslide.bounds-x/y/width/height` (openslide-vendor-leica.c:
+    view offsets in nm, level size ceil(collection nm / nm per px)). For tests of software that crops to bounds
+    (QuPath's OpenSlide server)."""
+    import tifffile
+
+    if path.exists():
+        return path
+    h, w = image.shape[:2]
+    nm = mpp * 1000
+    coll_w, coll_h = w + offset[0] + margin[0], h + offset[1] + margin[1]
+    levels = [image, image[::2, ::2]]
+    dims = "".join(
+        f'<dimension sizeX="{lv.shape[1]}" sizeY="{lv.shape[0]}" r="{i}" ifd="{i}"/>' for i, lv in enumerate(levels)
+    )
+    xml = (
+        f'<?xml version="1.0" encoding="utf-8"?><scn xmlns="{LEICA_XMLNS}">'
+        f'<collection name="mixmag" uuid="mixmag-test" sizeX="{round(coll_w * nm)}" sizeY="{round(coll_h * nm)}">'
+        '<image name="main" uuid="main"><creationDate>2026-01-01T00:00:00Z</creationDate>'
+        '<device model="mixmag synth" version="1"/>'
+        f'<pixels sizeX="{w}" sizeY="{h}">{dims}</pixels>'
+        f'<view sizeX="{round(w * nm)}" sizeY="{round(h * nm)}" offsetX="{round(offset[0] * nm)}" '
+        f'offsetY="{round(offset[1] * nm)}" spacingZ="0"/>'
+        "<scanSettings><objectiveSettings><objective>20</objective></objectiveSettings>"
+        "<illuminationSettings><numericalAperture>0.7</numericalAperture>"
+        "<illuminationSource>brightfield</illuminationSource></illuminationSettings></scanSettings>"
+        "</image></collection></scn>"
+    )
+    tmp = path.with_name(path.name + ".partial")
+    with tifffile.TiffWriter(tmp, bigtiff=True) as tif:
+        for i, level in enumerate(levels):
+            tif.write(
+                np.ascontiguousarray(level),
+                tile=(256, 256),
+                compression="deflate",
+                photometric="rgb",
+                description=xml if i == 0 else None,
+                metadata=None,
+                resolution=(1e4 / (mpp * 2**i), 1e4 / (mpp * 2**i)),
+                resolutionunit="CENTIMETER",
+            )
+    tmp.rename(path)
+    return path
