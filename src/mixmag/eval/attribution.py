@@ -283,6 +283,12 @@ def cohort_summary(slides: list[LevelImportance], measure: str, *, n_boot: int =
     return LevelSummary(measure, usable[0].level_names, shares.mean(0), bounds[:, 0], bounds[:, 1], len(usable))
 
 
+def recovers(summary: LevelSummary, ratio: RatioStatistic, placed: str) -> bool:
+    """A measure recovers the scale a biomarker was placed at when that level has the largest mean share AND its
+    share ratio to the other level is above 1 with 95% confidence: either alone can come from one slide's noise."""
+    return summary.top == placed and ratio.numerator == placed and ratio.low > 1
+
+
 def measures_of(slides: list[LevelImportance]) -> list[str]:
     """The measures every slide has, causal ones first."""
     common = set.intersection(*(set(s.values) for s in slides)) if slides else set()

@@ -28,6 +28,7 @@ from ..eval.attribution import (
     cohort_summary,
     importance_ratio,
     measures_of,
+    recovers,
 )
 from ..eval.benchmark_stats import (
     CellStatistic,
@@ -366,7 +367,7 @@ def _attribution(grid: GridConfig, config: BenchmarkConfig) -> list[dict]:
                         "ratio_high": round(r.high, 3),
                         "placed_top_fraction": round(r.top_fraction, 3),
                         "slides": r.slides,
-                        "recovers": s.top == placed and r.low > 1,
+                        "recovers": recovers(s, r, placed),
                     }
                     | (ig_baseline_check(importances) if measure == INTEGRATED_GRADIENTS else {})
                 )
