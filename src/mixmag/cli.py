@@ -178,6 +178,23 @@ def tile(
         Optional[Path], typer.Option(help="ONNX or TorchScript tissue model (probability map).")
     ] = None,
     force: Annotated[bool, typer.Option(help="Re-tile even when a current plan exists.")] = False,
+    annotations: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="QuPath GeoJSON: one file (one slide), or a folder of <slide>.geojson; tile inside the annotations."
+        ),
+    ] = None,
+    annotation_include: Annotated[
+        Optional[list[str]],
+        typer.Option(help="Annotation classes that tile (repeat; patterns like 'Tumor*') [every class]."),
+    ] = None,
+    annotation_exclude: Annotated[
+        Optional[list[str]],
+        typer.Option(help="Annotation classes cut out (repeat) [Pen, Artifact, Artefact, Ignore*, Background, ...]."),
+    ] = None,
+    annotation_mode: Annotated[
+        str, typer.Option(help="restrict: tissue inside the annotations; replace: the annotations are the tissue.")
+    ] = "restrict",
 ) -> None:
     """Find tissue and cut aligned multi-magnification regions; write a tiling plan and QC pictures per slide."""
     from .slides.sources import sources_from_paths, sources_from_table
@@ -206,6 +223,7 @@ def tile(
     if cohort is not None:
         sources += sources_from_table(cohort, mpp)
     model = load_tissue_model(tissue_model) if tissue_model else None
+    drawn = _annotation_source(annotations, annotation_include, annotation_exclude, annotation_mode, len(sources))
     levels = params.levels
     console.print(
         f"Tiling {len(sources)} slide(s): {params.region_size}x{params.region_size} regions of "
@@ -222,10 +240,41 @@ def tile(
             progress.console.print(result.summary_line(), style=style, highlight=False, soft_wrap=True)
             progress.advance(task)
 
-        results = tile_slides(sources, out, params, backend=backend, tissue_model=model, force=force, on_result=report)
+        results = tile_slides(
+            sources,
+            out,
+            params,
+            backend=backend,
+            tissue_model=model,
+            force=force,
+            on_result=report,
+            annotations=drawn,
+        )
     _print_tile_summary(results, out)
     if any(r.outcome == "failed" for r in results):
         raise typer.Exit(1)
+
+
+def _annotation_source(path, include, exclude, mode: str, n_slides: int):
+    """`mixmag tile`'s annotation options as one AnnotationSource (None without --annotations), checked once."""
+    from .interop.annotations import MODES, AnnotationRule, AnnotationSource
+
+    if path is None:
+        if include or exclude or mode != "restrict":
+            raise OptionError("--annotation-include/-exclude/-mode need --annotations FILE|FOLDER")
+        return None
+    if mode not in MODES:
+        raise OptionError(f"--annotation-mode {mode}: use {' or '.join(MODES)}")
+    if Path(path).is_file() and n_slides > 1:
+        raise OptionError(
+            f"--annotations {path} is one file for {n_slides} slides; pass a folder of <slide>.geojson instead"
+        )
+    rule = AnnotationRule(mode=mode)
+    if include:
+        rule = AnnotationRule(include=tuple(include), exclude=rule.exclude, mode=mode)
+    if exclude:
+        rule = AnnotationRule(include=rule.include, exclude=tuple(exclude), mode=mode)
+    return AnnotationSource(Path(path), rule)
 
 
 def _progress() -> Progress:

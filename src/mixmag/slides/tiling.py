@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as _dt
 import math
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -95,6 +95,9 @@ class TilingPlan(BaseModel):
     warnings: list[str] = Field(default_factory=list)
     tissue_model: str | None = Field(
         None, description="the user tissue model used (file#digest), None for the built-in detector"
+    )
+    annotations: str | None = Field(
+        None, description="the annotations that restricted or replaced the tissue (file#digest and rule), or None"
     )
 
     @model_validator(mode="after")
@@ -193,6 +196,16 @@ def cells_of_windows(windows: list[tuple[int, int]], size: int) -> list[tuple[in
     return sorted(cells)
 
 
+class MaskRule(Protocol):
+    """Drawn regions that change the tissue mask before cells are scored (interop.annotations.AnnotationSet)."""
+
+    record: str
+
+    def apply(
+        self, mask: np.ndarray, width: int, height: int, bounds: tuple[int, int, int, int]
+    ) -> tuple[np.ndarray, list[str]]: ...
+
+
 def make_plan(
     slide: Slide,
     params: TilingParams,
@@ -200,8 +213,10 @@ def make_plan(
     slide_id: str,
     mpp_override: float | None = None,
     tissue_model: TissueModel | None = None,
+    annotations: MaskRule | None = None,
 ) -> tuple[TilingPlan, np.ndarray, np.ndarray]:
-    """Segment tissue, lay the grid, score cells, accept windows. Returns (plan, thumbnail, mask)."""
+    """Segment tissue, lay the grid, score cells, accept windows. Returns (plan, thumbnail, mask). With
+    `annotations`, the tissue is what they leave of it (or what they draw) before any cell is scored."""
     levels = params.levels
     # Fail early, before any work, if the finest level needs upsampling.
     slide.plan(
@@ -210,10 +225,13 @@ def make_plan(
     thumb_mpp = params.tissue.thumbnail_mpp
     thumbnail = slide.thumbnail(thumb_mpp, tolerance=params.mpp_tolerance, allow_upsample=True)
     mask = segment_tissue(thumbnail, params.tissue, tissue_model)
+    warnings: list[str] = []
+    if annotations is not None:
+        mask, notes = annotations.apply(mask, slide.width, slide.height, slide.bounds)
+        warnings += notes
     grid = CellGrid(slide.mpp, slide.width, slide.height, levels.cell_um)
     tissue = cell_tissue_fractions(mask, grid)
 
-    warnings: list[str] = []
     t = params.region_size
     regions, region_tissue = accepted_windows(window_fractions(tissue, t), params.stride, params.tissue_threshold)
     contexts, context_tissue = [], []
@@ -277,6 +295,7 @@ def make_plan(
         status=status,
         warnings=warnings,
         tissue_model=tissue_model_id(tissue_model),
+        annotations=annotations.record if annotations is not None else None,
     )
     return plan, thumbnail, mask
 
@@ -329,8 +348,10 @@ def plan_is_current(
     mpp_override: float | None,
     backend: str,
     tissue_model: str | None = None,
+    annotations: str | None = None,
 ) -> bool:
-    """True when an existing plan was made from this very file with every same parameter and tissue model."""
+    """True when an existing plan was made from this very file with every same parameter, tissue model and
+    annotations (their file's digest and rule)."""
     try:
         plan = load_plan(path)
     except PlanError:
@@ -343,6 +364,7 @@ def plan_is_current(
         plan.format_version == PLAN_FORMAT_VERSION
         and plan.params == params
         and plan.tissue_model == tissue_model
+        and plan.annotations == annotations
         and plan.slide.mpp_override == mpp_override
         and plan.slide.path == str(Path(slide_path).resolve())
         and plan.slide.size_bytes == stat["size_bytes"]

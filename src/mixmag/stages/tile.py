@@ -11,6 +11,7 @@ from typing import Literal
 
 from ..errors import MixmagError, OptionError
 from ..fileio import ensure_free_space, inside_folder, make_folder, write_atomic, write_json_atomic
+from ..interop.annotations import AnnotationSource
 from ..markup import utf8_path
 from ..report.qc import png_bytes, regions_overlay, tissue_overlay
 from ..slides.reader import BACKENDS, Slide
@@ -60,17 +61,27 @@ def tile_slide(
     backend: str = "auto",
     tissue_model: TissueModel | None = None,
     force: bool = False,
+    annotations: AnnotationSource | None = None,
 ) -> SlideResult:
-    """Tile one slide into out_dir/<slide_id>/ (plan.json written last, atomically)."""
+    """Tile one slide into out_dir/<slide_id>/ (plan.json written last, atomically); with `annotations`, inside the
+    slide's drawn regions (its file is read first: a changed file re-tiles)."""
     start = time.perf_counter()
     utf8_path(source.path, "slide")  # plan.json records it: refused in one sentence, not by the JSON writer
     target = plan_path(out_dir, source.slide_id)
     inside_folder(out_dir, target.parent, "slide's tiling folder")  # a linked <slide>/ never takes plan.json elsewhere
-    if not force and plan_is_current(target, source.path, params, source.mpp, backend, tissue_model_id(tissue_model)):
+    drawn = annotations.for_slide(source.slide_id, source.path) if annotations is not None else None
+    record = drawn.record if drawn is not None else None
+    model_id = tissue_model_id(tissue_model)
+    if not force and plan_is_current(target, source.path, params, source.mpp, backend, model_id, record):
         return SlideResult(source, "skipped", plan=load_plan(target))
     with Slide(source.path, mpp=source.mpp, backend=backend) as slide:
         plan, thumbnail, mask = make_plan(
-            slide, params, slide_id=source.slide_id, mpp_override=source.mpp, tissue_model=tissue_model
+            slide,
+            params,
+            slide_id=source.slide_id,
+            mpp_override=source.mpp,
+            tissue_model=tissue_model,
+            annotations=drawn,
         )
     pictures = {
         TISSUE_MASK: png_bytes((mask[..., None].repeat(3, axis=2) * 255).astype("uint8")),
@@ -94,6 +105,7 @@ def tile_slides(
     tissue_model: TissueModel | None = None,
     force: bool = False,
     on_result: Callable[[SlideResult], None] | None = None,
+    annotations: AnnotationSource | None = None,
 ) -> list[SlideResult]:
     """Tile every slide; a failing slide is recorded and the run goes on. Writes a run summary."""
     check_backend(backend)
@@ -103,7 +115,15 @@ def tile_slides(
     for source in sources:
         start = time.perf_counter()
         try:
-            result = tile_slide(source, out_dir, params, backend=backend, tissue_model=tissue_model, force=force)
+            result = tile_slide(
+                source,
+                out_dir,
+                params,
+                backend=backend,
+                tissue_model=tissue_model,
+                force=force,
+                annotations=annotations,
+            )
         except Exception as exc:  # noqa: BLE001 - one bad slide must not stop a cohort; it is reported below
             result = SlideResult(source, "failed", error=_describe(exc), seconds=time.perf_counter() - start)
         results.append(result)
