@@ -1,6 +1,6 @@
 """What a `mixmag tile` process imports (issue 29 §2): tiling an SVS needs neither torch nor the optional readers'
-libraries (pydicom for DICOM, slideio), so every tiling process starts in a fraction of the time and memory. zarr is
-still imported, by TiffSlide itself."""
+libraries (pydicom for DICOM, slideio; s3fs and wsidicom for slides by URL), so every tiling process starts in a
+fraction of the time and memory. zarr is still imported, by TiffSlide itself."""
 
 from __future__ import annotations
 
@@ -24,3 +24,7 @@ def test_tiling_an_svs_imports_neither_torch_nor_the_optional_readers(real_svs, 
     assert seen["code"] == 0
     assert "tiffslide" in seen["modules"]  # the probe did tile with the fast reader
     assert not {"torch", "pydicom", "slideio", "timm", "sklearn"} & set(seen["modules"])
+    # nor the remote backends' (issue 28): object storage clients and DICOMweb are imported for a URL only
+    assert not {"s3fs", "botocore", "aiobotocore", "wsidicom", "dicomweb_client", "moto", "gcsfs", "adlfs"} & set(
+        seen["modules"]
+    )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import sys
 import warnings
 from collections.abc import Callable, Iterator
@@ -122,11 +123,28 @@ def _tiling_help(text: str, name: str, section: str | None = None) -> str:
     return f"{text} [{model_default(model, name)}]."
 
 
+_CACHE_OPTION = typer.Option(
+    "--cache",
+    envvar="MIXMAG_SLIDE_CACHE",
+    help="Download slides given by URL into this folder before reading them (needed for formats OpenSlide reads); "
+    "without it, URLs are read by range requests.",
+)
+
+
+def _use_slide_cache(folder: Path | None) -> None:
+    """The slide cache is an environment setting, so the embedding's DataLoader workers see it too."""
+    if folder is not None:
+        os.environ["MIXMAG_SLIDE_CACHE"] = str(folder.resolve())
+
+
 @app.command()
 def tile(
     slides: Annotated[
-        Optional[list[Path]],
-        typer.Argument(help="Slide files (SVS, TIFF, OME-TIFF, NDPI, MRXS, DICOM...) or folders of them."),
+        Optional[list[str]],
+        typer.Argument(
+            help="Slide files (SVS, TIFF, OME-TIFF, NDPI, MRXS, DICOM...) or folders of them; or URLs: s3://, gs://, "
+            "az://, https:// (read by range requests) and dicomweb+http(s)://.../studies/UID/series/UID."
+        ),
     ] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder: one sub-folder per slide.")] = Path("tiles"),
     cohort: Annotated[
@@ -172,7 +190,7 @@ def tile(
         ),
     ] = None,
     backend: Annotated[
-        str, typer.Option(help="auto, tiffslide, openslide, omezarr, czi or slideio (see `mixmag doctor`).")
+        str, typer.Option(help="auto, tiffslide, openslide, omezarr, czi, slideio or dicomweb (see `mixmag doctor`).")
     ] = "auto",
     tissue_model: Annotated[
         Optional[Path], typer.Option(help="ONNX or TorchScript tissue model (probability map).")
@@ -195,6 +213,7 @@ def tile(
     annotation_mode: Annotated[
         str, typer.Option(help="restrict: tissue inside the annotations; replace: the annotations are the tissue.")
     ] = "restrict",
+    cache: Annotated[Optional[Path], _CACHE_OPTION] = None,
 ) -> None:
     """Find tissue and cut aligned multi-magnification regions; write a tiling plan and QC pictures per slide."""
     from .slides.sources import sources_from_paths, sources_from_table
@@ -218,6 +237,7 @@ def tile(
     )
     if not slides and cohort is None:
         raise OptionError("give slide files or --cohort TABLE.csv")
+    _use_slide_cache(cache)
     check_backend(backend)
     sources = sources_from_paths(list(slides or []), mpp)
     if cohort is not None:
@@ -337,10 +357,12 @@ def embed(
     compile: Annotated[bool, typer.Option("--compile", help="torch.compile the encoder.")] = False,
     read_mode: Annotated[str, typer.Option(help="derive (read finest level once) or pyramid.")] = "derive",
     force: Annotated[bool, typer.Option(help="Re-embed even when a store is current.")] = False,
+    cache: Annotated[Optional[Path], _CACHE_OPTION] = None,
 ) -> None:
     """Embed every tile of every level of every planned cell into one store per slide (torchrun for many GPUs)."""
     import torch
 
+    _use_slide_cache(cache)
     from .devices import start_distributed
     from .encoders.model import build_encoder
     from .slides.sources import slide_ids_from_table

@@ -27,6 +27,7 @@ _DISTRIBUTIONS = {
     "omezarr": "zarr",
     "czi": "pylibCZIrw",
     "slideio": "slideio",
+    "dicomweb": "wsidicom",
 }
 
 

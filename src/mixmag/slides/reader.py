@@ -27,7 +27,23 @@ from ..geometry import Box
 from .backends import BACKENDS, TIFF_SUFFIXES, Candidate, candidates, installed, open_backend
 from .backends.base import GLASS_WHITE, BackendHandle
 from .backends.dicom import is_dicom_file
+from .backends.dicomweb import dicomweb_fingerprint
 from .metadata import PLAUSIBLE_MPP, openslide_bounds, resolve_mpp
+from .remote import (
+    CACHE_ENV,
+    RemoteAccessError,
+    RemoteInfo,
+    SlideLocation,
+    access_error,
+    cache_folder,
+    cached_copy,
+    is_dicomweb,
+    is_network_error,
+    is_url,
+    remote_info,
+    slide_location,
+)
+from .remote import fingerprint as remote_fingerprint
 from .tiff_tiles import TileSizeError, segment_problem
 
 # a side of the largest glass a slide can be scanned on, with room to spare: a standard slide is 75 x 25 mm, a
@@ -152,14 +168,18 @@ def halve(image: np.ndarray) -> np.ndarray:
     return cv2.resize(image, (w // 2, h // 2), interpolation=cv2.INTER_LINEAR)
 
 
-def preferred_backends(path: Path) -> list[str]:
-    """Installed backends that may read a file, fastest capable first (see slides.backends.candidates)."""
-    return [c.backend for c in candidates(Path(path)) if c.installed]
+def preferred_backends(path: Path | str) -> list[str]:
+    """Installed backends that may read a file or URL, fastest capable first (see slides.backends.candidates)."""
+    return [c.backend for c in candidates(slide_location(path)) if c.installed]
 
 
 def slide_fingerprint(path: str | Path) -> dict:
     """Path, size and mtime that tell whether a slide changed: a DICOM slide is its folder's files, an OME-Zarr
-    folder all of its files (sizes summed, newest mtime)."""
+    folder all of its files (sizes summed, newest mtime); a URL what the storage says now (size, ETag)."""
+    if is_dicomweb(path):
+        return dicomweb_fingerprint(str(path))
+    if is_url(path):
+        return remote_fingerprint(str(path), remote_info(str(path)))
     path = Path(path)
     folder = path if path.is_dir() else (path.parent if is_dicom_file(path) else None)
     if folder is None:
@@ -171,6 +191,29 @@ def slide_fingerprint(path: str | Path) -> dict:
             st = os.stat(os.path.join(root, name))
             size, mtime = size + st.st_size, max(mtime, st.st_mtime)
     return {"path": str(path.resolve()), "size_bytes": int(size), "mtime": float(mtime)}
+
+
+def _check_local(path: Path) -> None:
+    """A local slide path must exist and be a file or folder (a FIFO would block the reader and the batch forever)."""
+    if not path.exists():
+        raise SlideNotFoundError(
+            path,
+            "file not found.",
+            "check the path (relative paths in a cohort table are relative to the table).",
+        )
+    kind = os.stat(path).st_mode
+    if not (stat.S_ISREG(kind) or stat.S_ISDIR(kind)):
+        raise SlideUnreadableError(
+            path, f"is {type_name(kind)}, not a slide file.", "give the path of the slide file itself."
+        )
+
+
+def check_remote_segments(url: str | Path, handle: BackendHandle) -> None:
+    """`check_declared_segments` for a TIFF read by URL, on the TIFF the backend already opened (no second fetch)."""
+    tiff = getattr(getattr(handle, "raw", None), "ts_tifffile", None)
+    problem = segment_problem(tiff) if tiff is not None else None
+    if problem is not None:
+        raise SlideTooLargeError(url, problem + ".", "re-save the slide as a tiled TIFF (e.g. tiles of 256-1024 px).")
 
 
 def check_pixel_count(path: Path, size: tuple[int, int]) -> None:
@@ -244,18 +287,13 @@ class Slide:
         mpp: float | None = None,
         backend: str = "auto",
     ) -> None:
-        self.path = Path(path)
-        if not self.path.exists():
-            raise SlideNotFoundError(
-                self.path,
-                "file not found.",
-                "check the path (relative paths in a cohort table are relative to the table).",
-            )
-        kind = os.stat(self.path).st_mode
-        if not (stat.S_ISREG(kind) or stat.S_ISDIR(kind)):  # a FIFO would block the reader (and the batch) forever
-            raise SlideUnreadableError(
-                self.path, f"is {type_name(kind)}, not a slide file.", "give the path of the slide file itself."
-            )
+        self.path: SlideLocation = slide_location(path)
+        self._remote: RemoteInfo | None = None
+        self._location: SlideLocation = self.path  # what the backends open: the path, the URL or its cached copy
+        if is_url(self.path):
+            self._open_url()
+        else:
+            _check_local(self.path)
         if backend != "auto" and backend not in BACKENDS:
             raise ValueError(f"unknown slide backend {backend!r}; choose auto, {', '.join(BACKENDS)}")
         self._handle: BackendHandle | None = None
@@ -284,30 +322,58 @@ class Slide:
         self.mpp = resolved.value
         self.mpp_source = resolved.source
 
+    def _open_url(self) -> None:
+        """A slide URL: ask the storage what it is now (one sentence when it cannot say), and download it first when
+        a cache folder is set (see slides.remote)."""
+        url = str(self.path)
+        if is_dicomweb(url):
+            return  # the DICOMweb backend asks the server for the series' instances itself
+        self._remote = remote_info(url)
+        folder = cache_folder()
+        if folder is not None:
+            self._location = cached_copy(url, self._remote, folder)
+
     def _open(self, backend: str, mpp: float | None) -> str:
         """Open with the first backend that reads the file (fastest capable first); say why none could."""
         if backend == "auto":
-            options = candidates(self.path)
+            options = candidates(self._location)
         else:
             options = [Candidate(backend, "asked for", installed(backend))]
-        check_declared_segments(self.path)
+        if is_url(self._location):  # only backends that read by URL; the others need the download cache
+            by_url = {c.backend for c in candidates(self._location)}
+            options = [o for o in options if o.backend in by_url]
+        if is_url(self._location) and not options:
+            reader = "this format is" if backend == "auto" else f"the {backend} backend reads"
+            raise SlideUnreadableError(
+                self.path,
+                f"{reader} only read from a local file; range reads by URL are for TIFF/SVS/OME-TIFF slides "
+                "(TiffSlide) and DICOMweb series.",
+                f"download it on request into a cache folder: --cache DIR (or {CACHE_ENV}=DIR).",
+            )
+        if not is_url(self._location):
+            check_declared_segments(Path(self._location))
         failures, fixes = [], []
         for option in options:
             if not option.installed:
                 failures.append(f"{option.backend}: not installed ({option.install})")
                 continue
             try:
-                self._handle = open_backend(option.backend, self.path)
+                self._handle = open_backend(option.backend, self._location)
                 self._direct = self._handle.direct
+                if is_url(self._location):
+                    check_remote_segments(self.path, self._handle)
                 self._check_readable(mpp)
                 return option.backend
-            except SlideTooLargeError:  # what the file declares, whichever backend reads it
+            except (SlideTooLargeError, RemoteAccessError):  # the file's fault or the network's, whichever backend
                 self._close_handle()
                 raise
             except SlideUnreadableError as exc:  # the backend knows what is wrong (e.g. a folder of two DICOM series)
                 failures.append(f"{option.backend}: {exc.problem}")
                 fixes += [exc.fix] if exc.fix else []
             except Exception as exc:  # noqa: BLE001 - each backend fails in its own way; all are reported
+                if is_url(self._location) and is_network_error(exc):
+                    self._close_handle()
+                    raise access_error(str(self.path), exc) from None
                 failures.append(f"{option.backend}: {type(exc).__name__}: {exc}")
             self._close_handle()
         missing = [o.install for o in options if not o.installed and o.install]
@@ -437,6 +503,8 @@ class Slide:
                 "re-copy or re-export the slide; mixmag never decodes a tile larger than the file declares.",
             ) from None
         except Exception as exc:  # noqa: BLE001 - decoder errors differ per backend and codec
+            if is_url(self._location) and is_network_error(exc):
+                raise access_error(str(self.path), exc) from None
             raise SlideUnreadableError(
                 self.path,
                 f"could not decode level {level} at ({x}, {y}) size {w}x{h}: {type(exc).__name__}: {exc}.",
@@ -459,6 +527,11 @@ class Slide:
         return out
 
     def fingerprint(self) -> dict:
+        """What tells whether the slide changed: path, size, mtime (and, by URL, the ETag or the series digest)."""
+        if self._remote is not None:
+            return remote_fingerprint(str(self.path), self._remote)
+        if is_dicomweb(self.path) and self._handle is not None:
+            return dict(self._handle.fingerprint)
         return slide_fingerprint(self.path)
 
     def _close_handle(self) -> None:

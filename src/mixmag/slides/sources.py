@@ -1,4 +1,8 @@
-"""Which slides to process: paths from the command line or a cohort table, each with an id and mpp."""
+"""Which slides to process: paths or URLs from the command line or a cohort table, each with an id and mpp.
+
+A slide is a local path, an object-storage or HTTP URL (s3://, gs://, az://, https://), or a DICOMweb series
+(dicomweb+http://.../studies/<uid>/series/<uid>, or a table row with 'dicomweb', 'study_uid' and 'series_uid'
+columns); see slides.remote. A URL stays text (`SlideSource.path` is then a str)."""
 
 from __future__ import annotations
 
@@ -7,12 +11,14 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import CohortError
+from ..errors import CohortError, MixmagError
 from ..ids import check_id, is_safe_id
 from ..tables import read_table
 from .backends import FALLBACK_FIRST_SUFFIXES, TIFF_SUFFIXES
 from .backends.dicom import dicom_entries, is_dicom_folder
+from .backends.dicomweb import parse_url, series_url
 from .backends.omezarr import is_zarr_folder
+from .remote import SlideLocation, is_dicomweb, is_url, slide_location, url_name
 
 _SLIDE_SUFFIXES = (".ome.tiff", ".ome.tif", ".ome.zarr", ".zarr")
 # files a folder of slides is searched for (a folder given on the command line is expanded to them)
@@ -23,11 +29,25 @@ SLIDE_FILE_SUFFIXES = frozenset(
 )
 
 
+DICOMWEB_COLUMNS = ("dicomweb", "study_uid", "series_uid")  # a table row naming a DICOMweb series by its parts
+
+
 @dataclass(frozen=True)
 class SlideSource:
-    path: Path
+    path: SlideLocation  # a local Path, or a URL (str)
     slide_id: str
     mpp: float | None = None
+
+
+def slide_id_from_url(url: str) -> str:
+    """A URL's file name less its suffix; a DICOMweb series' UID (set a 'slide' column for a readable id)."""
+    if is_dicomweb(url):
+        return parse_url(url).series
+    name = url_name(url)
+    for suffix in _SLIDE_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name.rsplit(".", 1)[0] if "." in name[1:] else name
 
 
 def slide_id_from_path(path: Path) -> str:
@@ -43,10 +63,12 @@ def slide_id_from_path(path: Path) -> str:
     return name if path.is_dir() or not path.suffix else path.stem
 
 
-def slide_entries(path: Path) -> list[tuple[Path, str]]:
+def slide_entries(path: SlideLocation) -> list[tuple[SlideLocation, str]]:
     """(path, id) of every slide a path holds: one, one per series of a DICOM folder with several, or every slide
-    under a plain folder of slides (see slides_in_folder)."""
-    path = Path(path)
+    under a plain folder of slides (see slides_in_folder); a URL is one slide."""
+    path = slide_location(path)
+    if is_url(path):
+        return [(path, slide_id_from_url(path))]
     if path.is_dir() and not is_zarr_folder(path) and not is_dicom_folder(path):
         found = slides_in_folder(path)
         if not found:
@@ -83,8 +105,8 @@ def slides_in_folder(folder: Path) -> list[tuple[Path, str]]:
     return sorted(found)
 
 
-def sources_from_paths(paths: list[Path], mpp: float | None = None) -> list[SlideSource]:
-    entries = dict.fromkeys(e for path in paths for e in slide_entries(Path(path)))  # each DICOM series once
+def sources_from_paths(paths: list[Path | str], mpp: float | None = None) -> list[SlideSource]:
+    entries = dict.fromkeys(e for path in paths for e in slide_entries(slide_location(path)))  # each DICOM series once
     sources = [SlideSource(p, sid, mpp) for p, sid in entries]
     _check_ids(sources, where="the command line")
     return sources
@@ -97,7 +119,7 @@ def slide_ids_from_table(table: Path) -> list[str]:
     read = read_table(table)
     columns, rows = read.columns, read.rows
     if "slide" not in columns:
-        if "path" in columns:
+        if "path" in columns or DICOMWEB_COLUMNS[0] in columns:
             return [s.slide_id for s in sources_from_table(table)]
         raise CohortError(
             f"{table}: needs a 'slide' column (slide ids) or a 'path' column (slide files); "
@@ -120,20 +142,26 @@ def sources_from_table(table: Path, mpp: float | None = None) -> list[SlideSourc
     table = Path(table)
     read = read_table(table)
     columns, rows = read.columns, read.rows
-    if "path" not in columns:
+    web = [c for c in DICOMWEB_COLUMNS if c in columns]
+    if web and len(web) != len(DICOMWEB_COLUMNS):
+        raise CohortError(f"{table}: a DICOMweb series needs all of the columns {', '.join(DICOMWEB_COLUMNS)}.")
+    if "path" not in columns and not web:
         raise CohortError(
-            f"{table}: needs a 'path' column with the slide files (found columns: {', '.join(columns) or 'none'})."
+            f"{table}: needs a 'path' column with the slide files or URLs, or the DICOMweb columns "
+            f"{', '.join(DICOMWEB_COLUMNS)} (found columns: {', '.join(columns) or 'none'})."
         )
     if not rows:
         raise CohortError(f"{table}: the table has no rows.")
     sources, problems = [], []
     for line, row in zip(read.lines, rows):
-        if not row.get("path"):
+        try:
+            path = _row_location(table, row)
+        except MixmagError as exc:
+            problems.append(f"row {line}: {exc}")
+            continue
+        if path is None:
             problems.append(f"row {line}: empty 'path'")
             continue
-        path = Path(row["path"])
-        if not path.is_absolute():
-            path = table.parent / path
         row_mpp = mpp
         if row.get("mpp"):
             try:
@@ -152,6 +180,18 @@ def sources_from_table(table: Path, mpp: float | None = None) -> list[SlideSourc
         raise CohortError(f"{table}: " + "; ".join(problems) + ".")
     _check_ids(sources, where=str(table))
     return sources
+
+
+def _row_location(table: Path, row: dict[str, str]) -> SlideLocation | None:
+    """A row's slide: its 'path' (a URL, or a path relative to the table), else its DICOMweb server and UIDs."""
+    if row.get("path"):
+        path = slide_location(row["path"])
+        if isinstance(path, Path) and not path.is_absolute():
+            path = table.parent / path
+        return path
+    if any(row.get(c) for c in DICOMWEB_COLUMNS):
+        return series_url(row.get("dicomweb", ""), row.get("study_uid", ""), row.get("series_uid", ""), str(table))
+    return None
 
 
 def _check_ids(sources: list[SlideSource], where: str) -> None:

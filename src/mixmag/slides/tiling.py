@@ -17,13 +17,14 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .. import __version__
-from ..errors import PlanError
+from ..errors import PlanError, SlideError
 from ..fileio import FileTooLargeError, UnsafePathError, file_sha256, read_text_limited, write_atomic
 from ..geometry import Box, CellGrid, LevelSpec
 from ..ids import ID_RULE, is_safe_id
 from .metadata import PLAUSIBLE_MPP
 from .params import TilingParams
 from .reader import Slide, slide_fingerprint
+from .remote import check_unchanged, is_url, slide_location
 from .tissue import TissueModel, cell_tissue_fractions, segment_tissue, tissue_model_id, window_fractions
 
 PLAN_FORMAT_VERSION = 1
@@ -41,9 +42,10 @@ class SlideRecord(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     slide_id: str
-    path: str
+    path: str = Field(description="the slide's absolute path, or its URL (s3://..., dicomweb+http://...)")
     size_bytes: int = Field(ge=0)
     mtime: float
+    etag: str | None = Field(None, description="a URL's ETag (DICOMweb: a digest of the series' instance UIDs)")
     backend: str
     mpp: float = _MPP
     mpp_source: str
@@ -116,8 +118,16 @@ class TilingPlan(BaseModel):
         return self.params.levels
 
     def open_slide(self) -> Slide:
-        """Re-open the planned slide with the same backend and mpp the plan was made with."""
-        return Slide(self.slide.path, mpp=self.slide.mpp, backend=self.slide.backend)
+        """Re-open the planned slide with the same backend and mpp the plan was made with. A slide by URL must still
+        be the object that was tiled (size and ETag): another image under the same name is refused."""
+        slide = Slide(slide_location(self.slide.path), mpp=self.slide.mpp, backend=self.slide.backend)
+        if is_url(slide.path):
+            try:
+                check_unchanged(self.slide.path, self.slide.size_bytes, self.slide.etag, slide.fingerprint())
+            except SlideError:
+                slide.close()
+                raise
+        return slide
 
 
 def plan_problem(plan: TilingPlan) -> str | None:
@@ -357,17 +367,19 @@ def plan_is_current(
     except PlanError:
         return False
     try:
-        stat = slide_fingerprint(slide_path)  # a DICOM or OME-Zarr slide is a folder of files
-    except OSError:
+        stat = slide_fingerprint(slide_path)  # a DICOM or OME-Zarr slide is a folder of files; a URL asks the storage
+    except (OSError, SlideError):
         return False
+    where = str(slide_path) if is_url(slide_path) else str(Path(slide_path).resolve())
     return (
         plan.format_version == PLAN_FORMAT_VERSION
         and plan.params == params
         and plan.tissue_model == tissue_model
         and plan.annotations == annotations
         and plan.slide.mpp_override == mpp_override
-        and plan.slide.path == str(Path(slide_path).resolve())
+        and plan.slide.path == where
         and plan.slide.size_bytes == stat["size_bytes"]
         and plan.slide.mtime == stat["mtime"]
+        and plan.slide.etag == stat.get("etag")
         and backend in ("auto", plan.slide.backend)
     )

@@ -19,11 +19,12 @@ from pathlib import Path
 
 import tifffile
 
+from ..remote import is_dicomweb, is_url, url_suffix
 from .base import BackendHandle
 from .dicom import is_dicom_file, is_dicom_folder
 from .omezarr import is_zarr_folder
 
-BACKENDS = ("tiffslide", "openslide", "omezarr", "czi", "slideio")
+BACKENDS = ("tiffslide", "openslide", "omezarr", "czi", "slideio", "dicomweb")
 # backend -> (module, class, library it needs, pip install command when that library is optional)
 _SPECS = {
     "tiffslide": ("tiffslide_reader", "TiffSlideHandle", "tiffslide", None),
@@ -31,6 +32,7 @@ _SPECS = {
     "omezarr": ("omezarr", "OmeZarrHandle", "zarr", None),
     "czi": ("czi", "CziHandle", "pylibCZIrw", "pip install 'mixmag[czi]'"),
     "slideio": ("slideio_reader", "SlideioHandle", "slideio", "pip install 'mixmag[slides]'"),
+    "dicomweb": ("dicomweb", "DicomWebHandle", "wsidicom", "pip install 'mixmag[remote]'"),
 }
 TIFF_SUFFIXES = {".tif", ".tiff", ".svs", ".btf", ".tf8"}
 FALLBACK_FIRST_SUFFIXES = {".vsi", ".zvi", ".afi", ".qptiff"}  # neither OpenSlide nor TiffSlide reads these well
@@ -59,7 +61,7 @@ def install_command(backend: str) -> str | None:
     return _SPECS[backend][3]
 
 
-def open_backend(backend: str, path: Path) -> BackendHandle:
+def open_backend(backend: str, path: Path | str) -> BackendHandle:
     if backend not in _SPECS:
         raise ValueError(f"unknown slide backend {backend!r}; choose auto, {', '.join(BACKENDS)}")
     module, cls, _, _ = _SPECS[backend]
@@ -67,9 +69,21 @@ def open_backend(backend: str, path: Path) -> BackendHandle:
     return handle_class(path)
 
 
-def candidates(path: Path) -> list[Candidate]:
-    """Backends that may read `path`, fastest capable first, each with the reason it is in that place."""
-    return [Candidate(name, reason, installed(name)) for name, reason in _ordered(path)]
+def candidates(path: Path | str) -> list[Candidate]:
+    """Backends that may read `path` (or a slide URL), fastest capable first, each with the reason it is in that
+    place."""
+    ordered = _ordered_url(path) if is_url(path) else _ordered(Path(path))
+    return [Candidate(name, reason, installed(name)) for name, reason in ordered]
+
+
+def _ordered_url(url: str) -> list[tuple[str, str]]:
+    """A URL is read where it is: a DICOMweb series by wsidicom, a TIFF by TiffSlide's range reads. Other formats
+    need a local file (OpenSlide, libCZI): none here; the reader suggests the download cache."""
+    if is_dicomweb(url):
+        return [("dicomweb", "a DICOMweb series: wsidicom fetches the frames it reads")]
+    if url_suffix(url) in TIFF_SUFFIXES:
+        return [("tiffslide", "a TIFF by URL: TiffSlide reads its tiles by range requests")]
+    return []
 
 
 def _ordered(path: Path) -> list[tuple[str, str]]:

@@ -1,5 +1,6 @@
 """TiffSlide backend: JPEG-tiled TIFF/SVS/OME-TIFF near the raw decode rate (tiles decoded directly, see
-slides.tiff_tiles), and TIFFs OpenSlide refuses (strip-based OME-TIFF)."""
+slides.tiff_tiles), and TIFFs OpenSlide refuses (strip-based OME-TIFF). A slide URL (s3://, https://, ...) is
+read through an fsspec file: only the byte ranges of the IFDs and the tiles decoded are fetched (slides.remote)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import tiffslide
 
+from ..remote import is_url, open_ranges
 from ..tiff_tiles import level_guards, level_readers
 from .base import BackendHandle, as_rgb, composite_on_white
 
@@ -16,8 +18,13 @@ from .base import BackendHandle, as_rgb, composite_on_white
 class TiffSlideHandle(BackendHandle):
     name = "tiffslide"
 
-    def __init__(self, path: Path) -> None:
-        self._ts = tiffslide.TiffSlide(path)
+    def __init__(self, path: Path | str) -> None:
+        self._file = open_ranges(path) if is_url(path) else None
+        try:
+            self._ts = tiffslide.TiffSlide(self._file if self._file is not None else path)
+        except Exception:
+            self._close_file()
+            raise
         try:
             self.level_dimensions = tuple(tuple(map(int, d)) for d in self._ts.level_dimensions)
             self.level_downsamples = tuple(float(d) for d in self._ts.level_downsamples)
@@ -28,6 +35,7 @@ class TiffSlideHandle(BackendHandle):
             self._guards = level_guards(self._ts.ts_tifffile, series, lock)
         except Exception:
             self._ts.close()
+            self._close_file()
             raise
 
     @property
@@ -50,4 +58,12 @@ class TiffSlideHandle(BackendHandle):
         return as_rgb(arr, "this TIFF")
 
     def close(self) -> None:
-        self._ts.close()
+        try:
+            self._ts.close()
+        finally:
+            self._close_file()
+
+    def _close_file(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
