@@ -70,13 +70,20 @@ def s3_server() -> Iterator[str]:
 def strict_s3_server() -> Iterator[str]:
     """A moto S3 server that checks credentials (INITIAL_NO_AUTH_ACTION_COUNT=0), in its own process: every request
     with keys it never issued is refused with 403, as AWS refuses them."""
+    with s3_server_process(strict=True) as endpoint:
+        yield endpoint
+
+
+@contextmanager
+def s3_server_process(strict: bool = False) -> Iterator[str]:
+    """moto's S3 server in its own process (so its CPU time is not the client's); yields its endpoint URL."""
     port = free_port()
-    env = os.environ | {"INITIAL_NO_AUTH_ACTION_COUNT": "0"}
+    env = os.environ | ({"INITIAL_NO_AUTH_ACTION_COUNT": "0"} if strict else {})
     command = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         if not _wait_http(f"http://127.0.0.1:{port}/moto-api/", 30, process):
-            pytest.skip("could not start moto's S3 server (strict mode) on 127.0.0.1 within 30 s")
+            pytest.skip("could not start moto's S3 server (its own process) on 127.0.0.1 within 30 s")
         yield f"http://127.0.0.1:{port}"
     finally:
         process.terminate()

@@ -117,12 +117,24 @@ def timeout_s() -> float:
     return value if 0 < value < 3600 else DEFAULT_TIMEOUT_S
 
 
+_SETTINGS_PREFIXES = ("AWS_", "FSSPEC_", "GOOGLE_", "GCS", "AZURE_", "MIXMAG_REMOTE_")
+_FILESYSTEMS: dict[tuple, Any] = {}
+
+
 def filesystem(url: str) -> tuple[Any, str]:
-    """(fsspec filesystem, path inside it) for a URL, with mixmag's time limits added to the user's settings."""
+    """(fsspec filesystem, path inside it) for a URL, with mixmag's time limits added to the user's settings.
+
+    One filesystem per protocol and per state of the environment it reads (endpoint, keys, profile) in each process:
+    a client's set-up (botocore loads its S3 model, ~0.2 CPU s) is paid once, and new credentials or another endpoint
+    in the environment give a new client (fsspec's own instance cache would keep the first ones)."""
     import fsspec.core
 
     protocol = scheme(url)
-    # a new instance each time: fsspec's instance cache would keep the endpoint and keys of the first call
+    settings = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith(_SETTINGS_PREFIXES)))
+    key = (protocol, os.getpid(), settings)
+    if key in _FILESYSTEMS:
+        fs = _FILESYSTEMS[key]
+        return fs, fs._strip_protocol(url)
     options: dict[str, Any] = {"skip_instance_cache": True}
     limit = timeout_s()
     if protocol in ("s3", "s3a"):
@@ -145,6 +157,7 @@ def filesystem(url: str) -> tuple[Any, str]:
         ) from None
     if hasattr(fs, "retries"):  # s3fs retries a timeout 5 times with back-off; twice says the same sooner
         fs.retries = 2
+    _FILESYSTEMS[key] = fs
     return fs, path
 
 

@@ -11,8 +11,10 @@ OpenSlide or from a server by wsidicom. wsidicom is imported only when a DICOMwe
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,6 +69,12 @@ def series_url(base: str, study: str, series: str, where: str) -> str:
         if not _UID.match(uid.strip()) or len(uid.strip()) > 64:
             raise SlideNotFoundError(where, f"{name} UID {uid!r} is not a DICOM UID.", "digits and dots, at most 64.")
     return f"dicomweb+{server}/studies/{study.strip()}/series/{series.strip()}"
+
+
+def _quiet_bulk_data(record: logging.LogRecord) -> bool:
+    """pydicom logs (and warns) once per instance that wsidicom's metadata leaves bulk data (the ICC profile) unread:
+    expected for a DICOMweb slide, so not repeated to the user."""
+    return "No bulk data URI handler" not in record.getMessage()
 
 
 def _session():
@@ -141,10 +149,14 @@ class DicomWebHandle(BackendHandle):
         from wsidicom import WsiDicom, WsiDicomWebClient
 
         address = parse_url(str(url))
+        logger = logging.getLogger("pydicom")
+        logger.addFilter(_quiet_bulk_data)
         try:
             client = DICOMwebClient(address.base, session=_session())
             count, digest = _instances_digest(client, address)
-            self._wsi = WsiDicom.open_web(WsiDicomWebClient(client), address.study, address.series)
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="No bulk data URI handler")
+                self._wsi = WsiDicom.open_web(WsiDicomWebClient(client), address.study, address.series)
         except (SlideNotFoundError, SlideUnreadableError):
             raise
         except Exception as exc:  # noqa: BLE001 - requests, the client and wsidicom raise many kinds
