@@ -29,6 +29,14 @@ def tile_origins(cells: np.ndarray, cell_px: float, level: int) -> np.ndarray:
     return np.stack([x.ravel(), y.ravel()], axis=1)
 
 
+def whole_pixel_footprints(cell_px: float, n_levels: int, tol: float = 1e-6) -> bool:
+    """Whether every level's tile footprint (cell_px / 2^i level-0 px) is a whole number of pixels, so a peer that
+    reads integer boxes at integer origins (TRIDENT, CLAM) reads exactly mixmag's tiles: only then are features
+    computed by the peer at `mixmag store coords`' coordinates equal, value for value, to mixmag's own."""
+    finest = cell_px / 2 ** (n_levels - 1)
+    return abs(finest - round(finest)) <= tol
+
+
 def rounded_origins(cells: np.ndarray, cell_px: float, level: int) -> np.ndarray:
     """tile_origins rounded to the nearest level-0 pixel, as int64 (what TRIDENT and CLAM store)."""
     return np.rint(tile_origins(cells, cell_px, level)).astype(np.int64)
