@@ -17,9 +17,10 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from . import __version__
+from .encoders.names import current_name
 from .errors import MixmagError, MixmagWarning
 from .fileio import hdf5_atomic, open_hdf5
 from .ids import ID_RULE, is_safe_id
@@ -61,6 +62,12 @@ class EmbeddingSpace(BaseModel):
     level_mpps: list[float] | None = None
     tile_px: int | None = None
     region_size: int | None = None
+
+    @field_validator("encoder")
+    @classmethod
+    def _current_encoder_name(cls, name: str | None) -> str | None:
+        """Stores made before presets took TRIDENT's names (`uni`, `prov-gigapath`) are in the same space as new ones."""
+        return current_name(name)
 
     @classmethod
     def of(cls, value: EmbeddingSpace | dict) -> EmbeddingSpace:

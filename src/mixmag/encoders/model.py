@@ -14,6 +14,7 @@ from ..errors import ConfigError, MixmagError
 from ..weights_io import WeightsFileError, load_state_dict_file
 from .convert import CONVERTERS, ConversionError
 from .registry import EncoderPreset, InputTransform, OutputMode, get_preset, timm_kwargs
+from .spec import OUTPUT_MODES
 
 
 class EncoderWeightsError(MixmagError):
@@ -74,6 +75,8 @@ class TileEncoder(nn.Module):
         self.num_prefix_tokens = int(getattr(backbone, "num_prefix_tokens", 1))
 
     def forward(self, tiles: torch.Tensor) -> torch.Tensor:
+        if self.output == "pooled":  # the network's own pooling (a CNN's or Swin's mean feature)
+            return self.backbone(self.transform(tiles))
         tokens = self.backbone.forward_features(self.transform(tiles))
         cls = tokens[:, 0]
         if self.output == "cls":
@@ -100,7 +103,7 @@ def build_backbone(preset: EncoderPreset, overrides: dict | None = None) -> nn.M
     """The preset's architecture with fresh (random or built-in) weights; no network."""
     if preset.builder is not None:
         torch.manual_seed(0)  # built-ins are the same on every machine
-        return preset.builder()
+        return preset.builder(**(overrides or {}))
     import timm
 
     return timm.create_model(preset.timm_name, pretrained=False, **timm_kwargs(preset, overrides))
@@ -119,8 +122,13 @@ def build_encoder(
     random weights only when asked for explicitly (tests, benchmarks), drawn from RANDOM_INIT_SEED and recorded."""
     preset = get_preset(name)
     output = output or preset.output
-    if output not in ("cls", "cls+mean"):
-        raise ConfigError(f"unknown output mode {output!r}; use 'cls' or 'cls+mean'")
+    if output not in OUTPUT_MODES:
+        raise ConfigError(f"unknown output mode {output!r}; use one of {', '.join(OUTPUT_MODES)}")
+    if (output == "pooled") != (preset.output == "pooled"):
+        raise ConfigError(
+            f"encoder {preset.name!r} gives {'only its pooled features' if preset.output == 'pooled' else 'tokens'}; "
+            f"use --output {preset.output}"
+        )
     if weights is not None:
         backbone = build_backbone(preset, overrides)
         load_weights(backbone, Path(weights), preset.weights_format)
@@ -148,13 +156,13 @@ def _from_hub(preset: EncoderPreset, overrides: dict | None) -> nn.Module:
         raise EncoderWeightsError(f"encoder {preset.name!r} has no hub id; pass --weights PATH")
     import timm
 
-    kwargs = {k: v for k, v in timm_kwargs(preset, overrides).items() if k not in ("img_size",)}
     try:
-        if preset.weights_format != "timm":  # another library's layout: fetch the file, convert on load
+        if preset.hub_file is not None:  # a file in another library's layout (or a bare state dict): fetch, convert
             from huggingface_hub import hf_hub_download
 
-            fetched = Path(hf_hub_download(preset.hub_id, preset.hub_file))
+            fetched = Path(hf_hub_download(preset.hub_id, preset.hub_file, repo_type=preset.hub_repo_type))
         else:
+            kwargs = {k: v for k, v in timm_kwargs(preset, overrides).items() if k not in ("img_size",)}
             return timm.create_model(f"hf-hub:{preset.hub_id}", pretrained=True, **kwargs)
     except Exception as exc:  # noqa: BLE001 - offline, gated, missing token: all mean "no weights from the hub"
         raise EncoderWeightsError(
