@@ -211,7 +211,9 @@ def test_dinov2_repository_checkpoint_loads(tmp_path):
     assert torch.allclose(first, again, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["kaiko-vits16", "kaiko-vits8", "kaiko-vitb16", "kaiko-vitb8", "kaiko-vitl14", "lunit-vits8"])
+@pytest.mark.parametrize(
+    "name", ["kaiko-vits16", "kaiko-vits8", "kaiko-vitb16", "kaiko-vitb8", "kaiko-vitl14", "lunit-vits8"]
+)
 def test_timm_layout_presets_are_timms_own_architecture(name):
     """Presets whose hub weights are timm checkpoints of a timm architecture: the same tensors, names and shapes as
     timm's own model of that name, so the published file loads strictly."""
@@ -222,3 +224,69 @@ def test_timm_layout_presets_are_timms_own_architecture(name):
         ours = build_backbone(preset).state_dict()
         reference = timm.create_model(preset.timm_name, pretrained=False, num_classes=0).state_dict()
     assert {k: tuple(v.shape) for k, v in ours.items()} == {k: tuple(v.shape) for k, v in reference.items()}
+
+
+def test_encoders_list_shows_every_preset_with_its_card(tmp_path):
+    from typer.testing import CliRunner
+
+    from mixmag.cli import app
+
+    runner = CliRunner()
+    result = runner.invoke(app, ["encoders", "list", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = {r["name"]: r for r in __import__("json").loads(result.output)}
+    assert set(FOUNDATION) <= set(rows)
+    uni = rows["uni_v1"]
+    assert uni["aliases"] == ["uni"] and uni["dim"] == 1024 and uni["parameters"] == "303M"
+    assert uni["input_px"] == 224 and uni["trained_um_per_px"] == [0.5] and uni["magnifications_seen"] == "20×"
+    assert uni["gated"] is True and uni["license"] and uni["extra"] is None
+    assert rows["virchow2"]["magnifications_seen"] == "5×, 10×, 20×, 40×"
+    assert rows["virchow"]["dim"] == 2560  # the card's class token + mean patch token
+    assert rows["uni_v2"]["magnifications_seen"] == "?"  # the card does not say: not guessed
+    table = runner.invoke(app, ["encoders", "list"], env={"COLUMNS": "200"})
+    assert table.exit_code == 0 and "hoptimus0" in table.output and "h-optimus-0" in table.output
+    assert "magnifications: what the model saw in training" in table.output
+
+
+def test_embed_says_once_when_a_20x_encoder_meets_5x_and_10x_tiles(tmp_path):
+    import numpy as np
+    from conftest import make_tissue_slide
+    from typer.testing import CliRunner
+
+    from mixmag.cli import app
+    from mixmag.encoders import builders
+    from mixmag.encoders.registry import EncoderPreset, InputTransform, ModelCard, register_preset
+    from mixmag.slides.sources import SlideSource
+    from mixmag.slides.tiling import TilingParams
+    from mixmag.stages.tile import tile_slides
+
+    slides = [
+        SlideSource(
+            make_tissue_slide(tmp_path, f"s{i}.tiff", size=(1800, 1800), seed=i, tissue_mask=np.ones((4, 4), bool)),
+            f"s{i}",
+        )
+        for i in range(2)
+    ]
+    tile_slides(slides, tmp_path / "plans", TilingParams(region_size=1))
+    for name, mpps in (("test-20x-only", (0.5,)), ("test-5x-to-40x", (2.0, 1.0, 0.5, 0.25))):
+        register_preset(
+            EncoderPreset(
+                name=name,
+                description="test",
+                dim=64,
+                transform=InputTransform(224, None, "bilinear"),
+                builder=builders.tiny_vit,
+                needs_weights=False,
+                card=ModelCard(None, mpps),
+            ),
+            replace=True,
+        )
+    runner = CliRunner()
+    args = ["embed", "--plans", str(tmp_path / "plans"), "--workers", "0", "--device", "cpu"]
+    narrow = runner.invoke(app, [*args, "--out", str(tmp_path / "a"), "--encoder", "test-20x-only"])
+    assert narrow.exit_code == 0, narrow.output
+    flat = " ".join(narrow.output.split())
+    assert flat.count("was trained on 20× tiles only") == 1  # once for the run, not per slide
+    assert "5×, 10× tiles (2, 1 µm/px)" in flat and "virchow2" in flat
+    wide = runner.invoke(app, [*args, "--out", str(tmp_path / "b"), "--encoder", "test-5x-to-40x"])
+    assert wide.exit_code == 0 and "trained on" not in wide.output

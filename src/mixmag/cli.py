@@ -335,7 +335,7 @@ def embed(
     cohort: Annotated[
         Optional[Path], typer.Option(help="Only the slides of this CSV ('slide' column, or ids from 'path').")
     ] = None,
-    encoder: Annotated[str, typer.Option(help="Encoder preset (see `mixmag encoders`).")] = "virchow2",
+    encoder: Annotated[str, typer.Option(help="Encoder preset (see `mixmag encoders list`).")] = "virchow2",
     weights: Annotated[
         Optional[Path], typer.Option(help="Local weights (.safetensors, .pt, .bin), loaded safely and strictly.")
     ] = None,
@@ -365,7 +365,9 @@ def embed(
     _use_slide_cache(cache)
     from .devices import start_distributed
     from .encoders.model import build_encoder
+    from .encoders.registry import unseen_levels_note
     from .slides.sources import slide_ids_from_table
+    from .slides.tiling import load_plan
     from .stages.embed import check_read_mode, find_plans, gather_results, run_embed
 
     dist, dev = start_distributed(device, process_group=False)
@@ -384,6 +386,9 @@ def embed(
         soft_wrap=True,
         highlight=False,
     )
+    note = unseen_levels_note(model.preset, load_plan(plan_paths[0]).levels.mpps) if plan_paths else None
+    if note:  # once per run: an encoder trained at 20x only meets 5x and 10x tiles
+        say(note, style="yellow", soft_wrap=True, highlight=False)
     with _progress() as progress:
         task = progress.add_task(
             f"rank {dist.rank} tiles embedded" if dist.active else "tiles embedded", total=None, unit="tiles"
@@ -884,25 +889,47 @@ def _print_slide_check(check) -> None:
         console.print(f"  but it is {check.region_note}", style="yellow", highlight=False, soft_wrap=True)
 
 
-@app.command("encoders")
-def list_encoders() -> None:
-    """List the encoder presets."""
-    from .encoders.registry import get_preset, preset_names
+encoders_app = _commands("The tile-encoder presets (`mixmag embed --encoder NAME`).")
+app.add_typer(encoders_app, name="encoders")
 
-    table = Table(title="Encoder presets")
-    for col in ("name", "dim", "output", "weights", "description", "license"):
-        table.add_column(col)
-    for name in preset_names():
-        p = get_preset(name)
+
+@encoders_app.command("list")
+def list_encoders(
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per preset, in a list, on stdout.")] = False,
+) -> None:
+    """List the encoder presets with their model cards' facts: dimension, parameters, input size, the µm/px and
+    magnifications they were trained at (? where the card does not say), licence, gating, extra needed."""
+    from .encoders.registry import get_preset, preset_facts, preset_names
+
+    rows = [preset_facts(get_preset(name)) for name in preset_names()]
+    if as_json:
+        sys.stdout.write(json.dumps(rows, indent=1, ensure_ascii=False) + "\n")
+        return
+    table = Table(title=f"Encoder presets ({len(rows)})")
+    columns = ("name", "aliases", "dim", "params", "input px", "trained µm/px", "magnifications", "licence", "gated")
+    for col in (*columns, "extra"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        mpps, builtin = r["trained_um_per_px"], r["license"] == "built-in"
         table.add_row(
-            name,
-            str(p.output_dim()),
-            p.output,
-            f"hf-hub:{p.hub_id}" if p.hub_id else ("built-in" if not p.needs_weights else "--weights"),
-            p.description,
-            p.license,
+            r["name"],
+            ", ".join(r["aliases"]),
+            f"{r['dim']} ({r['output']})",
+            r["parameters"] or ("built-in" if builtin else "?"),
+            str(r["input_px"]),
+            "-" if builtin else "?" if mpps is None else (", ".join(f"{m:g}" for m in mpps) or "-"),
+            r["magnifications_seen"] or "-",
+            r["license"],
+            "-" if builtin else {True: "yes", False: "no", None: "?"}[r["gated"]],
+            r["extra"] or "-",
         )
     console.print(table)
+    console.print(
+        "magnifications: what the model saw in training (10 / µm per px; 20× = 0.5 µm/px). An encoder that saw only "
+        "20× meets mixmag's 5× and 10× tiles for the first time.",
+        soft_wrap=True,
+        highlight=False,
+    )
 
 
 @store_app.command("validate")

@@ -66,7 +66,7 @@ class EmbeddingSpace(BaseModel):
     @field_validator("encoder")
     @classmethod
     def _current_encoder_name(cls, name: str | None) -> str | None:
-        """Stores made before presets took TRIDENT's names (`uni`, `prov-gigapath`) are in the same space as new ones."""
+        """Stores made before presets took TRIDENT's names (`uni`, `prov-gigapath`) share the space of new ones."""
         return current_name(name)
 
     @classmethod

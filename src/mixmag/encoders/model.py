@@ -137,7 +137,9 @@ def build_encoder(
     elif preset.needs_weights and not random_init:
         raise EncoderWeightsError(
             f"encoder {name!r} needs its weights: pass --weights PATH (.safetensors, .pt or .bin) or --from-hub "
-            f"(Hugging Face access to {preset.hub_id or 'the model'} required). {preset.license}".strip()
+            f"(Hugging Face access to {preset.hub_id or 'the model'} required"
+            f"{'; gated: request access on its page first' if preset.card and preset.card.gated else ''}). "
+            f"Licence: {preset.license or 'see the model card'}."
         )
     elif preset.needs_weights:  # random_init: seeded, so two runs give the same weights, and the store says so
         with torch.random.fork_rng(devices=[]):

@@ -22,9 +22,11 @@ KAIKO_MEAN, KAIKO_STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
 LUNIT_MEAN, LUNIT_STD = (0.70322989, 0.53606487, 0.66096631), (0.21716536, 0.26081574, 0.20723464)
 TWENTY_X = (0.5,)
 FIVE_TO_FORTY_X = (2.0, 1.0, 0.5, 0.25)
-VIRCHOW_NOTE = "631.2M built: the published weights load strictly into it (the card's own timm code); the card rounds up"
-UNCHECKED = "not recorded here: read the model card before use"
-NON_COMMERCIAL_GATED = "CC-BY-NC-ND-4.0, gated on Hugging Face"
+VIRCHOW_NOTE = (
+    "631.2M built: the published weights load strictly into it (the card's own timm code); the card rounds up"
+)
+UNCHECKED = "? (read the card)"
+NON_COMMERCIAL = "CC-BY-NC-ND-4.0"
 
 
 def _swiglu(**extra) -> Callable[[], dict]:
@@ -61,7 +63,7 @@ def _vit_presets() -> list[EncoderPreset]:
             timm_name="vit_large_patch16_224",
             timm_kwargs=_plain(img_size=224, init_values=1e-5, dynamic_img_size=True),
             hub_id="MahmoodLab/UNI",
-            license=NON_COMMERCIAL_GATED,
+            license=NON_COMMERCIAL,
             card=ModelCard("303M", TWENTY_X, gated=True),
         ),
         EncoderPreset(
@@ -84,7 +86,7 @@ def _vit_presets() -> list[EncoderPreset]:
                 dynamic_img_size=True,
             ),
             hub_id="MahmoodLab/UNI2-h",
-            license=NON_COMMERCIAL_GATED,
+            license=NON_COMMERCIAL,
             card=ModelCard("681M", None, gated=True),
         ),
         EncoderPreset(
@@ -97,7 +99,7 @@ def _vit_presets() -> list[EncoderPreset]:
             hub_id="owkin/phikon",
             weights_format="hf-vit",
             hub_file="pytorch_model.bin",
-            license="Owkin non-commercial licence (not gated)",
+            license="Owkin non-commercial",
             card=ModelCard("86M", TWENTY_X, gated=False),
         ),
         EncoderPreset(
@@ -111,7 +113,7 @@ def _vit_presets() -> list[EncoderPreset]:
             hub_id="owkin/phikon-v2",
             weights_format="hf-dinov2",
             hub_file="model.safetensors",
-            license="Owkin non-commercial licence (not gated)",
+            license="Owkin non-commercial",
             card=ModelCard("303M", TWENTY_X, gated=False),
         ),
         EncoderPreset(
@@ -132,7 +134,7 @@ def _vit_presets() -> list[EncoderPreset]:
                 mlp_ratio=5.33334,
             ),
             hub_id="prov-gigapath/prov-gigapath",
-            license="Apache-2.0 (research use), gated on Hugging Face",
+            license="Apache-2.0, research use",
             card=ModelCard("1.13B", TWENTY_X, gated=True),
         ),
         EncoderPreset(
@@ -144,7 +146,7 @@ def _vit_presets() -> list[EncoderPreset]:
             timm_name="vit_huge_patch14_224",
             timm_kwargs=_swiglu(img_size=224, init_values=1e-5, mlp_ratio=5.3375, dynamic_img_size=True),
             hub_id="paige-ai/Virchow",
-            license="Apache-2.0 with non-commercial terms, gated on Hugging Face",
+            license="Apache-2.0 + non-commercial terms",
             card=ModelCard("632M", TWENTY_X, gated=True, tokens="cls+mean", params_note=VIRCHOW_NOTE),
         ),
         EncoderPreset(
@@ -155,10 +157,15 @@ def _vit_presets() -> list[EncoderPreset]:
             output="cls",
             timm_name="vit_huge_patch14_224",
             timm_kwargs=_swiglu(
-                img_size=224, init_values=1e-5, mlp_ratio=5.3375, reg_tokens=4, no_embed_class=True, dynamic_img_size=True
+                img_size=224,
+                init_values=1e-5,
+                mlp_ratio=5.3375,
+                reg_tokens=4,
+                no_embed_class=True,
+                dynamic_img_size=True,
             ),
             hub_id="paige-ai/Virchow2",
-            license="CC-BY-NC-ND-4.0, gated on Hugging Face (institutional e-mail)",
+            license="CC-BY-NC-ND-4.0",
             card=ModelCard(
                 "632M", FIVE_TO_FORTY_X, gated=True, tokens="cls+mean (--output cls+mean)", params_note=VIRCHOW_NOTE
             ),
@@ -172,7 +179,7 @@ def _vit_presets() -> list[EncoderPreset]:
             timm_name="vit_giant_patch14_reg4_dinov2",
             timm_kwargs=_plain(img_size=224, init_values=1e-5, dynamic_img_size=False),
             hub_id="bioptimus/H-optimus-0",
-            license="Apache-2.0, gated on Hugging Face (approved on request)",
+            license="Apache-2.0",
             card=ModelCard("1.1B", TWENTY_X, gated=True),
         ),
         EncoderPreset(
@@ -184,7 +191,7 @@ def _vit_presets() -> list[EncoderPreset]:
             timm_name="vit_giant_patch14_reg4_dinov2",
             timm_kwargs=_plain(img_size=224, init_values=1e-5, dynamic_img_size=False),
             hub_id="bioptimus/H-optimus-1",
-            license="non-commercial, gated on Hugging Face",
+            license="non-commercial",
             card=ModelCard("1.1B", TWENTY_X, gated=True),
         ),
         EncoderPreset(
@@ -195,7 +202,7 @@ def _vit_presets() -> list[EncoderPreset]:
             timm_name="vit_base_patch14_reg4_dinov2",
             timm_kwargs=_swiglu(img_size=224, init_values=1e-5, mlp_ratio=5.33334, dynamic_img_size=True),
             hub_id="bioptimus/H0-mini",
-            license="non-commercial, gated on Hugging Face",
+            license="non-commercial",
             card=ModelCard("86M", TWENTY_X, gated=True, tokens="cls (or cls+mean)"),
         ),
         EncoderPreset(
@@ -235,7 +242,7 @@ def _vit_presets() -> list[EncoderPreset]:
             hub_id="kaiko-ai/midnight",
             weights_format="hf-dinov2",
             hub_file="model.safetensors",
-            license="MIT (not gated)",
+            license="MIT",
             card=ModelCard("1.1B", FIVE_TO_FORTY_X, gated=False, tokens="cls+mean"),
         ),
         EncoderPreset(
@@ -259,7 +266,7 @@ def _vit_presets() -> list[EncoderPreset]:
             timm_name="vit_small_patch8_224",
             timm_kwargs=_plain(img_size=224, dynamic_img_size=True),
             hub_id="1aurent/vit_small_patch8_224.lunit_dino",
-            license="Lunit non-commercial licence",
+            license="Lunit non-commercial",
             card=ModelCard("22M", (0.5, 0.25), gated=False, source="Kang et al., CVPR 2023: 20x and 40x tiles"),
         ),
         *_kaiko_presets(),
@@ -284,7 +291,7 @@ def _kaiko_presets() -> list[EncoderPreset]:
             timm_name=timm_name,
             timm_kwargs=_plain(img_size=img, dynamic_img_size=True),
             hub_id=f"1aurent/{timm_name}.kaiko_ai_towards_large_pathology_fms",
-            license="kaiko.ai licence (see the card; not gated)",
+            license=UNCHECKED,
             card=ModelCard(params, FIVE_TO_FORTY_X, gated=False, source="Aben et al. 2024: TCGA at 5x, 10x, 20x, 40x"),
         )
         for name, (timm_name, dim, params, img) in sizes.items()
@@ -305,7 +312,7 @@ def _other_presets() -> list[EncoderPreset]:
             hub_repo_type="dataset",
             hub_file="fm_v1/ctranspath/CHIEF_CTransPath.pth",
             weights_format="ctranspath",
-            license="GPL-3.0 (TransPath code and weights)",
+            license="GPL-3.0",
             card=ModelCard("28M", None, gated=False),
         ),
         EncoderPreset(
@@ -318,8 +325,10 @@ def _other_presets() -> list[EncoderPreset]:
             hub_id="timm/resnet50.tv_in1k",
             hub_file="model.safetensors",
             weights_format="resnet-trunk",
-            license="BSD-3-Clause (torchvision ImageNet weights)",
-            card=ModelCard("8.5M", (), gated=False, source="ResNet-50 is 25.6M; mixmag, CLAM and TRIDENT keep 3 stages"),
+            license="BSD-3-Clause",
+            card=ModelCard(
+                "8.5M", (), gated=False, source="ResNet-50 is 25.6M; mixmag, CLAM and TRIDENT keep 3 stages"
+            ),
         ),
         EncoderPreset(
             name="tiny-vit",

@@ -61,7 +61,9 @@ class ModelCard:
 
     def twenty_x_only(self) -> bool:
         """Trained on 20× tiles (0.5 µm/px) and nothing coarser: 5× and 10× tiles are new to it."""
-        return bool(self.trained_mpps) and min(self.trained_mpps) <= TWENTY_X_MPP * 1.05 and max(self.trained_mpps) < 1.0
+        return (
+            bool(self.trained_mpps) and min(self.trained_mpps) <= TWENTY_X_MPP * 1.05 and max(self.trained_mpps) < 1.0
+        )
 
 
 @dataclass(frozen=True)
