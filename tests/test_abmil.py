@@ -79,5 +79,5 @@ def test_instance_contributions_sum_to_the_logit_minus_the_bias(mixer):
     logits, attention, contribution = model.eval().contributions(bags, mask)
     torch.testing.assert_close(model(bags, mask)[0], logits)
     assert contribution.shape == attention.shape and (contribution[attention == 0] == 0).all()
-    bias = model.abmil.classifier.bias
+    bias = model.aggregator.classifier.bias
     torch.testing.assert_close(contribution.sum(dim=1), logits - bias, atol=1e-5, rtol=0)

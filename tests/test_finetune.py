@@ -111,15 +111,15 @@ def test_layer_decay_and_the_frozen_first_epoch(cohort_dir, tmp_path):
     assert lr_of["mixer.embed.weight"] == (pytest.approx(4.21875e-4), 0.05)
     assert lr_of["mixer.blocks.0.attn.qkv.weight"] == (pytest.approx(5.625e-4), 0.05)
     assert lr_of["mixer.blocks.1.norm2.bias"] == (pytest.approx(7.5e-4), 0.0)
-    assert lr_of["abmil.classifier.weight"] == (pytest.approx(1e-3), 0.05)
+    assert lr_of["aggregator.classifier.weight"] == (pytest.approx(1e-3), 0.05)
     before = {k: v.clone() for k, v in trainer.model.mixer.state_dict().items()}
-    abmil_before = {k: v.clone() for k, v in trainer.model.abmil.state_dict().items()}
+    abmil_before = {k: v.clone() for k, v in trainer.model.aggregator.state_dict().items()}
     trainer.config = trainer.config.model_copy(update={"epochs": 1})
     trainer.fit()
     trainer.model.load_state_dict(torch.load(tmp_path / "mix" / "best.pt", weights_only=True))
     after = trainer.model.mixer.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # frozen during epoch 1
-    assert not all(torch.equal(abmil_before[k], trainer.model.abmil.state_dict()[k]) for k in abmil_before)
+    assert not all(torch.equal(abmil_before[k], trainer.model.aggregator.state_dict()[k]) for k in abmil_before)
     trainer.config = trainer.config.model_copy(update={"epochs": 2})
     trainer.fit()
     assert not all(torch.equal(before[k], trainer.model.mixer.state_dict()[k]) for k in before)  # then trained jointly

@@ -27,9 +27,9 @@ EXPECTED = {
     "mixer.blocks.1.mlp.fc2.weight": (0.5, 0.05),
     "mixer.norm.weight": (1.0, 0.0),
     "mixer.norm.bias": (1.0, 0.0),
-    "abmil.V.weight": (1.0, 0.05),
-    "abmil.h.weight": (1.0, 0.05),
-    "abmil.classifier.bias": (1.0, 0.0),
+    "aggregator.V.weight": (1.0, 0.05),
+    "aggregator.h.weight": (1.0, 0.05),
+    "aggregator.classifier.bias": (1.0, 0.0),
 }
 
 
@@ -58,7 +58,7 @@ def test_without_a_mixer_every_parameter_trains_at_the_base_lr():
     model = SlideModel(8, 4)
     seen = _settings(model, layer_decay_groups(model, 2e-3, 0.05, 0.5))
     assert {lr for lr, _ in seen.values()} == {2e-3}
-    assert seen["abmil.V.weight"][1] == 0.05 and seen["abmil.V.bias"][1] == 0.0
+    assert seen["aggregator.V.weight"][1] == 0.05 and seen["aggregator.V.bias"][1] == 0.0
 
 
 def test_every_mixer_parameter_has_a_declared_layer_and_declared_names_exist():

@@ -188,7 +188,7 @@ def _quadrant_slide(folder: Path) -> Path:
 
 def _attention_on_nuclei(model: SlideModel) -> None:
     """AB-MIL whose attention and score rise with the encoder's nuclear-area feature (index 8 of `stats`)."""
-    abmil = model.abmil
+    abmil = model.aggregator
     with torch.no_grad():
         for p in abmil.parameters():
             p.zero_()
@@ -245,7 +245,7 @@ def test_heatmaps_put_the_signal_in_its_quadrant(tmp_path, bags):
     top = tuple(a.regions[int(np.argmax(a.region_weight))])
     assert top == (0, 3)  # the top-right region of the 6 x 6 cell grid
     # the 4 regions tile the 6 x 6 grid: their tiles' score contributions add up to the logit less the bias
-    logit, bias = classifier.explain("quadrant").logit, model.abmil.classifier.bias.detach().item()
+    logit, bias = classifier.explain("quadrant").logit, model.aggregator.classifier.bias.detach().item()
     assert a.region_contribution.shape == (4,) and a.region_contribution.sum() == pytest.approx(logit - bias, abs=1e-5)
     assert gradient.region_contribution == pytest.approx(a.region_contribution)
     _assert_hot_in_top_right(a, attrs, scale, (h, w))

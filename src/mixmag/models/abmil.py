@@ -5,10 +5,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .aggregator import Aggregator, full_mask
 from .projection import stored_linear
 
 
-class GatedABMIL(nn.Module):
+class GatedABMIL(Aggregator):
     """(B, N, D) instances + (B, N) mask (True = real) -> (B,) logits and (B, N) attention; with `n_outputs` > 1 (a
     multiclass task's classes) (B, n_outputs) logits, all pooled with the same attention.
 
@@ -22,25 +23,22 @@ class GatedABMIL(nn.Module):
     so whatever the padding holds (even NaN or inf) cannot reach the output: 0 * NaN would be NaN.
     """
 
+    attends = True
+    decomposes = True
+
     def __init__(self, in_dim: int, hidden: int = 16, n_outputs: int = 1) -> None:
-        super().__init__()
+        super().__init__(in_dim, hidden, n_outputs)
         self.V = nn.Linear(in_dim, hidden)
         self.U = nn.Linear(in_dim, hidden)
         self.h = nn.Linear(hidden, 1, bias=False)
         self.classifier = nn.Linear(in_dim, n_outputs)
-
-    def forward(self, z: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        logit, alpha, _ = self.contributions(z, mask)
-        return logit, alpha
 
     def contributions(
         self, z: torch.Tensor, mask: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Logits, attention and each instance's share of the logit: alpha_i (w . z_i), summed over the instances
         exactly logit - bias."""
-        if mask is None:
-            mask = torch.ones(z.shape[:2], dtype=torch.bool, device=z.device)
-        return self.pool(self.project(z), mask)
+        return self.pool(self.project(z), full_mask(z, mask))
 
     def pool(self, projected: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """`contributions` from the instances' projections (B, N, 2 hidden + outputs) (`project`), padded or not."""

@@ -20,8 +20,9 @@ from ..config import MAX_WIDTH
 from ..data.bags import BagCache, BagMode, region_bag
 from ..data.encoded import encoded_mixer_weights
 from ..errors import RunError, RunMismatchError
+from ..models.aggregators import AggregatorName
 from ..models.mixer import MixerConfig, RegionMixer
-from ..models.slide import SlideModel
+from ..models.slide import SlideModel, rename_old_aggregator_keys
 from ..runs import PipelineRecord, TrainRun
 from ..store import StoreError, read_index
 from .mixer_file import load_mixer
@@ -43,6 +44,7 @@ class RunModelSettings(BaseModel):
     specimen_score: Literal["max", "mean"] = "max"
     encoded: str | None = None
     task: TaskType = "binary"
+    aggregator: AggregatorName = "abmil"  # runs before the aggregator registry are AB-MIL runs
 
     @property
     def mixer_output(self) -> str:
@@ -108,9 +110,11 @@ class SlideClassifier:
             record = PipelineRecord.of(pipeline)
             mixer = RegionMixer(MixerConfig(**record.mixer)) if record.mixer else None
             task = task_for(config.task, pipeline=pipeline)
-            model = SlideModel(record.bag_dim or 0, config.hidden, mixer, config.mixer_output, task.n_outputs)
+            model = SlideModel(
+                record.bag_dim or 0, config.hidden, mixer, config.mixer_output, task.n_outputs, config.aggregator
+            )
         try:
-            model.load_state_dict(folder.read_weights())
+            model.load_state_dict(rename_old_aggregator_keys(folder.read_weights()))
         except RuntimeError as exc:
             raise RunMismatchError(f"{folder.weights} does not fit the model its config describes ({exc})") from exc
         return cls(
@@ -214,12 +218,18 @@ class SlideClassifier:
     def explain(self, slide: str, method: str = "auto") -> BagAttribution:
         """Attribution over the slide's bag: "attention" (AB-MIL's weights on tiles or tokens), "gradient"
         (|x . dlogit/dx| on the store's embeddings, through the mixer where there is one), or "auto": attention where
-        AB-MIL weighs tiles or tokens, gradient where it weighs whole regions."""
+        AB-MIL weighs tiles or tokens, gradient where it weighs whole regions or where the aggregator has no
+        attention (mean pooling)."""
         if method == "auto":
-            method = "gradient" if self.pools_regions else "attention"
+            method = "gradient" if self.pools_regions or not self.model.aggregator.attends else "attention"
         if method == "attention" and self.pools_regions:
             raise RunError(
                 f"{slide}: this model weighs whole regions; per-magnification attention needs method='gradient'"
+            )
+        if method == "attention" and not self.model.aggregator.attends:
+            raise RunError(
+                f"{slide}: this model's aggregator ({type(self.model.aggregator).__name__}) weighs every instance "
+                "alike, so it has no attention to draw; use method='gradient'"
             )
         model = self.model.eval()
         bag = self.bags(slide).float()

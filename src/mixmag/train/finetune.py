@@ -1,4 +1,4 @@
-"""Slide-level training (AB-MIL, with or without a jointly trained mixer) and its run folder.
+"""Slide-level training (AB-MIL or another aggregator, with or without a jointly trained mixer) and its run folder.
 
 The task type (`task`: binary, multiclass, survival, regression; `mixmag.train.tasks`) gives the loss and its
 specimen rule (eq. 9 for binary: the minimum over a specimen's slides of a label-smoothed binary cross-entropy) and
@@ -42,6 +42,7 @@ from ..data.bags import (
 from ..data.cohort import Cohort, Specimen, load_cohort
 from ..data.encoded import encoded_mixer_weights
 from ..errors import ConfigError
+from ..models.aggregators import AGGREGATORS, AggregatorName
 from ..models.mixer import MixerOverrides, RegionMixer, mixer_config
 from ..models.slide import SlideModel
 from ..runs import TrainRun
@@ -143,6 +144,11 @@ class TrainConfig(TrainSettings):
     classes: list[str] | None = Field(
         None, description="multiclass: the class names in output order; default the table's labels, sorted"
     )
+    aggregator: AggregatorName = Field(
+        "abmil",
+        description=f"the slide aggregator over the bag's instances, at any level and after any mixer: "
+        f"{', '.join(AGGREGATORS)} (mixmag.models.aggregators)",
+    )
 
     @model_validator(mode="after")
     def _mode(self) -> TrainConfig:
@@ -208,7 +214,8 @@ class Trainer:
         bag_dim = int(bags(first).shape[-1])
         mixer = self._new_mixer(read_header(self.cohort.stores[first]), bag_dim) if config.bags == "regions" else None
         output = config.mixer.output if config.mixer else "patch"
-        model = SlideModel(bag_dim, config.hidden, mixer, output, self.task.n_outputs).to(self.device)
+        model = SlideModel(bag_dim, config.hidden, mixer, output, self.task.n_outputs, config.aggregator)
+        model = model.to(self.device)
         self.classifier = SlideClassifier(
             model,
             config.bags,

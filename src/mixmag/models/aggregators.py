@@ -1,0 +1,24 @@
+"""The slide aggregators by name (the training config's `aggregator:`): adding one is a model file implementing
+`mixmag.models.aggregator:Aggregator` and one line here."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from ..errors import ConfigError
+from .abmil import GatedABMIL
+from .aggregator import Aggregator
+from .meanpool import MeanPool
+
+AGGREGATORS: dict[str, type[Aggregator]] = {
+    "abmil": GatedABMIL,  # gated attention MIL (Ilse et al. 2018; the paper's eq. 7-8)
+    "mean": MeanPool,  # mean pooling + a linear classifier
+}
+AggregatorName = Literal["abmil", "mean"]  # AGGREGATORS' names, for configs (a test keeps the two equal)
+
+
+def build_aggregator(name: str, in_dim: int, hidden: int, n_outputs: int) -> Aggregator:
+    """A fresh aggregator of this name (its weights drawn from torch's random state, as the name's class draws them)."""
+    if name not in AGGREGATORS:
+        raise ConfigError(f"unknown aggregator {name!r}; use one of {', '.join(AGGREGATORS)}")
+    return AGGREGATORS[name](in_dim, hidden, n_outputs)
