@@ -200,7 +200,8 @@ def qupath_frame(plan: TilingPlan) -> tuple[int, int, int, int]:
 
 def object_id(plan: TilingPlan, what: str) -> str:
     """A QuPath object id (UUID, read since QuPath 0.4) fixed by slide and object: exporting again gives the same ids,
-    so QuPath can tell a re-import from new objects."""
+    so QuPath can tell a re-import from new objects (its importer, InteractiveObjectImporter.promptToImportObjects at
+    e56bf11, asks before adding objects whose ids the image already holds)."""
     return str(uuid.uuid5(ID_NAMESPACE, f"{plan.slide.slide_id}/{what}"))
 
 
@@ -227,6 +228,8 @@ def slide_collection(plan: TilingPlan, mask: np.ndarray | None, attribution: dic
                 region_measurements(plan, k, attribution),
             )
         )
+    if width == plan.slide.width or height == plan.slide.height:  # QuPath keeps the full size then (l.178)
+        width, height = plan.slide.width, plan.slide.height
     frame = {
         "slide": plan.slide.slide_id,
         "frame": FRAME,
