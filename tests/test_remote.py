@@ -6,6 +6,7 @@ changed between tiling and embedding refused."""
 from __future__ import annotations
 
 import json
+import os
 
 import h5py
 import numpy as np
@@ -19,6 +20,7 @@ from mixmag.slides.pyramids import read_pyramid
 from mixmag.slides.reader import Slide
 from mixmag.slides.remote import RemoteAccessError, SlideChangedError
 from mixmag.slides.tiling import load_plan
+from mixmag.stages.predict import read_inputs
 
 BUCKET = "slides"
 
@@ -160,3 +162,29 @@ def test_a_storage_that_does_not_answer_is_a_timeout_sentence():
 def test_unknown_url_schemes_are_refused_by_name(tmp_path):
     result = _tile("ftp://host/slide.svs", tmp_path)
     assert result.exit_code != 0 and "'ftp://' is not a slide location" in " ".join(result.output.split())
+
+
+def test_a_slide_served_over_http_reads_by_range_like_the_local_file(s3, real_svs, tmp_path):
+    """https:// and http:// go through fsspec's HTTP client: here the S3 server's plain object URLs, one object public
+    (read by range requests, the same plan as the local file) and one private (403: refused in one sentence)."""
+    endpoint = os.environ["AWS_ENDPOINT_URL"]
+    s3.put(str(real_svs), f"{BUCKET}/public/CMU-1-Small-Region.svs")
+    s3.chmod(f"{BUCKET}/public/CMU-1-Small-Region.svs", "public-read")
+    url = f"{endpoint}/{BUCKET}/public/CMU-1-Small-Region.svs"
+    assert _tile(url, tmp_path / "web").exit_code == 0
+    assert _tile(real_svs, tmp_path / "local").exit_code == 0
+    a = load_plan(tmp_path / "local/CMU-1-Small-Region")
+    b = load_plan(tmp_path / "web/CMU-1-Small-Region")
+    assert b.slide.path == url and b.slide.etag and (a.cells, a.regions) == (b.cells, b.regions)
+    assert a.tissue_grid == b.tissue_grid
+    with pytest.raises(RemoteAccessError, match="the storage refused access"):
+        Slide(f"{endpoint}/{URL.removeprefix('s3://')}")  # the same object, not public
+
+
+def test_doctor_and_predict_take_urls(s3):
+    result = CliRunner().invoke(app, ["doctor", URL, "--region-size", "1"])
+    said = " ".join(result.output.split())
+    assert result.exit_code == 0 and "reads it with tiffslide at 0.499 um/px" in said, said
+    assert "a TIFF by URL: TiffSlide reads its tiles by range requests" in said
+    (source,) = read_inputs([URL], None, None).sources
+    assert (source.path, source.slide_id) == (URL, "CMU-1-Small-Region")

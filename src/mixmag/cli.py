@@ -827,7 +827,8 @@ def report(
 @app.command()
 def doctor(
     slides: Annotated[
-        Optional[list[Path]], typer.Argument(help="Slide files or folders (DICOM, OME-Zarr); none: only the readers.")
+        Optional[list[str]],
+        typer.Argument(help="Slide files, folders (DICOM, OME-Zarr) or URLs; none: only the readers."),
     ] = None,
     mpp: Annotated[Optional[float], typer.Option(help="The mpp override `mixmag tile --mpp` would get.")] = None,
     region_size: Annotated[

@@ -19,6 +19,7 @@ from ..geometry import Box, CellGrid, LevelSpec
 from .backends import BACKENDS, candidates, install_command, installed, open_backend
 from .pyramids import read_pyramid
 from .reader import Slide, SlideTooLargeError
+from .remote import is_url, slide_location
 from .sources import slide_entries
 
 _DISTRIBUTIONS = {
@@ -49,7 +50,7 @@ class BackendCheck:
 
 @dataclass
 class SlideCheck:
-    path: Path
+    path: Path | str
     slide_id: str
     backends: list[BackendCheck]
     chosen: str | None = None
@@ -74,7 +75,7 @@ def installed_backends() -> list[tuple[str, bool, str, str | None]]:
 
 
 def check_paths(
-    paths: list[Path],
+    paths: list[Path | str],
     mpp: float | None = None,
     levels: LevelSpec | None = None,
     cells: int = 2,
@@ -82,19 +83,18 @@ def check_paths(
 ) -> list[SlideCheck]:
     """Diagnose every slide the paths hold (a DICOM folder with several series is several slides)."""
     out = []
-    for path in paths:
-        path = Path(path)
-        entries = slide_entries(path) if path.exists() else [(path, path.name)]
+    for given in paths:
+        path = slide_location(given)  # a URL stays a URL
+        entries = slide_entries(path) if is_url(path) or path.exists() else [(path, path.name)]
         out += [check_slide(p, sid, mpp, levels or LevelSpec(), cells, region_size) for p, sid in entries]
     return out
 
 
 def check_slide(
-    path: Path, slide_id: str, mpp: float | None, levels: LevelSpec, cells: int, region_size: int = 3
+    path: Path | str, slide_id: str, mpp: float | None, levels: LevelSpec, cells: int, region_size: int = 3
 ) -> SlideCheck:
-    checks = (
-        [BackendCheck(c.backend, c.reason, c.installed, c.install) for c in candidates(path)] if path.exists() else []
-    )
+    found = is_url(path) or Path(path).exists()
+    checks = [BackendCheck(c.backend, c.reason, c.installed, c.install) for c in candidates(path)] if found else []
     reads: dict[str, np.ndarray] = {}
     forged = False  # a file that declares more than it holds is read by no further backend (one may not check)
     for check in checks:
@@ -175,7 +175,7 @@ def _readable_is_not_corrupt(checks: list[BackendCheck], reader: str | None) -> 
 
 
 def _check_backend(
-    path: Path, check: BackendCheck, mpp: float | None, levels: LevelSpec, cells: int, reads: dict
+    path: Path | str, check: BackendCheck, mpp: float | None, levels: LevelSpec, cells: int, reads: dict
 ) -> bool:
     """Open and read the slide with one backend; True when the file declares more than it holds (SlideTooLargeError):
     then no other backend should decode it."""

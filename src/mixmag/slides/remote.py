@@ -188,15 +188,19 @@ def _timestamp(value: object) -> float:
 
 def access_error(url: str, exc: BaseException) -> RemoteAccessError:
     """One sentence for what a network and a storage service can say: no such bucket or object, denied, no answer."""
+    chain = _chain(exc)
     text = f"{type(exc).__name__}: {exc}"
-    lowered = text.lower()
+    lowered = " ".join(f"{type(e).__name__}: {e}" for e in chain).lower()
+    status = next((s for s in map(_http_status, chain) if s is not None), None)
     limit = timeout_s()
     if "nosuchbucket" in lowered or "bucket does not exist" in lowered:
         return RemoteAccessError(
             url, "the storage has no such bucket.", "check the bucket name and the endpoint (AWS_ENDPOINT_URL)."
         )
-    if isinstance(exc, PermissionError) or any(
-        word in lowered for word in ("accessdenied", "access denied", "forbidden", "invalidaccesskeyid", "403")
+    if (
+        status in (401, 403)
+        or any(isinstance(e, PermissionError) for e in chain)
+        or any(word in lowered for word in ("accessdenied", "access denied", "forbidden", "invalidaccesskeyid"))
     ):
         return RemoteAccessError(
             url,
@@ -204,7 +208,7 @@ def access_error(url: str, exc: BaseException) -> RemoteAccessError:
             "check the credentials (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_PROFILE for s3, "
             "GOOGLE_APPLICATION_CREDENTIALS for gs, AZURE_STORAGE_* for az) and that they may read this object.",
         )
-    if "timeout" in lowered or "timed out" in lowered or isinstance(exc, TimeoutError):
+    if "timeout" in lowered or "timed out" in lowered or any(isinstance(e, TimeoutError) for e in chain):
         return RemoteAccessError(
             url,
             f"the storage did not answer within {limit:g} s.",
@@ -214,9 +218,31 @@ def access_error(url: str, exc: BaseException) -> RemoteAccessError:
         return RemoteAccessError(
             url, f"could not connect to the storage ({_short(text)}).", "check the endpoint URL and the network."
         )
-    if isinstance(exc, FileNotFoundError):
+    if status == 404 or (status is None and isinstance(exc, FileNotFoundError)):
         return RemoteAccessError(url, "no such object in the storage.", "check the URL (the key is case-sensitive).")
     return RemoteAccessError(url, f"the storage could not serve it ({_short(text)}).", "check the URL and the network.")
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """The error and what caused it (fsspec's HTTP client raises FileNotFoundError from the server's 403 or timeout)."""
+    found: list[BaseException] = []
+    while exc is not None and exc not in found and len(found) < 8:
+        found.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    return found
+
+
+def _http_status(exc: BaseException) -> int | None:
+    """The HTTP status an error carries: aiohttp's `status`, botocore's response metadata, requests' response."""
+    status = getattr(exc, "status", None)
+    if isinstance(status, int):
+        return status
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict):
+        code = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        return code if isinstance(code, int) else None
+    code = getattr(response, "status_code", None)
+    return code if isinstance(code, int) else None
 
 
 _NETWORK_MODULES = ("botocore", "aiobotocore", "aiohttp", "requests", "urllib3", "google", "azure", "gcsfs", "adlfs")

@@ -129,7 +129,7 @@ def read_inputs(
             sources, specimen_of={s.slide_id: r.get("specimen") or s.slide_id for s, r in zip(sources, rows)}
         )
     if slides:
-        return PredictInputs(sources_from_paths([Path(s) for s in slides], mpp))
+        return PredictInputs(sources_from_paths(list(slides), mpp))  # paths, or URLs (slides.remote)
     raise CohortError("give slide files, --cohort CSV (with a 'path' column) or --stores DIR")
 
 
