@@ -47,6 +47,7 @@ from .fileio import (
     type_name,
 )
 from .store import (
+    NEWER_FIELDS,
     STORE_SUFFIX,
     PipelineSettings,
     StoreError,
@@ -295,7 +296,8 @@ def _settings_problem(text: str) -> str | None:
         settings = json.loads(text)
     except (TypeError, ValueError):
         return "provenance is not JSON"
-    if not isinstance(settings, dict) or set(settings) != set(PipelineSettings.model_fields):
+    fields = set(PipelineSettings.model_fields)
+    if not isinstance(settings, dict) or not fields - NEWER_FIELDS <= set(settings) <= fields:
         return "provenance does not hold the pipeline settings"
     try:
         PipelineSettings.model_validate(settings)

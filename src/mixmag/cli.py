@@ -1061,6 +1061,19 @@ def store_export(
         raise typer.Exit(1)
 
 
+@store_app.command("pool")
+def store_pool(
+    stores: Annotated[list[Path], typer.Argument(help="Store files (.h5).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the pooled stores (not the stores' own).")],
+) -> None:
+    """The 20x-only rival: new stores whose coarser levels are means of the finest level's tiles (the encoder's own
+    5x and 10x features left out), to train the same models on and compare."""
+    from .data.pooled import write_pooled
+
+    if _each(stores, "pool from the finest level", lambda p: f"{p} -> {write_pooled(p, out)}"):
+        raise typer.Exit(1)
+
+
 @store_app.command("coords")
 def store_coords(
     plans: Annotated[Path, typer.Option(help="Plans folder of `mixmag tile`.")] = Path("tiles"),

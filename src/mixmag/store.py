@@ -49,6 +49,9 @@ class MixedStoresWarning(MixmagWarning):
     """Stores of one cohort made with different tiling, read mode, tissue model or precision."""
 
 
+NEWER_FIELDS = frozenset({"pooled_from"})  # settings newer than the records (catalog rows, checkpoints) they must equal
+
+
 class EmbeddingSpace(BaseModel):
     """What fixes what the embeddings mean: the encoder, its weights and output, the dimension, the levels, the tile
     and region size. Stores of two spaces never mix; `mixer.json` records the space a mixer was pretrained in."""
@@ -62,6 +65,7 @@ class EmbeddingSpace(BaseModel):
     level_mpps: list[float] | None = None
     tile_px: int | None = None
     region_size: int | None = None
+    pooled_from: str | None = None  # coarser levels made from this level's features alone (`mixmag store pool`)
 
     @field_validator("encoder")
     @classmethod
@@ -88,8 +92,10 @@ class EmbeddingSpace(BaseModel):
         ]
 
     def key(self) -> str:
-        """JSON with sorted keys: equal text for equal settings (catalog rows, checkpoints compare it)."""
-        return json.dumps(self.model_dump(), sort_keys=True)
+        """JSON with sorted keys: equal text for equal settings (catalog rows, checkpoints compare it). A field newer
+        than the records it must equal (`pooled_from`) is left out while unset."""
+        unset = {k for k in NEWER_FIELDS if getattr(self, k) is None}
+        return json.dumps(self.model_dump(exclude=unset), sort_keys=True)
 
 
 class PipelineSettings(EmbeddingSpace):

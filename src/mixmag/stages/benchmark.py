@@ -19,6 +19,8 @@ from rich.console import Console
 from rich.text import Text
 
 from ..config import MAX_RESAMPLES, MAX_STEPS, load_config
+from ..data.cohort import load_cohort
+from ..data.pooled import write_pooled
 from ..errors import ConfigError
 from ..eval.attribution import (
     CAUSAL_MEASURES,
@@ -48,6 +50,7 @@ from ..fileio import make_folder, read_json_limited, remove_own_tree, write_atom
 from ..markup import plain_console
 from ..metrics import auroc
 from ..runs import PretrainRun
+from ..store import store_path
 from ..synth.benchmark import (
     OUTCOME_NAMES,
     TASK_SCALE,
@@ -140,6 +143,15 @@ class BenchmarkConfig(BaseModel):
     attribution_methods: list[str] = Field(
         default_factory=lambda: ["abmil-all", "Random-patch-frozen", "MEM-patch-frozen"]
     )
+    rival_tasks: list[str] = Field(
+        default_factory=list,
+        description="tasks also run on stores whose 5x and 10x tokens are pooled from the 20x tiles alone (the "
+        "20x-only rival, `mixmag store pool`): results-rival/, and each rival method against itself on the real stores",
+    )
+    rival_methods: list[str] = Field(
+        default_factory=lambda: ["abmil-5x", "abmil-20x", "abmil-all"],
+        description="methods run on the pooled stores (AB-MIL: a mixer would need its own pretraining on them)",
+    )
     attribution_slides: int = Field(40, ge=1, le=100_000)
     n_boot: int = Field(1000, ge=100, le=MAX_RESAMPLES)
 
@@ -160,6 +172,16 @@ def load_benchmark_config(path: Path | None, out: Path | None = None, sets: list
     unknown = [t for t in config.tasks if t not in TASKS]
     if unknown:
         raise ConfigError(f"{path}: unknown task(s) {', '.join(unknown)}; tasks: {', '.join(TASKS)}")
+    unknown = [t for t in config.rival_tasks if t not in config.tasks]
+    if unknown:
+        raise ConfigError(
+            f"{path}: rival task(s) {', '.join(unknown)} are not among the tasks ({', '.join(config.tasks)})"
+        )
+    if config.rival_tasks and (config.baseline not in config.rival_methods or uses_a_mixer(config.rival_methods)):
+        raise ConfigError(
+            f"{path}: rival_methods must be AB-MIL methods ({', '.join(ABMIL_METHODS)}) and include the baseline "
+            f"{config.baseline}"
+        )
     unknown = [t for t in config.outcome_tasks if t not in OUTCOME_NAMES]
     if unknown:
         raise ConfigError(
@@ -275,6 +297,61 @@ def _grid(
         ),
     )
     return grid
+
+
+def _rival(out: Path, config: BenchmarkConfig, tables: dict[str, Path], console: Console) -> dict:
+    """The rival tasks on pooled stores (made once next to the real ones), their statistics, and each rival method
+    against itself on the real stores (same test specimens: paired)."""
+    pooled = out / "data" / "stores-pooled"
+    for task in config.rival_tasks:
+        for path in load_cohort(tables[task], out / "data" / "stores").stores.values():
+            if not store_path(pooled, path.stem).is_file():
+                write_pooled(path, pooled)
+    grid = GridConfig(
+        out=str(out / "results-rival"),
+        methods=config.rival_methods,
+        seeds=config.seeds,
+        tasks=[Task(name=t, cohort=str(tables[t]), stores=str(pooled)) for t in config.rival_tasks],
+        train=config.train,
+        train_by_method=config.train_by_method,
+        baseline=config.baseline,
+    )
+    run_grid(grid, on_run=lambda t, m, s, auc, status: console.print(f"{t:>8} / {m} (20x-pooled) seed {s}: {auc:.3f}"))
+    cells = []
+    for task in config.rival_tasks:
+        runs = {m: [run_folder(grid, task, m, s) for s in config.seeds] for m in config.rival_methods}
+        cells += cell_statistics(task, runs, config.baseline, n_boot=config.n_boot)
+    real = GridConfig(out=str(out / "results"), methods=config.methods, seeds=config.seeds, tasks=grid.tasks)
+    pairs = [
+        compare_methods(
+            task,
+            [run_folder(real, task, m, s) for s in config.seeds],
+            [run_folder(grid, task, m, s) for s in config.seeds],
+            m,
+            f"{m} (20x-pooled)",
+        )
+        for task in config.rival_tasks
+        for m in config.rival_methods
+        if m in config.methods
+    ]
+    q = false_discovery_rate([pair.p for pair in pairs])
+    return {
+        "cells": with_false_discovery_rate(cells),
+        "pairs": [replace(pair, q=q_value) for pair, q_value in zip(pairs, q, strict=True)],
+    }
+
+
+def rival_markdown(rival: dict, config: BenchmarkConfig) -> str:
+    if not rival:
+        return ""
+    table = statistics_table(
+        rival["cells"], config.rival_tasks, config.rival_methods, config.seeds, config.n_boot, config.baseline
+    )
+    saved = "5 of every 21 tiles (the 5x and 10x ones) need no encoder pass"
+    return (
+        f"\n\nThe 20x-only rival (5x and 10x tokens pooled from the 20x tiles; {saved}):\n\n{table}\n"
+        f"Real 5x/10x features against pooled ones, same method and test specimens:{pairs_markdown(rival['pairs'])}\n"
+    )
 
 
 def _statistics(grid: GridConfig, config: BenchmarkConfig) -> list[CellStatistic]:
@@ -474,6 +551,7 @@ def _write_outputs(out: Path, result: dict, config: BenchmarkConfig) -> None:
     write_atomic(
         out / "benchmark.md",
         f"{NOTICE}\n\n{table}\n{outcome_note(config.outcome_tasks)}{pairs_markdown(result['pairs'])}\n"
+        f"{rival_markdown(result.get('rival', {}), config)}"
         f"{pretraining_note(result['pretraining'])}\n\n{power_note(cells)}\n\n"
         f"Which magnification mattered (seed {config.seeds[0]}, positive test slides):\n\n"
         f"{attribution_markdown(attribution)}",
@@ -498,6 +576,10 @@ def run_benchmark(config: BenchmarkConfig, console: Console | None = None) -> di
     )
     result["cells"] = timer.run("4. statistics (bootstrap, DeLong)", console, lambda: _statistics(grid, config))
     result["pairs"] = _pairs(grid, config)
+    if config.rival_tasks:
+        result["rival"] = timer.run(
+            "3b. the 20x-only rival on pooled stores", console, lambda: _rival(out, config, tables, console)
+        )
     result["attribution"] = timer.run(
         "5. magnification attribution on fine and coarse", console, lambda: _attribution(grid, config)
     )

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from ..catalog import load_catalog_with_report, place_stores
+from ..data.pooled import write_pooled
 from ..devices import choose_device
 from ..encoders.extract import tiles_per_cell
 from ..encoders.model import build_encoder
@@ -236,7 +237,22 @@ def embed_planned(
     )
     problems = {r.slide_id: r.error or "embedding failed" for r in results if r.outcome == "failed"}
     stores = {s: store_path(work / "stores", s) for s in planned if s not in problems}
+    if classifier.record.pooled_from:  # a run on the 20x-only rival's stores reads pooled coarse levels too
+        stores, pooling = pool_stores(stores, output_folder(work, "stores-pooled"))
+        problems |= pooling
     return stores, problems
+
+
+def pool_stores(stores: dict[str, Path], out: Path) -> tuple[dict[str, Path], dict[str, str]]:
+    """Each store's pooled twin in `out` (`mixmag.data.pooled:write_pooled`); a store that cannot be pooled is that
+    slide's problem, not the batch's."""
+    pooled, problems = {}, {}
+    for slide, path in stores.items():
+        try:
+            pooled[slide] = write_pooled(path, out)
+        except MixmagError as exc:
+            problems[slide] = str(exc)
+    return pooled, problems
 
 
 def unscorable(plan) -> str:

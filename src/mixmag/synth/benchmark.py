@@ -51,6 +51,7 @@ class BenchmarkSpec:
     decoy_rate: float = 0.7  # cross / context: share of negative slides with decoys
     split: tuple[float, float, float] = (0.5, 0.15, 0.35)
     seed: int = 0
+    structure: float = 1.0  # 1: tiles predictable from parents, children, neighbours; 0: independent (synth.stores)
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -62,6 +63,8 @@ class BenchmarkSpec:
             )
         if self.cells % 3 or self.cells < 3:
             raise ConfigError(f"cells must be a positive multiple of the region size 3, got {self.cells}")
+        if not 0 <= self.structure <= 1:
+            raise ConfigError(f"structure must be between 0 and 1, got {self.structure}")
         if not 0 <= self.signal_spread <= 1:
             raise ConfigError(f"signal_spread must be between 0 and 1, got {self.signal_spread}")
         if not 0 < self.signal_regions <= (self.cells // 3) ** 2:
@@ -146,7 +149,12 @@ def benchmark_slide(spec: BenchmarkSpec, slide_id: str, positive: bool, rng: np.
 def _background(spec, slide_id: str, rng: np.random.Generator) -> tuple[SlideStore, list[tuple[int, int]], float]:
     """A task's background store cut into non-overlapping regions, and an embedding's typical norm."""
     store = synthetic_store(
-        slide_id, n_rows=spec.cells, n_cols=spec.cells, dim=spec.dim, seed=int(rng.integers(1 << 31))
+        slide_id,
+        n_rows=spec.cells,
+        n_cols=spec.cells,
+        dim=spec.dim,
+        seed=int(rng.integers(1 << 31)),
+        structure=spec.structure,
     )
     regions = [(r, c) for r in range(0, spec.cells, 3) for c in range(0, spec.cells, 3)]
     store.windows = {"regions": np.array(regions, np.int32)}

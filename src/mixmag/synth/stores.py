@@ -3,7 +3,9 @@
 Each cell has a latent vector that varies smoothly over the slide; each finer tile's latent is its
 parent's plus detail of its own. Every level sees its latents through its own fixed projection, so
 a hidden tile is predictable from its parent, children and neighbours, better than from the mean of
-its level: what masked embedding modeling has to learn.
+its level: what masked embedding modeling has to learn. `structure` (1 by default) dials that down: each tile's
+latent becomes structure x its structured latent + sqrt(1 - structure^2) x a latent of its own, so at 0 every tile is
+drawn independently (nothing for MEM to learn) and levels, neighbours and parents say nothing of each other.
 """
 
 from __future__ import annotations
@@ -27,8 +29,12 @@ def synthetic_store(
     noise: float = 0.05,
     seed: int = 0,
     projection_seed: int = 1234,
+    structure: float = 1.0,
 ) -> SlideStore:
+    if not 0 <= structure <= 1:
+        raise ValueError(f"structure must be between 0 and 1, got {structure}")
     rng = np.random.default_rng(seed)
+    own_rng = np.random.default_rng([seed, 1])  # apart from rng: at structure 1 the store is what it always was
     proj_rng = np.random.default_rng(projection_seed)  # the "foundation model": shared by all slides
     projections = [proj_rng.normal(size=(latent, dim)) / np.sqrt(latent) for _ in range(n_levels)]
     coarse = rng.normal(size=(n_rows + 2, n_cols + 2, latent))
@@ -42,7 +48,11 @@ def synthetic_store(
                 np.repeat(latents.reshape(-1, 2 ** (level - 1), 2 ** (level - 1), latent), 2, axis=1), 2, axis=2
             )
             latents = (parents + detail * rng.normal(size=parents.shape)).reshape(len(rc), 4**level, latent)
-        emb = np.tanh(latents @ projections[level]) + noise * rng.normal(size=(len(rc), 4**level, dim))
+        mixed = latents
+        if structure < 1:  # the tile's own latent, scaled to the structured one's spread (each level's differs)
+            own = own_rng.normal(size=latents.shape) * latents.std()
+            mixed = structure * latents + np.sqrt(1 - structure**2) * own
+        emb = np.tanh(mixed @ projections[level]) + noise * rng.normal(size=(len(rc), 4**level, dim))
         embeddings[f"{10 * 2**level / 2:g}x"] = emb.astype(np.float32)
     windows = {"regions": _windows(n_rows, n_cols, t)}
     if context:
