@@ -139,6 +139,8 @@ def test_class_names_and_the_files_qupath_writes(tmp_path):
     (tmp_path / "list.json").write_text(json.dumps([feature]))  # QuPath 0.2-0.3 wrote a bare list
     read = ann.read_annotations(tmp_path / "list.json", AnnotationRule(include=("Tumor: Positive",)))
     assert len(read.include) == 1 and read.classes == {"Tumor: Positive": 1}
+    feature = _box(0, 0, 10, 10, "Tumor\x1b[31m\n")  # a terminal escape in a class name never reaches a console
+    assert ann._class_name(feature["properties"]["classification"]) == "Tumor[31m"
     (tmp_path / "one.geojson").write_text(json.dumps(_box(0, 0, 10, 10, "Tumor")))  # one Feature
     assert len(ann.read_annotations(tmp_path / "one.geojson", rule).include) == 1
     folder = tmp_path / "per-slide"

@@ -201,16 +201,18 @@ def _features(path: Path, doc) -> list[dict]:
 
 
 def _class_name(classification) -> str:
-    """QuPath's class name: {"name": ...}, {"names": [...]} (a derived class) or a bare string; "" if none."""
+    """QuPath's class name: {"name": ...}, {"names": [...]} (a derived class) or a bare string; "" if none. Printable
+    characters only, at most 200 (the name may reach a console in a warning)."""
+    name = ""
     if isinstance(classification, str):
-        return classification[:200]
-    if isinstance(classification, dict):
-        if isinstance(classification.get("name"), str):
-            return classification["name"][:200]
+        name = classification
+    elif isinstance(classification, dict):
         names = classification.get("names")
-        if isinstance(names, list) and all(isinstance(n, str) for n in names):
-            return ": ".join(names)[:200]
-    return ""
+        if isinstance(classification.get("name"), str):
+            name = classification["name"]
+        elif isinstance(names, list) and all(isinstance(n, str) for n in names[:50]):
+            name = ": ".join(names[:50])
+    return "".join(c for c in name[:400] if c.isprintable())[:200]
 
 
 def _polygons(path: Path, geometry) -> list[list[np.ndarray]]:
