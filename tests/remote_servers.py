@@ -143,8 +143,9 @@ def orthanc_plugin() -> Path | None:
 
 
 @contextmanager
-def orthanc_server(folder: Path) -> Iterator[str]:
-    """Orthanc with the DICOMweb plugin on a free 127.0.0.1 port, storing in `folder`; yields its REST root URL."""
+def orthanc_server(folder: Path, users: dict[str, str] | None = None) -> Iterator[str]:
+    """Orthanc with the DICOMweb plugin on a free 127.0.0.1 port, storing in `folder`; yields its REST root URL.
+    With `users` (name: password), it asks every request for HTTP basic authentication."""
     binary = shutil.which("Orthanc")
     plugin = orthanc_plugin()
     if binary is None or plugin is None:
@@ -160,7 +161,8 @@ def orthanc_server(folder: Path) -> Iterator[str]:
         "IndexDirectory": str(folder / "storage"),
         "HttpPort": port,
         "RemoteAccessAllowed": False,
-        "AuthenticationEnabled": False,
+        "AuthenticationEnabled": bool(users),
+        "RegisteredUsers": users or {},
         "DicomServerEnabled": False,
         "HttpCompressionEnabled": False,
         "Plugins": [str(plugin)],
@@ -171,7 +173,7 @@ def orthanc_server(folder: Path) -> Iterator[str]:
     process = subprocess.Popen([binary, str(folder / "config.json")], stdout=log, stderr=subprocess.STDOUT)
     try:
         url = f"http://127.0.0.1:{port}"
-        if not _wait_http(url + "/system", 60, process):
+        if not _wait_http(url + "/system", 60, process):  # a 401 is an answer too
             tail = (folder / "orthanc.log").read_bytes()[-600:].decode(errors="replace")
             pytest.skip(f"could not start Orthanc on 127.0.0.1:{port} within 60 s: {tail}")
         yield url
@@ -185,14 +187,18 @@ def orthanc_server(folder: Path) -> Iterator[str]:
         log.close()
 
 
-def upload_dicom(orthanc: str, folder: Path) -> tuple[str, str]:
+def upload_dicom(orthanc: str, folder: Path, user: tuple[str, str] | None = None) -> tuple[str, str]:
     """POST every .dcm of a folder to Orthanc (its REST API); returns (study UID, series UID)."""
+    import base64
+
     import pydicom
 
     study = series = ""
     for path in sorted(folder.glob("*.dcm")):
         request = urllib.request.Request(f"{orthanc}/instances", data=path.read_bytes(), method="POST")
         request.add_header("Content-Type", "application/dicom")
+        if user is not None:
+            request.add_header("Authorization", "Basic " + base64.b64encode(":".join(user).encode()).decode())
         with urllib.request.urlopen(request, timeout=60) as answer:
             assert answer.status == 200, path
         header = pydicom.dcmread(path, stop_before_pixels=True)

@@ -11,14 +11,14 @@ import urllib.request
 import h5py
 import numpy as np
 import pytest
-from remote_servers import orthanc_server, upload_dicom
+from remote_servers import environment, orthanc_server, silent_server, upload_dicom
 from slide_formats import write_dicom
 from typer.testing import CliRunner
 
 from mixmag.cli import app
 from mixmag.errors import SlideError
 from mixmag.slides.reader import Slide
-from mixmag.slides.remote import SlideChangedError
+from mixmag.slides.remote import RemoteAccessError, SlideChangedError
 from mixmag.slides.tiling import load_plan
 
 pytestmark = pytest.mark.filterwarnings("ignore:No bulk data URI handler")  # pydicom, on Orthanc's metadata
@@ -114,3 +114,25 @@ def test_a_series_changed_after_tiling_is_refused(dicom_folder, tmp_path):
             load_plan(tmp_path / "tiles" / series).open_slide()
         result = _embed(tmp_path / "tiles", tmp_path / "stores")
         assert result.exit_code != 0 and "changed since it was tiled" in " ".join(result.output.split())
+
+
+def test_a_server_that_wants_credentials_gets_them_from_the_environment(dicom_folder, tmp_path):
+    with orthanc_server(tmp_path / "orthanc", users={"reader": "s3cret"}) as root:
+        study, series = upload_dicom(root, dicom_folder, user=("reader", "s3cret"))
+        url = f"dicomweb+{root}/dicom-web/studies/{study}/series/{series}"
+        with pytest.raises(RemoteAccessError, match=r"refused access \(HTTP 401\).*MIXMAG_DICOMWEB_USER"):
+            Slide(url)
+        with environment(MIXMAG_DICOMWEB_USER="reader", MIXMAG_DICOMWEB_PASSWORD="wrong"):
+            with pytest.raises(RemoteAccessError, match="refused access"):
+                Slide(url)
+        with environment(MIXMAG_DICOMWEB_USER="reader", MIXMAG_DICOMWEB_PASSWORD="s3cret"):
+            with Slide(url) as slide:
+                assert slide.backend == "dicomweb" and slide.width == 2220
+            assert _tile([url], tmp_path / "tiles").exit_code == 0
+        assert "s3cret" not in (tmp_path / "tiles" / series / "plan.json").read_text()
+
+
+def test_a_dicomweb_server_that_does_not_answer_is_a_timeout_sentence():
+    with silent_server() as root, environment(MIXMAG_REMOTE_TIMEOUT="1"):
+        with pytest.raises(RemoteAccessError, match="did not answer within 1 s"):
+            Slide(f"dicomweb+{root}/dicom-web/studies/1.2.3/series/1.2.3.4")

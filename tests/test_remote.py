@@ -188,3 +188,18 @@ def test_doctor_and_predict_take_urls(s3):
     assert "a TIFF by URL: TiffSlide reads its tiles by range requests" in said
     (source,) = read_inputs([URL], None, None).sources
     assert (source.path, source.slide_id) == (URL, "CMU-1-Small-Region")
+
+
+def test_only_the_byte_ranges_read_are_fetched(s3, tmp_path):
+    """Never a full download unless asked: a cell of an 18 MB slide fetches a fraction of it."""
+    from mixmag.geometry import Box
+    from mixmag.synth.slide_writer import write_slide
+
+    noise = np.random.default_rng(0).integers(0, 255, (4096, 4096, 3), dtype=np.uint8)  # incompressible: a big file
+    path = write_slide(tmp_path / "noise.tiff", noise, 0.5)
+    s3.put(str(path), f"{BUCKET}/big/noise.tiff")
+    box = Box(1000, 1000, 1896, 1896)
+    with Slide(f"s3://{BUCKET}/big/noise.tiff") as remote, Slide(path) as local:
+        assert np.array_equal(remote.read_box(box, 0.5), local.read_box(box, 0.5))
+        fetched = remote._handle._file.cache.total_requested_bytes  # fsspec's block cache counts what it fetched
+    assert 0 < fetched < 0.6 * path.stat().st_size, (fetched, path.stat().st_size)

@@ -2,10 +2,11 @@
 read with wsidicom's DICOMweb client, which fetches only the frames (tiles) a read covers.
 
 A slide is `dicomweb+http(s)://host[:port]/<prefix>/studies/<study uid>/series/<series uid>`: the server's DICOMweb
-root (e.g. http://pacs:8042/dicom-web), then the series. A bearer token, when the server wants one, is read from
-MIXMAG_DICOMWEB_TOKEN (never recorded in a plan). Levels follow OpenSlide's DICOM convention (downsample = the mean
-of the width and height ratios to level 0), so a series gives the same plan whether read from a local folder by
-OpenSlide or from a server by wsidicom. wsidicom is imported only when a DICOMweb slide is opened.
+root (e.g. http://pacs:8042/dicom-web), then the series. Credentials, when the server wants them, are read from the
+environment, never recorded in a plan: a bearer token from MIXMAG_DICOMWEB_TOKEN, or a user and password (HTTP basic
+authentication) from MIXMAG_DICOMWEB_USER and MIXMAG_DICOMWEB_PASSWORD. Levels follow OpenSlide's DICOM convention
+(downsample = the mean of the width and height ratios to level 0), so a series gives the same plan whether read from
+a local folder by OpenSlide or from a server by wsidicom. wsidicom is imported only when a DICOMweb slide is opened.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from ..remote import DEFAULT_TIMEOUT_S, RemoteAccessError, is_network_error, tim
 from .base import BackendHandle, NativeMpp, as_rgb
 
 TOKEN_ENV = "MIXMAG_DICOMWEB_TOKEN"
+USER_ENV, PASSWORD_ENV = "MIXMAG_DICOMWEB_USER", "MIXMAG_DICOMWEB_PASSWORD"
 _URL = re.compile(
     r"^dicomweb\+(?P<base>https?://[^/?#]+(?:/[^?#]*?)?)/studies/(?P<study>[0-9.]+)/series/(?P<series>[0-9.]+)/?$",
     re.IGNORECASE,
@@ -92,6 +94,8 @@ def _session():
     token = os.environ.get(TOKEN_ENV, "").strip()
     if token:
         session.headers["Authorization"] = f"Bearer {token}"
+    elif os.environ.get(USER_ENV):
+        session.auth = (os.environ[USER_ENV], os.environ.get(PASSWORD_ENV, ""))
     return session
 
 
@@ -100,7 +104,11 @@ def web_error(url: str, exc: BaseException) -> RemoteAccessError | SlideNotFound
     status = getattr(getattr(exc, "response", None), "status_code", None)
     text = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
     if status in (401, 403):
-        return RemoteAccessError(url, f"the DICOMweb server refused access (HTTP {status}).", f"set {TOKEN_ENV}.")
+        return RemoteAccessError(
+            url,
+            f"the DICOMweb server refused access (HTTP {status}).",
+            f"give credentials it accepts: {TOKEN_ENV} (a bearer token), or {USER_ENV} and {PASSWORD_ENV}.",
+        )
     if status == 404:
         return SlideNotFoundError(url, "the DICOMweb server has no such study or series (HTTP 404).", "check the UIDs.")
     lowered = text.lower()
