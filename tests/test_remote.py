@@ -126,6 +126,7 @@ def test_openslide_formats_need_the_download_cache(s3, real_svs, tmp_path):
     cache = tmp_path / "cache"
     result = _tile(URL, tmp_path / "b", "--backend", "openslide", "--cache", str(cache))
     assert result.exit_code == 0, result.output
+    assert "MIXMAG_SLIDE_CACHE" not in os.environ  # the command's setting, not left behind in the caller's process
     (copy,) = [p for p in cache.rglob("*") if p.is_file()]
     assert copy.read_bytes() == real_svs.read_bytes()
     plan = json.loads((tmp_path / "b/CMU-1-Small-Region/plan.json").read_text())

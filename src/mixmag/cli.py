@@ -131,10 +131,22 @@ _CACHE_OPTION = typer.Option(
 )
 
 
-def _use_slide_cache(folder: Path | None) -> None:
-    """The slide cache is an environment setting, so the embedding's DataLoader workers see it too."""
-    if folder is not None:
-        os.environ["MIXMAG_SLIDE_CACHE"] = str(folder.resolve())
+@contextmanager
+def _slide_cache(folder: Path | None) -> Iterator[None]:
+    """The slide cache is an environment setting, so the embedding's DataLoader workers see it too; set for the
+    command's work and restored after (a caller that runs commands in its own process keeps its environment)."""
+    if folder is None:
+        yield
+        return
+    before = os.environ.get("MIXMAG_SLIDE_CACHE")
+    os.environ["MIXMAG_SLIDE_CACHE"] = str(folder.resolve())
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("MIXMAG_SLIDE_CACHE", None)
+        else:
+            os.environ["MIXMAG_SLIDE_CACHE"] = before
 
 
 @app.command()
@@ -237,7 +249,6 @@ def tile(
     )
     if not slides and cohort is None:
         raise OptionError("give slide files or --cohort TABLE.csv")
-    _use_slide_cache(cache)
     check_backend(backend)
     sources = sources_from_paths(list(slides or []), mpp)
     if cohort is not None:
@@ -260,16 +271,17 @@ def tile(
             progress.console.print(result.summary_line(), style=style, highlight=False, soft_wrap=True)
             progress.advance(task)
 
-        results = tile_slides(
-            sources,
-            out,
-            params,
-            backend=backend,
-            tissue_model=model,
-            force=force,
-            on_result=report,
-            annotations=drawn,
-        )
+        with _slide_cache(cache):
+            results = tile_slides(
+                sources,
+                out,
+                params,
+                backend=backend,
+                tissue_model=model,
+                force=force,
+                on_result=report,
+                annotations=drawn,
+            )
     _print_tile_summary(results, out)
     if any(r.outcome == "failed" for r in results):
         raise typer.Exit(1)
@@ -362,7 +374,6 @@ def embed(
     """Embed every tile of every level of every planned cell into one store per slide (torchrun for many GPUs)."""
     import torch
 
-    _use_slide_cache(cache)
     from .devices import start_distributed
     from .encoders.model import build_encoder
     from .encoders.registry import unseen_levels_note
@@ -404,20 +415,21 @@ def embed(
                 highlight=False,
             )
 
-        results = run_embed(
-            plan_paths,
-            out,
-            model,
-            device=dev,
-            cells_per_batch=batch_cells,
-            workers=workers,
-            mode=read_mode,
-            dist=dist,
-            force=force,
-            on_start=lambda n: progress.update(task, total=n),
-            on_batch=lambda n: progress.advance(task, n),
-            on_result=report,
-        )
+        with _slide_cache(cache):
+            results = run_embed(
+                plan_paths,
+                out,
+                model,
+                device=dev,
+                cells_per_batch=batch_cells,
+                workers=workers,
+                mode=read_mode,
+                dist=dist,
+                force=force,
+                on_start=lambda n: progress.update(task, total=n),
+                on_batch=lambda n: progress.advance(task, n),
+                on_result=report,
+            )
     results = gather_results(results, dist)
     if (
         dist.rank == 0 and out.is_dir()
