@@ -84,6 +84,21 @@ def test_coordinates_permuted_or_transposed_against_the_features_are_refused(tmp
         trident.import_slide(job, plan, plan_path)
 
 
+@pytest.mark.parametrize("older", [False, True])
+def test_rows_reordered_together_with_their_coordinates_still_import(tmp_path, older):
+    """Row order is a file's own business: coordinates moved with their features keep every tile's features."""
+    job, plan, plan_path = _exported(tmp_path)
+    for level in ("5x", "10x", "20x"):
+        path = trident_file(job, level)
+        if older:
+            _as_older_export(path)
+        with h5py.File(path) as f:
+            coords, feats = f["coords"][()], f["features"][()]
+        order = np.random.default_rng(7).permutation(len(coords))
+        _rewrite(path, coords=coords[order], features=feats[order])
+    assert_same_store(read_store(tmp_path / "stores" / "s1.h5"), trident.import_slide(job, plan, plan_path))
+
+
 def _as_older_export(path) -> None:
     """An export of the previous version: its digest covers the features alone."""
     with h5py.File(path, "r+") as f:

@@ -295,8 +295,11 @@ def _check_coordinates(plan: TilingPlan, name: str, f: LevelFile) -> None:
 
 
 def _check_recorded_digest(plan: TilingPlan, name: str, f: LevelFile) -> None:
-    """mixmag's own export, still as written: features and coordinates row by row (this version's digest covers
-    both; an older export's covers the features alone, and its coordinates must then be in the order mixmag wrote)."""
+    """mixmag's own export, still tile for tile: each tile's features the ones exported for it. The digest is taken
+    over the rows put back in store order by their coordinates, so rows reordered together (coordinates with their
+    features) still match, while coordinates permuted, transposed or moved against the features, or edited values,
+    do not. This version's digest covers coordinates and features; older exports' the features alone, checked the same
+    way (their rows were written in store order)."""
     recorded = f.recorded or {}
     described = (
         f"so the recorded encoder provenance ({recorded.get('encoder')}, weights "
@@ -305,25 +308,23 @@ def _check_recorded_digest(plan: TilingPlan, name: str, f: LevelFile) -> None:
     fix = "write new features to a fresh folder (TRIDENT does: features_<encoder>/), or export the store again"
     level = plan.levels.names.index(name)
     cells = np.asarray(plan.cells).reshape(-1, 2)
-    # each row's tile as mixmag wrote it (coordinates within the grid tolerance name the same tile: _place checked)
-    slots = slots_on_grid(f.coords, cells, plan.cell_px, level)
-    as_written = bool(np.array_equal(slots, np.arange(len(slots))))
+    slots = slots_on_grid(f.coords, cells, plan.cell_px, level)  # each row's tile (_place checked they are all there)
+    in_order = np.empty_like(f.features)
+    in_order[slots] = f.features
     if f.digest_kind == "tiles":
-        intact = tiles_digest(rounded_origins(cells, plan.cell_px, level)[slots], f.features) == f.recorded_digest
-        features_intact = not as_written  # with the coordinates as written, a broken digest means edited features
+        intact = tiles_digest(rounded_origins(cells, plan.cell_px, level), in_order) == f.recorded_digest
     else:
-        intact = features_digest(f.features) == f.recorded_digest and as_written
-        features_intact = features_digest(f.features) == f.recorded_digest
+        intact = features_digest(in_order) == f.recorded_digest
     if intact:
         return
-    if not features_intact:
+    if np.array_equal(slots, np.arange(len(slots))):  # the coordinates as written: the values were edited
         raise refuse(plan, name, f.path, f"the features differ from the ones mixmag exported, {described}", fix)
     raise refuse(
         plan,
         name,
         f.path,
         "the coordinates no longer match the features row for row as mixmag exported them (rows permuted, "
-        f"coordinates transposed or moved against the features), {described}",
+        f"coordinates transposed or moved against the features, or values edited), {described}",
         fix,
     )
 
