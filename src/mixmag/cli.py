@@ -1055,11 +1055,28 @@ def store_export(
         Optional[Path],
         typer.Option(help="Plans folder the stores were made from [where each store recorded its plan]."),
     ] = None,
+    mixer: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="A pretrained mixer (mixer.safetensors or its run folder): export its contextualized tokens at every "
+            "level as tile features, and its region CLS as region features, instead of the tile embeddings."
+        ),
+    ] = None,
+    name: Annotated[
+        str, typer.Option(help="With --mixer: the feature set's name (TRIDENT's features_<name> folder).")
+    ] = "mixmag_mixer",
+    device: Annotated[Optional[str], typer.Option(help="With --mixer: cuda or cpu [cuda when available].")] = None,
 ) -> None:
-    """Export stores as TRIDENT or CLAM feature files that those tools' own code reads (one set per magnification)."""
+    """Export stores as TRIDENT or CLAM feature files that those tools' own code reads (one set per magnification);
+    with --mixer, the mixer's tokens and region embeddings instead (regions: CLAM <out>/regions/, TRIDENT
+    <out>/<mag>x_<t*224>px_0px_overlap/)."""
     from .interop import clam, trident
     from .interop.plans import plan_for_store
     from .store import read_store
+
+    if mixer is not None:
+        _export_mixer_tokens(stores, mixer, out, format.value, plans, name, device)
+        return
 
     def export(path: Path) -> str:
         store = read_store(path)
@@ -1083,6 +1100,30 @@ def store_pool(
     from .data.pooled import write_pooled
 
     if _each(stores, "pool from the finest level", lambda p: f"{p} -> {write_pooled(p, out)}"):
+        raise typer.Exit(1)
+
+
+def _export_mixer_tokens(
+    stores: list[Path], mixer: Path, out: Path, format: str, plans: Optional[Path], name: str, device: Optional[str]
+) -> None:
+    from .devices import choose_device
+    from .stages.encode import export_mixer_tokens
+
+    failed = 0
+    with _progress() as progress:
+        task = progress.add_task(f"export mixer tokens ({format})", total=len(stores))
+        for path, result in export_mixer_tokens(
+            stores, mixer, out, format=format, plans=plans, name=name, device=choose_device(device)
+        ):
+            if isinstance(result, MixmagError):
+                failed += 1
+                progress.console.print(str(result), style="red", soft_wrap=True, highlight=False)
+            else:
+                progress.console.print(
+                    f"{path} -> {', '.join(str(w) for w in result)}", soft_wrap=True, highlight=False
+                )
+            progress.advance(task)
+    if failed:
         raise typer.Exit(1)
 
 

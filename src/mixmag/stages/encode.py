@@ -4,6 +4,7 @@ slide-level models. The command keeps its name for compatibility; "encode" here 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -11,8 +12,14 @@ import torch
 
 from ..data.bags import region_bag
 from ..data.encoded import encoded_is_current, write_encoded
-from ..fileio import make_folder
-from ..store import PipelineSettings, StoreError, shared_settings
+from ..errors import MixmagError
+from ..fileio import file_sha256, make_folder
+from ..interop import mixer_tokens
+from ..interop.mixer_tokens import DEFAULT_NAME, MixerOutputs
+from ..interop.plans import plan_for_store
+from ..models.mixer import RegionMixer
+from ..runs import MIXER_WEIGHTS
+from ..store import PipelineSettings, StoreError, read_store, shared_settings
 from ..train.mixer_file import load_mixer
 
 
@@ -40,19 +47,77 @@ def encode_stores(
             if on_slide:
                 on_slide(store.stem, "skipped")
             continue
-        regions = torch.from_numpy(region_bag(store).astype(np.float32))
-        if regions.shape[-1] != mixer.config.in_dim:
-            raise StoreError(f"{store}: {regions.shape[-1]}-d embeddings, the mixer takes {mixer.config.in_dim}-d")
-        patches, cls = [], []
-        for start in range(0, len(regions), batch):
-            contextual, compressed = mixer(regions[start : start + batch].to(device))
-            patches.append(contextual.cpu().half().numpy())
-            cls.append(compressed.cpu().half().numpy())
+        patches, cls = run_mixer(mixer, store, device, batch)
         written.append(
             write_encoded(
-                target, np.concatenate(patches), np.concatenate(cls), store=store, weights=weights, mixer_digest=digest
+                target,
+                patches.astype(np.float16),
+                cls.astype(np.float16),
+                store=store,
+                weights=weights,
+                mixer_digest=digest,
             )
         )
         if on_slide:
             on_slide(store.stem, "encoded")
     return written
+
+
+@torch.no_grad()
+def run_mixer(mixer: RegionMixer, store: Path, device: torch.device, batch: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """The mixer over a store's accepted regions, in the store's window order: contextualized tokens (R, s, D) and
+    compressed embeddings (R, D'), float32."""
+    regions = torch.from_numpy(region_bag(store).astype(np.float32))
+    if regions.shape[-1] != mixer.config.in_dim:
+        raise StoreError(f"{store}: {regions.shape[-1]}-d embeddings, the mixer takes {mixer.config.in_dim}-d")
+    patches, cls = [], []
+    for start in range(0, len(regions), batch):
+        contextual, compressed = mixer(regions[start : start + batch].to(device))
+        patches.append(contextual.float().cpu().numpy())
+        cls.append(compressed.float().cpu().numpy())
+    return np.concatenate(patches), np.concatenate(cls)
+
+
+def mixer_weights_path(mixer: Path) -> Path:
+    """mixer.safetensors itself, or the one in a pretraining run folder."""
+    mixer = Path(mixer)
+    return mixer / MIXER_WEIGHTS if mixer.is_dir() else mixer
+
+
+def export_mixer_tokens(
+    stores: list[Path],
+    mixer: Path,
+    out: Path,
+    *,
+    format: str = "trident",
+    plans: Path | None = None,
+    name: str = DEFAULT_NAME,
+    device: torch.device | None = None,
+    batch: int = 64,
+) -> Iterator[tuple[Path, list[Path] | MixmagError]]:
+    """The mixer's contextualized tokens (every level) and region CLS of every store, as TRIDENT or CLAM feature files
+    (`mixmag.interop.mixer_tokens`); yields (store, files written) or (store, the error that stopped that slide)."""
+    weights = mixer_weights_path(mixer)
+    device = device or torch.device("cpu")
+    model, digest = load_mixer(weights, shared_settings(stores) if stores else None)
+    model.to(device)
+    for path in stores:
+        try:
+            store = read_store(path)
+            plan = plan_for_store(store, plans) if format == "trident" else None
+            tokens, cls = run_mixer(model, path, device, batch)
+            outputs = MixerOutputs(
+                tokens,
+                cls,
+                store.windows["regions"],
+                int(store.header.region_size or 0),
+                digest,
+                str(weights.resolve()),
+                file_sha256(path, "store"),
+            )
+            if format == "trident":
+                yield path, mixer_tokens.export_trident(store, plan, outputs, out, name)
+            else:
+                yield path, mixer_tokens.export_clam(store, outputs, out)
+        except MixmagError as exc:
+            yield path, exc
