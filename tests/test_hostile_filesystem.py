@@ -111,11 +111,11 @@ def test_a_pretrain_lock_that_is_a_symlink_never_empties_its_target(tmp_path, sm
     _same(victim)
 
 
-def test_an_embed_store_lock_that_is_a_symlink_never_empties_its_target(tmp_path, world):
+def test_an_embed_claim_that_is_a_symlink_never_empties_its_target(tmp_path, world):
     victim = _precious(tmp_path / "mine")
     out = tmp_path / "stores"
-    out.mkdir()
-    (out / ".s.h5.lock").symlink_to(victim)
+    (out / ".mixmag" / "embed").mkdir(parents=True)
+    (out / ".mixmag" / "embed" / "s.claim").symlink_to(victim)
     result = _invoke(
         "embed",
         "--plans",
@@ -130,7 +130,7 @@ def test_an_embed_store_lock_that_is_a_symlink_never_empties_its_target(tmp_path
         "cpu",
     )
     assert result.exit_code == 1
-    _said(result, "lock file is a symbolic link")
+    _said(result, "claim file of slide s is a symbolic link")
     _same(victim)
     assert not (out / "s.h5").exists()
 

@@ -137,8 +137,10 @@ def _same_store(path: Path, ref: Path) -> None:
 def test_embed_on_a_full_disk_fails_the_store_that_does_not_fit_and_goes_on(reference, disk):
     ref = reference / "stores"
     big, small = ((ref / f"{s}.h5").stat().st_size for s in ("big", "small"))
-    lock_page = disk.footprint(64)  # the lock file names its holder while the store is made
-    disk.leave(disk.footprint(small) + lock_page + (disk.footprint(big) - disk.footprint(small)) // 2)
+    # a small page each: the cohort list, the claim held while a store is made, the failed big slide's state record;
+    # the room is halfway between what the small slide needs (3 pages) and what the big one would (2 pages)
+    page = disk.footprint(64)
+    disk.leave(disk.footprint(small) + 3 * page + (disk.footprint(big) - disk.footprint(small) - page) // 2)
     out = disk.root / "stores"
     result = _embed_cli(reference, out)  # HDF5 writing to a full disk itself crashed the process at exit (139)
     assert result.exit_code == 1, result.output
@@ -260,11 +262,11 @@ def test_pretrain_on_a_full_disk_keeps_its_last_checkpoint_and_resumes(pretrain_
 
 
 @contextmanager
-def _held(folder: Path, lock_name: str, purpose: str):
-    """Another process holding a lock (as a second `mixmag` would); yields its pid."""
+def _claimed(folder: Path, stage: str, slide: str, purpose: str):
+    """Another process holding a slide's claim (as a second `mixmag` worker would); yields its pid."""
     code = (
-        "import sys; from mixmag.fileio import FolderLock; "
-        f"lock = FolderLock({str(folder)!r}, {purpose!r}, name={lock_name!r}).acquire(); "
+        "import sys; from mixmag.claims import SlideClaims; "
+        f"claims = SlideClaims({str(folder)!r}, {stage!r}); claims.claim({slide!r}, {purpose!r}); "
         "print('held', flush=True); sys.stdin.read()"
     )
     holder = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -313,7 +315,7 @@ def test_a_second_pretraining_on_a_run_folder_in_use_is_refused_and_the_first_fi
 
 def test_embed_leaves_a_store_another_process_is_making_to_it(reference, tmp_path):
     out = tmp_path / "stores"
-    with _held(out, ".big.h5.lock", "embedding big") as pid:
+    with _claimed(out, "embed", "big", "embedding big") as pid:
         result = _embed_cli(reference, out)
         assert result.exit_code == 0, result.output
         assert re.search(rf"big: skipped .*in use by pid {pid} on \S+ \(embedding big\)", result.output)

@@ -29,6 +29,9 @@ LAYERS: list[set[str]] = [
         "weights_io",
         "images",
         "threads",
+        "claims",
+        "slide_state",
+        "workers",
     },  # __init__: "mixmag"
     {"slides"},
     {"store", "catalog", "encoders", "interop"},

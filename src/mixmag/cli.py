@@ -226,11 +226,14 @@ def tile(
         str, typer.Option(help="restrict: tissue inside the annotations; replace: the annotations are the tissue.")
     ] = "restrict",
     cache: Annotated[Optional[Path], _CACHE_OPTION] = None,
+    shard: Annotated[Optional[str], typer.Option(help=SHARD_HELP)] = None,
+    claim_timeout: Annotated[float, typer.Option(min=1.0, help=CLAIM_TIMEOUT_HELP)] = 600.0,
 ) -> None:
     """Find tissue and cut aligned multi-magnification regions; write a tiling plan and QC pictures per slide."""
     from .slides.sources import sources_from_paths, sources_from_table
     from .slides.tissue import load_tissue_model
     from .stages.tile import check_backend, tile_slides
+    from .workers import Worker, resolve_shard
 
     params = _tiling_params(
         config,
@@ -255,14 +258,16 @@ def tile(
         sources += sources_from_table(cohort, mpp)
     model = load_tissue_model(tissue_model) if tissue_model else None
     drawn = _annotation_source(annotations, annotation_include, annotation_exclude, annotation_mode, len(sources))
+    worker = Worker(resolve_shard(shard))
     levels = params.levels
+    mine = len(sources[worker.slot :: worker.slots])
     console.print(
-        f"Tiling {len(sources)} slide(s): {params.region_size}x{params.region_size} regions of "
+        f"Tiling {_share(mine, len(sources), worker)}: {params.region_size}x{params.region_size} regions of "
         f"{levels.cell_um:g} um cells, levels {'/'.join(levels.names)} ({params.tile_px} px tiles), tissue >= "
         f"{params.tissue_threshold:.0%} -> {out}"
     )
     with _progress() as progress:
-        task = progress.add_task("tiling", total=len(sources), unit="slides")
+        task = progress.add_task("tiling", total=mine, unit="slides")
 
         def report(result) -> None:
             style = {"failed": "red", "skipped": "dim", "tiled": "green"}[result.outcome]
@@ -279,7 +284,10 @@ def tile(
                 backend=backend,
                 tissue_model=model,
                 force=force,
+                worker=worker,
+                claim_timeout=claim_timeout,
                 on_result=report,
+                on_takeover=_say_takeover(progress.console),
                 annotations=drawn,
             )
     _print_tile_summary(results, out)
@@ -307,6 +315,36 @@ def _annotation_source(path, include, exclude, mode: str, n_slides: int):
     if exclude:
         rule = AnnotationRule(include=rule.include, exclude=tuple(exclude), mode=mode)
     return AnnotationSource(Path(path), rule)
+
+
+SHARD_HELP = (
+    "Do shard i of N of the cohort (i from 0), e.g. 0/4; the other shards run anywhere with the same folders. "
+    "Under a Slurm job array the array's task id and count are used when --shard is not given."
+)
+CLAIM_TIMEOUT_HELP = (
+    "Seconds without a heartbeat after which another machine's claim on a slide is taken over (a claim of a dead "
+    "process on this machine is taken over at once)."
+)
+
+
+def _share(mine: int, total: int, worker) -> str:
+    """'12 slide(s)' or '3 of 12 slide(s) (shard 0/4 from --shard)'."""
+    if worker.slots == 1:
+        return f"{total} slide(s)"
+    return f"{mine} of {total} slide(s) ({worker.describe()}, {worker.shard.source or 'torchrun'})"
+
+
+def _say_takeover(out) -> Callable:
+    def said(info) -> None:
+        who = info.holder.describe() if info.holder else "an unknown worker"
+        out.print(
+            f"{info.slide_id}: taking over the claim of {who}: {info.stale}",
+            style="yellow",
+            soft_wrap=True,
+            highlight=False,
+        )
+
+    return said
 
 
 def _progress() -> Progress:
@@ -370,6 +408,8 @@ def embed(
     read_mode: Annotated[str, typer.Option(help="derive (read finest level once) or pyramid.")] = "derive",
     force: Annotated[bool, typer.Option(help="Re-embed even when a store is current.")] = False,
     cache: Annotated[Optional[Path], _CACHE_OPTION] = None,
+    shard: Annotated[Optional[str], typer.Option(help=SHARD_HELP + " torchrun's ranks split each shard.")] = None,
+    claim_timeout: Annotated[float, typer.Option(min=1.0, help=CLAIM_TIMEOUT_HELP)] = 600.0,
 ) -> None:
     """Embed every tile of every level of every planned cell into one store per slide (torchrun for many GPUs)."""
     import torch
@@ -380,8 +420,11 @@ def embed(
     from .slides.sources import slide_ids_from_table
     from .slides.tiling import load_plan
     from .stages.embed import check_read_mode, find_plans, gather_results, run_embed
+    from .workers import Worker, resolve_shard
 
+    worker_shard = resolve_shard(shard)  # a bad --shard is refused before torch and the encoder start
     dist, dev = start_distributed(device, process_group=False)
+    worker = Worker(worker_shard, dist)
     check_read_mode(read_mode)
     slide_ids = slide_ids_from_table(cohort) if cohort else None
     plan_paths = find_plans(plans, slide_ids)
@@ -393,7 +436,8 @@ def embed(
     say(
         f"Embedding {len(plan_paths)} slide(s) with {encoder} ({model.dim}-d {model.output}, weights "
         f"{model.weights_digest}) "
-        f"on {dev}{f' x {dist.world_size} ranks' if dist.active else ''} -> {out}",
+        f"on {dev}{f' x {dist.world_size} ranks' if dist.active else ''} -> {out}"
+        + (f"; this is {worker.shard.describe()}, its ranks share it by cell count" if worker.shard.count > 1 else ""),
         soft_wrap=True,
         highlight=False,
     )
@@ -425,10 +469,13 @@ def embed(
                 workers=workers,
                 mode=read_mode,
                 dist=dist,
+                worker=worker,
                 force=force,
+                claim_timeout=claim_timeout,
                 on_start=lambda n: progress.update(task, total=n),
                 on_batch=lambda n: progress.advance(task, n),
                 on_result=report,
+                on_takeover=_say_takeover(progress.console),
             )
     results = gather_results(results, dist)
     if (
@@ -834,6 +881,151 @@ def report(
         console.print(f"wrote {path}")
     if CrossValRun(run).is_cross_validated():
         _print_cross_validation(run)
+
+
+@app.command("plan")
+def plan_cmd(
+    folder: Annotated[Path, typer.Argument(help="A folder of tiling plans (the --out of `mixmag tile`).")],
+    encoder: Annotated[str, typer.Option(help="The encoder preset the stores will be made with.")] = "virchow2",
+    output: Annotated[Optional[str], typer.Option(help="cls or cls+mean [the preset's default].")] = None,
+    dim: Annotated[Optional[int], typer.Option(min=1, help="Embedding values per tile [the preset's].")] = None,
+    tiles_per_second: Annotated[
+        Optional[float], typer.Option(min=0.0, help="Embedding rate per GPU [what `mixmag bench embed` measured].")
+    ] = None,
+    samples_per_second: Annotated[
+        Optional[float],
+        typer.Option(min=0.0, help="Pretraining regions per second per GPU [what `mixmag bench pretrain` measured]."),
+    ] = None,
+    pretrain_samples: Annotated[
+        int, typer.Option(min=1, help="Regions pretraining will see [the paper's 48,828 steps x 4,096].")
+    ] = 48_828 * 4096,
+    gpus: Annotated[int, typer.Option(min=1, help="GPUs the work is shared over (times are wall-clock on them).")] = 1,
+    bench: Annotated[Path, typer.Option(help="Where `mixmag bench` wrote its results.")] = Path(".mixmag-bench"),
+    as_json: Annotated[bool, typer.Option("--json", help="Print the bill as JSON.")] = False,
+) -> None:
+    """Know the bill before paying it: a tiled cohort's cells, tiles, store bytes and GPU time."""
+    from .stages.bill import cohort_bill
+    from .stages.embed import find_plans
+
+    bill = cohort_bill(
+        find_plans(folder),
+        encoder=encoder,
+        output=output,
+        dim=dim,
+        tiles_per_second=tiles_per_second,
+        samples_per_second=samples_per_second,
+        pretrain_samples=pretrain_samples,
+        bench_dir=bench,
+    )
+    if as_json:
+        print(json.dumps(bill.as_json() | {"gpus": gpus}, indent=1))
+        return
+    _print_bill(bill, gpus)
+
+
+def _bytes_text(n: float) -> str:
+    for unit in ("bytes", "kB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:,.0f} {unit}" if unit == "bytes" else f"{n:,.2f} {unit}"
+        n /= 1000
+    return ""
+
+
+def _hours(seconds: float | None, gpus: int) -> str:
+    if seconds is None:
+        return "unknown"
+    return f"{seconds / 3600:,.1f} GPU-hours ({seconds / 3600 / gpus:,.1f} h on {gpus} GPU(s))"
+
+
+def _print_bill(bill, gpus: int) -> None:
+    table = Table(title=f"{bill.slides:,} slide(s): {bill.cells:,} cells, {bill.regions:,} regions")
+    table.add_column("what")
+    table.add_column("how much", justify="right")
+    table.add_column("note")
+    for name, tiles in bill.tiles.items():
+        table.add_row(f"tiles at {name}", f"{tiles:,}", "")
+    table.add_row("tiles in all", f"{bill.total_tiles:,}", "")
+    if bill.contexts:
+        table.add_row("context windows", f"{bill.contexts:,}", "CMEM")
+    table.add_row(
+        "stores",
+        _bytes_text(bill.store_bytes),
+        f"{bill.encoder}, D = {bill.dim}, float16: {_bytes_text(bill.embedding_bytes)} of embeddings; tables, HDF5",
+    )
+    rate = bill.embed_rate
+    table.add_row(
+        "embedding",
+        _hours(bill.embed_seconds, gpus),
+        f"at {rate.value:,.0f} tiles/s ({rate.source})" if rate.value else rate.source,
+    )
+    rate = bill.pretrain_rate
+    epochs = bill.pretrain_samples / bill.regions if bill.regions else 0
+    table.add_row(
+        "pretraining",
+        _hours(bill.pretrain_seconds, gpus),
+        f"{bill.pretrain_samples:,} regions ({epochs:,.1f} per region of this cohort)"
+        + (f" at {rate.value:,.0f}/s ({rate.source})" if rate.value else f"; {rate.source}"),
+    )
+    console.print(table)
+    for slide, why in bill.unreadable.items():
+        console.print(f"{slide}: not counted - {why}", style="red", soft_wrap=True, highlight=False)
+
+
+@app.command()
+def status(
+    folder: Annotated[
+        Path, typer.Argument(help="An output folder of `mixmag tile` or `mixmag embed` (shared by workers).")
+    ],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the whole summary as JSON.")] = False,
+    claim_timeout: Annotated[float, typer.Option(min=1.0, help=CLAIM_TIMEOUT_HELP)] = 600.0,
+    show: Annotated[int, typer.Option(min=0, help="Slides listed per state (failed, claimed, pending).")] = 20,
+) -> None:
+    """Where a cohort stands in an output folder: done, failed (with reasons), claimed (by whom, since), pending."""
+    from .slide_state import folder_status
+
+    stages = folder_status(folder, timeout=claim_timeout)
+    if not stages:
+        raise OptionError(
+            f"{folder}: no state records (.mixmag/tile or .mixmag/embed): give the --out folder of "
+            "`mixmag tile` or `mixmag embed`"
+        )
+    if as_json:
+        print(json.dumps({"folder": str(folder), "stages": [s.as_json() for s in stages]}, indent=1))
+        return
+    for stage in stages:
+        _print_stage_status(stage, show)
+
+
+def _print_stage_status(stage, show: int) -> None:
+    counts = stage.counts()
+    console.print(
+        f"{stage.stage}: " + ", ".join(f"{n} {name}" for name, n in counts.items()), soft_wrap=True, highlight=False
+    )
+    table = Table(show_lines=False, title=f"{stage.stage}: slides that are not done")
+    for column in ("slide", "state", "detail"):
+        table.add_column(column)
+    rows = [(s, "failed", r.reason or r.outcome) for s, r in sorted(stage.failed.items())][:show]
+    rows += [(s, "claimed", c.describe()) for s, c in sorted(stage.claimed.items())][:show]
+    rows += [
+        (s, "stale claim", f"{c.describe()}; {c.stale}: the next run takes it over") for s, c in stage.stale.items()
+    ][:show]
+    rows += [(s, "unreadable", why) for s, why in sorted(stage.unreadable.items())][:show]
+    rows += [(s, "pending", "") for s in stage.pending[:show]]
+    for row in rows:
+        table.add_row(*row)
+    if rows:
+        console.print(table)
+    hidden = sum(len(x) for x in (stage.failed, stage.claimed, stage.stale, stage.unreadable, stage.pending))
+    if hidden > len(rows):
+        console.print(f"({hidden - len(rows)} more; --json lists them all)", style="dim")
+    if stage.done:
+        seconds = [r.seconds for r in stage.done.values() if r.outcome != "skipped"]
+        if seconds:
+            console.print(
+                f"{stage.stage}: {len(seconds)} slide(s) made here, {sum(seconds) / len(seconds):.1f} s each on "
+                f"average, {sum(seconds) / 3600:.2f} worker-hours in all",
+                highlight=False,
+            )
 
 
 @app.command()

@@ -225,20 +225,26 @@ def write_store(path: str | Path, store: SlideStore) -> Path:
     if problems:
         raise StoreError(f"{path}: refusing to write an invalid store: " + "; ".join(problems))
     with hdf5_atomic(path) as f:
-        f.create_dataset("cells/rc", data=store.rc.astype(np.int32))
-        f.create_dataset("cells/tissue", data=store.tissue.astype(np.float32))
-        for name, emb in store.embeddings.items():
-            f.create_dataset(f"emb/{name}", data=emb.astype(np.float16), chunks=_chunks(emb))
-        for name, rc in store.windows.items():
-            f.create_dataset(f"windows/{name}", data=np.asarray(rc, np.int32).reshape(-1, 2))
-        header = StoreHeader.from_attrs(
-            {"format_version": STORE_FORMAT_VERSION, "mixmag_version": __version__}
-            | store.attrs
-            | {"level_names": list(store.embeddings)}
-        )
-        for key, value in header.to_attrs().items():
-            f.attrs[key] = _attr(value)
+        write_store_into(f, store)
     return path
+
+
+def write_store_into(f: h5py.File, store: SlideStore) -> None:
+    """A store's datasets and attributes into an open HDF5 file (`write_store`'s one layout; also used in memory to
+    measure what a store will take, `mixmag.stages.bill`)."""
+    f.create_dataset("cells/rc", data=store.rc.astype(np.int32))
+    f.create_dataset("cells/tissue", data=store.tissue.astype(np.float32))
+    for name, emb in store.embeddings.items():
+        f.create_dataset(f"emb/{name}", data=emb.astype(np.float16), chunks=_chunks(emb))
+    for name, rc in store.windows.items():
+        f.create_dataset(f"windows/{name}", data=np.asarray(rc, np.int32).reshape(-1, 2))
+    header = StoreHeader.from_attrs(
+        {"format_version": STORE_FORMAT_VERSION, "mixmag_version": __version__}
+        | store.attrs
+        | {"level_names": list(store.embeddings)}
+    )
+    for key, value in header.to_attrs().items():
+        f.attrs[key] = _attr(value)
 
 
 def store_size_lower_bound(n_cells: int, n_levels: int, dim: int) -> int:

@@ -8,6 +8,7 @@ is (re)written atomically, so a run killed midway restarts where it stopped.
 from __future__ import annotations
 
 import json
+import time
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -19,11 +20,13 @@ import numpy as np
 import torch
 
 from ..catalog import CatalogWriter
+from ..claims import DEFAULT_TIMEOUT, SlideClaims, TakeoverHook
 from ..devices import DistInfo, compute_dtype
 from ..encoders.extract import SlideJob, embed_slides, tiles_per_cell
 from ..encoders.model import TileEncoder
 from ..errors import MixmagError, MixmagWarning, OptionError
-from ..fileio import DiskFullError, FolderLock, RunLockedError, ensure_free_space
+from ..fileio import DiskFullError, ensure_free_space, remove_stale_partials
+from ..slide_state import add_to_cohort, write_state
 from ..slides.pyramids import ReadMode, read_mpps
 from ..slides.tiling import PLAN_FILENAME, load_plan
 from ..store import (
@@ -37,6 +40,9 @@ from ..store import (
     store_size_lower_bound,
     write_store,
 )
+from ..workers import Worker, balanced_parts
+
+STAGE = "embed"
 
 
 class UnfinishedTilingWarning(MixmagWarning):
@@ -77,7 +83,11 @@ def find_plans(plans_dir: Path, slide_ids: list[str] | None = None) -> list[Path
     plans_dir = Path(plans_dir)
     if slide_ids is None:
         found = sorted(plans_dir.glob(f"*/{PLAN_FILENAME}"))
-        unfinished = sorted(d.name for d in plans_dir.glob("*/") if d.is_dir() and not (d / PLAN_FILENAME).is_file())
+        unfinished = sorted(  # hidden folders are mixmag's machinery (.mixmag/: claims and state records)
+            d.name
+            for d in plans_dir.glob("*/")
+            if d.is_dir() and not d.name.startswith(".") and not (d / PLAN_FILENAME).is_file()
+        )
         if unfinished:  # the plan is written last: its tiling was interrupted or failed
             warnings.warn(
                 UnfinishedTilingWarning(
@@ -101,14 +111,8 @@ def find_plans(plans_dir: Path, slide_ids: list[str] | None = None) -> list[Path
 
 
 def shard(sizes: list[int], world_size: int) -> list[list[int]]:
-    """Greedy longest-first assignment of items to ranks by size; deterministic."""
-    loads = [0] * world_size
-    parts: list[list[int]] = [[] for _ in range(world_size)]
-    for i in sorted(range(len(sizes)), key=lambda i: (-sizes[i], i)):
-        r = min(range(world_size), key=lambda r: (loads[r], r))
-        parts[r].append(i)
-        loads[r] += sizes[i]
-    return [sorted(p) for p in parts]
+    """Greedy longest-first assignment of slides to workers (shards x ranks) by cell count; deterministic."""
+    return balanced_parts(sizes, world_size)
 
 
 def store_provenance(
@@ -150,29 +154,37 @@ def run_embed(
     workers: int = 2,
     mode: ReadMode = "derive",
     dist: DistInfo = DistInfo(),
+    worker: Worker | None = None,
     force: bool = False,
+    claim_timeout: float = DEFAULT_TIMEOUT,
     on_batch: Callable[[int], None] | None = None,
     on_result: Callable[[EmbedResult], None] | None = None,
     on_start: Callable[[int], None] | None = None,
+    on_takeover: TakeoverHook | None = None,
 ) -> list[EmbedResult]:
-    """Embed this rank's share of the plans into out_dir/<slide>.h5; returns this rank's results.
+    """Embed this worker's share of the plans into out_dir/<slide>.h5; returns this worker's results.
     `on_start(tiles)` gets the number of tiles to embed, `on_batch(tiles)` each batch's tiles once embedded.
 
-    Each store is locked while it is made (`.<slide>.h5.lock`), not the folder: ranks of one run, or separate runs
-    a user starts on parts of a cohort, share the folder; a slide another process is embedding is skipped here
-    rather than made twice. A slide whose store cannot fit on the disk is refused before its tiles are embedded."""
+    The share: slides balanced by cell count over every worker, shards (`--shard`, a Slurm array) times torchrun
+    ranks (`worker`; `dist` alone for ranks only). Each slide is claimed while it is made (`mixmag.claims`, a claim
+    file under `out_dir/.mixmag/embed/`), so workers that overlap never make one store twice, and a dead worker's
+    claims are taken over by the next run; each finished slide gets a state record there (`mixmag.slide_state`).
+    A slide whose store cannot fit on the disk is refused before its tiles are embedded."""
     check_read_mode(mode)
+    worker = worker or Worker(dist=dist)
     out_dir = Path(out_dir)
     plans, results = [], []
     for p in plan_paths:  # a plan is untrusted input: a damaged or forged one fails its slide alone (reported once)
         try:
             plans.append((p, load_plan(p)))
         except (OSError, ValueError) as exc:
-            if dist.rank == 0:
+            if worker.slot == 0:
                 results.append(EmbedResult(Path(p).parent.name, "failed", 0, str(exc)))
                 if on_result:
                     on_result(results[-1])
-    mine = shard([len(plan.cells) for _, plan in plans], dist.world_size)[dist.rank]
+    mine = shard([len(plan.cells) for _, plan in plans], worker.slots)[worker.slot]
+    claims = StoreClaims(out_dir, force, worker, timeout=claim_timeout, on_takeover=on_takeover)
+    add_to_cohort(out_dir, STAGE, [plan.slide.slide_id for _, plan in plans])
     todo, provenance = [], {}
 
     def record(result: EmbedResult) -> None:
@@ -185,13 +197,13 @@ def run_embed(
         job = SlideJob(plan.slide.slide_id, plan)
         wanted = store_provenance(path, job, encoder, mode, device)
         if not force and store_is_current(store_path(out_dir, job.slide_id), wanted):
+            claims.note_current(job.slide_id)
             record(EmbedResult(job.slide_id, "skipped", job.n_cells))
             continue
         todo.append(job)
         provenance[job.slide_id] = wanted
     if on_start:  # the tiles to embed, the unit `on_batch` counts in
         on_start(sum(j.n_cells * tiles_per_cell(j.plan.params.n_levels) for j in todo))
-    claims = StoreClaims(out_dir, force)
 
     def start(job: SlideJob) -> bool:
         refused = claims.claim(job, provenance[job.slide_id], encoder.dim)
@@ -212,6 +224,8 @@ def run_embed(
                 + " - no store written. Check the slide and the encoder weights (on a GPU the encoder computes in "
                 "bf16; --device cpu computes in fp32).",
             )
+        elif not claims.still_ours(job.slide_id):  # this worker stalled past the timeout and another took over
+            result = EmbedResult(job.slide_id, "skipped", job.n_cells, f"{job.slide_id}: {claims.taken_over_text}")
         else:
             try:
                 written = write_store(store_path(out_dir, job.slide_id), store)
@@ -219,20 +233,19 @@ def run_embed(
                 _catalogue(catalog, written)
             except (OSError, MixmagError) as exc:  # a full disk fails this slide; a smaller store may still fit
                 result = EmbedResult(job.slide_id, "failed", job.n_cells, f"{job.slide_id}: {exc}")
-        claims.release(job.slide_id)
+        claims.finish(result)
         record(result)
 
     def failed(job: SlideJob, error: str) -> None:
-        claims.release(job.slide_id)
-        record(
-            EmbedResult(
-                job.slide_id,
-                "failed",
-                job.n_cells,
-                f"{error} - no store written; the other slides go on. "
-                "Re-copy or re-export the slide, then re-run (finished stores are kept).",
-            )
+        result = EmbedResult(
+            job.slide_id,
+            "failed",
+            job.n_cells,
+            f"{error} - no store written; the other slides go on. "
+            "Re-copy or re-export the slide, then re-run (finished stores are kept).",
         )
+        claims.finish(result)
+        record(result)
 
     try:
         with CatalogWriter(out_dir) as catalog:  # this rank's own part of the folder's catalog (mixmag.catalog)
@@ -262,39 +275,71 @@ def _catalogue(catalog: CatalogWriter, path: Path) -> None:
 
 
 class StoreClaims:
-    """The stores this process is making, each locked (`.<slide>.h5.lock`) from its first cells until it is written."""
+    """The stores this worker is making, each claimed (`mixmag.claims`) from its first cells until it is written,
+    and each finished slide's state record (`mixmag.slide_state`)."""
 
-    def __init__(self, out_dir: Path, force: bool) -> None:
+    taken_over_text = (
+        "another worker took this slide over while this one stalled past the claim timeout; its store is theirs"
+    )
+
+    def __init__(
+        self,
+        out_dir: Path,
+        force: bool,
+        worker: Worker = Worker(),
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        on_takeover: TakeoverHook | None = None,
+    ) -> None:
         self.out_dir = out_dir
         self.force = force
-        self.locks: dict[str, FolderLock] = {}
+        self.worker = worker.describe()
+        self.claims = SlideClaims(out_dir, STAGE, timeout=timeout, on_takeover=on_takeover)
+        self.started: dict[str, float] = {}
 
     def claim(self, job: SlideJob, wanted: dict, dim: int) -> EmbedResult | None:
         """None when this process may make the store; otherwise why not, as the slide's result."""
         target = store_path(self.out_dir, job.slide_id)
-        lock = FolderLock(self.out_dir, f"embedding {job.slide_id}", name=f".{target.name}.lock")
-        try:
-            lock.acquire()
-        except RunLockedError as exc:
-            return EmbedResult(job.slide_id, "skipped", job.n_cells, f"{job.slide_id}: {exc}")
-        except MixmagError as exc:  # a full disk, a lock that is a link or a FIFO: this slide fails, the batch goes on
-            return EmbedResult(job.slide_id, "failed", job.n_cells, f"{job.slide_id}: {exc}")
-        if not self.force and store_is_current(target, wanted):  # made by another process meanwhile
-            lock.release()
-            return EmbedResult(job.slide_id, "skipped", job.n_cells)
-        try:
+        try:  # first: a store that cannot fit is refused before anything is written for it
             ensure_free_space(target, store_size_lower_bound(job.n_cells, len(job.plan.levels.mpps), dim))
         except DiskFullError as exc:
-            lock.release()
             return EmbedResult(job.slide_id, "failed", job.n_cells, f"{job.slide_id}: {exc}")
-        self.locks[job.slide_id] = lock
+        try:
+            held = self.claims.claim(job.slide_id, f"embedding {job.slide_id}")
+        except MixmagError as exc:  # a full disk, a claim that is a link or a FIFO: this slide fails, the batch goes on
+            return EmbedResult(job.slide_id, "failed", job.n_cells, f"{job.slide_id}: {exc}")
+        if held is not None:
+            return EmbedResult(job.slide_id, "skipped", job.n_cells, f"{job.slide_id}: {held.describe()}")
+        self.started[job.slide_id] = time.monotonic()
+        remove_stale_partials(self.out_dir, target.name)  # a killed writer's temporary store: no live writer owns it
+        if not self.force and store_is_current(target, wanted):  # made by another process meanwhile
+            self.claims.release(job.slide_id)
+            return EmbedResult(job.slide_id, "skipped", job.n_cells)
         return None
 
-    def release(self, slide_id: str) -> None:
-        lock = self.locks.pop(slide_id, None)
-        if lock is not None:
-            lock.release()
+    def still_ours(self, slide_id: str) -> bool:
+        return self.claims.still_ours(slide_id)
+
+    def note_current(self, slide_id: str) -> None:
+        """A store already current: recorded done (once), so the folder's summary counts it."""
+        write_state(self.out_dir, STAGE, slide_id, "done", outcome="skipped", worker=self.worker, only_new=True)
+
+    def finish(self, result: EmbedResult) -> None:
+        """The slide's state record, then its claim released (a record without a claim reads as final)."""
+        if self.claims.still_ours(result.slide_id):
+            seconds = time.monotonic() - self.started.pop(result.slide_id, time.monotonic())
+            state = "failed" if result.outcome == "failed" else "done"
+            write_state(
+                self.out_dir,
+                STAGE,
+                result.slide_id,
+                state,
+                outcome=result.outcome,
+                reason=result.error,
+                seconds=seconds,
+                worker=self.worker,
+            )
+        self.claims.release(result.slide_id)
 
     def release_all(self) -> None:
-        for slide_id in list(self.locks):
-            self.release(slide_id)
+        self.claims.release_all()

@@ -9,17 +9,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from ..claims import DEFAULT_TIMEOUT, SlideClaims, TakeoverHook
 from ..errors import MixmagError, OptionError
 from ..fileio import ensure_free_space, inside_folder, make_folder, write_atomic, write_json_atomic
 from ..interop.annotations import AnnotationSource
 from ..markup import utf8_path
 from ..report.qc import png_bytes, regions_overlay, tissue_overlay
+from ..slide_state import add_to_cohort, write_state
 from ..slides.reader import BACKENDS, Slide
 from ..slides.sources import SlideSource
 from ..slides.tiling import TilingParams, TilingPlan, load_plan, make_plan, plan_is_current, plan_path, save_plan
 from ..slides.tissue import TissueModel, tissue_model_id
+from ..workers import Worker
 
 Outcome = Literal["tiled", "skipped", "failed"]
+STAGE = "tile"
 SUMMARY_FILENAME = "tiling_summary.json"
 QC_TISSUE = "qc_tissue.png"
 QC_REGIONS = "qc_regions.png"
@@ -39,7 +43,8 @@ class SlideResult:
         if self.outcome == "failed":
             return f"{sid}: FAILED - {self.error}"
         p = self.plan
-        assert p is not None
+        if p is None:  # another worker has the slide
+            return f"{sid}: skipped ({self.error})"
         head = "skipped (plan is current)" if self.outcome == "skipped" else f"tiled in {self.seconds:.1f}s"
         line = (
             f"{sid}: {head}; {p.slide.backend}, {p.slide.mpp:g} um/px ({p.slide.mpp_source}); grid "
@@ -104,33 +109,63 @@ def tile_slides(
     backend: str = "auto",
     tissue_model: TissueModel | None = None,
     force: bool = False,
+    worker: Worker | None = None,
+    claim_timeout: float = DEFAULT_TIMEOUT,
     on_result: Callable[[SlideResult], None] | None = None,
     annotations: AnnotationSource | None = None,
+    on_takeover: TakeoverHook | None = None,
 ) -> list[SlideResult]:
-    """Tile every slide; a failing slide is recorded and the run goes on. Writes a run summary."""
+    """Tile this worker's share of the slides (every `slots`-th one from its `slot`: `worker`, from `--shard` or a
+    Slurm array); a failing slide is recorded and the run goes on. Each slide is claimed while it is tiled
+    (`mixmag.claims`), so overlapping workers never tile one slide twice, and gets a state record
+    (`mixmag.slide_state`). Writes a run summary (one per shard when sharded)."""
     check_backend(backend)
+    worker = worker or Worker()
     out_dir = Path(out_dir)
     make_folder(out_dir)
+    add_to_cohort(out_dir, STAGE, [s.slide_id for s in sources])
     results = []
-    for source in sources:
-        start = time.perf_counter()
-        try:
-            result = tile_slide(
-                source,
-                out_dir,
-                params,
-                backend=backend,
-                tissue_model=tissue_model,
-                force=force,
-                annotations=annotations,
-            )
-        except Exception as exc:  # noqa: BLE001 - one bad slide must not stop a cohort; it is reported below
-            result = SlideResult(source, "failed", error=_describe(exc), seconds=time.perf_counter() - start)
-        results.append(result)
-        if on_result is not None:
-            on_result(result)
-    write_summary(out_dir, params, results)
+    options = dict(backend=backend, tissue_model=tissue_model, force=force, annotations=annotations)
+    with SlideClaims(out_dir, STAGE, timeout=claim_timeout, on_takeover=on_takeover) as claims:
+        for source in sources[worker.slot :: worker.slots]:
+            result = _tile_claimed(source, out_dir, params, claims, worker, options)
+            results.append(result)
+            if on_result is not None:
+                on_result(result)
+    write_summary(out_dir, params, results, worker)
     return results
+
+
+def _tile_claimed(
+    source: SlideSource, out_dir: Path, params: TilingParams, claims: SlideClaims, worker: Worker, options: dict
+) -> SlideResult:
+    """One slide under its claim, then its state record; a slide another worker holds is left to it."""
+    start = time.perf_counter()
+    try:
+        held = claims.claim(source.slide_id, f"tiling {source.slide_id}")
+    except MixmagError as exc:  # a claim that is a link or a FIFO, a full disk: this slide fails, the batch goes on
+        return SlideResult(source, "failed", error=str(exc), seconds=time.perf_counter() - start)
+    if held is not None:
+        return SlideResult(source, "skipped", error=held.describe())
+    try:
+        result = tile_slide(source, out_dir, params, **options)
+    except Exception as exc:  # noqa: BLE001 - one bad slide must not stop a cohort; it is reported below
+        result = SlideResult(source, "failed", error=_describe(exc), seconds=time.perf_counter() - start)
+    state = "failed" if result.outcome == "failed" else "done"
+    seconds = time.perf_counter() - start
+    write_state(
+        out_dir,
+        STAGE,
+        source.slide_id,
+        state,
+        outcome=result.outcome,
+        reason=result.error,
+        seconds=seconds,
+        worker=worker.describe(),
+        only_new=result.outcome == "skipped",
+    )
+    claims.release(source.slide_id)
+    return result
 
 
 def check_backend(backend: str) -> None:
@@ -145,7 +180,14 @@ def _describe(exc: Exception) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def write_summary(out_dir: Path, params: TilingParams, results: list[SlideResult]) -> Path:
+def summary_name(worker: Worker = Worker()) -> str:
+    """tiling_summary.json, or tiling_summary.shard-<i>-of-<N>.json for one shard (shards never overwrite each
+    other's; `mixmag status` sums up the folder)."""
+    s = worker.shard
+    return SUMMARY_FILENAME if s.count == 1 else f"tiling_summary.shard-{s.index}-of-{s.count}.json"
+
+
+def write_summary(out_dir: Path, params: TilingParams, results: list[SlideResult], worker: Worker = Worker()) -> Path:
     rows = []
     for r in results:
         row = {"slide": r.source.slide_id, "path": str(r.source.path), "outcome": r.outcome}
@@ -160,4 +202,4 @@ def write_summary(out_dir: Path, params: TilingParams, results: list[SlideResult
             row["error"] = r.error
         rows.append(row)
     payload = {"params": params.model_dump(), "slides": rows}
-    return write_json_atomic(out_dir / SUMMARY_FILENAME, payload, indent=1)
+    return write_json_atomic(out_dir / summary_name(worker), payload, indent=1)
