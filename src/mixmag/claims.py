@@ -1,8 +1,9 @@
 """Claim files: which worker is doing which slide, on a folder many machines share (NFS included).
 
-A worker that starts a slide creates `<out>/.mixmag/<stage>/<slide>.claim` with O_CREAT|O_EXCL|O_NOFOLLOW (atomic on
-local disks and on NFSv3 and later), writes its host, boot id, pid, the pid's start time and its own start time in
-it, and refreshes the file's mtime (its heartbeat) from a thread while it works. Another worker that finds the claim
+A worker that starts a slide creates `<out>/.mixmag/<stage>/<slide>.claim`: its host, boot id, pid, the pid's start
+time and its own start time are written to a unique file (O_CREAT|O_EXCL|O_NOFOLLOW) that is then linked to the
+claim's name, which fails when the name exists (atomic on local disks and on NFS), so a claim is never seen empty; it
+refreshes the file's mtime (its heartbeat) from a thread while it works. Another worker that finds the claim
 leaves the slide alone, unless the claim is stale: its heartbeat is older than the timeout (a worker on another
 machine died, or lost the folder), or its pid is gone on this same host (a `kill -9` here is seen at once). A stale
 claim is taken over by renaming it away (only one of several competing workers can rename one file) and creating a
@@ -252,6 +253,38 @@ class SlideClaims:
         raise ClaimError(f"{path}: the claim of slide {slide_id} keeps changing hands; run again")
 
     def _create(self, path: Path, purpose: str) -> int | None:
+        """Our claim at `path`, never empty: the content is written and synced under a unique name first (O_CREAT |
+        O_EXCL | O_NOFOLLOW), then given the claim's name by link(), which fails if the name exists (atomic on NFS
+        too, where a lost reply is told apart by the link count). Where the file system has no hard links, the claim
+        is created with O_EXCL directly. None when the name is taken."""
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.partial")
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            fd = os.open(tmp, flags, 0o644)
+        except OSError as exc:
+            raise _claim_error(path, exc) from exc
+        try:
+            os.write(fd, (me(purpose).model_dump_json() + "\n").encode())
+            os.fsync(fd)
+            try:
+                os.link(tmp, path, follow_symlinks=False)
+            except FileExistsError:
+                os.close(fd)
+                return None
+            except OSError as exc:
+                if os.fstat(fd).st_nlink != 2:  # not a lost reply: no hard links here
+                    os.close(fd)
+                    return self._create_direct(path, purpose, exc)
+            return fd
+        except OSError as exc:
+            os.close(fd)
+            raise _claim_error(path, exc) from exc
+        finally:
+            remove_own_file(tmp)
+
+    def _create_direct(self, path: Path, purpose: str, why: OSError) -> int | None:
+        if why.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS):
+            raise _claim_error(path, why) from why
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         try:
             fd = os.open(path, flags, 0o644)
