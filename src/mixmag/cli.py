@@ -1660,12 +1660,25 @@ def benchmark(
     out: Annotated[
         Optional[Path], typer.Option("--out", "-o", help="Output folder (default: the config's `out`).")
     ] = None,
+    replicates: Annotated[
+        Optional[int],
+        typer.Option(
+            help="Run R independent replicates (each a fresh cohort, MEM pretraining and training seeds) in "
+            "<out>/replicate-<r>/ against an endpoint registered first (endpoint.json): MEM-patch minus AB-MIL 20x "
+            "and minus random-patch, task-averaged test AUROC, analysed over replicates. Without --config: the "
+            "built-in replicate protocol (configs/replicates.yaml)."
+        ),
+    ] = None,
 ) -> None:
     """Benchmark v2 on CPU: four synthetic multi-scale tasks at the embedding level, methods x seeds, mean ± sd,
     bootstrap CIs, paired DeLong p against AB-MIL 20x, and the magnification attribution check."""
     from .stages.benchmark import load_benchmark_config, run_benchmark
+    from .stages.replicates import load_replicates_config, run_replicates
 
     try:
+        if replicates is not None:
+            run_replicates(load_replicates_config(config, out), replicates, console=console)
+            return
         run_benchmark(load_benchmark_config(config, out), console=console)
     except MixmagError as exc:
         _fail(str(exc))
