@@ -16,9 +16,11 @@ from mixmag.stages.replicates import (
     ENDPOINT_FILE,
     Endpoint,
     analyse,
+    check_registered,
     compare_replicates,
     load_replicates_config,
     make_endpoint,
+    register_endpoint,
     replicate_config,
     replicate_defaults,
     run_replicates,
@@ -77,6 +79,9 @@ def test_replicates_derive_every_seed_from_r_and_the_endpoint_needs_its_methods(
     r2 = replicate_config(config, 2)
     assert r2.out == str(tmp_path / "r" / "replicate-2") and r2.seeds == [6, 7, 8]
     assert r2.cohort["seed"] == 2 and r2.pretrain["seed"] == 2 and config.cohort.get("seed") is None
+    odd = config.model_copy(update={"seeds": [5, 9], "cohort": config.cohort | {"seed": 10}})
+    seeds = [replicate_config(odd, r).seeds for r in range(3)]
+    assert seeds == [[5, 9], [15, 19], [25, 29]] and replicate_config(odd, 2).cohort["seed"] == 12
     with pytest.raises(ConfigError, match="lack MEM-patch, random-patch"):
         make_endpoint(config.model_copy(update={"methods": ["abmil-20x"]}), 5)
     with pytest.raises(ConfigError, match="--replicates 1"):
@@ -98,6 +103,7 @@ def test_replicates_differ_in_cohort_and_pretraining_are_reused_and_the_endpoint
     mixers = [load_file(out / f"replicate-{r}" / "pretrain" / "mixer.safetensors") for r in (0, 1)]
     assert any(not np.allclose(mixers[0][k], mixers[1][k]) for k in mixers[0])
     assert [rec["seeds"] for rec in first["records"]] == [[0], [1]]
+    assert all(rec["cpu_seconds"] > 0 for rec in first["records"])
     rows = list(csv.DictReader(open(out / "replicates.csv")))
     assert [r["replicate"] for r in rows] == ["0", "1"]
     diff = float(rows[0]["auroc_MEM-patch"]) - float(rows[0]["auroc_abmil-20x"])
@@ -112,6 +118,18 @@ def test_replicates_differ_in_cohort_and_pretraining_are_reused_and_the_endpoint
     for changed in (_tiny(out, tasks=["fine", "coarse"]), _tiny(out, train={"epochs": 4})):
         with pytest.raises(ConfigError, match="cannot change after the fact"):
             run_replicates(changed, 2)
-    with pytest.raises(ConfigError, match="replicates"):
+    with pytest.raises(ConfigError, match="differs from this run's in replicates;"):
         run_replicates(_tiny(out), 3)
     assert json.loads((out / ENDPOINT_FILE).read_text()) == registered
+
+
+def test_the_analysis_refuses_an_endpoint_file_edited_after_registration(tmp_path):
+    endpoint = make_endpoint(replicate_defaults(tmp_path), 5)
+    register_endpoint(tmp_path, endpoint)
+    check_registered(tmp_path, endpoint)  # unchanged: the analysis may run
+    edited = json.loads((tmp_path / ENDPOINT_FILE).read_text()) | {"against": ["abmil-20x"]}
+    (tmp_path / ENDPOINT_FILE).write_text(json.dumps(edited))
+    with pytest.raises(ConfigError, match="missing or changed since the replicates started"):
+        check_registered(tmp_path, endpoint)
+    with pytest.raises(ConfigError, match="differs from this run's in against;"):
+        register_endpoint(tmp_path, endpoint)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -122,9 +123,9 @@ def register_endpoint(out: Path, endpoint: Endpoint) -> None:
 
 def replicate_config(config: BenchmarkConfig, r: int) -> BenchmarkConfig:
     """Replicate r: its own folder, cohort seed (the config's + r), pretraining seed (the config's + r) and training
-    seeds (r * n .. r * n + n - 1 for n configured seeds), so no two replicates share a cohort, a pretraining run or
-    a training seed (and so the random mixer's init)."""
-    n = len(config.seeds)
+    seeds (each configured seed + r * (the largest + 1): 3r, 3r+1, 3r+2 for 0, 1, 2), so no two replicates share a
+    cohort, a pretraining run or a training seed (and so a random mixer's init)."""
+    stride = max(config.seeds) + 1
     by_task = {
         task: spec | ({"seed": spec["seed"] + r} if "seed" in spec else {})
         for task, spec in config.cohort_by_task.items()
@@ -135,7 +136,7 @@ def replicate_config(config: BenchmarkConfig, r: int) -> BenchmarkConfig:
             "cohort": config.cohort | {"seed": config.cohort.get("seed", 0) + r},
             "cohort_by_task": by_task,
             "pretrain": config.pretrain | {"seed": config.pretrain.get("seed", 0) + r},
-            "seeds": [r * n + k for k in range(n)],
+            "seeds": [s + r * stride for s in config.seeds],
         }
     )
 
@@ -151,7 +152,9 @@ def _run_replicate(config: BenchmarkConfig, r: int, endpoint: Endpoint, console:
             console.print(f"reusing replicate {r} ({record_path})")
             return record
     console.rule(f"replicate {r + 1} of {endpoint.replicates}")
+    cpu = time.process_time()
     result = run_benchmark(rc, console=console)
+    cpu = time.process_time() - cpu  # this process's threads, all stages: a cost figure that load does not inflate
     aurocs: dict[str, dict[str, list[float]]] = {}
     for cell in result["cells"]:
         aurocs.setdefault(cell.task, {})[cell.method] = [float(a) for a in cell.seeds]
@@ -163,6 +166,7 @@ def _run_replicate(config: BenchmarkConfig, r: int, endpoint: Endpoint, console:
         "config": wanted,
         "aurocs": aurocs,
         "timings": result["timings"],
+        "cpu_seconds": round(cpu, 1),
     }
     write_json_atomic(record_path, record)  # written last: a replicate without it is not finished
     return record
@@ -281,13 +285,16 @@ def replicates_markdown(
     lines.append(
         "| replicate | cohort seed | pretraining seed | training seeds | "
         + " | ".join(markdown_cell(m) for m in methods)
-        + " |"
+        + " | CPU s |"
     )
-    lines.append("|---:|---:|---:|---|" + "---:|" * len(methods))
+    lines.append("|---:|---:|---:|---|" + "---:|" * len(methods) + "---:|")
     for k, rec in enumerate(records):
         cells = " | ".join(f"{100 * per_method[m][k]:.2f}" for m in methods)
         seeds = ", ".join(str(s) for s in rec["seeds"])
-        lines.append(f"| {rec['replicate']} | {rec['cohort_seed']} | {rec['pretrain_seed']} | {seeds} | {cells} |")
+        lines.append(
+            f"| {rec['replicate']} | {rec['cohort_seed']} | {rec['pretrain_seed']} | {seeds} | {cells} | "
+            f"{rec.get('cpu_seconds', float('nan')):.0f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
