@@ -72,6 +72,11 @@ def test_the_benchmark_runs_the_rival_on_pooled_stores(tmp_path):
     real = {c.method: c.seeds for c in result["cells"]}
     rival = {c.method: c.seeds for c in result["rival"]["cells"]}
     assert rival["abmil-20x"] == real["abmil-20x"]
+    rival_runs = tmp_path / "b" / "results-rival" / "fine" / "abmil-all"
+    real_scores = (tmp_path / "b" / "results" / "fine" / "abmil-all" / "seed0" / "predictions_test.csv").read_text()
+    assert (rival_runs / "seed0" / "predictions_test.csv").read_text() != real_scores  # it read the pooled 5x/10x
+    pooled_rows = (tmp_path / "b" / "data" / "fine-pooled.csv").read_text()
+    assert "stores-pooled" in pooled_rows and "/stores/" not in pooled_rows
     assert [(p.method, p.against) for p in result["rival"]["pairs"]] == [
         ("abmil-20x", "abmil-20x (20x-pooled)"),
         ("abmil-all", "abmil-all (20x-pooled)"),

@@ -61,6 +61,7 @@ from ..synth.benchmark import (
     write_benchmark_cohort,
     write_outcome_cohort,
 )
+from ..tables import read_table
 from ..train.finetune import Seed, TrainSettings
 from ..train.mixer_file import pretrained_mixer_set
 from ..train.pretrain import PretrainConfig, PretrainSettings, run_pretraining
@@ -303,15 +304,17 @@ def _rival(out: Path, config: BenchmarkConfig, tables: dict[str, Path], console:
     """The rival tasks on pooled stores (made once next to the real ones), their statistics, and each rival method
     against itself on the real stores (same test specimens: paired)."""
     pooled = out / "data" / "stores-pooled"
+    rival_tables = {}
     for task in config.rival_tasks:
         for path in load_cohort(tables[task], out / "data" / "stores").stores.values():
             if not store_path(pooled, path.stem).is_file():
                 write_pooled(path, pooled)
+        rival_tables[task] = pooled_table(tables[task], pooled)
     grid = GridConfig(
         out=str(out / "results-rival"),
         methods=config.rival_methods,
         seeds=config.seeds,
-        tasks=[Task(name=t, cohort=str(tables[t]), stores=str(pooled)) for t in config.rival_tasks],
+        tasks=[Task(name=t, cohort=str(rival_tables[t]), stores=str(pooled)) for t in config.rival_tasks],
         train=config.train,
         train_by_method=config.train_by_method,
         baseline=config.baseline,
@@ -339,6 +342,17 @@ def _rival(out: Path, config: BenchmarkConfig, tables: dict[str, Path], console:
         "cells": with_false_discovery_rate(cells),
         "pairs": [replace(pair, q=q_value) for pair, q_value in zip(pairs, q, strict=True)],
     }
+
+
+def pooled_table(table: Path, pooled: Path) -> Path:
+    """The task's cohort table beside it (`<task>-pooled.csv`), its `store` column naming the pooled stores: the
+    generated tables name each store by path, which wins over a stores folder."""
+    source = read_table(table)
+    rows = [
+        [store_path(pooled, row["slide"]) if column == "store" else row[column] for column in source.columns]
+        for row in source.rows
+    ]
+    return write_csv_atomic(table.with_name(f"{table.stem}-pooled.csv"), source.columns, rows)
 
 
 def rival_markdown(rival: dict, config: BenchmarkConfig) -> str:
