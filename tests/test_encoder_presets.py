@@ -290,3 +290,17 @@ def test_embed_says_once_when_a_20x_encoder_meets_5x_and_10x_tiles(tmp_path):
     assert "5×, 10× tiles (2, 1 µm/px)" in flat and "virchow2" in flat
     wide = runner.invoke(app, [*args, "--out", str(tmp_path / "b"), "--encoder", "test-5x-to-40x"])
     assert wide.exit_code == 0 and "trained on" not in wide.output
+
+
+@pytest.mark.parametrize("name", ["ctranspath", "midnight12k", "kaiko-vits16"])
+def test_from_hub_offline_says_which_file_to_fetch(name, monkeypatch):
+    """--from-hub is real (never reached in tests): offline, it names the repository, the file and where to put it."""
+    from mixmag.encoders.model import EncoderWeightsError
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    preset = get_preset(name)
+    with pytest.raises(EncoderWeightsError, match=f"huggingface-cli download {re.escape(preset.hub_id)}") as info:
+        build_encoder(name, from_hub=True, overrides=shallow(name))
+    if preset.hub_file:
+        assert f"--weights weights/{name}/{preset.hub_file}" in str(info.value)
+    assert ("--repo-type dataset" in str(info.value)) == (preset.hub_repo_type == "dataset")

@@ -170,8 +170,10 @@ def _from_hub(preset: EncoderPreset, overrides: dict | None) -> nn.Module:
         raise EncoderWeightsError(
             f"could not load {preset.hub_id} from the Hugging Face hub ({type(exc).__name__}: {exc}). "
             f"Request access on the model page and log in (huggingface-cli login), or download the weights "
-            f"(e.g. huggingface-cli download {preset.hub_id} --local-dir weights/{preset.name}) and pass "
-            f"--weights weights/{preset.name}/<file>.safetensors (or pytorch_model.bin)."
+            f"(e.g. huggingface-cli download {preset.hub_id}{' ' + preset.hub_file if preset.hub_file else ''}"
+            f"{' --repo-type dataset' if preset.hub_repo_type == 'dataset' else ''} --local-dir weights/{preset.name})"
+            f" and pass --weights weights/{preset.name}/"
+            f"{preset.hub_file or '<file>.safetensors (or pytorch_model.bin)'}."
         ) from exc
     backbone = build_backbone(preset, overrides)
     load_weights(backbone, fetched, preset.weights_format)
