@@ -14,6 +14,7 @@ import pytest
 from remote_servers import S3_ENV, environment, s3_server, silent_server, strict_s3_server
 from typer.testing import CliRunner
 
+import mixmag
 from mixmag.cli import app
 from mixmag.errors import SlideError
 from mixmag.slides.pyramids import read_pyramid
@@ -182,13 +183,15 @@ def test_a_slide_served_over_http_reads_by_range_like_the_local_file(s3, real_sv
         Slide(f"{endpoint}/{URL.removeprefix('s3://')}")  # the same object, not public
 
 
-def test_doctor_and_predict_take_urls(s3):
+def test_doctor_predict_and_the_python_api_take_urls(s3, tmp_path):
     result = CliRunner().invoke(app, ["doctor", URL, "--region-size", "1"])
     said = " ".join(result.output.split())
     assert result.exit_code == 0 and "reads it with tiffslide at 0.499 um/px" in said, said
     assert "a TIFF by URL: TiffSlide reads its tiles by range requests" in said
     (source,) = read_inputs([URL], None, None).sources
     assert (source.path, source.slide_id) == (URL, "CMU-1-Small-Region")
+    (tiled,) = mixmag.tile(URL, tmp_path, region_size=1)
+    assert tiled.outcome == "tiled" and tiled.plan.slide.path == URL
 
 
 def test_only_the_byte_ranges_read_are_fetched(s3, tmp_path):

@@ -61,9 +61,10 @@ PathLike = str | Path
 def tile(
     slides: PathLike | Sequence[PathLike], out: PathLike, *, mpp: float | None = None, **settings
 ) -> list[SlideResult]:
-    """`mixmag tile`: plan regions on every slide (files, or folders of them) into `out/<slide>/plan.json`;
-    `settings` are TilingParams fields (region_size=1, tissue_threshold=0.3, ...). One bad slide fails alone."""
-    paths = [Path(slides)] if isinstance(slides, (str, Path)) else [Path(s) for s in slides]
+    """`mixmag tile`: plan regions on every slide (files, folders of them, or URLs: s3://, https://, dicomweb+http://)
+    into `out/<slide>/plan.json`; `settings` are TilingParams fields (region_size=1, tissue_threshold=0.3, ...). One
+    bad slide fails alone."""
+    paths = [slides] if isinstance(slides, (str, Path)) else list(slides)  # a str may be a URL: not made a Path
     return tile_slides(sources_from_paths(paths, mpp), Path(out), TilingParams(**settings))
 
 
