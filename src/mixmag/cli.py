@@ -149,6 +149,19 @@ def _slide_cache(folder: Path | None) -> Iterator[None]:
             os.environ["MIXMAG_SLIDE_CACHE"] = before
 
 
+def _first_plan_levels(plan_paths: list[Path]) -> list[float]:
+    """The level mpps of the first plan that reads (the note is said once per run); a plan that does not read is
+    that slide's failure, reported by the embedding loop, not a reason to stop the run here."""
+    from .slides.tiling import load_plan
+
+    for path in plan_paths:
+        try:
+            return list(load_plan(path).levels.mpps)
+        except (MixmagError, OSError, ValueError):
+            continue
+    return []
+
+
 @app.command()
 def tile(
     slides: Annotated[
@@ -418,7 +431,6 @@ def embed(
     from .encoders.model import build_encoder
     from .encoders.registry import unseen_levels_note
     from .slides.sources import slide_ids_from_table
-    from .slides.tiling import load_plan
     from .stages.embed import check_read_mode, find_plans, gather_results, run_embed
     from .workers import Worker, resolve_shard
 
@@ -441,7 +453,7 @@ def embed(
         soft_wrap=True,
         highlight=False,
     )
-    note = unseen_levels_note(model.preset, load_plan(plan_paths[0]).levels.mpps) if plan_paths else None
+    note = unseen_levels_note(model.preset, _first_plan_levels(plan_paths))
     if note:  # once per run: an encoder trained at 20x only meets 5x and 10x tiles
         say(note, style="yellow", soft_wrap=True, highlight=False)
     with _progress() as progress:
