@@ -134,10 +134,14 @@ class ClaimInfo:
     stale: str  # why it may be taken over, "" while it is live
     identity: tuple[int, int, int] = field(default=(0, 0, 0), repr=False)
 
-    def describe(self) -> str:
+    def who(self) -> str:
+        """'pid 12 on node3 (embedding s1) since 2026-01-01 10:00:00, heartbeat 4 s ago'."""
         who = self.holder.describe() if self.holder else "an unknown worker (unreadable claim)"
         since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.holder.started)) if self.holder else "?"
-        return f"in use by {who} since {since}, heartbeat {self.age:.0f} s ago"
+        return f"{who} since {since}, heartbeat {self.age:.0f} s ago"
+
+    def describe(self) -> str:
+        return f"in use by {self.who()}"
 
 
 def filesystem_now(folder: Path) -> float:

@@ -449,7 +449,8 @@ def embed(
         f"Embedding {len(plan_paths)} slide(s) with {encoder} ({model.dim}-d {model.output}, weights "
         f"{model.weights_digest}) "
         f"on {dev}{f' x {dist.world_size} ranks' if dist.active else ''} -> {out}"
-        + (f"; this is {worker.shard.describe()}, its ranks share it by cell count" if worker.shard.count > 1 else ""),
+        + (f"; this is {worker.shard.describe()}" if worker.shard.count > 1 else "")
+        + (", its ranks share it by cell count" if worker.shard.count > 1 and dist.active else ""),
         soft_wrap=True,
         highlight=False,
     )
@@ -946,7 +947,15 @@ def _bytes_text(n: float) -> str:
 def _hours(seconds: float | None, gpus: int) -> str:
     if seconds is None:
         return "unknown"
-    return f"{seconds / 3600:,.1f} GPU-hours ({seconds / 3600 / gpus:,.1f} h on {gpus} GPU(s))"
+    return f"{_duration(seconds)} of GPU time ({_duration(seconds / gpus)} on {gpus} GPU(s))"
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:,.1f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:,.1f} min"
+    return f"{seconds / 3600:,.1f} h"
 
 
 def _print_bill(bill, gpus: int) -> None:
@@ -1017,9 +1026,10 @@ def _print_stage_status(stage, show: int) -> None:
     for column in ("slide", "state", "detail"):
         table.add_column(column)
     rows = [(s, "failed", r.reason or r.outcome) for s, r in sorted(stage.failed.items())][:show]
-    rows += [(s, "claimed", c.describe()) for s, c in sorted(stage.claimed.items())][:show]
+    rows += [(s, "claimed", f"by {c.who()}") for s, c in sorted(stage.claimed.items())][:show]
     rows += [
-        (s, "stale claim", f"{c.describe()}; {c.stale}: the next run takes it over") for s, c in stage.stale.items()
+        (s, "stale claim", f"claimed by {c.who()}; {c.stale}: the next run takes it over")
+        for s, c in stage.stale.items()
     ][:show]
     rows += [(s, "unreadable", why) for s, why in sorted(stage.unreadable.items())][:show]
     rows += [(s, "pending", "") for s in stage.pending[:show]]
@@ -1034,8 +1044,8 @@ def _print_stage_status(stage, show: int) -> None:
         seconds = [r.seconds for r in stage.done.values() if r.outcome != "skipped"]
         if seconds:
             console.print(
-                f"{stage.stage}: {len(seconds)} slide(s) made here, {sum(seconds) / len(seconds):.1f} s each on "
-                f"average, {sum(seconds) / 3600:.2f} worker-hours in all",
+                f"{stage.stage}: {len(seconds)} slide(s) made, {_duration(sum(seconds) / len(seconds))} each on "
+                f"average, {_duration(sum(seconds))} of worker time in all",
                 highlight=False,
             )
 
