@@ -132,6 +132,11 @@ def test_openslide_formats_need_the_download_cache(s3, real_svs, tmp_path):
     assert copy.read_bytes() == real_svs.read_bytes()
     plan = json.loads((tmp_path / "b/CMU-1-Small-Region/plan.json").read_text())
     assert plan["slide"]["path"] == URL and plan["slide"]["backend"] == "openslide"
+    refused = _embed(tmp_path / "b", tmp_path / "stores")  # the plan's backend reads local files only
+    assert refused.exit_code != 0 and "--cache DIR" in " ".join(refused.output.split())
+    result = _embed(tmp_path / "b", tmp_path / "stores", "--cache", str(cache))  # the copy downloaded by `tile`
+    assert result.exit_code == 0, result.output
+    assert len([p for p in cache.rglob("*") if p.is_file()]) == 1
 
 
 @pytest.mark.parametrize(
