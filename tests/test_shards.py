@@ -460,3 +460,22 @@ def test_plan_reads_what_bench_measured_and_says_so(cohort, tmp_path):
     (bench / "bench_embed.json").write_text("{not json")
     damaged = _invoke("plan", cohort / "tiles", "--encoder", "stats", "--bench", bench)
     assert damaged.exit_code == 2 and "bench_embed.json" in damaged.output and "Traceback" not in damaged.output
+
+
+def test_torchrun_ranks_inside_two_shards_split_each_shard_by_cell_count(cohort, tmp_path):
+    """Two array tasks of two torchrun ranks each: four workers, each slide embedded once, by the worker the
+    balanced split over shards x ranks names."""
+    out = tmp_path / "stores"
+    run = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    commands = [run + _embed_cmd(cohort, out, "--shard", f"{i}/2")[1:] for i in range(2)]
+    outputs = _run_together(commands)
+    assert "x 2 ranks" in outputs[0] and "this is shard 0/2 (--shard), its ranks share it by cell count" in outputs[0]
+    assert sorted(_embedded(outputs[0]) + _embedded(outputs[1])) == list(SLIDES)
+    _same_stores(out, cohort / "reference")
+    plans = {p.parent.name: len(load_plan(p).cells) for p in find_plans(cohort / "tiles")}
+    ids = sorted(plans)
+    parts = balanced_parts([plans[s] for s in ids], 4)
+    done = _status(out)["embed"]["done"]
+    for slot, part in enumerate(parts):
+        for i in part:
+            assert done[ids[i]]["worker"] == f"shard {slot // 2}/2, rank {slot % 2}/2"
