@@ -29,6 +29,7 @@ LAYERS: list[set[str]] = [
         "weights_io",
         "images",
         "threads",
+        "ranks",
         "claims",
         "slide_state",
         "workers",

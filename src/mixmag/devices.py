@@ -9,34 +9,13 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import importlib
-import os
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from dataclasses import dataclass
 
 import torch
 
 from .errors import ConfigError
-
-
-@dataclass(frozen=True)
-class DistInfo:
-    """This process's place among torchrun's ranks (one process when not under torchrun)."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def active(self) -> bool:
-        return self.world_size > 1
-
-
-def dist_from_env() -> DistInfo:
-    """Rank and world size as torchrun sets them (1 process when absent)."""
-    return DistInfo(
-        int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
-    )
+from .ranks import DistInfo, dist_from_env
 
 
 def choose_device(name: str | None = None, dist: DistInfo = DistInfo()) -> torch.device:
