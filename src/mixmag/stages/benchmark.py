@@ -68,7 +68,8 @@ from ..train.pretrain import PretrainConfig, PretrainSettings, run_pretraining
 from ..train.tasks import PRIMARY
 from .crossval import METRIC_NAMES
 from .demo import Timer
-from .experiments import ABMIL_METHODS, GridConfig, Task, run_folder, run_grid
+from .experiments import GridConfig, Task, run_folder, run_grid
+from .methods import tile_method
 
 NOTICE = (
     "These data are SYNTHETIC and built at the embedding level (no pixels, no encoder): the table measures what "
@@ -243,9 +244,9 @@ def _pretrain(out: Path, config: BenchmarkConfig, tables: dict[str, Path], conso
 
 
 def uses_a_mixer(methods: list[str]) -> bool:
-    """Whether any method reads the pretrained mixer: every one but plain AB-MIL does (the MEM rows its weights,
-    the Random and random-* rows its architecture)."""
-    return any(m not in ABMIL_METHODS for m in methods)
+    """Whether any method reads the pretrained mixer: every one but an aggregator on tiles does (the MEM rows its
+    weights, the Random and random-* rows its architecture)."""
+    return any(tile_method(m) is None for m in methods)
 
 
 def _pretrain_if_used(

@@ -1,10 +1,11 @@
 """`mixmag experiment grid.yaml`: methods x tasks x seeds -> Table 1/2-style tables and a Fig. 3-style plot.
 
-Methods: AB-MIL on one level or all levels ("abmil-5x" ... "abmil-all"); a randomly initialised mixer
-trained jointly with AB-MIL over all levels ("random-patch", "random-cls") or over one level's tokens
-("random-5x-patch" ... "random-20x-cls"); and every named pretrained mixer, either
+Methods: AB-MIL (or another aggregator) on one level or all levels ("abmil-5x" ... "abmil-all", "mean-20x"); a
+randomly initialised mixer trained jointly with AB-MIL over all levels ("random-patch", "random-cls") or over one
+level's tokens ("random-5x-patch" ... "random-20x-cls"); and every named pretrained mixer, either
 fine-tuned jointly ("<name>-patch", "<name>-cls") or frozen through `mixmag encode`
-("<name>-patch-frozen", "<name>-cls-frozen"). Each run is an ordinary `mixmag train` run folder;
+("<name>-patch-frozen", "<name>-cls-frozen"); a mixer method ending in "+mean" pools with that aggregator. Names are
+parsed once into a typed spec (`mixmag.stages.methods:MethodSpec`). Each run is an ordinary `mixmag train` run folder;
 finished runs are reused, so an interrupted grid resumes.
 """
 
@@ -30,8 +31,7 @@ from ..train.mixer_file import mixer_architecture
 from ..train.pretrain import store_paths
 from ..train.tasks import PRIMARY, TaskType
 from .encode import encode_stores
-
-ABMIL_METHODS = {"abmil-5x": "5x", "abmil-10x": "10x", "abmil-20x": "20x", "abmil-all": "all"}
+from .methods import MethodSpec, parse_method
 
 
 class Task(BaseModel):
@@ -86,7 +86,14 @@ def load_grid(path: str | Path) -> GridConfig:
     return grid
 
 
+def method_spec(grid: GridConfig, task: Task, method: str) -> MethodSpec:
+    """The typed spec of one of the grid's methods for one of its tasks (`mixmag.stages.methods:parse_method`)."""
+    return parse_method(method, grid.pretrained, task.type)
+
+
 def method_config(grid: GridConfig, task: Task, method: str, seed: int) -> TrainConfig:
+    """The training config of one cell of the grid and one seed, from the method's spec."""
+    spec = method_spec(grid, task, method)
     out = run_folder(grid, task.name, method, seed)
     common = dict(cohort=task.cohort, stores=task.stores, out=str(out), seed=seed) | grid.train.given()
     if task.type != "binary":
@@ -94,35 +101,20 @@ def method_config(grid: GridConfig, task: Task, method: str, seed: int) -> Train
     for prefix, overrides in grid.train_by_method.items():
         if method.startswith(prefix):
             common |= overrides.given()
-    if method in ABMIL_METHODS:
-        return TrainConfig(**common, bags=ABMIL_METHODS[method])
-    if method in ("random-patch", "random-cls"):
-        return TrainConfig(**common, bags="regions", mixer=random_mixer(grid, None) | {"output": method.split("-")[1]})
-    for level in ABMIL_METHODS.values():
-        for output in ("patch", "cls"):
-            if method == f"random-{level}-{output}" and level != "all":  # a mixer over one magnification's tokens
-                return TrainConfig(
-                    **common, bags="regions", region_level=level, mixer=random_mixer(grid, None) | {"output": output}
-                )
-    for name, weights in grid.pretrained.items():
-        for output in ("patch", "cls"):
-            if method == f"random-{name}-{output}":  # fresh weights in the architecture of pretrained mixer `name`
-                return TrainConfig(**common, bags="regions", mixer=random_mixer(grid, name) | {"output": output})
-            if method == f"{name}-{output}":
-                return TrainConfig(
-                    **common, bags="regions", mixer={"init": "pretrained", "weights": weights, "output": output}
-                )
-            if method == f"{name}-{output}-frozen":
-                encoded = Path(grid.out) / "encoded" / _slug(name) / task.name
-                return TrainConfig(**common, bags=output, encoded=str(encoded))
-    known = (
-        list(ABMIL_METHODS)
-        + ["random-patch", "random-cls"]
-        + [f"random-{n}-{o}" for n in grid.pretrained for o in ("patch", "cls")]
-        + [f"random-{lv}-{o}" for lv in ("5x", "10x", "20x") for o in ("patch", "cls")]
-        + [f"{n}-{o}{f}" for n in grid.pretrained for o in ("patch", "cls") for f in ("", "-frozen")]
-    )
-    raise ConfigError(f"unknown method {method!r}; known: {', '.join(known)}")
+    if spec.aggregator != "abmil":
+        common |= {"aggregator": spec.aggregator}
+    if spec.init is None:
+        return TrainConfig(**common, bags=spec.bags)
+    if spec.frozen:
+        encoded = Path(grid.out) / "encoded" / _slug(str(spec.mixer)) / task.name
+        return TrainConfig(**common, bags=spec.bags, encoded=str(encoded))
+    if spec.init == "pretrained":
+        mixer = {"init": "pretrained", "weights": grid.pretrained[str(spec.mixer)], "output": spec.output}
+        return TrainConfig(**common, bags="regions", mixer=mixer)
+    mixer = random_mixer(grid, spec.mixer) | {"output": spec.output}
+    if spec.level is not None:  # a mixer over one magnification's tokens
+        common |= {"region_level": spec.level}
+    return TrainConfig(**common, bags="regions", mixer=mixer)
 
 
 def random_mixer(grid: GridConfig, name: str | None) -> dict:
@@ -193,8 +185,8 @@ def run_grid(grid: GridConfig, on_run=None) -> dict:
                 cfg = method_config(grid, task, method, seed)
                 if cfg.encoded and cfg.encoded not in encoded:  # rewrites only what a new mixer or store made stale
                     encoded.add(cfg.encoded)
-                    name = method.rsplit("-", 2)[0]
-                    encode_stores(store_paths(task.stores), Path(grid.pretrained[name]), Path(cfg.encoded))
+                    mixer = str(method_spec(grid, task, method).mixer)
+                    encode_stores(store_paths(task.stores), Path(grid.pretrained[mixer]), Path(cfg.encoded))
                 where = (cfg.cohort, cfg.stores)
                 if where not in settings:
                     settings[where] = _cohort_store_settings(*where)
