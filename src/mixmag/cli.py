@@ -689,6 +689,9 @@ def _print_metrics(metrics: dict) -> None:
             f"{name}: {metric} {m[primary]:.3f} (95% CI {m['ci95'][0]:.3f}-{m['ci95'][1]:.3f}; {m['specimens']} "
             f"specimens{counts})"
         )
+        if m.get("uno_c_index") is not None:  # survival: the censoring-weighted C-index beside Harrell's
+            low, high = m["uno_ci95"]
+            console.print(f"{name}: Uno's C-index {m['uno_c_index']:.3f} (95% CI {low:.3f}-{high:.3f})")
     console.print(f"chosen epoch {metrics['best_epoch']} (on tune {metric})")
 
 

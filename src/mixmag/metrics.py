@@ -241,6 +241,40 @@ def harrell_c(time, event, risk) -> float:
     return float((higher.sum() + 0.5 * tied.sum()) / pairs)
 
 
+def censoring_survival(time, event, at) -> np.ndarray:
+    """G(t): the Kaplan-Meier estimate of staying uncensored up to and including t (censoring the "event"; an event
+    and a censoring at one time: the event comes first, so it leaves the censoring's risk set), at the times `at`."""
+    time, event = _survival(time, event)
+    at = np.asarray(at, dtype=np.float64).ravel()
+    times = np.unique(time)
+    factors = np.array(
+        [1 - (~event & (time == t)).sum() / max(((time >= t) & ~(event & (time == t))).sum(), 1) for t in times]
+    )
+    curve = np.cumprod(factors)
+    where = np.searchsorted(times, at, side="right") - 1  # the last time at or before each point
+    return np.where(where >= 0, curve[np.clip(where, 0, None)], 1.0)
+
+
+def uno_c(time, event, risk, tau: float | None = None) -> float:
+    """Uno's concordance (Uno et al. 2011): Harrell's comparable pairs, each weighted by 1 / G(T_i)^2, G the
+    Kaplan-Meier censoring survival of the same specimens, so that pairs lost to heavy censoring count as often as
+    they would have been seen; with `tau`, only pairs whose earlier event is before tau. Less biased than Harrell's
+    under censoring that depends on time. ValueError without a comparable pair, or when G is 0 at an event."""
+    time, event = _survival(time, event)
+    risk = np.asarray(risk, dtype=np.float64).ravel()
+    g = censoring_survival(time, event, time)
+    counted = event & (time < tau) if tau is not None else event  # events after tau weigh 0 (still "later" ones)
+    if (g[counted] <= 0).any():
+        raise ValueError("the censoring survival is 0 at an event time (every specimen still at risk is censored)")
+    weight = np.where(counted, 1.0 / np.where(counted, g, 1.0) ** 2, 0.0)
+    later = (time[None, :] > time[:, None]) | ((time[None, :] == time[:, None]) & ~event[None, :])
+    comparable = counted[:, None] & later
+    if not comparable.any():
+        raise ValueError("no comparable pair (no event before another specimen's time)")
+    score = (risk[:, None] > risk[None, :]) + 0.5 * (risk[:, None] == risk[None, :])
+    return float((weight[:, None] * comparable * score).sum() / (weight[:, None] * comparable).sum())
+
+
 @dataclass(frozen=True)
 class LogRank:
     statistic: float

@@ -31,7 +31,11 @@ def survival_figure(rows: list[dict[str, str]], metrics: dict, split: str):
             t, s = kaplan_meier(time[chosen], event[chosen])
             ax.step(t, s, where="post", color=colour, label=f"{name} risk ({int(chosen.sum())})")
     p = metrics.get("logrank_p")
-    ax.set_title(f"{split}: C-index {metrics['c_index']:.3f}; log-rank p " + ("n/a" if p is None else f"{p:.3g}"))
+    uno = metrics.get("uno_c_index")
+    uno_text = "" if uno is None else f" (Uno's {uno:.3f})"
+    ax.set_title(
+        f"{split}: C-index {metrics['c_index']:.3f}{uno_text}; log-rank p " + ("n/a" if p is None else f"{p:.3g}")
+    )
     ax.set_xlabel("time")
     ax.set_ylabel("survival (Kaplan-Meier)")
     ax.set_ylim(0, 1.02)

@@ -33,6 +33,7 @@ from ..metrics import (
     per_class_auroc,
     spearman,
     specimen_scores,
+    uno_c,
 )
 from ..runs import SLIDE_SEPARATOR, TASK_PREDICTION_FIELDS
 
@@ -236,7 +237,7 @@ class MulticlassTask(Task):
 
 class SurvivalTask(Task):
     """One output, the log-risk (higher = earlier event); Cox partial likelihood (Breslow ties) over the batch's
-    specimens, a specimen's risk being the mean of its slides'; Harrell's C-index."""
+    specimens, a specimen's risk being the mean of its slides'; Harrell's C-index (Uno's beside it)."""
 
     name = "survival"
 
@@ -260,6 +261,10 @@ class SurvivalTask(Task):
     def split_metrics(self, specimens, outputs, reference, n_boot, seed):
         time, event = self.truth(specimens)
         value, ci = self._estimate(specimens, outputs, n_boot, seed)
+        try:  # Uno's (censoring-weighted) beside Harrell's: the one to read when censoring is heavy
+            uno, uno_ci = self._estimate(specimens, outputs, n_boot, seed, uno_c)
+        except ValueError:  # the censoring survival is 0 at an event time, or no comparable pair
+            uno, uno_ci = None, None
         groups = self.risk_groups(specimens, outputs, reference)
         try:
             p = logrank(time, event, groups == "high").p_value
@@ -268,11 +273,24 @@ class SurvivalTask(Task):
         return {
             "c_index": value,
             "ci95": ci,
+            "uno_c_index": uno,
+            "uno_ci95": uno_ci,
             "specimens": len(specimens),
             "events": int(event.sum()),
             "high_risk": int((groups == "high").sum()),
             "logrank_p": p,
         }
+
+    def pooled(self, rows, n_boot, seed):
+        """Harrell's C-index of predictions table rows with its interval, and Uno's beside it."""
+        out = super().pooled(rows, n_boot, seed)
+        truth, scores = self.from_rows(rows)
+        try:
+            est = bootstrap_estimate(uno_c, (*truth, scores), n_boot=n_boot, seed=seed)
+            out |= {"uno_c_index": est.value, "uno_ci95": [est.low, est.high]}
+        except ValueError:  # the censoring survival is 0 at an event time, or no comparable pair
+            out |= {"uno_c_index": None, "uno_ci95": None}
+        return out
 
     @staticmethod
     def risk_groups(specimens, outputs, reference) -> np.ndarray:
