@@ -69,7 +69,7 @@ from ..train.tasks import PRIMARY
 from .crossval import METRIC_NAMES
 from .demo import Timer
 from .experiments import GridConfig, Task, run_folder, run_grid
-from .methods import tile_method
+from .methods import ABMIL_ON_TILES, tile_method
 
 NOTICE = (
     "These data are SYNTHETIC and built at the embedding level (no pixels, no encoder): the table measures what "
@@ -181,7 +181,7 @@ def load_benchmark_config(path: Path | None, out: Path | None = None, sets: list
         )
     if config.rival_tasks and (config.baseline not in config.rival_methods or uses_a_mixer(config.rival_methods)):
         raise ConfigError(
-            f"{path}: rival_methods must be AB-MIL methods ({', '.join(ABMIL_METHODS)}) and include the baseline "
+            f"{path}: rival_methods must be AB-MIL methods ({', '.join(ABMIL_ON_TILES)}) and include the baseline "
             f"{config.baseline}"
         )
     unknown = [t for t in config.outcome_tasks if t not in OUTCOME_NAMES]

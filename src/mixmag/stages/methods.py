@@ -28,6 +28,7 @@ from ..train.tasks import TaskType
 Output = Literal["patch", "cls"]
 OUTPUTS: tuple[Output, ...] = ("patch", "cls")
 ONE_LEVEL = tuple(level for level in TILE_MODES if level != "all")
+ABMIL_ON_TILES = tuple(f"abmil-{level}" for level in TILE_MODES)  # the methods that read no mixer, with AB-MIL
 
 
 class MethodSpec(BaseModel):
@@ -122,7 +123,7 @@ def known_methods(mixers: Iterable[str]) -> list[str]:
     """Every method name with AB-MIL as the aggregator that these pretrained mixers allow."""
     mixers = list(mixers)
     return (
-        [f"abmil-{level}" for level in TILE_MODES]
+        list(ABMIL_ON_TILES)
         + [f"random-{o}" for o in OUTPUTS]
         + [f"random-{n}-{o}" for n in mixers for o in OUTPUTS]
         + [f"random-{lv}-{o}" for lv in ONE_LEVEL for o in OUTPUTS]
