@@ -112,9 +112,11 @@ def window_fractions(cell_fractions: np.ndarray, size: int) -> np.ndarray:
     if n_rows < size or n_cols < size:
         return np.zeros((max(0, n_rows - size + 1), max(0, n_cols - size + 1)), np.float32)
     s = np.zeros((n_rows + 1, n_cols + 1), np.float64)
-    s[1:, 1:] = np.cumsum(np.cumsum(cell_fractions, axis=0), axis=1)
+    # summed in float64: a float32 running sum over a large grid drifts (1.00003 for a full cell), and a plan with a
+    # fraction above 1 is refused as damaged; the differences of sums are then clipped to what a mean can be
+    s[1:, 1:] = np.cumsum(np.cumsum(cell_fractions, axis=0, dtype=np.float64), axis=1)
     sums = s[size:, size:] - s[:-size, size:] - s[size:, :-size] + s[:-size, :-size]
-    return (sums / size**2).astype(np.float32)
+    return np.clip(sums / size**2, 0.0, 1.0).astype(np.float32)
 
 
 def tissue_model_id(model: TissueModel | None) -> str | None:
