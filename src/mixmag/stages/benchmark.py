@@ -192,7 +192,7 @@ def load_benchmark_config(path: Path | None, out: Path | None = None, sets: list
     return config if out is None else config.model_copy(update={"out": str(out)})
 
 
-def _generate(out: Path, config: BenchmarkConfig, console: Console) -> dict[str, Path]:
+def generate_cohorts(out: Path, config: BenchmarkConfig, console: Console) -> dict[str, Path]:
     """The cohorts, reused when generated with the same specs; new specs make every later stage stale."""
     specs = {
         task: BenchmarkSpec(task=task, **(config.cohort | config.cohort_by_task.get(task, {}))) for task in config.tasks
@@ -220,18 +220,23 @@ def _generate(out: Path, config: BenchmarkConfig, console: Console) -> dict[str,
 
 def _pretrain(out: Path, config: BenchmarkConfig, tables: dict[str, Path], console: Console) -> Path:
     """MEM on every slide that is no task's test slide; reused when pretrained with the same settings."""
-    pc = PretrainConfig(
-        **(
-            {
-                "stores": str(out / "data" / "stores"),
-                "out": str(out / "pretrain"),
-                "log_every": 10,
-                "checkpoint_every": 100,
-                "exclude_test_of": [str(t) for t in tables.values()],
-            }
-            | config.pretrain
-        )
+    return pretrain_mixer(
+        {
+            "stores": str(out / "data" / "stores"),
+            "out": str(out / "pretrain"),
+            "log_every": 10,
+            "checkpoint_every": 100,
+            "exclude_test_of": [str(t) for t in tables.values()],
+        }
+        | config.pretrain,
+        console,
     )
+
+
+def pretrain_mixer(settings: dict, console: Console) -> Path:
+    """A pretraining run of these PretrainConfig fields (MEM, or CMEM with `context`) on CPU; its mixer.safetensors,
+    reused when a finished run in the same folder was pretrained with the same settings."""
+    pc = PretrainConfig(**settings)
     run = PretrainRun(pc.out)
     mixer = run.mixer_weights
     meta = run.read_mixer_meta() if mixer.is_file() else None
@@ -582,7 +587,7 @@ def run_benchmark(config: BenchmarkConfig, console: Console | None = None) -> di
     timer = Timer()
     console.print(NOTICE, style="bold yellow", soft_wrap=True)
     tables = timer.run(
-        "1. generate the benchmark cohorts (embedding level)", console, lambda: _generate(out, config, console)
+        "1. generate the benchmark cohorts (embedding level)", console, lambda: generate_cohorts(out, config, console)
     )
     mixer, pretraining = _pretrain_if_used(out, config, tables, timer, console)
     result = {"pretraining": pretraining}

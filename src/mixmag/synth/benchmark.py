@@ -52,6 +52,9 @@ class BenchmarkSpec:
     split: tuple[float, float, float] = (0.5, 0.15, 0.35)
     seed: int = 0
     structure: float = 1.0  # 1: tiles predictable from parents, children, neighbours; 0: independent (synth.stores)
+    # slides per specimen: a positive specimen's biomarker is on one of its slides (drawn), the others are drawn as a
+    # negative specimen's slides (decoys included), so the slide that explains the label is unknown (eq. 9's setting)
+    slides_per_specimen: int = 1
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -65,6 +68,8 @@ class BenchmarkSpec:
             raise ConfigError(f"cells must be a positive multiple of the region size 3, got {self.cells}")
         if not 0 <= self.structure <= 1:
             raise ConfigError(f"structure must be between 0 and 1, got {self.structure}")
+        if not 1 <= self.slides_per_specimen <= 20:
+            raise ConfigError(f"slides_per_specimen must be between 1 and 20, got {self.slides_per_specimen}")
         if not 0 <= self.signal_spread <= 1:
             raise ConfigError(f"signal_spread must be between 0 and 1, got {self.signal_spread}")
         if not 0 < self.signal_regions <= (self.cells // 3) ** 2:
@@ -163,7 +168,7 @@ def _background(spec, slide_id: str, rng: np.random.Generator) -> tuple[SlideSto
 
 def write_benchmark_cohort(folder: str | Path, spec: BenchmarkSpec, stores: str | Path | None = None) -> Path:
     """Stores (in `stores`, default folder/stores; slide ids start with the task name so tasks can share a
-    folder) and folder/<task>.csv with stratified splits. Returns the table's path."""
+    folder) and folder/<task>.csv with stratified splits, one row per slide. Returns the table's path."""
     folder = Path(folder)
     stores_dir = Path(stores) if stores is not None else folder / "stores"
     rng = np.random.default_rng(spec.seed * 7919 + TASKS.index(spec.task))
@@ -172,15 +177,42 @@ def write_benchmark_cohort(folder: str | Path, spec: BenchmarkSpec, stores: str 
     flipped = rng.random(n) < spec.label_noise
     labels = np.where(flipped, 1 - truth, truth)
     splits = _stratified_splits(labels, spec.split, rng)
+    carriers = _carriers(spec, n, 7919)
     rows = []
     for k in range(n):
         specimen = f"{spec.task}-P{k:04d}"
-        slide = f"{specimen}-S0"
-        write_store(stores_dir / f"{slide}.h5", benchmark_slide(spec, slide, bool(truth[k]), rng))
-        rows.append((specimen, slide, int(labels[k]), splits[k], str((stores_dir / f"{slide}.h5").resolve())))
+        for j in range(spec.slides_per_specimen):
+            slide = f"{specimen}-S{j}"
+            positive = bool(truth[k]) and j == carriers[k]
+            write_store(stores_dir / f"{slide}.h5", benchmark_slide(spec, slide, positive, rng))
+            rows.append((specimen, slide, int(labels[k]), splits[k], str((stores_dir / f"{slide}.h5").resolve())))
     path = folder / f"{spec.task}.csv"
     path.parent.mkdir(parents=True, exist_ok=True)
     return write_csv_atomic(path, ["specimen", "slide", "label", "split", "store"], rows)
+
+
+def _carriers(spec: BenchmarkSpec, n: int, salt: int) -> np.ndarray:
+    """Which slide of each specimen carries a positive's biomarker; drawn apart from the slides' generator, so a
+    cohort of one slide per specimen is the one it always was."""
+    if spec.slides_per_specimen == 1:
+        return np.zeros(n, np.int64)
+    return np.random.default_rng([spec.seed, salt, TASKS.index(spec.task)]).integers(0, spec.slides_per_specimen, n)
+
+
+def write_unlabelled_slides(stores: str | Path, spec: BenchmarkSpec, n_specimens: int) -> list[Path]:
+    """An unlabelled pool for pretraining: `n_specimens` more specimens of the task's distribution (half of them
+    positive, as in the labelled cohort), their slides `<task>-U<k>-S<j>` in `stores`, with no table: no label of
+    theirs is ever read. Drawn from a generator of their own, so they share no slide with the labelled cohort."""
+    stores = Path(stores)
+    rng = np.random.default_rng([spec.seed, 104_729, TASKS.index(spec.task)])
+    carriers = _carriers(spec, n_specimens, 104_729)
+    paths = []
+    for k in range(n_specimens):
+        for j in range(spec.slides_per_specimen):
+            slide = f"{spec.task}-U{k:04d}-S{j}"
+            positive = k % 2 == 1 and j == carriers[k]
+            paths.append(write_store(stores / f"{slide}.h5", benchmark_slide(spec, slide, positive, rng)))
+    return paths
 
 
 def _stratified_splits(
