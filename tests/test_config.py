@@ -16,7 +16,9 @@ from mixmag.models.mixer import MixerConfig, MixerOverrides
 from mixmag.slides.params import TilingParams
 from mixmag.stages.benchmark import BenchmarkConfig
 from mixmag.stages.demo import DemoConfig
+from mixmag.stages.design_space import DesignSpaceConfig
 from mixmag.stages.experiments import GridConfig
+from mixmag.stages.label_efficiency import LabelEfficiencyConfig
 from mixmag.train.finetune import TrainConfig
 from mixmag.train.pretrain import PretrainConfig, PretrainSettings
 
@@ -31,6 +33,8 @@ MODEL_OF = {
     "tiling.yaml": TilingParams,
     "benchmark.yaml": BenchmarkConfig,
     "benchmark-pixels.yaml": DemoConfig,
+    "design-space-small.yaml": DesignSpaceConfig,
+    "label-efficiency-small.yaml": LabelEfficiencyConfig,
 }
 
 

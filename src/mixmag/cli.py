@@ -1694,13 +1694,42 @@ def benchmark(
             "built-in replicate protocol (configs/replicates.yaml)."
         ),
     ] = None,
+    design_space: Annotated[
+        bool,
+        typer.Option(
+            "--design-space",
+            help="Run the paper's design space instead (MEM r, CMEM c, Random and AB-MIL at every magnification, "
+            "patch and CLS, multi-slide specimens): Table 1/2-style tables, a Fig. 3-style figure with CIs and the "
+            "departures from the paper's recipe in <out>/design_space.md. --config: a design-space config "
+            "(configs/design-space-small.yaml); without: the built-in full grid.",
+        ),
+    ] = False,
+    label_efficiency: Annotated[
+        bool,
+        typer.Option(
+            "--label-efficiency",
+            help="Run the label-efficiency sweep instead: an unlabelled pretraining pool several times the labelled "
+            "split, and AB-MIL, Random and MEM at each labelled size (<out>/label_efficiency.md and .png). --config: "
+            "a label-efficiency config (configs/label-efficiency-small.yaml); without: the built-in sweep.",
+        ),
+    ] = False,
 ) -> None:
     """Benchmark v2 on CPU: four synthetic multi-scale tasks at the embedding level, methods x seeds, mean ± sd,
     bootstrap CIs, paired DeLong p against AB-MIL 20x, and the magnification attribution check."""
     from .stages.benchmark import load_benchmark_config, run_benchmark
+    from .stages.design_space import load_design_space_config, run_design_space
+    from .stages.label_efficiency import load_label_efficiency_config, run_label_efficiency
     from .stages.replicates import load_replicates_config, run_replicates
 
+    if sum([design_space, label_efficiency, replicates is not None]) > 1:
+        raise OptionError("--design-space, --label-efficiency and --replicates are separate studies: give one")
     try:
+        if design_space:
+            run_design_space(load_design_space_config(config, out), console=console)
+            return
+        if label_efficiency:
+            run_label_efficiency(load_label_efficiency_config(config, out), console=console)
+            return
         if replicates is not None:
             run_replicates(load_replicates_config(config, out), replicates, console=console)
             return
