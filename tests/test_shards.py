@@ -479,3 +479,16 @@ def test_torchrun_ranks_inside_two_shards_split_each_shard_by_cell_count(cohort,
     for slot, part in enumerate(parts):
         for i in part:
             assert done[ids[i]]["worker"] == f"shard {slot // 2}/2, rank {slot % 2}/2"
+
+
+def test_the_bill_of_a_slide_of_more_than_one_chunk_counts_hdf5s_whole_chunks(tmp_path):
+    """65 cells: HDF5 keeps the second chunk of 64 cells whole on disk, and the bill says so."""
+    slide = make_tissue_slide(tmp_path, "b.tiff", size=(14000, 10000), seed=6)
+    tile_slides([SlideSource(slide, "b")], tmp_path / "tiles", TilingParams(region_size=1))
+    plans = find_plans(tmp_path / "tiles")
+    run_embed(plans, tmp_path / "stores", build_encoder("stats"), device=_cpu(), workers=0)
+    bill = cohort_bill(plans, encoder="stats")
+    assert bill.cells > 64
+    written = (tmp_path / "stores" / "b.h5").stat().st_size
+    assert abs(bill.store_bytes - written) <= 0.02 * written, (bill.store_bytes, written)
+    assert bill.store_bytes > bill.embedding_bytes * 1.5  # 65 cells take 128 cells' room

@@ -74,11 +74,16 @@ class CohortBill:
         }
 
 
+CHUNK_CELLS = 64  # `mixmag.store`'s chunks: 64 cells of one level
+
+
 def store_data_bytes(n_cells: int, n_levels: int, dim: int, n_windows: int) -> int:
     """The bytes of a store's arrays: float16 embeddings, int32 (row, col) and float32 tissue per cell, int32
-    (row, col) per region or context window."""
+    (row, col) per region or context window. HDF5 keeps whole chunks on disk, so the embeddings of a slide of more
+    than 64 cells take room for a multiple of 64 (65 cells take 128 cells' room)."""
     tiles = sum(4**i for i in range(n_levels))
-    return n_cells * (tiles * dim * 2 + 2 * 4 + 4) + n_windows * 2 * 4
+    rows = n_cells if n_cells <= CHUNK_CELLS else _n_chunks(n_cells) * CHUNK_CELLS
+    return rows * tiles * dim * 2 + n_cells * (2 * 4 + 4) + n_windows * 2 * 4
 
 
 def _in_memory_size(plan: TilingPlan, dim: int, attrs: dict, n_cells: int | None = None) -> int:
@@ -102,14 +107,14 @@ def hdf5_overhead(plan: TilingPlan, attrs: dict) -> tuple[float, float]:
     def overhead(n: int) -> int:
         return _in_memory_size(plan, 1, attrs, n) - store_data_bytes(n, n_levels, 1, n_windows)
 
-    small, large = 64, 64 * 65
+    small, large = CHUNK_CELLS, CHUNK_CELLS * 65
     per_chunk = max(0.0, (overhead(large) - overhead(small)) / (n_levels * (65 - 1)))
     real = _in_memory_size(plan, 1, attrs) - store_data_bytes(len(plan.cells), n_levels, 1, n_windows)
     return real - per_chunk * n_levels * _n_chunks(len(plan.cells)), per_chunk
 
 
 def _n_chunks(n_cells: int) -> int:
-    return math.ceil(n_cells / 64) if n_cells else 0
+    return math.ceil(n_cells / CHUNK_CELLS) if n_cells else 0
 
 
 def _attrs_like(plan_path: Path, plan: TilingPlan, encoder: str, dim: int, output: str) -> dict:
