@@ -15,7 +15,9 @@ from train_runs import train_config
 from mixmag.models import slide as slide_module
 from mixmag.models.aggregators import AGGREGATORS, AggregatorName, build_aggregator
 from mixmag.models.meanpool import MeanPool
+from mixmag.models.mixer import RegionMixer, mixer_config
 from mixmag.models.slide import SlideModel
+from mixmag.models.transmil import TransMIL
 from mixmag.runs import TrainRun
 from mixmag.stages import predict as prediction
 from mixmag.train.classifier import SlideClassifier
@@ -25,7 +27,7 @@ NAMES = list(AGGREGATORS)
 
 
 def test_the_config_names_are_the_registry():
-    assert list(typing.get_args(AggregatorName)) == NAMES and {"abmil", "mean"} <= set(NAMES)
+    assert list(typing.get_args(AggregatorName)) == NAMES and {"abmil", "mean", "transmil"} <= set(NAMES)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -44,8 +46,9 @@ def test_every_aggregator_ignores_padding_and_order_and_its_shares_sum_to_the_lo
     for i, b in enumerate(bags):
         alone = model(b[None])[0]
         torch.testing.assert_close(logits[i], alone[0])
-        perm = torch.randperm(len(b))
-        torch.testing.assert_close(model(b[perm][None])[0], alone, rtol=1e-5, atol=1e-6)
+        if model.order_invariant:
+            perm = torch.randperm(len(b))
+            torch.testing.assert_close(model(b[perm][None])[0], alone, rtol=1e-5, atol=1e-6)
     assert (weights[~mask] == 0).all()
     torch.testing.assert_close(weights.sum(1), torch.ones(3))
     torch.testing.assert_close(shares.sum(1), logits - model.classifier.bias, rtol=0, atol=1e-5)
@@ -71,6 +74,30 @@ def test_large_bags_projected_one_by_one_give_the_padded_logits(name, monkeypatc
     torch.testing.assert_close(model.bag_logits(bags), padded)
 
 
+def test_transmil_squares_the_bag_with_copies_of_its_first_instances():
+    """Shao et al.: a bag of n is lengthened to the next square by its first instances again; a bag already that long
+    is the same sequence, so the same logits."""
+    torch.manual_seed(4)
+    model = TransMIL(8, n_outputs=2).eval()
+    bag = torch.randn(5, 8)  # 5 -> 9: instances 0-3 appended
+    torch.testing.assert_close(model(bag[None])[0], model(torch.cat([bag, bag[:4]])[None])[0])
+    weights = model(bag[None])[1][0]
+    assert weights.shape == (5,) and torch.isclose(weights.sum(), torch.tensor(1.0)) and (weights > 0).all()
+
+
+@pytest.mark.parametrize("output", ["patch", "cls"])
+def test_transmil_after_a_mixer_ignores_padding_regions(output):
+    torch.manual_seed(6)
+    model = SlideModel(8, 16, RegionMixer(mixer_config("tiny", in_dim=8)), output, aggregator="transmil").eval()
+    regions = torch.randn(2, 3, 189, 8)
+    mask = torch.tensor([[True, True, True], [True, False, False]])
+    regions[1, 1:] = 1e3
+    logits, weights = model(regions, mask)
+    alone, _ = model(regions[1:, :1], mask[1:, :1])
+    torch.testing.assert_close(logits[1], alone[0], rtol=1e-4, atol=1e-5)
+    assert weights.shape == ((2, 3 * 189) if output == "patch" else (2, 3))
+
+
 def test_an_unknown_aggregator_is_one_sentence():
     with pytest.raises(Exception, match="unknown aggregator 'transformer'; use one of abmil, mean"):
         build_aggregator("transformer", 8, 4, 1)
@@ -78,21 +105,25 @@ def test_an_unknown_aggregator_is_one_sentence():
         train_config(Path("."), Path("o"), aggregator="transformer")
 
 
-@pytest.mark.parametrize("where", ["20x", "regions"])
-def test_a_mean_pooling_run_is_recorded_and_loads_as_itself(small_cohort, tmp_path, where):
-    mixer = {"mixer": {"init": "random", "preset": "tiny"}, "epochs": 1} if where == "regions" else {}
-    config = train_config(small_cohort, tmp_path / "run", bags=where, aggregator="mean", **mixer)
+@pytest.mark.parametrize(
+    "name, kind, where",
+    [("mean", MeanPool, "20x"), ("mean", MeanPool, "regions"), ("transmil", TransMIL, "20x")],  # TransMIL (512-d)
+)  # after a mixer costs minutes of CPU to train: its forward there is tested below
+def test_a_run_with_another_aggregator_is_recorded_and_loads_as_itself(small_cohort, tmp_path, where, name, kind):
+    mixer = {"mixer": {"init": "random", "preset": "tiny"}} if where == "regions" else {}
+    one_epoch = {"epochs": 1} if mixer or name == "transmil" else {}
+    config = train_config(small_cohort, tmp_path / "run", bags=where, aggregator=name, **mixer, **one_epoch)
     run_training(config)
-    assert TrainRun(tmp_path / "run").read_config()["aggregator"] == "mean"
+    assert TrainRun(tmp_path / "run").read_config()["aggregator"] == name
     model = SlideClassifier.load(tmp_path / "run")
-    assert isinstance(model.model.aggregator, MeanPool)
+    assert isinstance(model.model.aggregator, kind)
     stores = {p.stem: p for p in sorted((small_cohort / "stores").glob("*.h5"))}
     model.use_stores(stores)
     with open(tmp_path / "run" / "predictions_test.csv", newline="") as f:
         written = {r["slides"]: r for r in csv.DictReader(f)}
     one_slide = next(r for r in written.values() if ";" not in r["slides"])
     assert model.score([one_slide["slides"]])[one_slide["slides"]] == pytest.approx(float(one_slide["score"]), abs=1e-6)
-    attribution = model.explain(one_slide["slides"])  # auto: mean pooling has no attention, so gradient x input
+    attribution = model.explain(one_slide["slides"])  # auto: no attention to draw, so gradient x input
     assert attribution.method == "gradient x input"
     with pytest.raises(Exception, match="weighs every instance alike"):
         model.explain(one_slide["slides"], "attention")

@@ -24,6 +24,9 @@ class Aggregator(nn.Module):
     # `project` then `pool` equal `contributions` (a linear map per instance, then pooling): large bags are projected
     # one by one and only their projections padded (`mixmag.models.slide:SlideModel.bag_logits`)
     decomposes: ClassVar[bool] = False
+    # a bag's logits do not depend on its instances' order (AB-MIL, mean pooling; not TransMIL, whose PPEG reads the
+    # order as positions)
+    order_invariant: ClassVar[bool] = True
     classifier: nn.Linear  # its bias is the part of the logits no instance contributes
 
     def __init__(self, in_dim: int, hidden: int = 16, n_outputs: int = 1) -> None:

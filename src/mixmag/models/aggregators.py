@@ -9,12 +9,14 @@ from ..errors import ConfigError
 from .abmil import GatedABMIL
 from .aggregator import Aggregator
 from .meanpool import MeanPool
+from .transmil import TransMIL
 
 AGGREGATORS: dict[str, type[Aggregator]] = {
     "abmil": GatedABMIL,  # gated attention MIL (Ilse et al. 2018; the paper's eq. 7-8)
     "mean": MeanPool,  # mean pooling + a linear classifier
+    "transmil": TransMIL,  # a two-layer transformer with pyramid position encoding (Shao et al. 2021)
 }
-AggregatorName = Literal["abmil", "mean"]  # AGGREGATORS' names, for configs (a test keeps the two equal)
+AggregatorName = Literal["abmil", "mean", "transmil"]  # AGGREGATORS' names, for configs (a test keeps the two equal)
 
 
 def build_aggregator(name: str, in_dim: int, hidden: int, n_outputs: int) -> Aggregator:
