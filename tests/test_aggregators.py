@@ -133,7 +133,11 @@ def test_predict_with_a_mean_pooling_run(small_cohort, tmp_path):
     run_training(train_config(small_cohort, tmp_path / "run", aggregator="mean"))
     slides = ["P000-S0", "P001-S0"]
     inputs = prediction.read_inputs(slides, None, small_cohort / "stores")
-    result = prediction.run(tmp_path / "run", inputs, tmp_path / "p.csv", tmp_path / "work", heatmaps=False)
+    said: list[str] = []
+    result = prediction.run(
+        tmp_path / "run", inputs, tmp_path / "p.csv", tmp_path / "work", heatmaps=False, on_run=said.append
+    )
+    assert said[0].endswith("; aggregator mean")
     assert [o.slide_id for o in result.outcomes] == slides and all(o.score is not None for o in result.outcomes)
     assert all(abs(sum(o.level_share.values()) - 1) < 1e-6 for o in result.outcomes)
 

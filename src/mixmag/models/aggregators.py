@@ -19,6 +19,11 @@ AGGREGATORS: dict[str, type[Aggregator]] = {
 AggregatorName = Literal["abmil", "mean", "transmil"]  # AGGREGATORS' names, for configs (a test keeps the two equal)
 
 
+def aggregator_name(aggregator: Aggregator) -> str:
+    """The registry name of a built aggregator (what the run's config records)."""
+    return next(name for name, kind in AGGREGATORS.items() if type(aggregator) is kind)
+
+
 def build_aggregator(name: str, in_dim: int, hidden: int, n_outputs: int) -> Aggregator:
     """A fresh aggregator of this name (its weights drawn from torch's random state, as the name's class draws them)."""
     if name not in AGGREGATORS:

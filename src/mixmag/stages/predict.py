@@ -28,6 +28,7 @@ from ..eval.explain import explain_slide, save_attribution
 from ..eval.level_inputs import occlusion_reference, reads_one_level, slide_input, training_slides
 from ..fileio import FolderLock, output_folder, write_csv_atomic
 from ..ids import ID_RULE, check_id, is_safe_id, path_for_id
+from ..models.aggregators import aggregator_name
 from ..report.heatmaps import draw_heatmaps
 from ..runs import CrossValRun, PipelineRecord, TrainRun
 from ..slides.sources import SlideSource, sources_from_paths, sources_from_table
@@ -519,7 +520,8 @@ def describe_run(classifier: SlideClassifier) -> str:
     )
     if classifier.reads_encoded:
         line += f"; mixer {classifier.encoded_mixer()}"
-    return line
+    aggregator = aggregator_name(classifier.model.aggregator)
+    return line if aggregator == "abmil" else f"{line}; aggregator {aggregator}"
 
 
 def precision_note(classifier: SlideClassifier, stores: dict[str, Path]) -> str | None:
