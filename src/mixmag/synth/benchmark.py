@@ -258,6 +258,7 @@ class OutcomeSpec:
     noise: float = 0.5
     split: tuple[float, float, float] = (0.5, 0.2, 0.3)
     seed: int = 0
+    structure: float = 1.0  # the background stores' structure (as BenchmarkSpec's; 1: the generator as it always was)
 
     def __post_init__(self) -> None:
         if self.task not in OUTCOME_TASKS:
