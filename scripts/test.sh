@@ -26,4 +26,7 @@ fi
 # (two commands, not `a && b`: under set -e a failing `a` in an && list would not stop the script)
 python -m ruff check src tests scripts benchmarks
 python -m ruff format --check src tests scripts benchmarks
+# types (mypy, settings in pyproject.toml [tool.mypy]: strict on the records in store.py and runs.py); ~35 CPU-seconds
+# cold, about one warm (.mypy_cache)
+python -m mypy
 python -m pytest "$@"

@@ -186,6 +186,33 @@ def _find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
+MAX_FUNCTION_LINES = 80  # docs/design.md, style: a longer function is cut along its seams (the Trainer shows how)
+
+
+def long_functions(source: str, where: str) -> list[str]:
+    """Functions and methods longer than MAX_FUNCTION_LINES, counted from `def` to the last line of the body (a
+    command's typer options count: a command that outgrows the rule hands its work to its stage)."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            lines = node.end_lineno - node.lineno + 1
+            if lines > MAX_FUNCTION_LINES:
+                found.append(f"{where}:{node.lineno} {node.name} is {lines} lines")
+    return found
+
+
+def test_no_function_is_longer_than_the_rule():
+    found = [f for m, path in MODULES.items() for f in long_functions(_read(path), str(path.relative_to(SRC.parent)))]
+    assert not found, "\n".join(found)
+
+
+def test_the_length_rule_catches_a_breach():
+    body = [f"        x{i} = {i}\n" for i in range(MAX_FUNCTION_LINES)]
+    too_long = "class A:\n    def f(self):\n" + "".join(body)  # the def line and 80 more
+    assert long_functions(too_long, "a.py") == [f"a.py:2 f is {MAX_FUNCTION_LINES + 1} lines"]
+    assert long_functions("def g():\n" + "".join(body[1:]), "b.py") == []  # 80 lines: at the limit
+
+
 @pytest.mark.parametrize("rule", ["upward", "hidden"])
 def test_the_rules_catch_a_breach(tmp_path, monkeypatch, rule):
     """The checks themselves: a made-up module that breaks a rule is reported."""

@@ -101,10 +101,10 @@ def pretrain(config: PretrainConfig | dict | PathLike, *, device: str | None = N
 def train(config: TrainConfig | dict | PathLike, *, device: str | None = None) -> dict:
     """`mixmag train`: a slide-level model selected on tune; returns the run's metrics (also in metrics.json). With a
     `cv:` section, every fold's run and the summary (cv.json), which it returns."""
-    config = _config(TrainConfig, config)
-    if config.cv is not None:
-        return run_cross_validation(config, device=choose_device(device))
-    return run_training(config, device=choose_device(device))
+    checked: TrainConfig = _config(TrainConfig, config)
+    if checked.cv is not None:
+        return run_cross_validation(checked, device=choose_device(device))
+    return run_training(checked, device=choose_device(device))
 
 
 def evaluate(run: PathLike) -> dict:

@@ -149,103 +149,38 @@ def _slide_cache(folder: Path | None) -> Iterator[None]:
             os.environ["MIXMAG_SLIDE_CACHE"] = before
 
 
-def _first_plan_levels(plan_paths: list[Path]) -> list[float]:
-    """The level mpps of the first plan that reads (the note is said once per run); a plan that does not read is
-    that slide's failure, reported by the embedding loop, not a reason to stop the run here."""
-    from .slides.tiling import load_plan
-
-    for path in plan_paths:
-        try:
-            return list(load_plan(path).levels.mpps)
-        except (MixmagError, OSError, ValueError):
-            continue
-    return []
-
-
 @app.command()
 def tile(
-    slides: Annotated[
-        Optional[list[str]],
-        typer.Argument(
-            help="Slide files (SVS, TIFF, OME-TIFF, NDPI, MRXS, DICOM...) or folders of them; or URLs: s3://, gs://, "
-            "az://, https:// (read by range requests) and dicomweb+http(s)://.../studies/UID/series/UID."
-        ),
-    ] = None,
+    slides: _TileSlides = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder: one sub-folder per slide.")] = Path("tiles"),
-    cohort: Annotated[
-        Optional[Path], typer.Option(help="CSV with a 'path' column (optional 'slide' id and 'mpp').")
-    ] = None,
+    cohort: _TileCohort = None,
     config: Annotated[Optional[Path], typer.Option(help="YAML with tiling settings (flags override it).")] = None,
     mpp: Annotated[Optional[float], typer.Option(help="Override the slides' microns per pixel.")] = None,
-    region_size: Annotated[
-        Optional[int], typer.Option(help=_tiling_help("t: region side in cells", "region_size"))
-    ] = None,
-    region_stride: Annotated[
-        Optional[int], typer.Option(help="Step between regions in cells [t, no overlap]; 1 for all positions.")
-    ] = None,
-    context_size: Annotated[Optional[int], typer.Option(help="c: also accept c x c context windows (CMEM).")] = None,
-    n_levels: Annotated[
-        Optional[int], typer.Option("--levels", help=_tiling_help("l: magnification levels, 2x apart", "n_levels"))
-    ] = None,
-    base_mpp: Annotated[
-        Optional[float], typer.Option(help=_tiling_help("um/px of the coarsest level (2.0 = 5x)", "base_mpp"))
-    ] = None,
-    tile_px: Annotated[Optional[int], typer.Option(help=_tiling_help("Tile side in pixels", "tile_px"))] = None,
-    tissue_threshold: Annotated[
-        Optional[float], typer.Option(help=_tiling_help("Minimum tissue fraction of a region", "tissue_threshold"))
-    ] = None,
-    thumbnail_mpp: Annotated[
-        Optional[float], typer.Option(help=_tiling_help("um/px of the tissue thumbnail", "thumbnail_mpp", "tissue"))
-    ] = None,
-    min_saturation: Annotated[
-        Optional[int],
-        typer.Option(help=_tiling_help("Floor on the Otsu saturation threshold", "min_saturation", "tissue")),
-    ] = None,
-    allow_upsample: Annotated[
-        Optional[bool], typer.Option("--allow-upsample", help="Allow levels finer than the scan.")
-    ] = None,
-    resample_tolerance: Annotated[
-        Optional[float],
-        typer.Option(
-            help=_tiling_help(
-                "Read a slide level this close to a target mpp (relative, e.g. 0.01) as it is, without resampling; "
-                "the real mpp is recorded in the store",
-                "resample_tolerance",
-            )
-        ),
-    ] = None,
-    backend: Annotated[
-        str, typer.Option(help="auto, tiffslide, openslide, omezarr, czi, slideio or dicomweb (see `mixmag doctor`).")
-    ] = "auto",
-    tissue_model: Annotated[
-        Optional[Path], typer.Option(help="ONNX or TorchScript tissue model (probability map).")
-    ] = None,
+    region_size: _TileRegionSize = None,
+    region_stride: _TileRegionStride = None,
+    context_size: _TileContextSize = None,
+    n_levels: _TileNLevels = None,
+    base_mpp: _TileBaseMpp = None,
+    tile_px: _TileTilePx = None,
+    tissue_threshold: _TileTissueThreshold = None,
+    thumbnail_mpp: _TileThumbnailMpp = None,
+    min_saturation: _TileMinSaturation = None,
+    allow_upsample: _TileAllowUpsample = None,
+    resample_tolerance: _TileResampleTolerance = None,
+    backend: _TileBackend = "auto",
+    tissue_model: _TileTissueModel = None,
     force: Annotated[bool, typer.Option(help="Re-tile even when a current plan exists.")] = False,
-    annotations: Annotated[
-        Optional[Path],
-        typer.Option(
-            help="QuPath GeoJSON: one file (one slide), or a folder of <slide>.geojson; tile inside the annotations."
-        ),
-    ] = None,
-    annotation_include: Annotated[
-        Optional[list[str]],
-        typer.Option(help="Annotation classes that tile (repeat; patterns like 'Tumor*') [every class]."),
-    ] = None,
-    annotation_exclude: Annotated[
-        Optional[list[str]],
-        typer.Option(help="Annotation classes cut out (repeat) [Pen, Artifact, Artefact, Ignore*, Background, ...]."),
-    ] = None,
-    annotation_mode: Annotated[
-        str, typer.Option(help="restrict: tissue inside the annotations; replace: the annotations are the tissue.")
-    ] = "restrict",
+    annotations: _TileAnnotations = None,
+    annotation_include: _TileAnnotationInclude = None,
+    annotation_exclude: _TileAnnotationExclude = None,
+    annotation_mode: _TileAnnotationMode = "restrict",
     cache: Annotated[Optional[Path], _CACHE_OPTION] = None,
     shard: Annotated[Optional[str], typer.Option(help=SHARD_HELP)] = None,
     claim_timeout: Annotated[float, typer.Option(min=1.0, help=CLAIM_TIMEOUT_HELP)] = 600.0,
 ) -> None:
     """Find tissue and cut aligned multi-magnification regions; write a tiling plan and QC pictures per slide."""
-    from .slides.sources import sources_from_paths, sources_from_table
     from .slides.tissue import load_tissue_model
-    from .stages.tile import check_backend, tile_slides
+    from .stages.tile import check_backend, describe_tiling, tile_slides, tile_sources
     from .workers import Worker, resolve_shard
 
     params = _tiling_params(
@@ -263,30 +198,18 @@ def tile(
             tissue=dict(thumbnail_mpp=thumbnail_mpp, min_saturation=min_saturation),
         ),
     )
-    if not slides and cohort is None:
-        raise OptionError("give slide files or --cohort TABLE.csv")
     check_backend(backend)
-    sources = sources_from_paths(list(slides or []), mpp)
-    if cohort is not None:
-        sources += sources_from_table(cohort, mpp)
+    sources = tile_sources(list(slides or []), cohort, mpp)  # refuses a call with neither slides nor --cohort
     model = load_tissue_model(tissue_model) if tissue_model else None
     drawn = _annotation_source(annotations, annotation_include, annotation_exclude, annotation_mode, len(sources))
     worker = Worker(resolve_shard(shard))
-    levels = params.levels
     mine = len(sources[worker.slot :: worker.slots])
-    console.print(
-        f"Tiling {_share(mine, len(sources), worker)}: {params.region_size}x{params.region_size} regions of "
-        f"{levels.cell_um:g} um cells, levels {'/'.join(levels.names)} ({params.tile_px} px tiles), tissue >= "
-        f"{params.tissue_threshold:.0%} -> {out}"
-    )
+    console.print(describe_tiling(_share(mine, len(sources), worker), params, out))
     with _progress() as progress:
         task = progress.add_task("tiling", total=mine, unit="slides")
 
         def report(result) -> None:
-            style = {"failed": "red", "skipped": "dim", "tiled": "green"}[result.outcome]
-            if result.outcome != "failed" and result.plan is not None and result.plan.warnings:
-                style = "yellow"
-            progress.console.print(result.summary_line(), style=style, highlight=False, soft_wrap=True)
+            _print_tile_result(progress, result)
             progress.advance(task)
 
         with _slide_cache(cache):
@@ -360,6 +283,20 @@ def _say_takeover(out) -> Callable:
     return said
 
 
+def _print_tile_result(progress: Progress, result) -> None:
+    style = {"failed": "red", "skipped": "dim", "tiled": "green"}[result.outcome]
+    if result.outcome != "failed" and result.plan is not None and result.plan.warnings:
+        style = "yellow"
+    progress.console.print(result.summary_line(), style=style, highlight=False, soft_wrap=True)
+
+
+def _print_embed_result(progress: Progress, result) -> None:
+    style = {"failed": "red", "skipped": "dim", "embedded": "green"}[result.outcome]
+    problem = f" - {result.error}" if result.error else ""
+    line = f"{result.slide_id}: {result.outcome} ({result.cells} cells){problem}"
+    progress.console.print(line, style=style, soft_wrap=True, highlight=False)
+
+
 def _progress() -> Progress:
     """Every long command's bar: done/total, rate, elapsed and time left (`mixmag.stages.progress`)."""
     return work_progress(console)
@@ -389,6 +326,23 @@ store_app = _commands("Inspect, validate, export and import per-slide stores.")
 app.add_typer(store_app, name="store")
 
 
+# `mixmag embed`'s encoder options (named here, as tile's are)
+_EmbedWeights = Annotated[
+    Optional[Path], typer.Option(help="Local weights (.safetensors, .pt, .bin), loaded safely and strictly.")
+]
+_EmbedFromHub = Annotated[
+    bool, typer.Option("--from-hub", help="Download the preset's weights from the Hugging Face hub.")
+]
+_EmbedRandomInit = Annotated[
+    bool,
+    typer.Option(
+        "--random-init",
+        help="Random weights (tests and benchmarks only): drawn from a fixed seed, recorded in each store "
+        "(encoder_weights_random).",
+    ),
+]
+
+
 @app.command()
 def embed(
     plans: Annotated[Path, typer.Option(help="Folder of tiling plans (the --out of `mixmag tile`).")] = Path("tiles"),
@@ -399,20 +353,9 @@ def embed(
         Optional[Path], typer.Option(help="Only the slides of this CSV ('slide' column, or ids from 'path').")
     ] = None,
     encoder: Annotated[str, typer.Option(help="Encoder preset (see `mixmag encoders list`).")] = "virchow2",
-    weights: Annotated[
-        Optional[Path], typer.Option(help="Local weights (.safetensors, .pt, .bin), loaded safely and strictly.")
-    ] = None,
-    from_hub: Annotated[
-        bool, typer.Option("--from-hub", help="Download the preset's weights from the Hugging Face hub.")
-    ] = False,
-    random_init: Annotated[
-        bool,
-        typer.Option(
-            "--random-init",
-            help="Random weights (tests and benchmarks only): drawn from a fixed seed, recorded in each store "
-            "(encoder_weights_random).",
-        ),
-    ] = False,
+    weights: _EmbedWeights = None,
+    from_hub: _EmbedFromHub = False,
+    random_init: _EmbedRandomInit = False,
     output: Annotated[Optional[str], typer.Option(help="cls or cls+mean [the preset's default].")] = None,
     batch_cells: Annotated[int, typer.Option(help="Cells per batch (21 tiles each with 3 levels).")] = 8,
     workers: Annotated[int, typer.Option(min=0, max=64, help="DataLoader worker processes per rank.")] = 2,
@@ -425,78 +368,47 @@ def embed(
     claim_timeout: Annotated[float, typer.Option(min=1.0, help=CLAIM_TIMEOUT_HELP)] = 600.0,
 ) -> None:
     """Embed every tile of every level of every planned cell into one store per slide (torchrun for many GPUs)."""
-    import torch
+    from .stages.embed import finish_embed, prepare_embed, run_embed
 
-    from .devices import start_distributed
-    from .encoders.model import build_encoder
-    from .encoders.registry import unseen_levels_note
-    from .slides.sources import slide_ids_from_table
-    from .stages.embed import check_read_mode, find_plans, gather_results, run_embed
-    from .workers import Worker, resolve_shard
-
-    worker_shard = resolve_shard(shard)  # a bad --shard is refused before torch and the encoder start
-    dist, dev = start_distributed(device, process_group=False)
-    worker = Worker(worker_shard, dist)
-    check_read_mode(read_mode)
-    slide_ids = slide_ids_from_table(cohort) if cohort else None
-    plan_paths = find_plans(plans, slide_ids)
-    model = build_encoder(encoder, weights=weights, from_hub=from_hub, random_init=random_init, output=output)
-    model = model.to(dev)
-    if compile:
-        model.backbone = torch.compile(model.backbone)
-    say = console.print if dist.rank == 0 else (lambda *a, **k: None)
-    say(
-        f"Embedding {len(plan_paths)} slide(s) with {encoder} ({model.dim}-d {model.output}, weights "
-        f"{model.weights_digest}) "
-        f"on {dev}{f' x {dist.world_size} ranks' if dist.active else ''} -> {out}"
-        + (f"; this is {worker.shard.describe()}" if worker.shard.count > 1 else "")
-        + (", its ranks share it by cell count" if worker.shard.count > 1 and dist.active else ""),
-        soft_wrap=True,
-        highlight=False,
+    run = prepare_embed(
+        plans,
+        cohort=cohort,
+        encoder=encoder,
+        weights=weights,
+        from_hub=from_hub,
+        random_init=random_init,
+        output=output,
+        device=device,
+        compile=compile,
+        read_mode=read_mode,
+        shard=shard,
     )
-    note = unseen_levels_note(model.preset, _first_plan_levels(plan_paths))
-    if note:  # once per run: an encoder trained at 20x only meets 5x and 10x tiles
-        say(note, style="yellow", soft_wrap=True, highlight=False)
+    say = console.print if run.dist.rank == 0 else (lambda *a, **k: None)
+    say(run.describe(encoder, out), soft_wrap=True, highlight=False)
+    if run.note:  # once per run: an encoder trained at 20x only meets 5x and 10x tiles
+        say(run.note, style="yellow", soft_wrap=True, highlight=False)
     with _progress() as progress:
-        task = progress.add_task(
-            f"rank {dist.rank} tiles embedded" if dist.active else "tiles embedded", total=None, unit="tiles"
-        )
-
-        def report(result) -> None:
-            style = {"failed": "red", "skipped": "dim", "embedded": "green"}[result.outcome]
-            progress.console.print(
-                f"{result.slide_id}: {result.outcome} ({result.cells} "
-                f"cells){' - ' + result.error if result.error else ''}",
-                style=style,
-                soft_wrap=True,
-                highlight=False,
-            )
-
+        what = f"rank {run.dist.rank} tiles embedded" if run.dist.active else "tiles embedded"
+        task = progress.add_task(what, total=None, unit="tiles")
         with _slide_cache(cache):
             results = run_embed(
-                plan_paths,
+                run.plans,
                 out,
-                model,
-                device=dev,
+                run.encoder,
+                device=run.device,
                 cells_per_batch=batch_cells,
                 workers=workers,
                 mode=read_mode,
-                dist=dist,
-                worker=worker,
+                dist=run.dist,
+                worker=run.worker,
                 force=force,
                 claim_timeout=claim_timeout,
                 on_start=lambda n: progress.update(task, total=n),
                 on_batch=lambda n: progress.advance(task, n),
-                on_result=report,
+                on_result=lambda r: _print_embed_result(progress, r),
                 on_takeover=_say_takeover(progress.console),
             )
-    results = gather_results(results, dist)
-    if (
-        dist.rank == 0 and out.is_dir()
-    ):  # every rank has finished: fold their catalog parts into the folder's one catalog file
-        from .catalog import refresh_catalog
-
-        refresh_catalog(out)
+    results = finish_embed(results, run.dist, out)
     counts = {k: sum(r.outcome == k for r in results) for k in ("embedded", "skipped", "failed")}
     say(
         f"Done: {counts['embedded']} embedded, {counts['skipped']} skipped, {counts['failed']} failed. Stores in "
@@ -633,6 +545,7 @@ def train(
 
 def _cross_validate(cfg, dev) -> None:
     """`mixmag train` with a `cv:` section: every fold's run, then the summary (cv.md) printed."""
+    from .runs import metrics_record
     from .stages.crossval import METRIC_NAMES, run_cross_validation
 
     console.print(
@@ -642,10 +555,10 @@ def _cross_validate(cfg, dev) -> None:
         task = progress.add_task("training epochs", total=cfg.cv.folds * cfg.epochs, unit="epochs")
 
         def fold_done(index: int, metrics: dict, reused: bool) -> None:
-            primary = metrics.get("primary", "auroc")
+            record = metrics_record(metrics)
             done = "reused (finished before)" if reused else "trained"
-            value = metrics["test"][primary]
-            progress.console.print(f"fold {index}: {done}; test {METRIC_NAMES.get(primary, primary)} {value:.3f}")
+            value, name = record.test.value(record.primary), METRIC_NAMES.get(record.primary, record.primary)
+            progress.console.print(f"fold {index}: {done}; test {name} {value:.3f}")
             progress.update(task, completed=(index + 1) * cfg.epochs)
 
         run_cross_validation(
@@ -677,22 +590,22 @@ def _tune_text(history_row: dict) -> str:
 
 def _print_metrics(metrics: dict) -> None:
     """A run's tune and test primary metric (AUROC for binary) with its interval and counts."""
+    from .runs import metrics_record
     from .stages.crossval import METRIC_NAMES
 
-    primary = metrics.get("primary", "auroc")
-    metric = METRIC_NAMES.get(primary, primary)
-    for name in ("tune", "test"):
-        m = metrics[name]
-        counted = next(((m[k], k) for k in ("positive", "events") if k in m), None)
+    record = metrics_record(metrics)
+    metric = METRIC_NAMES.get(record.primary, record.primary)
+    for name, m in (("tune", record.tune), ("test", record.test)):
+        counted = m.counted()
         counts = f", {counted[0]} {counted[1]}" if counted else ""
         console.print(
-            f"{name}: {metric} {m[primary]:.3f} (95% CI {m['ci95'][0]:.3f}-{m['ci95'][1]:.3f}; {m['specimens']} "
+            f"{name}: {metric} {m.value(record.primary):.3f} (95% CI {m.ci95[0]:.3f}-{m.ci95[1]:.3f}; {m.specimens} "
             f"specimens{counts})"
         )
-        if m.get("uno_c_index") is not None:  # survival: the censoring-weighted C-index beside Harrell's
-            low, high = m["uno_ci95"]
-            console.print(f"{name}: Uno's C-index {m['uno_c_index']:.3f} (95% CI {low:.3f}-{high:.3f})")
-    console.print(f"chosen epoch {metrics['best_epoch']} (on tune {metric})")
+        uno = m.uno()
+        if uno is not None:  # survival: the censoring-weighted C-index beside Harrell's
+            console.print(f"{name}: Uno's C-index {uno[0]:.3f} (95% CI {uno[1]:.3f}-{uno[2]:.3f})")
+    console.print(f"chosen epoch {record.best_epoch} (on tune {metric})")
 
 
 @app.command()
@@ -827,12 +740,7 @@ def predict(
         on_run=lambda line: console.print(f"Run {run}: {line}", soft_wrap=True, highlight=False),
         on_note=lambda note: console.print(f"note: {note}", style="yellow", soft_wrap=True, highlight=False),
     )
-    _print_predictions(result.outcomes, result.levels, result.bag_kind)
-    summary = prediction.occlusion_summary(result.outcomes)
-    if summary:
-        console.print(summary, soft_wrap=True)
-    scores = f" (scores: ensemble of {result.models} folds)" if result.models > 1 else ""
-    console.print(f"wrote {result.path}{scores}; tiles, stores and heatmaps in {work}/", soft_wrap=True)
+    _print_prediction(result, work)
     if any(o.score is None for o in result.outcomes):
         raise typer.Exit(1)
 
@@ -845,6 +753,18 @@ def _track(description: str, total: int) -> Iterator[Callable[..., None]]:
         task = progress.add_task(description, total=total, unit=description.split()[0])
         yield lambda n=1: progress.advance(task, n)
         progress.update(task, completed=total)
+
+
+def _print_prediction(result, work: Path) -> None:
+    """The scores table, the occlusion summary and where the files are."""
+    from .stages.predict import occlusion_summary
+
+    _print_predictions(result.outcomes, result.levels, result.bag_kind)
+    summary = occlusion_summary(result.outcomes)
+    if summary:
+        console.print(summary, soft_wrap=True)
+    scores = f" (scores: ensemble of {result.models} folds)" if result.models > 1 else ""
+    console.print(f"wrote {result.path}{scores}; tiles, stores and heatmaps in {work}/", soft_wrap=True)
 
 
 def _print_predictions(outcomes, levels: list[str], bags: str) -> None:
@@ -1409,22 +1329,16 @@ def store_import(
 ) -> None:
     """Build stores from TRIDENT or CLAM feature files made at mixmag's tiles (`mixmag store coords`, or `mixmag store
     export`): every level present, exactly the plan's tiles, one encoder; refused with the slide, level and reason."""
-    from .ids import path_for_id
-    from .interop import clam, trident
+    from .interop.importing import import_store, plans_without_cells
     from .interop.plans import plans_in
-    from .store import write_store
 
     found = plans_in(plans, slide)
-    reader = trident.import_slide if format is PeerFormat.trident else clam.import_slide
 
     def rebuild(item) -> str:
-        path, plan = item
-        target = path_for_id(out, plan.slide.slide_id, ".h5", where=str(path))
-        store = reader(folder, plan, path, encoder)
-        write_store(target, store)
+        target, store = import_store(folder, item[0], item[1], out, format.value, encoder)
         return f"{target}: {len(store)} cells, D {store.dim}, encoder {store.header.encoder}"
 
-    empty = sorted(plan.slide.slide_id for _, plan in found if not plan.cells)
+    empty = plans_without_cells(found)
     if empty:
         err_console.print(
             f"{len(empty)} plan(s) with no tissue cells, no store built: {', '.join(empty)} "

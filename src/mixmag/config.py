@@ -209,7 +209,9 @@ def _key_lines(
             _key_lines(path, item, (*prefix, i), lines, seen)
 
 
-def _describe(error: dict, model: type[BaseModel], path: str | Path | None, lines: dict, overridden: dict) -> str:
+def _describe(
+    error: Mapping[str, Any], model: type[BaseModel], path: str | Path | None, lines: dict, overridden: dict
+) -> str:
     loc = tuple(error["loc"])
     origin = next(
         (label for key, label in overridden.items() if loc and (loc[: len(key)] == key or key[: len(loc)] == loc)), None

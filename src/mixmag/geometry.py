@@ -79,7 +79,7 @@ def sequence_length(t: int, n_levels: int) -> int:
 
 def token_slots(t: int, n_levels: int) -> list[tuple[int, int, int]]:
     """(level, row, col) of every token of a t x t region: level 0's t x t grid, then level 1's 2t x 2t, ..."""
-    slots = []
+    slots: list = []
     for level in range(n_levels):
         side = t * 2**level
         slots.extend((level, r, c) for r in range(side) for c in range(side))
@@ -183,7 +183,7 @@ def crop_indices(c: int, t: int, n_levels: int, row: int, col: int) -> list[int]
     """Tokens of the t x t window at cell (row, col) of a c x c context, in the t x t region's order."""
     if not (0 <= row <= c - t and 0 <= col <= c - t):
         raise ValueError(f"a {t}x{t} crop at ({row}, {col}) does not fit in a {c}x{c} context")
-    out = []
+    out: list = []
     for level, start in zip(range(n_levels), level_offsets(c, n_levels)):
         per = 2**level
         side = c * per

@@ -8,7 +8,9 @@ against the explicit O(n^2) definition.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy import stats
@@ -114,7 +116,8 @@ def specimen_scores(
     grouped: dict[str, list[float]] = {}
     for slide, score in slide_scores.items():
         grouped.setdefault(specimen_of[slide], []).append(score)
-    fn = {"max": np.max, "mean": np.mean}[reduce]
+    reducers: dict[str, Callable[..., Any]] = {"max": np.max, "mean": np.mean}
+    fn = reducers[reduce]
     return {spec: float(fn(v)) for spec, v in grouped.items()}
 
 

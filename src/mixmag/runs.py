@@ -19,9 +19,10 @@ from __future__ import annotations
 import csv
 import io
 import math
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -45,6 +46,7 @@ from .markup import spreadsheet_text
 from .store import EmbeddingSpace, PipelineSettings
 from .weights_io import load_state_dict_file
 
+_Data = TypeVar("_Data")
 RUN_FORMAT_VERSION = 1  # of a training run folder; recorded in pipeline.json as "run_format"
 MIXER_WEIGHTS = "mixer.safetensors"
 MIXER_META = "mixer.json"
@@ -79,6 +81,14 @@ class SplitMetrics(_Record):
         """The split's value of a metric (AUROC, or another task's primary metric the file holds)."""
         return float(getattr(self, metric))
 
+    def counted(self) -> tuple[int, str] | None:
+        """(positive specimens, "positive")."""
+        return self.positive, "positive"
+
+    def uno(self) -> tuple[float, float, float] | None:
+        """No Uno C-index for a binary split."""
+        return None
+
 
 class EpochRecord(_Record):
     epoch: int = Field(ge=1)
@@ -102,10 +112,33 @@ class TaskSplitMetrics(_Record):
 
     ci95: list[float] = Field(min_length=2, max_length=2)
     specimens: int = Field(ge=1)
+    classes: list[str] | None = None  # multiclass: the class names, in the confusion matrix's order
+    confusion: list[list[int]] | None = None  # multiclass: counts, true class in rows
+    balanced_accuracy: float | None = None  # multiclass
+    events: int | None = None  # survival
+    logrank_p: float | None = None  # survival: high- against low-risk group (None where undefined)
+    uno_c_index: float | None = None  # survival: the censoring-weighted C-index beside Harrell's
+    uno_ci95: list[float] | None = None
+    mae: float | None = None  # regression
 
     def value(self, metric: str) -> float:
         """The split's value of a metric (the primary one, or another the file holds)."""
         return float(getattr(self, metric))
+
+    def others(self, primary: str) -> dict[str, Any]:
+        """The metrics the file holds besides the primary one, its interval, the counts and the confusion matrix (a
+        report's 'more' column)."""
+        return self.model_dump(exclude={primary, "ci95", "specimens", "confusion", "classes"}, exclude_unset=True)
+
+    def counted(self) -> tuple[int, str] | None:
+        """(events, "events") of a survival split; None for the others."""
+        return None if self.events is None else (self.events, "events")
+
+    def uno(self) -> tuple[float, float, float] | None:
+        """A survival split's Uno C-index with its interval (value, low, high); None where the file has none."""
+        if self.uno_c_index is None or self.uno_ci95 is None:
+            return None
+        return self.uno_c_index, self.uno_ci95[0], self.uno_ci95[1]
 
 
 class TaskRunMetrics(_Record):
@@ -114,23 +147,68 @@ class TaskRunMetrics(_Record):
     task: Literal["multiclass", "survival", "regression"]
     primary: str
     best_epoch: int
-    history: list[dict] = Field(default_factory=list)
+    history: list[dict[str, Any]] = Field(default_factory=list)
     tune: TaskSplitMetrics
     test: TaskSplitMetrics
 
 
-class RunConfigRecord(_Record):
+class RunModelRecord(_Record):
+    """The part of config.json that says what the model reads (the report's magnification panel needs no more)."""
+
+    bags: str | None = None
+    region_level: str | None = None
+    encoded: str | None = None  # the `mixmag encode` folder of patch / cls bags
+    mixer: dict[str, Any] | None = None  # the jointly trained mixer's setting (bags = regions)
+
+    @classmethod
+    def of(cls, value: RunModelRecord | dict[str, Any]) -> RunModelRecord:
+        """The record of a config as read (a dict), keeping what the file holds besides."""
+        return value if isinstance(value, RunModelRecord) else cls.model_validate(value)
+
+    @property
+    def mixer_init(self) -> str | None:
+        return None if self.mixer is None else self.mixer.get("init")
+
+    @property
+    def mixer_output(self) -> str:
+        """What the jointly trained mixer hands the aggregator ("patch" unless the config says)."""
+        return str((self.mixer or {}).get("output", "patch"))
+
+
+def judged_auroc(metrics: RunMetrics | dict[str, Any] | None) -> tuple[str, float] | None:
+    """(split, AUROC) a binary model is judged on: test, else tune when the test AUROC is missing or undefined; a
+    metrics record, or a dict of (some of) metrics.json's entries."""
+    data = metrics.model_dump() if isinstance(metrics, BaseModel) else (metrics or {})
+    for split in ("test", "tune"):
+        auroc = (data.get(split) or {}).get("auroc")
+        if isinstance(auroc, (int, float)) and math.isfinite(auroc):
+            return split, float(auroc)
+    return None
+
+
+def metrics_record(data: dict[str, Any]) -> RunMetrics | TaskRunMetrics:
+    """A run's metrics (metrics.json, or what training and evaluation return) as the record of its task type: binary
+    when it names no task."""
+    return (TaskRunMetrics if data.get("task", "binary") != "binary" else RunMetrics).model_validate(data)
+
+
+class RunConfigRecord(RunModelRecord):
     """config.json (the TrainConfig the run was trained with): the fields that reading a run back depends on."""
 
     cohort: str
     stores: str
     bags: str
+    task: str = "binary"
     hidden: int | None = Field(None, ge=1, le=MAX_WIDTH)  # the model's readers check it is there
     bootstrap: int = Field(2000, ge=1, le=MAX_RESAMPLES)
     seed: int = Field(0, ge=0, le=MAX_SEED)
 
+    @property
+    def stores_folder(self) -> Path:
+        return Path(self.stores)
 
-def checked_record(model: type[BaseModel], data: Any, path: Path, fix: str) -> Any:
+
+def checked_record(model: type[BaseModel], data: _Data, path: Path, fix: str) -> _Data:
     """`data` (a file's parsed JSON) if it fits `model`, else one sentence naming the file, the first field at fault
     and the fix."""
     try:
@@ -164,17 +242,35 @@ class PipelineRecord(PipelineSettings):
     mixmag_version: str | None = None
     torch_version: str | None = None
     bag_dim: int | None = None
-    mixer: dict | None = None
+    mixer: dict[str, Any] | None = None
     encoded_mixer: str | None = None
     mixer_digest: str | None = None
 
     @classmethod
-    def of(cls, value: PipelineRecord | dict) -> PipelineRecord:
+    def of(cls, value: PipelineRecord | dict[str, Any]) -> PipelineRecord:
         """The record of pipeline.json as read (a dict); a value of the wrong type is one sentence."""
         if isinstance(value, PipelineRecord):
             return value
         checked_record(cls, value, Path(PIPELINE), RETRAIN)
         return cls.model_validate(value)
+
+
+class TaskPipeline(_Record):
+    """What pipeline.json records of a run's task besides the weights (`mixmag.train.tasks:Task.pipeline`): a
+    multiclass run's classes, a regression run's target scale on its train split."""
+
+    classes: list[str] = Field(default_factory=list)
+    target_mean: float | None = None
+    target_std: float | None = None
+
+    @classmethod
+    def of(cls, value: TaskPipeline | BaseModel | dict[str, Any] | None) -> TaskPipeline:
+        """The task's part of a pipeline record or of pipeline.json as read; a wrong type is one sentence."""
+        if isinstance(value, TaskPipeline):
+            return value
+        data = value.model_dump() if isinstance(value, BaseModel) else (value or {})
+        checked_record(cls, data, Path(PIPELINE), RETRAIN)
+        return cls.model_validate(data)
 
 
 @dataclass(frozen=True)
@@ -188,7 +284,7 @@ class PredictionRow:
     slides: tuple[str, ...]
     slide_scores: tuple[float, ...]
 
-    def cells(self) -> list:
+    def cells(self) -> list[str | int]:
         """The row as written: scores with six decimals."""
         return [
             self.specimen,
@@ -214,15 +310,67 @@ class PredictionRow:
         return list(zip(self.slides, self.slide_scores))
 
 
+@dataclass(frozen=True)
+class TaskRow:
+    """One specimen of any task type's predictions table, typed: what a task's metrics, the report's figures and the
+    paired comparisons read (fields a task type does not write are None; `probabilities`: multiclass p_<class>)."""
+
+    specimen: str
+    score: float
+    slides: tuple[str, ...]
+    slide_scores: tuple[float, ...]
+    label: str | None = None  # binary: "0" or "1"; multiclass: the class name
+    predicted: str | None = None
+    time: float | None = None
+    event: int | None = None
+    target: float | None = None
+    risk_group: str | None = None
+    probabilities: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def from_cells(cls, row: Mapping[str, Any]) -> TaskRow:
+        """A row as read (checked by `prediction_problem`) or as a task wrote it (cells of any type)."""
+
+        def number(key: str) -> float | None:
+            return None if row.get(key) in (None, "") else float(row[key])
+
+        return cls(
+            specimen=str(row["specimen"]),
+            score=float(row["score"]),
+            slides=tuple(str(row["slides"]).split(SLIDE_SEPARATOR)),
+            slide_scores=tuple(float(v) for v in str(row["slide_scores"]).split(SLIDE_SEPARATOR)),
+            label=None if row.get("label") is None else str(row["label"]),
+            predicted=row.get("predicted"),
+            time=number("time"),
+            event=None if row.get("event") in (None, "") else int(row["event"]),
+            target=number("target"),
+            risk_group=row.get("risk_group"),
+            probabilities={k[2:]: float(v) for k, v in row.items() if k.startswith("p_")},
+        )
+
+    @classmethod
+    def of(cls, row: TaskRow | Mapping[str, Any]) -> TaskRow:
+        return row if isinstance(row, TaskRow) else cls.from_cells(row)
+
+    @property
+    def binary_label(self) -> int:
+        return int(self.label or 0)
+
+
+def by_specimen(rows: list[TaskRow]) -> dict[str, TaskRow]:
+    """A predictions table's rows by specimen (a paired comparison matches two runs' rows by it)."""
+    return {r.specimen: r for r in rows}
+
+
 class MixerMeta(_Record):
     """mixer.json beside a pretrained mixer's weights: its architecture, the pretraining config it was made with
     and the embedding space of the stores it was pretrained on (`stores`; absent in older files)."""
 
     model_config = ConfigDict(extra="allow", frozen=True)
 
-    mixer: dict
-    pretraining: dict | None = None
-    stores: dict | None = None
+    mixer: dict[str, Any]
+    pretraining: dict[str, Any] | None = None
+    stores: dict[str, Any] | None = None
     mixmag_version: str | None = None
 
     @property
@@ -356,11 +504,11 @@ class TrainRun:
     def write_results(
         self,
         *,
-        config: dict,
-        splits: dict,
-        pipeline: dict,
-        predictions: dict[str, list[PredictionRow | dict]],
-        metrics: dict,
+        config: dict[str, Any],
+        splits: dict[str, Any],
+        pipeline: dict[str, Any],
+        predictions: dict[str, list[PredictionRow | dict[str, Any]]],
+        metrics: dict[str, Any],
         prediction_fields: tuple[str, ...] = PREDICTION_FIELDS,
     ) -> None:
         """Everything but the weights; metrics.json last, so that a complete-looking folder is complete. The
@@ -380,16 +528,17 @@ class TrainRun:
             raise RunError(f"{self.folder}: no {path.name}; is it a finished `mixmag train` run folder?")
         return path
 
-    def _json(self, path: Path) -> dict:
+    def _json(self, path: Path) -> dict[str, Any]:
         try:
-            return read_json_limited(self._need(path), what=path.name)
+            data: dict[str, Any] = read_json_limited(self._need(path), what=path.name)
+            return data
         except (ValueError, UnsafePathError, FileTooLargeError) as exc:
             raise RunError(f"{path}: not readable JSON ({exc}); {RETRAIN}") from exc
 
-    def read_config(self) -> dict:
+    def read_config(self) -> dict[str, Any]:
         return checked_record(RunConfigRecord, self._json(self.config), self.config, RETRAIN)
 
-    def read_metrics(self) -> dict:
+    def read_metrics(self) -> dict[str, Any]:
         """metrics.json, checked against its task type's record (binary: `RunMetrics`)."""
         data = self._json(self.metrics)
         record = TaskRunMetrics if isinstance(data, dict) and data.get("task", "binary") != "binary" else RunMetrics
@@ -401,13 +550,19 @@ class TrainRun:
 
     def read_metrics_record(self) -> RunMetrics | TaskRunMetrics:
         """metrics.json as a typed record of its task type (checked as `read_metrics` checks it)."""
-        data = self.read_metrics()
-        return (TaskRunMetrics if data.get("task", "binary") != "binary" else RunMetrics).model_validate(data)
+        return metrics_record(self.read_metrics())
 
-    def read_splits(self) -> dict:
+    def read_binary_metrics(self) -> RunMetrics:
+        """metrics.json of a binary run, typed (a run of another task type is one sentence)."""
+        record = self.read_metrics_record()
+        if not isinstance(record, RunMetrics):
+            raise RunError(f"{self.metrics}: a {record.task} run's metrics, not a binary run's")
+        return record
+
+    def read_splits(self) -> dict[str, Any]:
         return self._json(self.splits) if self.splits.is_file() else {}
 
-    def read_pipeline(self) -> dict | None:
+    def read_pipeline(self) -> dict[str, Any] | None:
         """How the run's stores were made (None for runs written before pipeline.json existed); a run of a newer
         format than this mixmag reads is refused."""
         if not self.pipeline.is_file():
@@ -426,7 +581,7 @@ class TrainRun:
         pipeline = self.read_pipeline()
         return None if pipeline is None else PipelineRecord.of(pipeline)
 
-    def read_predictions(self, split: str) -> list[dict]:
+    def read_predictions(self, split: str) -> list[dict[str, Any]]:
         """predictions_<split>.csv's rows (strings, as written), checked (`prediction_problem`): one sentence for a
         damaged file, another run's file or a split with one class."""
         path = self.predictions(split)
@@ -455,7 +610,11 @@ class TrainRun:
         task = data.get("task", "binary") if isinstance(data, dict) else "binary"
         if task not in TASK_PREDICTION_FIELDS:
             raise RunError(f"{self.config}: unknown task {task!r}; {RETRAIN}")
-        return task
+        return str(task)
+
+    def read_task_rows(self, split: str) -> list[TaskRow]:
+        """predictions_<split>.csv of a run of any task type, checked (`read_predictions`) and typed."""
+        return [TaskRow.from_cells(r) for r in self.read_predictions(split)]
 
     def read_prediction_rows(self, split: str) -> list[PredictionRow]:
         """A binary run's predictions_<split>.csv rows, checked and typed."""
@@ -473,6 +632,55 @@ class TrainRun:
         return load_state_dict_file(
             self._need(self.weights), fix="retrain the run with `mixmag train`; never load it otherwise"
         )
+
+
+class FoldSummary(_Record):
+    """One fold's row of cv.json: its run folder, its split sizes (per class or event value) and its primary metric."""
+
+    fold: int
+    run: str
+    best_epoch: int
+    counts: dict[str, dict[Any, int]]  # split -> stratum -> specimens
+    tune: float
+    test: float
+    test_ci95: list[float] = Field(min_length=2, max_length=2)
+
+    def sizes(self) -> tuple[int, int, int]:
+        """(train, tune, test) specimens."""
+        train, tune, test = (sum(self.counts[s].values()) for s in SPLITS)
+        return train, tune, test
+
+
+class PooledMetric(_Record):
+    """cv.json's pooled out-of-fold metric: the primary one (named by the summary) with its interval."""
+
+    ci95: list[float] = Field(min_length=2, max_length=2)
+    specimens: int
+
+    def value(self, metric: str) -> float:
+        return float(getattr(self, metric))
+
+
+class CrossValSummary(_Record):
+    """cv.json: how the folds were made, each fold's row, the test metric's mean and sd over folds, and the pooled
+    out-of-fold metric."""
+
+    folds: int = Field(ge=1)
+    task: str = "binary"
+    primary: str
+    grouped_by: str
+    stratified_by: str
+    tune_fraction: float
+    seed: int
+    per_fold: list[FoldSummary]
+    mean: float
+    sd: float
+    pooled: PooledMetric
+
+    @classmethod
+    def of(cls, summary: CrossValSummary | dict[str, Any]) -> CrossValSummary:
+        """The record of a summary as written (`mixmag.stages.crossval:summarise`) or read."""
+        return summary if isinstance(summary, CrossValSummary) else cls.model_validate(summary)
 
 
 class CrossValRun:
@@ -505,11 +713,11 @@ class CrossValRun:
         remove_own_file(self.summary)
         remove_own_file(self.summary_md)
 
-    def write_summary(self, summary: dict, markdown: str) -> None:
+    def write_summary(self, summary: dict[str, Any], markdown: str) -> None:
         write_atomic(self.summary_md, markdown)
         write_json_atomic(self.summary, summary, indent=1)
 
-    def read_summary(self) -> dict:
+    def read_summary(self) -> dict[str, Any]:
         if not self.summary.is_file():
             raise RunError(f"{self.folder}: no cv.json; finish the cross-validation with `mixmag train` first")
         try:
@@ -519,6 +727,10 @@ class CrossValRun:
         if not isinstance(summary, dict) or not isinstance(summary.get("folds"), int) or summary["folds"] < 1:
             raise RunError(f"{self.summary}: damaged or not a cross-validation summary (no `folds`); {RETRAIN}")
         return summary
+
+    def read_summary_record(self) -> CrossValSummary:
+        """cv.json as a typed record."""
+        return CrossValSummary.of(checked_record(CrossValSummary, self.read_summary(), self.summary, RETRAIN))
 
     def fold_runs(self) -> list[TrainRun]:
         """Every fold's run folder, each complete (the summary says how many there are)."""

@@ -14,6 +14,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Self, TypeGuard
 
 import h5py
 import numpy as np
@@ -74,7 +75,7 @@ class EmbeddingSpace(BaseModel):
         return current_name(name)
 
     @classmethod
-    def of(cls, value: EmbeddingSpace | dict) -> EmbeddingSpace:
+    def of(cls, value: Self | dict[str, Any]) -> Self:
         """The record itself, or the record of a dict holding its fields (others are ignored)."""
         return value if isinstance(value, cls) else cls.model_validate(value)
 
@@ -102,7 +103,7 @@ class PipelineSettings(EmbeddingSpace):
     """The embedding space plus how pixels were read, tissue found and the encoder run: a new slide's store must
     repeat these; stores that differ only in these share one embedding space (a warning, not a refusal)."""
 
-    tiling_params: dict | None = None
+    tiling_params: dict[str, Any] | None = None
     read_mode: str | None = None
     context_size: int | None = None
     compute_dtype: str | None = None
@@ -139,19 +140,19 @@ class StoreHeader(PipelineSettings):
     read_mpps: list[float] | None = None
 
     @classmethod
-    def of(cls, value: StoreHeader | dict) -> StoreHeader:
+    def of(cls, value: StoreHeader | dict[str, Any]) -> StoreHeader:
         """A header, or the header of the flat attributes `read_attrs` gives."""
         return value if isinstance(value, StoreHeader) else cls.from_attrs(value)
 
     @classmethod
-    def from_attrs(cls, attrs: dict) -> StoreHeader:
+    def from_attrs(cls, attrs: dict[str, Any]) -> Self:
         """The header of decoded attributes; a value of the wrong type is a StoreError (`header_problems`)."""
         try:
             return cls.model_validate(attrs)
         except ValidationError as exc:
             raise StoreError("invalid store: " + "; ".join(_validation_problems(exc)) + f"; {_UNREADABLE}.") from None
 
-    def to_attrs(self) -> dict:
+    def to_attrs(self) -> dict[str, Any]:
         """The flat attributes as written: only those the store was given (older stores keep their set)."""
         return self.model_dump(exclude_unset=True)
 
@@ -163,7 +164,7 @@ class StoreHeader(PipelineSettings):
         )
 
     @property
-    def encoder_record(self) -> dict:
+    def encoder_record(self) -> dict[str, Any]:
         """Who made the embeddings (encoder, weights, output, dimension, precision, read mode), as exports record
         it next to the features they write (`mixmag.interop.files:encoder_extras`)."""
         return {k: getattr(self, k) for k in ENCODER_FIELDS}
@@ -178,7 +179,7 @@ def _validation_problems(exc: ValidationError) -> list[str]:
     ]
 
 
-def header_problems(attrs: dict) -> list[str]:
+def header_problems(attrs: dict[str, Any]) -> list[str]:
     """Attributes whose value does not fit the header's type (a number that is text, a list that is not)."""
     try:
         StoreHeader.model_validate(attrs)
@@ -194,7 +195,7 @@ class SlideStore:
     rc: np.ndarray
     tissue: np.ndarray
     embeddings: dict[str, np.ndarray]
-    attrs: dict
+    attrs: dict[str, Any]
     windows: dict[str, np.ndarray] = field(default_factory=dict)  # "regions" / "contexts": top-left (row, col)
 
     @property
@@ -249,7 +250,7 @@ def write_store_into(f: h5py.File, store: SlideStore) -> None:
 
 def store_size_lower_bound(n_cells: int, n_levels: int, dim: int) -> int:
     """Bytes a store's float16 embeddings take at least (HDF5 adds headers, cells and attributes on top)."""
-    return n_cells * sum(4**i for i in range(n_levels)) * dim * 2
+    return int(n_cells * sum(4**i for i in range(n_levels)) * dim * 2)
 
 
 def _chunks(emb: np.ndarray) -> tuple[int, ...] | None:
@@ -258,7 +259,7 @@ def _chunks(emb: np.ndarray) -> tuple[int, ...] | None:
     return (min(emb.shape[0], 64),) + emb.shape[1:]
 
 
-def _attr(value):
+def _attr(value: Any) -> Any:
     if isinstance(value, (dict, list, tuple)) or value is None:
         return json.dumps(value)
     return value
@@ -280,7 +281,7 @@ def shared_settings_of_groups(groups: Sequence[tuple[PipelineSettings, int, Path
         raise StoreError("no stores given")
     kept = {}
     for key in PipelineSettings.model_fields:
-        counts: dict[str, list] = {}
+        counts: dict[str, list[Any]] = {}
         for s, n, example in groups:
             entry = counts.setdefault(json.dumps(getattr(s, key), sort_keys=True), [0, example])
             entry[0] += n
@@ -304,13 +305,13 @@ def shared_settings_of_groups(groups: Sequence[tuple[PipelineSettings, int, Path
     return PipelineSettings.model_validate(kept)
 
 
-def read_attrs(path: str | Path) -> dict:
+def read_attrs(path: str | Path) -> dict[str, Any]:
     """The flat attributes, decoded (JSON text back to lists, dicts and None); `read_header` types them."""
     with open_hdf5(path) as f:
         return decode_attrs(f.attrs)
 
 
-def decode_attrs(attrs: h5py.AttributeManager) -> dict:
+def decode_attrs(attrs: h5py.AttributeManager) -> dict[str, Any]:
     return {k: _decode_attr(v) for k, v in attrs.items()}
 
 
@@ -322,7 +323,7 @@ def read_header(path: str | Path) -> StoreHeader:
         raise StoreError(f"{path}: {exc}") from None
 
 
-def _decode_attr(value):
+def _decode_attr(value: Any) -> Any:
     if isinstance(value, bytes):
         value = value.decode()
     if isinstance(value, str) and value[:1] in "[{n":
@@ -342,7 +343,7 @@ class StoreIndex:
     rc: np.ndarray
     windows: dict[str, np.ndarray]
     level_names: list[str]
-    attrs: dict
+    attrs: dict[str, Any]
     dim: int = 0  # embedding dimension D
 
     @property
@@ -395,7 +396,7 @@ _UNREADABLE = "delete it and re-run `mixmag embed`"
 
 
 @contextmanager
-def _open_store(path: Path) -> Iterator[tuple[h5py.File, dict, list[str]]]:
+def _open_store(path: Path) -> Iterator[tuple[h5py.File, dict[str, Any], list[str]]]:
     """An open store whose header passed `layout_problems`, its attributes and level names; any failure to read
     it is a StoreError naming the file."""
     if not path.is_file():
@@ -411,12 +412,12 @@ def _open_store(path: Path) -> Iterator[tuple[h5py.File, dict, list[str]]]:
         raise StoreError(f"{path}: not a readable mixmag store ({type(exc).__name__}: {exc}); {_UNREADABLE}.") from exc
 
 
-def _level_names(f: h5py.File, attrs: dict) -> list[str]:
+def _level_names(f: h5py.File, attrs: dict[str, Any]) -> list[str]:
     names = attrs.get("level_names")
     return list(names) if isinstance(names, list) else list(f.get("emb", {}))
 
 
-def layout_problems(f: h5py.File, attrs: dict) -> list[str]:
+def layout_problems(f: h5py.File, attrs: dict[str, Any]) -> list[str]:
     """What is wrong with a store's header, from the declared shapes, dtypes and storage alone (nothing is read):
     the datasets a store must have, consistent with each other and within MAX_* limits."""
     names = attrs.get("level_names")
@@ -471,14 +472,14 @@ def layout_problems(f: h5py.File, attrs: dict) -> list[str]:
     return problems
 
 
-def _id_problems(attrs: dict) -> list[str]:
+def _id_problems(attrs: dict[str, Any]) -> list[str]:
     sid = attrs.get("slide_id")
     if "slide_id" in attrs and not is_safe_id(sid):  # it names exported files and heatmaps
         return [f"attribute slide_id {sid!r} is not a safe file name ({ID_RULE})"]
     return []
 
 
-def _geometry_problems(attrs: dict) -> list[str]:
+def _geometry_problems(attrs: dict[str, Any]) -> list[str]:
     """The numbers that place cells on the slide (cell_px, slide_mpp, level_mpps) must be finite and positive, and a
     cell's level-0 pixel position must fit the int32 coordinates TRIDENT and CLAM files hold."""
     problems = []
@@ -500,11 +501,11 @@ def _geometry_problems(attrs: dict) -> list[str]:
     return problems
 
 
-def _is_number(value: object) -> bool:
+def _is_number(value: object) -> TypeGuard[float]:
     return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
 
 
-def _cell_problems(rc: np.ndarray, windows: dict[str, np.ndarray], attrs: dict) -> list[str]:
+def _cell_problems(rc: np.ndarray, windows: dict[str, np.ndarray], attrs: dict[str, Any]) -> list[str]:
     """Cells and windows must lie in the slide's grid (its recorded grid_shape, else MAX_GRID_SIDE a side)."""
     grid = attrs.get("grid_shape")
     if grid is not None and not (
@@ -529,7 +530,7 @@ def _cell_problems(rc: np.ndarray, windows: dict[str, np.ndarray], attrs: dict) 
     return problems
 
 
-def _window_size(kind: str, attrs: dict) -> int:
+def _window_size(kind: str, attrs: dict[str, Any]) -> int:
     size = attrs.get("context_size") if kind == "contexts" else attrs.get("region_size")
     return size if isinstance(size, int) and size > 0 else 1
 
@@ -593,7 +594,7 @@ def all_finite(values: np.ndarray) -> bool:
     return True
 
 
-def plan_provenance(plan_path: str | Path, plan: TilingPlan) -> dict:
+def plan_provenance(plan_path: str | Path, plan: TilingPlan) -> dict[str, Any]:
     """The store attributes that name the slide and the tiling plan a store's cells come from; the encoder's part
     (name, weights, output, precision, read mode) is added by whoever made the embeddings."""
     return {
@@ -618,7 +619,7 @@ def plan_provenance(plan_path: str | Path, plan: TilingPlan) -> dict:
     }
 
 
-def store_from_plan(plan: TilingPlan, levels: Sequence[np.ndarray], attrs: dict) -> SlideStore:
+def store_from_plan(plan: TilingPlan, levels: Sequence[np.ndarray], attrs: dict[str, Any]) -> SlideStore:
     """A store of a plan's cells (in plan order), its tissue and windows, with one embedding array per level."""
     return SlideStore(
         rc=np.asarray(plan.cells, np.int32).reshape(-1, 2),

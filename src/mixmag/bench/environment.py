@@ -85,7 +85,8 @@ def optional_modules(requires: list[str]) -> set[str]:
 def import_failures(package: str, optional: set[str]) -> tuple[list[str], list[str]]:
     """(modules that failed to import, modules skipped for want of an optional extra's package)."""
     root = importlib.import_module(package)
-    failed, skipped = [], []
+    failed: list[str] = []
+    skipped: list[str] = []
     for info in pkgutil.walk_packages(root.__path__, prefix=f"{package}."):
         try:
             importlib.import_module(info.name)

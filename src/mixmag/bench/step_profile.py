@@ -75,7 +75,7 @@ def _timed_phases(setup: TrainingSetup) -> dict[str, float]:
 
 def _attention(events) -> dict:
     """The attention backends that ran, by the aten op that dispatched them, with their calls."""
-    used = {}
+    used: dict = {}
     for event in events:
         op = event.key.removeprefix("aten::")
         if op in ATTENTION_BACKENDS:

@@ -40,7 +40,7 @@ class TokenTemplate:
 
     @staticmethod
     def build(size: int, n_levels: int) -> TokenTemplate:
-        fields = [[], [], [], [], []]
+        fields: list[list] = [[], [], [], [], []]
         for level, r, c in token_slots(size, n_levels):
             per = 2**level
             for f, v in zip(fields, (r // per, c // per, per * per, (r % per) * per + c % per, level)):

@@ -154,7 +154,7 @@ def embed_slides(
     n_levels = {j.plan.params.n_levels for j in jobs}
     if len(n_levels) > 1:
         raise ValueError(f"plans disagree on the number of levels: {sorted(n_levels)}")
-    pending = {}
+    pending: dict = {}
     for job in jobs:
         if job.n_cells == 0 and on_slide is not None and (on_slide_start is None or on_slide_start(job)):
             on_slide(job, [np.zeros((0, 4**i, encoder.dim), np.float32) for i in range(job.plan.params.n_levels)])

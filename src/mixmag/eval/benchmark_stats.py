@@ -18,7 +18,7 @@ from scipy import stats
 from ..errors import MixmagError
 from ..markup import markdown_cell
 from ..metrics import auroc, bootstrap_estimate, delong_test, paired_bootstrap
-from ..runs import TrainRun, read_losses
+from ..runs import TrainRun, by_specimen, read_losses
 from ..train.tasks import Task
 from .runs import run_task
 
@@ -55,7 +55,7 @@ def _aligned_rows(runs: list[Path]) -> tuple[Task, tuple[np.ndarray, ...], np.nd
     """A task type's runs over the specimens every run predicted: (task, truth columns, scores (seeds, n, ...),
     specimens)."""
     task = run_task(runs[0])
-    tables = [{r["specimen"]: r for r in TrainRun(run).read_predictions("test")} for run in runs]
+    tables = [by_specimen(TrainRun(run).read_task_rows("test")) for run in runs]
     common = sorted(set.intersection(*(set(t) for t in tables)))
     truth, _ = task.from_rows([tables[0][s] for s in common])
     return task, truth, np.stack([task.from_rows([t[s] for s in common])[1] for t in tables]), common

@@ -16,7 +16,7 @@ from ..data.bags import TILE_MODES, region_bag
 from ..data.cohort import load_cohort
 from ..errors import MixmagError
 from ..ids import check_id
-from ..runs import TrainRun
+from ..runs import RunConfigRecord, TrainRun
 from ..store import read_index
 from ..train.classifier import SlideClassifier
 from ..train.mixer_file import load_mixer
@@ -51,13 +51,13 @@ def slide_input(classifier: SlideClassifier, slide: str, store_path: Path) -> Le
     x = torch.from_numpy(region_bag(store_path).astype(np.float32))
     level = torch.from_numpy(region_layout(store).level).reshape(x.shape[:2])
 
-    def forward(xb, keep):
+    def run_mixer(xb, keep):
         b, r, s, d = xb.shape
         contextual, compressed = mixer(xb.reshape(b * r, s, d))
         feats = compressed.reshape(b, r, -1) if kind == "cls" else contextual.reshape(b, r * s, -1)
         return model(feats, torch.ones(feats.shape[:2], dtype=torch.bool))
 
-    return LevelInput(x, level, names, forward, attention_level=level.reshape(-1) if kind == "patch" else None)
+    return LevelInput(x, level, names, run_mixer, attention_level=level.reshape(-1) if kind == "patch" else None)
 
 
 def reads_one_level(bags: str, region_level: str | None) -> bool:
@@ -65,11 +65,11 @@ def reads_one_level(bags: str, region_level: str | None) -> bool:
     return bags in ("5x", "10x", "20x") or (bags == "regions" and region_level is not None)
 
 
-def training_slides(config: dict, limit: int = 32) -> tuple[dict[str, Path], list[str]]:
+def training_slides(config: RunConfigRecord, limit: int = 32) -> tuple[dict[str, Path], list[str]]:
     """(stores by slide, up to `limit` training slides) of a run's cohort; nothing when it cannot be read."""
     try:
-        cohort = load_cohort(config["cohort"], config["stores"])
-    except (MixmagError, OSError, KeyError):
+        cohort = load_cohort(config.cohort, config.stores)
+    except (MixmagError, OSError):
         return {}, []
     return dict(cohort.stores), [sp.slides[0] for sp in cohort.split("train")][:limit]
 
@@ -90,8 +90,8 @@ def run_level_importance(
     the reference embeddings (what 'mean-replaced' puts in) averaged over up to `max_reference` training
     slides of its cohort. Returns the importances and a sentence saying which reference was used."""
     classifier = SlideClassifier.load(run)
-    config = TrainRun(run).read_config()
-    stores_dir = Path(config["stores"])
+    config = TrainRun(run).read_config_record()
+    stores_dir = config.stores_folder
     stores, train = training_slides(config, max_reference)
     chosen = test_slides[:max_slides]
     for slide in chosen + train:

@@ -10,7 +10,7 @@ import numpy as np
 
 from ..errors import MixmagError
 from ..metrics import DeLongResult, PairedDifference, bootstrap_auroc, delong_test, paired_bootstrap
-from ..runs import TrainRun
+from ..runs import TrainRun, by_specimen
 from ..train.tasks import Task, task_for
 
 
@@ -28,13 +28,13 @@ def run_task(run: str | Path) -> Task:
 def evaluate_run(run: str | Path, n_boot: int | None = None) -> dict:
     folder = TrainRun(run)
     config = folder.read_config_record()
-    out = {"best_epoch": folder.read_metrics_record().best_epoch}
+    out: dict = {"best_epoch": folder.read_metrics_record().best_epoch}
     n_boot, seed = n_boot or config.bootstrap, config.seed
     task = run_task(run)
     if task.name != "binary":
-        out["primary"] = task.primary
+        out |= {"task": task.name, "primary": task.primary}
         for split in ("tune", "test"):
-            out[split] = task.pooled(folder.read_predictions(split), n_boot=n_boot, seed=seed)
+            out[split] = task.pooled(folder.read_task_rows(split), n_boot=n_boot, seed=seed)
         return out
     for split in ("tune", "test"):
         preds = read_predictions(run, split)
@@ -73,8 +73,8 @@ def compare_task_runs(
     task, other = run_task(run_a), run_task(run_b)
     if task.name != other.name:
         raise MixmagError(f"{run_a} is a {task.name} run and {run_b} a {other.name} one; compare runs of one task type")
-    rows_a = {r["specimen"]: r for r in TrainRun(run_a).read_predictions(split)}
-    rows_b = {r["specimen"]: r for r in TrainRun(run_b).read_predictions(split)}
+    rows_a = by_specimen(TrainRun(run_a).read_task_rows(split))
+    rows_b = by_specimen(TrainRun(run_b).read_task_rows(split))
     if set(rows_a) != set(rows_b):
         raise MixmagError(
             f"{run_a} and {run_b} were evaluated on different {split} specimens; a paired test needs the same ones"

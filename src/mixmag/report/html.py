@@ -24,7 +24,16 @@ from ..fileio import write_atomic
 from ..ids import is_safe_id
 from ..images import PictureError, read_picture
 from ..markup import html_text, html_value, shown_path
-from ..runs import CrossValRun, EpochRecord, PredictionRow, RunMetrics, TrainRun
+from ..runs import (
+    RETRAIN,
+    CrossValRun,
+    EpochRecord,
+    PredictionRow,
+    RunConfigRecord,
+    RunMetrics,
+    TaskRunMetrics,
+    TrainRun,
+)
 from ..store import read_header
 from ..train.classifier import SlideClassifier
 from ..weights_io import UnsafeCheckpointError
@@ -138,20 +147,20 @@ def _history_figure(history: list[EpochRecord], best_epoch: int) -> str:
     return _embedded(fig, "svg")
 
 
-def run_store_paths(config: dict, slides: list[str]) -> tuple[dict[str, Path], dict[str, str]]:
+def run_store_paths(config: RunConfigRecord, slides: list[str]) -> tuple[dict[str, Path], dict[str, str]]:
     """Where a run's slides' stores are, as training found them: the cohort table's `store` column, else
     <stores>/<slide>.h5; and the slides refused, with why (an id from the run's files that is not a safe name)."""
     known: dict[str, Path] = {}
     try:
-        known = load_cohort(config["cohort"], config["stores"], require_stores=False).stores
-    except (MixmagError, OSError, KeyError):
+        known = load_cohort(config.cohort, config.stores, require_stores=False).stores
+    except (MixmagError, OSError):
         pass  # the table moved or changed since training: the stores folder alone
     paths, refused = {}, {}
     for slide in slides:
         if slide in known:
             paths[slide] = known[slide]
         elif is_safe_id(slide):
-            paths[slide] = Path(config["stores"]) / f"{slide}.h5"
+            paths[slide] = config.stores_folder / f"{slide}.h5"
         else:
             refused[slide] = (
                 f"slide id {slide!r} in the run's predictions is not a safe file name; its heatmaps are not drawn"
@@ -159,7 +168,9 @@ def run_store_paths(config: dict, slides: list[str]) -> tuple[dict[str, Path], d
     return paths, refused
 
 
-def _qc_pictures(run: Path, config: dict, rows: list[PredictionRow], limit: int = 6) -> list[tuple[str, str]]:
+def _qc_pictures(
+    run: Path, config: RunConfigRecord, rows: list[PredictionRow], limit: int = 6
+) -> list[tuple[str, str]]:
     """QC pictures (tissue and regions) of test slides, found through each store's plan path."""
     slides = [slide for row in rows for slide in row.slides]
     stores, _ = run_store_paths(config, slides)
@@ -195,7 +206,7 @@ def _explained_slides(rows: list[PredictionRow]) -> list[tuple[str, str]]:
 
 
 def _heatmaps(
-    run: Path, config: dict, rows: list[PredictionRow]
+    run: Path, config: RunConfigRecord, rows: list[PredictionRow]
 ) -> tuple[list[tuple[str, str, dict, list[str]]], str | None]:
     """Heatmap pictures of chosen test slides: [(slide, why, summary, data URIs)], or why there are none."""
     chosen = _explained_slides(rows)
@@ -204,7 +215,7 @@ def _heatmaps(
     out = []
     try:
         classifier = SlideClassifier.load(run)
-        classifier.use_stores(stores, Path(config["encoded"]) if config.get("encoded") else None)
+        classifier.use_stores(stores, Path(config.encoded) if config.encoded else None)
         for slide, why in chosen:
             attribution = explain_slide(classifier, slide, stores[slide])
             pictures = draw_heatmaps(attribution, read_header(stores[slide]), TrainRun(run).heatmaps)
@@ -213,7 +224,7 @@ def _heatmaps(
                     slide,
                     why,
                     attribution_summary(attribution),
-                    [_file_png(p, longest=1400, fmt="jpeg") for p in pictures],
+                    [uri for p in pictures if (uri := _file_png(p, longest=1400, fmt="jpeg")) is not None],
                 )
             )
     except UnsafeCheckpointError:
@@ -223,7 +234,9 @@ def _heatmaps(
     return out, "; ".join(refused.values()) or None
 
 
-def _heatmap_section(run: Path, config: dict, rows: list[PredictionRow], caveat: str | None = None) -> list[str]:
+def _heatmap_section(
+    run: Path, config: RunConfigRecord, rows: list[PredictionRow], caveat: str | None = None
+) -> list[str]:
     e = html_text
     shown, problem = _heatmaps(run, config, rows)
     parts = [
@@ -290,30 +303,29 @@ def _timings_section(timings: dict) -> list[str]:
     ]
 
 
-def run_title(run: Path, config: dict) -> tuple[str, str, str]:
+def run_title(run: Path, config: RunConfigRecord) -> tuple[str, str, str]:
     """(task, method, seed) of a run: from an experiment grid's <task>/<method>/seed<k> folders, else from the
     cohort table's name and the bags the model reads."""
-    seed = str(config.get("seed", ""))
+    seed = str(config.seed)
     if run.name.startswith("seed") and run.parent.parent != run.parent:
         return run.parent.parent.name, run.parent.name, seed
-    mixer = config.get("mixer") or {}
-    method = f"{config.get('bags')}" + (f" ({mixer.get('init')} mixer, {mixer.get('output')})" if mixer else "")
-    return Path(str(config.get("cohort", run.name))).stem, method, seed
+    mixer = f" ({config.mixer_init} mixer, {config.mixer_output})" if config.mixer else ""
+    return Path(config.cohort).stem, f"{config.bags}{mixer}", seed
 
 
 def split_counts(
-    config: dict, metrics: RunMetrics, splits: dict, rows: dict[str, list[PredictionRow]]
+    config: RunConfigRecord, metrics: RunMetrics, splits: dict, rows: dict[str, list[PredictionRow]]
 ) -> dict[str, tuple]:
     """(specimens, positive, slides) per split: from the cohort table when it can be read (the train split
     has no predictions to count from), else from the run's own files."""
     try:
-        cohort = load_cohort(config["cohort"], config["stores"], require_stores=False)
+        cohort = load_cohort(config.cohort, config.stores, require_stores=False)
         return {
             k: (len(g), sum(sp.label for sp in g), sum(len(sp.slides) for sp in g))
             for k in splits
             for g in [cohort.split(k)]
         }
-    except (MixmagError, OSError, KeyError):
+    except (MixmagError, OSError):
         return {
             k: (
                 len(v),
@@ -343,9 +355,7 @@ def build_report(
         raise RunError(f"{run}: not a complete `mixmag train` run folder (no {', '.join(missing)})")
     if folder.task() != "binary":
         return _outcome_report(folder, notice)
-    config = folder.read_config()
-    metrics = folder.read_metrics()
-    record = folder.read_metrics_record()
+    shown, config, record = folder.read_config(), folder.read_config_record(), folder.read_binary_metrics()
     splits = folder.read_splits()
     test_rows = _read_predictions(run, "test")
     e = html_text
@@ -361,7 +371,7 @@ def build_report(
         f"<h1>mixmag: {e(title)}</h1>",
         f"<p class='notice' style='background:#fff3cd;padding:0.6em'><b>{e(notice)}</b></p>" if notice else "",
         f"<p>run folder {e(shown_path(run))}</p>",
-        f"<p>bags: <b>{e(config.get('bags'))}</b>; chosen epoch {record.best_epoch} (selected on "
+        f"<p>bags: <b>{e(config.bags)}</b>; chosen epoch {record.best_epoch} (selected on "
         "tune AUROC only); "
         f"mixmag {e(__version__)}</p>",
         "<h2>Metrics</h2><table><tr><th>split</th><th>specimens</th><th>positive</th><th>AUROC</th><th>95% CI "
@@ -398,11 +408,11 @@ def build_report(
         parts.append("<h2>QC: test slides with their regions</h2>")
         parts += [f"<div class='qc'><img alt='QC {e(name)}' src='{src}'><div>{e(name)}</div></div>" for name, src in qc]
     if heatmaps:
-        parts += magnification_section(run, config, test_rows, metrics)
-        parts += _heatmap_section(run, config, test_rows, not_learnt_caveat(metrics))
+        parts += magnification_section(run, config, test_rows, record)
+        parts += _heatmap_section(run, config, test_rows, not_learnt_caveat(record))
     if timings:
         parts += _timings_section(timings)
-    parts.append(f"<h2>Configuration</h2><pre>{e(json.dumps(config, indent=1))}</pre></body></html>")
+    parts.append(f"<h2>Configuration</h2><pre>{e(json.dumps(shown, indent=1))}</pre></body></html>")
     return write_atomic(folder.report, "\n".join(parts))
 
 
@@ -410,8 +420,10 @@ def _outcome_report(folder: TrainRun, notice: str | None) -> Path:
     """report.html of a multiclass, survival or regression run: its metrics with their intervals, the type's figure
     per split (Kaplan-Meier curves with the log-rank p, the confusion matrix, predicted against true) and the test
     predictions. Per-magnification attribution is drawn for binary runs only so far."""
-    config, metrics = folder.read_config(), folder.read_metrics()
-    task, primary, e = metrics["task"], metrics["primary"], html_text
+    shown, config, metrics = folder.read_config(), folder.read_config_record(), folder.read_metrics_record()
+    if not isinstance(metrics, TaskRunMetrics):
+        raise RunError(f"{folder.metrics}: a {folder.task()} run's metrics name no task; {RETRAIN}")
+    task, primary, e = metrics.task, metrics.primary, html_text
     parts = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
         f"<title>mixmag report: {e(folder.folder.name)}</title>",
@@ -421,26 +433,24 @@ def _outcome_report(folder: TrainRun, notice: str | None) -> Path:
         f"<h1>mixmag: a {e(task)} run</h1>",
         f"<p class='notice' style='background:#fff3cd;padding:0.6em'><b>{e(notice)}</b></p>" if notice else "",
         f"<p>run folder {e(shown_path(folder.folder))}</p>",
-        f"<p>bags: <b>{e(config.get('bags'))}</b>; chosen epoch {e(metrics['best_epoch'])} (selected on tune "
+        f"<p>bags: <b>{e(config.bags)}</b>; chosen epoch {e(metrics.best_epoch)} (selected on tune "
         f"{e(primary)} only); mixmag {e(__version__)}</p>",
         f"<h2>Metrics</h2><table><tr><th>split</th><th>specimens</th><th>{e(primary)}</th><th>95% CI (bootstrap)</th>"
         "<th>more</th></tr>",
     ]
-    for split in ("tune", "test"):
-        m = metrics[split]
-        more = {k: v for k, v in m.items() if k not in (primary, "ci95", "specimens", "confusion", "classes")}
+    for split, m in (("tune", metrics.tune), ("test", metrics.test)):
         parts.append(
-            f"<tr><td>{split}</td><td>{e(m['specimens'])}</td><td>{html_value(m[primary], '.3f')}</td>"
-            f"<td>{html_value(m['ci95'][0], '.3f')} – {html_value(m['ci95'][1], '.3f')}</td>"
-            f"<td>{e(json.dumps(more))}</td></tr>"
+            f"<tr><td>{split}</td><td>{e(m.specimens)}</td><td>{html_value(m.value(primary), '.3f')}</td>"
+            f"<td>{html_value(m.ci95[0], '.3f')} – {html_value(m.ci95[1], '.3f')}</td>"
+            f"<td>{e(json.dumps(m.others(primary)))}</td></tr>"
         )
     parts.append("</table>")
-    for split in ("tune", "test"):
-        figure = OUTCOME_FIGURES[task](folder.read_predictions(split), metrics[split], split)
+    for split, m in (("tune", metrics.tune), ("test", metrics.test)):
+        figure = OUTCOME_FIGURES[task](folder.read_task_rows(split), m, split)
         parts.append(f"<img alt='{e(task)} {split}' src='{_embedded(figure, 'svg')}'>")
     rows = folder.read_predictions("test")
     columns = list(rows[0]) if rows else []
     parts.append("<h2>Test predictions</h2><table><tr>" + "".join(f"<th>{e(c)}</th>" for c in columns) + "</tr>")
     parts += ["<tr>" + "".join(f"<td>{e(r[c])}</td>" for c in columns) + "</tr>" for r in rows]
-    parts.append(f"</table><h2>Configuration</h2><pre>{e(json.dumps(config, indent=1))}</pre></body></html>")
+    parts.append(f"</table><h2>Configuration</h2><pre>{e(json.dumps(shown, indent=1))}</pre></body></html>")
     return write_atomic(folder.report, "\n".join(parts))

@@ -23,7 +23,7 @@ from ..eval.attribution import (
     measures_of,
 )
 from ..eval.level_inputs import reads_one_level, run_level_importance
-from ..runs import PredictionRow
+from ..runs import PredictionRow, RunMetrics, RunModelRecord, judged_auroc
 
 
 def positive_test_slides(rows: list[PredictionRow]) -> list[str]:
@@ -73,18 +73,9 @@ def verdict(rows: list[dict], token_fraction: np.ndarray | None) -> str:
     return words
 
 
-def model_auroc(metrics: dict | None) -> tuple[str, float] | None:
-    """(split, AUROC) the model is judged on: test, else tune when the test AUROC is missing or undefined."""
-    for split in ("test", "tune"):
-        auroc = ((metrics or {}).get(split) or {}).get("auroc")
-        if isinstance(auroc, (int, float)) and np.isfinite(auroc):
-            return split, float(auroc)
-    return None
-
-
-def not_learnt_caveat(metrics: dict | None) -> str | None:
+def not_learnt_caveat(metrics: RunMetrics | dict | None) -> str | None:
     """Why no magnification conclusion is drawn, when the model's AUROC is below LEARNT_AUROC; None otherwise."""
-    judged = model_auroc(metrics)
+    judged = judged_auroc(metrics)
     if judged is not None and judged[1] >= LEARNT_AUROC:
         return None
     where = f"its {judged[0]} AUROC is {judged[1]:.3f}" if judged else "its AUROC is undefined"
@@ -95,12 +86,15 @@ def not_learnt_caveat(metrics: dict | None) -> str | None:
     )
 
 
-def magnification_section(run: Path, config: dict, rows: list[dict], metrics: dict | None = None) -> list[str]:
+def magnification_section(
+    run: Path, config: RunModelRecord | dict, rows: list, metrics: RunMetrics | dict | None = None
+) -> list[str]:
     """The panel, or why it is empty: one level only, no positive test slides, or a model at chance
     (`metrics` of the run; below LEARNT_AUROC the panel is one caveat sentence)."""
     e = html.escape
     parts = ["<h2>Which magnification mattered</h2>"]
-    if reads_one_level(str(config.get("bags")), config.get("region_level")):
+    model = RunModelRecord.of(config)
+    if reads_one_level(str(model.bags), model.region_level):
         return parts + [
             "<p>This model reads one magnification only; there is nothing to attribute between magnifications.</p>"
         ]

@@ -244,37 +244,15 @@ def make_plan(
 
     t = params.region_size
     regions, region_tissue = accepted_windows(window_fractions(tissue, t), params.stride, params.tissue_threshold)
-    contexts, context_tissue = [], []
+    contexts: list[tuple[int, int]] = []
+    context_tissue: list[float] = []
     if params.context_size is not None:
         c = params.context_size
         contexts, context_tissue = accepted_windows(window_fractions(tissue, c), 1, params.tissue_threshold)
-    status: PlanStatus = "ok"
-    side_um = t * levels.cell_um
-    too_small = grid.n_rows < t or grid.n_cols < t
-    if (
-        not mask.any() and min(grid.n_rows, grid.n_cols) > 0
-    ):  # without one whole cell a slide is too small, tissue or not
-        status = "no_tissue"
-        warnings.append(
-            "no tissue found; the plan is empty. Check the slide, or the tissue settings (--min-saturation)."
-        )
-    elif too_small:
-        status = "too_small"
-        warnings.append(
-            f"slide is {slide.width * slide.mpp:.0f} x {slide.height * slide.mpp:.0f} um, smaller than one "
-            f"{t} x {t} region ({side_um:.0f} um); the plan is empty. "
-            f"{_smaller_regions_hint(min(grid.n_rows, grid.n_cols), levels.cell_um)}"
-        )
-    elif not regions:
-        status = "no_regions"
-        warnings.append(
-            f"tissue found ({float(mask.mean()):.1%} of the thumbnail) but no {t} x {t} region reaches "
-            f"{params.tissue_threshold:.0%} tissue; the plan is empty. Lower --tissue-threshold to accept sparser "
-            "regions."
-        )
+    status, warnings = _plan_status(slide, params, grid, mask, regions)
     cells = cells_of_windows(regions, t)
     if contexts:
-        cells = sorted(set(cells) | set(cells_of_windows(contexts, params.context_size)))
+        cells = sorted(set(cells) | set(cells_of_windows(contexts, params.context_size or 1)))
     record = SlideRecord(
         slide_id=slide_id,
         **slide.fingerprint(),
@@ -308,6 +286,31 @@ def make_plan(
         annotations=annotations.record if annotations is not None else None,
     )
     return plan, thumbnail, mask
+
+
+def _plan_status(
+    slide: Slide, params: TilingParams, grid: CellGrid, mask: np.ndarray, regions: list
+) -> tuple[PlanStatus, list[str]]:
+    """Whether the plan is usable, and if it is empty, why in one sentence with the fix."""
+    t, cell_um = params.region_size, params.levels.cell_um
+    # without one whole cell a slide is too small, tissue or not
+    if not mask.any() and min(grid.n_rows, grid.n_cols) > 0:
+        return "no_tissue", [
+            "no tissue found; the plan is empty. Check the slide, or the tissue settings (--min-saturation)."
+        ]
+    if grid.n_rows < t or grid.n_cols < t:
+        return "too_small", [
+            f"slide is {slide.width * slide.mpp:.0f} x {slide.height * slide.mpp:.0f} um, smaller than one "
+            f"{t} x {t} region ({t * cell_um:.0f} um); the plan is empty. "
+            f"{_smaller_regions_hint(min(grid.n_rows, grid.n_cols), cell_um)}"
+        ]
+    if not regions:
+        return "no_regions", [
+            f"tissue found ({float(mask.mean()):.1%} of the thumbnail) but no {t} x {t} region reaches "
+            f"{params.tissue_threshold:.0%} tissue; the plan is empty. Lower --tissue-threshold to accept sparser "
+            "regions."
+        ]
+    return "ok", []
 
 
 def _smaller_regions_hint(fits: int, cell_um: float) -> str:

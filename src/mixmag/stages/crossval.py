@@ -18,7 +18,7 @@ import torch
 
 from ..data.cohort import load_cohort
 from ..fileio import output_folder
-from ..runs import CrossValRun, TrainRun
+from ..runs import CrossValRun, CrossValSummary, FoldSummary, TrainRun
 from ..store import shared_settings
 from ..train.crossval import CohortUnits, Fold, make_folds, read_units, split_counts, write_fold_table
 from ..train.finetune import TrainConfig, run_training
@@ -94,8 +94,10 @@ def summarise(folder: CrossValRun, folds: list[Fold], units: CohortUnits, config
                 "test_ci95": metrics.test.ci95,
             }
         )
-    values = np.array([r["test"] for r in rows], dtype=np.float64)
+    values = np.array([FoldSummary.model_validate(r).test for r in rows], dtype=np.float64)
     cv = config.cv
+    if cv is None:
+        raise ValueError("a cross-validation summary needs a config with a `cv:` section")
     return {
         "folds": len(folds),
         "task": config.task,
@@ -114,38 +116,38 @@ def summarise(folder: CrossValRun, folds: list[Fold], units: CohortUnits, config
 def pooled_metric(folder: CrossValRun, folds: int, config: TrainConfig) -> dict:
     """The primary metric over every fold's test predictions pooled (each specimen from the one fold that tested it),
     with a bootstrap 95% CI over specimens, as the task computes a run's own (`mixmag.train.tasks:Task.pooled`)."""
-    rows = [row for i in range(folds) for row in folder.fold(i).read_predictions("test")]
+    rows = [row for i in range(folds) for row in folder.fold(i).read_task_rows("test")]
     task = task_for(config.task, pipeline=folder.fold(0).read_pipeline())
     pooled = task.pooled(rows, n_boot=config.bootstrap, seed=config.seed)
     if task.name == "binary":
-        pooled["positive"] = sum(int(r["label"]) for r in rows)
+        pooled["positive"] = sum(r.binary_label for r in rows)
     return pooled
 
 
-def summary_markdown(summary: dict) -> str:
+def summary_markdown(summary: CrossValSummary | dict) -> str:
     """cv.md: the summary as a table a person reads (and `mixmag evaluate` prints)."""
-    metric = METRIC_NAMES.get(summary["primary"], summary["primary"])
+    cv = CrossValSummary.of(summary)
+    metric = METRIC_NAMES.get(cv.primary, cv.primary)
     lines = [
-        f"# Cross-validation: {summary['folds']} folds",
+        f"# Cross-validation: {cv.folds} folds",
         "",
-        f"Grouped by {summary['grouped_by']} (none is tested in two folds), stratified by {summary['stratified_by']}; "
-        f"each fold's tune split is {summary['tune_fraction']:.0%} of its training part; seed {summary['seed']}.",
+        f"Grouped by {cv.grouped_by} (none is tested in two folds), stratified by {cv.stratified_by}; "
+        f"each fold's tune split is {cv.tune_fraction:.0%} of its training part; seed {cv.seed}.",
         "",
         f"| fold | train | tune | test | tune {metric} | test {metric} (95% CI) | chosen epoch |",
         "|---|---|---|---|---|---|---|",
     ]
-    for r in summary["per_fold"]:
-        sizes = [sum(r["counts"][s].values()) for s in ("train", "tune", "test")]
-        low, high = r["test_ci95"]
+    for r in cv.per_fold:
+        sizes = r.sizes()
+        low, high = r.test_ci95
         lines.append(
-            f"| {r['run']} | {sizes[0]} | {sizes[1]} | {sizes[2]} | {r['tune']:.3f} | {r['test']:.3f} "
-            f"({low:.3f}-{high:.3f}) | {r['best_epoch']} |"
+            f"| {r.run} | {sizes[0]} | {sizes[1]} | {sizes[2]} | {r.tune:.3f} | {r.test:.3f} "
+            f"({low:.3f}-{high:.3f}) | {r.best_epoch} |"
         )
-    lines += ["", f"Test {metric} over folds: {summary['mean']:.3f} ± {summary['sd']:.3f} (mean ± sd)."]
-    pooled = summary["pooled"]
-    value, (low, high) = pooled[summary["primary"]], pooled["ci95"]
+    lines += ["", f"Test {metric} over folds: {cv.mean:.3f} ± {cv.sd:.3f} (mean ± sd)."]
+    value, (low, high) = cv.pooled.value(cv.primary), cv.pooled.ci95
     lines.append(
-        f"Pooled out-of-fold {metric}: {value:.3f} (95% CI {low:.3f}-{high:.3f}; {pooled['specimens']} specimens, "
+        f"Pooled out-of-fold {metric}: {value:.3f} (95% CI {low:.3f}-{high:.3f}; {cv.pooled.specimens} specimens, "
         "bootstrap over specimens)."
     )
     return "\n".join(lines) + "\n"

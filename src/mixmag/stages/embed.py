@@ -14,21 +14,23 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import get_args
+from typing import cast, get_args
 
 import numpy as np
 import torch
 
-from ..catalog import CatalogWriter
+from ..catalog import CatalogWriter, refresh_catalog
 from ..claims import DEFAULT_TIMEOUT, SlideClaims, TakeoverHook
-from ..devices import DistInfo, compute_dtype
+from ..devices import DistInfo, compute_dtype, start_distributed
 from ..encoders.extract import SlideJob, embed_slides, tiles_per_cell
-from ..encoders.model import TileEncoder
+from ..encoders.model import TileEncoder, build_encoder
+from ..encoders.registry import OutputMode, unseen_levels_note
 from ..errors import MixmagError, MixmagWarning, OptionError
 from ..fileio import DiskFullError, ensure_free_space, remove_stale_partials
 from ..slide_state import add_to_cohort, write_state
 from ..slides.pyramids import ReadMode, read_mpps
-from ..slides.tiling import PLAN_FILENAME, load_plan
+from ..slides.sources import slide_ids_from_table
+from ..slides.tiling import PLAN_FILENAME, TilingPlan, load_plan
 from ..store import (
     StoreError,
     StoreHeader,
@@ -40,7 +42,7 @@ from ..store import (
     store_size_lower_bound,
     write_store,
 )
-from ..workers import Worker, balanced_parts
+from ..workers import Worker, balanced_parts, resolve_shard
 
 STAGE = "embed"
 
@@ -138,10 +140,11 @@ def store_is_current(path: Path, wanted: dict) -> bool:
     return header.same_making(StoreHeader.from_attrs(wanted))
 
 
-def check_read_mode(mode: str) -> None:
+def check_read_mode(mode: str) -> ReadMode:
     """An unknown --read-mode is refused once, before any slide is read (not once per slide)."""
     if mode not in get_args(ReadMode):
         raise OptionError(f"--read-mode {mode}: unknown read mode; use {' or '.join(get_args(ReadMode))}")
+    return cast(ReadMode, mode)
 
 
 def run_embed(
@@ -152,7 +155,7 @@ def run_embed(
     device: torch.device,
     cells_per_batch: int = 8,
     workers: int = 2,
-    mode: ReadMode = "derive",
+    mode: ReadMode | str = "derive",
     dist: DistInfo = DistInfo(),
     worker: Worker | None = None,
     force: bool = False,
@@ -170,49 +173,85 @@ def run_embed(
     file under `out_dir/.mixmag/embed/`), so workers that overlap never make one store twice, and a dead worker's
     claims are taken over by the next run; each finished slide gets a state record there (`mixmag.slide_state`).
     A slide whose store cannot fit on the disk is refused before its tiles are embedded."""
-    check_read_mode(mode)
+    mode = check_read_mode(mode)
     worker = worker or Worker(dist=dist)
     out_dir = Path(out_dir)
-    plans, results = [], []
-    for p in plan_paths:  # a plan is untrusted input: a damaged or forged one fails its slide alone (reported once)
-        try:
-            plans.append((p, load_plan(p)))
-        except (OSError, ValueError) as exc:
-            if worker.slot == 0:
-                results.append(EmbedResult(Path(p).parent.name, "failed", 0, str(exc)))
-                if on_result:
-                    on_result(results[-1])
+    session = _EmbedSession(out_dir, encoder.dim, on_result)
+    plans = _load_plans(plan_paths, worker, session)
     mine = shard([len(plan.cells) for _, plan in plans], worker.slots)[worker.slot]
-    claims = StoreClaims(out_dir, force, worker, timeout=claim_timeout, on_takeover=on_takeover)
+    session.claims = StoreClaims(out_dir, force, worker, timeout=claim_timeout, on_takeover=on_takeover)
     add_to_cohort(out_dir, STAGE, [plan.slide.slide_id for _, plan in plans])
-    todo, provenance = [], {}
-
-    def record(result: EmbedResult) -> None:
-        results.append(result)
-        if on_result:
-            on_result(result)
-
+    todo = []
     for i in mine:
         path, plan = plans[i]
         job = SlideJob(plan.slide.slide_id, plan)
         wanted = store_provenance(path, job, encoder, mode, device)
         if not force and store_is_current(store_path(out_dir, job.slide_id), wanted):
-            claims.note_current(job.slide_id)
-            record(EmbedResult(job.slide_id, "skipped", job.n_cells))
+            session.claims.note_current(job.slide_id)
+            session.record(EmbedResult(job.slide_id, "skipped", job.n_cells))
             continue
         todo.append(job)
-        provenance[job.slide_id] = wanted
+        session.provenance[job.slide_id] = wanted
     if on_start:  # the tiles to embed, the unit `on_batch` counts in
         on_start(sum(j.n_cells * tiles_per_cell(j.plan.params.n_levels) for j in todo))
+    try:
+        with CatalogWriter(out_dir) as catalog:  # this worker's own part of the folder's catalog (mixmag.catalog)
+            session.catalog = catalog
+            embed_slides(
+                todo,
+                encoder,
+                device=device,
+                cells_per_batch=cells_per_batch,
+                workers=workers,
+                mode=mode,
+                on_batch=on_batch,
+                on_slide=session.finish,
+                on_failed=session.failed,
+                on_slide_start=session.start,
+            )
+    finally:
+        session.claims.release_all()
+    return session.results
 
-    def start(job: SlideJob) -> bool:
-        refused = claims.claim(job, provenance[job.slide_id], encoder.dim)
+
+def _load_plans(plan_paths: list[Path], worker: Worker, session: _EmbedSession) -> list[tuple[Path, TilingPlan]]:
+    """The plans that load; a plan is untrusted input: a damaged or forged one fails its slide alone (reported once,
+    by the first worker)."""
+    plans = []
+    for p in plan_paths:
+        try:
+            plans.append((p, load_plan(p)))
+        except (OSError, ValueError) as exc:
+            if worker.slot == 0:
+                session.record(EmbedResult(Path(p).parent.name, "failed", 0, str(exc)))
+    return plans
+
+
+class _EmbedSession:
+    """One worker's embedding run: its results so far, its claims on the slides it makes, each slide's wanted
+    provenance, and the catalog part it records landed stores in. Its methods are the extraction loop's callbacks."""
+
+    claims: StoreClaims
+
+    def __init__(self, out_dir: Path, dim: int, on_result: Callable[[EmbedResult], None] | None) -> None:
+        self.out_dir, self.dim, self.on_result = out_dir, dim, on_result
+        self.results: list[EmbedResult] = []
+        self.provenance: dict[str, dict] = {}
+        self.catalog: CatalogWriter | None = None
+
+    def record(self, result: EmbedResult) -> None:
+        self.results.append(result)
+        if self.on_result:
+            self.on_result(result)
+
+    def start(self, job: SlideJob) -> bool:
+        refused = self.claims.claim(job, self.provenance[job.slide_id], self.dim)
         if refused is not None:
-            record(refused)
+            self.record(refused)
         return refused is None
 
-    def finish(job: SlideJob, levels: list[np.ndarray]) -> None:
-        store = store_from_plan(job.plan, levels, provenance[job.slide_id])
+    def finish(self, job: SlideJob, levels: list[np.ndarray]) -> None:
+        store = store_from_plan(job.plan, levels, self.provenance[job.slide_id])
         problems = store_problems(store)
         if problems:
             result = EmbedResult(
@@ -224,19 +263,21 @@ def run_embed(
                 + " - no store written. Check the slide and the encoder weights (on a GPU the encoder computes in "
                 "bf16; --device cpu computes in fp32).",
             )
-        elif not claims.still_ours(job.slide_id):  # this worker stalled past the timeout and another took over
-            result = EmbedResult(job.slide_id, "skipped", job.n_cells, f"{job.slide_id}: {claims.taken_over_text}")
+        elif not self.claims.still_ours(job.slide_id):  # this worker stalled past the timeout and another took over
+            text = self.claims.taken_over_text
+            result = EmbedResult(job.slide_id, "skipped", job.n_cells, f"{job.slide_id}: {text}")
         else:
             try:
-                written = write_store(store_path(out_dir, job.slide_id), store)
+                written = write_store(store_path(self.out_dir, job.slide_id), store)
                 result = EmbedResult(job.slide_id, "embedded", job.n_cells)
-                _catalogue(catalog, written)
+                if self.catalog is not None:
+                    _catalogue(self.catalog, written)
             except (OSError, MixmagError) as exc:  # a full disk fails this slide; a smaller store may still fit
                 result = EmbedResult(job.slide_id, "failed", job.n_cells, f"{job.slide_id}: {exc}")
-        claims.finish(result)
-        record(result)
+        self.claims.finish(result)
+        self.record(result)
 
-    def failed(job: SlideJob, error: str) -> None:
+    def failed(self, job: SlideJob, error: str) -> None:
         result = EmbedResult(
             job.slide_id,
             "failed",
@@ -244,26 +285,8 @@ def run_embed(
             f"{error} - no store written; the other slides go on. "
             "Re-copy or re-export the slide, then re-run (finished stores are kept).",
         )
-        claims.finish(result)
-        record(result)
-
-    try:
-        with CatalogWriter(out_dir) as catalog:  # this rank's own part of the folder's catalog (mixmag.catalog)
-            embed_slides(
-                todo,
-                encoder,
-                device=device,
-                cells_per_batch=cells_per_batch,
-                workers=workers,
-                mode=mode,
-                on_batch=on_batch,
-                on_slide=finish,
-                on_failed=failed,
-                on_slide_start=start,
-            )
-    finally:
-        claims.release_all()
-    return results
+        self.claims.finish(result)
+        self.record(result)
 
 
 def _catalogue(catalog: CatalogWriter, path: Path) -> None:
@@ -343,3 +366,79 @@ class StoreClaims:
 
     def release_all(self) -> None:
         self.claims.release_all()
+
+
+@dataclass
+class EmbedSetup:
+    """An embedding run ready to start on this process: which worker it is (its shard of the cohort, its rank among
+    torchrun's), its device, the plans to embed, the encoder on the device, and a note to say once."""
+
+    worker: Worker
+    device: torch.device
+    plans: list[Path]
+    encoder: TileEncoder
+    note: str | None = None  # e.g. an encoder trained at 20x only meets 5x and 10x tiles
+
+    @property
+    def dist(self) -> DistInfo:
+        return self.worker.dist
+
+    def describe(self, name: str, out: Path) -> str:
+        """The run in one line (printed before it starts)."""
+        model, dist, shard = self.encoder, self.worker.dist, self.worker.shard
+        ranks = f" x {dist.world_size} ranks" if dist.active else ""
+        sharded = f"; this is {shard.describe()}" if shard.count > 1 else ""
+        sharded += ", its ranks share it by cell count" if shard.count > 1 and dist.active else ""
+        return (
+            f"Embedding {len(self.plans)} slide(s) with {name} ({model.dim}-d {model.output}, weights "
+            f"{model.weights_digest}) on {self.device}{ranks} -> {out}{sharded}"
+        )
+
+
+def prepare_embed(
+    plans: Path,
+    *,
+    cohort: Path | None = None,
+    encoder: str,
+    weights: Path | None = None,
+    from_hub: bool = False,
+    random_init: bool = False,
+    output: OutputMode | str | None = None,
+    device: str | None = None,
+    compile: bool = False,
+    read_mode: str = "derive",
+    shard: str | None = None,
+) -> EmbedSetup:
+    """This worker (its --shard or Slurm array task, its torchrun rank) and its device, the plans (a cohort table's
+    slides, or every plan in the folder) and the encoder built on the device; a bad option is refused before any
+    slide is read (a bad --shard before torch and the encoder start)."""
+    worker_shard = resolve_shard(shard)
+    dist, dev = start_distributed(device, process_group=False)
+    check_read_mode(read_mode)
+    plan_paths = find_plans(plans, slide_ids_from_table(cohort) if cohort else None)
+    kind = cast(OutputMode | None, output)  # build_encoder refuses an unknown output mode in one sentence
+    model = build_encoder(encoder, weights=weights, from_hub=from_hub, random_init=random_init, output=kind).to(dev)
+    if compile:
+        model.backbone = cast(torch.nn.Module, torch.compile(model.backbone))
+    note = unseen_levels_note(model.preset, first_plan_levels(plan_paths))
+    return EmbedSetup(Worker(worker_shard, dist), dev, plan_paths, model, note)
+
+
+def first_plan_levels(plan_paths: list[Path]) -> list[float]:
+    """The level mpps of the first plan that reads (the note is said once per run); a plan that does not read is
+    that slide's failure, reported by the embedding loop, not a reason to stop the run here."""
+    for path in plan_paths:
+        try:
+            return list(load_plan(path).levels.mpps)
+        except (MixmagError, OSError, ValueError):
+            continue
+    return []
+
+
+def finish_embed(results: list[EmbedResult], dist: DistInfo, out: Path) -> list[EmbedResult]:
+    """Every rank's results on rank 0 (`gather_results`), which then folds the ranks' catalog parts into the folder's
+    one catalog file (every rank has finished by then)."""
+    results = gather_results(results, dist)
+    if dist.rank == 0 and Path(out).is_dir():
+        refresh_catalog(Path(out))
+    return results

@@ -37,7 +37,7 @@ from ..slides.tissue import load_tissue_model
 from ..store import StoreError, StoreHeader, read_header, read_store, store_path
 from ..tables import read_table
 from ..train.classifier import SlideClassifier
-from .embed import run_embed
+from .embed import check_read_mode, run_embed
 from .encode import encode_stores
 from .tile import tile_slides
 
@@ -232,7 +232,7 @@ def embed_planned(
         encoder,
         device=device,
         workers=workers,
-        mode=classifier.record.read_mode or "derive",
+        mode=check_read_mode(classifier.record.read_mode or "derive"),
         on_result=on_embedded,
         on_batch=on_batch,
     )
@@ -370,15 +370,15 @@ def ensemble_scores(
     usable = {o.slide_id: stores[o.slide_id] for o in scored}
     encoded = output_folder(work, "encoded") if models[0].reads_encoded else None
     if models[0].task.name == "multiclass":
-        per_model = [{o.slide_id: o.probabilities for o in scored}]
+        per_model_probabilities = [{o.slide_id: o.probabilities for o in scored}]
         for model in models[1:]:
             model.use_stores(usable, encoded)
-            per_model.append(model.outputs(list(usable)))
+            per_model_probabilities.append(model.outputs(list(usable)))
         for o in scored:
-            o.probabilities = np.mean([probabilities[o.slide_id] for probabilities in per_model], axis=0)
+            o.probabilities = np.mean([probabilities[o.slide_id] for probabilities in per_model_probabilities], axis=0)
             o.score = float(o.probabilities.max())
         return
-    per_model = [{o.slide_id: o.score for o in scored}]
+    per_model: list[dict[str, float]] = [{o.slide_id: o.score for o in scored if o.score is not None}]
     for model in models[1:]:
         model.use_stores(usable, encoded)
         per_model.append(model.score(list(usable)))
@@ -467,8 +467,8 @@ def write_task_columns(
             r["predicted"] = "" if probs is None else classes[int(np.argmax(probs))]
             r["specimen_predicted"] = classes[int(np.argmax(np.mean(spec, axis=0)))] if spec else ""
     elif classifier.task.name == "survival":
-        tune = [r for folder in model_folders(run_dir) for r in TrainRun(folder).read_predictions("tune")]
-        cut = float(np.median([float(r["score"]) for r in tune]))  # a fold ensemble: the folds' tune risks pooled
+        tune = [r for folder in model_folders(run_dir) for r in TrainRun(folder).read_task_rows("tune")]
+        cut = float(np.median([r.score for r in tune]))  # a fold ensemble: the folds' tune risks pooled
         header += ["risk_group"]
         for r in rows:
             r["risk_group"] = "" if not r["specimen_score"] else "high" if float(r["specimen_score"]) > cut else "low"
@@ -478,7 +478,7 @@ def write_task_columns(
 def training_reference(classifier: SlideClassifier, run_dir: Path) -> tuple[torch.Tensor | None, str]:
     """The occlusion reference of a run (each level's mean over up to 32 of its training slides, as its report uses),
     when those stores are still where the run's config says; else each slide's own means."""
-    stores, train = training_slides(TrainRun(model_folders(run_dir)[0]).read_config())
+    stores, train = training_slides(TrainRun(model_folders(run_dir)[0]).read_config_record())
     found = {s: stores[s] for s in train if s in stores and stores[s].is_file()}
     if not found or classifier.reads_encoded:
         return occlusion_reference(classifier, {})
@@ -556,6 +556,30 @@ class Prediction:
     models: int = 1  # the folds of a cross-validated run, whose mean score is each slide's
 
 
+def _tile_and_embed(
+    classifier: SlideClassifier,
+    inputs: PredictInputs,
+    work: Path,
+    encoder,
+    tissue,
+    device,
+    workers: int,
+    track: Tracker,
+) -> tuple[dict[str, Path], dict[str, str]]:
+    """The raw slides tiled and embedded with the run's settings into `work` (reused on reruns): their stores, and
+    why each slide that has none has none."""
+    dev = choose_device(device)
+    with track("slides tiled", len(inputs.sources)) as step:
+        planned, problems = plan_slides(
+            classifier, inputs.sources, work, tissue_model=tissue, on_tiled=lambda r: step()
+        )
+    with track("tiles embedded", planned_tiles(work, planned)) as step:  # a reused store counts at the end
+        stores, failed = embed_planned(
+            classifier, planned, work, encoder.to(dev), device=dev, workers=workers, on_batch=step
+        )
+    return stores, problems | failed
+
+
 @contextmanager
 def _no_progress(description: str, total: int) -> Iterator[Callable[..., None]]:
     yield lambda n=1: None
@@ -594,23 +618,15 @@ def run(
     method = "auto" if attribution == "occlusion" else attribution
     if on_run:
         on_run(describe_run(classifier))
-    if ensemble_note(models) and on_note:
-        on_note(ensemble_note(models))
+    note = ensemble_note(models)
+    if note and on_note:
+        on_note(note)
     with FolderLock(work, "mixmag predict"):  # two predicts sharing a work folder would overwrite each other
         stores, problems = inputs.stores, dict(inputs.problems)
         if inputs.sources:
             encoder = encoder_for_run(classifier, weights=weights, from_hub=from_hub)
             tissue = tissue_model_for_run(classifier, tissue_model)
-            dev = choose_device(device)
-            with track("slides tiled", len(inputs.sources)) as step:
-                planned, problems = plan_slides(
-                    classifier, inputs.sources, work, tissue_model=tissue, on_tiled=lambda r: step()
-                )
-            with track("tiles embedded", planned_tiles(work, planned)) as step:  # a reused store counts at the end
-                stores, failed = embed_planned(
-                    classifier, planned, work, encoder.to(dev), device=dev, workers=workers, on_batch=step
-                )
-            problems |= failed
+            stores, problems = _tile_and_embed(classifier, inputs, work, encoder, tissue, device, workers, track)
         note = precision_note(classifier, stores)
         if note and on_note:
             on_note(note)

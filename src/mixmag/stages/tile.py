@@ -17,7 +17,7 @@ from ..markup import utf8_path
 from ..report.qc import png_bytes, regions_overlay, tissue_overlay
 from ..slide_state import add_to_cohort, write_state
 from ..slides.reader import BACKENDS, Slide
-from ..slides.sources import SlideSource
+from ..slides.sources import SlideSource, sources_from_paths, sources_from_table
 from ..slides.tiling import TilingParams, TilingPlan, load_plan, make_plan, plan_is_current, plan_path, save_plan
 from ..slides.tissue import TissueModel, tissue_model_id
 from ..workers import Worker
@@ -174,6 +174,26 @@ def check_backend(backend: str) -> None:
         raise OptionError(f"--backend {backend}: unknown slide reader backend; use auto, {', '.join(BACKENDS)}")
 
 
+def tile_sources(slides: list[Path | str], cohort: Path | None, mpp: float | None) -> list[SlideSource]:
+    """The slides to tile: files, folders and URLs given, then a cohort table's `path` column (one is needed)."""
+    if not slides and cohort is None:
+        raise OptionError("give slide files or --cohort TABLE.csv")
+    sources = sources_from_paths(list(slides), mpp)
+    if cohort is not None:
+        sources += sources_from_table(cohort, mpp)
+    return sources
+
+
+def describe_tiling(share: str, params: TilingParams, out: Path) -> str:
+    """The run in one line (printed before it starts); `share`: the slides this worker tiles, said ("12 slide(s)")."""
+    levels = params.levels
+    return (
+        f"Tiling {share}: {params.region_size}x{params.region_size} regions of "
+        f"{levels.cell_um:g} um cells, levels {'/'.join(levels.names)} ({params.tile_px} px tiles), tissue >= "
+        f"{params.tissue_threshold:.0%} -> {out}"
+    )
+
+
 def _describe(exc: Exception) -> str:
     if isinstance(exc, MixmagError):
         return str(exc)
@@ -190,7 +210,7 @@ def summary_name(worker: Worker = Worker()) -> str:
 def write_summary(out_dir: Path, params: TilingParams, results: list[SlideResult], worker: Worker = Worker()) -> Path:
     rows = []
     for r in results:
-        row = {"slide": r.source.slide_id, "path": str(r.source.path), "outcome": r.outcome}
+        row: dict[str, object] = {"slide": r.source.slide_id, "path": str(r.source.path), "outcome": r.outcome}
         if r.plan is not None:
             row |= {
                 "status": r.plan.status,

@@ -336,8 +336,8 @@ class Trainer:
         order = np.random.default_rng([c.seed, epoch]).permutation(len(train))
         steps = [[train[i] for i in order[k : k + c.batch_size]] for k in range(0, len(order), c.batch_size)]
         plans = [self.micro_batches(step) for step in steps]  # from the stores' headers: no bag is read to plan
-        order = (s for plan in plans for part in plan for sp in part for s in sp.slides)  # as the steps ask for bags
-        with self.bags.reading_ahead(order, self.device):
+        wanted = (s for plan in plans for part in plan for sp in part for s in sp.slides)  # as the steps ask for bags
+        with self.bags.reading_ahead(wanted, self.device):
             return [self.train_step(step, plan) for step, plan in zip(steps, plans, strict=True)]
 
     def _epochs(self, run: TrainRun, on_epoch) -> tuple[list[dict], int]:

@@ -26,7 +26,8 @@ def is_undecayed(name: str, param: torch.Tensor, declared: set[str]) -> bool:
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     declared = no_weight_decay_names(model)
-    decay, plain = [], []
+    decay: list[torch.nn.Parameter] = []
+    plain: list[torch.nn.Parameter] = []
     for name, param in model.named_parameters():
         if param.requires_grad:
             (plain if is_undecayed(name, param, declared) else decay).append(param)

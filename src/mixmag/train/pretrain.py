@@ -15,7 +15,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_serializer, model_validator
@@ -257,16 +257,7 @@ def _pretrain(
     if config.batch_size % world_size:
         raise ConfigError(f"batch_size {config.batch_size} does not split evenly over {world_size} ranks")
     local_batch = config.batch_size // world_size
-    sampling = RegionSamplingConfig(
-        t=config.t,
-        context=config.context,
-        per_slide=config.per_slide,
-        pool=config.pool,
-        batch_size=local_batch,
-        seed=config.seed,
-        augment=config.augment,
-        slide_sampling=config.slide_sampling,
-    )
+    sampling = _sampling(config, local_batch)
     catalog = pretraining_catalog(config)
     settings = catalog.shared_settings()  # refuses a folder mixing encoders or tilings: one check over the catalog
     space = settings.space.key()  # what a checkpoint's weights are tied to
@@ -280,33 +271,13 @@ def _pretrain(
         if distributed
         else model
     )
-    fused = device.type == "cuda"
     optimizer = torch.optim.AdamW(
-        param_groups(model, config.weight_decay), lr=config.lr, betas=config.betas, fused=fused
+        param_groups(model, config.weight_decay), lr=config.lr, betas=config.betas, fused=device.type == "cuda"
     )
     scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
-    step = 0
     ckpt_path = PretrainRun(out).checkpoint
-    inside_folder(out, ckpt_path.parent, "checkpoints folder")  # a linked checkpoints/ never writes elsewhere
-    if ckpt_path.is_file():
-        step = _resume(ckpt_path, config, model, optimizer, scaler, world_size, device, space)
-        if on_resume is not None and rank == 0:
-            on_resume(step, ckpt_path)
-    if rank == 0:
-        PretrainRun(out).read_log()  # another run's or a damaged log.csv is refused before anything is written
-        make_folder(out)
-        write_json_atomic(
-            PretrainRun(out).config, config.model_dump() | {"mixer_resolved": asdict(mixer_cfg)}, indent=1
-        )
+    step = _open_run(out, config, mixer_cfg, (model, optimizer, scaler), world_size, device, space, rank, on_resume)
     stream = RegionStream(entries, n_levels, sampling, rank=rank, world_size=world_size, start_batch=step)
-    loader = DataLoader(
-        stream,
-        batch_size=None,
-        num_workers=config.workers,
-        pin_memory=device.type == "cuda",
-        prefetch_factor=4 if config.workers else None,
-        persistent_workers=config.workers > 0,
-    )
     forward = torch.compile(net) if config.compile else net
     autocast = devices.autocast(config.precision, device)
     flops_per_sample = count_flops(model, local_batch, mixer_cfg, config, device) if step < config.steps else 0.0
@@ -316,27 +287,19 @@ def _pretrain(
     last: dict = {}
     timer = time.perf_counter()
     samples_since = 0
-    for batch in loader:
+    for batch in _loader(stream, config, device):
         if step >= config.steps:
             break
         for group in optimizer.param_groups:
             group["lr"] = config.lr * warmup_cosine(step, config.warmup_steps, config.steps, config.min_lr_ratio)
         torch.manual_seed(_step_seed(config.seed, rank, step))  # masks depend on (seed, rank, step) only: resumable
-        x = batch["x"].to(device, non_blocking=True)
-        x_prime = batch["x_prime"].to(device, non_blocking=True) if "x_prime" in batch else None
         with autocast:
-            losses = forward(x.float(), None if x_prime is None else x_prime.float(), gather)
+            losses = _forward(forward, batch, gather, device)
         if not torch.isfinite(losses["loss"]):
             raise TrainingDivergedError(
                 f"{out}: step {step}: the loss is {losses['loss'].item()}; lower base_lr or use precision fp32/bf16"
             )
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(losses["loss"]).backward()
-        if config.grad_clip:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
+        _backward(losses["loss"], model, optimizer, scaler, config.grad_clip)
         step += 1
         samples_since += config.batch_size
         if on_step is not None:
@@ -345,15 +308,7 @@ def _pretrain(
         if step % config.log_every == 0 or step == config.steps or config.check_replicas:
             elapsed = time.perf_counter() - timer
             rate = samples_since / elapsed if elapsed > 0 else 0.0
-            last = {
-                "step": step,
-                "samples": step * config.batch_size,
-                "lr": optimizer.param_groups[0]["lr"],
-                **{k: float(v.detach()) for k, v in losses.items()},
-                "samples_per_s": rate,
-                "mfu": rate * flops_per_sample / peak if peak else 0.0,
-                "replica_max_diff": replica_diff,
-            }
+            last = _log_row(step, config.batch_size, optimizer, losses, rate, flops_per_sample, peak, replica_diff)
             logger.log(last)
             if on_log is not None and rank == 0:
                 on_log(last)
@@ -367,6 +322,93 @@ def _pretrain(
     if rank == 0:
         export_mixer(out, model.mixer, mixer_cfg, config.model_dump(), settings)
     return last
+
+
+def _log_row(
+    step: int, batch_size: int, optimizer, losses: dict, rate: float, flops: float, peak: float, spread: float
+):
+    """log.csv's row of a step: samples seen, the learning rate, the losses, throughput and model FLOPs utilisation."""
+    return {
+        "step": step,
+        "samples": step * batch_size,
+        "lr": optimizer.param_groups[0]["lr"],
+        **{k: float(v.detach()) for k, v in losses.items()},
+        "samples_per_s": rate,
+        "mfu": rate * flops / peak if peak else 0.0,
+        "replica_max_diff": spread,
+    }
+
+
+def _sampling(config: PretrainConfig, local_batch: int) -> RegionSamplingConfig:
+    """How this rank draws its regions (its share of the batch)."""
+    return RegionSamplingConfig(
+        t=config.t,
+        context=config.context,
+        per_slide=config.per_slide,
+        pool=config.pool,
+        batch_size=local_batch,
+        seed=config.seed,
+        augment=config.augment,
+        slide_sampling=config.slide_sampling,
+    )
+
+
+def _open_run(
+    out: Path,
+    config: PretrainConfig,
+    mixer_cfg: MixerConfig,
+    state: tuple[Any, Any, Any],
+    world_size: int,
+    device,
+    space,
+    rank,
+    on_resume,
+) -> int:
+    """The step the run starts from: resumed from its checkpoint (`state`: model, optimiser, scaler, restored in
+    place) or 0; rank 0 checks the folder's log and writes config.json before anything else is written."""
+    step = 0
+    ckpt_path = PretrainRun(out).checkpoint
+    inside_folder(out, ckpt_path.parent, "checkpoints folder")  # a linked checkpoints/ never writes elsewhere
+    if ckpt_path.is_file():
+        step = _resume(ckpt_path, config, *state, world_size, device, space)
+        if on_resume is not None and rank == 0:
+            on_resume(step, ckpt_path)
+    if rank == 0:
+        PretrainRun(out).read_log()  # another run's or a damaged log.csv is refused before anything is written
+        make_folder(out)
+        write_json_atomic(
+            PretrainRun(out).config, config.model_dump() | {"mixer_resolved": asdict(mixer_cfg)}, indent=1
+        )
+    return step
+
+
+def _loader(stream: RegionStream, config: PretrainConfig, device: torch.device) -> DataLoader:
+    return DataLoader(
+        stream,
+        batch_size=None,
+        num_workers=config.workers,
+        pin_memory=device.type == "cuda",
+        prefetch_factor=4 if config.workers else None,
+        persistent_workers=config.workers > 0,
+    )
+
+
+def _forward(forward, batch: dict, gather, device: torch.device) -> dict[str, torch.Tensor]:
+    """The batch's losses (the views x and, for CMEM, x')."""
+    x = batch["x"].to(device, non_blocking=True)
+    x_prime = batch["x_prime"].to(device, non_blocking=True) if "x_prime" in batch else None
+    return forward(x.float(), None if x_prime is None else x_prime.float(), gather)
+
+
+def _backward(loss: torch.Tensor, model, optimizer, scaler, grad_clip: float | None) -> None:
+    """One optimiser step on the loss (scaled for fp16, gradients clipped when asked)."""
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if grad_clip:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
 
 
 def _step_seed(seed: int, rank: int, step: int) -> int:
@@ -519,7 +561,7 @@ class RunLogger:
             rows = PretrainRun(out).log_rows_up_to(resume_step)
             self.fields = list(rows[0]) if rows else None
             if rows:  # the rows after the checkpoint are done again: drop them
-                write_csv_atomic(self.path, self.fields, [list(r.values()) for r in rows])
+                write_csv_atomic(self.path, list(rows[0]), [list(r.values()) for r in rows])
             else:
                 self.path.unlink()
         if tensorboard:
@@ -535,7 +577,7 @@ class RunLogger:
         if not self.enabled:
             return
         new = self.fields is None
-        if new:
+        if self.fields is None:
             self.fields = list(row)
         elif set(self.fields) != set(row):  # a log.csv of another run (CMEM against MEM, other levels)
             raise RunError(

@@ -11,11 +11,13 @@ taken over the batch's specimens.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from typing import ClassVar, Literal, get_args
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import BaseModel
 
 from ..data.cohort import Cohort, Specimen
 from ..errors import RunError
@@ -35,7 +37,7 @@ from ..metrics import (
     specimen_scores,
     uno_c,
 )
-from ..runs import SLIDE_SEPARATOR, TASK_PREDICTION_FIELDS
+from ..runs import SLIDE_SEPARATOR, TASK_PREDICTION_FIELDS, TaskPipeline, TaskRow
 
 TaskType = Literal["binary", "multiclass", "survival", "regression"]
 TASK_TYPES = get_args(TaskType)
@@ -67,7 +69,7 @@ class Task:
 
     name: ClassVar[str] = "binary"
 
-    def __init__(self, cohort: Cohort | None = None, pipeline: dict | None = None) -> None:
+    def __init__(self, cohort: Cohort | None = None, pipeline: TaskPipeline | BaseModel | dict | None = None) -> None:
         self.classes: tuple[str, ...] = cohort.classes if cohort is not None else ()
 
     @property
@@ -142,12 +144,13 @@ class Task:
     def prediction_fields(self) -> tuple[str, ...]:
         return TASK_PREDICTION_FIELDS[self.name]
 
-    def from_rows(self, rows: list[dict[str, str]]) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
-        """(truth columns, scores) from a predictions table's checked rows (`TrainRun.read_predictions`), e.g. the
-        out-of-fold rows of a cross-validation pooled."""
-        return (np.array([int(r["label"]) for r in rows]),), np.array([float(r["score"]) for r in rows])
+    def from_rows(self, rows: Sequence[TaskRow | Mapping]) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
+        """(truth columns, scores) from a predictions table's checked rows (`TrainRun.read_task_rows`, or as read by
+        `TrainRun.read_predictions`), e.g. the out-of-fold rows of a cross-validation pooled."""
+        typed = [TaskRow.of(r) for r in rows]
+        return (np.array([r.binary_label for r in typed]),), np.array([r.score for r in typed])
 
-    def pooled(self, rows: list[dict[str, str]], n_boot: int, seed: int) -> dict:
+    def pooled(self, rows: Sequence[TaskRow | Mapping], n_boot: int, seed: int) -> dict:
         """The primary metric of predictions table rows with its bootstrap interval (binary: stratified, as a run's)."""
         truth, scores = self.from_rows(rows)
         if self.name == "binary":
@@ -180,10 +183,10 @@ class MulticlassTask(Task):
     def pipeline(self) -> dict:
         return {"classes": list(self.classes)}
 
-    def __init__(self, cohort: Cohort | None = None, pipeline: dict | None = None) -> None:
+    def __init__(self, cohort: Cohort | None = None, pipeline: TaskPipeline | BaseModel | dict | None = None) -> None:
         super().__init__(cohort, pipeline)
         if cohort is None:
-            self.classes = tuple((pipeline or {}).get("classes", ()))
+            self.classes = tuple(TaskPipeline.of(pipeline).classes)
 
     def loss(self, logits, owner, specimens, smoothing):
         labels = torch.tensor([sp.label for sp in specimens], device=logits.device)[owner]
@@ -218,8 +221,9 @@ class MulticlassTask(Task):
         return (*fixed[:4], *(f"p_{c}" for c in self.classes), *fixed[4:])
 
     def from_rows(self, rows):
-        labels = np.array([self.classes.index(r["label"]) for r in rows])
-        return (labels,), np.array([[float(r[f"p_{c}"]) for c in self.classes] for r in rows])
+        typed = [TaskRow.of(r) for r in rows]
+        labels = np.array([self.classes.index(r.label) for r in typed])
+        return (labels,), np.array([[r.probabilities[c] for c in self.classes] for r in typed])
 
     def prediction_row(self, sp, slide_outputs, outputs, reference):
         probs = outputs[sp.specimen_id]
@@ -299,8 +303,9 @@ class SurvivalTask(Task):
         return np.array(["high" if float(outputs[sp.specimen_id][0]) > cut else "low" for sp in specimens])
 
     def from_rows(self, rows):
-        truth = (np.array([float(r["time"]) for r in rows]), np.array([int(r["event"]) for r in rows]))
-        return truth, np.array([float(r["score"]) for r in rows])
+        typed = [TaskRow.of(r) for r in rows]
+        truth = (np.array([r.time for r in typed], dtype=float), np.array([r.event for r in typed], dtype=int))
+        return truth, np.array([r.score for r in typed])
 
     def prediction_row(self, sp, slide_outputs, outputs, reference):
         row = super().prediction_row(sp, slide_outputs, outputs, reference)
@@ -317,16 +322,15 @@ class RegressionTask(Task):
 
     name = "regression"
 
-    def __init__(self, cohort: Cohort | None = None, pipeline: dict | None = None) -> None:
+    def __init__(self, cohort: Cohort | None = None, pipeline: TaskPipeline | BaseModel | dict | None = None) -> None:
         super().__init__(cohort, pipeline)
         if cohort is not None:
             train = np.array([sp.target for sp in cohort.split("train")])
             self.mean, self.std = float(train.mean()), float(train.std()) or 1.0
         else:
-            try:
-                self.mean, self.std = float(pipeline["target_mean"]), float(pipeline["target_std"])
-            except (KeyError, TypeError, ValueError):
-                self.mean = self.std = math.nan
+            scale = TaskPipeline.of(pipeline)
+            self.mean = math.nan if scale.target_mean is None else scale.target_mean
+            self.std = math.nan if scale.target_std is None else scale.target_std
         if not (math.isfinite(self.mean) and math.isfinite(self.std) and self.std > 0):
             raise RunError(
                 "a regression run's pipeline.json needs finite target_mean and positive target_std (the target's scale "
@@ -365,7 +369,8 @@ class RegressionTask(Task):
         }
 
     def from_rows(self, rows):
-        return (np.array([float(r["target"]) for r in rows]),), np.array([float(r["score"]) for r in rows])
+        typed = [TaskRow.of(r) for r in rows]
+        return (np.array([r.target for r in typed], dtype=float),), np.array([r.score for r in typed])
 
     def prediction_row(self, sp, slide_outputs, outputs, reference):
         row = super().prediction_row(sp, slide_outputs, outputs, reference)
@@ -380,6 +385,6 @@ TASKS: dict[str, type[Task]] = {
 }
 
 
-def task_for(name: str, cohort: Cohort | None = None, pipeline: dict | None = None) -> Task:
+def task_for(name: str, cohort: Cohort | None = None, pipeline: TaskPipeline | BaseModel | dict | None = None) -> Task:
     """The task of a training (from its cohort) or of a trained run (from its pipeline.json)."""
     return TASKS[name](cohort, pipeline)

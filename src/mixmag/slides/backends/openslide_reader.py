@@ -20,7 +20,7 @@ class OpenSlideHandle(BackendHandle):
 
     def __init__(self, path: Path) -> None:
         self._osr = openslide.OpenSlide(str(resolve_dicom_path(path)))
-        self.level_dimensions = tuple(tuple(map(int, d)) for d in self._osr.level_dimensions)
+        self.level_dimensions = tuple((int(d[0]), int(d[1])) for d in self._osr.level_dimensions)
         self.level_downsamples = tuple(float(d) for d in self._osr.level_downsamples)
         self.properties = dict(self._osr.properties)
         self.direct = []

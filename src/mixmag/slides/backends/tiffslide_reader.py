@@ -26,7 +26,7 @@ class TiffSlideHandle(BackendHandle):
             self._close_file()
             raise
         try:
-            self.level_dimensions = tuple(tuple(map(int, d)) for d in self._ts.level_dimensions)
+            self.level_dimensions = tuple((int(d[0]), int(d[1])) for d in self._ts.level_dimensions)
             self.level_downsamples = tuple(float(d) for d in self._ts.level_downsamples)
             self.properties = dict(self._ts.properties)
             series = int(self.properties.get("tiffslide.series-index") or 0)
