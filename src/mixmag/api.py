@@ -64,7 +64,7 @@ def tile(
     """`mixmag tile`: plan regions on every slide (files, folders of them, or URLs: s3://, https://, dicomweb+http://)
     into `out/<slide>/plan.json`; `settings` are TilingParams fields (region_size=1, tissue_threshold=0.3, ...). One
     bad slide fails alone."""
-    paths = [slides] if isinstance(slides, (str, Path)) else list(slides)  # a str may be a URL: not made a Path
+    paths: list[Path | str] = [slides] if isinstance(slides, (str, Path)) else list(slides)  # a str may be a URL
     return tile_slides(sources_from_paths(paths, mpp), Path(out), TilingParams(**settings))
 
 

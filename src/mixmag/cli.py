@@ -149,6 +149,73 @@ def _slide_cache(folder: Path | None) -> Iterator[None]:
             os.environ["MIXMAG_SLIDE_CACHE"] = before
 
 
+# `mixmag tile`'s options, named here so that the command reads as the list of what it takes
+_TileSlides = Annotated[
+    Optional[list[str]],
+    typer.Argument(
+        help="Slide files (SVS, TIFF, OME-TIFF, NDPI, MRXS, DICOM...) or folders of them; or URLs: s3://, gs://, "
+        "az://, https:// (read by range requests) and dicomweb+http(s)://.../studies/UID/series/UID."
+    ),
+]
+_TileCohort = Annotated[Optional[Path], typer.Option(help="CSV with a 'path' column (optional 'slide' id and 'mpp').")]
+_TileRegionSize = Annotated[Optional[int], typer.Option(help=_tiling_help("t: region side in cells", "region_size"))]
+_TileRegionStride = Annotated[
+    Optional[int], typer.Option(help="Step between regions in cells [t, no overlap]; 1 for all positions.")
+]
+_TileContextSize = Annotated[Optional[int], typer.Option(help="c: also accept c x c context windows (CMEM).")]
+_TileNLevels = Annotated[
+    Optional[int], typer.Option("--levels", help=_tiling_help("l: magnification levels, 2x apart", "n_levels"))
+]
+_TileBaseMpp = Annotated[
+    Optional[float], typer.Option(help=_tiling_help("um/px of the coarsest level (2.0 = 5x)", "base_mpp"))
+]
+_TileTilePx = Annotated[Optional[int], typer.Option(help=_tiling_help("Tile side in pixels", "tile_px"))]
+_TileTissueThreshold = Annotated[
+    Optional[float], typer.Option(help=_tiling_help("Minimum tissue fraction of a region", "tissue_threshold"))
+]
+_TileThumbnailMpp = Annotated[
+    Optional[float], typer.Option(help=_tiling_help("um/px of the tissue thumbnail", "thumbnail_mpp", "tissue"))
+]
+_TileMinSaturation = Annotated[
+    Optional[int],
+    typer.Option(help=_tiling_help("Floor on the Otsu saturation threshold", "min_saturation", "tissue")),
+]
+_TileAllowUpsample = Annotated[
+    Optional[bool], typer.Option("--allow-upsample", help="Allow levels finer than the scan.")
+]
+_TileResampleTolerance = Annotated[
+    Optional[float],
+    typer.Option(
+        help=_tiling_help(
+            "Read a slide level this close to a target mpp (relative, e.g. 0.01) as it is, without resampling; "
+            "the real mpp is recorded in the store",
+            "resample_tolerance",
+        )
+    ),
+]
+_TileBackend = Annotated[
+    str, typer.Option(help="auto, tiffslide, openslide, omezarr, czi, slideio or dicomweb (see `mixmag doctor`).")
+]
+_TileTissueModel = Annotated[Optional[Path], typer.Option(help="ONNX or TorchScript tissue model (probability map).")]
+_TileAnnotations = Annotated[
+    Optional[Path],
+    typer.Option(
+        help="QuPath GeoJSON: one file (one slide), or a folder of <slide>.geojson; tile inside the annotations."
+    ),
+]
+_TileAnnotationInclude = Annotated[
+    Optional[list[str]],
+    typer.Option(help="Annotation classes that tile (repeat; patterns like 'Tumor*') [every class]."),
+]
+_TileAnnotationExclude = Annotated[
+    Optional[list[str]],
+    typer.Option(help="Annotation classes cut out (repeat) [Pen, Artifact, Artefact, Ignore*, Background, ...]."),
+]
+_TileAnnotationMode = Annotated[
+    str, typer.Option(help="restrict: tissue inside the annotations; replace: the annotations are the tissue.")
+]
+
+
 @app.command()
 def tile(
     slides: _TileSlides = None,
