@@ -45,7 +45,7 @@ def pool_from_finest(store: SlideStore) -> SlideStore:
 def write_pooled(path: Path, out_dir: Path) -> Path:
     """Pool one store file into `out_dir` (same file name); refuses to write over the store it reads."""
     store = read_store(path)
-    target = store_path(make_folder(out_dir), check_id(store.attrs.get("slide_id"), where=str(path)))
+    target = store_path(make_folder(out_dir), check_id(store.header.slide_id, where=str(path)))
     if target.resolve() == Path(path).resolve():
         raise MixmagError(f"{path}: pooling would overwrite the store it reads; give another --out folder.")
     if store.attrs.get("pooled_from"):
