@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import cast, get_args
+from typing import Literal, cast, get_args
 
 import numpy as np
 import torch
@@ -351,7 +351,7 @@ class StoreClaims:
         """The slide's state record, then its claim released (a record without a claim reads as final)."""
         if self.claims.still_ours(result.slide_id):
             seconds = time.monotonic() - self.started.pop(result.slide_id, time.monotonic())
-            state = "failed" if result.outcome == "failed" else "done"
+            state: Literal["done", "failed"] = "failed" if result.outcome == "failed" else "done"
             write_state(
                 self.out_dir,
                 STAGE,
