@@ -370,7 +370,8 @@ def rival_markdown(rival: dict, config: BenchmarkConfig) -> str:
     saved = "5 of every 21 tiles (the 5x and 10x ones) need no encoder pass"
     return (
         f"\n\nThe 20x-only rival (5x and 10x tokens pooled from the 20x tiles; {saved}):\n\n{table}\n"
-        f"Real 5x/10x features against pooled ones, same method and test specimens:\n\n{pairs_markdown(rival['pairs'])}\n"
+        "Real 5x/10x features against pooled ones, same method and test specimens:\n\n"
+        f"{pairs_markdown(rival['pairs'])}\n"
     )
 
 
