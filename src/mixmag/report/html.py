@@ -38,7 +38,7 @@ from ..store import read_header
 from ..train.classifier import SlideClassifier
 from ..weights_io import UnsafeCheckpointError
 from .heatmaps import draw_heatmaps
-from .magnification import magnification_section, not_learnt_caveat
+from .magnification import magnification_section, not_learnt_caveat, outcome_magnification_section
 from .outcomes import OUTCOME_FIGURES
 
 
@@ -354,7 +354,7 @@ def build_report(
         missing = [f.name for f in (folder.config, folder.metrics) if not f.is_file()]
         raise RunError(f"{run}: not a complete `mixmag train` run folder (no {', '.join(missing)})")
     if folder.task() != "binary":
-        return _outcome_report(folder, notice)
+        return _outcome_report(folder, notice, heatmaps)
     shown, config, record = folder.read_config(), folder.read_config_record(), folder.read_binary_metrics()
     splits = folder.read_splits()
     test_rows = _read_predictions(run, "test")
@@ -416,10 +416,10 @@ def build_report(
     return write_atomic(folder.report, "\n".join(parts))
 
 
-def _outcome_report(folder: TrainRun, notice: str | None) -> Path:
+def _outcome_report(folder: TrainRun, notice: str | None, heatmaps: bool = True) -> Path:
     """report.html of a multiclass, survival or regression run: its metrics with their intervals, the type's figure
-    per split (Kaplan-Meier curves with the log-rank p, the confusion matrix, predicted against true) and the test
-    predictions. Per-magnification attribution is drawn for binary runs only so far."""
+    per split (Kaplan-Meier curves with the log-rank p, the confusion matrix, predicted against true), the test
+    predictions and (survival and regression, with `heatmaps`) which magnification mattered."""
     shown, config, metrics = folder.read_config(), folder.read_config_record(), folder.read_metrics_record()
     if not isinstance(metrics, TaskRunMetrics):
         raise RunError(f"{folder.metrics}: a {folder.task()} run's metrics name no task; {RETRAIN}")
@@ -452,5 +452,8 @@ def _outcome_report(folder: TrainRun, notice: str | None) -> Path:
     columns = list(rows[0]) if rows else []
     parts.append("<h2>Test predictions</h2><table><tr>" + "".join(f"<th>{e(c)}</th>" for c in columns) + "</tr>")
     parts += ["<tr>" + "".join(f"<td>{e(r[c])}</td>" for c in columns) + "</tr>" for r in rows]
-    parts.append(f"</table><h2>Configuration</h2><pre>{e(json.dumps(shown, indent=1))}</pre></body></html>")
+    parts.append("</table>")
+    if heatmaps:
+        parts += outcome_magnification_section(folder.folder, shown, metrics)
+    parts.append(f"<h2>Configuration</h2><pre>{e(json.dumps(shown, indent=1))}</pre></body></html>")
     return write_atomic(folder.report, "\n".join(parts))

@@ -1,4 +1,5 @@
-"""The report panel "Which magnification mattered": per-level importance over the positive test slides.
+"""The report panel "Which magnification mattered": per-level importance over the positive test slides (binary runs),
+the high-risk ones (survival) or those predicted high (regression).
 
 It leads with the measures that act on the score (level occlusion, integrated gradients), gives each
 level's mean share with a bootstrap CI and the importance ratio of the top level to the least important
@@ -23,7 +24,7 @@ from ..eval.attribution import (
     measures_of,
 )
 from ..eval.level_inputs import reads_one_level, run_level_importance
-from ..runs import PredictionRow, RunMetrics, RunModelRecord, judged_auroc
+from ..runs import PredictionRow, RunMetrics, RunModelRecord, TaskRunMetrics, TrainRun, judged_auroc
 
 
 def positive_test_slides(rows: list[PredictionRow]) -> list[str]:
@@ -104,6 +105,14 @@ def magnification_section(
     slides = positive_test_slides(rows)
     if not slides:
         return parts + ["<p>No positive test slides.</p>"]
+    return parts + importance_table(run, slides, "positive test slides")
+
+
+def importance_table(run: Path, slides: list[str], which: str) -> list[str]:
+    """The panel's body over these test slides (`which` names them): each measure's level shares with CIs, the
+    verdict and the importance ratios; or why it was not computed."""
+    e = html.escape
+    parts: list[str] = []
     try:
         importances, note = run_level_importance(run, slides)
     except (MixmagError, OSError, KeyError) as exc:
@@ -111,7 +120,7 @@ def magnification_section(
     table = summary_rows(importances)
     names = importances[0].level_names
     parts.append(
-        f"<p>Over {len(importances)} positive test slides. Each level's share of the importance (mean over slides, "
+        f"<p>Over {len(importances)} {e(which)}. Each level's share of the importance (mean over slides, "
         "95% bootstrap CI over slides). Level occlusion: the drop of the slide logit when that level's embeddings "
         "are mean-replaced (or, for tile bags, removed); integrated gradients from the all-levels-mean-replaced "
         "input. Ratio: geometric mean over slides of the top level's share over the least important one's. "
@@ -134,3 +143,37 @@ def magnification_section(
         parts.append(f"<tr><td>{e(r['measure'])}</td>{cells}<td>{top}</td><td>{e(ratio_text)}</td></tr>")
     parts.append("</table>")
     return parts
+
+
+def outcome_magnification_section(run: Path, config: RunModelRecord | dict, metrics: TaskRunMetrics) -> list[str]:
+    """The panel for a survival or regression run (one output: the log-risk, the value): over the test slides of the
+    high-risk group (survival) or of the specimens predicted above the test median (regression), what raises the
+    output; empty of conclusions while the test metric's CI reaches chance (C-index 0.5, Spearman 0). Multiclass runs
+    are not covered yet (integrated gradients and removal take one output)."""
+    e = html.escape
+    parts = ["<h2>Which magnification mattered</h2>"]
+    task, primary = metrics.task, metrics.primary
+    if task not in ("survival", "regression"):
+        return parts + [f"<p>Not drawn for {e(task)} runs yet (survival and regression runs have it).</p>"]
+    model = RunModelRecord.of(config)
+    if reads_one_level(str(model.bags), model.region_level):
+        return parts + [
+            "<p>This model reads one magnification only; there is nothing to attribute between magnifications.</p>"
+        ]
+    chance = 0.5 if task == "survival" else 0.0
+    if not metrics.test.ci95[0] > chance:
+        return parts + [
+            f"<p class='caveat'><b>No conclusion about magnifications: the test {e(primary)}'s 95% CI reaches "
+            f"{chance} (chance), so the model has not shown it learnt the task.</b></p>"
+        ]
+    rows = TrainRun(run).read_task_rows("test")
+    if task == "survival":
+        chosen, which = [r for r in rows if r.risk_group == "high"], "test slides of the high-risk group"
+    else:
+        cut = float(np.median([r.score for r in rows]))
+        chosen, which = [r for r in rows if r.score > cut], "test slides predicted above the test median"
+    pairs = [pair for r in chosen for pair in zip(r.slides, r.slide_scores)]
+    slides = [s for s, _ in sorted(pairs, key=lambda p: -p[1])]
+    if not slides:
+        return parts + [f"<p>No {e(which)}.</p>"]
+    return parts + importance_table(run, slides, which)
