@@ -33,6 +33,11 @@ def test_a_survival_report_says_which_magnification_raised_the_risk(tmp_path):
     assert "the test c_index's 95% CI reaches 0.5 (chance)" in said
     said = " ".join(outcome_magnification_section(tmp_path / "run", saved | {"bags": "20x"}, unlearnt))
     assert "reads one magnification only" in said
+    # this small run does not learn the hazard on all levels (C-index about 0.52): the panel itself, as if it had
+    shown_learnt = record.model_copy(update={"test": record.test.model_copy(update={"ci95": [0.6, 0.8]})})
+    said = " ".join(outcome_magnification_section(tmp_path / "run", saved, shown_learnt))  # the panel's code path
+    assert "test slides of the high-risk group" in said and "level occlusion" in said.lower()
+    assert "Not computed" not in said and "<table>" in said
     multiclass = record.model_copy(update={"task": "multiclass"})
     said = " ".join(outcome_magnification_section(tmp_path / "run", saved, multiclass))
     assert "Not drawn for multiclass runs yet" in said
