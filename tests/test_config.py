@@ -32,6 +32,7 @@ MODEL_OF = {
     "grid.yaml": GridConfig,
     "tiling.yaml": TilingParams,
     "benchmark.yaml": BenchmarkConfig,
+    "replicates.yaml": BenchmarkConfig,
     "benchmark-pixels.yaml": DemoConfig,
     "design-space-small.yaml": DesignSpaceConfig,
     "label-efficiency-small.yaml": LabelEfficiencyConfig,
