@@ -86,7 +86,11 @@ def test_a_tiny_design_space_runs_every_point_and_writes_the_tables_the_figure_a
     text = (out / "design_space.md").read_text()
     assert "Table 1-style" in text and "Table 2-style" in text and "Departures from the paper's recipe" in text
     assert "| slide-level lr | 1e-5 | 0.005 | yes |" in text and "| 2; eq. 9 runs | no |" in text
-    assert "| MEM − AB-MIL 20× | patch |" in text and "| Patch − CLS (CMEM) | both |" in text
+    assert (
+        "| Random | 10× |" in text
+        and "| MEM − AB-MIL 20× | patch |" in text
+        and "| Patch − CLS (CMEM) | both |" in text
+    )
     # every pretraining run: MEM at each r, CMEM at each c on stores whose contexts are c x c and hold no test slide
     assert set(result["mixers"]) == {"MEM-r0.25", "MEM-r0.5", "CMEM-c3", "CMEM-c6"}
     assert all(PretrainRun(out / "pretrain" / name).mixer_weights.is_file() for name in result["mixers"])

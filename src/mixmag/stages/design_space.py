@@ -155,9 +155,7 @@ def design_rows(config: DesignSpaceConfig) -> list[tuple[str, str, str, str | No
     """(method, family, setting, output) of every design point, in table order (AB-MIL has no output)."""
     rows = [(f"abmil-{lv}", "AB-MIL", _level_words(lv), None) for lv in config.levels]
     for output in config.outputs:
-        rows += [
-            (random_method(lv, output), "Random", f"{lv}×" if lv != "all" else "all×", output) for lv in config.levels
-        ]
+        rows += [(random_method(lv, output), "Random", _level_words(lv), output) for lv in config.levels]
         rows += [(f"{mem_name(r)}-{output}", "MEM", f"{r:.2f}", output) for r in config.mask_ratios]
         rows += [(f"{cmem_name(c)}-{output}", "CMEM", f"{c}×{c}", output) for c in config.contexts]
     return rows

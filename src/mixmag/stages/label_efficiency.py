@@ -324,6 +324,7 @@ def plot_label_efficiency(path: Path, config: LabelEfficiencyConfig, stats: dict
         err = [[100 * (c.value - c.low) for c in levels], [100 * (c.high - c.value) for c in levels]]
         ax.errorbar(x, y, yerr=err, marker="os^Dv"[k % 5], capsize=2, label=m)
     ax.set_xscale("log")
+    ax.minorticks_off()  # the sizes are the ticks
     ax.set_xticks(sizes, [str(n) for n in sizes])
     ax.set_xlabel("labelled training specimens per task")
     ax.set_ylabel("test AUROC x 100 (mean over tasks)")
