@@ -10,20 +10,20 @@ import pytest
 
 from mixmag.errors import MixmagError
 from mixmag.eval.attribution import INTEGRATED_GRADIENTS, LevelImportance
-from mixmag.eval.benchmark_stats import (
-    cell_statistics,
-    compare_methods,
-    paired_power,
-    pretraining_losses,
-    specimens_for_power,
-)
 from mixmag.metrics import auroc, delong_test
-from mixmag.stages.benchmark import (
+from mixmag.studies.benchmark import (
     BenchmarkConfig,
     _recovery_word,
     ig_baseline_check,
     load_benchmark_config,
     run_benchmark,
+)
+from mixmag.studies.benchmark_stats import (
+    cell_statistics,
+    compare_methods,
+    paired_power,
+    pretraining_losses,
+    specimens_for_power,
 )
 from mixmag.synth.benchmark import BenchmarkSpec, _directions, benchmark_slide, write_benchmark_cohort
 

@@ -233,7 +233,7 @@ def test_shipped_demo_config_equals_the_built_in_defaults():
 
     import yaml
 
-    from mixmag.stages.demo import DemoConfig
+    from mixmag.studies.demo import DemoConfig
 
     shipped = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "demo.yaml").read_text())
     assert DemoConfig(**shipped) == DemoConfig()

@@ -14,11 +14,11 @@ from mixmag.config import load_config
 from mixmag.errors import ConfigError
 from mixmag.models.mixer import MixerConfig, MixerOverrides
 from mixmag.slides.params import TilingParams
-from mixmag.stages.benchmark import BenchmarkConfig
-from mixmag.stages.demo import DemoConfig
-from mixmag.stages.design_space import DesignSpaceConfig
-from mixmag.stages.experiments import GridConfig
-from mixmag.stages.label_efficiency import LabelEfficiencyConfig
+from mixmag.studies.benchmark import BenchmarkConfig
+from mixmag.studies.demo import DemoConfig
+from mixmag.studies.design_space import DesignSpaceConfig
+from mixmag.studies.experiments import GridConfig
+from mixmag.studies.label_efficiency import LabelEfficiencyConfig
 from mixmag.train.finetune import TrainConfig
 from mixmag.train.pretrain import PretrainConfig, PretrainSettings
 

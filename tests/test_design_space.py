@@ -11,13 +11,13 @@ import pytest
 from mixmag.data.cohort import load_cohort
 from mixmag.errors import ConfigError
 from mixmag.runs import PretrainRun
-from mixmag.stages.design_space import (
+from mixmag.store import read_header, read_store
+from mixmag.studies.design_space import (
     DesignSpaceConfig,
     design_rows,
     load_design_space_config,
     run_design_space,
 )
-from mixmag.store import read_header, read_store
 from mixmag.synth.benchmark import (
     TASKS,
     BenchmarkSpec,

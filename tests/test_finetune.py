@@ -266,7 +266,7 @@ def test_experiment_grid_writes_tables_and_plot(cohort_dir, tmp_path):
 
 @pytest.mark.parametrize(("level", "tokens"), [("5x", 9), ("20x", 144)])
 def test_random_mixer_over_one_magnification(cohort_dir, tmp_path, level, tokens):
-    from mixmag.stages.experiments import GridConfig, Task, method_config
+    from mixmag.studies.experiments import GridConfig, Task, method_config
 
     grid = GridConfig(
         out=str(tmp_path),
@@ -339,7 +339,7 @@ def test_pretraining_can_leave_out_every_test_slide(cohort_dir, tmp_path):
 def test_a_grid_run_is_retrained_when_its_mixer_changed_under_the_same_path(cohort_dir, tmp_path):
     import h5py
 
-    from mixmag.stages.experiments import GridConfig, Task, run_grid
+    from mixmag.studies.experiments import GridConfig, Task, run_grid
     from mixmag.train.pretrain import PretrainConfig, run_pretraining
 
     def pretrain(seed):

@@ -20,8 +20,8 @@ from mixmag.fileio import write_csv_atomic
 from mixmag.markup import spreadsheet_cell, spreadsheet_text
 from mixmag.report.html import build_report
 from mixmag.runs import TrainRun
-from mixmag.stages.experiments import GridConfig, Task, write_tables
 from mixmag.stages.predict import SlideOutcome, write_outcomes
+from mixmag.studies.experiments import GridConfig, Task, write_tables
 
 runner = CliRunner()
 SRC = Path(__file__).resolve().parents[1] / "src" / "mixmag"

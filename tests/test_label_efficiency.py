@@ -8,7 +8,7 @@ import json
 from typer.testing import CliRunner
 
 from mixmag.cli import app
-from mixmag.stages.label_efficiency import load_label_efficiency_config, pretrain_settings
+from mixmag.studies.label_efficiency import load_label_efficiency_config, pretrain_settings
 from mixmag.tables import read_table
 from mixmag.train.pretrain import PretrainConfig, pretraining_catalog
 

@@ -40,6 +40,7 @@ LAYERS: list[set[str]] = [
     {"train"},
     {"eval", "report"},
     {"stages", "bench", "synth"},
+    {"studies"},
     {"cli", "api"},
 ]
 RANK = {unit: rank for rank, units in enumerate(LAYERS) for unit in units}

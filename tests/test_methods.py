@@ -11,8 +11,8 @@ import pytest
 
 from mixmag.errors import ConfigError
 from mixmag.models.mixer import RegionMixer, mixer_config
-from mixmag.stages.experiments import GridConfig, Task, _slug, method_config, random_mixer, run_folder
-from mixmag.stages.methods import MethodSpec, known_methods, parse_method, tile_method
+from mixmag.studies.experiments import GridConfig, Task, _slug, method_config, random_mixer, run_folder
+from mixmag.studies.methods import MethodSpec, known_methods, parse_method, tile_method
 from mixmag.train.finetune import TrainConfig
 from mixmag.train.mixer_file import export_mixer
 

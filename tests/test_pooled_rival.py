@@ -65,7 +65,7 @@ def test_the_benchmark_runs_the_rival_on_pooled_stores(tmp_path):
     seed, the same run in all but folder); AB-MIL all x meets its real-store twin in a paired test."""
     from test_benchmark import _tiny_benchmark
 
-    from mixmag.stages.benchmark import run_benchmark
+    from mixmag.studies.benchmark import run_benchmark
 
     config = _tiny_benchmark(tmp_path / "b", rival_tasks=["fine"], rival_methods=["abmil-20x", "abmil-all"])
     result = run_benchmark(config)
@@ -98,7 +98,7 @@ def test_rival_settings_are_checked_when_the_config_is_read(tmp_path, changes, s
     import yaml
 
     from mixmag.errors import ConfigError
-    from mixmag.stages.benchmark import load_benchmark_config
+    from mixmag.studies.benchmark import load_benchmark_config
 
     path = tmp_path / "b.yaml"
     path.write_text(yaml.safe_dump(changes))

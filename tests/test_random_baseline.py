@@ -6,7 +6,7 @@ import pytest
 
 from mixmag.errors import ConfigError
 from mixmag.models.mixer import RegionMixer, mixer_config
-from mixmag.stages.experiments import GridConfig, Task, method_config
+from mixmag.studies.experiments import GridConfig, Task, method_config
 from mixmag.train.finetune import build_mixer
 from mixmag.train.mixer_file import export_mixer, export_random_twin
 
@@ -87,7 +87,7 @@ def test_the_random_twin_is_the_pretrained_architecture_with_fresh_seeded_weight
 
 
 def test_the_demo_builds_a_frozen_random_row_only_when_asked(tmp_path):
-    from mixmag.stages.demo import DemoConfig, pretrained_mixers
+    from mixmag.studies.demo import DemoConfig, pretrained_mixers
 
     mem = Path(_mixer(tmp_path / "mem", "tiny"))
     plain = pretrained_mixers(tmp_path, DemoConfig(), mem)
@@ -100,8 +100,8 @@ def test_the_demo_builds_a_frozen_random_row_only_when_asked(tmp_path):
 
 
 def test_the_demo_statistics_table_shows_sd_ci_and_p_against_the_baseline(tmp_path):
-    from mixmag.eval.benchmark_stats import CellStatistic
-    from mixmag.stages.demo import statistics_markdown
+    from mixmag.studies.benchmark_stats import CellStatistic
+    from mixmag.studies.demo import statistics_markdown
 
     grid = _grid(tmp_path, ["abmil-20x", "MEM-patch-frozen"], {}, seeds=[0, 1])
     cells = [
@@ -117,7 +117,7 @@ def test_the_demo_statistics_table_shows_sd_ci_and_p_against_the_baseline(tmp_pa
 def test_q_values_adjust_every_comparison_against_the_baseline_for_their_number():
     """Benjamini-Hochberg by hand: sorted p (0.01, 0.02, 0.04) times m / rank (3, 1.5, 1), then the running minimum
     from the largest down: (0.03, 0.03, 0.04); the baseline's own cells have none."""
-    from mixmag.eval.benchmark_stats import CellStatistic, statistics_table, with_false_discovery_rate
+    from mixmag.studies.benchmark_stats import CellStatistic, statistics_table, with_false_discovery_rate
 
     def cell(task, method, p):
         return CellStatistic(task, method, [0.8], 0.8, 0.0, 0.7, 0.9, 40, p, None if p is None else 0.05)

@@ -12,7 +12,8 @@ from safetensors.numpy import load_file
 from test_benchmark import _tiny_benchmark
 
 from mixmag.errors import ConfigError
-from mixmag.stages.replicates import (
+from mixmag.store import read_store
+from mixmag.studies.replicates import (
     ENDPOINT_FILE,
     Endpoint,
     analyse,
@@ -26,7 +27,6 @@ from mixmag.stages.replicates import (
     run_replicates,
     sign_flip_p,
 )
-from mixmag.store import read_store
 
 
 def _tiny(out: Path, **changes):

@@ -15,12 +15,12 @@ from typer.testing import CliRunner
 from mixmag.cli import app
 from mixmag.data.cohort import Specimen, load_cohort
 from mixmag.errors import CohortError
-from mixmag.eval.benchmark_stats import cell_statistics, with_false_discovery_rate
 from mixmag.eval.runs import compare_task_runs, evaluate_run
 from mixmag.report.html import build_report
 from mixmag.runs import TrainRun
-from mixmag.stages.benchmark import BenchmarkConfig, run_benchmark
-from mixmag.stages.experiments import GridConfig, Task, method_config
+from mixmag.studies.benchmark import BenchmarkConfig, run_benchmark
+from mixmag.studies.benchmark_stats import cell_statistics, with_false_discovery_rate
+from mixmag.studies.experiments import GridConfig, Task, method_config
 from mixmag.synth.benchmark import OutcomeSpec, write_outcome_cohort
 from mixmag.train.classifier import SlideClassifier
 from mixmag.train.finetune import TrainConfig, run_training

@@ -719,7 +719,7 @@ def experiment(
     grid: Annotated[Path, typer.Argument(help="Grid YAML: tasks, methods, seeds, pretrained mixers.")],
 ) -> None:
     """Run methods x tasks x seeds and write Table 1/2-style tables and a Fig. 3-style plot."""
-    from .stages.experiments import load_grid, run_grid
+    from .studies.experiments import load_grid, run_grid
 
     cfg = load_grid(grid)
     with _progress() as progress:
@@ -1648,7 +1648,7 @@ def demo(
     small: Annotated[bool, typer.Option(help="The small CI configuration (configs/demo-small.yaml).")] = False,
 ) -> None:
     """The whole method end to end on a built-in synthetic multi-scale cohort, on CPU: table, plot, timings."""
-    from .stages.demo import default_config_path, load_demo_config, run_demo
+    from .studies.demo import default_config_path, load_demo_config, run_demo
 
     path = config or default_config_path()
     if small and path is not None:
@@ -1697,10 +1697,10 @@ def benchmark(
 ) -> None:
     """Benchmark v2 on CPU: four synthetic multi-scale tasks at the embedding level, methods x seeds, mean ± sd,
     bootstrap CIs, paired DeLong p against AB-MIL 20x, and the magnification attribution check."""
-    from .stages.benchmark import load_benchmark_config, run_benchmark
-    from .stages.design_space import load_design_space_config, run_design_space
-    from .stages.label_efficiency import load_label_efficiency_config, run_label_efficiency
-    from .stages.replicates import load_replicates_config, run_replicates
+    from .studies.benchmark import load_benchmark_config, run_benchmark
+    from .studies.design_space import load_design_space_config, run_design_space
+    from .studies.label_efficiency import load_label_efficiency_config, run_label_efficiency
+    from .studies.replicates import load_replicates_config, run_replicates
 
     if sum([design_space, label_efficiency, replicates is not None]) > 1:
         raise OptionError("--design-space, --label-efficiency and --replicates are separate studies: give one")

@@ -8,8 +8,8 @@ The models say what a file may hold; each lives beside the code it configures an
     train/finetune.py     TrainConfig (= TrainSettings + cohort, stores, out, bags, mixer, ...), MixerSetting
     models/mixer.py       MixerOverrides (the `mixer:` sections)
     eval/experiments.py   GridConfig, Task
-    stages/demo.py        DemoConfig
-    stages/benchmark.py   BenchmarkConfig
+    studies/demo.py        DemoConfig
+    studies/benchmark.py   BenchmarkConfig
 
 A failure names the file and line (or the --set that caused it), the key, and what is allowed: never a traceback.
 """

@@ -21,9 +21,8 @@ from ..fileio import output_folder
 from ..runs import CrossValRun, CrossValSummary, FoldSummary, TrainRun
 from ..store import shared_settings
 from ..train.crossval import CohortUnits, Fold, make_folds, read_units, split_counts, write_fold_table
-from ..train.finetune import TrainConfig, run_training
+from ..train.finetune import TrainConfig, run_is_current, run_training
 from ..train.tasks import task_for
-from .experiments import run_is_current
 
 METRIC_NAMES = {"auroc": "AUROC", "macro_auroc": "macro AUROC", "c_index": "C-index", "spearman": "Spearman rho"}
 FoldDone = Callable[[int, dict, bool], None]  # (fold, its metrics, reused)

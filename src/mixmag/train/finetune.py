@@ -8,6 +8,7 @@ predictions are made once, by the chosen model.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import asdict
 from pathlib import Path
@@ -41,12 +42,12 @@ from ..data.bags import (
 )
 from ..data.cohort import Cohort, Specimen, load_cohort
 from ..data.encoded import encoded_mixer_weights
-from ..errors import ConfigError
+from ..errors import ConfigError, MixmagError
 from ..models.aggregators import AGGREGATORS, AggregatorName
 from ..models.mixer import MixerOverrides, RegionMixer, mixer_config
 from ..models.slide import SlideModel
 from ..runs import TrainRun
-from ..store import EmbeddingSpace, StoreHeader, read_header
+from ..store import EmbeddingSpace, PipelineSettings, StoreHeader, read_header
 from .classifier import SlideClassifier
 from .crossval import CrossValConfig
 from .mixer_file import load_mixer, weights_digest
@@ -399,3 +400,20 @@ def run_training(config: TrainConfig, on_epoch=None, device: torch.device | None
             "mixmag.stages.crossval.run_cross_validation"
         )
     return Trainer(config, device).fit(on_epoch)
+
+
+def run_is_current(cfg: TrainConfig, store_settings: PipelineSettings | None) -> bool:
+    """A finished run is reused only if its config, its stores' provenance (`store_settings`, as
+    store.shared_settings gives them now) and the pretrained mixer it read are those of now: a mixer
+    retrained or stores re-embedded at the same paths make it stale."""
+    run = TrainRun(cfg.out)
+    if store_settings is None or not run.is_complete():
+        return False
+    try:
+        if run.read_config() != json.loads(json.dumps(cfg.model_dump())):
+            return False
+        pipeline = run.read_pipeline_record()
+        digest = pretrained_mixer_digest(cfg)
+    except (MixmagError, OSError):
+        return False  # let training say what is wrong
+    return pipeline is not None and pipeline.settings == store_settings and pipeline.mixer_digest == digest

@@ -21,7 +21,6 @@ from rich.text import Text
 from ..config import MAX_RESAMPLES, MAX_WORKERS, load_config
 from ..encoders.model import build_encoder
 from ..errors import CohortError, StageError
-from ..eval.benchmark_stats import CellStatistic, cell_statistics, statistics_table, with_false_discovery_rate
 from ..fileio import make_folder, read_json_limited, remove_own_tree, write_atomic, write_json_atomic
 from ..ids import SafeName
 from ..markup import plain_console
@@ -29,14 +28,15 @@ from ..report.html import build_report
 from ..runs import PretrainRun, TrainRun
 from ..slides.sources import sources_from_table
 from ..slides.tiling import TilingParams
+from ..stages.embed import find_plans, run_embed
+from ..stages.progress import work_progress
+from ..stages.tile import tile_slides
 from ..synth.cohort import TASKS, CohortSpec, write_cohort
 from ..train.finetune import Seed, TrainSettings
 from ..train.mixer_file import pretrained_mixer_set
 from ..train.pretrain import PretrainConfig, PretrainSettings, pretraining_catalog, run_pretraining
-from .embed import find_plans, run_embed
+from .benchmark_stats import CellStatistic, cell_statistics, statistics_table, with_false_discovery_rate
 from .experiments import GridConfig, Task, method_config, run_grid
-from .progress import work_progress
-from .tile import tile_slides
 
 SYNTHETIC_NOTICE = (
     "These data are SYNTHETIC (generated slides with biomarkers placed at known scales) and the built-in encoder is "

@@ -5,7 +5,7 @@ each pretrained mixer fine-tuned jointly with AB-MIL (frozen one epoch, then lay
 (Table 1) and its class tokens (Table 2); Random (the same architecture, no pretraining) over each magnification's
 tokens and over all; AB-MIL at 5x, 10x, 20x and all. Cohorts (`synth.benchmark`) may hold several slides per specimen
 (`slides_per_specimen`) so that training takes eq. 9's minimum over a specimen's slides. Outputs: Table 1/2-style
-markdown, a Fig. 3-style PNG (task-averaged AUROC differences with paired bootstrap CIs, `eval.contrasts`), a CSV of
+markdown, a Fig. 3-style PNG (task-averaged AUROC differences with paired bootstrap CIs, `studies.contrasts`), a CSV of
 every design point, and beside the tables every setting where this run departs from the paper's recipe.
 """
 
@@ -21,8 +21,6 @@ from rich.console import Console
 
 from ..config import MAX_RESAMPLES, MAX_STEPS, load_config
 from ..errors import ConfigError
-from ..eval.benchmark_stats import pretraining_losses
-from ..eval.contrasts import Contrast, ContrastData
 from ..fileio import atomic_path, make_folder, write_atomic, write_csv_atomic, write_json_atomic
 from ..markup import markdown_cell, plain_console
 from ..models.mixer import mixer_config
@@ -33,6 +31,8 @@ from ..tables import read_table
 from ..train.finetune import Seed, TrainSettings
 from ..train.pretrain import PretrainSettings
 from .benchmark import NOTICE, BenchmarkConfig, generate_cohorts, pretrain_mixer
+from .benchmark_stats import pretraining_losses
+from .contrasts import Contrast, ContrastData
 from .demo import Timer
 from .experiments import GridConfig, Task, run_folder, run_grid
 

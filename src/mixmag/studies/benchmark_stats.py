@@ -16,11 +16,11 @@ import numpy as np
 from scipy import stats
 
 from ..errors import MixmagError
+from ..eval.runs import run_task
 from ..markup import markdown_cell
 from ..metrics import auroc, bootstrap_estimate, delong_test, paired_bootstrap
 from ..runs import TrainRun, by_specimen, read_losses
 from ..train.tasks import Task
-from .runs import run_task
 
 
 @dataclass(frozen=True)

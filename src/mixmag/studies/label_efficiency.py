@@ -21,8 +21,6 @@ from rich.console import Console
 
 from ..config import MAX_RESAMPLES, MAX_STEPS, load_config
 from ..errors import ConfigError
-from ..eval.benchmark_stats import pretraining_losses
-from ..eval.contrasts import Contrast, ContrastData
 from ..fileio import (
     atomic_path,
     make_folder,
@@ -39,6 +37,8 @@ from ..tables import read_table
 from ..train.finetune import Seed, TrainSettings
 from ..train.pretrain import PretrainConfig, PretrainSettings, pretraining_catalog
 from .benchmark import NOTICE, pretrain_mixer, uses_a_mixer
+from .benchmark_stats import pretraining_losses
+from .contrasts import Contrast, ContrastData
 from .demo import Timer
 from .design_space import departures, departures_markdown
 from .experiments import GridConfig, Task, run_folder, run_grid

@@ -32,24 +32,12 @@ from ..eval.attribution import (
     measures_of,
     recovers,
 )
-from ..eval.benchmark_stats import (
-    CellStatistic,
-    PairedComparison,
-    cell_statistics,
-    compare_methods,
-    false_discovery_rate,
-    paired_power,
-    pretraining_losses,
-    read_test_predictions,
-    specimens_for_power,
-    statistics_table,
-    with_false_discovery_rate,
-)
 from ..eval.level_inputs import run_level_importance
 from ..fileio import make_folder, read_json_limited, remove_own_tree, write_atomic, write_csv_atomic, write_json_atomic
 from ..markup import plain_console
 from ..metrics import auroc
 from ..runs import PretrainRun
+from ..stages.crossval import METRIC_NAMES
 from ..store import store_path
 from ..synth.benchmark import (
     OUTCOME_NAMES,
@@ -66,7 +54,19 @@ from ..train.finetune import Seed, TrainSettings
 from ..train.mixer_file import pretrained_mixer_set
 from ..train.pretrain import PretrainConfig, PretrainSettings, run_pretraining
 from ..train.tasks import PRIMARY
-from .crossval import METRIC_NAMES
+from .benchmark_stats import (
+    CellStatistic,
+    PairedComparison,
+    cell_statistics,
+    compare_methods,
+    false_discovery_rate,
+    paired_power,
+    pretraining_losses,
+    read_test_predictions,
+    specimens_for_power,
+    statistics_table,
+    with_false_discovery_rate,
+)
 from .demo import Timer
 from .experiments import GridConfig, Task, run_folder, run_grid
 from .methods import ABMIL_ON_TILES, tile_method

@@ -5,7 +5,7 @@ randomly initialised mixer trained jointly with AB-MIL over all levels ("random-
 level's tokens ("random-5x-patch" ... "random-20x-cls"); and every named pretrained mixer, either
 fine-tuned jointly ("<name>-patch", "<name>-cls") or frozen through `mixmag encode`
 ("<name>-patch-frozen", "<name>-cls-frozen"); a mixer method ending in "+mean" pools with that aggregator. Names are
-parsed once into a typed spec (`mixmag.stages.methods:MethodSpec`). Each run is an ordinary `mixmag train` run folder;
+parsed once into a typed spec (`mixmag.studies.methods:MethodSpec`). Each run is an ordinary `mixmag train` run folder;
 finished runs are reused, so an interrupted grid resumes.
 """
 
@@ -25,12 +25,12 @@ from ..ids import ID_RULE, SafeName, is_safe_id
 from ..markup import markdown_cell
 from ..models.mixer import MIXER_PRESETS
 from ..runs import TrainRun
+from ..stages.encode import encode_stores
 from ..store import PipelineSettings, shared_settings
-from ..train.finetune import Seed, TrainConfig, TrainSettings, pretrained_mixer_digest, run_training
+from ..train.finetune import Seed, TrainConfig, TrainSettings, run_is_current, run_training
 from ..train.mixer_file import mixer_architecture
 from ..train.pretrain import store_paths
 from ..train.tasks import PRIMARY, TaskType
-from .encode import encode_stores
 from .methods import MethodSpec, parse_method
 
 
@@ -87,7 +87,7 @@ def load_grid(path: str | Path) -> GridConfig:
 
 
 def method_spec(grid: GridConfig, task: Task, method: str) -> MethodSpec:
-    """The typed spec of one of the grid's methods for one of its tasks (`mixmag.stages.methods:parse_method`)."""
+    """The typed spec of one of the grid's methods for one of its tasks (`mixmag.studies.methods:parse_method`)."""
     return parse_method(method, grid.pretrained, task.type)
 
 
@@ -146,23 +146,6 @@ def run_folder(grid: GridConfig, task: str, method: str, seed: int) -> Path:
 
 def _slug(name: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
-
-
-def run_is_current(cfg: TrainConfig, store_settings: PipelineSettings | None) -> bool:
-    """A finished run is reused only if its config, its stores' provenance (`store_settings`, as
-    store.shared_settings gives them now) and the pretrained mixer it read are those of now: a mixer
-    retrained or stores re-embedded at the same paths make it stale."""
-    run = TrainRun(cfg.out)
-    if store_settings is None or not run.is_complete():
-        return False
-    try:
-        if run.read_config() != json.loads(json.dumps(cfg.model_dump())):
-            return False
-        pipeline = run.read_pipeline_record()
-        digest = pretrained_mixer_digest(cfg)
-    except (MixmagError, OSError):
-        return False  # let training say what is wrong
-    return pipeline is not None and pipeline.settings == store_settings and pipeline.mixer_digest == digest
 
 
 def _cohort_store_settings(cohort: str, stores: str) -> PipelineSettings | None:
