@@ -10,10 +10,12 @@ fi
 # shellcheck disable=SC1091
 . "$ROOT/.venv/bin/activate"
 STAMP="$ROOT/.venv/.mixmag-installed"
-if [ ! -f "$STAMP" ] || [ "$ROOT/pyproject.toml" -nt "$STAMP" ]; then
+if [ ! -f "$STAMP" ] || [ "$ROOT/pyproject.toml" -nt "$STAMP" ] || [ "$ROOT/scripts/constraints.txt" -nt "$STAMP" ]; then
   python -m pip install -q --upgrade pip
   # PyTorch first, pinned: this machine keeps these wheels on disk (timm needs torchvision).
   python -m pip install -q "torch==${MIXMAG_TORCH:-2.14.1}" "torchvision==${MIXMAG_TORCHVISION:-0.29.1}"
-  python -m pip install -q -e "$ROOT[dev]"
+  # the versions the test suite last passed with (scripts/constraints.txt, `pip freeze` of that environment): without
+  # them pip's resolver can backtrack through moto[server]'s dependencies to releases that no longer build
+  python -m pip install -q -e "$ROOT[dev]" -c "$ROOT/scripts/constraints.txt"
   touch "$STAMP"
 fi
