@@ -26,6 +26,8 @@ FOREIGN = {
     "--patch_size": "TRIDENT",
     "--custom_list_of_wsis": "TRIDENT",
     "--local-dir": "huggingface-cli download",
+    "--repo-type": "huggingface-cli download",
+    "--array": "sbatch",
 }
 
 
