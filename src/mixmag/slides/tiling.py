@@ -249,7 +249,8 @@ def make_plan(
     if params.context_size is not None:
         c = params.context_size
         contexts, context_tissue = accepted_windows(window_fractions(tissue, c), 1, params.tissue_threshold)
-    status, warnings = _plan_status(slide, params, grid, mask, regions)
+    status, empty_plan = _plan_status(slide, params, grid, mask, regions)
+    warnings += empty_plan  # after the annotations' notes, which it must not replace
     cells = cells_of_windows(regions, t)
     if contexts:
         cells = sorted(set(cells) | set(cells_of_windows(contexts, params.context_size or 1)))
