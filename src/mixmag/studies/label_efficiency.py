@@ -36,7 +36,7 @@ from ..synth.benchmark import TASKS, BenchmarkSpec, write_benchmark_cohort, writ
 from ..tables import read_table
 from ..train.finetune import Seed, TrainSettings
 from ..train.pretrain import PretrainConfig, PretrainSettings, pretraining_catalog
-from .benchmark import NOTICE, pretrain_mixer, uses_a_mixer
+from .benchmark import BENCHMARK_PRETRAIN, BENCHMARK_TRAIN, NOTICE, pretrain_mixer, uses_a_mixer
 from .benchmark_stats import pretraining_losses
 from .contrasts import Contrast, ContrastData
 from .demo import Timer
@@ -74,22 +74,8 @@ class LabelEfficiencyConfig(BaseModel):
     )
     methods: list[str] = Field(default_factory=lambda: ["abmil-20x", "abmil-all", "random-patch", "MEM-patch"])
     seeds: list[Seed] = Field(default_factory=lambda: [0, 1], min_length=1)
-    pretrain: dict = Field(
-        default_factory=lambda: {
-            "preset": "tiny",
-            "mask_ratio": 0.5,
-            "batch_size": 32,
-            "steps": 1000,
-            "warmup_steps": 50,
-            "base_lr": 8.0e-3,
-            "precision": "fp32",
-            "workers": 0,
-            "per_slide": 4,
-            "pool": 16,
-            "tensorboard": False,
-        }
-    )
-    train: dict = Field(default_factory=lambda: {"epochs": 12, "batch_size": 16, "lr": 5.0e-3, "bootstrap": 200})
+    pretrain: dict = Field(default_factory=lambda: dict(BENCHMARK_PRETRAIN))
+    train: dict = Field(default_factory=lambda: dict(BENCHMARK_TRAIN))
     train_by_method: dict[str, dict] = Field(default_factory=dict)
     loss_window: int = Field(200, ge=1, le=MAX_STEPS)
     n_boot: int = Field(1000, ge=100, le=MAX_RESAMPLES)
