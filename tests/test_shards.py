@@ -356,6 +356,26 @@ def test_of_many_takers_of_one_stale_claim_exactly_one_wins(tmp_path):
         assert not [p for p in path.parent.iterdir() if p.name != "s.claim"]  # nothing left aside
 
 
+@pytest.mark.parametrize("marker_age", [0.0, 3600.0])
+def test_a_takeover_in_progress_is_left_alone_and_one_whose_taker_died_is_cleared(tmp_path, marker_age):
+    folder = stage_folder(tmp_path, "tile")
+    path, marker = folder / "s.claim", folder / ".s.claim.takeover"
+    path.write_bytes(_elsewhere("s"))
+    os.utime(path, (1.0, 1.0))
+    marker.write_bytes(_elsewhere("s"))  # another machine's taker, mid-takeover (or dead, when old)
+    os.utime(marker, (time.time() - marker_age,) * 2)
+    claims = SlideClaims(tmp_path, "tile", timeout=60)
+    found = claims.claim("s")
+    if marker_age:
+        assert found is None and Holder.model_validate_json(path.read_bytes()).pid == os.getpid()
+        assert not marker.exists()
+    else:
+        assert found is not None and not found.stale and found.holder.host == "node-elsewhere"
+        assert Holder.model_validate_json(path.read_bytes()).host == "node-elsewhere"  # untouched
+        assert marker.exists()
+    claims.release_all()
+
+
 def test_a_worker_that_stalled_past_the_timeout_learns_that_its_claim_was_taken_over(tmp_path):
     slow = SlideClaims(tmp_path, "tile", timeout=0.5)
     assert slow.claim("s") is None and slow.still_ours("s")

@@ -6,9 +6,11 @@ claim's name, which fails when the name exists (atomic on local disks and on NFS
 refreshes the file's mtime (its heartbeat) from a thread while it works. Another worker that finds the claim
 leaves the slide alone, unless the claim is stale: its heartbeat is older than the timeout (a worker on another
 machine died, or lost the folder), or its pid is gone on this same host (a `kill -9` here is seen at once). A stale
-claim is taken over by renaming it away (only one of several competing workers can rename one file) and creating a
-fresh claim with O_EXCL again. The mtime is judged against the file system's own clock (the mtime of a file just
-created there), so clocks that disagree between machines do not make a live claim look dead.
+claim is taken over under a takeover marker (`.<slide>.claim.takeover`, created like a claim: one taker at a time):
+its holder checks the claim is still the stale one, renames it away and lets the takers race for a fresh claim by
+link() again, so a claim's name is never emptied by a worker that judged an older claim (which let two workers
+win). The mtime is judged against the file system's own clock (the mtime of a file just created there), so clocks
+that disagree between machines do not make a live claim look dead.
 
 `flock` is not used: on NFS it is emulated with byte-range locks that need a lock daemon, and a lock whose holder's
 machine died may stay held until its lease runs out, or never work at all. A claim file is never written, read or
@@ -189,8 +191,7 @@ def inspect_claim(path: Path, slide_id: str, *, timeout: float, now: float) -> C
         stale = f"no heartbeat for {age:.0f} s (timeout {timeout:.0f} s)"
     elif holder is not None and process_is_gone(holder):
         stale = f"pid {holder.pid} on this host is gone"
-    identity = (info.st_dev, info.st_ino, info.st_mtime_ns)
-    return ClaimInfo(slide_id, holder, info.st_mtime, age, stale, identity)
+    return ClaimInfo(slide_id, holder, info.st_mtime, age, stale, _identity(info))
 
 
 def parse_holder(data: bytes) -> Holder | None:
@@ -252,7 +253,10 @@ class SlideClaims:
                 continue  # released meanwhile
             if not found.stale:
                 return found
-            if self._take_over(path, found) and self.on_takeover is not None:
+            outcome = self._take_over(path, found)
+            if isinstance(outcome, ClaimInfo):
+                return outcome  # another worker is taking it over this instant
+            if outcome and self.on_takeover is not None:
                 self.on_takeover(found)
         raise ClaimError(f"{path}: the claim of slide {slide_id} keeps changing hands; run again")
 
@@ -307,16 +311,45 @@ class SlideClaims:
             raise _claim_error(path, exc) from exc
         return fd
 
-    def _take_over(self, path: Path, found: ClaimInfo) -> bool:
-        """Move a stale claim aside (one rename: one of several takers wins); a claim that changed since it was
-        judged (a heartbeat, a new holder) is put back. True when the stale claim was removed by us."""
+    def _take_over(self, path: Path, found: ClaimInfo) -> bool | ClaimInfo:
+        """Remove the stale claim `found` under the slide's takeover marker. True when we removed it (the caller then
+        races for a fresh claim), False when it changed since it was judged (judge again), or the marker's ClaimInfo
+        while another worker is taking it over (the slide is theirs)."""
+        marker = path.with_name(f".{path.name}.takeover")
+        fd = self._create(marker, f"taking over {found.slide_id}")
+        if fd is None:
+            return self._marker_in_the_way(marker, found.slide_id)
+        try:
+            return self._move_stale_claim_aside(path, found)
+        finally:
+            os.close(fd)
+            remove_own_file(marker)
+
+    def _marker_in_the_way(self, marker: Path, slide_id: str) -> bool | ClaimInfo:
+        """Another taker's marker: theirs while fresh; one left by a taker that died is removed (False: try again)."""
+        held = inspect_claim(marker, slide_id, timeout=self.timeout, now=filesystem_now(self.folder))
+        if held is None:
+            return False
+        if not held.stale:
+            return held
+        self._move_stale_claim_aside(marker, held)
+        return False
+
+    @staticmethod
+    def _move_stale_claim_aside(path: Path, found: ClaimInfo) -> bool:
+        """Rename `path` aside when it is still the file judged stale; one that changed meanwhile (its holder's
+        heartbeat came back) is put back. True when the stale file was removed."""
+        try:
+            if _identity(os.lstat(path)) != found.identity:
+                return False  # released, renewed or replaced since it was judged
+        except FileNotFoundError:
+            return False
         aside = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.stale")
         try:
             os.rename(path, aside)
         except FileNotFoundError:
-            return False  # another worker took it first
-        info = os.lstat(aside)
-        if (info.st_dev, info.st_ino, info.st_mtime_ns) != found.identity:
+            return False
+        if _identity(os.lstat(aside)) != found.identity:
             try:
                 os.link(aside, path, follow_symlinks=False)  # never over a claim made meanwhile
             except OSError:
@@ -379,6 +412,11 @@ class SlideClaims:
 
     def __exit__(self, *exc: object) -> None:
         self.release_all()
+
+
+def _identity(info: os.stat_result) -> tuple[int, int, int]:
+    """A claim file's identity as judged: a heartbeat (mtime) or a new file (inode) makes another."""
+    return (info.st_dev, info.st_ino, info.st_mtime_ns)
 
 
 def _same_file(fd: int, path: Path) -> bool:
