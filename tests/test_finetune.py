@@ -1,4 +1,5 @@
 import csv
+import json
 
 import pytest
 import torch
@@ -6,8 +7,9 @@ from train_runs import train_config
 
 from mixmag.data.cohort import load_cohort
 from mixmag.errors import CohortError
+from mixmag.store import shared_settings
 from mixmag.synth.embedding_cohort import write_embedding_cohort
-from mixmag.train.finetune import Trainer, run_training
+from mixmag.train.finetune import Trainer, run_is_current, run_training
 
 
 @pytest.fixture(scope="module")
@@ -384,3 +386,19 @@ def test_a_grid_run_is_retrained_when_its_mixer_changed_under_the_same_path(coho
     pretrain(1)  # another mixer at the same path: its runs and its precomputed outputs are stale, AB-MIL is not
     assert statuses() == {"MEM-cls": "trained", "MEM-cls-frozen": "trained", "abmil-20x": "reused"}
     assert h5py.File(encoded, "r").attrs["mixer_digest"] != first
+
+
+def test_a_run_recorded_before_a_config_field_existed_is_reused_unless_it_differs(cohort_dir, tmp_path):
+    """A field added to TrainConfig since a run was trained (e.g. `aggregator`) reads as its default in the old record:
+    the run is reused; a recorded value other than the default is still a different run."""
+    cfg = config(cohort_dir, tmp_path, epochs=1, bootstrap=100)
+    run_training(cfg)
+    settings = shared_settings(list(load_cohort(cfg.cohort, cfg.stores).stores.values()))
+    assert run_is_current(cfg, settings)
+    recorded = json.loads((tmp_path / "config.json").read_text())
+    del recorded["aggregator"]  # written before the field existed
+    (tmp_path / "config.json").write_text(json.dumps(recorded))
+    assert run_is_current(cfg, settings)
+    recorded["aggregator"] = "mean"
+    (tmp_path / "config.json").write_text(json.dumps(recorded))
+    assert not run_is_current(cfg, settings)

@@ -30,7 +30,7 @@ from ..synth.benchmark import TASKS, BenchmarkSpec
 from ..tables import read_table
 from ..train.finetune import Seed, TrainSettings
 from ..train.pretrain import PretrainSettings
-from .benchmark import NOTICE, BenchmarkConfig, generate_cohorts, pretrain_mixer
+from .benchmark import BENCHMARK_PRETRAIN, BENCHMARK_TRAIN, NOTICE, BenchmarkConfig, generate_cohorts, pretrain_mixer
 from .benchmark_stats import pretraining_losses
 from .contrasts import Contrast, ContrastData
 from .demo import Timer
@@ -77,21 +77,10 @@ class DesignSpaceConfig(BaseModel):
     )
     seeds: list[Seed] = Field(default_factory=lambda: [0, 1], min_length=1)
     pretrain: dict = Field(
-        default_factory=lambda: {
-            "preset": "tiny",
-            "batch_size": 32,
-            "steps": 1000,
-            "warmup_steps": 50,
-            "base_lr": 8.0e-3,
-            "precision": "fp32",
-            "workers": 0,
-            "per_slide": 4,
-            "pool": 16,
-            "tensorboard": False,
-        },
+        default_factory=lambda: {k: v for k, v in BENCHMARK_PRETRAIN.items() if k != "mask_ratio"},
         description="PretrainSettings shared by every pretraining run (mask_ratio and context are the design's)",
     )
-    train: dict = Field(default_factory=lambda: {"epochs": 12, "batch_size": 16, "lr": 5.0e-3, "bootstrap": 200})
+    train: dict = Field(default_factory=lambda: dict(BENCHMARK_TRAIN))
     train_by_method: dict[str, dict] = Field(default_factory=dict)
     loss_window: int = Field(200, ge=1, le=MAX_STEPS)
     n_boot: int = Field(1000, ge=100, le=MAX_RESAMPLES)

@@ -17,6 +17,7 @@ from typing import Annotated, Literal
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_serializer, model_validator
+from pydantic_core import to_jsonable_python
 
 from .. import __version__
 from ..catalog import shared_settings_of
@@ -410,10 +411,21 @@ def run_is_current(cfg: TrainConfig, store_settings: PipelineSettings | None) ->
     if store_settings is None or not run.is_complete():
         return False
     try:
-        if run.read_config() != json.loads(json.dumps(cfg.model_dump())):
+        if _with_new_defaults(run.read_config(), cfg) != json.loads(json.dumps(cfg.model_dump())):
             return False
         pipeline = run.read_pipeline_record()
         digest = pretrained_mixer_digest(cfg)
     except (MixmagError, OSError):
         return False  # let training say what is wrong
     return pipeline is not None and pipeline.settings == store_settings and pipeline.mixer_digest == digest
+
+
+def _with_new_defaults(recorded: dict, cfg: TrainConfig) -> dict:
+    """A recorded config with the fields added to TrainConfig since it was written filled in with their defaults: a
+    run trained before a field existed was trained as its default says (new fields keep the old behaviour), so it is
+    not retrained for the field alone."""
+    filled = dict(recorded)
+    for name, field in type(cfg).model_fields.items():
+        if name not in filled and not field.is_required():
+            filled[name] = to_jsonable_python(field.get_default(call_default_factory=True))
+    return filled
