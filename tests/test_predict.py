@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import make_tissue_slide
 from typer.testing import CliRunner
 
 from mixmag.cli import app
@@ -17,6 +18,7 @@ from mixmag.errors import RunMismatchError
 from mixmag.eval.explain import explain_slide, region_layout, tile_layout
 from mixmag.models.slide import SlideModel
 from mixmag.report.heatmaps import draw_heatmaps, map_on_thumbnail, open_store_slide, thumbnail
+from mixmag.stages.predict import read_inputs
 from mixmag.store import read_attrs, read_store, write_store
 from mixmag.synth.cohort import CohortSpec, write_cohort
 from mixmag.synth.patterns import tissue_like
@@ -283,3 +285,29 @@ def test_predict_names_a_malformed_cohort_table(demo, tmp_path):
     table.write_text("specimen,file\nA,x.tiff\n")
     result = _invoke("predict", "--run", _run(d, "abmil-all"), "--cohort", table, "--out", tmp_path / "p.csv")
     assert result.exit_code == 2 and "needs a 'path' column" in result.output
+
+
+def test_a_cohort_row_naming_a_folder_of_slides_gives_each_slide_that_rows_specimen(tmp_path):
+    """A row whose path is a folder of slides expands to several slides: the rows after it keep their own specimens
+    (pairing slides with rows by position gave them their neighbours')."""
+    folder = tmp_path / "case-A"
+    folder.mkdir()
+    for name in ("a1.tiff", "a2.tiff"):
+        make_tissue_slide(folder, name, size=(600, 500))
+    make_tissue_slide(tmp_path, "b1.tiff", size=(600, 500))
+    table = tmp_path / "cohort.csv"
+    table.write_text("specimen,path\nA,case-A\nB,b1.tiff\n")
+    inputs = read_inputs(None, table, None)
+    assert [s.slide_id for s in inputs.sources] == ["a1", "a2", "b1"]
+    assert inputs.specimen_of == {"a1": "A", "a2": "A", "b1": "B"}
+
+
+def test_a_cohort_row_may_name_a_dicomweb_series_by_its_parts(tmp_path):
+    table = tmp_path / "cohort.csv"
+    table.write_text(
+        "slide,specimen,dicomweb,study_uid,series_uid\ncmu,S1,http://127.0.0.1:9/dicom-web,1.2.3,1.2.3.4\n"
+    )
+    (source,) = read_inputs(None, table, None).sources
+    assert (
+        source.slide_id == "cmu" and source.path == "dicomweb+http://127.0.0.1:9/dicom-web/studies/1.2.3/series/1.2.3.4"
+    )

@@ -139,6 +139,12 @@ def slide_ids_from_table(table: Path) -> list[str]:
 def sources_from_table(table: Path, mpp: float | None = None) -> list[SlideSource]:
     """Read a CSV with a 'path' column (relative paths are relative to the table) and optional
     'slide' (id) and 'mpp' columns; other columns (specimen, label, split...) are ignored here."""
+    return [source for source, _row in sources_with_rows(table, mpp)]
+
+
+def sources_with_rows(table: Path, mpp: float | None = None) -> list[tuple[SlideSource, dict[str, str]]]:
+    """Each slide of the table with the row that named it: a row whose path is a folder of slides or a DICOM folder
+    of several series gives several slides, so rows and slides cannot be paired by position."""
     table = Path(table)
     read = read_table(table)
     columns, rows = read.columns, read.rows
@@ -173,12 +179,12 @@ def sources_from_table(table: Path, mpp: float | None = None) -> list[SlideSourc
                 problems.append(f"row {line}: mpp {row['mpp']!r} must be a positive number")
                 continue
         if row.get("slide"):
-            sources.append(SlideSource(path, row["slide"], row_mpp))
+            sources.append((SlideSource(path, row["slide"], row_mpp), row))
         else:
-            sources += [SlideSource(p, sid, row_mpp) for p, sid in slide_entries(path)]
+            sources += [(SlideSource(p, sid, row_mpp), row) for p, sid in slide_entries(path)]
     if problems:
         raise CohortError(f"{table}: " + "; ".join(problems) + ".")
-    _check_ids(sources, where=str(table))
+    _check_ids([source for source, _row in sources], where=str(table))
     return sources
 
 

@@ -31,7 +31,7 @@ from ..ids import ID_RULE, check_id, is_safe_id, path_for_id
 from ..models.aggregators import aggregator_name
 from ..report.heatmaps import draw_heatmaps
 from ..runs import CrossValRun, PipelineRecord, TrainRun
-from ..slides.sources import SlideSource, sources_from_paths, sources_from_table
+from ..slides.sources import SlideSource, sources_from_paths, sources_with_rows
 from ..slides.tiling import TilingParams, load_plan, plan_path
 from ..slides.tissue import load_tissue_model
 from ..store import StoreError, StoreHeader, read_header, read_store, store_path
@@ -93,10 +93,10 @@ def read_inputs(
     if cohort is not None:
         table = read_table(cohort)
         rows = table.rows
-        needed = "slide" if stores_dir is not None else "path"
-        if not rows or any(not r.get(needed) for r in rows):
-            what = "slide ids of the stores in --stores" if stores_dir is not None else "the slide files"
-            raise CohortError(f"{cohort}: needs a '{needed}' column filled on every row ({what})")
+        if stores_dir is not None and (not rows or any(not r.get("slide") for r in rows)):
+            raise CohortError(
+                f"{cohort}: needs a 'slide' column filled on every row (slide ids of the stores in --stores)"
+            )
     if stores_dir is not None:
         unreadable: dict[str, str] = {}
         if rows:
@@ -125,10 +125,10 @@ def read_inputs(
             specimen_of={r["slide"]: r.get("specimen") or r["slide"] for r in rows},
             problems=unreadable | unsafe,  # a store the catalog could not read still gets its row
         )
-    if rows:
-        sources = sources_from_table(cohort, mpp)  # one per row, in order
+    if cohort is not None:  # slide files, URLs or DICOMweb series; a folder row gives each of its slides its specimen
+        named = sources_with_rows(cohort, mpp)
         return PredictInputs(
-            sources, specimen_of={s.slide_id: r.get("specimen") or s.slide_id for s, r in zip(sources, rows)}
+            [s for s, _row in named], specimen_of={s.slide_id: r.get("specimen") or s.slide_id for s, r in named}
         )
     if slides:
         return PredictInputs(sources_from_paths(list(slides), mpp))  # paths, or URLs (slides.remote)
