@@ -512,3 +512,21 @@ def test_the_bill_of_a_slide_of_more_than_one_chunk_counts_hdf5s_whole_chunks(tm
     written = (tmp_path / "stores" / "b.h5").stat().st_size
     assert abs(bill.store_bytes - written) <= 0.02 * written, (bill.store_bytes, written)
     assert bill.store_bytes > bill.embedding_bytes * 1.5  # 65 cells take 128 cells' room
+
+
+def test_temporaries_left_by_a_killed_worker_are_swept_once_old_and_never_through_a_link(tmp_path):
+    folder = stage_folder(tmp_path, "tile")
+    old = [folder / ".s.claim.4242.deadbeef.partial", folder / ".s.claim.4242.cafe0000.stale"]
+    fresh = folder / ".t.claim.4243.beef0000.partial"  # a worker writing its claim this instant
+    for path in [*old, fresh]:
+        path.write_bytes(_elsewhere("s"))
+    for path in old:
+        os.utime(path, (1.0, 1.0))
+    victim = tmp_path / "precious.partial"
+    victim.write_bytes(b"keep")
+    link = folder / ".u.claim.1.00000000.partial"
+    link.symlink_to(victim)
+    os.utime(link, (1.0, 1.0), follow_symlinks=False)
+    SlideClaims(tmp_path, "tile", timeout=60)
+    assert not any(p.exists() for p in old) and fresh.exists()
+    assert os.path.lexists(link) and victim.read_bytes() == b"keep"

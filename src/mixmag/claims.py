@@ -233,6 +233,7 @@ class SlideClaims:
         self._guard = threading.Lock()
         self._stop = threading.Event()
         self._beat: threading.Thread | None = None
+        sweep_leftovers(self.folder, self.timeout)
 
     def path(self, slide_id: str) -> Path:
         """The claim's name (the id checked; not resolved: a link there is refused by name, never followed)."""
@@ -431,6 +432,31 @@ def _claim_error(path: Path, exc: OSError) -> MixmagError:
     if is_disk_full(exc):
         return DiskFullError(path)
     return output_error(path, exc)
+
+
+LEFTOVER_SUFFIXES = (".partial", ".stale")  # a claim being written, a claim moved aside: each lives for an instant
+
+
+def sweep_leftovers(folder: Path, timeout: float) -> int:
+    """Remove the hidden temporaries of workers killed between creating and removing them (a claim's unique name
+    before its link, a stale claim moved aside, a clock probe): each exists for an instant, so one older than the
+    claim timeout is nobody's. Regular files only, never through a link. Returns how many were removed."""
+    now = filesystem_now(folder)
+    removed = 0
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return 0
+    for entry in entries:
+        if not (entry.name.startswith(".") and entry.name.endswith(LEFTOVER_SUFFIXES)):
+            continue
+        try:
+            old = now - entry.stat(follow_symlinks=False).st_mtime > timeout
+        except OSError:
+            continue
+        if old and remove_own_file(entry.path):
+            removed += 1
+    return removed
 
 
 def list_claims(folder: Path, *, timeout: float = DEFAULT_TIMEOUT) -> list[ClaimInfo | tuple[str, str]]:
