@@ -121,12 +121,16 @@ def write_atomic(path: str | Path, data: bytes | bytearray | memoryview | str) -
     return Path(path)
 
 
-def write_csv_atomic(path: str | Path, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> Path:
-    """Write a CSV table (header, then rows) atomically; text a spreadsheet would run as a formula is escaped."""
+def write_csv_atomic(
+    path: str | Path, header: Sequence[str], rows: Iterable[Sequence[Any]], *, escape_formulas: bool = True
+) -> Path:
+    """Write a CSV table (header, then rows) atomically; text a spreadsheet would run as a formula is escaped, unless
+    the table is one mixmag reads back as input (`escape_formulas=False`: its cells must stay the user's)."""
+    cell = spreadsheet_cell if escape_formulas else (lambda value: value)
     buffer = io.StringIO(newline="")
     writer = csv.writer(buffer)
-    writer.writerow([spreadsheet_cell(c) for c in header])
-    writer.writerows([spreadsheet_cell(c) for c in row] for row in rows)
+    writer.writerow([cell(c) for c in header])
+    writer.writerows([cell(c) for c in row] for row in rows)
     return write_atomic(path, buffer.getvalue())
 
 

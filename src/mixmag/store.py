@@ -321,6 +321,9 @@ def read_header(path: str | Path) -> StoreHeader:
         return StoreHeader.from_attrs(read_attrs(path))
     except StoreError as exc:
         raise StoreError(f"{path}: {exc}") from None
+    except (OSError, KeyError, ValueError, TypeError, RuntimeError) as exc:  # not HDF5, gone, damaged
+        why = str(exc).splitlines()[0][:200] if str(exc) else ""
+        raise StoreError(f"{path}: not a readable mixmag store ({type(exc).__name__}: {why}); {_UNREADABLE}.") from None
 
 
 def _decode_attr(value: Any) -> Any:

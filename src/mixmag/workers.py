@@ -98,8 +98,23 @@ class Worker:
 def balanced_parts(sizes: list[int], parts: int) -> list[list[int]]:
     """Greedy longest-first assignment of items to `parts` workers by size; deterministic, so every worker computes
     the same split."""
-    heap = [(0, r) for r in range(parts)]  # (load, worker): a heap keeps a million slides over many workers fast
-    out: list[list[int]] = [[] for _ in range(parts)]
+    busy = _greedy(sizes, parts)
+    return busy + [[] for _ in range(parts - len(busy))]
+
+
+def balanced_part(sizes: list[int], parts: int, index: int) -> list[int]:
+    """Worker `index`'s part of `balanced_parts(sizes, parts)`, without listing the other parts: a shard count of a
+    billion (`--shard 0/999999999`, a Slurm array's count) costs no more than the items."""
+    busy = _greedy(sizes, parts)
+    return busy[index] if index < len(busy) else []
+
+
+def _greedy(sizes: list[int], parts: int) -> list[list[int]]:
+    """The parts of the workers that get items: longest first to the least loaded worker (the lowest-numbered among
+    equals), so workers past the item count never get one and need no place in the heap."""
+    workers = min(parts, len(sizes))
+    heap = [(0, r) for r in range(workers)]  # (load, worker): a heap keeps a million slides over many workers fast
+    out: list[list[int]] = [[] for _ in range(workers)]
     for i in sorted(range(len(sizes)), key=lambda i: (-sizes[i], i)):
         load, r = heapq.heappop(heap)
         out[r].append(i)

@@ -108,6 +108,26 @@ def _target_problem(task: str, row: dict, classes: tuple[str, ...] | None) -> st
     return None
 
 
+def _listed(problems: list[str], most: int = 10) -> str:
+    """Problems joined into one sentence: the first `most`, then how many more (a whole column of one mistake, e.g.
+    every event written '1.0', is one sentence, not one clause a row)."""
+    more = f"; and {len(problems) - most} more" if len(problems) > most else ""
+    return "; ".join(problems[:most]) + more
+
+
+def check_targets(table, task: str) -> None:
+    """Refuse a table whose task columns hold values the task cannot read (a time that is not a positive number, an
+    event that is not 0 / 1, a target that is not finite), naming the table's rows: cross-validation stratifies on
+    these columns before any fold's table is loaded, and must not name a derived fold table or advise fewer folds."""
+    problems = []
+    for line, row in zip(table.lines, table.rows):
+        problem = _target_problem(task, row, None)
+        if problem:
+            problems.append(f"row {line}: {problem}")
+    if problems:
+        raise CohortError(f"{table.path}: {_listed(problems)}.")
+
+
 def _row_problems(task: str, table, classes: tuple[str, ...] | None) -> tuple[list[str], dict, dict]:
     """Problems of single rows, the first row of each slide and each specimen's rows."""
     problems: list[str] = []
@@ -216,7 +236,7 @@ def load_cohort(
     problems, seen_slide, spec_rows = _row_problems(task, table, given)
     problems += _specimen_problems(task, spec_rows)
     if problems:
-        raise CohortError(f"{path}: " + "; ".join(problems) + ".")
+        raise CohortError(f"{path}: {_listed(problems)}.")
     names = given or (tuple(sorted({r["label"] for r in rows})) if task == "multiclass" else ())
     if task == "multiclass" and len(names) < 2:
         raise CohortError(f"{path}: a multiclass task needs at least two classes; found {', '.join(names)}.")

@@ -42,7 +42,7 @@ from ..store import (
     store_size_lower_bound,
     write_store,
 )
-from ..workers import Worker, balanced_parts, resolve_shard
+from ..workers import Worker, balanced_part, balanced_parts, resolve_shard
 
 STAGE = "embed"
 
@@ -178,7 +178,7 @@ def run_embed(
     out_dir = Path(out_dir)
     session = _EmbedSession(out_dir, encoder.dim, on_result)
     plans = _load_plans(plan_paths, worker, session)
-    mine = shard([len(plan.cells) for _, plan in plans], worker.slots)[worker.slot]
+    mine = balanced_part([len(plan.cells) for _, plan in plans], worker.slots, worker.slot)
     session.claims = StoreClaims(out_dir, force, worker, timeout=claim_timeout, on_takeover=on_takeover)
     add_to_cohort(out_dir, STAGE, [plan.slide.slide_id for _, plan in plans])
     todo = []

@@ -19,7 +19,7 @@ from ..interop.mixer_tokens import DEFAULT_NAME, MixerOutputs
 from ..interop.plans import plan_for_store
 from ..models.mixer import RegionMixer
 from ..runs import MIXER_WEIGHTS
-from ..store import PipelineSettings, StoreError, read_store, shared_settings
+from ..store import PipelineSettings, StoreError, read_header, read_store, shared_settings
 from ..train.mixer_file import load_mixer
 
 
@@ -99,9 +99,13 @@ def export_mixer_tokens(
     (`mixmag.interop.mixer_tokens`); yields (store, files written) or (store, the error that stopped that slide)."""
     weights = mixer_weights_path(mixer)
     device = device or torch.device("cpu")
-    model, digest = load_mixer(weights, shared_settings(stores) if stores else None)
+    readable, unreadable = _readable(stores)
+    model, digest = load_mixer(weights, shared_settings(readable) if readable else None)
     model.to(device)
     for path in stores:
+        if path in unreadable:
+            yield path, unreadable[path]
+            continue
         try:
             store = read_store(path)
             plan = plan_for_store(store, plans) if format == "trident" else None
@@ -121,3 +125,15 @@ def export_mixer_tokens(
                 yield path, mixer_tokens.export_clam(store, outputs, out)
         except MixmagError as exc:
             yield path, exc
+
+
+def _readable(stores: list[Path]) -> tuple[list[Path], dict[Path, MixmagError]]:
+    """The stores whose header reads, and why each other one does not: one damaged, missing or FIFO store is that
+    slide's failure, never the batch's (the mixer is checked against the readable ones' shared settings)."""
+    unreadable: dict[Path, MixmagError] = {}
+    for path in stores:
+        try:
+            read_header(path)
+        except MixmagError as exc:
+            unreadable[path] = exc
+    return [p for p in stores if p not in unreadable], unreadable

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sklearn.model_selection import StratifiedGroupKFold
 
 from ..config import MAX_SEED
+from ..data.cohort import check_targets
 from ..errors import CohortError
 from ..fileio import write_csv_atomic
 from ..tables import Table, read_table
@@ -66,6 +67,7 @@ def read_units(path: str | Path, task: str, cv: CrossValConfig) -> CohortUnits:
     needed = [c for c in ("specimen", "slide", column) if c not in table.columns]
     if needed:
         raise CohortError(f"{path}: cross-validation needs the column(s) {', '.join(needed)}; add them to the table")
+    check_targets(table, task)
     seen: dict[str, tuple[str, str, int]] = {}
     for line, row in zip(table.lines, table.rows):
         spec = row["specimen"]
@@ -181,8 +183,9 @@ def fold_table(units: CohortUnits, fold: Fold) -> tuple[list[str], list[list[str
 
 
 def write_fold_table(path: Path, units: CohortUnits, fold: Fold) -> Path:
-    """The fold's derived cohort table (the same content on a rerun: folds are seeded)."""
-    return write_csv_atomic(path, *fold_table(units, fold))
+    """The fold's derived cohort table (the same content on a rerun: folds are seeded). Its cells are the user's, as
+    they are: the table is mixmag's input, and a class '+ve' escaped for spreadsheets would come back as "'+ve"."""
+    return write_csv_atomic(path, *fold_table(units, fold), escape_formulas=False)
 
 
 def split_counts(units: CohortUnits, fold: Fold) -> dict[str, dict[str, int]]:
