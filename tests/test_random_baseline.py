@@ -130,3 +130,72 @@ def test_q_values_adjust_every_comparison_against_the_baseline_for_their_number(
     table = statistics_table(adjusted, ["A", "B", "C"], ["base", "x"], [0], 100, "base")
     assert "p=0.04, q=0.04]" in table and "p=0.02, q=0.03]" in table and "p=0.01, q=0.03]" in table
     assert "adjusted for the table's 3 comparisons" in table
+
+
+def _mem_initial_mixer(cfg, seed: int):
+    """The mixer weights a MEM pretraining run of `seed` starts from (it seeds torch, then builds its model)."""
+    import torch
+
+    from mixmag.models.mem import MEMPretrainer
+
+    torch.manual_seed(seed)
+    return MEMPretrainer(cfg, 0.5).mixer.state_dict()
+
+
+def _differs_in_every_drawn_tensor(a: dict, b: dict) -> bool:
+    import torch
+
+    drawn = [k for k in a if a[k].dtype.is_floating_point and a[k].std() > 0]  # zeros and ones are not draws
+    return bool(drawn) and all(not torch.equal(a[k], b[k]) for k in drawn)
+
+
+def test_no_random_baseline_starts_from_the_mem_runs_initial_weights(tmp_path):
+    """Leftover of issue 25: the frozen Random twin (seed 0) and a random-patch run of training seed 0 were drawn right
+    after torch.manual_seed(0), as MEM pretraining (seed 0) draws its mixer, so both were MEM's own starting point and
+    MEM and Random agreed to the digit after short pretraining. Now every random mixer has its own seed stream."""
+    import torch
+    from train_runs import train_config
+
+    from mixmag.synth.benchmark import BenchmarkSpec, write_benchmark_cohort
+    from mixmag.train.finetune import Trainer
+    from mixmag.weights_io import load_safetensors
+
+    cfg = mixer_config("tiny", in_dim=8, t=3, n_levels=3)
+    mem = tmp_path / "mem"
+    mem.mkdir()
+    weights = export_mixer(mem, RegionMixer(cfg), cfg, {"preset": "tiny", "seed": 0}, {})
+    twin = load_safetensors(export_random_twin(weights, tmp_path / "twin", seed=0), fix="")
+    assert _differs_in_every_drawn_tensor(_mem_initial_mixer(cfg, 0), twin)
+
+    table = write_benchmark_cohort(tmp_path / "c", BenchmarkSpec("fine", n_specimens=12, dim=8, seed=0))
+    runs = [
+        Trainer(
+            train_config(
+                tmp_path / "c",
+                tmp_path / f"run{k}",
+                cohort=str(table),
+                bags="regions",
+                seed=0,
+                mixer={"init": "random", "preset": "tiny"},
+            )  # fmt: skip
+        ).model.mixer.state_dict()
+        for k in range(2)
+    ]
+    assert _differs_in_every_drawn_tensor(_mem_initial_mixer(cfg, 0), runs[0])
+    assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])  # still seeded: the same draw every run
+
+
+def test_the_benchmarks_frozen_twin_is_drawn_with_the_mem_runs_pretraining_seed(tmp_path):
+    import json
+
+    from mixmag.train.mixer_file import pretrained_mixer_set
+
+    cfg = mixer_config("tiny", in_dim=8, t=3, n_levels=3)
+    twins = []
+    for seed in (0, 3):
+        folder = tmp_path / f"mem{seed}"
+        folder.mkdir()
+        weights = export_mixer(folder, RegionMixer(cfg), cfg, {"preset": "tiny", "seed": seed}, {})
+        twins.append(pretrained_mixer_set(weights, ["Random-patch-frozen"], tmp_path / f"twin{seed}")["Random"])
+    metas = [json.loads(Path(t).with_name("mixer.json").read_text())["pretraining"] for t in twins]
+    assert [m["seed"] for m in metas] == [0, 3]  # a fresh twin for each pretraining run (each replicate)

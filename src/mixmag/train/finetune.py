@@ -51,7 +51,7 @@ from ..runs import TrainRun
 from ..store import EmbeddingSpace, PipelineSettings, StoreHeader, read_header
 from .classifier import SlideClassifier
 from .crossval import CrossValConfig
-from .mixer_file import load_mixer, weights_digest
+from .mixer_file import load_mixer, random_mixer, weights_digest
 from .optim import layer_decay_groups
 from .tasks import Task, TaskType, task_for
 
@@ -176,10 +176,16 @@ def load_train_config(path: str | Path, sets: list[str] | None = None) -> TrainC
 
 
 def build_mixer(
-    setting: MixerSetting, in_dim: int, t: int, n_levels: int, stores: EmbeddingSpace | dict | None = None
+    setting: MixerSetting,
+    in_dim: int,
+    t: int,
+    n_levels: int,
+    stores: EmbeddingSpace | dict | None = None,
+    seed: int | None = None,
 ) -> RegionMixer:
     """A fresh mixer of a preset, or a pretrained one (refused when `stores`, the cohort's shared
-    settings, were made unlike the stores it was pretrained on)."""
+    settings, were made unlike the stores it was pretrained on). A fresh one with `seed` is drawn from the random-init
+    stream (`mixer_file.random_mixer`), never a pretraining run's starting weights; without, from torch's state."""
     if setting.init == "pretrained":
         mixer, _ = load_mixer(setting.weights, stores)
         if mixer.config.in_dim != in_dim:
@@ -188,9 +194,8 @@ def build_mixer(
                 "ones"
             )
         return mixer.train()
-    return RegionMixer(
-        mixer_config(setting.preset, **(setting.overrides.given() | {"in_dim": in_dim, "t": t, "n_levels": n_levels}))
-    )
+    cfg = mixer_config(setting.preset, **(setting.overrides.given() | {"in_dim": in_dim, "t": t, "n_levels": n_levels}))
+    return RegionMixer(cfg) if seed is None else random_mixer(cfg, seed)
 
 
 class Trainer:
@@ -246,7 +251,7 @@ class Trainer:
         level = self.config.region_level
         if level is not None:  # one level: a (t 2^i) x (t 2^i) grid of that level's tiles
             t, n_levels = t * 2 ** (header.level_names or []).index(level), 1
-        return build_mixer(self.config.mixer, in_dim, t, n_levels, self.store_settings)
+        return build_mixer(self.config.mixer, in_dim, t, n_levels, self.store_settings, seed=self.config.seed)
 
     def _pipeline(self, bag_dim: int, mixer: RegionMixer | None) -> dict:
         """What prediction needs besides the weights: how the stores were made, the model's shape, the mixer read."""

@@ -13,6 +13,7 @@ from dataclasses import asdict
 from functools import lru_cache
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .. import __version__
@@ -43,25 +44,50 @@ def export_mixer(
     return path
 
 
+RANDOM_INIT_STREAM = 0x52414E44  # "RAND": the random mixers' own seed stream
+
+
+def random_init_seed(seed: int) -> int:
+    """The torch seed a random mixer of `seed` is drawn with. Pretraining draws its mixer's initial weights right
+    after `torch.manual_seed(pretraining seed)`, so a random mixer drawn after `torch.manual_seed(seed)` was, at the
+    same seed, MEM's own starting point, not an independent draw; this stream never gives a small seed's draw."""
+    return int(np.random.SeedSequence([seed, RANDOM_INIT_STREAM]).generate_state(1, np.uint64)[0] % 2**63)
+
+
+def random_mixer(cfg: MixerConfig, seed: int) -> RegionMixer:
+    """A mixer of this architecture with fresh weights from `seed`'s random-init stream; the caller's random state
+    is left as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(random_init_seed(seed))
+        return RegionMixer(cfg)
+
+
 def export_random_twin(like: Path, out: Path, seed: int = 0) -> Path:
     """`like`'s architecture with fresh (seeded) weights, saved like a pretrained mixer with like's stores
     provenance: a frozen Random baseline that differs from the pretrained mixer in initialisation only."""
     meta = _read_meta(Path(like).with_name(MIXER_META), f"give the {MIXER_WEIGHTS} that `mixmag pretrain` wrote")
     cfg = MixerConfig(**meta.mixer)
-    with torch.random.fork_rng():  # the same fresh weights every time, and the caller's random state untouched
-        torch.manual_seed(seed)
-        mixer = RegionMixer(cfg)
+    mixer = random_mixer(cfg, seed)  # the same fresh weights every time, never like's initial ones
     make_folder(out)
-    return export_mixer(
-        out, mixer, cfg, {"init": "random", "seed": seed, "preset": meta.preset, "like": str(like)}, meta.space
-    )
+    pretraining = {
+        "init": "random",
+        "seed": seed,
+        "stream": "random_init_seed",
+        "preset": meta.preset,
+        "like": str(like),
+    }
+    return export_mixer(out, mixer, cfg, pretraining, meta.space)
 
 
 def pretrained_mixer_set(mixer: Path, methods: list[str], folder: Path) -> dict[str, str]:
-    """The grid's pretrained mixers: the MEM one, and for 'Random-...' methods its random twin saved in `folder`."""
+    """The grid's pretrained mixers: the MEM one, and for 'Random-...' methods its random twin saved in `folder`,
+    drawn with the MEM run's pretraining seed (in the random-init stream): each pretraining run, a fresh twin."""
     mixers = {"MEM": str(mixer)}
     if any(m.startswith("Random-") for m in methods):
-        mixers["Random"] = str(export_random_twin(mixer, folder))
+        meta = _read_meta(Path(mixer).with_name(MIXER_META), f"give the {MIXER_WEIGHTS} that `mixmag pretrain` wrote")
+        seed = (meta.pretraining or {}).get("seed", 0)
+        seed = seed if isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed < 2**63 else 0
+        mixers["Random"] = str(export_random_twin(mixer, folder, seed=seed))
     return mixers
 
 
