@@ -3,14 +3,13 @@ contributions), and training, loading and predicting with a non-default one at a
 
 from __future__ import annotations
 
-import csv
 import json
 import typing
 from pathlib import Path
 
 import pytest
 import torch
-from train_runs import train_config
+from train_runs import reloaded, train_config
 
 from mixmag.models import slide as slide_module
 from mixmag.models.aggregators import AGGREGATORS, AggregatorName, build_aggregator
@@ -115,13 +114,8 @@ def test_a_run_with_another_aggregator_is_recorded_and_loads_as_itself(small_coh
     config = train_config(small_cohort, tmp_path / "run", bags=where, aggregator=name, **mixer, **one_epoch)
     run_training(config)
     assert TrainRun(tmp_path / "run").read_config()["aggregator"] == name
-    model = SlideClassifier.load(tmp_path / "run")
+    model, one_slide = reloaded(tmp_path / "run", small_cohort / "stores")
     assert isinstance(model.model.aggregator, kind)
-    stores = {p.stem: p for p in sorted((small_cohort / "stores").glob("*.h5"))}
-    model.use_stores(stores)
-    with open(tmp_path / "run" / "predictions_test.csv", newline="") as f:
-        written = {r["slides"]: r for r in csv.DictReader(f)}
-    one_slide = next(r for r in written.values() if ";" not in r["slides"])
     assert model.score([one_slide["slides"]])[one_slide["slides"]] == pytest.approx(float(one_slide["score"]), abs=1e-6)
     attribution = model.explain(one_slide["slides"])  # auto: no attention to draw, so gradient x input
     assert attribution.method == "gradient x input"

@@ -102,6 +102,9 @@ def test_every_existing_method_name_keeps_its_meaning(grids):
         ("MEM-cls-frozen", dict(init="pretrained", mixer="MEM", output="cls", frozen=True, bags="cls")),
         ("MEM-patch-frozen+mean", dict(init="pretrained", mixer="MEM", output="patch", frozen=True, aggregator="mean")),
         ("random-10x-cls+mean", dict(init="random", level="10x", output="cls", aggregator="mean")),
+        ("clam-all", dict(level="all", bags="all", aggregator="clam")),
+        ("MEM-cls-frozen+clam", dict(init="pretrained", mixer="MEM", output="cls", frozen=True, aggregator="clam")),
+        ("MEM-patch+clam", dict(init="pretrained", mixer="MEM", output="patch", bags="regions", aggregator="clam")),
     ],
 )
 def test_method_names_parse_into_their_spec(name, fields):
@@ -141,3 +144,6 @@ def test_another_aggregator_reaches_the_run_config(grids):
     assert frozen.encoded == method_config(grid, grid.tasks[0], "MEM-cls-frozen", 0).encoded  # one encoding shared
     assert Path(frozen.out).parent.name == "MEM-cls-frozen_mean"
     assert method_config(grid, grid.tasks[0], "abmil-20x", 0).aggregator == "abmil"
+    tuned = method_config(grid, grid.tasks[1], "MEM-patch+clam", 0)  # CLAM-SB on a fine-tuned mixer, multiclass
+    assert (tuned.aggregator, tuned.bags, tuned.task) == ("clam", "regions", "multiclass")
+    assert tuned.mixer is not None and tuned.mixer.init == "pretrained"

@@ -3,9 +3,11 @@ learnable benchmark task, so that each test file names only what it changes."""
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 from mixmag.synth.benchmark import BenchmarkSpec, write_benchmark_cohort
+from mixmag.train.classifier import SlideClassifier
 from mixmag.train.finetune import TrainConfig
 
 SMALL_RUN = dict(bags="20x", epochs=2, batch_size=8, lr=3e-3, bootstrap=100)  # a few seconds on a synthetic cohort
@@ -23,3 +25,12 @@ def learnt_task_config(folder: Path, task: str, out: Path, **settings) -> TrainC
     levels as the benchmark's AB-MIL all x: a model whose attribution means something."""
     table = write_benchmark_cohort(folder, BenchmarkSpec(task, n_specimens=80, signal=2.0, label_noise=0.0, seed=0))
     return train_config(folder, out, **(LEARNT_RUN | {"cohort": str(table)} | settings))
+
+
+def reloaded(run: Path, stores: Path) -> tuple[SlideClassifier, dict]:
+    """The run's model loaded and pointed at the stores in `stores`, with the written test row of a one-slide specimen
+    (to compare the reloaded model's score with)."""
+    model = SlideClassifier.load(run)
+    model.use_stores({p.stem: p for p in sorted(stores.glob("*.h5"))})
+    with open(run / "predictions_test.csv", newline="") as f:
+        return model, next(r for r in csv.DictReader(f) if ";" not in r["slides"])

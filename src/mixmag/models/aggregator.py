@@ -21,7 +21,7 @@ class Aggregator(nn.Module):
     # the pooling weights are learnt attention worth drawing (AB-MIL), not uniform (mean pooling): attribution "auto"
     # draws them, else gradient x input
     attends: ClassVar[bool] = True
-    # `project` then `pool` equal `contributions` (a linear map per instance, then pooling): large bags are projected
+    # `project` then `pool` equal `contributions` (a map of each instance alone, then pooling): large bags are projected
     # one by one and only their projections padded (`mixmag.models.slide:SlideModel.bag_logits`)
     decomposes: ClassVar[bool] = False
     # a bag's logits do not depend on its instances' order (AB-MIL, mean pooling; not TransMIL, whose PPEG reads the
@@ -40,6 +40,12 @@ class Aggregator(nn.Module):
         self, z: torch.Tensor, mask: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         raise NotImplementedError
+
+    def training_loss(self, bag_loss: torch.Tensor, classes: torch.Tensor | None) -> torch.Tensor:
+        """The loss to train on from the task's bag loss of the last training forward; `classes`: each bag's class
+        (None where the task has none). The bag loss itself unless the aggregator adds a term of its own (CLAM-SB's
+        instance clustering)."""
+        return bag_loss
 
     def project(self, z: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError(f"{type(self).__name__} does not pool per-instance projections")

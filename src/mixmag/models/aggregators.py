@@ -8,6 +8,7 @@ from typing import Literal
 from ..errors import ConfigError
 from .abmil import GatedABMIL
 from .aggregator import Aggregator
+from .clam import CLAMSB
 from .meanpool import MeanPool
 from .transmil import TransMIL
 
@@ -15,8 +16,10 @@ AGGREGATORS: dict[str, type[Aggregator]] = {
     "abmil": GatedABMIL,  # gated attention MIL (Ilse et al. 2018; the paper's eq. 7-8)
     "mean": MeanPool,  # mean pooling + a linear classifier
     "transmil": TransMIL,  # a two-layer transformer with pyramid position encoding (Shao et al. 2021)
+    "clam": CLAMSB,  # CLAM-SB: gated attention plus instance clustering on pseudo-labels (Lu et al. 2021)
 }
-AggregatorName = Literal["abmil", "mean", "transmil"]  # AGGREGATORS' names, for configs (a test keeps the two equal)
+# AGGREGATORS' names, for configs (a test keeps the two equal)
+AggregatorName = Literal["abmil", "mean", "transmil", "clam"]
 
 
 def aggregator_name(aggregator: Aggregator) -> str:

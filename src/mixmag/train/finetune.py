@@ -273,10 +273,12 @@ class Trainer:
 
     def specimen_loss(self, specimens: list[Specimen]) -> torch.Tensor:
         """The task's loss of these specimens under its specimen rule (eq. 9 for binary: each specimen's loss is the
-        smallest of its slides' label-smoothed losses)."""
+        smallest of its slides' label-smoothed losses), with the aggregator's own term where it has one."""
         slides = [s for sp in specimens for s in sp.slides]
         owner = torch.tensor([k for k, sp in enumerate(specimens) for _ in sp.slides], device=self.device)
-        return self.task.loss(self.slide_logits(slides), owner, specimens, self.config.label_smoothing)
+        loss = self.task.loss(self.slide_logits(slides), owner, specimens, self.config.label_smoothing)
+        classes = self.task.classes_of(specimens)  # an aggregator's own term (CLAM-SB's instance loss) reads them
+        return self.model.aggregator.training_loss(loss, None if classes is None else classes.to(self.device)[owner])
 
     def micro_batches(self, specimens: list[Specimen]) -> list[list[Specimen]]:
         """The step's specimens in micro-batches whose padded batch fits `micro_batch_mb` (one, in order, when the

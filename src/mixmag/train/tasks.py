@@ -91,6 +91,11 @@ class Task:
         per_slide = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
         return min_over_slides(per_slide, owner, len(specimens))
 
+    def classes_of(self, specimens: list[Specimen]) -> torch.Tensor | None:
+        """Each specimen's class index, for an aggregator that pseudo-labels instances by the bag's class (CLAM-SB);
+        None for tasks without classes (survival, regression)."""
+        return torch.tensor([int(sp.label) for sp in specimens], dtype=torch.long)
+
     # -- outputs ------------------------------------------------------------------------------------------------
     def transform(self, logits: torch.Tensor) -> torch.Tensor:
         """A slide's outputs from its logits: here the probability."""
@@ -253,6 +258,9 @@ class SurvivalTask(Task):
         event = torch.tensor([float(sp.label) for sp in specimens], device=logits.device, dtype=logits.dtype)
         return cox_partial_likelihood(risk, time, event)
 
+    def classes_of(self, specimens):
+        return None  # an event is an outcome, not a class the bag's instances show
+
     def transform(self, logits):
         return logits
 
@@ -344,6 +352,9 @@ class RegressionTask(Task):
         target = torch.tensor([(sp.target - self.mean) / self.std for sp in specimens], device=logits.device)
         per_slide = F.huber_loss(logits, target.to(logits.dtype)[owner], reduction="none", delta=HUBER_DELTA)
         return min_over_slides(per_slide, owner, len(specimens))
+
+    def classes_of(self, specimens):
+        return None  # a continuous target has no class to pseudo-label instances with
 
     def transform(self, logits):
         return logits * self.std + self.mean
