@@ -19,6 +19,7 @@ from mixmag.studies.demo import DemoConfig
 from mixmag.studies.design_space import DesignSpaceConfig
 from mixmag.studies.experiments import GridConfig
 from mixmag.studies.label_efficiency import LabelEfficiencyConfig
+from mixmag.studies.structure_sweep import StructureSweepConfig
 from mixmag.train.finetune import TrainConfig
 from mixmag.train.pretrain import PretrainConfig, PretrainSettings
 
@@ -36,6 +37,8 @@ MODEL_OF = {
     "benchmark-pixels.yaml": DemoConfig,
     "design-space-small.yaml": DesignSpaceConfig,
     "label-efficiency-small.yaml": LabelEfficiencyConfig,
+    "structure-sweep-small.yaml": StructureSweepConfig,
+    "replicates-small.yaml": BenchmarkConfig,
 }
 
 

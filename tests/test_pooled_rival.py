@@ -114,3 +114,47 @@ def test_predict_pools_new_stores_for_a_run_on_pooled_stores_and_one_bad_store_s
     bad.write_bytes(b"not hdf5")
     pooled, problems = pool_stores({"a": good, "b": bad}, tmp_path / "pooled")
     assert read_store(pooled["a"]).header.pooled_from == "20x" and list(problems) == ["b"]
+
+
+def test_the_pixel_benchmark_runs_the_rival_and_says_what_embedding_only_20x_saves(tmp_path):
+    """configs/demo-small.yaml (the pixel benchmark's small twin) with the rival on fine: the pooled stores leave the
+    20x tiles as they were, so AB-MIL 20x scores the same on them; AB-MIL all x reads other 5x/10x tokens; the saving
+    is the 5x and 10x tiles' share (5 of 21 at three levels) of the embedding stage's measured time."""
+    import json
+    from pathlib import Path
+
+    import yaml
+
+    from mixmag.studies.demo import DemoConfig, run_demo
+    from mixmag.studies.rival import embedding_saving
+    from mixmag.train.pretrain import store_paths
+
+    shipped = yaml.safe_load(open(Path(__file__).resolve().parents[1] / "configs" / "demo-small.yaml"))
+    config = DemoConfig(
+        **shipped
+        | {
+            "out": str(tmp_path / "d"),
+            "methods": ["abmil-20x", "abmil-all"],
+            "n_boot": 100,
+            "rival_tasks": ["fine"],
+            "rival_methods": ["abmil-20x", "abmil-all"],
+        }
+    )
+    assert run_demo(config) == 0
+    out = tmp_path / "d"
+    real = json.loads((out / "results" / "results.json").read_text())
+    rival = json.loads((out / "results-rival" / "results.json").read_text())
+    assert rival["fine"]["abmil-20x"] == real["fine"]["abmil-20x"]
+    scores = [
+        (out / r / "fine" / "abmil-all" / "seed0" / "predictions_test.csv").read_text()
+        for r in ("results", "results-rival")
+    ]
+    assert scores[0] != scores[1]
+    embed = next(v for k, v in json.loads((out / "timings.json").read_text()).items() if k.startswith("3. embed"))
+    saving = embedding_saving(store_paths(out / "stores"), embed)
+    assert saving["share"] == pytest.approx(5 / 21) and saving["saved_seconds"] == pytest.approx(5 / 21 * embed)
+    text = (out / "results" / "rival.md").read_text()
+    assert f"{saving['tiles_not_embedded']:,} of the {saving['tiles']:,} tiles" in text
+    assert "fine | abmil-all | abmil-all (20x-pooled)" in text
+    with pytest.raises(ValueError, match="needs n_boot > 0"):
+        DemoConfig(**shipped | {"rival_tasks": ["fine"]})

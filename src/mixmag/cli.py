@@ -1694,6 +1694,16 @@ def benchmark(
             "a label-efficiency config (configs/label-efficiency-small.yaml); without: the built-in sweep.",
         ),
     ] = False,
+    structure_sweep: Annotated[
+        bool,
+        typer.Option(
+            "--structure-sweep",
+            help="Run the benchmark at each point of the generator's structure knob (0: independent tiles, nothing "
+            "for MEM to learn; 1: the default) and report MEM-patch minus random-patch and minus AB-MIL 20x at each, "
+            "with paired bootstrap CIs (<out>/structure_sweep.md and .png). --config: a sweep config "
+            "(configs/structure-sweep-small.yaml); without: structures 0, 0.5, 1 on the benchmark's defaults.",
+        ),
+    ] = False,
 ) -> None:
     """Benchmark v2 on CPU: four synthetic multi-scale tasks at the embedding level, methods x seeds, mean ± sd,
     bootstrap CIs, paired DeLong p against AB-MIL 20x, and the magnification attribution check."""
@@ -1701,10 +1711,16 @@ def benchmark(
     from .studies.design_space import load_design_space_config, run_design_space
     from .studies.label_efficiency import load_label_efficiency_config, run_label_efficiency
     from .studies.replicates import load_replicates_config, run_replicates
+    from .studies.structure_sweep import load_structure_sweep_config, run_structure_sweep
 
-    if sum([design_space, label_efficiency, replicates is not None]) > 1:
-        raise OptionError("--design-space, --label-efficiency and --replicates are separate studies: give one")
+    if sum([design_space, label_efficiency, structure_sweep, replicates is not None]) > 1:
+        raise OptionError(
+            "--design-space, --label-efficiency, --structure-sweep and --replicates are separate studies: give one"
+        )
     try:
+        if structure_sweep:
+            run_structure_sweep(load_structure_sweep_config(config, out), console=console)
+            return
         if design_space:
             run_design_space(load_design_space_config(config, out), console=console)
             return

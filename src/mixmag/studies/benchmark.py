@@ -19,8 +19,6 @@ from rich.console import Console
 from rich.text import Text
 
 from ..config import MAX_RESAMPLES, MAX_STEPS, load_config
-from ..data.cohort import load_cohort
-from ..data.pooled import write_pooled
 from ..errors import ConfigError
 from ..eval.attribution import (
     CAUSAL_MEASURES,
@@ -38,7 +36,6 @@ from ..markup import plain_console
 from ..metrics import auroc
 from ..runs import PretrainRun
 from ..stages.crossval import METRIC_NAMES
-from ..store import store_path
 from ..synth.benchmark import (
     OUTCOME_NAMES,
     TASK_SCALE,
@@ -49,7 +46,6 @@ from ..synth.benchmark import (
     write_benchmark_cohort,
     write_outcome_cohort,
 )
-from ..tables import read_table
 from ..train.finetune import Seed, TrainSettings
 from ..train.mixer_file import pretrained_mixer_set
 from ..train.pretrain import PretrainConfig, PretrainSettings, run_pretraining
@@ -70,6 +66,7 @@ from .benchmark_stats import (
 from .demo import Timer
 from .experiments import GridConfig, Task, run_folder, run_grid
 from .methods import ABMIL_ON_TILES, tile_method
+from .rival import rival_markdown, rival_setup, run_rival
 
 NOTICE = (
     "These data are SYNTHETIC and built at the embedding level (no pixels, no encoder): the table measures what "
@@ -173,7 +170,12 @@ class BenchmarkConfig(BaseModel):
 
 
 def load_benchmark_config(path: Path | None, out: Path | None = None, sets: list[str] | None = None) -> BenchmarkConfig:
-    config = load_config(BenchmarkConfig, path, sets)
+    config = check_benchmark_config(load_config(BenchmarkConfig, path, sets), path)
+    return config if out is None else config.model_copy(update={"out": str(out)})
+
+
+def check_benchmark_config(config: BenchmarkConfig, path: Path | None) -> BenchmarkConfig:
+    """The checks across fields: known tasks, rival tasks among them, AB-MIL rival methods, known outcome tasks."""
     unknown = [t for t in config.tasks if t not in TASKS]
     if unknown:
         raise ConfigError(f"{path}: unknown task(s) {', '.join(unknown)}; tasks: {', '.join(TASKS)}")
@@ -192,7 +194,7 @@ def load_benchmark_config(path: Path | None, out: Path | None = None, sets: list
         raise ConfigError(
             f"{path}: unknown outcome task(s) {', '.join(unknown)}; outcome tasks: {', '.join(OUTCOME_NAMES)}"
         )
-    return config if out is None else config.model_copy(update={"out": str(out)})
+    return config
 
 
 def generate_cohorts(out: Path, config: BenchmarkConfig, console: Console) -> dict[str, Path]:
@@ -312,70 +314,15 @@ def _grid(
 def _rival(out: Path, config: BenchmarkConfig, tables: dict[str, Path], console: Console) -> dict:
     """The rival tasks on pooled stores (made once next to the real ones), their statistics, and each rival method
     against itself on the real stores (same test specimens: paired)."""
-    pooled = out / "data" / "stores-pooled"
-    rival_tables = {}
-    for task in config.rival_tasks:
-        for path in load_cohort(tables[task], out / "data" / "stores").stores.values():
-            if not store_path(pooled, path.stem).is_file():
-                write_pooled(path, pooled)
-        rival_tables[task] = pooled_table(tables[task], pooled)
-    grid = GridConfig(
-        out=str(out / "results-rival"),
-        methods=config.rival_methods,
-        seeds=config.seeds,
-        tasks=[Task(name=t, cohort=str(rival_tables[t]), stores=str(pooled)) for t in config.rival_tasks],
-        train=config.train,
-        train_by_method=config.train_by_method,
-        baseline=config.baseline,
+    setup = rival_setup(config, tables, out / "data" / "stores", out, config.baseline)
+    return run_rival(
+        setup, on_run=lambda t, m, s, auc, status: console.print(f"{t:>8} / {m} (20x-pooled) seed {s}: {auc:.3f}")
     )
-    run_grid(grid, on_run=lambda t, m, s, auc, status: console.print(f"{t:>8} / {m} (20x-pooled) seed {s}: {auc:.3f}"))
-    cells = []
-    for task in config.rival_tasks:
-        runs = {m: [run_folder(grid, task, m, s) for s in config.seeds] for m in config.rival_methods}
-        cells += cell_statistics(task, runs, config.baseline, n_boot=config.n_boot)
-    real = GridConfig(out=str(out / "results"), methods=config.methods, seeds=config.seeds, tasks=grid.tasks)
-    pairs = [
-        compare_methods(
-            task,
-            [run_folder(real, task, m, s) for s in config.seeds],
-            [run_folder(grid, task, m, s) for s in config.seeds],
-            m,
-            f"{m} (20x-pooled)",
-        )
-        for task in config.rival_tasks
-        for m in config.rival_methods
-        if m in config.methods
-    ]
-    q = false_discovery_rate([pair.p for pair in pairs])
-    return {
-        "cells": with_false_discovery_rate(cells),
-        "pairs": [replace(pair, q=q_value) for pair, q_value in zip(pairs, q, strict=True)],
-    }
 
 
-def pooled_table(table: Path, pooled: Path) -> Path:
-    """The task's cohort table beside it (`<task>-pooled.csv`), its `store` column naming the pooled stores: the
-    generated tables name each store by path, which wins over a stores folder."""
-    source = read_table(table)
-    rows = [
-        [store_path(pooled, row["slide"]) if column == "store" else row[column] for column in source.columns]
-        for row in source.rows
-    ]
-    return write_csv_atomic(table.with_name(f"{table.stem}-pooled.csv"), source.columns, rows)
-
-
-def rival_markdown(rival: dict, config: BenchmarkConfig) -> str:
-    if not rival:
-        return ""
-    table = statistics_table(
-        rival["cells"], config.rival_tasks, config.rival_methods, config.seeds, config.n_boot, config.baseline
-    )
+def rival_note(rival: dict, config: BenchmarkConfig) -> str:
     saved = "5 of every 21 tiles (the 5x and 10x ones) need no encoder pass"
-    return (
-        f"\n\nThe 20x-only rival (5x and 10x tokens pooled from the 20x tiles; {saved}):\n\n{table}\n"
-        "Real 5x/10x features against pooled ones, same method and test specimens:\n\n"
-        f"{pairs_markdown(rival['pairs'])}\n"
-    )
+    return rival_markdown(rival, saved, config.seeds, config.rival_methods, config.n_boot, config.baseline)
 
 
 def _statistics(grid: GridConfig, config: BenchmarkConfig) -> list[CellStatistic]:
@@ -575,7 +522,7 @@ def _write_outputs(out: Path, result: dict, config: BenchmarkConfig) -> None:
     write_atomic(
         out / "benchmark.md",
         f"{NOTICE}\n\n{table}\n{outcome_note(config.outcome_tasks)}{pairs_markdown(result['pairs'])}\n"
-        f"{rival_markdown(result.get('rival', {}), config)}"
+        f"{rival_note(result.get('rival', {}), config)}"
         f"{pretraining_note(result['pretraining'])}\n\n{power_note(cells)}\n\n"
         f"Which magnification mattered (seed {config.seeds[0]}, positive test slides):\n\n"
         f"{attribution_markdown(attribution)}",

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from rich.console import Console
 from rich.text import Text
 
@@ -34,9 +34,11 @@ from ..stages.tile import tile_slides
 from ..synth.cohort import TASKS, CohortSpec, write_cohort
 from ..train.finetune import Seed, TrainSettings
 from ..train.mixer_file import pretrained_mixer_set
-from ..train.pretrain import PretrainConfig, PretrainSettings, pretraining_catalog, run_pretraining
+from ..train.pretrain import PretrainConfig, PretrainSettings, pretraining_catalog, run_pretraining, store_paths
 from .benchmark_stats import CellStatistic, cell_statistics, statistics_table, with_false_discovery_rate
 from .experiments import GridConfig, Task, method_config, run_grid
+from .methods import ABMIL_ON_TILES
+from .rival import embedding_saving, rival_markdown, rival_setup, run_rival
 
 SYNTHETIC_NOTICE = (
     "These data are SYNTHETIC (generated slides with biomarkers placed at known scales) and the built-in encoder is "
@@ -104,6 +106,28 @@ class DemoConfig(BaseModel):
         description="> 0: also a table of mean ± sd over seeds, bootstrap 95% CI (n_boot resamples) and paired "
         "DeLong p against abmil-20x (results/statistics.md)",
     )
+    rival_tasks: list[SafeName] = Field(
+        default_factory=list,
+        description="tasks also run on stores whose 5x and 10x tokens are pooled from the 20x tiles alone (the "
+        "20x-only rival, `mixmag store pool`): results-rival/, each rival method against itself on the real stores, "
+        "and the embedding time the rival would save (results/rival.md; needs n_boot > 0)",
+    )
+    rival_methods: list[str] = Field(
+        default_factory=lambda: ["abmil-5x", "abmil-20x", "abmil-all"],
+        description="methods run on the pooled stores (AB-MIL: a mixer would need its own pretraining on them)",
+    )
+
+    @model_validator(mode="after")
+    def _rival_settings(self) -> DemoConfig:
+        if self.rival_tasks and not self.n_boot:
+            raise ValueError("rival_tasks needs n_boot > 0 (the rival's table has bootstrap CIs and paired tests)")
+        if self.rival_tasks and (
+            "abmil-20x" not in self.rival_methods or not set(self.rival_methods) <= set(ABMIL_ON_TILES)
+        ):
+            raise ValueError(
+                f"rival_methods must be AB-MIL methods ({', '.join(ABMIL_ON_TILES)}) and include abmil-20x"
+            )
+        return self
 
 
 def load_demo_config(path: Path | None, out: Path | None = None) -> DemoConfig:
@@ -240,13 +264,22 @@ def run_demo(config: DemoConfig, console: Console | None = None) -> int:
     )
     if config.n_boot:
         timer.run("6. statistics (bootstrap, DeLong)", console, lambda: _statistics(grid, config))
+    rival = None
+    if config.rival_tasks:
+        rival = timer.run(
+            "7. the 20x-only rival on pooled stores", console, lambda: _rival(out, config, tables, console)
+        )
     timings = record_timings(out, timer)
+    if rival is not None:
+        write_atomic(out / "results" / "rival.md", _rival_text(out, config, rival, timings))
     console.rule(Text("results", style="bold"))
     if not config.cohort_tables:
         console.print(SYNTHETIC_NOTICE, style="bold yellow", soft_wrap=True)
     console.print((out / "results" / "results.md").read_text(), highlight=False, soft_wrap=True)
     if config.n_boot:
         console.print((out / "results" / "statistics.md").read_text(), highlight=False, soft_wrap=True, markup=False)
+    if rival is not None:
+        console.print((out / "results" / "rival.md").read_text(), highlight=False, soft_wrap=True, markup=False)
     if not config.cohort_tables:
         console.print(_scale_check(results), soft_wrap=True, highlight=False)
     console.print("stage timings: " + timings_line(timings), soft_wrap=True)
@@ -419,6 +452,33 @@ def _experiment(grid: GridConfig, console: Console, reused: Callable[[], None] =
     if statuses and all(s == "reused" for s in statuses):
         reused()
     return results
+
+
+def _rival(out: Path, config: DemoConfig, tables: dict[str, Path], console: Console) -> dict:
+    """The rival tasks on pooled stores (made once beside the real ones), as the embedding benchmark runs them."""
+    unknown = [t for t in config.rival_tasks if t not in tables]
+    if unknown:
+        raise CohortError(f"rival task(s) {', '.join(unknown)} are not among the tasks ({', '.join(tables)})")
+    setup = rival_setup(config, tables, out / "stores", out, "abmil-20x")
+    return run_rival(
+        setup, on_run=lambda t, m, s, auc, status: console.print(f"{t:>6} / {m} (20x-pooled) seed {s}: {auc:.3f}")
+    )
+
+
+def _rival_text(out: Path, config: DemoConfig, rival: dict, timings: dict[str, dict]) -> str:
+    """The rival's tables, headed by what embedding only the 20x tiles would have saved in this run's embed stage."""
+    embed = next((t["seconds"] for name, t in timings.items() if name.startswith("3. embed")), None)
+    saving = embedding_saving(store_paths(out / "stores"), embed)
+    words = (
+        f"{saving['tiles_not_embedded']:,} of the {saving['tiles']:,} tiles embedded here "
+        f"({100 * saving['share']:.0f}%, the 5x and 10x ones) need no encoder pass"
+    )
+    if saving["saved_seconds"] is not None:
+        words += (
+            f"; at equal cost per tile that is {saving['saved_seconds']:.0f} s of this run's {embed:.0f} s embedding "
+            "stage (wall time, an estimate from the stage timing, not measured per level)"
+        )
+    return rival_markdown(rival, words, config.seeds, config.rival_methods, config.n_boot, "abmil-20x").lstrip()
 
 
 def _statistics(grid: GridConfig, config: DemoConfig) -> None:

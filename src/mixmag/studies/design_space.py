@@ -21,7 +21,7 @@ from rich.console import Console
 
 from ..config import MAX_RESAMPLES, MAX_STEPS, load_config
 from ..errors import ConfigError
-from ..fileio import atomic_path, make_folder, write_atomic, write_csv_atomic, write_json_atomic
+from ..fileio import make_folder, write_atomic, write_csv_atomic, write_json_atomic
 from ..markup import markdown_cell, plain_console
 from ..models.mixer import mixer_config
 from ..runs import PretrainRun
@@ -35,6 +35,7 @@ from .benchmark_stats import pretraining_losses
 from .contrasts import Contrast, ContrastData
 from .demo import Timer
 from .experiments import GridConfig, Task, run_folder, run_grid
+from .figures import save_png
 
 BASELINE = "abmil-20x"  # the paper's reference in Fig. 3
 LEVELS = ("5x", "10x", "20x", "all")
@@ -281,12 +282,7 @@ def plot_design_space(path: Path, config: DesignSpaceConfig, summary, points: di
         "Synthetic embedding-level benchmark (not the paper's data); whiskers: 95% paired bootstrap CI", fontsize=9
     )
     fig.tight_layout()
-    try:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png", dpi=120)
-    finally:
-        plt.close(fig)
-    return path
+    return save_png(fig, path)
 
 
 def _ranks(values: dict[str, float]) -> tuple[str | None, str | None]:

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from ..config import load_config
 from ..data.cohort import load_cohort
 from ..errors import ConfigError, MixmagError
-from ..fileio import atomic_path, write_atomic, write_csv_atomic
+from ..fileio import write_atomic, write_csv_atomic
 from ..ids import ID_RULE, SafeName, is_safe_id
 from ..markup import markdown_cell
 from ..models.mixer import MIXER_PRESETS
@@ -31,6 +31,7 @@ from ..train.finetune import Seed, TrainConfig, TrainSettings, run_is_current, r
 from ..train.mixer_file import mixer_architecture
 from ..train.pretrain import store_paths
 from ..train.tasks import PRIMARY, TaskType
+from .figures import save_png
 from .methods import MethodSpec, parse_method
 
 
@@ -266,9 +267,4 @@ def plot_differences(grid: GridConfig, results: dict) -> Path | None:
     ax.legend(fontsize=7, loc="best", framealpha=0.85)
     fig.tight_layout()
     path = Path(grid.out) / "differences.png"
-    try:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png", dpi=120)
-    finally:
-        plt.close(fig)
-    return path
+    return save_png(fig, path)

@@ -22,7 +22,6 @@ from rich.console import Console
 from ..config import MAX_RESAMPLES, MAX_STEPS, load_config
 from ..errors import ConfigError
 from ..fileio import (
-    atomic_path,
     make_folder,
     read_json_limited,
     remove_own_tree,
@@ -42,6 +41,7 @@ from .contrasts import Contrast, ContrastData
 from .demo import Timer
 from .design_space import departures, departures_markdown
 from .experiments import GridConfig, Task, run_folder, run_grid
+from .figures import errorbar_contrasts, save_png
 
 BASELINE = "abmil-20x"
 
@@ -306,9 +306,7 @@ def plot_label_efficiency(path: Path, config: LabelEfficiencyConfig, stats: dict
     for k, m in enumerate(config.methods):
         levels = [stats[n]["levels"][m] for n in sizes]
         x = np.array(sizes) * (1 + 0.02 * (k - len(config.methods) / 2))  # side by side on the log axis
-        y = [100 * c.value for c in levels]
-        err = [[100 * (c.value - c.low) for c in levels], [100 * (c.high - c.value) for c in levels]]
-        ax.errorbar(x, y, yerr=err, marker="os^Dv"[k % 5], capsize=2, label=m)
+        errorbar_contrasts(ax, x, levels, marker="os^Dv"[k % 5], capsize=2, label=m)
     ax.set_xscale("log")
     ax.minorticks_off()  # the sizes are the ticks
     ax.set_xticks(sizes, [str(n) for n in sizes])
@@ -317,12 +315,7 @@ def plot_label_efficiency(path: Path, config: LabelEfficiencyConfig, stats: dict
     ax.set_title("Label efficiency (synthetic, embedding level)", fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    try:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png", dpi=120)
-    finally:
-        plt.close(fig)
-    return path
+    return save_png(fig, path)
 
 
 def _write_outputs(out: Path, config: LabelEfficiencyConfig, stats, pool: dict, losses: dict | None) -> str:
