@@ -132,6 +132,18 @@ def test_q_values_adjust_every_comparison_against_the_baseline_for_their_number(
     assert "adjusted for the table's 3 comparisons" in table
 
 
+def test_a_test_without_a_p_gets_no_q_and_leaves_the_others_as_a_family_of_the_rest():
+    """A NaN p (DeLong on scores with no variance, as the small pixel demo gives) stopped the demo's statistics: scipy
+    refuses NaN. By hand over the two finite p: (0.01, 0.04) -> (0.02, 0.04)."""
+    import math
+
+    from mixmag.studies.benchmark_stats import false_discovery_rate
+
+    q = false_discovery_rate([0.01, float("nan"), 0.04])
+    assert q[0] == pytest.approx(0.02) and math.isnan(q[1]) and q[2] == pytest.approx(0.04)
+    assert all(math.isnan(v) for v in false_discovery_rate([float("nan")])) and false_discovery_rate([]) == []
+
+
 def _mem_initial_mixer(cfg, seed: int):
     """The mixer weights a MEM pretraining run of `seed` starts from (it seeds torch, then builds its model)."""
     import torch

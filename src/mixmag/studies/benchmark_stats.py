@@ -169,8 +169,15 @@ def cell_statistics(
 
 
 def false_discovery_rate(p_values: list[float]) -> list[float]:
-    """Benjamini-Hochberg adjusted p values (q) of a family of tests (scipy.stats.false_discovery_control)."""
-    return [float(q) for q in stats.false_discovery_control(p_values, method="bh")] if p_values else []
+    """Benjamini-Hochberg adjusted p values (q) of a family of tests (scipy.stats.false_discovery_control). A test
+    without a p (NaN: DeLong on two score sets with no variance, as tiny cohorts give) gets no q and is not counted in
+    the family; scipy refuses NaN outright, which stopped a whole study at its statistics."""
+    p = np.asarray(p_values, dtype=np.float64)
+    q = np.full(p.shape, np.nan)
+    finite = np.isfinite(p)
+    if finite.any():
+        q[finite] = stats.false_discovery_control(p[finite], method="bh")
+    return [float(v) for v in q]
 
 
 def with_false_discovery_rate(cells: list[CellStatistic]) -> list[CellStatistic]:
