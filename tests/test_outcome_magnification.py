@@ -1,6 +1,6 @@
 """The outcome report's "Which magnification mattered" panel (issue 24 item 6): a survival run on all levels, where
 the hazard's biomarker sits at 20x, is explained over the high-risk group's test slides; a run that has not shown it
-learnt the task, a one-level run and a multiclass run say why no panel is drawn."""
+learnt the task, a one-level run and a binary run (which has its own) say why no panel is drawn."""
 
 from __future__ import annotations
 
@@ -38,6 +38,6 @@ def test_a_survival_report_says_which_magnification_raised_the_risk(tmp_path):
     said = " ".join(outcome_magnification_section(tmp_path / "run", saved, shown_learnt))  # the panel's code path
     assert "test slides of the high-risk group" in said and "level occlusion" in said.lower()
     assert "Not computed" not in said and "<table>" in said
-    multiclass = record.model_copy(update={"task": "multiclass"})
-    said = " ".join(outcome_magnification_section(tmp_path / "run", saved, multiclass))
-    assert "Not drawn for multiclass runs yet" in said
+    binary = record.model_copy(update={"task": "binary"})  # binary runs have their own panel (magnification_section)
+    said = " ".join(outcome_magnification_section(tmp_path / "run", saved, binary))
+    assert "Not drawn for binary runs" in said

@@ -23,6 +23,7 @@ def test_report_title_splits_and_magnification_panel(tmp_path):
     assert "<h2>Which magnification mattered</h2>" in page
     assert "changes the score most for <b>5x</b> (its CI lies above the others')" in page
     assert "AB-MIL attention puts most weight on 20x" in page  # on this model attention follows the token counts
+    assert "<th>predicted class</th>" not in page  # the per-class table is the multiclass report's
 
 
 def test_a_model_at_chance_gets_a_caveat_instead_of_a_magnification_conclusion(tmp_path):

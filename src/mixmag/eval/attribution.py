@@ -104,14 +104,14 @@ def _logits(inp: LevelInput, xs: torch.Tensor, keep: torch.Tensor | None = None,
     return torch.cat(outs)
 
 
-def occlusion(inp: LevelInput, reference: torch.Tensor | None = None) -> np.ndarray:
-    """f(x) - f(x with level i mean-replaced), per level."""
+def occlusion(inp: LevelInput, reference: torch.Tensor | None = None, target: int | None = None) -> np.ndarray:
+    """f(x) - f(x with level i mean-replaced), per level (a multiclass model: of class `target`'s logit)."""
     reference = level_means(inp) if reference is None else reference
     n = len(inp.level_names)
     xs = torch.stack([inp.x] + [_replaced(inp, reference, [i]) for i in range(n)])
     logits = _logits(inp, xs)
-    if logits.dim() > 1:  # a multiclass model: the drop of the logit of the class it predicts for the slide
-        logits = logits[:, int(logits[0].argmax())]
+    if logits.dim() > 1:  # a multiclass model: the drop of the logit of the class asked, else the slide's predicted
+        logits = logits[:, int(logits[0].argmax()) if target is None else target]
     return (logits[0] - logits[1:]).numpy().astype(np.float64)
 
 

@@ -68,7 +68,7 @@ def reads_one_level(bags: str, region_level: str | None) -> bool:
 def training_slides(config: RunConfigRecord, limit: int = 32) -> tuple[dict[str, Path], list[str]]:
     """(stores by slide, up to `limit` training slides) of a run's cohort; nothing when it cannot be read."""
     try:
-        cohort = load_cohort(config.cohort, config.stores)
+        cohort = load_cohort(config.cohort, config.stores, task=config.task)  # the task's columns, not a binary label
     except (MixmagError, OSError):
         return {}, []
     return dict(cohort.stores), [sp.slides[0] for sp in cohort.split("train")][:limit]
@@ -89,11 +89,22 @@ def run_level_importance(
     """Every measure on up to `max_slides` of `test_slides` of a finished run (`mixmag train` folder), with
     the reference embeddings (what 'mean-replaced' puts in) averaged over up to `max_reference` training
     slides of its cohort. Returns the importances and a sentence saying which reference was used."""
+    chosen = test_slides[:max_slides]
+    classifier, used, reference, note = prepared_run(run, chosen, max_reference)
+    return [
+        level_importance(s, slide_input(classifier, s, used[s]), reference=reference, steps=steps) for s in chosen
+    ], note
+
+
+def prepared_run(
+    run: Path, chosen: list[str], max_reference: int = 32
+) -> tuple[SlideClassifier, dict[str, Path], torch.Tensor | None, str]:
+    """A finished run's model reading the stores of the `chosen` test slides (checked; `slide_input` makes their
+    inputs), those stores, and the occlusion reference over up to `max_reference` training slides with its sentence."""
     classifier = SlideClassifier.load(run)
     config = TrainRun(run).read_config_record()
     stores_dir = config.stores_folder
     stores, train = training_slides(config, max_reference)
-    chosen = test_slides[:max_slides]
     for slide in chosen + train:
         stores.setdefault(slide, stores_dir / f"{check_id(slide, where=f'{run} predictions')}.h5")
     used = {s: stores[s] for s in chosen + train}
@@ -101,6 +112,4 @@ def run_level_importance(
     if not classifier.reads_encoded:
         classifier.use_stores(used)
     reference, note = occlusion_reference(classifier, {s: used[s] for s in train})
-    return [
-        level_importance(s, slide_input(classifier, s, used[s]), reference=reference, steps=steps) for s in chosen
-    ], note
+    return classifier, used, reference, note

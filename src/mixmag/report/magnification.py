@@ -1,5 +1,5 @@
 """The report panel "Which magnification mattered": per-level importance over the positive test slides (binary runs),
-the high-risk ones (survival) or those predicted high (regression).
+the high-risk ones (survival), those predicted high (regression), or per predicted class (multiclass: `class_table`).
 
 It leads with the measures that act on the score (level occlusion, integrated gradients), gives each
 level's mean share with a bootstrap CI and the importance ratio of the top level to the least important
@@ -18,13 +18,18 @@ from ..eval.attribution import (
     ATTENTION,
     CAUSAL_MEASURES,
     LEARNT_AUROC,
+    OCCLUSION,
     LevelImportance,
+    attention_by_level,
     cohort_summary,
     importance_ratio,
     measures_of,
+    occlusion,
 )
-from ..eval.level_inputs import reads_one_level, run_level_importance
-from ..runs import PredictionRow, RunMetrics, RunModelRecord, TaskRunMetrics, TrainRun, judged_auroc
+from ..eval.level_inputs import prepared_run, reads_one_level, run_level_importance, slide_input
+from ..runs import PredictionRow, RunMetrics, RunModelRecord, TaskRow, TaskRunMetrics, TrainRun, judged_auroc
+
+PER_CLASS_SLIDES = 8  # test slides explained per predicted class (the most confident first)
 
 
 def positive_test_slides(rows: list[PredictionRow]) -> list[str]:
@@ -148,25 +153,27 @@ def importance_table(run: Path, slides: list[str], which: str) -> list[str]:
 def outcome_magnification_section(run: Path, config: RunModelRecord | dict, metrics: TaskRunMetrics) -> list[str]:
     """The panel for a survival or regression run (one output: the log-risk, the value): over the test slides of the
     high-risk group (survival) or of the specimens predicted above the test median (regression), what raises the
-    output; empty of conclusions while the test metric's CI reaches chance (C-index 0.5, Spearman 0). Multiclass runs
-    are not covered yet (integrated gradients and removal take one output)."""
+    output; empty of conclusions while the test metric's CI reaches chance (C-index 0.5, Spearman 0). A multiclass run
+    gets one row per predicted class (`class_table`), shown once its macro AUROC's CI lies above 0.5."""
     e = html.escape
     parts = ["<h2>Which magnification mattered</h2>"]
     task, primary = metrics.task, metrics.primary
-    if task not in ("survival", "regression"):
-        return parts + [f"<p>Not drawn for {e(task)} runs yet (survival and regression runs have it).</p>"]
+    if task not in ("survival", "regression", "multiclass"):
+        return parts + [f"<p>Not drawn for {e(task)} runs (binary runs have their own panel).</p>"]
     model = RunModelRecord.of(config)
     if reads_one_level(str(model.bags), model.region_level):
         return parts + [
             "<p>This model reads one magnification only; there is nothing to attribute between magnifications.</p>"
         ]
-    chance = 0.5 if task == "survival" else 0.0
+    chance = 0.0 if task == "regression" else 0.5
     if not metrics.test.ci95[0] > chance:
         return parts + [
             f"<p class='caveat'><b>No conclusion about magnifications: the test {e(primary)}'s 95% CI reaches "
             f"{chance} (chance), so the model has not shown it learnt the task.</b></p>"
         ]
     rows = TrainRun(run).read_task_rows("test")
+    if task == "multiclass":
+        return parts + class_table(run, rows)
     if task == "survival":
         chosen, which = [r for r in rows if r.risk_group == "high"], "test slides of the high-risk group"
     else:
@@ -177,3 +184,65 @@ def outcome_magnification_section(run: Path, config: RunModelRecord | dict, metr
     if not slides:
         return parts + [f"<p>No {e(which)}.</p>"]
     return parts + importance_table(run, slides, which)
+
+
+def class_slides(rows: list[TaskRow]) -> dict[str, list[str]]:
+    """Each predicted class's test slides, of the specimens predicted as it, the most confident first (at most
+    `PER_CLASS_SLIDES`)."""
+    chosen: dict[str, list[tuple[float, str]]] = {}
+    for r in rows:
+        if r.predicted is not None:
+            p = r.probabilities.get(r.predicted, 0.0)
+            chosen.setdefault(r.predicted, []).extend((p, s) for s in r.slides)
+    return {c: [s for _, s in sorted(v, key=lambda x: -x[0])][:PER_CLASS_SLIDES] for c, v in sorted(chosen.items())}
+
+
+def class_importances(run: Path, by_class: dict[str, list[str]]) -> tuple[dict[str, list[LevelImportance]], str]:
+    """Per predicted class, each of its slides' level occlusion of that class's logit and, where the model's
+    instances each belong to one level, its attention per level (one weighting for every class)."""
+    everything = [s for slides in by_class.values() for s in slides]
+    classifier, used, reference, note = prepared_run(run, everything)
+    out: dict[str, list[LevelImportance]] = {}
+    for name, slides in by_class.items():
+        target = classifier.task.classes.index(name)
+        for slide in slides:
+            inp = slide_input(classifier, slide, used[slide])
+            values = {OCCLUSION: occlusion(inp, reference, target)}
+            attention = attention_by_level(inp)
+            if attention is not None:
+                values[ATTENTION] = attention
+            out.setdefault(name, []).append(LevelImportance(slide, float("nan"), list(inp.level_names), values))
+    return out, note
+
+
+def class_table(run: Path, rows: list[TaskRow]) -> list[str]:
+    """The multiclass panel: per predicted class, each level's mean share (95% bootstrap CI over its slides) of the
+    drop of that class's logit when the level is mean-replaced, and of the attention; or why it was not computed."""
+    e = html.escape
+    by_class = class_slides(rows)
+    if not by_class:
+        return ["<p>No test specimen has a predicted class.</p>"]
+    try:
+        importances, note = class_importances(run, by_class)
+    except (MixmagError, OSError, KeyError, ValueError) as exc:
+        return [f"<p><i>Not computed: {e(type(exc).__name__)}: {e(str(exc))}</i></p>"]
+    names = next(iter(importances.values()))[0].level_names
+    parts = [
+        f"<p>Per predicted class, over up to {PER_CLASS_SLIDES} test slides of the specimens predicted as it (the "
+        "most confident first): each level's share (mean over slides, 95% bootstrap CI over slides) of the drop of "
+        "that class's logit when the level's embeddings are mean-replaced, and of the attention where the model "
+        f"weighs embeddings of one level each (the same weights for every class). {e(note)}.</p>",
+        "<table><tr><th>predicted class</th><th>slides</th><th>measure</th>"
+        + "".join(f"<th>{e(n)}</th>" for n in names)
+        + "<th>top</th></tr>",
+    ]
+    for name, slides in importances.items():
+        for measure in measures_of(slides):
+            s = cohort_summary(slides, measure, n_boot=1000)
+            cells = "".join(
+                f"<td>{100 * m:.0f}% ({100 * lo:.0f}–{100 * hi:.0f})</td>" for m, lo, hi in zip(s.mean, s.low, s.high)
+            )
+            top = f"<b>{e(s.top)}</b>" if s.clear else f"{e(s.top)} (not clear)"
+            parts.append(f"<tr><td>{e(name)}</td><td>{s.slides}</td><td>{e(measure)}</td>{cells}<td>{top}</td></tr>")
+    parts.append("</table>")
+    return parts
