@@ -1,9 +1,12 @@
 import numpy as np
 import pytest
 
+from mixmag.geometry import CellGrid, LevelSpec
 from mixmag.slides.pyramids import iter_cells, iter_regions, read_pyramid, split_tiles
-from mixmag.slides.reader import Slide
+from mixmag.slides.reader import Slide, halve, halve_tiles
 from mixmag.slides.tiling import TilingParams, make_plan
+from mixmag.synth.patterns import tissue_like
+from mixmag.synth.slide_writer import write_slide
 
 
 def test_split_tiles_is_row_major():
@@ -60,3 +63,49 @@ def test_derived_levels_agree_with_the_slide_pyramid(real_pyramid):
         assert min(errors, key=errors.get) == (0, 0), (level, errors)
     with pytest.raises(ValueError, match="read mode"):
         read_pyramid(slide, plan.grid, plan.levels, 0, 0, mode="bogus")
+
+
+def _frame_pyramid(slide, grid, levels, row, col, size, **opts):
+    """`derive` the way it was first written: one frame per level, halved whole, then cut into tiles."""
+    side = size * levels.finest_cell_px
+    images = [slide.read_box(grid.window_box(row, col, size), levels.finest_mpp, (side, side), **opts)]
+    for _ in range(levels.n_levels - 1):
+        images.append(halve(images[-1]))
+    return [split_tiles(im, levels.tile_px) for im in reversed(images)]
+
+
+@pytest.mark.parametrize("mpp", [0.25, 0.5, 0.4987])
+def test_tiles_read_straight_from_the_decoder_equal_frames_cut_into_tiles(slide_dir, mpp):
+    """The direct reader decodes into the tiles (reduced by 2 on a 40x level, kept or resampled otherwise) and halves
+    tile by tile: the same pixels, to the bit, as reading a frame, halving it and cutting it; at the slide's edge
+    (white glass) and for regions too."""
+    image = tissue_like(2900, 2500, mpp, seed=5, tissue_mask=np.ones((4, 4), bool))
+    path = write_slide(slide_dir / f"tiles-{mpp}.svs", image, mpp, downsamples=(1, 4), flavor="aperio", tile=240)
+    levels = LevelSpec()
+    with Slide(path) as slide:
+        grid = CellGrid(slide.mpp, slide.width, slide.height, levels.cell_um)
+        checked = 0
+        for (row, col), size in [((0, 0), 1), ((1, 1), 1), ((grid.n_rows - 1, grid.n_cols - 1), 1), ((0, 0), 2)]:
+            for opts in ({}, {"keep_within": 0.01}):
+                tiles = read_pyramid(slide, grid, levels, row, col, size, **opts).tiles
+                expected = _frame_pyramid(slide, grid, levels, row, col, size, **opts)
+                assert [t.shape for t in tiles] == [t.shape for t in expected]
+                assert all(np.array_equal(a, b) for a, b in zip(tiles, expected))
+                checked += 1
+        assert checked == 8
+
+
+def test_halving_tiles_equals_halving_the_frame():
+    rng = np.random.default_rng(3)
+    frame = rng.integers(0, 256, (8 * 6, 8 * 6, 3), dtype=np.uint8)  # 6 x 6 tiles of 8 px
+    fine = split_tiles(frame, 8)
+    coarse = np.full((9, 8, 8, 3), 7, np.uint8)
+    halve_tiles(fine, 6, coarse)
+    assert np.array_equal(coarse, split_tiles(halve(frame), 8))
+
+
+def test_direct_tiles_refuse_a_shape_that_does_not_hold_the_read(tissue_slide):
+    with Slide(tissue_slide) as slide:
+        reader = slide._direct[0]
+        with pytest.raises(ValueError, match="do not hold"):
+            reader.read_tiles(0, 0, 448, 448, 1, np.empty((3, 224, 224, 3), np.uint8))

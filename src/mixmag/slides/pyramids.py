@@ -15,7 +15,7 @@ from typing import Literal
 import numpy as np
 
 from ..geometry import CellGrid, LevelSpec
-from .reader import Slide, halve, kept_mpp
+from .reader import Slide, halve, halve_tiles, kept_mpp, split_tiles
 from .tiling import TilingPlan
 
 ReadMode = Literal["derive", "pyramid"]
@@ -50,13 +50,6 @@ class TilePyramid:
         return TilePyramid(self.row + dr, self.col + dc, 1, tuple(out))
 
 
-def split_tiles(image: np.ndarray, tile_px: int) -> np.ndarray:
-    """(n*tile, n*tile, 3) -> (n*n, tile, tile, 3), row-major."""
-    n_y, n_x = image.shape[0] // tile_px, image.shape[1] // tile_px
-    blocks = image[: n_y * tile_px, : n_x * tile_px].reshape(n_y, tile_px, n_x, tile_px, image.shape[2])
-    return np.ascontiguousarray(blocks.transpose(0, 2, 1, 3, 4).reshape(n_y * n_x, tile_px, tile_px, image.shape[2]))
-
-
 def read_pyramid(
     slide: Slide,
     grid: CellGrid,
@@ -73,6 +66,8 @@ def read_pyramid(
     """Read the tile pyramid of the size x size window at (row, col)."""
     box = grid.window_box(row, col, size)
     opts = dict(tolerance=tolerance, allow_upsample=allow_upsample, keep_within=keep_within)
+    if mode == "derive" and levels.tile_px % 2 == 0:
+        return TilePyramid(row, col, size, _derive_tiles(slide, box, levels, size, opts))
     if mode == "derive":
         side = size * levels.finest_cell_px
         image = slide.read_box(box, levels.finest_mpp, (side, side), **opts)
@@ -88,6 +83,21 @@ def read_pyramid(
     else:
         raise ValueError(f"unknown read mode {mode!r}; use 'derive' or 'pyramid'")
     return TilePyramid(row, col, size, tuple(split_tiles(im, levels.tile_px) for im in images))
+
+
+def _derive_tiles(slide: Slide, box, levels: LevelSpec, size: int, opts: dict) -> tuple[np.ndarray, ...]:
+    """`derive` tile by tile: the finest level read straight into its tiles, each coarser level halved from the
+    finer level's tiles; every level a view of one array (coarsest first, as `np.concatenate` would lay them out)."""
+    t = levels.tile_px
+    counts = [(size * 2**i) ** 2 for i in range(levels.n_levels)]
+    stacked = np.empty((sum(counts), t, t, 3), np.uint8)
+    bounds = np.cumsum([0, *counts])
+    tiles = [stacked[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+    side = size * levels.finest_cell_px
+    slide.read_tiles(slide.plan(box, levels.finest_mpp, (side, side), **opts), tiles[-1])
+    for i in range(levels.n_levels - 1, 0, -1):
+        halve_tiles(tiles[i], size * 2**i, tiles[i - 1])
+    return tuple(tiles)
 
 
 def iter_cells(slide: Slide, plan: TilingPlan, *, mode: ReadMode = "derive") -> Iterator[TilePyramid]:

@@ -128,6 +128,11 @@ def plan_read(
     return ReadPlan(level, x0, y0, max(1, x1 - x0), max(1, y1 - y0), out_size[0], out_size[1])
 
 
+def _where(plan: ReadPlan) -> tuple[int, int, int, int, int]:
+    """Level, x, y, width and height of a plan's read, as a decode error names them."""
+    return plan.level, plan.x, plan.y, plan.width, plan.height
+
+
 def _kept(level_mpp: float, target_mpp: float, keep_within: float) -> bool:
     return keep_within > 0 and abs(level_mpp / target_mpp - 1) <= keep_within
 
@@ -166,6 +171,34 @@ def halve(image: np.ndarray) -> np.ndarray:
     is that mean, and OpenCV's bilinear path is the fastest way to compute it)."""
     h, w = image.shape[:2]
     return cv2.resize(image, (w // 2, h // 2), interpolation=cv2.INTER_LINEAR)
+
+
+def split_tiles(image: np.ndarray, tile_px: int, out: np.ndarray | None = None) -> np.ndarray:
+    """(n*tile, n*tile, 3) -> (n*n, tile, tile, 3), row-major (into `out` when given)."""
+    n_y, n_x = image.shape[0] // tile_px, image.shape[1] // tile_px
+    blocks = image[: n_y * tile_px, : n_x * tile_px].reshape(n_y, tile_px, n_x, tile_px, image.shape[2])
+    tiles = blocks.transpose(0, 2, 1, 3, 4).reshape(n_y * n_x, tile_px, tile_px, image.shape[2])
+    if out is None:
+        return np.ascontiguousarray(tiles)
+    out[...] = tiles
+    return out
+
+
+def halve_tiles(fine: np.ndarray, per_side: int, out: np.ndarray) -> np.ndarray:
+    """The tiles of a level's 2x halving from its tiles (both row-major; `per_side` fine tiles a side, even; tile side
+    even): each fine tile halves into a quadrant of its coarse tile, the pixels of halving the whole frame (no 2 x 2
+    block crosses a tile edge), while the fine tile is still in cache and without a frame to cut again."""
+    half = fine.shape[1] // 2
+    coarse_side = per_side // 2
+    for r in range(per_side):
+        for c in range(per_side):
+            quadrant = out[
+                (r // 2) * coarse_side + c // 2,
+                (r % 2) * half : (r % 2 + 1) * half,
+                (c % 2) * half : (c % 2 + 1) * half,
+            ]
+            cv2.resize(fine[r * per_side + c], (half, half), dst=quadrant, interpolation=cv2.INTER_LINEAR)
+    return out
 
 
 def preferred_backends(path: Path | str) -> list[str]:
@@ -452,25 +485,35 @@ class Slide:
 
     def read(self, plan: ReadPlan) -> np.ndarray:
         """Execute a plan: (out_height, out_width, 3) uint8 RGB."""
+        direct, k = self._direct_reader(plan)
+        if direct is not None and k > 1:
+            # fused decode + box reduction, tile by tile while each tile is hot in cache
+            return self._guarded(*_where(plan), lambda: direct.read(plan.x, plan.y, plan.width, plan.height, reduce=k))
+        raw = self._read_raw(plan.level, plan.x, plan.y, plan.width, plan.height)
+        return resize_area(raw, plan.out_width, plan.out_height)
+
+    def read_tiles(self, plan: ReadPlan, out: np.ndarray) -> np.ndarray:
+        """Execute a plan into `out`'s tiles ((n, t, t, 3), row-major over the output, whose sides are multiples of t):
+        `split_tiles(read(plan), t)`, to the bit. A JPEG-tiled TIFF level read as it is or by whole k x k blocks is
+        decoded tile by tile straight into the tiles, with no frame between them (one copy of each pixel fewer)."""
+        direct, k = self._direct_reader(plan)
+        if direct is not None:
+            return self._guarded(*_where(plan), lambda: direct.read_tiles(*_where(plan)[1:], k, out))
+        return split_tiles(self.read(plan), out.shape[1], out)
+
+    def _direct_reader(self, plan: ReadPlan):
+        """(the level's direct TIFF tile reader, k) when the plan reads whole k x k blocks of it (k = 1: as it is)
+        inside the level; (None, k) otherwise."""
         direct = self._direct[plan.level] if plan.level < len(self._direct) else None
         k = plan.width // plan.out_width
         if (
             direct is not None
-            and k > 1
+            and k >= 1
             and (plan.width, plan.height) == (k * plan.out_width, k * plan.out_height)
             and direct.fits(plan.x, plan.y, plan.width, plan.height, k)
         ):
-            # fused decode + box reduction, tile by tile while each tile is hot in cache
-            return self._guarded(
-                plan.level,
-                plan.x,
-                plan.y,
-                plan.width,
-                plan.height,
-                lambda: direct.read(plan.x, plan.y, plan.width, plan.height, reduce=k),
-            )
-        raw = self._read_raw(plan.level, plan.x, plan.y, plan.width, plan.height)
-        return resize_area(raw, plan.out_width, plan.out_height)
+            return direct, k
+        return None, k
 
     def read_box(self, box: Box, target_mpp: float, out_size: tuple[int, int] | None = None, **kwargs) -> np.ndarray:
         return self.read(self.plan(box, target_mpp, out_size, **kwargs))

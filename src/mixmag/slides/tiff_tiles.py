@@ -14,6 +14,7 @@ the size its header declares checked against its tile or strip before tifffile d
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 
 import cv2
 import numpy as np
@@ -22,12 +23,13 @@ import tifffile
 from ..images import declared_size
 
 
-def box_reduce(block: np.ndarray, k: int) -> np.ndarray:
-    """Mean of every k x k block (sides are multiples of k)."""
+def box_reduce(block: np.ndarray, k: int, out: np.ndarray | None = None) -> np.ndarray:
+    """Mean of every k x k block (sides are multiples of k), into `out` when given (a view of the right size: OpenCV
+    writes into it, sparing a temporary and its copy)."""
     h, w = block.shape[:2]
     if k == 2:  # bilinear sampling at 2x2 block centres is their mean, and OpenCV's fastest path
-        return cv2.resize(block, (w // 2, h // 2), interpolation=cv2.INTER_LINEAR)
-    return cv2.resize(block, (w // k, h // k), interpolation=cv2.INTER_AREA)
+        return cv2.resize(block, (w // 2, h // 2), dst=out, interpolation=cv2.INTER_LINEAR)
+    return cv2.resize(block, (w // k, h // k), dst=out, interpolation=cv2.INTER_AREA)
 
 
 class TruncatedTileError(OSError):
@@ -115,9 +117,42 @@ class TiledPageReader:
 
     def read(self, x: int, y: int, w: int, h: int, reduce: int = 1) -> np.ndarray:
         """The box's pixels; with reduce = k, each k x k block averaged (an exact box mean)."""
-        if not self.fits(x, y, w, h, reduce):
-            raise ValueError(f"read ({x}, {y}, {w}, {h}) / {reduce} does not fit page {self.width}x{self.height}")
         k = reduce
+        out = np.empty((h // k, w // k, 3), np.uint8)
+        for block, bx, by in self._blocks(x, y, w, h, k):
+            target = out[by : by + (block.shape[0] // k), bx : bx + (block.shape[1] // k)]
+            if k > 1:
+                box_reduce(block, k, target)  # straight into the output, while the tile is hot in cache
+            else:
+                target[...] = block
+        return out
+
+    def read_tiles(self, x: int, y: int, w: int, h: int, reduce: int, out: np.ndarray) -> np.ndarray:
+        """`read` cut into `out`'s tiles ((n, t, t, 3), row-major over the reduced box, whose sides are multiples of t):
+        the pixels of `split_tiles(read(...))` with no frame between decoder and tiles, one copy fewer of each pixel."""
+        k, t = reduce, out.shape[1]
+        per_row = (w // k) // t
+        if out.shape[1:] != (t, t, 3) or (w // k) % t or (h // k) % t or out.shape[0] != per_row * ((h // k) // t):
+            raise ValueError(f"tiles of shape {out.shape} do not hold a {w // k} x {h // k} read")
+        small = np.empty((self.tile_h // k, self.tile_w // k, 3), np.uint8) if k > 1 else None
+        for block, bx, by in self._blocks(x, y, w, h, k):
+            if small is not None:
+                block = box_reduce(block, k, small[: block.shape[0] // k, : block.shape[1] // k])
+            bh, bw = block.shape[:2]
+            for r in range(by // t, (by + bh - 1) // t + 1):
+                y0, y1 = max(by, r * t), min(by + bh, (r + 1) * t)
+                for c in range(bx // t, (bx + bw - 1) // t + 1):
+                    x0, x1 = max(bx, c * t), min(bx + bw, (c + 1) * t)
+                    out[r * per_row + c, y0 - r * t : y1 - r * t, x0 - c * t : x1 - c * t] = block[
+                        y0 - by : y1 - by, x0 - bx : x1 - bx
+                    ]
+        return out
+
+    def _blocks(self, x: int, y: int, w: int, h: int, k: int) -> Iterator[tuple[np.ndarray, int, int]]:
+        """Each covering tile's part of the box (unreduced) and where it lands in the k-reduced box. The block is a
+        view of one decode buffer, valid until the next one is yielded."""
+        if not self.fits(x, y, w, h, k):
+            raise ValueError(f"read ({x}, {y}, {w}, {h}) / {k} does not fit page {self.width}x{self.height}")
         tx0, ty0 = x // self.tile_w, y // self.tile_h
         tx1, ty1 = (x + w - 1) // self.tile_w, (y + h - 1) // self.tile_h
         indices = [ty * self.tiles_across + tx for ty in range(ty0, ty1 + 1) for tx in range(tx0, tx1 + 1)]
@@ -126,14 +161,14 @@ class TiledPageReader:
         counts = [page.databytecounts[i] for i in indices]
         with self._lock:  # the file handle is shared; decoding happens outside the lock
             segments = list(page.parent.filehandle.read_segments(offsets, counts, indices, sort=True))
-        out = np.empty((h // k, w // k, 3), np.uint8)
+        buffer = np.empty((self.tile_h, self.tile_w, 3), np.uint8)  # one decode buffer for every tile of the read
         for data, index in segments:
             if data is None or len(data) != page.databytecounts[index]:
                 raise TruncatedTileError(
                     f"tile {index} of a {self.width}x{self.height} level is cut short "
                     f"({0 if data is None else len(data)} of {page.databytecounts[index]} bytes)"
                 )
-            tile, _, _ = self._decode(data, index, jpegtables=page.jpegtables)
+            tile, _, _ = self._decode(data, index, jpegtables=page.jpegtables, out=buffer)
             tile = tile.reshape(self.tile_h, self.tile_w, -1)
             ty, tx = divmod(index, self.tiles_across)
             # intersection of this tile with the request, in page pixels
@@ -142,10 +177,7 @@ class TiledPageReader:
             block = tile[
                 py0 - ty * self.tile_h : py1 - ty * self.tile_h, px0 - tx * self.tile_w : px1 - tx * self.tile_w, :3
             ]
-            if k > 1:
-                block = box_reduce(block, k)
-            out[(py0 - y) // k : (py1 - y) // k, (px0 - x) // k : (px1 - x) // k] = block
-        return out
+            yield block, (px0 - x) // k, (py0 - y) // k
 
 
 class SegmentGuard:
@@ -175,9 +207,9 @@ class SegmentGuard:
     def guarded(self, decode):
         """`decode` (tifffile's segment decoder) preceded by `check`."""
 
-        def checked(data: bytes | None, index: int, jpegtables: bytes | None = None):
+        def checked(data: bytes | None, index: int, jpegtables: bytes | None = None, out: np.ndarray | None = None):
             self.check(data, index)
-            return decode(data, index, jpegtables=jpegtables)
+            return decode(data, index, jpegtables=jpegtables)  # tifffile allocates its own array
 
         return checked
 
@@ -214,9 +246,10 @@ def _fast_decoder(page: tifffile.TiffPage):
 
     shape = (int(page.tilelength), int(page.tilewidth), 3)
 
-    def decode(data: bytes, index: int, jpegtables: bytes | None = None):
+    def decode(data: bytes, index: int, jpegtables: bytes | None = None, out: np.ndarray | None = None):
         try:
-            return imagecodecs.jpeg8_decode(data, tables=jpegtables, out=np.empty(shape, np.uint8)), index, None
+            out = np.empty(shape, np.uint8) if out is None else out
+            return imagecodecs.jpeg8_decode(data, tables=jpegtables, out=out), index, None
         except ValueError as exc:  # imagecodecs: "invalid out.shape=..., shape=<what the JPEG declares>"
             raise TileSizeError(
                 f"tile {index}'s JPEG stream does not fit the {shape[1]} x {shape[0]} px tiles the TIFF declares "
