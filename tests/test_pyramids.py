@@ -109,3 +109,13 @@ def test_direct_tiles_refuse_a_shape_that_does_not_hold_the_read(tissue_slide):
         reader = slide._direct[0]
         with pytest.raises(ValueError, match="do not hold"):
             reader.read_tiles(0, 0, 448, 448, 1, np.empty((3, 224, 224, 3), np.uint8))
+
+
+def test_stacked_tiles_are_the_levels_in_one_array_without_a_copy(plan_and_slide):
+    plan, slide = plan_and_slide
+    for mode in ("derive", "pyramid"):
+        pyramid = read_pyramid(slide, plan.grid, plan.levels, *plan.cells[0], mode=mode)
+        stacked = pyramid.stacked()
+        assert np.array_equal(stacked, np.concatenate(pyramid.tiles))
+        assert np.shares_memory(stacked, pyramid.tiles[-1]) == (mode == "derive")
+        assert pyramid.cell(0, 0).stacked().shape == stacked.shape

@@ -70,7 +70,7 @@ class CellTiles(Dataset):
                 else f"{plan.slide.path}: cell ({row}, {col}): {type(exc).__name__}: {exc}"
             )
             return j, k, None, self._failed[j]
-        return j, k, torch.from_numpy(np.concatenate(pyramid.tiles)), None
+        return j, k, torch.from_numpy(pyramid.stacked()), None
 
     def _slide(self, j: int) -> Slide:
         if j not in self._open:
