@@ -4,9 +4,11 @@ bad slide is that slide's failure, said in one sentence; the rest of the batch i
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from test_interop import make_store
@@ -14,6 +16,8 @@ from typer.testing import CliRunner
 
 from mixmag.cli import app
 from mixmag.models.mixer import RegionMixer, mixer_config
+from mixmag.synth.patterns import tissue_like
+from mixmag.synth.slide_writer import write_slide
 from mixmag.train.mixer_file import export_mixer
 
 
@@ -70,3 +74,43 @@ def test_a_pool_into_a_link_to_the_stores_folder_never_overwrites_a_store(mixer_
     result = _invoke("store", "pool", store, "--out", tmp_path / "alias")
     assert result.exit_code == 1 and "overwrite the store it reads" in result.output, result.output
     assert store.read_bytes() == before
+
+
+# -- `mixmag tile --annotations`: a file in the wrong frame, a FIFO ----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def slide(tmp_path_factory) -> Path:
+    """A real 384 x 384 um slide (768 px at 0.5 um/px), all tissue."""
+    folder = tmp_path_factory.mktemp("annotated")
+    image = tissue_like(768, 768, 0.5, seed=3, tissue_mask=np.ones((8, 8), bool))
+    return write_slide(folder / "s.tiff", image, 0.5, downsamples=(1, 4))
+
+
+def _tile_with(slide: Path, out: Path, annotations: Path):
+    return _invoke("tile", slide, "--out", out, "--tile-px", 32, "--annotations", annotations)
+
+
+def test_annotations_that_lie_outside_the_slide_are_said_not_blamed_on_the_tissue(slide, tmp_path):
+    """Before: 'no tissue found; check the slide, or the tissue settings (--min-saturation)', for a slide all tissue
+    whose annotations were drawn on another image."""
+    square = [[[1e6, 1e6], [2e6, 1e6], [2e6, 2e6], [1e6, 2e6], [1e6, 1e6]]]
+    feature = {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": square}, "properties": {}}
+    path = tmp_path / "s.geojson"
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": [feature]}))
+    result = _tile_with(slide, tmp_path / "tiles", path)
+    assert "Traceback" not in result.output
+    said = " ".join(result.output.split())
+    assert "lie outside this 768 x 768 px slide" in said and "another image" in said, result.output
+
+
+@pytest.mark.parametrize("where", ["file", "folder"])
+def test_an_annotation_fifo_is_said_to_be_a_fifo(slide, tmp_path, where):
+    """Before: a FIFO given as the file was 'no such annotation file or folder', and one in the folder was not
+    looked at ('no annotation file in ... looked for s.geojson') although s.geojson was there."""
+    folder = tmp_path / "annotations"
+    folder.mkdir()
+    os.mkfifo(folder / "s.geojson")
+    result = _tile_with(slide, tmp_path / "tiles", folder / "s.geojson" if where == "file" else folder)
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert "FIFO" in " ".join(result.output.split()), result.output

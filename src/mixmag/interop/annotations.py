@@ -100,6 +100,12 @@ class AnnotationSet:
             out = mask & included & ~excluded
         else:
             out = mask & ~excluded
+        if self.include and not included.any():
+            warnings.append(
+                f"the {len(self.include)} included annotation(s) in {self.path.name} lie outside this "
+                f"{width} x {height} px slide (QuPath's frame); were they exported from another image? Nothing is "
+                "tiled"
+            )
         if not self.include and self.rule.names_classes:
             seen = ", ".join(sorted(k or "unclassified" for k in self.classes)) or "none"
             warnings.append(
@@ -124,12 +130,12 @@ def find_annotation_file(root: Path, slide_id: str, slide_path: str | Path) -> P
     """The annotation file of one slide: `root` itself when it is a file, else `<root>/<name>.geojson` (or .json)
     for the slide id, the slide file's name without extension, or with it (QuPath names images by file name)."""
     root = Path(root)
-    if root.is_file():
-        return root
+    if root.exists() and not root.is_dir():
+        return root  # a file, or a FIFO or device that reading refuses in one sentence saying what it is
     if not root.is_dir():
         raise AnnotationError(f"{root}: no such annotation file or folder; pass QuPath's exported .geojson")
     names = [n for n in dict.fromkeys([slide_id, slide_name(str(slide_path)), Path(slide_path).name]) if _plain(n)]
-    found = [root / f"{n}{s}" for n in names for s in SUFFIXES if (root / f"{n}{s}").is_file()]
+    found = [root / f"{n}{s}" for n in names for s in SUFFIXES if (root / f"{n}{s}").exists()]  # a FIFO: said
     if not found:
         tried = ", ".join(f"{n}.geojson" for n in names)
         raise AnnotationError(
