@@ -6,18 +6,22 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from test_interop import make_store
+from train_runs import train_config
 from typer.testing import CliRunner
 
 from mixmag.cli import app
 from mixmag.models.mixer import RegionMixer, mixer_config
+from mixmag.stages.crossval import run_cross_validation
 from mixmag.synth.patterns import tissue_like
 from mixmag.synth.slide_writer import write_slide
+from mixmag.train.crossval import CrossValConfig
 from mixmag.train.mixer_file import export_mixer
 
 
@@ -114,3 +118,39 @@ def test_an_annotation_fifo_is_said_to_be_a_fifo(slide, tmp_path, where):
     result = _tile_with(slide, tmp_path / "tiles", folder / "s.geojson" if where == "file" else folder)
     assert result.exit_code == 1 and "Traceback" not in result.output, result.output
     assert "FIFO" in " ".join(result.output.split()), result.output
+
+
+# -- predict with a cross-validated run folder whose folds were tampered with ------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cross_validated(small_cohort, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("cv") / "run"
+    cv = CrossValConfig(folds=3, tune_fraction=0.34, group_by="specimen")
+    run_cross_validation(train_config(small_cohort, out, epochs=1, cv=cv))
+    return out
+
+
+def _tampered(cross_validated: Path, tmp_path: Path, how: str) -> Path:
+    run = tmp_path / "run"
+    shutil.copytree(cross_validated, run, symlinks=True)
+    shutil.rmtree(run / "fold-1")
+    if how == "link":
+        (run / "fold-1").symlink_to(run / "fold-0")
+    else:
+        shutil.copytree(run / "fold-0", run / "fold-1")
+    return run
+
+
+@pytest.mark.parametrize("how", ["link", "copy"])
+def test_predict_refuses_a_fold_that_is_another_fold(cross_validated, small_cohort, tmp_path, how):
+    """Before: a fold-1 that links to (or is a copy of) fold-0 was averaged in as 'an ensemble of 3 folds'."""
+    run = _tampered(cross_validated, tmp_path, how)
+    result = _invoke(
+        "predict", "--run", run, "--stores", small_cohort / "stores", "P000-S0", "--out", tmp_path / "p.csv",
+        "--no-heatmaps",
+    )  # fmt: skip
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    said = " ".join(result.output.split())
+    assert f"{run / 'fold-1'}: " in said and ("a link" in said if how == "link" else "fold-0 tests too" in said)
+    assert not (tmp_path / "p.csv").exists()

@@ -735,9 +735,20 @@ class CrossValRun:
     def fold_runs(self) -> list[TrainRun]:
         """Every fold's run folder, each complete (the summary says how many there are)."""
         runs = [self.fold(i) for i in range(self.read_summary()["folds"])]
+        tested: dict[str, str] = {}  # specimen -> the fold that tests it
         for run in runs:
+            if run.folder.is_symlink():
+                raise RunError(f"{run.folder}: a link, not a fold folder this cross-validation wrote; {RETRAIN}")
             if not run.is_complete():
                 raise RunError(f"{run.folder}: unfinished fold (no {', '.join(run.missing())}); {RETRAIN}")
+            test = run.read_splits().get("test")
+            for spec in test if isinstance(test, list) else []:
+                other = tested.setdefault(str(spec), run.folder.name)
+                if other != run.folder.name:  # a fold copied over another, or a run from elsewhere
+                    raise RunError(
+                        f"{run.folder}: tests specimen {str(spec)[:200]!r}, which {other} tests too; the folds of one "
+                        f"cross-validation test each specimen once: {RETRAIN}"
+                    )
         return runs
 
 
