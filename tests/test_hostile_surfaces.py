@@ -154,3 +154,22 @@ def test_predict_refuses_a_fold_that_is_another_fold(cross_validated, small_coho
     said = " ".join(result.output.split())
     assert f"{run / 'fold-1'}: " in said and ("a link" in said if how == "link" else "fold-0 tests too" in said)
     assert not (tmp_path / "p.csv").exists()
+
+
+@pytest.mark.parametrize("how", ["link", "huge"])
+def test_plan_says_why_its_only_plan_cannot_be_read(slide, tmp_path, how):
+    """Before: 'no readable tiling plan among 1: tile the slides first', for a plan.json that is there but is a link
+    or 5 MB of brackets."""
+    tiles = tmp_path / "tiles"
+    assert _invoke("tile", slide, "--out", tiles, "--tile-px", 32).exit_code == 0
+    plan = tiles / "s" / "plan.json"
+    plan.unlink()
+    if how == "link":
+        plan.symlink_to(tmp_path / "elsewhere.json")
+        (tmp_path / "elsewhere.json").write_text("{}")
+    else:
+        plan.write_bytes(b"[" * 5_000_000)
+    result = _invoke("plan", tiles, "--encoder", "stats")
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    said = " ".join(result.output.split())
+    assert "slide s: " in said and str(plan) in said, result.output

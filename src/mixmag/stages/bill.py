@@ -187,7 +187,13 @@ def cohort_bill(
         except (OSError, ValueError, MixmagError) as exc:
             unreadable[Path(path).parent.name] = str(exc)
     if not plans:
-        raise BillError(f"no readable tiling plan among {len(plan_paths)}: tile the slides first")
+        if not unreadable:
+            raise BillError(f"no readable tiling plan among {len(plan_paths)}: tile the slides first")
+        slide, why = next(iter(unreadable.items()))  # why the plans found were not read: the user must see one
+        raise BillError(
+            f"no readable tiling plan among {len(plan_paths)} (slide {slide}: {why}); tile the slides again "
+            "(`mixmag tile --force`)"
+        )
     names = list(plans[0][1].levels.names)
     cells = sum(len(p.cells) for _, p in plans)
     n_levels = len(names)
