@@ -173,3 +173,14 @@ def test_plan_says_why_its_only_plan_cannot_be_read(slide, tmp_path, how):
     assert result.exit_code == 2 and "Traceback" not in result.output, result.output
     said = " ".join(result.output.split())
     assert "slide s: " in said and str(plan) in said, result.output
+
+
+@pytest.mark.parametrize("url", ["https://127.0.0.1:99999/x.svs", "https://[::1/x.svs", "https:///x.svs"])
+def test_a_malformed_slide_address_is_said_and_the_batch_goes_on(slide, tmp_path, url):
+    """Before: a port past 65535 or an unclosed IPv6 bracket was 'no such object in the storage; check the URL (the
+    key is case-sensitive)'."""
+    result = _invoke("tile", url, slide, "--out", tmp_path / "tiles", "--tile-px", 32)
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    said = " ".join(result.output.split())
+    assert "no such object" not in said and ("not a valid address" in said or "names no host" in said), said
+    assert (tmp_path / "tiles" / "s" / "plan.json").is_file()  # the good slide was tiled

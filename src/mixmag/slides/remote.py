@@ -130,6 +130,8 @@ def filesystem(url: str) -> tuple[Any, str]:
     import fsspec.core
 
     protocol = scheme(url)
+    if protocol in ("http", "https"):
+        _check_address(url)
     settings = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith(_SETTINGS_PREFIXES)))
     key = (protocol, os.getpid(), settings)
     if key in _FILESYSTEMS:
@@ -159,6 +161,21 @@ def filesystem(url: str) -> tuple[Any, str]:
         fs.retries = 2
     _FILESYSTEMS[key] = fs
     return fs, path
+
+
+def _check_address(url: str) -> None:
+    """Refuse an address that names no host and port (a port past 65535, an unclosed IPv6 bracket): fsspec read
+    such a URL as 'no such object in the storage'."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - parsing the port is the check
+    except ValueError as exc:
+        why = f"is not a valid address ({exc})."
+        raise RemoteAccessError(url, why, "check the host and the port (1-65535).") from None
+    if not parts.hostname:
+        raise RemoteAccessError(url, "names no host.", "write it as https://HOST[:PORT]/PATH.")
 
 
 def remote_info(url: str) -> RemoteInfo:
