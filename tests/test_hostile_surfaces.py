@@ -142,14 +142,18 @@ def _tampered(cross_validated: Path, tmp_path: Path, how: str) -> Path:
     return run
 
 
+def _predict_one(run: Path, small_cohort: Path, tmp_path: Path):
+    return _invoke(
+        "predict", "--run", run, "--stores", small_cohort / "stores", "P000-S0", "--out", tmp_path / "p.csv",
+        "--no-heatmaps",
+    )  # fmt: skip
+
+
 @pytest.mark.parametrize("how", ["link", "copy"])
 def test_predict_refuses_a_fold_that_is_another_fold(cross_validated, small_cohort, tmp_path, how):
     """Before: a fold-1 that links to (or is a copy of) fold-0 was averaged in as 'an ensemble of 3 folds'."""
     run = _tampered(cross_validated, tmp_path, how)
-    result = _invoke(
-        "predict", "--run", run, "--stores", small_cohort / "stores", "P000-S0", "--out", tmp_path / "p.csv",
-        "--no-heatmaps",
-    )  # fmt: skip
+    result = _predict_one(run, small_cohort, tmp_path)
     assert result.exit_code == 2 and "Traceback" not in result.output, result.output
     said = " ".join(result.output.split())
     assert f"{run / 'fold-1'}: " in said and ("a link" in said if how == "link" else "fold-0 tests too" in said)
@@ -184,3 +188,15 @@ def test_a_malformed_slide_address_is_said_and_the_batch_goes_on(slide, tmp_path
     said = " ".join(result.output.split())
     assert "no such object" not in said and ("not a valid address" in said or "names no host" in said), said
     assert (tmp_path / "tiles" / "s" / "plan.json").is_file()  # the good slide was tiled
+
+
+def test_predict_refuses_folds_trained_differently(cross_validated, small_cohort, tmp_path):
+    """Before: a fold-1 whose config.json says `bags: all` beside fold-0's 20x was averaged in silently."""
+    run = tmp_path / "run"
+    shutil.copytree(cross_validated, run)
+    config = run / "fold-1" / "config.json"
+    config.write_text(json.dumps(json.loads(config.read_text()) | {"bags": "all"}))
+    result = _predict_one(run, small_cohort, tmp_path)
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    said = " ".join(result.output.split())
+    assert f"{config}: `bags` is 'all' but fold-0's is '20x'" in said, said

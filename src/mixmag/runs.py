@@ -736,11 +736,13 @@ class CrossValRun:
         """Every fold's run folder, each complete (the summary says how many there are)."""
         runs = [self.fold(i) for i in range(self.read_summary()["folds"])]
         tested: dict[str, str] = {}  # specimen -> the fold that tests it
+        first: dict[str, Any] | None = None
         for run in runs:
             if run.folder.is_symlink():
                 raise RunError(f"{run.folder}: a link, not a fold folder this cross-validation wrote; {RETRAIN}")
             if not run.is_complete():
                 raise RunError(f"{run.folder}: unfinished fold (no {', '.join(run.missing())}); {RETRAIN}")
+            first = _same_settings(run, first)
             test = run.read_splits().get("test")
             for spec in test if isinstance(test, list) else []:
                 other = tested.setdefault(str(spec), run.folder.name)
@@ -750,6 +752,25 @@ class CrossValRun:
                         f"cross-validation test each specimen once: {RETRAIN}"
                     )
         return runs
+
+
+_PER_FOLD = ("cohort", "out", "cv")  # what a fold's config.json holds of its own
+
+
+def _same_settings(run: TrainRun, first: dict[str, Any] | None) -> dict[str, Any]:
+    """A fold's training settings (its config.json less its table and folder), refused when they differ from the
+    first fold's: an ensemble of folds trained differently (another `bags`, another task) is not one run's."""
+    mine = {k: v for k, v in run.read_config().items() if k not in _PER_FOLD}
+    if first is None:
+        return mine
+    differ = sorted(k for k in mine.keys() | first.keys() if mine.get(k) != first.get(k))
+    if differ:
+        key = differ[0]
+        raise RunError(
+            f"{run.folder / 'config.json'}: `{key}` is {str(mine.get(key))[:100]!r} but fold-0's is "
+            f"{str(first.get(key))[:100]!r}; the folds of one cross-validation are trained alike: {RETRAIN}"
+        )
+    return first
 
 
 def prediction_problem(row: dict[str, str], seen: set[str], task: str = "binary") -> str | None:
