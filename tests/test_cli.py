@@ -181,8 +181,9 @@ def test_demo_small_configuration_produces_a_well_formed_table(tmp_path):
         values = [float(v) for v in r[1:]]
         assert all(0.0 <= v <= 1.0 for v in values)
         assert abs(values[-1] - sum(values[:-1]) / 3) < 1e-3
+    _assert_outcome_table_is_read_from_the_runs(result.output, tmp_path / "demo" / "outcomes")
     timings = json.loads((tmp_path / "demo" / "timings.json").read_text())
-    assert len(timings) == 5 and all(v >= 0 for v in timings.values())
+    assert len(timings) == 6 and all(v >= 0 for v in timings.values())
     report = html.unescape(next((tmp_path / "demo" / "results").glob("*/MEM-patch/seed0/report.html")).read_text())
     assert "SYNTHETIC" in report and "not the paper's results" in report  # the reports say so too
     again = _invoke("demo", "--small", "--out", tmp_path / "demo")
@@ -203,6 +204,33 @@ def test_demo_small_configuration_produces_a_well_formed_table(tmp_path):
         "cohort_cross.csv",
         "cohort_fine.csv",
     ]
+
+
+def _assert_outcome_table_is_read_from_the_runs(output: str, folder: Path) -> None:
+    """The demo's outcome table (survival C-index, 3-class macro AUROC) and scale check hold each run's own test
+    metrics: every cell's value, and the per-class AUROCs the multiclass check compares."""
+    from mixmag.runs import TrainRun
+
+    output = " ".join(output.split())  # the console wraps long lines
+    assert "| method | survival (C-index) | multiclass (macro AUROC) |" in output
+    methods = ["abmil-5x", "abmil-20x", "abmil-all", "MEM-patch"]
+    table = {line.split(" | ")[0].strip("| "): line for line in (folder / "outcomes.md").read_text().splitlines()}
+    for method in methods:
+        survival = TrainRun(folder / "survival" / method / "seed0").read_metrics()["test"]
+        multiclass = TrainRun(folder / "multiclass" / method / "seed0").read_metrics()["test"]
+        cells = table[method].strip("| ").split(" | ")[1:]
+        assert cells[0].startswith(f"{survival['c_index']:.3f} [") and cells[1].startswith(
+            f"{multiclass['macro_auroc']:.3f} ["
+        )
+        assert " ".join(table[method].split()) in output
+    c = {m: TrainRun(folder / "survival" / m / "seed0").read_metrics()["test"]["c_index"] for m in methods}
+    per_class = TrainRun(folder / "multiclass" / "abmil-20x" / "seed0").read_metrics()["test"]["per_class_auroc"]
+    assert f"survival: abmil-20x C-index {c['abmil-20x']:.3f} vs abmil-5x {c['abmil-5x']:.3f} ->" in output
+    assert (
+        f"multiclass: abmil-20x one-vs-rest AUROC of class 20x {per_class['20x']:.3f} vs class 5x "
+        f"{per_class['5x']:.3f} ->" in output
+    )
+    assert "q: p adjusted for the table's 6 comparisons" in output
 
 
 def test_bench_tile_smoke(tmp_path):
@@ -256,5 +284,6 @@ def test_demo_on_your_own_cohort_table(tmp_path):
     result = _invoke("demo", "--config", path)
     assert result.exit_code == 0, result.output
     assert "SYNTHETIC" not in result.output and "Scale check" not in result.output
+    assert "Outcome tasks" not in result.output and not (tmp_path / "out" / "outcomes").exists()  # synthetic only
     assert "| method | mytask | average |" in result.output
     assert (tmp_path / "out" / "results" / "mytask" / "MEM-cls" / "seed0" / "report.html").is_file()

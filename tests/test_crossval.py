@@ -319,3 +319,37 @@ def test_predict_with_a_multiclass_fold_ensemble_averages_class_probabilities(sm
     assert any(  # the folds' models differ, so the mean is not any one fold's
         not np.allclose(per_fold[0][s], per_fold[1][s], atol=1e-4) for s in slides
     )
+
+
+def test_an_experiment_grid_cross_validates_every_cell_and_states_its_statistics(small_cohort, tmp_path):
+    """`mixmag experiment` with `cv:` and `n_boot` (the README's study): each cell a cross-validated folder whose value
+    is its pooled out-of-fold C-index, and statistics.md holds that value, its CI, p and q (read from the folds)."""
+    from mixmag.studies.experiments import GridConfig, Task, run_grid
+    from mixmag.studies.grid_statistics import write_grid_statistics
+
+    rows = table_rows(with_patients(small_cohort, tmp_path))
+    for row in rows:
+        k = int(row["specimen"][1:])
+        row |= {"event": str(int(k % 4 != 0)), "time": f"{10 - 5 * int(row['label']) + k % 7:.1f}"}
+    write_rows(tmp_path / "survival.csv", rows)
+    task = Task(name="os", cohort=str(tmp_path / "survival.csv"), stores=str(small_cohort / "stores"), type="survival")
+    grid = GridConfig(
+        out=str(tmp_path / "grid"),
+        tasks=[task],
+        methods=["abmil-20x", "abmil-all"],
+        cv={"folds": FOLDS, "tune_fraction": 0.34, "group_by": "specimen"},
+        n_boot=200,
+        train={"epochs": 2, "batch_size": 8, "lr": 5e-3, "bootstrap": 100},
+    )
+    results = run_grid(grid)
+    text = write_grid_statistics(grid).read_text()
+    assert "pooled out of 3 folds" in text and "specimens (os 24)" in text
+    table = {line.split(" | ")[0].strip("| "): line for line in text.splitlines()}
+    for method in grid.methods:
+        folder = CrossValRun(tmp_path / "grid" / "os" / method / "seed0")
+        assert results["os"][method] == [json.loads(folder.summary.read_text())["pooled"]["c_index"]]
+        pooled = [row for i in range(FOLDS) for row in table_rows(folder.fold(i).predictions("test"))]
+        assert len(pooled) == 24  # every specimen once, from the fold that tested it
+        c = harrell_c(*(np.array([float(r[k]) for r in pooled]) for k in ("time", "event", "score")))
+        assert table[method].split(" | ")[1].startswith(f"{c:.3f} [")
+    assert "; p=" in table["abmil-all"] and ", q=" in table["abmil-all"] and "; p=" not in table["abmil-20x"]

@@ -2,8 +2,16 @@ import csv
 
 import numpy as np
 
+from mixmag.data.cohort import load_cohort
 from mixmag.slides.reader import Slide
-from mixmag.synth.cohort import CohortSpec, region_plan, render_slide, write_cohort
+from mixmag.synth.cohort import (
+    CohortSpec,
+    region_plan,
+    render_slide,
+    survival_columns,
+    write_cohort,
+    write_outcome_tables,
+)
 
 
 def test_cohort_tables_are_consistent_and_stratified(tmp_path):
@@ -54,3 +62,34 @@ def test_label_noise_flips_labels_and_leaves_the_slides_alone(tmp_path):
     assert 0 < sum(a[s]["label"] != b[s]["label"] for s in a) < 15
     first = next(iter(a.values()))["path"]
     assert (tmp_path / "clean" / first).read_bytes() == (tmp_path / "noisy" / first).read_bytes()
+
+
+def test_outcome_tables_sit_on_the_cohorts_slides_with_known_answers(tmp_path):
+    spec = CohortSpec(n_specimens=15, max_slides=2, cells=3, seed=2)
+    fine = {r["slide"]: r for r in csv.DictReader(open(write_cohort(tmp_path, spec)["fine"]))}
+    tables = write_outcome_tables(tmp_path, spec)
+    survival = list(csv.DictReader(open(tables["survival"])))
+    assert [r["slide"] for r in survival] == list(fine)  # every slide, the cohort's splits and paths
+    assert all(r["split"] == fine[r["slide"]]["split"] and r["path"] == fine[r["slide"]]["path"] for r in survival)
+    assert all(float(r["time"]) > 0 and r["event"] in ("0", "1") for r in survival)
+    cohort = load_cohort(tables["survival"], require_stores=False, task="survival")  # a valid survival table
+    assert len(cohort.specimens) == 15
+    classes = {r["specimen"]: r["label"] for r in csv.DictReader(open(tables["multiclass"]))}
+    coarse = {r["specimen"]: r["label"] for r in csv.DictReader(open(tmp_path / "cohort_coarse.csv"))}
+    fine_of = {r["specimen"]: r["label"] for r in fine.values()}
+    assert set(classes.values()) == {"none", "20x", "5x"}
+    for specimen, label in classes.items():  # the scale of the only biomarker; specimens with both left out
+        assert (fine_of[specimen], coarse[specimen]) == {"none": ("0", "0"), "20x": ("1", "0"), "5x": ("0", "1")}[label]
+    assert {s for s in fine_of if fine_of[s] == coarse[s] == "1"}.isdisjoint(classes)
+    load_cohort(tables["multiclass"], require_stores=False, task="multiclass")
+
+
+def test_survival_times_follow_the_fine_biomarker():
+    from lifelines.utils import concordance_index
+
+    fine = np.arange(2000) % 5 < 3
+    time, event = survival_columns(fine, 20.0, 0.3, np.random.default_rng(0))
+    assert abs(1 - event.mean() - 0.3) < 0.05  # about the censoring asked for
+    assert concordance_index(time, -fine.astype(float), event) > 0.7  # the biomarker ranks the risks
+    time, event = survival_columns(fine, 1.0, 0.3, np.random.default_rng(0))
+    assert abs(concordance_index(time, -fine.astype(float), event) - 0.5) < 0.03  # no effect, no ranking

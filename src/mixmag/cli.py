@@ -718,20 +718,29 @@ def compare(
 def experiment(
     grid: Annotated[Path, typer.Argument(help="Grid YAML: tasks, methods, seeds, pretrained mixers.")],
 ) -> None:
-    """Run methods x tasks x seeds and write Table 1/2-style tables and a Fig. 3-style plot."""
+    """Run methods x tasks x seeds (each cell cross-validated with `cv:`) and write Table 1/2-style tables, a Fig.
+    3-style plot and, with `n_boot`, statistics.md (CIs, paired p and q values against the baseline)."""
+    from .stages.crossval import METRIC_NAMES
     from .studies.experiments import load_grid, run_grid
+    from .studies.grid_statistics import write_grid_statistics
+    from .train.tasks import PRIMARY
 
     cfg = load_grid(grid)
+    metric = {t.name: METRIC_NAMES[PRIMARY[t.type]] for t in cfg.tasks}
+    pooled = " (pooled out of fold)" if cfg.cv is not None else ""
     with _progress() as progress:
         task = progress.add_task("training runs", total=len(cfg.tasks) * len(cfg.methods) * len(cfg.seeds), unit="runs")
 
-        def run_done(t: str, m: str, s: int, auc: float, status: str) -> None:
-            progress.console.print(f"{t} / {m} / seed {s}: test AUROC {auc:.3f} ({status})")
+        def run_done(t: str, m: str, s: int, value: float, status: str) -> None:
+            progress.console.print(f"{t} / {m} / seed {s}: test {metric[t]}{pooled} {value:.3f} ({status})")
             progress.advance(task)
 
         run_grid(cfg, on_run=run_done)
     console.print((Path(cfg.out) / "results.md").read_text(), highlight=False)
-    console.print(f"Tables: {cfg.out}/results.md, results.csv; plot: {cfg.out}/differences.png")
+    if cfg.n_boot:
+        console.print(write_grid_statistics(cfg).read_text(), highlight=False, markup=False)
+    statistics = ", statistics.md" if cfg.n_boot else ""
+    console.print(f"Tables: {cfg.out}/results.md, results.csv{statistics}; plot: {cfg.out}/differences.png")
 
 
 @app.command()

@@ -19,7 +19,7 @@ from ..errors import MixmagError
 from ..eval.runs import run_task
 from ..markup import markdown_cell
 from ..metrics import auroc, bootstrap_estimate, delong_test, paired_bootstrap
-from ..runs import TrainRun, by_specimen, read_losses
+from ..runs import CrossValRun, TrainRun, by_specimen, read_losses
 from ..train.tasks import Task
 
 
@@ -38,9 +38,15 @@ class CellStatistic:
     q_vs_baseline: float | None = None  # p adjusted for the table's many comparisons (`with_false_discovery_rate`)
 
 
+def tested_runs(run: Path) -> list[TrainRun]:
+    """The run folder, or a cross-validated folder's folds: together they test every specimen once."""
+    folder = CrossValRun(run)
+    return folder.fold_runs() if folder.is_cross_validated() else [TrainRun(run)]
+
+
 def read_test_predictions(run: Path) -> dict[str, tuple[int, float]]:
-    """specimen -> (label, score) from a run folder's predictions_test.csv."""
-    return TrainRun(run).read_scores("test")
+    """specimen -> (label, score) from a run folder's predictions_test.csv (a cross-validated folder: out of fold)."""
+    return {s: v for fold in tested_runs(run) for s, v in fold.read_scores("test").items()}
 
 
 def _aligned(runs: list[Path]) -> tuple[np.ndarray, np.ndarray]:
@@ -54,8 +60,8 @@ def _aligned(runs: list[Path]) -> tuple[np.ndarray, np.ndarray]:
 def _aligned_rows(runs: list[Path]) -> tuple[Task, tuple[np.ndarray, ...], np.ndarray, list[str]]:
     """A task type's runs over the specimens every run predicted: (task, truth columns, scores (seeds, n, ...),
     specimens)."""
-    task = run_task(runs[0])
-    tables = [by_specimen(TrainRun(run).read_task_rows("test")) for run in runs]
+    task = run_task(tested_runs(runs[0])[0].folder)
+    tables = [by_specimen([row for fold in tested_runs(run) for row in fold.read_task_rows("test")]) for run in runs]
     common = sorted(set.intersection(*(set(t) for t in tables)))
     truth, _ = task.from_rows([tables[0][s] for s in common])
     return task, truth, np.stack([task.from_rows([t[s] for s in common])[1] for t in tables]), common
@@ -130,7 +136,7 @@ def cell_statistics(
     """One CellStatistic per method of a task; `runs_by_method[m]` are its run folders, one per seed (a task type
     other than binary: `task_cell_statistics`)."""
     first = next(iter(runs_by_method.values()))[0]
-    if TrainRun(first).task() != "binary":
+    if tested_runs(first)[0].task() != "binary":
         return task_cell_statistics(task, runs_by_method, baseline, n_boot=n_boot)
     base = None
     if baseline in runs_by_method:
@@ -202,7 +208,7 @@ class PairedComparison:
 
 def compare_methods(task: str, runs_a: list[Path], runs_b: list[Path], method: str, against: str) -> PairedComparison:
     """Binary: DeLong on seed-averaged scores; other task types: a paired bootstrap of their primary metric."""
-    if TrainRun(runs_a[0]).task() != "binary":
+    if tested_runs(runs_a[0])[0].task() != "binary":
         kind, truth, scores_a, ids = _aligned_rows(runs_a)
         _, _, scores_b, ids_b = _aligned_rows(runs_b)
         if ids != ids_b:

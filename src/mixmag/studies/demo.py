@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -28,14 +29,17 @@ from ..report.html import build_report
 from ..runs import PretrainRun, TrainRun
 from ..slides.sources import sources_from_table
 from ..slides.tiling import TilingParams
+from ..stages.crossval import METRIC_NAMES
 from ..stages.embed import find_plans, run_embed
 from ..stages.progress import work_progress
 from ..stages.tile import tile_slides
-from ..synth.cohort import TASKS, CohortSpec, write_cohort
+from ..synth.cohort import OUTCOME_TASKS, TASKS, CohortSpec, write_cohort, write_outcome_tables
 from ..train.finetune import Seed, TrainSettings
 from ..train.mixer_file import pretrained_mixer_set
 from ..train.pretrain import PretrainConfig, PretrainSettings, pretraining_catalog, run_pretraining, store_paths
+from ..train.tasks import PRIMARY
 from .benchmark_stats import CellStatistic, cell_statistics, statistics_table, with_false_discovery_rate
+from .demo_outcomes import write_outcomes
 from .experiments import GridConfig, Task, method_config, run_grid
 from .methods import ABMIL_ON_TILES
 from .rival import embedding_saving, rival_markdown, rival_setup, run_rival
@@ -99,6 +103,15 @@ class DemoConfig(BaseModel):
         ]
     )
     seeds: list[Seed] = Field(default_factory=lambda: [0])
+    outcome_tasks: list[Literal["survival", "multiclass"]] = Field(
+        default_factory=lambda: list(OUTCOME_TASKS),
+        description="synthetic cohort only: task types beyond binary trained on the same slides (survival: the hazard "
+        "follows the 20x biomarker; multiclass: none / 20x / 5x, the scale of the specimen's only biomarker)",
+    )
+    outcome_methods: list[str] = Field(
+        default_factory=lambda: ["abmil-5x", "abmil-20x", "abmil-all", "MEM-patch"],
+        description="the methods of the outcome tasks (abmil-5x and abmil-20x make their scale check)",
+    )
     n_boot: int = Field(
         0,
         ge=0,
@@ -262,12 +275,19 @@ def run_demo(config: DemoConfig, console: Console | None = None) -> int:
     results = timer.run(
         "5. train and evaluate slide-level models", console, lambda: _experiment(grid, console, timer.mark_reused)
     )
+    outcomes = None
+    if config.outcome_tasks and not config.cohort_tables:
+        outcomes = timer.run(
+            "6. train and evaluate outcome tasks (" + ", ".join(config.outcome_tasks) + ")",
+            console,
+            lambda: _outcomes(out, config, mixer, console, timer.mark_reused),
+        )
     if config.n_boot:
-        timer.run("6. statistics (bootstrap, DeLong)", console, lambda: _statistics(grid, config))
+        timer.run("7. statistics (bootstrap, DeLong)", console, lambda: _statistics(grid, config))
     rival = None
     if config.rival_tasks:
         rival = timer.run(
-            "7. the 20x-only rival on pooled stores", console, lambda: _rival(out, config, tables, console)
+            "8. the 20x-only rival on pooled stores", console, lambda: _rival(out, config, tables, console)
         )
     timings = record_timings(out, timer)
     if rival is not None:
@@ -282,12 +302,16 @@ def run_demo(config: DemoConfig, console: Console | None = None) -> int:
         console.print((out / "results" / "rival.md").read_text(), highlight=False, soft_wrap=True, markup=False)
     if not config.cohort_tables:
         console.print(_scale_check(results), soft_wrap=True, highlight=False)
+    if outcomes is not None:
+        console.print(outcomes.read_text(), highlight=False, soft_wrap=True, markup=False)
     console.print("stage timings: " + timings_line(timings), soft_wrap=True)
     reports = _reports(out, config, timings)
     for path in reports:
         console.print(f"report: {path}")
     console.print(
-        f"outputs: {out}/ (results/results.md, results/differences.png, timings.json; cohort, tiles, stores, pretrain)"
+        f"outputs: {out}/ (results/results.md, results/differences.png, timings.json; cohort, tiles, stores, pretrain"
+        + ("; outcomes/outcomes.md" if outcomes is not None else "")
+        + ")"
     )
     return 0
 
@@ -438,13 +462,14 @@ def _grid(out: Path, config: DemoConfig, tables: dict[str, Path], mixer: Path) -
 
 def _experiment(grid: GridConfig, console: Console, reused: Callable[[], None] = _nothing) -> dict:
     statuses = []
+    metric = {t.name: METRIC_NAMES[PRIMARY[t.type]] for t in grid.tasks}
     with work_progress(console) as progress:
         task = progress.add_task(
             "training runs", total=len(grid.tasks) * len(grid.methods) * len(grid.seeds), unit="runs"
         )
 
-        def run_done(t: str, m: str, s: int, auc: float, status: str) -> None:
-            progress.console.print(f"{t:>6} / {m:<12} seed {s}: test AUROC {auc:.3f} ({status})")
+        def run_done(t: str, m: str, s: int, value: float, status: str) -> None:
+            progress.console.print(f"{t:>6} / {m:<12} seed {s}: test {metric[t]} {value:.3f} ({status})")
             progress.advance(task)
             statuses.append(status)
 
@@ -479,6 +504,26 @@ def _rival_text(out: Path, config: DemoConfig, rival: dict, timings: dict[str, d
             "stage (wall time, an estimate from the stage timing, not measured per level)"
         )
     return rival_markdown(rival, words, config.seeds, config.rival_methods, config.n_boot, "abmil-20x").lstrip()
+
+
+def _outcomes(out: Path, config: DemoConfig, mixer: Path, console: Console, reused: Callable[[], None]) -> Path:
+    """The outcome tasks on the cohort's own slides and stores (no more tiling or embedding): tables, runs, then
+    outcomes/outcomes.md with the table and the scale check."""
+    tables = write_outcome_tables(out / "cohort", config.cohort)
+    grid = GridConfig(
+        out=str(out / "outcomes"),
+        tasks=[
+            Task(name=task, cohort=str(tables[task]), stores=str(out / "stores"), type=task)
+            for task in config.outcome_tasks
+        ],
+        methods=config.outcome_methods,
+        seeds=config.seeds[:1],
+        pretrained=pretrained_mixer_set(mixer, config.outcome_methods, out / "random-mixer"),
+        train=config.train,
+        train_by_method=config.train_by_method,
+    )
+    results = _experiment(grid, console, reused)
+    return write_outcomes(grid, results, config.train.bootstrap)
 
 
 def _statistics(grid: GridConfig, config: DemoConfig) -> None:

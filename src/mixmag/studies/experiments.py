@@ -17,16 +17,18 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from ..config import load_config
+from ..config import MAX_RESAMPLES, load_config
 from ..data.cohort import load_cohort
 from ..errors import ConfigError, MixmagError
 from ..fileio import write_atomic, write_csv_atomic
 from ..ids import ID_RULE, SafeName, is_safe_id
 from ..markup import markdown_cell
 from ..models.mixer import MIXER_PRESETS
-from ..runs import TrainRun
+from ..runs import CrossValSummary, TrainRun
+from ..stages.crossval import run_cross_validation
 from ..stages.encode import encode_stores
 from ..store import PipelineSettings, shared_settings
+from ..train.crossval import CrossValConfig
 from ..train.finetune import Seed, TrainConfig, TrainSettings, run_is_current, run_training
 from ..train.mixer_file import mixer_architecture
 from ..train.pretrain import store_paths
@@ -64,6 +66,18 @@ class GridConfig(BaseModel):
         default_factory=dict, description="extra overrides for methods starting with a prefix, e.g. abmil: {epochs: 40}"
     )
     baseline: str = "abmil-20x"
+    cv: CrossValConfig | None = Field(
+        None,
+        description="cross-validate every cell (`mixmag train` with this `cv:`); its value is the pooled out-of-fold "
+        "metric (the tables' `split` columns are ignored)",
+    )
+    n_boot: int = Field(
+        0,
+        ge=0,
+        le=MAX_RESAMPLES,
+        description="> 0: also statistics.md, each cell's test metric with a bootstrap 95% CI over specimens, a paired "
+        "p against the baseline (DeLong for binary, a paired bootstrap otherwise) and Benjamini-Hochberg q values",
+    )
 
     @field_validator("pretrained")
     @classmethod
@@ -99,6 +113,8 @@ def method_config(grid: GridConfig, task: Task, method: str, seed: int) -> Train
     common = dict(cohort=task.cohort, stores=task.stores, out=str(out), seed=seed) | grid.train.given()
     if task.type != "binary":
         common |= {"task": task.type, "classes": task.classes}
+    if grid.cv is not None:
+        common |= {"cv": grid.cv}
     for prefix, overrides in grid.train_by_method.items():
         if method.startswith(prefix):
             common |= overrides.given()
@@ -149,10 +165,12 @@ def _slug(name: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
 
 
-def _cohort_store_settings(cohort: str, stores: str) -> PipelineSettings | None:
-    """The cohort's stores' shared provenance, or None when they cannot be read (training will say why)."""
+def _cohort_store_settings(cfg: TrainConfig) -> PipelineSettings | None:
+    """The cohort's stores' shared provenance, or None when they cannot be read (training will say why). The table is
+    read as its task type's: read as binary, a survival or multiclass table was refused and its runs never reused."""
     try:
-        return shared_settings(list(load_cohort(cohort, stores).stores.values()))
+        cohort = load_cohort(cfg.cohort, cfg.stores, task=cfg.task, classes=cfg.classes)
+        return shared_settings(list(cohort.stores.values()))
     except (MixmagError, OSError):
         return None
 
@@ -171,20 +189,30 @@ def run_grid(grid: GridConfig, on_run=None) -> dict:
                     encoded.add(cfg.encoded)
                     mixer = str(method_spec(grid, task, method).mixer)
                     encode_stores(store_paths(task.stores), Path(grid.pretrained[mixer]), Path(cfg.encoded))
-                where = (cfg.cohort, cfg.stores)
-                if where not in settings:
-                    settings[where] = _cohort_store_settings(*where)
-                status = "reused" if run_is_current(cfg, settings[where]) else "trained"
-                if status == "trained":
-                    run_training(cfg)
-                metrics = TrainRun(cfg.out).read_metrics_record()  # as written: reused or trained alike
-                value = metrics.test.value(metrics.primary)  # the task type's primary metric
+                if cfg.cv is not None:
+                    value, status = _cross_validate(cfg)
+                else:
+                    where = (cfg.cohort, cfg.stores)
+                    if where not in settings:
+                        settings[where] = _cohort_store_settings(cfg)
+                    status = "reused" if run_is_current(cfg, settings[where]) else "trained"
+                    if status == "trained":
+                        run_training(cfg)
+                    metrics = TrainRun(cfg.out).read_metrics_record()  # as written: reused or trained alike
+                    value = metrics.test.value(metrics.primary)  # the task type's primary metric
                 results.setdefault(task.name, {}).setdefault(method, []).append(value)
                 if on_run:
                     on_run(task.name, method, seed, value, status)
     write_tables(grid, results)
     plot_differences(grid, results)
     return results
+
+
+def _cross_validate(cfg: TrainConfig) -> tuple[float, str]:
+    """Train (or reuse) a cell's folds; its value is the pooled out-of-fold metric, 'reused' when every fold was."""
+    reused: list[bool] = []
+    summary = CrossValSummary.of(run_cross_validation(cfg, on_fold=lambda i, metrics, again: reused.append(again)))
+    return summary.pooled.value(summary.primary), "reused" if all(reused) else "trained"
 
 
 def _metric_words(grid: GridConfig) -> str:
@@ -220,7 +248,10 @@ def write_tables(grid: GridConfig, results: dict) -> tuple[Path, Path]:
         lines.append(f"| {markdown_cell(m)} | " + " | ".join(cells) + " |")
     seeds = ", ".join(map(str, grid.seeds))
     lines.append("")
-    lines.append(f"Test {_metric_words(grid)} x 100, mean over seeds {seeds}; best in bold, second best underlined.")
+    pooled = f"pooled out-of-fold over {grid.cv.folds} folds, " if grid.cv is not None else ""
+    lines.append(
+        f"Test {_metric_words(grid)} x 100, {pooled}mean over seeds {seeds}; best in bold, second best underlined."
+    )
     md = write_atomic(out / "results.md", "\n".join(lines) + "\n")
     rows = [[m] + [f"{v:.4f}" for v in table[m]] for m in grid.methods]
     csv_path = write_csv_atomic(out / "results.csv", ["method"] + columns, rows)

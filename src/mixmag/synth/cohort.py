@@ -17,6 +17,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from scipy import optimize
 
 from ..errors import ConfigError
 from ..fileio import write_csv_atomic
@@ -174,10 +175,8 @@ def _stratified_splits(kinds: list[str], fractions: tuple[float, float, float]) 
     return out
 
 
-def write_cohort(folder: str | Path, spec: CohortSpec, progress=None) -> dict[str, Path]:
-    """Write slides/<slide>.tiff and one cohort table per task: cohort_<task>.csv (specimen, slide,
-    label, split, path). Returns {task: table}. Reuses slides that already exist."""
-    folder = Path(folder)
+def _write_slides(folder: Path, spec: CohortSpec, progress=None) -> list[dict]:
+    """Write (or reuse) every slide; one row per slide: specimen, slide, split, path, its specimen's kind and flags."""
     rng = np.random.default_rng(spec.seed)
     flags = specimen_flags(spec, rng)
     split_of = _stratified_splits([f["kind"] for f in flags], spec.splits)
@@ -205,11 +204,20 @@ def write_cohort(folder: str | Path, spec: CohortSpec, progress=None) -> dict[st
                     "slide": slide,
                     "split": split_of[k],
                     "path": f"slides/{slide}.tiff",
+                    "kind": flag["kind"],
                     **{t: int(flag[t]) for t in TASKS},
                 }
             )
             if progress:
                 progress(slide)
+    return rows
+
+
+def write_cohort(folder: str | Path, spec: CohortSpec, progress=None) -> dict[str, Path]:
+    """Write slides/<slide>.tiff and one cohort table per task: cohort_<task>.csv (specimen, slide,
+    label, split, path). Returns {task: table}. Reuses slides that already exist."""
+    folder = Path(folder)
+    rows = _write_slides(folder, spec, progress)
     tables = {}
     noise_rng = np.random.default_rng([spec.seed, 99])  # its own stream: the slides do not depend on it
     for task in TASKS:
@@ -225,3 +233,57 @@ def write_cohort(folder: str | Path, spec: CohortSpec, progress=None) -> dict[st
         )
         tables[task] = table
     return tables
+
+
+# -- outcome tasks with known answers on the same slides (task types, docs/method.md) ------------------------------
+
+OUTCOME_TASKS = ("survival", "multiclass")
+CLASS_OF_KIND = {"none": "none", "fine": "20x", "coarse": "5x"}  # the scale of a specimen's only biomarker
+
+
+def survival_columns(fine: np.ndarray, hazard_ratio: float, censoring: float, rng: np.random.Generator):
+    """(time, event) per specimen: exponential event times whose hazard is `hazard_ratio` times higher with the fine
+    (20x) biomarker, censored by independent exponential times so that about `censoring` of them are censored."""
+    hazard = np.where(fine, hazard_ratio, 1.0)
+    event_time = rng.exponential(1 / hazard)
+    censor_time = np.full(fine.size, np.inf)
+    if censoring:  # the rate whose expected share of censored specimens, mean(c / (c + hazard)), is `censoring`
+        rate = optimize.brentq(lambda c: float(np.mean(c / (c + hazard))) - censoring, 1e-12, 1e12)
+        censor_time = rng.exponential(1 / rate, fine.size)
+    return np.maximum(np.minimum(event_time, censor_time), 1e-9), (event_time <= censor_time).astype(int)
+
+
+def write_outcome_tables(
+    folder: str | Path, spec: CohortSpec, hazard_ratio: float = 20.0, censoring: float = 0.3
+) -> dict[str, Path]:
+    """A survival and a 3-class table on the cohort's own slides (written or reused as `write_cohort` does), so they
+    cost no tiling or embedding: cohort_survival.csv (time, event; the hazard follows the fine, 20x biomarker) and
+    cohort_multiclass.csv (label: the scale of the specimen's only biomarker, none / 20x / 5x; specimens with both
+    biomarkers are left out). Splits are the cohort's (stratified by the specimen's kind). Returns {task: table}."""
+    if hazard_ratio <= 0 or not 0 <= censoring < 1:
+        raise CohortSpecError("hazard_ratio must be > 0 and censoring in [0, 1)")
+    folder = Path(folder)
+    rows = _write_slides(folder, spec)
+    specimens = list(dict.fromkeys(r["specimen"] for r in rows))
+    fine = {r["specimen"]: r["fine"] for r in rows}
+    time, event = survival_columns(
+        np.array([fine[s] for s in specimens], bool), hazard_ratio, censoring, np.random.default_rng([spec.seed, 98])
+    )
+    outcome = {s: (f"{t:.6g}", int(e)) for s, t, e in zip(specimens, time, event, strict=True)}
+    survival = folder / "cohort_survival.csv"
+    write_csv_atomic(
+        survival,
+        ["specimen", "slide", "time", "event", "split", "path"],
+        [[r["specimen"], r["slide"], *outcome[r["specimen"]], r["split"], r["path"]] for r in rows],
+    )
+    multiclass = folder / "cohort_multiclass.csv"
+    write_csv_atomic(
+        multiclass,
+        ["specimen", "slide", "label", "split", "path"],
+        [
+            [r["specimen"], r["slide"], CLASS_OF_KIND[r["kind"]], r["split"], r["path"]]
+            for r in rows
+            if r["kind"] in CLASS_OF_KIND
+        ],
+    )
+    return {"survival": survival, "multiclass": multiclass}
