@@ -160,13 +160,18 @@ class BenchmarkConfig(BaseModel):
     @field_validator("pretrain", "train")
     @classmethod
     def _settings_in_bounds(cls, value: dict, info: ValidationInfo) -> dict:
-        """The sections stay plain mappings (merged into each run's config) but are checked now, with their bounds."""
-        model = PretrainSettings if info.field_name == "pretrain" else TrainSettings
-        try:
-            model.model_validate(value)
-        except ValidationError as exc:
-            raise ValueError("; ".join(f"`{'.'.join(map(str, e['loc']))}`: {e['msg']}" for e in exc.errors())) from None
-        return value
+        return check_run_settings(value, info.field_name)
+
+
+def check_run_settings(value: dict, section: str | None) -> dict:
+    """A study's `pretrain:` or `train:` section, kept a plain mapping (merged into each run's config) but checked now
+    against PretrainSettings or TrainSettings, with their bounds; the errors name the keys."""
+    model = PretrainSettings if section == "pretrain" else TrainSettings
+    try:
+        model.model_validate(value)
+    except ValidationError as exc:
+        raise ValueError("; ".join(f"`{'.'.join(map(str, e['loc']))}`: {e['msg']}" for e in exc.errors())) from None
+    return value
 
 
 def load_benchmark_config(path: Path | None, out: Path | None = None, sets: list[str] | None = None) -> BenchmarkConfig:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from rich.console import Console
 
 from ..config import MAX_RESAMPLES, MAX_STEPS, load_config
@@ -30,7 +30,15 @@ from ..synth.benchmark import TASKS, BenchmarkSpec
 from ..tables import read_table
 from ..train.finetune import Seed, TrainSettings
 from ..train.pretrain import PretrainSettings
-from .benchmark import BENCHMARK_PRETRAIN, BENCHMARK_TRAIN, NOTICE, BenchmarkConfig, generate_cohorts, pretrain_mixer
+from .benchmark import (
+    BENCHMARK_PRETRAIN,
+    BENCHMARK_TRAIN,
+    NOTICE,
+    BenchmarkConfig,
+    check_run_settings,
+    generate_cohorts,
+    pretrain_mixer,
+)
 from .benchmark_stats import pretraining_losses
 from .contrasts import Contrast, ContrastData
 from .demo import Timer
@@ -89,11 +97,7 @@ class DesignSpaceConfig(BaseModel):
     @field_validator("pretrain", "train")
     @classmethod
     def _settings_in_bounds(cls, value: dict, info: ValidationInfo) -> dict:
-        model = PretrainSettings if info.field_name == "pretrain" else TrainSettings
-        try:
-            model.model_validate(value)
-        except ValidationError as exc:
-            raise ValueError("; ".join(f"`{'.'.join(map(str, e['loc']))}`: {e['msg']}" for e in exc.errors())) from None
+        check_run_settings(value, info.field_name)
         if info.field_name == "pretrain" and {"mask_ratio", "context"} & set(value):
             raise ValueError("mask_ratio and context are the design's: set mask_ratios, contexts, context_mask_ratio")
         return value

@@ -16,7 +16,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from rich.console import Console
 
 from ..config import MAX_RESAMPLES, MAX_STEPS, load_config
@@ -33,9 +33,9 @@ from ..markup import markdown_cell, plain_console
 from ..runs import PretrainRun
 from ..synth.benchmark import TASKS, BenchmarkSpec, write_benchmark_cohort, write_unlabelled_slides
 from ..tables import read_table
-from ..train.finetune import Seed, TrainSettings
-from ..train.pretrain import PretrainConfig, PretrainSettings, pretraining_catalog
-from .benchmark import BENCHMARK_PRETRAIN, BENCHMARK_TRAIN, NOTICE, pretrain_mixer, uses_a_mixer
+from ..train.finetune import Seed
+from ..train.pretrain import PretrainConfig, pretraining_catalog
+from .benchmark import BENCHMARK_PRETRAIN, BENCHMARK_TRAIN, NOTICE, check_run_settings, pretrain_mixer, uses_a_mixer
 from .benchmark_stats import pretraining_losses
 from .contrasts import Contrast, ContrastData
 from .demo import Timer
@@ -83,12 +83,7 @@ class LabelEfficiencyConfig(BaseModel):
     @field_validator("pretrain", "train")
     @classmethod
     def _settings_in_bounds(cls, value: dict, info: ValidationInfo) -> dict:
-        model = PretrainSettings if info.field_name == "pretrain" else TrainSettings
-        try:
-            model.model_validate(value)
-        except ValidationError as exc:
-            raise ValueError("; ".join(f"`{'.'.join(map(str, e['loc']))}`: {e['msg']}" for e in exc.errors())) from None
-        return value
+        return check_run_settings(value, info.field_name)
 
     @field_validator("label_sizes")
     @classmethod
