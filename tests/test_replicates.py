@@ -77,7 +77,7 @@ def test_replicates_derive_every_seed_from_r_and_the_endpoint_needs_its_methods(
     shipped = load_replicates_config(Path(__file__).parents[1] / "configs" / "replicates.yaml", tmp_path / "r")
     assert shipped.model_dump() == config.model_dump()
     r2 = replicate_config(config, 2)
-    assert r2.out == str(tmp_path / "r" / "replicate-2") and r2.seeds == [6, 7, 8]
+    assert r2.out == str(tmp_path / "r" / "replicate-2") and r2.seeds == [2]  # one training seed a replicate
     assert r2.cohort["seed"] == 2 and r2.pretrain["seed"] == 2 and config.cohort.get("seed") is None
     odd = config.model_copy(update={"seeds": [5, 9], "cohort": config.cohort | {"seed": 10}})
     seeds = [replicate_config(odd, r).seeds for r in range(3)]
