@@ -38,6 +38,7 @@ MODEL_OF = {
     "design-space-small.yaml": DesignSpaceConfig,
     "label-efficiency-small.yaml": LabelEfficiencyConfig,
     "structure-sweep-small.yaml": StructureSweepConfig,
+    "structure-sweep-replicates.yaml": StructureSweepConfig,
     "replicates-small.yaml": BenchmarkConfig,
 }
 

@@ -95,3 +95,43 @@ def test_a_sweep_config_is_checked_and_each_point_is_a_benchmark_at_its_structur
 def test_the_sweep_is_a_study_of_its_own_on_the_command_line(tmp_path):
     result = CliRunner().invoke(app, ["benchmark", "--structure-sweep", "--design-space", "--out", str(tmp_path)])
     assert result.exit_code == 2 and "separate studies: give one" in result.output
+
+
+def test_a_replicated_sweep_gives_each_point_its_own_replicates_and_differences_over_them(tmp_path):
+    from mixmag.studies.replicates import ENDPOINT_FILE
+    from mixmag.studies.structure_replicates import run_structure_sweep_replicates
+
+    out = tmp_path / "s"
+    config = _tiny_sweep(out, against=["random-patch"])
+    result = run_structure_sweep_replicates(config, 2)
+    for point, s in zip(result["points"], ("0", "1"), strict=True):
+        folder = out / f"structure-{s}"
+        endpoint = json.loads((folder / ENDPOINT_FILE).read_text())
+        assert endpoint["method"] == "MEM-patch" and endpoint["against"] == ["random-patch"]
+        specs = [json.loads((folder / f"replicate-{r}" / "data" / "specs.json").read_text()) for r in (0, 1)]
+        assert all(spec["structure"] == float(s) for rep in specs for spec in rep.values())
+        assert specs[0] != specs[1]  # a fresh cohort per replicate
+        (comparison,) = point["comparisons"]
+        expected = []
+        for r in (0, 1):
+            runs = folder / f"replicate-{r}" / "results"
+            expected.append(
+                np.mean(
+                    [
+                        _auroc(runs / t / "MEM-patch" / f"seed{r}") - _auroc(runs / t / "random-patch" / f"seed{r}")
+                        for t in config.tasks
+                    ]
+                )
+            )
+        assert list(comparison.differences) == pytest.approx(expected)
+        assert comparison.low <= comparison.mean <= comparison.high
+    rows = list(csv.DictReader(open(out / "structure_sweep_replicates.csv")))
+    assert [(r["structure"], r["against"]) for r in rows] == [("0", "random-patch"), ("1", "random-patch")]
+    assert (out / "structure_sweep_replicates.png").read_bytes()[:4] == b"\x89PNG"
+    text = (out / "structure_sweep_replicates.md").read_text()
+    assert "t interval over replicates" in text and "| 1 | MEM-patch − random-patch |" in text
+    # a rerun reuses every finished replicate and gives the same differences
+    again = run_structure_sweep_replicates(config, 2)
+    assert [p["comparisons"][0].differences for p in again["points"]] == [
+        p["comparisons"][0].differences for p in result["points"]
+    ]

@@ -1681,7 +1681,8 @@ def benchmark(
             help="Run R independent replicates (each a fresh cohort, MEM pretraining and training seeds) in "
             "<out>/replicate-<r>/ against an endpoint registered first (endpoint.json): MEM-patch minus AB-MIL 20x "
             "and minus random-patch, task-averaged test AUROC, analysed over replicates. Without --config: the "
-            "built-in replicate protocol (configs/replicates.yaml)."
+            "built-in replicate protocol (configs/replicates.yaml). With --structure-sweep: R replicates at every "
+            "knob point (<out>/structure_sweep_replicates.md and .png)."
         ),
     ] = None,
     design_space: Annotated[
@@ -1720,13 +1721,20 @@ def benchmark(
     from .studies.design_space import load_design_space_config, run_design_space
     from .studies.label_efficiency import load_label_efficiency_config, run_label_efficiency
     from .studies.replicates import load_replicates_config, run_replicates
+    from .studies.structure_replicates import run_structure_sweep_replicates
     from .studies.structure_sweep import load_structure_sweep_config, run_structure_sweep
 
-    if sum([design_space, label_efficiency, structure_sweep, replicates is not None]) > 1:
+    if sum([design_space, label_efficiency, structure_sweep]) > 1:
+        raise OptionError("--design-space, --label-efficiency and --structure-sweep are separate studies: give one")
+    if replicates is not None and (design_space or label_efficiency):
         raise OptionError(
-            "--design-space, --label-efficiency, --structure-sweep and --replicates are separate studies: give one"
+            "--replicates runs the benchmark or (with --structure-sweep) each knob point R times; it does not combine "
+            "with --design-space or --label-efficiency"
         )
     try:
+        if structure_sweep and replicates is not None:
+            run_structure_sweep_replicates(load_structure_sweep_config(config, out), replicates, console=console)
+            return
         if structure_sweep:
             run_structure_sweep(load_structure_sweep_config(config, out), console=console)
             return

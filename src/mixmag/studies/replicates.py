@@ -86,14 +86,21 @@ def load_replicates_config(path: Path | None, out: Path | None = None) -> Benchm
     return replicate_defaults(out) if path is None else load_benchmark_config(path, out)
 
 
-def make_endpoint(config: BenchmarkConfig, replicates: int) -> Endpoint:
-    """The endpoint of these replicates: MEM-patch against AB-MIL 20x and random-patch over the config's tasks."""
+def make_endpoint(
+    config: BenchmarkConfig, replicates: int, method: str | None = None, against: list[str] | None = None
+) -> Endpoint:
+    """The endpoint of these replicates: `method` (MEM-patch) against `against` (AB-MIL 20x and random-patch) over
+    the config's tasks."""
     if not MIN_REPLICATES <= replicates <= MAX_REPLICATES:
         raise ConfigError(
             f"--replicates {replicates}: give {MIN_REPLICATES} to {MAX_REPLICATES} (the design asks for at least 5)"
         )
     protocol = config.model_dump(mode="json", exclude={"out"})
     endpoint = Endpoint(tasks=list(config.tasks), replicates=replicates, protocol=protocol)
+    if method is not None or against is not None:
+        endpoint = endpoint.model_copy(
+            update={"method": method or endpoint.method, "against": list(against or endpoint.against)}
+        )
     missing = [m for m in [endpoint.method, *endpoint.against] if m not in config.methods]
     if missing:
         raise ConfigError(
@@ -341,11 +348,14 @@ def _write_outputs(out: Path, records, per_method, comparisons, endpoint) -> str
     return text
 
 
-def run_replicates(config: BenchmarkConfig, replicates: int, console: Console | None = None) -> dict:
-    """Register the endpoint, run (or reuse) every replicate, then analyse at the replicate level."""
+def run_replicates(
+    config: BenchmarkConfig, replicates: int, console: Console | None = None, endpoint: Endpoint | None = None
+) -> dict:
+    """Register the endpoint (by default MEM-patch against AB-MIL 20x and random-patch), run (or reuse) every
+    replicate, then analyse at the replicate level."""
     console = console or plain_console()
     out = Path(config.out)
-    endpoint = make_endpoint(config, replicates)
+    endpoint = endpoint or make_endpoint(config, replicates)
     make_folder(out)
     with FolderLock(out, "running benchmark replicates"):
         register_endpoint(out, endpoint)  # before any replicate runs

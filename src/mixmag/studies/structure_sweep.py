@@ -144,8 +144,10 @@ def sweep_markdown(config: StructureSweepConfig, points: list[dict]) -> str:
     )
 
 
-def plot_sweep(path: Path, config: StructureSweepConfig, points: list[dict]) -> Path:
-    """Each comparison's AUROC difference against the knob, 95% paired bootstrap CIs, zero marked."""
+def plot_sweep(
+    path: Path, config: StructureSweepConfig, points: list[dict], whiskers: str = "95% paired bootstrap CI"
+) -> Path:
+    """Each comparison's AUROC difference against the knob with its interval (`whiskers` names it), zero marked."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -161,7 +163,7 @@ def plot_sweep(path: Path, config: StructureSweepConfig, points: list[dict]) -> 
     ax.set_xticks(x, [f"{s:g}" for s in x])
     ax.set_xlabel("generator structure (0: independent tiles, 1: default)")
     ax.set_ylabel("test AUROC difference x 100 (mean over tasks)")
-    ax.set_title("MEM against its rivals by how predictable tokens are (synthetic)", fontsize=9)
+    ax.set_title(f"MEM against its rivals by how predictable tokens are (synthetic)\nwhiskers: {whiskers}", fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
     return save_png(fig, path)
