@@ -21,6 +21,7 @@ from mixmag.studies.replicates import (
     compare_replicates,
     load_replicates_config,
     make_endpoint,
+    per_task_comparisons,
     register_endpoint,
     replicate_config,
     replicate_defaults,
@@ -59,6 +60,11 @@ def test_the_analysis_is_the_hand_computation_on_made_up_aurocs():
     assert (c.low, c.high) == pytest.approx((0.045 - half, 0.045 + half))
     # sign flips: |mean| >= 0.045 only for all + and all - of the 8 patterns
     assert c.sign_flip_p == pytest.approx(2 / 8)
+    # by task: fine M 0.82, 0.75, 0.88 against A 0.78, 0.78, 0.80 -> .04, -.03, .08; coarse .08, .06, .04
+    by_task = per_task_comparisons(records, endpoint)
+    assert by_task["fine"][0].differences == pytest.approx((0.04, -0.03, 0.08))
+    assert by_task["coarse"][0].differences == pytest.approx((0.08, 0.06, 0.04))
+    assert by_task["coarse"][0].mean == pytest.approx(0.06) and by_task["fine"][0].mean == pytest.approx(0.03)
 
 
 def test_sign_flip_p_counts_patterns_at_least_as_extreme():

@@ -208,6 +208,21 @@ class ReplicateComparison:
     sign_flip_p: float | None  # None when R > MAX_SIGN_FLIP
 
 
+def comparison_record(c: ReplicateComparison) -> dict:
+    """A comparison as the studies' JSON outputs write it."""
+    return {
+        "method": c.method,
+        "against": c.against,
+        "mean_difference": c.mean,
+        "sd": c.sd,
+        "ci_low": c.low,
+        "ci_high": c.high,
+        "t_test_p": c.t_p,
+        "sign_flip_p": c.sign_flip_p,
+        "differences": list(c.differences),
+    }
+
+
 def sign_flip_p(differences: list[float] | np.ndarray) -> float:
     """Exact two-sided sign-flip permutation p: the share of the 2^R sign patterns whose |mean| is at least the
     observed |mean| (the observed pattern included)."""
@@ -257,6 +272,24 @@ def analyse(records: list[dict], endpoint: Endpoint) -> tuple[dict[str, list[flo
     return per_method, comparisons
 
 
+def per_task_comparisons(records: list[dict], endpoint: Endpoint) -> dict[str, list[ReplicateComparison]]:
+    """Where the endpoint's difference comes from: the same comparisons task by task (seeds averaged within a
+    replicate). Secondary to the task-averaged endpoint, and not adjusted for the tasks' multiplicity."""
+    return {
+        task: [
+            compare_replicates(
+                endpoint.method,
+                b,
+                [replicate_auroc(rec["aurocs"], endpoint.method, [task]) for rec in records],
+                [replicate_auroc(rec["aurocs"], b, [task]) for rec in records],
+                endpoint.alpha,
+            )
+            for b in endpoint.against
+        ]
+        for task in endpoint.tasks
+    }
+
+
 def check_registered(out: Path, endpoint: Endpoint) -> None:
     """The analysis runs only on the endpoint registered before the replicates: refuse it if the file changed."""
     path = out / ENDPOINT_FILE
@@ -290,6 +323,22 @@ def replicates_markdown(
             f"{100 * c.low:+.2f} to {100 * c.high:+.2f} | {100 * c.sd:.2f} | {c.t_p:.3g} | {flip} | "
             f"{sum(d > 0 for d in c.differences)} of {len(c.differences)} |"
         )
+    if len(endpoint.tasks) > 1:
+        lines += [
+            "",
+            "By task (secondary: the same comparisons within each task, seeds averaged within a replicate; not "
+            "adjusted for the number of tasks):",
+            "",
+            f"| task | difference | mean over replicates | {level:.0f}% t interval | t-test p | replicates above 0 |",
+            "|---|---|---:|---|---:|---:|",
+        ]
+        for task, task_comparisons in per_task_comparisons(records, endpoint).items():
+            lines += [
+                f"| {markdown_cell(task)} | {markdown_cell(c.method)} - {markdown_cell(c.against)} | "
+                f"{100 * c.mean:+.2f} | {100 * c.low:+.2f} to {100 * c.high:+.2f} | {c.t_p:.3g} | "
+                f"{sum(d > 0 for d in c.differences)} of {len(c.differences)} |"
+                for c in task_comparisons
+            ]
     methods = list(per_method)
     lines += ["", "Per replicate (task-averaged test AUROC x 100):", ""]
     lines.append(
@@ -327,20 +376,11 @@ def _write_outputs(out: Path, records, per_method, comparisons, endpoint) -> str
         {
             "endpoint": ENDPOINT_FILE,
             "replicates": len(records),
-            "comparisons": [
-                {
-                    "method": c.method,
-                    "against": c.against,
-                    "mean_difference": c.mean,
-                    "sd": c.sd,
-                    "ci_low": c.low,
-                    "ci_high": c.high,
-                    "t_test_p": c.t_p,
-                    "sign_flip_p": c.sign_flip_p,
-                    "differences": list(c.differences),
-                }
-                for c in comparisons
-            ],
+            "comparisons": [comparison_record(c) for c in comparisons],
+            "by_task": {
+                task: [comparison_record(c) for c in task_comparisons]
+                for task, task_comparisons in per_task_comparisons(records, endpoint).items()
+            },
         },
     )
     text = replicates_markdown(records, per_method, comparisons, endpoint)

@@ -17,7 +17,7 @@ from ..fileio import FolderLock, make_folder, write_atomic, write_csv_atomic, wr
 from ..markup import markdown_cell, plain_console
 from .benchmark import NOTICE
 from .contrasts import Contrast
-from .replicates import ReplicateComparison, make_endpoint, run_replicates
+from .replicates import ReplicateComparison, comparison_record, make_endpoint, run_replicates
 from .structure_sweep import StructureSweepConfig, plot_sweep, point_config
 
 REPLICATED_STEM = "structure_sweep_replicates"
@@ -83,19 +83,7 @@ def _write_outputs(out: Path, config: StructureSweepConfig, replicates: int, poi
                     "structure": p["structure"],
                     "cpu_seconds": p["cpu_seconds"],
                     "per_method": p["per_method"],
-                    "comparisons": [
-                        {
-                            "method": c.method,
-                            "against": c.against,
-                            "mean_difference": c.mean,
-                            "ci_low": c.low,
-                            "ci_high": c.high,
-                            "t_test_p": c.t_p,
-                            "sign_flip_p": c.sign_flip_p,
-                            "differences": list(c.differences),
-                        }
-                        for c in p["comparisons"]
-                    ],
+                    "comparisons": [comparison_record(c) for c in p["comparisons"]],
                 }
                 for p in points
             ],
