@@ -117,6 +117,7 @@ def run_structure_sweep_replicates(
                     "cpu_seconds": sum(float(rec.get("cpu_seconds", 0.0)) for rec in result["records"]),
                 }
             )
+        points.sort(key=lambda p: p["structure"])  # the table in knob order, whatever order the points ran in
         text = _write_outputs(out, config, replicates, points)
     console.rule("structure sweep, replicated")
     console.print(text, highlight=False, soft_wrap=True, markup=False)

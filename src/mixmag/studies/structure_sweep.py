@@ -220,6 +220,7 @@ def run_structure_sweep(config: StructureSweepConfig, console: Console | None = 
                 "contrasts": contrasts,
             }
         )
+    points.sort(key=lambda p: p["structure"])  # the table in knob order, whatever order the points ran in
     text = _write_outputs(out, config, points)
     console.rule("structure sweep")
     console.print(text, highlight=False, soft_wrap=True, markup=False)
