@@ -71,6 +71,26 @@ def test_a_store_export_with_only_unreadable_stores_says_each(mixer_and_store, t
     assert all(sum(line.startswith(str(b)) for line in result.output.splitlines()) == 1 for b in bad), result.output
 
 
+def test_one_damaged_store_never_stops_encode(mixer_and_store, tmp_path):
+    """Before: a store whose header reads but which lists no regions stopped `mixmag encode` at that slide (exit 2,
+    the slides after it never encoded, nothing said about them)."""
+    import h5py
+
+    run, store = mixer_and_store
+    bad = store.parent / "a-bad.h5"  # sorted first: the good store comes after it
+    shutil.copy(store, bad)
+    with h5py.File(bad, "r+") as f:
+        f.attrs["slide_id"] = "a-bad"
+        del f["windows"]
+    out = tmp_path / "enc"
+    result = _invoke("encode", "--mixer", run / "mixer.safetensors", "--stores", store.parent, "--out", out)
+    assert result.exit_code == 1 and "Traceback" not in result.output, (result.output, result.exception)
+    said = [line for line in result.output.splitlines() if line.startswith(str(bad))]
+    assert len(said) == 1 and "left out" in said[0] and "lists no regions" in said[0], result.output
+    assert (out / store.name).is_file() and not (out / bad.name).exists()
+    assert "1 encoded, 0 skipped (current), 1 failed" in " ".join(result.output.split()), result.output
+
+
 def test_a_pool_into_a_link_to_the_stores_folder_never_overwrites_a_store(mixer_and_store, tmp_path):
     _, store = mixer_and_store
     (tmp_path / "alias").symlink_to(store.parent)
@@ -160,10 +180,11 @@ def test_predict_refuses_a_fold_that_is_another_fold(cross_validated, small_coho
     assert not (tmp_path / "p.csv").exists()
 
 
-@pytest.mark.parametrize("how", ["link", "huge"])
+@pytest.mark.parametrize("how", ["link", "huge", "fifo", "folder", "dangling"])
 def test_plan_says_why_its_only_plan_cannot_be_read(slide, tmp_path, how):
     """Before: 'no readable tiling plan among 1: tile the slides first', for a plan.json that is there but is a link
-    or 5 MB of brackets."""
+    or 5 MB of brackets; and a plan.json that is a FIFO, a folder or a dangling link was warned about as 'no
+    plan.json' (a folder as '.../plan.json/plan.json: no tiling plan')."""
     tiles = tmp_path / "tiles"
     assert _invoke("tile", slide, "--out", tiles, "--tile-px", 32).exit_code == 0
     plan = tiles / "s" / "plan.json"
@@ -171,12 +192,20 @@ def test_plan_says_why_its_only_plan_cannot_be_read(slide, tmp_path, how):
     if how == "link":
         plan.symlink_to(tmp_path / "elsewhere.json")
         (tmp_path / "elsewhere.json").write_text("{}")
+    elif how == "fifo":
+        os.mkfifo(plan)
+    elif how == "folder":
+        plan.mkdir()
+    elif how == "dangling":
+        plan.symlink_to(tmp_path / "nowhere.json")
     else:
         plan.write_bytes(b"[" * 5_000_000)
     result = _invoke("plan", tiles, "--encoder", "stats")
     assert result.exit_code == 2 and "Traceback" not in result.output, result.output
     said = " ".join(result.output.split())
-    assert "slide s: " in said and str(plan) in said, result.output
+    assert "slide s: " in said and f"{plan}: " in said and "no plan.json" not in said, result.output
+    what = {"fifo": "is a FIFO", "folder": "is a folder", "dangling": "a link to a missing file"}.get(how, "")
+    assert what in said, said
 
 
 @pytest.mark.parametrize("url", ["https://127.0.0.1:99999/x.svs", "https://[::1/x.svs", "https:///x.svs"])

@@ -412,6 +412,32 @@ def test_status_of_a_folder_without_records_says_what_to_give(tmp_path):
     assert result.exit_code == 2 and "no state records" in result.output
 
 
+@pytest.mark.parametrize("kind", ["fifo", "file", "link", "work-fifo"])
+def test_status_names_a_work_folder_that_is_not_a_folder(tmp_path, kind):
+    """Before: a `.mixmag/tile` that is a FIFO (a file, a link to a folder) was 'no state records', as if the
+    folder had never been tiled into; a link was followed."""
+    work = tmp_path / ".mixmag"
+    work.mkdir()
+    path = work / "tile"
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "file":
+        path.write_text("x")
+    elif kind == "link":
+        (tmp_path / "elsewhere").mkdir()
+        path.symlink_to(tmp_path / "elsewhere")
+    else:
+        work.rmdir()
+        os.mkfifo(work)
+        path = work
+    result = _invoke("status", tmp_path)
+    said = " ".join(result.output.split())
+    fifo = "a FIFO (named pipe)"
+    what = {"fifo": fifo, "file": "a regular file", "link": "a symbolic link", "work-fifo": fifo}[kind]
+    assert result.exit_code == 2 and "no state records" not in said, result.output
+    assert f"{path}: mixmag's work folder is {what}, not a folder" in said, said
+
+
 def test_shards_parse_and_slurm_arrays_map_to_shards():
     assert parse_shard("3/4") == Shard(3, 4, "--shard")
     for bad in ("4/4", "1/0", "a/b", "-1/3", "2"):

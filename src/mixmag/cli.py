@@ -561,19 +561,40 @@ def encode(
     The mixer step, after `mixmag pretrain`; the tile encoder ran earlier, in `mixmag embed`."""
     from .devices import choose_device
     from .stages.encode import encode_stores
-    from .train.pretrain import stores_catalog
+    from .train.pretrain import stores_catalog_with_report
 
     dev = choose_device(device)
-    catalog = stores_catalog(stores)
-    paths = encode_stores(
+    catalog, report = stores_catalog_with_report(stores)  # each unreadable store is named in a warning
+    outcomes = {"encoded": 0, "skipped": 0}
+    failed = len(report.unreadable)
+
+    def slide_done(slide: str, what: str) -> None:
+        outcomes[what] += 1
+        console.print(f"{slide}: {what}", soft_wrap=True, highlight=False)
+
+    def slide_failed(path: Path, exc: Exception) -> None:
+        nonlocal failed
+        failed += 1
+        why = str(exc).removeprefix(f"{path}: ")  # most errors name the store already
+        err_console.print(f"{path}: left out, {why}", style="red", soft_wrap=True, highlight=False)
+
+    encode_stores(
         catalog.paths(),
         mixer,
         out,
         device=dev,
-        on_slide=lambda s, what: console.print(f"{s}: {what}"),
+        on_slide=slide_done,
         settings=catalog.shared_settings(),
+        on_failed=slide_failed,
     )
-    console.print(f"Done: {len(paths)} slide(s) in {out}/")
+    console.print(
+        f"Done: {outcomes['encoded']} encoded, {outcomes['skipped']} skipped (current), {failed} failed (each named "
+        f"above). Encoded slides in {out}/",
+        soft_wrap=True,
+        highlight=False,
+    )
+    if failed:
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -338,13 +338,15 @@ def save_plan(plan: TilingPlan, path: str | Path) -> Path:
 
 def load_plan(path: str | Path) -> TilingPlan:
     path = Path(path)
-    if path.is_dir():
+    if path.is_dir() and path.name != PLAN_FILENAME:  # a slide's folder; a plan.json that is a folder is said below
         path = path / PLAN_FILENAME
     try:
         return TilingPlan.model_validate_json(read_text_limited(path, "plan", what="tiling plan"))
     except (UnsafePathError, FileTooLargeError) as exc:
         raise PlanError(f"{exc}; delete it and re-run `mixmag tile`.") from None
     except FileNotFoundError as exc:
+        if path.is_symlink():
+            raise PlanError(f"{path}: the tiling plan is a link to a missing file; delete it and re-run `mixmag tile`.")
         raise PlanError(f"{path}: no tiling plan; run `mixmag tile` first.") from exc
     except ValueError as exc:
         errors = exc.errors() if hasattr(exc, "errors") else []  # pydantic: say which field, and why

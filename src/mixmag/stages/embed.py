@@ -8,6 +8,7 @@ is (re)written atomically, so a run killed midway restarts where it stopped.
 from __future__ import annotations
 
 import json
+import os
 import time
 import warnings
 from collections.abc import Callable
@@ -84,11 +85,14 @@ def gather_results(results: list[EmbedResult], dist: DistInfo) -> list[EmbedResu
 def find_plans(plans_dir: Path, slide_ids: list[str] | None = None) -> list[Path]:
     plans_dir = Path(plans_dir)
     if slide_ids is None:
-        found = sorted(plans_dir.glob(f"*/{PLAN_FILENAME}"))
+        folders = [d for d in plans_dir.glob("*/") if d.is_dir()]
+        # a plan.json that is there but is a FIFO, a folder, a device or a dangling link is found, so that reading it
+        # names the file and what it is; only a folder without one is unfinished
+        found = sorted(
+            {*plans_dir.glob(f"*/{PLAN_FILENAME}"), *(p for d in folders if os.path.lexists(p := d / PLAN_FILENAME))}
+        )
         unfinished = sorted(  # hidden folders are mixmag's machinery (.mixmag/: claims and state records)
-            d.name
-            for d in plans_dir.glob("*/")
-            if d.is_dir() and not d.name.startswith(".") and not (d / PLAN_FILENAME).is_file()
+            d.name for d in folders if not d.name.startswith(".") and not os.path.lexists(d / PLAN_FILENAME)
         )
         if unfinished:  # the plan is written last: its tiling was interrupted or failed
             warnings.warn(
@@ -104,7 +108,7 @@ def find_plans(plans_dir: Path, slide_ids: list[str] | None = None) -> list[Path
                 f"{plans_dir}: no tiling plans (*/{PLAN_FILENAME}); run `mixmag tile --out {plans_dir}` first."
             )
         return found
-    missing = [s for s in slide_ids if not (plans_dir / s / PLAN_FILENAME).is_file()]
+    missing = [s for s in slide_ids if not os.path.lexists(plans_dir / s / PLAN_FILENAME)]  # a FIFO: said on read
     if missing:
         raise EmbedError(
             f"{plans_dir}: no tiling plan for {len(missing)} slide(s): {', '.join(missing[:10])}; tile them first."

@@ -4,7 +4,7 @@ slide-level models. The command keeps its name for compatibility; "encode" here 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -31,36 +31,47 @@ def encode_stores(
     *,
     batch: int = 64,
     device: torch.device | None = None,
-    on_slide=None,
+    on_slide: Callable[[str, str], None] | None = None,
     settings: PipelineSettings | None = None,
+    on_failed: Callable[[Path, MixmagError | OSError], None] | None = None,
 ) -> list[Path]:
-    """`settings`: the stores' shared settings when known (from the catalog), else read from every header."""
+    """`settings`: the stores' shared settings when known (from the catalog), else read from every header.
+    `on_failed`: told of each store the mixer cannot run over (damaged, no regions, another dimension), and the batch
+    goes on, as `mixmag embed` does for a slide; without it the first such store stops the batch."""
     device = device or torch.device("cpu")
+    if settings is None and on_failed is not None:  # a header that does not read is that slide's failure
+        stores, unreadable = _readable(stores)
+        for path, exc in unreadable.items():
+            on_failed(path, exc)
     mixer, digest = load_mixer(weights, settings or (shared_settings(stores) if stores else None))
     mixer.to(device)
     make_folder(out_dir)
-    written = []
+    written: list[Path] = []
     for store in stores:
-        target = out_dir / store.name
-        if encoded_is_current(target, store, digest):
-            written.append(target)
-            if on_slide:
-                on_slide(store.stem, "skipped")
+        try:
+            outcome = _encode_one(mixer, digest, store, out_dir / store.name, weights, device, batch)
+        except (MixmagError, OSError) as exc:
+            if on_failed is None:
+                raise
+            on_failed(store, exc)
             continue
-        patches, cls = run_mixer(mixer, store, device, batch)
-        written.append(
-            write_encoded(
-                target,
-                patches.astype(np.float16),
-                cls.astype(np.float16),
-                store=store,
-                weights=weights,
-                mixer_digest=digest,
-            )
-        )
+        written.append(out_dir / store.name)
         if on_slide:
-            on_slide(store.stem, "encoded")
+            on_slide(store.stem, outcome)
     return written
+
+
+def _encode_one(
+    mixer: RegionMixer, digest: str, store: Path, target: Path, weights: Path, device: torch.device, batch: int
+) -> str:
+    """One store's encoded file, unless the current one is already there: "encoded" or "skipped"."""
+    if encoded_is_current(target, store, digest):
+        return "skipped"
+    patches, cls = run_mixer(mixer, store, device, batch)
+    write_encoded(
+        target, patches.astype(np.float16), cls.astype(np.float16), store=store, weights=weights, mixer_digest=digest
+    )
+    return "encoded"
 
 
 @torch.no_grad()

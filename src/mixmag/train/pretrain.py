@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_serializer, model_valid
 from torch.utils.data import DataLoader
 
 from .. import __version__, devices
-from ..catalog import Catalog, load_catalog
+from ..catalog import Catalog, CatalogReport, load_catalog_with_report
 from ..config import (
     MAX_BATCH,
     MAX_LR,
@@ -190,10 +190,21 @@ def build_model(config: PretrainConfig, in_dim: int, n_levels: int) -> tuple[MEM
 
 def stores_catalog(folder: str | Path) -> Catalog:
     """The folder's stores (flat or in sub-folders) from its catalog, refreshed against the folder (mixmag.catalog)."""
-    catalog = load_catalog(folder) if Path(folder).is_dir() else None
+    return stores_catalog_with_report(folder)[0]
+
+
+def stores_catalog_with_report(folder: str | Path) -> tuple[Catalog, CatalogReport]:
+    """stores_catalog, and what its refresh found: a command that owes every store a result counts the unreadable
+    ones (each already named in a warning) among its failures."""
+    catalog, report = load_catalog_with_report(folder) if Path(folder).is_dir() else (None, CatalogReport())
     if not catalog:
+        if report.unreadable:
+            raise ConfigError(
+                f"{folder}: none of its {len(report.unreadable)} store(s) is readable (each is named above): "
+                "re-run `mixmag embed` for them"
+            )
         raise ConfigError(f"{folder}: no stores (*{STORE_SUFFIX}); run `mixmag embed` first")
-    return catalog
+    return catalog, report
 
 
 def store_paths(folder: str | Path) -> list[Path]:
