@@ -180,6 +180,31 @@ def test_predict_refuses_a_fold_that_is_another_fold(cross_validated, small_coho
     assert not (tmp_path / "p.csv").exists()
 
 
+@pytest.mark.parametrize("command", ["predict", "report"])
+def test_a_fold_folder_beyond_the_summarys_count_is_refused(cross_validated, small_cohort, tmp_path, command):
+    """Before: a fold-3 beside cv.json's 3 folds (fold-0..2) was left out silently: predict averaged three folds and
+    the report described three, with a fourth trained model in the folder."""
+    run = tmp_path / "run"
+    shutil.copytree(cross_validated, run)
+    shutil.copytree(run / "fold-2", run / "fold-3")
+    if command == "predict":
+        result = _predict_one(run, small_cohort, tmp_path)
+    else:
+        result = _invoke("report", run, "--no-heatmaps")
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    said = " ".join(result.output.split())
+    assert f"{run / 'fold-3'}: a fold folder beyond the 3 folds cv.json lists" in said, said
+
+
+def test_a_cross_validation_with_fewer_folds_removes_the_earlier_extra_folds(cross_validated, small_cohort, tmp_path):
+    """Its own rerun never leaves a folder the refusal above would stop: the earlier run's fold-2 goes."""
+    run = tmp_path / "run"
+    shutil.copytree(cross_validated, run)
+    cv = CrossValConfig(folds=2, tune_fraction=0.34, group_by="specimen")
+    run_cross_validation(train_config(small_cohort, run, epochs=1, cv=cv))
+    assert sorted(p.name for p in run.glob("fold-*")) == ["fold-0", "fold-1"]
+
+
 @pytest.mark.parametrize("how", ["link", "huge", "fifo", "folder", "dangling"])
 def test_plan_says_why_its_only_plan_cannot_be_read(slide, tmp_path, how):
     """Before: 'no readable tiling plan among 1: tile the slides first', for a plan.json that is there but is a link

@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -732,9 +733,26 @@ class CrossValRun:
         """cv.json as a typed record."""
         return CrossValSummary.of(checked_record(CrossValSummary, self.read_summary(), self.summary, RETRAIN))
 
+    def extra_folds(self, folds: int) -> list[Path]:
+        """What is named like a fold folder (fold-<k>) but is not one of the `folds` this cross-validation made."""
+        names = {self.fold(i).folder.name for i in range(folds)}
+        try:
+            entries = list(self.folder.iterdir())
+        except OSError:
+            return []
+        return sorted(p for p in entries if _FOLD_NAME.fullmatch(p.name) and p.name not in names)
+
     def fold_runs(self) -> list[TrainRun]:
-        """Every fold's run folder, each complete (the summary says how many there are)."""
-        runs = [self.fold(i) for i in range(self.read_summary()["folds"])]
+        """Every fold's run folder, each complete (the summary says how many there are); a fold folder beyond that
+        count is refused, not left out silently (copied in, or left by an older mixmag's run with more folds)."""
+        folds = self.read_summary()["folds"]
+        extra = self.extra_folds(folds)
+        if extra:
+            raise RunError(
+                f"{extra[0]}: a fold folder beyond the {folds} folds {self.summary.name} lists, so it would be left "
+                f"out silently; move it out of {self.folder}, or {RETRAIN}"
+            )
+        runs = [self.fold(i) for i in range(folds)]
         tested: dict[str, str] = {}  # specimen -> the fold that tests it
         first: dict[str, Any] | None = None
         for run in runs:
@@ -754,6 +772,7 @@ class CrossValRun:
         return runs
 
 
+_FOLD_NAME = re.compile(r"fold-\d+")
 _PER_FOLD = ("cohort", "out", "cv")  # what a fold's config.json holds of its own
 
 

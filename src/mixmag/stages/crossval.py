@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..data.cohort import load_cohort
-from ..fileio import output_folder
+from ..fileio import output_folder, remove_own_tree
 from ..runs import CrossValRun, CrossValSummary, FoldSummary, TrainRun
 from ..store import shared_settings
 from ..train.crossval import CohortUnits, Fold, make_folds, read_units, split_counts, write_fold_table
@@ -60,6 +60,8 @@ def run_cross_validation(
     folds = make_folds(units, config.cv)
     with folder.lock():
         folder.clear_summary()
+        for stale in folder.extra_folds(len(folds)):  # an earlier cross-validation's, with more folds
+            remove_own_tree(stale, "fold folder")
         if "split" in units.table.columns and on_note is not None:
             on_note(f"{config.cohort}: its 'split' column is ignored; each of the {len(folds)} folds makes its own")
         for fold in folds:
