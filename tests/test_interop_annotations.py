@@ -185,6 +185,18 @@ def test_hostile_annotation_files_fail_the_slide_in_one_sentence(slides, tmp_pat
     assert not (tmp_path / "t" / "plain" / "plan.json").exists()
 
 
+@pytest.mark.parametrize("coordinates", [[], [[[0, 0], [4000, 4000]]]], ids=["empty", "two-points"])
+def test_an_included_polygon_without_an_area_is_refused_not_taken_for_no_annotation(slides, tmp_path, coordinates):
+    """Before: a Polygon with empty coordinates (or a 2-point outline) was left out silently; as the only included
+    one, the slide then counted as having no include annotation, and its whole tissue was tiled."""
+    empty = {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": coordinates}, "properties": {}}
+    path = _geojson(tmp_path / "plain.geojson", _box(0, 0, 10, 10, "Pen"), empty)
+    result = _tile(slides["plain"], "plain", tmp_path / "t", AnnotationSource(path))
+    assert result.outcome == "failed", result
+    assert f"{path}: feature 1 is a Polygon without an area" in result.error, result.error
+    assert not (tmp_path / "t" / "plain" / "plan.json").exists()
+
+
 def test_annotation_files_are_bounded_in_bytes_features_and_vertices(tmp_path, monkeypatch):
     ring = [[float(i % 97), float(i // 97)] for i in range(300)] + [[0.0, 0.0]]
     doc = _geojson(

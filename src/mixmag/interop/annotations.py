@@ -171,14 +171,14 @@ def read_annotations(path: Path, rule: AnnotationRule) -> AnnotationSet:
         raise AnnotationError(f"{path}: not GeoJSON ({why}); export the annotations from QuPath as GeoJSON") from None
     result = AnnotationSet(path=path, digest=hashlib.sha256(data).hexdigest(), rule=rule)
     vertices = 0
-    for feature in _features(path, doc):
+    for index, feature in _features(path, doc):
         props = feature.get("properties") if isinstance(feature.get("properties"), dict) else {}
         if str(props.get("objectType", props.get("type", "annotation"))) != "annotation":
             continue  # tiles, detections, cells: not regions a user drew
         klass = _class_name(props.get("classification"))
         result.classes[klass] = result.classes.get(klass, 0) + 1
         role = rule.role(klass)
-        polygons = _polygons(path, feature.get("geometry"))
+        polygons = _polygons(path, feature.get("geometry"), index)
         vertices += sum(len(ring) for polygon in polygons for ring in polygon)
         if vertices > MAX_VERTICES:
             raise AnnotationError(
@@ -190,7 +190,8 @@ def read_annotations(path: Path, rule: AnnotationRule) -> AnnotationSet:
     return result
 
 
-def _features(path: Path, doc) -> list[dict]:
+def _features(path: Path, doc) -> list[tuple[int, dict]]:
+    """(index in the file, feature) of every object; the index names a feature in an error."""
     if isinstance(doc, dict) and doc.get("type") == "Feature":
         features = [doc]
     elif isinstance(doc, dict) and isinstance(doc.get("features"), list):
@@ -203,7 +204,7 @@ def _features(path: Path, doc) -> list[dict]:
         )
     if len(features) > MAX_FEATURES:
         raise AnnotationError(f"{path}: {len(features):,} objects, more than {MAX_FEATURES:,}; export annotations only")
-    return [f for f in features if isinstance(f, dict)]
+    return [(i, f) for i, f in enumerate(features) if isinstance(f, dict)]
 
 
 def _class_name(classification) -> str:
@@ -221,8 +222,10 @@ def _class_name(classification) -> str:
     return "".join(c for c in name[:400] if c.isprintable())[:200]
 
 
-def _polygons(path: Path, geometry) -> list[list[np.ndarray]]:
-    """[exterior, *holes] rings (float64 (K, 2)) of a Polygon or MultiPolygon; other geometries give none."""
+def _polygons(path: Path, geometry, index: int) -> list[list[np.ndarray]]:
+    """[exterior, *holes] rings (float64 (K, 2)) of a Polygon or MultiPolygon; other geometries give none. A polygon
+    without an area (no coordinates, an outline of fewer than 3 points) is refused: left out, it could leave a slide
+    with no included region, and then the whole tissue would be tiled."""
     if not isinstance(geometry, dict):
         return []
     kind, coords = geometry.get("type"), geometry.get("coordinates")
@@ -237,8 +240,16 @@ def _polygons(path: Path, geometry) -> list[list[np.ndarray]]:
         if not isinstance(part, list):
             raise AnnotationError(f"{path}: a {kind} whose coordinates are not rings of [x, y]; export it again")
         rings = [_ring(path, ring) for ring in part]
-        if rings and len(rings[0]) >= 3:
-            out.append([r for r in rings if len(r) >= 3])
+        if not rings or len(rings[0]) < 3:
+            raise AnnotationError(
+                f"{path}: feature {index} is a {kind} without an area (an outline of "
+                f"{len(rings[0]) if rings else 0} points); delete or redraw it in QuPath and export again"
+            )
+        out.append([r for r in rings if len(r) >= 3])
+    if not out:
+        raise AnnotationError(
+            f"{path}: feature {index} is a {kind} with no polygons; delete or redraw it in QuPath and export again"
+        )
     return out
 
 
