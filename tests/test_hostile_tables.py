@@ -99,6 +99,35 @@ def test_a_whole_column_of_one_mistake_is_one_short_sentence(small_cohort, tmp_p
     assert f"and {n_rows - 10} more" in line and line.count("is not 0 (censored)") == 10
 
 
+@pytest.mark.parametrize(
+    "column, value, said",
+    [
+        ("specimen", "P\x00bad", "holds the non-printable character U+0000: remove it"),
+        ("specimen", "P\x1b[31m", "holds the non-printable character U+001B: remove it"),
+        ("specimen", "P" * 100_000, "is 100,000 characters long, more than 1,024: shorten it"),
+        ("patient", "x\ny", "holds the non-printable character U+000A"),
+    ],
+)
+def test_a_specimen_or_patient_id_that_cannot_be_printed_is_refused_naming_the_row(
+    small_cohort, tmp_path, column, value, said
+):
+    """Before: a NUL, a terminal escape or 100,000 characters in an id were accepted, then printed in reports, CSVs and
+    consoles. `../x` stays an id: specimen and patient ids never become paths."""
+
+    def edit(k, row):
+        row["patient"] = f"pt{k}"
+        if k == 0:
+            row[column] = value
+
+    table = _task_table(small_cohort, tmp_path, "binary", edit)
+    result = _train_cv(small_cohort, tmp_path, table, "binary")
+    line = _one_sentence(result, 2, str(table), "row 2", f"the {column!r} value", said)
+    assert len(line) < 600 and "\x00" not in line and "\x1b" not in line  # the id itself is shown escaped, cut short
+    assert not (tmp_path / "out" / "fold-0").exists()
+    plain = _task_table(small_cohort, tmp_path / "plain", "binary", lambda k, row: row.update(specimen=f"../{k}"))
+    assert "../0" in read_units(plain, "binary", CrossValConfig(**CV)).specimens
+
+
 # -- a fold's table holds the user's values as they are ----------------------------------------------------------------
 
 

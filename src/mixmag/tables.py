@@ -5,7 +5,7 @@ Excel's "CSV UTF-8" starts with a byte-order mark: read (`utf-8-sig`). A column 
 silently keep the last one: a second `label` column flipped a model's test AUROC from 0 to 1) and a row with more
 values than the header are errors. Names and values are stripped of surrounding blanks. A spreadsheet set to a
 language that writes decimal commas saves ';'-separated "CSV", and some tools write tab-separated tables: the header
-line says which (a comma in it means commas).
+line says which (a comma in it means commas). Specimen and patient ids are printable text of a bounded length.
 """
 
 from __future__ import annotations
@@ -18,6 +18,23 @@ from pathlib import Path
 
 from .errors import CohortError
 from .fileio import FileTooLargeError, UnsafePathError, read_bytes_limited
+
+
+ID_COLUMNS = ("specimen", "patient")  # ids that never become paths (slide ids do: `mixmag.ids`) but are printed
+MAX_ID_CHARS = 1024  # a specimen or patient id is a name, not a document; far above any real one
+
+
+def id_problem(column: str, value: str) -> str | None:
+    """Why a specimen or patient id cannot be printed in reports, tables and consoles as it is, or None."""
+    if len(value) > MAX_ID_CHARS:
+        return f"the {column!r} value is {len(value):,} characters long, more than {MAX_ID_CHARS:,}: shorten it"
+    bad = next((c for c in value if not c.isprintable()), None)
+    if bad is not None:
+        return (
+            f"the {column!r} value {value[:60]!r} holds the non-printable character U+{ord(bad):04X}: remove it (ids are "
+            "printed in reports, tables and consoles)"
+        )
+    return None
 
 
 @dataclass(frozen=True)
@@ -76,7 +93,9 @@ def read_table(path: str | Path, *, what: str = "cohort table") -> Table:
                 f"row {line} has {len(header) + len(extra)} values but the header names {len(header)} columns"
             )
             continue
-        rows.append(dict(zip(header, values + [""] * (len(header) - len(values)))))
+        row = dict(zip(header, values + [""] * (len(header) - len(values))))
+        problems += [f"row {line}: {p}" for c in ID_COLUMNS if c in row and (p := id_problem(c, row[c]))]
+        rows.append(row)
         lines.append(line)
     if problems:
         raise CohortError(f"{path}: " + "; ".join(problems[:10]) + ".")
