@@ -245,3 +245,25 @@ def test_a_plans_folder_name_that_is_not_utf8_is_one_sentence(tmp_path, tissue_s
     )
     assert result.exit_code == 2 and isinstance(result.exception, SystemExit), result.output
     assert "plans\\xfe/tissue/plan.json: the tiling plan's path is not valid UTF-8" in " ".join(result.output.split())
+
+
+def test_class_names_in_a_figure_are_drawn_as_written_never_as_mathtext(tmp_path):
+    """Before: a class (or task, method, slide) name reached matplotlib as mathtext: `$x^2$` was drawn as x squared,
+    and a malformed one (`$\\frac{$`) stopped the report with a parse error."""
+    import matplotlib.pyplot as plt
+
+    from mixmag.markup import plot_text
+    from mixmag.report.outcomes import confusion_figure
+    from mixmag.runs import TaskSplitMetrics
+
+    names = ["$x^2$", "a$\\frac{$b", "plain"]
+    metrics = TaskSplitMetrics.model_validate(
+        {"ci95": [0.5, 0.9], "specimens": 9, "classes": names, "confusion": [[3, 0, 0], [0, 3, 0], [0, 0, 3]],
+         "balanced_accuracy": 1.0, "macro_auroc": 0.8}
+    )  # fmt: skip
+    fig = confusion_figure([], metrics, "test")
+    fig.savefig(tmp_path / "confusion.png")  # a malformed mathtext raised here
+    fig.canvas.draw()
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == [plot_text(n) for n in names]
+    plt.close(fig)
+    assert plot_text("$x^2$ costs $5") == r"\$x^2\$ costs \$5"

@@ -12,6 +12,9 @@ markup. These rules keep them so:
 - **CSV**: a text cell a spreadsheet would run as a formula (starting with `= + - @`, a tab or a carriage return) gets
   a leading apostrophe (`spreadsheet_cell`), numbers such as `-0.5` stay numbers; a cell that starts with an
   apostrophe gets one more, so `spreadsheet_text` gives every value back exactly when mixmag reads its own CSVs.
+- **Figures**: a user's string in a matplotlib title, label, legend or tick (a class, task, method or slide name) goes
+  through `plot_text`: matplotlib reads text between two `$` as mathtext, so `$x^2$` would render as math and a
+  malformed one (`$\\frac$`) would stop the figure.
 - **Paths written into mixmag's files** must be valid UTF-8 (`utf8_path`): a name with other bytes is refused in one
   sentence that shows it with escapes, rather than failing deep inside a JSON or HDF5 writer; the CLI's output streams
   print such a name escaped too, instead of crashing on it.
@@ -65,6 +68,12 @@ def html_value(value: object, spec: str = "") -> str:
 def markdown_cell(value: object) -> str:
     """Text for a Markdown table cell: HTML escaped (Markdown passes HTML through), `|` and line breaks kept inside."""
     return html.escape(" ".join(str(value).split()), quote=False).replace("|", "\\|")
+
+
+def plot_text(value: object) -> str:
+    """A user's string as matplotlib draws it literally: every `$` escaped, so no part of it is read as mathtext (the
+    only markup matplotlib parses in text when usetex is off)."""
+    return str(value).replace("$", r"\$")
 
 
 def spreadsheet_cell(value: object) -> object:

@@ -19,7 +19,6 @@ from pathlib import Path
 from .errors import CohortError
 from .fileio import FileTooLargeError, UnsafePathError, read_bytes_limited
 
-
 ID_COLUMNS = ("specimen", "patient")  # ids that never become paths (slide ids do: `mixmag.ids`) but are printed
 MAX_ID_CHARS = 1024  # a specimen or patient id is a name, not a document; far above any real one
 
@@ -31,8 +30,8 @@ def id_problem(column: str, value: str) -> str | None:
     bad = next((c for c in value if not c.isprintable()), None)
     if bad is not None:
         return (
-            f"the {column!r} value {value[:60]!r} holds the non-printable character U+{ord(bad):04X}: remove it (ids are "
-            "printed in reports, tables and consoles)"
+            f"the {column!r} value {value[:60]!r} holds the non-printable character U+{ord(bad):04X}: remove it "
+            "(ids are printed in reports, tables and consoles)"
         )
     return None
 

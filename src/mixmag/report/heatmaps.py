@@ -23,6 +23,7 @@ from ..eval.explain import SlideAttribution
 from ..fileio import atomic_path, output_folder
 from ..geometry import Box
 from ..ids import path_for_id
+from ..markup import plot_text
 from ..slides.params import TilingParams
 from ..slides.reader import Slide
 from ..store import StoreHeader
@@ -231,10 +232,10 @@ def draw_heatmaps(
         ax.imshow(thumb if values is None else _grey(thumb))
         if values is not None:
             _draw_map(fig, ax, map_on_thumbnail(values, unit, px_scale, shape), scale)
-        ax.set_title(title, fontsize=8)
+        ax.set_title(plot_text(title), fontsize=8)  # level names come from the store
         ax.set_axis_off()
     neutral = "white = uniform attention" if a.method.startswith("AB") else "white = no effect"
-    fig.suptitle(f"{a.slide_id}: score {a.score:.3f} ({a.method}; {neutral})", fontsize=10)
+    fig.suptitle(f"{plot_text(a.slide_id)}: score {a.score:.3f} ({a.method}; {neutral})", fontsize=10)
     fig.tight_layout(rect=(0, 0, 1, 0.95))
     written += _save(fig, out_dir / f"{a.slide_id}_maps", formats)
 
@@ -248,8 +249,9 @@ def draw_heatmaps(
                 if j < len(row):
                     image, value = row[j]
                     ax.imshow(image)
-                    ax.set_title(f"{a.level_names[i]} #{j + 1}: {value_label(value, panels[-1][3])}", fontsize=8)
-        fig.suptitle(f"{a.slide_id}: most attended tiles per magnification", fontsize=10)
+                    level = plot_text(a.level_names[i])
+                    ax.set_title(f"{level} #{j + 1}: {value_label(value, panels[-1][3])}", fontsize=8)
+        fig.suptitle(f"{plot_text(a.slide_id)}: most attended tiles per magnification", fontsize=10)
         fig.tight_layout()
         written += _save(fig, out_dir / f"{a.slide_id}_top", formats)
     if regions:
@@ -263,7 +265,8 @@ def draw_heatmaps(
                     ax.imshow(views[j][0])
                     ax.set_title(f"#{k + 1} ({weight:.3f}) {views[j][1]}" if j == 0 else views[j][1], fontsize=8)
         fig.suptitle(
-            f"{a.slide_id}: most attended regions, at each magnification (outlines: the finer top tiles)", fontsize=10
+            f"{plot_text(a.slide_id)}: most attended regions, at each magnification (outlines: the finer top tiles)",
+            fontsize=10,
         )
         fig.tight_layout()
         written += _save(fig, out_dir / f"{a.slide_id}_regions", formats)

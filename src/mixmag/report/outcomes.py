@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..markup import plot_text
 from ..metrics import kaplan_meier
 from ..runs import TaskRow, TaskSplitMetrics
 
@@ -53,8 +54,9 @@ def confusion_figure(rows: list[TaskRow], metrics: TaskSplitMetrics, split: str)
     ax.imshow(counts, cmap="Blues")
     for (i, j), n in np.ndenumerate(counts):
         ax.text(j, i, str(n), ha="center", va="center", color="white" if n > counts.max() / 2 else "black")
-    ax.set_xticks(range(len(classes)), classes)
-    ax.set_yticks(range(len(classes)), classes)
+    names = [plot_text(c) for c in classes]  # the table's class names, drawn as written
+    ax.set_xticks(range(len(classes)), names)
+    ax.set_yticks(range(len(classes)), names)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     accuracy = metrics.balanced_accuracy

@@ -346,7 +346,9 @@ def load_plan(path: str | Path) -> TilingPlan:
         raise PlanError(f"{exc}; delete it and re-run `mixmag tile`.") from None
     except FileNotFoundError as exc:
         if path.is_symlink():
-            raise PlanError(f"{path}: the tiling plan is a link to a missing file; delete it and re-run `mixmag tile`.")
+            raise PlanError(
+                f"{path}: the tiling plan is a link to a missing file; delete it and re-run `mixmag tile`."
+            ) from None
         raise PlanError(f"{path}: no tiling plan; run `mixmag tile` first.") from exc
     except ValueError as exc:
         errors = exc.errors() if hasattr(exc, "errors") else []  # pydantic: say which field, and why

@@ -22,7 +22,7 @@ from ..data.cohort import load_cohort
 from ..errors import ConfigError, MixmagError
 from ..fileio import write_atomic, write_csv_atomic
 from ..ids import ID_RULE, SafeName, is_safe_id
-from ..markup import markdown_cell
+from ..markup import markdown_cell, plot_text
 from ..models.mixer import MIXER_PRESETS
 from ..runs import CrossValSummary, TrainRun
 from ..stages.crossval import run_cross_validation
@@ -289,11 +289,11 @@ def plot_differences(grid: GridConfig, results: dict) -> Path | None:
             linewidth=0.4,
             s=22,
             zorder=3,
-            label=task,
+            label=plot_text(task),
         )
     ax.axhline(0, color="black", lw=0.8)
-    ax.set_xticks(x, others, rotation=35, ha="right")
-    ax.set_ylabel(f"test AUROC - {grid.baseline} (x 100)")
+    ax.set_xticks(x, [plot_text(m) for m in others], rotation=35, ha="right")
+    ax.set_ylabel(f"test AUROC - {plot_text(grid.baseline)} (x 100)")
     ax.set_title("Difference to the baseline (points: tasks; bars: mean)")
     ax.legend(fontsize=7, loc="best", framealpha=0.85)
     fig.tight_layout()

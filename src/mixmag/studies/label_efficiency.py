@@ -29,7 +29,7 @@ from ..fileio import (
     write_csv_atomic,
     write_json_atomic,
 )
-from ..markup import markdown_cell, plain_console
+from ..markup import markdown_cell, plain_console, plot_text
 from ..runs import PretrainRun
 from ..synth.benchmark import TASKS, BenchmarkSpec, write_benchmark_cohort, write_unlabelled_slides
 from ..tables import read_table
@@ -301,7 +301,7 @@ def plot_label_efficiency(path: Path, config: LabelEfficiencyConfig, stats: dict
     for k, m in enumerate(config.methods):
         levels = [stats[n]["levels"][m] for n in sizes]
         x = np.array(sizes) * (1 + 0.02 * (k - len(config.methods) / 2))  # side by side on the log axis
-        errorbar_contrasts(ax, x, levels, marker="os^Dv"[k % 5], capsize=2, label=m)
+        errorbar_contrasts(ax, x, levels, marker="os^Dv"[k % 5], capsize=2, label=plot_text(m))
     ax.set_xscale("log")
     ax.minorticks_off()  # the sizes are the ticks
     ax.set_xticks(sizes, [str(n) for n in sizes])

@@ -21,7 +21,7 @@ from rich.console import Console
 
 from ..config import load_config
 from ..fileio import make_folder, write_atomic, write_csv_atomic, write_json_atomic
-from ..markup import markdown_cell, plain_console
+from ..markup import markdown_cell, plain_console, plot_text
 from .benchmark import NOTICE, BenchmarkConfig, check_benchmark_config, run_benchmark
 from .contrasts import Contrast, ContrastData
 from .experiments import GridConfig, Task, run_folder
@@ -158,7 +158,8 @@ def plot_sweep(
     for k, b in enumerate(config.against):
         shift = 0.012 * (k - (len(config.against) - 1) / 2)  # side by side
         cs = [p["contrasts"][k] for p in points]
-        errorbar_contrasts(ax, x + shift, cs, marker="os^Dv"[k % 5], capsize=3, label=f"{config.method} − {b}")
+        label = plot_text(f"{config.method} − {b}")
+        errorbar_contrasts(ax, x + shift, cs, marker="os^Dv"[k % 5], capsize=3, label=label)
     ax.axhline(0, color="black", lw=0.8)
     ax.set_xticks(x, [f"{s:g}" for s in x])
     ax.set_xlabel("generator structure (0: independent tiles, 1: default)")
