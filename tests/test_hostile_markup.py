@@ -232,6 +232,19 @@ def test_a_folder_name_that_is_not_utf8_is_one_sentence(tmp_path, tissue_slide):
     assert "Pydantic" not in flat and "surrogates" not in flat
 
 
+def test_doctor_says_tile_refuses_a_slide_whose_path_is_not_utf8(tmp_path, tissue_slide):
+    """Before: doctor said "`mixmag tile` reads it with tifffile ..." for a slide that `mixmag tile` refuses."""
+    folder = tmp_path / os.fsdecode(b"scan\xff")
+    try:
+        folder.mkdir()
+    except (OSError, UnicodeEncodeError):
+        pytest.skip("this file system refuses names that are not UTF-8")
+    shutil.copy(tissue_slide, folder / "s1.tiff")
+    flat = " ".join(runner.invoke(app, ["doctor", str(folder / "s1.tiff")]).output.split())
+    assert "`mixmag tile` reads it" not in flat, flat
+    assert "`mixmag tile` cannot tile it:" in flat and "the slide's path is not valid UTF-8" in flat, flat
+
+
 def test_a_plans_folder_name_that_is_not_utf8_is_one_sentence(tmp_path, tissue_slide):
     plans = tmp_path / os.fsdecode(b"plans\xfe")
     try:

@@ -16,6 +16,7 @@ import numpy as np
 
 from ..errors import MixmagError, MppError
 from ..geometry import Box, CellGrid, LevelSpec
+from ..markup import utf8_path
 from .backends import BACKENDS, candidates, install_command, installed, open_backend
 from .pyramids import read_pyramid
 from .reader import Slide, SlideTooLargeError
@@ -104,6 +105,7 @@ def check_slide(
             check.error = "not tried: the file declares more than it holds (see above)"
     result = SlideCheck(path, slide_id, checks)
     try:
+        utf8_path(path, "slide")  # `mixmag tile` refuses such a path before reading it (plan.json records it)
         with Slide(path, mpp=mpp) as slide:
             result.chosen = slide.backend
             grid = CellGrid(slide.mpp, slide.width, slide.height, levels.cell_um)
