@@ -263,7 +263,8 @@ def draw_heatmaps(
                 ax.set_axis_off()
                 if j < len(views):
                     ax.imshow(views[j][0])
-                    ax.set_title(f"#{k + 1} ({weight:.3f}) {views[j][1]}" if j == 0 else views[j][1], fontsize=8)
+                    name = plot_text(views[j][1])  # level names come from the store
+                    ax.set_title(f"#{k + 1} ({weight:.3f}) {name}" if j == 0 else name, fontsize=8)
         fig.suptitle(
             f"{plot_text(a.slide_id)}: most attended regions, at each magnification (outlines: the finer top tiles)",
             fontsize=10,
