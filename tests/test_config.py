@@ -40,6 +40,7 @@ MODEL_OF = {
     "structure-sweep-small.yaml": StructureSweepConfig,
     "structure-sweep-replicates.yaml": StructureSweepConfig,
     "replicates-small.yaml": BenchmarkConfig,
+    "replicates-rival-small.yaml": BenchmarkConfig,
 }
 
 

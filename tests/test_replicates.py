@@ -25,6 +25,7 @@ from mixmag.studies.replicates import (
     register_endpoint,
     replicate_config,
     replicate_defaults,
+    rival_comparisons,
     run_replicates,
     sign_flip_p,
 )
@@ -65,6 +66,22 @@ def test_the_analysis_is_the_hand_computation_on_made_up_aurocs():
     assert by_task["fine"][0].differences == pytest.approx((0.04, -0.03, 0.08))
     assert by_task["coarse"][0].differences == pytest.approx((0.08, 0.06, 0.04))
     assert by_task["coarse"][0].mean == pytest.approx(0.06) and by_task["fine"][0].mean == pytest.approx(0.03)
+
+
+def test_the_rival_comparisons_are_over_the_rival_tasks_against_the_pooled_runs():
+    records = [  # the endpoint's method M and AB-MIL all x on real stores, and AB-MIL all x on pooled ones
+        {"aurocs": {"fine": {"M": [0.80], "all": [0.76]}, "coarse": {"M": [0.70], "all": [0.90]}},
+         "rival_aurocs": {"fine": {"all": [0.80]}, "coarse": {"all": [0.50]}}},
+        {"aurocs": {"fine": {"M": [0.84], "all": [0.78]}, "coarse": {"M": [0.60], "all": [0.88]}},
+         "rival_aurocs": {"fine": {"all": [0.82]}, "coarse": {"all": [0.54]}}},
+    ]  # fmt: skip
+    protocol = {"rival_tasks": ["fine", "coarse"], "rival_methods": ["all"], "methods": ["M", "all"]}
+    endpoint = Endpoint(method="M", against=["all"], tasks=["fine", "coarse"], replicates=2, protocol=protocol)
+    m_vs_pooled, real_vs_pooled = rival_comparisons(records, endpoint)
+    # M: 0.75, 0.72; pooled all: 0.65, 0.68; real all: 0.83, 0.83
+    assert m_vs_pooled.against == "all (20x-pooled)" and m_vs_pooled.differences == pytest.approx((0.10, 0.04))
+    assert real_vs_pooled.method == "all" and real_vs_pooled.differences == pytest.approx((0.18, 0.15))
+    assert rival_comparisons(records, endpoint.model_copy(update={"protocol": {}})) == []
 
 
 def test_sign_flip_p_counts_patterns_at_least_as_extreme():
@@ -139,3 +156,21 @@ def test_the_analysis_refuses_an_endpoint_file_edited_after_registration(tmp_pat
         check_registered(tmp_path, endpoint)
     with pytest.raises(ConfigError, match="differs from this run's in against;"):
         register_endpoint(tmp_path, endpoint)
+
+
+def test_replicates_with_a_rival_record_its_pooled_runs_and_compare_against_them(tmp_path):
+    out = tmp_path / "r"
+    config = _tiny(out, rival_tasks=["fine"], rival_methods=["abmil-20x"])
+    result = run_replicates(config, 2)
+    for r, rec in enumerate(result["records"]):
+        assert list(rec["rival_aurocs"]) == ["fine"] and len(rec["rival_aurocs"]["fine"]["abmil-20x"]) == 1
+        assert (out / f"replicate-{r}" / "results-rival" / "fine" / "abmil-20x").is_dir()
+    saved = json.loads((out / "replicates.json").read_text())
+    assert [(c["method"], c["against"]) for c in saved["rival"]] == [
+        ("MEM-patch", "abmil-20x (20x-pooled)"),
+        ("abmil-20x", "abmil-20x (20x-pooled)"),
+    ]
+    pooled = [rec["rival_aurocs"]["fine"]["abmil-20x"][0] for rec in result["records"]]
+    mem = [rec["aurocs"]["fine"]["MEM-patch"][0] for rec in result["records"]]
+    assert saved["rival"][0]["differences"] == pytest.approx([m - p for m, p in zip(mem, pooled, strict=True)])
+    assert "Against the 20x-only rival" in (out / "replicates.md").read_text()

@@ -158,16 +158,19 @@ def _run_replicate(config: BenchmarkConfig, r: int, endpoint: Endpoint, console:
     wanted = rc.model_dump(mode="json")
     if record_path.is_file():
         record = read_json_limited(record_path, what="replicate record")
-        if isinstance(record, dict) and record.get("config") == wanted and _covers(record.get("aurocs"), endpoint):
+        if (
+            isinstance(record, dict)
+            and record.get("config") == wanted
+            and _covers(record.get("aurocs"), endpoint)
+            and (not config.rival_tasks or isinstance(record.get("rival_aurocs"), dict))
+        ):
             console.print(f"reusing replicate {r} ({record_path})")
             return record
     console.rule(f"replicate {r + 1} of {endpoint.replicates}")
     cpu = time.process_time()
     result = run_benchmark(rc, console=console)
     cpu = time.process_time() - cpu  # this process's threads, all stages: a cost figure that load does not inflate
-    aurocs: dict[str, dict[str, list[float]]] = {}
-    for cell in result["cells"]:
-        aurocs.setdefault(cell.task, {})[cell.method] = [float(a) for a in cell.seeds]
+    aurocs = _per_seed_aurocs(result["cells"])
     record = {
         "replicate": r,
         "cohort_seed": rc.cohort["seed"],
@@ -175,11 +178,20 @@ def _run_replicate(config: BenchmarkConfig, r: int, endpoint: Endpoint, console:
         "seeds": rc.seeds,
         "config": wanted,
         "aurocs": aurocs,
+        "rival_aurocs": _per_seed_aurocs(result.get("rival", {}).get("cells", [])),
         "timings": result["timings"],
         "cpu_seconds": round(cpu, 1),
     }
     write_json_atomic(record_path, record)  # written last: a replicate without it is not finished
     return record
+
+
+def _per_seed_aurocs(cells) -> dict[str, dict[str, list[float]]]:
+    """{task: {method: per-seed test AUROCs}} of a benchmark's statistics cells."""
+    aurocs: dict[str, dict[str, list[float]]] = {}
+    for cell in cells:
+        aurocs.setdefault(cell.task, {})[cell.method] = [float(a) for a in cell.seeds]
+    return aurocs
 
 
 def _covers(aurocs, endpoint: Endpoint) -> bool:
@@ -290,6 +302,28 @@ def per_task_comparisons(records: list[dict], endpoint: Endpoint) -> dict[str, l
     }
 
 
+def rival_comparisons(records: list[dict], endpoint: Endpoint) -> list[ReplicateComparison]:
+    """Against the 20x-only rival (the protocol's `rival_tasks`; secondary): the endpoint's method minus each rival
+    method on the pooled stores, and each rival method on the real stores minus itself on the pooled ones, over
+    the rival tasks. Empty when the protocol has no rival."""
+    tasks = list(endpoint.protocol.get("rival_tasks") or [])
+    if not tasks:
+        return []
+    methods = list(endpoint.protocol.get("rival_methods") or [])
+    real_methods = list(endpoint.protocol.get("methods") or [])
+    pooled = {m: [replicate_auroc(rec["rival_aurocs"], m, tasks) for rec in records] for m in methods}
+    method = [replicate_auroc(rec["aurocs"], endpoint.method, tasks) for rec in records]
+    out = [compare_replicates(endpoint.method, f"{m} (20x-pooled)", method, pooled[m], endpoint.alpha) for m in methods]
+    out += [
+        compare_replicates(
+            m, f"{m} (20x-pooled)", [replicate_auroc(rec["aurocs"], m, tasks) for rec in records], pooled[m]
+        )
+        for m in methods
+        if m in real_methods
+    ]
+    return out
+
+
 def check_registered(out: Path, endpoint: Endpoint) -> None:
     """The analysis runs only on the endpoint registered before the replicates: refuse it if the file changed."""
     path = out / ENDPOINT_FILE
@@ -298,6 +332,15 @@ def check_registered(out: Path, endpoint: Endpoint) -> None:
             f"{path}: the registered endpoint is missing or changed since the replicates started; the analysis "
             "runs only on the endpoint registered before them: rerun in a new --out folder"
         )
+
+
+def _secondary_row(c: ReplicateComparison) -> str:
+    """A secondary comparison's cells: difference, mean, t interval, t-test p, replicates above 0."""
+    return (
+        f"| {markdown_cell(c.method)} - {markdown_cell(c.against)} | {100 * c.mean:+.2f} | "
+        f"{100 * c.low:+.2f} to {100 * c.high:+.2f} | {c.t_p:.3g} | "
+        f"{sum(d > 0 for d in c.differences)} of {len(c.differences)} |"
+    )
 
 
 def replicates_markdown(
@@ -333,12 +376,18 @@ def replicates_markdown(
             "|---|---|---:|---|---:|---:|",
         ]
         for task, task_comparisons in per_task_comparisons(records, endpoint).items():
-            lines += [
-                f"| {markdown_cell(task)} | {markdown_cell(c.method)} - {markdown_cell(c.against)} | "
-                f"{100 * c.mean:+.2f} | {100 * c.low:+.2f} to {100 * c.high:+.2f} | {c.t_p:.3g} | "
-                f"{sum(d > 0 for d in c.differences)} of {len(c.differences)} |"
-                for c in task_comparisons
-            ]
+            lines += [f"| {markdown_cell(task)} {_secondary_row(c)}" for c in task_comparisons]
+    rival = rival_comparisons(records, endpoint)
+    if rival:
+        lines += [
+            "",
+            "Against the 20x-only rival (secondary: 5x and 10x tokens pooled from the 20x tiles, over the tasks "
+            f"{', '.join(endpoint.protocol['rival_tasks'])}):",
+            "",
+            f"| difference | mean over replicates | {level:.0f}% t interval | t-test p | replicates above 0 |",
+            "|---|---:|---|---:|---:|",
+        ]
+        lines += [_secondary_row(c) for c in rival]
     methods = list(per_method)
     lines += ["", "Per replicate (task-averaged test AUROC x 100):", ""]
     lines.append(
@@ -377,6 +426,7 @@ def _write_outputs(out: Path, records, per_method, comparisons, endpoint) -> str
             "endpoint": ENDPOINT_FILE,
             "replicates": len(records),
             "comparisons": [comparison_record(c) for c in comparisons],
+            "rival": [comparison_record(c) for c in rival_comparisons(records, endpoint)],
             "by_task": {
                 task: [comparison_record(c) for c in task_comparisons]
                 for task, task_comparisons in per_task_comparisons(records, endpoint).items()
