@@ -41,6 +41,8 @@ MODEL_OF = {
     "structure-sweep-replicates.yaml": StructureSweepConfig,
     "replicates-small.yaml": BenchmarkConfig,
     "replicates-rival-small.yaml": BenchmarkConfig,
+    "design-space-replicates.yaml": DesignSpaceConfig,
+    "label-efficiency-replicates.yaml": LabelEfficiencyConfig,
 }
 
 

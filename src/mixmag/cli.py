@@ -1703,7 +1703,9 @@ def benchmark(
             "<out>/replicate-<r>/ against an endpoint registered first (endpoint.json): MEM-patch minus AB-MIL 20x "
             "and minus random-patch, task-averaged test AUROC, analysed over replicates. Without --config: the "
             "built-in replicate protocol (configs/replicates.yaml). With --structure-sweep: R replicates at every "
-            "knob point (<out>/structure_sweep_replicates.md and .png)."
+            "knob point (<out>/structure_sweep_replicates.md and .png). With --label-efficiency or --design-space: "
+            "that whole study replicated R times, each size's or design point's differences analysed over replicates "
+            "(<out>/<study>_replicates.md, .csv, .json, .png)."
         ),
     ] = None,
     design_space: Annotated[
@@ -1739,19 +1741,15 @@ def benchmark(
     """Benchmark v2 on CPU: four synthetic multi-scale tasks at the embedding level, methods x seeds, mean ± sd,
     bootstrap CIs, paired DeLong p against AB-MIL 20x, and the magnification attribution check."""
     from .studies.benchmark import load_benchmark_config, run_benchmark
-    from .studies.design_space import load_design_space_config, run_design_space
-    from .studies.label_efficiency import load_label_efficiency_config, run_label_efficiency
+    from .studies.design_space import DESIGN_SPACE, load_design_space_config, run_design_space
+    from .studies.label_efficiency import LABEL_EFFICIENCY, load_label_efficiency_config, run_label_efficiency
+    from .studies.replicated_studies import run_replicated_study
     from .studies.replicates import load_replicates_config, run_replicates
     from .studies.structure_replicates import run_structure_sweep_replicates
     from .studies.structure_sweep import load_structure_sweep_config, run_structure_sweep
 
     if sum([design_space, label_efficiency, structure_sweep]) > 1:
         raise OptionError("--design-space, --label-efficiency and --structure-sweep are separate studies: give one")
-    if replicates is not None and (design_space or label_efficiency):
-        raise OptionError(
-            "--replicates runs the benchmark or (with --structure-sweep) each knob point R times; it does not combine "
-            "with --design-space or --label-efficiency"
-        )
     try:
         if structure_sweep and replicates is not None:
             run_structure_sweep_replicates(load_structure_sweep_config(config, out), replicates, console=console)
@@ -1760,10 +1758,18 @@ def benchmark(
             run_structure_sweep(load_structure_sweep_config(config, out), console=console)
             return
         if design_space:
-            run_design_space(load_design_space_config(config, out), console=console)
+            ds = load_design_space_config(config, out)
+            if replicates is not None:
+                run_replicated_study(DESIGN_SPACE, ds, replicates, console=console)
+            else:
+                run_design_space(ds, console=console)
             return
         if label_efficiency:
-            run_label_efficiency(load_label_efficiency_config(config, out), console=console)
+            le = load_label_efficiency_config(config, out)
+            if replicates is not None:
+                run_replicated_study(LABEL_EFFICIENCY, le, replicates, console=console)
+            else:
+                run_label_efficiency(le, console=console)
             return
         if replicates is not None:
             run_replicates(load_replicates_config(config, out), replicates, console=console)

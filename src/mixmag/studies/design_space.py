@@ -44,6 +44,7 @@ from .contrasts import Contrast, ContrastData
 from .demo import Timer
 from .experiments import GridConfig, Task, run_folder, run_grid
 from .figures import save_png
+from .replicated_studies import Quantity, ReplicatedStudy, StudyPlan
 
 BASELINE = "abmil-20x"  # the paper's reference in Fig. 3
 LEVELS = ("5x", "10x", "20x", "all")
@@ -214,8 +215,9 @@ def contrast_data(grid: GridConfig, methods: list[str], n_boot: int) -> Contrast
     return ContrastData(runs, n_boot=n_boot)
 
 
-def summary_contrasts(config: DesignSpaceConfig, data: ContrastData) -> list[tuple[str, str, Contrast]]:
-    """(comparison, output, contrast): the paper's Fig. 3 comparisons, each family averaged over its settings."""
+def summary_groups(config: DesignSpaceConfig) -> list[tuple[str, str, list[str], list[str]]]:
+    """(comparison, output, plus, minus): the paper's Fig. 3 comparisons, each family its methods over r, c or
+    magnification."""
     out = []
     for output in config.outputs:
         groups = {
@@ -233,21 +235,80 @@ def summary_contrasts(config: DesignSpaceConfig, data: ContrastData) -> list[tup
             ("MEM", "CMEM"),
         ]:
             if groups[a] and groups[b]:
-                out.append((f"{a} − {b}", output, data.contrast(f"{a} − {b} ({output})", groups[a], groups[b])))
+                out.append((f"{a} − {b}", output, groups[a], groups[b]))
     if set(config.outputs) == {"patch", "cls"}:
         for family, names in [
             ("MEM", [mem_name(r) for r in config.mask_ratios]),
             ("CMEM", [cmem_name(c) for c in config.contexts]),
         ]:
             if names:
-                plus, minus = [f"{n}-patch" for n in names], [f"{n}-cls" for n in names]
-                out.append((f"Patch − CLS ({family})", "both", data.contrast(f"Patch − CLS ({family})", plus, minus)))
+                out.append(
+                    (f"Patch − CLS ({family})", "both", [f"{n}-patch" for n in names], [f"{n}-cls" for n in names])
+                )
     return out
 
 
-def plot_design_space(path: Path, config: DesignSpaceConfig, summary, points: dict[str, Contrast]) -> Path:
+def summary_contrasts(config: DesignSpaceConfig, data: ContrastData) -> list[tuple[str, str, Contrast]]:
+    """(comparison, output, contrast): the paper's Fig. 3 comparisons, each family averaged over its settings."""
+    return [
+        (name, output, data.contrast(name if output == "both" else f"{name} ({output})", plus, minus))
+        for name, output, plus, minus in summary_groups(config)
+    ]
+
+
+def _point_label(family: str, setting: str, output: str | None) -> str:
+    return f"{family} {setting}" + (f" {output}" if output else "")
+
+
+def _replicate_quantities(config: DesignSpaceConfig) -> tuple[dict[str, Quantity], list[tuple[str, str, Quantity]]]:
+    """({method: it minus AB-MIL 20x}, [(comparison, output, Fig. 3 family comparison)]) over the config's tasks."""
+    tasks = tuple(config.tasks)
+    points = {
+        m: Quantity(_point_label(f, s, o), f"{m} − {BASELINE}", tasks, (m,), (BASELINE,))
+        for m, f, s, o in design_rows(config)
+        if m != BASELINE
+    }
+    summary = [
+        (name, output, Quantity(f"families, {output}", name, tasks, tuple(plus), tuple(minus)))
+        for name, output, plus, minus in summary_groups(config)
+    ]
+    return points, summary
+
+
+def replicate_plan(config: DesignSpaceConfig) -> StudyPlan:
+    """Every design point's task-averaged AUROC; each point minus AB-MIL 20x and the Fig. 3 family comparisons."""
+    points, summary = _replicate_quantities(config)
+    levels = [Quantity(_point_label(f, s, o), m, tuple(config.tasks), (m,)) for m, f, s, o in design_rows(config)]
+    return StudyPlan(levels, [q for _, _, q in summary] + list(points.values()))
+
+
+def plot_replicated(path: Path, config: DesignSpaceConfig, plan: StudyPlan, comparisons: dict) -> Path:
+    """Fig. 3 style over replicates: bars the mean difference, whiskers its t interval over replicates."""
+    points, summary = _replicate_quantities(config)
+
+    def contrast(q: Quantity) -> Contrast:
+        c = comparisons[q]
+        return Contrast(q.label, q.plus, q.minus, c.mean, c.low, c.high)
+
+    return plot_design_space(
+        path,
+        config,
+        [(name, output, contrast(q)) for name, output, q in summary],
+        {m: contrast(q) for m, q in points.items()},
+        whiskers="95% t interval over replicates (each a fresh cohort, pretraining and training seeds)",
+    )
+
+
+def plot_design_space(
+    path: Path,
+    config: DesignSpaceConfig,
+    summary,
+    points: dict[str, Contrast],
+    whiskers: str = "95% paired bootstrap CI",
+) -> Path:
     """Fig. 3 style: (a) the family comparisons, patch and CLS side by side; (b) every design point against AB-MIL
-    20x. Bars: task-averaged AUROC difference x 100; whiskers: 95% paired bootstrap CI over test specimens."""
+    20x. Bars: task-averaged AUROC difference x 100; whiskers: each contrast's interval (by default its 95% paired
+    bootstrap CI over test specimens; `whiskers` says which)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -273,7 +334,7 @@ def plot_design_space(path: Path, config: DesignSpaceConfig, summary, points: di
         ax_b.bar(k, 100 * c.value, 0.7, color=colours[output], yerr=err, capsize=2, edgecolor="black", lw=0.4)
     ax_b.set_xticks(
         range(len(rows)),
-        [f"{f} {s}" + (f" {o}" if o else "") for _, f, s, o in rows],
+        [_point_label(f, s, o) for _, f, s, o in rows],
         rotation=60,
         ha="right",
         fontsize=7,
@@ -282,9 +343,7 @@ def plot_design_space(path: Path, config: DesignSpaceConfig, summary, points: di
     for ax in (ax_a, ax_b):
         ax.axhline(0, color="black", lw=0.8)
         ax.set_ylabel("test AUROC difference (x 100)")
-    fig.suptitle(
-        "Synthetic embedding-level benchmark (not the paper's data); whiskers: 95% paired bootstrap CI", fontsize=9
-    )
+    fig.suptitle(f"Synthetic embedding-level benchmark (not the paper's data); whiskers: {whiskers}", fontsize=9)
     fig.tight_layout()
     return save_png(fig, path)
 
@@ -456,4 +515,16 @@ def run_design_space(config: DesignSpaceConfig, console: Console | None = None) 
     text = _write_outputs(out, config, data, points, summary, mixers, pool_size(tables))
     write_json_atomic(out / "timings.json", timer.stages)
     console.print(text, highlight=False, soft_wrap=True, markup=False)
-    return {"tables": tables, "mixers": mixers, "points": points, "summary": summary, "timings": timer.stages}
+    return {
+        "tables": tables,
+        "mixers": mixers,
+        "points": points,
+        "summary": summary,
+        "timings": timer.stages,
+        "grid": grid,
+    }
+
+
+DESIGN_SPACE = ReplicatedStudy(
+    "design_space", "Design space", lambda c, console: run_design_space(c, console), replicate_plan, plot_replicated
+)

@@ -42,6 +42,7 @@ from .demo import Timer
 from .design_space import departures, departures_markdown
 from .experiments import GridConfig, Task, run_folder, run_grid
 from .figures import errorbar_contrasts, save_png
+from .replicated_studies import Quantity, ReplicatedStudy, StudyPlan
 
 BASELINE = "abmil-20x"
 
@@ -291,26 +292,81 @@ def _ci(c: Contrast, signed: bool = False) -> str:
 
 def plot_label_efficiency(path: Path, config: LabelEfficiencyConfig, stats: dict[int, dict]) -> Path:
     """Task-averaged test AUROC against the labelled size, one line per method, 95% paired bootstrap CIs."""
+    series = {m: [stats[n]["levels"][m] for n in config.label_sizes] for m in config.methods}
+    return plot_against_size(
+        path,
+        config.label_sizes,
+        series,
+        "test AUROC x 100 (mean over tasks)",
+        "Label efficiency (synthetic, embedding level)",
+    )
+
+
+def plot_against_size(
+    path: Path, sizes: list[int], series: dict[str, list[Contrast]], ylabel: str, title: str, zero: bool = False
+) -> Path:
+    """One line per series against the labelled size (log axis), whiskers to each value's interval; `zero` draws
+    the line of no difference."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5.6, 3.8))
-    sizes = config.label_sizes
-    for k, m in enumerate(config.methods):
-        levels = [stats[n]["levels"][m] for n in sizes]
-        x = np.array(sizes) * (1 + 0.02 * (k - len(config.methods) / 2))  # side by side on the log axis
-        errorbar_contrasts(ax, x, levels, marker="os^Dv"[k % 5], capsize=2, label=plot_text(m))
+    for k, (name, values) in enumerate(series.items()):
+        x = np.array(sizes) * (1 + 0.02 * (k - len(series) / 2))  # side by side on the log axis
+        errorbar_contrasts(ax, x, values, marker="os^Dv"[k % 5], capsize=2, label=plot_text(name))
+    if zero:
+        ax.axhline(0, color="black", lw=0.8)
     ax.set_xscale("log")
     ax.minorticks_off()  # the sizes are the ticks
     ax.set_xticks(sizes, [str(n) for n in sizes])
     ax.set_xlabel("labelled training specimens per task")
-    ax.set_ylabel("test AUROC x 100 (mean over tasks)")
-    ax.set_title("Label efficiency (synthetic, embedding level)", fontsize=9)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
     return save_png(fig, path)
+
+
+def _replicate_differences(config: LabelEfficiencyConfig) -> dict[tuple[int, str], Quantity]:
+    """{(size, name): difference}: at each labelled size, each MEM row minus each method that is no MEM row."""
+    mem = [m for m in config.methods if m.startswith("MEM-")]
+    if not mem:
+        raise ConfigError("a replicated label-efficiency study compares the MEM rows: add MEM-patch to `methods`")
+    others = [m for m in config.methods if m not in mem]
+    return {
+        (n, f"{a} − {b}"): Quantity(f"n = {n}", f"{a} − {b}", tuple(size_task(t, n) for t in config.tasks), (a,), (b,))
+        for n in config.label_sizes
+        for a in mem
+        for b in others
+    }
+
+
+def replicate_plan(config: LabelEfficiencyConfig) -> StudyPlan:
+    """Per labelled size: each method's task-averaged AUROC, and each MEM row minus every other method."""
+    levels = [
+        Quantity(f"n = {n}", m, tuple(size_task(t, n) for t in config.tasks), (m,))
+        for n in config.label_sizes
+        for m in config.methods
+    ]
+    return StudyPlan(levels, list(_replicate_differences(config).values()))
+
+
+def plot_replicated(path: Path, config: LabelEfficiencyConfig, plan: StudyPlan, comparisons: dict) -> Path:
+    """Each difference against the labelled size, whiskers: its t interval over replicates."""
+    series: dict[str, list[Contrast]] = {}
+    for (_, name), q in _replicate_differences(config).items():  # size-major: each series in size order
+        c = comparisons[q]
+        series.setdefault(name, []).append(Contrast(q.label, q.plus, q.minus, c.mean, c.low, c.high))
+    return plot_against_size(
+        path,
+        config.label_sizes,
+        series,
+        "test AUROC difference x 100 (mean over tasks)",
+        "Label efficiency over replicates (synthetic); whiskers: 95% t interval over replicates",
+        zero=True,
+    )
 
 
 def _write_outputs(out: Path, config: LabelEfficiencyConfig, stats, pool: dict, losses: dict | None) -> str:
@@ -417,4 +473,13 @@ def run_label_efficiency(config: LabelEfficiencyConfig, console: Console | None 
     text = _write_outputs(out, config, stats, pool, losses)
     write_json_atomic(out / "timings.json", timer.stages)
     console.print(text, highlight=False, soft_wrap=True, markup=False)
-    return {"tables": tables, "pool": pool, "stats": stats, "timings": timer.stages}
+    return {"tables": tables, "pool": pool, "stats": stats, "timings": timer.stages, "grid": grid}
+
+
+LABEL_EFFICIENCY = ReplicatedStudy(
+    "label_efficiency",
+    "Label efficiency",
+    lambda c, console: run_label_efficiency(c, console),
+    replicate_plan,
+    plot_replicated,
+)

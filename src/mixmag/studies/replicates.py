@@ -18,6 +18,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol, Self, TypeVar
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -110,7 +111,7 @@ def make_endpoint(
     return endpoint
 
 
-def register_endpoint(out: Path, endpoint: Endpoint) -> None:
+def register_endpoint(out: Path, endpoint: BaseModel) -> None:
     """Write endpoint.json the first time; afterwards refuse an endpoint that differs from the registered one."""
     path = out / ENDPOINT_FILE
     if not path.exists():
@@ -131,10 +132,26 @@ def register_endpoint(out: Path, endpoint: Endpoint) -> None:
         )
 
 
-def replicate_config(config: BenchmarkConfig, r: int) -> BenchmarkConfig:
-    """Replicate r: its own folder, cohort seed (the config's + r), pretraining seed (the config's + r) and training
-    seeds (each configured seed + r * (the largest + 1): 3r, 3r+1, 3r+2 for 0, 1, 2), so no two replicates share a
-    cohort, a pretraining run or a training seed (and so a random mixer's init)."""
+class Replicable(Protocol):
+    """What replicate_config derives from: the benchmark's, the label-efficiency and the design-space configs."""
+
+    out: str
+    cohort: dict
+    cohort_by_task: dict[str, dict]
+    pretrain: dict
+    seeds: list[int]
+
+    def model_copy(self, *, update: dict[str, Any] | None = None, deep: bool = False) -> Self: ...
+
+
+C = TypeVar("C", bound=Replicable)
+
+
+def replicate_config(config: C, r: int) -> C:
+    """Replicate r: its own folder, cohort seed (the config's + r; a task's own seed too), pretraining seed (the
+    config's + r) and training seeds (each configured seed + r * (the largest + 1): 3r, 3r+1, 3r+2 for 0, 1, 2), so no
+    two replicates share a cohort, a pretraining run or a training seed (and so a random mixer's init). One function
+    for every study whose config has these fields, so that a replicate means the same in each."""
     stride = max(config.seeds) + 1
     by_task = {
         task: spec | ({"seed": spec["seed"] + r} if "seed" in spec else {})
@@ -324,7 +341,7 @@ def rival_comparisons(records: list[dict], endpoint: Endpoint) -> list[Replicate
     return out
 
 
-def check_registered(out: Path, endpoint: Endpoint) -> None:
+def check_registered(out: Path, endpoint: BaseModel) -> None:
     """The analysis runs only on the endpoint registered before the replicates: refuse it if the file changed."""
     path = out / ENDPOINT_FILE
     if not path.is_file() or read_json_limited(path, what="registered endpoint") != endpoint.model_dump(mode="json"):
