@@ -217,6 +217,22 @@ def test_a_catalog_part_that_is_a_link_fifo_or_huge_is_skipped_not_followed_or_d
     assert (parts / "a.jsonl").is_symlink() and (parts / "b.jsonl").exists()  # not ours: left where they are
 
 
+def test_entries_named_like_stores_that_are_not_files_are_named_once_and_never_opened(tmp_path, small_cohort):
+    stores = _stores_copy(small_cohort, tmp_path)
+    os.mkfifo(stores / "x.h5")  # opened for reading, it would block the command forever (no_hang fails it)
+    (stores / "gone.h5").symlink_to(tmp_path / "nowhere.h5")
+    (stores / "dir.h5").symlink_to(tmp_path, target_is_directory=True)
+    result = _invoke("store", "index", stores)
+    assert result.exit_code == 0, result.output
+    _said(result, "3 store(s) catalogued", "3 entries named *.h5 left out, not regular files")
+    _said(result, "x.h5 (a FIFO (named pipe))", "gone.h5 (a broken symbolic link)")
+    _said(result, "dir.h5 (a symbolic link to a folder)")
+    assert result.output.count("x.h5") == 1
+    result = _invoke("encode", "--mixer", tmp_path / "no.safetensors", "--stores", stores, "--out", tmp_path / "e")
+    _said(result, "x.h5 (a FIFO (named pipe))")  # a command that reads the folder names it too, then goes on
+    assert result.output.count("x.h5") == 1
+
+
 def test_a_killed_writers_open_part_is_folded_and_removed_and_a_live_ones_is_kept(tmp_path, small_cohort):
     stores = _stores_copy(small_cohort, tmp_path)
     first = sorted(stores.glob("*.h5"))[0]

@@ -119,6 +119,7 @@ class CatalogReport:
     stale: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
     unreadable: dict[str, str] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)  # named like a store but not a file: path -> what it is
     damaged: str | None = None
     unwritten: str | None = None  # why the refreshed catalog could not be written back (it is right in memory)
 
@@ -139,6 +140,12 @@ class CatalogReport:
                 out.append(f"{folder}: {len(items)} store(s) {what}: {_few(items)}")
         for path, why in list(self.unreadable.items())[:5]:
             out.append(f"{folder / path}: left out, {why}")
+        if self.skipped:
+            named = [f"{path} ({what})" for path, what in sorted(self.skipped.items())]
+            out.append(
+                f"{folder}: {len(named)} entr{'y' if len(named) == 1 else 'ies'} named *{STORE_SUFFIX} left out, "
+                f"not regular files: {_few(named)}"
+            )
         return out
 
 
@@ -197,11 +204,23 @@ def catalog_file(folder: str | Path) -> Path:
     return Path(folder) / CATALOG_NAME
 
 
-def scan_stores(folder: str | Path) -> dict[str, tuple[int, int]]:
-    """Every store under the folder, at any depth: relative POSIX path -> (size, mtime_ns). Hidden names (temporary
-    files, `.partial` stores) are skipped; symbolic links to files count, links to folders are not followed."""
+@dataclass
+class StoreScan:
+    """What a folder scan found: the stores (relative POSIX path -> (size, mtime_ns)) and the entries named like a
+    store that are not a regular file (relative path -> what it is: a FIFO, a device, a broken link, ...), left out
+    unopened so that a caller can name them."""
+
+    stores: dict[str, tuple[int, int]]
+    skipped: dict[str, str]
+
+
+def scan_stores(folder: str | Path) -> StoreScan:
+    """Every store under the folder, at any depth. Hidden names (temporary files, `.partial` stores) are skipped
+    silently; symbolic links to files count, links to folders are not followed; anything else named like a store is
+    left out and named in the scan's `skipped`."""
     folder = Path(folder)
     found: dict[str, tuple[int, int]] = {}
+    skipped: dict[str, str] = {}
     stack = [(folder, "")]
     while stack:
         here, prefix = stack.pop()
@@ -212,10 +231,26 @@ def scan_stores(folder: str | Path) -> dict[str, tuple[int, int]]:
                 if item.is_dir(follow_symlinks=False):
                     if item.name != PARTS_NAME:
                         stack.append((Path(item.path), f"{prefix}{item.name}/"))
-                elif item.name.endswith(STORE_SUFFIX) and item.is_file():
-                    st = item.stat()
-                    found[prefix + item.name] = (st.st_size, st.st_mtime_ns)
-    return found
+                elif item.name.endswith(STORE_SUFFIX):
+                    if item.is_file():
+                        st = item.stat()
+                        found[prefix + item.name] = (st.st_size, st.st_mtime_ns)
+                    else:
+                        skipped[prefix + item.name] = _not_a_store(item)
+    return StoreScan(found, skipped)
+
+
+def _not_a_store(item: os.DirEntry[str]) -> str:
+    """What an entry named like a store is, when it is not a regular file (from stat calls only: never opened)."""
+    try:
+        if not item.is_symlink():
+            return type_name(item.stat(follow_symlinks=False).st_mode)
+    except OSError:
+        return "gone while the folder was scanned"
+    try:
+        return f"a symbolic link to {type_name(os.stat(item.path).st_mode)}"
+    except OSError:
+        return "a broken symbolic link"
 
 
 def stat_inside(folder: Path, rel: str) -> os.stat_result:
@@ -519,7 +554,9 @@ def refresh_catalog(
             report.damaged = str(exc)
     parts, finished = read_parts(folder)
     known |= parts
-    on_disk = scan_stores(folder)
+    scan = scan_stores(folder)
+    on_disk = scan.stores
+    report.skipped = scan.skipped
     entries = []
     todo = []
     for rel, (size, mtime) in on_disk.items():

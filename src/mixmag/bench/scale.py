@@ -149,7 +149,7 @@ def catalog_from_template(folder: Path) -> None:
     """The catalog of a make_corpus folder without reading every header: every store is the template with its own
     slide id, so one store's entry is repeated with each store's path, id, size and mtime (for N too large to open
     every store on a shared machine; the catalog build time is then not measured)."""
-    found = scan_stores(folder)
+    found = scan_stores(folder).stores
     first = describe_store(folder, next(iter(found)))
     write_catalog_file(
         catalog_file(folder),
