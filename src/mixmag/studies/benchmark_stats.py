@@ -9,6 +9,7 @@ compares the two methods' seed-averaged specimen scores.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -49,12 +50,12 @@ def read_test_predictions(run: Path) -> dict[str, tuple[int, float]]:
     return {s: v for fold in tested_runs(run) for s, v in fold.read_scores("test").items()}
 
 
-def _aligned(runs: list[Path]) -> tuple[np.ndarray, np.ndarray]:
-    """(labels (n,), scores (seeds, n)) over the specimens every run predicted."""
+def _aligned(runs: list[Path]) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(labels (n,), scores (seeds, n), specimens) over the specimens every run predicted."""
     preds = [read_test_predictions(r) for r in runs]
     common = sorted(set.intersection(*(set(p) for p in preds)))
     labels = np.array([preds[0][s][0] for s in common])
-    return labels, np.array([[p[s][1] for s in common] for p in preds])
+    return labels, np.array([[p[s][1] for s in common] for p in preds]), common
 
 
 def _aligned_rows(runs: list[Path]) -> tuple[Task, tuple[np.ndarray, ...], np.ndarray, list[str]]:
@@ -77,43 +78,96 @@ def _mean_over_seeds(task: Task):
     return metric
 
 
+@dataclass(frozen=True)
+class _Scored:
+    """One method's seeds over the specimens all of them predicted, and how its task type scores a cell: the metric
+    of one seed's scores, a 95% CI of the mean over seeds (resampling specimens), a paired p of two methods'
+    seed-averaged scores."""
+
+    truth: tuple[np.ndarray, ...]
+    scores: np.ndarray  # (seeds, n, ...)
+    ids: list[str]
+    metric: Callable[..., float]
+    interval: Callable[[tuple[np.ndarray, ...], np.ndarray, int], tuple[float, float]]
+    paired_p: Callable[[tuple[np.ndarray, ...], np.ndarray, np.ndarray, int], float]
+
+    def per_seed(self) -> list[float]:
+        return [self.metric(*self.truth, s) for s in self.scores]
+
+
+def _scored_binary(runs: list[Path]) -> _Scored:
+    """A binary task's cell: AUROC, a class-stratified bootstrap CI, a paired DeLong p."""
+    labels, scores, ids = _aligned(runs)
+    return _Scored(
+        (labels,),
+        scores,
+        ids,
+        auroc,
+        lambda truth, s, n_boot: bootstrap_mean_auroc(truth[0], s, n_boot=n_boot),
+        lambda truth, a, b, n_boot: delong_test(truth[0], a, b).p_value,
+    )
+
+
+def _scored_task(runs: list[Path]) -> _Scored:
+    """A multiclass, survival or regression task's cell: its primary metric (C-index, macro AUROC, Spearman), a
+    bootstrap CI over specimens, a paired bootstrap p of the metric (DeLong is for AUROC only)."""
+    task, truth, scores, ids = _aligned_rows(runs)
+
+    def interval(truth: tuple[np.ndarray, ...], s: np.ndarray, n_boot: int) -> tuple[float, float]:
+        ci = bootstrap_estimate(_mean_over_seeds(task), (*truth, np.moveaxis(s, 0, 1)), n_boot=n_boot, seed=0)
+        return ci.low, ci.high
+
+    return _Scored(
+        truth,
+        scores,
+        ids,
+        task.primary_metric,
+        interval,
+        lambda truth, a, b, n_boot: paired_bootstrap(task.primary_metric, truth, a, b, n_boot=n_boot).p_value,
+    )
+
+
+def _cells(task: str, scored: dict[str, _Scored], baseline: str, n_boot: int) -> list[CellStatistic]:
+    """One CellStatistic per method: its metric per seed, mean, sd, CI, and the paired p and difference against the
+    baseline (when the baseline is among the methods)."""
+    base = scored.get(baseline)
+    base_mean = float(np.mean(base.per_seed())) if base is not None else 0.0
+    out = []
+    for method, cell in scored.items():
+        per_seed = cell.per_seed()
+        low, high = cell.interval(cell.truth, cell.scores, n_boot)
+        p = diff = None
+        if base is not None and method != baseline:
+            if cell.ids != base.ids:
+                raise MixmagError(
+                    f"{task}: {method} and {baseline} were tested on different specimens; a paired test needs the same"
+                )
+            p = cell.paired_p(cell.truth, cell.scores.mean(0), base.scores.mean(0), n_boot)
+            diff = float(np.mean(per_seed)) - base_mean
+        out.append(
+            CellStatistic(
+                task,
+                method,
+                [float(v) for v in per_seed],
+                float(np.mean(per_seed)),
+                float(np.std(per_seed, ddof=1)) if len(per_seed) > 1 else 0.0,
+                low,
+                high,
+                len(cell.ids),
+                p,
+                diff,
+            )
+        )
+    return out
+
+
 def task_cell_statistics(
     task_name: str, runs_by_method: dict[str, list[Path]], baseline: str, *, n_boot: int = 1000
 ) -> list[CellStatistic]:
     """`cell_statistics` for a multiclass, survival or regression task: its primary metric (C-index, macro AUROC,
     Spearman) per seed, a bootstrap CI over specimens of the mean over seeds, and a paired bootstrap p of the
     seed-averaged scores' metric against the baseline's (DeLong is for AUROC only)."""
-    aligned = {m: _aligned_rows(runs) for m, runs in runs_by_method.items()}
-    out = []
-    for method, (task, truth, scores, ids) in aligned.items():
-        per_seed = [task.primary_metric(*truth, s) for s in scores]
-        ci = bootstrap_estimate(_mean_over_seeds(task), (*truth, np.moveaxis(scores, 0, 1)), n_boot=n_boot, seed=0)
-        p = diff = None
-        if baseline in aligned and method != baseline:
-            _, _, base_scores, base_ids = aligned[baseline]
-            if ids != base_ids:
-                raise MixmagError(
-                    f"{task_name}: {method} and {baseline} were tested on different specimens; a paired test needs the "
-                    "same"
-                )
-            p = paired_bootstrap(task.primary_metric, truth, scores.mean(0), base_scores.mean(0), n_boot=n_boot).p_value
-            diff = float(np.mean(per_seed)) - float(np.mean([task.primary_metric(*truth, s) for s in base_scores]))
-        sd = float(np.std(per_seed, ddof=1)) if len(per_seed) > 1 else 0.0
-        out.append(
-            CellStatistic(
-                task_name,
-                method,
-                [float(v) for v in per_seed],
-                float(np.mean(per_seed)),
-                sd,
-                ci.low,
-                ci.high,
-                len(ids),
-                p,
-                diff,
-            )
-        )
-    return out
+    return _cells(task_name, {m: _scored_task(runs) for m, runs in runs_by_method.items()}, baseline, n_boot)
 
 
 def bootstrap_mean_auroc(
@@ -138,40 +192,7 @@ def cell_statistics(
     first = next(iter(runs_by_method.values()))[0]
     if tested_runs(first)[0].task() != "binary":
         return task_cell_statistics(task, runs_by_method, baseline, n_boot=n_boot)
-    base = None
-    if baseline in runs_by_method:
-        base_labels, base_scores = _aligned(runs_by_method[baseline])
-        base = (base_labels, base_scores.mean(0), float(np.mean([auroc(base_labels, s) for s in base_scores])))
-        base_ids = sorted(set.intersection(*(set(read_test_predictions(r)) for r in runs_by_method[baseline])))
-    out = []
-    for method, runs in runs_by_method.items():
-        labels, scores = _aligned(runs)
-        per_seed = [auroc(labels, s) for s in scores]
-        low, high = bootstrap_mean_auroc(labels, scores, n_boot=n_boot)
-        p = diff = None
-        if base is not None and method != baseline:
-            ids = sorted(set.intersection(*(set(read_test_predictions(r)) for r in runs)))
-            if ids != base_ids:
-                raise MixmagError(
-                    f"{task}: {method} and {baseline} were tested on different specimens; a paired test needs the same"
-                )
-            p = delong_test(labels, scores.mean(0), base[1]).p_value
-            diff = float(np.mean(per_seed)) - base[2]
-        out.append(
-            CellStatistic(
-                task,
-                method,
-                [float(a) for a in per_seed],
-                float(np.mean(per_seed)),
-                float(np.std(per_seed, ddof=1)) if len(per_seed) > 1 else 0.0,
-                low,
-                high,
-                int(labels.size),
-                p,
-                diff,
-            )
-        )
-    return out
+    return _cells(task, {m: _scored_binary(runs) for m, runs in runs_by_method.items()}, baseline, n_boot)
 
 
 def false_discovery_rate(p_values: list[float]) -> list[float]:
@@ -219,8 +240,8 @@ def compare_methods(task: str, runs_a: list[Path], runs_b: list[Path], method: s
         mean = _mean_over_seeds(kind)
         diff = mean(*truth, np.moveaxis(scores_a, 0, 1)) - mean(*truth, np.moveaxis(scores_b, 0, 1))
         return PairedComparison(task, method, against, float(diff), paired.p_value)
-    labels, scores_a = _aligned(runs_a)
-    labels_b, scores_b = _aligned(runs_b)
+    labels, scores_a, _ = _aligned(runs_a)
+    labels_b, scores_b, _ = _aligned(runs_b)
     if labels.size != labels_b.size or not np.array_equal(labels, labels_b):
         raise MixmagError(
             f"{task}: {method} and {against} were tested on different specimens; a paired test needs the same"
