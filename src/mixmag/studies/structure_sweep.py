@@ -25,7 +25,7 @@ from ..markup import markdown_cell, plain_console, plot_text
 from .benchmark import NOTICE, BenchmarkConfig, check_benchmark_config, run_benchmark
 from .contrasts import Contrast, ContrastData
 from .experiments import GridConfig, Task, run_folder
-from .figures import errorbar_contrasts, save_png
+from .figures import errorbar_contrasts, finish_axes, new_axes
 
 SWEEP_FIELDS = {"structures", "method", "against"}
 
@@ -148,26 +148,24 @@ def plot_sweep(
     path: Path, config: StructureSweepConfig, points: list[dict], whiskers: str = "95% paired bootstrap CI"
 ) -> Path:
     """Each comparison's AUROC difference against the knob with its interval (`whiskers` names it), zero marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.2, 3.6))
+    fig, ax = new_axes((5.2, 3.6))
     x = np.array([p["structure"] for p in points])
     for k, b in enumerate(config.against):
         shift = 0.012 * (k - (len(config.against) - 1) / 2)  # side by side
         cs = [p["contrasts"][k] for p in points]
         label = plot_text(f"{config.method} − {b}")
         errorbar_contrasts(ax, x + shift, cs, marker="os^Dv"[k % 5], capsize=3, label=label)
-    ax.axhline(0, color="black", lw=0.8)
-    ax.set_xticks(x, [f"{s:g}" for s in x])
-    ax.set_xlabel("generator structure (0: independent tiles, 1: default)")
-    ax.set_ylabel("test AUROC difference x 100 (mean over tasks)")
-    ax.set_title(f"MEM against its rivals by how predictable tokens are (synthetic)\nwhiskers: {whiskers}", fontsize=9)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    return save_png(fig, path)
+    return finish_axes(
+        fig,
+        ax,
+        path,
+        ticks=x,
+        tick_labels=[f"{s:g}" for s in x],
+        xlabel="generator structure (0: independent tiles, 1: default)",
+        ylabel="test AUROC difference x 100 (mean over tasks)",
+        title=f"MEM against its rivals by how predictable tokens are (synthetic)\nwhiskers: {whiskers}",
+        zero=True,
+    )
 
 
 def _write_outputs(out: Path, config: StructureSweepConfig, points: list[dict]) -> str:
