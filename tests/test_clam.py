@@ -79,6 +79,12 @@ def test_no_instance_term_outside_training_or_without_classes():
     assert model.training_loss(loss, None) is loss and model.pending is None  # survival, regression: bag loss alone
 
 
+def test_only_clam_reads_classes_so_the_trainer_builds_them_only_for_it():
+    from mixmag.models.aggregators import AGGREGATORS
+
+    assert {name for name, kind in AGGREGATORS.items() if kind.reads_classes} == {"clam"}
+
+
 def _bags(n: int, generator: torch.Generator) -> tuple[list[torch.Tensor], torch.Tensor]:
     """Bags of 12 noise instances in 8-d; a positive bag's first 2 instances carry +3 on feature 0."""
     labels = torch.arange(n) % 2

@@ -27,6 +27,8 @@ class Aggregator(nn.Module):
     # a bag's logits do not depend on its instances' order (AB-MIL, mean pooling; not TransMIL, whose PPEG reads the
     # order as positions)
     order_invariant: ClassVar[bool] = True
+    # `training_loss` reads each bag's class (CLAM-SB's instance loss): only then does the trainer build them per step
+    reads_classes: ClassVar[bool] = False
     classifier: nn.Linear  # its bias is the part of the logits no instance contributes
 
     def __init__(self, in_dim: int, hidden: int = 16, n_outputs: int = 1) -> None:
@@ -43,8 +45,8 @@ class Aggregator(nn.Module):
 
     def training_loss(self, bag_loss: torch.Tensor, classes: torch.Tensor | None) -> torch.Tensor:
         """The loss to train on from the task's bag loss of the last training forward; `classes`: each bag's class
-        (None where the task has none). The bag loss itself unless the aggregator adds a term of its own (CLAM-SB's
-        instance clustering)."""
+        (None where the task has none, or where the aggregator does not read them: `reads_classes`). The bag loss
+        itself unless the aggregator adds a term of its own (CLAM-SB's instance clustering)."""
         return bag_loss
 
     def project(self, z: torch.Tensor) -> torch.Tensor:

@@ -54,6 +54,7 @@ class CLAMSB(Aggregator):
 
     attends = True  # the attention weights are the logit's decomposition: attribution "auto" draws them
     decomposes = True
+    reads_classes = True  # the instance loss pseudo-labels instances by their bag's class
 
     def __init__(self, in_dim: int, hidden: int = 16, n_outputs: int = 1) -> None:
         super().__init__(in_dim, hidden, n_outputs)

@@ -277,8 +277,9 @@ class Trainer:
         slides = [s for sp in specimens for s in sp.slides]
         owner = torch.tensor([k for k, sp in enumerate(specimens) for _ in sp.slides], device=self.device)
         loss = self.task.loss(self.slide_logits(slides), owner, specimens, self.config.label_smoothing)
-        classes = self.task.classes_of(specimens)  # an aggregator's own term (CLAM-SB's instance loss) reads them
-        return self.model.aggregator.training_loss(loss, None if classes is None else classes.to(self.device)[owner])
+        aggregator = self.model.aggregator
+        classes = self.task.classes_of(specimens) if aggregator.reads_classes else None  # CLAM-SB's instance loss
+        return aggregator.training_loss(loss, None if classes is None else classes.to(self.device)[owner])
 
     def micro_batches(self, specimens: list[Specimen]) -> list[list[Specimen]]:
         """The step's specimens in micro-batches whose padded batch fits `micro_batch_mb` (one, in order, when the
