@@ -125,10 +125,13 @@ def _token_fraction(store: StoreIndex | SlideStore, layout: _Layout) -> dict[str
     return {name: float(np.mean(layout.level == i)) for i, name in enumerate(store.level_names)}
 
 
-def explain_slide(classifier: SlideClassifier, slide: str, store_path: Path, method: str = "auto") -> SlideAttribution:
+def explain_slide(
+    classifier: SlideClassifier, slide: str, store_path: Path, method: str = "auto", store: StoreIndex | None = None
+) -> SlideAttribution:
     """Score one slide with a trained model (its bags pointing at the slide's store: `SlideClassifier.use_stores`)
-    and place its attribution (`SlideClassifier.explain`: attention, gradient x input, or auto) on the slide."""
-    store = read_index(store_path)  # the layout only: the bag already holds the embeddings
+    and place its attribution (`SlideClassifier.explain`: attention, gradient x input, or auto) on the slide;
+    `store`: the store's index where the caller has read it already."""
+    store = read_index(store_path) if store is None else store  # the layout only: the bag holds the embeddings
     kind = classifier.bag_kind
     layout = tile_layout(store, kind) if kind in TILE_MODES else region_layout(store, classifier.region_level)
     attribution = classifier.explain(slide, method)

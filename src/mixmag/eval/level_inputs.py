@@ -17,17 +17,19 @@ from ..data.cohort import load_cohort
 from ..errors import MixmagError
 from ..ids import check_id
 from ..runs import RunConfigRecord, TrainRun
-from ..store import read_index
+from ..store import StoreIndex, read_index
 from ..train.classifier import SlideClassifier
-from ..train.mixer_file import load_mixer
 from .attribution import LevelImportance, LevelInput, cohort_reference, level_importance
 from .explain import region_layout, tile_layout
 
 
-def slide_input(classifier: SlideClassifier, slide: str, store_path: Path) -> LevelInput:
-    """The LevelInput of one slide for a trained model (`SlideClassifier.load`, or a Trainer's `classifier`)."""
+def slide_input(
+    classifier: SlideClassifier, slide: str, store_path: Path, store: StoreIndex | None = None
+) -> LevelInput:
+    """The LevelInput of one slide for a trained model (`SlideClassifier.load`, or a Trainer's `classifier`); `store`:
+    the store's index where the caller has read it already (`explain_slide`'s)."""
     kind, model = classifier.bag_kind, classifier.model.eval()
-    store = read_index(store_path)
+    store = read_index(store_path) if store is None else store
     names = list(store.level_names)
     if kind in TILE_MODES:
         x = classifier.bags(slide).float()
@@ -47,7 +49,7 @@ def slide_input(classifier: SlideClassifier, slide: str, store_path: Path) -> Le
 
         return LevelInput(x, level, names, forward, attention_level=level.reshape(-1) if patch else None)
     # patch / cls: precomputed outputs of a frozen mixer; run that mixer on the store's regions
-    mixer, _ = load_mixer(classifier.encoded_mixer())
+    mixer = classifier.encoded_mixer_model()
     x = torch.from_numpy(region_bag(store_path).astype(np.float32))
     level = torch.from_numpy(region_layout(store).level).reshape(x.shape[:2])
 

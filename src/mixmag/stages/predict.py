@@ -34,7 +34,7 @@ from ..runs import CrossValRun, PipelineRecord, TrainRun
 from ..slides.sources import SlideSource, sources_from_paths, sources_with_rows
 from ..slides.tiling import TilingParams, load_plan, plan_path
 from ..slides.tissue import load_tissue_model
-from ..store import StoreError, StoreHeader, read_header, read_store, store_path
+from ..store import StoreError, StoreHeader, read_header, read_index, read_store, store_path
 from ..tables import read_table
 from ..train.classifier import SlideClassifier
 from .embed import check_read_mode, run_embed
@@ -315,11 +315,12 @@ def score_slides(
             values = classifier.outputs([slide])[slide]  # binary: probability; survival: log-risk; regression: value
             outcome.score = float(values.max()) if classifier.task.name == "multiclass" else float(values[0])
             outcome.probabilities = values if classifier.task.name == "multiclass" else None
-            attribution = explain_slide(classifier, slide, path, method)
+            index = read_index(path)  # one read for the attribution's layout and the occlusion's levels
+            attribution = explain_slide(classifier, slide, path, method, index)
             outcome.level_share = attribution.level_share
             outcome.token_fraction = attribution.token_fraction
             if occlude:
-                drop = occlusion(slide_input(classifier, slide, path), reference)
+                drop = occlusion(slide_input(classifier, slide, path, index), reference)
                 outcome.occlusion = dict(zip(attribution.level_names, map(float, drop)))
             save_attribution(attribution, path_for_id(maps, slide, ".npz"))
             if heatmaps:

@@ -85,6 +85,7 @@ class SlideClassifier:
         self.encoded_dir = encoded_dir  # the training stores' precomputed mixer outputs (bags patch / cls)
         self.bags = bags if bags is not None else BagCache(bag_kind, {}, None, region_level)
         self.task = task if task is not None else Task()  # what the outputs mean (mixmag.train.tasks)
+        self._mixer: RegionMixer | None = None  # `encoded_mixer_model`, loaded on first use
 
     @classmethod
     def load(cls, run: str | Path, device: torch.device | None = None) -> SlideClassifier:
@@ -193,6 +194,12 @@ class SlideClassifier:
             raise RunError("this run reads no precomputed mixer outputs")
         return encoded_mixer_weights(self.encoded_dir)
 
+    def encoded_mixer_model(self) -> RegionMixer:
+        """The mixer of `encoded_mixer`, loaded once: attribution and occlusion run it on every slide's regions."""
+        if self._mixer is None:
+            self._mixer = load_mixer(self.encoded_mixer())[0]
+        return self._mixer
+
     # -- scores -------------------------------------------------------------------------------------------
     def logits(self, slides: list[str]) -> torch.Tensor:
         return self.model.bag_logits([self.bags(s) for s in slides])
@@ -252,7 +259,7 @@ class SlideClassifier:
         """|sum_d x * dlogit/dx| per embedding of the store (tile, or mixer input token), and AB-MIL's weights."""
         x = inputs.detach().clone().requires_grad_(True)
         if self.reads_encoded:  # precomputed mixer outputs: run the mixer that made them
-            contextual, compressed = load_mixer(self.encoded_mixer())[0](x)
+            contextual, compressed = self.encoded_mixer_model()(x)
             feats = compressed if self.bag_kind == "cls" else contextual.reshape(-1, contextual.shape[-1])
         else:
             feats = x
