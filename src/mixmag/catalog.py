@@ -43,6 +43,7 @@ from .fileio import (
     open_regular,
     output_error,
     own_folder,
+    own_folder_exists,
     remove_own_file,
     type_name,
 )
@@ -423,16 +424,11 @@ def parts_folder(folder: Path) -> Path | None:
     """The folder of part files, if there is one; a link or anything not a folder there is refused: parts are deleted
     after each fold, and a linked parts folder would have them deleted wherever it points."""
     parts_dir = folder / PARTS_NAME
-    try:
-        mode = os.lstat(parts_dir).st_mode
-    except FileNotFoundError:
-        return None
-    if not stat.S_ISDIR(mode):
-        raise UnsafePathError(
-            f"{parts_dir}: the catalog's parts folder is {type_name(mode)}; mixmag never follows a link to its own "
-            "files: remove it (the stores are not touched; the next run rebuilds the catalog from them)"
-        )
-    return parts_dir
+    fix = (
+        "mixmag never follows a link to its own files: remove it (the stores are not touched; the next run rebuilds "
+        "the catalog from them)"
+    )
+    return parts_dir if own_folder_exists(parts_dir, "the catalog's parts folder", fix) else None
 
 
 def _read_part(part: Path) -> tuple[str, bool] | None:

@@ -323,6 +323,18 @@ def type_name(mode: int) -> str:
     return next((name for test, name in _TYPE_NAMES if test(mode)), "a regular file")
 
 
+def own_folder_exists(path: Path, what: str, fix: str) -> bool:
+    """True when mixmag's own folder `path` is there as a real folder, False when absent; a FIFO, file or link in its
+    place is refused by name (never followed: mixmag deletes inside its own folders), `fix` ending the sentence."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return False
+    if not stat.S_ISDIR(mode):
+        raise UnsafePathError(f"{path}: {what} is {type_name(mode)}, not a folder: {fix}")
+    return True
+
+
 def _limit(limit: str | int) -> int:
     return READ_LIMITS[limit] if isinstance(limit, str) else int(limit)
 
@@ -423,9 +435,7 @@ def own_folder(path: str | Path, what: str = "folder") -> Path:
         pass  # not a folder: said below
     except OSError as exc:
         raise output_error(path, exc) from exc
-    mode = os.lstat(path).st_mode
-    if not stat.S_ISDIR(mode):
-        raise UnsafePathError(f"{path}: mixmag's {what} is {type_name(mode)}, not a folder: remove it and run again")
+    own_folder_exists(path, f"mixmag's {what}", "remove it and run again")
     return path
 
 

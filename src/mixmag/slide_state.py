@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from .claims import DEFAULT_TIMEOUT, WORK_FOLDER, ClaimInfo, list_claims, stage_folder
 from .errors import MixmagError
-from .fileio import DamagedFileError, KiB, UnsafePathError, read_bytes_limited, type_name, write_json_atomic
+from .fileio import DamagedFileError, KiB, own_folder_exists, read_bytes_limited, write_json_atomic
 from .ids import check_id, is_safe_id
 
 STATE_SUFFIX = ".state.json"
@@ -213,12 +212,4 @@ def folder_status(out_dir: str | Path, *, timeout: float = DEFAULT_TIMEOUT) -> l
 def _work_folder(path: Path) -> bool:
     """True for one of mixmag's work folders, False when there is none; a FIFO, file or link there is said by name
     (it is never followed, and 'no state records' would hide it)."""
-    try:
-        mode = os.lstat(path).st_mode
-    except FileNotFoundError:
-        return False
-    if not stat.S_ISDIR(mode):
-        raise UnsafePathError(
-            f"{path}: mixmag's work folder is {type_name(mode)}, not a folder: move it away and run the stage again"
-        )
-    return True
+    return own_folder_exists(path, "mixmag's work folder", "move it away and run the stage again")
