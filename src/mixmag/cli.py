@@ -1740,41 +1740,14 @@ def benchmark(
 ) -> None:
     """Benchmark v2 on CPU: four synthetic multi-scale tasks at the embedding level, methods x seeds, mean ± sd,
     bootstrap CIs, paired DeLong p against AB-MIL 20x, and the magnification attribution check."""
-    from .studies.benchmark import load_benchmark_config, run_benchmark
-    from .studies.design_space import DESIGN_SPACE, load_design_space_config, run_design_space
-    from .studies.label_efficiency import LABEL_EFFICIENCY, load_label_efficiency_config, run_label_efficiency
-    from .studies.replicated_studies import run_replicated_study
-    from .studies.replicates import load_replicates_config, run_replicates
-    from .studies.structure_replicates import run_structure_sweep_replicates
-    from .studies.structure_sweep import load_structure_sweep_config, run_structure_sweep
+    from .studies.chosen import run_chosen_study
 
     if sum([design_space, label_efficiency, structure_sweep]) > 1:
         raise OptionError("--design-space, --label-efficiency and --structure-sweep are separate studies: give one")
+    flags = {"structure-sweep": structure_sweep, "design-space": design_space, "label-efficiency": label_efficiency}
+    study = next((name for name, given in flags.items() if given), "benchmark")
     try:
-        if structure_sweep and replicates is not None:
-            run_structure_sweep_replicates(load_structure_sweep_config(config, out), replicates, console=console)
-            return
-        if structure_sweep:
-            run_structure_sweep(load_structure_sweep_config(config, out), console=console)
-            return
-        if design_space:
-            ds = load_design_space_config(config, out)
-            if replicates is not None:
-                run_replicated_study(DESIGN_SPACE, ds, replicates, console=console)
-            else:
-                run_design_space(ds, console=console)
-            return
-        if label_efficiency:
-            le = load_label_efficiency_config(config, out)
-            if replicates is not None:
-                run_replicated_study(LABEL_EFFICIENCY, le, replicates, console=console)
-            else:
-                run_label_efficiency(le, console=console)
-            return
-        if replicates is not None:
-            run_replicates(load_replicates_config(config, out), replicates, console=console)
-            return
-        run_benchmark(load_benchmark_config(config, out), console=console)
+        run_chosen_study(study, config, out, replicates, console)
     except MixmagError as exc:
         _fail(str(exc))
 
