@@ -13,7 +13,6 @@ and exact sign-flip p. What each study compares, and how its figure is drawn, li
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from rich.console import Console
 
 from ..errors import ConfigError
-from ..fileio import FolderLock, make_folder, read_json_limited, write_atomic, write_csv_atomic, write_json_atomic
+from ..fileio import FolderLock, make_folder, write_atomic, write_csv_atomic, write_json_atomic
 from ..markup import markdown_cell, plain_console
 from ..runs import TrainRun
 from .benchmark import NOTICE
@@ -33,13 +32,13 @@ from .replicates import (
     ENDPOINT_FILE,
     MAX_REPLICATES,
     MIN_REPLICATES,
-    REPLICATE_RECORD,
     TEST,
     ReplicateComparison,
     check_registered,
     compare_replicates,
     register_endpoint,
     replicate_config,
+    run_or_reuse_replicate,
 )
 
 Aurocs = dict[str, dict[str, list[float]]]  # {grid task: {method: [test AUROC per training seed]}}
@@ -147,33 +146,19 @@ def _covers(aurocs, plan: StudyPlan, seeds: int) -> bool:
 def _run_replicate(study: ReplicatedStudy, config, r: int, replicates: int, console: Console) -> dict:
     """One replicate's record (seeds, AUROCs per run, CPU seconds), reused when a finished record matches."""
     rc = replicate_config(config, r)
-    record_path = Path(rc.out) / REPLICATE_RECORD
-    wanted = rc.model_dump(mode="json")
-    if record_path.is_file():
-        record = read_json_limited(record_path, what="replicate record")
-        if (
-            isinstance(record, dict)
-            and record.get("config") == wanted
-            and _covers(record.get("aurocs"), study.plan(rc), len(rc.seeds))
-        ):
-            console.print(f"reusing replicate {r} ({record_path})")
-            return record
-    console.rule(f"{study.title}: replicate {r + 1} of {replicates}")
-    cpu = time.process_time()
-    result = study.run(rc, console)
-    cpu = time.process_time() - cpu  # this process's threads, all stages: a cost figure that load does not inflate
-    record = {
-        "replicate": r,
-        "cohort_seed": rc.cohort["seed"],
-        "pretrain_seed": rc.pretrain["seed"],
-        "seeds": rc.seeds,
-        "config": wanted,
-        "aurocs": grid_aurocs(result["grid"]),
-        "timings": result["timings"],
-        "cpu_seconds": round(cpu, 1),
-    }
-    write_json_atomic(record_path, record)  # written last: a replicate without it is not finished
-    return record
+
+    def run() -> dict:
+        result = study.run(rc, console)
+        return {"aurocs": grid_aurocs(result["grid"]), "timings": result["timings"]}
+
+    return run_or_reuse_replicate(
+        rc,
+        r,
+        f"{study.title}: replicate {r + 1} of {replicates}",
+        lambda record: _covers(record.get("aurocs"), study.plan(rc), len(rc.seeds)),
+        run,
+        console,
+    )
 
 
 def analyse_study(

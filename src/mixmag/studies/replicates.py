@@ -16,6 +16,7 @@ from __future__ import annotations
 import itertools
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, Self, TypeVar
@@ -168,39 +169,53 @@ def replicate_config(config: C, r: int) -> C:
     )
 
 
-def _run_replicate(config: BenchmarkConfig, r: int, endpoint: Endpoint, console: Console) -> dict:
-    """One replicate's per-seed test AUROCs {task: {method: [...]}}, reused when a finished record matches."""
-    rc = replicate_config(config, r)
+def run_or_reuse_replicate(
+    rc, r: int, title: str, finished: Callable[[dict], bool], run: Callable[[], dict], console: Console
+) -> dict:
+    """Replicate r of a study (`rc`: its derived config): its record, reused when a finished one matches the config
+    and `finished` accepts it; else `run()` gives the record's measured fields and the record is written last, so a
+    replicate without it is not finished."""
     record_path = Path(rc.out) / REPLICATE_RECORD
     wanted = rc.model_dump(mode="json")
     if record_path.is_file():
         record = read_json_limited(record_path, what="replicate record")
-        if (
-            isinstance(record, dict)
-            and record.get("config") == wanted
-            and _covers(record.get("aurocs"), endpoint)
-            and (not config.rival_tasks or isinstance(record.get("rival_aurocs"), dict))
-        ):
+        if isinstance(record, dict) and record.get("config") == wanted and finished(record):
             console.print(f"reusing replicate {r} ({record_path})")
             return record
-    console.rule(f"replicate {r + 1} of {endpoint.replicates}")
+    console.rule(title)
     cpu = time.process_time()
-    result = run_benchmark(rc, console=console)
+    measured = run()
     cpu = time.process_time() - cpu  # this process's threads, all stages: a cost figure that load does not inflate
-    aurocs = _per_seed_aurocs(result["cells"])
     record = {
         "replicate": r,
         "cohort_seed": rc.cohort["seed"],
         "pretrain_seed": rc.pretrain["seed"],
         "seeds": rc.seeds,
         "config": wanted,
-        "aurocs": aurocs,
-        "rival_aurocs": _per_seed_aurocs(result.get("rival", {}).get("cells", [])),
-        "timings": result["timings"],
+        **measured,
         "cpu_seconds": round(cpu, 1),
     }
-    write_json_atomic(record_path, record)  # written last: a replicate without it is not finished
+    write_json_atomic(record_path, record)
     return record
+
+
+def _run_replicate(config: BenchmarkConfig, r: int, endpoint: Endpoint, console: Console) -> dict:
+    """One replicate's per-seed test AUROCs {task: {method: [...]}} (and the rival's), reused when finished."""
+    rc = replicate_config(config, r)
+
+    def finished(record: dict) -> bool:
+        rival_recorded = not config.rival_tasks or isinstance(record.get("rival_aurocs"), dict)
+        return _covers(record.get("aurocs"), endpoint) and rival_recorded
+
+    def run() -> dict:
+        result = run_benchmark(rc, console=console)
+        return {
+            "aurocs": _per_seed_aurocs(result["cells"]),
+            "rival_aurocs": _per_seed_aurocs(result.get("rival", {}).get("cells", [])),
+            "timings": result["timings"],
+        }
+
+    return run_or_reuse_replicate(rc, r, f"replicate {r + 1} of {endpoint.replicates}", finished, run, console)
 
 
 def _per_seed_aurocs(cells) -> dict[str, dict[str, list[float]]]:
