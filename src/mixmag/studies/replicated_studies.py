@@ -36,6 +36,7 @@ from .replicates import (
     ReplicateComparison,
     check_registered,
     compare_replicates,
+    comparison_record,
     register_endpoint,
     replicate_config,
     run_or_reuse_replicate,
@@ -252,13 +253,7 @@ def _write_outputs(out: Path, study: ReplicatedStudy, config, records, levels, c
                     "plus": list(q.plus),
                     "minus": list(q.minus),
                     "tasks": list(q.tasks),
-                    "mean_difference": c.mean,
-                    "sd": c.sd,
-                    "ci_low": c.low,
-                    "ci_high": c.high,
-                    "t_test_p": c.t_p,
-                    "sign_flip_p": c.sign_flip_p,
-                    "differences": list(c.differences),
+                    **comparison_record(c),
                 }
                 for q, c in comparisons.items()
             ],
